@@ -1,0 +1,29 @@
+"""Fixtures shared by every package's tests: real NATS (JetStream) and MongoDB-wire servers, started here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pai_common.embedded import ServerProcess, start_mongo, start_nats
+
+
+@pytest.fixture(scope="session")
+def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def nats_server(servers_dir: Path) -> Iterator[ServerProcess]:
+    server = start_nats(servers_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(servers_dir: Path) -> Iterator[ServerProcess]:
+    server = start_mongo(servers_dir)
+    yield server
+    server.stop()

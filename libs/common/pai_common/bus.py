@@ -1,0 +1,202 @@
+"""The bus: JetStream streams for events and commands, core NATS request/reply for RPC."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from pydantic import ValidationError
+
+from pai_common.contract.base import (
+    COMMAND_SUBJECT_PREFIX,
+    DEAD_LETTER_PREFIX,
+    EVENT_SUBJECT_PREFIX,
+    Command,
+    Event,
+    Message,
+    RpcRequest,
+    command_subject,
+    event_subject,
+    rpc_subject,
+)
+from pai_common.envelope import encode
+from pai_common.errors import (
+    InvalidParametersError,
+    PaiError,
+    ServiceUnavailableError,
+    UnknownError,
+    error_from_code,
+)
+from pai_common.telemetry import inject_headers, span_from_headers
+
+log = logging.getLogger(__name__)
+
+EVENTS_STREAM = "PAI_EVENTS"
+COMMANDS_STREAM = "PAI_COMMANDS"
+DEAD_LETTER_STREAM = "PAI_DEAD_LETTERS"
+DUPLICATE_WINDOW_S = 120.0
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+R = TypeVar("R", bound=Message)
+RpcHandler = Callable[[Any], Awaitable[Message]]
+
+
+def stream_configs() -> list[StreamConfig]:
+    """The streams every service may create at start; creating them is idempotent."""
+    return [
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[f"{EVENT_SUBJECT_PREFIX}.>"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=7 * 24 * 3600.0,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            discard=DiscardPolicy.OLD,
+        ),
+        StreamConfig(
+            name=COMMANDS_STREAM,
+            subjects=[f"{COMMAND_SUBJECT_PREFIX}.>"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        StreamConfig(
+            name=DEAD_LETTER_STREAM,
+            subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=30 * 24 * 3600.0,
+        ),
+    ]
+
+
+class Bus:
+    """One NATS connection of one service."""
+
+    def __init__(self, nc: NatsClient, service: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.service = service
+        self._micro: list[Service] = []
+
+    @classmethod
+    async def connect(cls, url: str, service: str) -> Bus:
+        nc = await nats.connect(
+            url,
+            name=f"pai-{service}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+        )
+        return cls(nc, service)
+
+    async def ensure_streams(self) -> None:
+        for config in stream_configs():
+            try:
+                await self.js.add_stream(config=config)
+            except BadRequestError as exc:
+                # Another service created it first with the same subjects; an update keeps it current.
+                if exc.err_code != 10058:  # stream name already in use with a different configuration
+                    raise
+                await self.js.update_stream(config=config)
+
+    # ---- publishing ----------------------------------------------------------------------------------
+
+    async def publish_raw(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
+        await self.js.publish(subject, payload, headers=headers, timeout=5.0)
+
+    async def publish_event(self, event: Event, msg_id: str | None = None) -> str:
+        mid, headers, payload = encode(event, self.service, msg_id)
+        await self.publish_raw(event_subject(event.TYPE), headers, payload)
+        return mid
+
+    async def send_command(self, command: Command, target: str, msg_id: str | None = None) -> str:
+        mid, headers, payload = encode(command, self.service, msg_id)
+        await self.publish_raw(command_subject(command.TYPE, target), headers, payload)
+        return mid
+
+    async def dead_letter(self, durable: str, headers: dict[str, str], payload: bytes, error: str) -> None:
+        """Keep a message that cannot be handled, with why, instead of dropping it."""
+        dl_headers = {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
+        dl_headers["pai-error"] = error[:4000]
+        dl_headers["pai-consumer"] = durable
+        await self.js.publish(f"{DEAD_LETTER_PREFIX}.{self.service}.{durable}", payload, headers=dl_headers)
+
+    # ---- RPC -----------------------------------------------------------------------------------------
+
+    async def request(
+        self, req: RpcRequest, reply_type: type[R], target: str | None = None, timeout: float = 5.0
+    ) -> R:
+        """Ask the owning service; its PaiError comes back as the same error type."""
+        subject = rpc_subject(req.SERVICE, req.ENDPOINT, target)
+        headers = inject_headers({})
+        try:
+            msg = await self.nc.request(subject, req.model_dump_json().encode(), timeout=timeout, headers=headers)
+        except NoRespondersError as exc:
+            raise ServiceUnavailableError(f"service {req.SERVICE} is not running") from exc
+        except NatsTimeoutError as exc:
+            raise ServiceUnavailableError(f"service {req.SERVICE} did not answer in {timeout:g}s") from exc
+        if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
+            try:
+                body = json.loads(msg.data or b"{}")
+                raise error_from_code(str(body.get("code")), str(body.get("message")))
+            except (ValueError, AttributeError):
+                raise UnknownError(msg.headers.get("Nats-Service-Error", "remote error")) from None
+        return reply_type.model_validate_json(msg.data)
+
+    async def serve_rpc(self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None) -> None:
+        """Register endpoints with the NATS micro services API (discovery, stats, queue groups)."""
+        service = await add_service(
+            self.nc, name=f"pai-{self.service}", version="0.1.0", description=f"OpenPAI {self.service} service"
+        )
+        for req_type, handler in handlers.items():
+            await service.add_endpoint(
+                name=req_type.ENDPOINT,
+                subject=rpc_subject(req_type.SERVICE, req_type.ENDPOINT, target),
+                handler=_rpc_wrapper(req_type, handler),
+            )
+        self._micro.append(service)
+
+    async def close(self) -> None:
+        for service in self._micro:
+            await service.stop()
+        self._micro.clear()
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+
+def _rpc_wrapper(req_type: type[RpcRequest], handler: RpcHandler) -> Callable[[Request], Awaitable[None]]:
+    async def handle(request: Request) -> None:
+        with span_from_headers(f"rpc {req_type.SERVICE}.{req_type.ENDPOINT}", request.headers):
+            try:
+                try:
+                    req = req_type.model_validate_json(request.data)
+                except ValidationError as exc:
+                    problems = "; ".join(
+                        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+                    )
+                    raise InvalidParametersError(problems) from exc
+                reply = await handler(req)
+                await request.respond(reply.model_dump_json().encode())
+            except PaiError as err:
+                await _respond_error(request, err)
+            except Exception:
+                log.exception("rpc handler failed", extra={"endpoint": req_type.ENDPOINT})
+                await _respond_error(request, UnknownError("internal error"))
+
+    return handle
+
+
+async def _respond_error(request: Request, err: PaiError) -> None:
+    await request.respond_error(str(err.status), err.message, data=json.dumps(err.to_body()).encode())

@@ -1,0 +1,175 @@
+"""Durable pull consumers: explicit ack after commit, idempotent handling, back-off, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from pai_common.bus import Bus
+from pai_common.envelope import Envelope, MalformedMessage, decode
+from pai_common.logs import current_job_key
+from pai_common.metrics import HANDLE_SECONDS, MESSAGES
+from pai_common.outbox import Outbox, PendingMessages
+from pai_common.telemetry import span_from_headers
+
+log = logging.getLogger(__name__)
+
+PROCESSED = "processed"
+
+
+@dataclass
+class HandlerContext:
+    """What a handler may touch: its own database inside one transaction, and the outbox."""
+
+    db: AsyncDatabase[dict[str, Any]]
+    session: AsyncClientSession
+    out: PendingMessages
+
+
+Handler = Callable[[HandlerContext, Envelope], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    durable: str
+    stream: str
+    filter_subjects: list[str]
+    handler: Handler
+    max_deliver: int = 5
+    nak_base_delay_s: float = 0.5
+    batch: int = 64
+    ack_wait_s: float = 60.0
+
+
+class DurableConsumer:
+    def __init__(
+        self,
+        spec: ConsumerSpec,
+        bus: Bus,
+        client: AsyncMongoClient[dict[str, Any]],
+        db: AsyncDatabase[dict[str, Any]],
+        outbox: Outbox,
+    ) -> None:
+        self.spec = spec
+        self.bus = bus
+        self.client = client
+        self.db = db
+        self.outbox = outbox
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.db[PROCESSED].create_index("at")
+        config = ConsumerConfig(
+            durable_name=self.spec.durable,
+            name=self.spec.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            # One more than ours: the last delivery reaches the handler, which dead-letters it.
+            max_deliver=self.spec.max_deliver + 1,
+            ack_wait=self.spec.ack_wait_s,
+            max_ack_pending=10_000,
+            filter_subjects=self.spec.filter_subjects,
+        )
+        await self.bus.js.add_consumer(self.spec.stream, config=config)
+        self._sub = await self.bus.js.pull_subscribe_bind(
+            durable=self.spec.durable, stream=self.spec.stream
+        )
+        self._task = asyncio.create_task(self._loop(), name=f"consumer:{self.spec.durable}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then stop fetching; unacked messages are redelivered later."""
+        self._stopping.set()
+        if self._task:
+            await self._task
+        await self._sub.unsubscribe()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(self.spec.batch, timeout=0.5)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:
+                log.warning("fetch failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        durable = self.spec.durable
+        try:
+            env = decode(msg.headers, msg.data)
+        except MalformedMessage as exc:
+            log.error("malformed message dead-lettered", extra={"consumer": durable, "error": str(exc)})
+            await self.bus.dead_letter(durable, dict(msg.headers or {}), msg.data, f"malformed: {exc}")
+            await msg.ack()
+            MESSAGES.labels(durable, "malformed", "dead_lettered").inc()
+            return
+
+        job_token = current_job_key.set(env.subject or None)
+        started = time.perf_counter()
+        try:
+            with span_from_headers(f"handle {env.type}", env.headers):
+                outcome = await self._apply(env)
+            await msg.ack()
+        except Exception as exc:
+            delivered = msg.metadata.num_delivered or 1
+            if delivered >= self.spec.max_deliver:
+                log.error(
+                    "handler kept failing; message dead-lettered",
+                    extra={"consumer": durable, "type": env.type, "id": env.id, "error": repr(exc)},
+                )
+                await self.bus.dead_letter(durable, env.headers, msg.data, repr(exc))
+                await msg.ack()
+                outcome = "dead_lettered"
+            else:
+                delay = min(self.spec.nak_base_delay_s * 2 ** (delivered - 1), 30.0)
+                log.warning(
+                    "handler failed; will retry",
+                    extra={"consumer": durable, "type": env.type, "delivery": delivered, "error": repr(exc)},
+                )
+                await msg.nak(delay=delay)
+                outcome = "retried"
+        finally:
+            current_job_key.reset(job_token)
+        MESSAGES.labels(durable, env.type, outcome).inc()
+        HANDLE_SECONDS.labels(durable, env.type).observe(time.perf_counter() - started)
+
+    async def _apply(self, env: Envelope) -> str:
+        key = f"{self.spec.durable}/{env.id}"
+        processed = self.db[PROCESSED]
+        if await processed.find_one({"_id": key}, {"_id": 1}) is not None:
+            return "duplicate"
+        out = PendingMessages(self.bus.service)
+        try:
+            async with self.client.start_session() as session:
+                async with await session.start_transaction():
+                    await self.spec.handler(HandlerContext(self.db, session, out), env)
+                    await processed.insert_one({"_id": key, "at": datetime.now(UTC)}, session=session)
+                    await self.outbox.stage(out, session)
+        except DuplicateKeyError:
+            # Only the processed marker can collide here: another replica handled it first.
+            if await processed.find_one({"_id": key}, {"_id": 1}) is not None:
+                return "duplicate"
+            raise
+        if out.docs:
+            try:
+                await self.outbox.flush()
+            except Exception as exc:  # the relay sends them later; the state is committed
+                log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
+        return "ok"

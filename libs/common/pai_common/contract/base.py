@@ -1,0 +1,73 @@
+"""Base classes of the message contract and the registry the bus and the proto generator read."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Message(BaseModel):
+    """A message body. Unknown fields are refused so that a producer's typo fails loudly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(Message):
+    """A fact, in the past tense, published to JetStream on ``pai.evt.<TYPE>``."""
+
+    TYPE: ClassVar[str]
+    PRODUCER: ClassVar[str]
+    CONSUMERS: ClassVar[tuple[str, ...]]
+    DESCRIPTION: ClassVar[str] = ""
+
+    def subject_key(self) -> str:
+        """The CloudEvents ``subject``: what the event is about (a job key, a node name)."""
+        return ""
+
+
+class Command(Message):
+    """A request to one owner to act, on the work-queue stream ``pai.cmd.<owner>.<target>.<verb>``.
+
+    ``TYPE`` is ``<owner>.<verb>``; the target (a node name, say) is chosen by the sender.
+    """
+
+    TYPE: ClassVar[str]
+    PRODUCER: ClassVar[str]
+    CONSUMER: ClassVar[str]
+    DESCRIPTION: ClassVar[str] = ""
+
+
+class RpcRequest(Message):
+    """A question that needs an answer now (core NATS request/reply, NATS micro services)."""
+
+    SERVICE: ClassVar[str]
+    ENDPOINT: ClassVar[str]
+    DESCRIPTION: ClassVar[str] = ""
+    # The reply model; set by each request class.
+    REPLY: ClassVar[type[Message]]
+
+
+class RpcReply(Message):
+    pass
+
+
+EVENT_SUBJECT_PREFIX = "pai.evt"
+COMMAND_SUBJECT_PREFIX = "pai.cmd"
+RPC_SUBJECT_PREFIX = "pai.rpc"
+DEAD_LETTER_PREFIX = "pai.dlq"
+
+
+def event_subject(event_type: str) -> str:
+    return f"{EVENT_SUBJECT_PREFIX}.{event_type}"
+
+
+def command_subject(command_type: str, target: str) -> str:
+    owner, verb = command_type.split(".", 1)
+    return f"{COMMAND_SUBJECT_PREFIX}.{owner}.{target}.{verb}"
+
+
+def rpc_subject(service: str, endpoint: str, target: str | None = None) -> str:
+    if target:
+        return f"{RPC_SUBJECT_PREFIX}.{service}.{target}.{endpoint}"
+    return f"{RPC_SUBJECT_PREFIX}.{service}.{endpoint}"

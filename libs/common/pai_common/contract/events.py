@@ -1,0 +1,222 @@
+"""Every event of the platform: facts, in the past tense."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pai_common.contract.base import Event
+from pai_common.contract.types import (
+    EpochMs,
+    FailureType,
+    FrameworkSnapshot,
+    GpuInfo,
+    JobSpec,
+    JobState,
+    Placement,
+    PodRequest,
+)
+
+
+class JobSubmitted(Event):
+    TYPE = "job.submitted"
+    PRODUCER = "jobs"
+    CONSUMERS = ("orchestrator", "monitoring")
+    DESCRIPTION = "A job passed validation and was stored; the orchestrator starts its first attempt."
+
+    spec: JobSpec
+
+    def subject_key(self) -> str:
+        return self.spec.job_key
+
+
+class SchedulingRequested(Event):
+    TYPE = "scheduling.requested"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("scheduler",)
+    DESCRIPTION = "An attempt needs its gang of tasks placed."
+
+    job_key: str
+    attempt_id: int
+    virtual_cluster: str
+    priority: int
+    pods: list[PodRequest] = Field(min_length=1)
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class SchedulingAllocated(Event):
+    TYPE = "scheduling.allocated"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("orchestrator", "monitoring")
+    DESCRIPTION = "Every task of an attempt's gang was placed on a node with its devices."
+
+    job_key: str
+    attempt_id: int
+    placements: list[Placement]
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class SchedulingRejected(Event):
+    TYPE = "scheduling.rejected"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("orchestrator",)
+    DESCRIPTION = "An attempt's gang can never be placed on this cluster (it asks for more than exists)."
+
+    job_key: str
+    attempt_id: int
+    reason: str
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class SchedulingReleased(Event):
+    TYPE = "scheduling.released"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("monitoring",)
+    DESCRIPTION = "The cells of an attempt were given back."
+
+    job_key: str
+    attempt_id: int
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class NodeRegistered(Event):
+    TYPE = "node.registered"
+    PRODUCER = "runtime"
+    CONSUMERS = ("scheduler", "monitoring")
+    DESCRIPTION = "A runtime agent started on a node and declared its devices."
+
+    node: str
+    host_ip: str
+    cpu: int
+    memory_mb: int
+    gpus: list[GpuInfo]
+    simulated: bool
+
+    def subject_key(self) -> str:
+        return self.node
+
+
+class TaskRunning(Event):
+    TYPE = "task.running"
+    PRODUCER = "runtime"
+    CONSUMERS = ("orchestrator",)
+    DESCRIPTION = "A task's process started on its node."
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+    node: str
+    host_ip: str
+    pid: int
+    started_at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class TaskExited(Event):
+    TYPE = "task.exited"
+    PRODUCER = "runtime"
+    CONSUMERS = ("diagnosis",)
+    DESCRIPTION = "A task's process ended; carries the exit code, the signal and the tail of its logs."
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+    node: str
+    exit_code: int
+    signal: int | None = None
+    log_tail: str = Field(default="", max_length=65536)
+    finished_at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class TaskDiagnosed(Event):
+    TYPE = "task.diagnosed"
+    PRODUCER = "diagnosis"
+    CONSUMERS = ("orchestrator",)
+    DESCRIPTION = "A task exit classified by the exit spec: code, failure type and what to do about it."
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+    exit_code: int
+    spec_code: int
+    spec_phrase: str
+    failure_type: FailureType
+    message: str
+    finished_at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class FrameworkChanged(Event):
+    TYPE = "framework.changed"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("jobs", "monitoring")
+    DESCRIPTION = "The framework (job) status changed; the snapshot is versioned, older versions are ignored."
+
+    snapshot: FrameworkSnapshot
+
+    def subject_key(self) -> str:
+        return self.snapshot.job_key
+
+
+class JobAttemptCompleted(Event):
+    TYPE = "job.attempt.completed"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("scheduler",)
+    DESCRIPTION = "An attempt ended (it may be retried); its cells can be released."
+
+    job_key: str
+    attempt_id: int
+    exit_code: int
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class JobCompleted(Event):
+    TYPE = "job.completed"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("monitoring",)
+    DESCRIPTION = "A job reached its final state and will not run again."
+
+    job_key: str
+    state: JobState
+    exit_code: int
+    completed_at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    JobSubmitted,
+    SchedulingRequested,
+    SchedulingAllocated,
+    SchedulingRejected,
+    SchedulingReleased,
+    NodeRegistered,
+    TaskRunning,
+    TaskExited,
+    TaskDiagnosed,
+    FrameworkChanged,
+    JobAttemptCompleted,
+    JobCompleted,
+)
+
+EVENTS_BY_TYPE: dict[str, type[Event]] = {e.TYPE: e for e in ALL_EVENTS}

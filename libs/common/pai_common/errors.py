@@ -1,0 +1,113 @@
+"""Errors a caller can act on, each with OpenPAI's error code and HTTP status.
+
+They are raised anywhere (cores, shells, RPC handlers), travel across RPC as ``{code, message}`` with the
+status, and are mapped to HTTP once, at the gateway.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class PaiError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "UnknownError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidParametersError(PaiError):
+    status = 400
+    code = "InvalidParametersError"
+
+
+class InvalidProtocolError(PaiError):
+    status = 400
+    code = "InvalidProtocolError"
+
+
+class UnauthorizedUserError(PaiError):
+    status = 401
+    code = "UnauthorizedUserError"
+
+
+class IncorrectPasswordError(PaiError):
+    status = 400
+    code = "IncorrectPasswordError"
+
+
+class NoUserError(PaiError):
+    status = 400
+    code = "NoUserError"
+
+
+class ForbiddenUserError(PaiError):
+    status = 403
+    code = "ForbiddenUserError"
+
+
+class NoJobError(PaiError):
+    status = 404
+    code = "NoJobError"
+
+
+class NoTaskLogError(PaiError):
+    status = 404
+    code = "NoTaskLogError"
+
+
+class NoApiError(PaiError):
+    status = 404
+    code = "NoApiError"
+
+
+class ConflictJobError(PaiError):
+    status = 409
+    code = "ConflictJobError"
+
+
+class PayloadTooLargeError(PaiError):
+    status = 413
+    code = "PayloadTooLargeError"
+
+
+class ServiceUnavailableError(PaiError):
+    """A service the request needs did not answer in time; the request may be retried."""
+
+    status = 503
+    code = "ServiceUnavailableError"
+
+
+class UnknownError(PaiError):
+    status = 500
+    code = "UnknownError"
+
+
+_BY_CODE: dict[str, type[PaiError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidParametersError,
+        InvalidProtocolError,
+        UnauthorizedUserError,
+        IncorrectPasswordError,
+        NoUserError,
+        ForbiddenUserError,
+        NoJobError,
+        NoTaskLogError,
+        NoApiError,
+        ConflictJobError,
+        PayloadTooLargeError,
+        ServiceUnavailableError,
+        UnknownError,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> PaiError:
+    """Rebuild an error received over RPC; unknown codes become UnknownError, keeping the message."""
+    return _BY_CODE.get(code, UnknownError)(message)

@@ -1,0 +1,180 @@
+"""The service runner: connects, starts consumers and RPC endpoints, drains and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
+from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler
+from pai_common.contract.base import Event, RpcRequest, event_subject
+from pai_common.database import connect_mongo, service_database
+from pai_common.health import HealthServer
+from pai_common.logs import setup_logging
+from pai_common.outbox import Outbox
+from pai_common.settings import Settings
+from pai_common.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[["ServiceApp"], Awaitable[None]]
+
+
+class ServiceApp:
+    """One service process. Register handlers before ``run``; the runner does the I/O plumbing."""
+
+    def __init__(self, name: str, settings: Settings | None = None) -> None:
+        self.name = name
+        self.settings = settings or Settings()
+        self._event_handlers: dict[str, Handler] = {}
+        self._command_consumers: list[tuple[str, str, Handler]] = []
+        self._rpc: list[tuple[dict[type[RpcRequest], RpcHandler], str | None]] = []
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._consumers: list[DurableConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = False
+        self.bus: Bus
+        self.mongo: AsyncMongoClient[dict[str, Any]]
+        self.db: AsyncDatabase[dict[str, Any]]
+        self.outbox: Outbox
+        self.health_port = 0
+
+    # ---- registration --------------------------------------------------------------------------------
+
+    def on_event(self, *types: type[Event]) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            for t in types:
+                self._event_handlers[t.TYPE] = handler
+            return handler
+
+        return register
+
+    def on_commands(self, durable: str, filter_subject: str, handler: Handler) -> None:
+        self._command_consumers.append((durable, filter_subject, handler))
+
+    def rpc(self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None) -> None:
+        self._rpc.append((handlers, target))
+
+    def on_startup(self, hook: Hook) -> None:
+        self._startup.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        self._shutdown.append(hook)
+
+    def background(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._background.append(fn)
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return self._ready and self.bus.nc.is_connected
+
+    async def start(self) -> None:
+        s = self.settings
+        setup_tracing(self.name, s.otel_exporter)
+        self.bus = await Bus.connect(s.nats_url, self.name)
+        await self.bus.ensure_streams()
+        self.mongo = connect_mongo(s.mongo_url)
+        self.db = service_database(self.mongo, self.name)
+        self.outbox = Outbox(self.db, self.bus)
+        health = HealthServer(s.http_host, s.http_port, self.is_ready)
+        self.health_port = await health.start()
+        self._health = health
+        self._write_port_file()
+        for hook in self._startup:
+            await hook(self)
+        # Whatever a previous run committed but did not publish goes out first.
+        await self.outbox.flush()
+        self._tasks.append(asyncio.create_task(self.outbox.relay_forever(), name="outbox-relay"))
+        specs = []
+        if self._event_handlers:
+            specs.append(
+                ConsumerSpec(
+                    durable=self.name,
+                    stream=EVENTS_STREAM,
+                    filter_subjects=sorted(event_subject(t) for t in self._event_handlers),
+                    handler=self._dispatch_event,
+                    max_deliver=s.max_deliver,
+                    nak_base_delay_s=s.nak_base_delay_s,
+                    batch=s.fetch_batch,
+                )
+            )
+        for durable, subject, handler in self._command_consumers:
+            specs.append(
+                ConsumerSpec(
+                    durable=durable,
+                    stream=COMMANDS_STREAM,
+                    filter_subjects=[subject],
+                    handler=handler,
+                    max_deliver=s.max_deliver,
+                    nak_base_delay_s=s.nak_base_delay_s,
+                    batch=s.fetch_batch,
+                )
+            )
+        for spec in specs:
+            consumer = DurableConsumer(spec, self.bus, self.mongo, self.db, self.outbox)
+            await consumer.start()
+            self._consumers.append(consumer)
+        for handlers, target in self._rpc:
+            await self.bus.serve_rpc(handlers, target)
+        for fn in self._background:
+            self._tasks.append(asyncio.create_task(fn(), name=fn.__name__))
+        self._ready = True
+        log.info("service ready", extra={"health_port": self.health_port})
+
+    async def _dispatch_event(self, ctx: Any, env: Any) -> None:
+        await self._event_handlers[env.type](ctx, env)
+
+    async def stop(self) -> None:
+        self._ready = False
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for hook in self._shutdown:
+            with contextlib.suppress(Exception):
+                await hook(self)
+        with contextlib.suppress(Exception):
+            await self.outbox.flush()
+        with contextlib.suppress(Exception):
+            await self.bus.close()
+        await self._health.stop()
+        await self.mongo.close()
+        log.info("service stopped")
+
+    def _write_port_file(self) -> None:
+        """Tell a local launcher where this process serves health and metrics (port 0 picks one)."""
+        run_dir = Path(self.settings.data_dir) / "run"
+        with contextlib.suppress(OSError):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            instance = getattr(self.settings, "node_name", None) or self.name
+            (run_dir / f"{instance}.json").write_text(json.dumps({"health_port": self.health_port}))
+
+    async def serve_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("signal received; draining")
+        await self.stop()
+
+    def run(self) -> None:
+        setup_logging(self.name, self.settings.log_level)
+        asyncio.run(self.serve_until_signalled())

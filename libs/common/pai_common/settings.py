@@ -1,0 +1,30 @@
+"""Settings read from the environment (prefix ``PAI_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What every service reads at start. Each service may subclass it for its own knobs."""
+
+    model_config = SettingsConfigDict(env_prefix="PAI_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    data_dir: Path = Path(".pai")
+    # Port of the service's own /metrics, /healthz and /readyz; 0 picks a free port.
+    http_port: int = 0
+    http_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    # Bus behaviour shared by all consumers.
+    max_deliver: int = Field(default=5, ge=1)
+    nak_base_delay_s: float = Field(default=0.5, gt=0)
+    fetch_batch: int = Field(default=64, ge=1)
+    otel_exporter: str = "none"  # "none" or "console"
+
+    def database_name(self, service: str) -> str:
+        return f"pai_{service}"
