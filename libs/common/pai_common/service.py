@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,12 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
-from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler
+from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext
 from pai_common.contract.base import Event, RpcRequest, event_subject
 from pai_common.database import connect_mongo, service_database
 from pai_common.health import HealthServer
 from pai_common.logs import setup_logging
-from pai_common.outbox import Outbox
+from pai_common.outbox import Outbox, PendingMessages
 from pai_common.settings import Settings
 from pai_common.telemetry import setup_tracing
 
@@ -76,6 +76,23 @@ class ServiceApp:
         self._background.append(fn)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[HandlerContext]:
+        """State changes and the messages they cause, committed together, then published.
+
+        For work that does not start from a message (a process exited, a timer fired).
+        """
+        out = PendingMessages(self.name)
+        async with self.mongo.start_session() as session:
+            async with await session.start_transaction():
+                yield HandlerContext(self.db, session, out)
+                await self.outbox.stage(out, session)
+        if out.docs:
+            try:
+                await self.outbox.flush()
+            except Exception as exc:  # committed: the relay sends it later
+                log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
 
     def is_ready(self) -> bool:
         return self._ready and self.bus.nc.is_connected

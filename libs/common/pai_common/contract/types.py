@@ -57,6 +57,8 @@ class Placement(Message):
     index: int
     node: str
     gpus: list[int]
+    # Filled in by the scheduler from the node's registration; tasks use it to find their peers.
+    host_ip: str = ""
 
 
 class GpuInfo(Message):

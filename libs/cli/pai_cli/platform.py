@@ -1,0 +1,221 @@
+"""The embedded platform on one machine: NATS, a MongoDB-wire server, every service, N runtime agents.
+
+Used by ``pai up``, by the end-to-end tests and by the benchmarks, so that all three run the same thing.
+Each service is its own process (``python -m pai_<service>``), exactly as in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pai_common.embedded import ServerProcess, free_port, start_mongo, start_nats, wait_for_port
+
+SERVICES = ("auth", "storage", "jobs", "scheduler", "orchestrator", "diagnosis", "monitoring", "gateway")
+CREDENTIALS_FILE = "admin-credentials.json"
+
+
+class PlatformError(RuntimeError):
+    """A part of the platform did not start or stopped unexpectedly."""
+
+
+@dataclass
+class Child:
+    name: str
+    module: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Platform:
+    data_dir: Path
+    nodes: int = 2
+    gpus_per_node: int = 4
+    port: int = 9186
+    nats_url: str | None = None
+    mongo_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    children: dict[str, Child] = field(default_factory=dict)
+    servers: list[ServerProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"node-{i}" for i in range(self.nodes)]
+
+    def start(self, timeout_s: float = 120.0, progress: object = None) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.data_dir / "run", ignore_errors=True)
+        if self.port == 0:
+            self.port = free_port()
+        _say(progress, "starting NATS (JetStream)")
+        if not self.nats_url:
+            server = start_nats(self.data_dir)
+            self.servers.append(server)
+            self.nats_url = server.url
+        _say(progress, "starting the MongoDB-wire server")
+        if not self.mongo_url:
+            server = start_mongo(self.data_dir)
+            self.servers.append(server)
+            self.mongo_url = server.url
+        base = {
+            **os.environ,
+            "PAI_NATS_URL": self.nats_url,
+            "PAI_MONGO_URL": self.mongo_url,
+            "PAI_DATA_DIR": str(self.data_dir),
+            "PAI_HTTP_PORT": "0",
+            **self.extra_env,
+        }
+        # Only auth needs the admin password; no other process gets it.
+        admin_password = base.pop("PAI_ADMIN_PASSWORD", None)
+        logs = self.data_dir / "logs"
+        for name in SERVICES:
+            env = dict(base)
+            if name == "auth" and admin_password:
+                env["PAI_ADMIN_PASSWORD"] = admin_password
+            if name == "gateway":
+                env["PAI_GATEWAY_PORT"] = str(self.port)
+            self.children[name] = Child(name, f"pai_{name}", env, logs / f"{name}.log")
+        for node in self.node_names:
+            env = {**base, "PAI_NODE_NAME": node, "PAI_SIMULATED_GPUS": str(self.gpus_per_node)}
+            self.children[node] = Child(node, "pai_runtime", env, logs / f"runtime-{node}.log")
+        _say(progress, f"starting {len(self.children)} service processes")
+        for child in self.children.values():
+            child.start()
+        self.wait_ready(timeout_s, progress)
+
+    def wait_ready(self, timeout_s: float, progress: object = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.children)
+        while pending:
+            for name in sorted(pending):
+                child = self.children[name]
+                if not child.running:
+                    raise PlatformError(f"{name} exited during start-up; see {child.log_path}")
+                if _ready(self.data_dir / "run" / f"{name}.json"):
+                    pending.discard(name)
+                    _say(progress, f"{name} ready")
+            if time.monotonic() > deadline:
+                raise PlatformError(f"not ready after {timeout_s:g}s: {', '.join(sorted(pending))}")
+            time.sleep(0.1)
+        wait_for_port(self.port, 30)
+
+    def admin_credentials(self) -> tuple[str, str]:
+        user = os.environ.get("PAI_ADMIN_USER", "admin")
+        password = self.extra_env.get("PAI_ADMIN_PASSWORD") or os.environ.get("PAI_ADMIN_PASSWORD")
+        if password:
+            return user, password
+        path = self.data_dir / CREDENTIALS_FILE
+        if not path.exists():
+            raise PlatformError(f"no admin password: set PAI_ADMIN_PASSWORD or look for {path}")
+        saved = json.loads(path.read_text())
+        return str(saved["username"]), str(saved["password"])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service: no drain, no goodbye, as a crash would."""
+        child = self.children[name]
+        child.signal(signal.SIGKILL)
+        child.wait(10)
+        (self.data_dir / "run" / f"{name}.json").unlink(missing_ok=True)
+
+    def restart(self, name: str, timeout_s: float = 60.0) -> None:
+        child = self.children[name]
+        if child.running:
+            child.signal(signal.SIGTERM)
+            child.wait(20)
+        (self.data_dir / "run" / f"{name}.json").unlink(missing_ok=True)
+        child.start()
+        deadline = time.monotonic() + timeout_s
+        while not _ready(self.data_dir / "run" / f"{name}.json"):
+            if not child.running:
+                raise PlatformError(f"{name} exited during restart; see {child.log_path}")
+            if time.monotonic() > deadline:
+                raise PlatformError(f"{name} not ready after {timeout_s:g}s")
+            time.sleep(0.1)
+
+    def dead_children(self) -> list[str]:
+        return [name for name, child in self.children.items() if not child.running]
+
+    def stop(self) -> None:
+        # Gateway first (no new work), runtime agents last (their tasks keep running until then).
+        order = ["gateway", *[s for s in SERVICES if s != "gateway"], *self.node_names]
+        for name in order:
+            if name in self.children:
+                self.children[name].signal(signal.SIGTERM)
+        for name in order:
+            if name in self.children:
+                self.children[name].wait(20)
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of every process of the platform, servers included."""
+        pids = [c.proc.pid for c in self.children.values() if c.proc and c.running]
+        pids += [s.proc.pid for s in self.servers if s.proc.poll() is None]
+        total = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                continue
+        return total
+
+
+def _ready(port_file: Path) -> bool:
+    try:
+        port = json.loads(port_file.read_text())["health_port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _say(progress: object, message: str) -> None:
+    if callable(progress):
+        progress(message)

@@ -1,0 +1,107 @@
+"""``pai up``: the whole platform on this machine, with an example job if asked, until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pai_cli.client import FINAL_STATES, PaiClient, PaiError
+from pai_cli.config import save_config
+from pai_cli.platform import Platform, PlatformError
+
+console = Console(stderr=True)
+
+
+def unique_name(yaml_text: str, suffix: str) -> str:
+    """Give the example job a fresh name: OpenPAI never reuses a job name, even after it finished."""
+    return re.sub(r"(?m)^name:\s*['\"]?([\w-]+)['\"]?\s*$", lambda m: f"name: {m.group(1)}-{suffix}", yaml_text, count=1)
+
+
+def up(
+    nodes: Annotated[int, typer.Option("--nodes", min=1, max=64, help="Runtime agents (simulated nodes)")] = 2,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=0, max=64)] = 4,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="REST API port")] = 9186,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where jobs, logs and the databases live (kept across restarts)")
+    ] = Path(os.environ.get("PAI_DATA_DIR", ".pai")),
+    submit: Annotated[Path | None, typer.Option("--submit", help="A job YAML to submit once the platform is up")] = None,
+    exit_after_job: Annotated[bool, typer.Option("--exit-after-job", help="Stop once the submitted job ends")] = False,
+) -> None:
+    """Start NATS, the MongoDB-wire server, every service and the runtime agents; stop them all on Ctrl-C."""
+    platform = Platform(
+        data_dir=data_dir,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        port=port,
+        nats_url=os.environ.get("PAI_NATS_URL"),
+        mongo_url=os.environ.get("PAI_MONGO_URL"),
+    )
+    started = time.monotonic()
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    try:
+        with console.status("starting the platform") as status:
+            platform.start(progress=lambda msg: status.update(msg))
+        console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {platform.url}")
+        user, password = platform.admin_credentials()
+        console.print(f"admin user: [bold]{user}[/]  password: [bold]{password}[/]")
+        console.print(f"data and logs: {platform.data_dir}")
+        with PaiClient(platform.url) as client:
+            token = client.login(user, password)
+        save_config(platform.url, user, token)
+        console.print("the `pai` CLI is logged in as the admin (try `pai job list`)")
+        exit_code = 0
+        if submit is not None:
+            exit_code = _run_example(platform.url, user, token, submit)
+            if exit_after_job:
+                raise typer.Exit(exit_code)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        console.print("running; Ctrl-C stops everything")
+        while not stopping:
+            dead = platform.dead_children()
+            for name in dead:
+                console.print(f"[yellow]{name} stopped unexpectedly; restarting[/]")
+                platform.restart(name)
+            time.sleep(1.0)
+    except (PlatformError, PaiError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        with console.status("stopping"):
+            platform.stop()
+        console.print("stopped")
+
+
+def _run_example(url: str, user: str, token: str, path: Path) -> int:
+    text = unique_name(path.read_text(), time.strftime("%Y%m%d-%H%M%S"))
+    with PaiClient(url, token=token, username=user) as client:
+        key = client.submit_job(text)
+        console.print(f"submitted [bold]{key}[/]")
+        with console.status(f"{key}: submitted") as status:
+            job = client.wait_for_job(
+                key, timeout_s=600, on_state=lambda state, _job: status.update(f"{key}: {state}")
+            )
+        state = job["jobStatus"]["state"]
+        color = "green" if state == "SUCCEEDED" else "red"
+        console.print(f"{key}: [{color}]{state}[/] (exit code {job['jobStatus'].get('appExitCode')})")
+        roles = list(job.get("taskRoles", {}))
+        if roles:
+            console.print(f"its stdout (`pai job logs {key}`):")
+            console.print(client.task_log(key, roles[0], 0), markup=False, highlight=False)
+        return 0 if state in FINAL_STATES and state == "SUCCEEDED" else 1
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)

@@ -1,0 +1,3 @@
+from pai_auth.shell import main
+
+main()

@@ -1,0 +1,55 @@
+"""Token issue and verification, pure apart from the clock passed in."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from pai_auth.keys import SigningKey
+from pai_common.errors import UnauthorizedUserError
+
+ALGORITHM = "HS256"
+INVALID = "Your token is invalid."
+
+
+@dataclass(frozen=True)
+class Claims:
+    username: str
+    jti: str
+    application: bool
+    expires_at: int | None
+
+
+def issue(key: SigningKey, username: str, now: int, ttl_s: int | None, application: bool = False) -> tuple[str, Claims]:
+    jti = uuid.uuid4().hex
+    payload: dict[str, Any] = {"username": username, "application": application, "jti": jti, "iat": now}
+    expires = now + ttl_s if ttl_s is not None else None
+    if expires is not None:
+        payload["exp"] = expires
+    token = jwt.encode(payload, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
+    return token, Claims(username, jti, application, expires)
+
+
+def verify(token: str, keys: list[SigningKey], now: int) -> Claims:
+    """Check signature, algorithm and expiry; anything wrong is the same 401 to the caller."""
+    try:
+        header = jwt.get_unverified_header(token)
+        key = next((k for k in keys if k.kid == header.get("kid")), None)
+        if key is None:
+            raise UnauthorizedUserError(INVALID)
+        # Only HS256 is accepted: "none" and every other algorithm are refused by the library.
+        payload = jwt.decode(
+            token,
+            key.secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["username", "jti", "iat"], "verify_exp": False},
+        )
+    except jwt.PyJWTError:
+        raise UnauthorizedUserError(INVALID) from None
+    expires = payload.get("exp")
+    if expires is not None and int(expires) <= now:
+        raise UnauthorizedUserError(INVALID)
+    return Claims(str(payload["username"]), str(payload["jti"]), bool(payload.get("application")), expires)

@@ -1,0 +1,1 @@
+"""The diagnosis service: every task exit classified."""

@@ -1,0 +1,3 @@
+from pai_diagnosis.shell import main
+
+main()

@@ -1,0 +1,1 @@
+"""The gateway: OpenPAI REST API v2 over the bus."""

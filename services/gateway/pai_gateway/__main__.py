@@ -1,0 +1,3 @@
+from pai_gateway.shell import main
+
+main()

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from pai_common.settings import Settings
+
+
+class GatewaySettings(Settings):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=9186, ge=0, le=65535)
+    # OpenPAI's body parsers stop at 100 kB; a job YAML of a few hundred tasks still fits in 256 KiB.
+    max_body_bytes: int = 256 * 1024
+    rpc_timeout_s: float = 5.0
+    identity_cache_s: float = 5.0

@@ -1,0 +1,55 @@
+"""The gateway process: the bus connection of ServiceApp plus an HTTP server in the same event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from collections.abc import Iterator
+
+import uvicorn
+
+from pai_common.service import ServiceApp
+from pai_gateway.http_app import build_http_app
+from pai_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal handling: the service runner owns SIGTERM and drains everything."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_app(settings: GatewaySettings | None = None) -> ServiceApp:
+    settings = settings or GatewaySettings()
+    app = ServiceApp("gateway", settings)
+    http = build_http_app(lambda: app.bus, settings)
+    config = uvicorn.Config(
+        http,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = _Server(config)
+
+    async def serve() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await server.serve()
+
+    async def stop_http(app: ServiceApp) -> None:
+        server.should_exit = True
+
+    app.background(serve)
+    app.on_shutdown(stop_http)
+    return app
+
+
+def main() -> None:
+    build_app().run()

@@ -1,0 +1,1 @@
+"""The jobs service: protocol v2 submission and the job read model."""

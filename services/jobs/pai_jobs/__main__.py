@@ -1,0 +1,3 @@
+from pai_jobs.shell import main
+
+main()

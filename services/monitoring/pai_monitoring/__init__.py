@@ -1,0 +1,1 @@
+"""The monitoring service: platform metrics and alerts."""

@@ -1,0 +1,3 @@
+from pai_monitoring.shell import main
+
+main()

@@ -1,0 +1,89 @@
+"""The monitoring shell: follows job and node events and exposes them as Prometheus gauges.
+
+The gauges are read back from the service's own database, so they stay right across restarts and
+whatever the order in which events were handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import Gauge
+
+from pai_common.consumer import HandlerContext
+from pai_common.contract.events import FrameworkChanged, JobCompleted, JobSubmitted, NodeRegistered
+from pai_common.contract.states import JOB_STATES, public_state
+from pai_common.envelope import Envelope
+from pai_common.service import ServiceApp
+
+log = logging.getLogger(__name__)
+
+JOBS = "jobs"
+NODES = "nodes"
+
+JOBS_BY_STATE = Gauge("pai_jobs", "Jobs known to the platform, by public state.", ["state"])
+NODES_GAUGE = Gauge("pai_nodes", "Nodes whose runtime agent registered.")
+GPUS_GAUGE = Gauge("pai_gpus", "GPUs declared by the registered nodes.", ["simulated"])
+
+
+async def handle(ctx: HandlerContext, env: Envelope) -> None:
+    body = env.body
+    jobs = ctx.db[JOBS]
+    if isinstance(body, JobSubmitted):
+        await jobs.update_one(
+            {"_id": body.spec.job_key},
+            {"$setOnInsert": {"state": "WAITING", "version": 0}},
+            upsert=True,
+            session=ctx.session,
+        )
+    elif isinstance(body, FrameworkChanged):
+        snap = body.snapshot
+        await jobs.update_one(
+            {"_id": snap.job_key, "version": {"$lt": snap.version}},
+            {"$set": {"state": public_state(snap.state, snap.exit_code), "version": snap.version}},
+            session=ctx.session,
+        )
+    elif isinstance(body, JobCompleted):
+        await jobs.update_one(
+            {"_id": body.job_key}, {"$set": {"state": body.state, "final": True}}, session=ctx.session
+        )
+    elif isinstance(body, NodeRegistered):
+        await ctx.db[NODES].replace_one(
+            {"_id": body.node},
+            {"_id": body.node, "gpus": len(body.gpus), "simulated": body.simulated},
+            upsert=True,
+            session=ctx.session,
+        )
+
+
+async def refresh_gauges(app: ServiceApp) -> None:
+    counts = {state: 0 for state in JOB_STATES}
+    async for row in app.db[JOBS].aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
+        counts[str(row["_id"])] = int(row["n"])
+    for state, n in counts.items():
+        JOBS_BY_STATE.labels(state).set(n)
+    nodes = [n async for n in app.db[NODES].find({})]
+    NODES_GAUGE.set(len(nodes))
+    for simulated in (True, False):
+        GPUS_GAUGE.labels(str(simulated).lower()).set(sum(n["gpus"] for n in nodes if n["simulated"] == simulated))
+
+
+def build_app() -> ServiceApp:
+    app = ServiceApp("monitoring")
+    app.on_event(JobSubmitted, FrameworkChanged, JobCompleted, NodeRegistered)(handle)
+
+    async def refresher() -> None:
+        while True:
+            try:
+                await refresh_gauges(app)
+            except Exception as exc:
+                log.warning("gauge refresh failed", extra={"error": repr(exc)})
+            await asyncio.sleep(1.0)
+
+    app.background(refresher)
+    return app
+
+
+def main() -> None:
+    build_app().run()

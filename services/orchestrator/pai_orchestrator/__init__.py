@@ -1,0 +1,1 @@
+"""The orchestrator service: FrameworkController semantics over the bus."""

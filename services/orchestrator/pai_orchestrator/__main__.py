@@ -1,0 +1,3 @@
+from pai_orchestrator.shell import main
+
+main()

@@ -1,0 +1,1 @@
+"""The runtime service: one agent per node."""

@@ -1,0 +1,3 @@
+from pai_runtime.shell import main
+
+main()

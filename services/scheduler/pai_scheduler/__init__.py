@@ -1,0 +1,1 @@
+"""The scheduler service: places gangs of tasks on nodes and devices."""

@@ -1,0 +1,3 @@
+from pai_scheduler.shell import main
+
+main()

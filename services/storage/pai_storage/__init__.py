@@ -1,0 +1,1 @@
+"""The storage service: which storages exist and who may mount them."""

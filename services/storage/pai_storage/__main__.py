@@ -1,0 +1,3 @@
+from pai_storage.shell import main
+
+main()
