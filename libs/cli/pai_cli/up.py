@@ -21,18 +21,27 @@ console = Console(stderr=True)
 
 def unique_name(yaml_text: str, suffix: str) -> str:
     """Give the example job a fresh name: OpenPAI never reuses a job name, even after it finished."""
-    return re.sub(r"(?m)^name:\s*['\"]?([\w-]+)['\"]?\s*$", lambda m: f"name: {m.group(1)}-{suffix}", yaml_text, count=1)
+    return re.sub(
+        r"(?m)^name:\s*['\"]?([\w-]+)['\"]?\s*$", lambda m: f"name: {m.group(1)}-{suffix}", yaml_text, count=1
+    )
 
 
 def up(
-    nodes: Annotated[int, typer.Option("--nodes", min=1, max=64, help="Runtime agents (simulated nodes)")] = 2,
+    nodes: Annotated[
+        int, typer.Option("--nodes", min=1, max=64, help="Runtime agents (simulated nodes)")
+    ] = 2,
     gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=0, max=64)] = 4,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="REST API port")] = 9186,
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", help="Where jobs, logs and the databases live (kept across restarts)")
+        Path,
+        typer.Option("--data-dir", help="Where jobs, logs and the databases live (kept across restarts)"),
     ] = Path(os.environ.get("PAI_DATA_DIR", ".pai")),
-    submit: Annotated[Path | None, typer.Option("--submit", help="A job YAML to submit once the platform is up")] = None,
-    exit_after_job: Annotated[bool, typer.Option("--exit-after-job", help="Stop once the submitted job ends")] = False,
+    submit: Annotated[
+        Path | None, typer.Option("--submit", help="A job YAML to submit once the platform is up")
+    ] = None,
+    exit_after_job: Annotated[
+        bool, typer.Option("--exit-after-job", help="Stop once the submitted job ends")
+    ] = False,
 ) -> None:
     """Start NATS, the MongoDB-wire server, every service and the runtime agents; stop them all on Ctrl-C."""
     platform = Platform(

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from pai_cli.client import (
     FINAL_STATES,
     PaiApiError,

@@ -14,10 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
+
 from pai_cli import main
 from pai_cli.client import PaiClient
 from pai_cli.config import load_config, save_config
-from typer.testing import CliRunner
 
 HELLO_YAML = """\
 protocolVersion: 2

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -142,7 +143,9 @@ class Bus:
         subject = rpc_subject(req.SERVICE, req.ENDPOINT, target)
         headers = inject_headers({})
         try:
-            msg = await self.nc.request(subject, req.model_dump_json().encode(), timeout=timeout, headers=headers)
+            msg = await self.nc.request(
+                subject, req.model_dump_json().encode(), timeout=timeout, headers=headers
+            )
         except NoRespondersError as exc:
             raise ServiceUnavailableError(f"service {req.SERVICE} is not running") from exc
         except NatsTimeoutError as exc:
@@ -155,10 +158,15 @@ class Bus:
                 raise UnknownError(msg.headers.get("Nats-Service-Error", "remote error")) from None
         return reply_type.model_validate_json(msg.data)
 
-    async def serve_rpc(self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None) -> None:
+    async def serve_rpc(
+        self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None
+    ) -> None:
         """Register endpoints with the NATS micro services API (discovery, stats, queue groups)."""
         service = await add_service(
-            self.nc, name=f"pai-{self.service}", version="0.1.0", description=f"OpenPAI {self.service} service"
+            self.nc,
+            name=f"pai-{self.service}",
+            version="0.1.0",
+            description=f"OpenPAI {self.service} service",
         )
         for req_type, handler in handlers.items():
             await service.add_endpoint(

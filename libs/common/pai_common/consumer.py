@@ -19,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from pai_common.bus import Bus
+from pai_common.database import retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
 from pai_common.logs import current_job_key
 from pai_common.metrics import HANDLE_SECONDS, MESSAGES
@@ -72,7 +73,7 @@ class DurableConsumer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.db[PROCESSED].create_index("at")
+        await retry_transient(lambda: self.db[PROCESSED].create_index("at"))
         config = ConsumerConfig(
             durable_name=self.spec.durable,
             name=self.spec.durable,
@@ -85,9 +86,7 @@ class DurableConsumer:
             filter_subjects=self.spec.filter_subjects,
         )
         await self.bus.js.add_consumer(self.spec.stream, config=config)
-        self._sub = await self.bus.js.pull_subscribe_bind(
-            durable=self.spec.durable, stream=self.spec.stream
-        )
+        self._sub = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
         self._task = asyncio.create_task(self._loop(), name=f"consumer:{self.spec.durable}")
 
     async def stop(self) -> None:
@@ -101,8 +100,8 @@ class DurableConsumer:
         while not self._stopping.is_set():
             try:
                 msgs = await self._sub.fetch(self.spec.batch, timeout=0.5)
-            except NatsTimeoutError:
-                continue
+            except (NatsTimeoutError, TimeoutError):
+                continue  # nothing to do within the fetch window
             except Exception as exc:
                 log.warning("fetch failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
                 await asyncio.sleep(0.5)

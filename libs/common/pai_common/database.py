@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 Doc = dict[str, Any]
 
 
 def connect_mongo(url: str) -> AsyncMongoClient[Doc]:
-    return AsyncMongoClient(url, serverSelectionTimeoutMS=10_000, tz_aware=True, uuidRepresentation="standard")
+    return AsyncMongoClient(
+        url, serverSelectionTimeoutMS=10_000, tz_aware=True, uuidRepresentation="standard"
+    )
 
 
 def service_database(client: AsyncMongoClient[Doc], service: str) -> AsyncDatabase[Doc]:
     """Each service owns exactly one database, ``pai_<service>``, and touches no other."""
     return client[f"pai_{service}"]
+
+
+T = TypeVar("T")
+
+
+async def retry_transient(fn: Callable[[], Awaitable[T]], attempts: int = 8, base_delay_s: float = 0.05) -> T:
+    """Run ``fn`` again when MongoDB says the failure is transient (a write conflict between processes)."""
+    for attempt in range(attempts):
+        try:
+            return await fn()
+        except PyMongoError as exc:
+            transient = exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == 112
+            if not transient or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(base_delay_s * 2**attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")

@@ -48,7 +48,9 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode(message: Event | Command, source: str, msg_id: str | None = None) -> tuple[str, dict[str, str], bytes]:
+def encode(
+    message: Event | Command, source: str, msg_id: str | None = None
+) -> tuple[str, dict[str, str], bytes]:
     """Return (id, headers, payload) for a message; the trace context of the caller goes along."""
     mid = msg_id or new_id()
     subject = message.subject_key() if isinstance(message, Event) else getattr(message, "job_key", "")

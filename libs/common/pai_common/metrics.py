@@ -14,4 +14,6 @@ HANDLE_SECONDS = Histogram(
     "Time to handle one message, transaction and outbox included.",
     ["consumer", "type"],
 )
-RPC_REQUESTS = Counter("pai_rpc_requests_total", "RPC requests answered, by endpoint and outcome.", ["endpoint", "outcome"])
+RPC_REQUESTS = Counter(
+    "pai_rpc_requests_total", "RPC requests answered, by endpoint and outcome.", ["endpoint", "outcome"]
+)

@@ -45,7 +45,9 @@ class PendingMessages:
         mid, headers, payload = encode(message, self.source, msg_id)
         # time_ns plus a process-wide counter keeps the publish order of one handler's messages.
         order = (time.time_ns() // 1000) * 1000 + next(_seq) % 1000
-        self.docs.append({"_id": mid, "order": order, "subject": subject, "headers": headers, "data": payload})
+        self.docs.append(
+            {"_id": mid, "order": order, "subject": subject, "headers": headers, "data": payload}
+        )
         return mid
 
 

@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
 from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext
 from pai_common.contract.base import Event, RpcRequest, event_subject
-from pai_common.database import connect_mongo, service_database
+from pai_common.database import connect_mongo, retry_transient, service_database
 from pai_common.health import HealthServer
 from pai_common.logs import setup_logging
 from pai_common.outbox import Outbox, PendingMessages
@@ -93,6 +93,15 @@ class ServiceApp:
                 await self.outbox.flush()
             except Exception as exc:  # committed: the relay sends it later
                 log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
+
+    async def transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
+        """``transaction`` with retries when another process's write conflicted with this one."""
+
+        async def once() -> None:
+            async with self.transaction() as tx:
+                await work(tx)
+
+        await retry_transient(once)
 
     def is_ready(self) -> bool:
         return self._ready and self.bus.nc.is_connected

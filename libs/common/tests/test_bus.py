@@ -34,7 +34,9 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_event_handled_once_and_state_committed(fresh_nats: ServerProcess, mongo_server: ServerProcess) -> None:
+async def test_event_handled_once_and_state_committed(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
     app = make_app(fresh_nats, mongo_server)
 
     @app.on_event(JobAttemptCompleted)
@@ -102,7 +104,9 @@ async def test_failing_handler_dead_letters(fresh_nats: ServerProcess, mongo_ser
         await app.stop()
 
 
-async def test_malformed_message_dead_lettered(fresh_nats: ServerProcess, mongo_server: ServerProcess) -> None:
+async def test_malformed_message_dead_lettered(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
     app = make_app(fresh_nats, mongo_server)
     calls: list[str] = []
 

@@ -52,8 +52,16 @@ class AuthService:
         self.keys = signing_keys.load_or_create(self.keys_path)
         groups = app.db[GROUPS]
         for group in (
-            {"_id": ADMIN_GROUP, "description": "administrators", "acls": {"admin": True, "virtualClusters": []}},
-            {"_id": DEFAULT_GROUP, "description": "everyone", "acls": {"admin": False, "virtualClusters": ["default"]}},
+            {
+                "_id": ADMIN_GROUP,
+                "description": "administrators",
+                "acls": {"admin": True, "virtualClusters": []},
+            },
+            {
+                "_id": DEFAULT_GROUP,
+                "description": "everyone",
+                "acls": {"admin": False, "virtualClusters": ["default"]},
+            },
         ):
             await groups.update_one({"_id": group["_id"]}, {"$setOnInsert": group}, upsert=True)
         name = self.settings.admin_user
@@ -76,7 +84,9 @@ class AuthService:
         except DuplicateKeyError:
             return  # another replica bootstrapped first
         if generated:
-            _write_private(Path(self.settings.data_dir) / CREDENTIALS_FILE, {"username": name, "password": password})
+            _write_private(
+                Path(self.settings.data_dir) / CREDENTIALS_FILE, {"username": name, "password": password}
+            )
         log.info("bootstrap admin created", extra={"username": name, "password_generated": generated})
 
     async def _identity(self, username: str, application: bool) -> Identity:
@@ -97,7 +107,9 @@ class AuthService:
         except VerificationError:
             raise IncorrectPasswordError("Password is incorrect.") from None
         now = int(time.time())
-        token, claims = tokens.issue(self.keys[-1], req.username, now, min(req.expiration_s, self.settings.token_ttl_s))
+        token, claims = tokens.issue(
+            self.keys[-1], req.username, now, min(req.expiration_s, self.settings.token_ttl_s)
+        )
         await self.app.db[TOKENS].insert_one(
             {"_id": claims.jti, "username": req.username, "expires_at": claims.expires_at, "revoked": False}
         )

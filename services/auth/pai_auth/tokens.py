@@ -23,7 +23,9 @@ class Claims:
     expires_at: int | None
 
 
-def issue(key: SigningKey, username: str, now: int, ttl_s: int | None, application: bool = False) -> tuple[str, Claims]:
+def issue(
+    key: SigningKey, username: str, now: int, ttl_s: int | None, application: bool = False
+) -> tuple[str, Claims]:
     jti = uuid.uuid4().hex
     payload: dict[str, Any] = {"username": username, "application": application, "jti": jti, "iat": now}
     expires = now + ttl_s if ttl_s is not None else None

@@ -22,7 +22,11 @@ KNOWN: dict[int, tuple[str, FailureType, str]] = {
     0: ("Succeeded", "Succeeded", "the task's commands exited with 0"),
     130: ("ContainerSigIntReceived", "Unknown", "the task was interrupted (SIGINT)"),
     134: ("ContainerSigAbrtReceived", "Unknown", "the task aborted (SIGABRT)"),
-    137: ("ContainerSigKillReceived", "Unknown", "the task was killed (SIGKILL), often for running out of memory"),
+    137: (
+        "ContainerSigKillReceived",
+        "Unknown",
+        "the task was killed (SIGKILL), often for running out of memory",
+    ),
     139: ("ContainerSigSegvReceived", "Unknown", "the task crashed with a segmentation fault (SIGSEGV)"),
     143: ("ContainerSigTermReceived", "Unknown", "the task was terminated (SIGTERM)"),
 }

@@ -41,7 +41,8 @@ JOB_KEY_PATTERN = r"^[\w.-]+~[\w-]+$"
 
 
 async def _identity(request: Request) -> Identity:
-    return await request.app.state.resolver().resolve(request)
+    resolver: IdentityResolver = request.app.state.resolver()
+    return await resolver.resolve(request)
 
 
 # Every route that takes a ``User`` needs a valid token.
@@ -58,7 +59,9 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
 
     def resolver() -> IdentityResolver:
         if app.state.identity_resolver is None:
-            app.state.identity_resolver = IdentityResolver(bus(), settings.identity_cache_s, settings.rpc_timeout_s)
+            app.state.identity_resolver = IdentityResolver(
+                bus(), settings.identity_cache_s, settings.rpc_timeout_s
+            )
         resolved: IdentityResolver = app.state.identity_resolver
         return resolved
 
@@ -125,7 +128,9 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         expiration = data.get("expiration", 7 * 24 * 3600)
         try:
             req = LoginRequest(
-                username=data.get("username", ""), password=data.get("password", ""), expiration_s=int(expiration)
+                username=data.get("username", ""),
+                password=data.get("password", ""),
+                expiration_s=int(expiration),
             )
         except (ValueError, TypeError) as exc:
             raise InvalidParametersError(_first_line(str(exc))) from None
@@ -149,7 +154,10 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         except UnicodeDecodeError:
             raise InvalidProtocolError("the job protocol is not UTF-8 text") from None
         req = SubmitJobRequest(
-            username=user.username, virtual_clusters=user.virtual_clusters, admin=user.admin, protocol_yaml=text
+            username=user.username,
+            virtual_clusters=user.virtual_clusters,
+            admin=user.admin,
+            protocol_yaml=text,
         )
         reply = await bus().request(req, SubmitJobReply, timeout=timeout)
         name = reply.job_key.split("~", 1)[1]
@@ -165,7 +173,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=50000)] = 5000,
         order: str = "submissionTime,DESC",
-        withTotalCount: bool = False,  # noqa: N803  (OpenPAI's parameter name)
+        withTotalCount: bool = False,
     ) -> Any:
         field, _, direction = order.partition(",")
         direction = (direction or "DESC").upper()
@@ -229,7 +237,12 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         key = _job_key(framework_name)
         node = await _task_node(await job_detail(key), task_role, index)
         req = TaskLogRequest(
-            job_key=key, attempt_id=job_attempt, task_role=task_role, index=index, stream=stream, tail_bytes=tail_bytes
+            job_key=key,
+            attempt_id=job_attempt,
+            task_role=task_role,
+            index=index,
+            stream=stream,
+            tail_bytes=tail_bytes,
         )  # type: ignore[arg-type]
         reply = await bus().request(req, TaskLogReply, target=node, timeout=timeout)
         return PlainTextResponse(reply.content)

@@ -34,7 +34,9 @@ class IdentityResolver:
         if hit and hit[0] > now:
             identity = hit[1]
         else:
-            identity = await self.bus.request(VerifyTokenRequest(token=token), Identity, timeout=self.timeout_s)
+            identity = await self.bus.request(
+                VerifyTokenRequest(token=token), Identity, timeout=self.timeout_s
+            )
             if len(self._cache) >= MAX_CACHE:
                 self._cache.clear()
             self._cache[token] = (now + self.ttl_s, identity)

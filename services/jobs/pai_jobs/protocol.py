@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import yaml
-from pai_common.contract.types import JobSpec, TaskRoleSpec
-from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
 from yaml.composer import ComposerError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, SequenceNode
+
+from pai_common.contract.types import JobSpec, TaskRoleSpec
+from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
 
 # Limits on what a submitted document may cost to parse.
 MAX_BODY_BYTES: Final = 256 * 1024

@@ -110,11 +110,15 @@ class JobsService:
             query["$or"] = [{field: {"$regex": pattern}} for field in ("name", "user", "vc")]
         field = ORDER_FIELDS.get(req.order_field)
         if field is None:
-            raise InvalidParametersError(f"order field {req.order_field!r} is not one of {sorted(ORDER_FIELDS)}")
+            raise InvalidParametersError(
+                f"order field {req.order_field!r} is not one of {sorted(ORDER_FIELDS)}"
+            )
         direction = ASCENDING if req.order == "ASC" else DESCENDING
         jobs = self.app.db[JOBS]
         total = await jobs.count_documents(query)
-        cursor = jobs.find(query).sort([(field, direction), ("_id", direction)]).skip(req.offset).limit(req.limit)
+        cursor = (
+            jobs.find(query).sort([(field, direction), ("_id", direction)]).skip(req.offset).limit(req.limit)
+        )
         return JobListReply(jobs=[job_summary(doc) async for doc in cursor], total=total)
 
     async def on_framework_changed(self, ctx: HandlerContext, env: Envelope) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from pai_common.contract.types import JobSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
 from pai_jobs.protocol import (

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+
 from pai_common.contract.types import FrameworkSnapshot, JobSpec, TaskRoleSpec, TaskSnapshot
 from pai_jobs.views import (
     attempt_state,

@@ -59,14 +59,16 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
 
 async def refresh_gauges(app: ServiceApp) -> None:
     counts = {state: 0 for state in JOB_STATES}
-    async for row in app.db[JOBS].aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
+    async for row in await app.db[JOBS].aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
         counts[str(row["_id"])] = int(row["n"])
     for state, n in counts.items():
         JOBS_BY_STATE.labels(state).set(n)
     nodes = [n async for n in app.db[NODES].find({})]
     NODES_GAUGE.set(len(nodes))
     for simulated in (True, False):
-        GPUS_GAUGE.labels(str(simulated).lower()).set(sum(n["gpus"] for n in nodes if n["simulated"] == simulated))
+        GPUS_GAUGE.labels(str(simulated).lower()).set(
+            sum(n["gpus"] for n in nodes if n["simulated"] == simulated)
+        )
 
 
 def build_app() -> ServiceApp:

@@ -282,7 +282,11 @@ def _completion_verdict(fw: Framework, trigger: Task) -> tuple[bool, Task | None
     done = [t for t in fw.tasks.values() if t.task_role == role.name and t.state == S.TASK_COMPLETED]
     failed = sum(1 for t in done if t.exit_code != 0)
     succeeded = len(done) - failed
-    if trigger.exit_code != 0 and role.min_failed_instances is not None and failed >= role.min_failed_instances:
+    if (
+        trigger.exit_code != 0
+        and role.min_failed_instances is not None
+        and failed >= role.min_failed_instances
+    ):
         return False, trigger
     if trigger.exit_code == 0 and role.min_succeeded_instances is not None:
         if succeeded >= role.min_succeeded_instances:

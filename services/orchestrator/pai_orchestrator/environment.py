@@ -33,7 +33,7 @@ def task_environment(spec: JobSpec, role: str, index: int, gang: list[Placement]
     for p in sorted(gang, key=lambda p: (p.task_role, p.index)):
         env[f"PAI_HOST_IP_{p.task_role}_{p.index}"] = p.host_ip
         hosts.setdefault(p.task_role, []).append(p.host_ip)
-    for r, ips in hosts.items():
-        env[f"PAI_TASK_ROLE_{r}_HOST_LIST"] = ",".join(ips)
+    for role_name, ips in hosts.items():
+        env[f"PAI_TASK_ROLE_{role_name}_HOST_LIST"] = ",".join(ips)
     env["PAI_TASK_ROLE_INSTANCES"] = ",".join(f"{p.task_role}:{p.index}" for p in gang)
     return env

@@ -38,8 +38,9 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
             return  # submitted twice under different ids: the first one counts
         transition = core.on_submitted(body.spec, now)
     else:
-        job_key: str = getattr(body, "job_key")
-        doc = await frameworks.find_one({"_id": job_key}, session=ctx.session)
+        if not isinstance(body, SchedulingAllocated | SchedulingRejected | TaskRunning | TaskDiagnosed):
+            raise TypeError(f"orchestrator has no transition for {env.type}")
+        doc = await frameworks.find_one({"_id": body.job_key}, session=ctx.session)
         if doc is None:
             log.warning("event for an unknown job ignored", extra={"type": env.type})
             return
@@ -78,16 +79,18 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
     log.info("framework transition", extra={"state": fw.state, "reason": transition.reason})
 
 
-def _apply(fw: core.Framework, body: object, now: int) -> core.Transition:
+def _apply(
+    fw: core.Framework,
+    body: SchedulingAllocated | SchedulingRejected | TaskRunning | TaskDiagnosed,
+    now: int,
+) -> core.Transition:
     if isinstance(body, SchedulingAllocated):
         return core.on_allocated(fw, body, now)
     if isinstance(body, SchedulingRejected):
         return core.on_rejected(fw, body, now)
     if isinstance(body, TaskRunning):
         return core.on_task_running(fw, body, now)
-    if isinstance(body, TaskDiagnosed):
-        return core.on_task_diagnosed(fw, body, now)
-    raise TypeError(f"orchestrator has no transition for {type(body).__name__}")
+    return core.on_task_diagnosed(fw, body, now)
 
 
 def build_app() -> ServiceApp:

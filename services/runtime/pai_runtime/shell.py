@@ -59,17 +59,19 @@ class Agent:
 
     async def _register(self, app: ServiceApp) -> None:
         inventory = detect(self.node, self.settings.simulated_gpus, self.settings.force_simulated)
-        async with app.transaction() as tx:
-            tx.out.event(
-                NodeRegistered(
-                    node=self.node,
-                    host_ip=self.settings.host_ip,
-                    cpu=os.cpu_count() or 1,
-                    memory_mb=_memory_mb(),
-                    gpus=inventory.gpus,
-                    simulated=inventory.simulated,
-                )
-            )
+        registration = NodeRegistered(
+            node=self.node,
+            host_ip=self.settings.host_ip,
+            cpu=os.cpu_count() or 1,
+            memory_mb=_memory_mb(),
+            gpus=inventory.gpus,
+            simulated=inventory.simulated,
+        )
+
+        async def register(tx: HandlerContext) -> None:
+            tx.out.event(registration)
+
+        await app.transact(register)
         log.info(
             "node registered",
             extra={"node": self.node, "gpus": len(inventory.gpus), "simulated": inventory.simulated},
@@ -170,7 +172,13 @@ class Agent:
                 async with self.app.transaction() as tx:
                     updated = await tx.db[self.runs_collection].update_one(
                         {"_id": rid, "status": "running"},
-                        {"$set": {"status": "exited", "exit_code": result.exit_code, "finished_at": finished}},
+                        {
+                            "$set": {
+                                "status": "exited",
+                                "exit_code": result.exit_code,
+                                "finished_at": finished,
+                            }
+                        },
                         session=tx.session,
                     )
                     if updated.matched_count == 1:
@@ -201,7 +209,9 @@ class Agent:
         workdir = self.workdir(req.job_key, req.attempt_id, req.task_role, req.index)
         path = workdir / f"{req.stream}.log"
         if not path.exists():
-            raise NoTaskLogError(f"no {req.stream} log for {req.job_key} {req.task_role}[{req.index}] on {self.node}")
+            raise NoTaskLogError(
+                f"no {req.stream} log for {req.job_key} {req.task_role}[{req.index}] on {self.node}"
+            )
         content, size, truncated = local_process.tail(path, req.tail_bytes)
         return TaskLogReply(content=content, size=size, truncated=truncated)
 

@@ -7,6 +7,7 @@ the start of a handler is the state every earlier decision left.
 from __future__ import annotations
 
 import logging
+
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     JobAttemptCompleted,
@@ -51,7 +52,10 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
     decisions: list[Decision]
     if isinstance(body, NodeRegistered):
         await ctx.db[NODES].replace_one(
-            {"_id": body.node}, {"_id": body.node, **body.model_dump(mode="json")}, upsert=True, session=ctx.session
+            {"_id": body.node},
+            {"_id": body.node, **body.model_dump(mode="json")},
+            upsert=True,
+            session=ctx.session,
         )
         decisions = sched.add_node(body.node, len(body.gpus))
     elif isinstance(body, SchedulingRequested):
@@ -68,18 +72,25 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
 
 
 async def _host_ips(ctx: HandlerContext) -> dict[str, str]:
-    return {d["_id"]: d.get("host_ip", "") async for d in ctx.db[NODES].find({}, {"host_ip": 1}, session=ctx.session)}
+    return {
+        d["_id"]: d.get("host_ip", "")
+        async for d in ctx.db[NODES].find({}, {"host_ip": 1}, session=ctx.session)
+    }
 
 
 def _emit(ctx: HandlerContext, decision: Decision, host_ips: dict[str, str]) -> None:
     if isinstance(decision, Allocated):
         req = decision.request
         placements = [p.model_copy(update={"host_ip": host_ips.get(p.node, "")}) for p in decision.placements]
-        ctx.out.event(SchedulingAllocated(job_key=req.job_key, attempt_id=req.attempt_id, placements=placements))
+        ctx.out.event(
+            SchedulingAllocated(job_key=req.job_key, attempt_id=req.attempt_id, placements=placements)
+        )
         log.info("gang allocated", extra={"job": req.job_key, "attempt": req.attempt_id})
     elif isinstance(decision, Rejected):
         req = decision.request
-        ctx.out.event(SchedulingRejected(job_key=req.job_key, attempt_id=req.attempt_id, reason=decision.reason))
+        ctx.out.event(
+            SchedulingRejected(job_key=req.job_key, attempt_id=req.attempt_id, reason=decision.reason)
+        )
         log.info("gang rejected", extra={"job": req.job_key, "reason": decision.reason})
     elif isinstance(decision, Released):
         ctx.out.event(SchedulingReleased(job_key=decision.job_key, attempt_id=decision.attempt_id))
@@ -95,5 +106,3 @@ def build_app() -> ServiceApp:
 
 def main() -> None:
     build_app().run()
-
-

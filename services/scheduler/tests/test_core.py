@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from pai_common.contract.types import PodRequest
 from pai_scheduler.core import (
     Allocated,

@@ -10,7 +10,9 @@ JOB_STATES = ("WAITING", "RUNNING", "STOPPING", "SUCCEEDED", "FAILED", "STOPPED"
 USER_STOP_CODES = frozenset({-210, -220})
 
 _WAITING = frozenset({"AttemptCreationPending", "AttemptCreationRequested", "AttemptPreparing"})
-_COMPLETING = frozenset({"AttemptDeletionPending", "AttemptDeletionRequested", "AttemptDeleting", "AttemptCompleted"})
+_COMPLETING = frozenset(
+    {"AttemptDeletionPending", "AttemptDeletionRequested", "AttemptDeleting", "AttemptCompleted"}
+)
 
 
 def final_state(exit_code: int | None) -> str:

@@ -1,0 +1,235 @@
+"""The whole platform through HTTP: real NATS, a real MongoDB-wire server, every service as a process."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from pai_cli.platform import Platform
+
+pytestmark = pytest.mark.e2e
+
+FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def job_yaml(name: str, commands: list[str], gpu: int = 1, instances: int = 1, retries: int = 0) -> str:
+    lines = "\n".join(f"      - {json.dumps(c)}" for c in commands)
+    return f"""protocolVersion: 2
+name: {name}
+type: job
+jobRetryCount: {retries}
+prerequisites:
+  - {{type: dockerimage, uri: "python:3.11-slim", name: image}}
+taskRoles:
+  worker:
+    instances: {instances}
+    dockerImage: image
+    resourcePerInstance: {{gpu: {gpu}, cpu: 1, memoryMB: 512}}
+    commands:
+{lines}
+"""
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    p = Platform(
+        data_dir=tmp_path_factory.mktemp("pai"),
+        nodes=2,
+        gpus_per_node=2,
+        port=0,
+        extra_env={"PAI_ADMIN_PASSWORD": "e2e-admin-secret"},
+    )
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def api(platform: Platform) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=platform.url, timeout=15) as anonymous:
+        login = anonymous.post(
+            "/api/v2/authn/basic/login", json={"username": "admin", "password": "e2e-admin-secret"}
+        )
+        assert login.status_code == 200, login.text
+        token = login.json()["token"]
+    with httpx.Client(
+        base_url=platform.url, timeout=15, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        yield client
+
+
+def submit(api: httpx.Client, text: str) -> None:
+    response = api.post("/api/v2/jobs", content=text, headers={"Content-Type": "text/yaml"})
+    assert response.status_code == 202, response.text
+
+
+def wait_state(api: httpx.Client, key: str, states: set[str], timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = api.get(f"/api/v2/jobs/{key}")
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        if job["jobStatus"]["state"] in states:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{key} still {job['jobStatus']['state']} after {timeout_s}s")
+        time.sleep(0.2)
+
+
+def test_job_succeeds_end_to_end(api: httpx.Client) -> None:
+    submit(
+        api,
+        job_yaml(
+            "hello",
+            [
+                'echo "job=$PAI_JOB_NAME user=$PAI_USER_NAME"',
+                'echo "role=$PAI_CURRENT_TASK_ROLE_NAME index=$PAI_TASK_INDEX"',
+                'echo "cuda=$CUDA_VISIBLE_DEVICES nvidia=$NVIDIA_VISIBLE_DEVICES"',
+                'echo "leak=${PAI_ADMIN_PASSWORD:-none}"',
+            ],
+        ),
+    )
+    job = wait_state(api, "admin~hello", FINAL)
+    status = job["jobStatus"]
+    assert status["state"] == "SUCCEEDED"
+    assert status["appExitCode"] == 0
+    assert status["username"] == "admin" and status["virtualCluster"] == "default"
+    assert status["submissionTime"] <= status["launchedTime"] <= status["completedTime"]
+    task = job["taskRoles"]["worker"]["taskStatuses"][0]
+    assert task["taskState"] == "SUCCEEDED" and task["containerExitCode"] == 0
+    assert task["containerNodeName"] in ("node-0", "node-1")
+    assert len(task["containerGpus"]) == 1
+
+    locations = api.get(task["containerLog"]).json()["locations"]
+    stdout_uri = next(loc["uri"] for loc in locations if loc["name"] == "stdout")
+    out = api.get(stdout_uri).text
+    assert "job=admin~hello user=admin\nrole=worker index=0" in out
+    gpu = task["containerGpus"][0]
+    assert f"cuda={gpu} nvidia={gpu}" in out
+    # The platform's own secrets never reach a task.
+    assert "leak=none" in out
+
+
+def test_failing_job_reports_its_exit_code(api: httpx.Client) -> None:
+    submit(api, job_yaml("fails", ["echo about to fail >&2", "exit 3"], gpu=0))
+    job = wait_state(api, "admin~fails", FINAL)
+    assert job["jobStatus"]["state"] == "FAILED"
+    assert job["jobStatus"]["appExitCode"] == 3
+    assert job["jobStatus"]["appExitTriggerTaskRoleName"] == "worker"
+    assert job["taskRoles"]["worker"]["taskStatuses"][0]["containerExitCode"] == 3
+
+
+def test_bad_requests_get_openpai_errors(api: httpx.Client, platform: Platform) -> None:
+    bad = api.post("/api/v2/jobs", content="name: [unclosed", headers={"Content-Type": "text/yaml"})
+    assert bad.status_code == 400
+    assert bad.json()["code"] == "InvalidProtocolError"
+    assert bad.json()["message"]
+
+    no_token = httpx.get(f"{platform.url}/api/v2/jobs")
+    assert no_token.status_code == 401
+    assert no_token.json() == {
+        "code": "UnauthorizedUserError",
+        "message": "Guest is not allowed to do this operation.",
+    }
+
+    forged = httpx.get(
+        f"{platform.url}/api/v2/jobs", headers={"Authorization": "Bearer eyJhbGciOiJub25lIn0.e30."}
+    )
+    assert forged.status_code == 401
+    assert forged.json()["code"] == "UnauthorizedUserError"
+
+    wrong_password = httpx.post(
+        f"{platform.url}/api/v2/authn/basic/login", json={"username": "admin", "password": "not-the-password"}
+    )
+    assert wrong_password.status_code == 400
+    assert wrong_password.json()["code"] == "IncorrectPasswordError"
+
+    missing = api.get("/api/v2/jobs/admin~never-submitted")
+    assert missing.status_code == 404 and missing.json()["code"] == "NoJobError"
+
+    unknown_route = api.get("/api/v2/no-such-thing")
+    assert unknown_route.status_code == 404 and unknown_route.json()["code"] == "NoApiError"
+
+    huge = api.post("/api/v2/jobs", content="x" * (300 * 1024), headers={"Content-Type": "text/yaml"})
+    assert huge.status_code == 413
+
+    submit(api, job_yaml("twice", ["true"], gpu=0))
+    again = api.post(
+        "/api/v2/jobs", content=job_yaml("twice", ["true"], gpu=0), headers={"Content-Type": "text/yaml"}
+    )
+    assert again.status_code == 409 and again.json()["code"] == "ConflictJobError"
+
+
+def test_impossible_gang_fails_with_a_reason(api: httpx.Client) -> None:
+    submit(api, job_yaml("too-big", ["true"], gpu=3))  # nodes have 2 GPUs each
+    job = wait_state(api, "admin~too-big", FINAL)
+    assert job["jobStatus"]["state"] == "FAILED"
+    assert job["jobStatus"]["appExitCode"] == -200
+    assert "GPU" in job["jobStatus"]["appExitMessages"]["launcher"]
+
+
+def test_orchestrator_killed_mid_job_completes_exactly_once(
+    api: httpx.Client, platform: Platform, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    submit(api, job_yaml("survivor", [f"echo once >> {marker}", "sleep 3"], gpu=1))
+    wait_state(api, "admin~survivor", {"RUNNING"})
+    platform.kill("orchestrator")
+    time.sleep(1)
+    platform.restart("orchestrator")
+    job = wait_state(api, "admin~survivor", FINAL, timeout_s=90)
+    assert job["jobStatus"]["state"] == "SUCCEEDED"
+    assert marker.read_text().splitlines() == ["once"]
+    assert count_events(platform, "pai.evt.job.completed", "admin~survivor") == 1
+
+
+def test_list_storage_and_metrics(api: httpx.Client, platform: Platform) -> None:
+    listed = api.get("/api/v2/jobs", params={"withTotalCount": "true", "username": "admin"})
+    assert listed.status_code == 200
+    body = listed.json()
+    assert body["totalCount"] == len(body["data"]) >= 1
+    assert all(j["username"] == "admin" for j in body["data"])
+
+    storages = api.get("/api/v2/storages").json()["storages"]
+    assert [s["name"] for s in storages] == ["local"]
+
+    port = json.loads((platform.data_dir / "run" / "monitoring.json").read_text())["health_port"]
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+            metrics = response.read().decode()
+        if 'pai_jobs{state="SUCCEEDED"} 0.0' not in metrics and "pai_nodes 2.0" in metrics:
+            break
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.5)
+    assert 'pai_gpus{simulated="true"} 4.0' in metrics
+
+
+def count_events(platform: Platform, subject: str, job_key: str) -> int:
+    import asyncio
+
+    async def count() -> int:
+        nc = await nats.connect(platform.nats_url)
+        try:
+            js = nc.jetstream()
+            sub = await js.subscribe(subject, ordered_consumer=True)
+            n = 0
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1)
+                except nats.errors.TimeoutError:
+                    return n
+                if msg.headers and msg.headers.get("ce-subject") == job_key:
+                    n += 1
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
