@@ -116,9 +116,10 @@ class Run:
         not_sent = self.args.jobs - len(accepted) - len(refused)
         submit_ms = [s.latency_ms for s in accepted if s.latency_ms is not None]
         jobs = list(self.final.values())
+        # Jobs still running at a deadline have launched too: count them for submit-to-running.
         to_running = [
             float(j["launchedTime"] - j["submissionTime"])
-            for j in jobs
+            for j in [*jobs, *self.pending.values()]
             if j.get("launchedTime") is not None and j.get("submissionTime") is not None
         ]
         to_completed = [
