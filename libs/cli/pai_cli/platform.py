@@ -86,6 +86,14 @@ class Platform:
         return [f"node-{i}" for i in range(self.nodes)]
 
     def start(self, timeout_s: float = 120.0, progress: object = None) -> None:
+        """Start everything and wait until every service is ready; on failure nothing is left running."""
+        try:
+            self._start(timeout_s, progress)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float, progress: object) -> None:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.data_dir / "run", ignore_errors=True)

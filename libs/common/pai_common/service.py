@@ -199,7 +199,14 @@ class ServiceApp:
         await self.start()
         await stop.wait()
         log.info("signal received; draining")
-        await self.stop()
+        try:
+            # Draining needs the bus and the database; when they are gone already, do not wait forever.
+            await asyncio.wait_for(self.stop(), timeout=self.settings.stop_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "drain did not finish in time; exiting anyway",
+                extra={"timeout_s": self.settings.stop_timeout_s},
+            )
 
     def run(self) -> None:
         setup_logging(self.name, self.settings.log_level)

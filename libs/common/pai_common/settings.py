@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     max_deliver: int = Field(default=5, ge=1)
     nak_base_delay_s: float = Field(default=0.5, gt=0)
     fetch_batch: int = Field(default=64, ge=1)
+    stop_timeout_s: float = Field(default=15.0, gt=0)
     otel_exporter: str = "none"  # "none" or "console"
 
     def database_name(self, service: str) -> str:

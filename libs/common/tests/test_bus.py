@@ -193,3 +193,34 @@ async def test_streams_created_idempotently(fresh_nats: ServerProcess) -> None:
         assert {"PAI_EVENTS", "PAI_COMMANDS", "PAI_DEAD_LETTERS"} <= names
     finally:
         await bus.close()
+
+
+async def test_trace_context_travels_with_the_event(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    from opentelemetry import trace
+
+    from pai_common.telemetry import setup_tracing, tracer
+
+    setup_tracing("test")
+    app = make_app(fresh_nats, mongo_server)
+    seen: list[int] = []
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+
+    await app.start()
+    try:
+        with tracer().start_as_current_span("submit") as span:
+            sent_trace = span.get_span_context().trace_id
+            await app.bus.publish_event(JobAttemptCompleted(job_key="t~r", attempt_id=0, exit_code=0))
+
+        async def handled() -> bool:
+            return bool(seen)
+
+        await wait_until(handled)
+        assert sent_trace != 0
+        assert seen == [sent_trace]
+    finally:
+        await app.stop()

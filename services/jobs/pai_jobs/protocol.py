@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import yaml
 from yaml.composer import ComposerError
@@ -106,7 +106,7 @@ _TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
-class _GuardedLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships without type stubs
+class _GuardedLoader(yaml.SafeLoader):
     """A SafeLoader that bounds the cost of a document and resolves scalars the way OpenPAI (js-yaml) does.
 
     - Only true/false are booleans (YAML 1.2, as js-yaml): with YAML 1.1 a command `- yes` or a parameter
@@ -129,7 +129,7 @@ class _GuardedLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships wit
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         is_alias = self.check_event(AliasEvent)
-        mark = self.peek_event().start_mark
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -246,7 +246,7 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # YAML booleans are Python ints; a protocol integer never is one.
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -288,7 +288,6 @@ def _get_int(
     if not _is_int(value):
         problems.add(where, f"must be an integer, got {_kind(value)}")
         return None
-    assert isinstance(value, int)
     if value < minimum:
         problems.add(where, f"must be at least {minimum}, got {value}")
         return None
@@ -367,7 +366,7 @@ def _get_completion_count(
     value = completion.get(key)
     if value is None or (_is_int(value) and value == 0):
         return default
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not _is_int(value):
         problems.add(_join(path, key), f"must be an integer or null, got {_kind(value)}")
         return None
     if value == -1:

@@ -9,6 +9,7 @@ the shell may deliver events at least once and in any order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +25,7 @@ from pai_common.contract.events import (
     TaskDiagnosed,
     TaskRunning,
 )
+from pai_common.contract.states import final_state
 from pai_common.contract.types import (
     FrameworkSnapshot,
     JobSpec,
@@ -344,16 +346,13 @@ def _complete_attempt(
     fw.state = S.COMPLETED
     fw.completed_at = now
     out.events.append(
-        JobCompleted(job_key=fw.job_key, state=_final_state(exit_code), exit_code=exit_code, completed_at=now)
+        JobCompleted(
+            job_key=fw.job_key,
+            state=cast(JobState, final_state(exit_code)),
+            exit_code=exit_code,
+            completed_at=now,
+        )
     )
-
-
-def _final_state(exit_code: int) -> JobState:
-    if exit_code == 0:
-        return "SUCCEEDED"
-    if exit_code in (-210, -220):
-        return "STOPPED"
-    return "FAILED"
 
 
 def _exit_type(failure: str) -> str:
