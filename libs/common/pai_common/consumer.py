@@ -106,8 +106,74 @@ class DurableConsumer:
                 log.warning("fetch failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
+            if len(msgs) == 1:
+                await self._handle(msgs[0])
+            else:
+                await self._handle_batch(msgs)
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        """Apply a whole fetch in one transaction: one commit, one outbox write, one flush, then the acks.
+
+        This is where throughput comes from (a round trip per batch instead of per message). If anything
+        in the batch fails, nothing of it was committed and each message is handled on its own, so a
+        poison message is retried or dead-lettered alone.
+        """
+        durable = self.spec.durable
+        decoded: list[tuple[Msg, Envelope]] = []
+        for msg in msgs:
+            try:
+                decoded.append((msg, decode(msg.headers, msg.data)))
+            except MalformedMessage:
+                await self._handle(msg)  # dead-letters it
+        keys = {env.id: f"{durable}/{env.id}" for _, env in decoded}
+        processed = self.db[PROCESSED]
+        done = {d["_id"] async for d in processed.find({"_id": {"$in": list(keys.values())}}, {"_id": 1})}
+        todo: list[tuple[Msg, Envelope]] = []
+        for msg, env in decoded:
+            if keys[env.id] in done:
+                await msg.ack()
+                MESSAGES.labels(durable, env.type, "duplicate").inc()
+            else:
+                todo.append((msg, env))
+        if not todo:
+            return
+        started = time.perf_counter()
+        out = PendingMessages(self.bus.service)
+        applied: set[str] = set()
+        try:
+            async with self.client.start_session() as session:
+                async with await session.start_transaction():
+                    ctx = HandlerContext(self.db, session, out)
+                    for _, env in todo:
+                        if env.id in applied:
+                            continue  # the same event twice in one fetch
+                        applied.add(env.id)
+                        job_token = current_job_key.set(env.subject or None)
+                        try:
+                            with span_from_headers(f"handle {env.type}", env.headers):
+                                await self.spec.handler(ctx, env)
+                        finally:
+                            current_job_key.reset(job_token)
+                    now = datetime.now(UTC)
+                    await processed.insert_many(
+                        [{"_id": keys[i], "at": now} for i in applied], session=session
+                    )
+                    await self.outbox.stage(out, session)
+        except Exception as exc:
+            log.info("batch failed; handling its messages one by one", extra={"error": repr(exc)})
+            for msg, _ in todo:
                 await self._handle(msg)
+            return
+        if out.docs:
+            try:
+                await self.outbox.flush()
+            except Exception as exc:  # the relay sends them later; the state is committed
+                log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
+        elapsed = (time.perf_counter() - started) / len(todo)
+        for msg, env in todo:
+            await msg.ack()
+            MESSAGES.labels(durable, env.type, "ok").inc()
+            HANDLE_SECONDS.labels(durable, env.type).observe(elapsed)
 
     async def _handle(self, msg: Msg) -> None:
         durable = self.spec.durable

@@ -19,11 +19,12 @@ from pai_common.contract.rpc import (
     SubmitJobReply,
     SubmitJobRequest,
 )
+from pai_common.contract.states import public_state
 from pai_common.envelope import Envelope
 from pai_common.errors import ConflictJobError, ForbiddenUserError, InvalidParametersError, NoJobError
 from pai_common.service import ServiceApp
 from pai_jobs.protocol import parse_job
-from pai_jobs.views import job_detail, job_summary, public_state
+from pai_jobs.views import job_detail, job_summary
 
 JOBS = "jobs"
 

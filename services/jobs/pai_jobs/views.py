@@ -12,15 +12,13 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
+from pai_common.contract.states import final_state as _final_state
+from pai_common.contract.states import public_state
 from pai_common.contract.types import FrameworkSnapshot, JobSpec, TaskSnapshot
 from pai_jobs.protocol import PRIORITY_BY_CLASS
 
 # ---- FrameworkController state names, in one place ---------------------------------------------------
 
-FRAMEWORK_WAITING_STATES: Final = frozenset(
-    {"AttemptCreationPending", "AttemptCreationRequested", "AttemptPreparing"}
-)
-FRAMEWORK_RUNNING_STATE: Final = "AttemptRunning"
 # The attempt has a completion status and is being torn down (or is waiting to be retried).
 FRAMEWORK_COMPLETING_STATES: Final = frozenset(
     {"AttemptDeletionPending", "AttemptDeletionRequested", "AttemptDeleting", "AttemptCompleted"}
@@ -56,30 +54,9 @@ _CLASS_BY_PRIORITY: Final[Mapping[int, str]] = {value: name for name, value in P
 # ---- state mapping -----------------------------------------------------------------------------------
 
 
-def _final_state(exit_code: int | None) -> str:
-    if exit_code == 0:
-        return "SUCCEEDED"
-    if exit_code in USER_STOP_EXIT_CODES:
-        return "STOPPED"
-    return "FAILED"
-
-
 def _completing_state(exit_code: int | None) -> str:
     # Between the end of an attempt and the next one (or the final state), only a stop shows.
     return "STOPPING" if exit_code in USER_STOP_EXIT_CODES else "RUNNING"
-
-
-def public_state(fc_state: str, exit_code: int | None) -> str:
-    """OpenPAI's job state for a FrameworkController framework state (its convertState)."""
-    if fc_state in FRAMEWORK_WAITING_STATES:
-        return "WAITING"
-    if fc_state == FRAMEWORK_RUNNING_STATE:
-        return "RUNNING"
-    if fc_state in FRAMEWORK_COMPLETING_STATES:
-        return _completing_state(exit_code)
-    if fc_state == FRAMEWORK_COMPLETED_STATE:
-        return _final_state(exit_code)
-    return "UNKNOWN"
 
 
 def attempt_state(fc_state: str, exit_code: int | None) -> str:
