@@ -18,6 +18,7 @@ from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
 from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext
 from pai_common.contract.base import Event, RpcRequest, event_subject
 from pai_common.database import connect_mongo, retry_transient, service_database
+from pai_common.envelope import Envelope
 from pai_common.health import HealthServer
 from pai_common.logs import setup_logging
 from pai_common.outbox import Outbox, PendingMessages
@@ -159,7 +160,7 @@ class ServiceApp:
         self._ready = True
         log.info("service ready", extra={"health_port": self.health_port})
 
-    async def _dispatch_event(self, ctx: Any, env: Any) -> None:
+    async def _dispatch_event(self, ctx: HandlerContext, env: Envelope) -> None:
         await self._event_handlers[env.type](ctx, env)
 
     async def stop(self) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -115,10 +116,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         ctype = request.headers.get("content-type", "")
         try:
             if ctype.startswith("application/x-www-form-urlencoded"):
-                from urllib.parse import parse_qs
-
-                form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
-                data: Any = form
+                data: Any = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
             else:
                 data = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
@@ -187,7 +185,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
             offset=offset,
             limit=limit,
             order_field=field,
-            order=direction,  # type: ignore[arg-type]
+            order="ASC" if direction == "ASC" else "DESC",
         )
         reply = await bus().request(req, JobListReply, timeout=timeout)
         if withTotalCount:
@@ -241,9 +239,9 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
             attempt_id=job_attempt,
             task_role=task_role,
             index=index,
-            stream=stream,
+            stream="stdout" if stream == "stdout" else "stderr",
             tail_bytes=tail_bytes,
-        )  # type: ignore[arg-type]
+        )
         reply = await bus().request(req, TaskLogReply, target=node, timeout=timeout)
         return PlainTextResponse(reply.content)
 
@@ -262,8 +260,6 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
 
 
 def _job_key(framework_name: str) -> str:
-    import re
-
     if not re.match(JOB_KEY_PATTERN, framework_name):
         raise NoJobError(f"Job {framework_name} is not found.")
     return framework_name
