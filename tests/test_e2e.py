@@ -235,6 +235,16 @@ def count_events(platform: Platform, subject: str, job_key: str) -> int:
     return asyncio.run(count())
 
 
+def test_every_service_answers_health_readiness_and_metrics(platform: Platform) -> None:
+    port_files = sorted((platform.data_dir / "run").glob("*.json"))
+    assert {f.stem for f in port_files} == set(platform.children)
+    for port_file in port_files:
+        port = json.loads(port_file.read_text())["health_port"]
+        for path in ("/healthz", "/readyz", "/metrics"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                assert response.status == 200, (port_file.stem, path)
+
+
 def test_sigterm_drains_and_exits_cleanly(platform: Platform) -> None:
     child = platform.children["storage"]
     assert child.proc is not None

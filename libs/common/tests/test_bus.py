@@ -224,3 +224,23 @@ async def test_trace_context_travels_with_the_event(
         assert seen == [sent_trace]
     finally:
         await app.stop()
+
+
+async def test_rpc_services_are_discoverable(fresh_nats: ServerProcess, mongo_server: ServerProcess) -> None:
+    import json
+
+    app = make_app(fresh_nats, mongo_server)
+
+    async def get_job(req: GetJobRequest) -> JobDetailReply:
+        return JobDetailReply(detail={})
+
+    app.rpc({GetJobRequest: get_job})
+    await app.start()
+    try:
+        # The NATS micro services API answers PING and INFO for every registered service.
+        ping = await app.bus.nc.request(f"$SRV.PING.pai-{app.name}", b"", timeout=2)
+        assert json.loads(ping.data)["name"] == f"pai-{app.name}"
+        info = json.loads((await app.bus.nc.request(f"$SRV.INFO.pai-{app.name}", b"", timeout=2)).data)
+        assert [e["subject"] for e in info["endpoints"]] == ["pai.rpc.jobs.get"]
+    finally:
+        await app.stop()
