@@ -291,3 +291,19 @@ def test_jobs_survive_a_platform_restart(tmp_path: Path) -> None:
             assert wait_state(c, "admin~after-restart", FINAL)["jobStatus"]["state"] == "SUCCEEDED"
     finally:
         again.stop()
+
+
+def test_waiting_job_says_why(api: httpx.Client) -> None:
+    # Both nodes' GPUs are taken by a long job; the next GPU job must wait and say so.
+    submit(api, job_yaml("hog", ["sleep 30"], gpu=2, instances=2))
+    wait_state(api, "admin~hog", {"RUNNING"})
+    submit(api, job_yaml("queued", ["true"], gpu=1))
+    deadline = time.monotonic() + 20
+    while True:
+        status = api.get("/api/v2/jobs/admin~queued").json()["jobStatus"]
+        if status.get("pendingReason"):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["state"] == "WAITING"
+    assert "GPU" in status["pendingReason"]

@@ -10,7 +10,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.events import FrameworkChanged, JobSubmitted
+from pai_common.contract.events import FrameworkChanged, JobSubmitted, SchedulingPending
 from pai_common.contract.rpc import (
     GetJobRequest,
     JobDetailReply,
@@ -52,6 +52,7 @@ class JobsService:
         self.app = app
         app.rpc({SubmitJobRequest: self.submit, GetJobRequest: self.get, ListJobsRequest: self.list})
         app.on_event(FrameworkChanged)(self.on_framework_changed)
+        app.on_event(SchedulingPending)(self.on_pending)
         app.on_startup(self._indexes)
 
     async def _indexes(self, app: ServiceApp) -> None:
@@ -135,6 +136,19 @@ class JobsService:
                     "state": public_state(snap.state, snap.exit_code),
                 }
             },
+            session=ctx.session,
+        )
+
+    async def on_pending(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, SchedulingPending)
+        p = env.body
+        # A reason about an earlier attempt never replaces one about a later attempt.
+        await ctx.db[JOBS].update_one(
+            {
+                "_id": p.job_key,
+                "$or": [{"pending": None}, {"pending.attempt_id": {"$lte": p.attempt_id}}],
+            },
+            {"$set": {"pending": {"attempt_id": p.attempt_id, "reason": p.reason, "position": p.position}}},
             session=ctx.session,
         )
 

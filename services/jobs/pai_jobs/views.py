@@ -304,12 +304,18 @@ def job_detail(doc: Mapping[str, Any]) -> dict[str, Any]:
     if snapshot is not None and snapshot.trigger_task_role is not None:
         trigger = tasks.get((snapshot.trigger_task_role, snapshot.trigger_task_index or 0))
     job_attempt_id = snapshot.attempt_id if snapshot is not None else None
+    status = _job_status(spec, snapshot, doc, trigger)
+    # Beyond OpenPAI: why a waiting job waits, as long as the reason is about its current attempt.
+    pending = doc.get("pending")
+    if status["state"] == "WAITING" and pending and pending.get("attempt_id") == (job_attempt_id or 0):
+        status["pendingReason"] = pending.get("reason")
+        status["pendingPosition"] = pending.get("position")
     return {
         "debugId": debug_id(spec.job_key),
         "name": spec.name,
         "tags": list(doc.get("tags", [])),
         "jobPriority": priority_name(spec.priority),
-        "jobStatus": _job_status(spec, snapshot, doc, trigger),
+        "jobStatus": status,
         "taskRoles": {
             role.name: {
                 "taskRoleStatus": {"name": role.name},

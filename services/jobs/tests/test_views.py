@@ -443,3 +443,14 @@ def test_summary_and_detail_agree() -> None:
     status = job_detail(doc)["jobStatus"]
     for field in ("state", "subState", "retries", "retryDetails", "submissionTime", "appExitCode"):
         assert summary[field] == status[field], field
+
+
+def test_waiting_job_shows_why_it_waits_for_its_current_attempt_only() -> None:
+    doc = _doc()
+    doc["pending"] = {"attempt_id": 0, "reason": "waiting for 8 GPU(s)", "position": 2}
+    status = job_detail(doc)["jobStatus"]
+    assert status["state"] == "WAITING"
+    assert status["pendingReason"] == "waiting for 8 GPU(s)"
+    assert status["pendingPosition"] == 2
+    doc["pending"] = {"attempt_id": 3, "reason": "about another attempt", "position": None}
+    assert "pendingReason" not in job_detail(doc)["jobStatus"]

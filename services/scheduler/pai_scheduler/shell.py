@@ -13,6 +13,7 @@ from pai_common.contract.events import (
     JobAttemptCompleted,
     NodeRegistered,
     SchedulingAllocated,
+    SchedulingPending,
     SchedulingRejected,
     SchedulingReleased,
     SchedulingRequested,
@@ -95,7 +96,11 @@ def _emit(ctx: HandlerContext, decision: Decision, host_ips: dict[str, str]) -> 
     elif isinstance(decision, Released):
         ctx.out.event(SchedulingReleased(job_key=decision.job_key, attempt_id=decision.attempt_id))
     elif isinstance(decision, Queued):
-        log.info("gang queued", extra={"job": decision.request.job_key})
+        req = decision.request
+        wanted = sum(p.gpu for p in req.pods)
+        reason = f"waiting for {wanted} GPU(s) for {len(req.pods)} task(s), placed all at once"
+        ctx.out.event(SchedulingPending(job_key=req.job_key, attempt_id=req.attempt_id, reason=reason))
+        log.info("gang queued", extra={"job": req.job_key})
 
 
 def build_app() -> ServiceApp:

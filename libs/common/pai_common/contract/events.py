@@ -73,6 +73,23 @@ class SchedulingRejected(Event):
         return self.job_key
 
 
+class SchedulingPending(Event):
+    TYPE = "scheduling.pending"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "An attempt's gang waits; says why in words a user can act on, and where it is in its queue."
+    )
+
+    job_key: str
+    attempt_id: int
+    reason: str = Field(max_length=2000)
+    position: int | None = Field(default=None, ge=1)
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
 class SchedulingReleased(Event):
     TYPE = "scheduling.released"
     PRODUCER = "scheduler"
@@ -209,6 +226,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SchedulingRequested,
     SchedulingAllocated,
     SchedulingRejected,
+    SchedulingPending,
     SchedulingReleased,
     NodeRegistered,
     TaskRunning,
