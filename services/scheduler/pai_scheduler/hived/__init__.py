@@ -1,0 +1,42 @@
+"""HiveD-grade cell allocator: a pure core (see README.md in this folder for what is done and what is not)."""
+
+from pai_scheduler.hived.allocator import GroupState, HivedAllocator
+from pai_scheduler.hived.config import (
+    ClusterConfig,
+    load_hived_config,
+    parse_hived_config,
+    parse_inventory_csv,
+)
+from pai_scheduler.hived.decisions import (
+    Allocated,
+    Decision,
+    PodPlacement,
+    Preempting,
+    Queued,
+    Rejected,
+    Released,
+)
+from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
+from pai_scheduler.hived.requests import GangRequest, Member, gang_from_pods, parse_leaf_types
+
+__all__ = [
+    "Allocated",
+    "ClusterConfig",
+    "ConfigError",
+    "Decision",
+    "GangRequest",
+    "GroupState",
+    "HivedAllocator",
+    "Member",
+    "PodPlacement",
+    "Preempting",
+    "Queued",
+    "Rejected",
+    "Released",
+    "UnsupportedRequestError",
+    "gang_from_pods",
+    "load_hived_config",
+    "parse_hived_config",
+    "parse_inventory_csv",
+    "parse_leaf_types",
+]

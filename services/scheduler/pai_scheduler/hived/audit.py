@@ -1,0 +1,101 @@
+"""A full consistency audit of a HiveD allocator, recomputed from scratch (slow; for tests and restores).
+
+Returns the list of violated invariants, empty when the state is sound:
+
+* every leaf's owner/reserver is a gang that holds the leaf in its placement, in a state that owns or
+  reserves (no leaf is ever given to two gangs);
+* every placed gang is whole: one slot per pod, each with the pod's leaf count, all on one node;
+* guaranteed gangs sit inside cells bound to their VC (or their pinned cell), opportunistic ones outside
+  pinned cells;
+* every cell's counters equal a recount of its leaves; every bound cell still holds its VC's work;
+* the free lists are exactly the maximal unbound cells; every chain is safe (each VC can still bind all of
+  its unbound quota).
+"""
+
+from __future__ import annotations
+
+from pai_scheduler.hived.allocator import GroupState, HivedAllocator
+from pai_scheduler.hived.cells import OPPORTUNISTIC_PRIORITY, Cell
+
+
+def audit(a: HivedAllocator) -> list[str]:
+    problems: list[str] = []
+    groups = a._groups
+    holder: dict[Cell, str] = {}  # leaf -> the gang using it
+    reserving: dict[Cell, str] = {}  # leaf -> the gang preempting for it
+    for key, g in groups.items():
+        req = g.request
+        if g.state is GroupState.PENDING:
+            if g.slots:
+                problems.append(f"pending gang {key} holds leaves")
+            continue
+        assert g.chain is not None
+        wanted = sorted((role, i, k) for role, i, k in a._pods(req, g.chain))
+        got = sorted((role, i, len(leaves)) for role, i, leaves in g.slots)
+        if wanted != got:
+            problems.append(f"gang {key} is not whole: wants {wanted}, holds {got}")
+        for _, _, leaves in g.slots:
+            if len({x.node for x in leaves}) != 1:
+                problems.append(f"gang {key}: a pod spans several nodes")
+            for leaf in leaves:
+                table = reserving if g.state is GroupState.PREEMPTING else holder
+                if leaf in table:
+                    problems.append(f"leaf {leaf.id} is in the placements of {table[leaf]} and {key}")
+                table[leaf] = key
+                bound = next((c for c in reversed(leaf.path) if c.bound_vc is not None), None)
+                if req.guaranteed:
+                    if bound is None or bound.bound_vc != req.vc:
+                        problems.append(
+                            f"guaranteed gang {key} uses leaf {leaf.id} outside VC {req.vc}'s cells"
+                        )
+                    elif (bound.pinned_id is not None) != (req.pinned_cell is not None):
+                        problems.append(f"gang {key} and pinned cell use disagree at leaf {leaf.id}")
+                elif bound is not None and bound.pinned_id is not None:
+                    problems.append(f"opportunistic gang {key} uses pinned leaf {leaf.id}")
+                if g.state is GroupState.PREEMPTING:
+                    if leaf.reserver != key:
+                        problems.append(f"leaf {leaf.id} should be reserved by {key}")
+                elif leaf.owner != key:
+                    problems.append(f"leaf {leaf.id} should be owned by {key}, is {leaf.owner}")
+    for cell in a.cluster.cells.values():
+        if cell.is_leaf:
+            if cell.owner is not None and groups.get(cell.owner) is None:
+                problems.append(f"leaf {cell.id} owned by unknown gang {cell.owner}")
+            if cell.reserver != reserving.get(cell) or cell.owner != holder.get(cell):
+                problems.append(f"leaf {cell.id}: owner/reserver disagree with the gangs' placements")
+            if cell.owner is not None and groups[cell.owner].state is GroupState.PREEMPTING:
+                problems.append(f"leaf {cell.id} owned by preempting gang {cell.owner}")
+            if cell.reserver is not None and groups[cell.reserver].state is not GroupState.PREEMPTING:
+                problems.append(f"leaf {cell.id} reserved by non-preempting gang {cell.reserver}")
+        free = sum(1 for x in cell.leaves if x.owner is None and x.reserver is None)
+        oppo = sum(
+            1 for x in cell.leaves if x.owner is not None and x.owner_priority == OPPORTUNISTIC_PRIORITY
+        )
+        guar = sum(
+            1
+            for x in cell.leaves
+            if x.reserver is not None or (x.owner is not None and x.owner_priority >= 0)
+        )
+        if (cell.n_free, cell.n_opportunistic, cell.n_guaranteed) != (free, oppo, guar):
+            problems.append(f"cell {cell.id}: counters disagree with its leaves")
+        bound_below = sum(1 for c in cell.walk() if c.bound_vc is not None)
+        if cell.n_bound_below != bound_below:
+            problems.append(f"cell {cell.id}: n_bound_below {cell.n_bound_below} != {bound_below}")
+        maximal_free = (
+            bound_below == 0
+            and all(c.bound_vc is None for c in cell.path)
+            and (cell.parent is None or cell.parent.n_bound_below > 0)
+        )
+        if maximal_free != (cell in a.quota.free[(cell.chain, cell.level)]):
+            problems.append(f"cell {cell.id}: free-list membership is wrong")
+        if cell.bound_vc is not None and cell.pinned_id is None and cell.n_guaranteed == 0:
+            problems.append(f"cell {cell.id} is bound to {cell.bound_vc} but idle")
+    for v, g in groups.items():
+        for p in g.preemptors:
+            if v not in groups[p].victims:
+                problems.append(f"{v} lists preemptor {p} that does not list it")
+    for chain in a.cluster.chains:
+        bad = a.quota.unsafe_level(chain)
+        if bad is not None:
+            problems.append(f"chain {chain} is unsafe at level {bad[0]}")
+    return problems

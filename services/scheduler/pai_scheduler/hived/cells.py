@@ -1,0 +1,260 @@
+"""The physical cell trees, one per chain, and the state of every leaf.
+
+A :class:`Cell` is a set of leaves at one affinity level (leaf = 1, then e.g. PCIe switch, socket, node,
+rack). State lives on the leaves (HiveD records it on the lowest-level cells too):
+
+* ``owner`` — the gang whose pod runs on the leaf, with that gang's ``owner_priority`` (``FREE_PRIORITY``
+  when none);
+* ``reserver`` — a gang that is preempting whoever runs there and will get the leaf once it is free.
+
+From those two follow HiveD's cell states: free (neither), used (owner only), reserving (both), reserved
+(reserver only). Every cell keeps counters over its leaves (free, used by opportunistic work, held by
+guaranteed work) so that the allocator never has to scan leaves to know whether a subtree has room. A
+node is healthy or bad; a cell is bad when any node in it is bad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import Enum
+
+from pai_scheduler.hived.config import ChainSpec, ClusterConfig, PhysicalCellSpec
+from pai_scheduler.hived.errors import ConfigError
+
+FREE_PRIORITY = -2
+OPPORTUNISTIC_PRIORITY = -1
+MIN_GUARANTEED_PRIORITY = 0
+MAX_GUARANTEED_PRIORITY = 1000
+
+
+class CellState(Enum):
+    FREE = "free"
+    USED = "used"
+    RESERVING = "reserving"
+    RESERVED = "reserved"
+
+
+class Cell:
+    """One physical cell. Structure is fixed at construction; counters and leaf state change."""
+
+    __slots__ = (
+        "address",
+        "bound_vc",
+        "cell_type",
+        "chain",
+        "children",
+        "id",
+        "leaf_index",
+        "leaves",
+        "level",
+        "n_bad_nodes",
+        "n_bound_below",
+        "n_free",
+        "n_guaranteed",
+        "n_opportunistic",
+        "node",
+        "node_cells",
+        "node_name",
+        "order",
+        "owner",
+        "owner_priority",
+        "parent",
+        "path",
+        "pinned_id",
+        "reserver",
+    )
+
+    def __init__(self, cid: str, chain: str, level: int, cell_type: str, address: str, parent: Cell | None):
+        self.id = cid
+        self.chain = chain
+        self.level = level
+        self.cell_type = cell_type
+        self.address = address
+        self.parent = parent
+        self.children: tuple[Cell, ...] = ()
+        self.path: tuple[Cell, ...] = ((*parent.path, self)) if parent is not None else (self,)
+        self.order = 0  # position in a depth-first walk of the whole cluster: the final tie-break
+        self.pinned_id: str | None = None
+        self.node: Cell | None = None  # the node-level cell at or above this one (None above node level)
+        self.node_name: str | None = None
+        self.leaf_index = -1
+        self.leaves: tuple[Cell, ...] = ()
+        self.node_cells: tuple[Cell, ...] = ()  # node-level cells at or below this one
+        # Binding of the cell to a virtual cluster (quota.py); n_bound_below counts bound cells in the
+        # subtree, this one included.
+        self.bound_vc: str | None = None
+        self.n_bound_below = 0
+        # Leaf state (leaves only) and counters over the subtree's leaves.
+        self.owner: str | None = None
+        self.owner_priority = FREE_PRIORITY
+        self.reserver: str | None = None
+        self.n_free = 0
+        self.n_opportunistic = 0
+        self.n_guaranteed = 0
+        self.n_bad_nodes = 0
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.level == 1
+
+    @property
+    def healthy(self) -> bool:
+        return self.n_bad_nodes == 0
+
+    @property
+    def state(self) -> CellState:
+        """HiveD's state of a leaf."""
+        if self.owner is None:
+            return CellState.FREE if self.reserver is None else CellState.RESERVED
+        return CellState.USED if self.reserver is None else CellState.RESERVING
+
+    def walk(self) -> Iterator[Cell]:
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+    def __repr__(self) -> str:
+        return f"Cell({self.id} {self.cell_type} @{self.address})"
+
+
+def _flags(leaf: Cell) -> tuple[int, int, int]:
+    free = leaf.owner is None and leaf.reserver is None
+    oppo = leaf.owner is not None and leaf.owner_priority == OPPORTUNISTIC_PRIORITY
+    guar = leaf.reserver is not None or (leaf.owner is not None and leaf.owner_priority >= 0)
+    return int(free), int(oppo), int(guar)
+
+
+class PhysicalCluster:
+    """Every chain's cell tree, indexes over it, leaf-state updates and node health."""
+
+    def __init__(self, config: ClusterConfig):
+        self.config = config
+        self.chains: dict[str, ChainSpec] = {c.name: c for c in config.chains}
+        self.tops: dict[str, list[Cell]] = {c.name: [] for c in config.chains}
+        self.cells: dict[str, Cell] = {}
+        self.pinned: dict[str, Cell] = {}
+        # node name -> its node-level cells (one per chain the node appears in)
+        self.nodes: dict[str, list[Cell]] = {}
+        # (chain, node, leaf index) -> leaf
+        self.leaf_at: dict[tuple[str, str, int], Cell] = {}
+        self.bad_nodes: set[str] = set()
+        for spec in config.physical_cells:
+            chain = self.chains[spec.cell_type]
+            top = self._build(
+                spec, chain, chain.top_level, None, f"{chain.name}[{len(self.tops[chain.name])}]"
+            )
+            self.tops[chain.name].append(top)
+        order = 0
+        for name in sorted(self.tops):
+            for top in self.tops[name]:
+                for cell in top.walk():
+                    cell.order = order
+                    order += 1
+        self._check_leaf_indices()
+
+    # ------------------------------------------------------------------------------------ building
+
+    def _build(
+        self, spec: PhysicalCellSpec, chain: ChainSpec, level: int, parent: Cell | None, cid: str
+    ) -> Cell:
+        address = (
+            spec.address if spec.address is not None else cid.rsplit("/", 1)[-1].split("[")[-1].rstrip("]")
+        )
+        cell = Cell(cid, chain.name, level, chain.types[level - 1], address, parent)
+        self.cells[cid] = cell
+        if spec.pinned_id is not None:
+            cell.pinned_id = spec.pinned_id
+            self.pinned[spec.pinned_id] = cell
+        if level == chain.node_level:
+            cell.node = cell
+            cell.node_name = address
+            self.nodes.setdefault(address, []).append(cell)
+        elif parent is not None and parent.node is not None:
+            cell.node = parent.node
+            cell.node_name = parent.node_name
+        if level == 1:
+            cell.leaves = (cell,)
+            cell.n_free = 1
+            if cell.node is None:
+                raise ConfigError(f"chain {chain.name}: leaf {cid} is not inside a node-level cell")
+            return cell
+        specs = spec.children or tuple(PhysicalCellSpec("") for _ in range(chain.child_numbers[level - 1]))
+        cell.children = tuple(
+            self._build(s, chain, level - 1, cell, f"{cid}/{i}") for i, s in enumerate(specs)
+        )
+        cell.leaves = tuple(leaf for c in cell.children for leaf in c.leaves)
+        cell.n_free = len(cell.leaves)
+        if level == chain.node_level:
+            cell.node_cells = (cell,)
+            # Leaf indices default to the position within the node; below-node cells without an address
+            # get their index among their siblings (already set from the id).
+            for i, leaf in enumerate(cell.leaves):
+                leaf.leaf_index = i
+            self._apply_leaf_addresses(cell, spec, chain, level)
+        elif level > chain.node_level:
+            cell.node_cells = tuple(n for c in cell.children for n in c.node_cells)
+        return cell
+
+    def _apply_leaf_addresses(self, node: Cell, spec: PhysicalCellSpec, chain: ChainSpec, level: int) -> None:
+        def walk(cell: Cell, s: PhysicalCellSpec | None) -> None:
+            if cell.level == 1:
+                if s is not None and s.address is not None:
+                    cell.leaf_index = int(s.address)
+                cell.address = str(cell.leaf_index)
+                return
+            for i, c in enumerate(cell.children):
+                walk(c, s.children[i] if s is not None and s.children else None)
+
+        walk(node, spec)
+
+    def _check_leaf_indices(self) -> None:
+        per_node: dict[str, set[int]] = {}
+        for cell in self.cells.values():
+            if cell.level != 1:
+                continue
+            assert cell.node_name is not None
+            used = per_node.setdefault(cell.node_name, set())
+            if cell.leaf_index in used:
+                raise ConfigError(f"node {cell.node_name}: leaf index {cell.leaf_index} appears twice")
+            used.add(cell.leaf_index)
+            self.leaf_at[(cell.chain, cell.node_name, cell.leaf_index)] = cell
+
+    # ------------------------------------------------------------------------------------ leaf state
+
+    def set_leaf(self, leaf: Cell, owner: str | None, priority: int, reserver: str | None) -> None:
+        """Change one leaf's owner/reserver and keep every ancestor's counters exact."""
+        f0, o0, g0 = _flags(leaf)
+        leaf.owner = owner
+        leaf.owner_priority = priority if owner is not None else FREE_PRIORITY
+        leaf.reserver = reserver
+        f1, o1, g1 = _flags(leaf)
+        df, do, dg = f1 - f0, o1 - o0, g1 - g0
+        if df or do or dg:
+            cell: Cell | None = leaf
+            while cell is not None:
+                cell.n_free += df
+                cell.n_opportunistic += do
+                cell.n_guaranteed += dg
+                cell = cell.parent
+
+    # ---------------------------------------------------------------------------------------- health
+
+    def set_node_health(self, node: str, healthy: bool) -> bool:
+        """Mark a node healthy or bad in every chain it belongs to; returns whether anything changed.
+        Unknown nodes raise KeyError."""
+        if node not in self.nodes:
+            raise KeyError(node)
+        if healthy == (node not in self.bad_nodes):
+            return False
+        delta = -1 if healthy else 1
+        if healthy:
+            self.bad_nodes.discard(node)
+        else:
+            self.bad_nodes.add(node)
+        for node_cell in self.nodes[node]:
+            for cell in node_cell.path:
+                cell.n_bad_nodes += delta
+            for below in node_cell.walk():
+                if below is not node_cell:
+                    below.n_bad_nodes += delta
+        return True

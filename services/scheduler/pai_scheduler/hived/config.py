@@ -1,0 +1,530 @@
+"""The cluster model the HiveD core is built from, and the two formats it is read from.
+
+* HiveD's own config (``physicalCluster.skuTypes`` / ``cellTypes`` / ``physicalCells`` and
+  ``virtualClusters``), already parsed from YAML into plain Python values: :func:`parse_hived_config`, or
+  :func:`load_hived_config` for the YAML text.
+* A plain node inventory CSV (``node,leaf_type,leaf_count,cpu,memory_mb[,rack]``) for clusters without a
+  topology file: :func:`parse_inventory_csv`. Each node becomes a node-level cell holding its leaves
+  directly (no PCIe/socket levels are known); nodes that share a rack and a node shape are grouped under
+  one rack cell.
+
+Both give one frozen :class:`ClusterConfig`. Structural checks happen here and fail with a
+:class:`ConfigError` naming the field; the quota feasibility check (which needs the built cell tree) is in
+``quota.py``. Nothing here does I/O.
+
+Vocabulary (HiveD's): a *leaf type* is any cell type not defined in ``cellTypes`` (a GPU model, an FPGA);
+a *chain* is the tree of cell types under a top type that ``physicalCells`` instantiates, named after that
+top type; levels count from the leaf (level 1) upwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pai_scheduler.hived.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SkuType:
+    """Per-leaf resources (OpenPAI's ``skuTypes``): a pod needing more CPU or memory takes more leaves."""
+
+    name: str
+    gpu: int
+    cpu: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class CellType:
+    name: str
+    child_type: str
+    child_number: int
+    is_node_level: bool
+
+
+@dataclass(frozen=True)
+class PhysicalCellSpec:
+    """One physical cell as written in the config; ``children`` empty means "inferred from the type"."""
+
+    cell_type: str
+    address: str | None = None
+    pinned_id: str | None = None
+    children: tuple[PhysicalCellSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class VirtualCellSpec:
+    """``cellNumber`` cells of the type at the end of ``path`` (``path[0]`` is the chain)."""
+
+    path: tuple[str, ...]
+    number: int
+
+    @property
+    def chain(self) -> str:
+        return self.path[0]
+
+    @property
+    def cell_type(self) -> str:
+        return self.path[-1]
+
+
+@dataclass(frozen=True)
+class VirtualClusterSpec:
+    name: str
+    virtual_cells: tuple[VirtualCellSpec, ...] = ()
+    pinned_cells: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """The cell types of one chain from the leaf (index 0, level 1) to the top."""
+
+    name: str
+    types: tuple[str, ...]
+    child_numbers: tuple[int, ...]  # child_numbers[i] = children of a level-(i+1) cell; 0 for the leaf
+    node_level: int
+
+    @property
+    def leaf_type(self) -> str:
+        return self.types[0]
+
+    @property
+    def top_level(self) -> int:
+        return len(self.types)
+
+    def level_of(self, cell_type: str) -> int:
+        return self.types.index(cell_type) + 1
+
+    def leaves_per_cell(self, level: int) -> int:
+        return math.prod(self.child_numbers[1:level])
+
+    def leaves_per_node_in(self, level: int) -> int:
+        """The most leaves one pod can get on one node inside a cell of ``level``."""
+        return self.leaves_per_cell(min(level, self.node_level))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    sku_types: tuple[SkuType, ...] = ()
+    cell_types: tuple[CellType, ...] = ()
+    physical_cells: tuple[PhysicalCellSpec, ...] = ()
+    virtual_clusters: tuple[VirtualClusterSpec, ...] = ()
+    # Nodes of an inventory that have no leaves: recorded, but the HiveD core does not schedule them yet.
+    cpu_only_nodes: tuple[str, ...] = ()
+    chains: tuple[ChainSpec, ...] = field(default=(), compare=False)
+
+    def chain(self, name: str) -> ChainSpec:
+        for c in self.chains:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def sku(self, leaf_type: str) -> SkuType | None:
+        for s in self.sku_types:
+            if s.name == leaf_type:
+                return s
+        return None
+
+
+# ------------------------------------------------------------------------------------ HiveD format
+
+
+def load_hived_config(text: str) -> ClusterConfig:
+    """Parse HiveD's YAML config text (keys HiveD needs but this core does not, such as
+    ``kubeApiServerAddress``, are ignored)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config is not valid YAML: {e}") from e
+    return parse_hived_config(data)
+
+
+def parse_hived_config(data: Any) -> ClusterConfig:
+    if data is None:
+        data = {}
+    _need_mapping(data, "config")
+    pc = data.get("physicalCluster") or {}
+    _need_mapping(pc, "physicalCluster")
+    skus = _parse_sku_types(pc.get("skuTypes") or {})
+    cell_types = _parse_cell_types(pc.get("cellTypes") or {})
+    raw_cells = pc.get("physicalCells") or []
+    if not isinstance(raw_cells, list):
+        raise ConfigError("physicalCluster.physicalCells must be a list")
+    physical = tuple(
+        _parse_physical_cell(c, f"physicalCluster.physicalCells[{i}]", None) for i, c in enumerate(raw_cells)
+    )
+    vcs = _parse_virtual_clusters(data.get("virtualClusters") or {})
+    return build_config(skus, cell_types, physical, vcs)
+
+
+def build_config(
+    skus: Sequence[SkuType],
+    cell_types: Sequence[CellType],
+    physical: Sequence[PhysicalCellSpec],
+    vcs: Sequence[VirtualClusterSpec],
+    cpu_only_nodes: Sequence[str] = (),
+) -> ClusterConfig:
+    """Check the parts against each other and assemble the config (also used by the inventory reader)."""
+    types = {t.name: t for t in cell_types}
+    chains: dict[str, ChainSpec] = {}
+    for i, cell in enumerate(physical):
+        where = f"physicalCluster.physicalCells[{i}]"
+        if cell.cell_type not in types:
+            raise ConfigError(f"{where}.cellType: {cell.cell_type!r} is not defined in cellTypes")
+        if cell.cell_type not in chains:
+            chains[cell.cell_type] = _chain(types, cell.cell_type)
+        chain = chains[cell.cell_type]
+        _check_physical(cell, chain, chain.top_level, where)
+    pinned = _collect_pinned(physical)
+    _check_node_addresses(physical, chains)
+    seen_pins: dict[str, str] = {}
+    for vc in vcs:
+        for j, vcell in enumerate(vc.virtual_cells):
+            where = f"virtualClusters.{vc.name}.virtualCells[{j}].cellType"
+            if vcell.chain not in chains:
+                raise ConfigError(
+                    f"{where}: {'.'.join(vcell.path)!r} must start with a cell type used in physicalCells"
+                    f" (one of {sorted(chains)})"
+                )
+            chain = chains[vcell.chain]
+            for parent, child in zip(vcell.path, vcell.path[1:], strict=False):
+                if parent not in types or types[parent].child_type != child:
+                    raise ConfigError(
+                        f"{where}: {child!r} is not the child cell type of {parent!r} in chain {vcell.chain}"
+                    )
+            if vcell.cell_type not in chain.types:
+                raise ConfigError(f"{where}: {vcell.cell_type!r} is not in chain {vcell.chain}")
+        for j, pid in enumerate(vc.pinned_cells):
+            where = f"virtualClusters.{vc.name}.pinnedCells[{j}].pinnedCellId"
+            if pid not in pinned:
+                raise ConfigError(f"{where}: unknown pinned cell {pid!r}")
+            if pid in seen_pins:
+                raise ConfigError(f"{where}: pinned cell {pid!r} is already assigned to VC {seen_pins[pid]}")
+            seen_pins[pid] = vc.name
+    return ClusterConfig(
+        sku_types=tuple(skus),
+        cell_types=tuple(cell_types),
+        physical_cells=tuple(physical),
+        virtual_clusters=tuple(vcs),
+        cpu_only_nodes=tuple(cpu_only_nodes),
+        chains=tuple(chains[name] for name in sorted(chains)),
+    )
+
+
+def _need_mapping(value: Any, where: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+
+
+def _int_field(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where} must be >= {minimum}, got {value}")
+    return value
+
+
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]i?)?\s*$")
+_UNIT = {
+    None: 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
+
+
+def memory_to_mb(value: Any, where: str) -> int:
+    """A Kubernetes memory quantity (``8192Mi``, ``54Gi``, or bytes) in MiB, rounded down."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be a memory quantity such as 8192Mi, got {value!r}")
+    m = _QUANTITY.match(str(value))
+    if m is None:
+        raise ConfigError(f"{where} must be a memory quantity such as 8192Mi, got {value!r}")
+    return int(float(m.group(1)) * _UNIT[m.group(2)] // 2**20)
+
+
+def _parse_sku_types(raw: Any) -> list[SkuType]:
+    _need_mapping(raw, "physicalCluster.skuTypes")
+    out = []
+    for name, spec in raw.items():
+        where = f"physicalCluster.skuTypes.{name}"
+        _need_mapping(spec, where)
+        cpu = spec.get("cpu", 0)
+        if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu < 0:
+            raise ConfigError(f"{where}.cpu must be a number >= 0, got {cpu!r}")
+        out.append(
+            SkuType(
+                name=str(name),
+                gpu=_int_field(spec.get("gpu", 1), f"{where}.gpu", 0),
+                cpu=float(cpu),
+                memory_mb=memory_to_mb(spec.get("memory", 0), f"{where}.memory"),
+            )
+        )
+    return out
+
+
+def _parse_cell_types(raw: Any) -> list[CellType]:
+    _need_mapping(raw, "physicalCluster.cellTypes")
+    out = []
+    for name, spec in raw.items():
+        where = f"physicalCluster.cellTypes.{name}"
+        _need_mapping(spec, where)
+        child = spec.get("childCellType")
+        if not isinstance(child, str) or not child:
+            raise ConfigError(f"{where}.childCellType must be a cell type name, got {child!r}")
+        node_level = spec.get("isNodeLevel", False)
+        if not isinstance(node_level, bool):
+            raise ConfigError(f"{where}.isNodeLevel must be true or false, got {node_level!r}")
+        out.append(
+            CellType(
+                name=str(name),
+                child_type=child,
+                child_number=_int_field(spec.get("childCellNumber"), f"{where}.childCellNumber", 1),
+                is_node_level=node_level,
+            )
+        )
+    return out
+
+
+def _parse_physical_cell(raw: Any, where: str, inherited_type: str | None) -> PhysicalCellSpec:
+    _need_mapping(raw, where)
+    cell_type = raw.get("cellType", inherited_type)
+    if not isinstance(cell_type, str) or (inherited_type is None and not cell_type):
+        raise ConfigError(f"{where}.cellType is required for a top-level physical cell")
+    address = raw.get("cellAddress")
+    pinned = raw.get("pinnedCellId")
+    if pinned is not None and (not isinstance(pinned, str) or not pinned):
+        raise ConfigError(f"{where}.pinnedCellId must be a non-empty string, got {pinned!r}")
+    children_raw = raw.get("cellChildren") or []
+    if not isinstance(children_raw, list):
+        raise ConfigError(f"{where}.cellChildren must be a list")
+    children = tuple(
+        _parse_physical_cell(c, f"{where}.cellChildren[{i}]", "") for i, c in enumerate(children_raw)
+    )
+    return PhysicalCellSpec(
+        cell_type=cell_type,
+        address=None if address is None else str(address),
+        pinned_id=pinned,
+        children=children,
+    )
+
+
+def _parse_virtual_clusters(raw: Any) -> list[VirtualClusterSpec]:
+    _need_mapping(raw, "virtualClusters")
+    out = []
+    for name, spec in raw.items():
+        where = f"virtualClusters.{name}"
+        spec = spec or {}
+        _need_mapping(spec, where)
+        vcells = []
+        for j, vc in enumerate(spec.get("virtualCells") or []):
+            w = f"{where}.virtualCells[{j}]"
+            _need_mapping(vc, w)
+            ct = vc.get("cellType")
+            if not isinstance(ct, str) or not ct:
+                raise ConfigError(f"{w}.cellType must be a dotted cell type path, got {ct!r}")
+            vcells.append(
+                VirtualCellSpec(tuple(ct.split(".")), _int_field(vc.get("cellNumber"), f"{w}.cellNumber", 1))
+            )
+        pins = []
+        for j, p in enumerate(spec.get("pinnedCells") or []):
+            w = f"{where}.pinnedCells[{j}]"
+            _need_mapping(p, w)
+            pid = p.get("pinnedCellId")
+            if not isinstance(pid, str) or not pid:
+                raise ConfigError(f"{w}.pinnedCellId must be a non-empty string, got {pid!r}")
+            pins.append(pid)
+        out.append(VirtualClusterSpec(str(name), tuple(vcells), tuple(pins)))
+    return out
+
+
+def _chain(types: Mapping[str, CellType], top: str) -> ChainSpec:
+    down: list[str] = []
+    numbers: list[int] = []
+    t = top
+    while t in types:
+        if t in down:
+            raise ConfigError(f"cellTypes: the child cell types of {top!r} form a cycle through {t!r}")
+        down.append(t)
+        numbers.append(types[t].child_number)
+        t = types[t].child_type
+    down.append(t)  # the leaf type
+    numbers.append(0)
+    up = tuple(reversed(down))
+    child_numbers = tuple(reversed(numbers))
+    node_levels = [i + 1 for i, name in enumerate(up) if name in types and types[name].is_node_level]
+    if len(node_levels) != 1:
+        raise ConfigError(
+            f"chain {top}: must contain exactly one cell type with isNodeLevel: true, found"
+            f" {len(node_levels)} ({[up[i - 1] for i in node_levels]})"
+        )
+    return ChainSpec(name=top, types=up, child_numbers=child_numbers, node_level=node_levels[0])
+
+
+def _check_physical(cell: PhysicalCellSpec, chain: ChainSpec, level: int, where: str) -> None:
+    expected = chain.types[level - 1]
+    if cell.cell_type not in ("", expected):
+        raise ConfigError(f"{where}.cellType: expected {expected!r} at level {level} of chain {chain.name}")
+    if level == chain.top_level and level < chain.node_level:
+        raise ConfigError(f"{where}: top-level cell type {expected!r} is below the node level")
+    if level == chain.node_level and not cell.address:
+        raise ConfigError(
+            f"{where}.cellAddress: node-level cell ({expected}, chain {chain.name}) needs the node name"
+        )
+    if level == 1:
+        if cell.children:
+            raise ConfigError(f"{where}.cellChildren: a leaf cell ({expected}) has no children")
+        if cell.address is not None and not re.fullmatch(r"[0-9]+", cell.address):
+            raise ConfigError(
+                f"{where}.cellAddress: a leaf address must be a device index, got {cell.address!r}"
+            )
+        return
+    wanted = chain.child_numbers[level - 1]
+    if cell.children and len(cell.children) != wanted:
+        raise ConfigError(
+            f"{where}.cellChildren: {expected} (chain {chain.name}, level {level}) has childCellNumber"
+            f" {wanted}, but {len(cell.children)} children are listed"
+        )
+    for i, child in enumerate(cell.children):
+        _check_physical(child, chain, level - 1, f"{where}.cellChildren[{i}]")
+
+
+def _collect_pinned(physical: Sequence[PhysicalCellSpec]) -> set[str]:
+    pinned: set[str] = set()
+
+    def walk(cell: PhysicalCellSpec, inside: str | None) -> None:
+        if cell.pinned_id is not None:
+            if cell.pinned_id in pinned:
+                raise ConfigError(f"physicalCells: pinnedCellId {cell.pinned_id!r} is used twice")
+            if inside is not None:
+                raise ConfigError(
+                    f"physicalCells: pinned cell {cell.pinned_id!r} lies inside pinned cell {inside!r}"
+                )
+            pinned.add(cell.pinned_id)
+            inside = cell.pinned_id
+        for c in cell.children:
+            walk(c, inside)
+
+    for cell in physical:
+        walk(cell, None)
+    return pinned
+
+
+def _check_node_addresses(physical: Sequence[PhysicalCellSpec], chains: Mapping[str, ChainSpec]) -> None:
+    """A node name appears once per chain (it may appear in several chains: one node, several leaf types)."""
+    for top in chains.values():
+        seen: set[str] = set()
+
+        def walk(cell: PhysicalCellSpec, level: int, chain: ChainSpec = top, seen: set[str] = seen) -> None:
+            if level == chain.node_level:
+                assert cell.address is not None
+                if cell.address in seen:
+                    raise ConfigError(f"chain {chain.name}: node {cell.address!r} appears twice")
+                seen.add(cell.address)
+                return
+            for c in cell.children:
+                walk(c, level - 1)
+
+        for cell in physical:
+            if cell.cell_type == top.name:
+                walk(cell, top.top_level)
+
+
+# ---------------------------------------------------------------------------------- node inventory
+
+INVENTORY_COLUMNS = ("node", "leaf_type", "leaf_count", "cpu", "memory_mb")
+
+
+def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = None) -> ClusterConfig:
+    """Read ``node,leaf_type,leaf_count,cpu,memory_mb[,rack]`` (header required).
+
+    Node cell types are named ``<leaf_type>-<leaf_count>-NODE``; nodes of one shape in one rack are grouped
+    under a ``<n>-<leaf_type>-<leaf_count>-NODE`` rack cell. Per-leaf CPU and memory (the SKU) are the
+    node's totals divided by its leaf count, the smallest over the nodes of that leaf type. Leafless nodes
+    are listed in ``cpu_only_nodes``. ``virtual_clusters`` is HiveD's ``virtualClusters`` mapping; without
+    it one VC, ``default``, owns every top-level cell.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    header = tuple(h.strip() for h in (reader.fieldnames or ()))
+    if header[:5] != INVENTORY_COLUMNS or len(header) > 6 or (len(header) == 6 and header[5] != "rack"):
+        raise ConfigError(
+            f"inventory: the header must be {','.join(INVENTORY_COLUMNS)}[,rack], got {','.join(header)}"
+        )
+    nodes: list[tuple[str, str, int, str]] = []
+    sku: dict[str, tuple[float, int]] = {}
+    cpu_only: list[str] = []
+    seen: set[str] = set()
+    for line, row in enumerate(reader, start=2):
+        where = f"inventory line {line}"
+        name = (row.get("node") or "").strip()
+        if not name:
+            raise ConfigError(f"{where}: node is empty")
+        if name in seen:
+            raise ConfigError(f"{where}: node {name!r} appears twice")
+        seen.add(name)
+        try:
+            count = int(row["leaf_count"])
+            cpu = float(row["cpu"])
+            mem = int(row["memory_mb"])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where} (node {name}): leaf_count, cpu and memory_mb must be numbers") from e
+        if count < 0 or cpu < 0 or mem < 0:
+            raise ConfigError(f"{where} (node {name}): leaf_count, cpu and memory_mb must be >= 0")
+        leaf = (row.get("leaf_type") or "").strip()
+        rack = (row.get("rack") or "").strip()
+        if count == 0:
+            cpu_only.append(name)
+            continue
+        if not leaf:
+            raise ConfigError(f"{where} (node {name}): leaf_type is empty but leaf_count is {count}")
+        per = (cpu / count, mem // count)
+        old = sku.get(leaf)
+        sku[leaf] = per if old is None else (min(old[0], per[0]), min(old[1], per[1]))
+        nodes.append((name, leaf, count, rack))
+
+    cell_types: dict[str, CellType] = {}
+    groups: dict[tuple[str, str], list[str]] = {}
+    standalone: list[tuple[str, str]] = []
+    for name, leaf, count, rack in nodes:
+        node_type = f"{leaf}-{count}-NODE"
+        cell_types.setdefault(node_type, CellType(node_type, leaf, count, True))
+        if rack:
+            groups.setdefault((rack, node_type), []).append(name)
+        else:
+            standalone.append((node_type, name))
+    physical: list[PhysicalCellSpec] = []
+    for (rack, node_type), members in sorted(groups.items()):
+        rack_type = f"{len(members)}-{node_type}"
+        cell_types.setdefault(rack_type, CellType(rack_type, node_type, len(members), False))
+        physical.append(
+            PhysicalCellSpec(rack_type, rack, None, tuple(PhysicalCellSpec(node_type, n) for n in members))
+        )
+    physical.extend(PhysicalCellSpec(t, n) for t, n in standalone)
+    skus = [SkuType(leaf, 1, c, m) for leaf, (c, m) in sorted(sku.items())]
+    if virtual_clusters is None:
+        tops: dict[str, int] = {}
+        for cell in physical:
+            tops[cell.cell_type] = tops.get(cell.cell_type, 0) + 1
+        vcs = (
+            [VirtualClusterSpec("default", tuple(VirtualCellSpec((t,), n) for t, n in sorted(tops.items())))]
+            if tops
+            else []
+        )
+    else:
+        vcs = _parse_virtual_clusters(virtual_clusters)
+    return build_config(skus, list(cell_types.values()), physical, vcs, cpu_only)

@@ -1,0 +1,59 @@
+"""What the HiveD core answers: plain frozen values the service turns into events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from pai_common.contract.types import Placement
+
+
+@dataclass(frozen=True)
+class PodPlacement:
+    role: str
+    index: int
+    node: str
+    leaf_type: str
+    leaves: tuple[int, ...]  # device indices on the node
+
+    def to_contract(self) -> Placement:
+        return Placement(task_role=self.role, index=self.index, node=self.node, gpus=list(self.leaves))
+
+
+@dataclass(frozen=True)
+class Allocated:
+    key: str
+    placements: tuple[PodPlacement, ...]
+
+
+@dataclass(frozen=True)
+class Preempting:
+    """The gang holds a reservation on ``placements``; it is allocated once every victim is released.
+    Victims are whole gangs (their keys), lowest priority first."""
+
+    key: str
+    victims: tuple[str, ...]
+    placements: tuple[PodPlacement, ...]
+
+
+@dataclass(frozen=True)
+class Queued:
+    key: str
+    reason: str  # why it is pending, in words a user can act on
+    position: int  # 1-based, in its VC's queue
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The request is invalid or can never be placed on this cluster and VC."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Released:
+    key: str
+
+
+Decision: TypeAlias = Allocated | Preempting | Queued | Rejected | Released

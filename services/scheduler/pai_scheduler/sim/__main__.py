@@ -1,0 +1,5 @@
+import sys
+
+from pai_scheduler.sim.cli import main
+
+sys.exit(main())

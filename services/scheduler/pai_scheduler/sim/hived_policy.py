@@ -1,0 +1,120 @@
+"""``hived``: the HiveD allocator (``pai_scheduler.hived.allocator``) behind the simulator's protocol.
+
+The simulator plays the orchestrator's part: when the allocator answers ``Preempting`` (the gang reserved
+its cells; whole victim gangs must stop first), the victims are stopped at once, by releasing them, and
+the allocator's ``Allocated`` for the preemptor comes out of the last of those releases. Victims are
+reported to the engine as preempted and come back as new attempts (a new allocator key per attempt, so a
+resubmission is never mistaken for the idempotent repeat of a submission).
+
+Requests the allocator does not support yet (fractional GPUs, CPU-only tasks) are reported as rejected
+with the allocator's reason: the simulator measures the allocator as it is, it does not round requests
+into something else.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from pai_scheduler.hived.allocator import HivedAllocator
+from pai_scheduler.hived.decisions import Allocated, Decision, Preempting, Rejected
+from pai_scheduler.hived.errors import UnsupportedRequestError
+from pai_scheduler.hived.requests import GangRequest, Member
+from pai_scheduler.sim import policy as p
+from pai_scheduler.sim.cluster import SimCluster
+from pai_scheduler.sim.jobs import SimJob
+
+TASK_ROLE = "task"
+
+
+def gang_of(job: SimJob, key: str) -> GangRequest:
+    member = Member(
+        TASK_ROLE, job.tasks, int(job.gpu_per_task), cpu=job.cpu_per_task, memory_mb=job.memory_mb_per_task
+    )
+    return GangRequest(key, job.vc, job.priority, (member,), job.gpu_types)
+
+
+class HivedPolicy:
+    name = "hived"
+
+    def __init__(self, cluster: SimCluster):
+        self._alloc = HivedAllocator(cluster.config)
+        self._jobs: dict[str, SimJob] = {}
+        self._attempt: dict[str, int] = {}
+        self._job_of_key: dict[str, str] = {}
+        self._key_of_job: dict[str, str] = {}
+        self._running: dict[str, p.Started] = {}
+
+    def running(self) -> Mapping[str, p.Started]:
+        return MappingProxyType(self._running)
+
+    def submit(self, job: SimJob, now: float) -> p.Outcome:
+        self._jobs[job.job_id] = job
+        return self._handle(self._submit(job))
+
+    def release(self, job_id: str, now: float) -> p.Outcome:
+        key = self._key_of_job.pop(job_id, None)
+        if key is None:
+            return p.Outcome()
+        del self._job_of_key[key]
+        self._running.pop(job_id, None)
+        return self._handle(self._alloc.release(key))
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _submit(self, job: SimJob) -> list[Decision | p.Rejected]:
+        attempt = self._attempt.get(job.job_id, -1) + 1
+        self._attempt[job.job_id] = attempt
+        if job.gpu_per_task != int(job.gpu_per_task):
+            return [p.Rejected(job.job_id, "fractional GPUs are not supported by the HiveD core yet")]
+        key = f"{job.job_id}#{attempt}"
+        try:
+            decision = self._alloc.submit(gang_of(job, key))
+        except UnsupportedRequestError as e:
+            return [p.Rejected(job.job_id, str(e))]
+        if isinstance(decision, Rejected):
+            return [p.Rejected(job.job_id, decision.reason)]
+        self._job_of_key[key] = job.job_id
+        self._key_of_job[job.job_id] = key
+        return [decision]
+
+    def _handle(self, decisions: Iterable[Decision | p.Rejected]) -> p.Outcome:
+        started: list[p.Started] = []
+        preempted: list[str] = []
+        rejected: list[p.Rejected] = []
+        waiting: set[str] = set()  # preemptors whose victims are being stopped
+        work: deque[Decision | p.Rejected] = deque(decisions)
+        while work:
+            d = work.popleft()
+            if isinstance(d, p.Rejected):
+                rejected.append(d)
+            elif isinstance(d, Allocated):
+                waiting.discard(d.key)
+                job_id = self._job_of_key[d.key]
+                placements = tuple(
+                    p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type) for pl in d.placements
+                )
+                s = p.Started(job_id, placements, float(sum(len(pl.leaves) for pl in placements)))
+                self._running[job_id] = s
+                started.append(s)
+            elif isinstance(d, Preempting):
+                waiting.add(d.key)
+                for victim in d.victims:
+                    job_id = self._job_of_key.pop(victim, None)
+                    if job_id is None:
+                        continue  # already stopped for an earlier preemptor in this call
+                    del self._key_of_job[job_id]
+                    del self._running[job_id]
+                    work.extend(self._alloc.release(victim))
+                    if any(s.job_id == job_id for s in started):
+                        # It started in this very call, so the engine never saw it run: take the start
+                        # back and queue it again here, as a new attempt.
+                        started = [s for s in started if s.job_id != job_id]
+                        work.extend(self._submit(self._jobs[job_id]))
+                    else:
+                        preempted.append(job_id)  # the engine stops it and submits it again
+            # Queued: it stays in the allocator's queue. Released: nothing is held any more.
+        if waiting:
+            raise RuntimeError(f"preemptions did not complete after their victims stopped: {sorted(waiting)}")
+        return p.Outcome(started=tuple(started), preempted=tuple(preempted), rejected=tuple(rejected))
