@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def job_yaml(name: str, commands: list[str], gpu: int = 1, instances: int = 1, retries: int = 0) -> str:
+def job_yaml(
+    name: str, commands: list[str], gpu: int = 1, instances: int = 1, retries: int = 0, priority: str = "test"
+) -> str:
     lines = "\n".join(f"      - {json.dumps(c)}" for c in commands)
     return f"""protocolVersion: 2
 name: {name}
@@ -35,6 +37,8 @@ taskRoles:
     resourcePerInstance: {{gpu: {gpu}, cpu: 1, memoryMB: 512}}
     commands:
 {lines}
+extras:
+  hivedScheduler: {{jobPriorityClass: {priority}}}
 """
 
 
@@ -173,7 +177,7 @@ def test_impossible_gang_fails_with_a_reason(api: httpx.Client) -> None:
     job = wait_state(api, "admin~too-big", FINAL)
     assert job["jobStatus"]["state"] == "FAILED"
     assert job["jobStatus"]["appExitCode"] == -200
-    assert "GPU" in job["jobStatus"]["appExitMessages"]["launcher"]
+    assert "needs 3 gpu leaves on one node" in job["jobStatus"]["appExitMessages"]["launcher"]
 
 
 def test_orchestrator_killed_mid_job_completes_exactly_once(
@@ -189,6 +193,27 @@ def test_orchestrator_killed_mid_job_completes_exactly_once(
     assert job["jobStatus"]["state"] == "SUCCEEDED"
     assert marker.read_text().splitlines() == ["once"]
     assert count_events(platform, "pai.evt.job.completed", "admin~survivor") == 1
+
+
+def test_virtual_clusters_and_sku_types(api: httpx.Client) -> None:
+    vcs = api.get("/api/v2/virtual-clusters").json()
+    assert set(vcs) == {"default"}
+    default = vcs["default"]
+    assert default["capacity"] == 100
+    assert default["resourcesTotal"]["GPUs"] == 4
+    assert default["resourcesGuaranteed"]["gpu"] == 4
+    assert 0 <= default["resourcesUsed"]["gpu"] <= 4
+    single = api.get("/api/v2/virtual-clusters/default").json()
+    # Usage may move between the two calls; the shape and the guarantee may not.
+    assert set(single) == set(default)
+    assert single["resourcesGuaranteed"] == default["resourcesGuaranteed"]
+    missing = api.get("/api/v2/virtual-clusters/nope")
+    assert missing.status_code == 404 and missing.json()["code"] == "NoVirtualClusterError"
+    bad = api.get("/api/v2/virtual-clusters/bad-name!")
+    assert bad.status_code == 400 and bad.json()["code"] == "InvalidParametersError"
+    skus = api.get("/api/v2/cluster/sku-types").json()
+    assert skus == {"gpu": {"cpu": 8.0, "memory": 65536, "gpu": 1}}
+    assert api.get("/api/v2/cluster/sku-types", params={"vc": "nope"}).status_code == 404
 
 
 def test_list_storage_and_metrics(api: httpx.Client, platform: Platform) -> None:
@@ -293,7 +318,7 @@ def test_jobs_survive_a_platform_restart(tmp_path: Path) -> None:
         again.stop()
 
 
-def test_waiting_job_says_why(api: httpx.Client) -> None:
+def test_waiting_job_says_why_then_higher_priority_preempts(api: httpx.Client) -> None:
     # Both nodes' GPUs are taken by a long job; the next GPU job must wait and say so.
     submit(api, job_yaml("hog", ["sleep 30"], gpu=2, instances=2))
     wait_state(api, "admin~hog", {"RUNNING"})
@@ -306,4 +331,70 @@ def test_waiting_job_says_why(api: httpx.Client) -> None:
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
     assert status["state"] == "WAITING"
-    assert "GPU" in status["pendingReason"]
+    assert "4 of 4 guaranteed gpu leaves in use" in status["pendingReason"]
+    assert status["pendingPosition"] == 1
+
+    # A prod job preempts the test-priority hog (whole gang), runs, and the hog is retried uncounted.
+    submit(api, job_yaml("urgent", ["echo urgent"], gpu=1, priority="prod"))
+    urgent = wait_state(api, "admin~urgent", FINAL, timeout_s=60)
+    assert urgent["jobStatus"]["state"] == "SUCCEEDED"
+    hog = api.get("/api/v2/jobs/admin~hog").json()["jobStatus"]
+    assert hog["retries"] >= 1
+    assert hog["retryDetails"]["platform"] >= 1 and hog["retryDetails"]["user"] == 0
+    assert hog["state"] in ("WAITING", "RUNNING")
+
+
+def test_scheduler_killed_mid_workload_loses_and_double_books_no_cell(tmp_path: Path) -> None:
+    p = Platform(
+        data_dir=tmp_path / "pai",
+        nodes=2,
+        gpus_per_node=2,
+        port=0,
+        extra_env={"PAI_ADMIN_PASSWORD": "pw-123456"},
+    )
+    p.start()
+    try:
+        with httpx.Client(base_url=p.url, timeout=15) as c:
+            token = c.post(
+                "/api/v2/authn/basic/login", json={"username": "admin", "password": "pw-123456"}
+            ).json()["token"]
+            c.headers["Authorization"] = f"Bearer {token}"
+            names = [f"w{i}" for i in range(8)]
+            for name in names[:4]:
+                submit(c, job_yaml(name, ["sleep 1"], gpu=1))
+            p.kill("scheduler")
+            for name in names[4:]:
+                submit(c, job_yaml(name, ["sleep 1"], gpu=1))
+            p.restart("scheduler")
+            held: dict[tuple[str, int], str] = {}
+            deadline = time.monotonic() + 120
+            while True:
+                jobs = {n: c.get(f"/api/v2/jobs/admin~{n}").json() for n in names}
+                running = {
+                    (n, t["containerNodeName"], g)
+                    for n, j in jobs.items()
+                    if j["jobStatus"]["state"] == "RUNNING"
+                    for t in j["taskRoles"]["worker"]["taskStatuses"]
+                    if t["taskState"] == "RUNNING"
+                    for g in t["containerGpus"] or []
+                }
+                for name, node, gpu in running:
+                    # The same (node, GPU) may pass from one job to another, but never be held by two at once.
+                    other = held.get((node, gpu))
+                    still = (
+                        other is not None and other != name and jobs[other]["jobStatus"]["state"] == "RUNNING"
+                    )
+                    assert not still, f"{node}/{gpu} held by {other} and {name}"
+                    held[(node, gpu)] = name
+                if all(j["jobStatus"]["state"] in FINAL for j in jobs.values()):
+                    break
+                assert time.monotonic() < deadline, {n: j["jobStatus"]["state"] for n, j in jobs.items()}
+                time.sleep(0.3)
+            assert {j["jobStatus"]["state"] for j in jobs.values()} == {"SUCCEEDED"}
+            # Every cell came back: nothing is held once every job has ended.
+            deadline = time.monotonic() + 10
+            while c.get("/api/v2/virtual-clusters").json()["default"]["resourcesUsed"]["gpu"] != 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        p.stop()

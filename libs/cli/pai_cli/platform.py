@@ -109,8 +109,11 @@ class Platform:
             server = start_mongo(self.data_dir)
             self.servers.append(server)
             self.mongo_url = server.url
+        cluster_file = self.data_dir / "cluster.csv"
+        cluster_file.write_text(self.inventory_csv())
         base = {
             **os.environ,
+            "PAI_SCHEDULER_CLUSTER": str(cluster_file),
             "PAI_NATS_URL": self.nats_url,
             "PAI_MONGO_URL": self.mongo_url,
             "PAI_DATA_DIR": str(self.data_dir),
@@ -134,6 +137,17 @@ class Platform:
         for child in self.children.values():
             child.start()
         self.wait_ready(timeout_s, progress)
+
+    def inventory_csv(self) -> str:
+        """The simulated cluster as a node inventory for the scheduler: alike nodes in the default VC.
+
+        CPU and memory are declared generously per GPU, so that a task's CPU and memory requests do not
+        make it take more GPUs than it asks for.
+        """
+        rows = ["node,leaf_type,leaf_count,cpu,memory_mb"]
+        g = self.gpus_per_node
+        rows += [f"{node},gpu,{g},{8 * g},{65536 * g}" for node in self.node_names]
+        return "\n".join(rows) + "\n"
 
     def wait_ready(self, timeout_s: float, progress: object = None) -> None:
         deadline = time.monotonic() + timeout_s

@@ -30,7 +30,7 @@ def up(
     nodes: Annotated[
         int, typer.Option("--nodes", min=1, max=64, help="Runtime agents (simulated nodes)")
     ] = 2,
-    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=0, max=64)] = 4,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=1, max=64)] = 4,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="REST API port")] = 9186,
     data_dir: Annotated[
         Path,

@@ -19,7 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from pai_common.bus import Bus
-from pai_common.database import retry_transient
+from pai_common.database import is_transient, retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
 from pai_common.logs import current_job_key
 from pai_common.metrics import HANDLE_SECONDS, MESSAGES
@@ -79,8 +79,9 @@ class DurableConsumer:
             name=self.spec.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            # One more than ours: the last delivery reaches the handler, which dead-letters it.
-            max_deliver=self.spec.max_deliver + 1,
+            # Unlimited on the server: the handler decides when a message is dead (transient failures are
+            # retried as long as they last, others go to the dead letters after max_deliver tries).
+            max_deliver=-1,
             ack_wait=self.spec.ack_wait_s,
             max_ack_pending=10_000,
             filter_subjects=self.spec.filter_subjects,
@@ -194,7 +195,10 @@ class DurableConsumer:
             await msg.ack()
         except Exception as exc:
             delivered = msg.metadata.num_delivered or 1
-            if delivered >= self.spec.max_deliver:
+            transient = is_transient(exc)
+            # A transient failure (a write conflict, a lost connection) is retried for as long as it lasts;
+            # only a handler that fails for another reason runs out of deliveries.
+            if not transient and delivered >= self.spec.max_deliver:
                 log.error(
                     "handler kept failing; message dead-lettered",
                     extra={"consumer": durable, "type": env.type, "id": env.id, "error": repr(exc)},
@@ -203,10 +207,16 @@ class DurableConsumer:
                 await msg.ack()
                 outcome = "dead_lettered"
             else:
-                delay = min(self.spec.nak_base_delay_s * 2 ** (delivered - 1), 30.0)
+                delay = min(self.spec.nak_base_delay_s * 2 ** (delivered - 1), 5.0 if transient else 30.0)
                 log.warning(
                     "handler failed; will retry",
-                    extra={"consumer": durable, "type": env.type, "delivery": delivered, "error": repr(exc)},
+                    extra={
+                        "consumer": durable,
+                        "type": env.type,
+                        "delivery": delivered,
+                        "transient": transient,
+                        "error": repr(exc),
+                    },
                 )
                 await msg.nak(delay=delay)
                 outcome = "retried"

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 Doc = dict[str, Any]
 
@@ -28,14 +28,22 @@ def service_database(client: AsyncMongoClient[Doc], service: str) -> AsyncDataba
 T = TypeVar("T")
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Failures that go away by themselves: a write conflict, a lost connection, a failover."""
+    if isinstance(exc, ConnectionFailure):  # AutoReconnect, NetworkTimeout, server selection
+        return True
+    if isinstance(exc, PyMongoError):
+        return exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == 112
+    return False
+
+
 async def retry_transient(fn: Callable[[], Awaitable[T]], attempts: int = 8, base_delay_s: float = 0.05) -> T:
     """Run ``fn`` again when MongoDB says the failure is transient (a write conflict between processes)."""
     for attempt in range(attempts):
         try:
             return await fn()
         except PyMongoError as exc:
-            transient = exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == 112
-            if not transient or attempt == attempts - 1:
+            if not is_transient(exc) or attempt == attempts - 1:
                 raise
             await asyncio.sleep(base_delay_s * 2**attempt * (0.5 + random.random()))
     raise AssertionError("unreachable")

@@ -93,15 +93,13 @@ def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0
     store.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "logs" / "mongo.log"
     argv = [
-        _binary("secantusd-py"),
-        "--host",
-        "127.0.0.1",
+        sys.executable,
+        "-m",
+        "pai_common.mongo_server",
         "--port",
         str(port),
         "--storage-path",
         str(store),
-        "--log-level",
-        "WARNING",
     ]
     proc = _spawn("mongo", argv, log_path)
     wait_for_port(port, timeout_s, proc)

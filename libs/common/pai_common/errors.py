@@ -66,6 +66,11 @@ class NoApiError(PaiError):
     code = "NoApiError"
 
 
+class NoVirtualClusterError(PaiError):
+    status = 404
+    code = "NoVirtualClusterError"
+
+
 class ConflictJobError(PaiError):
     status = 409
     code = "ConflictJobError"
@@ -100,6 +105,7 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoJobError,
         NoTaskLogError,
         NoApiError,
+        NoVirtualClusterError,
         ConflictJobError,
         PayloadTooLargeError,
         ServiceUnavailableError,

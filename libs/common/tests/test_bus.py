@@ -244,3 +244,35 @@ async def test_rpc_services_are_discoverable(fresh_nats: ServerProcess, mongo_se
         assert [e["subject"] for e in info["endpoints"]] == ["pai.rpc.jobs.get"]
     finally:
         await app.stop()
+
+
+async def test_transient_failures_retry_past_max_deliver(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    from pymongo.errors import OperationFailure
+
+    app = make_app(fresh_nats, mongo_server, max_deliver=2)
+    attempts: list[int] = []
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        attempts.append(1)
+        if len(attempts) <= 4:
+            # What MongoDB answers while another (perhaps dead) transaction holds the document.
+            raise OperationFailure("WriteConflict", code=112)
+        await ctx.db.done.insert_one({"_id": env.id}, session=ctx.session)
+
+    await app.start()
+    try:
+        await app.bus.publish_event(
+            JobAttemptCompleted(job_key="w~c", attempt_id=0, exit_code=0), msg_id="wc"
+        )
+
+        async def done() -> bool:
+            return await app.db.done.count_documents({}) == 1
+
+        await wait_until(done, timeout=20)
+        assert len(attempts) == 5
+        assert (await app.bus.js.stream_info(DEAD_LETTER_STREAM)).state.messages == 0
+    finally:
+        await app.stop()

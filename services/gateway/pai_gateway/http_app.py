@@ -19,19 +19,24 @@ from pai_common.contract.rpc import (
     JobListReply,
     ListJobsRequest,
     ListStoragesRequest,
+    ListVirtualClustersRequest,
     LoginReply,
     LoginRequest,
+    SkuTypesReply,
+    SkuTypesRequest,
     StorageListReply,
     SubmitJobReply,
     SubmitJobRequest,
     TaskLogReply,
     TaskLogRequest,
+    VirtualClustersReply,
 )
 from pai_common.errors import (
     InvalidParametersError,
     InvalidProtocolError,
     NoJobError,
     NoTaskLogError,
+    NoVirtualClusterError,
     PayloadTooLargeError,
 )
 from pai_gateway import errors
@@ -244,6 +249,30 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         )
         reply = await bus().request(req, TaskLogReply, target=node, timeout=timeout)
         return PlainTextResponse(reply.content)
+
+    # ---- virtual clusters ------------------------------------------------------------------------------
+
+    async def all_vcs() -> dict[str, dict[str, Any]]:
+        reply = await bus().request(ListVirtualClustersRequest(), VirtualClustersReply, timeout=timeout)
+        return reply.virtual_clusters
+
+    @app.get("/api/v2/virtual-clusters")
+    async def virtual_clusters(user: User) -> dict[str, Any]:
+        return await all_vcs()
+
+    @app.get("/api/v2/virtual-clusters/{vc}")
+    async def virtual_cluster(vc: str, user: User) -> dict[str, Any]:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", vc):
+            raise InvalidParametersError(f"virtual cluster name {vc!r} must match ^[A-Za-z0-9_]+$")
+        vcs = await all_vcs()
+        if vc not in vcs:
+            raise NoVirtualClusterError(f"Virtual cluster {vc} is not found.")
+        return vcs[vc]
+
+    @app.get("/api/v2/cluster/sku-types")
+    async def sku_types(user: User, vc: str | None = None) -> dict[str, Any]:
+        reply = await bus().request(SkuTypesRequest(virtual_cluster=vc), SkuTypesReply, timeout=timeout)
+        return reply.sku_types
 
     # ---- storage -------------------------------------------------------------------------------------
 

@@ -141,7 +141,9 @@ class Transition:
         return self.framework is not None
 
 
-NO_CHANGE = Transition(None)
+def no_change() -> Transition:
+    """A fresh "nothing happened" each time, so that no caller can add to a shared one."""
+    return Transition(None)
 
 
 def task_key(role: str, index: int) -> str:
@@ -160,12 +162,12 @@ def on_submitted(spec: JobSpec, now: int) -> Transition:
 
 def on_allocated(fw: Framework, event: SchedulingAllocated, now: int) -> Transition:
     if event.attempt_id != fw.attempt_id or fw.state != S.ATTEMPT_CREATION_REQUESTED:
-        return NO_CHANGE
+        return no_change()
     fw = fw.model_copy(deep=True)
     placements = {task_key(p.task_role, p.index): p for p in event.placements}
     if set(placements) != set(fw.tasks):
         # The scheduler answered for another gang shape; nothing sensible to launch.
-        return NO_CHANGE
+        return no_change()
     fw.state = S.ATTEMPT_PREPARING
     out = Transition(fw, reason="gang allocated")
     for task in fw.tasks.values():
@@ -179,7 +181,7 @@ def on_allocated(fw: Framework, event: SchedulingAllocated, now: int) -> Transit
 
 def on_rejected(fw: Framework, event: SchedulingRejected, now: int) -> Transition:
     if event.attempt_id != fw.attempt_id or fw.state != S.ATTEMPT_CREATION_REQUESTED:
-        return NO_CHANGE
+        return no_change()
     fw = fw.model_copy(deep=True)
     out = Transition(fw, reason="gang can never be placed")
     fw.exit_type = "USER_FAILURE"
@@ -188,10 +190,22 @@ def on_rejected(fw: Framework, event: SchedulingRejected, now: int) -> Transitio
     return _finish(out)
 
 
+def on_preempted(fw: Framework, attempt_id: int, preemptor: str, now: int) -> Transition:
+    """A higher-priority gang needs this attempt's cells: stop it and retry later, uncounted."""
+    if attempt_id != fw.attempt_id or fw.state not in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING):
+        return no_change()
+    fw = fw.model_copy(deep=True)
+    out = Transition(fw, reason=f"preempted by {preemptor}")
+    fw.exit_type = "PLATFORM_FAILURE"
+    fw.exit_diagnostics = f"preempted by the higher-priority job {preemptor}"
+    _complete_attempt(fw, S.EXIT_PREEMPTED, now, out, retry_allowed=True, failure="Transient")
+    return _finish(out)
+
+
 def on_task_running(fw: Framework, event: TaskRunning, now: int) -> Transition:
     task = fw.tasks.get(task_key(event.task_role, event.index))
     if event.attempt_id != fw.attempt_id or task is None or task.state != S.TASK_PREPARING:
-        return NO_CHANGE
+        return no_change()
     fw = fw.model_copy(deep=True)
     task = fw.tasks[task.key]
     task.state = S.TASK_RUNNING
@@ -214,7 +228,7 @@ def on_task_diagnosed(fw: Framework, event: TaskDiagnosed, now: int) -> Transiti
         or task.state not in (S.TASK_PREPARING, S.TASK_RUNNING)
         or fw.state not in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING)
     ):
-        return NO_CHANGE
+        return no_change()
     fw = fw.model_copy(deep=True)
     task = fw.tasks[task.key]
     task.state = S.TASK_COMPLETED

@@ -25,7 +25,9 @@ def task_environment(spec: JobSpec, role: str, index: int, gang: list[Placement]
     }
     for r in spec.task_roles:
         env[f"PAI_TASK_ROLE_TASK_COUNT_{r.name}"] = str(r.instances)
-        env[f"PAI_MIN_FAILED_TASK_COUNT_{r.name}"] = str(r.min_failed_instances or -1)
+        env[f"PAI_MIN_FAILED_TASK_COUNT_{r.name}"] = str(
+            r.min_failed_instances if r.min_failed_instances is not None else -1
+        )
         env[f"PAI_MIN_SUCCEEDED_TASK_COUNT_{r.name}"] = str(
             r.min_succeeded_instances if r.min_succeeded_instances is not None else -1
         )

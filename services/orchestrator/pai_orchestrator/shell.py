@@ -10,6 +10,7 @@ from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     JobSubmitted,
     SchedulingAllocated,
+    SchedulingPreempting,
     SchedulingRejected,
     TaskDiagnosed,
     TaskRunning,
@@ -28,28 +29,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def handle(ctx: HandlerContext, env: Envelope) -> None:
-    body = env.body
-    now = now_ms()
-    frameworks = ctx.db[FRAMEWORKS]
-    previous: int | None = None
-    if isinstance(body, JobSubmitted):
-        if await frameworks.find_one({"_id": body.spec.job_key}, {"_id": 1}, session=ctx.session):
-            return  # submitted twice under different ids: the first one counts
-        transition = core.on_submitted(body.spec, now)
-    else:
-        if not isinstance(body, SchedulingAllocated | SchedulingRejected | TaskRunning | TaskDiagnosed):
-            raise TypeError(f"orchestrator has no transition for {env.type}")
-        doc = await frameworks.find_one({"_id": body.job_key}, session=ctx.session)
-        if doc is None:
-            log.warning("event for an unknown job ignored", extra={"type": env.type})
-            return
-        fw = core.Framework.model_validate(doc["fw"])
-        previous = fw.version
-        transition = _apply(fw, body, now)
-    if transition.framework is None:
-        return
+async def save(
+    ctx: HandlerContext, env: Envelope, transition: core.Transition, previous: int | None, now: int
+) -> None:
+    """Store the framework a transition produced (guarded by its version) and stage what it causes."""
     fw = transition.framework
+    assert fw is not None
+    frameworks = ctx.db[FRAMEWORKS]
     new_doc: dict[str, Any] = {"_id": fw.job_key, "version": fw.version, "fw": fw.model_dump(mode="json")}
     if previous is None:
         await frameworks.insert_one(new_doc, session=ctx.session)
@@ -76,7 +62,47 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
         ctx.out.event(event)
     for send in transition.commands:
         ctx.out.command(send.command, send.target)
-    log.info("framework transition", extra={"state": fw.state, "reason": transition.reason})
+    log.info(
+        "framework transition", extra={"job": fw.job_key, "state": fw.state, "reason": transition.reason}
+    )
+
+
+async def handle_preempting(ctx: HandlerContext, env: Envelope) -> None:
+    body = env.body
+    assert isinstance(body, SchedulingPreempting)
+    now = now_ms()
+    for victim in body.victims:
+        doc = await ctx.db[FRAMEWORKS].find_one({"_id": victim.job_key}, session=ctx.session)
+        if doc is None:
+            continue
+        fw = core.Framework.model_validate(doc["fw"])
+        transition = core.on_preempted(fw, victim.attempt_id, body.job_key, now)
+        if transition.framework is not None:
+            await save(ctx, env, transition, fw.version, now)
+
+
+async def handle(ctx: HandlerContext, env: Envelope) -> None:
+    body = env.body
+    now = now_ms()
+    frameworks = ctx.db[FRAMEWORKS]
+    previous: int | None = None
+    if isinstance(body, JobSubmitted):
+        if await frameworks.find_one({"_id": body.spec.job_key}, {"_id": 1}, session=ctx.session):
+            return  # submitted twice under different ids: the first one counts
+        transition = core.on_submitted(body.spec, now)
+    else:
+        if not isinstance(body, SchedulingAllocated | SchedulingRejected | TaskRunning | TaskDiagnosed):
+            raise TypeError(f"orchestrator has no transition for {env.type}")
+        doc = await frameworks.find_one({"_id": body.job_key}, session=ctx.session)
+        if doc is None:
+            log.warning("event for an unknown job ignored", extra={"type": env.type})
+            return
+        fw = core.Framework.model_validate(doc["fw"])
+        previous = fw.version
+        transition = _apply(fw, body, now)
+    if transition.framework is None:
+        return
+    await save(ctx, env, transition, previous, now)
 
 
 def _apply(
@@ -96,6 +122,7 @@ def _apply(
 def build_app() -> ServiceApp:
     app = ServiceApp("orchestrator")
     app.on_event(JobSubmitted, SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(handle)
+    app.on_event(SchedulingPreempting)(handle_preempting)
 
     async def indexes(app: ServiceApp) -> None:
         await app.db[HISTORY].create_index([("job_key", 1), ("version", 1)])

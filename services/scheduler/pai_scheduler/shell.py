@@ -1,12 +1,18 @@
-"""The scheduler's shell: the allocator's state lives in one document, changed in one transaction per event.
+"""The scheduler's shell around the HiveD allocator.
 
-Allocation is single-writer by design: one consumer applies events in stream order, so the state read at
-the start of a handler is the state every earlier decision left.
+The allocator's state lives in one document, replaced in the same transaction as the events its
+decisions cause. Allocation is single-writer by design: one consumer applies events in stream order.
+The allocator object is kept in memory between events and reused only while the stored version is the
+one it was saved as, so a transaction that did not commit can never leak into the next decision.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
@@ -14,13 +20,29 @@ from pai_common.contract.events import (
     NodeRegistered,
     SchedulingAllocated,
     SchedulingPending,
+    SchedulingPreempting,
     SchedulingRejected,
     SchedulingReleased,
     SchedulingRequested,
 )
+from pai_common.contract.rpc import (
+    ListVirtualClustersRequest,
+    SkuTypesReply,
+    SkuTypesRequest,
+    VirtualClustersReply,
+)
+from pai_common.contract.types import AttemptRef, Placement
 from pai_common.envelope import Envelope
+from pai_common.errors import NoVirtualClusterError
 from pai_common.service import ServiceApp
-from pai_scheduler.core import Allocated, Decision, FirstFitScheduler, GangRequest, Queued, Rejected, Released
+from pai_common.settings import Settings
+from pai_scheduler import vc_views
+from pai_scheduler.cluster_source import load_cluster
+from pai_scheduler.hived.allocator import HivedAllocator
+from pai_scheduler.hived.config import ClusterConfig
+from pai_scheduler.hived.decisions import Allocated, Decision, Preempting, Rejected, Released
+from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
+from pai_scheduler.hived.requests import gang_from_pods
 
 log = logging.getLogger(__name__)
 
@@ -29,83 +51,196 @@ NODES = "nodes"
 STATE_ID = "cluster"
 
 
-async def load(ctx: HandlerContext) -> tuple[FirstFitScheduler, int]:
-    doc = await ctx.db[STATE].find_one({"_id": STATE_ID}, session=ctx.session)
-    if doc is None:
-        return FirstFitScheduler(), 0
-    return FirstFitScheduler.restore(doc["snapshot"]), int(doc["version"])
+class SchedulerSettings(Settings):
+    # A HiveD config (YAML) or a node inventory (CSV); `pai up` writes one for its simulated nodes.
+    scheduler_cluster: Path | None = Field(default=None)
 
 
-async def save(ctx: HandlerContext, sched: FirstFitScheduler, version: int) -> None:
-    result = await ctx.db[STATE].update_one(
-        {"_id": STATE_ID, "version": version},
-        {"$set": {"snapshot": sched.snapshot(), "version": version + 1}},
-        upsert=version == 0,
-        session=ctx.session,
-    )
-    if version and result.matched_count != 1:
-        raise RuntimeError("allocator state changed concurrently; retrying")
+def alloc_key(job_key: str, attempt_id: int) -> str:
+    return f"{job_key}#{attempt_id}"
 
 
-async def handle(ctx: HandlerContext, env: Envelope) -> None:
-    body = env.body
-    sched, version = await load(ctx)
-    decisions: list[Decision]
-    if isinstance(body, NodeRegistered):
-        await ctx.db[NODES].replace_one(
-            {"_id": body.node},
-            {"_id": body.node, **body.model_dump(mode="json")},
-            upsert=True,
+def split_key(key: str) -> AttemptRef:
+    job_key, _, attempt = key.rpartition("#")
+    return AttemptRef(job_key=job_key, attempt_id=int(attempt))
+
+
+class Scheduler:
+    def __init__(self, app: ServiceApp, settings: SchedulerSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.config: ClusterConfig
+        self._cached: tuple[int, HivedAllocator] | None = None
+        app.on_startup(self._load_config)
+        app.on_event(NodeRegistered, SchedulingRequested, JobAttemptCompleted)(self.handle)
+        app.rpc({ListVirtualClustersRequest: self.virtual_clusters, SkuTypesRequest: self.sku_types})
+
+    async def _load_config(self, app: ServiceApp) -> None:
+        path = self.settings.scheduler_cluster or Path(self.settings.data_dir) / "cluster.csv"
+        self.config = load_cluster(path)
+        try:
+            await self._load(None)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"the stored allocation state does not fit the cluster config {path} ({exc}); applying a"
+                " changed config to running work is not supported yet: restore the previous config, or let"
+                " every job finish first"
+            ) from exc
+        log.info("cluster config loaded", extra={"path": str(path), "vcs": len(self.config.virtual_clusters)})
+
+    # ---- state ---------------------------------------------------------------------------------------
+
+    def _fresh(self) -> HivedAllocator:
+        alloc = HivedAllocator(self.config)
+        # A node is bad until its runtime agent registers: nothing is placed where nobody would run it.
+        for node in list(alloc.cluster.nodes):
+            alloc.set_node_health(node, False)
+        return alloc
+
+    async def _load(self, ctx: HandlerContext | None) -> tuple[HivedAllocator, int]:
+        session = ctx.session if ctx else None
+        doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, {"version": 1}, session=session)
+        if doc is None:
+            return self._fresh(), 0
+        version = int(doc["version"])
+        if self._cached is not None and self._cached[0] == version:
+            return self._cached[1], version
+        full = await self.app.db[STATE].find_one({"_id": STATE_ID}, session=session)
+        assert full is not None
+        alloc = HivedAllocator.restore(self.config, full["snapshot"])
+        self._cached = (version, alloc)
+        return alloc, version
+
+    async def _save(self, ctx: HandlerContext, alloc: HivedAllocator, version: int) -> None:
+        result = await ctx.db[STATE].update_one(
+            {"_id": STATE_ID, "version": version},
+            {"$set": {"snapshot": alloc.snapshot(), "version": version + 1}},
+            upsert=version == 0,
             session=ctx.session,
         )
-        decisions = sched.add_node(body.node, len(body.gpus))
-    elif isinstance(body, SchedulingRequested):
-        request = GangRequest(body.job_key, body.attempt_id, body.priority, tuple(body.pods))
-        decisions = [sched.submit(request)]
-    elif isinstance(body, JobAttemptCompleted):
-        decisions = sched.release(body.job_key, body.attempt_id)
-    else:
-        raise TypeError(f"scheduler has no handler for {type(body).__name__}")
-    await save(ctx, sched, version)
-    host_ips = await _host_ips(ctx)
-    for decision in decisions:
-        _emit(ctx, decision, host_ips)
+        if version and result.matched_count != 1:
+            raise RuntimeError("allocator state changed concurrently; retrying")
+        self._cached = (version + 1, alloc)
 
+    # ---- events --------------------------------------------------------------------------------------
 
-async def _host_ips(ctx: HandlerContext) -> dict[str, str]:
-    return {
-        d["_id"]: d.get("host_ip", "")
-        async for d in ctx.db[NODES].find({}, {"host_ip": 1}, session=ctx.session)
-    }
+    async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
+        body = env.body
+        # Work on the stored state: a cached allocator only stands for the version it was saved as.
+        alloc, version = await self._load(ctx)
+        self._cached = None  # mutated below; valid again only once saved
+        decisions: list[Decision]
+        if isinstance(body, NodeRegistered):
+            await ctx.db[NODES].replace_one(
+                {"_id": body.node},
+                {"_id": body.node, **body.model_dump(mode="json")},
+                upsert=True,
+                session=ctx.session,
+            )
+            if body.node not in alloc.cluster.nodes:
+                log.warning(
+                    "a node registered that the cluster config does not name", extra={"node": body.node}
+                )
+            decisions = alloc.set_node_health(body.node, True)
+        elif isinstance(body, SchedulingRequested):
+            key = alloc_key(body.job_key, body.attempt_id)
+            try:
+                request = gang_from_pods(key, body.virtual_cluster, body.priority, body.pods)
+                decisions = [alloc.submit(request)]
+            except (UnsupportedRequestError, ValueError) as exc:
+                decisions = [Rejected(key, str(exc))]
+        elif isinstance(body, JobAttemptCompleted):
+            decisions = alloc.release(alloc_key(body.job_key, body.attempt_id))
+        else:
+            raise TypeError(f"scheduler has no handler for {env.type}")
+        await self._save(ctx, alloc, version)
+        host_ips = {d["_id"]: d.get("host_ip", "") async for d in ctx.db[NODES].find({}, session=ctx.session)}
+        for decision in decisions:
+            self._emit(ctx, alloc, decision, host_ips)
+        await self._refresh_reasons(ctx, alloc, decisions)
 
+    def _emit(
+        self, ctx: HandlerContext, alloc: HivedAllocator, d: Decision, host_ips: dict[str, str]
+    ) -> None:
+        ref = split_key(d.key)
+        if isinstance(d, Allocated):
+            request = alloc.request_of(d.key)
+            asked = {m.role: m.leaves for m in request.members} if request else {}
+            placements = [
+                Placement(
+                    task_role=p.role,
+                    index=p.index,
+                    node=p.node,
+                    # A pod that asked for no GPU holds its cells (as HiveD does) but sees none.
+                    gpus=list(p.leaves) if asked.get(p.role, 1) > 0 else [],
+                    host_ip=host_ips.get(p.node, ""),
+                )
+                for p in d.placements
+            ]
+            ctx.out.event(
+                SchedulingAllocated(job_key=ref.job_key, attempt_id=ref.attempt_id, placements=placements)
+            )
+            log.info("gang allocated", extra={"key": d.key})
+        elif isinstance(d, Preempting):
+            victims = [split_key(v) for v in d.victims]
+            ctx.out.event(
+                SchedulingPreempting(job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims)
+            )
+            log.info("gang preempting", extra={"key": d.key, "victims": list(d.victims)})
+        elif isinstance(d, Rejected):
+            ctx.out.event(SchedulingRejected(job_key=ref.job_key, attempt_id=ref.attempt_id, reason=d.reason))
+            log.info("gang rejected", extra={"key": d.key, "reason": d.reason})
+        elif isinstance(d, Released):
+            ctx.out.event(SchedulingReleased(job_key=ref.job_key, attempt_id=ref.attempt_id))
 
-def _emit(ctx: HandlerContext, decision: Decision, host_ips: dict[str, str]) -> None:
-    if isinstance(decision, Allocated):
-        req = decision.request
-        placements = [p.model_copy(update={"host_ip": host_ips.get(p.node, "")}) for p in decision.placements]
-        ctx.out.event(
-            SchedulingAllocated(job_key=req.job_key, attempt_id=req.attempt_id, placements=placements)
-        )
-        log.info("gang allocated", extra={"job": req.job_key, "attempt": req.attempt_id})
-    elif isinstance(decision, Rejected):
-        req = decision.request
-        ctx.out.event(
-            SchedulingRejected(job_key=req.job_key, attempt_id=req.attempt_id, reason=decision.reason)
-        )
-        log.info("gang rejected", extra={"job": req.job_key, "reason": decision.reason})
-    elif isinstance(decision, Released):
-        ctx.out.event(SchedulingReleased(job_key=decision.job_key, attempt_id=decision.attempt_id))
-    elif isinstance(decision, Queued):
-        req = decision.request
-        wanted = sum(p.gpu for p in req.pods)
-        reason = f"waiting for {wanted} GPU(s) for {len(req.pods)} task(s), placed all at once"
-        ctx.out.event(SchedulingPending(job_key=req.job_key, attempt_id=req.attempt_id, reason=reason))
-        log.info("gang queued", extra={"job": req.job_key})
+    async def _refresh_reasons(
+        self, ctx: HandlerContext, alloc: HivedAllocator, decisions: list[Decision]
+    ) -> None:
+        """Publish why each waiting gang waits, whenever that reason or its place in the queue changed."""
+        stored = await ctx.db[STATE].find_one({"_id": "reasons"}, session=ctx.session)
+        before: dict[str, list[Any]] = dict(stored["reasons"]) if stored else {}
+        now: dict[str, list[Any]] = {q.key: [q.reason, q.position] for q in alloc.pending()}
+        for d in decisions:
+            if isinstance(d, Preempting):
+                n = len(d.victims)
+                now[d.key] = [f"waiting for {n} lower-priority job(s) to be preempted", None]
+        for key, (reason, position) in now.items():
+            if before.get(key) != [reason, position]:
+                ref = split_key(key)
+                ctx.out.event(
+                    SchedulingPending(
+                        job_key=ref.job_key,
+                        attempt_id=ref.attempt_id,
+                        reason=reason[:2000],
+                        position=position,
+                    )
+                )
+        if now != before:
+            # Stored as pairs, not as a mapping: job keys may hold "." which MongoDB reads as a path.
+            await ctx.db[STATE].replace_one(
+                {"_id": "reasons"},
+                {"_id": "reasons", "reasons": list(now.items())},
+                upsert=True,
+                session=ctx.session,
+            )
+
+    # ---- RPC -----------------------------------------------------------------------------------------
+
+    async def virtual_clusters(self, req: ListVirtualClustersRequest) -> VirtualClustersReply:
+        alloc, _ = await self._load(None)
+        return VirtualClustersReply(virtual_clusters=vc_views.virtual_clusters(alloc))
+
+    async def sku_types(self, req: SkuTypesRequest) -> SkuTypesReply:
+        alloc, _ = await self._load(None)
+        if req.virtual_cluster is not None and req.virtual_cluster not in alloc.quota.vcs:
+            raise NoVirtualClusterError(f"Virtual cluster {req.virtual_cluster} is not found.")
+        return SkuTypesReply(sku_types=vc_views.sku_types(alloc, req.virtual_cluster))
 
 
 def build_app() -> ServiceApp:
-    app = ServiceApp("scheduler")
-    app.on_event(NodeRegistered, SchedulingRequested, JobAttemptCompleted)(handle)
+    settings = SchedulerSettings()
+    app = ServiceApp("scheduler", settings)
+    Scheduler(app, settings)
     return app
 
 

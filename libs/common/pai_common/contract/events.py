@@ -6,6 +6,7 @@ from pydantic import Field
 
 from pai_common.contract.base import Event
 from pai_common.contract.types import (
+    AttemptRef,
     EpochMs,
     FailureType,
     FrameworkSnapshot,
@@ -68,6 +69,23 @@ class SchedulingRejected(Event):
     job_key: str
     attempt_id: int
     reason: str
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class SchedulingPreempting(Event):
+    TYPE = "scheduling.preempting"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("orchestrator",)
+    DESCRIPTION = (
+        "A gang of higher priority needs cells that lower-priority gangs hold; those victims must stop."
+        " The preemptor is allocated once every victim's attempt has been released."
+    )
+
+    job_key: str
+    attempt_id: int
+    victims: list[AttemptRef] = Field(min_length=1)
 
     def subject_key(self) -> str:
         return self.job_key
@@ -226,6 +244,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SchedulingRequested,
     SchedulingAllocated,
     SchedulingRejected,
+    SchedulingPreempting,
     SchedulingPending,
     SchedulingReleased,
     NodeRegistered,

@@ -115,6 +115,34 @@ class ListStoragesRequest(RpcRequest):
     admin: bool = False
 
 
+# ---- scheduler --------------------------------------------------------------------------------------
+
+
+class VirtualClustersReply(RpcReply):
+    # OpenPAI's VirtualCluster shape per VC name.
+    virtual_clusters: dict[str, dict[str, Any]]
+
+
+class ListVirtualClustersRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "virtual_clusters"
+    DESCRIPTION = "Every virtual cluster's capacity and usage, in OpenPAI's VirtualCluster shape."
+    REPLY = VirtualClustersReply
+
+
+class SkuTypesReply(RpcReply):
+    sku_types: dict[str, dict[str, Any]]
+
+
+class SkuTypesRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "sku_types"
+    DESCRIPTION = "The SKU types (per-leaf GPU, CPU and memory), optionally only those a VC has."
+    REPLY = SkuTypesReply
+
+    virtual_cluster: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
+
+
 # ---- runtime ----------------------------------------------------------------------------------------
 
 
@@ -145,5 +173,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     GetJobRequest,
     ListJobsRequest,
     ListStoragesRequest,
+    ListVirtualClustersRequest,
+    SkuTypesRequest,
     TaskLogRequest,
 )

@@ -110,3 +110,8 @@ class FrameworkSnapshot(Message):
     trigger_task_role: str | None = None
     trigger_task_index: int | None = None
     tasks: list[TaskSnapshot] = Field(default_factory=list)
+
+
+class AttemptRef(Message):
+    job_key: str
+    attempt_id: int

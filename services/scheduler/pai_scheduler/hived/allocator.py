@@ -208,12 +208,28 @@ class HivedAllocator:
         g = self._groups.get(key)
         return None if g is None else self._current(g)
 
+    def request_of(self, key: str) -> GangRequest | None:
+        g = self._groups.get(key)
+        return None if g is None else g.request
+
     def pending(self) -> list[Queued]:
         """Every queued gang with its current reason and position, in the order they are retried."""
         return [self._queued(g) for g in self._queue()]
 
     def groups(self) -> Mapping[str, GroupState]:
         return {k: g.state for k, g in self._groups.items()}
+
+    def used_leaves(self) -> dict[str, dict[str, int]]:
+        """Leaves held (allocated or reserved for a preemption) per VC and leaf type; opportunistic work
+        counts under its own VC too."""
+        out: dict[str, dict[str, int]] = {}
+        for g in self._groups.values():
+            if g.state is GroupState.PENDING or g.chain is None:
+                continue
+            leaf_type = self.cluster.chains[g.chain].leaf_type
+            per_vc = out.setdefault(g.request.vc, {})
+            per_vc[leaf_type] = per_vc.get(leaf_type, 0) + sum(1 for _ in g.leaves())
+        return out
 
     def doomed_quota(self) -> dict[str, list[str]]:
         """VCs whose unbound quota cannot be backed by healthy free cells right now, in words."""

@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(
         f"{metrics['policy']}: {metrics['jobs_completed']}/{metrics['jobs_total']} completed,"
+        f" {metrics['jobs_rejected']} rejected,"
         f" allocation ratio {metrics['gpu_allocation_ratio']}, wrote {args.out}"
     )
     return 0

@@ -101,19 +101,19 @@ class HivedPolicy:
             elif isinstance(d, Preempting):
                 waiting.add(d.key)
                 for victim in d.victims:
-                    job_id = self._job_of_key.pop(victim, None)
-                    if job_id is None:
+                    victim_job = self._job_of_key.pop(victim, None)
+                    if victim_job is None:
                         continue  # already stopped for an earlier preemptor in this call
-                    del self._key_of_job[job_id]
-                    del self._running[job_id]
+                    del self._key_of_job[victim_job]
+                    del self._running[victim_job]
                     work.extend(self._alloc.release(victim))
-                    if any(s.job_id == job_id for s in started):
+                    if any(s.job_id == victim_job for s in started):
                         # It started in this very call, so the engine never saw it run: take the start
                         # back and queue it again here, as a new attempt.
-                        started = [s for s in started if s.job_id != job_id]
-                        work.extend(self._submit(self._jobs[job_id]))
+                        started = [s for s in started if s.job_id != victim_job]
+                        work.extend(self._submit(self._jobs[victim_job]))
                     else:
-                        preempted.append(job_id)  # the engine stops it and submits it again
+                        preempted.append(victim_job)  # the engine stops it and submits it again
             # Queued: it stays in the allocator's queue. Released: nothing is held any more.
         if waiting:
             raise RuntimeError(f"preemptions did not complete after their victims stopped: {sorted(waiting)}")

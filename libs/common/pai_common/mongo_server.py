@@ -1,0 +1,51 @@
+"""The embedded MongoDB-wire server: SecantusDB run through its Python API.
+
+Run as ``python -m pai_common.mongo_server``. The one difference from its own ``secantusd-py`` daemon
+is the transaction lifetime. A service killed in the middle of a transaction leaves it open, and its
+documents stay locked until the server reaps it; every handler here commits within a second, so an
+idle transaction is reaped after 10 s instead of mongod's 60 s, and a restarted service gets back to
+work that much sooner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from secantus import SecantusDBServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pai_common.mongo_server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--storage-path", required=True)
+    parser.add_argument("--transaction-lifetime-s", type=float, default=10.0)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = SecantusDBServer(
+        host=args.host,
+        port=args.port,
+        storage_path=args.storage_path,
+        # As the daemon does: test-only commands (fail points) stay off on a served port.
+        enable_test_commands=False,
+        transaction_lifetime_seconds=args.transaction_lifetime_s,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.start()
+    server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
