@@ -655,6 +655,33 @@ def _mask_secrets(raw: Mapping[str, Any]) -> dict[str, Any]:
 # ---- entry point -----------------------------------------------------------------------------------
 
 
+_SKU_TYPES_RE = re.compile(r"^[\w.-]+(\|[\w.-]+)*$")
+
+
+def _hived_task_roles(
+    problems: _Problems, hived: Mapping[str, Any], role_names: set[str]
+) -> dict[str, tuple[list[str], str | None]]:
+    """extras.hivedScheduler.taskRoles: per role, the acceptable SKU types ("A100|H100") and a pinned cell."""
+    where = "extras.hivedScheduler.taskRoles"
+    task_roles = _get_mapping(problems, hived, "taskRoles", "extras.hivedScheduler")
+    out: dict[str, tuple[list[str], str | None]] = {}
+    for name, settings in (task_roles or {}).items():
+        path = f"{where}.{name}"
+        if name not in role_names:
+            problems.add(path, f"names no task role: {name!r}")
+            continue
+        if not isinstance(settings, Mapping):
+            problems.add(path, f"must be a mapping, got {_kind(settings)}")
+            continue
+        sku = _get_str(problems, settings, "skuType", path, required=False)
+        if sku is not None and not _SKU_TYPES_RE.match(sku):
+            problems.add(f"{path}.skuType", "must be a SKU type name, or several joined by '|'")
+            sku = None
+        pinned = _get_str(problems, settings, "pinnedCellId", path, required=False)
+        out[name] = (sku.split("|") if sku else [], pinned)
+    return out
+
+
 def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     """Parse, check and render a protocol v2 YAML submitted by `username` at `now_ms`.
 
@@ -748,9 +775,12 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
 
     priority = PRIORITY_BY_CLASS[DEFAULT_PRIORITY_CLASS]
     gang_allocation = True
+    placement: dict[str, tuple[list[str], str | None]] = {}
     extras = _get_mapping(problems, doc, "extras", "")
     if extras is not None:
         hived = _get_mapping(problems, extras, "hivedScheduler", "extras")
+        if hived is not None:
+            placement = _hived_task_roles(problems, hived, {role.name for role in roles})
         if hived is not None and "jobPriorityClass" in hived:
             priority_class = hived["jobPriorityClass"]
             if isinstance(priority_class, str) and priority_class in PRIORITY_BY_CLASS:
@@ -791,6 +821,8 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
                 # OpenPAI retries single tasks only without gang allocation; otherwise a failed task fails
                 # the whole attempt, which the job retry policy then handles.
                 task_retry_count=role.task_retry_count if not gang_allocation else 0,
+                sku_types=placement.get(role.name, ([], None))[0],
+                pinned_cell=placement.get(role.name, ([], None))[1],
             )
             for role in roles
         ],

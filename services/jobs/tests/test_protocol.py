@@ -735,3 +735,31 @@ def test_oversized_body_is_measured_in_bytes() -> None:
     assert len(text) < MAX_BODY_BYTES
     with pytest.raises(PayloadTooLargeError):
         _parse(text)
+
+
+# ---- hivedScheduler task roles ----------------------------------------------------------------------
+
+
+def test_hived_task_roles_give_sku_types_and_pinned_cells() -> None:
+    doc = _variant(
+        lambda d: d["extras"]["hivedScheduler"].update(
+            {"taskRoles": {"worker": {"skuType": "A100|H100"}, "ps": {"pinnedCellId": "rack-7"}}}
+        )
+    )
+    roles = {r.name: r for r in _parse(doc).spec.task_roles}
+    assert roles["worker"].sku_types == ["A100", "H100"] and roles["worker"].pinned_cell is None
+    assert roles["ps"].sku_types == [] and roles["ps"].pinned_cell == "rack-7"
+
+
+@pytest.mark.parametrize(
+    ("task_roles", "field"),
+    [
+        ({"ghost": {"skuType": "A100"}}, "extras.hivedScheduler.taskRoles.ghost"),
+        ({"worker": {"skuType": "A100||"}}, "extras.hivedScheduler.taskRoles.worker.skuType"),
+        ({"worker": {"pinnedCellId": 7}}, "extras.hivedScheduler.taskRoles.worker.pinnedCellId"),
+        ({"worker": "A100"}, "extras.hivedScheduler.taskRoles.worker"),
+    ],
+)
+def test_bad_hived_task_roles_are_refused(task_roles: dict[str, Any], field: str) -> None:
+    doc = _variant(lambda d: d["extras"]["hivedScheduler"].update({"taskRoles": task_roles}))
+    assert _fields(doc) == [field]

@@ -280,7 +280,15 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
             virtual_cluster=fw.spec.virtual_cluster,
             priority=fw.spec.priority,
             pods=[
-                PodRequest(task_role=r.name, index=i, gpu=r.gpu, cpu=r.cpu, memory_mb=r.memory_mb)
+                PodRequest(
+                    task_role=r.name,
+                    index=i,
+                    gpu=r.gpu,
+                    cpu=r.cpu,
+                    memory_mb=r.memory_mb,
+                    sku_types=r.sku_types,
+                    pinned_cell=r.pinned_cell,
+                )
                 for r in fw.spec.task_roles
                 for i in range(r.instances)
             ],

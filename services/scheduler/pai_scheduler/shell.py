@@ -31,7 +31,7 @@ from pai_common.contract.rpc import (
     SkuTypesRequest,
     VirtualClustersReply,
 )
-from pai_common.contract.types import AttemptRef, Placement
+from pai_common.contract.types import AttemptRef, Placement, PodRequest
 from pai_common.envelope import Envelope
 from pai_common.errors import NoVirtualClusterError
 from pai_common.service import ServiceApp
@@ -63,6 +63,19 @@ def alloc_key(job_key: str, attempt_id: int) -> str:
 def split_key(key: str) -> AttemptRef:
     job_key, _, attempt = key.rpartition("#")
     return AttemptRef(job_key=job_key, attempt_id=int(attempt))
+
+
+def gang_placement(pods: list[PodRequest]) -> tuple[list[str], str | None]:
+    """The SKU types and pinned cell of a whole gang: one job's gang lives in one chain, so its task
+    roles must agree (roles that name nothing go along with those that do)."""
+    sku_sets = {tuple(p.sku_types) for p in pods if p.sku_types}
+    pinned = {p.pinned_cell for p in pods if p.pinned_cell}
+    if len(sku_sets) > 1:
+        names = ", ".join("|".join(s) for s in sorted(sku_sets))
+        raise ValueError(f"the task roles ask for different SKU types ({names}); one job must use one")
+    if len(pinned) > 1:
+        raise ValueError(f"the task roles name different pinned cells ({', '.join(sorted(pinned))})")
+    return (list(sku_sets.pop()) if sku_sets else []), (pinned.pop() if pinned else None)
 
 
 class Scheduler:
@@ -145,7 +158,10 @@ class Scheduler:
         elif isinstance(body, SchedulingRequested):
             key = alloc_key(body.job_key, body.attempt_id)
             try:
-                request = gang_from_pods(key, body.virtual_cluster, body.priority, body.pods)
+                leaf_types, pinned = gang_placement(body.pods)
+                request = gang_from_pods(
+                    key, body.virtual_cluster, body.priority, body.pods, leaf_types, pinned
+                )
                 decisions = [alloc.submit(request)]
             except (UnsupportedRequestError, ValueError) as exc:
                 decisions = [Rejected(key, str(exc))]

@@ -25,6 +25,9 @@ class TaskRoleSpec(Message):
     min_failed_instances: int | None = 1
     min_succeeded_instances: int | None = None
     task_retry_count: int = 0
+    # extras.hivedScheduler.taskRoles.<role>: acceptable leaf (SKU) types, none meaning any; a pinned cell.
+    sku_types: list[str] = Field(default_factory=list)
+    pinned_cell: str | None = None
 
 
 class JobSpec(Message):
@@ -48,6 +51,8 @@ class PodRequest(Message):
     gpu: int = Field(ge=0)
     cpu: int = Field(ge=0)
     memory_mb: int = Field(ge=0)
+    sku_types: list[str] = Field(default_factory=list)
+    pinned_cell: str | None = None
 
 
 class Placement(Message):

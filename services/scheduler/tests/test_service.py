@@ -1,0 +1,217 @@
+"""The scheduler service against a real NATS server (JetStream) and a real MongoDB-wire server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.contract.events import (
+    JobAttemptCompleted,
+    NodeRegistered,
+    SchedulingAllocated,
+    SchedulingPending,
+    SchedulingRejected,
+    SchedulingRequested,
+)
+from pai_common.contract.rpc import (
+    ListVirtualClustersRequest,
+    SkuTypesReply,
+    SkuTypesRequest,
+    VirtualClustersReply,
+)
+from pai_common.contract.types import GpuInfo, PodRequest
+from pai_common.embedded import ServerProcess, start_nats
+from pai_common.envelope import decode
+from pai_common.errors import NoVirtualClusterError
+from pai_common.service import ServiceApp
+from pai_scheduler.shell import Scheduler, SchedulerSettings
+
+# Two chains: two A100 nodes of 4 and one K80 node of 2; VC "research" owns one A100 node and the K80 node,
+# VC "prod" the other A100 node.
+CLUSTER = """
+physicalCluster:
+  skuTypes:
+    A100: {gpu: 1, cpu: 8, memory: 64Gi}
+    K80: {gpu: 1, cpu: 4, memory: 16Gi}
+  cellTypes:
+    A100-NODE: {childCellType: A100, childCellNumber: 4, isNodeLevel: true}
+    K80-NODE: {childCellType: K80, childCellNumber: 2, isNodeLevel: true}
+  physicalCells:
+    - {cellType: A100-NODE, cellAddress: a0}
+    - {cellType: A100-NODE, cellAddress: a1}
+    - {cellType: K80-NODE, cellAddress: k0}
+virtualClusters:
+  research:
+    virtualCells:
+      - {cellType: A100-NODE, cellNumber: 1}
+      - {cellType: K80-NODE, cellNumber: 1}
+  prod:
+    virtualCells:
+      - {cellType: A100-NODE, cellNumber: 1}
+"""
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_nats(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER)
+    return path
+
+
+def scheduler_app(
+    nats: ServerProcess, mongo: ServerProcess, cluster: Path, db: str, data: Path
+) -> ServiceApp:
+    settings = SchedulerSettings(
+        nats_url=nats.url,
+        mongo_url=mongo.url,
+        scheduler_cluster=cluster,
+        data_dir=data,
+        nak_base_delay_s=0.05,
+    )
+    app = ServiceApp("scheduler", settings)
+    Scheduler(app, settings)
+    app.name = db  # a database of this test's own; the bus subjects stay the scheduler's
+    return app
+
+
+class Events:
+    """Every event the scheduler publishes, read back from the stream."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[Any] = []
+
+    async def start(self) -> None:
+        self.sub = await self.bus.js.subscribe(
+            "pai.evt.scheduling.>", stream=EVENTS_STREAM, ordered_consumer=True
+        )
+
+    async def wait_for(self, kind: type, job_key: str, timeout: float = 10) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for e in self.seen:
+                if isinstance(e, kind) and e.job_key == job_key:
+                    return e
+            remaining = deadline - asyncio.get_running_loop().time()
+            assert remaining > 0, (
+                f"no {kind.__name__} for {job_key}; saw {[type(e).__name__ for e in self.seen]}"
+            )
+            try:
+                msg = await self.sub.next_msg(timeout=min(remaining, 1))
+            except Exception:
+                continue
+            self.seen.append(decode(msg.headers, msg.data).body)
+
+
+@pytest.fixture
+async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(nats_srv.url, "test")
+    await bus.ensure_streams()
+    yield bus
+    await bus.close()
+
+
+def gang(
+    job: str, gpu: int, n: int = 1, vc: str = "research", priority: int = 10, **extra: Any
+) -> SchedulingRequested:
+    return SchedulingRequested(
+        job_key=job,
+        attempt_id=0,
+        virtual_cluster=vc,
+        priority=priority,
+        pods=[PodRequest(task_role="w", index=i, gpu=gpu, cpu=1, memory_mb=1024, **extra) for i in range(n)],
+    )
+
+
+async def register(bus: Bus, node: str, gpus: int) -> None:
+    await bus.publish_event(
+        NodeRegistered(
+            node=node,
+            host_ip=f"10.0.0.{len(node)}",
+            cpu=32,
+            memory_mb=65536,
+            gpus=[GpuInfo(index=i, model="x", memory_mb=1, uuid=f"{node}-{i}") for i in range(gpus)],
+            simulated=True,
+        )
+    )
+
+
+async def test_sku_types_queueing_restart_and_views(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, cluster_file: Path, tmp_path: Path
+) -> None:
+    db = f"sched{uuid.uuid4().hex[:8]}"
+    events = Events(client)
+    await events.start()
+    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        # Before its agent registers, a node is bad: a K80 job waits and says so.
+        await client.publish_event(gang("u~k80", 2, sku_types=["K80"]))
+        pending = await events.wait_for(SchedulingPending, "u~k80")
+        assert "K80" in pending.reason
+        for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
+            await register(client, node, n)
+        placed = await events.wait_for(SchedulingAllocated, "u~k80")
+        assert [(p.node, sorted(p.gpus)) for p in placed.placements] == [("k0", [0, 1])]
+        assert placed.placements[0].host_ip == "10.0.0.2"
+
+        # Either type will do: research's only free quota is its A100 node.
+        await client.publish_event(gang("u~any", 4, sku_types=["K80", "A100"]))
+        any_job = await events.wait_for(SchedulingAllocated, "u~any")
+        assert {p.node for p in any_job.placements} <= {"a0", "a1"}
+
+        # Task roles that disagree on the SKU are refused with the reason.
+        mixed = SchedulingRequested(
+            job_key="u~mixed",
+            attempt_id=0,
+            virtual_cluster="research",
+            priority=10,
+            pods=[
+                PodRequest(task_role="a", index=0, gpu=1, cpu=1, memory_mb=1, sku_types=["A100"]),
+                PodRequest(task_role="b", index=0, gpu=1, cpu=1, memory_mb=1, sku_types=["K80"]),
+            ],
+        )
+        await client.publish_event(mixed)
+        rejected = await events.wait_for(SchedulingRejected, "u~mixed")
+        assert "different SKU types" in rejected.reason
+
+        # research is full: the next guaranteed A100 job waits for its own quota.
+        await client.publish_event(gang("u~wait", 1, sku_types=["A100"]))
+        waiting = await events.wait_for(SchedulingPending, "u~wait")
+        assert waiting.position == 1
+
+        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        assert vcs["research"]["resourcesUsed"]["gpu"] == 6
+        assert vcs["prod"]["resourcesUsed"]["gpu"] == 0
+        assert vcs["research"]["resourcesGuaranteed"]["gpu"] == 6
+        skus = (await client.request(SkuTypesRequest(virtual_cluster="prod"), SkuTypesReply)).sku_types
+        assert set(skus) == {"A100"}
+        with pytest.raises(NoVirtualClusterError):
+            await client.request(SkuTypesRequest(virtual_cluster="nope"), SkuTypesReply)
+    finally:
+        await app.stop()
+
+    # A new scheduler process rebuilds the same state: releasing u~any lets u~wait in, nothing else moves.
+    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        await client.publish_event(JobAttemptCompleted(job_key="u~any", attempt_id=0, exit_code=0))
+        after = await events.wait_for(SchedulingAllocated, "u~wait")
+        assert after.placements[0].node in {p.node for p in any_job.placements}
+        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        assert vcs["research"]["resourcesUsed"]["gpu"] == 3  # the K80 pair and one A100
+    finally:
+        await app.stop()
