@@ -99,6 +99,8 @@ class Bus:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
+            # Draining finishes in-flight work; a subscription that never quiets must not hold a stop.
+            drain_timeout=5,
         )
         return cls(nc, service)
 

@@ -12,7 +12,13 @@ import logging
 from prometheus_client import Gauge
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.events import FrameworkChanged, JobCompleted, JobSubmitted, NodeRegistered
+from pai_common.contract.events import (
+    FrameworkChanged,
+    JobCompleted,
+    JobSubmitted,
+    NodeHealthChanged,
+    NodeRegistered,
+)
 from pai_common.contract.states import JOB_STATES, public_state
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
@@ -24,6 +30,9 @@ NODES = "nodes"
 
 JOBS_BY_STATE = Gauge("pai_jobs", "Jobs known to the platform, by public state.", ["state"])
 NODES_GAUGE = Gauge("pai_nodes", "Nodes whose runtime agent registered.")
+BAD_NODES_GAUGE = Gauge(
+    "pai_nodes_bad", "Registered nodes that are bad (no heartbeat): no new work goes there."
+)
 GPUS_GAUGE = Gauge("pai_gpus", "GPUs declared by the registered nodes.", ["simulated"])
 
 
@@ -51,8 +60,14 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
     elif isinstance(body, NodeRegistered):
         await ctx.db[NODES].replace_one(
             {"_id": body.node},
-            {"_id": body.node, "gpus": len(body.gpus), "simulated": body.simulated},
+            {"_id": body.node, "gpus": len(body.gpus), "simulated": body.simulated, "healthy": True},
             upsert=True,
+            session=ctx.session,
+        )
+    elif isinstance(body, NodeHealthChanged):
+        await ctx.db[NODES].update_one(
+            {"_id": body.node},
+            {"$set": {"healthy": body.healthy, "reason": body.reason}},
             session=ctx.session,
         )
 
@@ -65,6 +80,7 @@ async def refresh_gauges(app: ServiceApp) -> None:
         JOBS_BY_STATE.labels(state).set(n)
     nodes = [n async for n in app.db[NODES].find({})]
     NODES_GAUGE.set(len(nodes))
+    BAD_NODES_GAUGE.set(sum(1 for n in nodes if not n.get("healthy", True)))
     for simulated in (True, False):
         GPUS_GAUGE.labels(str(simulated).lower()).set(
             sum(n["gpus"] for n in nodes if n["simulated"] == simulated)
@@ -73,7 +89,7 @@ async def refresh_gauges(app: ServiceApp) -> None:
 
 def build_app() -> ServiceApp:
     app = ServiceApp("monitoring")
-    app.on_event(JobSubmitted, FrameworkChanged, JobCompleted, NodeRegistered)(handle)
+    app.on_event(JobSubmitted, FrameworkChanged, JobCompleted, NodeRegistered, NodeHealthChanged)(handle)
 
     async def refresher() -> None:
         while True:

@@ -18,3 +18,4 @@ class RuntimeSettings(Settings):
     simulated_gpus: int = Field(default=4, ge=0, le=64)
     force_simulated: bool = False
     kill_grace_s: float = Field(default=10.0, ge=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)

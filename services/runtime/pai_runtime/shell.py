@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.base import COMMAND_SUBJECT_PREFIX
+from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject
 from pai_common.contract.commands import KillTask, LaunchTask
 from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
 from pai_common.contract.rpc import TaskLogReply, TaskLogRequest
@@ -50,6 +51,7 @@ class Agent:
         self.app.rpc({TaskLogRequest: self.task_log}, target=self.node)
         self.app.on_startup(self._register)
         self.app.on_startup(self._resume)
+        self.app.background(self._heartbeat)
 
     def workdir(self, job_key: str, attempt_id: int, role: str, index: int) -> Path:
         # "~" is legal in a path, but keep the layout readable and free of the separator users type.
@@ -76,6 +78,18 @@ class Agent:
             "node registered",
             extra={"node": self.node, "gpus": len(inventory.gpus), "simulated": inventory.simulated},
         )
+
+    async def _heartbeat(self) -> None:
+        """Tell the scheduler this node is alive; silence for long enough makes the node bad."""
+        subject = heartbeat_subject(self.node)
+        while True:
+            try:
+                await self.app.bus.nc.publish(
+                    subject, json.dumps({"node": self.node, "at": now_ms()}).encode()
+                )
+            except Exception as exc:  # the connection reconnects by itself; keep beating
+                log.warning("heartbeat not sent", extra={"error": repr(exc)})
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _resume(self, app: ServiceApp) -> None:
         """Tasks that ran while the agent was down: adopt the live ones, report the finished ones."""

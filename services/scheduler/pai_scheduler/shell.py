@@ -8,15 +8,20 @@ one it was saved as, so a transaction that did not commit can never leak into th
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from nats.aio.msg import Msg
 from pydantic import Field
 
 from pai_common.consumer import HandlerContext
+from pai_common.contract.base import heartbeat_subject
 from pai_common.contract.events import (
     JobAttemptCompleted,
+    NodeHealthChanged,
     NodeRegistered,
     SchedulingAllocated,
     SchedulingPending,
@@ -54,6 +59,8 @@ STATE_ID = "cluster"
 class SchedulerSettings(Settings):
     # A HiveD config (YAML) or a node inventory (CSV); `pai up` writes one for its simulated nodes.
     scheduler_cluster: Path | None = Field(default=None)
+    # A node whose agent sends no heartbeat for this long is bad: no new work goes there.
+    node_lost_s: float = Field(default=30.0, gt=0)
 
 
 def alloc_key(job_key: str, attempt_id: int) -> str:
@@ -84,8 +91,12 @@ class Scheduler:
         self.settings = settings
         self.config: ClusterConfig
         self._cached: tuple[int, HivedAllocator] | None = None
+        self._last_heartbeat: dict[str, float] = {}
+        self._watch_since = 0.0
         app.on_startup(self._load_config)
-        app.on_event(NodeRegistered, SchedulingRequested, JobAttemptCompleted)(self.handle)
+        app.on_startup(self._follow_heartbeats)
+        app.background(self._watch_nodes)
+        app.on_event(NodeRegistered, NodeHealthChanged, SchedulingRequested, JobAttemptCompleted)(self.handle)
         app.rpc({ListVirtualClustersRequest: self.virtual_clusters, SkuTypesRequest: self.sku_types})
 
     async def _load_config(self, app: ServiceApp) -> None:
@@ -100,6 +111,50 @@ class Scheduler:
                 " every job finish first"
             ) from exc
         log.info("cluster config loaded", extra={"path": str(path), "vcs": len(self.config.virtual_clusters)})
+
+    # ---- node health -------------------------------------------------------------------------------
+
+    async def _follow_heartbeats(self, app: ServiceApp) -> None:
+        async def seen(msg: Msg) -> None:
+            self._last_heartbeat[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
+
+        self._watch_since = time.monotonic()
+        await app.bus.nc.subscribe(heartbeat_subject("*"), cb=seen)
+
+    async def _watch_nodes(self) -> None:
+        """Turn heartbeats into health events: silent nodes go bad, nodes heard from again come back.
+
+        The events go through the stream like any other, so the allocator changes only in its consumer.
+        """
+        interval = min(5.0, self.settings.node_lost_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._check_nodes()
+            except Exception as exc:
+                log.warning("node health check failed", extra={"error": repr(exc)})
+
+    async def _check_nodes(self) -> None:
+        now = time.monotonic()
+        if now - self._watch_since < self.settings.node_lost_s:
+            return  # after a (re)start, give every agent time to be heard from
+        alloc, _ = await self._load(None)
+        for node in sorted(alloc.cluster.nodes):
+            last = self._last_heartbeat.get(node)
+            silent = last is None or now - last > self.settings.node_lost_s
+            bad = node in alloc.cluster.bad_nodes
+            if silent and not bad:
+                reason = f"no heartbeat from its runtime agent for {self.settings.node_lost_s:g}s"
+            elif not silent and bad:
+                reason = "its runtime agent is sending heartbeats again"
+            else:
+                continue
+            await self.app.bus.publish_event(
+                NodeHealthChanged(node=node, healthy=not silent, reason=reason),
+                # One id per node and direction per minute: replicas and repeats collapse into one event.
+                msg_id=f"health:{node}:{not silent}:{int(time.time() // 60)}",
+            )
+            log.info("node health changed", extra={"node": node, "healthy": not silent, "reason": reason})
 
     # ---- state ---------------------------------------------------------------------------------------
 
@@ -155,6 +210,8 @@ class Scheduler:
                     "a node registered that the cluster config does not name", extra={"node": body.node}
                 )
             decisions = alloc.set_node_health(body.node, True)
+        elif isinstance(body, NodeHealthChanged):
+            decisions = alloc.set_node_health(body.node, body.healthy)
         elif isinstance(body, SchedulingRequested):
             key = alloc_key(body.job_key, body.attempt_id)
             try:

@@ -215,3 +215,61 @@ async def test_sku_types_queueing_restart_and_views(
         assert vcs["research"]["resourcesUsed"]["gpu"] == 3  # the K80 pair and one A100
     finally:
         await app.stop()
+
+
+async def test_silent_nodes_go_bad_and_come_back(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, cluster_file: Path, tmp_path: Path
+) -> None:
+    from pai_common.contract.base import heartbeat_subject
+    from pai_common.contract.events import NodeHealthChanged
+
+    health = await client.js.subscribe("pai.evt.node.health.>", stream=EVENTS_STREAM, ordered_consumer=True)
+    settings = SchedulerSettings(
+        nats_url=nats_srv.url,
+        mongo_url=mongo_server.url,
+        scheduler_cluster=cluster_file,
+        data_dir=tmp_path,
+        node_lost_s=1.0,
+    )
+    app = ServiceApp("scheduler", settings)
+    Scheduler(app, settings)
+    app.name = f"sched{uuid.uuid4().hex[:8]}"
+    await app.start()
+    try:
+        events = Events(client)
+        await events.start()
+        for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
+            await register(client, node, n)
+        # a0 and a1 keep beating; k0 falls silent and is reported bad, and nothing new lands there.
+        changes: list[NodeHealthChanged] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not any(c.node == "k0" and not c.healthy for c in changes):
+            assert loop.time() < deadline, changes
+            for node in ("a0", "a1"):
+                await client.nc.publish(heartbeat_subject(node), b"{}")
+            try:
+                msg = await health.next_msg(timeout=0.3)
+                changes.append(decode(msg.headers, msg.data).body)
+            except Exception:
+                pass
+        assert not any(c.node in ("a0", "a1") and not c.healthy for c in changes)
+        assert "heartbeat" in next(c for c in changes if c.node == "k0").reason
+        await client.publish_event(gang("u~k", 1, sku_types=["K80"]))
+        waiting = await events.wait_for(SchedulingPending, "u~k")
+        assert "K80" in waiting.reason
+        # k0 speaks again: it is healthy, and the waiting job is placed there.
+        deadline = loop.time() + 15
+        placed = None
+        while placed is None:
+            assert loop.time() < deadline, "k0 never came back"
+            for node in ("a0", "a1", "k0"):
+                await client.nc.publish(heartbeat_subject(node), b"{}")
+            try:
+                placed = await events.wait_for(SchedulingAllocated, "u~k", timeout=0.3)
+            except AssertionError:
+                continue
+        assert placed.placements[0].node == "k0"
+    finally:
+        await health.unsubscribe()
+        await app.stop()

@@ -56,6 +56,8 @@ EVENT_SUBJECT_PREFIX = "pai.evt"
 COMMAND_SUBJECT_PREFIX = "pai.cmd"
 RPC_SUBJECT_PREFIX = "pai.rpc"
 DEAD_LETTER_PREFIX = "pai.dlq"
+# Heartbeats are core NATS messages, not JetStream: frequent, ephemeral, worthless once stale.
+HEARTBEAT_PREFIX = "pai.hb"
 
 
 def event_subject(event_type: str) -> str:
@@ -71,3 +73,7 @@ def rpc_subject(service: str, endpoint: str, target: str | None = None) -> str:
     if target:
         return f"{RPC_SUBJECT_PREFIX}.{service}.{target}.{endpoint}"
     return f"{RPC_SUBJECT_PREFIX}.{service}.{endpoint}"
+
+
+def heartbeat_subject(node: str) -> str:
+    return f"{HEARTBEAT_PREFIX}.{node}"

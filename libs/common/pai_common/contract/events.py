@@ -138,6 +138,23 @@ class NodeRegistered(Event):
         return self.node
 
 
+class NodeHealthChanged(Event):
+    TYPE = "node.health.changed"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("scheduler", "monitoring")
+    DESCRIPTION = (
+        "A node became bad (its agent stopped sending heartbeats) or healthy again. Bad nodes get no new"
+        " work; what runs there is not killed for it."
+    )
+
+    node: str
+    healthy: bool
+    reason: str
+
+    def subject_key(self) -> str:
+        return self.node
+
+
 class TaskRunning(Event):
     TYPE = "task.running"
     PRODUCER = "runtime"
@@ -248,6 +265,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SchedulingPending,
     SchedulingReleased,
     NodeRegistered,
+    NodeHealthChanged,
     TaskRunning,
     TaskExited,
     TaskDiagnosed,
