@@ -673,11 +673,13 @@ def _hived_task_roles(
         if not isinstance(settings, Mapping):
             problems.add(path, f"must be a mapping, got {_kind(settings)}")
             continue
-        sku = _get_str(problems, settings, "skuType", path, required=False)
+        # OpenPAI's own examples write `skuType: null` for "any".
+        present = {k: v for k, v in settings.items() if v is not None}
+        sku = _get_str(problems, present, "skuType", path, required=False)
         if sku is not None and not _SKU_TYPES_RE.match(sku):
             problems.add(f"{path}.skuType", "must be a SKU type name, or several joined by '|'")
             sku = None
-        pinned = _get_str(problems, settings, "pinnedCellId", path, required=False)
+        pinned = _get_str(problems, present, "pinnedCellId", path, required=False)
         out[name] = (sku.split("|") if sku else [], pinned)
     return out
 

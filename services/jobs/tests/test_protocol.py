@@ -747,8 +747,8 @@ def test_hived_task_roles_give_sku_types_and_pinned_cells() -> None:
         )
     )
     roles = {r.name: r for r in _parse(doc).spec.task_roles}
-    assert roles["worker"].sku_types == ["A100", "H100"] and roles["worker"].pinned_cell is None
-    assert roles["ps"].sku_types == [] and roles["ps"].pinned_cell == "rack-7"
+    assert roles["worker"].sku_types == ("A100", "H100") and roles["worker"].pinned_cell is None
+    assert roles["ps"].sku_types == () and roles["ps"].pinned_cell == "rack-7"
 
 
 @pytest.mark.parametrize(

@@ -277,7 +277,7 @@ class FirstFitScheduler:
             "allocations": [
                 {
                     **_request_to_dict(a.request),
-                    "placements": [p.model_dump(mode="json") for p in a.placements],
+                    "placements": [p.model_dump(mode="json", exclude_defaults=True) for p in a.placements],
                 }
                 for a in self._allocations.values()
             ],
@@ -441,7 +441,7 @@ def _request_to_dict(req: GangRequest) -> dict[str, Any]:
         "job_key": req.job_key,
         "attempt_id": req.attempt_id,
         "priority": req.priority,
-        "pods": [pod.model_dump(mode="json") for pod in req.pods],
+        "pods": [pod.model_dump(mode="json", exclude_defaults=True) for pod in req.pods],
     }
 
 

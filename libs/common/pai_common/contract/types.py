@@ -26,7 +26,7 @@ class TaskRoleSpec(Message):
     min_succeeded_instances: int | None = None
     task_retry_count: int = 0
     # extras.hivedScheduler.taskRoles.<role>: acceptable leaf (SKU) types, none meaning any; a pinned cell.
-    sku_types: list[str] = Field(default_factory=list)
+    sku_types: tuple[str, ...] = ()
     pinned_cell: str | None = None
 
 
@@ -51,7 +51,7 @@ class PodRequest(Message):
     gpu: int = Field(ge=0)
     cpu: int = Field(ge=0)
     memory_mb: int = Field(ge=0)
-    sku_types: list[str] = Field(default_factory=list)
+    sku_types: tuple[str, ...] = ()
     pinned_cell: str | None = None
 
 

@@ -10,6 +10,7 @@ from pai_scheduler.hived.config import (
 from pai_scheduler.hived.decisions import (
     Allocated,
     Decision,
+    Downgraded,
     PodPlacement,
     Preempting,
     Queued,
@@ -18,12 +19,15 @@ from pai_scheduler.hived.decisions import (
 )
 from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
 from pai_scheduler.hived.requests import GangRequest, Member, gang_from_pods, parse_leaf_types
+from pai_scheduler.hived.shares import Fragmentation, fragmentation
 
 __all__ = [
     "Allocated",
     "ClusterConfig",
     "ConfigError",
     "Decision",
+    "Downgraded",
+    "Fragmentation",
     "GangRequest",
     "GroupState",
     "HivedAllocator",
@@ -34,6 +38,7 @@ __all__ = [
     "Rejected",
     "Released",
     "UnsupportedRequestError",
+    "fragmentation",
     "gang_from_pods",
     "load_hived_config",
     "parse_hived_config",

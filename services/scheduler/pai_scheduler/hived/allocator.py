@@ -23,10 +23,24 @@ How a gang is placed (all pods or none; pods largest first, each pod's leaves on
   VC's whole quota) is ``Rejected``. The queue is retried, highest priority then oldest first, whenever
   capacity appears (a release, a node turning healthy); a gang that does not fit does not block others.
 * Bad nodes receive no new pods; gangs already on them keep running.
+* **Shares** (GPU virtualisation): a pod asking for ``gpu_milli``/``gpu_memory_mb`` gets part of one leaf.
+  It joins a leaf that already holds shares of the same kind (guaranteed shares of the same VC inside its
+  cells, or opportunistic shares) with room left, best fit first (the least room left over); only when
+  none has room does it open a free leaf, chosen like a one-leaf pod (best fit within the node). A leaf
+  holding shares counts for quota like a used whole leaf (it keeps its VC cell bound), is never given to a
+  whole-leaf pod, and is taken by a preemptor only as a whole (every sharer is a victim); a share pod that
+  must preempt reserves its leaf whole and alone. Release gives back exactly the share.
+* **Lazy preemption** (HiveD's): when the winning placement of a guaranteed gang would preempt gangs of its
+  VC that asked for ``lazy_preemption`` (whole-leaf, not pinned), those gangs are downgraded to
+  opportunistic (they keep running where they are; cells no longer holding guaranteed work are unbound)
+  and the gang is placed again. If the new placement leaves every downgraded gang where it is, the
+  downgrades stand (``Downgraded`` decisions) and the new placement is used; otherwise they are reverted
+  and the gangs are preempted as usual.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +50,9 @@ from typing import Any
 from pai_scheduler.hived.cells import (
     FREE_PRIORITY,
     MAX_GUARANTEED_PRIORITY,
+    MILLI_PER_LEAF,
     OPPORTUNISTIC_PRIORITY,
+    UNTOUCHABLE_PRIORITY,
     Cell,
     PhysicalCluster,
 )
@@ -44,6 +60,7 @@ from pai_scheduler.hived.config import ClusterConfig
 from pai_scheduler.hived.decisions import (
     Allocated,
     Decision,
+    Downgraded,
     PodPlacement,
     Preempting,
     Queued,
@@ -54,6 +71,7 @@ from pai_scheduler.hived.errors import UnsupportedRequestError
 from pai_scheduler.hived.packing import pick_leaves
 from pai_scheduler.hived.quota import QuotaBook
 from pai_scheduler.hived.requests import GangRequest, request_from_dict, request_to_dict
+from pai_scheduler.hived.shares import Fragmentation, fragmentation
 
 SNAPSHOT_VERSION = 1
 
@@ -79,6 +97,17 @@ class _Group:
     slots: list[PodSlot] = field(default_factory=list)
     victims: set[str] = field(default_factory=set)  # outstanding victims of a Preempting gang
     preemptors: set[str] = field(default_factory=set)  # gangs preempting a BeingPreempted one
+    downgraded: bool = False  # lazily preempted: runs on as opportunistic work
+    # role -> (milli, GPU memory MB) for the roles whose pods take a share of one leaf
+    shares: dict[str, tuple[int, int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shares = {m.role: (m.gpu_milli, m.gpu_memory_mb) for m in self.request.members if m.is_share}
+
+    @property
+    def priority(self) -> int:
+        """The priority its leaves run at: -1 once downgraded."""
+        return OPPORTUNISTIC_PRIORITY if self.downgraded else self.request.priority
 
     def leaves(self) -> Iterable[Cell]:
         for _, _, leaves in self.slots:
@@ -145,22 +174,28 @@ class HivedAllocator:
         """Place a gang now, start preempting for it, queue it, or reject it.
 
         Idempotent per key: a key the allocator already holds returns its current decision. Raises
-        UnsupportedRequestError for features not implemented yet (fractional leaves, lazy preemption,
-        InfiniBand placement, pods needing no leaf)."""
+        UnsupportedRequestError for features not implemented yet (InfiniBand placement, pods needing no
+        leaf). Gangs lazily preempted (``Downgraded``) on the way are not in the answer: use
+        ``submit_all`` to get them too."""
+        return self.submit_all(req)[-1]
+
+    def submit_all(self, req: GangRequest) -> list[Decision]:
+        """``submit``, with every decision it caused: ``Downgraded`` for each gang lazily preempted for
+        this one, then the gang's own decision (always last)."""
         existing = self._groups.get(req.key)
         if existing is not None:
-            return self._current(existing)
+            return [self._current(existing)]
         self._check_supported(req)
         reason = self._invalid_reason(req) or self._never_fits_reason(req)
         if reason is not None:
-            return Rejected(req.key, reason)
+            return [Rejected(req.key, reason)]
         g = _Group(req, self._next_seq)
         self._next_seq += 1
         self._groups[req.key] = g
-        decision = self._schedule(g)
-        if decision is None:
-            return self._queued(g)
-        return decision
+        decisions = self._schedule(g)
+        if not decisions:
+            return [self._queued(g)]
+        return decisions
 
     def release(self, key: str) -> list[Decision]:
         """The gang's attempt ended (or was withdrawn while queued): give back exactly what it held.
@@ -175,16 +210,26 @@ class HivedAllocator:
             return out
         leaves = list(g.leaves())
         if g.state is GroupState.PREEMPTING:
-            for leaf in leaves:
-                self.cluster.set_leaf(leaf, leaf.owner, leaf.owner_priority, None)
+            for role, _, slot_leaves in g.slots:
+                share = g.shares.get(role)
+                for leaf in slot_leaves:
+                    if share is not None and leaf.reserver != key:
+                        self.cluster.remove_share(leaf, key, *share)
+                    else:
+                        self.cluster.set_leaf(leaf, leaf.owner, leaf.owner_priority, None)
             for v in sorted(g.victims):
                 victim = self._groups[v]
                 victim.preemptors.discard(key)
                 if not victim.preemptors:
                     victim.state = GroupState.ALLOCATED
         else:
-            for leaf in leaves:
-                self.cluster.set_leaf(leaf, None, FREE_PRIORITY, leaf.reserver)
+            for role, _, slot_leaves in g.slots:
+                share = g.shares.get(role)
+                for leaf in slot_leaves:
+                    if share is not None:
+                        self.cluster.remove_share(leaf, key, *share)
+                    else:
+                        self.cluster.set_leaf(leaf, None, FREE_PRIORITY, leaf.reserver)
             for p in sorted(g.preemptors):
                 preemptor = self._groups[p]
                 preemptor.victims.discard(key)
@@ -219,17 +264,37 @@ class HivedAllocator:
     def groups(self) -> Mapping[str, GroupState]:
         return {k: g.state for k, g in self._groups.items()}
 
+    def downgraded(self) -> list[str]:
+        """Keys of the gangs lazily preempted (running on as opportunistic work), oldest first."""
+        return [k for k, g in sorted(self._groups.items(), key=lambda kv: kv[1].seq) if g.downgraded]
+
     def used_leaves(self) -> dict[str, dict[str, int]]:
         """Leaves held (allocated or reserved for a preemption) per VC and leaf type; opportunistic work
-        counts under its own VC too."""
+        counts under its own VC too. A leaf holding shares counts once per VC with a share on it."""
         out: dict[str, dict[str, int]] = {}
+        shared: dict[tuple[str, str], set[Cell]] = {}
         for g in self._groups.values():
             if g.state is GroupState.PENDING or g.chain is None:
                 continue
             leaf_type = self.cluster.chains[g.chain].leaf_type
             per_vc = out.setdefault(g.request.vc, {})
-            per_vc[leaf_type] = per_vc.get(leaf_type, 0) + sum(1 for _ in g.leaves())
+            whole = 0
+            for role, _, leaves in g.slots:
+                if role in g.shares:
+                    shared.setdefault((g.request.vc, leaf_type), set()).update(leaves)
+                else:
+                    whole += len(leaves)
+            per_vc[leaf_type] = per_vc.get(leaf_type, 0) + whole
+        for (vc, leaf_type), cells in shared.items():
+            out[vc][leaf_type] += len(cells)
         return out
+
+    def fragmentation(
+        self, milli: int = MILLI_PER_LEAF, memory_mb: int = 0, leaf_type: str | None = None
+    ) -> Fragmentation:
+        """How many healthy leaves hold free room that a typical next pod (by default a whole GPU; or a
+        share of ``milli``/``memory_mb``) cannot use; see ``shares.fragmentation``."""
+        return fragmentation(self.cluster, milli, memory_mb, leaf_type)
 
     def doomed_quota(self) -> dict[str, list[str]]:
         """VCs whose unbound quota cannot be backed by healthy free cells right now, in words."""
@@ -268,14 +333,23 @@ class HivedAllocator:
                             "index": index,
                             "node": leaves[0].node_name,
                             "leaves": [leaf.leaf_index for leaf in leaves],
+                            **self._share_fields(g, role, leaves),
                         }
                         for role, index, leaves in g.slots
                     ],
                     "victims": sorted(g.victims),
+                    **({"downgraded": True} if g.downgraded else {}),
                 }
                 for g in sorted(self._groups.values(), key=lambda g: g.seq)
             ],
         }
+
+    @staticmethod
+    def _share_fields(g: _Group, role: str, leaves: tuple[Cell, ...]) -> dict[str, Any]:
+        share = g.shares.get(role)
+        if share is None:
+            return {}
+        return {"milli": share[0], "memory_mb": share[1], "reserved": leaves[0].reserver == g.request.key}
 
     @classmethod
     def restore(cls, config: ClusterConfig, snap: Mapping[str, Any]) -> HivedAllocator:
@@ -286,6 +360,7 @@ class HivedAllocator:
         a._next_seq = int(snap["next_seq"])
         for node in snap["bad_nodes"]:
             a.cluster.set_node_health(str(node), False)
+        reserved_shares: dict[str, set[int]] = {}  # gang -> its share slots that reserve their leaf
         try:
             for b in snap["bindings"]:
                 a.quota.bind(a.cluster.cells[str(b["cell"])], str(b["vc"]))
@@ -294,25 +369,28 @@ class HivedAllocator:
                 if req.key in a._groups:
                     raise ValueError(f"gang {req.key} appears twice")
                 g = _Group(req, int(gd["seq"]), GroupState(gd["state"]), gd["chain"])
+                g.downgraded = bool(gd.get("downgraded", False))
+                reserved_shares[req.key] = set()
                 for p in gd["placement"]:
                     leaves = tuple(
                         a.cluster.leaf_at[(str(gd["chain"]), str(p["node"]), int(i))] for i in p["leaves"]
                     )
+                    share = g.shares.get(str(p["role"]))
+                    if share is not None:
+                        if len(leaves) != 1 or [p.get("milli"), p.get("memory_mb")] != list(share):
+                            raise ValueError(f"gang {req.key}: share placement disagrees with its request")
+                        if p.get("reserved"):
+                            reserved_shares[req.key].add(len(g.slots))
                     g.slots.append((str(p["role"]), int(p["index"]), leaves))
                 g.victims = {str(v) for v in gd["victims"]}
                 a._groups[req.key] = g
                 if g.state in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
-                    for leaf in g.leaves():
-                        if leaf.owner is not None:
-                            raise ValueError(f"leaf {leaf.id} is used by {leaf.owner} and {req.key}")
-                        a.cluster.set_leaf(leaf, req.key, req.priority, None)
+                    a._restore_holdings(g, g.priority, set())
             for g in a._groups.values():
                 if g.state is not GroupState.PREEMPTING:
                     continue
-                for leaf in g.leaves():
-                    if leaf.reserver is not None:
-                        raise ValueError(f"leaf {leaf.id} is reserved by {leaf.reserver} and {g.request.key}")
-                    a.cluster.set_leaf(leaf, leaf.owner, leaf.owner_priority, g.request.key)
+                reserved = {i for i, (role, _, _) in enumerate(g.slots) if role not in g.shares}
+                a._restore_holdings(g, UNTOUCHABLE_PRIORITY, reserved | reserved_shares[g.request.key])
                 for v in g.victims:
                     a._groups[v].preemptors.add(g.request.key)
         except KeyError as e:
@@ -324,38 +402,160 @@ class HivedAllocator:
                         raise ValueError(f"cell {cell.id} is bound to VC {vc} but holds none of its work")
         return a
 
+    def _restore_holdings(self, g: _Group, share_priority: int, reserved: set[int]) -> None:
+        """Put a restored gang's leaves back: the slots in ``reserved`` reserve their leaves, share slots
+        hold their share, whole-leaf slots own their leaves."""
+        key = g.request.key
+        assert g.chain is not None
+        memory = self.cluster.leaf_memory_mb[g.chain]
+        for i, (role, _, leaves) in enumerate(g.slots):
+            share = g.shares.get(role)
+            for leaf in leaves:
+                if i in reserved:
+                    if leaf.reserver is not None:
+                        raise ValueError(f"leaf {leaf.id} is reserved by {leaf.reserver} and {key}")
+                    self.cluster.set_leaf(leaf, leaf.owner, leaf.owner_priority, key)
+                elif share is not None:
+                    if leaf.owner is not None:
+                        raise ValueError(f"leaf {leaf.id} is used by {leaf.owner} and shared by {key}")
+                    if leaf.share_milli + share[0] > MILLI_PER_LEAF or leaf.share_memory + share[1] > memory:
+                        raise ValueError(f"leaf {leaf.id}: its shares exceed the device")
+                    self.cluster.add_share(leaf, key, share[0], share[1], share_priority)
+                else:
+                    if leaf.owner is not None or leaf.shares:
+                        who = leaf.owner or ", ".join(sorted(leaf.shares))
+                        raise ValueError(f"leaf {leaf.id} is used by {who} and {key}")
+                    self.cluster.set_leaf(leaf, key, g.priority, None)
+
     # ========================================================================== scheduling
 
-    def _schedule(self, g: _Group) -> Decision | None:
+    def _schedule(self, g: _Group) -> list[Decision]:
+        """Place the gang (or start its preemption), with lazy preemption of its lazy victims where that
+        lets them stay; [] when it does not fit now."""
+        self._undo = []
+        found = self._find(g)
+        if found is None:
+            self._rollback()
+            return []
+        lazy = self._lazy_victims(g, found[1])
+        downgraded: list[_Group] = []
+        if lazy:
+            self._rollback()
+            self._undo = []
+            for v in lazy:
+                self._tx_downgrade(v)
+            again = self._find(g)
+            keys = {v.request.key for v in lazy}
+            if again is not None and not (self._victims(g.request.key, again[1]) & keys):
+                found, downgraded = again, lazy
+            else:  # a downgraded gang would be preempted anyway: revert and preempt as usual
+                self._rollback()
+                self._undo = []
+                found = self._find(g)
+                assert found is not None, "placement is deterministic"
+        self._undo = None
+        out: list[Decision] = [Downgraded(v.request.key, g.request.key) for v in downgraded]
+        out.append(self._commit(g, *found))
+        return out
+
+    def _find(self, g: _Group) -> tuple[str, list[PodSlot]] | None:
+        """The first placement of the whole gang over passes of increasing cost, applied inside the open
+        transaction (reservations and shares); None (and nothing applied) when none fits."""
+        assert self._undo is not None
         req = g.request
-        chains = self._chains_for(req)
         ceilings = [FREE_PRIORITY]
         if req.guaranteed:
             ceilings += sorted({OPPORTUNISTIC_PRIORITY, req.priority - 1})
+        chains = self._chains_for(req)
         for ceiling in ceilings:
             for chain in chains:
-                self._undo = []
+                mark = len(self._undo)
                 slots = self._place_gang(g, chain, ceiling)
                 if slots is not None:
-                    self._undo = None
-                    return self._commit(g, chain, slots)
-                self._rollback()
+                    return chain, slots
+                self._rollback_to(mark)
         return None
 
     def _place_gang(self, g: _Group, chain: str, ceiling: int) -> list[PodSlot] | None:
         slots: list[PodSlot] = []
         placed: list[Cell] = []
         for role, index, k in self._pods(g.request, chain):
-            leaves = self._place_pod(g, chain, k, ceiling, placed)
-            if leaves is None:
-                return None
-            for leaf in leaves:
-                self._tx_set_leaf(leaf, leaf.owner, leaf.owner_priority, g.request.key)
+            share = g.shares.get(role)
+            if share is not None:
+                leaves = self._place_share(g, chain, share, ceiling, placed)
+                if leaves is None:
+                    return None
+            else:
+                leaves = self._place_pod(g, chain, k, ceiling, placed)
+                if leaves is None:
+                    return None
+                for leaf in leaves:
+                    self._tx_set_leaf(leaf, leaf.owner, leaf.owner_priority, g.request.key)
             slots.append((role, index, leaves))
             node = leaves[0].node
             assert node is not None
             placed.append(node)
         return slots
+
+    def _place_share(
+        self, g: _Group, chain: str, share: tuple[int, int], ceiling: int, placed: list[Cell]
+    ) -> tuple[Cell, ...] | None:
+        """A share pod: join a shared leaf with room (best fit), else take a free leaf, else (preemption
+        passes) reserve a busy leaf whole. Held shares of a guaranteed gang are untouchable until the gang
+        is allocated (it may still be preempting for other pods)."""
+        req = g.request
+        hold_priority = UNTOUCHABLE_PRIORITY if req.guaranteed else req.priority
+        leaf = self._join_share(g, chain, share, placed)
+        if leaf is None:
+            got = self._place_pod(g, chain, 1, ceiling, placed)
+            if got is None:
+                return None
+            leaf = got[0]
+            if leaf.owner is not None or leaf.shares:
+                self._tx_set_leaf(leaf, leaf.owner, leaf.owner_priority, req.key)
+                return (leaf,)
+        self._tx_add_share(leaf, req.key, share, hold_priority)
+        return (leaf,)
+
+    def _join_share(self, g: _Group, chain: str, share: tuple[int, int], placed: list[Cell]) -> Cell | None:
+        """The shared leaf this share fits best (least room left over), among leaves holding shares of the
+        same kind: guaranteed shares inside the gang's VC cells (its pinned cell, if it names one), or
+        opportunistic shares."""
+        req = g.request
+        milli, memory = share
+        capacity = self.cluster.leaf_memory_mb[chain]
+        pinned = self.cluster.pinned[req.pinned_cell] if req.pinned_cell is not None else None
+        anchor = placed[0] if placed else None
+        best: tuple[tuple[int, ...], Cell] | None = None
+        for leaf in self.cluster.shared[chain]:
+            if leaf.reserver is not None or leaf.n_bad_nodes:
+                continue
+            room_milli = MILLI_PER_LEAF - leaf.share_milli - milli
+            room_memory = capacity - leaf.share_memory - memory
+            if room_milli < 0 or room_memory < 0:
+                continue
+            if req.guaranteed:
+                if leaf.owner_priority < 0:
+                    continue
+                bound = next((c for c in reversed(leaf.path) if c.bound_vc is not None), None)
+                if bound is None or bound.bound_vc != req.vc:
+                    continue
+                if (pinned is not None and pinned not in leaf.path) or (
+                    pinned is None and bound.pinned_id is not None
+                ):
+                    continue
+            elif leaf.owner_priority != OPPORTUNISTIC_PRIORITY:
+                continue
+            node = leaf.node
+            key = (
+                room_milli * capacity + room_memory * MILLI_PER_LEAF,
+                node not in placed,
+                -_closeness(node, anchor),
+                leaf.order,
+            )
+            if best is None or key < best[0]:
+                best = (key, leaf)
+        return None if best is None else best[1]
 
     def _place_pod(
         self, g: _Group, chain: str, k: int, ceiling: int, placed: list[Cell]
@@ -440,7 +640,7 @@ class HivedAllocator:
                 cheapest = sorted(x.owner_priority for x in usable)[:k]
                 busy = sum(1 for p in cheapest if p > FREE_PRIORITY)
                 key = (cheapest[-1], busy, node not in placed, -_closeness(node, anchor), len(usable))
-            key = (*key, node.order)
+            key = (*key, node.order, leaves[0].order)  # two quota cells of one node: by position
             if best is None or key < best[0]:
                 best = (key, region)
         return best
@@ -487,18 +687,26 @@ class HivedAllocator:
                 break  # any cell split at this level leaves the same counts: try a higher level
         return None
 
+    def _victims(self, key: str, slots: list[PodSlot]) -> set[str]:
+        """Gangs using the leaves this placement reserves (whole-leaf owners and every sharer)."""
+        out: set[str] = set()
+        for _, _, leaves in slots:
+            for x in leaves:
+                if x.reserver == key:
+                    if x.owner is not None:
+                        out.add(x.owner)
+                    out.update(x.shares)
+        return out
+
     def _commit(self, g: _Group, chain: str, slots: list[PodSlot]) -> Decision:
         req = g.request
         g.chain = chain
         g.slots = slots
         victims = sorted(
-            {x.owner for _, _, leaves in slots for x in leaves if x.owner is not None},
-            key=lambda v: (self._groups[v].request.priority, self._groups[v].seq),
+            self._victims(req.key, slots), key=lambda v: (self._groups[v].priority, self._groups[v].seq)
         )
         if not victims:
-            for leaf in g.leaves():
-                self.cluster.set_leaf(leaf, req.key, req.priority, None)
-            g.state = GroupState.ALLOCATED
+            self._settle(g)
             return Allocated(req.key, self._placements(g))
         g.state = GroupState.PREEMPTING
         g.victims = set(victims)
@@ -509,18 +717,72 @@ class HivedAllocator:
         return Preempting(req.key, tuple(victims), self._placements(g))
 
     def _finish_preemption(self, g: _Group) -> Decision:
-        for leaf in g.leaves():
-            self.cluster.set_leaf(leaf, g.request.key, g.request.priority, None)
-        g.state = GroupState.ALLOCATED
+        self._settle(g)
         return Allocated(g.request.key, self._placements(g))
 
-    def _unbind_idle(self, leaves: Iterable[Cell]) -> None:
+    def _settle(self, g: _Group) -> None:
+        """The gang is allocated: it owns its whole leaves, its shares take its priority, and leaves it
+        reserved for share pods become shares."""
+        key, prio = g.request.key, g.priority
+        for role, _, leaves in g.slots:
+            share = g.shares.get(role)
+            for leaf in leaves:
+                if share is None:
+                    self.cluster.set_leaf(leaf, key, prio, None)
+                elif leaf.reserver == key:
+                    self.cluster.set_leaf(leaf, None, FREE_PRIORITY, None)
+                    self.cluster.add_share(leaf, key, share[0], share[1], prio)
+                elif leaf.shares[key][2] != prio:
+                    self.cluster.set_share_priority(leaf, key, prio)
+        g.state = GroupState.ALLOCATED
+
+    # ====================================================================== lazy preemption
+
+    def _lazy_victims(self, g: _Group, slots: list[PodSlot]) -> list[_Group]:
+        """The victims of this placement that may be downgraded instead of preempted: gangs of the VC
+        that asked for lazy preemption, still guaranteed and allocated, holding whole leaves outside
+        pinned cells (a pinned binding is static, and shares keep one kind per leaf)."""
+        if not g.request.guaranteed:
+            return []
+        out = []
+        for key in sorted(self._victims(g.request.key, slots), key=lambda k: self._groups[k].seq):
+            v = self._groups[key]
+            r = v.request
+            if (
+                r.lazy_preemption
+                and not v.downgraded
+                and r.guaranteed
+                and r.pinned_cell is None
+                and not v.shares
+                and v.state is GroupState.ALLOCATED
+            ):
+                out.append(v)
+        return out
+
+    def _tx_downgrade(self, v: _Group) -> None:
+        assert self._undo is not None
+        leaves = list(v.leaves())
+        for leaf in leaves:
+            self._tx_set_leaf(leaf, leaf.owner, OPPORTUNISTIC_PRIORITY, leaf.reserver)
+        v.downgraded = True
+
+        def undo() -> None:
+            v.downgraded = False
+
+        self._undo.append(undo)
+        self._unbind_idle(leaves, transactional=True)
+
+    def _unbind_idle(self, leaves: Iterable[Cell], transactional: bool = False) -> None:
         seen: set[Cell] = set()
         for leaf in leaves:
             for cell in reversed(leaf.path):
                 if cell.bound_vc is not None:
                     if cell not in seen and cell.pinned_id is None and cell.n_guaranteed == 0:
+                        vc = cell.bound_vc
                         self.quota.unbind(cell)
+                        if transactional:
+                            assert self._undo is not None
+                            self._undo.append(functools.partial(self.quota.bind, cell, vc))
                     seen.add(cell)
                     break
 
@@ -533,9 +795,7 @@ class HivedAllocator:
     def _retry_pending(self) -> list[Decision]:
         out: list[Decision] = []
         for g in self._queue():
-            d = self._schedule(g)
-            if d is not None:
-                out.append(d)
+            out.extend(self._schedule(g))
         return out
 
     # ======================================================================== transactions
@@ -546,35 +806,33 @@ class HivedAllocator:
         self.cluster.set_leaf(leaf, owner, priority, reserver)
         self._undo.append(lambda: self.cluster.set_leaf(leaf, *old))
 
+    def _tx_add_share(self, leaf: Cell, key: str, share: tuple[int, int], priority: int) -> None:
+        assert self._undo is not None
+        self.cluster.add_share(leaf, key, share[0], share[1], priority)
+        self._undo.append(lambda: self.cluster.remove_share(leaf, key, share[0], share[1]))
+
     def _tx_bind(self, cell: Cell, vc: str) -> None:
         assert self._undo is not None
         self.quota.bind(cell, vc)
         self._undo.append(lambda: self.quota.unbind(cell))
 
-    def _rollback(self) -> None:
+    def _rollback_to(self, mark: int) -> None:
         assert self._undo is not None
-        for undo in reversed(self._undo):
-            undo()
+        while len(self._undo) > mark:
+            self._undo.pop()()
+
+    def _rollback(self) -> None:
+        self._rollback_to(0)
         self._undo = None
 
     # ======================================================================= request checks
 
     @staticmethod
     def _check_supported(req: GangRequest) -> None:
-        if req.lazy_preemption:
-            raise UnsupportedRequestError(f"gang {req.key}: lazy preemption is not implemented yet")
         if req.infiniband:
             raise UnsupportedRequestError(
                 f"gang {req.key}: InfiniBand placement (all tasks under one IB cell) is not implemented yet"
             )
-        for m in req.members:
-            leaves: object = m.leaves
-            if isinstance(leaves, float) and not leaves.is_integer():
-                raise UnsupportedRequestError(
-                    f"gang {req.key}, role {m.role}: fractional leaves ({leaves}) are not supported yet"
-                )
-            if isinstance(leaves, bool) or not isinstance(leaves, int | float):
-                raise UnsupportedRequestError(f"gang {req.key}, role {m.role}: leaves must be a whole number")
 
     def _invalid_reason(self, req: GangRequest) -> str | None:
         if isinstance(req.priority, bool) or not isinstance(req.priority, int):
@@ -594,8 +852,25 @@ class HivedAllocator:
         for m in req.members:
             if m.pods < 1:
                 return f"role {m.role}: pods must be >= 1, got {m.pods}"
+            for name, value in (
+                ("leaves", m.leaves),
+                ("gpu_milli", m.gpu_milli),
+                ("gpu_memory_mb", m.gpu_memory_mb),
+            ):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    extra = " or a fraction below 1" if name == "leaves" else ""
+                    return f"role {m.role}: {name} must be a whole number{extra}, got {value!r}"
             if m.leaves < 0:
                 return f"role {m.role}: leaves must be >= 0, got {m.leaves}"
+            if not 0 <= m.gpu_milli < MILLI_PER_LEAF:
+                return (
+                    f"role {m.role}: gpu_milli must be 1..{MILLI_PER_LEAF - 1} (a share of one GPU), got"
+                    f" {m.gpu_milli}; ask for whole leaves instead"
+                )
+            if m.gpu_memory_mb < 0:
+                return f"role {m.role}: gpu_memory_mb must be >= 0, got {m.gpu_memory_mb}"
+            if m.is_share and m.leaves:
+                return f"role {m.role}: ask for whole leaves ({m.leaves}) or a share of one leaf, not both"
         known = {c.leaf_type for c in self.cluster.chains.values()}
         for t in req.leaf_types:
             if t not in known:
@@ -632,6 +907,9 @@ class HivedAllocator:
         sku = self.config.sku(self.cluster.chains[chain].leaf_type)
         out: list[tuple[int, str, int, int]] = []
         for order, m in enumerate(req.members):
+            if m.is_share:  # one leaf, after the whole-leaf pods of the same size
+                out.extend((len(req.members) + order, m.role, i, 1) for i in range(m.pods))
+                continue
             k = int(m.leaves)
             if sku is not None:
                 if sku.cpu > 0 and m.cpu > 0:
@@ -657,6 +935,14 @@ class HivedAllocator:
         reasons = []
         for chain in chains:
             spec = self.cluster.chains[chain]
+            memory = self.cluster.leaf_memory_mb[chain]
+            too_big = [m for m in req.members if m.gpu_memory_mb > memory]
+            if too_big:
+                reasons.append(
+                    f"a pod of role {too_big[0].role} needs {too_big[0].gpu_memory_mb} MB of GPU memory but a"
+                    f" {spec.leaf_type} leaf has {memory} MB"
+                )
+                continue
             sizes = [k for _, _, k in self._pods(req, chain)]
             if req.pinned_cell is not None:
                 cell = self.cluster.pinned[req.pinned_cell]
@@ -722,7 +1008,10 @@ class HivedAllocator:
         for role, index, leaves in g.slots:
             node = leaves[0].node_name
             assert node is not None
-            out.append(PodPlacement(role, index, node, leaf_type, tuple(x.leaf_index for x in leaves)))
+            milli, memory = g.shares.get(role, (0, 0))
+            out.append(
+                PodPlacement(role, index, node, leaf_type, tuple(x.leaf_index for x in leaves), milli, memory)
+            )
         return tuple(out)
 
     def _current(self, g: _Group) -> Decision:
@@ -772,7 +1061,7 @@ class HivedAllocator:
                 )
             else:
                 idle = sum(
-                    sum(1 for x in r[2] if x.owner is None and x.reserver is None)
+                    sum(1 for x in r[2] if x.owner is None and x.reserver is None and not x.shares)
                     for r in self._open_regions[chain]
                     if not r[0].n_bad_nodes
                 )

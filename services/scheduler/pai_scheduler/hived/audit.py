@@ -4,6 +4,12 @@ Returns the list of violated invariants, empty when the state is sound:
 
 * every leaf's owner/reserver is a gang that holds the leaf in its placement, in a state that owns or
   reserves (no leaf is ever given to two gangs);
+* every leaf's shares are exactly the share pods placed on it (milli, memory, pods, priority), they add up
+  to at most the device (1000 milli, the leaf's memory), a leaf has an owner or shares but never both,
+  its sharers are all opportunistic or all guaranteed, and the index of shared leaves is exact;
+* a leaf's priority is its owner's (-1 once downgraded), or its highest sharer's;
+* downgraded gangs asked for lazy preemption, are allocated or being preempted, hold no shares and no
+  pinned cell;
 * every placed gang is whole: one slot per pod, each with the pod's leaf count, all on one node;
 * guaranteed gangs sit inside cells bound to their VC (or their pinned cell), opportunistic ones outside
   pinned cells;
@@ -15,7 +21,14 @@ Returns the list of violated invariants, empty when the state is sound:
 from __future__ import annotations
 
 from pai_scheduler.hived.allocator import GroupState, HivedAllocator
-from pai_scheduler.hived.cells import OPPORTUNISTIC_PRIORITY, Cell
+from pai_scheduler.hived.cells import (
+    FREE_PRIORITY,
+    MILLI_PER_LEAF,
+    OPPORTUNISTIC_PRIORITY,
+    UNTOUCHABLE_PRIORITY,
+    Cell,
+    Share,
+)
 
 
 def audit(a: HivedAllocator) -> list[str]:
@@ -23,8 +36,16 @@ def audit(a: HivedAllocator) -> list[str]:
     groups = a._groups
     holder: dict[Cell, str] = {}  # leaf -> the gang using it
     reserving: dict[Cell, str] = {}  # leaf -> the gang preempting for it
+    shares: dict[Cell, dict[str, Share]] = {}  # leaf -> the share pods placed on it, per gang
     for key, g in groups.items():
         req = g.request
+        if g.downgraded and (
+            not req.lazy_preemption
+            or g.shares
+            or req.pinned_cell is not None
+            or g.state not in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED)
+        ):
+            problems.append(f"gang {key} is downgraded but cannot be")
         if g.state is GroupState.PENDING:
             if g.slots:
                 problems.append(f"pending gang {key} holds leaves")
@@ -34,16 +55,26 @@ def audit(a: HivedAllocator) -> list[str]:
         got = sorted((role, i, len(leaves)) for role, i, leaves in g.slots)
         if wanted != got:
             problems.append(f"gang {key} is not whole: wants {wanted}, holds {got}")
-        for _, _, leaves in g.slots:
+        for role, _, leaves in g.slots:
             if len({x.node for x in leaves}) != 1:
                 problems.append(f"gang {key}: a pod spans several nodes")
+            share = g.shares.get(role)
             for leaf in leaves:
-                table = reserving if g.state is GroupState.PREEMPTING else holder
-                if leaf in table:
-                    problems.append(f"leaf {leaf.id} is in the placements of {table[leaf]} and {key}")
-                table[leaf] = key
+                held_share = share is not None and leaf.reserver != key
+                if held_share:
+                    assert share is not None
+                    prio = UNTOUCHABLE_PRIORITY if g.state is GroupState.PREEMPTING else g.priority
+                    m, mem, _, pods = shares.setdefault(leaf, {}).get(key, (0, 0, prio, 0))
+                    shares[leaf][key] = (m + share[0], mem + share[1], prio, pods + 1)
+                else:
+                    if share is not None and g.state is not GroupState.PREEMPTING:
+                        problems.append(f"share of allocated gang {key} reserves leaf {leaf.id}")
+                    table = reserving if g.state is GroupState.PREEMPTING else holder
+                    if leaf in table:
+                        problems.append(f"leaf {leaf.id} is in the placements of {table[leaf]} and {key}")
+                    table[leaf] = key
                 bound = next((c for c in reversed(leaf.path) if c.bound_vc is not None), None)
-                if req.guaranteed:
+                if g.priority >= 0:
                     if bound is None or bound.bound_vc != req.vc:
                         problems.append(
                             f"guaranteed gang {key} uses leaf {leaf.id} outside VC {req.vc}'s cells"
@@ -52,6 +83,8 @@ def audit(a: HivedAllocator) -> list[str]:
                         problems.append(f"gang {key} and pinned cell use disagree at leaf {leaf.id}")
                 elif bound is not None and bound.pinned_id is not None:
                     problems.append(f"opportunistic gang {key} uses pinned leaf {leaf.id}")
+                if held_share:
+                    continue
                 if g.state is GroupState.PREEMPTING:
                     if leaf.reserver != key:
                         problems.append(f"leaf {leaf.id} should be reserved by {key}")
@@ -67,14 +100,17 @@ def audit(a: HivedAllocator) -> list[str]:
                 problems.append(f"leaf {cell.id} owned by preempting gang {cell.owner}")
             if cell.reserver is not None and groups[cell.reserver].state is not GroupState.PREEMPTING:
                 problems.append(f"leaf {cell.id} reserved by non-preempting gang {cell.reserver}")
-        free = sum(1 for x in cell.leaves if x.owner is None and x.reserver is None)
+            problems.extend(_audit_shares(a, cell, shares.get(cell, {})))
+        free = sum(1 for x in cell.leaves if x.owner is None and x.reserver is None and not x.shares)
         oppo = sum(
-            1 for x in cell.leaves if x.owner is not None and x.owner_priority == OPPORTUNISTIC_PRIORITY
+            1
+            for x in cell.leaves
+            if (x.owner is not None or x.shares) and x.owner_priority == OPPORTUNISTIC_PRIORITY
         )
         guar = sum(
             1
             for x in cell.leaves
-            if x.reserver is not None or (x.owner is not None and x.owner_priority >= 0)
+            if x.reserver is not None or ((x.owner is not None or x.shares) and x.owner_priority >= 0)
         )
         if (cell.n_free, cell.n_opportunistic, cell.n_guaranteed) != (free, oppo, guar):
             problems.append(f"cell {cell.id}: counters disagree with its leaves")
@@ -94,8 +130,35 @@ def audit(a: HivedAllocator) -> list[str]:
         for p in g.preemptors:
             if v not in groups[p].victims:
                 problems.append(f"{v} lists preemptor {p} that does not list it")
+    for chain, index in a.cluster.shared.items():
+        expected = {x for x in a.cluster.cells.values() if x.is_leaf and x.chain == chain and x.shares}
+        if index != expected:
+            problems.append(f"chain {chain}: the index of shared leaves is wrong")
     for chain in a.cluster.chains:
         bad = a.quota.unsafe_level(chain)
         if bad is not None:
             problems.append(f"chain {chain} is unsafe at level {bad[0]}")
+    return problems
+
+
+def _audit_shares(a: HivedAllocator, leaf: Cell, expected: dict[str, Share]) -> list[str]:
+    problems = []
+    if leaf.shares != expected:
+        problems.append(f"leaf {leaf.id}: shares {leaf.shares} disagree with the placements {expected}")
+    if leaf.share_milli != sum(s[0] for s in leaf.shares.values()) or leaf.share_memory != sum(
+        s[1] for s in leaf.shares.values()
+    ):
+        problems.append(f"leaf {leaf.id}: share totals disagree with its shares")
+    if leaf.share_milli > MILLI_PER_LEAF or leaf.share_memory > a.cluster.leaf_memory_mb[leaf.chain]:
+        problems.append(f"leaf {leaf.id} is overbooked: {leaf.share_milli} milli, {leaf.share_memory} MB")
+    if leaf.owner is not None and leaf.shares:
+        problems.append(f"leaf {leaf.id} is used whole by {leaf.owner} and shared")
+    if len({s[2] >= 0 for s in leaf.shares.values()}) > 1:
+        problems.append(f"leaf {leaf.id} mixes opportunistic and guaranteed shares")
+    if leaf.owner is not None:
+        want = a._groups[leaf.owner].priority
+    else:
+        want = max((s[2] for s in leaf.shares.values()), default=FREE_PRIORITY)
+    if leaf.owner_priority != want:
+        problems.append(f"leaf {leaf.id}: priority {leaf.owner_priority}, expected {want}")
     return problems

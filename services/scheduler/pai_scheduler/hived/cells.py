@@ -5,12 +5,16 @@ rack). State lives on the leaves (HiveD records it on the lowest-level cells too
 
 * ``owner`` — the gang whose pod runs on the leaf, with that gang's ``owner_priority`` (``FREE_PRIORITY``
   when none);
-* ``reserver`` — a gang that is preempting whoever runs there and will get the leaf once it is free.
+* ``reserver`` — a gang that is preempting whoever runs there and will get the leaf once it is free;
+* ``shares`` — fractional pods (GPU virtualisation): gang key -> (milli-GPU, GPU memory MB, priority,
+  pods) of every gang holding part of the leaf. A leaf has an owner or shares, never both; its shares
+  add up to at most 1000 milli and the leaf's memory. ``owner_priority`` of a shared leaf is the highest
+  priority among its sharers (what taking the whole leaf would preempt).
 
-From those two follow HiveD's cell states: free (neither), used (owner only), reserving (both), reserved
-(reserver only). Every cell keeps counters over its leaves (free, used by opportunistic work, held by
-guaranteed work) so that the allocator never has to scan leaves to know whether a subtree has room. A
-node is healthy or bad; a cell is bad when any node in it is bad.
+From owner/shares and reserver follow HiveD's cell states: free (neither), used (owner or shares only),
+reserving (both), reserved (reserver only). Every cell keeps counters over its leaves (free, used by
+opportunistic work, held by guaranteed work) so that the allocator never has to scan leaves to know
+whether a subtree has room. A node is healthy or bad; a cell is bad when any node in it is bad.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ FREE_PRIORITY = -2
 OPPORTUNISTIC_PRIORITY = -1
 MIN_GUARANTEED_PRIORITY = 0
 MAX_GUARANTEED_PRIORITY = 1000
+# The priority recorded for a share held by a gang that is still preempting (for its other pods): above
+# every real priority, so nobody can preempt it before it is allocated.
+UNTOUCHABLE_PRIORITY = MAX_GUARANTEED_PRIORITY + 1
+MILLI_PER_LEAF = 1000
+
+Share = tuple[int, int, int, int]  # (milli, memory MB, priority, pods) of one gang on one leaf
 
 
 class CellState(Enum):
@@ -62,6 +72,9 @@ class Cell:
         "path",
         "pinned_id",
         "reserver",
+        "share_memory",
+        "share_milli",
+        "shares",
     )
 
     def __init__(self, cid: str, chain: str, level: int, cell_type: str, address: str, parent: Cell | None):
@@ -88,6 +101,9 @@ class Cell:
         self.owner: str | None = None
         self.owner_priority = FREE_PRIORITY
         self.reserver: str | None = None
+        self.shares: dict[str, Share] = {}
+        self.share_milli = 0
+        self.share_memory = 0
         self.n_free = 0
         self.n_opportunistic = 0
         self.n_guaranteed = 0
@@ -104,7 +120,7 @@ class Cell:
     @property
     def state(self) -> CellState:
         """HiveD's state of a leaf."""
-        if self.owner is None:
+        if self.owner is None and not self.shares:
             return CellState.FREE if self.reserver is None else CellState.RESERVED
         return CellState.USED if self.reserver is None else CellState.RESERVING
 
@@ -118,10 +134,15 @@ class Cell:
 
 
 def _flags(leaf: Cell) -> tuple[int, int, int]:
-    free = leaf.owner is None and leaf.reserver is None
-    oppo = leaf.owner is not None and leaf.owner_priority == OPPORTUNISTIC_PRIORITY
-    guar = leaf.reserver is not None or (leaf.owner is not None and leaf.owner_priority >= 0)
+    busy = leaf.owner is not None or bool(leaf.shares)
+    free = not busy and leaf.reserver is None
+    oppo = busy and leaf.owner_priority == OPPORTUNISTIC_PRIORITY
+    guar = leaf.reserver is not None or (busy and leaf.owner_priority >= 0)
     return int(free), int(oppo), int(guar)
+
+
+def _share_priority(leaf: Cell) -> int:
+    return max((s[2] for s in leaf.shares.values()), default=FREE_PRIORITY)
 
 
 class PhysicalCluster:
@@ -138,6 +159,11 @@ class PhysicalCluster:
         # (chain, node, leaf index) -> leaf
         self.leaf_at: dict[tuple[str, str, int], Cell] = {}
         self.bad_nodes: set[str] = set()
+        # Leaves holding shares, per chain; GPU memory of one leaf, per chain.
+        self.shared: dict[str, set[Cell]] = {c.name: set() for c in config.chains}
+        self.leaf_memory_mb: dict[str, int] = {
+            c.name: config.leaf_memory_mb(c.leaf_type) for c in config.chains
+        }
         for spec in config.physical_cells:
             chain = self.chains[spec.cell_type]
             top = self._build(
@@ -225,8 +251,47 @@ class PhysicalCluster:
         """Change one leaf's owner/reserver and keep every ancestor's counters exact."""
         f0, o0, g0 = _flags(leaf)
         leaf.owner = owner
-        leaf.owner_priority = priority if owner is not None else FREE_PRIORITY
+        leaf.owner_priority = priority if owner is not None else _share_priority(leaf)
         leaf.reserver = reserver
+        self._count(leaf, f0, o0, g0)
+
+    def add_share(self, leaf: Cell, key: str, milli: int, memory_mb: int, priority: int) -> None:
+        """One more pod of gang ``key`` holds ``milli``/``memory_mb`` of the leaf (no capacity check here:
+        the allocator checks room before, the audit after)."""
+        if leaf.owner is not None:
+            raise ValueError(f"leaf {leaf.id} is used whole by {leaf.owner}")
+        f0, o0, g0 = _flags(leaf)
+        m, mem, _, pods = leaf.shares.get(key, (0, 0, priority, 0))
+        leaf.shares[key] = (m + milli, mem + memory_mb, priority, pods + 1)
+        leaf.share_milli += milli
+        leaf.share_memory += memory_mb
+        leaf.owner_priority = _share_priority(leaf)
+        self.shared[leaf.chain].add(leaf)
+        self._count(leaf, f0, o0, g0)
+
+    def remove_share(self, leaf: Cell, key: str, milli: int, memory_mb: int) -> None:
+        """One pod of gang ``key`` gives back exactly its share."""
+        f0, o0, g0 = _flags(leaf)
+        m, mem, prio, pods = leaf.shares[key]
+        if pods == 1:
+            del leaf.shares[key]
+        else:
+            leaf.shares[key] = (m - milli, mem - memory_mb, prio, pods - 1)
+        leaf.share_milli -= milli
+        leaf.share_memory -= memory_mb
+        if not leaf.shares:
+            self.shared[leaf.chain].discard(leaf)
+        leaf.owner_priority = _share_priority(leaf) if leaf.owner is None else leaf.owner_priority
+        self._count(leaf, f0, o0, g0)
+
+    def set_share_priority(self, leaf: Cell, key: str, priority: int) -> None:
+        f0, o0, g0 = _flags(leaf)
+        m, mem, _, pods = leaf.shares[key]
+        leaf.shares[key] = (m, mem, priority, pods)
+        leaf.owner_priority = _share_priority(leaf)
+        self._count(leaf, f0, o0, g0)
+
+    def _count(self, leaf: Cell, f0: int, o0: int, g0: int) -> None:
         f1, o1, g1 = _flags(leaf)
         df, do, dg = f1 - f0, o1 - o0, g1 - g0
         if df or do or dg:

@@ -31,6 +31,10 @@ import yaml
 
 from pai_scheduler.hived.errors import ConfigError
 
+# GPU memory of a leaf whose SKU does not give ``gpuMemory``: 16 GiB, the smallest of the common data-centre
+# GPUs (V100-16GB, T4), so that memory shares never overbook a real device.
+DEFAULT_LEAF_MEMORY_MB = 16384
+
 
 @dataclass(frozen=True)
 class SkuType:
@@ -40,6 +44,9 @@ class SkuType:
     gpu: int
     cpu: float
     memory_mb: int
+    # Memory of one device in MB (``gpuMemory``, e.g. ``32Gi``): the capacity GPU-memory shares of one
+    # leaf add up to. 0 = not given: DEFAULT_LEAF_MEMORY_MB applies (the default is in this module).
+    gpu_memory_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,13 @@ class ClusterConfig:
             if s.name == leaf_type:
                 return s
         return None
+
+    def leaf_memory_mb(self, leaf_type: str) -> int:
+        """GPU memory of one leaf of this type: the SKU's ``gpuMemory``, else DEFAULT_LEAF_MEMORY_MB."""
+        sku = self.sku(leaf_type)
+        if sku is not None and sku.gpu_memory_mb > 0:
+            return sku.gpu_memory_mb
+        return DEFAULT_LEAF_MEMORY_MB
 
 
 # ------------------------------------------------------------------------------------ HiveD format
@@ -273,6 +287,7 @@ def _parse_sku_types(raw: Any) -> list[SkuType]:
                 gpu=_int_field(spec.get("gpu", 1), f"{where}.gpu", 0),
                 cpu=float(cpu),
                 memory_mb=memory_to_mb(spec.get("memory", 0), f"{where}.memory"),
+                gpu_memory_mb=memory_to_mb(spec.get("gpuMemory", 0), f"{where}.gpuMemory"),
             )
         )
     return out

@@ -15,6 +15,13 @@ class PodPlacement:
     node: str
     leaf_type: str
     leaves: tuple[int, ...]  # device indices on the node
+    # A share of the one leaf in ``leaves`` (GPU virtualisation); both 0 for whole leaves.
+    milli: int = 0
+    memory_mb: int = 0
+
+    @property
+    def is_share(self) -> bool:
+        return self.milli > 0 or self.memory_mb > 0
 
     def to_contract(self) -> Placement:
         return Placement(task_role=self.role, index=self.index, node=self.node, gpus=list(self.leaves))
@@ -56,4 +63,15 @@ class Released:
     key: str
 
 
-Decision: TypeAlias = Allocated | Preempting | Queued | Rejected | Released
+@dataclass(frozen=True)
+class Downgraded:
+    """Lazy preemption (HiveD's): the gang ``key`` (which asked for ``lazy_preemption``) keeps running
+    where it is, but as opportunistic work (priority -1) from now on, so that ``preemptor`` could be placed
+    within the VC's quota elsewhere; it no longer counts against its VC's quota and can later be
+    preempted like any opportunistic gang. Nothing has to be stopped; its placement is unchanged."""
+
+    key: str
+    preemptor: str = ""
+
+
+Decision: TypeAlias = Allocated | Preempting | Queued | Rejected | Released | Downgraded

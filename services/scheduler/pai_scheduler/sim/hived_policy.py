@@ -6,9 +6,11 @@ the allocator's ``Allocated`` for the preemptor comes out of the last of those r
 reported to the engine as preempted and come back as new attempts (a new allocator key per attempt, so a
 resubmission is never mistaken for the idempotent repeat of a submission).
 
-Requests the allocator does not support yet (fractional GPUs, CPU-only tasks) are reported as rejected
-with the allocator's reason: the simulator measures the allocator as it is, it does not round requests
-into something else.
+Fractional tasks (``gpu_per_task`` below 1) ask the allocator for a share of one GPU (``gpu_milli``) and
+hold exactly that fraction. Requests the allocator does not support yet (CPU-only tasks) are reported as
+rejected with the allocator's reason: the simulator measures the allocator as it is, it does not round
+requests into something else. ``Downgraded`` decisions (lazy preemption) need nothing here: the gang keeps
+running where it is (the simulator's workloads do not ask for lazy preemption).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from pai_scheduler.hived.allocator import HivedAllocator
-from pai_scheduler.hived.decisions import Allocated, Decision, Preempting, Rejected
+from pai_scheduler.hived.cells import MILLI_PER_LEAF
+from pai_scheduler.hived.decisions import Allocated, Decision, PodPlacement, Preempting, Rejected
 from pai_scheduler.hived.errors import UnsupportedRequestError
 from pai_scheduler.hived.requests import GangRequest, Member
 from pai_scheduler.sim import policy as p
@@ -29,10 +32,16 @@ TASK_ROLE = "task"
 
 
 def gang_of(job: SimJob, key: str) -> GangRequest:
+    gpu = job.gpu_per_task
+    whole, milli = (int(gpu), 0) if gpu == int(gpu) else (0, max(1, round(gpu * MILLI_PER_LEAF)))
     member = Member(
-        TASK_ROLE, job.tasks, int(job.gpu_per_task), cpu=job.cpu_per_task, memory_mb=job.memory_mb_per_task
+        TASK_ROLE, job.tasks, whole, cpu=job.cpu_per_task, memory_mb=job.memory_mb_per_task, gpu_milli=milli
     )
     return GangRequest(key, job.vc, job.priority, (member,), job.gpu_types)
+
+
+def _held(pl: PodPlacement) -> float:
+    return pl.milli / MILLI_PER_LEAF if pl.is_share else float(len(pl.leaves))
 
 
 class HivedPolicy:
@@ -66,8 +75,6 @@ class HivedPolicy:
     def _submit(self, job: SimJob) -> list[Decision | p.Rejected]:
         attempt = self._attempt.get(job.job_id, -1) + 1
         self._attempt[job.job_id] = attempt
-        if job.gpu_per_task != int(job.gpu_per_task):
-            return [p.Rejected(job.job_id, "fractional GPUs are not supported by the HiveD core yet")]
         key = f"{job.job_id}#{attempt}"
         try:
             decision = self._alloc.submit(gang_of(job, key))
@@ -95,7 +102,7 @@ class HivedPolicy:
                 placements = tuple(
                     p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type) for pl in d.placements
                 )
-                s = p.Started(job_id, placements, float(sum(len(pl.leaves) for pl in placements)))
+                s = p.Started(job_id, placements, sum(_held(pl) for pl in d.placements))
                 self._running[job_id] = s
                 started.append(s)
             elif isinstance(d, Preempting):

@@ -294,12 +294,24 @@ def test_user_errors_are_rejected_and_unsupported_features_raise(a: HivedAllocat
     for message, req in cases.items():
         d = a.submit(req)
         assert isinstance(d, Rejected) and message in d.reason, (message, d)
-    with pytest.raises(UnsupportedRequestError, match="lazy preemption"):
-        a.submit(GangRequest("lz", "VC1", 1, (Member("r", 1, 1),), lazy_preemption=True))
+    share_errors = {
+        "gpu_milli must be 1..999": GangRequest("m", "VC1", 1, (Member("r", 1, 0, gpu_milli=1000),)),
+        "or a share of one leaf, not both": GangRequest("b", "VC1", 1, (Member("r", 1, 1, gpu_milli=5),)),
+        "leaves must be a whole number or a fraction below 1": GangRequest(
+            "f",
+            "VC1",
+            1,
+            (Member("r", 1, 1.5),),  # type: ignore[arg-type]
+        ),
+        "needs 40000 MB of GPU memory but a DGX2-V100 leaf has 16384 MB": GangRequest(
+            "g", "VC1", 1, (Member("r", 1, 0, gpu_memory_mb=40000),), V100
+        ),
+    }
+    for message, req in share_errors.items():
+        d = a.submit(req)
+        assert isinstance(d, Rejected) and message in d.reason, (message, d)
     with pytest.raises(UnsupportedRequestError, match="InfiniBand"):
         a.submit(GangRequest("ib", "VC1", 1, (Member("r", 1, 1),), infiniband=True))
-    with pytest.raises(UnsupportedRequestError, match="fractional"):
-        a.submit(GangRequest("fr", "VC1", 1, (Member("r", 1, 0.5),)))  # type: ignore[arg-type]
     with pytest.raises(UnsupportedRequestError, match="CPU-only"):
         a.submit(GangRequest("cpu", "VC1", 1, (Member("r", 1, 0),)))
     assert a.snapshot()["groups"] == []
