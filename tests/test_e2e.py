@@ -21,7 +21,12 @@ FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def job_yaml(
-    name: str, commands: list[str], gpu: int = 1, instances: int = 1, retries: int = 0, priority: str = "test"
+    name: str,
+    commands: list[str],
+    gpu: float = 1,
+    instances: int = 1,
+    retries: int = 0,
+    priority: str = "test",
 ) -> str:
     lines = "\n".join(f"      - {json.dumps(c)}" for c in commands)
     return f"""protocolVersion: 2
@@ -316,6 +321,21 @@ def test_jobs_survive_a_platform_restart(tmp_path: Path) -> None:
             assert wait_state(c, "admin~after-restart", FINAL)["jobStatus"]["state"] == "SUCCEEDED"
     finally:
         again.stop()
+
+
+def test_gpu_shares_pack_onto_one_gpu(api: httpx.Client) -> None:
+    for name in ("half-a", "half-b"):
+        submit(api, job_yaml(name, ['echo "mps=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"', "sleep 2"], gpu=0.5))
+    jobs = [wait_state(api, f"admin~{n}", FINAL) for n in ("half-a", "half-b")]
+    tasks = [j["taskRoles"]["worker"]["taskStatuses"][0] for j in jobs]
+    assert all(j["jobStatus"]["state"] == "SUCCEEDED" for j in jobs)
+    # They ran at the same time, and two halves took one GPU between them rather than two.
+    a, b = tasks
+    assert a["launchedTime"] < b["completedTime"] and b["launchedTime"] < a["completedTime"]
+    assert tasks[0]["containerNodeName"] == tasks[1]["containerNodeName"]
+    assert tasks[0]["containerGpus"] == tasks[1]["containerGpus"] and len(tasks[0]["containerGpus"]) == 1
+    out = api.get(api.get(tasks[0]["containerLog"]).json()["locations"][0]["uri"]).text
+    assert "mps=50" in out
 
 
 def test_waiting_job_says_why_then_higher_priority_preempts(api: httpx.Client) -> None:

@@ -294,6 +294,21 @@ def _get_int(
     return value
 
 
+def _get_gpu(problems: _Problems, resources: Mapping[str, object], path: str) -> tuple[int | None, int]:
+    """resourcePerInstance.gpu: whole GPUs, or (beyond OpenPAI) a share of one GPU between 0 and 1."""
+    value = resources.get("gpu", 0)
+    if isinstance(value, float):
+        if 0.001 <= value < 1:
+            return 0, round(value * 1000)
+        if value.is_integer() and value >= 0:
+            return int(value), 0
+        problems.add(
+            _join(path, "gpu"), f"must be a whole number of GPUs or a share from 0.001 to 0.999, got {value}"
+        )
+        return None, 0
+    return _get_int(problems, resources, "gpu", path, default=0, minimum=0), 0
+
+
 def _get_str(
     problems: _Problems, obj: Mapping[str, object], key: str, path: str, *, required: bool
 ) -> str | None:
@@ -387,6 +402,7 @@ class _Role:
     cpu: int
     memory_mb: int
     gpu: int
+    gpu_milli: int
     commands: list[str]
     min_failed: int | None
     min_succeeded: int | None
@@ -451,12 +467,13 @@ def _check_role(
     commands = _get_str_list(problems, spec, "commands", path, required=True, non_empty=True)
 
     cpu = memory_mb = gpu = None
+    gpu_milli = 0
     resources = _get_mapping(problems, spec, "resourcePerInstance", path, required=True)
     if resources is not None:
         res_path = _join(path, "resourcePerInstance")
         cpu = _get_int(problems, resources, "cpu", res_path, default=None, minimum=0)
         memory_mb = _get_int(problems, resources, "memoryMB", res_path, default=None, minimum=0)
-        gpu = _get_int(problems, resources, "gpu", res_path, default=0, minimum=0)
+        gpu, gpu_milli = _get_gpu(problems, resources, res_path)
         ports = _get_mapping(problems, resources, "ports", res_path)
         for label in ports or {}:
             if not _TASK_ROLE_RE.match(label):
@@ -521,6 +538,7 @@ def _check_role(
         cpu=cpu,
         memory_mb=memory_mb,
         gpu=gpu,
+        gpu_milli=gpu_milli,
         commands=commands,
         min_failed=min_failed,
         min_succeeded=min_succeeded,
@@ -658,13 +676,21 @@ def _mask_secrets(raw: Mapping[str, Any]) -> dict[str, Any]:
 _SKU_TYPES_RE = re.compile(r"^[\w.-]+(\|[\w.-]+)*$")
 
 
+@dataclass(frozen=True)
+class _HivedRole:
+    sku_types: tuple[str, ...] = ()
+    pinned_cell: str | None = None
+    gpu_memory_mb: int = 0
+
+
 def _hived_task_roles(
     problems: _Problems, hived: Mapping[str, Any], role_names: set[str]
-) -> dict[str, tuple[list[str], str | None]]:
-    """extras.hivedScheduler.taskRoles: per role, the acceptable SKU types ("A100|H100") and a pinned cell."""
+) -> dict[str, _HivedRole]:
+    """extras.hivedScheduler.taskRoles: per role, the acceptable SKU types ("A100|H100"), a pinned cell
+    and (beyond OpenPAI) the GPU memory of a GPU share."""
     where = "extras.hivedScheduler.taskRoles"
     task_roles = _get_mapping(problems, hived, "taskRoles", "extras.hivedScheduler")
-    out: dict[str, tuple[list[str], str | None]] = {}
+    out: dict[str, _HivedRole] = {}
     for name, settings in (task_roles or {}).items():
         path = f"{where}.{name}"
         if name not in role_names:
@@ -680,7 +706,8 @@ def _hived_task_roles(
             problems.add(f"{path}.skuType", "must be a SKU type name, or several joined by '|'")
             sku = None
         pinned = _get_str(problems, present, "pinnedCellId", path, required=False)
-        out[name] = (sku.split("|") if sku else [], pinned)
+        memory = _get_int(problems, present, "gpuMemoryMB", path, default=0, minimum=0) or 0
+        out[name] = _HivedRole(tuple(sku.split("|")) if sku else (), pinned, memory)
     return out
 
 
@@ -777,12 +804,20 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
 
     priority = PRIORITY_BY_CLASS[DEFAULT_PRIORITY_CLASS]
     gang_allocation = True
-    placement: dict[str, tuple[list[str], str | None]] = {}
+    placement: dict[str, _HivedRole] = {}
+    lazy_preemption = False
     extras = _get_mapping(problems, doc, "extras", "")
     if extras is not None:
         hived = _get_mapping(problems, extras, "hivedScheduler", "extras")
         if hived is not None:
             placement = _hived_task_roles(problems, hived, {role.name for role in roles})
+            lazy = hived.get("lazyPreemptionEnable", False)
+            if isinstance(lazy, bool):
+                lazy_preemption = lazy
+            else:
+                problems.add(
+                    "extras.hivedScheduler.lazyPreemptionEnable", f"must be a boolean, got {_kind(lazy)}"
+                )
         if hived is not None and "jobPriorityClass" in hived:
             priority_class = hived["jobPriorityClass"]
             if isinstance(priority_class, str) and priority_class in PRIORITY_BY_CLASS:
@@ -823,11 +858,14 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
                 # OpenPAI retries single tasks only without gang allocation; otherwise a failed task fails
                 # the whole attempt, which the job retry policy then handles.
                 task_retry_count=role.task_retry_count if not gang_allocation else 0,
-                sku_types=placement.get(role.name, ([], None))[0],
-                pinned_cell=placement.get(role.name, ([], None))[1],
+                sku_types=placement.get(role.name, _HivedRole()).sku_types,
+                pinned_cell=placement.get(role.name, _HivedRole()).pinned_cell,
+                gpu_milli=role.gpu_milli,
+                gpu_memory_mb=placement.get(role.name, _HivedRole()).gpu_memory_mb,
             )
             for role in roles
         ],
         submitted_at=now_ms,
+        lazy_preemption=lazy_preemption,
     )
     return ParsedJob(spec=spec, raw=doc, masked=_mask_secrets(doc))

@@ -10,7 +10,12 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.events import FrameworkChanged, JobSubmitted, SchedulingPending
+from pai_common.contract.events import (
+    FrameworkChanged,
+    JobSubmitted,
+    SchedulingDowngraded,
+    SchedulingPending,
+)
 from pai_common.contract.rpc import (
     GetJobRequest,
     JobDetailReply,
@@ -53,6 +58,7 @@ class JobsService:
         app.rpc({SubmitJobRequest: self.submit, GetJobRequest: self.get, ListJobsRequest: self.list})
         app.on_event(FrameworkChanged)(self.on_framework_changed)
         app.on_event(SchedulingPending)(self.on_pending)
+        app.on_event(SchedulingDowngraded)(self.on_downgraded)
         app.on_startup(self._indexes)
 
     async def _indexes(self, app: ServiceApp) -> None:
@@ -149,6 +155,16 @@ class JobsService:
                 "$or": [{"pending": None}, {"pending.attempt_id": {"$lte": p.attempt_id}}],
             },
             {"$set": {"pending": {"attempt_id": p.attempt_id, "reason": p.reason, "position": p.position}}},
+            session=ctx.session,
+        )
+
+    async def on_downgraded(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, SchedulingDowngraded)
+        d = env.body
+        preemptor = f"{d.preemptor.job_key}#{d.preemptor.attempt_id}" if d.preemptor else None
+        await ctx.db[JOBS].update_one(
+            {"_id": d.job_key},
+            {"$set": {"downgraded": {"attempt_id": d.attempt_id, "preemptor": preemptor}}},
             session=ctx.session,
         )
 

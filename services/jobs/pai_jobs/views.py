@@ -310,6 +310,14 @@ def job_detail(doc: Mapping[str, Any]) -> dict[str, Any]:
     if status["state"] == "WAITING" and pending and pending.get("attempt_id") == (job_attempt_id or 0):
         status["pendingReason"] = pending.get("reason")
         status["pendingPosition"] = pending.get("position")
+    # HiveD's view of the gang; lazily preempted means it runs on as opportunistic work.
+    lazy = doc.get("downgraded") or {}
+    lazy_now = bool(lazy) and lazy.get("attempt_id") == (job_attempt_id or 0)
+    hived = {
+        "affinityGroupName": spec.job_key,
+        "lazyPreempted": lazy_now,
+        "lazyPreemptionStatus": {"preemptor": lazy.get("preemptor")} if lazy_now else None,
+    }
     return {
         "debugId": debug_id(spec.job_key),
         "name": spec.name,
@@ -320,7 +328,10 @@ def job_detail(doc: Mapping[str, Any]) -> dict[str, Any]:
             role.name: {
                 "taskRoleStatus": {"name": role.name},
                 "taskStatuses": [
-                    _task_status(spec.job_key, role.name, i, job_attempt_id, tasks.get((role.name, i)))
+                    {
+                        **_task_status(spec.job_key, role.name, i, job_attempt_id, tasks.get((role.name, i))),
+                        "hived": hived,
+                    }
                     for i in range(role.instances)
                 ],
             }

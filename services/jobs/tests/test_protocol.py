@@ -763,3 +763,28 @@ def test_hived_task_roles_give_sku_types_and_pinned_cells() -> None:
 def test_bad_hived_task_roles_are_refused(task_roles: dict[str, Any], field: str) -> None:
     doc = _variant(lambda d: d["extras"]["hivedScheduler"].update({"taskRoles": task_roles}))
     assert _fields(doc) == [field]
+
+
+def test_a_gpu_share_and_lazy_preemption() -> None:
+    def mutate(d: dict[str, Any]) -> None:
+        _role(d)["resourcePerInstance"]["gpu"] = 0.25
+        d["extras"]["hivedScheduler"].update(
+            {"lazyPreemptionEnable": True, "taskRoles": {"worker": {"gpuMemoryMB": 4096}}}
+        )
+
+    spec = _parse(_variant(mutate)).spec
+    worker = next(r for r in spec.task_roles if r.name == "worker")
+    assert (worker.gpu, worker.gpu_milli, worker.gpu_memory_mb) == (0, 250, 4096)
+    assert spec.lazy_preemption is True
+    assert _parse(BASE).spec.lazy_preemption is False
+
+
+@pytest.mark.parametrize("gpu", [1.5, -0.5, 0.0001])
+def test_gpu_must_be_whole_or_a_share_below_one(gpu: float) -> None:
+    doc = _variant(lambda d: _role(d)["resourcePerInstance"].update({"gpu": gpu}))
+    assert _fields(doc) == ["taskRoles.worker.resourcePerInstance.gpu"]
+
+
+def test_lazy_preemption_flag_must_be_a_boolean() -> None:
+    doc = _variant(lambda d: d["extras"]["hivedScheduler"].update({"lazyPreemptionEnable": "yes"}))
+    assert _fields(doc) == ["extras.hivedScheduler.lazyPreemptionEnable"]

@@ -392,6 +392,7 @@ TASK_STATUS_FIELDS = {
     "currentAttemptCreatedTime",
     "currentAttemptLaunchedTime",
     "currentAttemptCompletedTime",
+    "hived",
 }
 
 
@@ -454,3 +455,17 @@ def test_waiting_job_shows_why_it_waits_for_its_current_attempt_only() -> None:
     assert status["pendingPosition"] == 2
     doc["pending"] = {"attempt_id": 3, "reason": "about another attempt", "position": None}
     assert "pendingReason" not in job_detail(doc)["jobStatus"]
+
+
+def test_lazily_preempted_tasks_say_so_for_the_current_attempt_only() -> None:
+    doc = _doc(_failed_snapshot())
+    attempt = _failed_snapshot().attempt_id
+    doc["downgraded"] = {"attempt_id": attempt, "preemptor": "bob~urgent#0"}
+    task = job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]
+    assert task["hived"] == {
+        "affinityGroupName": JOB_KEY,
+        "lazyPreempted": True,
+        "lazyPreemptionStatus": {"preemptor": "bob~urgent#0"},
+    }
+    doc["downgraded"] = {"attempt_id": attempt - 1, "preemptor": "bob~urgent#0"}
+    assert job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]["hived"]["lazyPreempted"] is False

@@ -45,6 +45,8 @@ class Task(BaseModel):
     node: str | None = None
     host_ip: str | None = None
     gpus: list[int] = Field(default_factory=list)
+    gpu_milli: int = 0
+    gpu_memory_mb: int = 0
     exit_code: int | None = None
     exit_diagnostics: str | None = None
     created_at: int | None = None
@@ -174,6 +176,7 @@ def on_allocated(fw: Framework, event: SchedulingAllocated, now: int) -> Transit
         p = placements[task.key]
         task.state = S.TASK_PREPARING
         task.node, task.host_ip, task.gpus = p.node, p.host_ip or None, list(p.gpus)
+        task.gpu_milli, task.gpu_memory_mb = p.gpu_milli, p.gpu_memory_mb
     for task in fw.tasks.values():
         out.commands.append(_launch(fw, task, list(placements.values())))
     return _finish(out)
@@ -279,6 +282,7 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
             attempt_id=fw.attempt_id,
             virtual_cluster=fw.spec.virtual_cluster,
             priority=fw.spec.priority,
+            lazy_preemption=fw.spec.lazy_preemption,
             pods=[
                 PodRequest(
                     task_role=r.name,
@@ -288,6 +292,8 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
                     memory_mb=r.memory_mb,
                     sku_types=r.sku_types,
                     pinned_cell=r.pinned_cell,
+                    gpu_milli=r.gpu_milli,
+                    gpu_memory_mb=r.gpu_memory_mb,
                 )
                 for r in fw.spec.task_roles
                 for i in range(r.instances)
@@ -392,6 +398,8 @@ def _launch(fw: Framework, task: Task, gang: list[Placement]) -> SendCommand:
             index=task.index,
             node=task.node,
             gpus=task.gpus,
+            gpu_milli=task.gpu_milli,
+            gpu_memory_mb=task.gpu_memory_mb,
             entrypoint=role.entrypoint,
             env=task_environment(fw.spec, task.task_role, task.index, gang),
         ),

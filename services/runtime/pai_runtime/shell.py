@@ -120,6 +120,7 @@ class Agent:
             local_process.prepare(workdir, cmd.entrypoint)
             devices = ",".join(str(g) for g in cmd.gpus)
             extra = {**cmd.env, "CUDA_VISIBLE_DEVICES": devices, "NVIDIA_VISIBLE_DEVICES": devices or "void"}
+            extra.update(gpu_share_env(cmd.gpus, cmd.gpu_milli, cmd.gpu_memory_mb))
             extra["PAI_CONTAINER_HOST_IP"] = self.settings.host_ip
             extra["PAI_CURRENT_CONTAINER_IP"] = self.settings.host_ip
             pid = await local_process.start(workdir, local_process.task_env(dict(os.environ), extra, workdir))
@@ -228,6 +229,20 @@ class Agent:
             )
         content, size, truncated = local_process.tail(path, req.tail_bytes)
         return TaskLogReply(content=content, size=size, truncated=truncated)
+
+
+def gpu_share_env(gpus: list[int], milli: int, memory_mb: int) -> dict[str, str]:
+    """A GPU share's limits as CUDA MPS reads them (they bind only where an MPS daemon runs), and as
+    plain PAI_* values for the task itself."""
+    if not gpus or not (milli or memory_mb):
+        return {}
+    env = {"PAI_GPU_SHARE_MILLI": str(milli), "PAI_GPU_SHARE_MEMORY_MB": str(memory_mb)}
+    if milli:
+        env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(max(1, milli // 10))
+    if memory_mb:
+        # The task sees its one GPU as device 0.
+        env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"0={memory_mb}M"
+    return env
 
 
 def _memory_mb() -> int:

@@ -294,3 +294,15 @@ def test_tail_is_the_suffix(tmp_path_factory: pytest.TempPathFactory, data: byte
     assert size == len(data)
     assert truncated == (len(data) > n)
     assert text == data[-n:].decode("utf-8", errors="replace")
+
+
+def test_gpu_share_limits_become_cuda_mps_variables() -> None:
+    from pai_runtime.shell import gpu_share_env
+
+    assert gpu_share_env([3], 0, 0) == {}
+    assert gpu_share_env([], 500, 0) == {}
+    env = gpu_share_env([3], 250, 4096)
+    assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=4096M"
+    assert env["PAI_GPU_SHARE_MILLI"] == "250" and env["PAI_GPU_SHARE_MEMORY_MB"] == "4096"
+    assert gpu_share_env([0], 5, 0)["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "1"

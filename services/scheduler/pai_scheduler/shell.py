@@ -24,6 +24,7 @@ from pai_common.contract.events import (
     NodeHealthChanged,
     NodeRegistered,
     SchedulingAllocated,
+    SchedulingDowngraded,
     SchedulingPending,
     SchedulingPreempting,
     SchedulingRejected,
@@ -45,7 +46,7 @@ from pai_scheduler import vc_views
 from pai_scheduler.cluster_source import load_cluster
 from pai_scheduler.hived.allocator import HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
-from pai_scheduler.hived.decisions import Allocated, Decision, Preempting, Rejected, Released
+from pai_scheduler.hived.decisions import Allocated, Decision, Downgraded, Preempting, Rejected, Released
 from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
 from pai_scheduler.hived.requests import gang_from_pods
 
@@ -217,9 +218,15 @@ class Scheduler:
             try:
                 leaf_types, pinned = gang_placement(body.pods)
                 request = gang_from_pods(
-                    key, body.virtual_cluster, body.priority, body.pods, leaf_types, pinned
+                    key,
+                    body.virtual_cluster,
+                    body.priority,
+                    body.pods,
+                    leaf_types,
+                    pinned,
+                    lazy_preemption=body.lazy_preemption,
                 )
-                decisions = [alloc.submit(request)]
+                decisions = alloc.submit_all(request)
             except (UnsupportedRequestError, ValueError) as exc:
                 decisions = [Rejected(key, str(exc))]
         elif isinstance(body, JobAttemptCompleted):
@@ -245,8 +252,10 @@ class Scheduler:
                     index=p.index,
                     node=p.node,
                     # A pod that asked for no GPU holds its cells (as HiveD does) but sees none.
-                    gpus=list(p.leaves) if asked.get(p.role, 1) > 0 else [],
+                    gpus=list(p.leaves) if asked.get(p.role, 1) > 0 or p.is_share else [],
                     host_ip=host_ips.get(p.node, ""),
+                    gpu_milli=p.milli,
+                    gpu_memory_mb=p.memory_mb,
                 )
                 for p in d.placements
             ]
@@ -265,6 +274,12 @@ class Scheduler:
             log.info("gang rejected", extra={"key": d.key, "reason": d.reason})
         elif isinstance(d, Released):
             ctx.out.event(SchedulingReleased(job_key=ref.job_key, attempt_id=ref.attempt_id))
+        elif isinstance(d, Downgraded):
+            preemptor = split_key(d.preemptor) if d.preemptor else None
+            ctx.out.event(
+                SchedulingDowngraded(job_key=ref.job_key, attempt_id=ref.attempt_id, preemptor=preemptor)
+            )
+            log.info("gang downgraded to opportunistic", extra={"key": d.key, "preemptor": d.preemptor})
 
     async def _refresh_reasons(
         self, ctx: HandlerContext, alloc: HivedAllocator, decisions: list[Decision]

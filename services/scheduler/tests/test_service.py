@@ -273,3 +273,51 @@ async def test_silent_nodes_go_bad_and_come_back(
     finally:
         await health.unsubscribe()
         await app.stop()
+
+
+LAZY_CLUSTER = """
+physicalCluster:
+  skuTypes:
+    A100: {gpu: 1, cpu: 8, memory: 64Gi}
+  cellTypes:
+    A100-NODE: {childCellType: A100, childCellNumber: 4, isNodeLevel: true}
+  physicalCells:
+    - {cellType: A100-NODE, cellAddress: a0}
+    - {cellType: A100-NODE, cellAddress: a1}
+    - {cellType: A100-NODE, cellAddress: a2}
+virtualClusters:
+  research:
+    virtualCells:
+      - {cellType: A100-NODE, cellNumber: 1}
+  prod:
+    virtualCells:
+      - {cellType: A100-NODE, cellNumber: 1}
+"""
+
+
+async def test_lazy_preemption_downgrades_instead_of_killing(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    from pai_common.contract.events import SchedulingDowngraded, SchedulingPreempting
+
+    cluster = tmp_path / "lazy.yaml"
+    cluster.write_text(LAZY_CLUSTER)
+    app = scheduler_app(nats_srv, mongo_server, cluster, f"sched{uuid.uuid4().hex[:8]}", tmp_path)
+    events = Events(client)
+    await events.start()
+    await app.start()
+    try:
+        for node in ("a0", "a1", "a2"):
+            await register(client, node, 4)
+        lazy = gang("u~lazy", 4)
+        await client.publish_event(lazy.model_copy(update={"lazy_preemption": True}))
+        first = await events.wait_for(SchedulingAllocated, "u~lazy")
+        await client.publish_event(gang("u~urgent", 4, priority=100))
+        downgraded = await events.wait_for(SchedulingDowngraded, "u~lazy")
+        assert downgraded.preemptor is not None and downgraded.preemptor.job_key == "u~urgent"
+        urgent = await events.wait_for(SchedulingAllocated, "u~urgent")
+        # The urgent job got other cells; the lazy one was never asked to stop.
+        assert urgent.placements[0].node != first.placements[0].node
+        assert not any(isinstance(e, SchedulingPreempting) for e in events.seen)
+    finally:
+        await app.stop()

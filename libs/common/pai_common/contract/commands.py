@@ -19,6 +19,9 @@ class LaunchTask(Command):
     index: int
     node: str
     gpus: list[int]
+    # A share of gpus[0] (GPU virtualisation): the runtime limits the task to it where it can.
+    gpu_milli: int = 0
+    gpu_memory_mb: int = 0
     entrypoint: str
     # PAI_* variables computed by the orchestrator from the job and the whole gang's placement.
     env: dict[str, str] = Field(default_factory=dict)

@@ -41,6 +41,7 @@ class SchedulingRequested(Event):
     virtual_cluster: str
     priority: int
     pods: list[PodRequest] = Field(min_length=1)
+    lazy_preemption: bool = False
 
     def subject_key(self) -> str:
         return self.job_key
@@ -86,6 +87,24 @@ class SchedulingPreempting(Event):
     job_key: str
     attempt_id: int
     victims: list[AttemptRef] = Field(min_length=1)
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class SchedulingDowngraded(Event):
+    TYPE = "scheduling.downgraded"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "Lazy preemption: the attempt keeps running where it is, but as opportunistic work, so that a"
+        " higher-priority job could run within the VC's quota; it may be preempted later like any"
+        " opportunistic job."
+    )
+
+    job_key: str
+    attempt_id: int
+    preemptor: AttemptRef | None = None
 
     def subject_key(self) -> str:
         return self.job_key
@@ -262,6 +281,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SchedulingAllocated,
     SchedulingRejected,
     SchedulingPreempting,
+    SchedulingDowngraded,
     SchedulingPending,
     SchedulingReleased,
     NodeRegistered,

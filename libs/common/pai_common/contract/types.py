@@ -28,6 +28,9 @@ class TaskRoleSpec(Message):
     # extras.hivedScheduler.taskRoles.<role>: acceptable leaf (SKU) types, none meaning any; a pinned cell.
     sku_types: tuple[str, ...] = ()
     pinned_cell: str | None = None
+    # A share of one GPU instead of whole GPUs (gpu is then 0): thousandths of its compute, MB of its memory.
+    gpu_milli: int = Field(default=0, ge=0, le=999)
+    gpu_memory_mb: int = Field(default=0, ge=0)
 
 
 class JobSpec(Message):
@@ -41,6 +44,8 @@ class JobSpec(Message):
     job_retry_count: int = Field(default=0, ge=0)
     task_roles: list[TaskRoleSpec] = Field(min_length=1)
     submitted_at: EpochMs
+    # HiveD's lazy preemption: when preempted, keep running as opportunistic work where possible.
+    lazy_preemption: bool = False
 
 
 class PodRequest(Message):
@@ -53,6 +58,8 @@ class PodRequest(Message):
     memory_mb: int = Field(ge=0)
     sku_types: tuple[str, ...] = ()
     pinned_cell: str | None = None
+    gpu_milli: int = Field(default=0, ge=0, le=999)
+    gpu_memory_mb: int = Field(default=0, ge=0)
 
 
 class Placement(Message):
@@ -64,6 +71,9 @@ class Placement(Message):
     gpus: list[int]
     # Filled in by the scheduler from the node's registration; tasks use it to find their peers.
     host_ip: str = ""
+    # Set when the task got a share of gpus[0] rather than whole GPUs.
+    gpu_milli: int = 0
+    gpu_memory_mb: int = 0
 
 
 class GpuInfo(Message):
