@@ -65,6 +65,26 @@ class Child:
             self.proc.wait()
 
 
+def real_gpus() -> list[str]:
+    """The models of this machine's GPUs through NVML, or [] when there is no NVML or no GPU."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+        return names
+    finally:
+        pynvml.nvmlShutdown()
+
+
 @dataclass
 class Platform:
     data_dir: Path
@@ -74,6 +94,9 @@ class Platform:
     nats_url: str | None = None
     mongo_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Use this machine's real GPUs (one node, all its GPUs) when NVML finds any.
+    use_real_gpus: bool = False
+    leaf_type: str = "gpu"
     children: dict[str, Child] = field(default_factory=dict)
     servers: list[ServerProcess] = field(default_factory=list)
 
@@ -99,6 +122,14 @@ class Platform:
         shutil.rmtree(self.data_dir / "run", ignore_errors=True)
         if self.port == 0:
             self.port = free_port()
+        simulated = "true"
+        if self.use_real_gpus:
+            models = real_gpus()
+            if models:
+                # One machine is one node: every agent would otherwise claim the same devices.
+                self.nodes, self.gpus_per_node, simulated = 1, len(models), "false"
+                self.leaf_type = "".join(c if c.isalnum() or c in "-_." else "-" for c in models[0])
+                _say(progress, f"using this machine's {len(models)} GPU(s): {models[0]}")
         _say(progress, "starting NATS (JetStream)")
         if not self.nats_url:
             server = start_nats(self.data_dir)
@@ -131,7 +162,12 @@ class Platform:
                 env["PAI_GATEWAY_PORT"] = str(self.port)
             self.children[name] = Child(name, f"pai_{name}", env, logs / f"{name}.log")
         for node in self.node_names:
-            env = {**base, "PAI_NODE_NAME": node, "PAI_SIMULATED_GPUS": str(self.gpus_per_node)}
+            env = {
+                **base,
+                "PAI_NODE_NAME": node,
+                "PAI_SIMULATED_GPUS": str(self.gpus_per_node),
+                "PAI_FORCE_SIMULATED": simulated,
+            }
             self.children[node] = Child(node, "pai_runtime", env, logs / f"runtime-{node}.log")
         _say(progress, f"starting {len(self.children)} service processes")
         for child in self.children.values():
@@ -146,7 +182,7 @@ class Platform:
         """
         rows = ["node,leaf_type,leaf_count,cpu,memory_mb"]
         g = self.gpus_per_node
-        rows += [f"{node},gpu,{g},{8 * g},{65536 * g}" for node in self.node_names]
+        rows += [f"{node},{self.leaf_type},{g},{8 * g},{65536 * g}" for node in self.node_names]
         return "\n".join(rows) + "\n"
 
     def wait_ready(self, timeout_s: float, progress: object = None) -> None:

@@ -42,6 +42,9 @@ def up(
     exit_after_job: Annotated[
         bool, typer.Option("--exit-after-job", help="Stop once the submitted job ends")
     ] = False,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Simulated GPUs even where NVML finds real ones")
+    ] = False,
 ) -> None:
     """Start NATS, the MongoDB-wire server, every service and the runtime agents; stop them all on Ctrl-C."""
     platform = Platform(
@@ -51,6 +54,7 @@ def up(
         port=port,
         nats_url=os.environ.get("PAI_NATS_URL"),
         mongo_url=os.environ.get("PAI_MONGO_URL"),
+        use_real_gpus=not simulate,
     )
     started = time.monotonic()
     stopping = False
