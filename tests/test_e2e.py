@@ -47,15 +47,33 @@ extras:
 """
 
 
+PASSWORD = "e2e-admin-secret"
+
+
+def new_platform(data_dir: Path, nodes: int, gpus_per_node: int) -> Platform:
+    return Platform(
+        data_dir=data_dir,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        port=0,
+        extra_env={"PAI_ADMIN_PASSWORD": PASSWORD},
+    )
+
+
+def admin_client(p: Platform, token: str | None = None) -> httpx.Client:
+    """An API client logged in as the admin (with ``token`` when given, else by a fresh login)."""
+    if token is None:
+        login = httpx.post(
+            f"{p.url}/api/v2/authn/basic/login", json={"username": "admin", "password": PASSWORD}, timeout=15
+        )
+        assert login.status_code == 200, login.text
+        token = login.json()["token"]
+    return httpx.Client(base_url=p.url, timeout=15, headers={"Authorization": f"Bearer {token}"})
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    p = Platform(
-        data_dir=tmp_path_factory.mktemp("pai"),
-        nodes=2,
-        gpus_per_node=2,
-        port=0,
-        extra_env={"PAI_ADMIN_PASSWORD": "e2e-admin-secret"},
-    )
+    p = new_platform(tmp_path_factory.mktemp("pai"), nodes=2, gpus_per_node=2)
     p.start()
     yield p
     p.stop()
@@ -63,15 +81,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 @pytest.fixture(scope="module")
 def api(platform: Platform) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=platform.url, timeout=15) as anonymous:
-        login = anonymous.post(
-            "/api/v2/authn/basic/login", json={"username": "admin", "password": "e2e-admin-secret"}
-        )
-        assert login.status_code == 200, login.text
-        token = login.json()["token"]
-    with httpx.Client(
-        base_url=platform.url, timeout=15, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
+    with admin_client(platform) as client:
         yield client
 
 
@@ -285,36 +295,20 @@ def test_sigterm_drains_and_exits_cleanly(platform: Platform) -> None:
 
 
 def test_jobs_survive_a_platform_restart(tmp_path: Path) -> None:
-    p = Platform(
-        data_dir=tmp_path / "pai",
-        nodes=1,
-        gpus_per_node=1,
-        port=0,
-        extra_env={"PAI_ADMIN_PASSWORD": "pw-123456"},
-    )
+    p = new_platform(tmp_path / "pai", nodes=1, gpus_per_node=1)
     p.start()
     try:
-        with httpx.Client(base_url=p.url, timeout=15) as c:
-            token = c.post(
-                "/api/v2/authn/basic/login", json={"username": "admin", "password": "pw-123456"}
-            ).json()["token"]
-            c.headers["Authorization"] = f"Bearer {token}"
+        with admin_client(p) as c:
             submit(c, job_yaml("kept", ["true"], gpu=0))
             wait_state(c, "admin~kept", FINAL)
+            token = str(c.headers["Authorization"]).removeprefix("Bearer ")
     finally:
         p.stop()
-    again = Platform(
-        data_dir=tmp_path / "pai",
-        nodes=1,
-        gpus_per_node=1,
-        port=0,
-        extra_env={"PAI_ADMIN_PASSWORD": "pw-123456"},
-    )
+    again = new_platform(tmp_path / "pai", nodes=1, gpus_per_node=1)
     again.start()
     try:
-        with httpx.Client(base_url=again.url, timeout=15) as c:
-            # Tokens survive too: the signing key and the token records live in the data directory.
-            c.headers["Authorization"] = f"Bearer {token}"
+        # Tokens survive too: the signing key and the token records live in the data directory.
+        with admin_client(again, token) as c:
             job = c.get("/api/v2/jobs/admin~kept").json()
             assert job["jobStatus"]["state"] == "SUCCEEDED"
             submit(c, job_yaml("after-restart", ["true"], gpu=1))
@@ -365,20 +359,10 @@ def test_waiting_job_says_why_then_higher_priority_preempts(api: httpx.Client) -
 
 
 def test_scheduler_killed_mid_workload_loses_and_double_books_no_cell(tmp_path: Path) -> None:
-    p = Platform(
-        data_dir=tmp_path / "pai",
-        nodes=2,
-        gpus_per_node=2,
-        port=0,
-        extra_env={"PAI_ADMIN_PASSWORD": "pw-123456"},
-    )
+    p = new_platform(tmp_path / "pai", nodes=2, gpus_per_node=2)
     p.start()
     try:
-        with httpx.Client(base_url=p.url, timeout=15) as c:
-            token = c.post(
-                "/api/v2/authn/basic/login", json={"username": "admin", "password": "pw-123456"}
-            ).json()["token"]
-            c.headers["Authorization"] = f"Bearer {token}"
+        with admin_client(p) as c:
             names = [f"w{i}" for i in range(8)]
             for name in names[:4]:
                 submit(c, job_yaml(name, ["sleep 1"], gpu=1))
