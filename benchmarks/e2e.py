@@ -27,8 +27,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
-import platform as pyplatform
 import shlex
 import shutil
 import sys
@@ -43,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from machine import machine
 
 from pai_cli.platform import Platform, PlatformError
 
@@ -291,23 +290,6 @@ def poll_until_final(client: httpx.Client, pai: Platform, run: Run, user: str, d
 
 
 # ---- report ------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    mem_total = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total = int(line.split()[1]) * 1024
-                break
-    except OSError:
-        pass
-    return {
-        "platform": pyplatform.platform(),
-        "cpus": os.cpu_count(),
-        "memory_gib": round(mem_total / 2**30, 1) if mem_total else None,
-        "python": pyplatform.python_version(),
-    }
 
 
 def _fmt(value: Any, unit: str = "") -> str:

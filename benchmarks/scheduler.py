@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform as pyplatform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import describe as machine
 
 from pai_scheduler.hived import (
     Allocated,
@@ -164,19 +164,6 @@ def run(nodes: int, jobs: int, seed: int) -> dict[str, Any]:
         "gpu_use_at_end": round(used / (nodes * 8), 3),
         **counts,
     }
-
-
-def machine() -> str:
-    mem = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except OSError:
-        pass
-    return (
-        f"{pyplatform.platform()}; {os.cpu_count()} CPUs; {mem} memory; Python {pyplatform.python_version()}"
-    )
 
 
 def record(results: list[dict[str, Any]], command: str) -> None:

@@ -15,12 +15,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform as pyplatform
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from machine import machine
 
 from pai_scheduler.sim.cli import run
 from pai_scheduler.sim.cluster import load_cluster
@@ -31,23 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = ROOT / "benchmarks" / "RESULTS.md"
 DEFAULT_CLUSTER = ROOT / "examples" / "sim" / "cluster-8x8.yaml"
 DEFAULT_WORKLOAD = ROOT / "examples" / "sim" / "jobs-500.csv"
-
-
-def machine() -> dict[str, Any]:
-    mem_total = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total = int(line.split()[1]) * 1024
-                break
-    except OSError:
-        pass
-    return {
-        "platform": pyplatform.platform(),
-        "cpus": os.cpu_count(),
-        "memory_gib": round(mem_total / 2**30, 1) if mem_total else None,
-        "python": pyplatform.python_version(),
-    }
 
 
 def _fmt(value: Any) -> str:
