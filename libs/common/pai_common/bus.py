@@ -177,6 +177,9 @@ class Bus:
                 handler=_rpc_wrapper(req_type, handler),
             )
         self._micro.append(service)
+        # The server has the subscriptions once flush returns: a request sent right after start-up from
+        # another connection then finds its responder instead of "no responders".
+        await self.nc.flush()
 
     async def close(self) -> None:
         for service in self._micro:

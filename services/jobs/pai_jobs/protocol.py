@@ -403,6 +403,7 @@ class _Role:
     memory_mb: int
     gpu: int
     gpu_milli: int
+    infiniband: bool
     commands: list[str]
     min_failed: int | None
     min_succeeded: int | None
@@ -492,8 +493,10 @@ def _check_role(
             problems, completion, "minSucceededInstances", comp_path, default=instances or 1
         )
 
+    infiniband = False
     extra = _get_mapping(problems, spec, "extraContainerOptions", path)
     if extra is not None:
+        infiniband = extra.get("infiniband") is True
         extra_path = _join(path, "extraContainerOptions")
         if "shmMB" in extra:
             _get_int(problems, extra, "shmMB", extra_path, default=None, minimum=0)
@@ -539,6 +542,7 @@ def _check_role(
         memory_mb=memory_mb,
         gpu=gpu,
         gpu_milli=gpu_milli,
+        infiniband=infiniband,
         commands=commands,
         min_failed=min_failed,
         min_succeeded=min_succeeded,
@@ -861,6 +865,7 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
                 sku_types=placement.get(role.name, _HivedRole()).sku_types,
                 pinned_cell=placement.get(role.name, _HivedRole()).pinned_cell,
                 gpu_milli=role.gpu_milli,
+                infiniband=role.infiniband,
                 gpu_memory_mb=placement.get(role.name, _HivedRole()).gpu_memory_mb,
             )
             for role in roles

@@ -788,3 +788,9 @@ def test_gpu_must_be_whole_or_a_share_below_one(gpu: float) -> None:
 def test_lazy_preemption_flag_must_be_a_boolean() -> None:
     doc = _variant(lambda d: d["extras"]["hivedScheduler"].update({"lazyPreemptionEnable": "yes"}))
     assert _fields(doc) == ["extras.hivedScheduler.lazyPreemptionEnable"]
+
+
+def test_infiniband_reaches_the_task_role() -> None:
+    doc = _variant(lambda d: _role(d).update({"extraContainerOptions": {"infiniband": True, "shmMB": 64}}))
+    roles = {r.name: r for r in _parse(doc).spec.task_roles}
+    assert roles["worker"].infiniband is True and roles["ps"].infiniband is False

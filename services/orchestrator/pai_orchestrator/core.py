@@ -195,13 +195,23 @@ def on_rejected(fw: Framework, event: SchedulingRejected, now: int) -> Transitio
 
 def on_preempted(fw: Framework, attempt_id: int, preemptor: str, now: int) -> Transition:
     """A higher-priority gang needs this attempt's cells: stop it and retry later, uncounted."""
+    why = f"preempted by the higher-priority job {preemptor}"
+    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now)
+
+
+def on_cells_lost(fw: Framework, attempt_id: int, reason: str, now: int) -> Transition:
+    """The cluster no longer has the cells the attempt holds: stop it and retry, uncounted."""
+    return _stopped_by_platform(fw, attempt_id, S.EXIT_NODE_LOST, reason, now)
+
+
+def _stopped_by_platform(fw: Framework, attempt_id: int, exit_code: int, why: str, now: int) -> Transition:
     if attempt_id != fw.attempt_id or fw.state not in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING):
         return no_change()
     fw = fw.model_copy(deep=True)
-    out = Transition(fw, reason=f"preempted by {preemptor}")
+    out = Transition(fw, reason=why)
     fw.exit_type = "PLATFORM_FAILURE"
-    fw.exit_diagnostics = f"preempted by the higher-priority job {preemptor}"
-    _complete_attempt(fw, S.EXIT_PREEMPTED, now, out, retry_allowed=True, failure="Transient")
+    fw.exit_diagnostics = why
+    _complete_attempt(fw, exit_code, now, out, retry_allowed=True, failure="Transient")
     return _finish(out)
 
 
@@ -294,6 +304,7 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
                     pinned_cell=r.pinned_cell,
                     gpu_milli=r.gpu_milli,
                     gpu_memory_mb=r.gpu_memory_mb,
+                    infiniband=r.infiniband,
                 )
                 for r in fw.spec.task_roles
                 for i in range(r.instances)

@@ -10,6 +10,7 @@ from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     JobSubmitted,
     SchedulingAllocated,
+    SchedulingLost,
     SchedulingPreempting,
     SchedulingRejected,
     TaskDiagnosed,
@@ -81,6 +82,19 @@ async def handle_preempting(ctx: HandlerContext, env: Envelope) -> None:
             await save(ctx, env, transition, fw.version, now)
 
 
+async def handle_lost(ctx: HandlerContext, env: Envelope) -> None:
+    body = env.body
+    assert isinstance(body, SchedulingLost)
+    now = now_ms()
+    doc = await ctx.db[FRAMEWORKS].find_one({"_id": body.job_key}, session=ctx.session)
+    if doc is None:
+        return
+    fw = core.Framework.model_validate(doc["fw"])
+    transition = core.on_cells_lost(fw, body.attempt_id, body.reason, now)
+    if transition.framework is not None:
+        await save(ctx, env, transition, fw.version, now)
+
+
 async def handle(ctx: HandlerContext, env: Envelope) -> None:
     body = env.body
     now = now_ms()
@@ -123,6 +137,7 @@ def build_app() -> ServiceApp:
     app = ServiceApp("orchestrator")
     app.on_event(JobSubmitted, SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(handle)
     app.on_event(SchedulingPreempting)(handle_preempting)
+    app.on_event(SchedulingLost)(handle_lost)
 
     async def indexes(app: ServiceApp) -> None:
         await app.db[HISTORY].create_index([("job_key", 1), ("version", 1)])

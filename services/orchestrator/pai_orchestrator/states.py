@@ -19,4 +19,5 @@ TASK_COMPLETED = "TaskCompleted"
 EXIT_SUCCEEDED = 0
 EXIT_ATTEMPT_COMPLETION = -220  # a task stopped because its attempt completed
 EXIT_POD_CREATION_PERMANENT = -200  # the gang can never be placed: the request is invalid here
+EXIT_NODE_LOST = -1001  # the cells of a running attempt are gone (node removed or lost): transient
 EXIT_PREEMPTED = -1003  # a transient platform cause: stopped so that higher-priority work can run

@@ -700,6 +700,17 @@ def test_preemption_keeps_retrying_past_the_job_retry_count() -> None:
     assert fw.retries == 4
 
 
+def test_lost_cells_stop_the_attempt_and_retry_uncounted() -> None:
+    fw = started(spec(role("worker", 2), retries=0))
+    prev = fw
+    tr = _step(core.on_cells_lost, fw, 0, "node k0 is no longer in the cluster", T0 + 7)
+    fw = _assert_retried(tr, prev, S.EXIT_NODE_LOST, T0 + 7)
+    assert tr.events[0].exit_code == -1001
+    assert (fw.retries, fw.accountable_retries) == (1, 0)
+    assert len(tr.commands) == 2
+    assert _step(core.on_cells_lost, fw, 0, "late copy", T0 + 8).framework is None
+
+
 def test_no_change_is_never_polluted() -> None:
     fw = started(spec(role("worker", 2)))
     for _ in range(3):

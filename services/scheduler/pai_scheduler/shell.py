@@ -9,6 +9,7 @@ one it was saved as, so a transaction that did not commit can never leak into th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from pai_common.contract.events import (
     NodeRegistered,
     SchedulingAllocated,
     SchedulingDowngraded,
+    SchedulingLost,
     SchedulingPending,
     SchedulingPreempting,
     SchedulingRejected,
@@ -46,7 +48,15 @@ from pai_scheduler import vc_views
 from pai_scheduler.cluster_source import load_cluster
 from pai_scheduler.hived.allocator import HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
-from pai_scheduler.hived.decisions import Allocated, Decision, Downgraded, Preempting, Rejected, Released
+from pai_scheduler.hived.decisions import (
+    Allocated,
+    Decision,
+    Downgraded,
+    Lost,
+    Preempting,
+    Rejected,
+    Released,
+)
 from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
 from pai_scheduler.hived.requests import gang_from_pods
 
@@ -73,7 +83,7 @@ def split_key(key: str) -> AttemptRef:
     return AttemptRef(job_key=job_key, attempt_id=int(attempt))
 
 
-def gang_placement(pods: list[PodRequest]) -> tuple[list[str], str | None]:
+def gang_placement(pods: list[PodRequest]) -> tuple[list[str], str | None, bool]:
     """The SKU types and pinned cell of a whole gang: one job's gang lives in one chain, so its task
     roles must agree (roles that name nothing go along with those that do)."""
     sku_sets = {tuple(p.sku_types) for p in pods if p.sku_types}
@@ -83,7 +93,8 @@ def gang_placement(pods: list[PodRequest]) -> tuple[list[str], str | None]:
         raise ValueError(f"the task roles ask for different SKU types ({names}); one job must use one")
     if len(pinned) > 1:
         raise ValueError(f"the task roles name different pinned cells ({', '.join(sorted(pinned))})")
-    return (list(sku_sets.pop()) if sku_sets else []), (pinned.pop() if pinned else None)
+    infiniband = any(p.infiniband for p in pods)
+    return (list(sku_sets.pop()) if sku_sets else []), (pinned.pop() if pinned else None), infiniband
 
 
 class Scheduler:
@@ -91,6 +102,7 @@ class Scheduler:
         self.app = app
         self.settings = settings
         self.config: ClusterConfig
+        self.fingerprint = ""  # of the cluster config file the stored state was made with
         self._cached: tuple[int, HivedAllocator] | None = None
         self._last_heartbeat: dict[str, float] = {}
         self._watch_since = 0.0
@@ -103,15 +115,41 @@ class Scheduler:
     async def _load_config(self, app: ServiceApp) -> None:
         path = self.settings.scheduler_cluster or Path(self.settings.data_dir) / "cluster.csv"
         self.config = load_cluster(path)
-        try:
-            await self._load(None)
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(
-                f"the stored allocation state does not fit the cluster config {path} ({exc}); applying a"
-                " changed config to running work is not supported yet: restore the previous config, or let"
-                " every job finish first"
-            ) from exc
+        self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()
         log.info("cluster config loaded", extra={"path": str(path), "vcs": len(self.config.virtual_clusters)})
+        doc = await app.db[STATE].find_one({"_id": STATE_ID})
+        if doc is None:
+            return
+        if doc.get("config") == self.fingerprint:
+            try:
+                await self._load(None)
+            except (ValueError, KeyError) as exc:
+                raise ConfigError(f"the stored allocation state cannot be read back ({exc})") from exc
+            return
+        await self._reconfigure(app, doc)
+
+    async def _reconfigure(self, app: ServiceApp, doc: dict[str, Any]) -> None:
+        """The cluster config changed: HiveD's work-preserving reconfiguration. Work that still fits stays
+        where it is; guaranteed work its VC no longer covers runs on as opportunistic; work whose cells
+        are gone is stopped (and retried by the orchestrator)."""
+        alloc, decisions = HivedAllocator.reconfigure(doc["snapshot"], self.config)
+        registered = {d["_id"] async for d in app.db[NODES].find({}, {"_id": 1})}
+        for node in alloc.cluster.nodes:
+            if node not in registered:
+                alloc.set_node_health(node, False)  # a new node is bad until its agent registers
+
+        async def apply(tx: HandlerContext) -> None:
+            await self._save(tx, alloc, int(doc["version"]))
+            host_ips = await self._host_ips(tx)
+            for decision in decisions:
+                self._emit(tx, alloc, decision, host_ips)
+            await self._refresh_reasons(tx, alloc, decisions)
+
+        await app.transact(apply)
+        kinds: dict[str, int] = {}
+        for d in decisions:
+            kinds[type(d).__name__] = kinds.get(type(d).__name__, 0) + 1
+        log.warning("cluster config changed; running work reconfigured", extra={"decisions": kinds})
 
     # ---- node health -------------------------------------------------------------------------------
 
@@ -183,7 +221,7 @@ class Scheduler:
     async def _save(self, ctx: HandlerContext, alloc: HivedAllocator, version: int) -> None:
         result = await ctx.db[STATE].update_one(
             {"_id": STATE_ID, "version": version},
-            {"$set": {"snapshot": alloc.snapshot(), "version": version + 1}},
+            {"$set": {"snapshot": alloc.snapshot(), "version": version + 1, "config": self.fingerprint}},
             upsert=version == 0,
             session=ctx.session,
         )
@@ -197,6 +235,8 @@ class Scheduler:
         body = env.body
         # Work on the stored state: a cached allocator only stands for the version it was saved as.
         alloc, version = await self._load(ctx)
+        # Wall-clock seconds: how long a VC's head has waited decides when backfill stops passing it.
+        now = time.time()
         self._cached = None  # mutated below; valid again only once saved
         decisions: list[Decision]
         if isinstance(body, NodeRegistered):
@@ -210,13 +250,13 @@ class Scheduler:
                 log.warning(
                     "a node registered that the cluster config does not name", extra={"node": body.node}
                 )
-            decisions = alloc.set_node_health(body.node, True)
+            decisions = alloc.set_node_health(body.node, True, now=now)
         elif isinstance(body, NodeHealthChanged):
-            decisions = alloc.set_node_health(body.node, body.healthy)
+            decisions = alloc.set_node_health(body.node, body.healthy, now=now)
         elif isinstance(body, SchedulingRequested):
             key = alloc_key(body.job_key, body.attempt_id)
             try:
-                leaf_types, pinned = gang_placement(body.pods)
+                leaf_types, pinned, infiniband = gang_placement(body.pods)
                 request = gang_from_pods(
                     key,
                     body.virtual_cluster,
@@ -225,19 +265,23 @@ class Scheduler:
                     leaf_types,
                     pinned,
                     lazy_preemption=body.lazy_preemption,
+                    infiniband=infiniband,
                 )
-                decisions = alloc.submit_all(request)
+                decisions = alloc.submit_all(request, now=now)
             except (UnsupportedRequestError, ValueError) as exc:
                 decisions = [Rejected(key, str(exc))]
         elif isinstance(body, JobAttemptCompleted):
-            decisions = alloc.release(alloc_key(body.job_key, body.attempt_id))
+            decisions = alloc.release(alloc_key(body.job_key, body.attempt_id), now=now)
         else:
             raise TypeError(f"scheduler has no handler for {env.type}")
         await self._save(ctx, alloc, version)
-        host_ips = {d["_id"]: d.get("host_ip", "") async for d in ctx.db[NODES].find({}, session=ctx.session)}
+        host_ips = await self._host_ips(ctx)
         for decision in decisions:
             self._emit(ctx, alloc, decision, host_ips)
         await self._refresh_reasons(ctx, alloc, decisions)
+
+    async def _host_ips(self, ctx: HandlerContext) -> dict[str, str]:
+        return {d["_id"]: d.get("host_ip", "") async for d in ctx.db[NODES].find({}, session=ctx.session)}
 
     def _emit(
         self, ctx: HandlerContext, alloc: HivedAllocator, d: Decision, host_ips: dict[str, str]
@@ -274,6 +318,9 @@ class Scheduler:
             log.info("gang rejected", extra={"key": d.key, "reason": d.reason})
         elif isinstance(d, Released):
             ctx.out.event(SchedulingReleased(job_key=ref.job_key, attempt_id=ref.attempt_id))
+        elif isinstance(d, Lost):
+            ctx.out.event(SchedulingLost(job_key=ref.job_key, attempt_id=ref.attempt_id, reason=d.reason))
+            log.warning("running gang lost its cells", extra={"key": d.key, "reason": d.reason})
         elif isinstance(d, Downgraded):
             preemptor = split_key(d.preemptor) if d.preemptor else None
             ctx.out.event(

@@ -321,3 +321,42 @@ async def test_lazy_preemption_downgrades_instead_of_killing(
         assert not any(isinstance(e, SchedulingPreempting) for e in events.seen)
     finally:
         await app.stop()
+
+
+async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_cells(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, cluster_file: Path, tmp_path: Path
+) -> None:
+    from pai_common.contract.events import SchedulingLost
+
+    db = f"sched{uuid.uuid4().hex[:8]}"
+    events = Events(client)
+    await events.start()
+    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
+            await register(client, node, n)
+        await client.publish_event(gang("u~on-k80", 2, sku_types=["K80"]))
+        await client.publish_event(gang("u~on-a100", 4, sku_types=["A100"]))
+        await events.wait_for(SchedulingAllocated, "u~on-k80")
+        await events.wait_for(SchedulingAllocated, "u~on-a100")
+    finally:
+        await app.stop()
+
+    # The K80 node leaves the cluster (and research's K80 quota with it).
+    cluster_file.write_text(
+        CLUSTER.replace("    - {cellType: K80-NODE, cellAddress: k0}\n", "").replace(
+            "      - {cellType: K80-NODE, cellNumber: 1}\n", ""
+        )
+    )
+    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        lost = await events.wait_for(SchedulingLost, "u~on-k80")
+        assert "k0" in lost.reason
+        assert not any(isinstance(e, SchedulingLost) and e.job_key == "u~on-a100" for e in events.seen)
+        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        assert vcs["research"]["resourcesUsed"]["gpu"] == 4
+        assert vcs["research"]["resourcesGuaranteed"]["gpu"] == 4
+    finally:
+        await app.stop()

@@ -92,6 +92,23 @@ class SchedulingPreempting(Event):
         return self.job_key
 
 
+class SchedulingLost(Event):
+    TYPE = "scheduling.lost"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("orchestrator",)
+    DESCRIPTION = (
+        "A new cluster config no longer has the cells a running attempt holds (a node was removed, its"
+        " devices changed): the attempt must stop; it is retried like any attempt lost to the platform."
+    )
+
+    job_key: str
+    attempt_id: int
+    reason: str
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
 class SchedulingDowngraded(Event):
     TYPE = "scheduling.downgraded"
     PRODUCER = "scheduler"
@@ -281,6 +298,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SchedulingAllocated,
     SchedulingRejected,
     SchedulingPreempting,
+    SchedulingLost,
     SchedulingDowngraded,
     SchedulingPending,
     SchedulingReleased,

@@ -31,6 +31,8 @@ class TaskRoleSpec(Message):
     # A share of one GPU instead of whole GPUs (gpu is then 0): thousandths of its compute, MB of its memory.
     gpu_milli: int = Field(default=0, ge=0, le=999)
     gpu_memory_mb: int = Field(default=0, ge=0)
+    # extraContainerOptions.infiniband: every task of the job under one InfiniBand domain.
+    infiniband: bool = False
 
 
 class JobSpec(Message):
@@ -60,6 +62,7 @@ class PodRequest(Message):
     pinned_cell: str | None = None
     gpu_milli: int = Field(default=0, ge=0, le=999)
     gpu_memory_mb: int = Field(default=0, ge=0)
+    infiniband: bool = False
 
 
 class Placement(Message):

@@ -1,6 +1,7 @@
 """The HiveD allocator: gangs placed on cells, within VC quotas, with priorities and preemption.
 
-Pure and deterministic: no I/O, no clock, no randomness; every choice ends in an explicit tie-break on
+Pure and deterministic: no I/O, no clock of its own (time is the optional ``now`` of the commands), no
+randomness; every choice ends in an explicit tie-break on
 the cells' depth-first order, never on set or dict iteration order.
 
 How a gang is placed (all pods or none; pods largest first, each pod's leaves on one node):
@@ -23,6 +24,11 @@ How a gang is placed (all pods or none; pods largest first, each pod's leaves on
   VC's whole quota) is ``Rejected``. The queue is retried, highest priority then oldest first, whenever
   capacity appears (a release, a node turning healthy); a gang that does not fit does not block others.
 * Bad nodes receive no new pods; gangs already on them keep running.
+* **InfiniBand** gangs are placed under one InfiniBand domain (a cell of the chain's ``infiniband_level``),
+  tried in order of preference; everything else is as above within that domain.
+* **Backfill protection**: once the guaranteed head of a VC's queue has waited ``protect_head_after_s``
+  (by the ``now`` the commands are given), the leaves of its best placement are held for it: later gangs
+  of the same VC may not take them (``_holds``; see README.md).
 * **Shares** (GPU virtualisation): a pod asking for ``gpu_milli``/``gpu_memory_mb`` gets part of one leaf.
   It joins a leaf that already holds shares of the same kind (guaranteed shares of the same VC inside its
   cells, or opportunistic shares) with room left, best fit first (the least room left over); only when
@@ -61,6 +67,7 @@ from pai_scheduler.hived.decisions import (
     Allocated,
     Decision,
     Downgraded,
+    Lost,
     PodPlacement,
     Preempting,
     Queued,
@@ -74,6 +81,8 @@ from pai_scheduler.hived.requests import GangRequest, request_from_dict, request
 from pai_scheduler.hived.shares import Fragmentation, fragmentation
 
 SNAPSHOT_VERSION = 1
+# Backfill protection: how long the head of a VC's queue waits before the leaves it needs are held for it.
+PROTECT_HEAD_AFTER_S = 600.0
 
 # A region is where one pod may go: (node, cell whose n_free counts exactly the usable leaves or None,
 # the usable leaves of that node).
@@ -98,6 +107,8 @@ class _Group:
     victims: set[str] = field(default_factory=set)  # outstanding victims of a Preempting gang
     preemptors: set[str] = field(default_factory=set)  # gangs preempting a BeingPreempted one
     downgraded: bool = False  # lazily preempted: runs on as opportunistic work
+    since: float | None = None  # clock time it was submitted (None: no clock given yet)
+    held_by: str | None = None  # the protected head its last placement attempt was held back for
     # role -> (milli, GPU memory MB) for the roles whose pods take a share of one leaf
     shares: dict[str, tuple[int, int]] = field(init=False)
 
@@ -139,10 +150,33 @@ def _first_fit_decreasing(sizes: Sequence[int], bins: Sequence[int]) -> bool:
 
 
 class HivedAllocator:
-    def __init__(self, config: ClusterConfig):
+    def __init__(self, config: ClusterConfig, protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S):
+        """``protect_head_after_s``: how long (clock seconds, see ``now`` on the commands) the head of a VC's
+        queue may wait before backfill protection reserves what it needs; None disables it."""
         self.config = config
+        self.protect_head_after_s = protect_head_after_s
+        self._now: float | None = None  # the latest clock time a command was given
+        # Backfill protection: VC -> (its protected head gang, the leaves reserved for it).
+        self._holds: dict[str, tuple[str, frozenset[Cell]]] = {}
+        # While one gang is placed: leaves it must not take (another gang's hold) and their nodes.
+        self._blocked: frozenset[Cell] = frozenset()
+        self._blocked_nodes: frozenset[Cell] = frozenset()
         self.cluster = PhysicalCluster(config)
         self.quota = QuotaBook(self.cluster)
+        # InfiniBand domains per chain (cells of its InfiniBand level, depth-first), and the one an
+        # InfiniBand gang is being placed under (None: anywhere).
+        self._ib_cells: dict[str, list[Cell]] = {
+            chain: sorted(
+                (
+                    c
+                    for c in self.cluster.cells.values()
+                    if c.chain == chain and c.level == spec.infiniband_level
+                ),
+                key=lambda c: c.order,
+            )
+            for chain, spec in self.cluster.chains.items()
+        }
+        self._within: Cell | None = None
         self._groups: dict[str, _Group] = {}
         self._next_seq = 0
         self._undo: list[Callable[[], None]] | None = None
@@ -170,43 +204,51 @@ class HivedAllocator:
 
     # ============================================================================ commands
 
-    def submit(self, req: GangRequest) -> Decision:
+    def submit(self, req: GangRequest, now: float | None = None) -> Decision:
         """Place a gang now, start preempting for it, queue it, or reject it.
 
         Idempotent per key: a key the allocator already holds returns its current decision. Raises
-        UnsupportedRequestError for features not implemented yet (InfiniBand placement, pods needing no
-        leaf). Gangs lazily preempted (``Downgraded``) on the way are not in the answer: use
-        ``submit_all`` to get them too."""
-        return self.submit_all(req)[-1]
+        UnsupportedRequestError for features not implemented yet (pods needing no leaf). Gangs lazily
+        preempted (``Downgraded``) on the way are not in the answer: use ``submit_all`` to get them too."""
+        return self.submit_all(req, now)[-1]
 
-    def submit_all(self, req: GangRequest) -> list[Decision]:
+    def submit_all(self, req: GangRequest, now: float | None = None) -> list[Decision]:
         """``submit``, with every decision it caused: ``Downgraded`` for each gang lazily preempted for
-        this one, then the gang's own decision (always last)."""
+        this one, then the gang's own decision (always last).
+
+        ``now`` (any monotonic clock, in seconds) drives backfill protection; without it (and before any
+        command was given one) nothing depends on time."""
+        self._tick(now)
         existing = self._groups.get(req.key)
         if existing is not None:
             return [self._current(existing)]
-        self._check_supported(req)
         reason = self._invalid_reason(req) or self._never_fits_reason(req)
         if reason is not None:
             return [Rejected(req.key, reason)]
-        g = _Group(req, self._next_seq)
+        self._refresh_holds()
+        g = _Group(req, self._next_seq, since=self._now)
         self._next_seq += 1
         self._groups[req.key] = g
         decisions = self._schedule(g)
-        if not decisions:
-            return [self._queued(g)]
-        return decisions
+        if decisions:
+            self._refresh_holds()
+            return decisions
+        return [self._queued(g)]
 
-    def release(self, key: str) -> list[Decision]:
+    def release(self, key: str, now: float | None = None) -> list[Decision]:
         """The gang's attempt ended (or was withdrawn while queued): give back exactly what it held.
 
         Returns ``Released`` first, then ``Allocated`` for preemptors whose last victim this was, then the
         decisions of queued gangs that now fit. An unknown key returns ``[]`` (redelivery is harmless)."""
+        self._tick(now)
         g = self._groups.pop(key, None)
         if g is None:
             return []
         out: list[Decision] = [Released(key)]
         if g.state is GroupState.PENDING:
+            if self._holds.get(g.request.vc, ("",))[0] == key:  # a protected head withdrew
+                self._refresh_holds()
+                out.extend(self._retry_pending())
             return out
         leaves = list(g.leaves())
         if g.state is GroupState.PREEMPTING:
@@ -236,16 +278,29 @@ class HivedAllocator:
                 if not preemptor.victims:
                     out.append(self._finish_preemption(preemptor))
         self._unbind_idle(leaves)
+        self._refresh_holds()
         out.extend(self._retry_pending())
         return out
 
-    def set_node_health(self, node: str, healthy: bool) -> list[Decision]:
+    def set_node_health(self, node: str, healthy: bool, now: float | None = None) -> list[Decision]:
         """Mark a node healthy or bad. Bad nodes get no new pods; what runs there is not touched. A node
         turning healthy retries the queue. Unknown nodes are ignored."""
+        self._tick(now)
         if node not in self.cluster.nodes:
             return []
         changed = self.cluster.set_node_health(node, healthy)
-        return self._retry_pending() if changed and healthy else []
+        if not changed:
+            return []
+        self._refresh_holds()
+        return self._retry_pending() if healthy else []
+
+    def tick(self, now: float) -> list[Decision]:
+        """Only time passes: heads of VC queues that have now waited long enough become protected (their
+        leaves are held from backfill). Nothing is placed, so this returns ``[]``; it exists so that a
+        caller can refresh reasons (``pending()``) without another command."""
+        self._tick(now)
+        self._refresh_holds()
+        return []
 
     # =============================================================================== views
 
@@ -263,6 +318,13 @@ class HivedAllocator:
 
     def groups(self) -> Mapping[str, GroupState]:
         return {k: g.state for k, g in self._groups.items()}
+
+    def holds(self) -> dict[str, tuple[str, list[str]]]:
+        """Backfill protection in force: VC -> (its protected head gang, the leaf ids held for it)."""
+        return {
+            vc: (head, [x.id for x in sorted(leaves, key=lambda x: x.order)])
+            for vc, (head, leaves) in sorted(self._holds.items())
+        }
 
     def downgraded(self) -> list[str]:
         """Keys of the gangs lazily preempted (running on as opportunistic work), oldest first."""
@@ -339,9 +401,29 @@ class HivedAllocator:
                     ],
                     "victims": sorted(g.victims),
                     **({"downgraded": True} if g.downgraded else {}),
+                    **({"since": g.since} if g.since is not None else {}),
+                    **({"held_by": g.held_by} if g.held_by is not None else {}),
                 }
                 for g in sorted(self._groups.values(), key=lambda g: g.seq)
             ],
+            **({"now": self._now} if self._now is not None else {}),
+            **(
+                {
+                    "holds": [
+                        {
+                            "vc": vc,
+                            "head": head,
+                            "leaves": [
+                                [x.chain, x.node_name, x.leaf_index]
+                                for x in sorted(leaves, key=lambda x: x.order)
+                            ],
+                        }
+                        for vc, (head, leaves) in sorted(self._holds.items())
+                    ]
+                }
+                if self._holds
+                else {}
+            ),
         }
 
     @staticmethod
@@ -352,12 +434,18 @@ class HivedAllocator:
         return {"milli": share[0], "memory_mb": share[1], "reserved": leaves[0].reserver == g.request.key}
 
     @classmethod
-    def restore(cls, config: ClusterConfig, snap: Mapping[str, Any]) -> HivedAllocator:
+    def restore(
+        cls,
+        config: ClusterConfig,
+        snap: Mapping[str, Any],
+        protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S,
+    ) -> HivedAllocator:
         """Rebuild the allocator that produced ``snap`` on ``config``; ValueError if it is inconsistent."""
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported HiveD snapshot version {snap.get('version')!r}")
-        a = cls(config)
+        a = cls(config, protect_head_after_s)
         a._next_seq = int(snap["next_seq"])
+        a._now = None if snap.get("now") is None else float(snap["now"])
         for node in snap["bad_nodes"]:
             a.cluster.set_node_health(str(node), False)
         reserved_shares: dict[str, set[int]] = {}  # gang -> its share slots that reserve their leaf
@@ -370,6 +458,8 @@ class HivedAllocator:
                     raise ValueError(f"gang {req.key} appears twice")
                 g = _Group(req, int(gd["seq"]), GroupState(gd["state"]), gd["chain"])
                 g.downgraded = bool(gd.get("downgraded", False))
+                g.since = None if gd.get("since") is None else float(gd["since"])
+                g.held_by = None if gd.get("held_by") is None else str(gd["held_by"])
                 reserved_shares[req.key] = set()
                 for p in gd["placement"]:
                     leaves = tuple(
@@ -393,6 +483,14 @@ class HivedAllocator:
                 a._restore_holdings(g, UNTOUCHABLE_PRIORITY, reserved | reserved_shares[g.request.key])
                 for v in g.victims:
                     a._groups[v].preemptors.add(g.request.key)
+            for h in snap.get("holds", ()):
+                head = a._groups[str(h["head"])]
+                if head.state is not GroupState.PENDING or head.request.vc != str(h["vc"]):
+                    raise ValueError(f"hold for {h['head']} in VC {h['vc']} does not match a queued head")
+                a._holds[str(h["vc"])] = (
+                    head.request.key,
+                    frozenset(a.cluster.leaf_at[(str(c), str(n), int(i))] for c, n, i in h["leaves"]),
+                )
         except KeyError as e:
             raise ValueError(f"snapshot refers to something this config lacks: {e}") from e
         for vc in a.quota.vcs:
@@ -401,6 +499,225 @@ class HivedAllocator:
                     if cell.n_guaranteed == 0:
                         raise ValueError(f"cell {cell.id} is bound to VC {vc} but holds none of its work")
         return a
+
+    # ===================================================================== reconfiguration
+
+    @classmethod
+    def reconfigure(
+        cls,
+        old_snapshot: Mapping[str, Any],
+        new_config: ClusterConfig,
+        protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S,
+    ) -> tuple[HivedAllocator, list[Decision]]:
+        """Apply a new cluster/VC config to the work of ``old_snapshot`` (HiveD's work-preserving
+        reconfiguration). Returns the new allocator and what changed, in this order:
+
+        * running gangs (allocated or being preempted), guaranteed ones first (priority, then age): a gang
+          whose leaves all still exist (same node name and leaf index, one chain, an acceptable leaf type,
+          the pod sizes its request needs under the new SKU, no other gang on them) stays exactly where it
+          is. A guaranteed gang keeps its guarantee if its leaves can be covered by cells of its VC's new
+          quota (already bound ones, or unbound quota bound now, lowest level first, keeping every chain
+          safe), or lie in its pinned cell if that still belongs to its VC; otherwise it runs on as
+          opportunistic work: ``Downgraded(key, "", reason)``. Otherwise: ``Lost(key, reason)`` (the
+          service must stop it); leaves inside a pinned cell can hold only that cell's own guaranteed work;
+          a share that would sit beside shares of the other kind is lost too;
+        * preemptions in progress are cancelled: their gangs go back to the queue (their victims are
+          running gangs like any other), and
+        * every queued gang is checked again (``Rejected`` if it can no longer fit, e.g. its VC is gone or
+          smaller than the gang) and the queue is retried: ``Allocated`` / ``Preempting`` for those that
+          start, then ``Queued`` with the current reason for each one still waiting.
+
+        The new config must itself be valid (``ConfigError`` otherwise). Bad nodes that still exist stay
+        bad; the clock and submission order carry over."""
+        if old_snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported HiveD snapshot version {old_snapshot.get('version')!r}")
+        a = cls(new_config, protect_head_after_s)
+        a._next_seq = int(old_snapshot["next_seq"])
+        a._now = None if old_snapshot.get("now") is None else float(old_snapshot["now"])
+        for node in old_snapshot["bad_nodes"]:
+            if str(node) in a.cluster.nodes:
+                a.cluster.set_node_health(str(node), False)
+        by_node: dict[tuple[str, int], Cell] = {
+            (node, index): leaf for (_, node, index), leaf in a.cluster.leaf_at.items()
+        }
+        running: list[tuple[_Group, list[tuple[str, int, str, list[int]]]]] = []
+        waiting: list[_Group] = []
+        for gd in sorted(old_snapshot["groups"], key=lambda gd: int(gd["seq"])):
+            req = request_from_dict(gd["request"])
+            g = _Group(req, int(gd["seq"]), since=None if gd.get("since") is None else float(gd["since"]))
+            g.downgraded = bool(gd.get("downgraded", False))
+            if GroupState(gd["state"]) in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
+                placement = [
+                    (str(p["role"]), int(p["index"]), str(p["node"]), [int(i) for i in p["leaves"]])
+                    for p in gd["placement"]
+                ]
+                running.append((g, placement))
+            else:
+                waiting.append(g)
+        out: list[Decision] = []
+        running.sort(key=lambda t: (t[0].priority < 0, -t[0].priority, t[0].seq))
+        for g, placement in running:
+            decision = a._readopt(g, placement, by_node)
+            if decision is not None:
+                out.append(decision)
+        for g in waiting:
+            req = g.request
+            try:
+                reason = a._invalid_reason(req) or a._never_fits_reason(req)
+            except UnsupportedRequestError as e:
+                reason = str(e)
+            if reason is not None:
+                out.append(Rejected(req.key, f"after the reconfiguration: {reason}"))
+                continue
+            a._groups[req.key] = g
+        a._refresh_holds()
+        out.extend(a._retry_pending())
+        out.extend(a._queued(g) for g in a._queue() if g.request.key in {w.request.key for w in waiting})
+        return a, out
+
+    def _readopt(
+        self,
+        g: _Group,
+        placement: list[tuple[str, int, str, list[int]]],
+        by_node: dict[tuple[str, int], Cell],
+    ) -> Decision | None:
+        """Put one running gang of an old snapshot back on its leaves under the new config (see
+        ``reconfigure``); the decision that reports a change, or None when it stays as it was."""
+        req = g.request
+        key = req.key
+        missing = [f"{node}:{i}" for _, _, node, idx in placement for i in idx if (node, i) not in by_node]
+        if missing:
+            nodes = sorted({m.split(":", 1)[0] for m in missing} - set(self.cluster.nodes))
+            gone = (
+                f"node(s) {', '.join(nodes)} no longer exist"
+                if nodes
+                else "those leaf indices no longer exist"
+            )
+            return Lost(key, f"reconfiguration: leaves {', '.join(missing)} are gone ({gone})")
+        slots = [
+            (role, index, tuple(by_node[(node, i)] for i in idx)) for role, index, node, idx in placement
+        ]
+        chains = sorted({x.chain for _, _, leaves in slots for x in leaves})
+        if len(chains) != 1:
+            return Lost(key, f"reconfiguration: its leaves now lie in several chains ({', '.join(chains)})")
+        chain = chains[0]
+        leaf_type = self.cluster.chains[chain].leaf_type
+        if req.leaf_types and leaf_type not in req.leaf_types:
+            return Lost(
+                key, f"reconfiguration: its leaves are now {leaf_type}, not {'|'.join(req.leaf_types)}"
+            )
+        try:
+            wanted = sorted(self._pods(req, chain))
+        except UnsupportedRequestError as e:
+            return Lost(key, f"reconfiguration: {e}")
+        if wanted != sorted((role, i, len(leaves)) for role, i, leaves in slots):
+            return Lost(
+                key, f"reconfiguration: under the new {leaf_type} SKU its pods need other leaf counts"
+            )
+        g.chain, g.slots = chain, slots
+        problem = self._holding_conflict(g)
+        if problem is not None:
+            return Lost(key, f"reconfiguration: {problem}")
+        decision: Decision | None = None
+        if g.priority >= 0:
+            reason = self._rebind(g)
+            if reason is not None:
+                g.downgraded = True
+                decision = Downgraded(key, "", f"reconfiguration: {reason}")
+        if g.priority < 0:
+            pinned = next((c.pinned_id for x in g.leaves() for c in x.path if c.pinned_id is not None), None)
+            if pinned is not None:
+                return Lost(key, f"reconfiguration: its leaves are now in pinned cell {pinned}")
+            problem = self._holding_conflict(g)  # the kind of its shares changed
+            if problem is not None:
+                return Lost(key, f"reconfiguration: {problem}")
+        g.state = GroupState.ALLOCATED
+        self._restore_holdings(g, g.priority, set())
+        self._groups[key] = g
+        return decision
+
+    def _holding_conflict(self, g: _Group) -> str | None:
+        """Why the gang's leaves cannot take it (another gang holds them, or its shares would overbook or
+        mix kinds); None when they can."""
+        assert g.chain is not None
+        memory = self.cluster.leaf_memory_mb[g.chain]
+        milli_on: dict[Cell, tuple[int, int]] = {}
+        whole: set[Cell] = set()
+        for role, _, leaves in g.slots:
+            share = g.shares.get(role)
+            for leaf in leaves:
+                if share is None:
+                    if leaf.owner is not None or leaf.shares or leaf in whole or leaf in milli_on:
+                        return f"leaf {leaf.node_name}:{leaf.leaf_index} is also held by another gang"
+                    whole.add(leaf)
+                    continue
+                if leaf.owner is not None or leaf in whole:
+                    return f"leaf {leaf.node_name}:{leaf.leaf_index} is used whole by another gang"
+                m, mem = milli_on.get(leaf, (leaf.share_milli, leaf.share_memory))
+                m, mem = m + share[0], mem + share[1]
+                if m > MILLI_PER_LEAF or mem > memory:
+                    return f"the shares on leaf {leaf.node_name}:{leaf.leaf_index} would exceed the device"
+                if any((s[2] >= 0) != (g.priority >= 0) for s in leaf.shares.values()):
+                    return (
+                        f"its share on leaf {leaf.node_name}:{leaf.leaf_index} would sit beside shares of the"
+                        " other kind (guaranteed/opportunistic)"
+                    )
+                milli_on[leaf] = (m, mem)
+        return None
+
+    def _rebind(self, g: _Group) -> str | None:
+        """Cover a guaranteed gang's leaves with its VC's cells (bound already, or bound now from unbound
+        quota, lowest level first, only where the chain stays safe); None on success, else why not (and
+        nothing bound)."""
+        req = g.request
+        vc = req.vc
+        if vc not in self.quota.quota:
+            return f"VC {vc} no longer exists"
+        leaves = list(g.leaves())
+        if req.pinned_cell is not None:
+            cell = self.cluster.pinned.get(req.pinned_cell)
+            if cell is None or self.quota.pinned_owner.get(req.pinned_cell) != vc:
+                return f"pinned cell {req.pinned_cell} no longer belongs to VC {vc}"
+            if any(cell not in x.path for x in leaves):
+                return f"its leaves are no longer inside pinned cell {req.pinned_cell}"
+            return None
+        assert g.chain is not None
+        spec = self.cluster.chains[g.chain]
+        levels = sorted(lv for (c, lv) in self.quota.quota[vc] if c == g.chain)
+        made: list[Cell] = []
+
+        def fail(reason: str) -> str:
+            for cell in reversed(made):
+                self.quota.unbind(cell)
+            return reason
+
+        for leaf in leaves:
+            bound = next((c for c in reversed(leaf.path) if c.bound_vc is not None), None)
+            if bound is not None:
+                if bound.bound_vc == vc and bound.pinned_id is None:
+                    continue
+                return fail(
+                    f"leaf {leaf.node_name}:{leaf.leaf_index} is now in a cell of VC {bound.bound_vc}"
+                )
+            for level in levels:
+                if self.quota.unbound(vc, (g.chain, level)) <= 0:
+                    continue
+                cell = leaf.path[spec.top_level - level]
+                if cell.n_bound_below:
+                    continue
+                self.quota.bind(cell, vc)
+                if self.quota.unsafe_level(g.chain) is None:
+                    made.append(cell)
+                    break
+                self.quota.unbind(cell)
+            else:
+                used = sum(c.n_guaranteed for c in self.quota.bound_cells(vc, g.chain))
+                return fail(
+                    f"VC {vc}'s new quota in chain {g.chain} ({self.quota.quota_leaves(vc, g.chain)} leaves,"
+                    f" {used} held by other guaranteed work) cannot cover leaf"
+                    f" {leaf.node_name}:{leaf.leaf_index}"
+                )
+        return None
 
     def _restore_holdings(self, g: _Group, share_priority: int, reserved: set[int]) -> None:
         """Put a restored gang's leaves back: the slots in ``reserved`` reserve their leaves, share slots
@@ -430,8 +747,26 @@ class HivedAllocator:
     # ========================================================================== scheduling
 
     def _schedule(self, g: _Group) -> list[Decision]:
-        """Place the gang (or start its preemption), with lazy preemption of its lazy victims where that
-        lets them stay; [] when it does not fit now."""
+        """Place the gang (or start its preemption) outside the leaves held for a protected head it must
+        not overtake, with lazy preemption of its lazy victims where that lets them stay; [] when it does
+        not fit now (``held_by`` says whether only the hold stopped it)."""
+        g.held_by = None
+        hold = self._hold_against(g)
+        if hold is None:
+            return self._schedule_within(g)
+        self._set_blocked(hold[1])
+        try:
+            out = self._schedule_within(g)
+        finally:
+            self._set_blocked(frozenset())
+        if not out:
+            self._undo = []
+            if self._find(g) is not None:
+                g.held_by = hold[0]
+            self._rollback()
+        return out
+
+    def _schedule_within(self, g: _Group) -> list[Decision]:
         self._undo = []
         found = self._find(g)
         if found is None:
@@ -469,12 +804,54 @@ class HivedAllocator:
         chains = self._chains_for(req)
         for ceiling in ceilings:
             for chain in chains:
-                mark = len(self._undo)
-                slots = self._place_gang(g, chain, ceiling)
+                slots = self._place_in_chain(g, chain, ceiling)
                 if slots is not None:
                     return chain, slots
-                self._rollback_to(mark)
         return None
+
+    def _place_in_chain(self, g: _Group, chain: str, ceiling: int) -> list[PodSlot] | None:
+        """``_place_gang`` in one chain; an InfiniBand gang under one InfiniBand domain, tried in order of
+        preference (for guaranteed gangs the domains holding most of the VC's bound cells, then the fullest
+        that can hold the gang, then order). Nothing is left applied when it returns None."""
+        assert self._undo is not None
+        mark = len(self._undo)
+        if not g.request.infiniband:
+            slots = self._place_gang(g, chain, ceiling)
+            if slots is None:
+                self._rollback_to(mark)
+            return slots
+        total = sum(k for _, _, k in self._pods(g.request, chain))
+        for domain in self._ib_domains(g, chain, total, ceiling):
+            self._within = domain
+            try:
+                slots = self._place_gang(g, chain, ceiling)
+            finally:
+                self._within = None
+            if slots is not None:
+                return slots
+            self._rollback_to(mark)
+        return None
+
+    def _ib_domains(self, g: _Group, chain: str, total: int, ceiling: int) -> list[Cell]:
+        domains = [
+            c
+            for c in self._ib_cells[chain]
+            if (c.n_free if ceiling == FREE_PRIORITY else len(c.leaves)) >= total
+            and c.n_bad_nodes < len(c.node_cells)
+        ]
+        if not g.request.guaranteed or g.request.pinned_cell is not None:
+            return sorted(domains, key=lambda c: (c.n_free, c.order))
+        level = self.cluster.chains[chain].infiniband_level
+        vc_leaves: dict[Cell, int] = {}
+        for cell in self.quota.bound_cells(g.request.vc, chain):
+            if cell.level <= level:
+                domain = cell.path[-(level - cell.level) - 1]
+                vc_leaves[domain] = vc_leaves.get(domain, 0) + len(cell.leaves)
+            else:
+                for d in cell.walk():
+                    if d.level == level:
+                        vc_leaves[d] = vc_leaves.get(d, 0) + len(d.leaves)
+        return sorted(domains, key=lambda c: (-vc_leaves.get(c, 0), c.n_free, c.order))
 
     def _place_gang(self, g: _Group, chain: str, ceiling: int) -> list[PodSlot] | None:
         slots: list[PodSlot] = []
@@ -528,7 +905,9 @@ class HivedAllocator:
         anchor = placed[0] if placed else None
         best: tuple[tuple[int, ...], Cell] | None = None
         for leaf in self.cluster.shared[chain]:
-            if leaf.reserver is not None or leaf.n_bad_nodes:
+            if leaf.reserver is not None or leaf.n_bad_nodes or leaf in self._blocked:
+                continue
+            if self._within is not None and self._within not in leaf.path:
                 continue
             room_milli = MILLI_PER_LEAF - leaf.share_milli - milli
             room_memory = capacity - leaf.share_memory - memory
@@ -563,8 +942,9 @@ class HivedAllocator:
         req = g.request
         if not req.guaranteed:
             best: tuple[tuple[int, ...], Region] | None = None
+            within = self._within
             for top, group in self._open_by_top[chain]:
-                if top.n_free < k:
+                if top.n_free < k or (within is not None and within.path[0] is not top):
                     continue
                 found = self._best_region(group, k, ceiling, placed, opportunistic=True)
                 if found is not None and (best is None or found[0] < best[0]):
@@ -598,9 +978,13 @@ class HivedAllocator:
             return [(n, n, n.leaves) for n in cell.node_cells]
         return [(cell.node, cell, cell.leaves)]
 
-    @staticmethod
-    def _usable(leaves: Iterable[Cell], ceiling: int) -> list[Cell]:
+    def _usable(self, leaves: Iterable[Cell], ceiling: int) -> list[Cell]:
         # A free leaf has owner_priority FREE_PRIORITY, the lowest ceiling.
+        blocked = self._blocked
+        if blocked:
+            return [
+                x for x in leaves if x.reserver is None and x.owner_priority <= ceiling and x not in blocked
+            ]
         return [x for x in leaves if x.reserver is None and x.owner_priority <= ceiling]
 
     def _best_in(
@@ -621,11 +1005,17 @@ class HivedAllocator:
     ) -> tuple[tuple[int, ...], Region] | None:
         anchor = placed[0] if placed else None
         best: tuple[tuple[int, ...], Region] | None = None
+        blocked_nodes = self._blocked_nodes
+        within = self._within
         for region in regions:
             node, counter, leaves = region
-            if node.n_bad_nodes:
+            if node.n_bad_nodes or (within is not None and within not in node.path):
                 continue
-            if ceiling == FREE_PRIORITY and counter is not None:
+            if (
+                ceiling == FREE_PRIORITY
+                and counter is not None
+                and not (blocked_nodes and node in blocked_nodes)
+            ):
                 n = counter.n_free
                 if n < k:
                     continue
@@ -646,10 +1036,11 @@ class HivedAllocator:
         return best
 
     def _fits_unbound(self, cell: Cell, k: int, ceiling: int) -> bool:
+        within = self._within
         for node, counter, leaves in self._regions_of(cell):
-            if node.n_bad_nodes:
+            if node.n_bad_nodes or (within is not None and within not in node.path):
                 continue
-            if ceiling == FREE_PRIORITY and counter is not None:
+            if ceiling == FREE_PRIORITY and counter is not None and node not in self._blocked_nodes:
                 if counter.n_free >= k:
                     return True
             elif len(self._usable(leaves, ceiling)) >= k:
@@ -795,8 +1186,73 @@ class HivedAllocator:
     def _retry_pending(self) -> list[Decision]:
         out: list[Decision] = []
         for g in self._queue():
-            out.extend(self._schedule(g))
+            got = self._schedule(g)
+            if got:
+                out.extend(got)
+                self._refresh_holds()
         return out
+
+    # =================================================================== backfill protection
+
+    def _tick(self, now: float | None) -> None:
+        if now is not None:
+            self._now = now if self._now is None else max(self._now, float(now))
+
+    def _refresh_holds(self) -> None:
+        """Recompute which heads are protected and what is held for them (deterministic in the state and
+        the clock). The head of a VC is the first gang of its queue; it is protected once it is guaranteed
+        and has waited ``protect_head_after_s``; what it holds is the placement it would get if every
+        leaf of its VC's running work (any priority) were free: the cells it will start on soonest."""
+        if self._now is None or self.protect_head_after_s is None:
+            if self._holds:
+                self._holds = {}
+            return
+        heads: dict[str, _Group] = {}
+        for g in self._queue():
+            heads.setdefault(g.request.vc, g)
+        holds: dict[str, tuple[str, frozenset[Cell]]] = {}
+        for vc in sorted(heads):
+            head = heads[vc]
+            if (
+                not head.request.guaranteed
+                or head.since is None
+                or self._now - head.since < self.protect_head_after_s
+            ):
+                continue
+            leaves = self._best_placement_leaves(head)
+            if leaves:
+                holds[vc] = (head.request.key, leaves)
+        self._holds = holds
+
+    def _best_placement_leaves(self, head: _Group) -> frozenset[Cell]:
+        """The leaves of the placement the gang would get if it could take every leaf below
+        UNTOUCHABLE (other gangs' reservations excepted); empty when there is none."""
+        self._undo = []
+        try:
+            for chain in self._chains_for(head.request):
+                slots = self._place_in_chain(head, chain, MAX_GUARANTEED_PRIORITY)
+                if slots is not None:
+                    return frozenset(x for _, _, leaves in slots for x in leaves)
+            return frozenset()
+        finally:
+            self._rollback()
+
+    def _hold_against(self, g: _Group) -> tuple[str, frozenset[Cell]] | None:
+        """The hold ``g`` must respect: its VC's protected head's, when ``g`` comes after that head in the
+        VC's queue (priority not above the head's). Other VCs' gangs never respect it."""
+        hold = self._holds.get(g.request.vc)
+        if hold is None:
+            return None
+        head = self._groups.get(hold[0])
+        if head is None or head is g or head.state is not GroupState.PENDING:
+            return None
+        if (-g.request.priority, g.seq) < (-head.request.priority, head.seq):
+            return None
+        return hold
+
+    def _set_blocked(self, leaves: frozenset[Cell]) -> None:
+        self._blocked = leaves
+        self._blocked_nodes = frozenset(x.node for x in leaves if x.node is not None)
 
     # ======================================================================== transactions
 
@@ -826,13 +1282,6 @@ class HivedAllocator:
         self._undo = None
 
     # ======================================================================= request checks
-
-    @staticmethod
-    def _check_supported(req: GangRequest) -> None:
-        if req.infiniband:
-            raise UnsupportedRequestError(
-                f"gang {req.key}: InfiniBand placement (all tasks under one IB cell) is not implemented yet"
-            )
 
     def _invalid_reason(self, req: GangRequest) -> str | None:
         if isinstance(req.priority, bool) or not isinstance(req.priority, int):
@@ -971,6 +1420,11 @@ class HivedAllocator:
                         f" (per-node capacities {'+'.join(str(b) for b in bins)})"
                     )
                     continue
+            if req.infiniband:
+                ib = self._ib_never_fits(req, chain, sizes, total)
+                if ib is not None:
+                    reasons.append(ib)
+                    continue
             if max(sizes) > per_node:
                 reasons.append(
                     f"a pod needs {max(sizes)} {spec.leaf_type} leaves on one node but {whose} in chain"
@@ -984,6 +1438,25 @@ class HivedAllocator:
             else:
                 return None
         return "; ".join(reasons)
+
+    def _ib_never_fits(self, req: GangRequest, chain: str, sizes: list[int], total: int) -> str | None:
+        """Why an InfiniBand gang can never fit under one InfiniBand domain of the chain (None if it can):
+        the gang's pods, each on one node, must fit one domain's nodes (and, for guaranteed gangs, the VC's
+        quota in the chain or its pinned cell)."""
+        spec = self.cluster.chains[chain]
+        level = spec.infiniband_level
+        domain = self._ib_cells[chain][0]
+        ib_type = spec.types[level - 1]
+        bins = [len(n.leaves) for n in domain.node_cells]
+        cap = min(len(domain.leaves), total)
+        if sum(sizes) > cap or not _first_fit_decreasing(sizes, bins):
+            return (
+                f"InfiniBand: the gang needs {sum(sizes)} {spec.leaf_type} leaves"
+                f" ({'+'.join(map(str, sizes))},"
+                f" each pod on one node) under one InfiniBand cell ({ib_type}, level {level}) but in chain"
+                f" {chain} one holds at most {cap} for it (per-node capacities {'+'.join(map(str, bins))})"
+            )
+        return None
 
     def _empty_quota_bins(self, vc: str, chain: str) -> list[int]:
         """The per-node leaf capacities of a VC's whole quota in a chain, as if it were all free."""
@@ -1025,7 +1498,17 @@ class HivedAllocator:
         req = g.request
         same_vc = [x for x in self._queue() if x.request.vc == req.vc]
         position = next(i for i, x in enumerate(same_vc, start=1) if x is g)
-        return Queued(req.key, f"{self._why(req)} (position {position} in VC {req.vc}'s queue)", position)
+        held = ""
+        head = self._groups.get(g.held_by) if g.held_by is not None else None
+        if head is not None and head.state is GroupState.PENDING:
+            held = (
+                f"; held back so that {head.request.key} can start (backfill protection: it has waited"
+                f" over {self.protect_head_after_s:g} s at the head of VC {req.vc}'s queue, and gangs"
+                " behind it may not take the leaves it needs)"
+            )
+        return Queued(
+            req.key, f"{self._why(req)}{held} (position {position} in VC {req.vc}'s queue)", position
+        )
 
     def _why(self, req: GangRequest) -> str:
         chains = self._chains_for(req)
@@ -1043,6 +1526,14 @@ class HivedAllocator:
             nodes = {n.node_name for top in self.cluster.tops[chain] for n in top.node_cells}
             bad = len(nodes & self.cluster.bad_nodes)
             bad_text = f"; {bad} bad node(s)" if bad else ""
+            if req.infiniband:
+                ib_type = spec.types[spec.infiniband_level - 1]
+                domains = [c for c in self._ib_cells[chain] if c.n_bad_nodes < len(c.node_cells)]
+                most = max((c.n_free for c in domains), default=0)
+                bad_text += (
+                    f"; InfiniBand: all {sum(sizes)} leaves must lie under one {ib_type} cell, and the"
+                    f" emptiest healthy one has {most} free"
+                )
             if req.pinned_cell is not None:
                 cell = self.cluster.pinned[req.pinned_cell]
                 parts.append(

@@ -8,8 +8,8 @@ Returns the list of violated invariants, empty when the state is sound:
   to at most the device (1000 milli, the leaf's memory), a leaf has an owner or shares but never both,
   its sharers are all opportunistic or all guaranteed, and the index of shared leaves is exact;
 * a leaf's priority is its owner's (-1 once downgraded), or its highest sharer's;
-* downgraded gangs asked for lazy preemption, are allocated or being preempted, hold no shares and no
-  pinned cell;
+* downgraded gangs are allocated or being preempted (lazy preemption downgrades only lazy whole-leaf
+  unpinned gangs, a reconfiguration any running gang);
 * every placed gang is whole: one slot per pod, each with the pod's leaf count, all on one node;
 * guaranteed gangs sit inside cells bound to their VC (or their pinned cell), opportunistic ones outside
   pinned cells;
@@ -39,12 +39,9 @@ def audit(a: HivedAllocator) -> list[str]:
     shares: dict[Cell, dict[str, Share]] = {}  # leaf -> the share pods placed on it, per gang
     for key, g in groups.items():
         req = g.request
-        if g.downgraded and (
-            not req.lazy_preemption
-            or g.shares
-            or req.pinned_cell is not None
-            or g.state not in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED)
-        ):
+        # Lazy preemption downgrades only lazy whole-leaf unpinned gangs; a reconfiguration may downgrade
+        # any running gang (shares then keep one kind per leaf, pinned leaves stay guaranteed: both below).
+        if g.downgraded and g.state not in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
             problems.append(f"gang {key} is downgraded but cannot be")
         if g.state is GroupState.PENDING:
             if g.slots:

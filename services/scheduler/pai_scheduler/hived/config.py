@@ -6,7 +6,10 @@
 * A plain node inventory CSV (``node,leaf_type,leaf_count,cpu,memory_mb[,rack]``) for clusters without a
   topology file: :func:`parse_inventory_csv`. Each node becomes a node-level cell holding its leaves
   directly (no PCIe/socket levels are known); nodes that share a rack and a node shape are grouped under
-  one rack cell.
+  one rack cell, which is their InfiniBand domain (a node without a rack is its own).
+
+InfiniBand domains: a cell type may be marked ``isInfiniBand: true`` (at most one per chain, at or above
+node level); a chain with none marked has its top cells as its InfiniBand domains.
 
 Both give one frozen :class:`ClusterConfig`. Structural checks happen here and fail with a
 :class:`ConfigError` naming the field; the quota feasibility check (which needs the built cell tree) is in
@@ -55,6 +58,9 @@ class CellType:
     child_type: str
     child_number: int
     is_node_level: bool
+    # ``isInfiniBand: true``: cells of this type are InfiniBand domains (a gang asking for InfiniBand is
+    # placed under one of them). At most one per chain, at or above node level.
+    is_infiniband: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,13 @@ class ChainSpec:
     types: tuple[str, ...]
     child_numbers: tuple[int, ...]  # child_numbers[i] = children of a level-(i+1) cell; 0 for the leaf
     node_level: int
+    # The level marked ``isInfiniBand`` (0: none marked, the chain's top cells are the InfiniBand domains).
+    marked_infiniband_level: int = 0
+
+    @property
+    def infiniband_level(self) -> int:
+        """The level whose cells are InfiniBand domains: the marked one, else the top level."""
+        return self.marked_infiniband_level or self.top_level
 
     @property
     def leaf_type(self) -> str:
@@ -305,12 +318,16 @@ def _parse_cell_types(raw: Any) -> list[CellType]:
         node_level = spec.get("isNodeLevel", False)
         if not isinstance(node_level, bool):
             raise ConfigError(f"{where}.isNodeLevel must be true or false, got {node_level!r}")
+        infiniband = spec.get("isInfiniBand", False)
+        if not isinstance(infiniband, bool):
+            raise ConfigError(f"{where}.isInfiniBand must be true or false, got {infiniband!r}")
         out.append(
             CellType(
                 name=str(name),
                 child_type=child,
                 child_number=_int_field(spec.get("childCellNumber"), f"{where}.childCellNumber", 1),
                 is_node_level=node_level,
+                is_infiniband=infiniband,
             )
         )
     return out
@@ -388,7 +405,23 @@ def _chain(types: Mapping[str, CellType], top: str) -> ChainSpec:
             f"chain {top}: must contain exactly one cell type with isNodeLevel: true, found"
             f" {len(node_levels)} ({[up[i - 1] for i in node_levels]})"
         )
-    return ChainSpec(name=top, types=up, child_numbers=child_numbers, node_level=node_levels[0])
+    ib_levels = [i + 1 for i, name in enumerate(up) if name in types and types[name].is_infiniband]
+    if len(ib_levels) > 1:
+        raise ConfigError(
+            f"chain {top}: at most one cell type may have isInfiniBand: true, found"
+            f" {[up[i - 1] for i in ib_levels]}"
+        )
+    if ib_levels and ib_levels[0] < node_levels[0]:
+        raise ConfigError(
+            f"chain {top}: the isInfiniBand cell type {up[ib_levels[0] - 1]} is below the node level"
+        )
+    return ChainSpec(
+        name=top,
+        types=up,
+        child_numbers=child_numbers,
+        node_level=node_levels[0],
+        marked_infiniband_level=ib_levels[0] if ib_levels else 0,
+    )
 
 
 def _check_physical(cell: PhysicalCellSpec, chain: ChainSpec, level: int, where: str) -> None:
@@ -525,7 +558,8 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
     physical: list[PhysicalCellSpec] = []
     for (rack, node_type), members in sorted(groups.items()):
         rack_type = f"{len(members)}-{node_type}"
-        cell_types.setdefault(rack_type, CellType(rack_type, node_type, len(members), False))
+        # A rack is the InfiniBand domain of its nodes.
+        cell_types.setdefault(rack_type, CellType(rack_type, node_type, len(members), False, True))
         physical.append(
             PhysicalCellSpec(rack_type, rack, None, tuple(PhysicalCellSpec(node_type, n) for n in members))
         )

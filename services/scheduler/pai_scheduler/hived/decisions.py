@@ -71,7 +71,19 @@ class Downgraded:
     preempted like any opportunistic gang. Nothing has to be stopped; its placement is unchanged."""
 
     key: str
-    preemptor: str = ""
+    preemptor: str = ""  # empty when a reconfiguration downgraded it
+    reason: str = ""  # set when a reconfiguration downgraded it: why it no longer fits its VC's quota
 
 
-Decision: TypeAlias = Allocated | Preempting | Queued | Rejected | Released | Downgraded
+@dataclass(frozen=True)
+class Lost:
+    """Reconfiguration (``HivedAllocator.reconfigure``): the running gang ``key`` cannot stay where it is
+    under the new config (a node or leaf it uses is gone, its leaves changed type or now sit in a pinned
+    cell of another VC, or another gang claims them). The allocator no longer holds it (no ``Released``
+    follows); the service must stop the attempt (it may be submitted again)."""
+
+    key: str
+    reason: str
+
+
+Decision: TypeAlias = Allocated | Preempting | Queued | Rejected | Released | Downgraded | Lost

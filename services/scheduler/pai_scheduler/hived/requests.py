@@ -58,7 +58,8 @@ class GangRequest:
     # HiveD's lazy preemption: when a higher-priority gang of the VC needs this gang's cells, downgrade it
     # to opportunistic (it keeps running) if the preemptor can then be placed elsewhere.
     lazy_preemption: bool = False
-    # Not implemented yet; a request asking for it is refused with UnsupportedRequestError.
+    # ``extraContainerOptions.infiniband``: all pods under one InfiniBand domain (a cell of the chain's
+    # ``isInfiniBand`` level, else its top cell; an inventory's rack).
     infiniband: bool = False
 
     def __post_init__(self) -> None:
@@ -87,6 +88,7 @@ def gang_from_pods(
     leaf_types: Sequence[str] = (),
     pinned_cell: str | None = None,
     lazy_preemption: bool = False,
+    infiniband: bool = False,
 ) -> GangRequest:
     """Build a gang from the contract's per-pod requests; the pods of one role must be alike and indexed
     0..n-1 (as the orchestrator renders them)."""
@@ -105,7 +107,14 @@ def gang_from_pods(
         gpu, cpu, mem, milli, gmem = shapes.pop()
         members.append(Member(role, len(ps), gpu, float(cpu), mem, int(milli), int(gmem)))
     return GangRequest(
-        key, vc, priority, tuple(members), tuple(leaf_types), pinned_cell, lazy_preemption=lazy_preemption
+        key,
+        vc,
+        priority,
+        tuple(members),
+        tuple(leaf_types),
+        pinned_cell,
+        lazy_preemption=lazy_preemption,
+        infiniband=infiniband,
     )
 
 
@@ -118,6 +127,7 @@ def request_to_dict(r: GangRequest) -> dict[str, Any]:
         "leaf_types": list(r.leaf_types),
         "pinned_cell": r.pinned_cell,
         **({"lazy_preemption": True} if r.lazy_preemption else {}),
+        **({"infiniband": True} if r.infiniband else {}),
     }
 
 
@@ -155,4 +165,5 @@ def request_from_dict(d: Mapping[str, Any]) -> GangRequest:
         leaf_types=tuple(str(t) for t in d["leaf_types"]),
         pinned_cell=None if d["pinned_cell"] is None else str(d["pinned_cell"]),
         lazy_preemption=bool(d.get("lazy_preemption", False)),
+        infiniband=bool(d.get("infiniband", False)),
     )

@@ -132,6 +132,9 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
 
 
 def _load_benchmark(name: str) -> ModuleType:
+    # A benchmark imports its neighbours (benchmarks/machine.py) as a script run from there would.
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
