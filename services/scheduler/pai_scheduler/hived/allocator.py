@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -178,6 +178,11 @@ class HivedAllocator:
         }
         self._within: Cell | None = None
         self._groups: dict[str, _Group] = {}
+        # Keys of gangs that may be waiting; a gang never goes back to waiting once placed, so this only
+        # grows at submit/restore and is pruned when read (the queue is read on every release).
+        self._maybe_pending: set[str] = set()
+        self._pods_cache: dict[tuple[GangRequest, str], tuple[tuple[str, int, int], ...]] = {}
+        self._bound_regions_cache: dict[tuple[str, str], tuple[int, list[Region]]] = {}
         self._next_seq = 0
         self._undo: list[Callable[[], None]] | None = None
         # Where opportunistic pods may go (everything but pinned cells), grouped by top cell so that full
@@ -229,6 +234,7 @@ class HivedAllocator:
         g = _Group(req, self._next_seq, since=self._now)
         self._next_seq += 1
         self._groups[req.key] = g
+        self._maybe_pending.add(req.key)
         decisions = self._schedule(g)
         if decisions:
             self._refresh_holds()
@@ -474,6 +480,7 @@ class HivedAllocator:
                     g.slots.append((str(p["role"]), int(p["index"]), leaves))
                 g.victims = {str(v) for v in gd["victims"]}
                 a._groups[req.key] = g
+                a._maybe_pending.add(req.key)
                 if g.state in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
                     a._restore_holdings(g, g.priority, set())
             for g in a._groups.values():
@@ -570,6 +577,7 @@ class HivedAllocator:
                 out.append(Rejected(req.key, f"after the reconfiguration: {reason}"))
                 continue
             a._groups[req.key] = g
+            a._maybe_pending.add(req.key)
         a._refresh_holds()
         out.extend(a._retry_pending())
         out.extend(a._queued(g) for g in a._queue() if g.request.key in {w.request.key for w in waiting})
@@ -952,8 +960,7 @@ class HivedAllocator:
             return None if best is None else pick_leaves(self._usable(best[1][2], ceiling), k)
         if req.pinned_cell is not None:
             return self._best_in(self._regions_of(self.cluster.pinned[req.pinned_cell]), k, ceiling, placed)
-        regions = [r for cell in self.quota.bound_cells(req.vc, chain) for r in self._regions_of(cell)]
-        got = self._best_in(regions, k, ceiling, placed)
+        got = self._best_in(self._bound_regions(req.vc, chain), k, ceiling, placed)
         if got is not None:
             return got
         spec = self.cluster.chains[chain]
@@ -972,11 +979,28 @@ class HivedAllocator:
             return got
         return None
 
+    def _bound_regions(self, vc: str, chain: str) -> list[Region]:
+        """The regions of the cells ``vc`` has bound in ``chain``, cached until the bindings change."""
+        key = (vc, chain)
+        cached = self._bound_regions_cache.get(key)
+        if cached is not None and cached[0] == self.quota.binding_version:
+            return cached[1]
+        regions = [r for cell in self.quota.bound_cells(vc, chain) for r in self._regions_of(cell)]
+        self._bound_regions_cache[key] = (self.quota.binding_version, regions)
+        return regions
+
     @staticmethod
     def _regions_of(cell: Cell) -> list[Region]:
+        # A cell's place in the tree never changes, so its regions are computed once.
+        if cell.regions is not None:
+            return cell.regions
+        regions: list[Region]
         if cell.node is None or cell.node is cell:
-            return [(n, n, n.leaves) for n in cell.node_cells]
-        return [(cell.node, cell, cell.leaves)]
+            regions = [(n, n, n.leaves) for n in cell.node_cells]
+        else:
+            regions = [(cell.node, cell, cell.leaves)]
+        cell.regions = regions
+        return regions
 
     def _usable(self, leaves: Iterable[Cell], ceiling: int) -> list[Cell]:
         # A free leaf has owner_priority FREE_PRIORITY, the lowest ceiling.
@@ -1003,6 +1027,8 @@ class HivedAllocator:
         placed: list[Cell],
         opportunistic: bool = False,
     ) -> tuple[tuple[int, ...], Region] | None:
+        if ceiling == FREE_PRIORITY and not placed and not opportunistic:
+            return self._best_free_region(regions, k)
         anchor = placed[0] if placed else None
         best: tuple[tuple[int, ...], Region] | None = None
         blocked_nodes = self._blocked_nodes
@@ -1034,6 +1060,31 @@ class HivedAllocator:
             if best is None or key < best[0]:
                 best = (key, region)
         return best
+
+    def _best_free_region(self, regions: Sequence[Region], k: int) -> tuple[tuple[int, ...], Region] | None:
+        """``_best_region`` for the commonest case, a gang's first pod on free leaves only: every key then
+        starts (FREE_PRIORITY, 0, True, 0), so only its tail (free leaves, node order, leaf order) is
+        compared. The hot path of a busy cluster; it must choose exactly what the general loop would."""
+        best_tail: tuple[int, int, int] | None = None
+        best_region: Region | None = None
+        blocked_nodes = self._blocked_nodes
+        within = self._within
+        for region in regions:
+            node, counter, leaves = region
+            if node.n_bad_nodes or (within is not None and within not in node.path):
+                continue
+            if counter is not None and not (blocked_nodes and node in blocked_nodes):
+                n = counter.n_free
+            else:
+                n = len(self._usable(leaves, FREE_PRIORITY))
+            if n < k:
+                continue
+            tail = (n, node.order, leaves[0].order)
+            if best_tail is None or tail < best_tail:
+                best_tail, best_region = tail, region
+        if best_tail is None or best_region is None:
+            return None
+        return (FREE_PRIORITY, 0, True, 0, *best_tail), best_region
 
     def _fits_unbound(self, cell: Cell, k: int, ceiling: int) -> bool:
         within = self._within
@@ -1178,18 +1229,34 @@ class HivedAllocator:
                     break
 
     def _queue(self) -> list[_Group]:
-        return sorted(
-            (g for g in self._groups.values() if g.state is GroupState.PENDING),
-            key=lambda g: (-g.request.priority, g.seq),
-        )
+        waiting: list[_Group] = []
+        gone: list[str] = []
+        for key in self._maybe_pending:
+            g = self._groups.get(key)
+            if g is None or g.state is not GroupState.PENDING:
+                gone.append(key)
+            else:
+                waiting.append(g)
+        self._maybe_pending.difference_update(gone)
+        return sorted(waiting, key=lambda g: (-g.request.priority, g.seq))
 
     def _retry_pending(self) -> list[Decision]:
         out: list[Decision] = []
+        # A gang that could not be placed leaves the state as it was, so a later gang asking for exactly
+        # the same (VC, priority, pods, types, options) cannot be placed either until something changes:
+        # it is not tried again within the pass. A busy queue is mostly such look-alikes.
+        failed: set[GangRequest] = set()
         for g in self._queue():
+            shape = replace(g.request, key="")
+            if shape in failed:
+                continue
             got = self._schedule(g)
             if got:
                 out.extend(got)
                 self._refresh_holds()
+                failed.clear()  # the state changed: what failed before may fit now (holds can move)
+            else:
+                failed.add(shape)
         return out
 
     # =================================================================== backfill protection
@@ -1353,6 +1420,17 @@ class HivedAllocator:
 
     def _pods(self, req: GangRequest, chain: str) -> list[tuple[str, int, int]]:
         """(role, index, leaves) for every pod on this chain's leaf type, largest first."""
+        # Pure in the request and the (fixed) config; asked again on every retry of a waiting gang.
+        cached = self._pods_cache.get((req, chain))
+        if cached is not None:
+            return list(cached)
+        pods = self._compute_pods(req, chain)
+        if len(self._pods_cache) >= 10_000:
+            self._pods_cache.clear()
+        self._pods_cache[(req, chain)] = tuple(pods)
+        return pods
+
+    def _compute_pods(self, req: GangRequest, chain: str) -> list[tuple[str, int, int]]:
         sku = self.config.sku(self.cluster.chains[chain].leaf_type)
         out: list[tuple[int, str, int, int]] = []
         for order, m in enumerate(req.members):

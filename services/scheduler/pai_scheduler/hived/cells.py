@@ -71,6 +71,7 @@ class Cell:
         "parent",
         "path",
         "pinned_id",
+        "regions",
         "reserver",
         "share_memory",
         "share_milli",
@@ -80,6 +81,8 @@ class Cell:
     def __init__(self, cid: str, chain: str, level: int, cell_type: str, address: str, parent: Cell | None):
         self.id = cid
         self.chain = chain
+        # The placement regions of this cell, computed once by the allocator (structure never changes).
+        self.regions: list[tuple[Cell, Cell | None, tuple[Cell, ...]]] | None = None
         self.level = level
         self.cell_type = cell_type
         self.address = address

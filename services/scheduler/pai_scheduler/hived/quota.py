@@ -41,6 +41,8 @@ class QuotaBook:
         self.pinned_owner: dict[str, str] = {}
         self.pinned_of: dict[str, list[Cell]] = {vc: [] for vc in self.vcs}
         self.bound: dict[str, dict[Slot, set[Cell]]] = {vc: {} for vc in self.vcs}
+        # Bumped by every bind and unbind, so that views of the bound cells can be cached between them.
+        self.binding_version = 0
         self.free: dict[Slot, set[Cell]] = {}
         self.unbound_need: dict[Slot, int] = {}
         for chain in cluster.chains.values():
@@ -138,6 +140,7 @@ class QuotaBook:
         self._take(cell)
         cell.bound_vc = vc
         self.bound[vc].setdefault(slot, set()).add(cell)
+        self.binding_version += 1
         self.unbound_need[slot] -= 1
 
     def unbind(self, cell: Cell) -> None:
@@ -145,6 +148,7 @@ class QuotaBook:
         if vc is None or cell.pinned_id is not None:
             raise ValueError(f"cell {cell.id} is not bound, or is pinned")
         slot = (cell.chain, cell.level)
+        self.binding_version += 1
         self.bound[vc][slot].discard(cell)
         if not self.bound[vc][slot]:
             del self.bound[vc][slot]
