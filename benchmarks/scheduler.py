@@ -175,7 +175,8 @@ def record(results: list[dict[str, Any]], command: str) -> None:
         f"Command: `{command}`",
         "",
         f"Machine: {machine()}. In process, no I/O: the latency of `submit`/`release` calls of"
-        " `pai_scheduler.hived.HivedAllocator` (first part: no lazy preemption, no fractional GPUs).",
+        " `pai_scheduler.hived.HivedAllocator` (a mix of whole-GPU gangs and opportunistic jobs; no GPU"
+        " shares or lazy preemption in it).",
         "",
         "| nodes (GPUs) | VCs | decisions | p50 | p99 | mean | max | submit p50 / p99 | preemptions |"
         " queued | GPU use at end | wall |",
