@@ -275,13 +275,16 @@ class Scheduler:
         else:
             raise TypeError(f"scheduler has no handler for {env.type}")
         await self._save(ctx, alloc, version)
-        host_ips = await self._host_ips(ctx)
+        # Node addresses only matter to placements; most events place nothing.
+        placed = any(isinstance(d, Allocated) for d in decisions)
+        host_ips = await self._host_ips(ctx) if placed else {}
         for decision in decisions:
             self._emit(ctx, alloc, decision, host_ips)
         await self._refresh_reasons(ctx, alloc, decisions)
 
     async def _host_ips(self, ctx: HandlerContext) -> dict[str, str]:
-        return {d["_id"]: d.get("host_ip", "") async for d in ctx.db[NODES].find({}, session=ctx.session)}
+        nodes = ctx.db[NODES].find({}, {"host_ip": 1}, session=ctx.session)
+        return {d["_id"]: d.get("host_ip", "") async for d in nodes}
 
     def _emit(
         self, ctx: HandlerContext, alloc: HivedAllocator, d: Decision, host_ips: dict[str, str]
