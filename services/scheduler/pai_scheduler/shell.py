@@ -72,6 +72,11 @@ class SchedulerSettings(Settings):
     scheduler_cluster: Path | None = Field(default=None)
     # A node whose agent sends no heartbeat for this long is bad: no new work goes there.
     node_lost_s: float = Field(default=30.0, gt=0)
+    # Backfill protection: after this many seconds at the head of its VC's queue, a guaranteed gang gets
+    # the cells of its best placement held from smaller gangs of its VC. Off unless set: on the simulated
+    # workloads so far it lengthened completion times without shortening the big jobs' longest waits
+    # (benchmarks/sim_compare.py, policy hived-protect), so it stays an operator's choice for now.
+    protect_head_after_s: float | None = Field(default=None, gt=0)
 
 
 def alloc_key(job_key: str, attempt_id: int) -> str:
@@ -103,6 +108,7 @@ class Scheduler:
         self.settings = settings
         self.config: ClusterConfig
         self.fingerprint = ""  # of the cluster config file the stored state was made with
+        self.protect = settings.protect_head_after_s
         self._cached: tuple[int, HivedAllocator] | None = None
         self._last_heartbeat: dict[str, float] = {}
         self._watch_since = 0.0
@@ -132,7 +138,7 @@ class Scheduler:
         """The cluster config changed: HiveD's work-preserving reconfiguration. Work that still fits stays
         where it is; guaranteed work its VC no longer covers runs on as opportunistic; work whose cells
         are gone is stopped (and retried by the orchestrator)."""
-        alloc, decisions = HivedAllocator.reconfigure(doc["snapshot"], self.config)
+        alloc, decisions = HivedAllocator.reconfigure(doc["snapshot"], self.config, self.protect)
         registered = {d["_id"] async for d in app.db[NODES].find({}, {"_id": 1})}
         for node in alloc.cluster.nodes:
             if node not in registered:
@@ -198,7 +204,7 @@ class Scheduler:
     # ---- state ---------------------------------------------------------------------------------------
 
     def _fresh(self) -> HivedAllocator:
-        alloc = HivedAllocator(self.config)
+        alloc = HivedAllocator(self.config, self.protect)
         # A node is bad until its runtime agent registers: nothing is placed where nobody would run it.
         for node in list(alloc.cluster.nodes):
             alloc.set_node_health(node, False)
@@ -214,7 +220,7 @@ class Scheduler:
             return self._cached[1], version
         full = await self.app.db[STATE].find_one({"_id": STATE_ID}, session=session)
         assert full is not None
-        alloc = HivedAllocator.restore(self.config, full["snapshot"])
+        alloc = HivedAllocator.restore(self.config, full["snapshot"], self.protect)
         self._cached = (version, alloc)
         return alloc, version
 

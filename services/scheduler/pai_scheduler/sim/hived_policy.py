@@ -47,8 +47,12 @@ def _held(pl: PodPlacement) -> float:
 class HivedPolicy:
     name = "hived"
 
-    def __init__(self, cluster: SimCluster):
+    def __init__(self, cluster: SimCluster, clock: bool = False):
         self._alloc = HivedAllocator(cluster.config)
+        # With the clock, the allocator sees simulated time and protects long-waiting heads from backfill
+        # as the service does; without it, it never holds anything (the plain HiveD behaviour).
+        self._clock = clock
+        self._now: float | None = None
         self._jobs: dict[str, SimJob] = {}
         self._attempt: dict[str, int] = {}
         self._job_of_key: dict[str, str] = {}
@@ -59,16 +63,18 @@ class HivedPolicy:
         return MappingProxyType(self._running)
 
     def submit(self, job: SimJob, now: float) -> p.Outcome:
+        self._now = now if self._clock else None
         self._jobs[job.job_id] = job
         return self._handle(self._submit(job))
 
     def release(self, job_id: str, now: float) -> p.Outcome:
+        self._now = now if self._clock else None
         key = self._key_of_job.pop(job_id, None)
         if key is None:
             return p.Outcome()
         del self._job_of_key[key]
         self._running.pop(job_id, None)
-        return self._handle(self._alloc.release(key))
+        return self._handle(self._alloc.release(key, now=self._now))
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -77,7 +83,7 @@ class HivedPolicy:
         self._attempt[job.job_id] = attempt
         key = f"{job.job_id}#{attempt}"
         try:
-            decision = self._alloc.submit(gang_of(job, key))
+            decision = self._alloc.submit(gang_of(job, key), now=self._now)
         except UnsupportedRequestError as e:
             return [p.Rejected(job.job_id, str(e))]
         if isinstance(decision, Rejected):
@@ -113,7 +119,7 @@ class HivedPolicy:
                         continue  # already stopped for an earlier preemptor in this call
                     del self._key_of_job[victim_job]
                     del self._running[victim_job]
-                    work.extend(self._alloc.release(victim))
+                    work.extend(self._alloc.release(victim, now=self._now))
                     if any(s.job_id == victim_job for s in started):
                         # It started in this very call, so the engine never saw it run: take the start
                         # back and queue it again here, as a new attempt.

@@ -75,16 +75,18 @@ def policies() -> dict[str, PolicyFactory]:
     """Every policy this installation can run, by name, in the order a comparison shows them."""
     # Imported here: the policy modules import this one for the protocol's types.
     from pai_scheduler.sim.baselines import FirstFitPolicy, QuotaOnlyPolicy
+    from pai_scheduler.sim.hived_policy import HivedPolicy
 
-    found: dict[str, PolicyFactory] = {"first-fit": FirstFitPolicy, "quota-only": QuotaOnlyPolicy}
-    try:
-        from pai_scheduler.sim.hived_policy import HivedPolicy
-    except ImportError:
-        # The HiveD adapter needs the allocator module; without it only the baselines run.
-        pass
-    else:
-        found["hived"] = HivedPolicy
-    return found
+    def hived_protected(cluster: SimCluster) -> Policy:
+        return HivedPolicy(cluster, clock=True)
+
+    return {
+        "first-fit": FirstFitPolicy,
+        "quota-only": QuotaOnlyPolicy,
+        "hived": HivedPolicy,
+        # As the service runs it: with the clock, so that long-waiting heads are protected from backfill.
+        "hived-protect": hived_protected,
+    }
 
 
 def make_policy(name: str, cluster: SimCluster) -> Policy:

@@ -321,12 +321,12 @@ def test_hived_adapter_requeues_a_victim_that_started_in_the_same_call() -> None
         def __init__(self) -> None:
             self.calls: list[str] = []
 
-        def submit(self, req: object) -> object:
+        def submit(self, req: object, now: float | None = None) -> object:
             key = req.key  # type: ignore[attr-defined]
             self.calls.append(f"submit {key}")
             return Queued(key, "waiting", 1)
 
-        def release(self, key: str) -> list[object]:
+        def release(self, key: str, now: float | None = None) -> list[object]:
             self.calls.append(f"release {key}")
             if key == "done#0":
                 return [Released(key), placed("x#0"), Preempting("y#0", ("x#0",), ())]
@@ -348,4 +348,4 @@ def test_hived_adapter_requeues_a_victim_that_started_in_the_same_call() -> None
 
 
 def test_every_policy_is_available() -> None:
-    assert set(ALL) == {"first-fit", "quota-only", "hived"}
+    assert set(ALL) == {"first-fit", "quota-only", "hived", "hived-protect"}
