@@ -1286,6 +1286,16 @@ class HivedAllocator:
                 or self._now - head.since < self.protect_head_after_s
             ):
                 continue
+            # A hold stays where it was first put while its head waits and its leaves stay healthy:
+            # moving it to cells that became cheaper would throw away what has drained so far.
+            kept = self._holds.get(vc)
+            if (
+                kept is not None
+                and kept[0] == head.request.key
+                and not any(x.node is not None and x.node.n_bad_nodes for x in kept[1])
+            ):
+                holds[vc] = kept
+                continue
             leaves = self._best_placement_leaves(head)
             if leaves:
                 holds[vc] = (head.request.key, leaves)
