@@ -225,11 +225,7 @@ def on_task_running(fw: Framework, event: TaskRunning, now: int) -> Transition:
     task.launched_at = event.started_at
     task.host_ip = event.host_ip
     out = Transition(fw, reason=f"task {task.key} running")
-    if fw.state == S.ATTEMPT_PREPARING:
-        fw.state = S.ATTEMPT_RUNNING
-        fw.attempt_launched_at = event.started_at
-        if fw.launched_at is None:
-            fw.launched_at = event.started_at
+    _attempt_started(fw, event.started_at)
     return _finish(out)
 
 
@@ -249,11 +245,8 @@ def on_task_diagnosed(fw: Framework, event: TaskDiagnosed, now: int) -> Transiti
     task.exit_diagnostics = event.message
     task.completed_at = event.finished_at
     out = Transition(fw, reason=f"task {task.key} completed with {event.exit_code}")
-    if fw.state == S.ATTEMPT_PREPARING:
-        # A task can end before its running report arrives; the attempt did run.
-        fw.state = S.ATTEMPT_RUNNING
-        fw.attempt_launched_at = fw.attempt_launched_at or event.finished_at
-        fw.launched_at = fw.launched_at or event.finished_at
+    # A task can end before its running report arrives; the attempt did run.
+    _attempt_started(fw, event.finished_at)
 
     verdict = _completion_verdict(fw, task)
     if verdict is None:
@@ -273,6 +266,14 @@ def on_task_diagnosed(fw: Framework, event: TaskDiagnosed, now: int) -> Transiti
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+
+
+def _attempt_started(fw: Framework, at: int) -> None:
+    """The first task of a preparing attempt is running (or already done): the attempt runs."""
+    if fw.state == S.ATTEMPT_PREPARING:
+        fw.state = S.ATTEMPT_RUNNING
+        fw.attempt_launched_at = fw.attempt_launched_at or at
+        fw.launched_at = fw.launched_at or at
 
 
 def _start_attempt(fw: Framework, now: int, out: Transition) -> None:

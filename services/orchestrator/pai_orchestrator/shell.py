@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pai_common.consumer import HandlerContext
@@ -68,31 +70,38 @@ async def save(
     )
 
 
+async def stop_by_platform(
+    ctx: HandlerContext, env: Envelope, job_key: str, step: Callable[..., core.Transition]
+) -> None:
+    """Load one job's framework, apply a platform-caused stop to it, and save what changed."""
+    now = now_ms()
+    doc = await ctx.db[FRAMEWORKS].find_one({"_id": job_key}, session=ctx.session)
+    if doc is None:
+        return
+    fw = core.Framework.model_validate(doc["fw"])
+    transition = step(fw, now=now)
+    if transition.framework is not None:
+        await save(ctx, env, transition, fw.version, now)
+
+
 async def handle_preempting(ctx: HandlerContext, env: Envelope) -> None:
     body = env.body
     assert isinstance(body, SchedulingPreempting)
-    now = now_ms()
     for victim in body.victims:
-        doc = await ctx.db[FRAMEWORKS].find_one({"_id": victim.job_key}, session=ctx.session)
-        if doc is None:
-            continue
-        fw = core.Framework.model_validate(doc["fw"])
-        transition = core.on_preempted(fw, victim.attempt_id, body.job_key, now)
-        if transition.framework is not None:
-            await save(ctx, env, transition, fw.version, now)
+        await stop_by_platform(
+            ctx,
+            env,
+            victim.job_key,
+            partial(core.on_preempted, attempt_id=victim.attempt_id, preemptor=body.job_key),
+        )
 
 
 async def handle_lost(ctx: HandlerContext, env: Envelope) -> None:
     body = env.body
     assert isinstance(body, SchedulingLost)
-    now = now_ms()
-    doc = await ctx.db[FRAMEWORKS].find_one({"_id": body.job_key}, session=ctx.session)
-    if doc is None:
-        return
-    fw = core.Framework.model_validate(doc["fw"])
-    transition = core.on_cells_lost(fw, body.attempt_id, body.reason, now)
-    if transition.framework is not None:
-        await save(ctx, env, transition, fw.version, now)
+    await stop_by_platform(
+        ctx, env, body.job_key, partial(core.on_cells_lost, attempt_id=body.attempt_id, reason=body.reason)
+    )
 
 
 async def handle(ctx: HandlerContext, env: Envelope) -> None:

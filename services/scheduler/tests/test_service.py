@@ -72,7 +72,7 @@ def cluster_file(tmp_path: Path) -> Path:
 
 
 def scheduler_app(
-    nats: ServerProcess, mongo: ServerProcess, cluster: Path, db: str, data: Path
+    nats: ServerProcess, mongo: ServerProcess, cluster: Path, db: str, data: Path, **overrides: Any
 ) -> ServiceApp:
     settings = SchedulerSettings(
         nats_url=nats.url,
@@ -80,6 +80,7 @@ def scheduler_app(
         scheduler_cluster=cluster,
         data_dir=data,
         nak_base_delay_s=0.05,
+        **overrides,
     )
     app = ServiceApp("scheduler", settings)
     Scheduler(app, settings)
@@ -224,16 +225,9 @@ async def test_silent_nodes_go_bad_and_come_back(
     from pai_common.contract.events import NodeHealthChanged
 
     health = await client.js.subscribe("pai.evt.node.health.>", stream=EVENTS_STREAM, ordered_consumer=True)
-    settings = SchedulerSettings(
-        nats_url=nats_srv.url,
-        mongo_url=mongo_server.url,
-        scheduler_cluster=cluster_file,
-        data_dir=tmp_path,
-        node_lost_s=1.0,
+    app = scheduler_app(
+        nats_srv, mongo_server, cluster_file, f"sched{uuid.uuid4().hex[:8]}", tmp_path, node_lost_s=1.0
     )
-    app = ServiceApp("scheduler", settings)
-    Scheduler(app, settings)
-    app.name = f"sched{uuid.uuid4().hex[:8]}"
     await app.start()
     try:
         events = Events(client)

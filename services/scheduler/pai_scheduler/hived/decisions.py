@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from pai_common.contract.types import Placement
-
 
 @dataclass(frozen=True)
 class PodPlacement:
@@ -22,9 +20,6 @@ class PodPlacement:
     @property
     def is_share(self) -> bool:
         return self.milli > 0 or self.memory_mb > 0
-
-    def to_contract(self) -> Placement:
-        return Placement(task_role=self.role, index=self.index, node=self.node, gpus=list(self.leaves))
 
 
 @dataclass(frozen=True)
