@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from pai_common.contract.base import Command
@@ -17,6 +19,7 @@ class LaunchTask(Command):
     attempt_id: int
     task_role: str
     index: int
+    task_attempt_id: int = 0
     node: str
     gpus: list[int]
     # A share of gpus[0] (GPU virtualisation): the runtime limits the task to it where it can.
@@ -25,6 +28,17 @@ class LaunchTask(Command):
     entrypoint: str
     # PAI_* variables computed by the orchestrator from the job and the whole gang's placement.
     env: dict[str, str] = Field(default_factory=dict)
+    # Limits where the backend can enforce them; the image where the backend runs containers.
+    cpu: int = 0
+    memory_mb: int = 0
+    shm_mb: int = 0
+    image: str | None = None
+    # This task's host ports per label (also in env as PAI_PORT_LIST_*).
+    ports: dict[str, list[int]] = Field(default_factory=dict)
+    # com.microsoft.pai.runtimeplugin entries of the job, as submitted.
+    plugins: list[dict[str, Any]] = Field(default_factory=list)
+    # The job has secrets: the runtime fetches them (jobs.secrets RPC) and renders $secrets in the task only.
+    has_secrets: bool = False
 
 
 class KillTask(Command):
@@ -37,6 +51,7 @@ class KillTask(Command):
     attempt_id: int
     task_role: str
     index: int
+    task_attempt_id: int = 0
     node: str
     reason: str
     grace_period_s: float = 10.0

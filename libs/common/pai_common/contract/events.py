@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from pai_common.contract.base import Event
 from pai_common.contract.types import (
     AttemptRef,
     EpochMs,
+    ExitSpecEntry,
     FailureType,
     FrameworkSnapshot,
     GpuInfo,
@@ -28,6 +31,23 @@ class JobSubmitted(Event):
 
     def subject_key(self) -> str:
         return self.spec.job_key
+
+
+class JobStopRequested(Event):
+    TYPE = "job.stop.requested"
+    PRODUCER = "jobs"
+    CONSUMERS = ("orchestrator",)
+    DESCRIPTION = (
+        "The owner or an admin asked to stop a job (executionType STOP). The orchestrator stops every task"
+        " of the current attempt and completes the job as STOPPED (-210), whatever stage it is in."
+    )
+
+    job_key: str
+    requested_by: str
+    requested_at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
 
 
 class SchedulingRequested(Event):
@@ -201,6 +221,7 @@ class TaskRunning(Event):
     attempt_id: int
     task_role: str
     index: int
+    task_attempt_id: int = 0
     node: str
     host_ip: str
     pid: int
@@ -220,11 +241,17 @@ class TaskExited(Event):
     attempt_id: int
     task_role: str
     index: int
+    task_attempt_id: int = 0
     node: str
     exit_code: int
     signal: int | None = None
     log_tail: str = Field(default="", max_length=65536)
     finished_at: EpochMs
+    # Where the backend has them: Kubernetes pod/container reasons (OOMKilled, Evicted, ImagePullBackOff…).
+    pod_reason: str | None = None
+    container_reason: str | None = None
+    # NVML's view of the task's GPUs at exit (xid, ecc errors…), free-form per GPU index.
+    gpu_health: dict[str, Any] | None = None
 
     def subject_key(self) -> str:
         return self.job_key
@@ -240,12 +267,19 @@ class TaskDiagnosed(Event):
     attempt_id: int
     task_role: str
     index: int
+    task_attempt_id: int = 0
     exit_code: int
     spec_code: int
     spec_phrase: str
     failure_type: FailureType
     message: str
     finished_at: EpochMs
+    # The exit spec entry (OpenPAI's containerExitSpec shape), its reaction, and the explanation.
+    reaction: str = ""
+    exit_spec: ExitSpecEntry | None = None
+    matched: str | None = Field(default=None, max_length=8192)
+    explanation: str = ""
+    suggestion: str = ""
 
     def subject_key(self) -> str:
         return self.job_key
@@ -294,6 +328,7 @@ class JobCompleted(Event):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     JobSubmitted,
+    JobStopRequested,
     SchedulingRequested,
     SchedulingAllocated,
     SchedulingRejected,

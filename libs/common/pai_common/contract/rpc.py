@@ -98,6 +98,23 @@ class ListJobsRequest(RpcRequest):
     order: Literal["ASC", "DESC"] = "DESC"
 
 
+class JobSecretsReply(RpcReply):
+    secrets: dict[str, Any]
+
+
+class JobSecretsRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "secrets"
+    DESCRIPTION = (
+        "A job's `secrets`, for the runtime agent that launches one of its tasks (and no one else):"
+        " secrets never travel in events or commands."
+    )
+    REPLY = JobSecretsReply
+
+    job_key: str
+    node: str
+
+
 # ---- storage ----------------------------------------------------------------------------------------
 
 
@@ -172,6 +189,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     SubmitJobRequest,
     GetJobRequest,
     ListJobsRequest,
+    JobSecretsRequest,
     ListStoragesRequest,
     ListVirtualClustersRequest,
     SkuTypesRequest,

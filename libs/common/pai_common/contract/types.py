@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -33,6 +33,11 @@ class TaskRoleSpec(Message):
     gpu_memory_mb: int = Field(default=0, ge=0)
     # extraContainerOptions.infiniband: every task of the job under one InfiniBand domain.
     infiniband: bool = False
+    # resourcePerInstance.ports: how many ports each task needs per label (e.g. {"http": 1, "nccl": 2}).
+    ports: dict[str, int] = Field(default_factory=dict)
+    # extraContainerOptions.shmMB; the dockerImage prerequisite's uri (runtimes with containers use it).
+    shm_mb: int = Field(default=512, ge=0)
+    image: str | None = None
 
 
 class JobSpec(Message):
@@ -48,6 +53,12 @@ class JobSpec(Message):
     submitted_at: EpochMs
     # HiveD's lazy preemption: when preempted, keep running as opportunistic work where possible.
     lazy_preemption: bool = False
+    # extras.gangAllocation (default true): false lets tasks start alone and enables taskRetryCount.
+    gang_allocation: bool = True
+    # extras["com.microsoft.pai.runtimeplugin"], as submitted (plugin name, parameters, failurePolicy).
+    runtime_plugins: list[dict[str, Any]] = Field(default_factory=list)
+    # The job has `secrets`; they never travel on the bus: the runtime asks the jobs service (jobs.secrets).
+    has_secrets: bool = False
 
 
 class PodRequest(Message):
@@ -77,6 +88,8 @@ class Placement(Message):
     # Set when the task got a share of gpus[0] rather than whole GPUs.
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    # Host ports per label, chosen by the orchestrator when the gang is placed (ports.assign_ports).
+    ports: dict[str, list[int]] = Field(default_factory=dict)
 
 
 class GpuInfo(Message):
@@ -86,8 +99,29 @@ class GpuInfo(Message):
     uuid: str
 
 
-FailureType = Literal["Succeeded", "Transient", "Permanent", "Unknown"]
+# FrameworkController's completion types; TransientConflict is retried after a randomised back-off.
+FailureType = Literal["Succeeded", "Transient", "TransientConflict", "Permanent", "Unknown"]
+# An entry of the exit spec as OpenPAI's API shows it (appExitSpec / containerExitSpec):
+# code, phrase, issuer, causer, type, stage, behavior, reaction, reason, repro, solution.
+ExitSpecEntry = dict[str, Any]
 JobState = Literal["WAITING", "RUNNING", "STOPPING", "SUCCEEDED", "FAILED", "STOPPED", "UNKNOWN"]
+
+
+class TaskAttemptRecord(Message):
+    """One finished attempt of a task (task retries when gang allocation is off), for the attempts routes."""
+
+    attempt_id: int
+    state: str
+    node: str | None = None
+    host_ip: str | None = None
+    ports: dict[str, list[int]] = Field(default_factory=dict)
+    gpus: list[int] = Field(default_factory=list)
+    exit_code: int | None = None
+    exit_spec: ExitSpecEntry | None = None
+    exit_diagnostics: str | None = None
+    created_at: EpochMs | None = None
+    launched_at: EpochMs | None = None
+    completed_at: EpochMs | None = None
 
 
 class TaskSnapshot(Message):
@@ -96,15 +130,38 @@ class TaskSnapshot(Message):
     task_role: str
     index: int
     state: str  # FrameworkController task state
-    attempt_id: int = 0
+    attempt_id: int = 0  # the task attempt (0 unless the task was retried on its own)
     node: str | None = None
     host_ip: str | None = None
     gpus: list[int] = Field(default_factory=list)
+    ports: dict[str, list[int]] = Field(default_factory=dict)
     exit_code: int | None = None
+    exit_spec: ExitSpecEntry | None = None
     exit_diagnostics: str | None = None
     created_at: EpochMs | None = None
     launched_at: EpochMs | None = None
     completed_at: EpochMs | None = None
+    retries: int = 0
+    accountable_retries: int = 0
+    # Earlier attempts of this task within the current job attempt, oldest first.
+    history: list[TaskAttemptRecord] = Field(default_factory=list)
+
+
+class JobAttemptRecord(Message):
+    """One finished attempt of a job, kept for OpenPAI's job-attempts routes."""
+
+    attempt_id: int
+    state: str  # FrameworkController state when it ended (AttemptCompleted or Completed)
+    created_at: EpochMs | None = None
+    launched_at: EpochMs | None = None
+    completed_at: EpochMs | None = None
+    exit_code: int | None = None
+    exit_type: str | None = None
+    exit_spec: ExitSpecEntry | None = None
+    exit_diagnostics: str | None = None
+    trigger_task_role: str | None = None
+    trigger_task_index: int | None = None
+    tasks: list[TaskSnapshot] = Field(default_factory=list)
 
 
 class FrameworkSnapshot(Message):
@@ -128,6 +185,19 @@ class FrameworkSnapshot(Message):
     trigger_task_role: str | None = None
     trigger_task_index: int | None = None
     tasks: list[TaskSnapshot] = Field(default_factory=list)
+    # "STOP" once a stop was asked for (OpenPAI's executionType).
+    execution_type: Literal["START", "STOP"] = "START"
+    # retries split by cause: user (accountable), platform (transient), resource (gang/scheduling).
+    user_retries: int = 0
+    platform_retries: int = 0
+    resource_retries: int = 0
+    # When the next attempt starts (epoch ms) while a retry waits out its back-off.
+    retry_at: EpochMs | None = None
+    exit_spec: ExitSpecEntry | None = None
+    # OpenPAI's appExitMessages: {container, runtime, launcher}.
+    exit_messages: dict[str, Any] | None = None
+    # Earlier attempts, oldest first; the current one is described by the fields above.
+    attempts: list[JobAttemptRecord] = Field(default_factory=list)
 
 
 class AttemptRef(Message):

@@ -1,0 +1,44 @@
+"""Host ports for the tasks of a placed gang.
+
+Tasks run with the host's network (local processes, and Kubernetes pods with hostNetwork), so each task's
+ports must be free on its node and known to every peer before any of them starts. Like OpenPAI the choice
+is a hash of who asks (so a replayed event picks the same ports), but unlike OpenPAI it never gives one
+port twice on a node within the gang, and it includes the attempt so that a retry after a port clash
+with something outside the platform lands elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pai_common.contract.types import JobSpec, Placement
+
+PORT_RANGE = (15000, 40000)
+
+
+def _candidate(key: str) -> int:
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    low, high = PORT_RANGE
+    return low + digest % (high - low)
+
+
+def assign_ports(job_key: str, attempt_id: int, spec: JobSpec, gang: list[Placement]) -> list[Placement]:
+    """The gang's placements with ``ports`` filled in from each role's ``ports`` request."""
+    wanted = {r.name: r.ports for r in spec.task_roles}
+    taken: dict[str, set[int]] = {}
+    placed: list[Placement] = []
+    low, high = PORT_RANGE
+    for p in sorted(gang, key=lambda p: (p.task_role, p.index)):
+        on_node = taken.setdefault(p.node, set())
+        ports: dict[str, list[int]] = {}
+        for label, count in sorted(wanted.get(p.task_role, {}).items()):
+            chosen: list[int] = []
+            for i in range(count):
+                port = _candidate(f"{job_key}|{attempt_id}|{p.task_role}|{p.index}|{label}|{i}")
+                while port in on_node:  # linear probing within the range
+                    port = low + (port + 1 - low) % (high - low)
+                on_node.add(port)
+                chosen.append(port)
+            ports[label] = chosen
+        placed.append(p.model_copy(update={"ports": ports}))
+    return placed
