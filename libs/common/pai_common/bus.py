@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,8 @@ DUPLICATE_WINDOW_S = 120.0
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
 R = TypeVar("R", bound=Message)
+# How long a request waits for a responder to (re)appear before the service counts as not running.
+NO_RESPONDERS_WAIT_S = 1.0
 RpcHandler = Callable[[Any], Awaitable[Message]]
 
 
@@ -144,14 +147,28 @@ class Bus:
         """Ask the owning service; its PaiError comes back as the same error type."""
         subject = rpc_subject(req.SERVICE, req.ENDPOINT, target)
         headers = inject_headers({})
-        try:
-            msg = await self.nc.request(
-                subject, req.model_dump_json().encode(), timeout=timeout, headers=headers
-            )
-        except NoRespondersError as exc:
-            raise ServiceUnavailableError(f"service {req.SERVICE} is not running") from exc
-        except NatsTimeoutError as exc:
-            raise ServiceUnavailableError(f"service {req.SERVICE} did not answer in {timeout:g}s") from exc
+        payload = req.model_dump_json().encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A responder that is restarting or reconnecting has no subscription for a moment: ask again for
+        # up to NO_RESPONDERS_WAIT_S (within the timeout) before calling the service unavailable.
+        patience = loop.time() + min(timeout, NO_RESPONDERS_WAIT_S)
+        pause = 0.02
+        while True:
+            try:
+                msg = await self.nc.request(
+                    subject, payload, timeout=max(deadline - loop.time(), 0.001), headers=headers
+                )
+                break
+            except NoRespondersError as exc:
+                if loop.time() + pause >= patience:
+                    raise ServiceUnavailableError(f"service {req.SERVICE} is not running") from exc
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.25)
+            except NatsTimeoutError as exc:
+                raise ServiceUnavailableError(
+                    f"service {req.SERVICE} did not answer in {timeout:g}s"
+                ) from exc
         if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
             try:
                 body = json.loads(msg.data or b"{}")

@@ -76,6 +76,40 @@ class ConflictJobError(PaiError):
     code = "ConflictJobError"
 
 
+class NoTagError(PaiError):
+    status = 404
+    code = "NoTagError"
+
+
+class TooManyRequestsError(PaiError):
+    """A per-user rate limit was reached; the caller may retry after the window."""
+
+    status = 429
+    code = "TooManyRequestsError"
+
+
+class ConflictUserError(PaiError):
+    status = 409
+    code = "ConflictUserError"
+
+
+class ConflictGroupError(PaiError):
+    """Not in OpenPAI's list (it has no group-conflict code); named after ConflictUserError."""
+
+    status = 409
+    code = "ConflictGroupError"
+
+
+class NoGroupError(PaiError):
+    status = 400
+    code = "NoGroupError"
+
+
+class RemoveAdminError(PaiError):
+    status = 403
+    code = "RemoveAdminError"
+
+
 class PayloadTooLargeError(PaiError):
     status = 413
     code = "PayloadTooLargeError"
@@ -107,6 +141,12 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoApiError,
         NoVirtualClusterError,
         ConflictJobError,
+        NoTagError,
+        TooManyRequestsError,
+        ConflictUserError,
+        ConflictGroupError,
+        NoGroupError,
+        RemoveAdminError,
         PayloadTooLargeError,
         ServiceUnavailableError,
         UnknownError,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pai_common import bus as bus_module
 from pai_common.bus import DEAD_LETTER_STREAM, EVENTS_STREAM, Bus
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import JobAttemptCompleted, SchedulingReleased
@@ -182,6 +183,32 @@ async def test_rpc_roundtrip_and_errors(fresh_nats: ServerProcess, mongo_server:
             await client2.request(GetJobRequest(job_key="a~b"), JobDetailReply, timeout=1)
     finally:
         await client2.close()
+
+
+async def test_a_request_waits_briefly_for_a_responder_that_is_starting(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long enough for a slow start on a loaded machine; the test never waits for it to run out.
+    monkeypatch.setattr(bus_module, "NO_RESPONDERS_WAIT_S", 30.0)
+    app = make_app(fresh_nats, mongo_server)
+
+    async def get_job(req: GetJobRequest) -> JobDetailReply:
+        return JobDetailReply(detail={"name": req.job_key})
+
+    app.rpc({GetJobRequest: get_job})
+    client = await Bus.connect(fresh_nats.url, "client")
+    try:
+        # Sent while nothing answers yet (a service restarting): answered once the responder appears.
+        pending = asyncio.create_task(
+            client.request(GetJobRequest(job_key="a~b"), JobDetailReply, timeout=30)
+        )
+        await asyncio.sleep(0.1)
+        assert not pending.done()
+        await app.start()
+        assert (await pending).detail == {"name": "a~b"}
+    finally:
+        await client.close()
+        await app.stop()
 
 
 async def test_streams_created_idempotently(fresh_nats: ServerProcess) -> None:

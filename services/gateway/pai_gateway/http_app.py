@@ -13,7 +13,16 @@ from fastapi.responses import JSONResponse
 
 from pai_common.bus import Bus
 from pai_common.errors import InvalidParametersError, PayloadTooLargeError
-from pai_gateway import errors, routes_auth, routes_cluster, routes_jobs, routes_meta
+from pai_gateway import (
+    errors,
+    routes_auth,
+    routes_cluster,
+    routes_diagnosis,
+    routes_groups,
+    routes_jobs,
+    routes_meta,
+    routes_users,
+)
 from pai_gateway.identity import IdentityResolver
 from pai_gateway.settings import GatewaySettings
 
@@ -49,7 +58,15 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
                 )
         return await call_next(request)
 
-    for module in (routes_meta, routes_auth, routes_jobs, routes_cluster):
+    for module in (
+        routes_meta,
+        routes_auth,
+        routes_users,
+        routes_groups,
+        routes_jobs,
+        routes_cluster,
+        routes_diagnosis,
+    ):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)

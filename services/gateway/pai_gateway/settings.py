@@ -12,3 +12,8 @@ class GatewaySettings(Settings):
     max_body_bytes: int = 256 * 1024
     rpc_timeout_s: float = 5.0
     identity_cache_s: float = 5.0
+    # Per-user limits of OpenPAI's deployed rest-server (per gateway replica): submissions per hour, lists
+    # per minute; 0 turns a limit off. The job stream polls the jobs service at this interval.
+    rate_limit_submit_per_hour: int = Field(default=3600, ge=0)
+    rate_limit_list_per_min: int = Field(default=120, ge=0)
+    job_stream_poll_s: float = Field(default=1.0, gt=0)

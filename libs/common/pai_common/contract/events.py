@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from pai_common.contract.base import Event
 from pai_common.contract.types import (
     AttemptRef,
+    DeviceInfo,
     EpochMs,
     ExitSpecEntry,
     FailureType,
@@ -84,7 +85,7 @@ class SchedulingAllocated(Event):
 class SchedulingRejected(Event):
     TYPE = "scheduling.rejected"
     PRODUCER = "scheduler"
-    CONSUMERS = ("orchestrator",)
+    CONSUMERS = ("orchestrator", "jobs")
     DESCRIPTION = "An attempt's gang can never be placed on this cluster (it asks for more than exists)."
 
     job_key: str
@@ -98,7 +99,7 @@ class SchedulingRejected(Event):
 class SchedulingPreempting(Event):
     TYPE = "scheduling.preempting"
     PRODUCER = "scheduler"
-    CONSUMERS = ("orchestrator",)
+    CONSUMERS = ("orchestrator", "jobs")
     DESCRIPTION = (
         "A gang of higher priority needs cells that lower-priority gangs hold; those victims must stop."
         " The preemptor is allocated once every victim's attempt has been released."
@@ -189,6 +190,11 @@ class NodeRegistered(Event):
     memory_mb: int
     gpus: list[GpuInfo]
     simulated: bool
+    # Declared in the node's inventory file (NVML does not see them).
+    fpgas: list[DeviceInfo] = Field(default_factory=list)
+    infiniband: list[DeviceInfo] = Field(default_factory=list)
+    # Where the GPU list comes from: "nvml", "declared" (inventory file) or "simulated" (a count).
+    inventory_source: str = "simulated"
 
     def subject_key(self) -> str:
         return self.node
@@ -226,6 +232,8 @@ class TaskRunning(Event):
     host_ip: str
     pid: int
     started_at: EpochMs
+    # How it runs: "host" (a local process), "docker"/"podman" (the job's image), "kubernetes" (a pod).
+    backend: str = "host"
 
     def subject_key(self) -> str:
         return self.job_key
@@ -300,7 +308,7 @@ class FrameworkChanged(Event):
 class JobAttemptCompleted(Event):
     TYPE = "job.attempt.completed"
     PRODUCER = "orchestrator"
-    CONSUMERS = ("scheduler",)
+    CONSUMERS = ("scheduler", "jobs")
     DESCRIPTION = "An attempt ended (it may be retried); its cells can be released."
 
     job_key: str
@@ -326,6 +334,77 @@ class JobCompleted(Event):
         return self.job_key
 
 
+class UserChanged(Event):
+    TYPE = "user.changed"
+    PRODUCER = "auth"
+    CONSUMERS = ("gateway",)
+    DESCRIPTION = (
+        "A user was created, changed or deleted (never with a password or hash); the gateway drops cached"
+        " identities of that user."
+    )
+
+    username: str
+    change: Literal["created", "updated", "password_changed", "deleted"]
+    admin: bool
+    grouplist: list[str]
+    actor: str
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.username
+
+
+class GroupChanged(Event):
+    TYPE = "group.changed"
+    PRODUCER = "auth"
+    CONSUMERS = ("gateway",)
+    DESCRIPTION = "A group or its ACLs (admin, virtualClusters, storageConfigs) changed."
+
+    groupname: str
+    change: Literal["created", "updated", "deleted"]
+    acls: dict[str, Any]
+    actor: str
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.groupname
+
+
+class TokenIssued(Event):
+    TYPE = "token.issued"
+    PRODUCER = "auth"
+    CONSUMERS = ()
+    DESCRIPTION = "A login or application token was issued; carries its id, never the token."
+
+    username: str
+    token_id: str
+    application: bool
+    expires_at: EpochMs | None
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.username
+
+
+class TokenRevoked(Event):
+    TYPE = "token.revoked"
+    PRODUCER = "auth"
+    CONSUMERS = ("gateway",)
+    DESCRIPTION = (
+        "Tokens stopped being valid (logout, revocation, password change, user deleted); carries their ids,"
+        " never the tokens. The gateway drops them from its identity cache at once."
+    )
+
+    username: str
+    token_ids: list[str]
+    reason: Literal["logout", "revoked", "password_changed", "user_deleted"]
+    actor: str
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.username
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     JobSubmitted,
     JobStopRequested,
@@ -345,6 +424,10 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    UserChanged,
+    GroupChanged,
+    TokenIssued,
+    TokenRevoked,
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {e.TYPE: e for e in ALL_EVENTS}

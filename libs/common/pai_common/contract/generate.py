@@ -59,7 +59,7 @@ TARGET_DESCRIPTIONS: dict[str, str] = {
 
 # Paths under proto/ that are not generated and that --check and pruning leave alone.
 HAND_WRITTEN_FILES = frozenset({"README.md"})
-HAND_WRITTEN_DIRS = ("job-protocol/",)
+HAND_WRITTEN_DIRS = ("job-protocol/", "exit-spec/")
 
 
 # ---- names and subjects ----------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ class Identity(RpcReply):
     admin: bool
     virtual_clusters: list[str]
     application: bool = False
+    # The token's id (its `jti`), never the token: lets a cache drop it when token.revoked names it.
+    token_id: str = ""
 
 
 class LoginReply(RpcReply):
@@ -33,6 +35,8 @@ class LoginRequest(RpcRequest):
     username: str = Field(min_length=1, max_length=64, pattern=r"^[\w.-]+$")
     password: str = Field(min_length=1, max_length=256)
     expiration_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+    # The caller's network address, for throttling repeated failures per client as well as per user.
+    client: str = Field(default="", max_length=256)
 
 
 class VerifyTokenRequest(RpcRequest):
@@ -42,6 +46,245 @@ class VerifyTokenRequest(RpcRequest):
     REPLY = Identity
 
     token: str = Field(min_length=1, max_length=4096)
+
+
+class AuthorizeReply(RpcReply):
+    username: str
+    admin: bool
+    groups: list[str]
+    virtual_clusters: list[str]
+    storage_configs: list[str]
+    # Whether the user may use the virtual cluster and the storage asked about (both, when both given).
+    allowed: bool
+
+
+class AuthorizeRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "authorize"
+    DESCRIPTION = (
+        "A user's rights from their groups: admin, virtual clusters, storages; and whether they may use"
+        " the virtual cluster and/or storage named. Unknown user: NoUserError."
+    )
+    REPLY = AuthorizeReply
+
+    username: str = Field(min_length=1, max_length=64)
+    virtual_cluster: str | None = None
+    storage: str | None = None
+
+
+class AuthMessageReply(RpcReply):
+    message: str
+
+
+class UserReply(RpcReply):
+    # OpenPAI's user shape: username, grouplist, email, extension, admin, virtualCluster, storageConfig.
+    user: dict[str, Any]
+
+
+class UserListReply(RpcReply):
+    users: list[dict[str, Any]]
+
+
+class GetUserRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "user_get"
+    DESCRIPTION = "One user as `actor` may see them (private keys only to the user themself)."
+    REPLY = UserReply
+
+    actor: str
+    username: str = Field(min_length=1, max_length=64)
+
+
+class ListUsersRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "user_list"
+    DESCRIPTION = "Every user as `actor` may see them."
+    REPLY = UserListReply
+
+    actor: str
+
+
+class CreateUserRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "user_create"
+    DESCRIPTION = "Create a user (admin only); publishes user.changed."
+    REPLY = AuthMessageReply
+
+    actor: str
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    password: str = Field(min_length=6, max_length=256)
+    email: str = Field(default="", max_length=256)
+    admin: bool = False
+    virtual_clusters: list[str] = Field(default_factory=list)
+    extension: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpdateUserRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "user_update"
+    DESCRIPTION = (
+        "Change a user: fields left None stay as they are. Self or admin for email, password and extension;"
+        " admin for rights. A password change revokes the user's non-application tokens."
+    )
+    REPLY = AuthMessageReply
+
+    actor: str
+    username: str = Field(min_length=1, max_length=64)
+    email: str | None = Field(default=None, max_length=256)
+    password: str | None = Field(default=None, min_length=6, max_length=256)
+    # Required when a non-admin changes their own password.
+    old_password: str | None = Field(default=None, max_length=256)
+    admin: bool | None = None
+    virtual_clusters: list[str] | None = None
+    grouplist: list[str] | None = None
+    add_group: str | None = None
+    remove_group: str | None = None
+    extension: dict[str, Any] | None = None
+    # Merge `extension` into the stored one (true) or replace it (false).
+    merge_extension: bool = True
+
+
+class DeleteUserRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "user_delete"
+    DESCRIPTION = "Delete a non-admin user and revoke their tokens (admin only)."
+    REPLY = AuthMessageReply
+
+    actor: str
+    username: str = Field(min_length=1, max_length=64)
+
+
+class GroupReply(RpcReply):
+    # OpenPAI's group shape: groupname, description, externalName, extension.acls.
+    group: dict[str, Any]
+
+
+class GroupListReply(RpcReply):
+    groups: list[dict[str, Any]]
+
+
+class GetGroupRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "group_get"
+    DESCRIPTION = "One group."
+    REPLY = GroupReply
+
+    groupname: str = Field(min_length=1, max_length=64)
+
+
+class ListGroupsRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "group_list"
+    DESCRIPTION = "Every group."
+    REPLY = GroupListReply
+
+
+class CreateGroupRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "group_create"
+    DESCRIPTION = "Create a group with its ACLs (admin only); publishes group.changed."
+    REPLY = AuthMessageReply
+
+    actor: str
+    groupname: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
+    description: str = Field(default="", max_length=1024)
+    external_name: str = Field(default="", max_length=256)
+    extension: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpdateGroupRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "group_update"
+    DESCRIPTION = "Change a group (admin only); fields left None stay as they are."
+    REPLY = AuthMessageReply
+
+    actor: str
+    groupname: str = Field(min_length=1, max_length=64)
+    description: str | None = Field(default=None, max_length=1024)
+    external_name: str | None = Field(default=None, max_length=256)
+    extension: dict[str, Any] | None = None
+    merge_extension: bool = True
+
+
+class DeleteGroupRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "group_delete"
+    DESCRIPTION = "Delete a group and remove it from every user (admin only; not the built-in groups)."
+    REPLY = AuthMessageReply
+
+    actor: str
+    groupname: str = Field(min_length=1, max_length=64)
+
+
+class GroupMembersReply(RpcReply):
+    # OpenPAI's userlist shape: [{username, clusterAdmin}].
+    members: list[dict[str, Any]]
+
+
+class GroupMembersRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "group_members"
+    DESCRIPTION = "The users of a group (admin only)."
+    REPLY = GroupMembersReply
+
+    actor: str
+    groupname: str = Field(min_length=1, max_length=64)
+
+
+class TokenListReply(RpcReply):
+    tokens: list[str]
+
+
+class ListTokensRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "token_list"
+    DESCRIPTION = "The caller's own valid tokens."
+    REPLY = TokenListReply
+
+    actor: str
+
+
+class TokenReply(RpcReply):
+    token: str
+
+
+class CreateApplicationTokenRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "token_application"
+    DESCRIPTION = "Issue a long-lived application token to the caller; publishes token.issued."
+    REPLY = TokenReply
+
+    actor: str
+
+
+class RevokeTokenRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "token_revoke"
+    DESCRIPTION = "Revoke one of the caller's own tokens (another user's: ForbiddenUserError)."
+    REPLY = AuthMessageReply
+
+    actor: str
+    token: str = Field(min_length=1, max_length=4096)
+    reason: Literal["revoked", "logout"] = "revoked"
+
+
+class AuditLogReply(RpcReply):
+    # Oldest last: [{at, actor, action, target, details}].
+    entries: list[dict[str, Any]]
+    total: int
+
+
+class AuditLogRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "audit"
+    DESCRIPTION = "Recorded changes of users, groups, rights and tokens, newest first (admin only)."
+    REPLY = AuditLogReply
+
+    actor: str
+    target: str | None = None
+    by: str | None = None
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 # ---- jobs -------------------------------------------------------------------------------------------
@@ -75,6 +318,8 @@ class GetJobRequest(RpcRequest):
     REPLY = JobDetailReply
 
     job_key: str
+    # An earlier (or the current) job attempt: OpenPAI's `/attempts/{id}` JobDetail; None = the job now.
+    attempt_id: int | None = Field(default=None, ge=0)
 
 
 class JobListReply(RpcReply):
@@ -96,6 +341,13 @@ class ListJobsRequest(RpcRequest):
     limit: int = Field(default=5000, ge=1, le=50000)
     order_field: str = "submissionTime"
     order: Literal["ASC", "DESC"] = "DESC"
+    # OpenPAI's tagsContain / tagsNotContain (any of / none of) and jobPriority (class names; "default"
+    # means no class).
+    tags_contain: list[str] = Field(default_factory=list)
+    tags_not_contain: list[str] = Field(default_factory=list)
+    job_priorities: list[str] = Field(default_factory=list)
+    # Counting every match costs a second query; OpenPAI only counts with withTotalCount=true.
+    count_total: bool = True
 
 
 class JobSecretsReply(RpcReply):
@@ -113,6 +365,100 @@ class JobSecretsRequest(RpcRequest):
 
     job_key: str
     node: str
+
+
+class JobConfigReply(RpcReply):
+    # The submitted protocol as parsed, every value under `secrets` masked as "******".
+    config: dict[str, Any]
+
+
+class JobConfigRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "config"
+    DESCRIPTION = "The protocol a job was submitted with, secrets masked."
+    REPLY = JobConfigReply
+
+    job_key: str
+
+
+class JobMutationReply(RpcReply):
+    message: str
+
+
+class JobExecutionTypeRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "execution_type"
+    DESCRIPTION = (
+        "Set a job's executionType (owner or admin). STOP is recorded and published as job.stop.requested;"
+        " START is accepted and changes nothing (a stopped job is never resumed, as in OpenPAI)."
+    )
+    REPLY = JobMutationReply
+
+    job_key: str
+    value: Literal["START", "STOP"]
+    username: str
+    admin: bool = False
+
+
+class JobTagRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "tag"
+    DESCRIPTION = "Add a tag to a job, or remove one (owner or admin)."
+    REPLY = JobMutationReply
+
+    job_key: str
+    tag: str = Field(min_length=1, max_length=256, pattern=r"^[^,]+$")
+    remove: bool = False
+    username: str
+    admin: bool = False
+
+
+class JobEventsReply(RpcReply):
+    # OpenPAI's job event shape: {uid, frameworkName, taskroleName, taskIndex, type, reason, message, ...}.
+    events: list[dict[str, Any]]
+    total: int
+
+
+class JobEventsRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "events"
+    DESCRIPTION = "What happened to a job (scheduling, preemption, stop requests, attempt ends), oldest first"
+    REPLY = JobEventsReply
+
+    job_key: str
+    type: Literal["Normal", "Warning"] | None = None
+
+
+class JobAttemptsReply(RpcReply):
+    # OpenPAI's JobAttempt shape: the current attempt first (isLatest), then the earlier ones ascending.
+    attempts: list[dict[str, Any]]
+
+
+class JobAttemptsRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "attempts"
+    DESCRIPTION = "A job's attempts in OpenPAI's JobAttempt shape; one attempt when attempt_id is given."
+    REPLY = JobAttemptsReply
+
+    job_key: str
+    attempt_id: int | None = Field(default=None, ge=0)
+
+
+class TaskAttemptsReply(RpcReply):
+    # OpenPAI's TaskStatus shape with every attempt of the task.
+    status: dict[str, Any]
+
+
+class TaskAttemptsRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "task_attempts"
+    DESCRIPTION = "One task of one job attempt with all of its task attempts."
+    REPLY = TaskAttemptsReply
+
+    job_key: str
+    attempt_id: int = Field(ge=0)
+    task_role: str
+    index: int = Field(ge=0)
 
 
 # ---- storage ----------------------------------------------------------------------------------------
@@ -160,6 +506,45 @@ class SkuTypesRequest(RpcRequest):
     virtual_cluster: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
 
 
+# ---- diagnosis --------------------------------------------------------------------------------------
+
+
+class ExitSpecReply(RpcReply):
+    # The exit spec in effect: the document as validated (entries with their patterns) and its origin.
+    spec: dict[str, Any]
+    revision: int
+    source: Literal["builtin", "uploaded"]
+    updated_by: str | None = None
+    updated_at: int | None = None  # epoch ms
+
+
+class GetExitSpecRequest(RpcRequest):
+    SERVICE = "diagnosis"
+    ENDPOINT = "get_spec"
+    DESCRIPTION = "The exit spec in effect, or the one shipped with the service (admins only)."
+    REPLY = ExitSpecReply
+
+    builtin: bool = False
+    username: str
+    admin: bool = False
+
+
+class PutExitSpecRequest(RpcRequest):
+    SERVICE = "diagnosis"
+    ENDPOINT = "put_spec"
+    DESCRIPTION = (
+        "An admin sets the exit spec from YAML or JSON text: `replace` it, `overlay` it (an entry with the"
+        " same code replaces in place, a new code is added at the end) or `reset` it to the shipped one."
+        " It is validated (schema, unique codes, RE2 regexes) before it takes effect."
+    )
+    REPLY = ExitSpecReply
+
+    text: str = Field(default="", max_length=1 << 20)
+    mode: Literal["replace", "overlay", "reset"] = "replace"
+    username: str
+    admin: bool = False
+
+
 # ---- runtime ----------------------------------------------------------------------------------------
 
 
@@ -179,19 +564,45 @@ class TaskLogRequest(RpcRequest):
     attempt_id: int
     task_role: str
     index: int
-    stream: Literal["stdout", "stderr"] = "stdout"
+    # The task attempt (0 unless the task was retried on its own); "all" is stdout and stderr as written.
+    task_attempt_id: int = 0
+    stream: Literal["stdout", "stderr", "all"] = "stdout"
     tail_bytes: int = Field(default=65536, ge=1, le=16 * 1024 * 1024)
 
 
 ALL_RPCS: tuple[type[RpcRequest], ...] = (
     LoginRequest,
     VerifyTokenRequest,
+    AuthorizeRequest,
+    GetUserRequest,
+    ListUsersRequest,
+    CreateUserRequest,
+    UpdateUserRequest,
+    DeleteUserRequest,
+    GetGroupRequest,
+    ListGroupsRequest,
+    CreateGroupRequest,
+    UpdateGroupRequest,
+    DeleteGroupRequest,
+    GroupMembersRequest,
+    ListTokensRequest,
+    CreateApplicationTokenRequest,
+    RevokeTokenRequest,
+    AuditLogRequest,
     SubmitJobRequest,
     GetJobRequest,
     ListJobsRequest,
     JobSecretsRequest,
+    JobConfigRequest,
+    JobExecutionTypeRequest,
+    JobTagRequest,
+    JobEventsRequest,
+    JobAttemptsRequest,
+    TaskAttemptsRequest,
     ListStoragesRequest,
     ListVirtualClustersRequest,
     SkuTypesRequest,
     TaskLogRequest,
+    GetExitSpecRequest,
+    PutExitSpecRequest,
 )

@@ -97,6 +97,21 @@ class GpuInfo(Message):
     model: str
     memory_mb: int
     uuid: str
+    # What NVML tells where it is present (None where it does not, or for simulated GPUs).
+    pci_bus_id: str | None = None
+    numa_node: int | None = None
+    ecc_enabled: bool | None = None
+    # False once the agent finds the GPU bad (uncorrectable ECC errors, lost from NVML, declared bad).
+    healthy: bool = True
+
+
+class DeviceInfo(Message):
+    """A device other than a GPU, from the node's declared inventory: an FPGA or an InfiniBand HCA."""
+
+    index: int
+    model: str
+    id: str
+    healthy: bool = True
 
 
 # FrameworkController's completion types; TransientConflict is retried after a randomised back-off.
