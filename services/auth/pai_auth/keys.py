@@ -1,7 +1,9 @@
 """JWT signing keys, kept in the data directory (never in the database) and rotatable.
 
 The newest key signs; every key in the file verifies, so adding a key does not log anyone out, and
-removing an old one later retires the tokens it signed.
+removing an old one later retires the tokens it signed. The running service rereads the file when it
+changes, so ``python -m pai_auth.keys rotate <data-dir>`` (then, a token lifetime later, ``retire``) needs
+no restart.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,3 +45,23 @@ def _write(path: Path, keys: list[SigningKey]) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump({"keys": [{"kid": k.kid, "secret": k.secret} for k in keys]}, f)
     os.replace(tmp, path)
+
+
+def retire(path: Path) -> list[SigningKey]:
+    """Drop every key but the newest: tokens the older ones signed stop being valid."""
+    keys = load_or_create(path)[-1:]
+    _write(path, keys)
+    return keys
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("rotate", "retire"):
+        raise SystemExit("usage: python -m pai_auth.keys rotate|retire <data-dir>")
+    path = Path(args[1]) / "auth" / "jwt-keys.json"
+    keys = rotate(path) if args[0] == "rotate" else retire(path)
+    print(f"{path}: {len(keys)} key(s); signing with {keys[-1].kid}")
+
+
+if __name__ == "__main__":
+    main()

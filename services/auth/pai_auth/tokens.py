@@ -27,12 +27,23 @@ def issue(
     key: SigningKey, username: str, now: int, ttl_s: int | None, application: bool = False
 ) -> tuple[str, Claims]:
     jti = uuid.uuid4().hex
-    payload: dict[str, Any] = {"username": username, "application": application, "jti": jti, "iat": now}
     expires = now + ttl_s if ttl_s is not None else None
-    if expires is not None:
-        payload["exp"] = expires
-    token = jwt.encode(payload, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
-    return token, Claims(username, jti, application, expires)
+    claims = Claims(username, jti, application, expires)
+    return encode(key, claims, now), claims
+
+
+def encode(key: SigningKey, claims: Claims, issued_at: int) -> str:
+    """The token of these claims. Deterministic, so a stored record (which never holds the token itself)
+    gives back the very token that was issued, as long as its signing key is kept."""
+    payload: dict[str, Any] = {
+        "username": claims.username,
+        "application": claims.application,
+        "jti": claims.jti,
+        "iat": issued_at,
+    }
+    if claims.expires_at is not None:
+        payload["exp"] = claims.expires_at
+    return jwt.encode(payload, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
 
 
 def verify(token: str, keys: list[SigningKey], now: int) -> Claims:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pai_common.contract.rpc import ListStoragesRequest, StorageListReply
+from pai_common.contract.rpc import (
+    AuthorizeReply,
+    AuthorizeRequest,
+    ListStoragesRequest,
+    StorageListReply,
+)
 from pai_common.service import ServiceApp
+from pai_storage.grants import visible
 
 STORAGES = "storages"
 
@@ -35,13 +41,17 @@ class StorageService:
         )
 
     async def list(self, req: ListStoragesRequest) -> StorageListReply:
-        # Group grants arrive with the auth service's group events; until then the default group's.
-        query = {} if req.admin else {"groups": "default"}
-        docs = [d async for d in self.app.db[STORAGES].find(query).sort("_id", 1)]
+        docs = [d async for d in self.app.db[STORAGES].find({}).sort("_id", 1)]
+        if req.admin:
+            allowed = visible(docs, True, [], [])
+        else:
+            # The user's groups and their storageConfigs ACLs belong to the auth service.
+            rights = await self.app.bus.request(AuthorizeRequest(username=req.username), AuthorizeReply)
+            allowed = visible(docs, rights.admin, rights.groups, rights.storage_configs)
         return StorageListReply(
             storages=[
                 {"name": d["_id"], "share": True, "volumeName": d["_id"], "default": bool(d.get("default"))}
-                for d in docs
+                for d in allowed
             ]
         )
 
