@@ -21,6 +21,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from pai_common.contract.types import JobSpec, TaskRoleSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
+from pai_jobs.schema import schema_problems
 
 # Limits on what a submitted document may cost to parse.
 MAX_BODY_BYTES: Final = 256 * 1024
@@ -40,6 +41,8 @@ PRIORITY_BY_CLASS: Final[Mapping[str, int]] = {"crit": 120, "prod": 100, "test":
 DEFAULT_PRIORITY_CLASS: Final = "test"
 DEFAULT_VIRTUAL_CLUSTER: Final = "default"
 SECRET_MASK: Final = "******"
+DEFAULT_SHM_MB: Final = 512
+RUNTIME_PLUGIN_EXTRA: Final = "com.microsoft.pai.runtimeplugin"
 
 _NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
 _TASK_ROLE_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -210,6 +213,25 @@ class _Problems:
 
     def add(self, path: str, message: str) -> None:
         self.items.append({"field": path or ROOT_FIELD, "message": message})
+
+    def add_schema_problems(self, doc: object) -> None:
+        """The JSON Schema's findings about fields the checks here have not already reported.
+
+        A field (or a field inside or around it) with a problem of its own is skipped, so that one mistake
+        is reported once, in the words of the check that knows the most about it.
+        """
+        reported = [item["field"] for item in self.items]
+
+        def related(path: str) -> bool:
+            return any(
+                path == other or path.startswith(other + ".") or other.startswith(path + ".")
+                for other in reported
+            )
+
+        for path, message in schema_problems(doc):
+            if not related(path or ROOT_FIELD):
+                self.add(path, message)
+                reported.append(path or ROOT_FIELD)
 
     def raise_if_any(self) -> None:
         if not self.items:
@@ -408,6 +430,9 @@ class _Role:
     min_failed: int | None
     min_succeeded: int | None
     task_retry_count: int
+    ports: dict[str, int] = field(default_factory=dict)
+    shm_mb: int = DEFAULT_SHM_MB
+    image: str | None = None
     # The prerequisites (by type: script, output, data) this role selects, for $script, $output and $data.
     selected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -469,6 +494,8 @@ def _check_role(
 
     cpu = memory_mb = gpu = None
     gpu_milli = 0
+    port_counts: dict[str, int] = {}
+    shm_mb = DEFAULT_SHM_MB
     resources = _get_mapping(problems, spec, "resourcePerInstance", path, required=True)
     if resources is not None:
         res_path = _join(path, "resourcePerInstance")
@@ -481,7 +508,9 @@ def _check_role(
                 problems.add(
                     _join(_join(res_path, "ports"), label), "port label must match ^[a-zA-Z_][a-zA-Z0-9_]*$"
                 )
-            _get_int(problems, ports or {}, label, _join(res_path, "ports"), default=None, minimum=0)
+            count = _get_int(problems, ports or {}, label, _join(res_path, "ports"), default=None, minimum=0)
+            if count is not None:
+                port_counts[label] = count
 
     min_failed: int | None = 1
     min_succeeded: int | None = instances
@@ -499,7 +528,7 @@ def _check_role(
         infiniband = extra.get("infiniband") is True
         extra_path = _join(path, "extraContainerOptions")
         if "shmMB" in extra:
-            _get_int(problems, extra, "shmMB", extra_path, default=None, minimum=0)
+            shm_mb = _get_int(problems, extra, "shmMB", extra_path, default=None, minimum=0) or 0
         if "infiniband" in extra and not isinstance(extra["infiniband"], bool):
             problems.add(
                 _join(extra_path, "infiniband"), f"must be a boolean, got {_kind(extra['infiniband'])}"
@@ -514,6 +543,10 @@ def _check_role(
         and docker_image not in prerequisites["dockerimage"]
     ):
         problems.add(_join(path, "dockerImage"), f"names no dockerimage prerequisite: {docker_image!r}")
+    image = docker_image
+    if docker_image is not None and docker_image in prerequisites["dockerimage"]:
+        uri = prerequisites["dockerimage"][docker_image].get("uri")
+        image = uri if isinstance(uri, str) else None
 
     selected: dict[str, dict[str, Any]] = {}
     for kind in ("script", "output", "data"):
@@ -547,6 +580,9 @@ def _check_role(
         min_failed=min_failed,
         min_succeeded=min_succeeded,
         task_retry_count=task_retry_count,
+        ports=port_counts,
+        shm_mb=shm_mb,
+        image=image,
         selected=selected,
     )
 
@@ -762,7 +798,7 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
 
     job_retry_count = _get_int(problems, doc, "jobRetryCount", "", default=0, minimum=0)
     parameters = _get_mapping(problems, doc, "parameters", "")
-    _get_mapping(problems, doc, "secrets", "")
+    secrets = _get_mapping(problems, doc, "secrets", "")
 
     before = len(problems.items)
     prerequisites = _check_prerequisites(doc, problems)
@@ -814,7 +850,9 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     if extras is not None:
         hived = _get_mapping(problems, extras, "hivedScheduler", "extras")
         if hived is not None:
-            placement = _hived_task_roles(problems, hived, {role.name for role in roles})
+            # Every declared role counts, valid or not: a broken role is reported once, at the role.
+            declared = set(task_roles) if task_roles else {role.name for role in roles}
+            placement = _hived_task_roles(problems, hived, declared)
             lazy = hived.get("lazyPreemptionEnable", False)
             if isinstance(lazy, bool):
                 lazy_preemption = lazy
@@ -839,6 +877,11 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
                     "extras.gangAllocation", f"must be a boolean, got {_kind(extras['gangAllocation'])}"
                 )
 
+    runtime_plugins: list[dict[str, Any]] = []
+    if extras is not None and isinstance(extras.get(RUNTIME_PLUGIN_EXTRA), list):
+        runtime_plugins = [p for p in extras[RUNTIME_PLUGIN_EXTRA] if isinstance(p, dict)]
+
+    problems.add_schema_problems(doc)
     problems.raise_if_any()
     assert name is not None and job_retry_count is not None
 
@@ -867,10 +910,16 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
                 gpu_milli=role.gpu_milli,
                 infiniband=role.infiniband,
                 gpu_memory_mb=placement.get(role.name, _HivedRole()).gpu_memory_mb,
+                ports=role.ports,
+                shm_mb=role.shm_mb,
+                image=role.image,
             )
             for role in roles
         ],
         submitted_at=now_ms,
         lazy_preemption=lazy_preemption,
+        gang_allocation=gang_allocation,
+        runtime_plugins=copy.deepcopy(runtime_plugins),
+        has_secrets=bool(secrets),
     )
     return ParsedJob(spec=spec, raw=doc, masked=_mask_secrets(doc))

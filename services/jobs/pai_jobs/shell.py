@@ -1,71 +1,170 @@
-"""The jobs shell: submission and queries over RPC, the read model kept current from framework events."""
+"""The jobs shell: submission, queries and job mutations over RPC; the read model and the job events kept
+current from the events of the other services."""
 
 from __future__ import annotations
 
-import re
+import logging
 import time
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     FrameworkChanged,
+    JobAttemptCompleted,
+    JobStopRequested,
     JobSubmitted,
     SchedulingDowngraded,
     SchedulingPending,
+    SchedulingPreempting,
+    SchedulingRejected,
 )
 from pai_common.contract.rpc import (
     GetJobRequest,
+    JobAttemptsReply,
+    JobAttemptsRequest,
+    JobConfigReply,
+    JobConfigRequest,
     JobDetailReply,
+    JobEventsReply,
+    JobEventsRequest,
+    JobExecutionTypeRequest,
     JobListReply,
+    JobMutationReply,
+    JobSecretsReply,
+    JobSecretsRequest,
+    JobTagRequest,
     ListJobsRequest,
     SubmitJobReply,
     SubmitJobRequest,
+    TaskAttemptsReply,
+    TaskAttemptsRequest,
 )
 from pai_common.contract.states import public_state
 from pai_common.envelope import Envelope
-from pai_common.errors import ConflictJobError, ForbiddenUserError, InvalidParametersError, NoJobError
+from pai_common.errors import (
+    ConflictJobError,
+    ForbiddenUserError,
+    NoJobError,
+    NoTagError,
+)
 from pai_common.service import ServiceApp
+from pai_jobs import job_events, list_plan
+from pai_jobs.job_events import JobEvent
 from pai_jobs.protocol import parse_job
-from pai_jobs.views import job_detail, job_summary
+from pai_jobs.queries import list_filter, list_sort
+from pai_jobs.views import (
+    FRAMEWORK_COMPLETED_STATE,
+    attempt_snapshot,
+    job_attempt,
+    job_attempts,
+    job_detail,
+    task_attempts,
+)
+
+log = logging.getLogger(__name__)
 
 JOBS = "jobs"
+# The raw `secrets` of each job, apart from the read model, so that no query of the API can reach them.
+SECRETS = "job_secrets"
+EVENTS = "job_events"
+# The list's own small documents and counters (see list_plan), and the submission sequence.
+LIST = "job_list"
+COUNTS = "job_counts"
+COUNTERS = "counters"
+SEQ_COUNTER = "job_seq"
 
-# OpenPAI's order fields, mapped to where the read model keeps them.
-ORDER_FIELDS = {
-    "jobName": "name",
-    "submissionTime": "submitted_at",
-    "username": "user",
-    "vc": "vc",
-    "retries": "snapshot.retries",
-    "totalTaskNumber": "total_tasks",
-    "totalGpuNumber": "total_gpus",
-    "state": "state",
-    "completionTime": "snapshot.completed_at",
-    "jobPriority": "spec.priority",
-}
+# What building a list entry reads of a job document: never the tasks, the attempts or the config.
+ENTRY_PROJECTION = {"snapshot.tasks": 0, "snapshot.attempts": 0, "config": 0}
+
+Db = AsyncDatabase[dict[str, Any]]
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _owner_or_admin(doc: dict[str, Any], username: str, admin: bool, action: str) -> None:
+    if not admin and doc["user"] != username:
+        raise ForbiddenUserError(f"User {username} is not allowed to {action} job {doc['_id']}.")
+
+
+async def _record(ctx: HandlerContext, event: JobEvent) -> None:
+    query, update = event.upsert()
+    await ctx.db[EVENTS].update_one(query, update, upsert=True, session=ctx.session)
+
+
+async def _next_seq(db: Db, session: AsyncClientSession | None) -> int:
+    counter = await db[COUNTERS].find_one_and_update(
+        {"_id": SEQ_COUNTER},
+        {"$inc": {"value": 1}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+        session=session,
+    )
+    assert counter is not None  # upserted
+    value: int = counter["value"]
+    return value
+
+
+async def _apply_counts(db: Db, changes: dict[str, int], session: AsyncClientSession | None) -> None:
+    for key, delta in sorted(changes.items()):
+        await db[COUNTS].update_one({"_id": key}, {"$inc": {"n": delta}}, upsert=True, session=session)
+
+
+async def refresh_list_entry(db: Db, job_key: str, session: AsyncClientSession | None) -> None:
+    """Rebuild a job's list entry and its counters from the job document (in the caller's transaction)."""
+    job = await db[JOBS].find_one({"_id": job_key}, ENTRY_PROJECTION, session=session)
+    if job is None or "seq" not in job:
+        return
+    entry = list_plan.list_entry(job)
+    before = await db[LIST].find_one({"_id": job_key}, {"summary": 0}, session=session)
+    await db[LIST].replace_one({"_id": job_key}, entry, upsert=True, session=session)
+    await _apply_counts(db, list_plan.count_changes(before, entry), session)
+
+
 class JobsService:
     def __init__(self, app: ServiceApp) -> None:
         self.app = app
-        app.rpc({SubmitJobRequest: self.submit, GetJobRequest: self.get, ListJobsRequest: self.list})
+        app.rpc(
+            {
+                SubmitJobRequest: self.submit,
+                GetJobRequest: self.get,
+                ListJobsRequest: self.list_jobs,
+                JobConfigRequest: self.config,
+                JobExecutionTypeRequest: self.execution_type,
+                JobTagRequest: self.tag,
+                JobEventsRequest: self.events,
+                JobAttemptsRequest: self.attempts,
+                TaskAttemptsRequest: self.task_attempts,
+                JobSecretsRequest: self.secrets,
+            }
+        )
         app.on_event(FrameworkChanged)(self.on_framework_changed)
         app.on_event(SchedulingPending)(self.on_pending)
         app.on_event(SchedulingDowngraded)(self.on_downgraded)
+        app.on_event(SchedulingPreempting)(self.on_preempting)
+        app.on_event(SchedulingRejected)(self.on_rejected)
+        app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
         app.on_startup(self._indexes)
 
     async def _indexes(self, app: ServiceApp) -> None:
-        jobs = app.db[JOBS]
-        await jobs.create_index([("submitted_at", DESCENDING)])
-        await jobs.create_index([("user", ASCENDING), ("submitted_at", DESCENDING)])
-        await jobs.create_index([("state", ASCENDING)])
+        await create_indexes(app)
+        backfilled = await backfill_list(app)
+        if backfilled:
+            log.info("job list entries backfilled", extra={"jobs": backfilled})
+
+    async def _job(self, job_key: str, projection: dict[str, Any] | None = None) -> dict[str, Any]:
+        doc = await self.app.db[JOBS].find_one({"_id": job_key}, projection)
+        if doc is None:
+            raise NoJobError(f"Job {job_key} is not found.")
+        return doc
+
+    # ---- submission ---------------------------------------------------------------------------------
 
     async def submit(self, req: SubmitJobRequest) -> SubmitJobReply:
         parsed = parse_job(req.protocol_yaml, req.username, now_ms())
@@ -74,76 +173,197 @@ class JobsService:
             raise ForbiddenUserError(
                 f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
             )
-        doc = {
-            "_id": spec.job_key,
-            "name": spec.name,
-            "user": spec.user,
-            "vc": spec.virtual_cluster,
-            "state": "WAITING",
-            "submitted_at": spec.submitted_at,
-            "total_tasks": sum(r.instances for r in spec.task_roles),
-            "total_gpus": sum(r.instances * r.gpu for r in spec.task_roles),
-            "spec": spec.model_dump(mode="json"),
-            "config": parsed.masked,
-            "snapshot": None,
-            "snapshot_version": 0,
-            "tags": [],
-            "execution_type": "START",
-        }
+        doc = new_job_document(spec.model_dump(mode="json"), parsed.masked)
+
+        async def store(tx: HandlerContext) -> None:
+            # The seq is taken in the same transaction as the insert: a refused job leaves no gap.
+            job = {**doc, "seq": await _next_seq(tx.db, tx.session)}
+            await tx.db[JOBS].insert_one(job, session=tx.session)
+            entry = list_plan.list_entry(job)
+            await tx.db[LIST].insert_one(entry, session=tx.session)
+            await _apply_counts(tx.db, list_plan.count_changes(None, entry), tx.session)
+            if spec.has_secrets:
+                await tx.db[SECRETS].insert_one(
+                    {"_id": spec.job_key, "secrets": parsed.raw["secrets"]}, session=tx.session
+                )
+            await _record(tx, job_events.submitted(spec.job_key, spec.submitted_at))
+            tx.out.event(JobSubmitted(spec=spec), msg_id=f"submitted:{spec.job_key}")
+
         try:
-            async with self.app.transaction() as tx:
-                await tx.db[JOBS].insert_one(doc, session=tx.session)
-                tx.out.event(JobSubmitted(spec=spec), msg_id=f"submitted:{spec.job_key}")
+            await self.app.transact(store)
         except DuplicateKeyError:
             # Names are never reused, even after the first job finished (as OpenPAI does).
             raise ConflictJobError(f"Job {spec.job_key} already exists.") from None
+        log.info("job submitted", extra={"job_key": spec.job_key, "vc": spec.virtual_cluster})
         return SubmitJobReply(job_key=spec.job_key)
 
-    async def get(self, req: GetJobRequest) -> JobDetailReply:
-        doc = await self.app.db[JOBS].find_one({"_id": req.job_key})
-        if doc is None:
-            raise NoJobError(f"Job {req.job_key} is not found.")
-        return JobDetailReply(detail=job_detail(doc))
+    # ---- queries ------------------------------------------------------------------------------------
 
-    async def list(self, req: ListJobsRequest) -> JobListReply:
-        query: dict[str, Any] = {}
-        if req.usernames:
-            query["user"] = {"$in": req.usernames}
-        if req.virtual_cluster:
-            query["vc"] = req.virtual_cluster
-        if req.states:
-            query["state"] = {"$in": req.states}
-        if req.keyword:
-            pattern = re.escape(req.keyword)
-            query["$or"] = [{field: {"$regex": pattern}} for field in ("name", "user", "vc")]
-        field = ORDER_FIELDS.get(req.order_field)
-        if field is None:
-            raise InvalidParametersError(
-                f"order field {req.order_field!r} is not one of {sorted(ORDER_FIELDS)}"
+    async def get(self, req: GetJobRequest) -> JobDetailReply:
+        doc = await self._job(req.job_key)
+        if req.attempt_id is None:
+            return JobDetailReply(detail=job_detail(doc))
+        snapshot = attempt_snapshot(doc, req.attempt_id)
+        if snapshot is None:
+            raise NoJobError(f"Job {req.job_key} has no attempt {req.attempt_id}.")
+        return JobDetailReply(detail=job_detail(doc, snapshot))
+
+    async def list_jobs(self, req: ListJobsRequest) -> JobListReply:
+        query = list_filter(req)  # also refuses values no job can have
+        sort = list_sort(req)
+        if req.order_field == list_plan.SEQ_ORDER_FIELD:
+            page = await self._page_by_seq(req)
+        else:
+            cursor = (
+                self.app.db[LIST].find(query, {"summary": 1}).sort(sort).skip(req.offset).limit(req.limit)
             )
-        direction = ASCENDING if req.order == "ASC" else DESCENDING
-        jobs = self.app.db[JOBS]
-        total = await jobs.count_documents(query)
-        cursor = (
-            jobs.find(query).sort([(field, direction), ("_id", direction)]).skip(req.offset).limit(req.limit)
-        )
-        return JobListReply(jobs=[job_summary(doc) async for doc in cursor], total=total)
+            page = [list_plan.summary_of(doc) async for doc in cursor]
+        if not req.count_total:
+            total = -1
+        elif req.offset == 0 and len(page) < req.limit:
+            total = len(page)  # the page holds every match: no second query
+        else:
+            total = await self._count(req, query)
+        return JobListReply(jobs=page, total=total)
+
+    async def _page_by_seq(self, req: ListJobsRequest) -> list[dict[str, Any]]:
+        """See list_plan: one exact seq range without filters; else seq windows, sized by the counters,
+        until the page (after `offset` matches) is full."""
+        counter = await self.app.db[COUNTERS].find_one({"_id": SEQ_COUNTER})
+        top = int(counter["value"]) if counter else 0
+        jobs = self.app.db[LIST]
+        direct = list_plan.direct_window(req, top)
+        if direct is not None:
+            cursor = jobs.find(direct.query({}), {"summary": 1, "seq": 1})
+            page = sorted([doc async for doc in cursor], key=lambda d: d["seq"], reverse=req.order == "DESC")
+            return [list_plan.summary_of(doc) for doc in page]
+        keys = list_plan.driver_count_keys(req)
+        counts = {doc["_id"]: int(doc["n"]) async for doc in self.app.db[COUNTS].find({"_id": {"$in": keys}})}
+        drivers = list_plan.choose_drivers(req, counts, top)
+        paging = list_plan.Paging(req)
+        width = list_plan.first_width(req, paging.need, top, drivers)
+        for window in list_plan.windows(top, width, paging.descending):
+            batch: list[dict[str, Any]] = []
+            for part in drivers.parts:
+                batch += await jobs.find(window.query(part), {"_id": 0}).to_list()
+            if paging.add(batch):
+                break
+        return paging.page()
+
+    async def _count(self, req: ListJobsRequest, query: dict[str, Any]) -> int:
+        keys = list_plan.count_plan(req)
+        if keys is None:
+            return await self.app.db[LIST].count_documents(query)
+        counts = self.app.db[COUNTS].find({"_id": {"$in": keys}}, {"n": 1})
+        return sum([int(doc["n"]) async for doc in counts])
+
+    async def config(self, req: JobConfigRequest) -> JobConfigReply:
+        doc = await self._job(req.job_key, {"config": 1})
+        return JobConfigReply(config=doc["config"])
+
+    async def events(self, req: JobEventsRequest) -> JobEventsReply:
+        await self._job(req.job_key, {"_id": 1})
+        query: dict[str, Any] = {"job_key": req.job_key}
+        if req.type is not None:
+            query["type"] = req.type
+        cursor = self.app.db[EVENTS].find(query).sort([("first_at", 1), ("_id", 1)])
+        events = [job_events.event_view(doc) async for doc in cursor]
+        return JobEventsReply(events=events, total=len(events))
+
+    async def attempts(self, req: JobAttemptsRequest) -> JobAttemptsReply:
+        doc = await self._job(req.job_key)
+        if req.attempt_id is None:
+            return JobAttemptsReply(attempts=job_attempts(doc))
+        attempt = job_attempt(doc, req.attempt_id)
+        if attempt is None:
+            raise NoJobError(f"Job {req.job_key} has no attempt {req.attempt_id}.")
+        return JobAttemptsReply(attempts=[attempt])
+
+    async def task_attempts(self, req: TaskAttemptsRequest) -> TaskAttemptsReply:
+        doc = await self._job(req.job_key)
+        status = task_attempts(doc, req.attempt_id, req.task_role, req.index)
+        if status is None:
+            raise NoJobError(
+                f"Job {req.job_key} has no task {req.task_role}[{req.index}] in attempt {req.attempt_id}."
+            )
+        return TaskAttemptsReply(status=status)
+
+    async def secrets(self, req: JobSecretsRequest) -> JobSecretsReply:
+        """For the runtime agent of a node that runs one of the job's tasks, and for no one else."""
+        doc = await self._job(req.job_key, {"snapshot.tasks.node": 1, "spec.has_secrets": 1})
+        nodes = {task.get("node") for task in ((doc.get("snapshot") or {}).get("tasks") or [])}
+        if req.node not in nodes:
+            raise ForbiddenUserError(f"Node {req.node} runs no task of job {req.job_key}.")
+        stored = await self.app.db[SECRETS].find_one({"_id": req.job_key})
+        return JobSecretsReply(secrets=dict(stored["secrets"]) if stored else {})
+
+    # ---- mutations ----------------------------------------------------------------------------------
+
+    async def execution_type(self, req: JobExecutionTypeRequest) -> JobMutationReply:
+        doc = await self._job(req.job_key, {"user": 1, "state": 1})
+        _owner_or_admin(doc, req.username, req.admin, "stop")
+        message = f"Execute job {req.job_key} successfully."
+        if req.value == "START":
+            # As OpenPAI: accepted, but a job is started once; a stopped job is never resumed.
+            return JobMutationReply(message=message)
+        at = now_ms()
+
+        async def stop(tx: HandlerContext) -> None:
+            # Only the first request changes anything, so a repeated STOP publishes nothing new.
+            result = await tx.db[JOBS].update_one(
+                {"_id": req.job_key, "execution_type": {"$ne": "STOP"}},
+                {"$set": {"execution_type": "STOP", "stop_requested_at": at}},
+                session=tx.session,
+            )
+            if result.modified_count == 0:
+                return
+            await refresh_list_entry(tx.db, req.job_key, tx.session)
+            await _record(tx, job_events.stop_requested(req.job_key, req.username, at))
+            tx.out.event(
+                JobStopRequested(job_key=req.job_key, requested_by=req.username, requested_at=at),
+                msg_id=f"stop:{req.job_key}",
+            )
+
+        await self.app.transact(stop)
+        log.info("job stop requested", extra={"job_key": req.job_key, "by": req.username})
+        return JobMutationReply(message=message)
+
+    async def tag(self, req: JobTagRequest) -> JobMutationReply:
+        doc = await self._job(req.job_key, {"user": 1, "tags": 1})
+        _owner_or_admin(doc, req.username, req.admin, "tag")
+
+        async def change(tx: HandlerContext) -> None:
+            jobs = tx.db[JOBS]
+            if req.remove:
+                result = await jobs.update_one(
+                    {"_id": req.job_key, "tags": req.tag}, {"$pull": {"tags": req.tag}}, session=tx.session
+                )
+                if result.modified_count == 0:
+                    raise NoTagError(f"Tag {req.tag} is not found in job {req.job_key}.")
+            else:
+                await jobs.update_one(
+                    {"_id": req.job_key}, {"$addToSet": {"tags": req.tag}}, session=tx.session
+                )
+            await refresh_list_entry(tx.db, req.job_key, tx.session)
+
+        await self.app.transact(change)
+        if req.remove:
+            return JobMutationReply(message=f"Delete tag {req.tag} from job {req.job_key} successfully.")
+        return JobMutationReply(message=f"Add tag {req.tag} for job {req.job_key} successfully.")
+
+    # ---- events of the other services ---------------------------------------------------------------
 
     async def on_framework_changed(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, FrameworkChanged)
         snap = env.body.snapshot
         # Only a newer version replaces what is stored: late and duplicated snapshots change nothing.
-        await ctx.db[JOBS].update_one(
+        result = await ctx.db[JOBS].update_one(
             {"_id": snap.job_key, "snapshot_version": {"$lt": snap.version}},
-            {
-                "$set": {
-                    "snapshot": snap.model_dump(mode="json"),
-                    "snapshot_version": snap.version,
-                    "state": public_state(snap.state, snap.exit_code),
-                }
-            },
+            {"$set": read_model_fields(snap.model_dump(mode="json"))},
             session=ctx.session,
         )
+        if result.modified_count:
+            await refresh_list_entry(ctx.db, snap.job_key, ctx.session)
 
     async def on_pending(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, SchedulingPending)
@@ -157,6 +377,8 @@ class JobsService:
             {"$set": {"pending": {"attempt_id": p.attempt_id, "reason": p.reason, "position": p.position}}},
             session=ctx.session,
         )
+        at = job_events.epoch_ms(env.time, now_ms())
+        await _record(ctx, job_events.pending(p.job_key, p.attempt_id, p.reason, p.position, at))
 
     async def on_downgraded(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, SchedulingDowngraded)
@@ -167,6 +389,104 @@ class JobsService:
             {"$set": {"downgraded": {"attempt_id": d.attempt_id, "preemptor": preemptor}}},
             session=ctx.session,
         )
+        at = job_events.epoch_ms(env.time, now_ms())
+        await _record(ctx, job_events.downgraded(d.job_key, d.attempt_id, preemptor, at))
+
+    async def on_preempting(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, SchedulingPreempting)
+        p = env.body
+        at = job_events.epoch_ms(env.time, now_ms())
+        preemptor = f"{p.job_key}#{p.attempt_id}"
+        victims = [f"{v.job_key}#{v.attempt_id}" for v in p.victims]
+        await _record(ctx, job_events.preempting(p.job_key, p.attempt_id, victims, at))
+        for victim in p.victims:
+            await _record(ctx, job_events.preempted(victim.job_key, victim.attempt_id, preemptor, at))
+
+    async def on_rejected(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, SchedulingRejected)
+        r = env.body
+        at = job_events.epoch_ms(env.time, now_ms())
+        await _record(ctx, job_events.rejected(r.job_key, r.attempt_id, r.reason, at))
+
+    async def on_attempt_completed(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobAttemptCompleted)
+        c = env.body
+        at = job_events.epoch_ms(env.time, now_ms())
+        await _record(ctx, job_events.attempt_completed(c.job_key, c.attempt_id, c.exit_code, at))
+
+
+def new_job_document(spec: dict[str, Any], masked_config: dict[str, Any]) -> dict[str, Any]:
+    """A job as the read model stores it at submission (the benchmark loads jobs through this too)."""
+    roles: list[dict[str, Any]] = spec["task_roles"]
+    return {
+        "_id": spec["job_key"],
+        "name": spec["name"],
+        "user": spec["user"],
+        "vc": spec["virtual_cluster"],
+        "priority": spec["priority"],
+        "state": "WAITING",
+        "retries": 0,
+        "completed_at": None,
+        "submitted_at": spec["submitted_at"],
+        "total_tasks": sum(r["instances"] for r in roles),
+        "total_gpus": sum(r["instances"] * r["gpu"] for r in roles),
+        "spec": spec,
+        "config": masked_config,
+        "snapshot": None,
+        "snapshot_version": 0,
+        "tags": [],
+        "execution_type": "START",
+    }
+
+
+def read_model_fields(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What a framework snapshot changes in a job document, the top-level copies for queries included."""
+    return {
+        "snapshot": snapshot,
+        "snapshot_version": snapshot["version"],
+        "state": public_state(snapshot["state"], snapshot.get("exit_code")),
+        "retries": snapshot.get("retries", 0),
+        "completed_at": snapshot.get("completed_at")
+        if snapshot["state"] == FRAMEWORK_COMPLETED_STATE
+        else None,
+    }
+
+
+async def create_indexes(app: ServiceApp) -> None:
+    for keys, name in list_plan.DRIVER_INDEXES:
+        await app.db[LIST].create_index(keys, name=name)
+    await app.db[EVENTS].create_index([("job_key", 1), ("first_at", 1)])
+
+
+class _AlreadyDone(Exception):
+    pass
+
+
+async def backfill_list(app: ServiceApp) -> int:
+    """Give jobs stored before the list had its own documents a seq and a list entry, oldest first."""
+    done = 0
+    while True:
+        cursor = app.db[JOBS].find({"seq": {"$exists": False}}, {"_id": 1}).sort("submitted_at", 1).limit(500)
+        legacy = [doc["_id"] async for doc in cursor]
+        if not legacy:
+            return done
+        for key in legacy:
+
+            async def give_seq(tx: HandlerContext, key: str = key) -> None:
+                seq = await _next_seq(tx.db, tx.session)
+                result = await tx.db[JOBS].update_one(
+                    {"_id": key, "seq": {"$exists": False}}, {"$set": {"seq": seq}}, session=tx.session
+                )
+                if result.modified_count == 0:
+                    # Another replica did it; this transaction, counter included, rolls back.
+                    raise _AlreadyDone
+                await refresh_list_entry(tx.db, key, tx.session)
+
+            try:
+                await app.transact(give_seq)
+            except _AlreadyDone:
+                continue
+            done += 1
 
 
 def build_app() -> ServiceApp:

@@ -14,7 +14,13 @@ from typing import Any, Final
 
 from pai_common.contract.states import final_state as _final_state
 from pai_common.contract.states import public_state
-from pai_common.contract.types import FrameworkSnapshot, JobSpec, TaskSnapshot
+from pai_common.contract.types import (
+    FrameworkSnapshot,
+    JobAttemptRecord,
+    JobSpec,
+    TaskAttemptRecord,
+    TaskSnapshot,
+)
 from pai_jobs.protocol import PRIORITY_BY_CLASS
 
 # ---- FrameworkController state names, in one place ---------------------------------------------------
@@ -90,16 +96,61 @@ def priority_name(priority: int) -> str:
     return _CLASS_BY_PRIORITY.get(priority, str(priority))
 
 
+def retry_details(snapshot: Mapping[str, Any]) -> dict[str, int]:
+    """OpenPAI's retryDetails: retries split by cause.
+
+    The orchestrator splits them (user, platform, resource); a snapshot that does not (all three zero while
+    there were retries) is split as OpenPAI does: accountable ones are the user's, the rest the platform's.
+    """
+    retries: int = snapshot.get("retries", 0)
+    user: int = snapshot.get("user_retries", 0)
+    platform: int = snapshot.get("platform_retries", 0)
+    resource: int = snapshot.get("resource_retries", 0)
+    if user + platform + resource == retries and retries > 0:
+        return {"user": user, "platform": platform, "resource": resource}
+    accountable: int = snapshot.get("accountable_retries", 0)
+    return {"user": accountable, "platform": retries - accountable, "resource": 0}
+
+
+def retry_delay_ms(snapshot: Mapping[str, Any]) -> int:
+    """How long the next attempt waits after the last one ended (0 when no retry is waiting)."""
+    retry_at = snapshot.get("retry_at")
+    completed = snapshot.get("attempt_completed_at")
+    if retry_at is None or completed is None:
+        return 0
+    return max(0, int(retry_at) - int(completed))
+
+
+def execution_type(doc: Mapping[str, Any], snapshot: Mapping[str, Any] | None) -> str:
+    """STOP once the jobs service recorded a stop request or the orchestrator reports one."""
+    if doc.get("execution_type") == "STOP" or (snapshot or {}).get("execution_type") == "STOP":
+        return "STOP"
+    return "START"
+
+
+def container_ports(ports: Mapping[str, list[int]]) -> dict[str, str]:
+    """OpenPAI's containerPorts: {label: "p1,p2"}."""
+    return {label: ",".join(str(port) for port in numbers) for label, numbers in ports.items()}
+
+
+def exit_messages(snapshot: FrameworkSnapshot) -> dict[str, Any]:
+    if snapshot.exit_messages is not None:
+        return {"container": None, "runtime": None, "launcher": None, **snapshot.exit_messages}
+    return {"container": None, "runtime": None, "launcher": snapshot.exit_diagnostics}
+
+
 def debug_id(job_key: str) -> str:
     # OpenPAI names the framework md5(<user>~<job>) and reports that name as debugId.
     return hashlib.md5(job_key.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-def container_log_url(job_key: str, job_attempt_id: int, task_role: str, index: int) -> str:
-    """The (relative) logs route of one task, as OpenPAI reports it in containerLog."""
+def container_log_url(
+    job_key: str, job_attempt_id: int, task_role: str, index: int, task_attempt_id: int = 0
+) -> str:
+    """The (relative) logs route of one task attempt, as OpenPAI reports it in containerLog."""
     return (
         f"/api/v2/jobs/{job_key}/attempts/{job_attempt_id}"
-        f"/taskRoles/{task_role}/taskIndex/{index}/attempts/0/logs"
+        f"/taskRoles/{task_role}/taskIndex/{index}/attempts/{task_attempt_id}/logs"
     )
 
 
@@ -123,18 +174,17 @@ def job_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
         sub_state = snapshot["state"]
         state = public_state(sub_state, snapshot.get("exit_code"))
     retries: int = snapshot.get("retries", 0)
-    accountable: int = snapshot.get("accountable_retries", 0)
     return {
         "debugId": debug_id(job_key),
         "name": spec["name"],
         "username": spec["user"],
         "state": state,
         "subState": sub_state,
-        "executionType": doc.get("execution_type", "START"),
+        "executionType": execution_type(doc, snapshot),
         "tags": list(doc.get("tags", [])),
         "retries": retries,
-        "retryDetails": {"user": accountable, "platform": retries - accountable, "resource": 0},
-        "retryDelayTime": 0,
+        "retryDetails": retry_details(snapshot),
+        "retryDelayTime": retry_delay_ms(snapshot),
         "submissionTime": doc.get("submitted_at", spec["submitted_at"]),
         "createdTime": snapshot.get("created_at"),
         "launchedTime": snapshot.get("launched_at"),
@@ -197,15 +247,15 @@ def _task_status(
         ),
         "containerIp": task.host_ip,
         "containerNodeName": task.node,
-        "containerPorts": {},
+        "containerPorts": container_ports(task.ports),
         "containerGpus": list(task.gpus) if task.gpus else None,
-        "containerLog": container_log_url(job_key, attempt, role, index),
+        "containerLog": container_log_url(job_key, attempt, role, index, task.attempt_id),
         "containerExitCode": task.exit_code,
-        "containerExitSpec": None,
+        "containerExitSpec": task.exit_spec,
         "containerExitDiagnostics": task.exit_diagnostics,
-        # The read model keeps only the task's attempt id: every earlier attempt was a retry.
-        "retries": task.attempt_id,
-        "accountableRetries": task.attempt_id,
+        # Without retry counts from the orchestrator, every earlier attempt of the task was a retry.
+        "retries": task.retries or task.attempt_id,
+        "accountableRetries": task.accountable_retries if task.retries else task.attempt_id,
         "createdTime": task.created_at,
         "launchedTime": task.launched_at,
         "completedTime": task.completed_at,
@@ -221,13 +271,14 @@ def _job_status(
     spec: JobSpec, snapshot: FrameworkSnapshot | None, doc: Mapping[str, Any], trigger: TaskSnapshot | None
 ) -> dict[str, Any]:
     submitted_at = doc.get("submitted_at", spec.submitted_at)
-    execution_type = doc.get("execution_type", "START")
+    raw_snapshot = snapshot.model_dump(mode="json") if snapshot is not None else None
+    executed = execution_type(doc, raw_snapshot)
     if snapshot is None:
         return {
             "username": spec.user,
             "state": "WAITING",
             "subState": INITIAL_FRAMEWORK_STATE,
-            "executionType": execution_type,
+            "executionType": executed,
             "retries": 0,
             "retryDetails": {"user": 0, "platform": 0, "resource": 0},
             "retryDelayTime": 0,
@@ -257,14 +308,10 @@ def _job_status(
         "username": spec.user,
         "state": public_state(snapshot.state, snapshot.exit_code),
         "subState": snapshot.state,
-        "executionType": execution_type,
+        "executionType": executed,
         "retries": snapshot.retries,
-        "retryDetails": {
-            "user": snapshot.accountable_retries,
-            "platform": snapshot.retries - snapshot.accountable_retries,
-            "resource": 0,
-        },
-        "retryDelayTime": 0,
+        "retryDetails": retry_details(raw_snapshot or {}),
+        "retryDelayTime": retry_delay_ms(raw_snapshot or {}),
         "submissionTime": submitted_at,
         "createdTime": snapshot.created_at,
         "launchedTime": snapshot.launched_at,
@@ -281,9 +328,9 @@ def _job_status(
         "appLaunchedTime": snapshot.attempt_launched_at,
         "appCompletedTime": snapshot.attempt_completed_at,
         "appExitCode": snapshot.exit_code,
-        "appExitSpec": None,
+        "appExitSpec": snapshot.exit_spec,
         "appExitDiagnostics": snapshot.exit_diagnostics,
-        "appExitMessages": {"container": None, "runtime": None, "launcher": snapshot.exit_diagnostics},
+        "appExitMessages": exit_messages(snapshot),
         "appExitTriggerMessage": trigger.exit_diagnostics if trigger is not None else None,
         "appExitTriggerTaskRoleName": snapshot.trigger_task_role,
         "appExitTriggerTaskIndex": snapshot.trigger_task_index,
@@ -292,11 +339,54 @@ def _job_status(
     }
 
 
-def job_detail(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenPAI's JobDetail of one read-model document: one task status per instance of each task role."""
+def _snapshot_of(doc: Mapping[str, Any]) -> FrameworkSnapshot | None:
+    raw = doc.get("snapshot")
+    return FrameworkSnapshot.model_validate(raw) if raw is not None else None
+
+
+def _attempt_as_snapshot(current: FrameworkSnapshot, record: JobAttemptRecord) -> FrameworkSnapshot:
+    """An earlier attempt seen as the framework was when it ended, for OpenPAI's `/attempts/{id}`."""
+    return current.model_copy(
+        update={
+            "state": record.state,
+            "attempt_id": record.attempt_id,
+            "attempt_created_at": record.created_at,
+            "attempt_launched_at": record.launched_at,
+            "attempt_completed_at": record.completed_at,
+            "exit_code": record.exit_code,
+            "exit_type": record.exit_type,
+            "exit_spec": record.exit_spec,
+            "exit_diagnostics": record.exit_diagnostics,
+            "exit_messages": None,
+            "trigger_task_role": record.trigger_task_role,
+            "trigger_task_index": record.trigger_task_index,
+            "tasks": record.tasks,
+            "retry_at": None,
+            "attempts": [],
+        }
+    )
+
+
+def attempt_snapshot(doc: Mapping[str, Any], attempt_id: int) -> FrameworkSnapshot | None:
+    """The framework as of job attempt `attempt_id` (the current one or an earlier one); None if unknown."""
+    snapshot = _snapshot_of(doc)
+    if snapshot is None:
+        return None
+    if attempt_id == snapshot.attempt_id:
+        return snapshot
+    for record in snapshot.attempts:
+        if record.attempt_id == attempt_id:
+            return _attempt_as_snapshot(snapshot, record)
+    return None
+
+
+def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | None = None) -> dict[str, Any]:
+    """OpenPAI's JobDetail of one read-model document: one task status per instance of each task role.
+
+    With `snapshot_override` (see attempt_snapshot), the detail of that attempt instead of the current one.
+    """
     spec = JobSpec.model_validate(doc["spec"])
-    raw_snapshot = doc.get("snapshot")
-    snapshot = FrameworkSnapshot.model_validate(raw_snapshot) if raw_snapshot is not None else None
+    snapshot = snapshot_override if snapshot_override is not None else _snapshot_of(doc)
     tasks: dict[tuple[str, int], TaskSnapshot] = (
         {(task.task_role, task.index): task for task in snapshot.tasks} if snapshot is not None else {}
     )
@@ -337,4 +427,166 @@ def job_detail(doc: Mapping[str, Any]) -> dict[str, Any]:
             }
             for role in spec.task_roles
         },
+    }
+
+
+# ---- JobAttempt --------------------------------------------------------------------------------------
+
+
+def _attempt_task_statuses(
+    spec: JobSpec, attempt_id: int, tasks: list[TaskSnapshot]
+) -> dict[str, dict[str, Any]]:
+    by_key = {(task.task_role, task.index): task for task in tasks}
+    out: dict[str, dict[str, Any]] = {}
+    for role in spec.task_roles:
+        statuses = []
+        for i in range(role.instances):
+            task = by_key.get((role.name, i))
+            statuses.append(
+                {
+                    "taskIndex": i,
+                    "taskState": task_state(task.state, task.exit_code) if task else "WAITING",
+                    "containerId": (
+                        _md5(f"{spec.job_key}/{attempt_id}/{role.name}/{i}/{task.attempt_id}")
+                        if task is not None and task.node is not None
+                        else None
+                    ),
+                    "containerIp": task.host_ip if task else None,
+                    "containerGpus": (list(task.gpus) or None) if task else None,
+                    "containerLog": container_log_url(
+                        spec.job_key, attempt_id, role.name, i, task.attempt_id if task else 0
+                    ),
+                    "containerExitCode": task.exit_code if task else None,
+                }
+            )
+        out[role.name] = {"taskRoleStatus": {"name": role.name}, "taskStatuses": statuses}
+    return out
+
+
+def _job_attempt(spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool) -> dict[str, Any]:
+    state = attempt_state(snapshot.state, snapshot.exit_code)
+    exit_spec = snapshot.exit_spec or {}
+    return {
+        "jobName": spec.name,
+        "frameworkName": debug_id(spec.job_key),
+        "uid": f"{debug_id(spec.job_key)}-{snapshot.attempt_id}",
+        "userName": spec.user,
+        "state": state,
+        "originState": snapshot.state,
+        "attemptIndex": snapshot.attempt_id,
+        "jobStartedTime": snapshot.created_at,
+        "attemptStartedTime": snapshot.attempt_created_at,
+        "attemptCompletedTime": snapshot.attempt_completed_at,
+        "exitCode": snapshot.exit_code,
+        "exitPhrase": exit_spec.get("phrase"),
+        "exitType": snapshot.exit_type,
+        "exitDiagnostics": snapshot.exit_diagnostics,
+        "appExitTriggerMessage": None,
+        "appExitTriggerTaskRoleName": snapshot.trigger_task_role,
+        "appExitTriggerTaskIndex": snapshot.trigger_task_index,
+        "appExitSpec": snapshot.exit_spec,
+        "appExitDiagnostics": snapshot.exit_diagnostics,
+        "appExitMessages": exit_messages(snapshot),
+        "totalGpuNumber": sum(role.gpu * role.instances for role in spec.task_roles),
+        "totalTaskNumber": sum(role.instances for role in spec.task_roles),
+        "totalTaskRoleNumber": len(spec.task_roles),
+        "jobPriority": priority_name(spec.priority),
+        "taskRoles": _attempt_task_statuses(spec, snapshot.attempt_id, snapshot.tasks),
+        "isLatest": latest,
+    }
+
+
+def job_attempts(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """OpenPAI's `/job-attempts`: the current attempt first (isLatest), then the earlier ones ascending.
+
+    A job the orchestrator has not reported yet has no attempt.
+    """
+    spec = JobSpec.model_validate(doc["spec"])
+    snapshot = _snapshot_of(doc)
+    if snapshot is None:
+        return []
+    earlier = sorted(snapshot.attempts, key=lambda record: record.attempt_id)
+    return [
+        _job_attempt(spec, snapshot, latest=True),
+        *(
+            _job_attempt(spec, _attempt_as_snapshot(snapshot, record), latest=False)
+            for record in earlier
+            if record.attempt_id != snapshot.attempt_id
+        ),
+    ]
+
+
+def job_attempt(doc: Mapping[str, Any], attempt_id: int) -> dict[str, Any] | None:
+    """OpenPAI's `/job-attempts/{id}`: that attempt, reported with isLatest true as OpenPAI does."""
+    spec = JobSpec.model_validate(doc["spec"])
+    snapshot = attempt_snapshot(doc, attempt_id)
+    return None if snapshot is None else _job_attempt(spec, snapshot, latest=True)
+
+
+# ---- task attempts -----------------------------------------------------------------------------------
+
+
+def _task_attempt(
+    job_key: str, job_attempt_id: int, role: str, index: int, record: TaskAttemptRecord, lazy: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "attemptId": record.attempt_id,
+        "attemptState": task_attempt_state(record.state, record.exit_code),
+        "currentAttemptCreatedTime": record.created_at,
+        "currentAttemptLaunchedTime": record.launched_at,
+        "currentAttemptCompletedTime": record.completed_at,
+        "containerId": (
+            _md5(f"{job_key}/{job_attempt_id}/{role}/{index}/{record.attempt_id}") if record.node else None
+        ),
+        "containerIp": record.host_ip,
+        "containerNodeName": record.node,
+        "containerPorts": container_ports(record.ports),
+        "containerGpus": list(record.gpus) or None,
+        "containerLog": container_log_url(job_key, job_attempt_id, role, index, record.attempt_id),
+        "containerExitCode": record.exit_code,
+        "containerExitSpec": record.exit_spec,
+        "containerExitDiagnostics": record.exit_diagnostics,
+        "hived": lazy,
+    }
+
+
+def task_attempts(
+    doc: Mapping[str, Any], job_attempt_id: int, task_role: str, index: int
+) -> dict[str, Any] | None:
+    """OpenPAI's task-attempts TaskStatus: one task of one job attempt with every attempt of it, the
+    current one first, then the earlier ones newest first. None when the job attempt or the task does not
+    exist (a task not reported yet has no attempt)."""
+    spec = JobSpec.model_validate(doc["spec"])
+    roles = {role.name: role for role in spec.task_roles}
+    if task_role not in roles or not 0 <= index < roles[task_role].instances:
+        return None
+    snapshot = attempt_snapshot(doc, job_attempt_id)
+    if snapshot is None and not (job_attempt_id == 0 and doc.get("snapshot") is None):
+        return None
+    task = None
+    if snapshot is not None:
+        task = next((t for t in snapshot.tasks if (t.task_role, t.index) == (task_role, index)), None)
+    records: list[TaskAttemptRecord] = []
+    if task is not None:
+        current = TaskAttemptRecord.model_validate(
+            task.model_dump(include=set(TaskAttemptRecord.model_fields))
+        )
+        records = [current, *sorted(task.history, key=lambda r: r.attempt_id, reverse=True)]
+    hived = {"affinityGroupName": spec.job_key, "lazyPreempted": False, "lazyPreemptionStatus": None}
+    return {
+        "username": spec.user,
+        "jobName": spec.name,
+        "jobAttemptId": job_attempt_id,
+        "taskRoleName": task_role,
+        "taskIndex": index,
+        "taskUid": _md5(f"{spec.job_key}/{task_role}/{index}"),
+        "taskState": task_state(task.state, task.exit_code) if task else "WAITING",
+        "retries": (task.retries or task.attempt_id) if task else 0,
+        "accountableRetries": (task.accountable_retries if task.retries else task.attempt_id) if task else 0,
+        "createdTime": task.created_at if task else None,
+        "launchedTime": task.launched_at if task else None,
+        "completedTime": task.completed_at if task else None,
+        "attempts": [
+            _task_attempt(spec.job_key, job_attempt_id, task_role, index, record, hived) for record in records
+        ],
     }

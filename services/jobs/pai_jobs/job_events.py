@@ -1,0 +1,168 @@
+"""Job events: what happened to a job, kept by the jobs service and served by `GET …/events`.
+
+Pure: records are built from facts passed in (the time included). A record repeated with the same key
+(a job that keeps waiting for the same reason) is folded into one, with a count and first/last times,
+the way Kubernetes aggregates the events OpenPAI shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from pai_jobs.views import debug_id
+
+EventType = Literal["Normal", "Warning"]
+SOURCE_COMPONENT: Final = "pai-jobs"
+MAX_MESSAGE_CHARS: Final = 2000
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One fact about a job; `key` identifies repeats of the same fact."""
+
+    job_key: str
+    key: str
+    type: EventType
+    reason: str
+    message: str
+    at_ms: int
+    task_role: str | None = None
+    task_index: int | None = None
+
+    def upsert(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The (filter, update) that records this event once, or counts one more repeat of it."""
+        uid = hashlib.md5(f"{self.job_key}/{self.key}".encode(), usedforsecurity=False).hexdigest()
+        return (
+            {"_id": uid},
+            {
+                "$setOnInsert": {
+                    "job_key": self.job_key,
+                    "type": self.type,
+                    "reason": self.reason,
+                    "task_role": self.task_role,
+                    "task_index": self.task_index,
+                    "first_at": self.at_ms,
+                },
+                "$set": {"message": self.message[:MAX_MESSAGE_CHARS], "last_at": self.at_ms},
+                "$inc": {"count": 1},
+            },
+        )
+
+
+def epoch_ms(cloud_event_time: str, fallback_ms: int) -> int:
+    """The CloudEvents `time` attribute (RFC 3339) as epoch milliseconds; `fallback_ms` when a producer
+    left it out or wrote something else (the event is still worth recording)."""
+    try:
+        moment = datetime.fromisoformat(cloud_event_time.replace("Z", "+00:00"))
+    except ValueError:
+        return fallback_ms
+    if moment.tzinfo is None:
+        return fallback_ms
+    return int(moment.timestamp() * 1000)
+
+
+def _digest(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+def submitted(job_key: str, at_ms: int) -> JobEvent:
+    return JobEvent(job_key, "submitted", "Normal", "Submitted", "the job was accepted", at_ms)
+
+
+def stop_requested(job_key: str, by: str, at_ms: int) -> JobEvent:
+    return JobEvent(job_key, "stop", "Normal", "StopRequested", f"{by} asked to stop the job", at_ms)
+
+
+def pending(job_key: str, attempt_id: int, reason: str, position: int | None, at_ms: int) -> JobEvent:
+    where = f" (position {position} in its queue)" if position is not None else ""
+    return JobEvent(
+        job_key,
+        f"pending/{attempt_id}/{_digest(reason)}",
+        "Warning",
+        "SchedulingPending",
+        f"attempt {attempt_id} waits: {reason}{where}",
+        at_ms,
+    )
+
+
+def rejected(job_key: str, attempt_id: int, reason: str, at_ms: int) -> JobEvent:
+    return JobEvent(
+        job_key,
+        f"rejected/{attempt_id}",
+        "Warning",
+        "FailedScheduling",
+        f"attempt {attempt_id}: {reason}",
+        at_ms,
+    )
+
+
+def preempting(job_key: str, attempt_id: int, victims: list[str], at_ms: int) -> JobEvent:
+    return JobEvent(
+        job_key,
+        f"preempting/{attempt_id}",
+        "Normal",
+        "Preempting",
+        f"attempt {attempt_id} waits for lower-priority work to stop: {', '.join(victims)}",
+        at_ms,
+    )
+
+
+def preempted(job_key: str, attempt_id: int, preemptor: str, at_ms: int) -> JobEvent:
+    return JobEvent(
+        job_key,
+        f"preempted/{attempt_id}",
+        "Warning",
+        "Preempted",
+        f"attempt {attempt_id} is preempted by {preemptor}",
+        at_ms,
+    )
+
+
+def downgraded(job_key: str, attempt_id: int, preemptor: str | None, at_ms: int) -> JobEvent:
+    by = f" for {preemptor}" if preemptor else ""
+    return JobEvent(
+        job_key,
+        f"downgraded/{attempt_id}",
+        "Warning",
+        "LazyPreempted",
+        f"attempt {attempt_id} runs on as opportunistic work{by}",
+        at_ms,
+    )
+
+
+def attempt_completed(job_key: str, attempt_id: int, exit_code: int, at_ms: int) -> JobEvent:
+    return JobEvent(
+        job_key,
+        f"attempt-completed/{attempt_id}",
+        "Normal" if exit_code == 0 else "Warning",
+        "AttemptCompleted",
+        f"attempt {attempt_id} completed with exit code {exit_code}",
+        at_ms,
+    )
+
+
+def event_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenPAI's job event shape of one stored record."""
+    job_key: str = record["job_key"]
+    role = record.get("task_role")
+    index = record.get("task_index")
+    return {
+        "uid": record["_id"],
+        "frameworkName": debug_id(job_key),
+        "podUid": None,
+        "taskroleName": role,
+        "taskName": f"{role}-{index}" if role is not None and index is not None else None,
+        "taskIndex": index,
+        "type": record["type"],
+        "reason": record["reason"],
+        "message": record["message"],
+        "firstTimestamp": record["first_at"],
+        "lastTimestamp": record["last_at"],
+        "count": record["count"],
+        "sourceComponent": SOURCE_COMPONENT,
+        "sourceHost": None,
+    }

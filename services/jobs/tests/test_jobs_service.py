@@ -1,0 +1,392 @@
+"""The jobs service against a real NATS server (JetStream) and a real MongoDB-wire server: submission,
+queries, mutations, secrets, job events from the other services' events, and a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.contract.events import (
+    FrameworkChanged,
+    JobAttemptCompleted,
+    JobStopRequested,
+    JobSubmitted,
+    SchedulingPending,
+    SchedulingPreempting,
+    SchedulingRejected,
+)
+from pai_common.contract.rpc import (
+    GetJobRequest,
+    JobAttemptsReply,
+    JobAttemptsRequest,
+    JobConfigReply,
+    JobConfigRequest,
+    JobDetailReply,
+    JobEventsReply,
+    JobEventsRequest,
+    JobExecutionTypeRequest,
+    JobListReply,
+    JobMutationReply,
+    JobSecretsReply,
+    JobSecretsRequest,
+    JobTagRequest,
+    ListJobsRequest,
+    SubmitJobReply,
+    SubmitJobRequest,
+    TaskAttemptsReply,
+    TaskAttemptsRequest,
+)
+from pai_common.contract.types import AttemptRef, FrameworkSnapshot, TaskSnapshot
+from pai_common.embedded import ServerProcess, start_nats
+from pai_common.envelope import decode
+from pai_common.errors import (
+    ConflictJobError,
+    ForbiddenUserError,
+    InvalidParametersError,
+    InvalidProtocolError,
+    NoJobError,
+    NoTagError,
+)
+from pai_common.service import ServiceApp
+from pai_common.settings import Settings
+from pai_jobs.protocol import parse_job
+from pai_jobs.shell import JOBS, JobsService, new_job_document
+
+
+def job_yaml(name: str, vc: str = "default", secrets: bool = False, priority: str = "test") -> str:
+    secret_part = "secrets:\n  token: hunter2-very-secret\n" if secrets else ""
+    return f"""protocolVersion: 2
+name: {name}
+type: job
+{secret_part}prerequisites:
+  - {{type: dockerimage, name: img, uri: "python:3.11"}}
+taskRoles:
+  worker:
+    instances: 2
+    dockerImage: img
+    resourcePerInstance: {{cpu: 1, memoryMB: 256, gpu: 1, ports: {{http: 1}}}}
+    commands: ["echo <% $secrets.token %>"]
+defaults: {{virtualCluster: {vc}}}
+extras:
+  hivedScheduler: {{jobPriorityClass: {priority}}}
+"""
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_nats(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(nats_srv.url, "test")
+    await bus.ensure_streams()
+    yield bus
+    await bus.close()
+
+
+def jobs_app(nats: ServerProcess, mongo: ServerProcess, db: str, data: Path) -> ServiceApp:
+    settings = Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data, nak_base_delay_s=0.05)
+    app = ServiceApp("jobs", settings)
+    JobsService(app)
+    app.name = db  # a database of this test's own; the bus subjects stay the jobs service's
+    return app
+
+
+class Published:
+    """Every job.* event on the stream, decoded, with the raw payload kept for secret checks."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[tuple[Any, bytes]] = []
+
+    async def start(self) -> None:
+        self.sub = await self.bus.js.subscribe("pai.evt.job.>", stream=EVENTS_STREAM, ordered_consumer=True)
+
+    async def drain(self, seconds: float = 0.5) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                msg = await self.sub.next_msg(timeout=remaining)
+            except Exception:
+                break
+            self.seen.append((decode(msg.headers, msg.data).body, msg.data))
+
+    async def wait_for(self, kind: type, count: int = 1, timeout: float = 10) -> list[Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = [body for body, _ in self.seen if isinstance(body, kind)]
+            if len(found) >= count:
+                return found
+            assert asyncio.get_running_loop().time() < deadline, f"only {len(found)} {kind.__name__}"
+            await self.drain(0.3)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def submit(name: str, user: str = "alice", **kwargs: Any) -> SubmitJobRequest:
+    return SubmitJobRequest(
+        username=user, virtual_clusters=["default"], protocol_yaml=job_yaml(name, **kwargs)
+    )
+
+
+def running_snapshot(job_key: str, version: int, nodes: tuple[str, str] = ("n1", "n2")) -> FrameworkSnapshot:
+    return FrameworkSnapshot(
+        job_key=job_key,
+        version=version,
+        state="AttemptRunning",
+        attempt_id=0,
+        tasks=[
+            TaskSnapshot(
+                task_role="worker",
+                index=i,
+                state="TaskAttemptRunning",
+                node=node,
+                ports={"http": [15000 + i]},
+            )
+            for i, node in enumerate(nodes)
+        ],
+    )
+
+
+async def test_submission_queries_mutations_and_secrets(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    published = Published(client)
+    await published.start()
+    app = jobs_app(nats_srv, mongo_server, f"jobs{uuid.uuid4().hex[:8]}", tmp_path)
+    await app.start()
+    try:
+        reply = await client.request(submit("secretive", secrets=True), SubmitJobReply)
+        assert reply.job_key == "alice~secretive"
+        (event,) = await published.wait_for(JobSubmitted)
+        assert event.spec.has_secrets is True and event.spec.task_roles[0].ports == {"http": 1}
+        assert all(b"hunter2" not in raw for _, raw in published.seen)
+
+        with pytest.raises(ConflictJobError, match="alice~secretive already exists"):
+            await client.request(submit("secretive"), SubmitJobReply)
+        with pytest.raises(ForbiddenUserError, match="research"):
+            await client.request(submit("elsewhere", vc="research"), SubmitJobReply)
+        with pytest.raises(InvalidProtocolError, match="taskRoles"):
+            await client.request(
+                SubmitJobRequest(username="alice", virtual_clusters=["default"], protocol_yaml="name: x\n"),
+                SubmitJobReply,
+            )
+        for i, (user, priority) in enumerate([("alice", "prod"), ("bob", "test"), ("bob", "oppo")]):
+            await client.request(submit(f"job{i}", user=user, priority=priority), SubmitJobReply)
+
+        # -- config: secrets masked
+        config = (await client.request(JobConfigRequest(job_key="alice~secretive"), JobConfigReply)).config
+        assert config["secrets"] == {"token": "******"}
+
+        # -- list: filters, paging, order, total
+        async def listing(**fields: Any) -> JobListReply:
+            return await client.request(ListJobsRequest(**fields), JobListReply)
+
+        every = await listing()
+        assert [j["name"] for j in every.jobs] == ["job2", "job1", "job0", "secretive"] and every.total == 4
+        assert [j["name"] for j in (await listing(usernames=["bob"])).jobs] == ["job2", "job1"]
+        assert [j["name"] for j in (await listing(job_priorities=["prod"])).jobs] == ["job0"]
+        page = await listing(offset=1, limit=2, order_field="jobName", order="ASC")
+        assert [j["name"] for j in page.jobs] == ["job1", "job2"] and page.total == 4
+        assert (await listing(offset=10)).jobs == []
+        assert (await listing(limit=1, count_total=False)).total == -1
+        with pytest.raises(InvalidParametersError, match="order field"):
+            await listing(order_field="bogus")
+
+        # -- tags
+        tag = JobTagRequest(job_key="alice~job0", tag="nightly", username="alice")
+        assert "Add tag nightly" in (await client.request(tag, JobMutationReply)).message
+        with pytest.raises(ForbiddenUserError):
+            await client.request(tag.model_copy(update={"username": "bob"}), JobMutationReply)
+        await client.request(
+            tag.model_copy(update={"username": "bob", "admin": True, "tag": "big"}), JobMutationReply
+        )
+        assert [j["name"] for j in (await listing(tags_contain=["nightly"])).jobs] == ["job0"]
+        assert "job0" not in [j["name"] for j in (await listing(tags_not_contain=["big"])).jobs]
+        await client.request(tag.model_copy(update={"remove": True}), JobMutationReply)
+        with pytest.raises(NoTagError):
+            await client.request(tag.model_copy(update={"remove": True}), JobMutationReply)
+        detail = (await client.request(GetJobRequest(job_key="alice~job0"), JobDetailReply)).detail
+        assert detail["tags"] == ["big"]
+
+        # -- secrets: only for a node that runs one of the job's tasks
+        secrets_req = JobSecretsRequest(job_key="alice~secretive", node="n1")
+        with pytest.raises(ForbiddenUserError, match="n1 runs no task"):
+            await client.request(secrets_req, JobSecretsReply)
+        await client.publish_event(FrameworkChanged(snapshot=running_snapshot("alice~secretive", 3)))
+
+        async def placed() -> None:
+            try:
+                got = await client.request(secrets_req, JobSecretsReply)
+            except ForbiddenUserError as exc:
+                raise AssertionError("the snapshot has not arrived yet") from exc
+            assert got.secrets == {"token": "hunter2-very-secret"}
+
+        await eventually(placed)
+        with pytest.raises(ForbiddenUserError):
+            await client.request(secrets_req.model_copy(update={"node": "n9"}), JobSecretsReply)
+        with pytest.raises(NoJobError):
+            await client.request(secrets_req.model_copy(update={"job_key": "alice~nope"}), JobSecretsReply)
+        detail = (await client.request(GetJobRequest(job_key="alice~secretive"), JobDetailReply)).detail
+        assert detail["jobStatus"]["state"] == "RUNNING"
+        assert detail["taskRoles"]["worker"]["taskStatuses"][1]["containerPorts"] == {"http": "15001"}
+        assert "hunter2" not in str(detail)
+        # An older snapshot changes nothing.
+        await client.publish_event(
+            FrameworkChanged(
+                snapshot=running_snapshot("alice~secretive", 2).model_copy(
+                    update={"state": "AttemptPreparing"}
+                )
+            )
+        )
+        await asyncio.sleep(0.5)
+        detail = (await client.request(GetJobRequest(job_key="alice~secretive"), JobDetailReply)).detail
+        assert detail["jobStatus"]["state"] == "RUNNING"
+        assert [j["state"] for j in (await listing(states=["RUNNING"])).jobs] == ["RUNNING"]
+
+        # -- attempts
+        attempts = (
+            await client.request(JobAttemptsRequest(job_key="alice~secretive"), JobAttemptsReply)
+        ).attempts
+        assert [a["attemptIndex"] for a in attempts] == [0]
+        with pytest.raises(NoJobError):
+            await client.request(
+                JobAttemptsRequest(job_key="alice~secretive", attempt_id=4), JobAttemptsReply
+            )
+        with pytest.raises(NoJobError):
+            await client.request(GetJobRequest(job_key="alice~secretive", attempt_id=4), JobDetailReply)
+        task = TaskAttemptsRequest(job_key="alice~secretive", attempt_id=0, task_role="worker", index=1)
+        status = (await client.request(task, TaskAttemptsReply)).status
+        assert status["attempts"][0]["containerNodeName"] == "n2"
+        with pytest.raises(NoJobError):
+            await client.request(task.model_copy(update={"index": 2}), TaskAttemptsReply)
+
+        # -- stop: owner or admin; published once
+        stop = JobExecutionTypeRequest(job_key="alice~secretive", value="STOP", username="bob")
+        with pytest.raises(ForbiddenUserError):
+            await client.request(stop, JobMutationReply)
+        for _ in range(2):
+            done = await client.request(stop.model_copy(update={"username": "alice"}), JobMutationReply)
+            assert done.message == "Execute job alice~secretive successfully."
+        (stopped,) = await published.wait_for(JobStopRequested)
+        assert (stopped.job_key, stopped.requested_by) == ("alice~secretive", "alice")
+        await published.drain(1.0)
+        assert len([b for b, _ in published.seen if isinstance(b, JobStopRequested)]) == 1
+        await client.request(
+            stop.model_copy(update={"value": "START", "username": "alice"}), JobMutationReply
+        )
+        detail = (await client.request(GetJobRequest(job_key="alice~secretive"), JobDetailReply)).detail
+        assert detail["jobStatus"]["executionType"] == "STOP"  # START does not resume
+
+        # -- job events from the other services' events
+        for position in (2, 1):
+            await client.publish_event(
+                SchedulingPending(
+                    job_key="bob~job1", attempt_id=0, reason="VC default is full", position=position
+                )
+            )
+        await client.publish_event(
+            SchedulingPreempting(
+                job_key="alice~job0", attempt_id=0, victims=[AttemptRef(job_key="bob~job2", attempt_id=0)]
+            )
+        )
+        await client.publish_event(
+            SchedulingRejected(job_key="bob~job1", attempt_id=0, reason="asks for 99 GPUs")
+        )
+        await client.publish_event(JobAttemptCompleted(job_key="bob~job2", attempt_id=0, exit_code=-210))
+
+        async def recorded() -> None:
+            events = (await client.request(JobEventsRequest(job_key="bob~job1"), JobEventsReply)).events
+            assert [(e["reason"], e["count"]) for e in events] == [
+                ("Submitted", 1),
+                ("SchedulingPending", 2),
+                ("FailedScheduling", 1),
+            ]
+            victim = (
+                await client.request(JobEventsRequest(job_key="bob~job2", type="Warning"), JobEventsReply)
+            ).events
+            assert [e["reason"] for e in victim] == ["Preempted", "AttemptCompleted"]
+            assert "alice~job0#0" in victim[0]["message"]
+
+        await eventually(recorded)
+        stops = (await client.request(JobEventsRequest(job_key="alice~secretive"), JobEventsReply)).events
+        assert [e["reason"] for e in stops] == ["Submitted", "StopRequested"]
+        with pytest.raises(NoJobError):
+            await client.request(JobEventsRequest(job_key="alice~nope"), JobEventsReply)
+    finally:
+        await app.stop()
+
+
+async def test_a_restarted_service_keeps_its_jobs_and_resends_nothing(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    published = Published(client)
+    await published.start()
+    db = f"jobs{uuid.uuid4().hex[:8]}"
+    app = jobs_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        await client.request(submit("durable"), SubmitJobReply)
+        await client.request(
+            JobExecutionTypeRequest(job_key="alice~durable", value="STOP", username="alice"), JobMutationReply
+        )
+    finally:
+        await app.stop()
+    app = jobs_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        detail = (await client.request(GetJobRequest(job_key="alice~durable"), JobDetailReply)).detail
+        assert detail["jobStatus"]["executionType"] == "STOP"
+        with pytest.raises(ConflictJobError):
+            await client.request(submit("durable"), SubmitJobReply)
+        await published.drain(1.5)
+        kinds = [type(b).__name__ for b, _ in published.seen]
+        assert kinds.count("JobSubmitted") == 1 and kinds.count("JobStopRequested") == 1
+    finally:
+        await app.stop()
+
+
+async def test_jobs_stored_before_the_list_get_entries_at_start(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    """A job document from before `seq` and `job_list` existed is listed (and counted) after a restart."""
+    db = f"jobs{uuid.uuid4().hex[:8]}"
+    app = jobs_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        await client.request(submit("fresh"), SubmitJobReply)
+        legacy = new_job_document(
+            parse_job(job_yaml("legacy"), "bob", 1).spec.model_dump(mode="json"), {"name": "legacy"}
+        )
+        await app.db[JOBS].insert_one(legacy)  # as an older version stored it: no seq, no list entry
+    finally:
+        await app.stop()
+    app = jobs_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        listed = await client.request(ListJobsRequest(), JobListReply)
+        assert [j["name"] for j in listed.jobs] == ["legacy", "fresh"]
+        bobs = await client.request(ListJobsRequest(usernames=["bob"], limit=1, offset=0), JobListReply)
+        assert [j["name"] for j in bobs.jobs] == ["legacy"]
+        counted = await client.request(ListJobsRequest(usernames=["bob"], offset=1), JobListReply)
+        assert counted.jobs == [] and counted.total == 1  # from the counters
+    finally:
+        await app.stop()
