@@ -3,13 +3,16 @@
 Every function takes the current framework and one event and returns the next framework with the
 effects to carry out (events to publish, commands to send). An event that does not apply to the
 current attempt or state (a duplicate, a late message of an earlier attempt) returns no change, so
-the shell may deliver events at least once and in any order.
+the shell may deliver events at least once and in any order. Timers (gang allocation timeout, retry
+back-off) are deadlines stored in the framework; ``on_tick`` fires the ones that are due.
+
+Every state change is appended to the framework's bounded transition log with its reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -19,6 +22,7 @@ from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    JobStopRequested,
     SchedulingAllocated,
     SchedulingRejected,
     SchedulingRequested,
@@ -27,35 +31,80 @@ from pai_common.contract.events import (
 )
 from pai_common.contract.states import final_state
 from pai_common.contract.types import (
+    EpochMs,
+    ExitSpecEntry,
     FrameworkSnapshot,
+    JobAttemptRecord,
     JobSpec,
     JobState,
     Placement,
     PodRequest,
+    TaskAttemptRecord,
     TaskSnapshot,
 )
+from pai_orchestrator import completion_policy, exit_codes, retry_policy
 from pai_orchestrator import states as S
 from pai_orchestrator.environment import task_environment
+from pai_orchestrator.policy import DEFAULT_POLICY, Policy
+from pai_orchestrator.ports import assign_ports
+from pai_orchestrator.retry_policy import FailureClass, RetryKind
 
 
 class Task(BaseModel):
     task_role: str
     index: int
     state: str = S.TASK_CREATION_PENDING
+    task_attempt_id: int = 0
     node: str | None = None
     host_ip: str | None = None
     gpus: list[int] = Field(default_factory=list)
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    ports: dict[str, list[int]] = Field(default_factory=dict)
     exit_code: int | None = None
+    exit_spec: ExitSpecEntry | None = None
     exit_diagnostics: str | None = None
     created_at: int | None = None
     launched_at: int | None = None
     completed_at: int | None = None
+    retries: int = 0
+    accountable_retries: int = 0
+    history: list[TaskAttemptRecord] = Field(default_factory=list)
 
     @property
     def key(self) -> str:
         return task_key(self.task_role, self.index)
+
+    def snapshot(self) -> TaskSnapshot:
+        return TaskSnapshot(
+            task_role=self.task_role,
+            index=self.index,
+            state=self.state,
+            attempt_id=self.task_attempt_id,
+            node=self.node,
+            host_ip=self.host_ip,
+            gpus=self.gpus,
+            ports=self.ports,
+            exit_code=self.exit_code,
+            exit_spec=self.exit_spec,
+            exit_diagnostics=self.exit_diagnostics,
+            created_at=self.created_at,
+            launched_at=self.launched_at,
+            completed_at=self.completed_at,
+            retries=self.retries,
+            accountable_retries=self.accountable_retries,
+            history=self.history,
+        )
+
+
+class TransitionRecord(BaseModel):
+    """One entry of a framework's transition log."""
+
+    at: EpochMs
+    attempt_id: int
+    from_state: str
+    to_state: str
+    reason: str
 
 
 class Framework(BaseModel):
@@ -63,10 +112,14 @@ class Framework(BaseModel):
 
     spec: JobSpec
     version: int = 0
-    state: str = S.ATTEMPT_CREATION_REQUESTED
+    state: str = S.ATTEMPT_CREATION_PENDING
+    execution_type: Literal["START", "STOP"] = "START"
     attempt_id: int = 0
     retries: int = 0
-    accountable_retries: int = 0
+    accountable_retries: int = 0  # the user retries: the ones jobRetryCount limits
+    user_retries: int = 0
+    platform_retries: int = 0
+    resource_retries: int = 0
     created_at: int | None = None
     launched_at: int | None = None
     completed_at: int | None = None
@@ -75,14 +128,40 @@ class Framework(BaseModel):
     attempt_completed_at: int | None = None
     exit_code: int | None = None
     exit_type: str | None = None
+    exit_spec: ExitSpecEntry | None = None
     exit_diagnostics: str | None = None
+    exit_messages: dict[str, Any] | None = None
     trigger_task_role: str | None = None
     trigger_task_index: int | None = None
     tasks: dict[str, Task] = Field(default_factory=dict)
+    # The placed gang (with its ports), which every task's environment describes.
+    gang: list[Placement] = Field(default_factory=list)
+    # Timers: when the gang must be placed by, and when a backed-off retry starts.
+    gang_deadline: int | None = None
+    retry_at: int | None = None
+    retry_kind: RetryKind | None = None
+    # While the attempt's stopped tasks finish (AttemptDeletionRequested): how the attempt ended, whether
+    # it may be retried, whether its cells are to be released, and until when its tasks are waited for.
+    ending_failure: str | None = None
+    ending_retry_allowed: bool = False
+    ending_release: bool = True
+    deletion_deadline: int | None = None
+    attempts: list[JobAttemptRecord] = Field(default_factory=list)
+    log: list[TransitionRecord] = Field(default_factory=list)
 
     @property
     def job_key(self) -> str:
         return self.spec.job_key
+
+    def due_at(self) -> int | None:
+        """When ``on_tick`` has something to do for this framework (None: nothing is pending)."""
+        if self.state == S.ATTEMPT_CREATION_REQUESTED:
+            return self.gang_deadline
+        if self.state == S.ATTEMPT_COMPLETED:
+            return self.retry_at
+        if self.state == S.ATTEMPT_DELETION_REQUESTED:
+            return self.deletion_deadline
+        return None
 
     def snapshot(self) -> FrameworkSnapshot:
         return FrameworkSnapshot(
@@ -103,23 +182,15 @@ class Framework(BaseModel):
             exit_diagnostics=self.exit_diagnostics,
             trigger_task_role=self.trigger_task_role,
             trigger_task_index=self.trigger_task_index,
-            tasks=[
-                TaskSnapshot(
-                    task_role=t.task_role,
-                    index=t.index,
-                    state=t.state,
-                    attempt_id=self.attempt_id,
-                    node=t.node,
-                    host_ip=t.host_ip,
-                    gpus=t.gpus,
-                    exit_code=t.exit_code,
-                    exit_diagnostics=t.exit_diagnostics,
-                    created_at=t.created_at,
-                    launched_at=t.launched_at,
-                    completed_at=t.completed_at,
-                )
-                for t in self.tasks.values()
-            ],
+            tasks=[t.snapshot() for t in self.tasks.values()],
+            execution_type=self.execution_type,
+            user_retries=self.user_retries,
+            platform_retries=self.platform_retries,
+            resource_retries=self.resource_retries,
+            retry_at=self.retry_at if self.state == S.ATTEMPT_COMPLETED else None,
+            exit_spec=self.exit_spec,
+            exit_messages=self.exit_messages,
+            attempts=self.attempts,
         )
 
 
@@ -137,6 +208,7 @@ class Transition:
     events: list[Event] = field(default_factory=list)
     commands: list[SendCommand] = field(default_factory=list)
     reason: str = ""
+    policy: Policy = DEFAULT_POLICY
 
     @property
     def changed(self) -> bool:
@@ -152,141 +224,339 @@ def task_key(role: str, index: int) -> str:
     return f"{role}/{index}"
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the retry policy and the read model need it."""
+
+    exit_code: int
+    failure: FailureClass
+    exit_type: str
+    diagnostics: str | None
+    exit_spec: ExitSpecEntry | None = None
+    runtime_message: dict[str, Any] | None = None
+    launcher_message: str | None = None
+    grace_period_s: float | None = None  # None: the policy's kill grace
+
+
 # ---- transitions ---------------------------------------------------------------------------------------
 
 
-def on_submitted(spec: JobSpec, now: int) -> Transition:
+def on_submitted(
+    spec: JobSpec, now: int, policy: Policy = DEFAULT_POLICY, stop: JobStopRequested | None = None
+) -> Transition:
+    """A new framework; ``stop`` is a stop request that arrived before the job did."""
     fw = Framework(spec=spec, created_at=now)
-    out = Transition(fw, reason="job submitted")
+    out = Transition(fw, policy=policy)
+    _move(fw, out, now, S.ATTEMPT_CREATION_PENDING, "job submitted")
+    if stop is not None:
+        fw.execution_type = "STOP"
+        fw.attempt_created_at = now
+        fw.tasks = _fresh_tasks(fw, now)
+        # Nothing was asked of the scheduler, so there is nothing to release.
+        _complete_attempt(fw, out, now, _stop_outcome(stop), retry_allowed=False, release=False)
+        return _finish(out)
     _start_attempt(fw, now, out)
     return _finish(out)
 
 
-def on_allocated(fw: Framework, event: SchedulingAllocated, now: int) -> Transition:
+def on_allocated(
+    fw: Framework, event: SchedulingAllocated, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
     if event.attempt_id != fw.attempt_id or fw.state != S.ATTEMPT_CREATION_REQUESTED:
         return no_change()
-    fw = fw.model_copy(deep=True)
     placements = {task_key(p.task_role, p.index): p for p in event.placements}
-    if set(placements) != set(fw.tasks):
+    if set(placements) != set(fw.tasks) or len(placements) != len(event.placements):
         # The scheduler answered for another gang shape; nothing sensible to launch.
         return no_change()
-    fw.state = S.ATTEMPT_PREPARING
-    out = Transition(fw, reason="gang allocated")
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    gang = assign_ports(fw.job_key, fw.attempt_id, fw.spec, list(event.placements))
+    fw.gang = gang
+    fw.gang_deadline = None
+    by_key = {task_key(p.task_role, p.index): p for p in gang}
     for task in fw.tasks.values():
-        p = placements[task.key]
+        p = by_key[task.key]
         task.state = S.TASK_PREPARING
         task.node, task.host_ip, task.gpus = p.node, p.host_ip or None, list(p.gpus)
         task.gpu_milli, task.gpu_memory_mb = p.gpu_milli, p.gpu_memory_mb
+        task.ports = {label: list(ports) for label, ports in p.ports.items()}
     for task in fw.tasks.values():
-        out.commands.append(_launch(fw, task, list(placements.values())))
+        out.commands.append(_launch(fw, task))
+    _move(fw, out, now, S.ATTEMPT_PREPARING, "gang allocated: every task placed, launching all of them")
     return _finish(out)
 
 
-def on_rejected(fw: Framework, event: SchedulingRejected, now: int) -> Transition:
+def on_rejected(
+    fw: Framework, event: SchedulingRejected, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
     if event.attempt_id != fw.attempt_id or fw.state != S.ATTEMPT_CREATION_REQUESTED:
         return no_change()
-    fw = fw.model_copy(deep=True)
-    out = Transition(fw, reason="gang can never be placed")
-    fw.exit_type = "USER_FAILURE"
-    fw.exit_diagnostics = event.reason
-    _complete_attempt(fw, S.EXIT_POD_CREATION_PERMANENT, now, out, retry_allowed=False)
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    outcome = Outcome(
+        exit_code=S.EXIT_POD_CREATION_PERMANENT,
+        failure="Permanent",
+        exit_type="USER_FAILURE",
+        diagnostics=event.reason,
+        launcher_message=event.reason,
+    )
+    _complete_attempt(fw, out, now, outcome, retry_allowed=False)
     return _finish(out)
 
 
-def on_preempted(fw: Framework, attempt_id: int, preemptor: str, now: int) -> Transition:
-    """A higher-priority gang needs this attempt's cells: stop it and retry later, uncounted."""
+def on_preempted(
+    fw: Framework, attempt_id: int, preemptor: str, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
+    """A higher-priority gang needs this attempt's cells: stop it gracefully and queue again, uncounted."""
     why = f"preempted by the higher-priority job {preemptor}"
-    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now)
+    grace = policy.preempt_grace_s
+    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now, policy, grace)
 
 
-def on_cells_lost(fw: Framework, attempt_id: int, reason: str, now: int) -> Transition:
+def on_cells_lost(
+    fw: Framework, attempt_id: int, reason: str, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
     """The cluster no longer has the cells the attempt holds: stop it and retry, uncounted."""
-    return _stopped_by_platform(fw, attempt_id, S.EXIT_NODE_LOST, reason, now)
+    return _stopped_by_platform(fw, attempt_id, S.EXIT_NODE_LOST, reason, now, policy, None)
 
 
-def _stopped_by_platform(fw: Framework, attempt_id: int, exit_code: int, why: str, now: int) -> Transition:
-    if attempt_id != fw.attempt_id or fw.state not in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING):
+def _stopped_by_platform(
+    fw: Framework,
+    attempt_id: int,
+    exit_code: int,
+    why: str,
+    now: int,
+    policy: Policy,
+    grace: float | None,
+) -> Transition:
+    # An attempt still waiting for its gang counts too: the scheduler may have placed it, and its
+    # allocation be on its way, when it decided to take the cells back.
+    if attempt_id != fw.attempt_id or fw.state not in S.LIVE_ATTEMPT:
         return no_change()
-    fw = fw.model_copy(deep=True)
-    out = Transition(fw, reason=why)
-    fw.exit_type = "PLATFORM_FAILURE"
-    fw.exit_diagnostics = why
-    _complete_attempt(fw, exit_code, now, out, retry_allowed=True, failure="Transient")
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    outcome = Outcome(
+        exit_code=exit_code,
+        failure="Transient",
+        exit_type="PLATFORM_FAILURE",
+        diagnostics=why,
+        launcher_message=why,
+        grace_period_s=grace,
+    )
+    _complete_attempt(fw, out, now, outcome, retry_allowed=True)
     return _finish(out)
 
 
-def on_task_running(fw: Framework, event: TaskRunning, now: int) -> Transition:
-    task = fw.tasks.get(task_key(event.task_role, event.index))
-    if event.attempt_id != fw.attempt_id or task is None or task.state != S.TASK_PREPARING:
+def on_stop_requested(
+    fw: Framework, event: JobStopRequested, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
+    """executionType STOP: whatever stage the job is in, stop its tasks and complete it with -210."""
+    if fw.state == S.COMPLETED or fw.execution_type == "STOP":
         return no_change()
-    fw = fw.model_copy(deep=True)
-    task = fw.tasks[task.key]
-    task.state = S.TASK_RUNNING
-    task.launched_at = event.started_at
-    task.host_ip = event.host_ip
-    out = Transition(fw, reason=f"task {task.key} running")
-    _attempt_started(fw, event.started_at)
+    fw = _copy(fw)
+    fw.execution_type = "STOP"
+    out = Transition(fw, policy=policy)
+    outcome = _stop_outcome(event)
+    if fw.state == S.ATTEMPT_DELETION_REQUESTED:
+        # The attempt is ending already: it will not be retried, and unless it had succeeded the job
+        # ends as stopped once its tasks are gone.
+        fw.ending_retry_allowed = False
+        if fw.exit_code != S.EXIT_SUCCEEDED:
+            _record_outcome(fw, outcome)
+        out.reason = f"{outcome.diagnostics} while the attempt's tasks were stopping"
+    elif fw.state == S.ATTEMPT_COMPLETED:
+        # Between attempts (a retry backing off): the last attempt released its cells already.
+        fw.retry_at = fw.retry_kind = None
+        last = f" (its last attempt had exited with {fw.exit_code})" if fw.exit_code is not None else ""
+        outcome = replace(outcome, diagnostics=f"{outcome.diagnostics}{last}")
+        _record_outcome(fw, outcome)
+        _complete_job(fw, out, now, "stopped while its retry was backing off")
+    else:
+        _complete_attempt(fw, out, now, outcome, retry_allowed=False)
     return _finish(out)
 
 
-def on_task_diagnosed(fw: Framework, event: TaskDiagnosed, now: int) -> Transition:
+def on_task_running(
+    fw: Framework, event: TaskRunning, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
     task = fw.tasks.get(task_key(event.task_role, event.index))
     if (
         event.attempt_id != fw.attempt_id
         or task is None
-        or task.state not in (S.TASK_PREPARING, S.TASK_RUNNING)
+        or event.task_attempt_id != task.task_attempt_id
+        or task.state != S.TASK_PREPARING
         or fw.state not in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING)
     ):
         return no_change()
-    fw = fw.model_copy(deep=True)
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
     task = fw.tasks[task.key]
-    task.state = S.TASK_COMPLETED
+    task.state = S.TASK_RUNNING
+    task.launched_at = event.started_at
+    task.host_ip = event.host_ip
+    out.reason = f"task {task.key} running"
+    _attempt_started(fw, out, event.started_at, f"task {task.key} is running")
+    return _finish(out)
+
+
+def on_task_diagnosed(
+    fw: Framework, event: TaskDiagnosed, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
+    task = fw.tasks.get(task_key(event.task_role, event.index))
+    if event.attempt_id != fw.attempt_id or task is None or event.task_attempt_id != task.task_attempt_id:
+        return no_change()
+    if fw.state == S.ATTEMPT_DELETION_REQUESTED and task.state == S.TASK_DELETION_REQUESTED:
+        return _stop_confirmed(fw, task.key, event, now, policy)
+    if task.state not in S.LIVE_TASK or fw.state not in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING):
+        return no_change()
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    task = fw.tasks[task.key]
+    # A task can end before its running report arrives; the attempt did run.
+    _attempt_started(fw, out, event.finished_at, f"task {task.key} ended before it was seen running")
     task.exit_code = event.exit_code
+    task.exit_spec = event.exit_spec
     task.exit_diagnostics = event.message
     task.completed_at = event.finished_at
-    out = Transition(fw, reason=f"task {task.key} completed with {event.exit_code}")
-    # A task can end before its running report arrives; the attempt did run.
-    _attempt_started(fw, event.finished_at)
 
-    verdict = _completion_verdict(fw, task)
+    if event.exit_code != 0 and not fw.spec.gang_allocation:
+        role = next(r for r in fw.spec.task_roles if r.name == task.task_role)
+        decision = retry_policy.task_retry(
+            event.failure_type,
+            event.exit_code,
+            accountable=task.accountable_retries,
+            limit=role.task_retry_count,
+        )
+        if decision.retry:
+            _retry_task(fw, task, out, now, decision)
+            return _finish(out)
+
+    task.state = S.TASK_COMPLETED
+    out.reason = f"task {task.key} completed with {event.exit_code}"
+    exits = {
+        (t.task_role, t.index): (t.exit_code if t.state == S.TASK_COMPLETED else None)
+        for t in fw.tasks.values()
+    }
+    verdict = completion_policy.verdict(fw.spec.task_roles, exits, (task.task_role, task.index))
     if verdict is None:
         return _finish(out)
-    succeeded, trigger = verdict
-    if trigger is not None:
-        fw.trigger_task_role, fw.trigger_task_index = trigger.task_role, trigger.index
-    if succeeded:
-        fw.exit_type, fw.exit_diagnostics = "USER_SUCCESS", None
-        _complete_attempt(fw, S.EXIT_SUCCEEDED, now, out, retry_allowed=False)
+    if verdict.trigger is not None:
+        fw.trigger_task_role, fw.trigger_task_index = verdict.trigger
+    if verdict.succeeded:
+        outcome = Outcome(
+            exit_code=S.EXIT_SUCCEEDED,
+            failure="Succeeded",
+            exit_type="USER_SUCCESS",
+            diagnostics=None,
+            exit_spec=exit_codes.exit_spec(S.EXIT_SUCCEEDED),
+            launcher_message=verdict.why,
+        )
     else:
-        assert trigger is not None and trigger.exit_code is not None
-        fw.exit_type = _exit_type(event.failure_type)
-        fw.exit_diagnostics = event.message
-        _complete_attempt(fw, trigger.exit_code, now, out, retry_allowed=True, failure=event.failure_type)
+        runtime: dict[str, Any] | None = None
+        if event.explanation or event.matched or event.suggestion:
+            runtime = {
+                "reason": event.explanation or None,
+                "matchedLog": event.matched,
+                "solution": [event.suggestion] if event.suggestion else [],
+            }
+        outcome = Outcome(
+            exit_code=event.exit_code,
+            failure=event.failure_type,
+            exit_type=_exit_type(event),
+            diagnostics=event.message,
+            exit_spec=event.exit_spec,
+            runtime_message=runtime,
+            launcher_message=verdict.why,
+        )
+    _complete_attempt(fw, out, now, outcome, retry_allowed=True, why=verdict.why)
+    return _finish(out)
+
+
+def on_tick(fw: Framework, now: int, policy: Policy = DEFAULT_POLICY) -> Transition:
+    """Fire the framework's timer if it is due: a gang allocation timeout, or a backed-off retry."""
+    due = fw.due_at()
+    if due is None or now < due:
+        return no_change()
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    if fw.state == S.ATTEMPT_DELETION_REQUESTED:
+        waiting = sorted(t.key for t in fw.tasks.values() if t.state == S.TASK_DELETION_REQUESTED)
+        _finish_attempt(fw, out, now, f"no exit report in time from {', '.join(waiting)}; assumed stopped")
+    elif fw.state == S.ATTEMPT_CREATION_REQUESTED:
+        created = fw.attempt_created_at if fw.attempt_created_at is not None else now
+        limit_s = ((fw.gang_deadline or now) - created) / 1000
+        why = (
+            f"the gang of {len(fw.tasks)} task(s) could not be placed within the gang allocation timeout"
+            f" ({limit_s:g} s; waited {(now - created) / 1000:g} s)"
+        )
+        outcome = Outcome(
+            exit_code=S.EXIT_GANG_ALLOCATION_TIMEOUT,
+            failure="Resource",
+            exit_type="RESOURCE_ALLOCATION_TIMEOUT",
+            diagnostics=why,
+            exit_spec=exit_codes.exit_spec(S.EXIT_GANG_ALLOCATION_TIMEOUT),
+            launcher_message=why,
+        )
+        _complete_attempt(fw, out, now, outcome, retry_allowed=True)
+    else:
+        kind = fw.retry_kind or "platform"
+        _begin_retry(fw, out, now, kind, "the retry back-off is over")
     return _finish(out)
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
-def _attempt_started(fw: Framework, at: int) -> None:
+def _copy(fw: Framework) -> Framework:
+    """A copy a transition may change. Copy-on-write: the containers a transition changes in place (the
+    tasks, the log, the attempts) are copied; what is only ever replaced whole (the spec, placements,
+    exit specs, a task's lists) is shared with the input, which stays as it was."""
+    return fw.model_copy(
+        update={
+            "tasks": {k: t.model_copy() for k, t in fw.tasks.items()},
+            "log": list(fw.log),
+            "attempts": list(fw.attempts),
+        }
+    )
+
+
+def _move(fw: Framework, out: Transition, now: int, to: str, reason: str) -> None:
+    """Enter a state, logging why; the log keeps the newest entries only."""
+    fw.log.append(
+        TransitionRecord(at=now, attempt_id=fw.attempt_id, from_state=fw.state, to_state=to, reason=reason)
+    )
+    del fw.log[: max(0, len(fw.log) - out.policy.transition_log_limit)]
+    fw.state = to
+    out.reason = f"{out.reason}; {reason}" if out.reason else reason
+
+
+def _attempt_started(fw: Framework, out: Transition, at: int, reason: str) -> None:
     """The first task of a preparing attempt is running (or already done): the attempt runs."""
     if fw.state == S.ATTEMPT_PREPARING:
-        fw.state = S.ATTEMPT_RUNNING
         fw.attempt_launched_at = fw.attempt_launched_at or at
         fw.launched_at = fw.launched_at or at
+        _move(fw, out, at, S.ATTEMPT_RUNNING, reason)
 
 
-def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
-    fw.state = S.ATTEMPT_CREATION_REQUESTED
-    fw.attempt_created_at = now
-    fw.attempt_launched_at = None
-    fw.attempt_completed_at = None
-    fw.trigger_task_role = fw.trigger_task_index = None
-    fw.tasks = {
+def _fresh_tasks(fw: Framework, now: int) -> dict[str, Task]:
+    return {
         task_key(role.name, i): Task(task_role=role.name, index=i, created_at=now)
         for role in fw.spec.task_roles
         for i in range(role.instances)
     }
+
+
+def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
+    fw.attempt_created_at = now
+    fw.attempt_launched_at = None
+    fw.attempt_completed_at = None
+    fw.exit_code = fw.exit_type = fw.exit_spec = fw.exit_diagnostics = fw.exit_messages = None
+    fw.trigger_task_role = fw.trigger_task_index = None
+    fw.retry_at = fw.retry_kind = None
+    fw.gang = []
+    timeout = out.policy.gang_allocation_timeout_ms
+    fw.gang_deadline = now + timeout if timeout > 0 else None
+    fw.tasks = _fresh_tasks(fw, now)
     out.events.append(
         SchedulingRequested(
             job_key=fw.job_key,
@@ -312,45 +582,92 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
             ],
         )
     )
+    _move(fw, out, now, S.ATTEMPT_CREATION_REQUESTED, f"attempt {fw.attempt_id} asks for its gang")
 
 
-def _completion_verdict(fw: Framework, trigger: Task) -> tuple[bool, Task | None] | None:
-    """FrameworkController's completion policy, evaluated after ``trigger`` completed.
+def _retry_task(
+    fw: Framework, task: Task, out: Transition, now: int, decision: retry_policy.RetryDecision
+) -> None:
+    """Gang allocation off: the task alone starts again, on the cells its attempt holds."""
+    task.history = [*task.history, _task_record(task, S.TASK_ATTEMPT_COMPLETED)][
+        -out.policy.task_history_limit :
+    ]
+    task.retries += 1
+    if decision.kind == "user":
+        task.accountable_retries += 1
+    task.task_attempt_id += 1
+    task.state = S.TASK_PREPARING
+    task.exit_code = task.exit_spec = task.exit_diagnostics = None
+    task.created_at, task.launched_at, task.completed_at = now, None, None
+    out.commands.append(_launch(fw, task))
+    out.reason = f"task {task.key} retried as task attempt {task.task_attempt_id}: {decision.why}"
 
-    Per task role: the attempt fails once minFailedInstances tasks failed, succeeds once
-    minSucceededInstances tasks succeeded; otherwise it succeeds when every task has completed.
-    """
-    role = next(r for r in fw.spec.task_roles if r.name == trigger.task_role)
-    done = [t for t in fw.tasks.values() if t.task_role == role.name and t.state == S.TASK_COMPLETED]
-    failed = sum(1 for t in done if t.exit_code != 0)
-    succeeded = len(done) - failed
-    if (
-        trigger.exit_code != 0
-        and role.min_failed_instances is not None
-        and failed >= role.min_failed_instances
-    ):
-        return False, trigger
-    if trigger.exit_code == 0 and role.min_succeeded_instances is not None:
-        if succeeded >= role.min_succeeded_instances:
-            return True, trigger
-    if all(t.state == S.TASK_COMPLETED for t in fw.tasks.values()):
-        return True, None
-    return None
+
+def _task_record(task: Task, state: str) -> TaskAttemptRecord:
+    return TaskAttemptRecord(
+        attempt_id=task.task_attempt_id,
+        state=state,
+        node=task.node,
+        host_ip=task.host_ip,
+        ports=task.ports,
+        gpus=task.gpus,
+        exit_code=task.exit_code,
+        exit_spec=task.exit_spec,
+        exit_diagnostics=task.exit_diagnostics,
+        created_at=task.created_at,
+        launched_at=task.launched_at,
+        completed_at=task.completed_at,
+    )
+
+
+def _stop_outcome(stop: JobStopRequested) -> Outcome:
+    why = f"stop requested by {stop.requested_by}"
+    return Outcome(
+        exit_code=S.EXIT_STOP_REQUESTED,
+        failure="Permanent",
+        exit_type="USER_STOP",
+        diagnostics=why,
+        exit_spec=exit_codes.exit_spec(S.EXIT_STOP_REQUESTED),
+        launcher_message=why,
+    )
+
+
+def _record_outcome(fw: Framework, outcome: Outcome) -> None:
+    fw.exit_code = outcome.exit_code
+    fw.exit_type = outcome.exit_type
+    fw.exit_spec = outcome.exit_spec or exit_codes.exit_spec(outcome.exit_code)
+    fw.exit_diagnostics = outcome.diagnostics
+    fw.exit_messages = {
+        "container": None,
+        "runtime": outcome.runtime_message,
+        "launcher": outcome.launcher_message,
+    }
 
 
 def _complete_attempt(
     fw: Framework,
-    exit_code: int,
-    now: int,
     out: Transition,
+    now: int,
+    outcome: Outcome,
     *,
     retry_allowed: bool,
-    failure: str = "Unknown",
+    why: str | None = None,
+    release: bool = True,
 ) -> None:
-    fw.exit_code = exit_code
+    """The attempt's outcome is decided: stop what still runs; once it has stopped, release the cells
+    and retry or finish (at once when nothing runs)."""
+    why = why or outcome.diagnostics or f"attempt ended with {outcome.exit_code}"
+    _record_outcome(fw, outcome)
     fw.attempt_completed_at = now
+    fw.gang_deadline = None
+    fw.ending_failure, fw.ending_retry_allowed, fw.ending_release = outcome.failure, retry_allowed, release
+    _move(fw, out, now, S.ATTEMPT_DELETION_PENDING, why)
+    grace = outcome.grace_period_s if outcome.grace_period_s is not None else out.policy.kill_grace_s
+    killed = 0
     for task in fw.tasks.values():
-        if task.state in (S.TASK_PREPARING, S.TASK_RUNNING) and task.node:
+        if task.state in S.LIVE_TASK and task.node:
+            killed += 1
+            task.state = S.TASK_DELETION_REQUESTED
             out.commands.append(
                 SendCommand(
                     KillTask(
@@ -358,48 +675,173 @@ def _complete_attempt(
                         attempt_id=fw.attempt_id,
                         task_role=task.task_role,
                         index=task.index,
+                        task_attempt_id=task.task_attempt_id,
                         node=task.node,
-                        reason="attempt completed",
+                        reason=f"attempt completed: {why}"[:500],
+                        grace_period_s=grace,
                     ),
                     task.node,
                 )
             )
+        elif task.state != S.TASK_COMPLETED:
+            _task_stopped(task, now, "stopped because its job attempt completed before it started")
+    if killed:
+        fw.deletion_deadline = now + int(grace * 1000) + out.policy.stop_confirm_margin_ms
+        _move(fw, out, now, S.ATTEMPT_DELETION_REQUESTED, f"{killed} live task(s) asked to stop")
+        return
+    _finish_attempt(fw, out, now, "no task was running")
+
+
+def _task_stopped(task: Task, now: int, why: str) -> None:
+    task.state = S.TASK_COMPLETED
+    task.exit_code = S.EXIT_ATTEMPT_COMPLETION
+    task.exit_spec = exit_codes.exit_spec(S.EXIT_ATTEMPT_COMPLETION)
+    task.exit_diagnostics = why
+    task.completed_at = now
+
+
+def _stop_confirmed(fw: Framework, key: str, event: TaskDiagnosed, now: int, policy: Policy) -> Transition:
+    """A task stopped for its attempt's completion reported its exit."""
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    task = fw.tasks[key]
+    _task_stopped(
+        task, event.finished_at, f"stopped because its job attempt completed (exit {event.exit_code})"
+    )
+    out.reason = f"task {key} stopped"
+    if all(t.state != S.TASK_DELETION_REQUESTED for t in fw.tasks.values()):
+        _finish_attempt(fw, out, now, "every stopped task has exited")
+    return _finish(out)
+
+
+def _finish_attempt(fw: Framework, out: Transition, now: int, why: str) -> None:
+    """Nothing of the attempt runs any more: release its cells, then retry or complete the job."""
+    for task in fw.tasks.values():
         if task.state != S.TASK_COMPLETED:
-            task.state = S.TASK_COMPLETED
-            task.exit_code = S.EXIT_ATTEMPT_COMPLETION
-            task.completed_at = now
-    out.events.append(JobAttemptCompleted(job_key=fw.job_key, attempt_id=fw.attempt_id, exit_code=exit_code))
+            _task_stopped(task, now, "asked to stop; its exit was not reported in time")
+    fw.deletion_deadline = None
+    assert fw.exit_code is not None
+    if fw.ending_release:
+        out.events.append(
+            JobAttemptCompleted(job_key=fw.job_key, attempt_id=fw.attempt_id, exit_code=fw.exit_code)
+        )
+    _move(fw, out, now, S.ATTEMPT_COMPLETED, f"{why}; the attempt's cells are released")
 
-    # FrameworkController's retry policy: transient failures always retry and are not counted; permanent
-    # never retry; unknown retry while accountable retries are below the limit.
-    if retry_allowed and exit_code != 0 and failure != "Permanent":
-        transient = failure == "Transient"
-        if transient or fw.accountable_retries < fw.spec.job_retry_count:
-            fw.retries += 1
-            if not transient:
-                fw.accountable_retries += 1
-            fw.attempt_id += 1
-            fw.exit_code = fw.exit_type = fw.exit_diagnostics = None
-            _start_attempt(fw, now, out)
+    if fw.ending_retry_allowed and fw.execution_type != "STOP":
+        decision = retry_policy.job_retry(
+            fw.ending_failure or "Unknown",
+            fw.exit_code,
+            job_key=fw.job_key,
+            attempt_id=fw.attempt_id,
+            user_retries=fw.user_retries,
+            resource_retries=fw.resource_retries,
+            platform_retries=fw.platform_retries,
+            limit=fw.spec.job_retry_count,
+            policy=out.policy,
+        )
+        if decision.retry:
+            assert decision.kind is not None
+            if decision.delay_ms > 0:
+                fw.retry_at, fw.retry_kind = now + decision.delay_ms, decision.kind
+                out.reason = f"{out.reason}; {decision.why}"
+                return
+            _begin_retry(fw, out, now, decision.kind, decision.why)
             return
+        out.reason = f"{out.reason}; {decision.why}"
+    _complete_job(fw, out, now, "no retry: the job is complete")
 
-    fw.state = S.COMPLETED
+
+def _begin_retry(fw: Framework, out: Transition, now: int, kind: RetryKind, why: str) -> None:
+    """Keep the finished attempt in the history and start the next one."""
+    fw.attempts = _trim_attempts([*fw.attempts, _attempt_record(fw)], out.policy)
+    fw.retries += 1
+    if kind == "user":
+        fw.user_retries += 1
+        fw.accountable_retries += 1
+    elif kind == "resource":
+        fw.resource_retries += 1
+    else:
+        fw.platform_retries += 1
+    fw.attempt_id += 1
+    _move(fw, out, now, S.ATTEMPT_CREATION_PENDING, f"{kind} retry: {why}")
+    _start_attempt(fw, now, out)
+
+
+def _attempt_record(fw: Framework) -> JobAttemptRecord:
+    return JobAttemptRecord(
+        attempt_id=fw.attempt_id,
+        state=S.ATTEMPT_COMPLETED,
+        created_at=fw.attempt_created_at,
+        launched_at=fw.attempt_launched_at,
+        completed_at=fw.attempt_completed_at,
+        exit_code=fw.exit_code,
+        exit_type=fw.exit_type,
+        exit_spec=fw.exit_spec,
+        exit_diagnostics=fw.exit_diagnostics,
+        trigger_task_role=fw.trigger_task_role,
+        trigger_task_index=fw.trigger_task_index,
+        # What OpenPAI's job-attempt routes show of each task; the details stay with the current attempt.
+        tasks=[
+            TaskSnapshot(
+                task_role=t.task_role,
+                index=t.index,
+                state=t.state,
+                attempt_id=t.task_attempt_id,
+                node=t.node,
+                host_ip=t.host_ip,
+                gpus=t.gpus,
+                exit_code=t.exit_code,
+                created_at=t.created_at,
+                launched_at=t.launched_at,
+                completed_at=t.completed_at,
+                retries=t.retries,
+                accountable_retries=t.accountable_retries,
+            )
+            for t in fw.tasks.values()
+        ],
+    )
+
+
+def _trim_attempts(attempts: list[JobAttemptRecord], policy: Policy) -> list[JobAttemptRecord]:
+    """The newest attempts, at most ``attempt_history_limit``; past ``attempt_task_budget`` task records
+    in all, older attempts keep their summary without their tasks (a big gang retried often would
+    otherwise outgrow a document and a message)."""
+    kept = attempts[-policy.attempt_history_limit :]
+    budget = policy.attempt_task_budget
+    out: list[JobAttemptRecord] = []
+    for record in reversed(kept):
+        if record.tasks and len(record.tasks) > budget:
+            record = record.model_copy(update={"tasks": []})
+        budget -= len(record.tasks)
+        out.append(record)
+    return out[::-1]
+
+
+def _complete_job(fw: Framework, out: Transition, now: int, reason: str) -> None:
+    assert fw.exit_code is not None
     fw.completed_at = now
+    _move(fw, out, now, S.COMPLETED, reason)
     out.events.append(
         JobCompleted(
             job_key=fw.job_key,
-            state=cast(JobState, final_state(exit_code)),
-            exit_code=exit_code,
+            state=cast(JobState, final_state(fw.exit_code)),
+            exit_code=fw.exit_code,
             completed_at=now,
         )
     )
 
 
-def _exit_type(failure: str) -> str:
-    return {"Transient": "PLATFORM_FAILURE", "Permanent": "USER_FAILURE"}.get(failure, "UNKNOWN_FAILURE")
+def _exit_type(event: TaskDiagnosed) -> str:
+    if event.exit_spec and isinstance(event.exit_spec.get("type"), str):
+        return str(event.exit_spec["type"])
+    return {
+        "Transient": "PLATFORM_FAILURE",
+        "TransientConflict": "PLATFORM_FAILURE",
+        "Permanent": "USER_FAILURE",
+    }.get(event.failure_type, "UNKNOWN_FAILURE")
 
 
-def _launch(fw: Framework, task: Task, gang: list[Placement]) -> SendCommand:
+def _launch(fw: Framework, task: Task) -> SendCommand:
     role = next(r for r in fw.spec.task_roles if r.name == task.task_role)
     assert task.node is not None
     return SendCommand(
@@ -408,12 +850,20 @@ def _launch(fw: Framework, task: Task, gang: list[Placement]) -> SendCommand:
             attempt_id=fw.attempt_id,
             task_role=task.task_role,
             index=task.index,
+            task_attempt_id=task.task_attempt_id,
             node=task.node,
             gpus=task.gpus,
             gpu_milli=task.gpu_milli,
             gpu_memory_mb=task.gpu_memory_mb,
             entrypoint=role.entrypoint,
-            env=task_environment(fw.spec, task.task_role, task.index, gang),
+            env=task_environment(fw.spec, task.task_role, task.index, fw.gang),
+            cpu=role.cpu,
+            memory_mb=role.memory_mb,
+            shm_mb=role.shm_mb,
+            image=role.image,
+            ports=task.ports,
+            plugins=fw.spec.runtime_plugins,
+            has_secrets=fw.spec.has_secrets,
         ),
         task.node,
     )

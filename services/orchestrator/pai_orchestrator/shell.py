@@ -1,15 +1,25 @@
-"""The orchestrator's shell: loads a framework, applies one event through the core, saves, emits."""
+"""The orchestrator's shell: loads a framework, applies one event through the core, saves, emits.
+
+Frameworks live one document each in ``frameworks`` (with ``due_at``, the framework's next timer), every
+transition is appended to ``transitions``, and a stop that arrives before its job waits in
+``stop_requests``. A background tick fires due timers (gang allocation timeouts, retry back-offs); as the
+timers are stored, a restarted orchestrator picks them up where the last one left them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from pydantic import Field
+
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
+    JobStopRequested,
     JobSubmitted,
     SchedulingAllocated,
     SchedulingLost,
@@ -20,12 +30,37 @@ from pai_common.contract.events import (
 )
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
+from pai_common.settings import Settings
 from pai_orchestrator import core
+from pai_orchestrator.policy import Policy
 
 log = logging.getLogger(__name__)
 
 FRAMEWORKS = "frameworks"
 HISTORY = "transitions"
+STOPS = "stop_requests"
+
+Step = Callable[[core.Framework], core.Transition]
+
+
+class OrchestratorSettings(Settings):
+    # 0 lets a gang wait for its cells for ever (HiveD's queue); otherwise it fails with 251 after this.
+    gang_allocation_timeout_s: float = Field(default=0.0, ge=0)
+    conflict_retry_min_s: float = Field(default=60.0, ge=0)
+    conflict_retry_max_s: float = Field(default=900.0, ge=0)
+    kill_grace_s: float = Field(default=10.0, ge=0)
+    preempt_grace_s: float = Field(default=30.0, ge=0)
+    # How often due timers are looked for.
+    tick_s: float = Field(default=1.0, gt=0)
+
+    def policy(self) -> Policy:
+        return Policy(
+            gang_allocation_timeout_ms=int(self.gang_allocation_timeout_s * 1000),
+            conflict_retry_min_ms=int(self.conflict_retry_min_s * 1000),
+            conflict_retry_max_ms=int(self.conflict_retry_max_s * 1000),
+            kill_grace_s=self.kill_grace_s,
+            preempt_grace_s=self.preempt_grace_s,
+        )
 
 
 def now_ms() -> int:
@@ -33,13 +68,24 @@ def now_ms() -> int:
 
 
 async def save(
-    ctx: HandlerContext, env: Envelope, transition: core.Transition, previous: int | None, now: int
+    ctx: HandlerContext,
+    cause: tuple[str, str | None],
+    transition: core.Transition,
+    previous: int | None,
+    now: int,
 ) -> None:
-    """Store the framework a transition produced (guarded by its version) and stage what it causes."""
+    """Store the framework a transition produced (guarded by its version) and stage what it causes.
+
+    ``cause`` is the (type, id) of the event that caused it, or ("tick", None) for a timer."""
     fw = transition.framework
     assert fw is not None
     frameworks = ctx.db[FRAMEWORKS]
-    new_doc: dict[str, Any] = {"_id": fw.job_key, "version": fw.version, "fw": fw.model_dump(mode="json")}
+    new_doc: dict[str, Any] = {
+        "_id": fw.job_key,
+        "version": fw.version,
+        "due_at": fw.due_at(),
+        "fw": fw.model_dump(mode="json"),
+    }
     if previous is None:
         await frameworks.insert_one(new_doc, session=ctx.session)
     else:
@@ -55,8 +101,8 @@ async def save(
             "attempt_id": fw.attempt_id,
             "state": fw.state,
             "reason": transition.reason,
-            "event": env.type,
-            "event_id": env.id,
+            "event": cause[0],
+            "event_id": cause[1],
             "at": now,
         },
         session=ctx.session,
@@ -70,89 +116,161 @@ async def save(
     )
 
 
-async def stop_by_platform(
-    ctx: HandlerContext, env: Envelope, job_key: str, step: Callable[..., core.Transition]
-) -> None:
-    """Load one job's framework, apply a platform-caused stop to it, and save what changed."""
-    now = now_ms()
-    doc = await ctx.db[FRAMEWORKS].find_one({"_id": job_key}, session=ctx.session)
-    if doc is None:
-        return
-    fw = core.Framework.model_validate(doc["fw"])
-    transition = step(fw, now=now)
-    if transition.framework is not None:
-        await save(ctx, env, transition, fw.version, now)
+class Orchestrator:
+    def __init__(self, app: ServiceApp, settings: OrchestratorSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.policy = settings.policy()
+        app.on_event(JobSubmitted)(self.handle_submitted)
+        app.on_event(JobStopRequested)(self.handle_stop)
+        app.on_event(SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(self.handle)
+        app.on_event(SchedulingPreempting)(self.handle_preempting)
+        app.on_event(SchedulingLost)(self.handle_lost)
+        app.on_startup(self._indexes)
+        app.background(self.tick_forever)
 
+    async def _indexes(self, app: ServiceApp) -> None:
+        await app.db[HISTORY].create_index([("job_key", 1), ("version", 1)])
+        await app.db[FRAMEWORKS].create_index("due_at")
 
-async def handle_preempting(ctx: HandlerContext, env: Envelope) -> None:
-    body = env.body
-    assert isinstance(body, SchedulingPreempting)
-    for victim in body.victims:
-        await stop_by_platform(
-            ctx,
-            env,
-            victim.job_key,
-            partial(core.on_preempted, attempt_id=victim.attempt_id, preemptor=body.job_key),
-        )
+    async def _apply(
+        self, ctx: HandlerContext, cause: tuple[str, str | None], job_key: str, step: Step
+    ) -> bool:
+        """Load one job's framework, apply ``step`` and save what changed; False: the job is unknown."""
+        doc = await ctx.db[FRAMEWORKS].find_one({"_id": job_key}, session=ctx.session)
+        if doc is None:
+            return False
+        fw = core.Framework.model_validate(doc["fw"])
+        now = now_ms()
+        transition = step(fw)
+        if transition.framework is not None:
+            await save(ctx, cause, transition, fw.version, now)
+        return True
 
-
-async def handle_lost(ctx: HandlerContext, env: Envelope) -> None:
-    body = env.body
-    assert isinstance(body, SchedulingLost)
-    await stop_by_platform(
-        ctx, env, body.job_key, partial(core.on_cells_lost, attempt_id=body.attempt_id, reason=body.reason)
-    )
-
-
-async def handle(ctx: HandlerContext, env: Envelope) -> None:
-    body = env.body
-    now = now_ms()
-    frameworks = ctx.db[FRAMEWORKS]
-    previous: int | None = None
-    if isinstance(body, JobSubmitted):
-        if await frameworks.find_one({"_id": body.spec.job_key}, {"_id": 1}, session=ctx.session):
+    async def handle_submitted(self, ctx: HandlerContext, env: Envelope) -> None:
+        body = env.body
+        assert isinstance(body, JobSubmitted)
+        key = body.spec.job_key
+        if await ctx.db[FRAMEWORKS].find_one({"_id": key}, {"_id": 1}, session=ctx.session):
             return  # submitted twice under different ids: the first one counts
-        transition = core.on_submitted(body.spec, now)
-    else:
+        stop: JobStopRequested | None = None
+        pending = await ctx.db[STOPS].find_one({"_id": key}, session=ctx.session)
+        if pending is not None:
+            stop = JobStopRequested.model_validate(pending["stop"])
+            await ctx.db[STOPS].delete_one({"_id": key}, session=ctx.session)
+        now = now_ms()
+        transition = core.on_submitted(body.spec, now, self.policy, stop=stop)
+        await save(ctx, (env.type, env.id), transition, None, now)
+
+    async def handle_stop(self, ctx: HandlerContext, env: Envelope) -> None:
+        body = env.body
+        assert isinstance(body, JobStopRequested)
+        step = partial(self._stop_step, body)
+        if await self._apply(ctx, (env.type, env.id), body.job_key, step):
+            return
+        # The stop overtook its job: keep it, so that the job is stopped the moment it arrives.
+        if await ctx.db[STOPS].find_one({"_id": body.job_key}, {"_id": 1}, session=ctx.session) is None:
+            await ctx.db[STOPS].insert_one(
+                {"_id": body.job_key, "stop": body.model_dump(mode="json"), "at": now_ms()},
+                session=ctx.session,
+            )
+        log.info("stop for a job not known yet kept for its arrival", extra={"job": body.job_key})
+
+    def _stop_step(self, body: JobStopRequested, fw: core.Framework) -> core.Transition:
+        return core.on_stop_requested(fw, body, now_ms(), self.policy)
+
+    async def handle_preempting(self, ctx: HandlerContext, env: Envelope) -> None:
+        body = env.body
+        assert isinstance(body, SchedulingPreempting)
+        for victim in body.victims:
+            step = partial(
+                _call,
+                core.on_preempted,
+                attempt_id=victim.attempt_id,
+                preemptor=body.job_key,
+                policy=self.policy,
+            )
+            await self._apply(ctx, (env.type, env.id), victim.job_key, step)
+
+    async def handle_lost(self, ctx: HandlerContext, env: Envelope) -> None:
+        body = env.body
+        assert isinstance(body, SchedulingLost)
+        step = partial(
+            _call, core.on_cells_lost, attempt_id=body.attempt_id, reason=body.reason, policy=self.policy
+        )
+        await self._apply(ctx, (env.type, env.id), body.job_key, step)
+
+    async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
+        body = env.body
         if not isinstance(body, SchedulingAllocated | SchedulingRejected | TaskRunning | TaskDiagnosed):
             raise TypeError(f"orchestrator has no transition for {env.type}")
-        doc = await frameworks.find_one({"_id": body.job_key}, session=ctx.session)
+        step = partial(self._event_step, body)
+        if not await self._apply(ctx, (env.type, env.id), body.job_key, step):
+            log.warning("event for an unknown job ignored", extra={"type": env.type, "job": body.job_key})
+
+    def _event_step(
+        self,
+        body: SchedulingAllocated | SchedulingRejected | TaskRunning | TaskDiagnosed,
+        fw: core.Framework,
+    ) -> core.Transition:
+        now = now_ms()
+        if isinstance(body, SchedulingAllocated):
+            return core.on_allocated(fw, body, now, self.policy)
+        if isinstance(body, SchedulingRejected):
+            return core.on_rejected(fw, body, now, self.policy)
+        if isinstance(body, TaskRunning):
+            return core.on_task_running(fw, body, now, self.policy)
+        return core.on_task_diagnosed(fw, body, now, self.policy)
+
+    # ---- timers --------------------------------------------------------------------------------------
+
+    async def tick_once(self) -> int:
+        """Fire every due timer, each job in its own transaction; returns how many jobs changed."""
+        now = now_ms()
+        due = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None, "$lte": now}}, {"_id": 1})
+        keys = [d["_id"] async for d in due]
+        fired = 0
+        for key in keys:
+            changed: list[bool] = []
+
+            async def work(ctx: HandlerContext, key: str = key, changed: list[bool] = changed) -> None:
+                changed.clear()
+                changed.append(await self._tick_job(ctx, key))
+
+            await self.app.transact(work)
+            fired += sum(changed)
+        return fired
+
+    async def _tick_job(self, ctx: HandlerContext, key: str) -> bool:
+        doc = await ctx.db[FRAMEWORKS].find_one({"_id": key}, session=ctx.session)
         if doc is None:
-            log.warning("event for an unknown job ignored", extra={"type": env.type})
-            return
+            return False
         fw = core.Framework.model_validate(doc["fw"])
-        previous = fw.version
-        transition = _apply(fw, body, now)
-    if transition.framework is None:
-        return
-    await save(ctx, env, transition, previous, now)
+        now = now_ms()
+        transition = core.on_tick(fw, now, self.policy)
+        if transition.framework is None:
+            return False
+        await save(ctx, ("tick", None), transition, fw.version, now)
+        return True
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            try:
+                await self.tick_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next tick tries again; the timers are stored
+                log.warning("timer tick failed", extra={"error": repr(exc)})
 
 
-def _apply(
-    fw: core.Framework,
-    body: SchedulingAllocated | SchedulingRejected | TaskRunning | TaskDiagnosed,
-    now: int,
-) -> core.Transition:
-    if isinstance(body, SchedulingAllocated):
-        return core.on_allocated(fw, body, now)
-    if isinstance(body, SchedulingRejected):
-        return core.on_rejected(fw, body, now)
-    if isinstance(body, TaskRunning):
-        return core.on_task_running(fw, body, now)
-    return core.on_task_diagnosed(fw, body, now)
+def _call(fn: Callable[..., core.Transition], fw: core.Framework, **kwargs: Any) -> core.Transition:
+    return fn(fw, now=now_ms(), **kwargs)
 
 
-def build_app() -> ServiceApp:
-    app = ServiceApp("orchestrator")
-    app.on_event(JobSubmitted, SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(handle)
-    app.on_event(SchedulingPreempting)(handle_preempting)
-    app.on_event(SchedulingLost)(handle_lost)
-
-    async def indexes(app: ServiceApp) -> None:
-        await app.db[HISTORY].create_index([("job_key", 1), ("version", 1)])
-
-    app.on_startup(indexes)
-    return app
+def build_app(settings: OrchestratorSettings | None = None) -> ServiceApp:
+    settings = settings or OrchestratorSettings()
+    return Orchestrator(ServiceApp("orchestrator", settings), settings).app
 
 
 def main() -> None:

@@ -152,15 +152,40 @@ def _check_changed(prev: Framework | None, tr: Transition) -> Framework:
 
 
 def _step(fn: Callable[..., Transition], fw: Framework, *args: Any) -> Transition:
-    """Apply one transition and check the invariants of every changing transition."""
+    """Apply one transition and check the invariants of every changing transition.
+
+    When it stops tasks, the runtime's answer (each stopped task's exit report) is applied too, and the
+    result is returned as one transition: the tests here are about what follows once they stopped."""
     before = fw.model_dump()
     tr = fn(fw, *args)
     assert fw.model_dump() == before, "a transition must not mutate its input framework"
     if tr.changed:
         _check_changed(fw, tr)
+        tr = _confirm_stops(tr, args[-1])
     else:
         assert tr.events == [] and tr.commands == []
     return tr
+
+
+def _confirm_stops(tr: Transition, now: int) -> Transition:
+    fw = tr.framework
+    assert fw is not None
+    if fw.state != S.ATTEMPT_DELETION_REQUESTED:
+        return tr
+    events = [e for e in tr.events if not isinstance(e, FrameworkChanged)]
+    commands = list(tr.commands)
+    kills = [c.command for c in tr.commands if isinstance(c.command, KillTask)]
+    assert kills, "an attempt waits for its tasks only when it stopped some"
+    assert not any(isinstance(e, JobAttemptCompleted) for e in events), "cells are released after the stop"
+    for kill in kills:
+        report = diagnosed(fw, kill.task_role, kill.index, 143, "Transient", at=now, attempt=kill.attempt_id)
+        step = core.on_task_diagnosed(fw, report, now)
+        assert step.framework is not None
+        fw = _check_changed(fw, step)
+        events += [e for e in step.events if not isinstance(e, FrameworkChanged)]
+        commands += step.commands
+    assert fw.state != S.ATTEMPT_DELETION_REQUESTED
+    return Transition(fw, [*events, FrameworkChanged(snapshot=fw.snapshot())], commands, tr.reason)
 
 
 def _types(tr: Transition) -> list[type]:
@@ -247,8 +272,9 @@ def test_allocated_prepares_and_launches_every_task_with_the_gang_environment() 
         assert env["PAI_HOST_IP_ps_0"] == ip_of("ps", 0)
         assert env["PAI_HOST_IP_worker_0"] == ip_of("worker", 0)
         assert env["PAI_HOST_IP_worker_1"] == ip_of("worker", 1)
-        assert env["PAI_TASK_ROLE_worker_HOST_LIST"] == f"{ip_of('worker', 0)},{ip_of('worker', 1)}"
-        assert env["PAI_TASK_ROLE_ps_HOST_LIST"] == ip_of("ps", 0)
+        hosts = env["PAI_TASK_ROLE_worker_HOST_LIST"].split(",")
+        assert [h.split(":")[0] for h in hosts] == [ip_of("worker", 0), ip_of("worker", 1)]
+        assert env["PAI_TASK_ROLE_ps_HOST_LIST"].split(":")[0] == ip_of("ps", 0)
         assert env["PAI_JOB_TASK_COUNT"] == "3"
         assert env["PAI_TASK_ROLE_COUNT"] == "2"
         assert env["PAI_TASK_ROLE_TASK_COUNT_worker"] == "2"
@@ -684,8 +710,6 @@ def test_preemption_of_a_preparing_attempt_kills_the_preparing_tasks() -> None:
 
 
 def test_preemption_that_does_not_apply_is_ignored() -> None:
-    fw = submit(spec(role("worker", 2)))
-    assert _step(core.on_preempted, fw, 0, "bob~urgent", T0).framework is None  # not placed yet
     fw = started(spec(role("worker", 2)))
     assert _step(core.on_preempted, fw, 1, "bob~urgent", T0).framework is None
     assert _step(core.on_preempted, fw, -1, "bob~urgent", T0).framework is None
