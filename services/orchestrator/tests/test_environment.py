@@ -59,7 +59,18 @@ def test_environment_of_a_ps_worker_job() -> None:
         "PAI_CURRENT_TASK_ROLE_NAME": "worker",
         "PAI_CURRENT_TASK_ROLE_CURRENT_TASK_INDEX": "2",
         "PAI_TASK_INDEX": "2",
-        "PAI_RESOURCE_worker": "2,8,16384,0",
+        "PAI_RESOURCE_worker": "2,8,16384,512",
+        "PAI_RESOURCE_ps": "0,2,4096,512",
+        "PAI_TASKS_NUM": "4",
+        "PAI_TASK_ROLES_NUM": "2",
+        "PAI_JOB_TASK_ROLE_COUNT": "2",
+        "PAI_JOB_TASK_ROLE_LIST": "ps,worker",
+        "PAI_DEFAULT_FS_URI": "",
+        "FC_FRAMEWORK_NAME": "alice~mnist",
+        "FC_TASKROLE_NAME": "worker",
+        "FC_TASK_INDEX": "2",
+        "PAI_CURRENT_CONTAINER_IP": "10.6.0.2",
+        "PAI_CONTAINER_HOST_IP": "10.6.0.2",
         "PAI_TASK_ROLE_TASK_COUNT_ps": "1",
         "PAI_TASK_ROLE_TASK_COUNT_worker": "3",
         "PAI_MIN_FAILED_TASK_COUNT_ps": "-1",  # disabled
@@ -76,7 +87,9 @@ def test_environment_of_a_ps_worker_job() -> None:
     }
     for name, value in expected.items():
         assert env[name] == value, name
-    assert "PAI_RESOURCE_ps" not in env  # only the current role's resources
+    # No ports were assigned: no port variables, and host lists carry bare addresses.
+    assert [k for k in env if "PORT" in k] == ["PAI_CONTAINER_HOST_PORT_LIST"]
+    assert env["PAI_CONTAINER_HOST_PORT_LIST"] == ""
     assert sorted(env["PAI_TASK_ROLE_INSTANCES"].split(",")) == ["ps:0", "worker:0", "worker:1", "worker:2"]
 
 
@@ -88,13 +101,17 @@ def test_the_current_role_and_index_change_nothing_but_themselves() -> None:
     differing = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     assert differing == {
         "PAI_CURRENT_TASK_ROLE_NAME",
-        "PAI_RESOURCE_worker",
-        "PAI_RESOURCE_ps",
+        "FC_TASKROLE_NAME",
+        "PAI_CURRENT_CONTAINER_IP",
+        "PAI_CONTAINER_HOST_IP",
     }
     c = task_environment(spec, "worker", 1, gang)
     assert {k for k in a if a[k] != c.get(k)} == {
         "PAI_CURRENT_TASK_ROLE_CURRENT_TASK_INDEX",
         "PAI_TASK_INDEX",
+        "FC_TASK_INDEX",
+        "PAI_CURRENT_CONTAINER_IP",
+        "PAI_CONTAINER_HOST_IP",
     }
 
 

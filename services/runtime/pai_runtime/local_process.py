@@ -1,27 +1,27 @@
 """Tasks as local processes: one working directory, one process group, logs and exit code in files.
 
-The wrapper script writes the exit code to a file when the user's commands end. The agent therefore
-learns a task's result even when the agent itself was restarted while the task ran (it is then no
-longer the task's parent and cannot ``wait`` for it).
+The task's supervisor (``supervisor.py``) writes the exit code and signal to a file when the task ends.
+The agent therefore learns a task's result even when the agent itself was restarted while the task ran
+(it is then no longer the task's parent and cannot ``wait`` for it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-WRAPPER = """#!/bin/bash
-# Written by the PAI runtime agent. The user's commands run in their own bash so that their exit code
-# (or 128+signal) is what gets recorded.
-bash ./user-commands.sh > ./stdout.log 2> ./stderr.log
-code=$?
-echo "$code" > ./exit_code.tmp && mv ./exit_code.tmp ./exit_code
-exit "$code"
-"""
+from pai_runtime import supervisor
+
+SUPERVISOR = Path(supervisor.__file__).resolve()
+# OpenPAI's runtime keeps two files of 256 MB per stream.
+DEFAULT_LOG_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_LOG_KEEP = 2
 
 # What a task inherits from the agent's environment; nothing else (the agent's may hold secrets).
 PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TERM")
@@ -31,6 +31,7 @@ PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TERM")
 class TaskExit:
     exit_code: int
     signal: int | None
+    timed_out: bool = False
 
 
 def task_env(base: dict[str, str], extra: dict[str, str], workdir: Path) -> dict[str, str]:
@@ -41,16 +42,60 @@ def task_env(base: dict[str, str], extra: dict[str, str], workdir: Path) -> dict
     return env
 
 
-def prepare(workdir: Path, entrypoint: str) -> None:
+@dataclass(frozen=True)
+class Limits:
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_keep: int = DEFAULT_LOG_KEEP
+    timeout_s: float | None = None
+    grace_s: float = 10.0
+    # A per-process address-space limit for the user's commands (ulimit -v), where cgroups are not ours.
+    memory_limit_kb: int | None = None
+    # A cgroup v2 directory prepared for the task (limits.py); the supervisor moves itself into it.
+    cgroup: str | None = None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Task files may hold rendered secrets: readable by the task's user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def prepare(
+    workdir: Path, entrypoint: str, pre: str = "", post: str = "", limits: Limits | None = None
+) -> None:
+    """Write the task's phase scripts and its supervisor's configuration into its working directory."""
+    limits = limits or Limits()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    (workdir / "user-commands.sh").write_text(entrypoint + "\n")
-    (workdir / "run.sh").write_text(WRAPPER)
+    phases: list[dict[str, object]] = []
+    if pre.strip():
+        _write_private(workdir / "pre.sh", pre + "\n")
+        phases.append({"name": "pre", "script": "pre.sh"})
+    _write_private(workdir / "user.sh", entrypoint + "\n")
+    phases.append({"name": "user", "script": "user.sh", "memory_limit_kb": limits.memory_limit_kb})
+    if post.strip():
+        _write_private(workdir / "post.sh", post + "\n")
+        phases.append({"name": "post", "script": "post.sh"})
+    config = {
+        "phases": phases,
+        "log_max_bytes": limits.log_max_bytes,
+        "log_keep": limits.log_keep,
+        "timeout_s": limits.timeout_s,
+        "grace_s": limits.grace_s,
+        "cgroup": limits.cgroup,
+    }
+    (workdir / supervisor.CONFIG).write_text(json.dumps(config))
+
+
+def command(workdir: Path) -> list[str]:
+    # -I -S: the supervisor needs the standard library only, and starts faster without site-packages.
+    return [sys.executable, "-I", "-S", str(SUPERVISOR), str(workdir)]
 
 
 async def start(workdir: Path, env: dict[str, str]) -> int:
+    argv = command(workdir)
     proc = await asyncio.create_subprocess_exec(
-        "bash",
-        "./run.sh",
+        *argv,
         cwd=workdir,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
@@ -67,6 +112,11 @@ _children: dict[int, asyncio.subprocess.Process] = {}
 
 
 def read_exit(workdir: Path) -> TaskExit | None:
+    try:
+        record = json.loads((workdir / "exit.json").read_text())
+        return TaskExit(int(record["exit_code"]), record.get("signal"), bool(record.get("timed_out")))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        pass
     try:
         code = int((workdir / "exit_code").read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -92,7 +142,7 @@ async def wait(pid: int, workdir: Path, poll_s: float = 0.2) -> TaskExit:
         recorded = read_exit(workdir)
         if recorded is not None:
             return recorded
-        # The wrapper itself was killed (a stop signal reached it before it could record anything).
+        # The supervisor itself was killed (SIGKILL of the group) before it could record anything.
         if returncode < 0:
             return TaskExit(128 - returncode, -returncode)
         return TaskExit(returncode, None)
@@ -137,3 +187,32 @@ def tail(path: Path, max_bytes: int) -> tuple[str, int, bool]:
             f.seek(size - max_bytes)
         data = f.read(max_bytes)
     return data.decode("utf-8", errors="replace"), size, size > max_bytes
+
+
+def tail_rotated(path: Path, max_bytes: int) -> tuple[str, int, bool]:
+    """Like ``tail``, but reaching back into the rotated files (``path.1``, …) when the current one is
+    shorter than asked; the size is that of every kept file together."""
+    files = [path]
+    i = 1
+    while (older := path.with_name(f"{path.name}.{i}")).exists():
+        files.append(older)
+        i += 1
+    chunks: list[bytes] = []
+    total = 0
+    wanted = max_bytes
+    for f in files:
+        try:
+            size = f.stat().st_size
+        except FileNotFoundError:
+            continue
+        total += size
+        if wanted <= 0:
+            continue
+        with open(f, "rb") as fh:
+            if size > wanted:
+                fh.seek(size - wanted)
+            data = fh.read(wanted)
+        chunks.append(data)
+        wanted -= len(data)
+    data = b"".join(reversed(chunks))
+    return data.decode("utf-8", errors="replace"), total, total > len(data)

@@ -57,6 +57,7 @@ async def test_success_is_recorded_and_returned(tmp_path: Path) -> None:
     assert (tmp_path / "exit_code").read_text().strip() == "0"
     assert (tmp_path / "stdout.log").read_text() == "out\n"
     assert (tmp_path / "stderr.log").read_text() == "err\n"
+    assert sorted((tmp_path / "all.log").read_text().split()) == ["err", "out"]
     assert not (tmp_path / "exit_code.tmp").exists()
 
 
@@ -168,9 +169,9 @@ async def test_stop_terminates_the_whole_process_group(tmp_path: Path) -> None:
     await asyncio.wait_for(lp.stop(pid, grace_s=3.0), 10)
     assert await _file(tmp_path / "got_term") == "term"
     assert _dead(child) and _dead(sleeper)
-    # The wrapper itself died of the signal before it could record anything.
+    # The user's shell died of the signal; the supervisor outlived it and recorded exactly that.
     assert await asyncio.wait_for(lp.wait(pid, tmp_path), 10) == TaskExit(143, 15)
-    assert not (tmp_path / "exit_code").exists()
+    assert (tmp_path / "exit_code").read_text().strip() == "143"
 
 
 async def test_stop_kills_what_traps_sigterm_after_the_grace_period(tmp_path: Path) -> None:
@@ -188,7 +189,8 @@ async def test_stop_kills_what_traps_sigterm_after_the_grace_period(tmp_path: Pa
             break
         await asyncio.sleep(0.02)
     assert _dead(sleeper)
-    assert await asyncio.wait_for(lp.wait(pid, tmp_path), 10) == TaskExit(143, 15)
+    # Nothing was left to record the end: the whole group, supervisor included, died of SIGKILL.
+    assert await asyncio.wait_for(lp.wait(pid, tmp_path), 10) == TaskExit(137, 9)
 
 
 async def test_stop_of_a_task_that_is_gone_is_harmless(tmp_path: Path) -> None:
@@ -201,10 +203,10 @@ async def test_stop_of_a_task_that_is_gone_is_harmless(tmp_path: Path) -> None:
 
 
 def _adopt(workdir: Path, commands: str) -> subprocess.Popen[bytes]:
-    """Start the wrapper the way an earlier agent would have: not a child that ``wait`` knows."""
+    """Start the supervisor the way an earlier agent would have: not a child that ``wait`` knows."""
     lp.prepare(workdir, commands)
     proc = subprocess.Popen(
-        ["bash", "./run.sh"],
+        lp.command(workdir),
         cwd=workdir,
         env=_env(workdir),
         stdin=subprocess.DEVNULL,

@@ -1,0 +1,373 @@
+"""The node agent against real NATS (JetStream) and a real MongoDB-wire server, with real processes:
+launch, exit codes and signals, a stop of a tree that ignores SIGTERM, secrets that stay in the task,
+logs per task attempt (stdout, stderr, all) with retention, set-up failures, task metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.contract.base import heartbeat_subject
+from pai_common.contract.commands import KillTask, LaunchTask
+from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
+from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogReply, TaskLogRequest
+from pai_common.embedded import ServerProcess, start_nats
+from pai_common.envelope import decode
+from pai_common.errors import NoTaskLogError
+from pai_runtime.settings import RuntimeSettings
+from pai_runtime.shell import PORT_CONFLICT_EXIT, Agent
+
+SECRET = "hunter2-very-secret"
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_nats(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(nats_srv.url, "test")
+    await bus.ensure_streams()
+    yield bus
+    await bus.close()
+
+
+class Events:
+    """Every runtime event on the stream, decoded, with the raw payloads kept for secret checks."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[tuple[Any, bytes]] = []
+
+    async def start(self) -> None:
+        self.sub = await self.bus.js.subscribe("pai.evt.>", stream=EVENTS_STREAM, ordered_consumer=True)
+
+    async def wait_for(self, check: Any, timeout: float = 20) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for body, _ in self.seen:
+                if check(body):
+                    return body
+            remaining = deadline - asyncio.get_running_loop().time()
+            assert remaining > 0, "the event never came"
+            try:
+                msg = await self.sub.next_msg(timeout=min(remaining, 0.5))
+            except Exception:
+                continue
+            self.seen.append((decode(msg.headers, msg.data).body, msg.data))
+
+
+def _agent(nats: ServerProcess, mongo: ServerProcess, data: Path, **kw: Any) -> Agent:
+    settings = RuntimeSettings(
+        nats_url=nats.url,
+        mongo_url=mongo.url,
+        data_dir=data,
+        node_name=f"node-{uuid.uuid4().hex[:6]}",
+        force_simulated=True,
+        simulated_gpus=2,
+        nak_base_delay_s=0.05,
+        kill_grace_s=1.0,
+        **kw,
+    )
+    agent = Agent(settings)
+    agent.app.name = f"rt{uuid.uuid4().hex[:8]}"  # a database of this test's own
+    return agent
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of a group that are not zombies (this container's init may be slow to reap them)."""
+    live = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(entry))
+    return live
+
+
+def _launch(agent: Agent, job: str, role: str, index: int, entrypoint: str, **kw: Any) -> LaunchTask:
+    return LaunchTask(
+        job_key=job, attempt_id=0, task_role=role, index=index, node=agent.node, gpus=[],
+        entrypoint=entrypoint, **kw,
+    )  # fmt: skip
+
+
+def _exited(job: str, role: str = "worker", index: int = 0, attempt: int = 0) -> Any:
+    return lambda e: (
+        isinstance(e, TaskExited)
+        and (e.job_key, e.task_role, e.index, e.task_attempt_id) == (job, role, index, attempt)
+    )
+
+
+async def test_exits_signals_and_stops(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    events = Events(client)
+    await events.start()
+    agent = _agent(nats_srv, mongo_server, tmp_path)
+    await agent.app.start()
+    try:
+        registered = await events.wait_for(lambda e: isinstance(e, NodeRegistered) and e.node == agent.node)
+        assert (
+            registered.simulated and registered.inventory_source == "simulated" and len(registered.gpus) == 2
+        )
+
+        job = "alice~exits"
+        await client.send_command(
+            _launch(agent, job, "worker", 0, "echo out; echo err >&2; exit 3"), agent.node
+        )
+        await client.send_command(_launch(agent, job, "worker", 1, "kill -SEGV $$"), agent.node)
+        # A tree that ignores SIGTERM: only the SIGKILL after the grace period ends it.
+        tree = "trap '' TERM\nbash -c \"trap '' TERM; sleep 300\" &\nsleep 300 &\nwait"
+        await client.send_command(_launch(agent, job, "worker", 2, tree), agent.node)
+
+        first = await events.wait_for(_exited(job, "worker", 0))
+        assert (first.exit_code, first.signal) == (3, None)
+        assert "out" in first.log_tail and "err" in first.log_tail
+        second = await events.wait_for(_exited(job, "worker", 1))
+        assert (second.exit_code, second.signal) == (139, 11)
+
+        running = await events.wait_for(
+            lambda e: isinstance(e, TaskRunning) and e.index == 2 and e.job_key == job
+        )
+        assert running.backend == "host" and running.node == agent.node
+        await asyncio.sleep(0.5)  # the traps are set
+        group = running.pid
+        await client.send_command(
+            KillTask(job_key=job, attempt_id=0, task_role="worker", index=2, node=agent.node, reason="stop",
+                     grace_period_s=0.5),
+            agent.node,
+        )  # fmt: skip
+        third = await events.wait_for(_exited(job, "worker", 2))
+        assert (third.exit_code, third.signal) == (137, 9)
+        assert _live_members(group) == []  # nothing of the tree is left
+
+        # Logs of each stream, by task attempt.
+        async def logs(stream: str, index: int = 0, attempt: int = 0) -> TaskLogReply:
+            req = TaskLogRequest(
+                job_key=job,
+                attempt_id=0,
+                task_role="worker",
+                index=index,
+                task_attempt_id=attempt,
+                stream=stream,
+            )
+            return await client.request(req, TaskLogReply, target=agent.node)
+
+        assert (await logs("stdout")).content == "out\n"
+        assert (await logs("stderr")).content == "err\n"
+        assert sorted((await logs("all")).content.split()) == ["err", "out"]
+        with pytest.raises(NoTaskLogError, match="task attempt 1"):
+            await logs("stdout", attempt=1)
+    finally:
+        await agent.app.stop()
+
+
+async def test_secrets_stay_inside_the_task(
+    nats_srv: ServerProcess,
+    mongo_server: ServerProcess,
+    client: Bus,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    asked: list[JobSecretsRequest] = []
+
+    async def secrets(req: JobSecretsRequest) -> JobSecretsReply:  # the jobs service's side of the RPC
+        asked.append(req)
+        return JobSecretsReply(secrets={"token": SECRET, "db": {"password": "pw-" + SECRET}})
+
+    jobs = await Bus.connect(nats_srv.url, "jobs")
+    await jobs.serve_rpc({JobSecretsRequest: secrets})
+    events = Events(client)
+    await events.start()
+    agent = _agent(nats_srv, mongo_server, tmp_path)
+    await agent.app.start()
+    try:
+        job = "alice~secretive"
+        entrypoint = (
+            "echo token=<% $secrets.token %>\n"
+            "echo '<% $secrets.db.password %>' > used.txt\n"
+            "echo 'to stderr <% $secrets.token %>' >&2\nexit 1"
+        )
+        plugins = [{"plugin": "cmd", "parameters": {"preCommands": ["echo pre <% $secrets.token %>"]}}]
+        await client.send_command(
+            _launch(agent, job, "worker", 0, entrypoint, has_secrets=True, plugins=plugins), agent.node
+        )
+        exited = await events.wait_for(_exited(job))
+        assert exited.exit_code == 1
+        assert [(r.job_key, r.node) for r in asked] == [(job, agent.node)]
+        # Rendered inside the task: its own files and output have the value.
+        workdir = agent.workdir(job, 0, "worker", 0)
+        assert (workdir / "used.txt").read_text().strip() == "pw-" + SECRET
+        assert f"token={SECRET}" in (workdir / "stdout.log").read_text()
+        assert (workdir / "user.sh").stat().st_mode & 0o777 == 0o600
+        # Masked wherever the platform shows it.
+        assert "token=******" in exited.log_tail and "pre ******" in exited.log_tail
+        reply = await client.request(
+            TaskLogRequest(job_key=job, attempt_id=0, task_role="worker", index=0, stream="all"),
+            TaskLogReply,
+            target=agent.node,
+        )
+        assert "token=******" in reply.content and SECRET not in reply.content
+        # Never in an event, a command's echo, or the agent's own logs.
+        assert events.seen and all(SECRET.encode() not in raw for _, raw in events.seen)
+        assert all(SECRET not in r.getMessage() and SECRET not in str(r.__dict__) for r in caplog.records)
+    finally:
+        await agent.app.stop()
+        await jobs.close()
+
+
+async def test_set_up_failures_end_the_task_with_a_reason(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    events = Events(client)
+    await events.start()
+    agent = _agent(nats_srv, mongo_server, tmp_path)
+    await agent.app.start()
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    try:
+        job = "alice~bad"
+        port = taken.getsockname()[1]
+        await client.send_command(
+            _launch(agent, job, "worker", 0, "echo never", ports={"http": [port]}), agent.node
+        )
+        await client.send_command(
+            _launch(agent, job, "worker", 1, "echo never", plugins=[{"plugin": "nope"}]), agent.node
+        )
+        await client.send_command(_launch(agent, job, "worker", 2, "echo <% $secrets.x %>"), agent.node)
+        conflict = await events.wait_for(_exited(job, "worker", 0))
+        assert conflict.exit_code == PORT_CONFLICT_EXIT and str(port) in conflict.log_tail
+        plugin = await events.wait_for(_exited(job, "worker", 1))
+        assert plugin.exit_code == 1 and "unknown runtime plugin 'nope'" in plugin.log_tail
+        secret = await events.wait_for(_exited(job, "worker", 2))
+        assert secret.exit_code == 1 and "no secret $secrets.x" in secret.log_tail
+        assert all("never" not in e.log_tail.replace("echo never", "") for e in (conflict, plugin, secret))
+    finally:
+        taken.close()
+        await agent.app.stop()
+
+
+async def test_task_attempts_logs_retention_and_metrics(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    events = Events(client)
+    await events.start()
+    agent = _agent(nats_srv, mongo_server, tmp_path, metrics_s=0.2, log_retention_s=3600)
+    await agent.app.start()
+    try:
+        job = "alice~retried"
+        # The same task, attempted twice: each attempt has its own directory and logs.
+        for attempt in (0, 1):
+            await client.send_command(
+                _launch(agent, job, "worker", 0, f"echo attempt {attempt}; sleep 1", task_attempt_id=attempt),
+                agent.node,
+            )
+        labels = {"node": agent.node, "job": job, "task_role": "worker", "index": "0", "task_attempt": "1"}
+        for _ in range(100):
+            if (REGISTRY.get_sample_value("pai_task_processes", labels) or 0) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (REGISTRY.get_sample_value("pai_task_memory_bytes", labels) or 0) > 0
+        assert (REGISTRY.get_sample_value("pai_task_processes", labels) or 0) >= 2
+        for attempt in (0, 1):
+            done = await events.wait_for(_exited(job, attempt=attempt))
+            assert done.exit_code == 0 and f"attempt {attempt}" in done.log_tail
+        assert REGISTRY.get_sample_value("pai_task_memory_bytes", labels) is None  # gone with the task
+
+        workdir = agent.workdir(job, 0, "worker", 0, 1)
+        assert (workdir / "stdout.log").read_text() == "attempt 1\n"
+        # Kept for the retention time, then removed.
+        assert await agent.expire_logs_once(now=int(time.time() * 1000)) == 0
+        assert await agent.expire_logs_once(now=int(time.time() * 1000) + 3601 * 1000) == 2
+        assert not workdir.exists()
+        with pytest.raises(NoTaskLogError):
+            await client.request(
+                TaskLogRequest(job_key=job, attempt_id=0, task_role="worker", index=0, task_attempt_id=1),
+                TaskLogReply,
+                target=agent.node,
+            )
+    finally:
+        await agent.app.stop()
+
+
+async def test_a_device_marked_bad_is_reported(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("gpus: [{model: A100}, {model: A100}]\ninfiniband: [{model: CX6, id: mlx5_0}]\n")
+    events = Events(client)
+    await events.start()
+    agent = _agent(nats_srv, mongo_server, tmp_path, inventory_file=inventory, heartbeat_s=0.1)
+    beats: list[dict[str, Any]] = []
+
+    async def heard(msg: Any) -> None:
+        beats.append(json.loads(msg.data))
+
+    await client.nc.subscribe(heartbeat_subject(agent.node), cb=heard)
+    await agent.app.start()
+    try:
+        first = await events.wait_for(lambda e: isinstance(e, NodeRegistered) and e.node == agent.node)
+        assert first.inventory_source == "declared" and [g.healthy for g in first.gpus] == [True, True]
+        assert [d.id for d in first.infiniband] == ["mlx5_0"]
+        assert await agent.check_health_once() is False  # nothing changed
+        inventory.write_text(
+            "gpus: [{model: A100}, {model: A100, healthy: false}]\ninfiniband: [{model: CX6, id: mlx5_0}]\n"
+        )
+        assert await agent.check_health_once() is True
+        again = await events.wait_for(
+            lambda e: (
+                isinstance(e, NodeRegistered) and e.node == agent.node and not all(g.healthy for g in e.gpus)
+            )
+        )
+        assert [g.healthy for g in again.gpus] == [True, False]
+        for _ in range(100):
+            if beats and beats[-1]["unhealthy_gpus"] == [1]:
+                break
+            await asyncio.sleep(0.05)
+        assert beats[-1]["unhealthy_gpus"] == [1] and beats[-1]["node"] == agent.node
+    finally:
+        await agent.app.stop()
+
+
+async def test_a_restarted_agent_adopts_its_running_tasks(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    events = Events(client)
+    await events.start()
+    first = _agent(nats_srv, mongo_server, tmp_path)
+    await first.app.start()
+    job = "alice~adopted"
+    try:
+        await client.send_command(_launch(first, job, "worker", 0, "sleep 2\necho done\nexit 5"), first.node)
+        await events.wait_for(lambda e: isinstance(e, TaskRunning) and e.job_key == job)
+    finally:
+        await first.app.stop()  # the task keeps running without its agent
+    second = Agent(first.settings)
+    second.app.name = first.app.name  # the same node and database: the next agent of this node
+    await second.app.start()
+    try:
+        exited = await events.wait_for(_exited(job))
+        assert (exited.exit_code, exited.signal) == (5, None) and "done" in exited.log_tail
+        assert sum(1 for body, _ in events.seen if _exited(job)(body)) == 1
+    finally:
+        await second.app.stop()

@@ -1,0 +1,459 @@
+"""The Kubernetes backend: manifests checked against the API schema of the official client, Pod
+statuses mapped to OpenPAI's codes, and the backend driving the client against recorded API responses
+served over HTTP (the client's real request path, no mock of it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kubernetes import client as k8s_client
+
+from pai_common.contract.commands import LaunchTask
+from pai_runtime import k8s_schema
+from pai_runtime.k8s_backend import KubernetesBackend, files_script
+from pai_runtime.k8s_manifest import Mount, PodOptions, pod_manifest, pod_name, secret_manifest
+from pai_runtime.k8s_schema import ManifestError
+from pai_runtime.k8s_status import PodOutcome, interpret
+
+DATA = Path(__file__).parent / "data" / "k8s"
+OPTIONS = PodOptions(namespace="pai", grace_period_s=5)
+
+
+def _cmd(**kw: Any) -> LaunchTask:
+    base: dict[str, Any] = {
+        "job_key": "alice~mnist", "attempt_id": 1, "task_role": "worker", "index": 2, "task_attempt_id": 0,
+        "node": "node-a", "gpus": [1, 3], "entrypoint": "python train.py --token <% $secrets.token %>",
+        "cpu": 4, "memory_mb": 8192, "shm_mb": 1024, "image": "pytorch/pytorch:2.3",
+        "ports": {"ssh": [20001], "http": [20002], "nccl": [20003, 20004]}, "has_secrets": True,
+    }  # fmt: skip
+    base.update(kw)
+    return LaunchTask(**base)
+
+
+# ---- manifests -----------------------------------------------------------------------------------------
+
+
+def test_the_pod_is_bound_isolated_limited_and_carries_no_secret() -> None:
+    cmd = _cmd()
+    env = {"PAI_JOB_NAME": "alice~mnist", "NVIDIA_VISIBLE_DEVICES": "1,3", "CUDA_VISIBLE_DEVICES": "1,3"}
+    mounts = [
+        Mount("data", "/mnt/data", claim="pvc-data", read_only=True),
+        Mount("home", "/mnt/home", host_path="/h"),
+    ]
+    pod = pod_manifest(cmd, env, OPTIONS, mounts)
+    model = k8s_schema.validate(pod)
+    assert isinstance(model, k8s_client.V1Pod)
+    spec = pod["spec"]
+    assert spec["nodeName"] == "node-a" and spec["hostNetwork"] is True and spec["restartPolicy"] == "Never"
+    (app,) = spec["containers"]
+    assert app["image"] == "pytorch/pytorch:2.3"
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "1,3"} in app["env"]
+    assert app["resources"]["limits"] == {"cpu": "4", "memory": "8192Mi"} == app["resources"]["requests"]
+    assert sorted(p["hostPort"] for p in app["ports"]) == [20001, 20002, 20003, 20004]
+    assert all(p["hostPort"] == p["containerPort"] and len(p["name"]) <= 15 for p in app["ports"])
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1024Mi"}
+    assert volumes["job-secrets"]["secret"]["secretName"] == pod["metadata"]["name"]
+    assert volumes["storage-data"]["persistentVolumeClaim"] == {"claimName": "pvc-data", "readOnly": True}
+    mounted = {m["mountPath"] for m in app["volumeMounts"]}
+    assert {"/dev/shm", "/usr/local/pai/task", "/usr/local/pai/secrets", "/mnt/data", "/mnt/home"} <= mounted
+    # The user's commands are only in the Secret; the pod spec shows neither them nor any secret.
+    assert "train.py" not in json.dumps(pod)
+
+
+def test_the_secret_holds_scripts_and_secrets_and_is_owned_by_the_pod() -> None:
+    cmd = _cmd()
+    secret = secret_manifest(
+        cmd, OPTIONS, {"user.sh": "python train.py --token tok"}, {"token": "tok"}, "uid-1"
+    )
+    assert isinstance(k8s_schema.validate(secret), k8s_client.V1Secret)
+    assert secret["stringData"]["user.sh"] == "python train.py --token tok"
+    assert secret["stringData"]["secrets.yaml"] == "token: tok\n"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    with pytest.raises(ValueError, match="not files of a task"):
+        secret_manifest(cmd, OPTIONS, {"evil.sh": ""}, {})
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    job=st.from_regex(r"[A-Za-z0-9_.-]{1,20}~[A-Za-z0-9_.~-]{1,40}", fullmatch=True),
+    role=st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,20}", fullmatch=True),
+    index=st.integers(0, 500),
+    gpus=st.lists(st.integers(0, 7), max_size=8, unique=True),
+    cpu=st.integers(0, 64),
+    memory=st.integers(0, 512 * 1024),
+    shm=st.integers(0, 65536),
+    labels=st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), st.integers(1, 3), max_size=4
+    ),
+    secrets=st.booleans(),
+)
+def test_every_generated_manifest_passes_the_api_schema(
+    job: str, role: str, index: int, gpus: list[int], cpu: int, memory: int, shm: int,
+    labels: dict[str, int], secrets: bool,
+) -> None:  # fmt: skip
+    port = iter(range(20000, 30000))
+    cmd = _cmd(
+        job_key=job, task_role=role, index=index, gpus=gpus, cpu=cpu, memory_mb=memory, shm_mb=shm,
+        ports={k: [next(port) for _ in range(n)] for k, n in labels.items()}, has_secrets=secrets,
+    )  # fmt: skip
+    pod = pod_manifest(cmd, {"PAI_TASK_INDEX": str(index)}, OPTIONS)
+    k8s_schema.validate(pod)
+    name = pod["metadata"]["name"]
+    assert len(name) <= 63 and name == name.lower() and name[0].isalpha() and name[-1].isalnum()
+    assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())
+    k8s_schema.validate(secret_manifest(cmd, OPTIONS, {"user.sh": "x"}, {"a": "b"}, "uid"))
+
+
+def test_pod_names_differ_per_task_attempt() -> None:
+    names = {pod_name(_cmd(task_attempt_id=a, index=i)) for a in range(3) for i in range(3)}
+    assert len(names) == 9
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p["spec"].update(nodename="x"), "spec.nodename: not a field of V1PodSpec"),
+        (lambda p: p["spec"].update(hostNetwork="yes"), "spec.hostNetwork: expected bool"),
+        (
+            lambda p: p["spec"]["containers"][0].update(ports=[{"containerPort": "80"}]),
+            "containerPort: expected int",
+        ),
+        (lambda p: p["spec"]["containers"][0].pop("name"), "name"),
+        (lambda p: p["spec"].update(containers={}), "expected a list"),
+        (lambda p: p["metadata"].update(labels={"a": 1}), "labels.a: expected str"),
+    ],
+)
+def test_the_schema_check_refuses_what_the_api_would(mutate: Any, message: str) -> None:
+    pod = pod_manifest(_cmd(), {}, OPTIONS)
+    mutate(pod)
+    with pytest.raises(ManifestError, match=message):
+        k8s_schema.validate(pod)
+
+
+def test_plugin_files_are_recreated_inside_the_pod(tmp_path: Path) -> None:
+    import subprocess
+
+    script = files_script(
+        {".ssh/config": ("Host a\n", 0o600), "bin/x": ("#!/bin/sh\n", 0o755)}, str(tmp_path)
+    )
+    subprocess.run(["bash", "-c", script], check=True)
+    assert (tmp_path / ".ssh/config").read_text() == "Host a\n"
+    assert (tmp_path / ".ssh/config").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "bin/x").stat().st_mode & 0o777 == 0o755
+
+
+# ---- statuses ------------------------------------------------------------------------------------------
+
+
+def _pod(phase: str, reason: str | None = None, **container: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if reason:
+        status["reason"] = reason
+    if container:
+        status["containerStatuses"] = [{"name": "app", "state": container}]
+    return {"status": status}
+
+
+@pytest.mark.parametrize(
+    ("pod", "deleted", "expected"),
+    [
+        (_pod("Pending"), False, PodOutcome("pending")),
+        (_pod("Pending", waiting={"reason": "ContainerCreating"}), False, PodOutcome("pending")),
+        (_pod("Running", running={"startedAt": "x"}), False, PodOutcome("running")),
+        (
+            _pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed"}),
+            False,
+            PodOutcome("exited", 0, None, None, "Completed"),
+        ),
+        (
+            _pod("Failed", terminated={"exitCode": 3, "reason": "Error"}),
+            False,
+            PodOutcome("exited", 3, None, None, "Error"),
+        ),
+        (
+            _pod("Failed", terminated={"exitCode": 143, "reason": "Error"}),
+            False,
+            PodOutcome("exited", 143, 15, None, "Error"),
+        ),
+        (
+            _pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"}),
+            False,
+            PodOutcome("exited", -1200, 9, None, "OOMKilled"),
+        ),
+        (_pod("Failed", "Evicted"), False, PodOutcome("exited", -1000, None, "Evicted")),
+        (_pod("Failed", "NodeLost"), False, PodOutcome("exited", -1001, None, "NodeLost")),
+        (
+            _pod("Failed", "OutOfnvidia.com/gpu"),
+            False,
+            PodOutcome("exited", -1002, None, "OutOfnvidia.com/gpu"),
+        ),
+        (_pod("Failed", "DeadlineExceeded"), False, PodOutcome("exited", -1004, None, "DeadlineExceeded")),
+        (
+            _pod("Failed", "UnexpectedAdmissionError"),
+            False,
+            PodOutcome("exited", -1006, None, "UnexpectedAdmissionError"),
+        ),
+        (
+            _pod("Pending", waiting={"reason": "ImagePullBackOff", "message": "m"}),
+            False,
+            PodOutcome("exited", 254, None, None, "ImagePullBackOff", "m"),
+        ),
+        (
+            _pod("Pending", waiting={"reason": "ErrImagePull"}),
+            False,
+            PodOutcome("exited", 254, None, None, "ErrImagePull"),
+        ),
+        (
+            _pod(
+                "Failed",
+                terminated={"exitCode": 127, "reason": "ContainerCannotRun", "message": "exec: not found"},
+            ),
+            False,
+            PodOutcome("exited", -1203, None, None, "ContainerCannotRun", "exec: not found"),
+        ),
+        (
+            _pod(
+                "Failed",
+                terminated={
+                    "exitCode": 128,
+                    "reason": "ContainerCannotRun",
+                    "message": "nvidia-container-cli: device error: unknown device id: 9",
+                },
+            ),
+            False,
+            PodOutcome(
+                "exited",
+                -1205,
+                None,
+                None,
+                "ContainerCannotRun",
+                "nvidia-container-cli: device error: unknown device id: 9",
+            ),
+        ),
+        (_pod("Running", running={}), True, PodOutcome("exited", -101, None, "PodExternalDeleted")),
+        ({}, True, PodOutcome("exited", -101, None, "PodExternalDeleted")),
+        (
+            _pod("Failed"),
+            False,
+            PodOutcome("exited", -300, None, None, None, "pod failed without a failed container"),
+        ),
+    ],
+)
+def test_pod_statuses_map_to_openpai_codes(pod: dict[str, Any], deleted: bool, expected: PodOutcome) -> None:
+    assert interpret(pod, deleted) == expected
+
+
+# ---- the client against recorded responses -------------------------------------------------------------
+
+
+class Recorded:
+    """An API server that answers from recorded responses and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+        self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
+
+    def answer(self, method: str, path: str, status: int, file: str, name: str) -> None:
+        body = (DATA / file).read_text().replace("PODNAME", name)
+        # As the API server: JSON, except a pod's log, which is plain text.
+        ctype = "text/plain" if file.endswith(".txt") else "application/json"
+        self.routes.setdefault((method, path), []).append((status, body, ctype))
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        recorded = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                recorded.requests.append((self.command, url.path, parse_qs(url.query), body))
+                answers = recorded.routes.get((self.command, url.path)) or [(404, "{}", "application/json")]
+                status, text, ctype = answers.pop(0) if len(answers) > 1 else answers[0]
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _serve
+
+        return Handler
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[Recorded, KubernetesBackend]]:
+    recorded = Recorded()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), recorded.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    configuration = k8s_client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+    core = k8s_client.CoreV1Api(k8s_client.ApiClient(configuration))
+    yield recorded, KubernetesBackend(core, OPTIONS)
+    server.shutdown()
+
+
+PODS = "/api/v1/namespaces/pai/pods"
+
+
+def test_create_watch_to_oom_and_delete(api: tuple[Recorded, KubernetesBackend]) -> None:
+    recorded, backend = api
+    cmd = _cmd()
+    name = pod_name(cmd)
+    pod = pod_manifest(cmd, {"PAI_JOB_NAME": cmd.job_key}, OPTIONS)
+    secret = secret_manifest(cmd, OPTIONS, {"user.sh": "python train.py"}, {"token": "tok"})
+    recorded.answer("POST", PODS, 201, "pod-created.json", name)
+    recorded.answer("POST", "/api/v1/namespaces/pai/secrets", 201, "secret-created.json", name)
+    recorded.answer("GET", PODS, 200, "watch-oom.jsonl", name)
+    recorded.answer("DELETE", f"{PODS}/{name}", 200, "pod-deleted.json", name)
+
+    uid = backend.create(pod, secret)
+    assert uid == "6f1c2a8e-3d4b-4c1e-9a57-0d2b8f1e7c11"
+    (_, _, _, sent_pod), (_, _, _, sent_secret) = recorded.requests[:2]
+    assert sent_pod == pod  # the client sent the manifest unchanged
+    assert sent_secret["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert sent_secret["stringData"]["secrets.yaml"] == "token: tok\n"
+
+    running: list[bool] = []
+    outcome = backend.wait(name, on_running=lambda: running.append(True))
+    assert outcome == PodOutcome("exited", -1200, 9, None, "OOMKilled")
+    assert running == [True]
+    _, path, query, _ = recorded.requests[2]
+    assert path == PODS and query["watch"] == ["true"] and query["fieldSelector"] == [f"metadata.name={name}"]
+
+    backend.delete(name, 5)
+    method, path, query, body = recorded.requests[-1]
+    assert (method, path) == ("DELETE", f"{PODS}/{name}")
+    assert query.get("gracePeriodSeconds") == ["5"] or (body or {}).get("gracePeriodSeconds") == 5
+
+
+def test_a_pod_created_before_is_adopted(api: tuple[Recorded, KubernetesBackend]) -> None:
+    recorded, backend = api
+    cmd = _cmd()
+    name = pod_name(cmd)
+    recorded.answer("POST", PODS, 409, "conflict.json", name)
+    recorded.answer("GET", f"{PODS}/{name}", 200, "pod-created.json", name)
+    recorded.answer("POST", "/api/v1/namespaces/pai/secrets", 409, "conflict.json", name)
+    uid = backend.create(pod_manifest(cmd, {}, OPTIONS), secret_manifest(cmd, OPTIONS, {}, {}))
+    assert uid == "6f1c2a8e-3d4b-4c1e-9a57-0d2b8f1e7c11"
+    assert [(m, p) for m, p, _, _ in recorded.requests] == [
+        ("POST", PODS), ("GET", f"{PODS}/{name}"), ("POST", "/api/v1/namespaces/pai/secrets"),
+    ]  # fmt: skip
+
+
+def test_an_image_that_cannot_be_pulled_ends_the_task_and_its_pod(
+    api: tuple[Recorded, KubernetesBackend],
+) -> None:
+    recorded, backend = api
+    name = pod_name(_cmd())
+    recorded.answer("GET", PODS, 200, "watch-image-pull.jsonl", name)
+    recorded.answer("DELETE", f"{PODS}/{name}", 200, "pod-deleted.json", name)
+    outcome = backend.wait(name)
+    assert (outcome.exit_code, outcome.container_reason) == (254, "ErrImagePull")
+    assert "pull access denied" in outcome.message
+    assert recorded.requests[-1][:2] == ("DELETE", f"{PODS}/{name}")
+
+
+@pytest.mark.parametrize(
+    ("file", "code", "reason"),
+    [("watch-evicted.jsonl", -1000, "Evicted"), ("watch-node-lost.jsonl", -1001, "NodeLost")],
+)
+def test_evictions_and_lost_nodes(
+    api: tuple[Recorded, KubernetesBackend], file: str, code: int, reason: str
+) -> None:
+    recorded, backend = api
+    name = pod_name(_cmd())
+    recorded.answer("GET", PODS, 200, file, name)
+    outcome = backend.wait(name)
+    assert (outcome.exit_code, outcome.pod_reason) == (code, reason)
+
+
+def test_deleting_a_pod_that_is_gone_is_harmless(api: tuple[Recorded, KubernetesBackend]) -> None:
+    recorded, backend = api
+    name = pod_name(_cmd())
+    recorded.answer("DELETE", f"{PODS}/{name}", 404, "not-found.json", name)
+    backend.delete(name, 0)
+    assert recorded.requests[-1][:2] == ("DELETE", f"{PODS}/{name}")
+
+
+# ---- the agent with the Kubernetes backend, on real NATS and MongoDB-wire servers ------------------------
+
+
+async def test_the_agent_runs_a_task_as_a_pod(
+    api: tuple[Recorded, KubernetesBackend], mongo_server: Any, tmp_path: Path
+) -> None:
+    import uuid
+
+    from pai_common.bus import EVENTS_STREAM, Bus
+    from pai_common.contract.events import TaskExited, TaskRunning
+    from pai_common.contract.rpc import TaskLogReply, TaskLogRequest
+    from pai_common.embedded import start_nats
+    from pai_common.envelope import decode
+    from pai_runtime.settings import RuntimeSettings
+    from pai_runtime.shell import Agent
+
+    recorded, backend = api
+    nats = start_nats(tmp_path / "nats")
+    node = f"k8s-{uuid.uuid4().hex[:6]}"
+    settings = RuntimeSettings(
+        nats_url=nats.url, mongo_url=mongo_server.url, data_dir=tmp_path / "data", node_name=node,
+        force_simulated=True, backend="kubernetes", k8s_namespace="pai",
+    )  # fmt: skip
+    agent = Agent(settings)
+    agent.app.name = f"rt{uuid.uuid4().hex[:8]}"
+    agent.k8s = backend  # the client, pointed at the recorded API server
+    plugins = [{"plugin": "cmd", "parameters": {"preCommands": ["echo p"]}}]
+    cmd = _cmd(node=node, has_secrets=False, entrypoint="python train.py", plugins=plugins)
+    name = pod_name(cmd)
+    recorded.answer("POST", PODS, 201, "pod-created.json", name)
+    recorded.answer("POST", "/api/v1/namespaces/pai/secrets", 201, "secret-created.json", name)
+    recorded.answer("GET", PODS, 200, "watch-oom.jsonl", name)
+    recorded.answer("GET", f"{PODS}/{name}/log", 200, "pod-log.txt", name)
+    bus = await Bus.connect(nats.url, "test")
+    try:
+        await bus.ensure_streams()
+        sub = await bus.js.subscribe("pai.evt.task.>", stream=EVENTS_STREAM, ordered_consumer=True)
+        await agent.app.start()
+        await bus.send_command(cmd, node)
+        seen: list[Any] = []
+        while not any(isinstance(e, TaskExited) for e in seen):
+            msg = await sub.next_msg(timeout=20)
+            seen.append(decode(msg.headers, msg.data).body)
+        running = next(e for e in seen if isinstance(e, TaskRunning))
+        exited = next(e for e in seen if isinstance(e, TaskExited))
+        assert running.backend == "kubernetes" and running.node == node
+        assert (exited.exit_code, exited.signal, exited.container_reason) == (-1200, 9, "OOMKilled")
+        assert "allocating 80 GiB" in exited.log_tail
+        pod = next(body for m, p, _, body in recorded.requests if (m, p) == ("POST", PODS))
+        secret = next(body for m, p, _, body in recorded.requests if p.endswith("/secrets"))
+        assert pod["spec"]["nodeName"] == node
+        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "1,3" and env["FC_TASK_ATTEMPT_ID"] == "0"
+        assert secret["stringData"]["user.sh"] == "python train.py"
+        assert "echo p" in secret["stringData"]["pre.sh"] and "train.py" not in json.dumps(pod)
+        assert "SSH barrier" in secret["stringData"]["barrier.py"]
+        reply = await bus.request(
+            TaskLogRequest(job_key=cmd.job_key, attempt_id=1, task_role="worker", index=2),
+            TaskLogReply,
+            target=node,
+        )
+        assert "epoch 1 loss 0.9" in reply.content
+    finally:
+        await agent.app.stop()
+        await bus.close()
+        nats.stop()
