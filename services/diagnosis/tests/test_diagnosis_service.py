@@ -1,0 +1,252 @@
+"""The diagnosis service against a real NATS server (JetStream) and a real MongoDB-wire server: task exits
+in, diagnoses stored and published; the exit spec read, uploaded (validated first), kept across a restart;
+and the gateway's admin routes in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi import Request
+
+from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.contract.events import TaskDiagnosed, TaskExited
+from pai_common.contract.rpc import ExitSpecReply, GetExitSpecRequest, Identity, PutExitSpecRequest
+from pai_common.embedded import ServerProcess, start_nats
+from pai_common.envelope import decode
+from pai_common.errors import ForbiddenUserError, InvalidParametersError
+from pai_common.service import ServiceApp
+from pai_common.settings import Settings
+from pai_diagnosis.shell import DIAGNOSES, Diagnoser
+from pai_diagnosis.spec import builtin_spec
+from pai_gateway.http_app import build_http_app
+from pai_gateway.settings import GatewaySettings
+
+LICENSE_SPEC = """version: 1
+spec:
+- code: 450
+  phrase: LicenseServerDown
+  type: PLATFORM_FAILURE
+  behavior: TRANSIENT
+  reaction: ALWAYS_RETRY
+  reason: "The license server did not answer."
+  solution: ["Wait for the license server"]
+  pattern:
+    runtimeContainerPatterns:
+    - userLogRegex: '(?i)license server unreachable'
+"""
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_nats(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(nats_srv.url, "test")
+    await bus.ensure_streams()
+    yield bus
+    await bus.close()
+
+
+def diagnosis_app(nats: ServerProcess, mongo: ServerProcess, db: str, data: Path) -> ServiceApp:
+    settings = Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data, nak_base_delay_s=0.05)
+    app = ServiceApp("diagnosis", settings)
+    Diagnoser(app)
+    app.name = db  # a database of this test's own; the bus subjects stay the service's
+    return app
+
+
+class Diagnoses:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[TaskDiagnosed] = []
+
+    async def start(self) -> None:
+        self.sub = await self.bus.js.subscribe(
+            "pai.evt.task.diagnosed", stream=EVENTS_STREAM, ordered_consumer=True
+        )
+
+    async def wait_for(self, job_key: str, timeout: float = 15) -> TaskDiagnosed:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for e in self.seen:
+                if e.job_key == job_key:
+                    return e
+            remaining = deadline - loop.time()
+            assert remaining > 0, f"no diagnosis for {job_key}; saw {[e.job_key for e in self.seen]}"
+            try:
+                msg = await self.sub.next_msg(timeout=min(remaining, 1))
+            except Exception:
+                continue
+            body = decode(msg.headers, msg.data).body
+            assert isinstance(body, TaskDiagnosed)
+            self.seen.append(body)
+
+
+def exited(job: str, exit_code: int, log: str = "", **extra: Any) -> TaskExited:
+    return TaskExited(
+        job_key=job,
+        attempt_id=0,
+        task_role="worker",
+        index=0,
+        node="n0",
+        exit_code=exit_code,
+        log_tail=log,
+        finished_at=1_700_000_000_000,
+        **extra,
+    )
+
+
+async def test_exits_are_diagnosed_stored_and_published(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    db = f"diag{uuid.uuid4().hex[:8]}"
+    seen = Diagnoses(client)
+    await seen.start()
+    app = diagnosis_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        log = "step 10\ntorch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        await client.publish_event(exited("u~oom", 1, log, task_attempt_id=2))
+        d = await seen.wait_for("u~oom")
+        assert (d.exit_code, d.spec_code, d.spec_phrase) == (1, 300, "ContainerTorchCudaOutOfMemory")
+        assert (d.failure_type, d.reaction, d.task_attempt_id) == ("Permanent", "NEVER_RETRY", 2)
+        assert d.exit_spec is not None and d.exit_spec["code"] == 300 and "pattern" not in d.exit_spec
+        assert d.matched is not None and "Tried to allocate 2.00 GiB" in d.matched and "step 10" in d.matched
+        assert d.explanation and d.suggestion and d.message == d.explanation
+
+        await client.publish_event(exited("u~sig", -9, signal=9))
+        sig = await seen.wait_for("u~sig")
+        assert (sig.exit_code, sig.spec_code, sig.failure_type, sig.matched) == (137, 137, "Transient", None)
+
+        await client.publish_event(exited("u~evict", 137, pod_reason="Evicted"))
+        assert (await seen.wait_for("u~evict")).spec_code == -1000
+        await client.publish_event(
+            exited("u~xid", 1, gpu_health={"0": {"xid": [79], "ecc_double": 0}}, container_reason="Error")
+        )
+        assert (await seen.wait_for("u~xid")).spec_code == 320
+        await client.publish_event(exited("u~ok", 0))
+        assert (await seen.wait_for("u~ok")).failure_type == "Succeeded"
+
+        stored = await app.db[DIAGNOSES].find_one({"_id": "u~oom/0/worker/0/2"})
+        assert stored is not None
+        assert (stored["spec_code"], stored["reaction"], stored["matched_by"]) == (
+            300,
+            "NEVER_RETRY",
+            "runtime",
+        )
+    finally:
+        await app.stop()
+
+
+async def test_the_spec_is_validated_stored_and_kept_across_restarts(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    db = f"diag{uuid.uuid4().hex[:8]}"
+    seen = Diagnoses(client)
+    await seen.start()
+    app = diagnosis_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        got = await client.request(GetExitSpecRequest(username="root", admin=True), ExitSpecReply)
+        assert (got.source, got.revision) == ("builtin", 0)
+        assert got.spec == builtin_spec().document
+        with pytest.raises(ForbiddenUserError):
+            await client.request(GetExitSpecRequest(username="bob"), ExitSpecReply)
+        with pytest.raises(ForbiddenUserError):
+            await client.request(PutExitSpecRequest(text=LICENSE_SPEC, username="bob"), ExitSpecReply)
+        # A full replacement without the fallback codes, and a regex RE2 cannot run linearly: refused, and
+        # nothing changes.
+        with pytest.raises(InvalidParametersError, match="code 255 is required"):
+            await client.request(
+                PutExitSpecRequest(text=LICENSE_SPEC, username="root", admin=True), ExitSpecReply
+            )
+        evil = LICENSE_SPEC.replace("(?i)license server unreachable", "(a+)\\1")
+        with pytest.raises(InvalidParametersError, match="RE2"):
+            await client.request(
+                PutExitSpecRequest(text=evil, mode="overlay", username="root", admin=True), ExitSpecReply
+            )
+        with pytest.raises(InvalidParametersError, match="empty"):
+            await client.request(PutExitSpecRequest(text=" ", username="root", admin=True), ExitSpecReply)
+
+        put = await client.request(
+            PutExitSpecRequest(text=LICENSE_SPEC, mode="overlay", username="root", admin=True), ExitSpecReply
+        )
+        assert (put.source, put.revision, put.updated_by) == ("uploaded", 1, "root")
+        assert put.spec["spec"][-1]["code"] == 450
+        await client.publish_event(exited("u~lic", 1, "FATAL: license server unreachable at 10.0.0.9\n"))
+        lic = await seen.wait_for("u~lic")
+        assert (lic.spec_code, lic.failure_type, lic.reaction) == (450, "Transient", "ALWAYS_RETRY")
+    finally:
+        await app.stop()
+
+    # A new process finds the uploaded spec in its database.
+    app = diagnosis_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        got = await client.request(GetExitSpecRequest(username="root", admin=True), ExitSpecReply)
+        assert (got.source, got.revision, got.spec["spec"][-1]["code"]) == ("uploaded", 1, 450)
+        await client.publish_event(exited("u~lic2", 1, "license server unreachable\n"))
+        assert (await seen.wait_for("u~lic2")).spec_code == 450
+        reset = await client.request(
+            PutExitSpecRequest(mode="reset", username="root", admin=True), ExitSpecReply
+        )
+        assert reset.revision == 2 and reset.spec == builtin_spec().document
+        await client.publish_event(exited("u~lic3", 1, "license server unreachable\n"))
+        assert (await seen.wait_for("u~lic3")).spec_code == 255
+    finally:
+        await app.stop()
+
+
+class _Caller:
+    """The gateway's identity resolver, answering from the header alone (the auth service is not under
+    test here); everything else — the bus, the RPC, the diagnosis service, its database — is real."""
+
+    async def resolve(self, request: Request) -> Identity:
+        who = request.headers.get("authorization", "").removeprefix("Bearer ")
+        return Identity(username=who, admin=who == "root", virtual_clusters=["default"])
+
+
+async def test_gateway_routes_for_admins(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    app = diagnosis_app(nats_srv, mongo_server, f"diag{uuid.uuid4().hex[:8]}", tmp_path)
+    await app.start()
+    try:
+        http = build_http_app(lambda: client, GatewaySettings(nats_url=nats_srv.url))
+        http.state.resolver = _Caller
+        transport = httpx.ASGITransport(app=http)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
+            root = {"Authorization": "Bearer root"}
+            path = "/api/v2/diagnosis/exit-spec"
+            assert (await api.get(path, headers={"Authorization": "Bearer bob"})).status_code == 403
+            r = await api.get(path, headers=root)
+            assert r.status_code == 200 and r.json()["source"] == "builtin"
+            r = await api.put(path, headers=root, content="version: 1\nspec: []\n")
+            assert r.status_code == 400 and r.json()["code"] == "InvalidParametersError"
+            r = await api.put(path, params={"mode": "overlay"}, headers=root, content=LICENSE_SPEC)
+            assert r.status_code == 200, r.text
+            assert (r.json()["revision"], r.json()["updatedBy"]) == (1, "root")
+            doc = yaml.safe_load(LICENSE_SPEC)
+            assert r.json()["spec"]["spec"][-1] == doc["spec"][0]
+            r = await api.get(path, params={"builtin": "true"}, headers=root)
+            assert r.json()["spec"] == builtin_spec().document
+            r = await api.delete(path, headers=root)
+            assert r.status_code == 200 and r.json()["revision"] == 2
+            assert (await api.put(path, headers=root, content=b"\xff\xfe")).status_code == 400
+            assert (
+                await api.put(path, params={"mode": "reset"}, headers=root, content="x")
+            ).status_code == 400
+    finally:
+        await app.stop()
