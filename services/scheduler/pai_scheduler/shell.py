@@ -304,7 +304,8 @@ class Scheduler:
                     task_role=p.role,
                     index=p.index,
                     node=p.node,
-                    # A pod that asked for no GPU holds its cells (as HiveD does) but sees none.
+                    # A pod that asked for no GPU sees none: it holds CPU leaves, or (on a cluster
+                    # without any) GPU leaves for their CPU and memory, as OpenPAI does.
                     gpus=list(p.leaves) if asked.get(p.role, 1) > 0 or p.is_share else [],
                     host_ip=host_ips.get(p.node, ""),
                     gpu_milli=p.milli,

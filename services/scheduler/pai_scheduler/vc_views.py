@@ -15,7 +15,8 @@ def _resources(alloc: HivedAllocator, leaves_by_type: dict[str, int]) -> dict[st
         if sku is not None:
             cpu += sku.cpu * n
             memory += sku.memory_mb * n
-    gpus = sum(leaves_by_type.values())
+    # CPU leaves (SKU gpu 0) carry CPU and memory but no GPU.
+    gpus = sum(n for leaf_type, n in leaves_by_type.items() if not alloc.config.is_cpu_leaf(leaf_type))
     return {"cpu": int(cpu), "vCores": int(cpu), "memory": memory, "gpu": gpus, "GPUs": gpus}
 
 
@@ -38,17 +39,23 @@ def _guaranteed_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
     return out
 
 
+def _counted(alloc: HivedAllocator, leaves_by_type: dict[str, int], gpu_cluster: bool) -> int:
+    """Leaves that count for capacity percentages: accelerators on a cluster that has any, else CPU leaves."""
+    return sum(n for t, n in leaves_by_type.items() if alloc.config.is_cpu_leaf(t) != gpu_cluster)
+
+
 def virtual_clusters(alloc: HivedAllocator) -> dict[str, dict[str, Any]]:
     total = _cluster_leaves(alloc)
-    total_n = sum(total.values()) or 1
+    gpu_cluster = any(not alloc.config.is_cpu_leaf(t) for t in total)
+    total_n = _counted(alloc, total, gpu_cluster) or 1
     used = alloc.used_leaves()
     out: dict[str, dict[str, Any]] = {}
     for vc in alloc.quota.vcs:
         guaranteed = _guaranteed_leaves(alloc, vc)
         vc_used = used.get(vc, {})
         out[vc] = {
-            "capacity": round(100 * sum(guaranteed.values()) / total_n, 2),
-            "usedCapacity": round(100 * sum(vc_used.values()) / total_n, 2),
+            "capacity": round(100 * _counted(alloc, guaranteed, gpu_cluster) / total_n, 2),
+            "usedCapacity": round(100 * _counted(alloc, vc_used, gpu_cluster) / total_n, 2),
             # Opportunistic jobs may use any idle cell, so every VC can reach the whole cluster.
             "maxCapacity": 100,
             "dedicated": False,

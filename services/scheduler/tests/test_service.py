@@ -354,3 +354,31 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
         assert vcs["research"]["resourcesGuaranteed"]["gpu"] == 4
     finally:
         await app.stop()
+
+
+async def test_cpu_only_jobs_run_on_cpu_only_nodes(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    """A node inventory with a CPU-only node: a job asking for no GPU is placed on its CPU leaves and sees
+    no GPU; a GPU job never lands there."""
+    inventory = tmp_path / "cluster.csv"
+    inventory.write_text("node,leaf_type,leaf_count,cpu,memory_mb\ng0,V100,2,16,131072\nc0,,0,8,32768\n")
+    db = f"sched{uuid.uuid4().hex[:8]}"
+    events = Events(client)
+    await events.start()
+    app = scheduler_app(nats_srv, mongo_server, inventory, db, tmp_path)
+    await app.start()
+    try:
+        for node, n in (("g0", 2), ("c0", 0)):
+            await register(client, node, n)
+        await client.publish_event(gang("u~cpu", 0, n=2, vc="default"))
+        cpu = await events.wait_for(SchedulingAllocated, "u~cpu")
+        assert [(p.node, p.gpus) for p in cpu.placements] == [("c0", []), ("c0", [])]
+        await client.publish_event(gang("u~gpu", 1, n=2, vc="default"))
+        gpu = await events.wait_for(SchedulingAllocated, "u~gpu")
+        assert sorted((p.node, tuple(p.gpus)) for p in gpu.placements) == [("g0", (0,)), ("g0", (1,))]
+        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        assert vcs["default"]["resourcesUsed"]["gpu"] == 2
+        assert vcs["default"]["resourcesTotal"]["cpu"] == 16 + 8
+    finally:
+        await app.stop()

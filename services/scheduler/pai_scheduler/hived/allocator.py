@@ -77,7 +77,7 @@ from pai_scheduler.hived.decisions import (
 from pai_scheduler.hived.errors import UnsupportedRequestError
 from pai_scheduler.hived.packing import pick_leaves
 from pai_scheduler.hived.quota import QuotaBook
-from pai_scheduler.hived.requests import GangRequest, request_from_dict, request_to_dict
+from pai_scheduler.hived.requests import GangRequest, Member, request_from_dict, request_to_dict
 from pai_scheduler.hived.shares import Fragmentation, fragmentation
 
 SNAPSHOT_VERSION = 1
@@ -109,11 +109,16 @@ class _Group:
     downgraded: bool = False  # lazily preempted: runs on as opportunistic work
     since: float | None = None  # clock time it was submitted (None: no clock given yet)
     held_by: str | None = None  # the protected head its last placement attempt was held back for
+    started: int = -1  # order in which gangs were allocated (-1: not yet, or before it was recorded)
     # role -> (milli, GPU memory MB) for the roles whose pods take a share of one leaf
     shares: dict[str, tuple[int, int]] = field(init=False)
 
+    # the request without its key: gangs of one shape fit or fail alike (_retry_pending)
+    shape: GangRequest = field(init=False)
+
     def __post_init__(self) -> None:
         self.shares = {m.role: (m.gpu_milli, m.gpu_memory_mb) for m in self.request.members if m.is_share}
+        self.shape = replace(self.request, key="")
 
     @property
     def priority(self) -> int:
@@ -135,6 +140,19 @@ def _closeness(a: Cell | None, b: Cell | None) -> int:
             break
         n += 1
     return n
+
+
+# Region lists at least this long are searched through the free-node buckets (short ones are scanned).
+_INDEXED_REGIONS = 16
+
+
+def _order(cell: Cell) -> int:
+    return cell.order
+
+
+def _cpu_only(req: GangRequest) -> bool:
+    """Every pod of the gang asks for no accelerator (no leaves, no share): CPU work."""
+    return all(m.leaves == 0 and not m.is_share for m in req.members)
 
 
 def _first_fit_decreasing(sizes: Sequence[int], bins: Sequence[int]) -> bool:
@@ -177,14 +195,30 @@ class HivedAllocator:
             for chain, spec in self.cluster.chains.items()
         }
         self._within: Cell | None = None
+        # Doomed bad cells (HiveD's): quota cells bound to bad hardware because the VC's unbound quota
+        # could not all be bound to healthy free cells (see _refresh_doomed).
+        self._doomed: set[Cell] = set()
         self._groups: dict[str, _Group] = {}
-        # Keys of gangs that may be waiting; a gang never goes back to waiting once placed, so this only
-        # grows at submit/restore and is pruned when read (the queue is read on every release).
+        # Keys of gangs that may be waiting: added at submit/restore and when a preemption is cancelled,
+        # pruned when read (the queue is read on every release).
         self._maybe_pending: set[str] = set()
-        self._pods_cache: dict[tuple[GangRequest, str], tuple[tuple[str, int, int], ...]] = {}
+        self._pods_cache: dict[tuple[tuple[Member, ...], str], tuple[tuple[str, int, int], ...]] = {}
+        self._chains_cache: dict[int, tuple[GangRequest, list[str]]] = {}
+        # Why a request can never fit depends only on its shape and the (fixed) config and quota.
+        self._never_fits_cache: dict[tuple[Any, ...], str | None] = {}
+        # id(region list) -> (that list, its node-counted regions by node, the others): for lists scanned
+        # by _best_free_region through the free-node buckets.
+        self._region_index: dict[int, tuple[Sequence[Region], dict[Cell, Region], list[Region]]] = {}
         self._bound_regions_cache: dict[tuple[str, str], tuple[int, list[Region]]] = {}
         self._next_seq = 0
+        self._next_start = 0
         self._undo: list[Callable[[], None]] | None = None
+        # While one gang is placed: the gang, and the lower preemptors whose reservations it takes over
+        # (transactional: each entry has its undo).
+        self._placing: _Group | None = None
+        self._overridden: list[str] = []
+        # Set when a placement sent lower preemptors back to the queue (they are retried at once).
+        self._requeued = False
         # Where opportunistic pods may go (everything but pinned cells), grouped by top cell so that full
         # tops are skipped at once.
         self._open_regions: dict[str, list[Region]] = {}
@@ -213,7 +247,7 @@ class HivedAllocator:
         """Place a gang now, start preempting for it, queue it, or reject it.
 
         Idempotent per key: a key the allocator already holds returns its current decision. Raises
-        UnsupportedRequestError for features not implemented yet (pods needing no leaf). Gangs lazily
+        UnsupportedRequestError for features not implemented yet (none at present). Gangs lazily
         preempted (``Downgraded``) on the way are not in the answer: use ``submit_all`` to get them too."""
         return self.submit_all(req, now)[-1]
 
@@ -235,7 +269,14 @@ class HivedAllocator:
         self._next_seq += 1
         self._groups[req.key] = g
         self._maybe_pending.add(req.key)
+        self._requeued = False
         decisions = self._schedule(g)
+        if decisions and self._requeued:
+            # It took over lower preemptors' reservations: they (and whatever their withdrawn
+            # reservations let in) are retried at once, before this gang's own decision.
+            self._refresh_holds()
+            decisions[-1:-1] = self._retry_pending()
+        self._refresh_doomed()
         if decisions:
             self._refresh_holds()
             return decisions
@@ -284,8 +325,10 @@ class HivedAllocator:
                 if not preemptor.victims:
                     out.append(self._finish_preemption(preemptor))
         self._unbind_idle(leaves)
+        self._refresh_doomed()
         self._refresh_holds()
         out.extend(self._retry_pending())
+        self._refresh_doomed()
         return out
 
     def set_node_health(self, node: str, healthy: bool, now: float | None = None) -> list[Decision]:
@@ -297,8 +340,11 @@ class HivedAllocator:
         changed = self.cluster.set_node_health(node, healthy)
         if not changed:
             return []
+        self._refresh_doomed()
         self._refresh_holds()
-        return self._retry_pending() if healthy else []
+        out = self._retry_pending() if healthy else []
+        self._refresh_doomed()
+        return out
 
     def tick(self, now: float) -> list[Decision]:
         """Only time passes: heads of VC queues that have now waited long enough become protected (their
@@ -364,9 +410,26 @@ class HivedAllocator:
         share of ``milli``/``memory_mb``) cannot use; see ``shares.fragmentation``."""
         return fragmentation(self.cluster, milli, memory_mb, leaf_type)
 
-    def doomed_quota(self) -> dict[str, list[str]]:
-        """VCs whose unbound quota cannot be backed by healthy free cells right now, in words."""
+    def doomed_cells(self) -> dict[str, list[str]]:
+        """Doomed bad cells: VC -> ids of its quota cells bound to bad hardware (depth-first order)."""
         out: dict[str, list[str]] = {}
+        for cell in sorted(self._doomed, key=_order):
+            assert cell.bound_vc is not None
+            out.setdefault(cell.bound_vc, []).append(cell.id)
+        return out
+
+    def doomed_quota(self) -> dict[str, list[str]]:
+        """VCs whose quota cannot be backed by healthy cells right now, in words: the quota cells bound to
+        bad hardware (doomed), then any unbound quota that not even a bad cell could take."""
+        out: dict[str, list[str]] = {}
+        for cell in sorted(self._doomed, key=_order):
+            vc = cell.bound_vc
+            assert vc is not None
+            bad = sorted(n.node_name or "" for n in cell.node_cells or (cell.node,) if n and n.n_bad_nodes)
+            out.setdefault(vc, []).append(
+                f"VC {vc}: its {cell.cell_type} cell (chain {cell.chain}, level {cell.level}) is bound to bad"
+                f" hardware (doomed: node(s) {', '.join(bad)})"
+            )
         for vc in self.quota.vcs:
             for chain, level, need, usable in self.quota.healthy_shortfall(vc):
                 ctype = self.cluster.chains[chain].types[level - 1]
@@ -387,8 +450,10 @@ class HivedAllocator:
         return {
             "version": SNAPSHOT_VERSION,
             "next_seq": self._next_seq,
+            **({"next_start": self._next_start} if self._next_start else {}),
             "bad_nodes": sorted(self.cluster.bad_nodes),
             "bindings": [{"cell": c.id, "vc": c.bound_vc} for c in bindings],
+            **({"doomed": sorted(c.id for c in self._doomed)} if self._doomed else {}),
             "groups": [
                 {
                     "request": request_to_dict(g.request),
@@ -409,6 +474,7 @@ class HivedAllocator:
                     **({"downgraded": True} if g.downgraded else {}),
                     **({"since": g.since} if g.since is not None else {}),
                     **({"held_by": g.held_by} if g.held_by is not None else {}),
+                    **({"started": g.started} if g.started >= 0 else {}),
                 }
                 for g in sorted(self._groups.values(), key=lambda g: g.seq)
             ],
@@ -451,6 +517,7 @@ class HivedAllocator:
             raise ValueError(f"unsupported HiveD snapshot version {snap.get('version')!r}")
         a = cls(config, protect_head_after_s)
         a._next_seq = int(snap["next_seq"])
+        a._next_start = int(snap.get("next_start", 0))
         a._now = None if snap.get("now") is None else float(snap["now"])
         for node in snap["bad_nodes"]:
             a.cluster.set_node_health(str(node), False)
@@ -466,6 +533,7 @@ class HivedAllocator:
                 g.downgraded = bool(gd.get("downgraded", False))
                 g.since = None if gd.get("since") is None else float(gd["since"])
                 g.held_by = None if gd.get("held_by") is None else str(gd["held_by"])
+                g.started = int(gd.get("started", -1))
                 reserved_shares[req.key] = set()
                 for p in gd["placement"]:
                     leaves = tuple(
@@ -500,10 +568,15 @@ class HivedAllocator:
                 )
         except KeyError as e:
             raise ValueError(f"snapshot refers to something this config lacks: {e}") from e
+        for cid in snap.get("doomed", ()):
+            cell = a.cluster.cells.get(str(cid))
+            if cell is None or cell.bound_vc is None or cell.healthy:
+                raise ValueError(f"doomed cell {cid} is unknown, not bound or not bad")
+            a._doomed.add(cell)
         for vc in a.quota.vcs:
             for cells in a.quota.bound[vc].values():
                 for cell in cells:
-                    if cell.n_guaranteed == 0:
+                    if cell.n_guaranteed == 0 and cell not in a._doomed:
                         raise ValueError(f"cell {cell.id} is bound to VC {vc} but holds none of its work")
         return a
 
@@ -540,6 +613,7 @@ class HivedAllocator:
             raise ValueError(f"unsupported HiveD snapshot version {old_snapshot.get('version')!r}")
         a = cls(new_config, protect_head_after_s)
         a._next_seq = int(old_snapshot["next_seq"])
+        a._next_start = int(old_snapshot.get("next_start", 0))
         a._now = None if old_snapshot.get("now") is None else float(old_snapshot["now"])
         for node in old_snapshot["bad_nodes"]:
             if str(node) in a.cluster.nodes:
@@ -553,6 +627,7 @@ class HivedAllocator:
             req = request_from_dict(gd["request"])
             g = _Group(req, int(gd["seq"]), since=None if gd.get("since") is None else float(gd["since"]))
             g.downgraded = bool(gd.get("downgraded", False))
+            g.started = int(gd.get("started", -1))
             if GroupState(gd["state"]) in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
                 placement = [
                     (str(p["role"]), int(p["index"]), str(p["node"]), [int(i) for i in p["leaves"]])
@@ -578,8 +653,10 @@ class HivedAllocator:
                 continue
             a._groups[req.key] = g
             a._maybe_pending.add(req.key)
+        a._refresh_doomed()
         a._refresh_holds()
         out.extend(a._retry_pending())
+        a._refresh_doomed()
         out.extend(a._queued(g) for g in a._queue() if g.request.key in {w.request.key for w in waiting})
         return a, out
 
@@ -798,8 +875,41 @@ class HivedAllocator:
                 assert found is not None, "placement is deterministic"
         self._undo = None
         out: list[Decision] = [Downgraded(v.request.key, g.request.key) for v in downgraded]
-        out.append(self._commit(g, *found))
+        cancelled = self._cancel_overridden()
+        own = self._commit(g, *found)
+        out.extend(self._queued(p) for p in cancelled)
+        out.append(own)
         return out
+
+    def _cancel_overridden(self) -> list[_Group]:
+        """The lower-priority preemptors whose reservations the placement just made took over (HiveD's
+        Reserving/Reserved overwrite): each withdraws what it still reserves, its victims that nobody else
+        preempts run on, and it goes back to waiting."""
+        keys = sorted(set(self._overridden), key=lambda k: self._groups[k].seq)
+        self._overridden = []
+        cancelled = []
+        for key in keys:
+            p = self._groups[key]
+            leaves = list(p.leaves())
+            for role, _, slot_leaves in p.slots:
+                share = p.shares.get(role)
+                for leaf in slot_leaves:
+                    if leaf.reserver == key:
+                        self.cluster.set_leaf(leaf, leaf.owner, leaf.owner_priority, None)
+                    elif share is not None and key in leaf.shares:
+                        self.cluster.remove_share(leaf, key, *share)
+            for v in sorted(p.victims):
+                victim = self._groups[v]
+                victim.preemptors.discard(key)
+                if not victim.preemptors:
+                    victim.state = GroupState.ALLOCATED
+            p.state, p.chain, p.slots, p.victims = GroupState.PENDING, None, [], set()
+            self._maybe_pending.add(key)
+            self._unbind_idle(leaves)
+            cancelled.append(p)
+        if cancelled:
+            self._requeued = True
+        return cancelled
 
     def _find(self, g: _Group) -> tuple[str, list[PodSlot]] | None:
         """The first placement of the whole gang over passes of increasing cost, applied inside the open
@@ -862,6 +972,7 @@ class HivedAllocator:
         return sorted(domains, key=lambda c: (-vc_leaves.get(c, 0), c.n_free, c.order))
 
     def _place_gang(self, g: _Group, chain: str, ceiling: int) -> list[PodSlot] | None:
+        self._placing = g
         slots: list[PodSlot] = []
         placed: list[Cell] = []
         for role, index, k in self._pods(g.request, chain):
@@ -875,7 +986,7 @@ class HivedAllocator:
                 if leaves is None:
                     return None
                 for leaf in leaves:
-                    self._tx_set_leaf(leaf, leaf.owner, leaf.owner_priority, g.request.key)
+                    self._tx_reserve(leaf, g.request.key)
             slots.append((role, index, leaves))
             node = leaves[0].node
             assert node is not None
@@ -896,8 +1007,8 @@ class HivedAllocator:
             if got is None:
                 return None
             leaf = got[0]
-            if leaf.owner is not None or leaf.shares:
-                self._tx_set_leaf(leaf, leaf.owner, leaf.owner_priority, req.key)
+            if leaf.owner is not None or leaf.shares or leaf.reserver is not None:
+                self._tx_reserve(leaf, req.key)
                 return (leaf,)
         self._tx_add_share(leaf, req.key, share, hold_priority)
         return (leaf,)
@@ -957,7 +1068,7 @@ class HivedAllocator:
                 found = self._best_region(group, k, ceiling, placed, opportunistic=True)
                 if found is not None and (best is None or found[0] < best[0]):
                     best = found
-            return None if best is None else pick_leaves(self._usable(best[1][2], ceiling), k)
+            return None if best is None else pick_leaves(self._usable(best[1][2], ceiling), k, self._rank)
         if req.pinned_cell is not None:
             return self._best_in(self._regions_of(self.cluster.pinned[req.pinned_cell]), k, ceiling, placed)
         got = self._best_in(self._bound_regions(req.vc, chain), k, ceiling, placed)
@@ -1005,11 +1116,47 @@ class HivedAllocator:
     def _usable(self, leaves: Iterable[Cell], ceiling: int) -> list[Cell]:
         # A free leaf has owner_priority FREE_PRIORITY, the lowest ceiling.
         blocked = self._blocked
+        if ceiling >= 0:  # a guaranteed gang's preemption pass may take over lower preemptors' reservations
+            return [
+                x
+                for x in leaves
+                if x.owner_priority <= ceiling
+                and (x.reserver is None or self._reserver_priority(x.reserver) <= ceiling)
+                and not (blocked and x in blocked)
+            ]
         if blocked:
             return [
                 x for x in leaves if x.reserver is None and x.owner_priority <= ceiling and x not in blocked
             ]
         return [x for x in leaves if x.reserver is None and x.owner_priority <= ceiling]
+
+    def _reserver_priority(self, key: str) -> int:
+        """What taking over a reservation of ``key`` costs: its priority when it is a preemptor (holding no
+        shares) below the gang being placed, else UNTOUCHABLE (never taken over)."""
+        p = self._groups.get(key)
+        placing = self._placing
+        if (
+            p is None
+            or placing is None
+            or p is placing
+            or p.state is not GroupState.PREEMPTING
+            or p.shares
+            or p.request.priority >= placing.request.priority
+        ):
+            return UNTOUCHABLE_PRIORITY
+        return p.request.priority
+
+    def _rank(self, x: Cell) -> tuple[int, int]:
+        """(the priority taking the leaf would preempt, minus the start order of the gang it would stop):
+        cheapest first, then the most recently started (it has lost the least work)."""
+        cost = x.owner_priority
+        if x.reserver is not None:
+            cost = max(cost, self._reserver_priority(x.reserver))
+        if x.owner is not None:
+            return cost, -self._groups[x.owner].started
+        if x.shares:
+            return cost, -max(self._groups[k].started for k in x.shares)
+        return cost, 0
 
     def _best_in(
         self, regions: Sequence[Region], k: int, ceiling: int, placed: list[Cell]
@@ -1017,7 +1164,7 @@ class HivedAllocator:
         best = self._best_region(regions, k, ceiling, placed)
         if best is None:
             return None
-        return pick_leaves(self._usable(best[1][2], ceiling), k)
+        return pick_leaves(self._usable(best[1][2], ceiling), k, self._rank)
 
     def _best_region(
         self,
@@ -1050,12 +1197,28 @@ class HivedAllocator:
                     # Opportunistic pods keep away from guaranteed work (they would be its first victims).
                     key = (node.n_guaranteed > 0, *key)
             else:
+                if (
+                    ceiling == OPPORTUNISTIC_PRIORITY
+                    and counter is not None
+                    and counter.n_free + counter.n_opportunistic < k
+                ):
+                    continue  # its usable leaves are among the free and the opportunistic ones
                 usable = self._usable(leaves, ceiling)
                 if len(usable) < k:
                     continue
-                cheapest = sorted(x.owner_priority for x in usable)[:k]
-                busy = sum(1 for p in cheapest if p > FREE_PRIORITY)
-                key = (cheapest[-1], busy, node not in placed, -_closeness(node, anchor), len(usable))
+                cheapest = sorted(map(self._rank, usable))[:k]
+                busy = sum(1 for p, _ in cheapest if p > FREE_PRIORITY)
+                # Among otherwise equal regions, the one whose victims started most recently (the oldest of
+                # them latest): they have lost the least work.
+                recent = max((r for p, r in cheapest if p > FREE_PRIORITY), default=0)
+                key = (
+                    cheapest[-1][0],
+                    busy,
+                    node not in placed,
+                    -_closeness(node, anchor),
+                    len(usable),
+                    recent,
+                )
             key = (*key, node.order, leaves[0].order)  # two quota cells of one node: by position
             if best is None or key < best[0]:
                 best = (key, region)
@@ -1065,10 +1228,15 @@ class HivedAllocator:
         """``_best_region`` for the commonest case, a gang's first pod on free leaves only: every key then
         starts (FREE_PRIORITY, 0, True, 0), so only its tail (free leaves, node order, leaf order) is
         compared. The hot path of a busy cluster; it must choose exactly what the general loop would."""
-        best_tail: tuple[int, int, int] | None = None
-        best_region: Region | None = None
+        if len(regions) >= _INDEXED_REGIONS and not self._blocked_nodes and self._within is None:
+            return self._best_free_indexed(regions, k)
+        return self._best_free_scan(regions, k)
+
+    def _best_free_scan(self, regions: Sequence[Region], k: int) -> tuple[tuple[int, ...], Region] | None:
         blocked_nodes = self._blocked_nodes
         within = self._within
+        best_tail: tuple[int, int, int] | None = None
+        best_region: Region | None = None
         for region in regions:
             node, counter, leaves = region
             if node.n_bad_nodes or (within is not None and within not in node.path):
@@ -1082,6 +1250,52 @@ class HivedAllocator:
             tail = (n, node.order, leaves[0].order)
             if best_tail is None or tail < best_tail:
                 best_tail, best_region = tail, region
+        if best_tail is None or best_region is None:
+            return None
+        return (FREE_PRIORITY, 0, True, 0, *best_tail), best_region
+
+    def _best_free_indexed(self, regions: Sequence[Region], k: int) -> tuple[tuple[int, ...], Region] | None:
+        """``_best_free_region`` through the chain's free-node buckets: the fullest nodes that still hold
+        ``k`` free leaves come first, so only one bucket is looked at (plus the few regions not counted
+        by a whole node). Chooses exactly what the loop would (a property test compares them)."""
+        entry = self._region_index.get(id(regions))
+        if entry is None or entry[0] is not regions:
+            by_node: dict[Cell, Region] = {}
+            others: list[Region] = []
+            for region in regions:
+                if region[1] is region[0]:
+                    by_node[region[0]] = region
+                else:
+                    others.append(region)
+            if len(self._region_index) >= 256:
+                self._region_index.clear()
+            entry = (regions, by_node, others)
+            self._region_index[id(regions)] = entry
+        _, by_node, others = entry
+        best_tail: tuple[int, int, int] | None = None
+        best_region: Region | None = None
+        for region in others:
+            node, counter, leaves = region
+            if node.n_bad_nodes:
+                continue
+            n = counter.n_free if counter is not None else len(self._usable(leaves, FREE_PRIORITY))
+            if n < k:
+                continue
+            tail = (n, node.order, leaves[0].order)
+            if best_tail is None or tail < best_tail:
+                best_tail, best_region = tail, region
+        buckets = self.cluster.free_nodes[regions[0][0].chain]
+        for n in range(k, len(buckets)):
+            if best_tail is not None and best_tail[0] < n:
+                break
+            found = [x for x in buckets[n] if x in by_node and not x.n_bad_nodes]
+            if found:
+                node = min(found, key=_order)
+                region = by_node[node]
+                tail = (n, node.order, region[2][0].order)
+                if best_tail is None or tail < best_tail:
+                    best_tail, best_region = tail, region
+                break
         if best_tail is None or best_region is None:
             return None
         return (FREE_PRIORITY, 0, True, 0, *best_tail), best_region
@@ -1166,6 +1380,8 @@ class HivedAllocator:
         """The gang is allocated: it owns its whole leaves, its shares take its priority, and leaves it
         reserved for share pods become shares."""
         key, prio = g.request.key, g.priority
+        g.started = self._next_start
+        self._next_start += 1
         for role, _, leaves in g.slots:
             share = g.shares.get(role)
             for leaf in leaves:
@@ -1214,12 +1430,78 @@ class HivedAllocator:
         self._undo.append(undo)
         self._unbind_idle(leaves, transactional=True)
 
+    def _refresh_doomed(self) -> None:
+        """HiveD's doomed bad cells. Whenever a VC's unbound quota at some level outnumbers the healthy free
+        cells that could take it (checked per VC, other VCs' needs not subtracted), the missing quota
+        cells are bound to bad free cells instead, from the top level down: bad free cells of the level
+        first, then a bad cell carved out of a higher free one if the chain stays safe. They
+        hold no work, are never unbound as idle, and make the VC's placement avoid the bad hardware while
+        the accounting stays exact (the bad cells are spoken for; the unbound rest is all bindable to
+        healthy cells). Recomputed from scratch after every command: doomed cells are unbound first (one
+        that meanwhile holds the VC's guaranteed work stays bound as an ordinary binding), then bound
+        again where a shortfall remains. A no-op while every node is healthy."""
+        if not self._doomed and not self.cluster.bad_nodes:
+            return
+        for cell in sorted(self._doomed, key=_order, reverse=True):
+            if cell.n_guaranteed == 0:
+                self.quota.unbind(cell)
+        self._doomed = set()
+        if not self.cluster.bad_nodes:
+            return
+        # One VC's doomed binding can take the bad cell whose healthy part another VC counted on: repeat
+        # until no VC binds more (each binding uses up one unbound quota cell, so this ends).
+        changed = True
+        while changed:
+            changed = False
+            for vc in self.quota.vcs:
+                while True:
+                    bound: Cell | None = None
+                    for chain, level, _, _ in self.quota.healthy_shortfall(vc):
+                        bound = self._doomed_candidate(vc, chain, level)
+                        if bound is not None:
+                            break
+                    if bound is None:
+                        break
+                    self._doomed.add(bound)
+                    changed = True
+
+    def _doomed_candidate(self, vc: str, chain: str, level: int) -> Cell | None:
+        """Bind a bad free cell of ``level`` to ``vc`` (the most bad nodes first, then order), or one inside
+        a higher bad free cell when the chain stays safe; the cell bound, or None."""
+
+        def pref(c: Cell) -> tuple[int, int]:
+            return (-c.n_bad_nodes, c.order)
+
+        bad = sorted((c for c in self.quota.free[(chain, level)] if not c.healthy), key=pref)
+        if bad:
+            self.quota.bind(bad[0], vc)
+            return bad[0]
+        top = self.cluster.chains[chain].top_level
+        for upper in range(level + 1, top + 1):
+            for big in sorted((c for c in self.quota.free[(chain, upper)] if not c.healthy), key=pref):
+                inner = sorted(
+                    (c for c in self.quota.free_descendants(level, [big]) if not c.healthy), key=pref
+                )
+                if not inner:
+                    continue
+                self.quota.bind(inner[0], vc)
+                if self.quota.unsafe_level(chain) is None:
+                    return inner[0]
+                self.quota.unbind(inner[0])
+                return None
+        return None
+
     def _unbind_idle(self, leaves: Iterable[Cell], transactional: bool = False) -> None:
         seen: set[Cell] = set()
         for leaf in leaves:
             for cell in reversed(leaf.path):
                 if cell.bound_vc is not None:
-                    if cell not in seen and cell.pinned_id is None and cell.n_guaranteed == 0:
+                    if (
+                        cell not in seen
+                        and cell.pinned_id is None
+                        and cell.n_guaranteed == 0
+                        and cell not in self._doomed
+                    ):
                         vc = cell.bound_vc
                         self.quota.unbind(cell)
                         if transactional:
@@ -1242,21 +1524,27 @@ class HivedAllocator:
 
     def _retry_pending(self) -> list[Decision]:
         out: list[Decision] = []
-        # A gang that could not be placed leaves the state as it was, so a later gang asking for exactly
-        # the same (VC, priority, pods, types, options) cannot be placed either until something changes:
-        # it is not tried again within the pass. A busy queue is mostly such look-alikes.
-        failed: set[GangRequest] = set()
-        for g in self._queue():
-            shape = replace(g.request, key="")
-            if shape in failed:
-                continue
-            got = self._schedule(g)
-            if got:
-                out.extend(got)
-                self._refresh_holds()
-                failed.clear()  # the state changed: what failed before may fit now (holds can move)
-            else:
-                failed.add(shape)
+        # A placement that takes over lower preemptors' reservations sends them back to the queue; the
+        # pass is repeated for them. Each such step needs a strictly higher priority, so this ends.
+        self._requeued = True
+        while self._requeued:
+            self._requeued = False
+            # A gang that could not be placed leaves the state as it was, so a later gang asking for
+            # exactly the same (VC, priority, pods, types, options) cannot be placed either until
+            # something changes: it is not tried again within the pass. A busy queue is mostly such
+            # look-alikes.
+            failed: set[GangRequest] = set()
+            for g in self._queue():
+                shape = g.shape
+                if shape in failed:
+                    continue
+                got = self._schedule(g)
+                if got:
+                    out.extend(got)
+                    self._refresh_holds()
+                    failed.clear()  # the state changed: what failed before may fit now (holds can move)
+                else:
+                    failed.add(shape)
         return out
 
     # =================================================================== backfill protection
@@ -1339,6 +1627,15 @@ class HivedAllocator:
         self.cluster.set_leaf(leaf, owner, priority, reserver)
         self._undo.append(lambda: self.cluster.set_leaf(leaf, *old))
 
+    def _tx_reserve(self, leaf: Cell, key: str) -> None:
+        """Reserve the leaf for ``key``, taking the reservation over from a lower preemptor if it has one."""
+        assert self._undo is not None
+        previous = leaf.reserver
+        self._tx_set_leaf(leaf, leaf.owner, leaf.owner_priority, key)
+        if previous is not None and previous != key:
+            self._overridden.append(previous)
+            self._undo.append(lambda: self._overridden.remove(previous))
+
     def _tx_add_share(self, leaf: Cell, key: str, share: tuple[int, int], priority: int) -> None:
         assert self._undo is not None
         self.cluster.add_share(leaf, key, share[0], share[1], priority)
@@ -1401,6 +1698,13 @@ class HivedAllocator:
         for t in req.leaf_types:
             if t not in known:
                 return f"unknown leaf type {t!r} (this cluster has {', '.join(sorted(known))})"
+        if not _cpu_only(req):
+            cpu_types = [t for t in req.leaf_types if self.config.is_cpu_leaf(t)]
+            if cpu_types and len(cpu_types) == len(req.leaf_types):
+                return (
+                    f"{'|'.join(cpu_types)} leaves are CPU and memory only, but the gang asks for GPUs"
+                    " (or a GPU share)"
+                )
         if req.pinned_cell is not None:
             if not req.guaranteed:
                 return "opportunistic gangs cannot use pinned cells"
@@ -1414,9 +1718,29 @@ class HivedAllocator:
                 return (
                     f"pinned cell {req.pinned_cell} holds {leaf_type} leaves, not {'|'.join(req.leaf_types)}"
                 )
+            if self.config.is_cpu_leaf(leaf_type) and not _cpu_only(req):
+                return (
+                    f"pinned cell {req.pinned_cell} holds {leaf_type} leaves (no GPU), but the gang asks for"
+                    " GPUs"
+                )
         return None
 
     def _chains_for(self, req: GangRequest) -> list[str]:
+        """The chains a gang may go to, in the order they are tried. A gang with an accelerator (or share)
+        member never goes to CPU chains; a CPU-only gang (every pod asks for no GPU) goes to the CPU chains
+        it may use and, only when there are none, to accelerator chains (each pod then holds the leaves
+        its CPU and memory need through the SKU, at least one, as OpenPAI does)."""
+        # Pure in the request and the (fixed) config and quota; asked on every placement attempt.
+        cached = self._chains_cache.get(id(req))
+        if cached is not None and cached[0] is req:
+            return cached[1]
+        chains = self._compute_chains_for(req)
+        if len(self._chains_cache) >= 10_000:
+            self._chains_cache.clear()
+        self._chains_cache[id(req)] = (req, chains)
+        return chains
+
+    def _compute_chains_for(self, req: GangRequest) -> list[str]:
         if req.pinned_cell is not None:
             return [self.cluster.pinned[req.pinned_cell].chain]
         names = sorted(self.cluster.chains)
@@ -1426,23 +1750,31 @@ class HivedAllocator:
             chains = names
         if req.guaranteed:
             chains = [c for c in chains if c in set(self.quota.chains_of(req.vc))]
-        return chains
+        cpu = [c for c in chains if self._cpu_chain(c)]
+        if _cpu_only(req) and cpu:
+            return cpu
+        return [c for c in chains if not self._cpu_chain(c)]
+
+    def _cpu_chain(self, chain: str) -> bool:
+        return self.config.is_cpu_leaf(self.cluster.chains[chain].leaf_type)
 
     def _pods(self, req: GangRequest, chain: str) -> list[tuple[str, int, int]]:
         """(role, index, leaves) for every pod on this chain's leaf type, largest first."""
         # Pure in the request and the (fixed) config; asked again on every retry of a waiting gang.
-        cached = self._pods_cache.get((req, chain))
+        cached = self._pods_cache.get((req.members, chain))
         if cached is not None:
             return list(cached)
         pods = self._compute_pods(req, chain)
         if len(self._pods_cache) >= 10_000:
             self._pods_cache.clear()
-        self._pods_cache[(req, chain)] = tuple(pods)
+        self._pods_cache[(req.members, chain)] = tuple(pods)
         return pods
 
     def _compute_pods(self, req: GangRequest, chain: str) -> list[tuple[str, int, int]]:
         sku = self.config.sku(self.cluster.chains[chain].leaf_type)
         out: list[tuple[int, str, int, int]] = []
+        # A pod asking for no GPU still holds at least one leaf: a CPU unit on a CPU chain, else one leaf
+        # whose accelerator it does not see (its CPU and memory come with the leaf, as in OpenPAI).
         for order, m in enumerate(req.members):
             if m.is_share:  # one leaf, after the whole-leaf pods of the same size
                 out.extend((len(req.members) + order, m.role, i, 1) for i in range(m.pods))
@@ -1453,16 +1785,22 @@ class HivedAllocator:
                     k = max(k, math.ceil(m.cpu / sku.cpu))
                 if sku.memory_mb > 0 and m.memory_mb > 0:
                     k = max(k, math.ceil(m.memory_mb / sku.memory_mb))
-            if k < 1:
-                raise UnsupportedRequestError(
-                    f"gang {req.key}, role {m.role}: pods that need no leaf (CPU-only) are not scheduled"
-                    " by the HiveD core yet"
-                )
+            k = max(k, 1)
             out.extend((order, m.role, i, k) for i in range(m.pods))
         out.sort(key=lambda p: (-p[3], p[0], p[2]))
         return [(role, i, k) for _, role, i, k in out]
 
     def _never_fits_reason(self, req: GangRequest) -> str | None:
+        shape = (req.vc, req.guaranteed, req.members, req.leaf_types, req.pinned_cell, req.infiniband)
+        if shape in self._never_fits_cache:
+            return self._never_fits_cache[shape]
+        reason = self._compute_never_fits_reason(req)
+        if len(self._never_fits_cache) >= 10_000:
+            self._never_fits_cache.clear()
+        self._never_fits_cache[shape] = reason
+        return reason
+
+    def _compute_never_fits_reason(self, req: GangRequest) -> str | None:
         chains = self._chains_for(req)
         if not chains:
             types = "|".join(req.leaf_types) or "any leaf type"
@@ -1598,6 +1936,45 @@ class HivedAllocator:
             req.key, f"{self._why(req)}{held} (position {position} in VC {req.vc}'s queue)", position
         )
 
+    def _vc_cells_text(self, vc: str, chain: str) -> str:
+        """What the VC's cells in the chain offer now: free leaves of its bound cells on healthy nodes (and
+        the most on one node), then its unbound quota per level with how many free healthy cells of that
+        level could take it (a cell of a higher free one counts: it can be split)."""
+        spec = self.cluster.chains[chain]
+        free_per_node: dict[Cell, int] = {}
+        for cell in self.quota.bound_cells(vc, chain):
+            if cell.pinned_id is not None:
+                continue
+            for node, counter, leaves in self._regions_of(cell):
+                if node.n_bad_nodes:
+                    continue
+                n = counter.n_free if counter is not None else sum(1 for x in leaves if x.n_free)
+                free_per_node[node] = free_per_node.get(node, 0) + n
+        free = sum(free_per_node.values())
+        text = (
+            f"its bound cells have {free} free leaves (at most {max(free_per_node.values(), default=0)}"
+            " on one node)"
+        )
+        unbound = []
+        for (c, level), _ in sorted(self.quota.quota[vc].items(), key=lambda kv: -kv[0][1]):
+            n = self.quota.unbound(vc, (c, level))
+            if c != chain or n <= 0:
+                continue
+            healthy = sum(
+                len(self.quota.free_descendants(level, [f]))
+                for upper in range(level, spec.top_level + 1)
+                for f in self.quota.free[(chain, upper)]
+                if f.healthy
+            )
+            unbound.append(
+                f"{n} {spec.types[level - 1]} (level {level}, {spec.leaves_per_cell(level)} leaves each;"
+                f" {healthy} free healthy such cells)"
+            )
+        doomed = sum(1 for c in self._doomed if c.bound_vc == vc and c.chain == chain)
+        if doomed:
+            text += f", {doomed} of them doomed (bound to bad hardware)"
+        return f"{text}, unbound quota: {', '.join(unbound) if unbound else 'none'}"
+
     def _why(self, req: GangRequest) -> str:
         chains = self._chains_for(req)
         parts = []
@@ -1611,8 +1988,9 @@ class HivedAllocator:
                 else f"needs {len(sizes)} pods of {shapes} (each pod on one node)"
             )
             where = f" in chain {chain}" if len(chains) > 1 else ""
-            nodes = {n.node_name for top in self.cluster.tops[chain] for n in top.node_cells}
-            bad = len(nodes & self.cluster.bad_nodes)
+            bad = sum(
+                1 for n in self.cluster.bad_nodes if any(c.chain == chain for c in self.cluster.nodes[n])
+            )
             bad_text = f"; {bad} bad node(s)" if bad else ""
             if req.infiniband:
                 ib_type = spec.types[spec.infiniband_level - 1]
@@ -1636,15 +2014,20 @@ class HivedAllocator:
                 held = f" ({reserved} reserved by preemptions in progress)" if reserved else ""
                 parts.append(
                     f"{used} of {total} guaranteed {spec.leaf_type} leaves in use{where}{held};"
-                    f" {need}{bad_text}"
+                    f" {self._vc_cells_text(req.vc, chain)}; {need}{bad_text}"
                 )
             else:
-                idle = sum(
-                    sum(1 for x in r[2] if x.owner is None and x.reserver is None and not x.shares)
+                per_node = [
+                    r[1].n_free
+                    if r[1] is not None
+                    else sum(1 for x in r[2] if x.owner is None and x.reserver is None and not x.shares)
                     for r in self._open_regions[chain]
                     if not r[0].n_bad_nodes
+                ]
+                parts.append(
+                    f"{sum(per_node)} idle {spec.leaf_type} leaves on healthy nodes{where}"
+                    f" (at most {max(per_node, default=0)} on one node); {need}{bad_text}"
                 )
-                parts.append(f"{idle} idle {spec.leaf_type} leaves on healthy nodes{where}; {need}{bad_text}")
         if req.guaranteed:
             return f"VC {req.vc}: " + "; ".join(parts)
         return "opportunistic (idle cells of any VC): " + "; ".join(parts)

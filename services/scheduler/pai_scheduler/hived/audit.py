@@ -13,7 +13,9 @@ Returns the list of violated invariants, empty when the state is sound:
 * every placed gang is whole: one slot per pod, each with the pod's leaf count, all on one node;
 * guaranteed gangs sit inside cells bound to their VC (or their pinned cell), opportunistic ones outside
   pinned cells;
-* every cell's counters equal a recount of its leaves; every bound cell still holds its VC's work;
+* every cell's counters equal a recount of its leaves, and every node cell sits in exactly the free-node
+  bucket of its free leaves; every bound cell still holds its VC's work, except doomed bad cells (bound
+  to bad hardware, idle);
 * the free lists are exactly the maximal unbound cells; every chain is safe (each VC can still bind all of
   its unbound quota).
 """
@@ -111,6 +113,10 @@ def audit(a: HivedAllocator) -> list[str]:
         )
         if (cell.n_free, cell.n_opportunistic, cell.n_guaranteed) != (free, oppo, guar):
             problems.append(f"cell {cell.id}: counters disagree with its leaves")
+        if cell.node is cell:
+            in_buckets = [n for n, nodes in enumerate(a.cluster.free_nodes[cell.chain]) if cell in nodes]
+            if in_buckets != [free]:
+                problems.append(f"node cell {cell.id} is in free-node buckets {in_buckets}, not [{free}]")
         bound_below = sum(1 for c in cell.walk() if c.bound_vc is not None)
         if cell.n_bound_below != bound_below:
             problems.append(f"cell {cell.id}: n_bound_below {cell.n_bound_below} != {bound_below}")
@@ -121,8 +127,11 @@ def audit(a: HivedAllocator) -> list[str]:
         )
         if maximal_free != (cell in a.quota.free[(cell.chain, cell.level)]):
             problems.append(f"cell {cell.id}: free-list membership is wrong")
-        if cell.bound_vc is not None and cell.pinned_id is None and cell.n_guaranteed == 0:
+        doomed = cell in a._doomed
+        if cell.bound_vc is not None and cell.pinned_id is None and cell.n_guaranteed == 0 and not doomed:
             problems.append(f"cell {cell.id} is bound to {cell.bound_vc} but idle")
+        if doomed and (cell.bound_vc is None or cell.pinned_id is not None or cell.n_guaranteed):
+            problems.append(f"doomed cell {cell.id} is not an idle quota binding")
     for v, g in groups.items():
         for p in g.preemptors:
             if v not in groups[p].victims:

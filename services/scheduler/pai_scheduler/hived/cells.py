@@ -167,6 +167,12 @@ class PhysicalCluster:
         self.leaf_memory_mb: dict[str, int] = {
             c.name: config.leaf_memory_mb(c.leaf_type) for c in config.chains
         }
+        # Node-level cells per chain bucketed by their free leaves (``free_nodes[chain][n]``: the nodes with
+        # n free leaves), kept exact by every leaf change: the allocator finds the best-fitting node
+        # without scanning them all.
+        self.free_nodes: dict[str, list[set[Cell]]] = {
+            c.name: [set() for _ in range(c.leaves_per_cell(c.node_level) + 1)] for c in config.chains
+        }
         for spec in config.physical_cells:
             chain = self.chains[spec.cell_type]
             top = self._build(
@@ -180,6 +186,9 @@ class PhysicalCluster:
                     cell.order = order
                     order += 1
         self._check_leaf_indices()
+        for nodes in self.nodes.values():
+            for node in nodes:
+                self.free_nodes[node.chain][node.n_free].add(node)
 
     # ------------------------------------------------------------------------------------ building
 
@@ -254,7 +263,10 @@ class PhysicalCluster:
         """Change one leaf's owner/reserver and keep every ancestor's counters exact."""
         f0, o0, g0 = _flags(leaf)
         leaf.owner = owner
-        leaf.owner_priority = priority if owner is not None else _share_priority(leaf)
+        if owner is not None:
+            leaf.owner_priority = priority
+        else:
+            leaf.owner_priority = _share_priority(leaf) if leaf.shares else FREE_PRIORITY
         leaf.reserver = reserver
         self._count(leaf, f0, o0, g0)
 
@@ -304,6 +316,12 @@ class PhysicalCluster:
                 cell.n_opportunistic += do
                 cell.n_guaranteed += dg
                 cell = cell.parent
+            if df:
+                node = leaf.node
+                assert node is not None
+                buckets = self.free_nodes[leaf.chain]
+                buckets[node.n_free - df].discard(node)
+                buckets[node.n_free].add(node)
 
     # ---------------------------------------------------------------------------------------- health
 

@@ -34,6 +34,8 @@ import yaml
 
 from pai_scheduler.hived.errors import ConfigError
 
+# The leaf type of the CPU chains an inventory builds: one leaf is one CPU core with its share of memory.
+CPU_LEAF_TYPE = "CPU"
 # GPU memory of a leaf whose SKU does not give ``gpuMemory``: 16 GiB, the smallest of the common data-centre
 # GPUs (V100-16GB, T4), so that memory shares never overbook a real device.
 DEFAULT_LEAF_MEMORY_MB = 16384
@@ -137,7 +139,7 @@ class ClusterConfig:
     cell_types: tuple[CellType, ...] = ()
     physical_cells: tuple[PhysicalCellSpec, ...] = ()
     virtual_clusters: tuple[VirtualClusterSpec, ...] = ()
-    # Nodes of an inventory that have no leaves: recorded, but the HiveD core does not schedule them yet.
+    # Nodes of an inventory that have no accelerator leaves (they get a CPU chain: see CPU_LEAF_TYPE).
     cpu_only_nodes: tuple[str, ...] = ()
     chains: tuple[ChainSpec, ...] = field(default=(), compare=False)
 
@@ -152,6 +154,12 @@ class ClusterConfig:
             if s.name == leaf_type:
                 return s
         return None
+
+    def is_cpu_leaf(self, leaf_type: str) -> bool:
+        """A leaf type whose SKU has ``gpu: 0`` is a unit of CPU and memory (OpenPAI's CPU-only SKUs), not an
+        accelerator: only pods that ask for no GPU are placed on it, and it counts as no GPU."""
+        sku = self.sku(leaf_type)
+        return sku is not None and sku.gpu == 0
 
     def leaf_memory_mb(self, leaf_type: str) -> int:
         """GPU memory of one leaf of this type: the SKU's ``gpuMemory``, else DEFAULT_LEAF_MEMORY_MB."""
@@ -503,9 +511,15 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
 
     Node cell types are named ``<leaf_type>-<leaf_count>-NODE``; nodes of one shape in one rack are grouped
     under a ``<n>-<leaf_type>-<leaf_count>-NODE`` rack cell. Per-leaf CPU and memory (the SKU) are the
-    node's totals divided by its leaf count, the smallest over the nodes of that leaf type. Leafless nodes
-    are listed in ``cpu_only_nodes``. ``virtual_clusters`` is HiveD's ``virtualClusters`` mapping; without
-    it one VC, ``default``, owns every top-level cell.
+    node's totals divided by its leaf count, the smallest over the nodes of that leaf type.
+
+    CPU and memory that no accelerator leaf carries become leaves of type ``CPU`` (SKU ``gpu: 0``, one core
+    and ``unit`` MB of memory each): all of a leafless node's (listed in ``cpu_only_nodes`` too), and a GPU
+    node's spare (its totals minus its leaves' SKU share). ``unit`` is the least memory per core over the
+    leafless nodes (over the GPU nodes' spares when there is no leafless node); a node gets
+    ``min(cores, memory // unit)`` CPU leaves, in a ``CPU-<n>-NODE`` cell under the same node name.
+    ``virtual_clusters`` is HiveD's ``virtualClusters`` mapping; without it one VC, ``default``, owns every
+    top-level cell.
     """
     reader = csv.DictReader(io.StringIO(text))
     header = tuple(h.strip() for h in (reader.fieldnames or ()))
@@ -513,9 +527,8 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         raise ConfigError(
             f"inventory: the header must be {','.join(INVENTORY_COLUMNS)}[,rack], got {','.join(header)}"
         )
-    nodes: list[tuple[str, str, int, str]] = []
+    rows: list[tuple[str, str, int, float, int, str]] = []
     sku: dict[str, tuple[float, int]] = {}
-    cpu_only: list[str] = []
     seen: set[str] = set()
     for line, row in enumerate(reader, start=2):
         where = f"inventory line {line}"
@@ -535,36 +548,69 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
             raise ConfigError(f"{where} (node {name}): leaf_count, cpu and memory_mb must be >= 0")
         leaf = (row.get("leaf_type") or "").strip()
         rack = (row.get("rack") or "").strip()
+        if count > 0:
+            if not leaf:
+                raise ConfigError(f"{where} (node {name}): leaf_type is empty but leaf_count is {count}")
+            if leaf == CPU_LEAF_TYPE:
+                raise ConfigError(
+                    f"{where} (node {name}): leaf_type {CPU_LEAF_TYPE!r} is reserved for the CPU leaves the"
+                    " inventory builds from CPU and memory"
+                )
+            per = (cpu / count, mem // count)
+            old = sku.get(leaf)
+            sku[leaf] = per if old is None else (min(old[0], per[0]), min(old[1], per[1]))
+        rows.append((name, leaf, count, cpu, mem, rack))
+
+    cpu_only = [name for name, _, count, _, _, _ in rows if count == 0]
+    # CPU and memory no accelerator leaf carries, per node: (whole cores, MB).
+    spare: dict[str, tuple[int, int]] = {}
+    for name, leaf, count, cpu, mem, _ in rows:
         if count == 0:
-            cpu_only.append(name)
-            continue
-        if not leaf:
-            raise ConfigError(f"{where} (node {name}): leaf_type is empty but leaf_count is {count}")
-        per = (cpu / count, mem // count)
-        old = sku.get(leaf)
-        sku[leaf] = per if old is None else (min(old[0], per[0]), min(old[1], per[1]))
-        nodes.append((name, leaf, count, rack))
+            spare[name] = (math.floor(cpu + 1e-9), mem)
+        else:
+            per_cpu, per_mem = sku[leaf]
+            spare[name] = (math.floor(cpu - count * per_cpu + 1e-9), mem - count * per_mem)
+    basis = [spare[n] for n in cpu_only] or list(spare.values())
+    units = [m // c for c, m in basis if c >= 1 and m // c >= 1]
+    unit_mb = min(units, default=0)
+
+    # (node, leaf type, leaves, rack, first leaf index): a node's CPU leaves are numbered after its
+    # accelerators, so that (node, index) names one leaf whatever the chain.
+    nodes: list[tuple[str, str, int, str, int]] = []
+    for name, leaf, count, _, _, rack in rows:
+        if count > 0:
+            nodes.append((name, leaf, count, rack, 0))
+        cores, mem = spare[name]
+        n = min(cores, mem // unit_mb) if unit_mb else 0
+        if n > 0:
+            nodes.append((name, CPU_LEAF_TYPE, n, rack, count))
+
+    def node_cell(node_type: str, name: str, first: int, count: int) -> PhysicalCellSpec:
+        if first == 0:
+            return PhysicalCellSpec(node_type, name)
+        leaves = tuple(PhysicalCellSpec("", str(first + i)) for i in range(count))
+        return PhysicalCellSpec(node_type, name, None, leaves)
 
     cell_types: dict[str, CellType] = {}
-    groups: dict[tuple[str, str], list[str]] = {}
-    standalone: list[tuple[str, str]] = []
-    for name, leaf, count, rack in nodes:
+    groups: dict[tuple[str, str], list[PhysicalCellSpec]] = {}
+    standalone: list[PhysicalCellSpec] = []
+    for name, leaf, count, rack, first in nodes:
         node_type = f"{leaf}-{count}-NODE"
         cell_types.setdefault(node_type, CellType(node_type, leaf, count, True))
         if rack:
-            groups.setdefault((rack, node_type), []).append(name)
+            groups.setdefault((rack, node_type), []).append(node_cell(node_type, name, first, count))
         else:
-            standalone.append((node_type, name))
+            standalone.append(node_cell(node_type, name, first, count))
     physical: list[PhysicalCellSpec] = []
     for (rack, node_type), members in sorted(groups.items()):
         rack_type = f"{len(members)}-{node_type}"
         # A rack is the InfiniBand domain of its nodes.
         cell_types.setdefault(rack_type, CellType(rack_type, node_type, len(members), False, True))
-        physical.append(
-            PhysicalCellSpec(rack_type, rack, None, tuple(PhysicalCellSpec(node_type, n) for n in members))
-        )
-    physical.extend(PhysicalCellSpec(t, n) for t, n in standalone)
+        physical.append(PhysicalCellSpec(rack_type, rack, None, tuple(members)))
+    physical.extend(standalone)
     skus = [SkuType(leaf, 1, c, m) for leaf, (c, m) in sorted(sku.items())]
+    if any(leaf == CPU_LEAF_TYPE for _, leaf, _, _, _ in nodes):
+        skus.append(SkuType(CPU_LEAF_TYPE, 0, 1.0, unit_mb))
     if virtual_clusters is None:
         tops: dict[str, int] = {}
         for cell in physical:

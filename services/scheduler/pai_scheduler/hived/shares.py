@@ -40,13 +40,15 @@ def fragmentation(
     A whole-GPU request (``milli >= 1000``) can use only free leaves, so every partly shared leaf with idle
     compute is stranded; a share request can also use a shared leaf with enough milli and memory left
     (whatever VC or kind its sharers are: this is the cluster's view). Bad nodes and reserved leaves are
-    left out; ``leaf_type`` restricts the count to one leaf type.
+    left out; ``leaf_type`` restricts the count to one leaf type (without it, CPU leaves are left out).
     """
     whole = milli >= MILLI_PER_LEAF
     free = shared = stranded = stranded_milli = 0
     for chain, spec in cluster.chains.items():
         if leaf_type is not None and spec.leaf_type != leaf_type:
             continue
+        if leaf_type is None and cluster.config.is_cpu_leaf(spec.leaf_type):
+            continue  # CPU leaves are no accelerators
         for top in cluster.tops[chain]:
             for node in top.node_cells:
                 if node.healthy:

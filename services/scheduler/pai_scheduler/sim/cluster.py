@@ -75,6 +75,8 @@ def from_config(config: ClusterConfig) -> SimCluster:
     nodes: list[SimNode] = []
     for top in config.physical_cells:
         chain = config.chain(top.cell_type)
+        if config.is_cpu_leaf(chain.leaf_type):
+            continue  # CPU leaves are no GPUs: not in the capacity, and invisible to the baselines
         _walk_nodes(top, chain, chain.top_level, nodes)
     pinned = _pinned_leaves(config.physical_cells, config)
     quotas: dict[str, dict[str, int]] = {}
@@ -82,6 +84,8 @@ def from_config(config: ClusterConfig) -> SimCluster:
         q = quotas.setdefault(vc.name, {})
         for vcell in vc.virtual_cells:
             chain = config.chain(vcell.chain)
+            if config.is_cpu_leaf(chain.leaf_type):
+                continue
             leaves = vcell.number * chain.leaves_per_cell(chain.level_of(vcell.cell_type))
             q[chain.leaf_type] = q.get(chain.leaf_type, 0) + leaves
         for pid in vc.pinned_cells:

@@ -7,10 +7,12 @@ reported to the engine as preempted and come back as new attempts (a new allocat
 resubmission is never mistaken for the idempotent repeat of a submission).
 
 Fractional tasks (``gpu_per_task`` below 1) ask the allocator for a share of one GPU (``gpu_milli``) and
-hold exactly that fraction. Requests the allocator does not support yet (CPU-only tasks) are reported as
-rejected with the allocator's reason: the simulator measures the allocator as it is, it does not round
-requests into something else. ``Downgraded`` decisions (lazy preemption) need nothing here: the gang keeps
-running where it is (the simulator's workloads do not ask for lazy preemption).
+hold exactly that fraction. Tasks asking for no GPU go to the cluster's CPU leaves (they hold no GPU), or,
+on a cluster without any, hold one GPU leaf each as OpenPAI does. Requests the allocator would raise
+``UnsupportedRequestError`` for are reported as rejected with its reason: the simulator measures the
+allocator as it is, it does not round requests into something else. ``Downgraded`` decisions (lazy
+preemption) need nothing here: the gang keeps running where it is (the simulator's workloads do not ask
+for lazy preemption).
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def gang_of(job: SimJob, key: str) -> GangRequest:
     return GangRequest(key, job.vc, job.priority, (member,), job.gpu_types)
 
 
-def _held(pl: PodPlacement) -> float:
+def _held(pl: PodPlacement, cpu_types: frozenset[str]) -> float:
+    """GPUs the pod holds (CPU leaves are none)."""
+    if pl.leaf_type in cpu_types:
+        return 0.0
     return pl.milli / MILLI_PER_LEAF if pl.is_share else float(len(pl.leaves))
 
 
@@ -49,6 +54,7 @@ class HivedPolicy:
 
     def __init__(self, cluster: SimCluster, clock: bool = False):
         self._alloc = HivedAllocator(cluster.config)
+        self._cpu_types = frozenset(s.name for s in cluster.config.sku_types if s.gpu == 0)
         # With the clock, the allocator sees simulated time and protects long-waiting heads from backfill
         # as the service does; without it, it never holds anything (the plain HiveD behaviour).
         self._clock = clock
@@ -108,7 +114,7 @@ class HivedPolicy:
                 placements = tuple(
                     p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type) for pl in d.placements
                 )
-                s = p.Started(job_id, placements, sum(_held(pl) for pl in d.placements))
+                s = p.Started(job_id, placements, sum(_held(pl, self._cpu_types) for pl in d.placements))
                 self._running[job_id] = s
                 started.append(s)
             elif isinstance(d, Preempting):

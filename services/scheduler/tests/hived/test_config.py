@@ -145,12 +145,21 @@ c1,,0,16,64000,
 
 def test_inventory_csv_builds_racks_nodes_and_skus() -> None:
     config = parse_inventory_csv(INVENTORY)
-    assert [c.name for c in config.chains] == ["2-A100-8-NODE", "H100-4-NODE"]
+    assert [c.name for c in config.chains] == ["2-A100-8-NODE", "CPU-16-NODE", "H100-4-NODE"]
     assert config.cpu_only_nodes == ("c1",)
+    # c1's 16 cores with 64000 MB: one CPU leaf per core, 4000 MB each; a2's spare 32 cores have no spare
+    # memory, so they make no CPU leaf.
+    cpu = config.sku("CPU")
+    assert cpu is not None and (cpu.gpu, cpu.cpu, cpu.memory_mb) == (0, 1.0, 4000)
+    assert config.is_cpu_leaf("CPU") and not config.is_cpu_leaf("A100")
     sku = config.sku("A100")
     assert sku is not None and sku.cpu == 8.0 and sku.memory_mb == 64000
     a = HivedAllocator(config)
-    assert a.quota.quota["default"] == {("2-A100-8-NODE", 3): 1, ("H100-4-NODE", 2): 1}
+    assert a.quota.quota["default"] == {
+        ("2-A100-8-NODE", 3): 1,
+        ("CPU-16-NODE", 2): 1,
+        ("H100-4-NODE", 2): 1,
+    }
     rack = a.cluster.tops["2-A100-8-NODE"][0]
     assert rack.address == "r1" and [n.node_name for n in rack.node_cells] == ["a1", "a2"]
 

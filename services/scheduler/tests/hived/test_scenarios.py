@@ -22,7 +22,6 @@ from pai_scheduler.hived import (
     Queued,
     Rejected,
     Released,
-    UnsupportedRequestError,
     load_hived_config,
 )
 from pai_scheduler.hived.audit import audit
@@ -133,8 +132,8 @@ def test_pinned_preemption_waits_for_the_victims_then_allocates(a: HivedAllocato
     d = a.submit(gang("g11", "VC1", 2, (2, 16), types=V100, pin="VC1-YQW-DGX2"))
     assert isinstance(d, Preempting) and d.victims == ("g5",)
     assert a.groups()["g5"] is GroupState.BEING_PREEMPTED
-    # A third gang cannot take the reserved cells.
-    q = a.submit(gang("g12", "VC1", 3, (1, 16), types=V100, pin="VC1-YQW-DGX2"))
+    # A third gang of the same priority cannot take the reserved cells (a higher one could: test_override.py).
+    q = a.submit(gang("g12", "VC1", 2, (1, 16), types=V100, pin="VC1-YQW-DGX2"))
     assert isinstance(q, Queued)
     out = a.release("g5")
     assert out[0] == Released("g5")
@@ -151,17 +150,21 @@ def test_preemption_chain_lowest_priority_and_opportunistic_first() -> None:
     # prod (100) needs the whole node: both lower-priority gangs of its own VC are victims, lowest first.
     d = a.submit(gang("prod", "vc1", 100, (1, 4), types=k80))
     assert isinstance(d, Preempting) and d.victims == ("test", "test2")
-    # crit (120) of the same VC cannot take reserved cells; it waits.
-    assert isinstance(a.submit(gang("crit", "vc1", 120, (1, 4), types=k80)), Queued)
+    # crit (120) of the same VC overrides prod's reservation (HiveD's Reserving/Reserved overwrite):
+    # prod goes back to waiting, crit preempts the same victims.
+    out = a.submit_all(gang("crit", "vc1", 120, (1, 4), types=k80))
+    assert [type(x) for x in out] == [Queued, Preempting]
+    assert out[0].key == "prod" and out[1].key == "crit" and out[1].victims == ("test", "test2")
+    assert a.groups()["prod"] is GroupState.PENDING
+    assert audit(a) == []
     assert a.release("test")[1:] == []
     out = a.release("test2")
-    # prod gets its cells, and the queued crit at once preempts prod in turn (the chain goes on).
-    assert [type(x) for x in out] == [Released, Allocated, Preempting]
-    assert out[1].key == "prod"
-    assert isinstance(out[2], Preempting) and out[2].key == "crit" and out[2].victims == ("prod",)
-    # crit is withdrawn before prod goes: prod keeps running, allocated again.
-    assert a.release("crit") == [Released("crit")]
-    assert a.groups()["prod"] is GroupState.ALLOCATED
+    assert [type(x) for x in out] == [Released, Allocated]
+    assert out[1].key == "crit"
+    # prod cannot preempt crit; it starts when crit ends.
+    assert isinstance(a.decision_of("prod"), Queued)
+    out = a.release("crit")
+    assert [type(x) for x in out] == [Released, Allocated] and out[1].key == "prod"
     assert audit(a) == []
 
 
@@ -222,6 +225,54 @@ def test_bad_nodes_are_avoided_and_running_work_survives(a: HivedAllocator) -> N
     assert audit(a) == []
 
 
+def test_doomed_bad_cells_are_bound_to_bad_hardware_per_vc() -> None:
+    """HiveD's testBadNodes: the 3-node rack 0.0.2.x is fully reserved (VC1 2 node cells, VC2 1)."""
+    a = design(
+        (
+            "    - cellType: CT1-NODE\n      cellNumber: 1\n",
+            "    - cellType: CT1-NODE\n      cellNumber: 1\n"
+            "    - cellType: 3-DGX2-V100-NODE.DGX2-V100-NODE\n      cellNumber: 1\n",
+        )
+    )
+
+    def doomed() -> dict[str, list[str]]:
+        assert audit(a) == []
+        return {
+            vc: [a.cluster.cells[c].node_name or "" for c in cells] for vc, cells in a.doomed_cells().items()
+        }
+
+    assert nodes(a.submit(gang("pod42", "VC1", 1, (1, 16), types=V100))) == ["0.0.2.0"]
+    a.set_node_health("0.0.2.1", False)
+    assert doomed() == {}  # per VC, each still has a healthy free node for its one unbound cell
+    assert nodes(a.submit(gang("pod43", "VC2", 1, (1, 16), types=V100))) == ["0.0.2.2"]
+    assert doomed() == {"VC1": ["0.0.2.1"]}
+    assert "bound to bad hardware (doomed: node(s) 0.0.2.1)" in a.doomed_quota()["VC1"][0]
+    snap = json.loads(json.dumps(a.snapshot()))
+    b = HivedAllocator.restore(a.config, snap)
+    assert b.snapshot() == snap and audit(b) == []
+    assert a.release("pod43") == b.release("pod43") == [Released("pod43")]
+    assert doomed() == {} and a.snapshot() == b.snapshot()
+    a.set_node_health("0.0.2.2", False)
+    assert doomed() == {"VC1": ["0.0.2.1"], "VC2": ["0.0.2.2"]}
+    a.set_node_health("0.0.2.2", True)
+    assert doomed() == {}
+    a.set_node_health("0.0.2.0", False)
+    a.set_node_health("0.0.2.2", False)
+    a.release("pod42")
+    assert doomed() == {"VC1": ["0.0.2.0", "0.0.2.1"], "VC2": ["0.0.2.2"]}
+    # A doomed cell is avoided: VC2's only V100 quota is doomed, so its V100 job waits.
+    q = a.submit(gang("pod44", "VC2", 1, (1, 16), types=V100))
+    assert isinstance(q, Queued) and "3 bad node(s)" in q.reason
+    assert "its bound cells have 0 free leaves (at most 0 on one node), 1 of them doomed" in q.reason
+    # Its node recovers: the doomed binding goes, and the job starts there.
+    out = a.set_node_health("0.0.2.2", True)
+    assert nodes(out[0]) == ["0.0.2.2"]
+    assert doomed() == {"VC1": ["0.0.2.0", "0.0.2.1"]}
+    for node in ("0.0.2.0", "0.0.2.1"):
+        a.set_node_health(node, True)
+    assert doomed() == {}
+
+
 def test_safe_relaxed_buddy_allocation() -> None:
     # HiveD's testSafeRelaxedBuddyAlloc: VC1 = 4 node cells of the 4-rack chain, VC2 = one 2-node cell.
     text = (CONFIGS / "design.yaml").read_text()
@@ -253,13 +304,45 @@ def test_safe_relaxed_buddy_allocation() -> None:
     q = a.submit(gang("p47", "VC1", 1, (1, 16), types=V100))
     assert isinstance(q, Queued) and "1 bad node(s)" in q.reason
     assert sorted(nodes(a.submit(gang("vc2", "VC2", 1, (2, 16), types=V100)))) != []
+    # VC1's last unbound node cell can only be backed by the bad 0.0.3.3 now: it is bound there, doomed.
     assert a.doomed_quota() == {
         "VC1": [
-            "VC VC1: only 0 of 1 free DGX2-V100-NODE cells (chain 4-DGX2-V100-NODE, level 5)"
-            " can be bound to healthy hardware"
+            "VC VC1: its DGX2-V100-NODE cell (chain 4-DGX2-V100-NODE, level 5) is bound to bad hardware"
+            " (doomed: node(s) 0.0.3.3)"
         ]
     }
+    assert [a.cluster.cells[c].node_name for c in a.doomed_cells()["VC1"]] == ["0.0.3.3"]
     assert audit(a) == []
+
+
+def test_why_pending_names_free_and_unbound_cells_per_level() -> None:
+    a = HivedAllocator(
+        load_hived_config("""
+physicalCluster:
+  cellTypes:
+    NODE: {childCellType: V100, childCellNumber: 4, isNodeLevel: true}
+  physicalCells:
+  - {cellType: NODE, cellAddress: n0}
+  - {cellType: NODE, cellAddress: n1}
+  - {cellType: NODE, cellAddress: n2}
+virtualClusters:
+  a: {virtualCells: [{cellType: NODE, cellNumber: 2}]}
+  b: {virtualCells: [{cellType: NODE, cellNumber: 1}]}
+""")
+    )
+    assert isinstance(a.submit(gang("l0", "a", 1, (1, 3))), Allocated)
+    q = a.submit(gang("big", "a", 1, (2, 4)))
+    assert isinstance(q, Queued)
+    assert (
+        "3 of 8 guaranteed V100 leaves in use; its bound cells have 1 free leaves (at most 1 on one node),"
+        " unbound quota: 1 NODE (level 2, 4 leaves each; 2 free healthy such cells); needs 2 pods of 4"
+    ) in q.reason
+    a.set_node_health("n2", False)
+    assert (
+        "unbound quota: 1 NODE (level 2, 4 leaves each; 1 free healthy such cells)" in a.pending()[0].reason
+    )
+    a.set_node_health("n0", False)
+    assert "its bound cells have 0 free leaves" in a.pending()[0].reason
 
 
 def test_why_pending_names_the_vc_quota_and_need() -> None:
@@ -269,8 +352,16 @@ def test_why_pending_names_the_vc_quota_and_need() -> None:
     q = a.submit(gang("big", "vc1", 10, (1, 4), types=("K80",)))
     assert isinstance(q, Queued)
     assert q.reason == (
-        "VC vc1: 4 of 4 guaranteed K80 leaves in use; needs 4 on one node (position 1 in VC vc1's queue)"
+        "VC vc1: 4 of 4 guaranteed K80 leaves in use; its bound cells have 0 free leaves (at most 0 on one"
+        " node), unbound quota: none; needs 4 on one node (position 1 in VC vc1's queue)"
     )
+    # Opportunistic work sees the idle leaves of the whole cluster, and the most on one node.
+    o = a.submit(gang("o", "vc1", -1, (3, 4), types=("K80",)))
+    assert isinstance(o, Allocated)
+    o2 = a.submit(gang("o2", "vc1", -1, (1, 4), types=("K80",)))
+    assert isinstance(o2, Queued) and "(at most 0 on one node); needs 4 on one node" in o2.reason
+    a.release("o")
+    a.release("o2")
     q2 = a.submit(gang("big2", "vc1", 10, (1, 4), types=("K80",)))
     assert isinstance(q2, Queued) and q2.position == 2
     a.release("j0")
@@ -313,8 +404,9 @@ def test_user_errors_are_rejected_and_unsupported_features_raise(a: HivedAllocat
     # InfiniBand placement is supported now (test_infiniband.py).
     assert isinstance(a.submit(GangRequest("ib", "VC1", 1, (Member("r", 1, 1),), infiniband=True)), Allocated)
     a.release("ib")
-    with pytest.raises(UnsupportedRequestError, match="CPU-only"):
-        a.submit(GangRequest("cpu", "VC1", 1, (Member("r", 1, 0),)))
+    # A pod asking for no GPU on a cluster without CPU leaves holds one leaf (tests/hived/test_cpu.py).
+    assert isinstance(a.submit(GangRequest("cpu", "VC1", 1, (Member("r", 1, 0),))), Allocated)
+    a.release("cpu")
     assert a.snapshot()["groups"] == []
 
 
@@ -347,6 +439,7 @@ def test_release_gives_back_exactly_and_is_idempotent(a: HivedAllocator) -> None
     after = a.snapshot()
     assert after["next_seq"] == 1
     after["next_seq"] = 0
+    assert after.pop("next_start") == 1  # the order gangs start in, for choosing victims
     assert after == before
     assert a.release("g") == []
 

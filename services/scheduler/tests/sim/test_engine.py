@@ -298,14 +298,14 @@ def test_sharing_anomaly_example() -> None:
     assert hived.metrics["preemptions"] == 0
 
 
-def test_hived_rejects_what_its_core_does_not_support_yet() -> None:
+def test_hived_runs_fractional_and_cpu_only_jobs() -> None:
     cluster = inventory(("n0", "V100", 8))
-    # No GPU, CPU or memory: no leaf at all. (With CPU or memory the SKU turns them into leaves.)
+    # No GPU, CPU or memory, on a cluster without CPU leaves: the pod holds one GPU leaf it does not see.
     cpu_only = SimJob("cpu", 1, 100, "default", 100, 1, 0, (), 0, 0)
     jobs = [job("frac", 0, 0.5), cpu_only, job("sku", 2, 0), job("ok", 3, 2)]
     r = simulate(make_policy("hived", cluster), cluster.capacity, jobs).records
     assert r["frac"].state == "completed"
-    assert r["cpu"].state == "rejected" and "CPU-only" in r["cpu"].reason
+    assert r["cpu"].state == "completed"
     assert r["sku"].state == "completed" and r["ok"].state == "completed"
 
 
