@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from pai_common.bus import EVENTS_STREAM, Bus
 from pai_common.contract.commands import LaunchTask
 from pai_common.contract.events import TaskExited
 from pai_common.contract.types import JobSpec, Placement, TaskRoleSpec
-from pai_common.embedded import ServerProcess, start_nats
+from pai_common.embedded import ServerProcess
 from pai_common.envelope import decode
 from pai_orchestrator.environment import task_environment
 from pai_orchestrator.ports import assign_ports
@@ -79,23 +79,8 @@ print("reached", len(seen), "peer ports; accepted", sum(accepted.values()))
 PYTHON"""
 
 
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_nats(tmp_path / "nats")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_srv.url, "test")
-    await bus.ensure_streams()
-    yield bus
-    await bus.close()
-
-
 async def test_every_task_of_a_three_role_job_reaches_every_other(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
     roles = {"master": (1, {"grpc": 1}), "worker": (2, {"nccl": 2}), "ps": (1, {})}
     spec = JobSpec(
@@ -111,13 +96,13 @@ async def test_every_task_of_a_three_role_job_reaches_every_other(
     agents = []
     for _ in range(2):
         settings = RuntimeSettings(
-            nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path / "data",
+            nats_url=fresh_nats.url, mongo_url=mongo_server.url, data_dir=tmp_path / "data",
             node_name=f"n-{uuid.uuid4().hex[:6]}", force_simulated=True, nak_base_delay_s=0.05,
         )  # fmt: skip
         agent = Agent(settings)
         agent.app.name = f"rt{uuid.uuid4().hex[:8]}"
         agents.append(agent)
-    sub = await client.js.subscribe("pai.evt.task.exited", stream=EVENTS_STREAM, ordered_consumer=True)
+    sub = await fresh_bus.js.subscribe("pai.evt.task.exited", stream=EVENTS_STREAM, ordered_consumer=True)
     for agent in agents:
         await agent.app.start()
     try:
@@ -128,7 +113,7 @@ async def test_every_task_of_a_three_role_job_reaches_every_other(
         ]
         gang = assign_ports(spec.job_key, 0, spec, placements)
         for p in gang:
-            await client.send_command(
+            await fresh_bus.send_command(
                 LaunchTask(
                     job_key=spec.job_key, attempt_id=0, task_role=p.task_role, index=p.index, node=p.node,
                     gpus=[], entrypoint=PEER_CHECK, env=task_environment(spec, p.task_role, p.index, gang),

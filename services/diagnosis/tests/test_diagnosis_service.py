@@ -4,9 +4,7 @@ and the gateway's admin routes in front of it."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +13,14 @@ import pytest
 import yaml
 from fastapi import Request
 
-from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.bus import Bus
 from pai_common.contract.events import TaskDiagnosed, TaskExited
 from pai_common.contract.rpc import ExitSpecReply, GetExitSpecRequest, Identity, PutExitSpecRequest
-from pai_common.embedded import ServerProcess, start_nats
-from pai_common.envelope import decode
+from pai_common.embedded import ServerProcess
 from pai_common.errors import ForbiddenUserError, InvalidParametersError
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
+from pai_common.testing import EventRecorder
 from pai_diagnosis.shell import DIAGNOSES, Diagnoser
 from pai_diagnosis.spec import builtin_spec
 from pai_gateway.http_app import build_http_app
@@ -43,55 +41,12 @@ spec:
 """
 
 
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_nats(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_srv.url, "test")
-    await bus.ensure_streams()
-    yield bus
-    await bus.close()
-
-
 def diagnosis_app(nats: ServerProcess, mongo: ServerProcess, db: str, data: Path) -> ServiceApp:
     settings = Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data, nak_base_delay_s=0.05)
     app = ServiceApp("diagnosis", settings)
     Diagnoser(app)
     app.name = db  # a database of this test's own; the bus subjects stay the service's
     return app
-
-
-class Diagnoses:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.seen: list[TaskDiagnosed] = []
-
-    async def start(self) -> None:
-        self.sub = await self.bus.js.subscribe(
-            "pai.evt.task.diagnosed", stream=EVENTS_STREAM, ordered_consumer=True
-        )
-
-    async def wait_for(self, job_key: str, timeout: float = 15) -> TaskDiagnosed:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for e in self.seen:
-                if e.job_key == job_key:
-                    return e
-            remaining = deadline - loop.time()
-            assert remaining > 0, f"no diagnosis for {job_key}; saw {[e.job_key for e in self.seen]}"
-            try:
-                msg = await self.sub.next_msg(timeout=min(remaining, 1))
-            except Exception:
-                continue
-            body = decode(msg.headers, msg.data).body
-            assert isinstance(body, TaskDiagnosed)
-            self.seen.append(body)
 
 
 def exited(job: str, exit_code: int, log: str = "", **extra: Any) -> TaskExited:
@@ -109,35 +64,35 @@ def exited(job: str, exit_code: int, log: str = "", **extra: Any) -> TaskExited:
 
 
 async def test_exits_are_diagnosed_stored_and_published(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
     db = f"diag{uuid.uuid4().hex[:8]}"
-    seen = Diagnoses(client)
+    seen = EventRecorder(fresh_bus, "pai.evt.task.diagnosed")
     await seen.start()
-    app = diagnosis_app(nats_srv, mongo_server, db, tmp_path)
+    app = diagnosis_app(fresh_nats, mongo_server, db, tmp_path)
     await app.start()
     try:
         log = "step 10\ntorch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
-        await client.publish_event(exited("u~oom", 1, log, task_attempt_id=2))
-        d = await seen.wait_for("u~oom")
+        await fresh_bus.publish_event(exited("u~oom", 1, log, task_attempt_id=2))
+        d = await seen.wait_for(TaskDiagnosed, "u~oom")
         assert (d.exit_code, d.spec_code, d.spec_phrase) == (1, 300, "ContainerTorchCudaOutOfMemory")
         assert (d.failure_type, d.reaction, d.task_attempt_id) == ("Permanent", "NEVER_RETRY", 2)
         assert d.exit_spec is not None and d.exit_spec["code"] == 300 and "pattern" not in d.exit_spec
         assert d.matched is not None and "Tried to allocate 2.00 GiB" in d.matched and "step 10" in d.matched
         assert d.explanation and d.suggestion and d.message == d.explanation
 
-        await client.publish_event(exited("u~sig", -9, signal=9))
-        sig = await seen.wait_for("u~sig")
+        await fresh_bus.publish_event(exited("u~sig", -9, signal=9))
+        sig = await seen.wait_for(TaskDiagnosed, "u~sig")
         assert (sig.exit_code, sig.spec_code, sig.failure_type, sig.matched) == (137, 137, "Transient", None)
 
-        await client.publish_event(exited("u~evict", 137, pod_reason="Evicted"))
-        assert (await seen.wait_for("u~evict")).spec_code == -1000
-        await client.publish_event(
+        await fresh_bus.publish_event(exited("u~evict", 137, pod_reason="Evicted"))
+        assert (await seen.wait_for(TaskDiagnosed, "u~evict")).spec_code == -1000
+        await fresh_bus.publish_event(
             exited("u~xid", 1, gpu_health={"0": {"xid": [79], "ecc_double": 0}}, container_reason="Error")
         )
-        assert (await seen.wait_for("u~xid")).spec_code == 320
-        await client.publish_event(exited("u~ok", 0))
-        assert (await seen.wait_for("u~ok")).failure_type == "Succeeded"
+        assert (await seen.wait_for(TaskDiagnosed, "u~xid")).spec_code == 320
+        await fresh_bus.publish_event(exited("u~ok", 0))
+        assert (await seen.wait_for(TaskDiagnosed, "u~ok")).failure_type == "Succeeded"
 
         stored = await app.db[DIAGNOSES].find_one({"_id": "u~oom/0/worker/0/2"})
         assert stored is not None
@@ -151,60 +106,60 @@ async def test_exits_are_diagnosed_stored_and_published(
 
 
 async def test_the_spec_is_validated_stored_and_kept_across_restarts(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
     db = f"diag{uuid.uuid4().hex[:8]}"
-    seen = Diagnoses(client)
+    seen = EventRecorder(fresh_bus, "pai.evt.task.diagnosed")
     await seen.start()
-    app = diagnosis_app(nats_srv, mongo_server, db, tmp_path)
+    app = diagnosis_app(fresh_nats, mongo_server, db, tmp_path)
     await app.start()
     try:
-        got = await client.request(GetExitSpecRequest(username="root", admin=True), ExitSpecReply)
+        got = await fresh_bus.request(GetExitSpecRequest(username="root", admin=True), ExitSpecReply)
         assert (got.source, got.revision) == ("builtin", 0)
         assert got.spec == builtin_spec().document
         with pytest.raises(ForbiddenUserError):
-            await client.request(GetExitSpecRequest(username="bob"), ExitSpecReply)
+            await fresh_bus.request(GetExitSpecRequest(username="bob"), ExitSpecReply)
         with pytest.raises(ForbiddenUserError):
-            await client.request(PutExitSpecRequest(text=LICENSE_SPEC, username="bob"), ExitSpecReply)
+            await fresh_bus.request(PutExitSpecRequest(text=LICENSE_SPEC, username="bob"), ExitSpecReply)
         # A full replacement without the fallback codes, and a regex RE2 cannot run linearly: refused, and
         # nothing changes.
         with pytest.raises(InvalidParametersError, match="code 255 is required"):
-            await client.request(
+            await fresh_bus.request(
                 PutExitSpecRequest(text=LICENSE_SPEC, username="root", admin=True), ExitSpecReply
             )
         evil = LICENSE_SPEC.replace("(?i)license server unreachable", "(a+)\\1")
         with pytest.raises(InvalidParametersError, match="RE2"):
-            await client.request(
+            await fresh_bus.request(
                 PutExitSpecRequest(text=evil, mode="overlay", username="root", admin=True), ExitSpecReply
             )
         with pytest.raises(InvalidParametersError, match="empty"):
-            await client.request(PutExitSpecRequest(text=" ", username="root", admin=True), ExitSpecReply)
+            await fresh_bus.request(PutExitSpecRequest(text=" ", username="root", admin=True), ExitSpecReply)
 
-        put = await client.request(
+        put = await fresh_bus.request(
             PutExitSpecRequest(text=LICENSE_SPEC, mode="overlay", username="root", admin=True), ExitSpecReply
         )
         assert (put.source, put.revision, put.updated_by) == ("uploaded", 1, "root")
         assert put.spec["spec"][-1]["code"] == 450
-        await client.publish_event(exited("u~lic", 1, "FATAL: license server unreachable at 10.0.0.9\n"))
-        lic = await seen.wait_for("u~lic")
+        await fresh_bus.publish_event(exited("u~lic", 1, "FATAL: license server unreachable at 10.0.0.9\n"))
+        lic = await seen.wait_for(TaskDiagnosed, "u~lic")
         assert (lic.spec_code, lic.failure_type, lic.reaction) == (450, "Transient", "ALWAYS_RETRY")
     finally:
         await app.stop()
 
     # A new process finds the uploaded spec in its database.
-    app = diagnosis_app(nats_srv, mongo_server, db, tmp_path)
+    app = diagnosis_app(fresh_nats, mongo_server, db, tmp_path)
     await app.start()
     try:
-        got = await client.request(GetExitSpecRequest(username="root", admin=True), ExitSpecReply)
+        got = await fresh_bus.request(GetExitSpecRequest(username="root", admin=True), ExitSpecReply)
         assert (got.source, got.revision, got.spec["spec"][-1]["code"]) == ("uploaded", 1, 450)
-        await client.publish_event(exited("u~lic2", 1, "license server unreachable\n"))
-        assert (await seen.wait_for("u~lic2")).spec_code == 450
-        reset = await client.request(
+        await fresh_bus.publish_event(exited("u~lic2", 1, "license server unreachable\n"))
+        assert (await seen.wait_for(TaskDiagnosed, "u~lic2")).spec_code == 450
+        reset = await fresh_bus.request(
             PutExitSpecRequest(mode="reset", username="root", admin=True), ExitSpecReply
         )
         assert reset.revision == 2 and reset.spec == builtin_spec().document
-        await client.publish_event(exited("u~lic3", 1, "license server unreachable\n"))
-        assert (await seen.wait_for("u~lic3")).spec_code == 255
+        await fresh_bus.publish_event(exited("u~lic3", 1, "license server unreachable\n"))
+        assert (await seen.wait_for(TaskDiagnosed, "u~lic3")).spec_code == 255
     finally:
         await app.stop()
 
@@ -219,12 +174,12 @@ class _Caller:
 
 
 async def test_gateway_routes_for_admins(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
-    app = diagnosis_app(nats_srv, mongo_server, f"diag{uuid.uuid4().hex[:8]}", tmp_path)
+    app = diagnosis_app(fresh_nats, mongo_server, f"diag{uuid.uuid4().hex[:8]}", tmp_path)
     await app.start()
     try:
-        http = build_http_app(lambda: client, GatewaySettings(nats_url=nats_srv.url))
+        http = build_http_app(lambda: fresh_bus, GatewaySettings(nats_url=fresh_nats.url))
         http.state.resolver = _Caller
         transport = httpx.ASGITransport(app=http)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:

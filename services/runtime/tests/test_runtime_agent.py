@@ -11,65 +11,24 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.bus import Bus
 from pai_common.contract.base import heartbeat_subject
 from pai_common.contract.commands import KillTask, LaunchTask
 from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
 from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogReply, TaskLogRequest
-from pai_common.embedded import ServerProcess, start_nats
-from pai_common.envelope import decode
+from pai_common.embedded import ServerProcess
 from pai_common.errors import NoTaskLogError
+from pai_common.testing import EventRecorder
 from pai_runtime.settings import RuntimeSettings
 from pai_runtime.shell import PORT_CONFLICT_EXIT, Agent
 
 SECRET = "hunter2-very-secret"
-
-
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_nats(tmp_path / "nats")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_srv.url, "test")
-    await bus.ensure_streams()
-    yield bus
-    await bus.close()
-
-
-class Events:
-    """Every runtime event on the stream, decoded, with the raw payloads kept for secret checks."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.seen: list[tuple[Any, bytes]] = []
-
-    async def start(self) -> None:
-        self.sub = await self.bus.js.subscribe("pai.evt.>", stream=EVENTS_STREAM, ordered_consumer=True)
-
-    async def wait_for(self, check: Any, timeout: float = 20) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            for body, _ in self.seen:
-                if check(body):
-                    return body
-            remaining = deadline - asyncio.get_running_loop().time()
-            assert remaining > 0, "the event never came"
-            try:
-                msg = await self.sub.next_msg(timeout=min(remaining, 0.5))
-            except Exception:
-                continue
-            self.seen.append((decode(msg.headers, msg.data).body, msg.data))
 
 
 def _agent(nats: ServerProcess, mongo: ServerProcess, data: Path, **kw: Any) -> Agent:
@@ -117,45 +76,45 @@ def _exited(job: str, role: str = "worker", index: int = 0, attempt: int = 0) ->
 
 
 async def test_exits_signals_and_stops(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
-    events = Events(client)
+    events = EventRecorder(fresh_bus)
     await events.start()
-    agent = _agent(nats_srv, mongo_server, tmp_path)
+    agent = _agent(fresh_nats, mongo_server, tmp_path)
     await agent.app.start()
     try:
-        registered = await events.wait_for(lambda e: isinstance(e, NodeRegistered) and e.node == agent.node)
+        registered = await events.wait_until(lambda e: isinstance(e, NodeRegistered) and e.node == agent.node)
         assert (
             registered.simulated and registered.inventory_source == "simulated" and len(registered.gpus) == 2
         )
 
         job = "alice~exits"
-        await client.send_command(
+        await fresh_bus.send_command(
             _launch(agent, job, "worker", 0, "echo out; echo err >&2; exit 3"), agent.node
         )
-        await client.send_command(_launch(agent, job, "worker", 1, "kill -SEGV $$"), agent.node)
+        await fresh_bus.send_command(_launch(agent, job, "worker", 1, "kill -SEGV $$"), agent.node)
         # A tree that ignores SIGTERM: only the SIGKILL after the grace period ends it.
         tree = "trap '' TERM\nbash -c \"trap '' TERM; sleep 300\" &\nsleep 300 &\nwait"
-        await client.send_command(_launch(agent, job, "worker", 2, tree), agent.node)
+        await fresh_bus.send_command(_launch(agent, job, "worker", 2, tree), agent.node)
 
-        first = await events.wait_for(_exited(job, "worker", 0))
+        first = await events.wait_until(_exited(job, "worker", 0))
         assert (first.exit_code, first.signal) == (3, None)
         assert "out" in first.log_tail and "err" in first.log_tail
-        second = await events.wait_for(_exited(job, "worker", 1))
+        second = await events.wait_until(_exited(job, "worker", 1))
         assert (second.exit_code, second.signal) == (139, 11)
 
-        running = await events.wait_for(
+        running = await events.wait_until(
             lambda e: isinstance(e, TaskRunning) and e.index == 2 and e.job_key == job
         )
         assert running.backend == "host" and running.node == agent.node
         await asyncio.sleep(0.5)  # the traps are set
         group = running.pid
-        await client.send_command(
+        await fresh_bus.send_command(
             KillTask(job_key=job, attempt_id=0, task_role="worker", index=2, node=agent.node, reason="stop",
                      grace_period_s=0.5),
             agent.node,
         )  # fmt: skip
-        third = await events.wait_for(_exited(job, "worker", 2))
+        third = await events.wait_until(_exited(job, "worker", 2))
         assert (third.exit_code, third.signal) == (137, 9)
         assert _live_members(group) == []  # nothing of the tree is left
 
@@ -169,7 +128,7 @@ async def test_exits_signals_and_stops(
                 task_attempt_id=attempt,
                 stream=stream,
             )
-            return await client.request(req, TaskLogReply, target=agent.node)
+            return await fresh_bus.request(req, TaskLogReply, target=agent.node)
 
         assert (await logs("stdout")).content == "out\n"
         assert (await logs("stderr")).content == "err\n"
@@ -181,9 +140,9 @@ async def test_exits_signals_and_stops(
 
 
 async def test_secrets_stay_inside_the_task(
-    nats_srv: ServerProcess,
+    fresh_nats: ServerProcess,
     mongo_server: ServerProcess,
-    client: Bus,
+    fresh_bus: Bus,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -194,11 +153,11 @@ async def test_secrets_stay_inside_the_task(
         asked.append(req)
         return JobSecretsReply(secrets={"token": SECRET, "db": {"password": "pw-" + SECRET}})
 
-    jobs = await Bus.connect(nats_srv.url, "jobs")
+    jobs = await Bus.connect(fresh_nats.url, "jobs")
     await jobs.serve_rpc({JobSecretsRequest: secrets})
-    events = Events(client)
+    events = EventRecorder(fresh_bus)
     await events.start()
-    agent = _agent(nats_srv, mongo_server, tmp_path)
+    agent = _agent(fresh_nats, mongo_server, tmp_path)
     await agent.app.start()
     try:
         job = "alice~secretive"
@@ -208,10 +167,10 @@ async def test_secrets_stay_inside_the_task(
             "echo 'to stderr <% $secrets.token %>' >&2\nexit 1"
         )
         plugins = [{"plugin": "cmd", "parameters": {"preCommands": ["echo pre <% $secrets.token %>"]}}]
-        await client.send_command(
+        await fresh_bus.send_command(
             _launch(agent, job, "worker", 0, entrypoint, has_secrets=True, plugins=plugins), agent.node
         )
-        exited = await events.wait_for(_exited(job))
+        exited = await events.wait_until(_exited(job))
         assert exited.exit_code == 1
         assert [(r.job_key, r.node) for r in asked] == [(job, agent.node)]
         # Rendered inside the task: its own files and output have the value.
@@ -221,14 +180,14 @@ async def test_secrets_stay_inside_the_task(
         assert (workdir / "user.sh").stat().st_mode & 0o777 == 0o600
         # Masked wherever the platform shows it.
         assert "token=******" in exited.log_tail and "pre ******" in exited.log_tail
-        reply = await client.request(
+        reply = await fresh_bus.request(
             TaskLogRequest(job_key=job, attempt_id=0, task_role="worker", index=0, stream="all"),
             TaskLogReply,
             target=agent.node,
         )
         assert "token=******" in reply.content and SECRET not in reply.content
         # Never in an event, a command's echo, or the agent's own logs.
-        assert events.seen and all(SECRET.encode() not in raw for _, raw in events.seen)
+        assert events.raw and all(SECRET.encode() not in raw for raw in events.raw)
         assert all(SECRET not in r.getMessage() and SECRET not in str(r.__dict__) for r in caplog.records)
     finally:
         await agent.app.stop()
@@ -236,11 +195,11 @@ async def test_secrets_stay_inside_the_task(
 
 
 async def test_set_up_failures_end_the_task_with_a_reason(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
-    events = Events(client)
+    events = EventRecorder(fresh_bus)
     await events.start()
-    agent = _agent(nats_srv, mongo_server, tmp_path)
+    agent = _agent(fresh_nats, mongo_server, tmp_path)
     await agent.app.start()
     taken = socket.socket()
     taken.bind(("0.0.0.0", 0))
@@ -248,18 +207,18 @@ async def test_set_up_failures_end_the_task_with_a_reason(
     try:
         job = "alice~bad"
         port = taken.getsockname()[1]
-        await client.send_command(
+        await fresh_bus.send_command(
             _launch(agent, job, "worker", 0, "echo never", ports={"http": [port]}), agent.node
         )
-        await client.send_command(
+        await fresh_bus.send_command(
             _launch(agent, job, "worker", 1, "echo never", plugins=[{"plugin": "nope"}]), agent.node
         )
-        await client.send_command(_launch(agent, job, "worker", 2, "echo <% $secrets.x %>"), agent.node)
-        conflict = await events.wait_for(_exited(job, "worker", 0))
+        await fresh_bus.send_command(_launch(agent, job, "worker", 2, "echo <% $secrets.x %>"), agent.node)
+        conflict = await events.wait_until(_exited(job, "worker", 0))
         assert conflict.exit_code == PORT_CONFLICT_EXIT and str(port) in conflict.log_tail
-        plugin = await events.wait_for(_exited(job, "worker", 1))
+        plugin = await events.wait_until(_exited(job, "worker", 1))
         assert plugin.exit_code == 1 and "unknown runtime plugin 'nope'" in plugin.log_tail
-        secret = await events.wait_for(_exited(job, "worker", 2))
+        secret = await events.wait_until(_exited(job, "worker", 2))
         assert secret.exit_code == 1 and "no secret $secrets.x" in secret.log_tail
         assert all("never" not in e.log_tail.replace("echo never", "") for e in (conflict, plugin, secret))
     finally:
@@ -268,17 +227,17 @@ async def test_set_up_failures_end_the_task_with_a_reason(
 
 
 async def test_task_attempts_logs_retention_and_metrics(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
-    events = Events(client)
+    events = EventRecorder(fresh_bus)
     await events.start()
-    agent = _agent(nats_srv, mongo_server, tmp_path, metrics_s=0.2, log_retention_s=3600)
+    agent = _agent(fresh_nats, mongo_server, tmp_path, metrics_s=0.2, log_retention_s=3600)
     await agent.app.start()
     try:
         job = "alice~retried"
         # The same task, attempted twice: each attempt has its own directory and logs.
         for attempt in (0, 1):
-            await client.send_command(
+            await fresh_bus.send_command(
                 _launch(agent, job, "worker", 0, f"echo attempt {attempt}; sleep 1", task_attempt_id=attempt),
                 agent.node,
             )
@@ -290,7 +249,7 @@ async def test_task_attempts_logs_retention_and_metrics(
         assert (REGISTRY.get_sample_value("pai_task_memory_bytes", labels) or 0) > 0
         assert (REGISTRY.get_sample_value("pai_task_processes", labels) or 0) >= 2
         for attempt in (0, 1):
-            done = await events.wait_for(_exited(job, attempt=attempt))
+            done = await events.wait_until(_exited(job, attempt=attempt))
             assert done.exit_code == 0 and f"attempt {attempt}" in done.log_tail
         assert REGISTRY.get_sample_value("pai_task_memory_bytes", labels) is None  # gone with the task
 
@@ -301,7 +260,7 @@ async def test_task_attempts_logs_retention_and_metrics(
         assert await agent.expire_logs_once(now=int(time.time() * 1000) + 3601 * 1000) == 2
         assert not workdir.exists()
         with pytest.raises(NoTaskLogError):
-            await client.request(
+            await fresh_bus.request(
                 TaskLogRequest(job_key=job, attempt_id=0, task_role="worker", index=0, task_attempt_id=1),
                 TaskLogReply,
                 target=agent.node,
@@ -311,22 +270,22 @@ async def test_task_attempts_logs_retention_and_metrics(
 
 
 async def test_a_device_marked_bad_is_reported(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text("gpus: [{model: A100}, {model: A100}]\ninfiniband: [{model: CX6, id: mlx5_0}]\n")
-    events = Events(client)
+    events = EventRecorder(fresh_bus)
     await events.start()
-    agent = _agent(nats_srv, mongo_server, tmp_path, inventory_file=inventory, heartbeat_s=0.1)
+    agent = _agent(fresh_nats, mongo_server, tmp_path, inventory_file=inventory, heartbeat_s=0.1)
     beats: list[dict[str, Any]] = []
 
     async def heard(msg: Any) -> None:
         beats.append(json.loads(msg.data))
 
-    await client.nc.subscribe(heartbeat_subject(agent.node), cb=heard)
+    await fresh_bus.nc.subscribe(heartbeat_subject(agent.node), cb=heard)
     await agent.app.start()
     try:
-        first = await events.wait_for(lambda e: isinstance(e, NodeRegistered) and e.node == agent.node)
+        first = await events.wait_until(lambda e: isinstance(e, NodeRegistered) and e.node == agent.node)
         assert first.inventory_source == "declared" and [g.healthy for g in first.gpus] == [True, True]
         assert [d.id for d in first.infiniband] == ["mlx5_0"]
         assert await agent.check_health_once() is False  # nothing changed
@@ -334,7 +293,7 @@ async def test_a_device_marked_bad_is_reported(
             "gpus: [{model: A100}, {model: A100, healthy: false}]\ninfiniband: [{model: CX6, id: mlx5_0}]\n"
         )
         assert await agent.check_health_once() is True
-        again = await events.wait_for(
+        again = await events.wait_until(
             lambda e: (
                 isinstance(e, NodeRegistered) and e.node == agent.node and not all(g.healthy for g in e.gpus)
             )
@@ -350,24 +309,26 @@ async def test_a_device_marked_bad_is_reported(
 
 
 async def test_a_restarted_agent_adopts_its_running_tasks(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
-    events = Events(client)
+    events = EventRecorder(fresh_bus)
     await events.start()
-    first = _agent(nats_srv, mongo_server, tmp_path)
+    first = _agent(fresh_nats, mongo_server, tmp_path)
     await first.app.start()
     job = "alice~adopted"
     try:
-        await client.send_command(_launch(first, job, "worker", 0, "sleep 2\necho done\nexit 5"), first.node)
-        await events.wait_for(lambda e: isinstance(e, TaskRunning) and e.job_key == job)
+        await fresh_bus.send_command(
+            _launch(first, job, "worker", 0, "sleep 2\necho done\nexit 5"), first.node
+        )
+        await events.wait_until(lambda e: isinstance(e, TaskRunning) and e.job_key == job)
     finally:
         await first.app.stop()  # the task keeps running without its agent
     second = Agent(first.settings)
     second.app.name = first.app.name  # the same node and database: the next agent of this node
     await second.app.start()
     try:
-        exited = await events.wait_for(_exited(job))
+        exited = await events.wait_until(_exited(job))
         assert (exited.exit_code, exited.signal) == (5, None) and "done" in exited.log_tail
-        assert sum(1 for body, _ in events.seen if _exited(job)(body)) == 1
+        assert sum(1 for body in events.seen if _exited(job)(body)) == 1
     finally:
         await second.app.stop()
