@@ -256,9 +256,16 @@ class Scheduler:
                 log.warning(
                     "a node registered that the cluster config does not name", extra={"node": body.node}
                 )
-            decisions = alloc.set_node_health(body.node, True, now=now)
+            # GPU health first: the node turning healthy retries the queue, which must not use its bad GPUs.
+            decisions = self._apply_gpu_health(ctx, alloc, body, now)
+            decisions += alloc.set_node_health(body.node, True, now=now)
         elif isinstance(body, NodeHealthChanged):
-            decisions = alloc.set_node_health(body.node, body.healthy, now=now)
+            # A GPU health report is this service's own echo of a registration, already applied; applying
+            # it again could undo a newer registration that overtook it in the stream.
+            if body.bad_gpus is None:
+                decisions = alloc.set_node_health(body.node, body.healthy, now=now)
+            else:
+                decisions = []
         elif isinstance(body, SchedulingRequested):
             key = alloc_key(body.job_key, body.attempt_id)
             try:
@@ -287,6 +294,32 @@ class Scheduler:
         for decision in decisions:
             self._emit(ctx, alloc, decision, host_ips)
         await self._refresh_reasons(ctx, alloc, decisions)
+
+    def _apply_gpu_health(
+        self, ctx: HandlerContext, alloc: HivedAllocator, body: NodeRegistered, now: float
+    ) -> list[Decision]:
+        """The registration's unhealthy GPUs become bad leaves (no new work; what runs there stays); the
+        GPUs no longer listed recover. A change is published as ``node.health.changed`` with ``bad_gpus``
+        so that monitoring and users see it."""
+        reported = sorted({g.index for g in body.gpus if not g.healthy})
+        if body.node not in alloc.cluster.nodes:
+            return []
+        unknown = alloc.unknown_leaves(body.node, reported)
+        if unknown:
+            log.warning(
+                "unhealthy GPUs the cluster config does not name", extra={"node": body.node, "gpus": unknown}
+            )
+        before = alloc.bad_leaves().get(body.node, set())
+        decisions = alloc.set_bad_leaves(body.node, reported, now=now)
+        after = sorted(alloc.bad_leaves().get(body.node, set()))
+        if set(after) != before:
+            if after:
+                reason = f"its runtime agent reports GPU(s) {', '.join(map(str, after))} unhealthy"
+            else:
+                reason = "its runtime agent reports all its GPUs healthy again"
+            ctx.out.event(NodeHealthChanged(node=body.node, healthy=True, reason=reason, bad_gpus=after))
+            log.warning("GPU health changed", extra={"node": body.node, "bad_gpus": after})
+        return decisions
 
     async def _host_ips(self, ctx: HandlerContext) -> dict[str, str]:
         nodes = ctx.db[NODES].find({}, {"host_ip": 1}, session=ctx.session)

@@ -39,6 +39,32 @@ def _guaranteed_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
     return out
 
 
+def _available_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
+    """The VC's guaranteed leaves it could start work on now: leaves of its bound cells (pinned ones
+    included) that neither hold its guaranteed work nor are bad (on a bad node, or a GPU reported
+    unhealthy), plus its unbound quota except what only bad hardware could back (doomed cells are bound,
+    so they count through the first term)."""
+    out: dict[str, int] = {}
+    bound = {c for cells in alloc.quota.bound[vc].values() for c in cells}
+    bound.update(alloc.quota.pinned_of.get(vc, []))
+    for cell in bound:
+        leaf_type = alloc.cluster.chains[cell.chain].leaf_type
+        usable = sum(
+            1
+            for x in cell.leaves
+            if x.healthy and x.reserver is None and not (x.owner_priority >= 0 and (x.owner or x.shares))
+        )
+        out[leaf_type] = out.get(leaf_type, 0) + usable
+    for (chain, level), _ in alloc.quota.quota[vc].items():
+        spec = alloc.cluster.chains[chain]
+        n = alloc.quota.unbound(vc, (chain, level)) * spec.leaves_per_cell(level)
+        out[spec.leaf_type] = out.get(spec.leaf_type, 0) + n
+    for chain, level, need, usable in alloc.quota.healthy_shortfall(vc):
+        spec = alloc.cluster.chains[chain]
+        out[spec.leaf_type] -= (need - usable) * spec.leaves_per_cell(level)
+    return {t: max(n, 0) for t, n in out.items()}
+
+
 def _counted(alloc: HivedAllocator, leaves_by_type: dict[str, int], gpu_cluster: bool) -> int:
     """Leaves that count for capacity percentages: accelerators on a cluster that has any, else CPU leaves."""
     return sum(n for t, n in leaves_by_type.items() if alloc.config.is_cpu_leaf(t) != gpu_cluster)
@@ -61,7 +87,10 @@ def virtual_clusters(alloc: HivedAllocator) -> dict[str, dict[str, Any]]:
             "dedicated": False,
             "resourcesUsed": _resources(alloc, vc_used),
             "resourcesGuaranteed": _resources(alloc, guaranteed),
+            # Everything configured, bad hardware included (OpenPAI's meaning of the field).
             "resourcesTotal": _resources(alloc, total),
+            # What the VC could still start guaranteed work on: bad GPUs and nodes are not available.
+            "resourcesAvailable": _resources(alloc, _available_leaves(alloc, vc)),
         }
     return out
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,11 @@ from pai_common.contract.rpc import (
     VirtualClustersReply,
 )
 from pai_common.contract.types import GpuInfo, PodRequest
-from pai_common.embedded import ServerProcess, start_nats
+from pai_common.embedded import ServerProcess
 from pai_common.envelope import decode
 from pai_common.errors import NoVirtualClusterError
 from pai_common.service import ServiceApp
+from pai_common.testing import EventRecorder
 from pai_scheduler.shell import Scheduler, SchedulerSettings
 
 # Two chains: two A100 nodes of 4 and one K80 node of 2; VC "research" owns one A100 node and the K80 node,
@@ -58,13 +58,6 @@ virtualClusters:
 
 
 @pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_nats(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def cluster_file(tmp_path: Path) -> Path:
     path = tmp_path / "cluster.yaml"
     path.write_text(CLUSTER)
@@ -88,43 +81,6 @@ def scheduler_app(
     return app
 
 
-class Events:
-    """Every event the scheduler publishes, read back from the stream."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.seen: list[Any] = []
-
-    async def start(self) -> None:
-        self.sub = await self.bus.js.subscribe(
-            "pai.evt.scheduling.>", stream=EVENTS_STREAM, ordered_consumer=True
-        )
-
-    async def wait_for(self, kind: type, job_key: str, timeout: float = 10) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            for e in self.seen:
-                if isinstance(e, kind) and e.job_key == job_key:
-                    return e
-            remaining = deadline - asyncio.get_running_loop().time()
-            assert remaining > 0, (
-                f"no {kind.__name__} for {job_key}; saw {[type(e).__name__ for e in self.seen]}"
-            )
-            try:
-                msg = await self.sub.next_msg(timeout=min(remaining, 1))
-            except Exception:
-                continue
-            self.seen.append(decode(msg.headers, msg.data).body)
-
-
-@pytest.fixture
-async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_srv.url, "test")
-    await bus.ensure_streams()
-    yield bus
-    await bus.close()
-
-
 def gang(
     job: str, gpu: int, n: int = 1, vc: str = "research", priority: int = 10, **extra: Any
 ) -> SchedulingRequested:
@@ -137,40 +93,43 @@ def gang(
     )
 
 
-async def register(bus: Bus, node: str, gpus: int) -> None:
+async def register(bus: Bus, node: str, gpus: int, unhealthy: tuple[int, ...] = ()) -> None:
     await bus.publish_event(
         NodeRegistered(
             node=node,
             host_ip=f"10.0.0.{len(node)}",
             cpu=32,
             memory_mb=65536,
-            gpus=[GpuInfo(index=i, model="x", memory_mb=1, uuid=f"{node}-{i}") for i in range(gpus)],
+            gpus=[
+                GpuInfo(index=i, model="x", memory_mb=1, uuid=f"{node}-{i}", healthy=i not in unhealthy)
+                for i in range(gpus)
+            ],
             simulated=True,
         )
     )
 
 
 async def test_sku_types_queueing_restart_and_views(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, cluster_file: Path, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
 ) -> None:
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = Events(client)
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
     await events.start()
-    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
         # Before its agent registers, a node is bad: a K80 job waits and says so.
-        await client.publish_event(gang("u~k80", 2, sku_types=["K80"]))
+        await fresh_bus.publish_event(gang("u~k80", 2, sku_types=["K80"]))
         pending = await events.wait_for(SchedulingPending, "u~k80")
         assert "K80" in pending.reason
         for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
-            await register(client, node, n)
+            await register(fresh_bus, node, n)
         placed = await events.wait_for(SchedulingAllocated, "u~k80")
         assert [(p.node, sorted(p.gpus)) for p in placed.placements] == [("k0", [0, 1])]
         assert placed.placements[0].host_ip == "10.0.0.2"
 
         # Either type will do: research's only free quota is its A100 node.
-        await client.publish_event(gang("u~any", 4, sku_types=["K80", "A100"]))
+        await fresh_bus.publish_event(gang("u~any", 4, sku_types=["K80", "A100"]))
         any_job = await events.wait_for(SchedulingAllocated, "u~any")
         assert {p.node for p in any_job.placements} <= {"a0", "a1"}
 
@@ -185,55 +144,57 @@ async def test_sku_types_queueing_restart_and_views(
                 PodRequest(task_role="b", index=0, gpu=1, cpu=1, memory_mb=1, sku_types=["K80"]),
             ],
         )
-        await client.publish_event(mixed)
+        await fresh_bus.publish_event(mixed)
         rejected = await events.wait_for(SchedulingRejected, "u~mixed")
         assert "different SKU types" in rejected.reason
 
         # research is full: the next guaranteed A100 job waits for its own quota.
-        await client.publish_event(gang("u~wait", 1, sku_types=["A100"]))
+        await fresh_bus.publish_event(gang("u~wait", 1, sku_types=["A100"]))
         waiting = await events.wait_for(SchedulingPending, "u~wait")
         assert waiting.position == 1
 
-        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        vcs = (await fresh_bus.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
         assert vcs["research"]["resourcesUsed"]["gpu"] == 6
         assert vcs["prod"]["resourcesUsed"]["gpu"] == 0
         assert vcs["research"]["resourcesGuaranteed"]["gpu"] == 6
-        skus = (await client.request(SkuTypesRequest(virtual_cluster="prod"), SkuTypesReply)).sku_types
+        skus = (await fresh_bus.request(SkuTypesRequest(virtual_cluster="prod"), SkuTypesReply)).sku_types
         assert set(skus) == {"A100"}
         with pytest.raises(NoVirtualClusterError):
-            await client.request(SkuTypesRequest(virtual_cluster="nope"), SkuTypesReply)
+            await fresh_bus.request(SkuTypesRequest(virtual_cluster="nope"), SkuTypesReply)
     finally:
         await app.stop()
 
     # A new scheduler process rebuilds the same state: releasing u~any lets u~wait in, nothing else moves.
-    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
-        await client.publish_event(JobAttemptCompleted(job_key="u~any", attempt_id=0, exit_code=0))
+        await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~any", attempt_id=0, exit_code=0))
         after = await events.wait_for(SchedulingAllocated, "u~wait")
         assert after.placements[0].node in {p.node for p in any_job.placements}
-        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        vcs = (await fresh_bus.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
         assert vcs["research"]["resourcesUsed"]["gpu"] == 3  # the K80 pair and one A100
     finally:
         await app.stop()
 
 
 async def test_silent_nodes_go_bad_and_come_back(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, cluster_file: Path, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
 ) -> None:
     from pai_common.contract.base import heartbeat_subject
     from pai_common.contract.events import NodeHealthChanged
 
-    health = await client.js.subscribe("pai.evt.node.health.>", stream=EVENTS_STREAM, ordered_consumer=True)
+    health = await fresh_bus.js.subscribe(
+        "pai.evt.node.health.>", stream=EVENTS_STREAM, ordered_consumer=True
+    )
     app = scheduler_app(
-        nats_srv, mongo_server, cluster_file, f"sched{uuid.uuid4().hex[:8]}", tmp_path, node_lost_s=1.0
+        fresh_nats, mongo_server, cluster_file, f"sched{uuid.uuid4().hex[:8]}", tmp_path, node_lost_s=1.0
     )
     await app.start()
     try:
-        events = Events(client)
+        events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
         await events.start()
         for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
-            await register(client, node, n)
+            await register(fresh_bus, node, n)
         # a0 and a1 keep beating; k0 falls silent and is reported bad, and nothing new lands there.
         changes: list[NodeHealthChanged] = []
         loop = asyncio.get_running_loop()
@@ -241,7 +202,7 @@ async def test_silent_nodes_go_bad_and_come_back(
         while not any(c.node == "k0" and not c.healthy for c in changes):
             assert loop.time() < deadline, changes
             for node in ("a0", "a1"):
-                await client.nc.publish(heartbeat_subject(node), b"{}")
+                await fresh_bus.nc.publish(heartbeat_subject(node), b"{}")
             try:
                 msg = await health.next_msg(timeout=0.3)
                 changes.append(decode(msg.headers, msg.data).body)
@@ -249,7 +210,7 @@ async def test_silent_nodes_go_bad_and_come_back(
                 pass
         assert not any(c.node in ("a0", "a1") and not c.healthy for c in changes)
         assert "heartbeat" in next(c for c in changes if c.node == "k0").reason
-        await client.publish_event(gang("u~k", 1, sku_types=["K80"]))
+        await fresh_bus.publish_event(gang("u~k", 1, sku_types=["K80"]))
         waiting = await events.wait_for(SchedulingPending, "u~k")
         assert "K80" in waiting.reason
         # k0 speaks again: it is healthy, and the waiting job is placed there.
@@ -258,7 +219,7 @@ async def test_silent_nodes_go_bad_and_come_back(
         while placed is None:
             assert loop.time() < deadline, "k0 never came back"
             for node in ("a0", "a1", "k0"):
-                await client.nc.publish(heartbeat_subject(node), b"{}")
+                await fresh_bus.nc.publish(heartbeat_subject(node), b"{}")
             try:
                 placed = await events.wait_for(SchedulingAllocated, "u~k", timeout=0.3)
             except AssertionError:
@@ -290,23 +251,23 @@ virtualClusters:
 
 
 async def test_lazy_preemption_downgrades_instead_of_killing(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
     from pai_common.contract.events import SchedulingDowngraded, SchedulingPreempting
 
     cluster = tmp_path / "lazy.yaml"
     cluster.write_text(LAZY_CLUSTER)
-    app = scheduler_app(nats_srv, mongo_server, cluster, f"sched{uuid.uuid4().hex[:8]}", tmp_path)
-    events = Events(client)
+    app = scheduler_app(fresh_nats, mongo_server, cluster, f"sched{uuid.uuid4().hex[:8]}", tmp_path)
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
     await events.start()
     await app.start()
     try:
         for node in ("a0", "a1", "a2"):
-            await register(client, node, 4)
+            await register(fresh_bus, node, 4)
         lazy = gang("u~lazy", 4)
-        await client.publish_event(lazy.model_copy(update={"lazy_preemption": True}))
+        await fresh_bus.publish_event(lazy.model_copy(update={"lazy_preemption": True}))
         first = await events.wait_for(SchedulingAllocated, "u~lazy")
-        await client.publish_event(gang("u~urgent", 4, priority=100))
+        await fresh_bus.publish_event(gang("u~urgent", 4, priority=100))
         downgraded = await events.wait_for(SchedulingDowngraded, "u~lazy")
         assert downgraded.preemptor is not None and downgraded.preemptor.job_key == "u~urgent"
         urgent = await events.wait_for(SchedulingAllocated, "u~urgent")
@@ -318,20 +279,20 @@ async def test_lazy_preemption_downgrades_instead_of_killing(
 
 
 async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_cells(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, cluster_file: Path, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
 ) -> None:
     from pai_common.contract.events import SchedulingLost
 
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = Events(client)
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
     await events.start()
-    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
         for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
-            await register(client, node, n)
-        await client.publish_event(gang("u~on-k80", 2, sku_types=["K80"]))
-        await client.publish_event(gang("u~on-a100", 4, sku_types=["A100"]))
+            await register(fresh_bus, node, n)
+        await fresh_bus.publish_event(gang("u~on-k80", 2, sku_types=["K80"]))
+        await fresh_bus.publish_event(gang("u~on-a100", 4, sku_types=["A100"]))
         await events.wait_for(SchedulingAllocated, "u~on-k80")
         await events.wait_for(SchedulingAllocated, "u~on-a100")
     finally:
@@ -343,13 +304,13 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
             "      - {cellType: K80-NODE, cellNumber: 1}\n", ""
         )
     )
-    app = scheduler_app(nats_srv, mongo_server, cluster_file, db, tmp_path)
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
         lost = await events.wait_for(SchedulingLost, "u~on-k80")
         assert "k0" in lost.reason
         assert not any(isinstance(e, SchedulingLost) and e.job_key == "u~on-a100" for e in events.seen)
-        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        vcs = (await fresh_bus.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
         assert vcs["research"]["resourcesUsed"]["gpu"] == 4
         assert vcs["research"]["resourcesGuaranteed"]["gpu"] == 4
     finally:
@@ -357,28 +318,84 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
 
 
 async def test_cpu_only_jobs_run_on_cpu_only_nodes(
-    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
     """A node inventory with a CPU-only node: a job asking for no GPU is placed on its CPU leaves and sees
     no GPU; a GPU job never lands there."""
     inventory = tmp_path / "cluster.csv"
     inventory.write_text("node,leaf_type,leaf_count,cpu,memory_mb\ng0,V100,2,16,131072\nc0,,0,8,32768\n")
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = Events(client)
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
     await events.start()
-    app = scheduler_app(nats_srv, mongo_server, inventory, db, tmp_path)
+    app = scheduler_app(fresh_nats, mongo_server, inventory, db, tmp_path)
     await app.start()
     try:
         for node, n in (("g0", 2), ("c0", 0)):
-            await register(client, node, n)
-        await client.publish_event(gang("u~cpu", 0, n=2, vc="default"))
+            await register(fresh_bus, node, n)
+        await fresh_bus.publish_event(gang("u~cpu", 0, n=2, vc="default"))
         cpu = await events.wait_for(SchedulingAllocated, "u~cpu")
         assert [(p.node, p.gpus) for p in cpu.placements] == [("c0", []), ("c0", [])]
-        await client.publish_event(gang("u~gpu", 1, n=2, vc="default"))
+        await fresh_bus.publish_event(gang("u~gpu", 1, n=2, vc="default"))
         gpu = await events.wait_for(SchedulingAllocated, "u~gpu")
         assert sorted((p.node, tuple(p.gpus)) for p in gpu.placements) == [("g0", (0,)), ("g0", (1,))]
-        vcs = (await client.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        vcs = (await fresh_bus.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
         assert vcs["default"]["resourcesUsed"]["gpu"] == 2
         assert vcs["default"]["resourcesTotal"]["cpu"] == 16 + 8
     finally:
+        await app.stop()
+
+
+async def test_unhealthy_gpus_get_no_work_until_they_recover(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
+) -> None:
+    from pai_common.contract.events import NodeHealthChanged
+
+    health = await fresh_bus.js.subscribe(
+        "pai.evt.node.health.>", stream=EVENTS_STREAM, ordered_consumer=True
+    )
+
+    async def next_health(node: str) -> NodeHealthChanged:
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            assert remaining > 0, f"no node.health.changed for {node}"
+            msg = await health.next_msg(timeout=remaining)
+            change = decode(msg.headers, msg.data).body
+            if isinstance(change, NodeHealthChanged) and change.node == node and change.bad_gpus is not None:
+                return change
+
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, f"sched{uuid.uuid4().hex[:8]}", tmp_path)
+    await app.start()
+    try:
+        events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
+        await events.start()
+        # a0's agent reports GPU 2 unhealthy: monitoring and users see it as a node health change.
+        await register(fresh_bus, "a0", 4, unhealthy=(2,))
+        for node, n in (("a1", 4), ("k0", 2)):
+            await register(fresh_bus, node, n)
+        change = await next_health("a0")
+        assert change.bad_gpus == [2] and change.healthy and "GPU(s) 2 unhealthy" in change.reason
+        # research takes the healthy A100 node; prod's quota is left with a0, whose GPU 2 is bad.
+        await fresh_bus.publish_event(gang("u~research", 4, sku_types=["A100"]))
+        placed = await events.wait_for(SchedulingAllocated, "u~research")
+        assert [p.node for p in placed.placements] == ["a1"]
+        await fresh_bus.publish_event(gang("u~all", 4, vc="prod", sku_types=["A100"]))
+        waiting = await events.wait_for(SchedulingPending, "u~all")
+        assert "a0 #2" in waiting.reason, waiting.reason
+        vcs = (await fresh_bus.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        assert vcs["prod"]["resourcesAvailable"]["gpu"] == 3
+        assert vcs["prod"]["resourcesGuaranteed"]["gpu"] == 4
+        # A one-GPU job of prod runs, never on the bad GPU.
+        await fresh_bus.publish_event(gang("u~one", 1, vc="prod", sku_types=["A100"], priority=20))
+        one = await events.wait_for(SchedulingAllocated, "u~one")
+        assert one.placements[0].node == "a0" and one.placements[0].gpus != [2]
+        await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~one", attempt_id=0, exit_code=0))
+        # The GPU recovers (the agent registers again): the waiting job gets the whole node.
+        await register(fresh_bus, "a0", 4)
+        after = await events.wait_for(SchedulingAllocated, "u~all")
+        assert [(p.node, sorted(p.gpus)) for p in after.placements] == [("a0", [0, 1, 2, 3])]
+        change = await next_health("a0")
+        assert change.bad_gpus == [] and "healthy again" in change.reason
+    finally:
+        await health.unsubscribe()
         await app.stop()

@@ -205,13 +205,17 @@ class NodeHealthChanged(Event):
     PRODUCER = "scheduler"
     CONSUMERS = ("scheduler", "monitoring")
     DESCRIPTION = (
-        "A node became bad (its agent stopped sending heartbeats) or healthy again. Bad nodes get no new"
-        " work; what runs there is not killed for it."
+        "A node became bad (its agent stopped sending heartbeats) or healthy again, or the set of its GPUs"
+        " reported unhealthy changed (bad_gpus). Bad nodes and bad GPUs get no new work; what runs there is"
+        " not killed for it."
     )
 
     node: str
     healthy: bool
     reason: str
+    # Set when the event reports GPU health: the indices of the node's GPUs that are bad now (empty once
+    # all recovered). None: the event is about the node as a whole.
+    bad_gpus: list[int] | None = None
 
     def subject_key(self) -> str:
         return self.node

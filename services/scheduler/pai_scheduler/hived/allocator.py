@@ -23,7 +23,8 @@ How a gang is placed (all pods or none; pods largest first, each pod's leaves on
 * A gang that fits nowhere now is ``Queued`` with a reason; one that could never fit the cluster (or its
   VC's whole quota) is ``Rejected``. The queue is retried, highest priority then oldest first, whenever
   capacity appears (a release, a node turning healthy); a gang that does not fit does not block others.
-* Bad nodes receive no new pods; gangs already on them keep running.
+* Bad nodes and bad leaves (GPUs reported unhealthy) receive no new pods; gangs already on them keep
+  running. A cell holding a bad leaf counts as bad for quota (doomed bad cells), like one on a bad node.
 * **InfiniBand** gangs are placed under one InfiniBand domain (a cell of the chain's ``infiniband_level``),
   tried in order of preference; everything else is as above within that domain.
 * **Backfill protection**: once the guaranteed head of a VC's queue has waited ``protect_head_after_s``
@@ -148,6 +149,11 @@ _INDEXED_REGIONS = 16
 
 def _order(cell: Cell) -> int:
     return cell.order
+
+
+def _leaf_names(leaves: Iterable[Cell]) -> str:
+    """Leaves as users name them: node and device index (``node-a #3``)."""
+    return ", ".join(f"{x.node_name} #{x.leaf_index}" for x in sorted(leaves, key=_order))
 
 
 def _cpu_only(req: GangRequest) -> bool:
@@ -346,6 +352,61 @@ class HivedAllocator:
         self._refresh_doomed()
         return out
 
+    def set_leaf_health(
+        self, node: str, index: int, healthy: bool, now: float | None = None
+    ) -> list[Decision]:
+        """Mark one leaf (the GPU with this index on the node, in every chain that has it) healthy or bad,
+        whatever its node's health. A bad leaf gets no new pods (nor shares, nor preemptors); what runs on
+        it is not touched, but a preemption still waiting for it is cancelled (its gang is ``Queued`` again
+        and retried at once); its cells count as bad for quota (doomed bad cells). A leaf turning healthy
+        retries the queue. Unknown nodes or indices are ignored."""
+        return self.set_bad_leaves(
+            node,
+            (self.bad_leaves().get(node, set()) | {index}) - ({index} if healthy else set()),
+            now,
+        )
+
+    def set_bad_leaves(self, node: str, indices: Iterable[int], now: float | None = None) -> list[Decision]:
+        """Exactly these leaf indices of the node are bad from now on, its other leaves healthy (what a
+        node agent reports: its unhealthy GPUs). Indices the node does not have are ignored (see
+        ``unknown_leaves``); an unknown node changes nothing. Returns ``Queued`` for each preemption
+        cancelled because a leaf it reserves (or shares) went bad, then the decisions of the queue retried
+        (when leaves recovered or a preemption was cancelled)."""
+        self._tick(now)
+        if node not in self.cluster.nodes:
+            return []
+        wanted = {i for i in indices if self.cluster.leaves_of(node, i)}
+        current = self.bad_leaves().get(node, set())
+        recovered = sorted(current - wanted)
+        broken: list[Cell] = []
+        for i in sorted(wanted - current):
+            self.cluster.set_leaf_health(node, i, False)
+            broken.extend(self.cluster.leaves_of(node, i))
+        for i in recovered:
+            self.cluster.set_leaf_health(node, i, True)
+        if wanted == current:
+            return []
+        # A preemption that has not finished would start its gang on the bad leaf: it is cancelled (its
+        # victims run on unless another preemptor claims them) and the gang waits for a placement again.
+        self._overridden = sorted(
+            {k for x in broken for k in (x.reserver, *x.shares) if k is not None and self._preempting(k)}
+        )
+        out: list[Decision] = [self._queued(p) for p in self._cancel_overridden()]
+        self._refresh_doomed()
+        self._refresh_holds()
+        if recovered or out:
+            out.extend(self._retry_pending())
+        self._refresh_doomed()
+        return out
+
+    def _preempting(self, key: str) -> bool:
+        g = self._groups.get(key)
+        return g is not None and g.state is GroupState.PREEMPTING
+
+    def unknown_leaves(self, node: str, indices: Iterable[int]) -> list[int]:
+        """The indices among ``indices`` that name no leaf of the node (all of them for an unknown node)."""
+        return sorted({i for i in indices if not self.cluster.leaves_of(node, i)})
+
     def tick(self, now: float) -> list[Decision]:
         """Only time passes: heads of VC queues that have now waited long enough become protected (their
         leaves are held from backfill). Nothing is placed, so this returns ``[]``; it exists so that a
@@ -410,6 +471,13 @@ class HivedAllocator:
         share of ``milli``/``memory_mb``) cannot use; see ``shares.fragmentation``."""
         return fragmentation(self.cluster, milli, memory_mb, leaf_type)
 
+    def bad_leaves(self) -> dict[str, set[int]]:
+        """Leaves marked bad on their own: node -> their indices."""
+        out: dict[str, set[int]] = {}
+        for node, index in self.cluster.bad_leaves:
+            out.setdefault(node, set()).add(index)
+        return out
+
     def doomed_cells(self) -> dict[str, list[str]]:
         """Doomed bad cells: VC -> ids of its quota cells bound to bad hardware (depth-first order)."""
         out: dict[str, list[str]] = {}
@@ -426,9 +494,12 @@ class HivedAllocator:
             vc = cell.bound_vc
             assert vc is not None
             bad = sorted(n.node_name or "" for n in cell.node_cells or (cell.node,) if n and n.n_bad_nodes)
+            what = [f"node(s) {', '.join(bad)}"] if bad else []
+            if cell.n_bad_leaves:
+                what.append(f"leaves {_leaf_names(x for x in cell.leaves if x.bad_leaf)}")
             out.setdefault(vc, []).append(
                 f"VC {vc}: its {cell.cell_type} cell (chain {cell.chain}, level {cell.level}) is bound to bad"
-                f" hardware (doomed: node(s) {', '.join(bad)})"
+                f" hardware (doomed: {'; '.join(what)})"
             )
         for vc in self.quota.vcs:
             for chain, level, need, usable in self.quota.healthy_shortfall(vc):
@@ -452,6 +523,11 @@ class HivedAllocator:
             "next_seq": self._next_seq,
             **({"next_start": self._next_start} if self._next_start else {}),
             "bad_nodes": sorted(self.cluster.bad_nodes),
+            **(
+                {"bad_leaves": [list(x) for x in sorted(self.cluster.bad_leaves)]}
+                if self.cluster.bad_leaves
+                else {}
+            ),
             "bindings": [{"cell": c.id, "vc": c.bound_vc} for c in bindings],
             **({"doomed": sorted(c.id for c in self._doomed)} if self._doomed else {}),
             "groups": [
@@ -521,6 +597,11 @@ class HivedAllocator:
         a._now = None if snap.get("now") is None else float(snap["now"])
         for node in snap["bad_nodes"]:
             a.cluster.set_node_health(str(node), False)
+        for node, index in snap.get("bad_leaves", ()):
+            try:
+                a.cluster.set_leaf_health(str(node), int(index), False)
+            except KeyError as e:
+                raise ValueError(f"snapshot marks leaf {node}/{index} bad, which this config lacks") from e
         reserved_shares: dict[str, set[int]] = {}  # gang -> its share slots that reserve their leaf
         try:
             for b in snap["bindings"]:
@@ -618,6 +699,9 @@ class HivedAllocator:
         for node in old_snapshot["bad_nodes"]:
             if str(node) in a.cluster.nodes:
                 a.cluster.set_node_health(str(node), False)
+        for node, index in old_snapshot.get("bad_leaves", ()):
+            if a.cluster.leaves_of(str(node), int(index)):
+                a.cluster.set_leaf_health(str(node), int(index), False)
         by_node: dict[tuple[str, int], Cell] = {
             (node, index): leaf for (_, node, index), leaf in a.cluster.leaf_at.items()
         }
@@ -1024,7 +1108,7 @@ class HivedAllocator:
         anchor = placed[0] if placed else None
         best: tuple[tuple[int, ...], Cell] | None = None
         for leaf in self.cluster.shared[chain]:
-            if leaf.reserver is not None or leaf.n_bad_nodes or leaf in self._blocked:
+            if leaf.reserver is not None or not leaf.healthy or leaf in self._blocked:
                 continue
             if self._within is not None and self._within not in leaf.path:
                 continue
@@ -1121,14 +1205,17 @@ class HivedAllocator:
                 x
                 for x in leaves
                 if x.owner_priority <= ceiling
+                and not x.bad_leaf
                 and (x.reserver is None or self._reserver_priority(x.reserver) <= ceiling)
                 and not (blocked and x in blocked)
             ]
         if blocked:
             return [
-                x for x in leaves if x.reserver is None and x.owner_priority <= ceiling and x not in blocked
+                x
+                for x in leaves
+                if x.reserver is None and x.owner_priority <= ceiling and not x.bad_leaf and x not in blocked
             ]
-        return [x for x in leaves if x.reserver is None and x.owner_priority <= ceiling]
+        return [x for x in leaves if x.reserver is None and x.owner_priority <= ceiling and not x.bad_leaf]
 
     def _reserver_priority(self, key: str) -> int:
         """What taking over a reservation of ``key`` costs: its priority when it is a preemptor (holding no
@@ -1439,14 +1526,14 @@ class HivedAllocator:
         the accounting stays exact (the bad cells are spoken for; the unbound rest is all bindable to
         healthy cells). Recomputed from scratch after every command: doomed cells are unbound first (one
         that meanwhile holds the VC's guaranteed work stays bound as an ordinary binding), then bound
-        again where a shortfall remains. A no-op while every node is healthy."""
-        if not self._doomed and not self.cluster.bad_nodes:
+        again where a shortfall remains. A no-op while every node and leaf is healthy."""
+        if not self._doomed and not self.cluster.bad_nodes and not self.cluster.bad_leaves:
             return
         for cell in sorted(self._doomed, key=_order, reverse=True):
             if cell.n_guaranteed == 0:
                 self.quota.unbind(cell)
         self._doomed = set()
-        if not self.cluster.bad_nodes:
+        if not self.cluster.bad_nodes and not self.cluster.bad_leaves:
             return
         # One VC's doomed binding can take the bad cell whose healthy part another VC counted on: repeat
         # until no VC binds more (each binding uses up one unbound quota cell, so this ends).
@@ -1466,11 +1553,12 @@ class HivedAllocator:
                     changed = True
 
     def _doomed_candidate(self, vc: str, chain: str, level: int) -> Cell | None:
-        """Bind a bad free cell of ``level`` to ``vc`` (the most bad nodes first, then order), or one inside
-        a higher bad free cell when the chain stays safe; the cell bound, or None."""
+        """Bind a bad free cell of ``level`` to ``vc`` (the most bad nodes first, then the most bad leaves,
+        then order), or one inside a higher bad free cell when the chain stays safe; the cell bound, or
+        None."""
 
-        def pref(c: Cell) -> tuple[int, int]:
-            return (-c.n_bad_nodes, c.order)
+        def pref(c: Cell) -> tuple[int, int, int]:
+            return (-c.n_bad_nodes, -c.n_bad_leaves, c.order)
 
         bad = sorted((c for c in self.quota.free[(chain, level)] if not c.healthy), key=pref)
         if bad:
@@ -1580,7 +1668,7 @@ class HivedAllocator:
             if (
                 kept is not None
                 and kept[0] == head.request.key
-                and not any(x.node is not None and x.node.n_bad_nodes for x in kept[1])
+                and not any(x.bad_leaf or (x.node is not None and x.node.n_bad_nodes) for x in kept[1])
             ):
                 holds[vc] = kept
                 continue
@@ -1992,6 +2080,14 @@ class HivedAllocator:
                 1 for n in self.cluster.bad_nodes if any(c.chain == chain for c in self.cluster.nodes[n])
             )
             bad_text = f"; {bad} bad node(s)" if bad else ""
+            bad_leaves = [
+                x
+                for node, i in sorted(self.cluster.bad_leaves)
+                for x in self.cluster.leaves_of(node, i)
+                if x.chain == chain
+            ]
+            if bad_leaves:
+                bad_text += f"; bad {spec.leaf_type} leaves (no new work): {_leaf_names(bad_leaves)}"
             if req.infiniband:
                 ib_type = spec.types[spec.infiniband_level - 1]
                 domains = [c for c in self._ib_cells[chain] if c.n_bad_nodes < len(c.node_cells)]
@@ -2018,9 +2114,7 @@ class HivedAllocator:
                 )
             else:
                 per_node = [
-                    r[1].n_free
-                    if r[1] is not None
-                    else sum(1 for x in r[2] if x.owner is None and x.reserver is None and not x.shares)
+                    r[1].n_free if r[1] is not None else sum(x.n_free for x in r[2])
                     for r in self._open_regions[chain]
                     if not r[0].n_bad_nodes
                 ]

@@ -13,7 +13,8 @@ Returns the list of violated invariants, empty when the state is sound:
 * every placed gang is whole: one slot per pod, each with the pod's leaf count, all on one node;
 * guaranteed gangs sit inside cells bound to their VC (or their pinned cell), opportunistic ones outside
   pinned cells;
-* every cell's counters equal a recount of its leaves, and every node cell sits in exactly the free-node
+* every cell's counters equal a recount of its leaves (a bad leaf is never free; the bad-leaf counts and
+  marks agree with the cluster's set of bad leaves), and every node cell sits in exactly the free-node
   bucket of its free leaves; every bound cell still holds its VC's work, except doomed bad cells (bound
   to bad hardware, idle);
 * the free lists are exactly the maximal unbound cells; every chain is safe (each VC can still bind all of
@@ -100,7 +101,17 @@ def audit(a: HivedAllocator) -> list[str]:
             if cell.reserver is not None and groups[cell.reserver].state is not GroupState.PREEMPTING:
                 problems.append(f"leaf {cell.id} reserved by non-preempting gang {cell.reserver}")
             problems.extend(_audit_shares(a, cell, shares.get(cell, {})))
-        free = sum(1 for x in cell.leaves if x.owner is None and x.reserver is None and not x.shares)
+        free = sum(
+            1
+            for x in cell.leaves
+            if x.owner is None and x.reserver is None and not x.shares and not x.bad_leaf
+        )
+        if cell.n_bad_leaves != sum(1 for x in cell.leaves if x.bad_leaf):
+            problems.append(f"cell {cell.id}: n_bad_leaves {cell.n_bad_leaves} disagrees with its leaves")
+        if cell.is_leaf and cell.bad_leaf != (
+            (cell.node_name or "", cell.leaf_index) in a.cluster.bad_leaves
+        ):
+            problems.append(f"leaf {cell.id}: its bad mark disagrees with the cluster's bad leaves")
         oppo = sum(
             1
             for x in cell.leaves
@@ -140,6 +151,9 @@ def audit(a: HivedAllocator) -> list[str]:
         expected = {x for x in a.cluster.cells.values() if x.is_leaf and x.chain == chain and x.shares}
         if index != expected:
             problems.append(f"chain {chain}: the index of shared leaves is wrong")
+    for node, leaf_index in a.cluster.bad_leaves:
+        if not a.cluster.leaves_of(node, leaf_index):
+            problems.append(f"bad leaf {node}/{leaf_index} names no leaf")
     for chain in a.cluster.chains:
         bad = a.quota.unsafe_level(chain)
         if bad is not None:

@@ -14,7 +14,10 @@ rack). State lives on the leaves (HiveD records it on the lowest-level cells too
 From owner/shares and reserver follow HiveD's cell states: free (neither), used (owner or shares only),
 reserving (both), reserved (reserver only). Every cell keeps counters over its leaves (free, used by
 opportunistic work, held by guaranteed work) so that the allocator never has to scan leaves to know
-whether a subtree has room. A node is healthy or bad; a cell is bad when any node in it is bad.
+whether a subtree has room. A node is healthy or bad, and so is each leaf on its own (a GPU its agent
+reports unhealthy); a cell is bad when any node or leaf in it is bad. A bad leaf never counts as free
+(``n_free`` and the free-node buckets leave it out), so every count of room is a count of usable room;
+what runs on it keeps its owner and counts as before.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Cell:
 
     __slots__ = (
         "address",
+        "bad_leaf",
         "bound_vc",
         "cell_type",
         "chain",
@@ -57,6 +61,7 @@ class Cell:
         "leaf_index",
         "leaves",
         "level",
+        "n_bad_leaves",
         "n_bad_nodes",
         "n_bound_below",
         "n_free",
@@ -111,6 +116,9 @@ class Cell:
         self.n_opportunistic = 0
         self.n_guaranteed = 0
         self.n_bad_nodes = 0
+        # Per-leaf health: the leaf itself is bad (leaves only); how many bad leaves the subtree holds.
+        self.bad_leaf = False
+        self.n_bad_leaves = 0
 
     @property
     def is_leaf(self) -> bool:
@@ -118,7 +126,7 @@ class Cell:
 
     @property
     def healthy(self) -> bool:
-        return self.n_bad_nodes == 0
+        return self.n_bad_nodes == 0 and self.n_bad_leaves == 0
 
     @property
     def state(self) -> CellState:
@@ -138,7 +146,7 @@ class Cell:
 
 def _flags(leaf: Cell) -> tuple[int, int, int]:
     busy = leaf.owner is not None or bool(leaf.shares)
-    free = not busy and leaf.reserver is None
+    free = not busy and leaf.reserver is None and not leaf.bad_leaf
     oppo = busy and leaf.owner_priority == OPPORTUNISTIC_PRIORITY
     guar = leaf.reserver is not None or (busy and leaf.owner_priority >= 0)
     return int(free), int(oppo), int(guar)
@@ -162,6 +170,8 @@ class PhysicalCluster:
         # (chain, node, leaf index) -> leaf
         self.leaf_at: dict[tuple[str, str, int], Cell] = {}
         self.bad_nodes: set[str] = set()
+        # (node, leaf index) of every leaf marked bad on its own, whatever its node's health.
+        self.bad_leaves: set[tuple[str, int]] = set()
         # Leaves holding shares, per chain; GPU memory of one leaf, per chain.
         self.shared: dict[str, set[Cell]] = {c.name: set() for c in config.chains}
         self.leaf_memory_mb: dict[str, int] = {
@@ -343,4 +353,30 @@ class PhysicalCluster:
             for below in node_cell.walk():
                 if below is not node_cell:
                     below.n_bad_nodes += delta
+        return True
+
+    def leaves_of(self, node: str, index: int) -> list[Cell]:
+        """The leaves with this index on the node, one per chain that has it (inventories number CPU leaves
+        after the accelerators, so an accelerator index names accelerator leaves only)."""
+        return [leaf for cell in self.nodes.get(node, ()) for leaf in cell.leaves if leaf.leaf_index == index]
+
+    def set_leaf_health(self, node: str, index: int, healthy: bool) -> bool:
+        """Mark one leaf (a GPU) healthy or bad, counters and buckets kept exact; returns whether anything
+        changed. An unknown node or index raises KeyError."""
+        leaves = self.leaves_of(node, index)
+        if not leaves:
+            raise KeyError(f"{node}/{index}")
+        if healthy == ((node, index) not in self.bad_leaves):
+            return False
+        if healthy:
+            self.bad_leaves.discard((node, index))
+        else:
+            self.bad_leaves.add((node, index))
+        delta = -1 if healthy else 1
+        for leaf in leaves:
+            f0, o0, g0 = _flags(leaf)
+            leaf.bad_leaf = not healthy
+            self._count(leaf, f0, o0, g0)
+            for cell in leaf.path:
+                cell.n_bad_leaves += delta
         return True

@@ -39,8 +39,9 @@ def fragmentation(
 
     A whole-GPU request (``milli >= 1000``) can use only free leaves, so every partly shared leaf with idle
     compute is stranded; a share request can also use a shared leaf with enough milli and memory left
-    (whatever VC or kind its sharers are: this is the cluster's view). Bad nodes and reserved leaves are
-    left out; ``leaf_type`` restricts the count to one leaf type (without it, CPU leaves are left out).
+    (whatever VC or kind its sharers are: this is the cluster's view). Bad nodes, bad leaves and reserved
+    leaves are left out; ``leaf_type`` restricts the count to one leaf type (without it, CPU leaves are
+    left out).
     """
     whole = milli >= MILLI_PER_LEAF
     free = shared = stranded = stranded_milli = 0
@@ -51,7 +52,7 @@ def fragmentation(
             continue  # CPU leaves are no accelerators
         for top in cluster.tops[chain]:
             for node in top.node_cells:
-                if node.healthy:
+                if not node.n_bad_nodes:  # n_free leaves out bad leaves already
                     free += node.n_free
         capacity = cluster.leaf_memory_mb[chain]
         for leaf in cluster.shared[chain]:
