@@ -22,6 +22,7 @@ from pai_common.contract.events import (
 from pai_common.contract.states import JOB_STATES, public_state
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
+from pai_common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ BAD_NODES_GAUGE = Gauge(
     "pai_nodes_bad", "Registered nodes that are bad (no heartbeat): no new work goes there."
 )
 GPUS_GAUGE = Gauge("pai_gpus", "GPUs declared by the registered nodes.", ["simulated"])
+BAD_GPUS_GAUGE = Gauge(
+    "pai_gpus_bad", "GPUs reported unhealthy (by their agent or the scheduler): no new work goes there."
+)
 
 
 async def handle(ctx: HandlerContext, env: Envelope) -> None:
@@ -60,16 +64,24 @@ async def handle(ctx: HandlerContext, env: Envelope) -> None:
     elif isinstance(body, NodeRegistered):
         await ctx.db[NODES].replace_one(
             {"_id": body.node},
-            {"_id": body.node, "gpus": len(body.gpus), "simulated": body.simulated, "healthy": True},
+            {
+                "_id": body.node,
+                "gpus": len(body.gpus),
+                "simulated": body.simulated,
+                "healthy": True,
+                "bad_gpus": sorted(g.index for g in body.gpus if not g.healthy),
+            },
             upsert=True,
             session=ctx.session,
         )
     elif isinstance(body, NodeHealthChanged):
-        await ctx.db[NODES].update_one(
-            {"_id": body.node},
-            {"$set": {"healthy": body.healthy, "reason": body.reason}},
-            session=ctx.session,
+        # An event about some GPUs of a node says nothing about the node as a whole, and the other way round.
+        change = (
+            {"bad_gpus": sorted(body.bad_gpus)}
+            if body.bad_gpus is not None
+            else {"healthy": body.healthy, "reason": body.reason}
         )
+        await ctx.db[NODES].update_one({"_id": body.node}, {"$set": change}, session=ctx.session)
 
 
 async def refresh_gauges(app: ServiceApp) -> None:
@@ -81,14 +93,15 @@ async def refresh_gauges(app: ServiceApp) -> None:
     nodes = [n async for n in app.db[NODES].find({})]
     NODES_GAUGE.set(len(nodes))
     BAD_NODES_GAUGE.set(sum(1 for n in nodes if not n.get("healthy", True)))
+    BAD_GPUS_GAUGE.set(sum(len(n.get("bad_gpus", [])) for n in nodes))
     for simulated in (True, False):
         GPUS_GAUGE.labels(str(simulated).lower()).set(
             sum(n["gpus"] for n in nodes if n["simulated"] == simulated)
         )
 
 
-def build_app() -> ServiceApp:
-    app = ServiceApp("monitoring")
+def build_app(settings: Settings | None = None) -> ServiceApp:
+    app = ServiceApp("monitoring", settings)
     app.on_event(JobSubmitted, FrameworkChanged, JobCompleted, NodeRegistered, NodeHealthChanged)(handle)
 
     async def refresher() -> None:
