@@ -24,6 +24,12 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class ExtensionBody(Body):
+    """``{extension: {...}}``, merged into a user's or a group's extension."""
+
+    extension: dict[str, Any]
+
+
 async def _human(user: User) -> Identity:
     if user.application:
         raise ForbiddenUserError(NO_APPLICATIONS)

@@ -23,7 +23,7 @@ from pai_common.contract.rpc import (
     UpdateGroupRequest,
 )
 from pai_common.errors import ForbiddenUserError, InvalidParametersError
-from pai_gateway.auth_deps import Body, Human, parse_body
+from pai_gateway.auth_deps import Body, ExtensionBody, Human, parse_body
 from pai_gateway.deps import User, rpc
 
 router = APIRouter()
@@ -59,10 +59,6 @@ class GroupData(Body):
 class UpdateBody(Body):
     data: GroupData
     patch: bool = False
-
-
-class ExtensionBody(Body):
-    extension: dict[str, Any]
 
 
 class DescriptionBody(Body):

@@ -23,7 +23,7 @@ from pai_common.contract.rpc import (
     UserReply,
 )
 from pai_common.errors import InvalidParametersError
-from pai_gateway.auth_deps import Body, Human, parse_body
+from pai_gateway.auth_deps import Body, ExtensionBody, Human, parse_body
 from pai_gateway.deps import User, rpc
 
 router = APIRouter()
@@ -75,10 +75,6 @@ class MeData(Body):
 class MeBody(Body):
     data: MeData
     patch: bool = False
-
-
-class ExtensionBody(Body):
-    extension: dict[str, Any]
 
 
 class GrouplistBody(Body):
