@@ -2,6 +2,10 @@
 
     python benchmarks/sim_workload.py --jobs 500 --capacity-gpus 64 --load 0.9 \
         --vcs vc-a:0.4,vc-b:0.4,vc-c:0.2 --seed 1 --out examples/sim/jobs-500.csv
+    python benchmarks/sim_workload.py --starvation --out examples/sim/starvation-jobs.csv
+
+``--starvation`` writes the backfill-starvation workload instead (``pai_scheduler.sim.workloads.starvation``:
+one 16-GPU gang among a 36 h overload of 1-2 GPU jobs in VC vc-a; ``--seed`` is its only other input).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pai_scheduler.sim.jobs import format_workload_csv
-from pai_scheduler.sim.workloads import WorkloadSpec, generate
+from pai_scheduler.sim.workloads import StarvationSpec, WorkloadSpec, generate, starvation
 
 
 def parse_vcs(text: str) -> tuple[tuple[str, float], ...]:
@@ -36,8 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fractional", type=float, default=0.0, help="fraction of 1-GPU jobs asking a share")
     parser.add_argument("--gpu-type", default="")
     parser.add_argument("--max-job-gpus", type=int, default=0)
+    parser.add_argument("--starvation", action="store_true", help="the backfill-starvation workload")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.starvation:
+        jobs = starvation(StarvationSpec(seed=args.seed))
+        Path(args.out).write_text(format_workload_csv(jobs), encoding="utf-8")
+        print(f"wrote {len(jobs)} jobs to {args.out}")
+        return 0
     spec = WorkloadSpec(
         jobs=args.jobs,
         seed=args.seed,

@@ -17,6 +17,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import heartbeat_subject
@@ -46,7 +47,7 @@ from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_scheduler import vc_views
 from pai_scheduler.cluster_source import load_cluster
-from pai_scheduler.hived.allocator import HivedAllocator
+from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
 from pai_scheduler.hived.decisions import (
     Allocated,
@@ -68,15 +69,19 @@ STATE_ID = "cluster"
 
 
 class SchedulerSettings(Settings):
+    # `PAI_PROTECT_HEAD_AFTER_S=off` turns backfill protection off (plain HiveD: backfill always passes).
+    model_config = SettingsConfigDict(env_prefix="PAI_", extra="ignore", env_parse_none_str="off")
+
     # A HiveD config (YAML) or a node inventory (CSV); `pai up` writes one for its simulated nodes.
     scheduler_cluster: Path | None = Field(default=None)
     # A node whose agent sends no heartbeat for this long is bad: no new work goes there.
     node_lost_s: float = Field(default=30.0, gt=0)
-    # Backfill protection: after this many seconds at the head of its VC's queue, a guaranteed gang gets
-    # the cells of its best placement held from smaller gangs of its VC. Off unless set: on the simulated
-    # workloads so far it lengthened completion times without shortening the big jobs' longest waits
-    # (benchmarks/sim_compare.py, policy hived-protect), so it stays an operator's choice for now.
-    protect_head_after_s: float | None = Field(default=None, gt=0)
+    # Backfill protection: once a guaranteed gang at the head of its VC's queue has waited this many
+    # seconds, the cells of its best placement (and the quota to cover them) are held from later gangs of
+    # its VC. A starvation guard: 24 h costs nothing on the simulated example workloads, where shorter
+    # thresholds cost 4-178% average completion time, and bounds a starved gang's wait by it plus the
+    # longest job then on its cells (benchmarks/sim_backfill.py; policy hived runs this default).
+    protect_head_after_s: float | None = Field(default=PROTECT_HEAD_AFTER_S, gt=0)
 
 
 def alloc_key(job_key: str, attempt_id: int) -> str:

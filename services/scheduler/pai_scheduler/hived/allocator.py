@@ -83,7 +83,10 @@ from pai_scheduler.hived.shares import Fragmentation, fragmentation
 
 SNAPSHOT_VERSION = 1
 # Backfill protection: how long the head of a VC's queue waits before the leaves it needs are held for it.
-PROTECT_HEAD_AFTER_S = 600.0
+# A starvation guard, not an every-day rule: holding drains the head's cells, and with run times unknown the
+# drain waits for the longest job on them. Shorter thresholds cost 4-178% average completion time on the
+# example workloads, 24 h costs nothing there and still bounds a starved gang's wait (hived/README.md).
+PROTECT_HEAD_AFTER_S = 24 * 3600.0
 
 # A region is where one pod may go: (node, cell whose n_free counts exactly the usable leaves or None,
 # the usable leaves of that node).
@@ -185,6 +188,11 @@ class HivedAllocator:
         # While one gang is placed: leaves it must not take (another gang's hold) and their nodes.
         self._blocked: frozenset[Cell] = frozenset()
         self._blocked_nodes: frozenset[Cell] = frozenset()
+        # While a gang is placed behind a protected head: that head and its held leaves, so that a placement
+        # that would leave the head unplaceable on them (by spending the VC's quota elsewhere) is refused.
+        self._guarding: tuple[_Group, frozenset[Cell]] | None = None
+        # The leaves of a hold's chain outside the hold (held leaves -> complement), built once per hold.
+        self._outside_hold: tuple[frozenset[Cell], frozenset[Cell]] | None = None
         self.cluster = PhysicalCluster(config)
         self.quota = QuotaBook(self.cluster)
         # InfiniBand domains per chain (cells of its InfiniBand level, depth-first), and the one an
@@ -924,10 +932,12 @@ class HivedAllocator:
         if hold is None:
             return self._schedule_within(g)
         self._set_blocked(hold[1])
+        self._guarding = (self._groups[hold[0]], hold[1])
         try:
             out = self._schedule_within(g)
         finally:
             self._set_blocked(frozenset())
+            self._guarding = None
         if not out:
             self._undo = []
             if self._find(g) is not None:
@@ -1004,12 +1014,39 @@ class HivedAllocator:
         if req.guaranteed:
             ceilings += sorted({OPPORTUNISTIC_PRIORITY, req.priority - 1})
         chains = self._chains_for(req)
+        # Behind a protected head, keeping off its held leaves is not enough: a gang that binds more of the
+        # VC's quota elsewhere can leave too little quota to cover them, and the head would then wait for
+        # that gang too. Such a placement is refused (unless the head could not start there anyway).
+        guard = self._guarding if self._guarding is not None and self._head_fits(*self._guarding) else None
         for ceiling in ceilings:
             for chain in chains:
+                mark = len(self._undo)
                 slots = self._place_in_chain(g, chain, ceiling)
                 if slots is not None:
-                    return chain, slots
+                    if guard is None or self._head_fits(*guard):
+                        return chain, slots
+                    self._rollback_to(mark)
         return None
+
+    def _head_fits(self, head: _Group, held: frozenset[Cell]) -> bool:
+        """Whether the protected head could be placed on exactly its held leaves if the work running on them
+        ended (inside the open transaction; nothing is left applied)."""
+        assert self._undo is not None
+        chain = next(iter(held)).chain
+        if self._outside_hold is None or self._outside_hold[0] is not held:
+            others = frozenset(
+                x for x in self.cluster.cells.values() if x.chain == chain and x.level == 1 and x not in held
+            )
+            self._outside_hold = (held, others)
+        saved = (self._blocked, self._blocked_nodes, self._placing, self._guarding)
+        self._set_blocked(self._outside_hold[1])
+        self._guarding = None
+        mark = len(self._undo)
+        try:
+            return self._place_in_chain(head, chain, MAX_GUARANTEED_PRIORITY) is not None
+        finally:
+            self._rollback_to(mark)
+            self._blocked, self._blocked_nodes, self._placing, self._guarding = saved
 
     def _place_in_chain(self, g: _Group, chain: str, ceiling: int) -> list[PodSlot] | None:
         """``_place_gang`` in one chain; an InfiniBand gang under one InfiniBand domain, tried in order of
@@ -1669,6 +1706,8 @@ class HivedAllocator:
                 kept is not None
                 and kept[0] == head.request.key
                 and not any(x.bad_leaf or (x.node is not None and x.node.n_bad_nodes) for x in kept[1])
+                # another VC bound cells under it (the head cannot start there while that VC's work runs)
+                and not any(c.bound_vc not in (None, vc) for x in kept[1] for c in x.path)
             ):
                 holds[vc] = kept
                 continue

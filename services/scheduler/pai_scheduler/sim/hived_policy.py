@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from pai_scheduler.hived.allocator import HivedAllocator
+from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
 from pai_scheduler.hived.cells import MILLI_PER_LEAF
 from pai_scheduler.hived.decisions import Allocated, Decision, PodPlacement, Preempting, Rejected
 from pai_scheduler.hived.errors import UnsupportedRequestError
@@ -52,12 +52,13 @@ def _held(pl: PodPlacement, cpu_types: frozenset[str]) -> float:
 class HivedPolicy:
     name = "hived"
 
-    def __init__(self, cluster: SimCluster, clock: bool = False):
-        self._alloc = HivedAllocator(cluster.config)
+    def __init__(self, cluster: SimCluster, protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S):
+        """``protect_head_after_s``: backfill protection as the service runs it (its default is the
+        service's); None runs the plain HiveD behaviour, where nothing is ever held."""
+        self._alloc = HivedAllocator(cluster.config, protect_head_after_s)
         self._cpu_types = frozenset(s.name for s in cluster.config.sku_types if s.gpu == 0)
-        # With the clock, the allocator sees simulated time and protects long-waiting heads from backfill
-        # as the service does; without it, it never holds anything (the plain HiveD behaviour).
-        self._clock = clock
+        # The allocator sees simulated time only when it protects heads (time changes nothing else).
+        self._clock = protect_head_after_s is not None
         self._now: float | None = None
         self._jobs: dict[str, SimJob] = {}
         self._attempt: dict[str, int] = {}

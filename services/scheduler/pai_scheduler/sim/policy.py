@@ -77,15 +77,21 @@ def policies() -> dict[str, PolicyFactory]:
     from pai_scheduler.sim.baselines import FirstFitPolicy, QuotaOnlyPolicy
     from pai_scheduler.sim.hived_policy import HivedPolicy
 
-    def hived_protected(cluster: SimCluster) -> Policy:
-        return HivedPolicy(cluster, clock=True)
+    def hived_strict(cluster: SimCluster) -> Policy:
+        return HivedPolicy(cluster, protect_head_after_s=0.0)
+
+    def hived_no_protect(cluster: SimCluster) -> Policy:
+        return HivedPolicy(cluster, protect_head_after_s=None)
 
     return {
         "first-fit": FirstFitPolicy,
         "quota-only": QuotaOnlyPolicy,
+        # As the service runs it by default: backfill protection as a starvation guard (24 h).
         "hived": HivedPolicy,
-        # As the service runs it: with the clock, so that long-waiting heads are protected from backfill.
-        "hived-protect": hived_protected,
+        # Every guaranteed head protected at once: the backfill rule to the letter.
+        "hived-strict": hived_strict,
+        # Plain HiveD: backfill always passes a waiting head.
+        "hived-no-protect": hived_no_protect,
     }
 
 

@@ -91,3 +91,65 @@ def generate(spec: WorkloadSpec) -> list[SimJob]:
             )
         )
     return jobs
+
+
+@dataclass(frozen=True)
+class StarvationSpec:
+    """One VC, a steady overload of small jobs, and one big gang submitted early (backfill starvation).
+
+    Small jobs (1 or 2 GPUs, the big gang's priority) arrive every ``small_interval_s`` from time 0 until
+    ``stream_s`` and each runs ``small_min_s``..``small_max_s``; offered load above the VC's quota keeps a
+    queue of them, so without backfill protection the freed GPUs always go to a small job that fits and the
+    big gang waits for the stream to end."""
+
+    seed: int = 0
+    vc: str = "vc-a"
+    quota_gpus: int = 16  # the VC's quota (the small jobs' load is sized against it)
+    small_interval_s: float = 75.0
+    small_min_s: float = 600.0
+    small_max_s: float = 1800.0
+    stream_s: float = 36 * 3600.0  # longer than the service's 24 h starvation guard
+    big_submit_s: float = 300.0
+    big_tasks: int = 2
+    big_gpu_per_task: int = 8
+    big_duration_s: float = 3600.0
+    priority: int = 100
+
+
+BIG_JOB_ID = "big"
+
+
+def starvation(spec: StarvationSpec) -> list[SimJob]:
+    """The jobs of the starvation workload, in submission order; the big gang's id is ``BIG_JOB_ID``."""
+    if spec.small_interval_s <= 0 or not 0 < spec.small_min_s <= spec.small_max_s or spec.stream_s <= 0:
+        raise ValueError("small_interval_s, stream_s and small_min_s..small_max_s must be positive")
+    rng = random.Random(spec.seed)
+
+    def one(job_id: str, t: float, duration: float, tasks: int, gpu: float) -> SimJob:
+        return SimJob(
+            job_id=job_id,
+            submit_time=round(t, 3),
+            duration=round(duration, 3),
+            vc=spec.vc,
+            priority=spec.priority,
+            tasks=tasks,
+            gpu_per_task=gpu,
+            gpu_types=(),
+            cpu_per_task=4.0 * gpu,
+            memory_mb_per_task=int(8192 * gpu),
+        )
+
+    jobs: list[SimJob] = []
+    big = one(
+        BIG_JOB_ID, spec.big_submit_s, spec.big_duration_s, spec.big_tasks, float(spec.big_gpu_per_task)
+    )
+    n = math.floor(spec.stream_s / spec.small_interval_s)
+    for i in range(n):
+        t = i * spec.small_interval_s
+        if big not in jobs and t > spec.big_submit_s:
+            jobs.append(big)
+        gpu = float(rng.choice((1, 1, 2)))
+        jobs.append(one(f"small-{i:04d}", t, rng.uniform(spec.small_min_s, spec.small_max_s), 1, gpu))
+    if big not in jobs:
+        jobs.append(big)
+    return jobs

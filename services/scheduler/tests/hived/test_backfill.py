@@ -199,3 +199,99 @@ def test_an_unreached_threshold_changes_no_decision(seq: list[tuple[int, tuple[A
     for i, (dt, op) in enumerate(seq):
         now += dt
         assert apply(a, i, now, op) == apply(b, i, None, op)
+
+
+# ------------------------------------------------------------------ a stream of small gangs behind a head
+
+
+def start_of_big(
+    threshold: float | None, stream: bool, first: tuple[float, ...] = (50, 120, 80, 200)
+) -> float:
+    """VC a's node runs four 1-leaf gangs ending at ``first``; a 4-leaf gang "big" of the same priority
+    arrives at 1 s. With ``stream``, a new 1-leaf gang (running 150 s) arrives every 10 s until 2000 s.
+    Returns when "big" starts (it must start before the stream ends)."""
+    a = HivedAllocator(CONFIG, protect_head_after_s=threshold)
+    ends: dict[str, float] = {}
+    for i, end in enumerate(first):
+        assert isinstance(a.submit(gang(f"s{i}", "a", 10, 1, 1), now=0), Allocated)
+        ends[f"s{i}"] = end
+    assert isinstance(a.submit(gang("big", "a", 10, 1, 4), now=1), Queued)
+    arrivals = [10.0 * k for k in range(1, 200)] if stream else []
+    started: dict[str, float] = {}
+
+    def note(decisions: list[Any], now: float) -> None:
+        for d in decisions:
+            if isinstance(d, Allocated):
+                started[d.key] = now
+                if d.key != "big":
+                    ends[d.key] = now + 150
+
+    while "big" not in started:
+        t_end = min(ends.values(), default=float("inf"))
+        t_arr = arrivals[0] if arrivals else float("inf")
+        assert min(t_end, t_arr) < float("inf"), "big never started"
+        if t_end <= t_arr:  # departures first at one instant, as the simulator does
+            key = min(ends, key=lambda k: (ends[k], k))
+            del ends[key]
+            note(a.release(key, now=t_end), t_end)
+        else:
+            arrivals.pop(0)
+            note(a.submit_all(gang(f"x{int(t_arr)}", "a", 10, 1, 1), now=t_arr), t_arr)
+        assert audit(a) == []
+    return started["big"]
+
+
+def test_a_protected_head_starts_as_if_no_small_gangs_kept_arriving() -> None:
+    alone = start_of_big(0, stream=False)
+    assert alone == 200  # when the last gang running at its arrival ends
+    # Protected from the start: the stream does not delay it at all.
+    assert start_of_big(0, stream=True) == alone
+    # Unprotected, the stream backfills every freed leaf: it waits until the stream stops.
+    assert start_of_big(None, stream=True) > 2000
+    # Protected after 300 s: the small gangs started before then may still run (150 s each), no more.
+    late = start_of_big(300, stream=True)
+    assert alone < late <= 1 + 300 + 150
+
+
+def nodes_of(leaf_ids: list[str]) -> set[str]:
+    """Node positions (``POOL[0]/<n>``) of leaf ids: n0, n1, n2 are children 0, 1, 2 of the pool."""
+    return {"/".join(x.split("/")[:2]) for x in leaf_ids}
+
+
+def test_backfill_may_not_spend_the_quota_a_protected_head_needs() -> None:
+    # VC b's quota is two of the three nodes. s0 binds n0; the head (two 4-leaf pods) holds n0 and n1.
+    a = HivedAllocator(CONFIG, protect_head_after_s=0)
+    first = a.submit(gang("s0", "b", 10, 1, 1), now=0)
+    assert isinstance(first, Allocated) and first.placements[0].node == "n0"
+    assert isinstance(a.submit(gang("big", "b", 10, 2, 4), now=1), Queued)
+    a.tick(2)
+    head, held = a.holds()["b"]
+    assert head == "big" and nodes_of(held) == {"POOL[0]/0", "POOL[0]/1"}
+    # A 1-leaf gang of b could bind n2 (free, outside the hold), but then b's two nodes of quota would be
+    # n0 and n2, and the head could not have n1 even once s0 ends: it would wait for this gang too.
+    late = a.submit(gang("late", "b", 10, 1, 1), now=3)
+    assert isinstance(late, Queued) and "held back so that big can start" in late.reason, late
+    assert audit(a) == []
+    out = a.release("s0", now=4)
+    placed = next(d for d in out if isinstance(d, Allocated) and d.key == "big")
+    assert sorted(p.node for p in placed.placements) == ["n0", "n1"]
+    # Then "late" (the head now) starts on what b has left: nothing of b's quota is free, so it waits.
+    assert isinstance(a.decision_of("late"), Queued)
+    checked(a)
+
+
+def test_a_hold_moves_when_another_vc_binds_cells_under_it() -> None:
+    a = HivedAllocator(CONFIG, protect_head_after_s=0)
+    assert isinstance(a.submit(gang("s0", "b", 10, 1, 1), now=0), Allocated)
+    assert isinstance(a.submit(gang("big", "b", 10, 2, 4), now=1), Queued)
+    a.tick(2)
+    assert nodes_of(a.holds()["b"][1]) == {"POOL[0]/0", "POOL[0]/1"}
+    # VC a's guaranteed gang binds a's one node of quota on n1, under b's hold: the hold moves to n2 (the
+    # head could not start on n1 while a's gang runs; another VC's guaranteed work is never a victim).
+    other = a.submit(gang("a0", "a", 10, 1, 4), now=3)
+    assert isinstance(other, Allocated) and other.placements[0].node == "n1"
+    assert nodes_of(a.holds()["b"][1]) == {"POOL[0]/0", "POOL[0]/2"}
+    out = a.release("s0", now=4)
+    placed = next(d for d in out if isinstance(d, Allocated) and d.key == "big")
+    assert sorted(p.node for p in placed.placements) == ["n0", "n2"]
+    checked(a)

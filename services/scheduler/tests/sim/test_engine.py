@@ -348,16 +348,19 @@ def test_hived_adapter_requeues_a_victim_that_started_in_the_same_call() -> None
 
 
 def test_every_policy_is_available() -> None:
-    assert set(ALL) == {"first-fit", "quota-only", "hived", "hived-protect"}
+    assert set(ALL) == {"first-fit", "quota-only", "hived", "hived-strict", "hived-no-protect"}
 
 
-def test_a_hold_stays_put_so_that_backfill_protection_does_not_drain_vcs_for_nothing() -> None:
-    # Simulated time, deterministic. Holds recomputed towards whatever got cheaper kept moving and threw
-    # away what had drained: about twice the average completion time of the unprotected run.
+def test_the_default_starvation_guard_costs_nothing_on_the_example_workload() -> None:
+    # Simulated time, deterministic. Protecting every head at once drains a VC for each big head (the
+    # drain waits for the longest job on its cells); the service's default, a 24 h guard, never changes a
+    # completion time here (benchmarks/sim_backfill.py has the figures).
     cluster = load_cluster(EXAMPLES / "cluster-8x8.yaml")
     jobs = parse_workload_csv((EXAMPLES / "jobs-500.csv").read_text())
-    plain = simulate(make_policy("hived", cluster), cluster.capacity, jobs).metrics["jct_s"]["avg"]
-    protected = simulate(make_policy("hived-protect", cluster), cluster.capacity, jobs).metrics["jct_s"][
-        "avg"
-    ]
-    assert protected < 1.25 * plain
+
+    def jct(policy: str) -> float:
+        return float(simulate(make_policy(policy, cluster), cluster.capacity, jobs).metrics["jct_s"]["avg"])
+
+    plain = jct("hived-no-protect")
+    assert jct("hived") <= 1.02 * plain
+    assert jct("hived-strict") > 1.2 * plain
