@@ -14,7 +14,9 @@ import hashlib
 
 from pai_common.contract.types import JobSpec, Placement
 
-PORT_RANGE = (15000, 40000)
+# OpenPAI draws from [15000, 40000); that overlaps Linux's default ephemeral range (32768-60999), where
+# every outgoing connection on the node takes a port, so a task would now and then find its port taken.
+PORT_RANGE = (15000, 32768)
 # Labels every task gets (at least one port each), as OpenPAI's port-scheduling spec always adds them.
 ALWAYS = {"ssh": 1, "http": 1}
 
