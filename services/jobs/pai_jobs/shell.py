@@ -4,6 +4,7 @@ current from the events of the other services."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -55,6 +56,7 @@ from pai_common.errors import (
 from pai_common.service import ServiceApp
 from pai_jobs import job_events, list_plan
 from pai_jobs.job_events import JobEvent
+from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
 from pai_jobs.protocol import parse_job
 from pai_jobs.queries import list_filter, list_sort
 from pai_jobs.views import (
@@ -98,9 +100,9 @@ async def _record(ctx: HandlerContext, event: JobEvent) -> None:
     await ctx.db[EVENTS].update_one(query, update, upsert=True, session=ctx.session)
 
 
-async def _next_seq(db: Db, session: AsyncClientSession | None) -> int:
+async def _next_seq(db: Db, session: AsyncClientSession | None, name: str = SEQ_COUNTER) -> int:
     counter = await db[COUNTERS].find_one_and_update(
-        {"_id": SEQ_COUNTER},
+        {"_id": name},
         {"$inc": {"value": 1}},
         upsert=True,
         return_document=ReturnDocument.AFTER,
@@ -116,20 +118,34 @@ async def _apply_counts(db: Db, changes: dict[str, int], session: AsyncClientSes
         await db[COUNTS].update_one({"_id": key}, {"$inc": {"n": delta}}, upsert=True, session=session)
 
 
+async def new_list_entry(db: Db, job: dict[str, Any], session: AsyncClientSession | None) -> dict[str, Any]:
+    """A job's `job_list` document with the next `update_seq`: every write of one takes it, in the same
+    transaction, so that the replicas' in-memory lists (list_sync) read exactly what changed."""
+    return {**list_plan.list_entry(job), "update_seq": await _next_seq(db, session, UPDATE_COUNTER)}
+
+
 async def refresh_list_entry(db: Db, job_key: str, session: AsyncClientSession | None) -> None:
     """Rebuild a job's list entry and its counters from the job document (in the caller's transaction)."""
     job = await db[JOBS].find_one({"_id": job_key}, ENTRY_PROJECTION, session=session)
     if job is None or "seq" not in job:
         return
-    entry = list_plan.list_entry(job)
+    entry = await new_list_entry(db, job, session)
     before = await db[LIST].find_one({"_id": job_key}, {"summary": 0}, session=session)
     await db[LIST].replace_one({"_id": job_key}, entry, upsert=True, session=session)
     await _apply_counts(db, list_plan.count_changes(before, entry), session)
 
 
+def list_index_enabled() -> bool:
+    """`PAI_JOBS_LIST_INDEX=0` serves every list from the database plan alone."""
+    return os.environ.get("PAI_JOBS_LIST_INDEX", "1") != "0"
+
+
 class JobsService:
-    def __init__(self, app: ServiceApp) -> None:
+    def __init__(self, app: ServiceApp, list_index: bool | None = None) -> None:
         self.app = app
+        use_index = list_index_enabled() if list_index is None else list_index
+        # The in-memory list of this process (None: the database plan serves every list).
+        self.lists = ListSync(lambda: app.db) if use_index else None
         app.rpc(
             {
                 SubmitJobRequest: self.submit,
@@ -151,10 +167,21 @@ class JobsService:
         app.on_event(SchedulingRejected)(self.on_rejected)
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
         app.on_startup(self._indexes)
+        app.background(self._backfill)
+        if self.lists is not None:
+            app.background(self.lists.run)
 
     async def _indexes(self, app: ServiceApp) -> None:
         await create_indexes(app)
-        backfilled = await backfill_list(app)
+
+    async def _backfill(self) -> None:
+        # After the service is ready: looking for jobs without `seq` reads the whole `jobs` collection
+        # on the embedded server (about 20 s at 100,000 jobs).
+        try:
+            backfilled = await backfill_list(self.app)
+        except Exception as exc:
+            log.warning("job list backfill failed; the next start tries again", extra={"error": repr(exc)})
+            return
         if backfilled:
             log.info("job list entries backfilled", extra={"jobs": backfilled})
 
@@ -179,7 +206,7 @@ class JobsService:
             # The seq is taken in the same transaction as the insert: a refused job leaves no gap.
             job = {**doc, "seq": await _next_seq(tx.db, tx.session)}
             await tx.db[JOBS].insert_one(job, session=tx.session)
-            entry = list_plan.list_entry(job)
+            entry = await new_list_entry(tx.db, job, tx.session)
             await tx.db[LIST].insert_one(entry, session=tx.session)
             await _apply_counts(tx.db, list_plan.count_changes(None, entry), tx.session)
             if spec.has_secrets:
@@ -211,6 +238,12 @@ class JobsService:
     async def list_jobs(self, req: ListJobsRequest) -> JobListReply:
         query = list_filter(req)  # also refuses values no job can have
         sort = list_sort(req)
+        index = await self.lists.current() if self.lists is not None else None
+        if index is not None:
+            found = index.page(req)
+            return JobListReply(
+                jobs=index.summaries(found.keys), total=found.total if req.count_total else -1
+            )
         if req.order_field == list_plan.SEQ_ORDER_FIELD:
             page = await self._page_by_seq(req)
         else:
@@ -455,6 +488,7 @@ def read_model_fields(snapshot: dict[str, Any]) -> dict[str, Any]:
 async def create_indexes(app: ServiceApp) -> None:
     for keys, name in list_plan.DRIVER_INDEXES:
         await app.db[LIST].create_index(keys, name=name)
+    await app.db[LIST].create_index([("update_seq", 1)], name="list_update_seq")
     await app.db[EVENTS].create_index([("job_key", 1), ("first_at", 1)])
 
 

@@ -367,7 +367,8 @@ async def test_a_restarted_service_keeps_its_jobs_and_resends_nothing(
 async def test_jobs_stored_before_the_list_get_entries_at_start(
     nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
 ) -> None:
-    """A job document from before `seq` and `job_list` existed is listed (and counted) after a restart."""
+    """A job document from before `seq` and `job_list` existed is listed (and counted) soon after a
+    restart."""
     db = f"jobs{uuid.uuid4().hex[:8]}"
     app = jobs_app(nats_srv, mongo_server, db, tmp_path)
     await app.start()
@@ -382,8 +383,12 @@ async def test_jobs_stored_before_the_list_get_entries_at_start(
     app = jobs_app(nats_srv, mongo_server, db, tmp_path)
     await app.start()
     try:
-        listed = await client.request(ListJobsRequest(), JobListReply)
-        assert [j["name"] for j in listed.jobs] == ["legacy", "fresh"]
+        # The backfill runs once the service is ready.
+        async def both_listed() -> None:
+            listed = await client.request(ListJobsRequest(), JobListReply)
+            assert [j["name"] for j in listed.jobs] == ["legacy", "fresh"]
+
+        await eventually(both_listed)
         bobs = await client.request(ListJobsRequest(usernames=["bob"], limit=1, offset=0), JobListReply)
         assert [j["name"] for j in bobs.jobs] == ["legacy"]
         counted = await client.request(ListJobsRequest(usernames=["bob"], offset=1), JobListReply)
