@@ -37,13 +37,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-async def retry_transient(fn: Callable[[], Awaitable[T]], attempts: int = 8, base_delay_s: float = 0.05) -> T:
-    """Run ``fn`` again when MongoDB says the failure is transient (a write conflict between processes)."""
+async def retry_transient(
+    fn: Callable[[], Awaitable[T]], attempts: int = 12, base_delay_s: float = 0.01, max_delay_s: float = 0.5
+) -> T:
+    """Run ``fn`` again when MongoDB says the failure is transient (a write conflict between processes).
+
+    The first pauses are short: a conflicting transaction usually commits within milliseconds, and long
+    pauses turned a few concurrent writers into seconds of latency. About 3.5 s of patience in all.
+    """
     for attempt in range(attempts):
         try:
             return await fn()
         except PyMongoError as exc:
             if not is_transient(exc) or attempt == attempts - 1:
                 raise
-            await asyncio.sleep(base_delay_s * 2**attempt * (0.5 + random.random()))
+            await asyncio.sleep(min(base_delay_s * 2**attempt, max_delay_s) * (0.5 + random.random()))
     raise AssertionError("unreachable")

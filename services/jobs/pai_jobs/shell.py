@@ -3,12 +3,14 @@ current from the events of the other services."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -114,8 +116,12 @@ async def _next_seq(db: Db, session: AsyncClientSession | None, name: str = SEQ_
 
 
 async def _apply_counts(db: Db, changes: dict[str, int], session: AsyncClientSession | None) -> None:
-    for key, delta in sorted(changes.items()):
-        await db[COUNTS].update_one({"_id": key}, {"$inc": {"n": delta}}, upsert=True, session=session)
+    # One round trip for all of them: a submission changes five counters.
+    updates = [
+        UpdateOne({"_id": key}, {"$inc": {"n": delta}}, upsert=True) for key, delta in sorted(changes.items())
+    ]
+    if updates:
+        await db[COUNTS].bulk_write(updates, session=session)
 
 
 async def new_list_entry(db: Db, job: dict[str, Any], session: AsyncClientSession | None) -> dict[str, Any]:
@@ -129,8 +135,14 @@ async def refresh_list_entry(db: Db, job_key: str, session: AsyncClientSession |
     job = await db[JOBS].find_one({"_id": job_key}, ENTRY_PROJECTION, session=session)
     if job is None or "seq" not in job:
         return
+    before = await db[LIST].find_one({"_id": job_key}, session=session)
+    if before is not None and {k: v for k, v in before.items() if k != "update_seq"} == list_plan.list_entry(
+        job
+    ):
+        # Most framework changes (a task started, an attempt moved on) leave the list entry as it was:
+        # no write, and no bump of the update sequence every list write contends for.
+        return
     entry = await new_list_entry(db, job, session)
-    before = await db[LIST].find_one({"_id": job_key}, {"summary": 0}, session=session)
     await db[LIST].replace_one({"_id": job_key}, entry, upsert=True, session=session)
     await _apply_counts(db, list_plan.count_changes(before, entry), session)
 
@@ -146,6 +158,10 @@ class JobsService:
         use_index = list_index_enabled() if list_index is None else list_index
         # The in-memory list of this process (None: the database plan serves every list).
         self.lists = ListSync(lambda: app.db) if use_index else None
+        # RPC writes of this process run one at a time: every one bumps the same counters (the submission
+        # sequence, the list's update sequence, the per-value counts), so running them together only makes
+        # them conflict and back off (measured: submit p50 2.6 s at 8 concurrent, instead of ~0.1 s).
+        self._writes = asyncio.Lock()
         app.rpc(
             {
                 SubmitJobRequest: self.submit,
@@ -191,6 +207,10 @@ class JobsService:
             raise NoJobError(f"Job {job_key} is not found.")
         return doc
 
+    async def _transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
+        async with self._writes:
+            await self.app.transact(work)
+
     # ---- submission ---------------------------------------------------------------------------------
 
     async def submit(self, req: SubmitJobRequest) -> SubmitJobReply:
@@ -217,7 +237,7 @@ class JobsService:
             tx.out.event(JobSubmitted(spec=spec), msg_id=f"submitted:{spec.job_key}")
 
         try:
-            await self.app.transact(store)
+            await self._transact(store)
         except DuplicateKeyError:
             # Names are never reused, even after the first job finished (as OpenPAI does).
             raise ConflictJobError(f"Job {spec.job_key} already exists.") from None
@@ -357,7 +377,7 @@ class JobsService:
                 msg_id=f"stop:{req.job_key}",
             )
 
-        await self.app.transact(stop)
+        await self._transact(stop)
         log.info("job stop requested", extra={"job_key": req.job_key, "by": req.username})
         return JobMutationReply(message=message)
 
@@ -379,7 +399,7 @@ class JobsService:
                 )
             await refresh_list_entry(tx.db, req.job_key, tx.session)
 
-        await self.app.transact(change)
+        await self._transact(change)
         if req.remove:
             return JobMutationReply(message=f"Delete tag {req.tag} from job {req.job_key} successfully.")
         return JobMutationReply(message=f"Add tag {req.tag} for job {req.job_key} successfully.")
