@@ -136,9 +136,8 @@ async def refresh_list_entry(db: Db, job_key: str, session: AsyncClientSession |
     if job is None or "seq" not in job:
         return
     before = await db[LIST].find_one({"_id": job_key}, session=session)
-    if before is not None and {k: v for k, v in before.items() if k != "update_seq"} == list_plan.list_entry(
-        job
-    ):
+    kept = {k: v for k, v in before.items() if k != "update_seq"} if before is not None else None
+    if kept == list_plan.list_entry(job):
         # Most framework changes (a task started, an attempt moved on) leave the list entry as it was:
         # no write, and no bump of the update sequence every list write contends for.
         return
