@@ -1,6 +1,6 @@
 """The diagnosis service against a real NATS server (JetStream) and a real MongoDB-wire server: task exits
-in, diagnoses stored and published; the exit spec read, uploaded (validated first), kept across a restart;
-and the gateway's admin routes in front of it."""
+in, diagnoses stored and published; the exit spec read, uploaded (validated first), kept across a restart.
+The gateway's admin routes in front of it are tested in tests/test_diagnosis_gateway_routes.py."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
-from fastapi import Request
 
 from pai_common.bus import Bus
 from pai_common.contract.events import TaskDiagnosed, TaskExited
-from pai_common.contract.rpc import ExitSpecReply, GetExitSpecRequest, Identity, PutExitSpecRequest
+from pai_common.contract.rpc import ExitSpecReply, GetExitSpecRequest, PutExitSpecRequest
 from pai_common.embedded import ServerProcess
 from pai_common.errors import ForbiddenUserError, InvalidParametersError
 from pai_common.service import ServiceApp
@@ -23,8 +20,6 @@ from pai_common.settings import Settings
 from pai_common.testing import EventRecorder
 from pai_diagnosis.shell import DIAGNOSES, Diagnoser
 from pai_diagnosis.spec import builtin_spec
-from pai_gateway.http_app import build_http_app
-from pai_gateway.settings import GatewaySettings
 
 LICENSE_SPEC = """version: 1
 spec:
@@ -160,48 +155,5 @@ async def test_the_spec_is_validated_stored_and_kept_across_restarts(
         assert reset.revision == 2 and reset.spec == builtin_spec().document
         await fresh_bus.publish_event(exited("u~lic3", 1, "license server unreachable\n"))
         assert (await seen.wait_for(TaskDiagnosed, "u~lic3")).spec_code == 255
-    finally:
-        await app.stop()
-
-
-class _Caller:
-    """The gateway's identity resolver, answering from the header alone (the auth service is not under
-    test here); everything else — the bus, the RPC, the diagnosis service, its database — is real."""
-
-    async def resolve(self, request: Request) -> Identity:
-        who = request.headers.get("authorization", "").removeprefix("Bearer ")
-        return Identity(username=who, admin=who == "root", virtual_clusters=["default"])
-
-
-async def test_gateway_routes_for_admins(
-    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
-) -> None:
-    app = diagnosis_app(fresh_nats, mongo_server, f"diag{uuid.uuid4().hex[:8]}", tmp_path)
-    await app.start()
-    try:
-        http = build_http_app(lambda: fresh_bus, GatewaySettings(nats_url=fresh_nats.url))
-        http.state.resolver = _Caller
-        transport = httpx.ASGITransport(app=http)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
-            root = {"Authorization": "Bearer root"}
-            path = "/api/v2/diagnosis/exit-spec"
-            assert (await api.get(path, headers={"Authorization": "Bearer bob"})).status_code == 403
-            r = await api.get(path, headers=root)
-            assert r.status_code == 200 and r.json()["source"] == "builtin"
-            r = await api.put(path, headers=root, content="version: 1\nspec: []\n")
-            assert r.status_code == 400 and r.json()["code"] == "InvalidParametersError"
-            r = await api.put(path, params={"mode": "overlay"}, headers=root, content=LICENSE_SPEC)
-            assert r.status_code == 200, r.text
-            assert (r.json()["revision"], r.json()["updatedBy"]) == (1, "root")
-            doc = yaml.safe_load(LICENSE_SPEC)
-            assert r.json()["spec"]["spec"][-1] == doc["spec"][0]
-            r = await api.get(path, params={"builtin": "true"}, headers=root)
-            assert r.json()["spec"] == builtin_spec().document
-            r = await api.delete(path, headers=root)
-            assert r.status_code == 200 and r.json()["revision"] == 2
-            assert (await api.put(path, headers=root, content=b"\xff\xfe")).status_code == 400
-            assert (
-                await api.put(path, params={"mode": "reset"}, headers=root, content="x")
-            ).status_code == 400
     finally:
         await app.stop()
