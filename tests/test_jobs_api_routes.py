@@ -468,6 +468,7 @@ def test_rate_limits_answer_429(platform: Platform) -> None:
             error(carol.post("/api/v2/jobs", content="name: x\n", headers=YAML), 400, "InvalidProtocolError")
         limited = carol.post("/api/v2/jobs", content=job_yaml("late", ["true"]), headers=YAML)
         assert "submit" in error(limited, 429, "TooManyRequestsError")
+        assert 1 <= int(limited.headers["Retry-After"]) <= 3600
         for _ in range(LIST_LIMIT_PER_MIN):
             assert carol.get("/api/v2/jobs", params={"limit": 1}).status_code == 200
         assert "list" in error(carol.get("/api/v2/jobs"), 429, "TooManyRequestsError")

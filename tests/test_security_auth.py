@@ -315,6 +315,8 @@ def test_brute_force_login_is_throttled(platform: Platform, recorder: Recorder, 
         right = c.post("/api/v2/authn/basic/login", json={"username": "dave", "password": "dave-Pa55"})
         refused(right, 429, code="TooManyRequestsError")
         assert "token" not in right.json()
+        # The delay crosses the bus from the auth service to the HTTP header.
+        assert int(right.headers["Retry-After"]) >= 1
         unknown = c.post("/api/v2/authn/basic/login", json={"username": "nobody", "password": "x" * 8})
         refused(unknown, 400, {"code": "NoUserError", "message": "User nobody is not found."})
 

@@ -37,6 +37,7 @@ from pai_common.errors import (
     InvalidParametersError,
     PaiError,
     ServiceUnavailableError,
+    TooManyRequestsError,
     UnknownError,
     error_from_code,
 )
@@ -172,7 +173,12 @@ class Bus:
         if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
             try:
                 body = json.loads(msg.data or b"{}")
-                raise error_from_code(str(body.get("code")), str(body.get("message")))
+                retry_after = body.get("retryAfter")
+                raise error_from_code(
+                    str(body.get("code")),
+                    str(body.get("message")),
+                    retry_after if isinstance(retry_after, int) else None,
+                )
             except (ValueError, AttributeError):
                 raise UnknownError(msg.headers.get("Nats-Service-Error", "remote error")) from None
         return reply_type.model_validate_json(msg.data)
@@ -229,4 +235,7 @@ def _rpc_wrapper(req_type: type[RpcRequest], handler: RpcHandler) -> Callable[[R
 
 
 async def _respond_error(request: Request, err: PaiError) -> None:
-    await request.respond_error(str(err.status), err.message, data=json.dumps(err.to_body()).encode())
+    body: dict[str, object] = {**err.to_body()}
+    if isinstance(err, TooManyRequestsError) and err.retry_after_s is not None:
+        body["retryAfter"] = err.retry_after_s
+    await request.respond_error(str(err.status), err.message, data=json.dumps(body).encode())

@@ -82,10 +82,14 @@ class NoTagError(PaiError):
 
 
 class TooManyRequestsError(PaiError):
-    """A per-user rate limit was reached; the caller may retry after the window."""
+    """A per-user rate limit was reached; the caller may retry after ``retry_after_s`` (HTTP Retry-After)."""
 
     status = 429
     code = "TooManyRequestsError"
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ConflictUserError(PaiError):
@@ -154,6 +158,8 @@ _BY_CODE: dict[str, type[PaiError]] = {
 }
 
 
-def error_from_code(code: str, message: str) -> PaiError:
+def error_from_code(code: str, message: str, retry_after_s: int | None = None) -> PaiError:
     """Rebuild an error received over RPC; unknown codes become UnknownError, keeping the message."""
+    if code == TooManyRequestsError.code:
+        return TooManyRequestsError(message, retry_after_s)
     return _BY_CODE.get(code, UnknownError)(message)

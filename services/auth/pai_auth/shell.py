@@ -191,7 +191,8 @@ class AuthService:
         if wait > 0:
             # Refused before the password is looked at: a throttled guess teaches the guesser nothing.
             log.warning("login throttled", extra={"username": req.username, "client": req.client})
-            raise TooManyRequestsError(f"Too many failed logins; try again in {int(wait) + 1} s.")
+            seconds = int(wait) + 1
+            raise TooManyRequestsError(f"Too many failed logins; try again in {seconds} s.", seconds)
         user = await self.app.db[USERS].find_one({"_id": req.username})
         stored = str(user["password_hash"]) if user else self._dummy_hash
         try:

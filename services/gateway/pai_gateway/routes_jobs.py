@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -73,8 +74,9 @@ def _limiters(request: Request) -> dict[str, FixedWindowLimiter]:
 def _limit(request: Request, which: str, user: Identity) -> None:
     wait = _limiters(request)[which].hit(user.username, time.monotonic())
     if wait is not None:
+        seconds = max(1, math.ceil(wait))
         raise TooManyRequestsError(
-            f"Too many {which} requests from user {user.username}; retry in {max(1, round(wait))} s."
+            f"Too many {which} requests from user {user.username}; retry in {seconds} s.", seconds
         )
 
 
