@@ -8,6 +8,7 @@ allocated GPUs only, and the task's limits.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,13 @@ def available(engine: str) -> bool:
         return subprocess.run([engine, "info"], capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def find_sshd() -> str | None:
+    """The sshd binary of this host, if one is installed (the ssh plugin starts it per task)."""
+    return shutil.which("sshd") or next(
+        (p for p in ("/usr/sbin/sshd", "/usr/bin/sshd") if os.access(p, os.X_OK)), None
+    )
 
 
 def choose(setting: str, image: str | None) -> str | None:

@@ -21,6 +21,8 @@ import yaml
 from pai_common.contract.commands import LaunchTask
 
 TASK_DIR = "/usr/local/pai/task"
+# The task's working directory and HOME inside the pod.
+HOME = "/usr/local/pai/work"
 SECRETS_DIR = "/usr/local/pai/secrets"
 APP = "app"
 # The files of the task's Secret mounted at TASK_DIR (barrier.py: the ssh plugin's barrier).
@@ -32,7 +34,7 @@ CAPABILITIES = {"add": ["SYS_ADMIN", "IPC_LOCK", "DAC_READ_SEARCH"], "drop": ["M
 # Runs the phases as the local supervisor does: a failed phase ends the task with its code; post-commands
 # run only after the user's commands succeeded.
 BOOTSTRAP = f"""set -u
-mkdir -p /usr/local/pai/work && cd /usr/local/pai/work
+mkdir -p {HOME} && cd {HOME}
 for phase in pre user post; do
   script={TASK_DIR}/$phase.sh
   [ -f "$script" ] || continue
