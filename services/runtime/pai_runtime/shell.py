@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject
+from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject, subject_token
 from pai_common.contract.commands import KillTask, LaunchTask
 from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
 from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogReply, TaskLogRequest
@@ -102,7 +102,8 @@ class Agent:
         self.settings = settings
         self.node = settings.node_name
         # Each node keeps its own collection: agents on one machine share the service's database.
-        self.runs_collection = f"{RUNS}_{self.node}"
+        token = subject_token(self.node)  # the name without dots, for subjects and names
+        self.runs_collection = f"{RUNS}_{token}"
         self.app = ServiceApp("runtime", settings)
         self.root = Path(settings.data_dir).resolve() / "runtime" / self.node
         # Where tasks run: local processes or Kubernetes pods (settings.backend), unless one is given.
@@ -112,7 +113,7 @@ class Agent:
         self._sampler = metrics.TaskSampler()
         self._inventory: Inventory | None = None
         self.app.on_commands(
-            f"runtime-{self.node}", f"{COMMAND_SUBJECT_PREFIX}.runtime.{self.node}.>", self.handle_command
+            f"runtime-{token}", f"{COMMAND_SUBJECT_PREFIX}.runtime.{token}.>", self.handle_command
         )
         self.app.rpc({TaskLogRequest: self.task_log}, target=self.node)
         self.app.on_startup(self._start_backend)

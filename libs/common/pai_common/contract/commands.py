@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from pai_common.contract.base import Command
+from pai_common.contract.types import NodeName
 
 
 class LaunchTask(Command):
@@ -20,7 +21,7 @@ class LaunchTask(Command):
     task_role: str
     index: int
     task_attempt_id: int = 0
-    node: str
+    node: NodeName
     gpus: list[int]
     # A share of gpus[0] (GPU virtualisation): the runtime limits the task to it where it can.
     gpu_milli: int = 0
@@ -52,7 +53,7 @@ class KillTask(Command):
     task_role: str
     index: int
     task_attempt_id: int = 0
-    node: str
+    node: NodeName
     reason: str
     grace_period_s: float = 10.0
 

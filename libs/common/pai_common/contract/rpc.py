@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pai_common.contract.base import RpcReply, RpcRequest
+from pai_common.contract.types import NodeName
 
 # ---- auth -------------------------------------------------------------------------------------------
 
@@ -364,7 +365,7 @@ class JobSecretsRequest(RpcRequest):
     REPLY = JobSecretsReply
 
     job_key: str
-    node: str
+    node: NodeName
 
 
 class JobConfigReply(RpcReply):

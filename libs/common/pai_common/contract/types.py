@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from pai_common.contract.base import Message
+from pai_common.contract.base import NODE_NAME_MAX, NODE_NAME_PATTERN, Message
 
 # Epoch milliseconds, as OpenPAI reports every time.
 EpochMs = int
+# A node's name (base.NODE_NAME_PATTERN): Kubernetes node names with dots included.
+NodeName = Annotated[str, Field(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
 
 
 class TaskRoleSpec(Message):
@@ -81,7 +83,7 @@ class Placement(Message):
 
     task_role: str
     index: int
-    node: str
+    node: NodeName
     gpus: list[int]
     # Filled in by the scheduler from the node's registration; tasks use it to find their peers.
     host_ip: str = ""
