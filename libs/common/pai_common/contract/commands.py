@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from pai_common.contract.base import Command
-from pai_common.contract.types import NodeName
+from pai_common.contract.types import NodeName, StorageMount
 
 
 class LaunchTask(Command):
@@ -40,6 +40,8 @@ class LaunchTask(Command):
     plugins: list[dict[str, Any]] = Field(default_factory=list)
     # The job has secrets: the runtime fetches them (jobs.secrets RPC) and renders $secrets in the task only.
     has_secrets: bool = False
+    # The storages the task mounts; the task does not run where one of them cannot be mounted.
+    mounts: list[StorageMount] = Field(default_factory=list)
 
 
 class KillTask(Command):

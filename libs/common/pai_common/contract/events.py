@@ -26,7 +26,7 @@ from pai_common.contract.types import (
 class JobSubmitted(Event):
     TYPE = "job.submitted"
     PRODUCER = "jobs"
-    CONSUMERS = ("orchestrator", "monitoring")
+    CONSUMERS = ("orchestrator", "monitoring", "storage")
     DESCRIPTION = "A job passed validation and was stored; the orchestrator starts its first attempt."
 
     spec: JobSpec
@@ -327,7 +327,7 @@ class JobAttemptCompleted(Event):
 class JobCompleted(Event):
     TYPE = "job.completed"
     PRODUCER = "orchestrator"
-    CONSUMERS = ("monitoring",)
+    CONSUMERS = ("monitoring", "storage")
     DESCRIPTION = "A job reached its final state and will not run again."
 
     job_key: str
