@@ -51,6 +51,7 @@ def run_command(
     cpu: int,
     memory_mb: int,
     shm_mb: int,
+    volumes: list[str] | None = None,
 ) -> list[str]:
     argv = [
         engine, "run", "--rm", "--name", name, "--network", "host", "--init",
@@ -68,4 +69,6 @@ def run_command(
         argv += ["--memory", f"{memory_mb}m"]
     if shm_mb:
         argv += ["--shm-size", f"{shm_mb}m"]
+    for volume in volumes or []:  # the task's local storages: source:target[:ro]
+        argv += ["-v", volume]
     return [*argv, image, "bash", str(workdir / script)]

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier, containers, limits, local_process
+from pai_runtime import barrier, containers, limits, local_mounts, local_process
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
+    STORAGE_MOUNT_EXIT,
     Ended,
     LogText,
     SetupError,
@@ -55,9 +56,11 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 class LocalBackend:
-    def __init__(self, settings: RuntimeSettings, node: str) -> None:
+    def __init__(self, settings: RuntimeSettings, node: str, root: Path) -> None:
         self.settings = settings
         self.node = node
+        # The agent's own folder (task directories under runs/).
+        self.root = root
         self._cgroup_root = limits.usable_cgroup_root(settings.cgroup_root)
         self._sshd = containers.find_sshd()
 
@@ -70,11 +73,13 @@ class LocalBackend:
     def paths(self, workdir: Path) -> TaskPaths:
         return TaskPaths(str(workdir), sys.executable, barrier.__file__, self._sshd)
 
-    def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> list[Any]:
-        # The launch command names no storage yet.
-        return []
+    def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> local_mounts.MountPlan:
+        engine = containers.choose(self.settings.container_engine, cmd.image)
+        return local_mounts.plan(cmd.mounts, credentials, self.node, engine)
 
-    async def launch(self, cmd: LaunchTask, workdir: Path, task: TaskFiles, mounts: list[Any]) -> Started:
+    async def launch(
+        self, cmd: LaunchTask, workdir: Path, task: TaskFiles, mounts: local_mounts.MountPlan | None
+    ) -> Started:
         pid_file = workdir / "pid"
         if pid_file.exists():
             # Started by a previous delivery whose commit did not happen: adopt it, never start twice.
@@ -97,13 +102,15 @@ class LocalBackend:
         (workdir / "backend").write_text(backend)
         (workdir / "cgroup").write_text(cgroup or "")
         argv = local_process.command(workdir)
+        if mounts is not None and mounts.needs_namespace and not task.failed:
+            argv = local_mounts.in_private_namespace(argv)
         pid = await local_process.start(
             workdir, local_process.task_env(dict(os.environ), task.env, workdir), argv
         )
         return Started({"pid": pid, "cgroup": cgroup}, backend, pid)
 
     def _prepare(
-        self, cmd: LaunchTask, workdir: Path, task: TaskFiles, mounts: list[Any]
+        self, cmd: LaunchTask, workdir: Path, task: TaskFiles, mounts: local_mounts.MountPlan | None
     ) -> tuple[str, str | None]:
         """Write the task's files and its supervisor's configuration; (backend, cgroup)."""
         for rel, (content, mode) in task.files.items():
@@ -120,7 +127,7 @@ class LocalBackend:
             )
             argv = containers.run_command(
                 engine, cmd.image, container_name(cmd), workdir, env_file, "user-in-container.sh",
-                cmd.gpus, cmd.cpu, cmd.memory_mb, cmd.shm_mb,
+                cmd.gpus, cmd.cpu, cmd.memory_mb, cmd.shm_mb, mounts.volumes if mounts else [],
             )  # fmt: skip
             entrypoint = "exec " + shlex.join(argv)
             backend = engine
@@ -141,8 +148,29 @@ class LocalBackend:
             ),
             cgroup=cgroup,
         )
-        local_process.prepare(workdir, entrypoint, task.pre, task.post, task_limits)
+        local_process.prepare(
+            workdir, entrypoint, task.pre, task.post, task_limits, self._mount_config(workdir, mounts)
+        )
         return backend, cgroup
+
+    def _mount_config(self, workdir: Path, mounts: local_mounts.MountPlan | None) -> dict[str, Any]:
+        """What the supervisor needs to mount the task's storages; the credentials written 0600 in a
+        folder of the agent's (not the task's home), which the supervisor removes once mounted."""
+        if mounts is None or not mounts.needs_namespace:
+            return {}
+        secrets = (
+            self.root / "mount-secrets" / workdir.relative_to(self.root / "runs").as_posix().replace("/", "_")
+        )
+        if mounts.secret_files:
+            secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for name, content in mounts.secret_files.items():
+                _write_private(secrets / name, content)
+        return {
+            "mounts": mounts.supervisor_steps(secrets),
+            "mount_secrets": str(secrets),
+            "mount_failed_exit": STORAGE_MOUNT_EXIT,
+            "host_mount_namespace": os.readlink("/proc/self/ns/mnt"),
+        }
 
     async def wait(self, run: dict[str, Any]) -> Ended:
         workdir = Path(run["workdir"])

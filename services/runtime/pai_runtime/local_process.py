@@ -15,6 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pai_runtime import supervisor
 from pai_runtime.backend import TaskExit
@@ -56,7 +57,12 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def prepare(
-    workdir: Path, entrypoint: str, pre: str = "", post: str = "", limits: Limits | None = None
+    workdir: Path,
+    entrypoint: str,
+    pre: str = "",
+    post: str = "",
+    limits: Limits | None = None,
+    mounts: dict[str, Any] | None = None,
 ) -> None:
     """Write the task's phase scripts and its supervisor's configuration into its working directory."""
     limits = limits or Limits()
@@ -77,6 +83,8 @@ def prepare(
         "timeout_s": limits.timeout_s,
         "grace_s": limits.grace_s,
         "cgroup": limits.cgroup,
+        # Storages the supervisor mounts first (local_mounts): steps, credentials folder, failure code.
+        **(mounts or {}),
     }
     (workdir / supervisor.CONFIG).write_text(json.dumps(config))
 

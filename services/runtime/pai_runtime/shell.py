@@ -18,7 +18,14 @@ from pai_common.consumer import HandlerContext
 from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject, subject_token
 from pai_common.contract.commands import KillTask, LaunchTask
 from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
-from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogReply, TaskLogRequest
+from pai_common.contract.rpc import (
+    JobSecretsReply,
+    JobSecretsRequest,
+    StorageCredentialsReply,
+    StorageCredentialsRequest,
+    TaskLogReply,
+    TaskLogRequest,
+)
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
@@ -27,6 +34,7 @@ from pai_runtime import secrets as job_secrets
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
     SETUP_FAILED_EXIT,
+    STORAGE_MOUNT_EXIT,
     Ended,
     SetupError,
     TaskBackend,
@@ -72,7 +80,8 @@ def make_backend(settings: RuntimeSettings) -> TaskBackend:
         )
     from pai_runtime.local_backend import LocalBackend
 
-    return LocalBackend(settings, settings.node_name)
+    root = Path(settings.data_dir).resolve() / "runtime" / settings.node_name
+    return LocalBackend(settings, settings.node_name, root)
 
 
 def gpu_share_env(gpus: list[int], milli: int, memory_mb: int) -> dict[str, str]:
@@ -271,6 +280,25 @@ class Agent:
             raise SetupError(SETUP_FAILED_EXIT, f"the job's secrets are not available: {exc}") from exc
         return dict(reply.secrets)
 
+    async def _storage_credentials(self, cmd: LaunchTask) -> dict[str, dict[str, str]]:
+        """The credentials of the task's storages that the storage service keeps (never logged)."""
+        found: dict[str, dict[str, str]] = {}
+        for m in cmd.mounts:
+            if not m.has_credentials:
+                continue
+            try:
+                reply = await self.app.bus.request(
+                    StorageCredentialsRequest(storage=m.name, node=self.node),
+                    StorageCredentialsReply,
+                    timeout=self.settings.secrets_timeout_s,
+                )
+            except ServiceUnavailableError:
+                raise  # transient: the command is delivered again
+            except PaiError as exc:
+                raise SetupError(STORAGE_MOUNT_EXIT, f"storage {m.name} not mounted: {exc}") from exc
+            found[m.name] = dict(reply.values)
+        return found
+
     def _ssh_secret(self) -> bytes:
         if self.settings.job_ssh_secret is not None:
             return self.settings.job_ssh_secret.get_secret_value().encode()
@@ -333,7 +361,7 @@ class Agent:
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             task = await self._build(cmd, workdir)
-            mounts = self.backend.mounts(cmd, {})
+            mounts = self.backend.mounts(cmd, await self._storage_credentials(cmd))
             started = await self.backend.launch(cmd, workdir, task, mounts)
         except SetupError as exc:
             # The task still runs, as a one-line script: its logs and exit tell the user what failed.

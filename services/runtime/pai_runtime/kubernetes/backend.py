@@ -21,10 +21,28 @@ from kubernetes.aio import watch as _watch
 
 from pai_common.contract.commands import LaunchTask
 from pai_runtime import barrier
-from pai_runtime.backend import Ended, LogText, Started, TaskExit, TaskFiles, TaskPaths
+from pai_runtime.backend import (
+    STORAGE_MOUNT_EXIT,
+    Ended,
+    LogText,
+    SetupError,
+    Started,
+    TaskExit,
+    TaskFiles,
+    TaskPaths,
+)
 from pai_runtime.kubernetes import schema
-from pai_runtime.kubernetes.manifest import HOME, TASK_DIR, PodOptions, pod_manifest, secret_manifest
+from pai_runtime.kubernetes.manifest import (
+    HOME,
+    TASK_DIR,
+    PodOptions,
+    pod_manifest,
+    pod_name,
+    secret_manifest,
+    storage_secret,
+)
 from pai_runtime.kubernetes.status import IMAGE_PULL_FAILURES, PodOutcome, interpret
+from pai_runtime.kubernetes.volumes import PodStorage, VolumeError, pod_storage
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_S = 300
@@ -116,11 +134,15 @@ class KubernetesBackend:
         # The pod's image decides whether it has sshd; the barrier comes in the task's Secret.
         return TaskPaths(HOME, "python3", f"{TASK_DIR}/barrier.py", "auto")
 
-    def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> list[Any]:
-        # The launch command names no storage yet.
-        return []
+    def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> PodStorage:
+        try:
+            return pod_storage(pod_name(cmd), cmd.mounts, credentials)
+        except VolumeError as exc:
+            raise SetupError(STORAGE_MOUNT_EXIT, f"{exc}; not mounted") from exc
 
-    async def launch(self, cmd: LaunchTask, workdir: Path, task: TaskFiles, mounts: list[Any]) -> Started:
+    async def launch(
+        self, cmd: LaunchTask, workdir: Path, task: TaskFiles, mounts: PodStorage | None
+    ) -> Started:
         """The task as a Pod bound to this node; its scripts and the job's secrets in its Secret."""
         workdir.mkdir(parents=True, exist_ok=True)
         if task.failed:
@@ -129,15 +151,23 @@ class KubernetesBackend:
             pre = "\n".join(filter(None, [files_script(task.files, HOME), task.pre]))
             scripts = {"pre.sh": pre, "user.sh": task.entrypoint, "post.sh": task.post}
         scripts["barrier.py"] = Path(barrier.__file__).read_text()
-        pod = pod_manifest(cmd, {**task.env, "HOME": HOME}, self.options, [] if task.failed else mounts)
+        storage = None if task.failed else mounts
+        pod = pod_manifest(cmd, {**task.env, "HOME": HOME}, self.options, storage)
         secret = secret_manifest(cmd, self.options, scripts, task.secrets)
-        uid = await self.create(pod, secret)
+        extra = [
+            storage_secret(cmd, self.options, name, data)
+            for name, data in (storage.secrets if storage else {}).items()
+        ]
+        uid = await self.create(pod, secret, extra)
         return Started({"pod": pod["metadata"]["name"], "pod_uid": uid}, "kubernetes")
 
-    async def create(self, pod: dict[str, Any], secret: dict[str, Any]) -> str:
-        """Create the Pod (or find it, created by an earlier delivery), then its Secret; the Pod's uid."""
-        schema.validate(pod)
-        schema.validate(secret)
+    async def create(
+        self, pod: dict[str, Any], secret: dict[str, Any], extra: list[dict[str, Any]] | None = None
+    ) -> str:
+        """Create the Pod (or find it, created by an earlier delivery), then its Secrets (the task's, and
+        its storages' credentials); the Pod's uid. The kubelet waits for a volume's Secret to appear."""
+        for manifest in (pod, secret, *(extra or [])):
+            schema.validate(manifest)
         name = pod["metadata"]["name"]
         core = self.core
         try:
@@ -147,14 +177,14 @@ class KubernetesBackend:
                 raise
             created = await _read(core.read_namespaced_pod_without_preload_content(name, self.namespace))
         uid = str((created.get("metadata") or {}).get("uid", ""))
-        owned = {**secret, "metadata": {**secret["metadata"], "ownerReferences": [
-            {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": False}
-        ]}}  # fmt: skip
-        try:
-            await _read(core.create_namespaced_secret_without_preload_content(self.namespace, owned))
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": False}
+        for each in (secret, *(extra or [])):
+            owned = {**each, "metadata": {**each["metadata"], "ownerReferences": [owner]}}
+            try:
+                await _read(core.create_namespaced_secret_without_preload_content(self.namespace, owned))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
         return uid
 
     async def wait(self, run: dict[str, Any]) -> Ended:
