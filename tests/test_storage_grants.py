@@ -91,6 +91,7 @@ def test_every_wrong_field_is_named_and_credentials_are_kept_apart() -> None:
     assert "S3CRET" not in repr(shown) and "S3CRET" not in repr(checked.doc)
     assert shown == {
         "name": "blob", "share": True, "volumeName": "blob", "default": False, "type": "azureBlob",
+        "storageType": "azureBlob",
         "data": {"accountName": "acct01", "containerName": "train-data"}, "readOnly": False,
     }  # fmt: skip
     # An update that leaves the credentials out keeps them.
@@ -113,7 +114,7 @@ def test_what_a_job_mounts() -> None:
     assert mounts[1].data == {"server": "10.0.0.5", "path": "/export"}
     with pytest.raises(NoStorageError, match="Storage nope is not found"):
         grants.resolve(STORES, "ann", False, ["nope"], [{"name": "nope"}])
-    with pytest.raises(ForbiddenUserError, match="ann is not allowed to use storage nfs"):
+    with pytest.raises(ForbiddenUserError, match="ann is not allowed to access nfs"):
         grants.resolve(STORES, "ann", False, ["data"], [{"name": "nfs"}])
     with pytest.raises(InvalidParametersError, match="system folder"):
         grants.resolve(STORES, "ann", True, [], [{"name": "nfs", "mountPath": "/etc/x"}])
@@ -211,7 +212,7 @@ async def test_a_group_acl_grants_a_storage(bus: Bus) -> None:
     )
     assert await names(bus, username="sam") == []
     assert await names(bus, username="admin", admin=True) == ["files", "team"]
-    with pytest.raises(ForbiddenUserError, match="sam is not allowed to use storage team"):
+    with pytest.raises(ForbiddenUserError, match="sam is not allowed to access team"):
         await ask(bus, GetStorageRequest(name="team", username="sam"), StorageReply)
     with pytest.raises(NoStorageError, match="Storage ghost is not found"):
         await ask(bus, GetStorageRequest(name="ghost", username="sam"), StorageReply)

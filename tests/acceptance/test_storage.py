@@ -144,7 +144,9 @@ def test_storages_are_listed_and_shown_only_where_granted(pai: RunningPlatform, 
             member.get("/api/v2/storages")
         )["storages"]
         shown = _ok(member.get(f"/api/v2/storages/{team.storage}"))
-        assert shown["type"] == "local" and shown["data"] == {"path": str(team.folder)}
+        # OpenPAI's types have no host folder: "other", with the exact type beside it.
+        assert (shown["type"], shown["storageType"]) == ("other", "local")
+        assert shown["data"] == {"path": str(team.folder)}
         assert shown["readOnly"] is False
         assert team.storage not in [s["name"] for s in _ok(outsider.get("/api/v2/storages"))["storages"]]
         refused = outsider.get(f"/api/v2/storages/{team.storage}")

@@ -3,7 +3,6 @@ what their groups grant), and the admin routes that define storages (create, rep
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -18,8 +17,8 @@ from pai_common.contract.rpc import (
     StorageReply,
 )
 from pai_common.errors import ForbiddenUserError, InvalidParametersError
-from pai_gateway.auth_deps import NO_APPLICATIONS, Human
-from pai_gateway.deps import User, read_body, rpc
+from pai_gateway.auth_deps import NO_APPLICATIONS, Human, json_object
+from pai_gateway.deps import User, rpc
 
 router = APIRouter()
 NON_ADMIN = "Non-admin is not allow to do this operation."
@@ -30,17 +29,6 @@ def _admin(user: Human) -> None:
         raise ForbiddenUserError(NO_APPLICATIONS)
     if not user.admin:
         raise ForbiddenUserError(NON_ADMIN)
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await read_body(request)
-    try:
-        data: Any = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidParametersError("the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidParametersError("the body must be a JSON object")
-    return data
 
 
 def _default_only(value: str | None) -> bool:
@@ -69,7 +57,7 @@ async def get_storage(request: Request, name: str, user: User) -> dict[str, Any]
 async def create_storage(request: Request, user: Human) -> dict[str, str]:
     _admin(user)
     req = PutStorageRequest(
-        mode="create", body=await _json_object(request), actor=user.username, admin=user.admin
+        mode="create", body=await json_object(request), actor=user.username, admin=user.admin
     )
     return {"message": (await rpc(request, req, StorageMessageReply)).message}
 
@@ -78,7 +66,7 @@ async def create_storage(request: Request, user: Human) -> dict[str, str]:
 async def replace_storage(request: Request, name: str, user: Human) -> dict[str, str]:
     _admin(user)
     req = PutStorageRequest(
-        mode="update", name=name, body=await _json_object(request), actor=user.username, admin=user.admin
+        mode="update", name=name, body=await json_object(request), actor=user.username, admin=user.admin
     )
     return {"message": (await rpc(request, req, StorageMessageReply)).message}
 

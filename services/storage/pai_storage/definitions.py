@@ -163,11 +163,17 @@ def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# OpenPAI's `type` has no value for a host folder or a bare claim: those are "other" there.
+OPENPAI_TYPES: Final = ("nfs", "samba", "azureFile", "azureBlob")
+
+
 def detail(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenPAI's ``GET /api/v2/storages/{name}`` (plus ``default``); never a credential."""
+    """OpenPAI's ``GET /api/v2/storages/{name}`` (``type`` within OpenPAI's values, ``local`` and ``pvc``
+    being ``other``), plus ``default`` and the exact ``storageType``; never a credential."""
     shown: dict[str, Any] = {
         **summary(doc),
-        "type": doc["type"],
+        "type": doc["type"] if doc["type"] in OPENPAI_TYPES else "other",
+        "storageType": doc["type"],
         "data": dict(doc.get("data") or {}),
         "readOnly": bool(doc.get("readOnly")),
     }

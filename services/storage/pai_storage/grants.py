@@ -30,7 +30,7 @@ def check_access(
     if doc is None:
         raise NoStorageError(f"Storage {name} is not found.")
     if not admin and name not in set(configs):
-        raise ForbiddenUserError(f"User {username} is not allowed to use storage {name}.")
+        raise ForbiddenUserError(f"User {username} is not allowed to access {name}.")
     return doc
 
 
