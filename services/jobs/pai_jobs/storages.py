@@ -47,7 +47,9 @@ def requested(doc: Mapping[str, Any]) -> list[dict[str, Any]] | None:
             raise InvalidProtocolError(
                 json.dumps([{"field": where, "message": "must be a list of storage names"}])
             )
-        names += [c for c in configs if c not in names]
+        for config in configs:
+            if config not in names:
+                names.append(config)
     return [{"name": n} for n in names] or None
 
 
