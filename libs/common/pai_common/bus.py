@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
-from nats.errors import NoRespondersError
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    StaleConnectionError,
+)
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -32,12 +40,12 @@ from pai_common.contract.base import (
     event_subject,
     rpc_subject,
 )
+from pai_common.database import is_transient
 from pai_common.envelope import encode
 from pai_common.errors import (
     InvalidParametersError,
     PaiError,
     ServiceUnavailableError,
-    TooManyRequestsError,
     UnknownError,
     error_from_code,
 )
@@ -50,6 +58,17 @@ COMMANDS_STREAM = "PAI_COMMANDS"
 DEAD_LETTER_STREAM = "PAI_DEAD_LETTERS"
 DUPLICATE_WINDOW_S = 120.0
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+# When the asker stops waiting (Unix time in milliseconds): a handler can give up work nobody waits for.
+# Absolute, because a request may wait in the responder's queue before its handler starts (a subscription
+# hands its messages to the handler one at a time); the platform's hosts keep their clocks in sync.
+DEADLINE_HEADER = "pai-deadline-ms"
+# The connection is gone or being re-established: the request was not sent, or its answer cannot come.
+_BUS_DOWN = (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,
+    StaleConnectionError,
+)
 
 R = TypeVar("R", bound=Message)
 # How long a request waits for a responder to (re)appear before the service counts as not running.
@@ -147,7 +166,7 @@ class Bus:
     ) -> R:
         """Ask the owning service; its PaiError comes back as the same error type."""
         subject = rpc_subject(req.SERVICE, req.ENDPOINT, target)
-        headers = inject_headers({})
+        headers = inject_headers({DEADLINE_HEADER: str(int((time.time() + timeout) * 1000))})
         payload = req.model_dump_json().encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -170,6 +189,8 @@ class Bus:
                 raise ServiceUnavailableError(
                     f"service {req.SERVICE} did not answer in {timeout:g}s"
                 ) from exc
+            except _BUS_DOWN as exc:
+                raise ServiceUnavailableError(f"the bus is unavailable ({type(exc).__name__})") from exc
         if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
             try:
                 body = json.loads(msg.data or b"{}")
@@ -212,8 +233,40 @@ class Bus:
             await self.nc.drain()
 
 
+# The Unix time at which the asker of the RPC being handled stops waiting.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("rpc_deadline", default=None)
+
+
+def rpc_time_left() -> float | None:
+    """Seconds until the asker of the RPC being handled stops waiting (None: not in an RPC, or no limit).
+
+    A handler about to commit a change checks it (``give_up_if_abandoned``): a change committed after the
+    asker was told 503 would make that answer untrue.
+    """
+    deadline = _deadline.get()
+    if deadline is None:
+        return None
+    return deadline - time.time()
+
+
+def give_up_if_abandoned(margin_s: float = 0.5) -> None:
+    """Raise ServiceUnavailableError when the asker stops waiting within ``margin_s``: change nothing."""
+    left = rpc_time_left()
+    if left is not None and left < margin_s:
+        raise ServiceUnavailableError("the service is busy; nothing was changed, try again")
+
+
+def _start_deadline(headers: dict[str, str] | None) -> None:
+    raw = (headers or {}).get(DEADLINE_HEADER)
+    try:
+        _deadline.set(int(raw) / 1000 if raw is not None else None)
+    except ValueError:
+        _deadline.set(None)
+
+
 def _rpc_wrapper(req_type: type[RpcRequest], handler: RpcHandler) -> Callable[[Request], Awaitable[None]]:
     async def handle(request: Request) -> None:
+        _start_deadline(request.headers)
         with span_from_headers(f"rpc {req_type.SERVICE}.{req_type.ENDPOINT}", request.headers):
             try:
                 try:
@@ -227,7 +280,18 @@ def _rpc_wrapper(req_type: type[RpcRequest], handler: RpcHandler) -> Callable[[R
                 await request.respond(reply.model_dump_json().encode())
             except PaiError as err:
                 await _respond_error(request, err)
-            except Exception:
+            except Exception as exc:
+                if is_transient(exc):
+                    # A write conflict that outlasted the handler's retries, the database restarting or
+                    # failing over: nothing was committed, and the same request will work again shortly.
+                    log.warning(
+                        "rpc handler met a transient failure; answered unavailable",
+                        extra={"endpoint": req_type.ENDPOINT, "error": repr(exc)},
+                    )
+                    await _respond_error(
+                        request, ServiceUnavailableError(f"service {req_type.SERVICE} is busy; try again")
+                    )
+                    return
                 log.exception("rpc handler failed", extra={"endpoint": req_type.ENDPOINT})
                 await _respond_error(request, UnknownError("internal error"))
 
@@ -236,6 +300,6 @@ def _rpc_wrapper(req_type: type[RpcRequest], handler: RpcHandler) -> Callable[[R
 
 async def _respond_error(request: Request, err: PaiError) -> None:
     body: dict[str, object] = {**err.to_body()}
-    if isinstance(err, TooManyRequestsError) and err.retry_after_s is not None:
+    if err.retry_after_s is not None:
         body["retryAfter"] = err.retry_after_s
     await request.respond_error(str(err.status), err.message, data=json.dumps(body).encode())

@@ -12,6 +12,8 @@ from typing import ClassVar
 class PaiError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "UnknownError"
+    # Seconds after which the same request may succeed (HTTP Retry-After); None where retrying is no use.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -132,11 +134,21 @@ class PayloadTooLargeError(PaiError):
     code = "PayloadTooLargeError"
 
 
+# What a 503 tells the caller to wait: a restarting service or a database failover is back in seconds.
+SERVICE_UNAVAILABLE_RETRY_AFTER_S = 2
+
+
 class ServiceUnavailableError(PaiError):
-    """A service the request needs did not answer in time; the request may be retried."""
+    """A service the request needs did not answer in time, or met a transient failure (a write conflict
+    that outlasted the retries, a database or bus connection being re-established); nothing was changed
+    and the request may be retried after ``retry_after_s`` (HTTP Retry-After)."""
 
     status = 503
     code = "ServiceUnavailableError"
+
+    def __init__(self, message: str, retry_after_s: int | None = SERVICE_UNAVAILABLE_RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class UnknownError(PaiError):
@@ -177,4 +189,6 @@ def error_from_code(code: str, message: str, retry_after_s: int | None = None) -
     """Rebuild an error received over RPC; unknown codes become UnknownError, keeping the message."""
     if code == TooManyRequestsError.code:
         return TooManyRequestsError(message, retry_after_s)
+    if code == ServiceUnavailableError.code:
+        return ServiceUnavailableError(message, retry_after_s or SERVICE_UNAVAILABLE_RETRY_AFTER_S)
     return _BY_CODE.get(code, UnknownError)(message)

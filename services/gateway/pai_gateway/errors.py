@@ -9,14 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pai_common.errors import InvalidParametersError, NoApiError, PaiError, TooManyRequestsError, UnknownError
+from pai_common.errors import InvalidParametersError, NoApiError, PaiError, UnknownError
 
 log = logging.getLogger(__name__)
 
 
 def error_response(err: PaiError) -> JSONResponse:
     response = JSONResponse(err.to_body(), status_code=err.status)
-    if isinstance(err, TooManyRequestsError) and err.retry_after_s is not None:
+    if err.retry_after_s is not None:
         response.headers["Retry-After"] = str(err.retry_after_s)
     return response
 

@@ -15,6 +15,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from pai_common.bus import give_up_if_abandoned
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     FrameworkChanged,
@@ -83,6 +84,8 @@ LIST = "job_list"
 COUNTS = "job_counts"
 COUNTERS = "counters"
 SEQ_COUNTER = "job_seq"
+# A submission commits only if its asker still waits this long: enough for the commit itself.
+COMMIT_MARGIN_S = 1.0
 
 # What building a list entry reads of a job document: never the tasks, the attempts or the config.
 ENTRY_PROJECTION = {"snapshot.tasks": 0, "snapshot.attempts": 0, "config": 0}
@@ -251,6 +254,9 @@ class JobsService:
                 )
             await _record(tx, job_events.submitted(spec.job_key, spec.submitted_at))
             tx.out.event(JobSubmitted(spec=spec), msg_id=f"submitted:{spec.job_key}")
+            # The gateway answers 503 once it stops waiting: a job stored after that would exist though
+            # its submitter was told it does not (202 if and only if the job exists).
+            give_up_if_abandoned(COMMIT_MARGIN_S)
 
         try:
             await self._transact(store)
