@@ -155,7 +155,8 @@ class Bus:
     async def dead_letter(self, durable: str, headers: dict[str, str], payload: bytes, error: str) -> None:
         """Keep a message that cannot be handled, with why, instead of dropping it."""
         dl_headers = {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
-        dl_headers["pai-error"] = error[:4000]
+        # A header value is one line: an error's own line breaks would make the publish itself fail.
+        dl_headers["pai-error"] = " ".join(error.split())[:4000]
         dl_headers["pai-consumer"] = durable
         await self.js.publish(f"{DEAD_LETTER_PREFIX}.{self.service}.{durable}", payload, headers=dl_headers)
 

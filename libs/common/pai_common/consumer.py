@@ -18,9 +18,12 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from pai_common import dead_letters
 from pai_common.bus import Bus
+from pai_common.contract.rpc import ReplayDeadLetterReply, ReplayDeadLetterRequest
 from pai_common.database import is_transient, retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
+from pai_common.errors import DeadLetterReplayError, NoDeadLetterError
 from pai_common.logs import current_job_key
 from pai_common.metrics import HANDLE_SECONDS, MESSAGES
 from pai_common.outbox import Outbox, PendingMessages
@@ -107,10 +110,17 @@ class DurableConsumer:
                 log.warning("fetch failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
                 await asyncio.sleep(0.5)
                 continue
-            if len(msgs) == 1:
-                await self._handle(msgs[0])
-            else:
-                await self._handle_batch(msgs)
+            try:
+                if len(msgs) == 1:
+                    await self._handle(msgs[0])
+                else:
+                    await self._handle_batch(msgs)
+            except Exception as exc:
+                # Not even the failure could be recorded (the bus went away while dead-lettering, an ack
+                # was lost): what was not acked comes back after ack_wait. The loop itself must go on, or
+                # the service would look alive while consuming nothing.
+                log.error("consumer step failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
+                await asyncio.sleep(0.5)
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Apply a whole fetch in one transaction: one commit, one outbox write, one flush, then the acks.
@@ -224,6 +234,38 @@ class DurableConsumer:
             current_job_key.reset(job_token)
         MESSAGES.labels(durable, env.type, outcome).inc()
         HANDLE_SECONDS.labels(durable, env.type).observe(time.perf_counter() - started)
+
+    async def replay(self, req: ReplayDeadLetterRequest) -> ReplayDeadLetterReply:
+        """Handle one of this consumer's dead letters again, exactly as a live delivery; then drop it."""
+        letter = await dead_letters.fetch(self.bus, req.seq)
+        if letter.subject != dead_letters.subject_of(self.bus.service, self.spec.durable):
+            raise NoDeadLetterError(f"Dead letter {req.seq} is not found for consumer {self.spec.durable}.")
+        env = letter.envelope()
+        job_token = current_job_key.set(env.subject or None)
+        try:
+            with span_from_headers(f"replay {env.type}", env.headers):
+                outcome = await retry_transient(lambda: self._apply(env))
+        except Exception as exc:
+            log.warning(
+                "dead letter replay failed; it stays",
+                extra={"consumer": self.spec.durable, "seq": req.seq, "error": repr(exc)},
+            )
+            raise DeadLetterReplayError(
+                f"dead letter {req.seq} failed again in {self.spec.durable}: {exc!r}"[:2000]
+            ) from None
+        finally:
+            current_job_key.reset(job_token)
+        await dead_letters.remove(self.bus, req.seq)
+        log.info(
+            "dead letter replayed",
+            extra={"consumer": self.spec.durable, "seq": req.seq, "type": env.type, "by": req.actor},
+        )
+        MESSAGES.labels(self.spec.durable, env.type, f"replay_{outcome}").inc()
+        return ReplayDeadLetterReply(
+            outcome="duplicate" if outcome == "duplicate" else "replayed",
+            message_type=env.type,
+            message_id=env.id,
+        )
 
     async def _apply(self, env: Envelope) -> str:
         key = f"{self.spec.durable}/{env.id}"

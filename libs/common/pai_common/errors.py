@@ -124,6 +124,21 @@ class ConflictStorageError(PaiError):
     code = "ConflictStorageError"
 
 
+class NoDeadLetterError(PaiError):
+    """Not in OpenPAI (it has no dead letters): no dead letter has this number, or it was replayed."""
+
+    status = 404
+    code = "NoDeadLetterError"
+
+
+class DeadLetterReplayError(PaiError):
+    """Not in OpenPAI: the dead letter cannot be handled (malformed) or its handler failed again; it stays
+    where it is, with the new error in the message."""
+
+    status = 409
+    code = "DeadLetterReplayError"
+
+
 class RemoveAdminError(PaiError):
     status = 403
     code = "RemoveAdminError"
@@ -177,6 +192,8 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoGroupError,
         NoStorageError,
         ConflictStorageError,
+        NoDeadLetterError,
+        DeadLetterReplayError,
         RemoveAdminError,
         PayloadTooLargeError,
         ServiceUnavailableError,

@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
 from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext
 from pai_common.contract.base import Event, RpcRequest, event_subject
+from pai_common.contract.rpc import ReplayDeadLetterRequest
 from pai_common.database import connect_mongo, retry_transient, service_database
 from pai_common.envelope import Envelope
 from pai_common.health import HealthServer
@@ -153,6 +154,8 @@ class ServiceApp:
             consumer = DurableConsumer(spec, self.bus, self.mongo, self.db, self.outbox)
             await consumer.start()
             self._consumers.append(consumer)
+            # An admin's replay of this consumer's dead letters reaches whichever replica runs it.
+            await self.bus.serve_rpc({ReplayDeadLetterRequest: consumer.replay}, target=spec.durable)
         for handlers, target in self._rpc:
             await self.bus.serve_rpc(handlers, target)
         for fn in self._background:

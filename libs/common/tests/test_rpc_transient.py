@@ -34,7 +34,9 @@ async def test_a_write_conflict_that_outlasts_the_retries_is_503_and_then_succee
 
     async def bump(req: GetJobRequest) -> JobDetailReply:
         async def work(tx: HandlerContext) -> None:
-            await tx.db.counters.update_one({"_id": "seq"}, {"$inc": {"n": 1}}, upsert=True, session=tx.session)
+            await tx.db.counters.update_one(
+                {"_id": "seq"}, {"$inc": {"n": 1}}, upsert=True, session=tx.session
+            )
 
         await app.transact(work)
         return JobDetailReply(detail={"done": req.job_key})

@@ -1,6 +1,12 @@
 """The audit log: who changed what and when, written in the same transaction as the change itself.
 
-Entries never hold secrets: a password change is recorded as the field name, a token by its id.
+Changes other services make arrive as events (a job submitted, stopped or tagged, a storage defined or
+deleted, a dead letter replayed) and are appended by this service's consumer, once each (the consumer
+skips what it has processed). The log is append-only for everyone, admins included: entries are only
+ever inserted, and no route or RPC changes or removes one.
+
+Entries never hold secrets: a password change is recorded as the field name, a token by its id, a storage
+by its name and type.
 """
 
 from __future__ import annotations
@@ -9,6 +15,14 @@ import time
 from typing import Any
 
 from pai_common.consumer import HandlerContext
+from pai_common.contract.events import (
+    DeadLetterReplayed,
+    JobStopRequested,
+    JobSubmitted,
+    JobTagsChanged,
+    StorageChanged,
+)
+from pai_common.envelope import Envelope
 
 AUDIT = "audit"
 
@@ -27,3 +41,41 @@ async def record(
 
 def view(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: doc[k] for k in ("at", "actor", "action", "target", "details") if k in doc}
+
+
+# The events whose facts the audit log holds, besides the changes this service makes itself.
+AUDITED_EVENTS = (JobSubmitted, JobStopRequested, JobTagsChanged, StorageChanged, DeadLetterReplayed)
+
+
+def entry_of_event(body: object) -> dict[str, Any] | None:
+    """The audit entry an event stands for (None: not an audited event)."""
+    if isinstance(body, JobSubmitted):
+        spec = body.spec
+        details: dict[str, Any] = {"virtualCluster": spec.virtual_cluster}
+        return entry(spec.user, "job.submitted", spec.job_key, details, spec.submitted_at)
+    if isinstance(body, JobStopRequested):
+        return entry(body.requested_by, "job.stop", body.job_key, None, body.requested_at)
+    if isinstance(body, JobTagsChanged):
+        action = "job.tag.removed" if body.removed else "job.tag.added"
+        return entry(body.by, action, body.job_key, {"tag": body.tag}, body.at)
+    if isinstance(body, StorageChanged):
+        details = {"type": body.storage_type} if body.storage_type else {}
+        return entry(body.by, f"storage.{body.change}", body.name, details, body.at)
+    if isinstance(body, DeadLetterReplayed):
+        details = {
+            "seq": body.seq,
+            "service": body.service,
+            "type": body.message_type,
+            "id": body.message_id,
+            "error": body.error,
+            "outcome": body.outcome,
+        }
+        return entry(body.by, "deadletter.replayed", body.consumer, details, body.at)
+    return None
+
+
+async def record_event(tx: HandlerContext, env: Envelope) -> None:
+    doc = entry_of_event(env.body)
+    if doc is not None:
+        # In the consumer's transaction with its processed marker: one entry per event, however delivered.
+        await tx.db[AUDIT].insert_one({**doc, "event": env.id}, session=tx.session)

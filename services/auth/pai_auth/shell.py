@@ -105,6 +105,7 @@ class AuthService:
                 **self.directory.handlers(),
             }
         )
+        app.on_event(*audit.AUDITED_EVENTS)(audit.record_event)
         app.on_startup(self._bootstrap)
 
     def _current_keys(self) -> list[signing_keys.SigningKey]:

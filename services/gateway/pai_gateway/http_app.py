@@ -17,6 +17,7 @@ from pai_gateway import (
     errors,
     routes_auth,
     routes_cluster,
+    routes_dead_letters,
     routes_diagnosis,
     routes_groups,
     routes_jobs,
@@ -68,6 +69,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_cluster,
         routes_storages,
         routes_diagnosis,
+        routes_dead_letters,
     ):
         app.include_router(module.router)
 

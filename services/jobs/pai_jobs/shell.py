@@ -22,6 +22,7 @@ from pai_common.contract.events import (
     JobAttemptCompleted,
     JobStopRequested,
     JobSubmitted,
+    JobTagsChanged,
     SchedulingDowngraded,
     SchedulingPending,
     SchedulingPreempting,
@@ -416,10 +417,18 @@ class JobsService:
                 if result.modified_count == 0:
                     raise NoTagError(f"Tag {req.tag} is not found in job {req.job_key}.")
             else:
-                await jobs.update_one(
+                result = await jobs.update_one(
                     {"_id": req.job_key}, {"$addToSet": {"tags": req.tag}}, session=tx.session
                 )
+                if result.modified_count == 0:
+                    return  # it had the tag already: nothing changed, nothing to audit
             await refresh_list_entry(tx.db, req.job_key, tx.session)
+            # For the audit log (auth): who tagged which job.
+            tx.out.event(
+                JobTagsChanged(
+                    job_key=req.job_key, tag=req.tag, removed=req.remove, by=req.username, at=now_ms()
+                )
+            )
 
         await self._transact(change)
         if req.remove:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pymongo.errors import DuplicateKeyError
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.events import JobCompleted, JobSubmitted
+from pai_common.contract.events import JobCompleted, JobSubmitted, StorageChanged
 from pai_common.contract.rpc import (
     AuthorizeReply,
     AuthorizeRequest,
@@ -133,6 +133,10 @@ class StorageService:
                 await tx.db[CREDENTIALS].insert_one(
                     {"_id": name, "values": checked.credentials}, session=tx.session
                 )
+            change: Literal["created", "updated"] = "created" if req.mode == "create" else "updated"
+            tx.out.event(
+                StorageChanged(name=name, change=change, storage_type=doc["type"], by=req.actor, at=now_ms())
+            )
 
         try:
             await self.app.transact(write)
@@ -157,6 +161,7 @@ class StorageService:
             if deleted.deleted_count == 0:
                 raise NoStorageError(f"Storage {req.name} is not found.")
             await tx.db[CREDENTIALS].delete_one({"_id": req.name}, session=tx.session)
+            tx.out.event(StorageChanged(name=req.name, change="deleted", by=req.actor, at=now_ms()))
 
         await self.app.transact(remove)
         log.info("storage deleted", extra={"storage": req.name, "actor": req.actor})

@@ -410,6 +410,67 @@ class TokenRevoked(Event):
         return self.username
 
 
+class JobTagsChanged(Event):
+    TYPE = "job.tags.changed"
+    PRODUCER = "jobs"
+    CONSUMERS = ("auth",)
+    DESCRIPTION = (
+        "The owner or an admin added a tag to a job or removed one; auth records it in the audit log."
+    )
+
+    job_key: str
+    tag: str = Field(min_length=1, max_length=256)
+    removed: bool = False
+    by: str = Field(min_length=1, max_length=64)
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class StorageChanged(Event):
+    TYPE = "storage.changed"
+    PRODUCER = "storage"
+    CONSUMERS = ("auth",)
+    DESCRIPTION = (
+        "An admin created, replaced or deleted a storage definition; auth records it in the audit log."
+        " Carries the storage's name and type, never its credentials."
+    )
+
+    name: str = Field(min_length=1, max_length=256)
+    change: Literal["created", "updated", "deleted"]
+    storage_type: str = Field(default="", max_length=64)
+    by: str = Field(min_length=1, max_length=64)
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.name
+
+
+class DeadLetterReplayed(Event):
+    TYPE = "deadletter.replayed"
+    PRODUCER = "gateway"
+    CONSUMERS = ("auth",)
+    DESCRIPTION = (
+        "An admin replayed a dead letter: the consumer that had given up on the message handled it again"
+        " (outcome replayed) or found it already handled (duplicate), and the letter left the dead-letter"
+        " stream. Carries the error that had sent it there; auth records it in the audit log."
+    )
+
+    seq: int = Field(ge=1)
+    service: str = Field(max_length=64)
+    consumer: str = Field(min_length=1, max_length=300)
+    message_type: str = Field(default="", max_length=128)
+    message_id: str = Field(default="", max_length=256)
+    error: str = Field(default="", max_length=4000)
+    outcome: Literal["replayed", "duplicate"]
+    by: str = Field(min_length=1, max_length=64)
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.consumer
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     JobSubmitted,
     JobStopRequested,
@@ -433,6 +494,9 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     GroupChanged,
     TokenIssued,
     TokenRevoked,
+    JobTagsChanged,
+    StorageChanged,
+    DeadLetterReplayed,
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {e.TYPE: e for e in ALL_EVENTS}

@@ -672,6 +672,31 @@ class TaskLogRequest(RpcRequest):
     tail_bytes: int = Field(default=65536, ge=1, le=16 * 1024 * 1024)
 
 
+# ---- dead letters (every service that runs a durable consumer) ---------------------------------------
+
+
+class ReplayDeadLetterReply(RpcReply):
+    # replayed: handled now; duplicate: the consumer had handled the message already (nothing changed).
+    outcome: Literal["replayed", "duplicate"]
+    message_type: str
+    message_id: str
+
+
+class ReplayDeadLetterRequest(RpcRequest):
+    SERVICE = "deadletters"
+    ENDPOINT = "replay"  # addressed to the consumer: pai.rpc.deadletters.<durable>.replay
+    DESCRIPTION = (
+        "Handle a dead letter of this durable consumer again, through its handler, transaction and processed"
+        " marker, then remove it from the dead-letter stream. Served by whichever service runs the consumer."
+        " NoDeadLetterError if there is no such letter for this consumer; DeadLetterReplayError (the letter"
+        " stays) if it is malformed or its handler fails again."
+    )
+    REPLY = ReplayDeadLetterReply
+
+    seq: int = Field(ge=1)
+    actor: str = Field(min_length=1, max_length=64)
+
+
 ALL_RPCS: tuple[type[RpcRequest], ...] = (
     LoginRequest,
     VerifyTokenRequest,
@@ -712,4 +737,5 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     TaskLogRequest,
     GetExitSpecRequest,
     PutExitSpecRequest,
+    ReplayDeadLetterRequest,
 )
