@@ -203,7 +203,11 @@ class Bus:
                 )
             except (ValueError, AttributeError):
                 raise UnknownError(msg.headers.get("Nats-Service-Error", "remote error")) from None
-        return reply_type.model_validate_json(msg.data)
+        try:
+            return reply_type.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("invalid rpc reply", extra={"endpoint": req.ENDPOINT, "error": str(exc)[:2000]})
+            raise UnknownError(f"service {req.SERVICE} answered with an invalid reply") from None
 
     async def serve_rpc(
         self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None

@@ -45,7 +45,7 @@ async def json_object(request: Request) -> dict[str, Any]:
     raw = await read_body(request)
     try:
         data: Any = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise InvalidParametersError("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidParametersError("the body must be a JSON object")

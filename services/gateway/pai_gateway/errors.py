@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pai_common.errors import InvalidParametersError, NoApiError, PaiError, UnknownError
@@ -30,6 +31,16 @@ def install(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return error_response(InvalidParametersError(problems))
+
+    @app.exception_handler(ValidationError)
+    async def refused_by_the_contract(request: Request, exc: ValidationError) -> JSONResponse:
+        # A route built a message of the contract from what the client sent, and the contract refused it
+        # (a VC name with characters no VC has, say): the client's input is at fault, not the platform.
+        # Replies are checked where they arrive (Bus.request), so no reply's fault ends up here.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         return error_response(InvalidParametersError(problems))
 

@@ -39,7 +39,7 @@ async def login(request: Request) -> dict[str, Any]:
             data: Any = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         else:
             data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise InvalidParametersError("the login body is neither JSON nor a form") from None
     if not isinstance(data, dict):
         raise InvalidParametersError("the login body must be an object with username and password")

@@ -181,7 +181,7 @@ async def _json_value(request: Request) -> Any:
     raw = await read_body(request)
     try:
         data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise InvalidParametersError('the body must be JSON: {"value": ...}') from None
     if not isinstance(data, dict) or "value" not in data:
         raise InvalidParametersError('"value" is required')

@@ -9,6 +9,9 @@ from pydantic import Field
 from pai_common.contract.base import RpcReply, RpcRequest
 from pai_common.contract.types import NodeName, StorageMount
 
+# The furthest a list may be paged: well past any real list, within every database's 32-bit skip.
+MAX_OFFSET = 2**31 - 1
+
 # ---- auth -------------------------------------------------------------------------------------------
 
 
@@ -284,7 +287,8 @@ class AuditLogRequest(RpcRequest):
     actor: str
     target: str | None = None
     by: str | None = None
-    offset: int = Field(default=0, ge=0)
+    # Bounded so that no database is handed a skip it cannot hold (found by the API fuzz: a 500).
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     limit: int = Field(default=100, ge=1, le=1000)
 
 
@@ -338,7 +342,8 @@ class ListJobsRequest(RpcRequest):
     virtual_cluster: str | None = None
     states: list[str] = Field(default_factory=list)
     keyword: str | None = None
-    offset: int = Field(default=0, ge=0)
+    # Bounded so that no database is handed a skip it cannot hold (found by the API fuzz: a 500).
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     limit: int = Field(default=5000, ge=1, le=50000)
     order_field: str = "submissionTime"
     order: Literal["ASC", "DESC"] = "DESC"
