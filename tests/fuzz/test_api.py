@@ -11,7 +11,7 @@ are not UTF-8 and wrong content types to each of them, with the same checks.
 
 Left out, on purpose: the live job stream (it stays open while the job lives) and, as the admin, the
 routes that end or change the admin's own credentials (logout, token revocation, password, admin flag),
-which would only lock the fuzzer out. ``PAI_API_FUZZ_EXAMPLES`` sets examples per operation (default 3).
+which would only lock the fuzzer out. ``PAI_API_FUZZ_EXAMPLES`` sets examples per operation (default 2).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tests.fuzz import json_strategies as js
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = int(os.environ.get("PAI_API_FUZZ_EXAMPLES", "3"))
+EXAMPLES = int(os.environ.get("PAI_API_FUZZ_EXAMPLES", "2"))
 PASSWORD = "api-fuzz-admin-pw"
 USER, USER_PASSWORD = "fuzzer", "fuzzer-password-1"
 # A hang guard: an answer that takes longer is a failure (the platform is loaded, hence generous).

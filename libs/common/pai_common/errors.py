@@ -144,6 +144,13 @@ class RemoveAdminError(PaiError):
     code = "RemoveAdminError"
 
 
+class RequestTimeoutError(PaiError):
+    """Not in OpenPAI: the client sent its request too slowly (the gateway's body deadline)."""
+
+    status = 408
+    code = "RequestTimeoutError"
+
+
 class PayloadTooLargeError(PaiError):
     status = 413
     code = "PayloadTooLargeError"
@@ -196,6 +203,7 @@ _BY_CODE: dict[str, type[PaiError]] = {
         DeadLetterReplayError,
         RemoveAdminError,
         PayloadTooLargeError,
+        RequestTimeoutError,
         ServiceUnavailableError,
         UnknownError,
     )

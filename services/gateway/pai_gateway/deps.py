@@ -6,6 +6,7 @@ are plain ``APIRouter``s that never import each other.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, TypeVar
 
@@ -14,7 +15,7 @@ from fastapi import Depends, Request
 from pai_common.bus import Bus
 from pai_common.contract.base import RpcReply, RpcRequest
 from pai_common.contract.rpc import Identity
-from pai_common.errors import NoJobError, PayloadTooLargeError
+from pai_common.errors import NoJobError, PayloadTooLargeError, RequestTimeoutError
 from pai_gateway.identity import IdentityResolver
 from pai_gateway.settings import GatewaySettings
 
@@ -49,13 +50,20 @@ User = Annotated[Identity, Depends(_identity)]
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refused as soon as it grows past the gateway's limit."""
-    limit = settings_of(request).max_body_bytes
+    """The request body, refused as soon as it grows past the gateway's limit or arrives too slowly."""
+    settings = settings_of(request)
+    limit = settings.max_body_bytes
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {settings.body_timeout_s:g}s"
+        ) from None
     return body
 
 

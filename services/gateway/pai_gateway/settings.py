@@ -17,3 +17,10 @@ class GatewaySettings(Settings):
     rate_limit_submit_per_hour: int = Field(default=3600, ge=0)
     rate_limit_list_per_min: int = Field(default=120, ge=0)
     job_stream_poll_s: float = Field(default=1.0, gt=0)
+    # Slow clients (slow-loris): a request's head must arrive within header_timeout_s and its body within
+    # body_timeout_s (408); an idle keep-alive connection closes after keep_alive_s; past max_connections
+    # open connections (job streams included) new requests get 503.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=2048, ge=1)

@@ -12,6 +12,7 @@ import uvicorn
 from pai_common.service import ServiceApp
 from pai_gateway.http_app import build_http_app
 from pai_gateway.settings import GatewaySettings
+from pai_gateway.slow_clients import protocol_with
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def build_app(settings: GatewaySettings | None = None) -> ServiceApp:
         log_config=None,
         access_log=False,
         lifespan="off",
+        http=protocol_with(settings.header_timeout_s),
+        timeout_keep_alive=int(max(1, settings.keep_alive_s)),
+        limit_concurrency=settings.max_connections,
     )
     server = _Server(config)
 
