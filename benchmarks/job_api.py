@@ -228,7 +228,7 @@ def measure_http(p: Platform, args: argparse.Namespace, n: int) -> dict[str, dic
 
 async def measure_rpc(p: Platform, args: argparse.Namespace, n: int) -> dict[str, dict[str, float]]:
     assert p.nats_url is not None
-    bus = await Bus.connect(p.nats_url, "bench")
+    bus = await Bus.connect(p.bus_url("operator"), "bench")
     rng = random.Random(args.seed + 2)
     try:
         times = []

@@ -257,7 +257,7 @@ def count_events(platform: Platform, subject: str, job_key: str) -> int:
     import asyncio
 
     async def count() -> int:
-        nc = await nats.connect(platform.nats_url)
+        nc = await nats.connect(platform.bus_url("operator"))
         try:
             js = nc.jetstream()
             sub = await js.subscribe(subject, ordered_consumer=True)

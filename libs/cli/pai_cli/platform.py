@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pai_common import bus_permissions
 from pai_common.embedded import ServerProcess, free_port, start_mongo, start_nats, wait_for_port
 
 SERVICES = ("auth", "storage", "jobs", "scheduler", "orchestrator", "diagnosis", "monitoring", "gateway")
@@ -99,6 +100,8 @@ class Platform:
     leaf_type: str = "gpu"
     children: dict[str, Child] = field(default_factory=dict)
     servers: list[ServerProcess] = field(default_factory=list)
+    # The embedded NATS server's users (user -> password, permissions); empty with PAI_NATS_URL.
+    bus_users: dict[str, tuple[str, bus_permissions.Permissions]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -132,9 +135,12 @@ class Platform:
                 _say(progress, f"using this machine's {len(models)} GPU(s): {models[0]}")
         _say(progress, "starting NATS (JetStream)")
         if not self.nats_url:
-            server = start_nats(self.data_dir)
+            # Every process gets a NATS user of its own with only the rights the contract gives it.
+            self.bus_users = bus_permissions.embedded_users(self.node_names)
+            server = start_nats(self.data_dir, authorization=bus_permissions.nats_config(self.bus_users))
             self.servers.append(server)
             self.nats_url = server.url
+            self._write_bus_credentials()
         _say(progress, "starting the MongoDB-wire server")
         if not self.mongo_url:
             server = start_mongo(self.data_dir)
@@ -155,7 +161,7 @@ class Platform:
         admin_password = base.pop("PAI_ADMIN_PASSWORD", None)
         logs = self.data_dir / "logs"
         for name in SERVICES:
-            env = dict(base)
+            env = {**base, "PAI_NATS_URL": self.bus_url(name)}
             if name == "auth" and admin_password:
                 env["PAI_ADMIN_PASSWORD"] = admin_password
             if name == "gateway":
@@ -164,6 +170,9 @@ class Platform:
         for node in self.node_names:
             env = {
                 **base,
+                "PAI_NATS_URL": self.bus_url(bus_permissions.node_durable(node)),
+                # A node agent's user may not create streams: it waits for the services to.
+                "PAI_CREATE_STREAMS": "false",
                 "PAI_NODE_NAME": node,
                 "PAI_SIMULATED_GPUS": str(self.gpus_per_node),
                 "PAI_FORCE_SIMULATED": simulated,
@@ -173,6 +182,23 @@ class Platform:
         for child in self.children.values():
             child.start()
         self.wait_ready(timeout_s, progress)
+
+    def bus_url(self, user: str) -> str:
+        """The bus URL with ``user``'s credentials (the plain URL where the bus is not the embedded one)."""
+        assert self.nats_url is not None
+        if user not in self.bus_users:
+            return self.nats_url
+        return bus_permissions.url_for(self.nats_url, user, self.bus_users[user][0])
+
+    def _write_bus_credentials(self) -> None:
+        """The operator's and the extension user's URLs, for an admin's tools and for extensions (0600)."""
+        folder = self.data_dir / "bus"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for user in (bus_permissions.OPERATOR, bus_permissions.EXTENSION):
+            path = folder / f"{user}.url"
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(self.bus_url(user) + "\n")
 
     def inventory_csv(self) -> str:
         """The simulated cluster as a node inventory for the scheduler: alike nodes in the default VC.

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -22,7 +23,7 @@ from nats.errors import (
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -39,6 +40,7 @@ from pai_common.contract.base import (
     command_subject,
     event_subject,
     rpc_subject,
+    subject_token,
 )
 from pai_common.database import is_transient
 from pai_common.envelope import encode
@@ -116,9 +118,12 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, service: str) -> Bus:
+        user = urlsplit(url).username
         nc = await nats.connect(
             url,
             name=f"pai-{service}",
+            # A user's replies come to an inbox of its own, which no other user may subscribe to.
+            inbox_prefix=f"_INBOX.{subject_token(user)}" if user else "_INBOX",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
@@ -127,7 +132,19 @@ class Bus:
         )
         return cls(nc, service)
 
-    async def ensure_streams(self) -> None:
+    async def ensure_streams(self, create: bool = True) -> None:
+        """Create (or update) the platform's streams; with ``create`` False only wait until they exist
+        (a node agent or an extension may not create streams: the platform's services do)."""
+        if not create:
+            for config in stream_configs():
+                assert config.name is not None
+                while True:
+                    try:
+                        await self.js.stream_info(config.name)
+                        break
+                    except NotFoundError:
+                        await asyncio.sleep(0.5)
+            return
         for config in stream_configs():
             try:
                 await self.js.add_stream(config=config)

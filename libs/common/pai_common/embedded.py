@@ -76,12 +76,23 @@ def _spawn(name: str, argv: list[str], log_path: Path) -> subprocess.Popen[bytes
         )
 
 
-def start_nats(data_dir: Path, port: int | None = None, timeout_s: float = 20.0) -> ServerProcess:
+def start_nats(
+    data_dir: Path, port: int | None = None, timeout_s: float = 20.0, authorization: str | None = None
+) -> ServerProcess:
+    """``authorization``: the users and their permissions (``bus_permissions.nats_config``); without it
+    anyone who reaches the port may do anything (the tests' own throwaway servers)."""
     port = port or free_port()
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "logs" / "nats.log"
     argv = [_binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    if authorization is not None:
+        config = data_dir / "nats.conf"
+        # The users' passwords are in it: readable by the platform's owner only.
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(authorization)
+        argv += ["-c", str(config)]
     proc = _spawn("nats", argv, log_path)
     wait_for_port(port, timeout_s, proc)
     return ServerProcess("nats", f"nats://127.0.0.1:{port}", port, proc, log_path)

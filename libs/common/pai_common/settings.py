@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     fetch_batch: int = Field(default=64, ge=1)
     stop_timeout_s: float = Field(default=15.0, gt=0)
     otel_exporter: str = "none"  # "none" or "console"
+    # False where this process's NATS user may not create streams (a node agent): it waits for them.
+    create_streams: bool = True
 
     def database_name(self, service: str) -> str:
         return f"pai_{service}"
