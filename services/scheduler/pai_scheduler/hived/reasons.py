@@ -1,0 +1,140 @@
+"""What the allocator says about a gang: its current decision, and for a waiting gang why it waits (its VC's
+cells per chain, bound and unbound, bad hardware, InfiniBand, backfill holds) and its place in its VC's
+queue."""
+
+from __future__ import annotations
+
+from pai_scheduler.hived.admission import Admission
+from pai_scheduler.hived.cells import Cell
+from pai_scheduler.hived.decisions import Allocated, Decision, Preempting, Queued
+from pai_scheduler.hived.gangs import Gang, GroupState
+from pai_scheduler.hived.regions import Regions
+from pai_scheduler.hived.requests import GangRequest
+from pai_scheduler.hived.state import leaf_names
+
+
+class Reasons(Regions, Admission):
+    def _current(self, g: Gang) -> Decision:
+        if g.state is GroupState.PENDING:
+            return self._queued(g)
+        if g.state is GroupState.PREEMPTING:
+            return Preempting(g.request.key, tuple(sorted(g.victims)), self._placements(g))
+        return Allocated(g.request.key, self._placements(g))
+
+    def _queued(self, g: Gang) -> Queued:
+        req = g.request
+        same_vc = [x for x in self._queue() if x.request.vc == req.vc]
+        position = next(i for i, x in enumerate(same_vc, start=1) if x is g)
+        held = ""
+        head = self._groups.get(g.held_by) if g.held_by is not None else None
+        if head is not None and head.state is GroupState.PENDING:
+            held = (
+                f"; held back so that {head.request.key} can start (backfill protection: it has waited"
+                f" over {self.protect_head_after_s:g} s at the head of VC {req.vc}'s queue, and gangs"
+                " behind it may not take the leaves it needs)"
+            )
+        return Queued(
+            req.key, f"{self._why(req)}{held} (position {position} in VC {req.vc}'s queue)", position
+        )
+
+    def _vc_cells_text(self, vc: str, chain: str) -> str:
+        """What the VC's cells in the chain offer now: free leaves of its bound cells on healthy nodes (and
+        the most on one node), then its unbound quota per level with how many free healthy cells of that
+        level could take it (a cell of a higher free one counts: it can be split)."""
+        spec = self.cluster.chains[chain]
+        free_per_node: dict[Cell, int] = {}
+        for cell in self.quota.bound_cells(vc, chain):
+            if cell.pinned_id is not None:
+                continue
+            for node, counter, leaves in self._regions_of(cell):
+                if node.n_bad_nodes:
+                    continue
+                n = counter.n_free if counter is not None else sum(1 for x in leaves if x.n_free)
+                free_per_node[node] = free_per_node.get(node, 0) + n
+        free = sum(free_per_node.values())
+        text = (
+            f"its bound cells have {free} free leaves (at most {max(free_per_node.values(), default=0)}"
+            " on one node)"
+        )
+        unbound = []
+        for (c, level), _ in sorted(self.quota.quota[vc].items(), key=lambda kv: -kv[0][1]):
+            n = self.quota.unbound(vc, (c, level))
+            if c != chain or n <= 0:
+                continue
+            healthy = sum(
+                len(self.quota.free_descendants(level, [f]))
+                for upper in range(level, spec.top_level + 1)
+                for f in self.quota.free[(chain, upper)]
+                if f.healthy
+            )
+            unbound.append(
+                f"{n} {spec.types[level - 1]} (level {level}, {spec.leaves_per_cell(level)} leaves each;"
+                f" {healthy} free healthy such cells)"
+            )
+        doomed = sum(1 for c in self._doomed if c.bound_vc == vc and c.chain == chain)
+        if doomed:
+            text += f", {doomed} of them doomed (bound to bad hardware)"
+        return f"{text}, unbound quota: {', '.join(unbound) if unbound else 'none'}"
+
+    def _why(self, req: GangRequest) -> str:
+        chains = self._chains_for(req)
+        parts = []
+        for chain in chains:
+            spec = self.cluster.chains[chain]
+            sizes = [k for _, _, k in self._pods(req, chain)]
+            shapes = "/".join(str(s) for s in sorted(set(sizes), reverse=True))
+            need = (
+                f"needs {sizes[0]} on one node"
+                if len(sizes) == 1
+                else f"needs {len(sizes)} pods of {shapes} (each pod on one node)"
+            )
+            where = f" in chain {chain}" if len(chains) > 1 else ""
+            bad = sum(
+                1 for n in self.cluster.bad_nodes if any(c.chain == chain for c in self.cluster.nodes[n])
+            )
+            bad_text = f"; {bad} bad node(s)" if bad else ""
+            bad_leaves = [
+                x
+                for node, i in sorted(self.cluster.bad_leaves)
+                for x in self.cluster.leaves_of(node, i)
+                if x.chain == chain
+            ]
+            if bad_leaves:
+                bad_text += f"; bad {spec.leaf_type} leaves (no new work): {leaf_names(bad_leaves)}"
+            if req.infiniband:
+                ib_type = spec.types[spec.infiniband_level - 1]
+                domains = [c for c in self._ib_cells[chain] if c.n_bad_nodes < len(c.node_cells)]
+                most = max((c.n_free for c in domains), default=0)
+                bad_text += (
+                    f"; InfiniBand: all {sum(sizes)} leaves must lie under one {ib_type} cell, and the"
+                    f" emptiest healthy one has {most} free"
+                )
+            if req.pinned_cell is not None:
+                cell = self.cluster.pinned[req.pinned_cell]
+                parts.append(
+                    f"pinned cell {req.pinned_cell}: {cell.n_guaranteed} of {len(cell.leaves)}"
+                    f" {spec.leaf_type} leaves in use; {need}{bad_text}"
+                )
+            elif req.guaranteed:
+                bound = self.quota.bound_cells(req.vc, chain)
+                used = sum(c.n_guaranteed for c in bound)
+                reserved = sum(1 for c in bound for x in c.leaves if x.reserver is not None)
+                total = self.quota.quota_leaves(req.vc, chain)
+                held = f" ({reserved} reserved by preemptions in progress)" if reserved else ""
+                parts.append(
+                    f"{used} of {total} guaranteed {spec.leaf_type} leaves in use{where}{held};"
+                    f" {self._vc_cells_text(req.vc, chain)}; {need}{bad_text}"
+                )
+            else:
+                per_node = [
+                    r[1].n_free if r[1] is not None else sum(x.n_free for x in r[2])
+                    for r in self._open_regions[chain]
+                    if not r[0].n_bad_nodes
+                ]
+                parts.append(
+                    f"{sum(per_node)} idle {spec.leaf_type} leaves on healthy nodes{where}"
+                    f" (at most {max(per_node, default=0)} on one node); {need}{bad_text}"
+                )
+        if req.guaranteed:
+            return f"VC {req.vc}: " + "; ".join(parts)
+        return "opportunistic (idle cells of any VC): " + "; ".join(parts)
