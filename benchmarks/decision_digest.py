@@ -32,7 +32,7 @@ from pai_scheduler.hived import HivedAllocator
 from pai_scheduler.sim.cluster import load_cluster
 from pai_scheduler.sim.engine import simulate
 from pai_scheduler.sim.jobs import parse_workload_csv
-from pai_scheduler.sim.policy import make_policy
+from pai_scheduler.sim.registry import make_policy
 from pai_scheduler.sim.workloads import WorkloadSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,7 @@ from machine import machine
 from pai_scheduler.sim.cli import run
 from pai_scheduler.sim.cluster import load_cluster
 from pai_scheduler.sim.jobs import parse_workload_csv
-from pai_scheduler.sim.policy import policies
+from pai_scheduler.sim.registry import policies
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = ROOT / "benchmarks" / "RESULTS.md"

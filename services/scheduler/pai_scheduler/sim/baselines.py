@@ -1,4 +1,4 @@
-"""The two baseline policies, both over the production first-fit core (``pai_scheduler.core``).
+"""The two baseline policies, both over the retired first-fit core (``firstfit.py``).
 
 * ``first-fit`` — the core as the service runs it: gangs placed best-fit on whole GPUs, a priority-ordered
   backfilling queue, no VCs, no topology, no preemption. The naive baseline.
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from pai_common.contract.types import PodRequest
-from pai_scheduler.core import Allocated, FirstFitScheduler, GangRequest, Queued, Rejected, _place
 from pai_scheduler.sim import policy as p
 from pai_scheduler.sim.cluster import SimCluster
+from pai_scheduler.sim.firstfit import Allocated, FirstFitScheduler, GangRequest, Queued, Rejected, _place
 from pai_scheduler.sim.jobs import SimJob
 
 TASK_ROLE = "task"

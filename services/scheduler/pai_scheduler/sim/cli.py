@@ -19,7 +19,7 @@ from pai_scheduler.hived.errors import ConfigError
 from pai_scheduler.sim.cluster import SimCluster, load_cluster
 from pai_scheduler.sim.engine import SimulationError, simulate
 from pai_scheduler.sim.jobs import SimJob, WorkloadError, parse_workload_csv
-from pai_scheduler.sim.policy import make_policy, policies
+from pai_scheduler.sim.registry import make_policy, policies
 
 
 def run(cluster: SimCluster, jobs: Sequence[SimJob], policy: str, departures: bool = True) -> dict[str, Any]:

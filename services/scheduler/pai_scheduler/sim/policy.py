@@ -69,34 +69,3 @@ class Policy(Protocol):
 
 
 PolicyFactory = Callable[[SimCluster], Policy]
-
-
-def policies() -> dict[str, PolicyFactory]:
-    """Every policy this installation can run, by name, in the order a comparison shows them."""
-    # Imported here: the policy modules import this one for the protocol's types.
-    from pai_scheduler.sim.baselines import FirstFitPolicy, QuotaOnlyPolicy
-    from pai_scheduler.sim.hived_policy import HivedPolicy
-
-    def hived_strict(cluster: SimCluster) -> Policy:
-        return HivedPolicy(cluster, protect_head_after_s=0.0)
-
-    def hived_no_protect(cluster: SimCluster) -> Policy:
-        return HivedPolicy(cluster, protect_head_after_s=None)
-
-    return {
-        "first-fit": FirstFitPolicy,
-        "quota-only": QuotaOnlyPolicy,
-        # As the service runs it by default: backfill protection as a starvation guard (24 h).
-        "hived": HivedPolicy,
-        # Every guaranteed head protected at once: the issue's backfill rule to the letter.
-        "hived-strict": hived_strict,
-        # Plain HiveD: backfill always passes a waiting head.
-        "hived-no-protect": hived_no_protect,
-    }
-
-
-def make_policy(name: str, cluster: SimCluster) -> Policy:
-    found = policies()
-    if name not in found:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(found)}")
-    return found[name](cluster)
