@@ -104,14 +104,16 @@ class Admission(AllocatorState):
         member never goes to CPU chains; a CPU-only gang (every pod asks for no GPU) goes to the CPU chains
         it may use and, only when there are none, to accelerator chains (each pod then holds the leaves
         its CPU and memory need through the SKU, at least one, as OpenPAI does)."""
-        # Pure in the request and the (fixed) config and quota; asked on every placement attempt.
-        cached = self._chains_cache.get(id(req))
-        if cached is not None and cached[0] is req:
-            return cached[1]
+        # Pure in what the choice reads of the request and the (fixed) config and quota; asked on every
+        # placement attempt.
+        key = (req.pinned_cell, req.leaf_types, req.guaranteed and req.vc, cpu_only(req))
+        cached = self._chains_cache.get(key)
+        if cached is not None:
+            return cached
         chains = self._compute_chains_for(req)
         if len(self._chains_cache) >= 10_000:
             self._chains_cache.clear()
-        self._chains_cache[id(req)] = (req, chains)
+        self._chains_cache[key] = chains
         return chains
 
     def _compute_chains_for(self, req: GangRequest) -> list[str]:
@@ -123,7 +125,8 @@ class Admission(AllocatorState):
         else:
             chains = names
         if req.guaranteed:
-            chains = [c for c in chains if c in set(self.quota.chains_of(req.vc))]
+            own = set(self.quota.chains_of(req.vc))
+            chains = [c for c in chains if c in own]
         cpu = [c for c in chains if self._cpu_chain(c)]
         if cpu_only(req) and cpu:
             return cpu
@@ -135,14 +138,21 @@ class Admission(AllocatorState):
     def _pods(self, req: GangRequest, chain: str) -> list[tuple[str, int, int]]:
         """(role, index, leaves) for every pod on this chain's leaf type, largest first."""
         # Pure in the request and the (fixed) config; asked again on every retry of a waiting gang.
-        cached = self._pods_cache.get((req.members, chain))
-        if cached is not None:
-            return list(cached)
-        pods = self._compute_pods(req, chain)
-        if len(self._pods_cache) >= 10_000:
-            self._pods_cache.clear()
-        self._pods_cache[(req.members, chain)] = tuple(pods)
-        return pods
+        # Keyed by the members object first (hashing it costs more than the lookup), then by value.
+        members = req.members
+        fast = self._pods_by_id.get((id(members), chain))
+        if fast is not None and fast[0] is members:
+            return list(fast[1])
+        cached = self._pods_cache.get((members, chain))
+        if cached is None:
+            cached = tuple(self._compute_pods(req, chain))
+            if len(self._pods_cache) >= 10_000:
+                self._pods_cache.clear()
+            self._pods_cache[(members, chain)] = cached
+        if len(self._pods_by_id) >= 10_000:
+            self._pods_by_id.clear()
+        self._pods_by_id[(id(members), chain)] = (members, cached)
+        return list(cached)
 
     def _compute_pods(self, req: GangRequest, chain: str) -> list[tuple[str, int, int]]:
         sku = self.config.sku(self.cluster.chains[chain].leaf_type)

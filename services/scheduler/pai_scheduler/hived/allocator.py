@@ -86,10 +86,11 @@ class HivedAllocator(Views, Reconfiguration):
         if reason is not None:
             return [Rejected(req.key, reason)]
         self._refresh_holds()
+        self._record(req)
         g = Gang(req, self._next_seq, since=self._now)
         self._next_seq += 1
         self._groups[req.key] = g
-        self._maybe_pending.add(req.key)
+        self._pending.add(g)
         self._requeued = False
         decisions = self._schedule(g)
         if decisions and self._requeued:
@@ -114,6 +115,7 @@ class HivedAllocator(Views, Reconfiguration):
             return []
         out: list[Decision] = [Released(key)]
         if g.state is GroupState.PENDING:
+            self._pending.discard(g)
             if self._holds.get(g.request.vc, ("",))[0] == key:  # a protected head withdrew
                 self._refresh_holds()
                 out.extend(self._retry_pending())

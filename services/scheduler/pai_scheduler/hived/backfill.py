@@ -19,9 +19,7 @@ class Backfill(Placement):
             if self._holds:
                 self._holds = {}
             return
-        heads: dict[str, Gang] = {}
-        for g in self._queue():
-            heads.setdefault(g.request.vc, g)
+        heads = self._pending.heads(self._groups)
         holds: dict[str, tuple[str, frozenset[Cell]]] = {}
         for vc in sorted(heads):
             head = heads[vc]

@@ -548,6 +548,16 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
             raise ConfigError(f"{where} (node {name}): leaf_count, cpu and memory_mb must be >= 0")
         leaf = (row.get("leaf_type") or "").strip()
         rack = (row.get("rack") or "").strip()
+        if count == 0 and leaf:
+            raise ConfigError(
+                f"{where} (node {name}): leaf_count is 0 but leaf_type is {leaf!r}; a CPU-only node has an"
+                " empty leaf_type"
+            )
+        if count == 0 and (cpu < 1 or mem < 1):
+            raise ConfigError(
+                f"{where} (node {name}): a node without accelerators (leaf_count 0) is a CPU-only node and"
+                f" needs at least one core and some memory (cpu {row['cpu']}, memory_mb {row['memory_mb']})"
+            )
         if count > 0:
             if not leaf:
                 raise ConfigError(f"{where} (node {name}): leaf_type is empty but leaf_count is {count}")
@@ -562,6 +572,7 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         rows.append((name, leaf, count, cpu, mem, rack))
 
     cpu_only = [name for name, _, count, _, _, _ in rows if count == 0]
+    lines = {name: line for line, (name, *_) in enumerate(rows, start=2)}
     # CPU and memory no accelerator leaf carries, per node: (whole cores, MB).
     spare: dict[str, tuple[int, int]] = {}
     for name, leaf, count, cpu, mem, _ in rows:
@@ -584,6 +595,13 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         n = min(cores, mem // unit_mb) if unit_mb else 0
         if n > 0:
             nodes.append((name, CPU_LEAF_TYPE, n, rack, count))
+        elif count == 0:
+            # Never drop a node silently: a CPU-only node too small for one CPU leaf is refused.
+            raise ConfigError(
+                f"inventory line {lines[name]} (node {name}): a CPU-only node needs at least one whole core"
+                f" and {unit_mb} MB of memory (one CPU leaf: the least memory per core over the CPU-only"
+                f" nodes); it has {cores} core(s) and {mem} MB"
+            )
 
     def node_cell(node_type: str, name: str, first: int, count: int) -> PhysicalCellSpec:
         if first == 0:

@@ -9,13 +9,14 @@ from typing import Any, Self
 from pai_scheduler.hived.cells import MILLI_PER_LEAF, UNTOUCHABLE_PRIORITY, Cell
 from pai_scheduler.hived.config import ClusterConfig
 from pai_scheduler.hived.gangs import Gang, GroupState
+from pai_scheduler.hived.mix import RequestMix
 from pai_scheduler.hived.requests import request_from_dict, request_to_dict
-from pai_scheduler.hived.state import PROTECT_HEAD_AFTER_S, AllocatorState
+from pai_scheduler.hived.state import PROTECT_HEAD_AFTER_S
 
 SNAPSHOT_VERSION = 1
 
 
-class Persistence(AllocatorState):
+class Persistence(RequestMix):
     def snapshot(self) -> dict[str, Any]:
         """The whole dynamic state as JSON values; the config is not included (restore takes it)."""
         bindings = sorted(
@@ -59,6 +60,7 @@ class Persistence(AllocatorState):
                 for g in sorted(self._groups.values(), key=lambda g: g.seq)
             ],
             **({"now": self._now} if self._now is not None else {}),
+            **({"mix": self._mix_snapshot()} if self._mix else {}),
             **(
                 {
                     "holds": [
@@ -91,11 +93,14 @@ class Persistence(AllocatorState):
         config: ClusterConfig,
         snap: Mapping[str, Any],
         protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S,
+        *,
+        mix_aware: bool = True,
     ) -> Self:
         """Rebuild the allocator that produced ``snap`` on ``config``; ValueError if it is inconsistent."""
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported HiveD snapshot version {snap.get('version')!r}")
-        a = cls(config, protect_head_after_s)
+        a = cls(config, protect_head_after_s, mix_aware=mix_aware)
+        a._restore_mix(snap.get("mix", ()))
         a._next_seq = int(snap["next_seq"])
         a._next_start = int(snap.get("next_start", 0))
         a._now = None if snap.get("now") is None else float(snap["now"])
@@ -133,7 +138,8 @@ class Persistence(AllocatorState):
                     g.slots.append((str(p["role"]), int(p["index"]), leaves))
                 g.victims = {str(v) for v in gd["victims"]}
                 a._groups[req.key] = g
-                a._maybe_pending.add(req.key)
+                if g.state is GroupState.PENDING:
+                    a._pending.add(g)
                 if g.state in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
                     a._restore_holdings(g, g.priority, set())
             for g in a._groups.values():

@@ -6,7 +6,6 @@ leave the head unplaceable on its held leaves refused."""
 
 from __future__ import annotations
 
-from pai_scheduler.hived.admission import Admission
 from pai_scheduler.hived.binding import Binding
 from pai_scheduler.hived.cells import (
     FREE_PRIORITY,
@@ -17,12 +16,13 @@ from pai_scheduler.hived.cells import (
     Cell,
 )
 from pai_scheduler.hived.gangs import Gang, PodSlot
+from pai_scheduler.hived.mix import RequestMix
 from pai_scheduler.hived.packing import pick_leaves
 from pai_scheduler.hived.regions import closeness
 from pai_scheduler.hived.state import Region
 
 
-class Placement(Binding, Admission):
+class Placement(Binding, RequestMix):
     def _find(self, g: Gang) -> tuple[str, list[PodSlot]] | None:
         """The first placement of the whole gang over passes of increasing cost, applied inside the open
         transaction (reservations and shares); None (and nothing applied) when none fits."""
@@ -31,13 +31,21 @@ class Placement(Binding, Admission):
         ceilings = [FREE_PRIORITY]
         if req.guaranteed:
             ceilings += sorted({OPPORTUNISTIC_PRIORITY, req.priority - 1})
-        chains = self._chains_for(req)
+        chains = self._preferred(g, self._chains_for(req))
         # Behind a protected head, keeping off its held leaves is not enough: a gang that binds more of the
         # VC's quota elsewhere can leave too little quota to cover them, and the head would then wait for
         # that gang too. Such a placement is refused (unless the head could not start there anyway).
         guard = self._guarding if self._guarding is not None and self._head_fits(*self._guarding) else None
         for ceiling in ceilings:
             for chain in chains:
+                if ceiling == FREE_PRIORITY:
+                    # The first pod is the largest; if it takes whole leaves and no node has that many free,
+                    # nothing is placed.
+                    role, _, k = self._pods(req, chain)[0]
+                    if role not in g.shares and not self._some_node_has_free(chain, k):
+                        continue
+                elif not self.cluster.offers_beyond_free(chain, ceiling):
+                    continue  # it would place exactly as the free-leaves pass, which found nothing here
                 mark = len(self._undo)
                 slots = self._place_in_chain(g, chain, ceiling)
                 if slots is not None:
@@ -45,6 +53,21 @@ class Placement(Binding, Admission):
                         return chain, slots
                     self._rollback_to(mark)
         return None
+
+    def _quota_levels(self, vc: str, chain: str) -> list[tuple[int, int]]:
+        """The levels of the VC's quota in the chain, lowest first, with the most leaves a pod can get on one
+        node in a cell of each (fixed by the config)."""
+        key = (vc, chain)
+        cached = self._quota_levels_cache.get(key)
+        if cached is None:
+            spec = self.cluster.chains[chain]
+            levels = sorted(lv for (c, lv) in self.quota.quota[vc] if c == chain)
+            cached = self._quota_levels_cache[key] = [(lv, spec.leaves_per_node_in(lv)) for lv in levels]
+        return cached
+
+    def _some_node_has_free(self, chain: str, k: int) -> bool:
+        buckets = self.cluster.free_nodes[chain]
+        return any(buckets[n] for n in range(k, len(buckets)))
 
     def _head_fits(self, head: Gang, held: frozenset[Cell]) -> bool:
         """Whether the protected head could be placed on exactly its held leaves if the work running on them
@@ -213,12 +236,11 @@ class Placement(Binding, Admission):
         got = self._best_in(self._bound_regions(req.vc, chain), k, ceiling, placed)
         if got is not None:
             return got
-        spec = self.cluster.chains[chain]
-        levels = sorted(
+        levels = [
             lv
-            for (c, lv) in self.quota.quota[req.vc]
-            if c == chain and self.quota.unbound(req.vc, (c, lv)) > 0 and spec.leaves_per_node_in(lv) >= k
-        )
+            for lv, per_node in self._quota_levels(req.vc, chain)
+            if per_node >= k and self.quota.unbound(req.vc, (chain, lv)) > 0
+        ]
         for level in levels:
             cell = self._cell_to_bind(req.vc, chain, level, k, ceiling, placed)
             if cell is None:

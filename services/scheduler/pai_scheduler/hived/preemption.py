@@ -25,6 +25,7 @@ class Preemption(Placement):
 
     def _commit(self, g: Gang, chain: str, slots: list[PodSlot]) -> Decision:
         req = g.request
+        self._pending.discard(g)
         g.chain = chain
         g.slots = slots
         victims = sorted(
@@ -120,7 +121,7 @@ class Preemption(Placement):
                 if not victim.preemptors:
                     victim.state = GroupState.ALLOCATED
             p.state, p.chain, p.slots, p.victims = GroupState.PENDING, None, [], set()
-            self._maybe_pending.add(key)
+            self._pending.add(p)
             self._unbind_idle(leaves)
             cancelled.append(p)
         if cancelled:

@@ -23,8 +23,7 @@ class Reasons(Regions, Admission):
 
     def _queued(self, g: Gang) -> Queued:
         req = g.request
-        same_vc = [x for x in self._queue() if x.request.vc == req.vc]
-        position = next(i for i, x in enumerate(same_vc, start=1) if x is g)
+        position = self._pending.position(g)
         held = ""
         head = self._groups.get(g.held_by) if g.held_by is not None else None
         if head is not None and head.state is GroupState.PENDING:
@@ -38,6 +37,15 @@ class Reasons(Regions, Admission):
         )
 
     def _vc_cells_text(self, vc: str, chain: str) -> str:
+        version = (self.cluster.chain_version[chain], self.quota.chain_binding_version[chain])
+        cached = self._cells_text_cache.get((vc, chain))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        text = self._compute_vc_cells_text(vc, chain)
+        self._cells_text_cache[(vc, chain)] = (version, text)
+        return text
+
+    def _compute_vc_cells_text(self, vc: str, chain: str) -> str:
         """What the VC's cells in the chain offer now: free leaves of its bound cells on healthy nodes (and
         the most on one node), then its unbound quota per level with how many free healthy cells of that
         level could take it (a cell of a higher free one counts: it can be split)."""
@@ -77,64 +85,93 @@ class Reasons(Regions, Admission):
         return f"{text}, unbound quota: {', '.join(unbound) if unbound else 'none'}"
 
     def _why(self, req: GangRequest) -> str:
+        key = (req.vc, req.guaranteed, req.members, req.leaf_types, req.pinned_cell, req.infiniband)
+        version = self._version()
+        cached = self._why_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        text = self._compute_why(req)
+        if len(self._why_cache) >= 10_000:
+            self._why_cache.clear()
+        self._why_cache[key] = (version, text)
+        return text
+
+    def _compute_why(self, req: GangRequest) -> str:
         chains = self._chains_for(req)
-        parts = []
-        for chain in chains:
-            spec = self.cluster.chains[chain]
-            sizes = [k for _, _, k in self._pods(req, chain)]
-            shapes = "/".join(str(s) for s in sorted(set(sizes), reverse=True))
-            need = (
-                f"needs {sizes[0]} on one node"
-                if len(sizes) == 1
-                else f"needs {len(sizes)} pods of {shapes} (each pod on one node)"
-            )
-            where = f" in chain {chain}" if len(chains) > 1 else ""
-            bad = sum(
-                1 for n in self.cluster.bad_nodes if any(c.chain == chain for c in self.cluster.nodes[n])
-            )
-            bad_text = f"; {bad} bad node(s)" if bad else ""
-            bad_leaves = [
-                x
-                for node, i in sorted(self.cluster.bad_leaves)
-                for x in self.cluster.leaves_of(node, i)
-                if x.chain == chain
-            ]
-            if bad_leaves:
-                bad_text += f"; bad {spec.leaf_type} leaves (no new work): {leaf_names(bad_leaves)}"
-            if req.infiniband:
-                ib_type = spec.types[spec.infiniband_level - 1]
-                domains = [c for c in self._ib_cells[chain] if c.n_bad_nodes < len(c.node_cells)]
-                most = max((c.n_free for c in domains), default=0)
-                bad_text += (
-                    f"; InfiniBand: all {sum(sizes)} leaves must lie under one {ib_type} cell, and the"
-                    f" emptiest healthy one has {most} free"
-                )
-            if req.pinned_cell is not None:
-                cell = self.cluster.pinned[req.pinned_cell]
-                parts.append(
-                    f"pinned cell {req.pinned_cell}: {cell.n_guaranteed} of {len(cell.leaves)}"
-                    f" {spec.leaf_type} leaves in use; {need}{bad_text}"
-                )
-            elif req.guaranteed:
-                bound = self.quota.bound_cells(req.vc, chain)
-                used = sum(c.n_guaranteed for c in bound)
-                reserved = sum(1 for c in bound for x in c.leaves if x.reserver is not None)
-                total = self.quota.quota_leaves(req.vc, chain)
-                held = f" ({reserved} reserved by preemptions in progress)" if reserved else ""
-                parts.append(
-                    f"{used} of {total} guaranteed {spec.leaf_type} leaves in use{where}{held};"
-                    f" {self._vc_cells_text(req.vc, chain)}; {need}{bad_text}"
-                )
-            else:
-                per_node = [
-                    r[1].n_free if r[1] is not None else sum(x.n_free for x in r[2])
-                    for r in self._open_regions[chain]
-                    if not r[0].n_bad_nodes
-                ]
-                parts.append(
-                    f"{sum(per_node)} idle {spec.leaf_type} leaves on healthy nodes{where}"
-                    f" (at most {max(per_node, default=0)} on one node); {need}{bad_text}"
-                )
+        parts = [self._why_in(req, chain, len(chains) > 1) for chain in chains]
         if req.guaranteed:
             return f"VC {req.vc}: " + "; ".join(parts)
         return "opportunistic (idle cells of any VC): " + "; ".join(parts)
+
+    def _why_in(self, req: GangRequest, chain: str, several: bool) -> str:
+        """The part of the reason about one chain, cached per chain state: a change in one chain leaves the
+        other chains' parts as they were."""
+        key = (req.vc, req.guaranteed, req.members, req.pinned_cell, req.infiniband, chain, several)
+        version = (
+            self.cluster.chain_version[chain],
+            self.quota.chain_binding_version[chain],
+            len(self.cluster.bad_nodes),
+            len(self.cluster.bad_leaves),
+        )
+        cached = self._why_in_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        text = self._compute_why_in(req, chain, several)
+        if len(self._why_in_cache) >= 10_000:
+            self._why_in_cache.clear()
+        self._why_in_cache[key] = (version, text)
+        return text
+
+    def _compute_why_in(self, req: GangRequest, chain: str, several: bool) -> str:
+        spec = self.cluster.chains[chain]
+        sizes = [k for _, _, k in self._pods(req, chain)]
+        shapes = "/".join(str(s) for s in sorted(set(sizes), reverse=True))
+        need = (
+            f"needs {sizes[0]} on one node"
+            if len(sizes) == 1
+            else f"needs {len(sizes)} pods of {shapes} (each pod on one node)"
+        )
+        where = f" in chain {chain}" if several else ""
+        bad = sum(1 for n in self.cluster.bad_nodes if any(c.chain == chain for c in self.cluster.nodes[n]))
+        bad_text = f"; {bad} bad node(s)" if bad else ""
+        bad_leaves = [
+            x
+            for node, i in sorted(self.cluster.bad_leaves)
+            for x in self.cluster.leaves_of(node, i)
+            if x.chain == chain
+        ]
+        if bad_leaves:
+            bad_text += f"; bad {spec.leaf_type} leaves (no new work): {leaf_names(bad_leaves)}"
+        if req.infiniband:
+            ib_type = spec.types[spec.infiniband_level - 1]
+            domains = [c for c in self._ib_cells[chain] if c.n_bad_nodes < len(c.node_cells)]
+            most = max((c.n_free for c in domains), default=0)
+            bad_text += (
+                f"; InfiniBand: all {sum(sizes)} leaves must lie under one {ib_type} cell, and the"
+                f" emptiest healthy one has {most} free"
+            )
+        if req.pinned_cell is not None:
+            cell = self.cluster.pinned[req.pinned_cell]
+            return (
+                f"pinned cell {req.pinned_cell}: {cell.n_guaranteed} of {len(cell.leaves)}"
+                f" {spec.leaf_type} leaves in use; {need}{bad_text}"
+            )
+        if req.guaranteed:
+            bound = self.quota.bound_cells(req.vc, chain)
+            used = sum(c.n_guaranteed for c in bound)
+            reserved = sum(1 for c in bound for x in c.leaves if x.reserver is not None)
+            total = self.quota.quota_leaves(req.vc, chain)
+            held = f" ({reserved} reserved by preemptions in progress)" if reserved else ""
+            return (
+                f"{used} of {total} guaranteed {spec.leaf_type} leaves in use{where}{held};"
+                f" {self._vc_cells_text(req.vc, chain)}; {need}{bad_text}"
+            )
+        per_node = [
+            r[1].n_free if r[1] is not None else sum(x.n_free for x in r[2])
+            for r in self._open_regions[chain]
+            if not r[0].n_bad_nodes
+        ]
+        return (
+            f"{sum(per_node)} idle {spec.leaf_type} leaves on healthy nodes{where}"
+            f" (at most {max(per_node, default=0)} on one node); {need}{bad_text}"
+        )

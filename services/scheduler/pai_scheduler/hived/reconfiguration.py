@@ -25,6 +25,8 @@ class Reconfiguration(Scheduling, Persistence):
         old_snapshot: Mapping[str, Any],
         new_config: ClusterConfig,
         protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S,
+        *,
+        mix_aware: bool = True,
     ) -> tuple[Self, list[Decision]]:
         """Apply a new cluster/VC config to the work of ``old_snapshot`` (HiveD's work-preserving
         reconfiguration). Returns the new allocator and what changed, in this order:
@@ -48,7 +50,8 @@ class Reconfiguration(Scheduling, Persistence):
         bad; the clock and submission order carry over."""
         if old_snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported HiveD snapshot version {old_snapshot.get('version')!r}")
-        a = cls(new_config, protect_head_after_s)
+        a = cls(new_config, protect_head_after_s, mix_aware=mix_aware)
+        a._restore_mix(old_snapshot.get("mix", ()))
         a._next_seq = int(old_snapshot["next_seq"])
         a._next_start = int(old_snapshot.get("next_start", 0))
         a._now = None if old_snapshot.get("now") is None else float(old_snapshot["now"])
@@ -92,7 +95,7 @@ class Reconfiguration(Scheduling, Persistence):
                 out.append(Rejected(req.key, f"after the reconfiguration: {reason}"))
                 continue
             a._groups[req.key] = g
-            a._maybe_pending.add(req.key)
+            a._pending.add(g)
         a._refresh_doomed()
         a._refresh_holds()
         out.extend(a._retry_pending())

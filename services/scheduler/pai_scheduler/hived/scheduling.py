@@ -19,7 +19,14 @@ class Scheduling(Preemption, Backfill, Reasons):
         g.held_by = None
         hold = self._hold_against(g)
         if hold is None:
-            return self._schedule_within(g)
+            if self._unplaceable.get(g.shape) == self._version():
+                return []  # this shape found no placement and nothing changed since
+            out = self._schedule_within(g)
+            if not out:
+                if len(self._unplaceable) >= 10_000:
+                    self._unplaceable.clear()
+                self._unplaceable[g.shape] = self._version()
+            return out
         self._set_blocked(hold[1])
         self._guarding = (self._groups[hold[0]], hold[1])
         try:

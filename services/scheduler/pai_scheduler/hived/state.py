@@ -7,6 +7,7 @@ by concept)."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -14,8 +15,12 @@ from pai_scheduler.hived.cells import Cell, PhysicalCluster
 from pai_scheduler.hived.config import ClusterConfig
 from pai_scheduler.hived.decisions import PodPlacement
 from pai_scheduler.hived.gangs import Gang, GroupState
+from pai_scheduler.hived.pending import PendingQueue
 from pai_scheduler.hived.quota import QuotaBook
 from pai_scheduler.hived.requests import GangRequest, Member
+
+# One pod of the recent request mix: (the leaf types it accepts, () for any; its demand in milli-GPU).
+MixEntry = tuple[tuple[str, ...], int]
 
 # A region is where one pod may go: (node, cell whose n_free counts exactly the usable leaves or None,
 # the usable leaves of that node).
@@ -39,11 +44,23 @@ def leaf_names(leaves: Iterable[Cell]) -> str:
 
 
 class AllocatorState:
-    def __init__(self, config: ClusterConfig, protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S,
+        *,
+        mix_aware: bool = True,
+    ):
         """``protect_head_after_s``: how long (clock seconds, see ``now`` on the commands) the head of a VC's
-        queue may wait before backfill protection reserves what it needs; None disables it."""
+        queue may wait before backfill protection reserves what it needs; None disables it. ``mix_aware``:
+        a gang that several chains could hold tries them in the order the recent request mix prefers
+        (``mix.py``); off, in name order (plain HiveD)."""
         self.config = config
         self.protect_head_after_s = protect_head_after_s
+        self.mix_aware = mix_aware
+        # The recent request mix (mix.py): its pods, and the demand typed to each leaf type over them.
+        self._mix: deque[MixEntry] = deque()
+        self._typed: dict[str, float] = {}
         self._now: float | None = None  # the latest clock time a command was given
         # Backfill protection: VC -> (its protected head gang, the leaves reserved for it).
         self._holds: dict[str, tuple[str, frozenset[Cell]]] = {}
@@ -75,11 +92,23 @@ class AllocatorState:
         # could not all be bound to healthy free cells (see _refresh_doomed).
         self._doomed: set[Cell] = set()
         self._groups: dict[str, Gang] = {}
-        # Keys of gangs that may be waiting: added at submit/restore and when a preemption is cancelled,
-        # pruned when read (the queue is read on every release).
-        self._maybe_pending: set[str] = set()
+        # The waiting gangs in retry order: a gang enters at submit/restore and when its preemption is
+        # cancelled, and leaves when it is placed or withdrawn.
+        self._pending = PendingQueue()
         self._pods_cache: dict[tuple[tuple[Member, ...], str], tuple[tuple[str, int, int], ...]] = {}
-        self._chains_cache: dict[int, tuple[GangRequest, list[str]]] = {}
+        # The same by the members object's id (hashing the members costs more than the lookup).
+        self._pods_by_id: dict[tuple[int, str], tuple[tuple[Member, ...], tuple[tuple[str, int, int], ...]]]
+        self._pods_by_id = {}
+        self._chains_cache: dict[tuple[Any, ...], list[str]] = {}
+        self._quota_levels_cache: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        # What a VC's cells in a chain offer, in words, per (chain cell version, chain binding version).
+        self._cells_text_cache: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
+        # Gang shapes that found no placement, with the state version they failed at: the same shape fails
+        # again until the state changes (a busy queue is mostly look-alikes).
+        self._unplaceable: dict[GangRequest, tuple[int, int]] = {}
+        # Why a gang shape waits, per state version (the reason is asked for every gang that waits).
+        self._why_cache: dict[tuple[Any, ...], tuple[tuple[int, int], str]] = {}
+        self._why_in_cache: dict[tuple[Any, ...], tuple[tuple[int, int, int, int], str]] = {}
         # Why a request can never fit depends only on its shape and the (fixed) config and quota.
         self._never_fits_cache: dict[tuple[Any, ...], str | None] = {}
         # id(region list) -> (that list, its node-counted regions by node, the others): for lists scanned
@@ -117,17 +146,14 @@ class AllocatorState:
                 self._open_by_top[chain].append((top, regions[start:]))
             self._open_regions[chain] = regions
 
+    def _version(self) -> tuple[int, int]:
+        """Changes whenever leaf state, health or quota bindings change (placements read nothing else that
+        changes, outside backfill holds)."""
+        return (self.cluster.version, self.quota.binding_version)
+
     def _queue(self) -> list[Gang]:
-        waiting: list[Gang] = []
-        gone: list[str] = []
-        for key in self._maybe_pending:
-            g = self._groups.get(key)
-            if g is None or g.state is not GroupState.PENDING:
-                gone.append(key)
-            else:
-                waiting.append(g)
-        self._maybe_pending.difference_update(gone)
-        return sorted(waiting, key=lambda g: (-g.request.priority, g.seq))
+        """The waiting gangs, highest priority then oldest first: the order they are retried in."""
+        return [self._groups[key] for key in self._pending.keys()]
 
     def _tick(self, now: float | None) -> None:
         if now is not None:
