@@ -1,7 +1,8 @@
-"""The two baseline policies, both over the retired first-fit core (``firstfit.py``).
+"""The two whole-GPU baseline policies, both over the retired first-fit core (``firstfit.py``).
 
-* ``first-fit`` — the core as the service runs it: gangs placed best-fit on whole GPUs, a priority-ordered
-  backfilling queue, no VCs, no topology, no preemption. The naive baseline.
+* ``whole-gpu`` — the core as the service ran it before the HiveD allocator: gangs placed best-fit on whole
+  GPUs, a priority-ordered backfilling queue, no VCs, no topology, no preemption. The naive baseline (the
+  GPU-sharing ones are ``sharing_baselines.py``).
 * ``quota-only`` — each VC's quota enforced as a number of GPUs (per leaf type) in front of the same
   placement: guaranteed jobs (priority >= 0) run while their VC's in-use GPUs plus theirs stay within the
   quota, opportunistic jobs (-1) use any idle GPU and are preempted (whole gangs, newest first) when a
@@ -81,7 +82,7 @@ class TypedCores:
 class FirstFitPolicy:
     """The production first-fit core, its own queue included."""
 
-    name = "first-fit"
+    name = "whole-gpu"
 
     def __init__(self, cluster: SimCluster):
         self._cores = TypedCores(cluster)

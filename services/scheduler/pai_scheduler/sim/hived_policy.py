@@ -50,12 +50,20 @@ def _held(pl: PodPlacement, cpu_types: frozenset[str]) -> float:
 
 
 class HivedPolicy:
-    name = "hived"
-
-    def __init__(self, cluster: SimCluster, protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S):
+    def __init__(
+        self,
+        cluster: SimCluster,
+        protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S,
+        *,
+        mix_aware: bool = True,
+        name: str = "hived",
+    ):
         """``protect_head_after_s``: backfill protection as the service runs it (its default is the
-        service's); None runs the plain HiveD behaviour, where nothing is ever held."""
-        self._alloc = HivedAllocator(cluster.config, protect_head_after_s)
+        service's); None runs the plain HiveD behaviour, where nothing is ever held. ``mix_aware``: the
+        fragmentation-aware chain preference (``hived/mix.py``) as the service runs it; off, chains in
+        name order (plain HiveD)."""
+        self.name = name
+        self._alloc = HivedAllocator(cluster.config, protect_head_after_s, mix_aware=mix_aware)
         self._cpu_types = frozenset(s.name for s in cluster.config.sku_types if s.gpu == 0)
         # The allocator sees simulated time only when it protects heads (time changes nothing else).
         self._clock = protect_head_after_s is not None
@@ -113,7 +121,8 @@ class HivedPolicy:
                 waiting.discard(d.key)
                 job_id = self._job_of_key[d.key]
                 placements = tuple(
-                    p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type) for pl in d.placements
+                    p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type, pl.milli)
+                    for pl in d.placements
                 )
                 s = p.Started(job_id, placements, sum(_held(pl, self._cpu_types) for pl in d.placements))
                 self._running[job_id] = s

@@ -29,6 +29,8 @@ class TaskPlacement:
     node: str
     leaves: tuple[int, ...]  # device indices on the node
     leaf_type: str = ""
+    # A share of leaves[0] in thousandths of a GPU (GPU sharing); 0: the task holds its leaves whole.
+    milli: int = 0
 
 
 @dataclass(frozen=True)
