@@ -358,7 +358,9 @@ class Scheduler:
         elif isinstance(d, Preempting):
             victims = [split_key(v) for v in d.victims]
             ctx.out.event(
-                SchedulingPreempting(job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims)
+                SchedulingPreempting(
+                    job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims, grace_seconds=d.grace_s
+                )
             )
             log.info("gang preempting", extra={"key": d.key, "victims": list(d.victims)})
         elif isinstance(d, Rejected):

@@ -98,6 +98,12 @@ class HivedAllocator(Views, Reconfiguration):
             # reservations let in) are retried at once, before this gang's own decision.
             self._refresh_holds()
             decisions[-1:-1] = self._retry_pending()
+        if not decisions and req.vc in self._borrowers:
+            # No room in its own cells: it may borrow idle cells, in the fair order of every VC's borrowers.
+            borrowed = self._borrow_pass()
+            decisions = [d for d in borrowed if d.key != req.key] + [d for d in borrowed if d.key == req.key]
+            if decisions and decisions[-1].key != req.key:
+                decisions.append(self._queued(g))
         self._refresh_doomed()
         if decisions:
             self._refresh_holds()
@@ -121,6 +127,7 @@ class HivedAllocator(Views, Reconfiguration):
                 out.extend(self._retry_pending())
             return out
         leaves = list(g.leaves())
+        self._returned(g)
         if g.state is GroupState.PREEMPTING:
             for role, _, slot_leaves in g.slots:
                 share = g.shares.get(role)

@@ -27,7 +27,7 @@ import io
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -96,6 +96,13 @@ class VirtualClusterSpec:
     name: str
     virtual_cells: tuple[VirtualCellSpec, ...] = ()
     pinned_cells: tuple[str, ...] = ()
+    # Fair sharing of idle quota (``sharing.py`` of the core): the VC's weight when several VCs borrow, and
+    # how many GPUs (leaves, shares as their fraction) it may borrow beyond its quota (0: none).
+    weight: float = 1.0
+    borrowing_limit: float = 0.0
+    # A team of a VC divided among teams (``teams``): the VC it belongs to, and its share of that VC's quota.
+    parent: str | None = None
+    share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,8 @@ class ClusterConfig:
     cell_types: tuple[CellType, ...] = ()
     physical_cells: tuple[PhysicalCellSpec, ...] = ()
     virtual_clusters: tuple[VirtualClusterSpec, ...] = ()
+    # Reclaim: how long a borrowing gang may run on after its lender wants its cells back (``sharing``).
+    reclaim_grace_s: float = 0.0
     # Nodes of an inventory that have no accelerator leaves (they get a CPU chain: see CPU_LEAF_TYPE).
     cpu_only_nodes: tuple[str, ...] = ()
     chains: tuple[ChainSpec, ...] = field(default=(), compare=False)
@@ -197,7 +206,8 @@ def parse_hived_config(data: Any) -> ClusterConfig:
         _parse_physical_cell(c, f"physicalCluster.physicalCells[{i}]", None) for i, c in enumerate(raw_cells)
     )
     vcs = _parse_virtual_clusters(data.get("virtualClusters") or {})
-    return build_config(skus, cell_types, physical, vcs)
+    grace = _parse_sharing(data.get("sharing") or {})
+    return replace(build_config(skus, cell_types, physical, vcs), reclaim_grace_s=grace)
 
 
 def build_config(
@@ -364,9 +374,84 @@ def _parse_physical_cell(raw: Any, where: str, inherited_type: str | None) -> Ph
     )
 
 
+def _parse_sharing(raw: Any) -> float:
+    """The top-level ``sharing`` mapping: ``reclaimGraceSeconds`` (default 0)."""
+    _need_mapping(raw, "sharing")
+    unknown = set(raw) - {"reclaimGraceSeconds"}
+    if unknown:
+        raise ConfigError(f"sharing: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    return _number_field(raw.get("reclaimGraceSeconds", 0), "sharing.reclaimGraceSeconds", 0.0)
+
+
+def _number_field(value: Any, where: str, minimum: float, maximum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum:g}" if maximum is None else f"in {minimum:g}..{maximum:g}"
+        raise ConfigError(f"{where} must be {bounds}, got {value}")
+    return float(value)
+
+
+def _sharing_fields(spec: Mapping[str, Any], where: str) -> tuple[float, float]:
+    """A VC's (or team's) ``weight`` (default 1, > 0) and ``borrowingLimit`` (GPUs, default 0)."""
+    weight = _number_field(spec.get("weight", 1), f"{where}.weight", 0.0)
+    if weight <= 0:
+        raise ConfigError(f"{where}.weight must be > 0, got {weight:g}")
+    return weight, _number_field(spec.get("borrowingLimit", 0), f"{where}.borrowingLimit", 0.0)
+
+
+def _split_teams(vc: VirtualClusterSpec, raw: Any, where: str) -> list[VirtualClusterSpec]:
+    """A VC divided among teams: each team gets its share of every virtual cell count of the VC (rounded
+    down, the remainders to the largest fractions, ties to the team listed first); the VC keeps what is
+    left (and its pinned cells). Teams are VCs of their own, named by their key."""
+    _need_mapping(raw, where)
+    if not raw:
+        raise ConfigError(f"{where} must name at least one team")
+    teams: list[tuple[str, float, float, float]] = []
+    for team, spec in raw.items():
+        w = f"{where}.{team}"
+        spec = spec or {}
+        _need_mapping(spec, w)
+        unknown = set(spec) - {"share", "weight", "borrowingLimit"}
+        if unknown:
+            raise ConfigError(f"{w}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        if "share" not in spec:
+            raise ConfigError(f"{w}.share is required (the team's fraction of VC {vc.name}'s quota)")
+        share = _number_field(spec["share"], f"{w}.share", 0.0, 1.0)
+        if share <= 0:
+            raise ConfigError(f"{w}.share must be > 0, got {share:g}")
+        weight, limit = _sharing_fields({"weight": vc.weight * share, **spec}, w)
+        teams.append((str(team), share, weight, limit))
+    total = sum(t[1] for t in teams)
+    if total > 1 + 1e-9:
+        raise ConfigError(f"{where}: the teams' shares add up to {total:g}, more than the whole VC")
+    cells: dict[str, list[VirtualCellSpec]] = {t[0]: [] for t in teams}
+    kept: list[VirtualCellSpec] = []
+    for vcell in vc.virtual_cells:
+        exact = [vcell.number * t[1] for t in teams]
+        given = [math.floor(x + 1e-9) for x in exact]
+        left = round(vcell.number * min(total, 1.0)) - sum(given)
+        order = sorted(range(len(teams)), key=lambda i: (-(exact[i] - given[i]), i))
+        for i in order[: max(left, 0)]:
+            given[i] += 1
+        for (team, *_), n in zip(teams, given, strict=True):
+            if n:
+                cells[team].append(VirtualCellSpec(vcell.path, n))
+        if vcell.number - sum(given):
+            kept.append(VirtualCellSpec(vcell.path, vcell.number - sum(given)))
+    parent = replace(vc, virtual_cells=tuple(kept))
+    return [
+        parent,
+        *(
+            VirtualClusterSpec(team, tuple(cells[team]), (), weight, limit, vc.name, share)
+            for team, share, weight, limit in teams
+        ),
+    ]
+
+
 def _parse_virtual_clusters(raw: Any) -> list[VirtualClusterSpec]:
     _need_mapping(raw, "virtualClusters")
-    out = []
+    out: list[VirtualClusterSpec] = []
     for name, spec in raw.items():
         where = f"virtualClusters.{name}"
         spec = spec or {}
@@ -389,7 +474,18 @@ def _parse_virtual_clusters(raw: Any) -> list[VirtualClusterSpec]:
             if not isinstance(pid, str) or not pid:
                 raise ConfigError(f"{w}.pinnedCellId must be a non-empty string, got {pid!r}")
             pins.append(pid)
-        out.append(VirtualClusterSpec(str(name), tuple(vcells), tuple(pins)))
+        weight, limit = _sharing_fields(spec, where)
+        vc = VirtualClusterSpec(str(name), tuple(vcells), tuple(pins), weight, limit)
+        if spec.get("teams") is not None:
+            out.extend(_split_teams(vc, spec["teams"], f"{where}.teams"))
+        else:
+            out.append(vc)
+    names = [vc.name for vc in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"virtualClusters: {', '.join(twice)} named twice (a team is a VC: names are unique)"
+        )
     return out
 
 

@@ -35,6 +35,7 @@ class Gang:
     since: float | None = None  # clock time it was submitted (None: no clock given yet)
     held_by: str | None = None  # the protected head its last placement attempt was held back for
     started: int = -1  # order in which gangs were allocated (-1: not yet, or before it was recorded)
+    borrowed: bool = False  # a guaranteed gang running on another VC's idle cells (borrowing.py)
     # role -> (milli, GPU memory MB) for the roles whose pods take a share of one leaf
     shares: dict[str, tuple[int, int]] = field(init=False)
 
@@ -47,8 +48,8 @@ class Gang:
 
     @property
     def priority(self) -> int:
-        """The priority its leaves run at: -1 once downgraded."""
-        return OPPORTUNISTIC_PRIORITY if self.downgraded else self.request.priority
+        """The priority its leaves run at: -1 once downgraded, or while it borrows."""
+        return OPPORTUNISTIC_PRIORITY if self.downgraded or self.borrowed else self.request.priority
 
     def leaves(self) -> Iterable[Cell]:
         for _, _, leaves in self.slots:

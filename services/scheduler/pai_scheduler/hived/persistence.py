@@ -53,6 +53,7 @@ class Persistence(RequestMix):
                     ],
                     "victims": sorted(g.victims),
                     **({"downgraded": True} if g.downgraded else {}),
+                    **({"borrowed": True} if g.borrowed else {}),
                     **({"since": g.since} if g.since is not None else {}),
                     **({"held_by": g.held_by} if g.held_by is not None else {}),
                     **({"started": g.started} if g.started >= 0 else {}),
@@ -121,6 +122,7 @@ class Persistence(RequestMix):
                     raise ValueError(f"gang {req.key} appears twice")
                 g = Gang(req, int(gd["seq"]), GroupState(gd["state"]), gd["chain"])
                 g.downgraded = bool(gd.get("downgraded", False))
+                g.borrowed = bool(gd.get("borrowed", False))
                 g.since = None if gd.get("since") is None else float(gd["since"])
                 g.held_by = None if gd.get("held_by") is None else str(gd["held_by"])
                 g.started = int(gd.get("started", -1))
@@ -169,6 +171,7 @@ class Persistence(RequestMix):
                 for cell in cells:
                     if cell.n_guaranteed == 0 and cell not in a._doomed:
                         raise ValueError(f"cell {cell.id} is bound to VC {vc} but holds none of its work")
+        a._recount_borrowed()
         return a
 
     def _restore_holdings(self, g: Gang, share_priority: int, reserved: set[int]) -> None:

@@ -40,7 +40,7 @@ class Preemption(Placement):
             victim = self._groups[v]
             victim.state = GroupState.BEING_PREEMPTED
             victim.preemptors.add(req.key)
-        return Preempting(req.key, tuple(victims), self._placements(g))
+        return Preempting(req.key, tuple(victims), self._placements(g), self._reclaim_grace(victims))
 
     def _finish_preemption(self, g: Gang) -> Decision:
         self._settle(g)
@@ -77,6 +77,7 @@ class Preemption(Placement):
             if (
                 r.lazy_preemption
                 and not v.downgraded
+                and not v.borrowed
                 and r.guaranteed
                 and r.pinned_cell is None
                 and not v.shares

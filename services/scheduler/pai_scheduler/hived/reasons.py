@@ -18,7 +18,8 @@ class Reasons(Regions, Admission):
         if g.state is GroupState.PENDING:
             return self._queued(g)
         if g.state is GroupState.PREEMPTING:
-            return Preempting(g.request.key, tuple(sorted(g.victims)), self._placements(g))
+            victims = tuple(sorted(g.victims))
+            return Preempting(g.request.key, victims, self._placements(g), self._reclaim_grace(victims))
         return Allocated(g.request.key, self._placements(g))
 
     def _queued(self, g: Gang) -> Queued:

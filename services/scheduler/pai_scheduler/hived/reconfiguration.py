@@ -70,6 +70,7 @@ class Reconfiguration(Scheduling, Persistence):
             req = request_from_dict(gd["request"])
             g = Gang(req, int(gd["seq"]), since=None if gd.get("since") is None else float(gd["since"]))
             g.downgraded = bool(gd.get("downgraded", False))
+            g.borrowed = bool(gd.get("borrowed", False))
             g.started = int(gd.get("started", -1))
             if GroupState(gd["state"]) in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
                 placement = [
@@ -85,6 +86,7 @@ class Reconfiguration(Scheduling, Persistence):
             decision = a._readopt(g, placement, by_node)
             if decision is not None:
                 out.append(decision)
+        a._recount_borrowed()
         for g in waiting:
             req = g.request
             try:

@@ -3,15 +3,14 @@ protected head it must not overtake), and the queue retried whenever capacity ma
 
 from __future__ import annotations
 
-from pai_scheduler.hived.backfill import Backfill
+from pai_scheduler.hived.borrowing import Borrowing
 from pai_scheduler.hived.decisions import Decision, Downgraded
 from pai_scheduler.hived.gangs import Gang
-from pai_scheduler.hived.preemption import Preemption
 from pai_scheduler.hived.reasons import Reasons
 from pai_scheduler.hived.requests import GangRequest
 
 
-class Scheduling(Preemption, Backfill, Reasons):
+class Scheduling(Borrowing, Reasons):
     def _schedule(self, g: Gang) -> list[Decision]:
         """Place the gang (or start its preemption) outside the leaves held for a protected head it must
         not overtake, with lazy preemption of its lazy victims where that lets them stay; [] when it does
@@ -94,4 +93,5 @@ class Scheduling(Preemption, Backfill, Reasons):
                     failed.clear()  # the state changed: what failed before may fit now (holds can move)
                 else:
                     failed.add(shape)
+        out.extend(self._borrow_pass())
         return out

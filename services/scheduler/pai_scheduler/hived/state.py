@@ -57,6 +57,11 @@ class AllocatorState:
         (``mix.py``); off, in name order (plain HiveD)."""
         self.config = config
         self.protect_head_after_s = protect_head_after_s
+        # Fair sharing (borrowing.py): each VC's spec, the VCs that may borrow, and what each borrows now
+        # (milli-GPU).
+        self._vc_specs = {vc.name: vc for vc in config.virtual_clusters}
+        self._borrowers = frozenset(vc.name for vc in config.virtual_clusters if vc.borrowing_limit > 0)
+        self._borrowed_milli: dict[str, int] = {}
         self.mix_aware = mix_aware
         # The recent request mix (mix.py): its pods, and the demand typed to each leaf type over them.
         self._mix: deque[MixEntry] = deque()
@@ -162,6 +167,18 @@ class AllocatorState:
     def _set_blocked(self, leaves: frozenset[Cell]) -> None:
         self._blocked = leaves
         self._blocked_nodes = frozenset(x.node for x in leaves if x.node is not None)
+
+    def _recount_borrowed(self) -> None:
+        """What each VC borrows, from its running borrowed gangs (after a restore or a reconfiguration)."""
+        self._borrowed_milli = {}
+        for g in self._groups.values():
+            if g.borrowed and g.state in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED):
+                vc = g.request.vc
+                self._borrowed_milli[vc] = self._borrowed_milli.get(vc, 0) + g.request.demand_milli
+
+    def _reclaim_grace(self, victims: list[str] | tuple[str, ...]) -> float:
+        """How long victims may run on before they are stopped (borrowing.py answers for borrowers)."""
+        return 0.0
 
     def _preempting(self, key: str) -> bool:
         g = self._groups.get(key)

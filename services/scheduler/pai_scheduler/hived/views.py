@@ -63,6 +63,42 @@ class Views(Reasons):
             out[vc][leaf_type] += len(cells)
         return out
 
+    def borrowing(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Fair sharing now: VC -> {"borrowed": leaf type -> GPUs its borrowing gangs hold, "lent": leaf
+        type -> GPUs of its quota other VCs borrow}. A borrowed leaf inside a cell bound to a VC is lent by
+        that VC; one in unbound cells is lent by the VCs with unbound quota in its chain, in proportion to it
+        (shares count as their fraction)."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+
+        def add(vc: str, kind: str, leaf_type: str, amount: float) -> None:
+            per = out.setdefault(vc, {"borrowed": {}, "lent": {}})[kind]
+            per[leaf_type] = round(per.get(leaf_type, 0.0) + amount, 6)
+
+        for g in sorted(self._groups.values(), key=lambda g: g.seq):
+            if not g.borrowed or g.chain is None:
+                continue
+            leaf_type = self.cluster.chains[g.chain].leaf_type
+            for role, _, leaves in g.slots:
+                share = g.shares.get(role)
+                amount = share[0] / MILLI_PER_LEAF if share is not None else 1.0
+                for leaf in leaves:
+                    add(g.request.vc, "borrowed", leaf_type, amount)
+                    bound = next((c for c in reversed(leaf.path) if c.bound_vc is not None), None)
+                    if bound is not None:
+                        add(bound.bound_vc or "", "lent", leaf_type, amount)
+                        continue
+                    quota = {
+                        vc: self.quota.quota_leaves(vc, g.chain)
+                        - sum(len(c.leaves) for c in self.quota.bound_cells(vc, g.chain))
+                        for vc in self.quota.vcs
+                        if vc != g.request.vc
+                    }
+                    total = sum(n for n in quota.values() if n > 0)
+                    for vc, n in quota.items():
+                        if n > 0:
+                            add(vc, "lent", leaf_type, amount * n / total)
+        return out
+
     def fragmentation(
         self, milli: int = MILLI_PER_LEAF, memory_mb: int = 0, leaf_type: str | None = None
     ) -> Fragmentation:

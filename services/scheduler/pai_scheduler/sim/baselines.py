@@ -123,6 +123,9 @@ class FirstFitPolicy:
             return p.Outcome()
         return p.Outcome(rejected=(p.Rejected(job.job_id, "; ".join(reasons)),))
 
+    def stop(self, job_id: str, now: float) -> p.Outcome:
+        return p.Outcome()  # never defers a preemption
+
     def release(self, job_id: str, now: float) -> p.Outcome:
         leaf_type = self._running_on.pop(job_id, None)
         if leaf_type is None:
@@ -178,6 +181,9 @@ class QuotaOnlyPolicy:
         self._queue[job.job_id] = ((-job.priority, job.submit_time, self._seq), job)
         self._seq += 1
         return self._schedule()
+
+    def stop(self, job_id: str, now: float) -> p.Outcome:
+        return p.Outcome()  # never defers a preemption
 
     def release(self, job_id: str, now: float) -> p.Outcome:
         if self._queue.pop(job_id, None) is not None:

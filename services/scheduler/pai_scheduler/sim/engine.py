@@ -48,7 +48,7 @@ from pai_scheduler.sim.jobs import SimJob
 from pai_scheduler.sim.policy import Outcome, Policy, TaskPlacement
 
 ARRIVED_LEVELS = tuple(round(0.5 + 0.1 * i, 1) for i in range(9))  # 0.5, 0.6, ..., 1.3
-_DEPARTURE, _ARRIVAL = 0, 1  # tie order at one instant
+_DEPARTURE, _STOP, _ARRIVAL = 0, 1, 2  # tie order at one instant
 _EPS = 1e-9
 
 
@@ -156,6 +156,10 @@ class Engine:
             self._advance(t)
             if kind == _DEPARTURE:
                 self._depart(job_id, attempt)
+            elif kind == _STOP:
+                rec = self.records[job_id]
+                if rec.state == "running" and rec.attempt == attempt:
+                    self._apply(self._call("stop", job_id))
             else:
                 self._arrive(job_id)
 
@@ -173,6 +177,9 @@ class Engine:
         if what == "submit":
             assert isinstance(job, SimJob)
             out = self.policy.submit(job, self.now)
+        elif what == "stop":
+            assert isinstance(job, str)
+            out = self.policy.stop(job, self.now)
         else:
             assert isinstance(job, str)
             out = self.policy.release(job, self.now)
@@ -219,6 +226,10 @@ class Engine:
                 self._start(s.job_id, s.gpus, s.placements)
             for r in out.rejected:
                 self._reject(r.job_id, r.reason)
+            for job_id, at in out.stopping:
+                rec = self._rec(job_id, "running", "is stopping")
+                heapq.heappush(self._events, (max(at, self.now), _STOP, self._seq, job_id, rec.attempt))
+                self._seq += 1
             for victim in out.preempted:
                 work.append(self._call("submit", self.records[victim].job))
         if self.allocated > self.capacity + _EPS:

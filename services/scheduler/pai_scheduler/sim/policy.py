@@ -5,6 +5,8 @@ one view:
 
 * ``submit(job, now)`` — a job arrives (or comes back after being preempted, as a new attempt);
 * ``release(job_id, now)`` — a running job finished: its resources come back;
+* ``stop(job_id, now)`` — the grace a policy gave a running job it preempts (``Outcome.stopping``) is over:
+  the job stops now (policies that never defer a preemption answer an empty outcome);
 * ``running()`` — the jobs that hold resources now.
 
 Both calls return an :class:`Outcome`: the jobs that *started* by this call (with their placements; a
@@ -53,10 +55,16 @@ class Outcome:
     started: tuple[Started, ...] = ()
     preempted: tuple[str, ...] = ()
     rejected: tuple[Rejected, ...] = ()
+    # Running jobs to be stopped later (preempted after a grace): (job, when); the engine then calls
+    # ``stop`` at that time, unless the job ended first.
+    stopping: tuple[tuple[str, float], ...] = ()
 
     def __add__(self, other: Outcome) -> Outcome:
         return Outcome(
-            self.started + other.started, self.preempted + other.preempted, self.rejected + other.rejected
+            self.started + other.started,
+            self.preempted + other.preempted,
+            self.rejected + other.rejected,
+            self.stopping + other.stopping,
         )
 
 
@@ -66,6 +74,8 @@ class Policy(Protocol):
     def submit(self, job: SimJob, now: float) -> Outcome: ...
 
     def release(self, job_id: str, now: float) -> Outcome: ...
+
+    def stop(self, job_id: str, now: float) -> Outcome: ...
 
     def running(self) -> Mapping[str, Started]: ...
 

@@ -7,6 +7,8 @@ registry imports them, never the other way round.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pai_scheduler.sim.baselines import FirstFitPolicy, QuotaOnlyPolicy
 from pai_scheduler.sim.cluster import SimCluster
 from pai_scheduler.sim.hived_policy import HivedPolicy
@@ -16,6 +18,13 @@ from pai_scheduler.sim.sharing_baselines import best_fit, first_fit
 
 def _hived_plain(cluster: SimCluster) -> Policy:
     return HivedPolicy(cluster, mix_aware=False, name="hived-plain")
+
+
+def _hived_no_borrow(cluster: SimCluster) -> Policy:
+    vcs = tuple(replace(vc, borrowing_limit=0.0) for vc in cluster.config.virtual_clusters)
+    return HivedPolicy(
+        replace(cluster, config=replace(cluster.config, virtual_clusters=vcs)), name="hived-no-borrow"
+    )
 
 
 def _hived_strict(cluster: SimCluster) -> Policy:
@@ -40,6 +49,8 @@ def policies() -> dict[str, PolicyFactory]:
         "hived": HivedPolicy,
         # The same with chains in name order, as before the mix.
         "hived-plain": _hived_plain,
+        # The same with every VC's borrowing limit 0: idle quota serves opportunistic jobs only.
+        "hived-no-borrow": _hived_no_borrow,
         # Every guaranteed head protected at once: the backfill rule to the letter.
         "hived-strict": _hived_strict,
         # Plain HiveD: backfill always passes a waiting head.

@@ -84,6 +84,9 @@ class SharingPolicy:
         self._seq += 1
         return p.Outcome()
 
+    def stop(self, job_id: str, now: float) -> p.Outcome:
+        return p.Outcome()  # never defers a preemption
+
     def release(self, job_id: str, now: float) -> p.Outcome:
         if self._queue.pop(job_id, None) is not None or job_id not in self._running:
             return p.Outcome()

@@ -363,6 +363,7 @@ def test_every_policy_is_available() -> None:
         "quota-only",
         "hived",
         "hived-plain",
+        "hived-no-borrow",
         "hived-strict",
         "hived-no-protect",
     }
