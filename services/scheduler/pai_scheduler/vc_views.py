@@ -16,10 +16,21 @@ def _resources(alloc: HivedAllocator, leaves_by_type: Mapping[str, float]) -> di
         if sku is not None:
             cpu += sku.cpu * n
             memory += sku.memory_mb * n
-    # CPU leaves (SKU gpu 0) carry CPU and memory but no GPU. Borrowed shares count as their fraction.
-    gpus = sum(n for leaf_type, n in leaves_by_type.items() if not alloc.config.is_cpu_leaf(leaf_type))
+    # CPU leaves (SKU gpu 0) carry CPU and memory but no GPU; FPGAs are counted apart. Borrowed shares
+    # count as their fraction.
+    gpus = sum(n for leaf_type, n in leaves_by_type.items() if alloc.config.is_gpu_leaf(leaf_type))
+    fpgas = sum(n for leaf_type, n in leaves_by_type.items() if alloc.config.is_fpga_leaf(leaf_type))
     gpu: int | float = int(gpus) if float(gpus).is_integer() else round(gpus, 3)
-    return {"cpu": int(cpu), "vCores": int(cpu), "memory": int(memory), "gpu": gpu, "GPUs": gpu}
+    out: dict[str, Any] = {
+        "cpu": int(cpu),
+        "vCores": int(cpu),
+        "memory": int(memory),
+        "gpu": gpu,
+        "GPUs": gpu,
+    }
+    if any(alloc.config.is_fpga_leaf(s.name) for s in alloc.config.sku_types):
+        out["fpga"] = int(fpgas)
+    return out
 
 
 def _sharing(alloc: HivedAllocator, vc: str) -> dict[str, Any]:
@@ -121,7 +132,7 @@ def sku_types(alloc: HivedAllocator, vc: str | None = None) -> dict[str, dict[st
     if vc is not None:
         wanted = set(_guaranteed_leaves(alloc, vc))
     return {
-        s.name: {"cpu": s.cpu, "memory": s.memory_mb, "gpu": s.gpu}
+        s.name: {"cpu": s.cpu, "memory": s.memory_mb, "gpu": s.gpu, **({"fpga": s.fpga} if s.fpga else {})}
         for s in alloc.config.sku_types
         if wanted is None or s.name in wanted
     }

@@ -72,6 +72,9 @@ class Admission(AllocatorState):
         for t in req.leaf_types:
             if t not in known:
                 return f"unknown leaf type {t!r} (this cluster has {', '.join(sorted(known))})"
+        fpga_types = [t for t in req.leaf_types if self.config.is_fpga_leaf(t)]
+        if fpga_types and any(m.is_share for m in req.members):
+            return f"{'|'.join(fpga_types)} leaves are FPGAs: a task gets whole FPGAs, never a share of one"
         if not cpu_only(req):
             cpu_types = [t for t in req.leaf_types if self.config.is_cpu_leaf(t)]
             if cpu_types and len(cpu_types) == len(req.leaf_types):
@@ -123,7 +126,8 @@ class Admission(AllocatorState):
         if req.leaf_types:
             chains = [c for t in req.leaf_types for c in names if self.cluster.chains[c].leaf_type == t]
         else:
-            chains = names
+            # FPGAs go only to gangs that name their type: a task asking for GPUs never gets one.
+            chains = [c for c in names if not self.config.is_fpga_leaf(self.cluster.chains[c].leaf_type)]
         if req.guaranteed:
             own = set(self.quota.chains_of(req.vc))
             chains = [c for c in chains if c in own]

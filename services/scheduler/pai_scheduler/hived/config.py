@@ -52,6 +52,8 @@ class SkuType:
     # Memory of one device in MB (``gpuMemory``, e.g. ``32Gi``): the capacity GPU-memory shares of one
     # leaf add up to. 0 = not given: DEFAULT_LEAF_MEMORY_MB applies (the default is in this module).
     gpu_memory_mb: int = 0
+    # ``fpga: 1``: each leaf of this type is one FPGA (a cell like a GPU, never shared, never a GPU).
+    fpga: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,10 +167,19 @@ class ClusterConfig:
         return None
 
     def is_cpu_leaf(self, leaf_type: str) -> bool:
-        """A leaf type whose SKU has ``gpu: 0`` is a unit of CPU and memory (OpenPAI's CPU-only SKUs), not an
-        accelerator: only pods that ask for no GPU are placed on it, and it counts as no GPU."""
+        """A leaf type whose SKU has ``gpu: 0`` (and no ``fpga``) is a unit of CPU and memory (OpenPAI's
+        CPU-only SKUs), not an accelerator: only pods that ask for no GPU are placed on it, and it counts as
+        no GPU."""
         sku = self.sku(leaf_type)
-        return sku is not None and sku.gpu == 0
+        return sku is not None and sku.gpu == 0 and sku.fpga == 0
+
+    def is_fpga_leaf(self, leaf_type: str) -> bool:
+        """A leaf type whose SKU has ``fpga: 1``: an FPGA, given only to gangs that name its type."""
+        sku = self.sku(leaf_type)
+        return sku is not None and sku.fpga > 0
+
+    def is_gpu_leaf(self, leaf_type: str) -> bool:
+        return not self.is_cpu_leaf(leaf_type) and not self.is_fpga_leaf(leaf_type)
 
     def leaf_memory_mb(self, leaf_type: str) -> int:
         """GPU memory of one leaf of this type: the SKU's ``gpuMemory``, else DEFAULT_LEAF_MEMORY_MB."""
@@ -312,13 +323,18 @@ def _parse_sku_types(raw: Any) -> list[SkuType]:
         cpu = spec.get("cpu", 0)
         if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu < 0:
             raise ConfigError(f"{where}.cpu must be a number >= 0, got {cpu!r}")
+        fpga = _int_field(spec.get("fpga", 0), f"{where}.fpga", 0)
+        gpu = _int_field(spec.get("gpu", 0 if fpga else 1), f"{where}.gpu", 0)
+        if fpga > 1 or (fpga and gpu):
+            raise ConfigError(f"{where}: a leaf is one device: fpga: 1 (an FPGA) or gpu: 1, not both or more")
         out.append(
             SkuType(
                 name=str(name),
-                gpu=_int_field(spec.get("gpu", 1), f"{where}.gpu", 0),
+                gpu=gpu,
                 cpu=float(cpu),
                 memory_mb=memory_to_mb(spec.get("memory", 0), f"{where}.memory"),
                 gpu_memory_mb=memory_to_mb(spec.get("gpuMemory", 0), f"{where}.gpuMemory"),
+                fpga=fpga,
             )
         )
     return out
@@ -619,10 +635,12 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
     """
     reader = csv.DictReader(io.StringIO(text))
     header = tuple(h.strip() for h in (reader.fieldnames or ()))
-    if header[:5] != INVENTORY_COLUMNS or len(header) > 6 or (len(header) == 6 and header[5] != "rack"):
+    if header[:5] != INVENTORY_COLUMNS or header[5:] not in ((), ("rack",), ("device",), ("rack", "device")):
         raise ConfigError(
-            f"inventory: the header must be {','.join(INVENTORY_COLUMNS)}[,rack], got {','.join(header)}"
+            f"inventory: the header must be {','.join(INVENTORY_COLUMNS)}[,rack][,device], got"
+            f" {','.join(header)}"
         )
+    devices: dict[str, str] = {}  # leaf type -> gpu or fpga
     rows: list[tuple[str, str, int, float, int, str]] = []
     sku: dict[str, tuple[float, int]] = {}
     seen: set[str] = set()
@@ -644,6 +662,15 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
             raise ConfigError(f"{where} (node {name}): leaf_count, cpu and memory_mb must be >= 0")
         leaf = (row.get("leaf_type") or "").strip()
         rack = (row.get("rack") or "").strip()
+        device = (row.get("device") or "").strip().lower() or "gpu"
+        if device not in ("gpu", "fpga"):
+            raise ConfigError(f"{where} (node {name}): device must be gpu or fpga, got {row.get('device')!r}")
+        if count > 0:
+            if devices.setdefault(leaf, device) != device:
+                raise ConfigError(
+                    f"{where} (node {name}): leaf type {leaf!r} is a {device} here but a {devices[leaf]} on"
+                    " an earlier line"
+                )
         if count == 0 and leaf:
             raise ConfigError(
                 f"{where} (node {name}): leaf_count is 0 but leaf_type is {leaf!r}; a CPU-only node has an"
@@ -722,7 +749,10 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         cell_types.setdefault(rack_type, CellType(rack_type, node_type, len(members), False, True))
         physical.append(PhysicalCellSpec(rack_type, rack, None, tuple(members)))
     physical.extend(standalone)
-    skus = [SkuType(leaf, 1, c, m) for leaf, (c, m) in sorted(sku.items())]
+    skus = [
+        SkuType(leaf, 0, c, m, fpga=1) if devices.get(leaf) == "fpga" else SkuType(leaf, 1, c, m)
+        for leaf, (c, m) in sorted(sku.items())
+    ]
     if any(leaf == CPU_LEAF_TYPE for _, leaf, _, _, _ in nodes):
         skus.append(SkuType(CPU_LEAF_TYPE, 0, 1.0, unit_mb))
     if virtual_clusters is None:

@@ -87,6 +87,8 @@ def from_config(config: ClusterConfig) -> SimCluster:
     for top in config.physical_cells:
         chain = config.chain(top.cell_type)
         # CPU leaves are no GPUs: not in the capacity, and only CPU-only jobs use them.
+        if config.is_fpga_leaf(chain.leaf_type):
+            continue  # FPGAs are no GPUs: the simulator measures GPUs
         _walk_nodes(top, chain, chain.top_level, cpu_nodes if config.is_cpu_leaf(chain.leaf_type) else nodes)
     gpu_names = {n.name for n in nodes}
     cpu_only = tuple(sorted({n.name for n in cpu_nodes} - gpu_names))
