@@ -43,6 +43,16 @@ How a gang is placed (all pods or none; pods largest first, each pod's leaves on
   and the gang is placed again. If the new placement leaves every downgraded gang where it is, the
   downgrades stand (``Downgraded`` decisions) and the new placement is used; otherwise they are reverted
   and the gangs are preempted as usual.
+* **Chains in the order the recent request mix prefers** (``mix.py``): a gang that several chains could hold
+  tries first the leaf type whose free capacity is least needed by the requests that name types, then the
+  tightest fit; the passes and guarantees are the same, only the order of candidates changes.
+* **Borrowing** (``borrowing.py``): a guaranteed gang its own cells cannot hold may borrow idle leaves of
+  other VCs within its VC's limit, least-served VC (by weight) first, at opportunistic priority; lenders
+  reclaim them by preemption, with the cluster's grace on the ``Preempting`` decision.
+
+The methods come from one concept module each (``state``, ``ledger``, ``admission``, ``regions``,
+``binding``, ``mix``, ``placement``, ``preemption``, ``backfill``, ``borrowing``, ``reasons``, ``scheduling``,
+``persistence``, ``reconfiguration``, ``views``); this module holds the commands.
 """
 
 from __future__ import annotations

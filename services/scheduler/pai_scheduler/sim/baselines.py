@@ -222,12 +222,36 @@ class QuotaOnlyPolicy:
         # job only takes capacity; what a preemption frees beyond the preemptor's need is seen by the next
         # pass, which the engine's resubmission of every victim runs.
         outcome = p.Outcome()
+        room = self._room()
         for _, job in sorted(self._queue.values(), key=lambda e: e[0]):
+            if not self._may_start(job, room):
+                continue  # what _try_start would find too, without building the gang (a long queue)
             result = self._try_start(job)
             if result is not None:
                 del self._queue[job.job_id]
                 outcome = outcome + result
+                room = self._room()
         return outcome
+
+    def _room(self) -> dict[str, tuple[int, int, bool]]:
+        """Per leaf type: free GPUs, the most free on one healthy node, and whether opportunistic work runs
+        there (a guaranteed job may then start by preempting it)."""
+        oppo = {t for job, t, _ in self._running_job.values() if not job.guaranteed}
+        out = {}
+        for leaf_type, core in self._cores.cores.items():
+            # The core's own nodes, read only (its public view copies every node).
+            most = max((len(n.free_gpus) for n in core._nodes.values() if n.healthy), default=0)
+            out[leaf_type] = (self._free[leaf_type], most, leaf_type in oppo)
+        return out
+
+    def _may_start(self, job: SimJob, room: dict[str, tuple[int, int, bool]]) -> bool:
+        types, _ = self._cores.candidates(job)
+        need = whole_gpus(job) * job.tasks
+        for leaf_type in types:
+            free, most, oppo = room[leaf_type]
+            if (need <= free and whole_gpus(job) <= most) or (job.guaranteed and oppo):
+                return True
+        return False
 
     def _try_start(self, job: SimJob) -> p.Outcome | None:
         types, _ = self._cores.candidates(job)
