@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from pai_scheduler.sim.registry import make_policy
 from pai_scheduler.sim.workloads import WorkloadSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
+PLAIN = False  # --plain: the allocator without the request mix, decisions written as before the grace
 
 
 class Recorder:
@@ -48,7 +50,11 @@ class Recorder:
         self.calls += 1
         if isinstance(value, list):
             self.decisions += len(value)
-        self.hash.update(f"{what}:{value!r}\n".encode())
+        text = repr(value)
+        if PLAIN:
+            # Decisions as they were written before the reclaim grace existed (its default says nothing).
+            text = text.replace(", grace_s=0.0", "")
+        self.hash.update(f"{what}:{text}\n".encode())
 
 
 @contextmanager
@@ -140,7 +146,23 @@ def scenarios(quick: bool) -> Iterator[tuple[str, Callable[[], Recorder]]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="10,000 jobs instead of 100,000 in the replay")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain HiveD order (mix_aware=False), to compare with digests taken before the request mix",
+    )
     args = parser.parse_args(argv)
+    if args.plain:
+        global PLAIN
+        PLAIN = True
+        init = HivedAllocator.__init__
+
+        def plain_init(self: Any, *a: Any, **kw: Any) -> None:
+            if "mix_aware" in inspect.signature(init).parameters:
+                kw["mix_aware"] = False
+            init(self, *a, **kw)
+
+        HivedAllocator.__init__ = plain_init  # type: ignore[method-assign]
     out = {}
     for name, run in scenarios(args.quick):
         rec = run()
