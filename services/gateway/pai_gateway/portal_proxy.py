@@ -9,6 +9,7 @@ portal URL (``PAI_PORTAL_URL``) the gateway answers those paths with that 404 to
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from fastapi import APIRouter, Request
@@ -48,7 +49,12 @@ def _client(request: Request) -> httpx.AsyncClient:
         settings = settings_of(request)
         # No read timeout: a job page's event stream stays open as long as the browser keeps it.
         timeout = httpx.Timeout(settings.rpc_timeout_s * 6, read=None)
-        client = httpx.AsyncClient(base_url=settings.portal_url.rstrip("/"), timeout=timeout)
+        # A jar that keeps nothing: a relay that remembered the portal's Set-Cookie would hand one
+        # browser's session to every other browser.
+        no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        client = httpx.AsyncClient(
+            base_url=settings.portal_url.rstrip("/"), timeout=timeout, cookies=no_cookies
+        )
         state.portal_client = client
     return client
 

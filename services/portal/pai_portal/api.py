@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -40,8 +41,12 @@ class Api:
     """One shared HTTP client; every call names the token it acts with."""
 
     def __init__(self, base_url: str, timeout_s: float) -> None:
+        # Shared by every user's requests, so it must keep no cookies: each call names its token.
         self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout_s, headers={"User-Agent": "pai-portal"}
+            base_url=base_url.rstrip("/"),
+            timeout=timeout_s,
+            headers={"User-Agent": "pai-portal"},
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pai_common.health import HealthServer
 from pai_common.logs import setup_logging
 from pai_portal.app import build_app
 from pai_portal.settings import PortalSettings
@@ -21,11 +22,11 @@ from pai_portal.settings import PortalSettings
 log = logging.getLogger(__name__)
 
 
-def _write_port_file(settings: PortalSettings) -> None:
+def _write_port_file(settings: PortalSettings, health_port: int) -> None:
     run_dir = Path(settings.data_dir) / "run"
     with contextlib.suppress(OSError):
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "portal.json").write_text(json.dumps({"health_port": settings.portal_port}))
+        (run_dir / "portal.json").write_text(json.dumps({"health_port": health_port}))
 
 
 async def serve(settings: PortalSettings) -> None:
@@ -41,12 +42,18 @@ async def serve(settings: PortalSettings) -> None:
     # Uvicorn handles SIGTERM and SIGINT itself: it stops accepting, finishes what is in flight, exits.
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.05)
-    if server.started:
-        _write_port_file(settings)
-        log.info("portal ready", extra={"port": settings.portal_port, "api": settings.portal_api_url})
-    await task
+    # /metrics, /healthz and /readyz on the service port every platform process has (PAI_HTTP_PORT).
+    health = HealthServer(settings.http_host, settings.http_port, lambda: bool(server.started))
+    health_port = await health.start()
+    try:
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            _write_port_file(settings, health_port)
+            log.info("portal ready", extra={"port": settings.portal_port, "api": settings.portal_api_url})
+        await task
+    finally:
+        await health.stop()
 
 
 def main() -> None:

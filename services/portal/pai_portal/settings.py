@@ -24,4 +24,7 @@ class PortalSettings(BaseSettings):
     portal_session_max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
     portal_api_timeout_s: float = Field(default=30.0, gt=0)
     data_dir: Path = Path(".pai")
+    # The service port of every platform process: /metrics, /healthz, /readyz (0 picks a free one).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"

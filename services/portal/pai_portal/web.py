@@ -133,14 +133,18 @@ def finish(request: Request, response: Response) -> Response:
 def render(request: Request, template_name: str, status_code: int = 200, **context: Any) -> Response:
     session = session_of(request)
     notice = session.take_notice() if not context.get("fragment") else None
-    html = portal(request).templates.get_template(template_name).render(
-        request=request,
-        session=session,
-        csrf=session.csrf,
-        notice=notice,
-        now_ms=time.time() * 1000,
-        path=request.url.path,
-        **context,
+    html = (
+        portal(request)
+        .templates.get_template(template_name)
+        .render(
+            request=request,
+            session=session,
+            csrf=session.csrf,
+            notice=notice,
+            now_ms=time.time() * 1000,
+            path=request.url.path,
+            **context,
+        )
     )
     return finish(request, HTMLResponse(html, status_code=status_code))
 

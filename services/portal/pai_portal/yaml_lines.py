@@ -94,4 +94,11 @@ def locate(text: str, field: str, message: str) -> int | None:
 
 
 def problems_with_lines(text: str, message: str) -> list[Problem]:
-    return [Problem(f, m, locate(text, f, m)) for f, m in parse_problems(message)]
+    """Each problem with its line; one past the end (a YAML error at the end of the text) is shown on
+    the last line, where the user will type the fix."""
+    last = max(1, len(text.splitlines()))
+    out = []
+    for f, m in parse_problems(message):
+        line = locate(text, f, m)
+        out.append(Problem(f, m, min(line, last) if line is not None else None))
+    return out

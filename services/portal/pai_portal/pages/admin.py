@@ -157,7 +157,25 @@ async def storages_page(request: Request) -> Response:
         storages, error = answer.get("storages", []) if isinstance(answer, dict) else answer, None
     except ApiError as exc:
         storages, error = [], exc.message
-    return render(request, "admin_storages.html", storages=storages, error=error, types=STORAGE_TYPES)
+    return render(
+        request,
+        "admin_storages.html",
+        storages=storages,
+        error=error,
+        types=STORAGE_TYPES,
+        managed=await storage_routes_present(request, session.token),
+    )
+
+
+async def storage_routes_present(request: Request, token: str) -> bool:
+    """Whether the API has the storage service's own routes (``GET /api/v2/storages/{name}`` and the
+    admin routes beside it): a name that exists nowhere answers "no such storage" where they are, and
+    "no such API" where they are not. Read-only, so asking changes nothing."""
+    try:
+        await portal(request).api.get("/api/v2/storages/pai-portal-probe", token)
+    except ApiError as exc:
+        return not exc.missing_route
+    return True
 
 
 def _storage_body(form: Any, name: str) -> dict[str, Any]:
