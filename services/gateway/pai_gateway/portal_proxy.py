@@ -15,6 +15,8 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pai_common.errors import NoApiError, ServiceUnavailableError
 from pai_gateway.deps import settings_of
@@ -42,19 +44,26 @@ OWN_HEADERS = frozenset({"date", "server"})
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
+def new_client(
+    portal_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    # No read timeout: a job page's event stream stays open as long as the browser keeps it. A jar that
+    # keeps nothing: a relay that remembered the portal's Set-Cookie would hand one browser's session to
+    # every other browser.
+    return httpx.AsyncClient(
+        base_url=portal_url.rstrip("/"),
+        timeout=httpx.Timeout(timeout_s, read=None),
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        transport=transport,
+    )
+
+
 def _client(request: Request) -> httpx.AsyncClient:
     state = request.app.state
     client: httpx.AsyncClient | None = getattr(state, "portal_client", None)
     if client is None:
         settings = settings_of(request)
-        # No read timeout: a job page's event stream stays open as long as the browser keeps it.
-        timeout = httpx.Timeout(settings.rpc_timeout_s * 6, read=None)
-        # A jar that keeps nothing: a relay that remembered the portal's Set-Cookie would hand one
-        # browser's session to every other browser.
-        no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-        client = httpx.AsyncClient(
-            base_url=settings.portal_url.rstrip("/"), timeout=timeout, cookies=no_cookies
-        )
+        client = new_client(settings.portal_url, settings.rpc_timeout_s * 6)
         state.portal_client = client
     return client
 
@@ -68,11 +77,24 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _other_method_allowed(request: Request) -> bool:
+    """Whether an API route has this path with another method (its answer stays 405, not 404)."""
+    for route in request.app.router.routes:
+        if getattr(route, "endpoint", None) is to_portal:
+            continue
+        match, _ = route.matches(request.scope)
+        if match == Match.PARTIAL:
+            return True
+    return False
+
+
 @router.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
 async def to_portal(request: Request, path: str) -> Response:
     settings = settings_of(request)
     url_path = request.url.path
     if not settings.portal_url or url_path.startswith(API_PREFIXES) or url_path in ("/api", "/rest-server"):
+        if _other_method_allowed(request):
+            raise StarletteHTTPException(status_code=405)
         raise NoApiError(f"API {url_path} is not found.")
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
     client_host = request.client.host if request.client else ""
@@ -83,10 +105,12 @@ async def to_portal(request: Request, path: str) -> Response:
         ("x-forwarded-host", request.headers.get("host", "")),
     ]
     has_body = request.method in ("POST", "PUT", "PATCH", "DELETE")
+    # The path and query exactly as the browser sent them (not re-encoded).
+    raw_path = request.scope.get("raw_path") or url_path.encode()
+    target = raw_path.decode("latin-1") + (f"?{request.url.query}" if request.url.query else "")
     upstream_request = _client(request).build_request(
         request.method,
-        url_path,
-        params=request.url.query,
+        target,
         headers=headers,
         content=_body(request, settings.max_body_bytes) if has_body else None,
     )
