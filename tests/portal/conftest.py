@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.acceptance.harness import JobLedger, RunningPlatform, running_platform
+# The acceptance suite's platform and job ledger (one `pai up`, driven from outside).
+from tests.acceptance.conftest import ledger, pai
+from tests.acceptance.harness import RunningPlatform
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -32,22 +34,9 @@ WAIT_MS = 120_000
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="session")
-def pai(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    with running_platform(tmp_path_factory.mktemp("pai-up")) as platform:
-        yield platform
-
-
+# Module scope: Playwright's sync API holds an event loop in this thread while it runs, which later
+# tests' asyncio.run() would trip over; it is stopped when the browser tests' module ends.
 @pytest.fixture(scope="module")
-def ledger(pai: RunningPlatform) -> Iterator[JobLedger]:
-    book = JobLedger()
-    yield book
-    with pai.client() as client:
-        wrong = book.check(client)
-    assert not wrong, "jobs ended in states their tests did not expect:\n" + "\n".join(wrong)
-
-
-@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (requirements-system.txt)")
@@ -100,3 +89,6 @@ def page(browser: Browser, pai: RunningPlatform) -> Iterator[Page]:
     yield tab
     context.close()
     assert not errors, f"JavaScript errors on the pages: {errors}"
+
+
+__all__ = ["ledger", "pai"]

@@ -55,6 +55,8 @@ def new_client(
         timeout=httpx.Timeout(timeout_s, read=None),
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         transport=transport,
+        # Each open job page holds one connection for its event stream: room for many, not httpx's 100.
+        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=100),
     )
 
 

@@ -47,6 +47,8 @@ class Api:
             timeout=timeout_s,
             headers={"User-Agent": "pai-portal"},
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            # Each open job page holds one connection for its event stream: room for many.
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=100),
         )
 
     async def close(self) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import yaml
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from pai_portal.api import ApiError
@@ -153,48 +154,66 @@ async def change_tag(request: Request, key: str) -> Response:
     return redirect(request, job_url(key))
 
 
-def _log_path(key: str, job_attempt: int, role: str, index: int, task_attempt: int, stream: str) -> str:
-    return (
-        f"/api/v2/jobs/{key}/attempts/{job_attempt}/taskRoles/{quote(role, safe='')}/taskIndex/{index}"
-        f"/attempts/{task_attempt}/logs/{stream}"
-    )
+@dataclass(frozen=True)
+class LogWhere:
+    """Which log: a task attempt's stream, the tail or the whole (the query of both log routes)."""
+
+    role: str
+    index: int = 0
+    jobAttempt: int = 0
+    taskAttempt: int = 0
+    stream: str = "stdout"
+    tail: bool = True
+
+    def path(self, key: str) -> str:
+        stream = self.stream if self.stream in STREAMS else "stdout"
+        return (
+            f"/api/v2/jobs/{key}/attempts/{self.jobAttempt}/taskRoles/{quote(self.role, safe='')}"
+            f"/taskIndex/{self.index}/attempts/{self.taskAttempt}/logs/{stream}"
+        )
+
+    @property
+    def tail_bytes(self) -> int:
+        return TAIL_BYTES if self.tail else FULL_BYTES
 
 
-@router.get("/jobs/{key}/logs")
-async def log_page(
-    request: Request,
-    key: str,
+def _where(
     role: str,
     index: Annotated[int, Query(ge=0)] = 0,
     jobAttempt: Annotated[int, Query(ge=0)] = 0,
     taskAttempt: Annotated[int, Query(ge=0)] = 0,
     stream: str = "stdout",
     tail: bool = True,
-) -> Response:
+) -> LogWhere:
+    return LogWhere(role, index, jobAttempt, taskAttempt, stream if stream in STREAMS else "stdout", tail)
+
+
+Where = Annotated[LogWhere, Depends(_where)]
+
+
+@router.get("/jobs/{key}/logs")
+async def log_page(request: Request, key: str, where: Where) -> Response:
     session = user_session(request)
     key = _key(key)
-    stream = stream if stream in STREAMS else "stdout"
     api = portal(request).api
-    task_path = f"/api/v2/jobs/{key}/attempts/{jobAttempt}/taskRoles/{quote(role, safe='')}/taskIndex/{index}"
-    task = await _optional(api.get(task_path + "/attempts", session.token), {})
+    task_path = (
+        f"/api/v2/jobs/{key}/attempts/{where.jobAttempt}/taskRoles/{quote(where.role, safe='')}"
+        f"/taskIndex/{where.index}/attempts"
+    )
+    task = await _optional(api.get(task_path, session.token), {})
     error = None
     try:
-        text = await api.get(
-            _log_path(key, jobAttempt, role, index, taskAttempt, stream),
-            session.token,
-            tail_bytes=TAIL_BYTES if tail else FULL_BYTES,
-        )
+        text = await api.get(where.path(key), session.token, tail_bytes=where.tail_bytes)
     except ApiError as exc:
         text, error = "", exc.message
-    where = {"role": role, "index": index, "jobAttempt": jobAttempt, "taskAttempt": taskAttempt}
     return render(
         request,
         "logs.html",
         key=key,
         where=where,
-        stream=stream,
+        stream=where.stream,
         streams=STREAMS,
-        tail=tail,
+        tail=where.tail,
         text=text if isinstance(text, str) else str(text),
         error=error,
         task=task if isinstance(task, dict) else {},
@@ -204,25 +223,9 @@ async def log_page(
 
 
 @router.get("/jobs/{key}/logs/text")
-async def log_text(
-    request: Request,
-    key: str,
-    role: str,
-    index: Annotated[int, Query(ge=0)] = 0,
-    jobAttempt: Annotated[int, Query(ge=0)] = 0,
-    taskAttempt: Annotated[int, Query(ge=0)] = 0,
-    stream: str = "stdout",
-    tail: bool = True,
-) -> Response:
+async def log_text(request: Request, key: str, where: Where) -> Response:
     """The log as plain text, for the page's live follow."""
     session = user_session(request)
-    key = _key(key)
-    stream = stream if stream in STREAMS else "stdout"
-    text = await portal(request).api.get(
-        _log_path(key, jobAttempt, role, index, taskAttempt, stream),
-        session.token,
-        tail_bytes=TAIL_BYTES if tail else FULL_BYTES,
-    )
-    return PlainTextResponse(
-        text if isinstance(text, str) else str(text), headers={"Cache-Control": "no-store"}
-    )
+    text = await portal(request).api.get(where.path(_key(key)), session.token, tail_bytes=where.tail_bytes)
+    body = text if isinstance(text, str) else str(text)
+    return PlainTextResponse(body, headers={"Cache-Control": "no-store"})
