@@ -24,6 +24,7 @@ from pai_gateway import (
     routes_jobs,
     routes_marketplace,
     routes_meta,
+    routes_storages,
     routes_users,
 )
 from pai_gateway.identity import IdentityResolver
@@ -69,6 +70,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_groups,
         routes_jobs,
         routes_cluster,
+        routes_storages,
         routes_diagnosis,
         routes_marketplace,
     ):
