@@ -4,8 +4,10 @@ decides, the portal only shows what it answered."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import yaml
 from fastapi import APIRouter, Query, Request
@@ -152,11 +154,20 @@ NO_STORAGE_ROUTES = (
 @router.get("/admin/storages")
 async def storages_page(request: Request) -> Response:
     session = admin_session(request)
+    api = portal(request).api
     try:
-        answer = await portal(request).api.get("/api/v2/storages", session.token)
+        answer = await api.get("/api/v2/storages", session.token)
         storages, error = answer.get("storages", []) if isinstance(answer, dict) else answer, None
     except ApiError as exc:
         storages, error = [], exc.message
+
+    async def detailed(storage: dict[str, Any]) -> dict[str, Any]:
+        # The list is OpenPAI's summary; the detail adds the type, its data and read-only.
+        name = quote(str(storage.get("name", "")), safe="")
+        found = await _optional_detail(api.get(f"/api/v2/storages/{name}", session.token))
+        return {**storage, **found}
+
+    storages = list(await asyncio.gather(*(detailed(s) for s in storages)))
     return render(
         request,
         "admin_storages.html",
@@ -165,6 +176,14 @@ async def storages_page(request: Request) -> Response:
         types=STORAGE_TYPES,
         managed=await storage_routes_present(request, session.token),
     )
+
+
+async def _optional_detail(call: Awaitable[Any]) -> dict[str, Any]:
+    try:
+        found = await call
+    except ApiError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 async def storage_routes_present(request: Request, token: str) -> bool:
