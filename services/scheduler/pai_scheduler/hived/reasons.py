@@ -5,7 +5,7 @@ queue."""
 from __future__ import annotations
 
 from pai_scheduler.hived.admission import Admission
-from pai_scheduler.hived.cells import Cell
+from pai_scheduler.hived.cells import MILLI_PER_LEAF, Cell
 from pai_scheduler.hived.decisions import Allocated, Decision, Preempting, Queued
 from pai_scheduler.hived.gangs import Gang, GroupState
 from pai_scheduler.hived.regions import Regions
@@ -32,6 +32,13 @@ class Reasons(Regions, Admission):
                 f"; held back so that {head.request.key} can start (backfill protection: it has waited"
                 f" over {self.protect_head_after_s:g} s at the head of VC {req.vc}'s queue, and gangs"
                 " behind it may not take the leaves it needs)"
+            )
+        spec = self._vc_specs.get(req.vc)
+        if req.guaranteed and spec is not None and spec.borrowing_limit > 0:
+            borrowed = self._borrowed_milli.get(req.vc, 0) / MILLI_PER_LEAF
+            held += (
+                f"; borrowing: {borrowed:g} of its {spec.borrowing_limit:g} GPUs limit in use (it borrows"
+                " idle cells of other VCs when they can hold it within the limit)"
             )
         return Queued(
             req.key, f"{self._why(req)}{held} (position {position} in VC {req.vc}'s queue)", position

@@ -66,7 +66,8 @@ def test_a_busy_vc_borrows_idle_quota_within_its_limit_and_the_lender_reclaims_i
     borrowed = a.submit(gang("extra", "busy"))
     assert isinstance(borrowed, Allocated) and nodes_of(borrowed) != {"n0"}
     # Its limit is 4 GPUs: the next one waits although the idle VC has two more idle nodes.
-    assert isinstance(a.submit(gang("more", "busy")), Queued)
+    more = a.submit(gang("more", "busy"))
+    assert isinstance(more, Queued) and "borrowing: 4 of its 4 GPUs limit in use" in more.reason
     assert a.borrowing() == {
         "busy": {"borrowed": {"V100": 4.0}, "lent": {}},
         "idle": {"borrowed": {}, "lent": {"V100": 4.0}},
