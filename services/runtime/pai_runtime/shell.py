@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets as random_secrets
 import shlex
 import shutil
 import socket
@@ -26,7 +25,7 @@ from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogR
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
-from pai_runtime import barrier, containers, k8s_manifest, limits, local_process, metrics, plugins
+from pai_runtime import barrier, containers, jobssh, k8s_manifest, limits, local_process, metrics, plugins
 from pai_runtime import secrets as job_secrets
 from pai_runtime.devices import Inventory, detect, load_inventory, nvml_gpu_report, nvml_health
 from pai_runtime.k8s_status import PodOutcome
@@ -294,19 +293,7 @@ class Agent:
         return dict(reply.secrets)
 
     def _ssh_secret(self) -> bytes:
-        if self.settings.job_ssh_secret is not None:
-            return self.settings.job_ssh_secret.get_secret_value().encode()
-        path = Path(self.settings.data_dir).resolve() / "runtime" / "job-ssh.secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(random_secrets.token_hex(32))
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)  # the first agent wins; the others read its secret
-            tmp.unlink()
-        return path.read_bytes().strip()
+        return jobssh.shared_secret(self.settings)
 
     async def _commands(
         self, cmd: LaunchTask, workdir: Path, env: dict[str, str], home: str, python: str, barrier_script: str
