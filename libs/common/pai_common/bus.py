@@ -105,7 +105,7 @@ class Bus:
         # Credentials travel in the URL (nats://user:password@host); the CA, when given, is the only one
         # a TLS server certificate is checked against.
         tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
-        # Several servers may be listed, comma-separated, so that the first connection survives one being down.
+        # Several servers may be listed, comma-separated: the first connection survives one being down.
         servers = [u.strip() for u in url.split(",") if u.strip()]
         nc = await nats.connect(
             servers,

@@ -49,7 +49,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[ClusterServer]]:
         for name, client_port, route_port in zip(names, client_ports, route_ports, strict=True):
             store = tmp_path / name
             store.mkdir()
-            log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the process
+            log = open(tmp_path / f"{name}.log", "wb")
             argv = [
                 _binary("nats-server"), "-js", "-sd", str(store), "-n", name, "-a", "127.0.0.1",
                 "-p", str(client_port), "--cluster_name", "pai",
@@ -72,7 +72,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[ClusterServer]]:
 
 
 async def _retrying(what: str, action: object, timeout_s: float = 30.0) -> object:
-    """JetStream answers 'unavailable' until the cluster has elected its leaders (and again after one dies)."""
+    """JetStream answers 'unavailable' until the cluster has elected its leaders (again after a loss)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
@@ -102,7 +102,7 @@ async def test_replicas_applied_and_a_server_loss_loses_nothing(nats_cluster: li
     urls = ",".join(s.url for s in nats_cluster)
     bus = await Bus.connect(urls, "replicas-test")
     try:
-        # A stream made with one copy (as before PAI_STREAM_REPLICAS existed) grows to three on the next start.
+        # A stream made with one copy (before PAI_STREAM_REPLICAS existed) grows to three on the next start.
         await _retrying("create streams", lambda: bus.ensure_streams(1))
         assert (await bus.js.stream_info(EVENTS_STREAM)).config.num_replicas == 1
         await _retrying("update streams", lambda: bus.ensure_streams(3))

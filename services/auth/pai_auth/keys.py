@@ -38,7 +38,7 @@ def load(path: Path) -> list[SigningKey]:
         keys = [SigningKey(str(k["kid"]), str(k["secret"])) for k in data["keys"]]
     except FileNotFoundError:
         raise KeysFileError(
-            f"signing keys file {path} does not exist (create it with `python -m pai_auth.keys rotate {path}`)"
+            f"signing keys file {path} does not exist (make one: `python -m pai_auth.keys rotate {path}`)"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KeysFileError(f"signing keys file {path} cannot be read: {exc!r}") from None

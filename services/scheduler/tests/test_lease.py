@@ -22,7 +22,7 @@ from pai_common.bus import Bus
 from pai_common.contract.rpc import ListVirtualClustersRequest, VirtualClustersReply
 from pai_common.embedded import ServerProcess, child_env, free_port, start_mongo
 from pai_common.errors import ServiceUnavailableError
-from pai_scheduler.lease import KEY, TAKEOVER_BOUND_S, Lease, LeaseLost, LeaseSettings
+from pai_scheduler.lease import TAKEOVER_BOUND_S, Lease, LeaseLost, LeaseSettings
 
 CLUSTER_CSV = "node,leaf_type,leaf_count,cpu,memory_mb\nnode-0,gpu,4,32,262144\n"
 
@@ -97,7 +97,7 @@ def _start_scheduler(
             "PAI_LOG_LEVEL": "INFO",
         }
     )
-    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the process writes it
+    log = open(tmp / f"{name}.log", "wb")
     return subprocess.Popen(
         [sys.executable, "-m", "pai_scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
