@@ -64,9 +64,7 @@ def kustomize_command() -> tuple[str, ...]:
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [*kustomize_command(), str(directory)], capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([*kustomize_command(), str(directory)], capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise AssertionError(f"kustomize failed on {directory}:\n{out.stderr}")
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]

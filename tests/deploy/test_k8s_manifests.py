@@ -36,7 +36,14 @@ IMAGE_REPO = "openpai-py"
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 PLATFORM_NS, TASKS_NS = "pai", "pai-tasks"
 # Kinds of the Kubernetes API itself; anything else needs a CRD and belongs in a component.
-CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "policy/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
+CORE_API_VERSIONS = {
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "policy/v1",
+    "networking.k8s.io/v1",
+    "rbac.authorization.k8s.io/v1",
+}
 SERVICES = sorted(p.name for p in (REPO / "services").iterdir() if (p / "pyproject.toml").is_file())
 
 
@@ -51,7 +58,11 @@ def production() -> list[dict[str, Any]]:
 
 
 def _platform_workloads(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in of_kind(objects, *WORKLOAD_KINDS) if o["metadata"]["name"] in SERVICES}
+    return {
+        o["metadata"]["name"]: o
+        for o in of_kind(objects, *WORKLOAD_KINDS)
+        if o["metadata"]["name"] in SERVICES
+    }
 
 
 def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +127,9 @@ def test_the_base_is_only_reached_through_overlays() -> None:
     base_kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     assert "namespace" not in base_kustomization, "a namespace transformer would move pai-tasks objects"
     listed = set(base_kustomization["resources"])
-    on_disk = {str(p.relative_to(K8S / "base")) for p in (K8S / "base").rglob("*.yaml")} - {"kustomization.yaml"}
+    on_disk = {str(p.relative_to(K8S / "base")) for p in (K8S / "base").rglob("*.yaml")} - {
+        "kustomization.yaml"
+    }
     assert listed == on_disk, f"base files not listed (or listed, missing): {sorted(listed ^ on_disk)}"
 
 
@@ -133,7 +146,10 @@ def test_platform_images_come_from_the_overlay_release(overlay: tuple[str, list[
     release = _release(K8S / "overlays" / name)
     for service, workload in _platform_workloads(objects).items():
         for c in _pod_spec(workload)["containers"]:
-            assert c["image"] == f"{release['IMAGE_PREFIX']}/{service}:{release['TAG']}", (service, c["image"])
+            assert c["image"] == f"{release['IMAGE_PREFIX']}/{service}:{release['TAG']}", (
+                service,
+                c["image"],
+            )
     for w in of_kind(objects, *WORKLOAD_KINDS, "Job"):
         for c in [*_pod_spec(w)["containers"], *(_pod_spec(w).get("initContainers") or [])]:
             tag = c["image"].rsplit(":", 1)[-1] if ":" in c["image"].rsplit("/", 1)[-1] else "latest"
@@ -151,7 +167,9 @@ def test_changing_the_release_changes_every_platform_image(tmp_path: Path) -> No
     objects = render(copy / "overlays" / "production")
     images = {c["image"] for w in _platform_workloads(objects).values() for c in _pod_spec(w)["containers"]}
     assert images == {f"registry.example.com:5000/team/openpai-py/{s}:9.8.7" for s in SERVICES}
-    assert {c["image"] for c in _pod_spec(by_name(objects, "StatefulSet")["nats"])["containers"]} == {"nats:2.10"}
+    assert {c["image"] for c in _pod_spec(by_name(objects, "StatefulSet")["nats"])["containers"]} == {
+        "nats:2.10"
+    }
 
 
 # ---- every service, wired alike --------------------------------------------------------------------
@@ -182,7 +200,9 @@ def test_every_container_has_requests_and_limits(production: list[dict[str, Any]
         for c in [*_pod_spec(w)["containers"], *(_pod_spec(w).get("initContainers") or [])]:
             resources = c.get("resources") or {}
             for part in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(resources.get(part) or {}), f"{w['metadata']['name']}/{c['name']}"
+                assert {"cpu", "memory"} <= set(resources.get(part) or {}), (
+                    f"{w['metadata']['name']}/{c['name']}"
+                )
 
 
 def test_the_gateway_listens_on_all_interfaces(production: list[dict[str, Any]]) -> None:
@@ -190,7 +210,9 @@ def test_the_gateway_listens_on_all_interfaces(production: list[dict[str, Any]])
 
     env = container_env(by_name(production, "Deployment")["gateway"])
     assert env["PAI_GATEWAY_HOST"]["value"] == "0.0.0.0"
-    settings = GatewaySettings(gateway_host=env["PAI_GATEWAY_HOST"]["value"], gateway_port=env["PAI_GATEWAY_PORT"]["value"])
+    settings = GatewaySettings(
+        gateway_host=env["PAI_GATEWAY_HOST"]["value"], gateway_port=env["PAI_GATEWAY_PORT"]["value"]
+    )
     assert (settings.gateway_host, settings.gateway_port) == ("0.0.0.0", GATEWAY_PORT)
     assert by_name(production, "ConfigMap")["pai-config"]["data"]["PAI_HTTP_HOST"] == "0.0.0.0"
 
@@ -225,7 +247,9 @@ def test_every_platform_pod_meets_the_restricted_level(production: list[dict[str
         where = w["metadata"]["name"]
         assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), where
         assert not any("hostPath" in v for v in pod.get("volumes") or []), where
-        assert (pod.get("securityContext") or {}).get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert (pod.get("securityContext") or {}).get("seccompProfile", {}).get("type") == "RuntimeDefault", (
+            where
+        )
         for c in [*pod["containers"], *(pod.get("initContainers") or [])]:
             effective = {**(pod.get("securityContext") or {}), **(c.get("securityContext") or {})}
             assert effective.get("runAsNonRoot") is True, (where, c["name"])
@@ -237,8 +261,17 @@ def test_every_platform_pod_meets_the_restricted_level(production: list[dict[str
 
 # ---- the runtime's Kubernetes backend and its rights ----------------------------------------------------
 
-_API_CALL = re.compile(r"\b(create|read|list|delete|patch|replace)_namespaced_([a-z_]+?)(_log)?(?:_without_preload_content)?\b")
-_VERB = {"create": "create", "read": "get", "list": "list", "delete": "delete", "patch": "patch", "replace": "update"}
+_API_CALL = re.compile(
+    r"\b(create|read|list|delete|patch|replace)_namespaced_([a-z_]+?)(_log)?(?:_without_preload_content)?\b"
+)
+_VERB = {
+    "create": "create",
+    "read": "get",
+    "list": "list",
+    "delete": "delete",
+    "patch": "patch",
+    "replace": "update",
+}
 
 
 def _backend_calls() -> set[tuple[str, str]]:
@@ -262,7 +295,9 @@ def test_the_runtime_runs_tasks_as_pods_in_the_tasks_namespace(production: list[
     runtime = by_name(production, "DaemonSet")["runtime"]
     env = container_env(runtime)
     plain = {k: v["value"] for k, v in env.items() if "value" in v and "$(" not in v["value"]}
-    settings = RuntimeSettings(node_name="node-0", **{k[4:].lower(): v for k, v in plain.items() if k.startswith("PAI_")})
+    settings = RuntimeSettings(
+        node_name="node-0", **{k[4:].lower(): v for k, v in plain.items() if k.startswith("PAI_")}
+    )
     assert settings.backend == "kubernetes" and settings.k8s_in_cluster
     assert settings.k8s_namespace == TASKS_NS
     assert env["PAI_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
@@ -270,7 +305,9 @@ def test_the_runtime_runs_tasks_as_pods_in_the_tasks_namespace(production: list[
     assert pod["serviceAccountName"] == "pai-runtime" and pod.get("automountServiceAccountToken") is not False
 
 
-def test_only_the_runtime_may_use_the_api_and_only_as_its_backend_does(production: list[dict[str, Any]]) -> None:
+def test_only_the_runtime_may_use_the_api_and_only_as_its_backend_does(
+    production: list[dict[str, Any]],
+) -> None:
     assert not of_kind(production, "ClusterRole", "ClusterRoleBinding"), "nothing cluster-wide"
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(production, "Role")}
     granted: dict[tuple[str, str], set[tuple[str, str]]] = {}
@@ -310,7 +347,9 @@ def test_disruption_budgets_keep_every_replicated_component_up(production: list[
         spec, replicas = covering[0]["spec"], w["spec"]["replicas"]
         allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
         # A drain may take a pod, and never the last one (nor NATS's or MongoDB's majority).
-        assert allowed >= 1 and replicas - allowed >= (replicas // 2 + 1 if name in ("nats", "mongo") else 1), name
+        assert allowed >= 1 and replicas - allowed >= (
+            replicas // 2 + 1 if name in ("nats", "mongo") else 1
+        ), name
 
 
 def test_auth_runs_two_replicas_on_shared_signing_keys(production: list[dict[str, Any]]) -> None:
@@ -435,8 +474,16 @@ def _nats_users(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _contract() -> tuple[list[type[base.Event]], list[type[base.Command]]]:
-    evs = [c for c in vars(events).values() if isinstance(c, type) and issubclass(c, base.Event) and "TYPE" in vars(c)]
-    cmds = [c for c in vars(commands).values() if isinstance(c, type) and issubclass(c, base.Command) and "TYPE" in vars(c)]
+    evs = [
+        c
+        for c in vars(events).values()
+        if isinstance(c, type) and issubclass(c, base.Event) and "TYPE" in vars(c)
+    ]
+    cmds = [
+        c
+        for c in vars(commands).values()
+        if isinstance(c, type) and issubclass(c, base.Command) and "TYPE" in vars(c)
+    ]
     return evs, cmds
 
 
@@ -472,8 +519,14 @@ def test_services_connect_as_themselves_over_tls(production: list[dict[str, Any]
     for service, w in _platform_workloads(production).items():
         env = container_env(w)
         names = [e["name"] for e in _pod_spec(w)["containers"][0]["env"]]
-        assert env["PAI_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pai-nats-users", "key": service}
-        assert env["PAI_MONGO_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pai-mongo-users", "key": service}
+        assert env["PAI_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "pai-nats-users",
+            "key": service,
+        }
+        assert env["PAI_MONGO_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "pai-mongo-users",
+            "key": service,
+        }
         assert env["PAI_NATS_URL"]["value"] == f"tls://{service}:$(PAI_NATS_PASSWORD)@nats:4222"
         mongo = env["PAI_MONGO_URL"]["value"]
         assert mongo.startswith(f"mongodb://{service}:$(PAI_MONGO_PASSWORD)@"), service
@@ -540,7 +593,12 @@ def test_platform_services_reach_only_nats_and_mongo(production: list[dict[str, 
                     assert name == "runtime", f"{name} may reach the Kubernetes API"
                     continue
                 for peer in peers:
-                    hits = [t for (t, port), lab in allowed.items() if selects(peer.get("podSelector", {"matchLabels": {"-": "-"}}), lab) and ports == {port}]
+                    hits = [
+                        t
+                        for (t, port), lab in allowed.items()
+                        if selects(peer.get("podSelector", {"matchLabels": {"-": "-"}}), lab)
+                        and ports == {port}
+                    ]
                     assert hits, f"{name}: {p['metadata']['name']} allows {peer} on {ports}"
                     reached.update(hits)
         assert reached == {"nats", "mongo"}, f"{name} reaches {reached}"

@@ -50,7 +50,9 @@ def _secret(folder: Path, name: str) -> dict[str, str]:
 def shipped_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedNats]:
     tmp = tmp_path_factory.mktemp("shipped-nats")
     secrets = tmp / "secrets"
-    subprocess.run([str(K8S / "make-secrets.sh"), "--out", str(secrets), "--no-apply"], check=True, timeout=120)
+    subprocess.run(
+        [str(K8S / "make-secrets.sh"), "--out", str(secrets), "--no-apply"], check=True, timeout=120
+    )
     tls = tmp / "nats-tls"
     tls.mkdir()
     for key, value in _secret(secrets, "nats-tls").items():
@@ -69,8 +71,10 @@ def shipped_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedNa
 
     env = {**os.environ, "POD_NAME": "nats-0"}
     env.update({f"NATS_PASSWORD_{s.upper()}": pw for s, pw in passwords.items()})
-    log = open(tmp / "nats.log", "wb")  # noqa: SIM115 - the server writes it
-    proc = subprocess.Popen([_binary("nats-server"), "-c", str(tmp / "nats.conf")], env=env, stdout=log, stderr=log)
+    log = open(tmp / "nats.log", "wb")
+    proc = subprocess.Popen(
+        [_binary("nats-server"), "-c", str(tmp / "nats.conf")], env=env, stdout=log, stderr=log
+    )
     try:
         wait_for_port(port, 20.0, proc)
         yield ShippedNats(port, tls / "ca.crt", passwords)
@@ -147,7 +151,10 @@ async def test_wrong_passwords_and_plain_connections_are_refused(shipped_nats: S
     context = ssl.create_default_context(cafile=str(shipped_nats.ca))
     with pytest.raises(NatsError):
         await nats_client.connect(
-            shipped_nats.url("jobs", "not-the-password"), tls=context, allow_reconnect=False, connect_timeout=3
+            shipped_nats.url("jobs", "not-the-password"),
+            tls=context,
+            allow_reconnect=False,
+            connect_timeout=3,
         )
     with pytest.raises((NatsError, OSError, asyncio.TimeoutError)):
         await nats_client.connect(
