@@ -23,15 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import describe  # noqa: E402
+from machine import describe
 
-from pai_common.bus import Bus  # noqa: E402
-from pai_common.contract.rpc import ListVirtualClustersRequest, VirtualClustersReply  # noqa: E402
-from pai_common.embedded import ServerProcess, child_env, free_port, start_mongo, start_nats  # noqa: E402
-from pai_common.errors import ServiceUnavailableError  # noqa: E402
-from pai_scheduler.lease import Lease  # noqa: E402
+from pai_common.bus import Bus
+from pai_common.contract.rpc import ListVirtualClustersRequest, VirtualClustersReply
+from pai_common.embedded import ServerProcess, child_env, free_port, start_mongo, start_nats
+from pai_common.errors import ServiceUnavailableError
+from pai_scheduler.lease import Lease
 
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 CLUSTER_CSV = "node,leaf_type,leaf_count,cpu,memory_mb\nnode-0,gpu,4,32,262144\n"
@@ -52,7 +51,7 @@ def start_scheduler(
             "PAI_SCHEDULER_LEASE_HOLDER": name,
         }
     )
-    log = open(root / f"{name}.log", "wb")  # noqa: SIM115 - the process writes it
+    log = open(root / f"{name}.log", "wb")
     return subprocess.Popen(
         [sys.executable, "-m", "pai_scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -135,12 +134,14 @@ def record(figures: dict[str, Any]) -> None:
         "",
         f"Machine: {describe()}. Embedded NATS and MongoDB-wire servers, two scheduler processes, lease TTL"
         f" 10 s, poll 1 s. Load average at the end: {figures['load_avg_1m']} (the machine is shared).",
-        "Measured from the holder's death to the standby holding the lease and answering the scheduler's RPC.",
+        "Measured from the holder's death to the standby holding the lease and answering its RPC.",
         "",
         "| figure | value |",
         "|---|---|",
-        f"| after SIGKILL, each of {figures['rounds']} rounds (s) | {', '.join(map(str, figures['after_sigkill_s']))} |",
-        f"| after SIGKILL, median / max (s) | {figures['after_sigkill_median_s']} / {figures['after_sigkill_max_s']} |",
+        f"| after SIGKILL, each of {figures['rounds']} rounds (s)"
+        f" | {', '.join(map(str, figures['after_sigkill_s']))} |",
+        f"| after SIGKILL, median / max (s)"
+        f" | {figures['after_sigkill_median_s']} / {figures['after_sigkill_max_s']} |",
         f"| after SIGTERM (the holder lets go) (s) | {figures['after_sigterm_s']} |",
         "| target | within 15 s of the holder's death |",
         "",
