@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from machine import describe
 
 from pai_common.bus import Bus
