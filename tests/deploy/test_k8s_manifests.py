@@ -513,6 +513,37 @@ def test_nats_users_may_publish_what_the_contract_says_they_produce(production: 
         assert perms["password"] == f"NATS_PASSWORD_{service.upper()}"
 
 
+def _rpc_targets(service: str) -> set[str]:
+    """The services whose RPCs ``service``'s code asks: the request types it names that others serve."""
+    from pai_common.contract import rpc
+
+    text = "\n".join(p.read_text() for p in (REPO / "services" / service).glob("pai_*/**/*.py"))
+    targets = set()
+    for name in set(re.findall(r"\b([A-Z]\w*Request)\b", text)):
+        request = getattr(rpc, name, None)
+        owner = getattr(request, "SERVICE", None) if isinstance(request, type) else None
+        if owner is not None and owner != service:
+            targets.add(owner)
+    return targets
+
+
+def test_nats_users_may_ask_the_services_their_code_asks(production: list[dict[str, Any]]) -> None:
+    users = _nats_users(production)
+    for service, perms in users.items():
+        allowed = {s for s in perms["publish"] if s.startswith(f"{base.RPC_SUBJECT_PREFIX}.")}
+        needed = _rpc_targets(service)
+        for target in needed:
+            assert {f"{base.RPC_SUBJECT_PREFIX}.{target}.>", f"{base.RPC_SUBJECT_PREFIX}.>"} & allowed, (
+                f"{service} asks {target}, which nats.conf does not allow: see base/nats/configmap.yaml"
+            )
+        if f"{base.RPC_SUBJECT_PREFIX}.>" in allowed:
+            assert len(needed) >= 3, f"{service} may ask every service but asks {needed}"
+        else:
+            assert {s.split(".")[2] for s in allowed} == needed, (service, allowed, needed)
+        served = f"{base.RPC_SUBJECT_PREFIX}.{service}.>"
+        assert (served in perms["subscribe"]) == ("$SRV.>" in perms["subscribe"]), service
+
+
 def test_services_connect_as_themselves_over_tls(production: list[dict[str, Any]]) -> None:
     data = by_name(production, "ConfigMap")["pai-config"]["data"]
     assert data["PAI_NATS_CA_FILE"] == "/etc/pai/tls/ca.crt"
