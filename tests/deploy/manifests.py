@@ -9,6 +9,7 @@ used. PAI_KUSTOMIZE names another binary (a `kustomize` or a `kubectl`) explicit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -16,12 +17,25 @@ import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
+
+
+def _load_generator() -> ModuleType:
+    """deploy/k8s/nats_users.py, which writes the NATS users (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("pai_deploy_nats_users", K8S / "nats_users.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+nats_users = _load_generator()
 OVERLAYS = ("dev", "production")
 KUBERNETES_VERSION = "1.30.0"
 

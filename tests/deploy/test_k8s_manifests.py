@@ -23,6 +23,7 @@ from tests.deploy.manifests import (
     REPO,
     by_name,
     container_env,
+    nats_users,
     of_kind,
     pod_labels,
     render,
@@ -496,7 +497,7 @@ def test_nats_users_may_publish_what_the_contract_says_they_produce(production: 
         produced = {base.event_subject(e.TYPE) for e in evs if e.PRODUCER == service}
         assert published == produced, (
             f"{service}: nats.conf allows {sorted(published - produced)} it does not produce and lacks "
-            f"{sorted(produced - published)}: update deploy/k8s/base/nats/configmap.yaml"
+            f"{sorted(produced - published)}: run deploy/k8s/nats_users.py"
         )
         sent = {s for s in perms["publish"] if s.startswith(f"{base.COMMAND_SUBJECT_PREFIX}.")}
         owned = {
@@ -514,17 +515,12 @@ def test_nats_users_may_publish_what_the_contract_says_they_produce(production: 
 
 
 def _rpc_targets(service: str) -> set[str]:
-    """The services whose RPCs ``service``'s code asks: the request types it names that others serve."""
-    from pai_common.contract import rpc
+    return nats_users.rpc_targets(service)
 
-    text = "\n".join(p.read_text() for p in (REPO / "services" / service).glob("pai_*/**/*.py"))
-    targets = set()
-    for name in set(re.findall(r"\b([A-Z]\w*Request)\b", text)):
-        request = getattr(rpc, name, None)
-        owner = getattr(request, "SERVICE", None) if isinstance(request, type) else None
-        if owner is not None and owner != service:
-            targets.add(owner)
-    return targets
+
+def test_the_nats_users_are_what_the_generator_writes() -> None:
+    current = nats_users.CONFIGMAP.read_text()
+    assert nats_users.rewritten(current) == current, "run: .venv/bin/python deploy/k8s/nats_users.py"
 
 
 def test_nats_users_may_ask_the_services_their_code_asks(production: list[dict[str, Any]]) -> None:
@@ -534,7 +530,7 @@ def test_nats_users_may_ask_the_services_their_code_asks(production: list[dict[s
         needed = _rpc_targets(service)
         for target in needed:
             assert {f"{base.RPC_SUBJECT_PREFIX}.{target}.>", f"{base.RPC_SUBJECT_PREFIX}.>"} & allowed, (
-                f"{service} asks {target}, which nats.conf does not allow: see base/nats/configmap.yaml"
+                f"{service} asks {target}, which nats.conf does not allow: run deploy/k8s/nats_users.py"
             )
         if f"{base.RPC_SUBJECT_PREFIX}.>" in allowed:
             assert len(needed) >= 3, f"{service} may ask every service but asks {needed}"
