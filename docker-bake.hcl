@@ -26,7 +26,7 @@ variable "REVISION" {
 }
 
 group "default" {
-  targets = ["auth", "diagnosis", "gateway", "jobs", "monitoring", "orchestrator", "runtime", "scheduler", "storage"]
+  targets = ["auth", "diagnosis", "gateway", "jobs", "marketplace", "monitoring", "orchestrator", "portal", "runtime", "scheduler", "storage"]
 }
 
 target "_service" {
@@ -55,6 +55,20 @@ target "diagnosis" {
   args     = { SERVICE = "diagnosis" }
   labels   = { "org.opencontainers.image.description" = "OpenPAI in Python: diagnosis service" }
   tags     = ["${REGISTRY}openpai-py/diagnosis:${TAG}"]
+}
+
+target "marketplace" {
+  inherits = ["_service"]
+  args     = { SERVICE = "marketplace" }
+  labels   = { "org.opencontainers.image.description" = "OpenPAI in Python: marketplace service" }
+  tags     = ["${REGISTRY}openpai-py/marketplace:${TAG}"]
+}
+
+target "portal" {
+  inherits = ["_service"]
+  args     = { SERVICE = "portal" }
+  labels   = { "org.opencontainers.image.description" = "OpenPAI in Python: web portal" }
+  tags     = ["${REGISTRY}openpai-py/portal:${TAG}"]
 }
 
 target "gateway" {

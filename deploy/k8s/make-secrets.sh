@@ -26,8 +26,9 @@ done
 
 ns=${PAI_NAMESPACE:-pai}
 domain=${PAI_CLUSTER_DOMAIN:-cluster.local}
-# Every platform service: each has its own NATS user and MongoDB user (deploy/k8s/platform/*.yaml).
-services=(auth diagnosis gateway jobs monitoring orchestrator runtime scheduler storage)
+# Every platform service on the bus: each has its own NATS user and MongoDB user (base/platform/*.yaml).
+# The portal is not on the bus; it has a session key of its own (below).
+services=(auth diagnosis gateway jobs marketplace monitoring orchestrator runtime scheduler storage)
 
 umask 077
 mkdir -p "$out"
@@ -94,6 +95,9 @@ signing=$(openssl rand -base64 48 | tr '+/' '-_' | tr -d '=\n')
 printf '{"keys": [{"kid": "%s", "secret": "%s"}]}' "$kid" "$signing" >"$work/jwt-keys.json"
 secret pai-auth-keys --from-file=jwt-keys.json="$work/jwt-keys.json"
 secret pai-job-ssh --from-literal=secret="$(openssl rand -hex 32)"
+# The portal's session cookies, which every portal replica must decrypt: a Fernet key (32 random bytes,
+# URL-safe base64).
+secret pai-portal --from-literal=session-key="$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '\n')"
 
 echo "Secrets written to $out/ (keep the folder private: it holds every password)." >&2
 [ "$apply" = 1 ] || exit 0

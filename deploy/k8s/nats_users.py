@@ -30,7 +30,13 @@ ALL_RPC_FROM = 3
 
 
 def services() -> list[str]:
-    return sorted(p.name for p in (REPO / "services").iterdir() if (p / "pyproject.toml").is_file())
+    """The services on the bus (a ServiceApp); the portal, a client of the REST API only, is not."""
+    found = []
+    for folder in sorted((REPO / "services").iterdir()):
+        code = "\n".join(p.read_text() for p in folder.glob("pai_*/**/*.py"))
+        if "ServiceApp(" in code:
+            found.append(folder.name)
+    return found
 
 
 def rpc_targets(service: str) -> set[str]:

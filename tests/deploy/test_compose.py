@@ -212,7 +212,7 @@ class HostCluster:
 
 def _container_env(
     name: str, service: str, container: dict[str, Any], root: Path, nats: ServerProcess, mongo: ServerProcess
-) -> tuple[dict[str, str], int]:
+) -> dict[str, str]:
     image_env, _ = _dockerfile_final_stage()
     env = {k: v.replace("${SERVICE}", service) for k, v in image_env.items() if k.startswith("PAI_")}
     env.update(_env(interpolate(container, {})))  # Compose's environment wins over the image's
@@ -233,15 +233,31 @@ def _container_env(
             if value == target or value.startswith(target + "/"):
                 env[key] = str(local) + value[len(target) :]
     env["PAI_DATA_DIR"] = str(data)
-    health = free_port()
-    env["PAI_HTTP_PORT"] = str(health)
-    if "PAI_GATEWAY_PORT" in env:
-        env["PAI_GATEWAY_PORT"] = str(free_port())
     if "PAI_HOST_IP" in env:
         env["PAI_HOST_IP"] = "127.0.0.1"
     # The lease holder defaults to the hostname, one per container; here every process shares one host.
     env.setdefault("PAI_SCHEDULER_LEASE_HOLDER", name)
-    return env, health
+    return env
+
+
+_PORT_SETTING = re.compile(r"^PAI_\w*_PORT$")
+_CONTAINER_URL = re.compile(r"^(\w+)://([\w-]+):(\d+)(.*)$")
+
+
+def _remap_ports(envs: dict[str, dict[str, str]]) -> None:
+    """Every port a container listens on becomes a free one, and a URL naming another container's
+    port (http://portal:9187) the host's address and that port."""
+    moved: dict[tuple[str, str], str] = {}
+    for name, env in envs.items():
+        for key in [k for k in env if _PORT_SETTING.match(k)]:
+            port = str(free_port())
+            moved[(name, env[key])] = port
+            env[key] = port
+    for env in envs.values():
+        for key, value in env.items():
+            url = _CONTAINER_URL.match(value)
+            if url and (url.group(2), url.group(3)) in moved:
+                env[key] = f"{url.group(1)}://127.0.0.1:{moved[(url.group(2), url.group(3))]}{url.group(4)}"
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +270,12 @@ def host_cluster(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     assert cmd == 'exec python -m "pai_${PAI_SERVICE}"', cmd
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PAI_")}
     try:
-        for name, service in sorted(_platform_containers(compose).items()):
-            container = compose["services"][name]
-            env, health = _container_env(name, service, container, root, nats, mongo)
+        envs = {
+            name: _container_env(name, service, compose["services"][name], root, nats, mongo)
+            for name, service in sorted(_platform_containers(compose).items())
+        }
+        _remap_ports(envs)
+        for name, env in envs.items():
             argv = [sys.executable, "-m", f"pai_{env['PAI_SERVICE']}"]
             with open(root / f"{name}.log", "wb") as log:
                 cluster.procs[name] = subprocess.Popen(
@@ -266,9 +285,9 @@ def host_cluster(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
                     stderr=subprocess.STDOUT,
                     cwd=env["PAI_DATA_DIR"],
                 )
-            cluster.health[name] = health
+            cluster.health[name] = int(env["PAI_HTTP_PORT"])
             cluster.data[name] = Path(env["PAI_DATA_DIR"])
-            if service == "gateway":
+            if "PAI_GATEWAY_PORT" in env:
                 cluster.gateway_port = int(env["PAI_GATEWAY_PORT"])
         deadline = time.monotonic() + 120
         for name, port in cluster.health.items():
@@ -320,5 +339,8 @@ def test_the_compose_services_run_a_job(host_cluster: HostCluster) -> None:
         # It ran on one of the compose file's agents, registered under the name the file gives it.
         task = detail.json()["taskRoles"]["worker"]["taskStatuses"][0]
         assert task["containerNodeName"] in RUNTIME_NODES, task
+        # The gateway relays the web portal (a page, not an API answer) from the portal's container.
+        page = http.get("/", follow_redirects=True)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:300]
     for name, proc in host_cluster.procs.items():
         assert proc.poll() is None, f"{name} exited\n{host_cluster.logs()}"

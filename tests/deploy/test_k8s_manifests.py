@@ -46,6 +46,9 @@ CORE_API_VERSIONS = {
     "rbac.authorization.k8s.io/v1",
 }
 SERVICES = sorted(p.name for p in (REPO / "services").iterdir() if (p / "pyproject.toml").is_file())
+# The services on the bus, each with its own NATS and MongoDB user; the portal is a client of the API only.
+BUS = nats_users.services()
+PORTAL_PORT = 9187
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -73,6 +76,7 @@ def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
 def test_the_services_directory_lists_the_platform() -> None:
     # Everything below is derived from this list; an empty or truncated one would make the checks vacuous.
     assert len(SERVICES) >= 9 and {"gateway", "runtime", "scheduler", "auth"} <= set(SERVICES), SERVICES
+    assert {"gateway", "runtime", "scheduler", "auth", "jobs"} <= set(BUS) <= set(SERVICES), BUS
 
 
 # ---- rendering and schema ----------------------------------------------------------------------------
@@ -206,7 +210,7 @@ def test_every_container_has_requests_and_limits(production: list[dict[str, Any]
                 )
 
 
-def test_the_gateway_listens_on_all_interfaces(production: list[dict[str, Any]]) -> None:
+def test_the_gateway_and_the_portal_listen_on_all_interfaces(production: list[dict[str, Any]]) -> None:
     from pai_gateway.settings import GatewaySettings
 
     env = container_env(by_name(production, "Deployment")["gateway"])
@@ -216,6 +220,12 @@ def test_the_gateway_listens_on_all_interfaces(production: list[dict[str, Any]])
     )
     assert (settings.gateway_host, settings.gateway_port) == ("0.0.0.0", GATEWAY_PORT)
     assert by_name(production, "ConfigMap")["pai-config"]["data"]["PAI_HTTP_HOST"] == "0.0.0.0"
+    if "portal" in SERVICES:
+        from pai_portal.settings import PortalSettings
+
+        portal = container_env(by_name(production, "Deployment")["portal"])
+        assert PortalSettings(portal_host=portal["PAI_PORTAL_HOST"]["value"]).portal_host == "0.0.0.0"
+        assert env["PAI_PORTAL_URL"]["value"] == f"http://portal:{PORTAL_PORT}"
 
 
 def test_streams_are_replicated_on_every_nats_server(production: list[dict[str, Any]]) -> None:
@@ -437,7 +447,7 @@ def test_every_secret_the_pods_read_is_made_by_make_secrets(
         if key != "*":
             assert key in made_secrets[name]["data"], f"make-secrets.sh's {name} has no {key}"
     for name in ("pai-nats-users", "pai-mongo-users"):
-        assert set(made_secrets[name]["data"]) == set(SERVICES), name
+        assert set(made_secrets[name]["data"]) == set(BUS), name
 
 
 def test_the_made_auth_keys_are_what_the_auth_service_reads(
@@ -490,7 +500,7 @@ def _contract() -> tuple[list[type[base.Event]], list[type[base.Command]]]:
 
 def test_nats_users_may_publish_what_the_contract_says_they_produce(production: list[dict[str, Any]]) -> None:
     users = _nats_users(production)
-    assert set(users) == set(SERVICES)
+    assert set(users) == set(BUS)
     evs, cmds = _contract()
     for service, perms in users.items():
         published = {s for s in perms["publish"] if s.startswith(f"{base.EVENT_SUBJECT_PREFIX}.")}
@@ -545,6 +555,9 @@ def test_services_connect_as_themselves_over_tls(production: list[dict[str, Any]
     assert data["PAI_NATS_CA_FILE"] == "/etc/pai/tls/ca.crt"
     for service, w in _platform_workloads(production).items():
         env = container_env(w)
+        if service not in BUS:
+            assert not {"PAI_NATS_URL", "PAI_MONGO_URL"} & set(env), f"{service} is not on the bus"
+            continue
         names = [e["name"] for e in _pod_spec(w)["containers"][0]["env"]]
         assert env["PAI_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "pai-nats-users",
@@ -569,14 +582,14 @@ def test_nats_and_mongo_require_tls_and_know_every_service(production: list[dict
     assert re.search(r"^tls \{", conf, re.MULTILINE) and "verify: true" in conf
     nats = by_name(production, "StatefulSet")["nats"]
     env = container_env(nats)
-    for service in SERVICES:
+    for service in BUS:
         assert env[f"NATS_PASSWORD_{service.upper()}"]["valueFrom"]["secretKeyRef"]["key"] == service
     mongo = by_name(production, "StatefulSet")["mongo"]
     args = " ".join(_pod_spec(mongo)["containers"][0]["args"])
     assert "--tlsMode=requireTLS" in args and "--keyFile=" in args and "--replSet rs0" in args
     init = by_name(production, "Job")["mongo-replicaset-init"]
     init_env = container_env(init)
-    assert init_env["SERVICES"]["value"].split() == SERVICES
+    assert init_env["SERVICES"]["value"].split() == BUS
     script = _pod_spec(init)["containers"][0]["command"][-1]
     assert "createUser" in script and 'role: "readWrite", db: "pai_" + service' in script
 
@@ -601,12 +614,36 @@ def test_only_the_gateway_accepts_ingress_from_anywhere(production: list[dict[st
             assert {port["port"] for r in open_rules for port in r.get("ports", [])} == {GATEWAY_PORT}
         else:
             assert not open_rules, f"{name} accepts connections from anywhere"
+        for p in policies:
+            for rule in p["spec"].get("ingress", []):
+                ports = {port["port"] for port in rule.get("ports", [])}
+                if name == "portal" and ports == {PORTAL_PORT}:
+                    # Served through the gateway: the gateway's pods alone reach the portal's port.
+                    gateway = pod_labels(_platform_workloads(production)["gateway"])
+                    peers = rule.get("from") or []
+                    assert peers and all(
+                        "namespaceSelector" not in peer and selects(peer.get("podSelector") or {}, gateway)
+                        for peer in peers
+                    ), f"portal: {p['metadata']['name']} admits more than the gateway"
+                elif rule.get("from"):
+                    assert ports in ({METRICS_PORT}, {GATEWAY_PORT}), (name, p["metadata"]["name"], ports)
 
 
 def test_platform_services_reach_only_nats_and_mongo(production: list[dict[str, Any]]) -> None:
     labels = {m["metadata"]["name"]: pod_labels(m) for m in of_kind(production, "StatefulSet")}
-    allowed = {("nats", 4222): labels["nats"], ("mongo", 27017): labels["mongo"]}
-    for name, w in _platform_workloads(production).items():
+    workloads = _platform_workloads(production)
+    base_peers = {("nats", 4222): labels["nats"], ("mongo", 27017): labels["mongo"]}
+    # The gateway relays non-API paths to the portal, which calls the gateway's REST API back.
+    extra = (
+        {
+            "gateway": {("portal", PORTAL_PORT): pod_labels(workloads["portal"])},
+            "portal": {("gateway", GATEWAY_PORT): pod_labels(workloads["gateway"])},
+        }
+        if "portal" in workloads
+        else {}
+    )
+    for name, w in workloads.items():
+        allowed = {**base_peers, **extra.get(name, {})}
         reached = set()
         policies = _policies_for(production, pod_labels(w), "Egress")
         assert policies, f"{name}: no egress policy isolates its pods"
@@ -628,4 +665,4 @@ def test_platform_services_reach_only_nats_and_mongo(production: list[dict[str, 
                     ]
                     assert hits, f"{name}: {p['metadata']['name']} allows {peer} on {ports}"
                     reached.update(hits)
-        assert reached == {"nats", "mongo"}, f"{name} reaches {reached}"
+        assert reached == {"nats", "mongo", *(t for t, _ in extra.get(name, {}))}, f"{name} reaches {reached}"
