@@ -20,7 +20,18 @@ from pathlib import Path
 from pai_common import bus_permissions
 from pai_common.embedded import ServerProcess, free_port, start_mongo, start_nats, wait_for_port
 
-SERVICES = ("auth", "storage", "jobs", "scheduler", "orchestrator", "diagnosis", "monitoring", "gateway")
+SERVICES = (
+    "auth",
+    "storage",
+    "jobs",
+    "scheduler",
+    "orchestrator",
+    "diagnosis",
+    "monitoring",
+    "marketplace",
+    "gateway",
+    "portal",
+)
 CREDENTIALS_FILE = "admin-credentials.json"
 
 
@@ -98,6 +109,9 @@ class Platform:
     # Use this machine's real GPUs (one node, all its GPUs) when NVML finds any.
     use_real_gpus: bool = False
     leaf_type: str = "gpu"
+    # The scheduler's cluster file (a HiveD config, YAML, or a node inventory, CSV) instead of the inventory
+    # written for the simulated nodes; it must name the nodes (node-0, node-1, ...).
+    cluster_file: Path | None = None
     children: dict[str, Child] = field(default_factory=dict)
     servers: list[ServerProcess] = field(default_factory=list)
     # The embedded NATS server's users (user -> password, permissions); empty with PAI_NATS_URL.
@@ -146,8 +160,20 @@ class Platform:
             server = start_mongo(self.data_dir)
             self.servers.append(server)
             self.mongo_url = server.url
-        cluster_file = self.data_dir / "cluster.csv"
-        cluster_file.write_text(self.inventory_csv())
+        if self.cluster_file is not None:
+            # Copied beside the data (the scheduler reads the format from the suffix: .csv or YAML).
+            try:
+                text = self.cluster_file.read_text()
+            except OSError as exc:
+                raise PlatformError(
+                    f"cannot read the cluster file {self.cluster_file}: {exc.strerror}"
+                ) from None
+            suffix = ".csv" if self.cluster_file.suffix.lower() == ".csv" else ".yaml"
+            cluster_file = self.data_dir / f"cluster{suffix}"
+            cluster_file.write_text(text)
+        else:
+            cluster_file = self.data_dir / "cluster.csv"
+            cluster_file.write_text(self.inventory_csv())
         base = {
             **os.environ,
             "PAI_SCHEDULER_CLUSTER": str(cluster_file),
@@ -160,12 +186,18 @@ class Platform:
         # Only auth needs the admin password; no other process gets it.
         admin_password = base.pop("PAI_ADMIN_PASSWORD", None)
         logs = self.data_dir / "logs"
+        # The portal is served on the API's origin: the gateway relays non-API paths to it.
+        portal_port = free_port()
         for name in SERVICES:
             env = {**base, "PAI_NATS_URL": self.bus_url(name)}
             if name == "auth" and admin_password:
                 env["PAI_ADMIN_PASSWORD"] = admin_password
             if name == "gateway":
                 env["PAI_GATEWAY_PORT"] = str(self.port)
+                env["PAI_PORTAL_URL"] = f"http://127.0.0.1:{portal_port}"
+            if name == "portal":
+                env["PAI_PORTAL_PORT"] = str(portal_port)
+                env["PAI_PORTAL_API_URL"] = self.url
             self.children[name] = Child(name, f"pai_{name}", env, logs / f"{name}.log")
         for node in self.node_names:
             env = {

@@ -6,8 +6,10 @@ import asyncio
 import contextvars
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -78,9 +80,9 @@ NO_RESPONDERS_WAIT_S = 1.0
 RpcHandler = Callable[[Any], Awaitable[Message]]
 
 
-def stream_configs() -> list[StreamConfig]:
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     """The streams every service may create at start; creating them is idempotent."""
-    return [
+    streams = [
         StreamConfig(
             name=EVENTS_STREAM,
             subjects=[f"{EVENT_SUBJECT_PREFIX}.>"],
@@ -105,6 +107,9 @@ def stream_configs() -> list[StreamConfig]:
             max_age=30 * 24 * 3600.0,
         ),
     ]
+    for config in streams:
+        config.num_replicas = replicas
+    return streams
 
 
 class Bus:
@@ -117,10 +122,16 @@ class Bus:
         self._micro: list[Service] = []
 
     @classmethod
-    async def connect(cls, url: str, service: str) -> Bus:
-        user = urlsplit(url).username
+    async def connect(cls, url: str, service: str, ca_file: Path | None = None) -> Bus:
+        # Credentials travel in the URL (nats://user:password@host); the CA, when given, is the only one
+        # a TLS server certificate is checked against.
+        tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
+        # Several servers may be listed, comma-separated: the first connection survives one being down.
+        servers = [u.strip() for u in url.split(",") if u.strip()]
+        user = urlsplit(servers[0]).username if servers else None
         nc = await nats.connect(
-            url,
+            servers,
+            tls=tls,
             name=f"pai-{service}",
             # A user's replies come to an inbox of its own, which no other user may subscribe to.
             inbox_prefix=f"_INBOX.{subject_token(user)}" if user else "_INBOX",
@@ -132,11 +143,12 @@ class Bus:
         )
         return cls(nc, service)
 
-    async def ensure_streams(self, create: bool = True) -> None:
-        """Create (or update) the platform's streams; with ``create`` False only wait until they exist
-        (a node agent or an extension may not create streams: the platform's services do)."""
+    async def ensure_streams(self, replicas: int = 1, create: bool = True) -> None:
+        """Create the streams, or bring existing ones to this configuration (the replica count included,
+        so a stream made with one copy grows to three when the cluster does). With ``create`` False only
+        wait until they exist (a node agent or an extension may not create streams: the services do)."""
         if not create:
-            for config in stream_configs():
+            for config in stream_configs(replicas):
                 assert config.name is not None
                 while True:
                     try:
@@ -145,7 +157,7 @@ class Bus:
                     except NotFoundError:
                         await asyncio.sleep(0.5)
             return
-        for config in stream_configs():
+        for config in stream_configs(replicas):
             try:
                 await self.js.add_stream(config=config)
             except BadRequestError as exc:
@@ -153,6 +165,7 @@ class Bus:
                 if exc.err_code != 10058:  # stream name already in use with a different configuration
                     raise
                 await self.js.update_stream(config=config)
+                log.info("stream updated", extra={"stream": config.name, "replicas": replicas})
 
     # ---- publishing ----------------------------------------------------------------------------------
 

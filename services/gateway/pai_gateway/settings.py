@@ -24,3 +24,6 @@ class GatewaySettings(Settings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=2048, ge=1)
+    # The web portal's own address (PAI_PORTAL_URL); the gateway serves it on the API's origin by relaying
+    # every non-API path there. Empty: no portal, those paths answer 404.
+    portal_url: str = ""
