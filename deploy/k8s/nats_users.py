@@ -3,13 +3,15 @@
     .venv/bin/python deploy/k8s/nats_users.py           # rewrite the `users: [...]` block
     .venv/bin/python deploy/k8s/nats_users.py --check   # exit 1 if the file is not what it would write
 
-Each service may publish the events and commands the contract (libs/common/pai_common/contract) names it
-the producer of, the RPCs of the services its code asks (the request types its package names that another
-service serves; all of them for one that asks three or more), its own dead letters and the JetStream API
-(stream removal denied by $JS_ADMIN); it may subscribe to the events it consumes, its own RPC subjects,
-the NATS micro services discovery subjects when it serves RPCs, and its replies. The runtime publishes
-heartbeats, which the scheduler hears; the scheduler keeps its lease in the `pai_leases` bucket. Run it
-after adding an event, a command or an RPC call; tests/deploy/test_k8s_manifests.py fails until then.
+The permissions are the platform's one table, libs/common/pai_common/bus_permissions.py (derived from the
+message contract; `pai up` configures its embedded server from it too): each service may publish the events
+and commands the contract names it the producer of, the RPCs it asks (bus_permissions.RPC_CALLS, which
+tests/deploy checks against the request types each service's code names), its own dead letters and the
+JetStream API (stream removal denied by $JS_ADMIN); it may subscribe to the events it consumes, its own RPC
+and dead-letter replay subjects, the NATS micro services discovery subjects and its own inbox. The node
+agents share one user here (a DaemonSet's pods cannot each get one from a static configuration): no job
+event, no stream's messages read directly, but they can reach each other's command consumers. Run it after
+adding an event, a command or an RPC call; tests/deploy/test_k8s_manifests.py fails until then.
 """
 
 from __future__ import annotations
@@ -18,15 +20,12 @@ import re
 import sys
 from pathlib import Path
 
-from pai_common.contract import base, commands, events, rpc
+from pai_common import bus_permissions
+from pai_common.contract import rpc
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGMAP = Path(__file__).resolve().parent / "base" / "nats" / "configmap.yaml"
 INDENT = " " * 8
-# Core NATS traffic outside the contract's streams.
-EXTRA_PUBLISH = {"runtime": ["pai.hb.*"], "scheduler": ["$KV.pai_leases.>"]}
-EXTRA_SUBSCRIBE = {"scheduler": ["pai.hb.*"]}
-ALL_RPC_FROM = 3
 
 
 def services() -> list[str]:
@@ -51,38 +50,15 @@ def rpc_targets(service: str) -> set[str]:
     return targets
 
 
-def _of(module: object, kind: type) -> list[type]:
-    return [
-        c for c in vars(module).values() if isinstance(c, type) and issubclass(c, kind) and "TYPE" in vars(c)
-    ]
-
-
 def permissions(service: str) -> tuple[list[str], list[str]]:
-    """(publish, subscribe) subjects of one service's NATS user."""
-    evs, cmds = _of(events, base.Event), _of(commands, base.Command)
-    servers = {getattr(c, "SERVICE", None) for c in vars(rpc).values() if isinstance(c, type)}
-    publish = sorted(base.event_subject(e.TYPE) for e in evs if e.PRODUCER == service)  # type: ignore[attr-defined]
-    publish += sorted(
-        {
-            f"{base.COMMAND_SUBJECT_PREFIX}.{c.TYPE.split('.', 1)[0]}.*.{c.TYPE.split('.', 1)[1]}"  # type: ignore[attr-defined]
-            for c in cmds
-            if c.PRODUCER == service  # type: ignore[attr-defined]
-        }
+    """(publish, subscribe) subjects of one service's NATS user: the platform's one permission table
+    (pai_common.bus_permissions, which the embedded default uses too), minus what $JS_ADMIN denies."""
+    p = (
+        bus_permissions.shared_runtime_permissions()
+        if service == "runtime"
+        else bus_permissions.service_permissions(service)
     )
-    targets = rpc_targets(service)
-    publish += (
-        [f"{base.RPC_SUBJECT_PREFIX}.>"]
-        if len(targets) >= ALL_RPC_FROM
-        else [f"{base.RPC_SUBJECT_PREFIX}.{t}.>" for t in sorted(targets)]
-    )
-    publish += EXTRA_PUBLISH.get(service, [])
-    publish += [f"{base.DEAD_LETTER_PREFIX}.{service}.>", "$JS.API.>", "$JS.ACK.>"]
-    subscribe = sorted(base.event_subject(e.TYPE) for e in evs if service in e.CONSUMERS)  # type: ignore[attr-defined]
-    if service in servers:
-        subscribe += [f"{base.RPC_SUBJECT_PREFIX}.{service}.>", "$SRV.>"]
-    subscribe += EXTRA_SUBSCRIBE.get(service, [])
-    subscribe.append("_INBOX.>")
-    return publish, subscribe
+    return sorted(set(p.publish)), sorted(set(p.subscribe))
 
 
 def _array(indent: str, items: list[str]) -> list[str]:
@@ -116,7 +92,12 @@ def users_block() -> str:
 def rewritten(text: str) -> str:
     start = text.index("      users: [\n") + len("      users: [\n")
     end = text.index("\n      ]\n    }\n", start)
-    return text[:start] + users_block() + text[end:]
+    text = text[:start] + users_block() + text[end:]
+    # What no service may do (removing streams or their messages), from the same table.
+    start = text.index("    JS_ADMIN: [\n") + len("    JS_ADMIN: [\n")
+    end = text.index("    ]\n", start)
+    never = "".join(f'      "{s}"\n' for s in bus_permissions.NEVER_PUBLISH)
+    return text[:start] + never + text[end:]
 
 
 def main(argv: list[str]) -> int:

@@ -24,6 +24,7 @@ import yaml
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from pai_common import bus_permissions
 from pai_common.bus import Bus
 from pai_common.embedded import _binary, free_port, wait_for_port
 from tests.deploy.manifests import K8S, by_name, render
@@ -100,12 +101,23 @@ async def _connect(nats: ShippedNats, user: str) -> tuple[Bus, _Errors]:
 
     errors = _Errors()
     context = ssl.create_default_context(cafile=str(nats.ca))
-    nc = await nats_client.connect(nats.url(user), tls=context, error_cb=errors.record, allow_reconnect=False)
+    nc = await nats_client.connect(
+        nats.url(user),
+        tls=context,
+        error_cb=errors.record,
+        allow_reconnect=False,
+        # Each user's replies arrive in an inbox of its own (pai_common.bus_permissions).
+        inbox_prefix=bus_permissions.inbox_prefix(user),
+    )
     return Bus(nc, user), errors
 
 
 @pytest.fixture
 async def runtime_bus(shipped_nats: ShippedNats) -> AsyncIterator[tuple[Bus, _Errors]]:
+    # The streams are the services' to create; a node agent only waits for them.
+    service = await Bus.connect(shipped_nats.url("jobs"), "jobs", shipped_nats.ca)
+    await service.ensure_streams(1)
+    await service.close()
     bus, errors = await _connect(shipped_nats, "runtime")
     yield bus, errors
     await bus.close()
@@ -126,7 +138,7 @@ async def test_a_service_connects_over_tls_as_itself_and_publishes_its_events(
 
 async def test_a_service_may_not_publish_another_services_events(runtime_bus: tuple[Bus, Any]) -> None:
     bus, errors = runtime_bus
-    await bus.ensure_streams(1)
+    await bus.ensure_streams(1, create=False)
     assert (await bus.js.publish("pai.evt.task.exited", b"{}", timeout=5)).stream == "PAI_EVENTS"
     with pytest.raises((NatsTimeoutError, asyncio.TimeoutError)):
         await bus.js.publish("pai.evt.job.submitted", b"{}", timeout=1)  # the jobs service's event
@@ -136,7 +148,7 @@ async def test_a_service_may_not_publish_another_services_events(runtime_bus: tu
 
 async def test_no_service_may_delete_a_stream(runtime_bus: tuple[Bus, Any]) -> None:
     bus, errors = runtime_bus
-    await bus.ensure_streams(1)
+    await bus.ensure_streams(1, create=False)
     with pytest.raises((NatsTimeoutError, asyncio.TimeoutError, NatsError)):
         await bus.js.delete_stream("PAI_EVENTS")
     assert any("permissions violation" in e.lower() for e in errors.seen), errors.seen

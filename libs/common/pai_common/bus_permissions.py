@@ -45,19 +45,20 @@ PLATFORM_SERVICES = (
     "diagnosis",
     "monitoring",
     "gateway",
+    "marketplace",
 )
 # The RPC subjects each service asks (below pai.rpc.). A test reads every service's code and fails when it
 # names a request that is not here, so the table cannot fall behind the code.
 RPC_CALLS: dict[str, tuple[str, ...]] = {
     "gateway": (">",),  # the API: it asks every service
-    "jobs": ("storage.>", "orchestrator.>", "scheduler.>"),
+    "jobs": ("storage.>",),
     "storage": ("auth.>",),
-    "monitoring": ("scheduler.>", "jobs.>", "auth.>"),
+    "marketplace": ("auth.>",),
     "runtime": ("jobs.secrets", "storage.credentials"),
 }
 # Streams and messages no service removes: the history the platform's guarantees rest on. Replayed dead
 # letters are the one exception (their record moves to the audit log).
-_NEVER = [
+NEVER_PUBLISH = [
     "$JS.API.STREAM.DELETE.>",
     "$JS.API.STREAM.PURGE.>",
     f"$JS.API.STREAM.MSG.DELETE.{EVENTS_STREAM}",
@@ -120,7 +121,7 @@ def service_permissions(service: str) -> Permissions:
             p.publish.append(f"{COMMAND_SUBJECT_PREFIX}.{owner}.*.{verb}")
     p.publish += [f"{RPC_SUBJECT_PREFIX}.{s}" for s in RPC_CALLS.get(service, ())]
     p.publish += [f"{DEAD_LETTER_PREFIX}.{service}.>", "$JS.API.>", "$JS.ACK.>"]
-    p.deny_publish += _NEVER
+    p.deny_publish += NEVER_PUBLISH
     p.subscribe += [event_subject(e.TYPE) for e in ALL_EVENTS if service in e.CONSUMERS]
     p.subscribe += [f"{RPC_SUBJECT_PREFIX}.{service}.>", f"{inbox_prefix(service)}.>", "$SRV.>"]
     p.subscribe += [f"{RPC_SUBJECT_PREFIX}.deadletters.{d}.>" for _, d in durables(service)]
@@ -142,6 +143,33 @@ def node_permissions(node: str) -> Permissions:
         f"{RPC_SUBJECT_PREFIX}.runtime.{token}.>",
         f"{RPC_SUBJECT_PREFIX}.deadletters.{durable}.>",
         f"{inbox_prefix(durable)}.>",
+        "$SRV.>",
+    ]
+    return p
+
+
+def shared_runtime_permissions() -> Permissions:
+    """Every node agent as one user (Kubernetes' DaemonSet, where each pod cannot be given a user of its
+    own by a static configuration): a node agent still publishes no job event and reads no stream's
+    messages directly, but the agents can reach each other's command consumers."""
+    api = "$JS.API.CONSUMER"
+    p = Permissions()
+    p.publish += [event_subject(e.TYPE) for e in ALL_EVENTS if e.PRODUCER == "runtime"]
+    p.publish += [f"{RPC_SUBJECT_PREFIX}.{s}" for s in RPC_CALLS["runtime"]]
+    p.publish += [f"{HEARTBEAT_PREFIX}.*", f"{DEAD_LETTER_PREFIX}.runtime.>", "$JS.API.INFO"]
+    p.publish += [
+        "$JS.API.STREAM.INFO.*",
+        f"{api}.CREATE.{COMMANDS_STREAM}.*",
+        f"{api}.CREATE.{COMMANDS_STREAM}.*.>",
+        f"{api}.DURABLE.CREATE.{COMMANDS_STREAM}.*",
+        f"{api}.INFO.{COMMANDS_STREAM}.*",
+        f"{api}.MSG.NEXT.{COMMANDS_STREAM}.*",
+        f"$JS.ACK.{COMMANDS_STREAM}.>",
+    ]
+    p.subscribe += [
+        f"{RPC_SUBJECT_PREFIX}.runtime.>",
+        f"{RPC_SUBJECT_PREFIX}.deadletters.>",
+        f"{inbox_prefix('runtime')}.>",
         "$SRV.>",
     ]
     return p
@@ -171,7 +199,7 @@ def extension_permissions(user: str) -> Permissions:
 
 def operator_permissions() -> Permissions:
     """The platform's own operator (pai up, an admin's tools): everything but destroying history."""
-    return Permissions(publish=[">"], subscribe=[">"], deny_publish=list(_NEVER))
+    return Permissions(publish=[">"], subscribe=[">"], deny_publish=list(NEVER_PUBLISH))
 
 
 def nats_config(users: dict[str, tuple[str, Permissions]]) -> str:
