@@ -338,6 +338,28 @@ class PaiClient:
             f"it has: {', '.join(names) or 'none'}",
         )
 
+    # ---- dead letters (admins) ----------------------------------------------------------------------
+
+    def dead_letters(
+        self, service: str | None = None, consumer: str | None = None, after: int = 0, limit: int = 100
+    ) -> dict[str, Any]:
+        """{data: [summary...], next}: the messages consumers gave up on, oldest first, with their error."""
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if service:
+            params["service"] = service
+        if consumer:
+            params["consumer"] = consumer
+        found: dict[str, Any] = self._json(self._request("GET", "/api/v2/dead-letters", params=params))
+        return found
+
+    def dead_letter(self, seq: int) -> dict[str, Any]:
+        letter: dict[str, Any] = self._json(self._request("GET", f"/api/v2/dead-letters/{seq}"))
+        return letter
+
+    def replay_dead_letter(self, seq: int) -> dict[str, Any]:
+        done: dict[str, Any] = self._json(self._request("POST", f"/api/v2/dead-letters/{seq}/replay"))
+        return done
+
     def wait_for_job(
         self,
         job_key: str,

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pai_cli.admin import admin_app
 from pai_cli.client import PaiClient, PaiError, job_state
 from pai_cli.config import load_config, save_config
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 job_app = typer.Typer(help="Submit, list and inspect jobs.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
+app.add_typer(admin_app, name="admin")
 
 P = ParamSpec("P")
 R = TypeVar("R")
