@@ -21,6 +21,7 @@ from pai_gateway import (
     routes_groups,
     routes_jobs,
     routes_meta,
+    routes_oidc,
     routes_users,
 )
 from pai_gateway.identity import IdentityResolver
@@ -61,6 +62,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
     for module in (
         routes_meta,
         routes_auth,
+        routes_oidc,
         routes_users,
         routes_groups,
         routes_jobs,
