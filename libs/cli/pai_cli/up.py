@@ -106,10 +106,10 @@ def _run_example(url: str, user: str, token: str, path: Path) -> int:
             job = client.wait_for_job(
                 key, timeout_s=600, on_state=lambda state, _job: status.update(f"{key}: {state}")
             )
-        state = job["jobStatus"]["state"]
+        state = job.state
         color = "green" if state == "SUCCEEDED" else "red"
-        console.print(f"{key}: [{color}]{state}[/] (exit code {job['jobStatus'].get('appExitCode')})")
-        roles = list(job.get("taskRoles", {}))
+        console.print(f"{key}: [{color}]{state}[/] (exit code {job.job_status.app_exit_code})")
+        roles = list(job.task_roles)
         if roles:
             console.print(f"its stdout (`pai job logs {key}`):")
             console.print(client.task_log(key, roles[0], 0), markup=False, highlight=False)
