@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,14 +207,38 @@ def test_cluster_routes(client: PaiClient) -> None:
     vcs = client.virtual_clusters()
     assert vcs["default"].resources_total["gpu"] == client.virtual_cluster("default").resources_total["gpu"]
     assert client.sku_types()["gpu"].gpu == 1 and set(client.sku_types("default")) == {"gpu"}
-    assert "local" in {s.name for s in client.storages()}
 
 
-def test_storage_and_node_routes(client: PaiClient) -> None:
-    """Routes other issues add (issue 14: a storage by name; issue 12: OpenPAI's kubernetes/nodes)."""
-    storages = client.storages()
-    assert client.storage(storages[0].name).name == storages[0].name
-    assert sorted(n.name for n in client.nodes()) == ["node-0", "node-1"]
+def test_storages(client: PaiClient, tmp_path: Path) -> None:
+    name = unique_group("sdk_store")
+    definition = {
+        "name": name,
+        "type": "local",
+        "share": True,
+        "default": False,
+        "data": {"path": str(tmp_path)},
+    }
+    client.create_storage(definition)
+    try:
+        assert name in {s.name for s in client.storages()}  # an admin may use every storage
+        assert name not in {s.name for s in client.storages(default=True)}
+        got = client.storage(name)
+        assert (got.storage_type, got.read_only) == ("local", False)
+        client.replace_storage(name, {**definition, "readOnly": True})
+        assert client.storage(name).read_only is True
+        with pytest.raises(ConflictError):
+            client.create_storage(definition)
+    finally:
+        client.delete_storage(name)
+    with pytest.raises(NotFoundError):
+        client.storage(name)
+
+
+def test_nodes(client: PaiClient) -> None:
+    """OpenPAI's `GET /api/v2/kubernetes/nodes` (issue 12 adds it to the gateway)."""
+    nodes = client.nodes()
+    assert sorted(n.name for n in nodes) == ["node-0", "node-1"]
+    assert all(n.ready and n.schedulable for n in nodes)
 
 
 def test_exit_spec(client: PaiClient) -> None:

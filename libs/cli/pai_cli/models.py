@@ -328,6 +328,10 @@ class Storage(PaiModel):
     volume_name: str | None = None
     default: bool | None = None
     type: str | None = None
+    storage_type: str | None = None
+    read_only: bool | None = None
+    mount_options: list[str] | None = None
+    data: dict[str, Any] = {}
 
 
 class Node(PaiModel):

@@ -641,13 +641,28 @@ def sku_types(ctx: Context, vc: str | None = None) -> Call[dict[str, m.SkuType]]
     return Call("GET", "/api/v2/cluster/sku-types", model_map(m.SkuType), params=_params(vc=vc))
 
 
-def storages(ctx: Context) -> Call[list[m.Storage]]:
-    """The storages you may mount."""
-    return Call("GET", "/api/v2/storages", model_list(m.Storage, "storages"))
+def storages(ctx: Context, default: bool | None = None) -> Call[list[m.Storage]]:
+    """The storages you may mount (``default=True``: only those mounted when a job names none)."""
+    return Call("GET", "/api/v2/storages", model_list(m.Storage, "storages"), params=_params(default=default))
 
 
 def storage(ctx: Context, name: str) -> Call[m.Storage]:
     return Call("GET", f"/api/v2/storages/{_segment(name)}", model(m.Storage))
+
+
+def create_storage(ctx: Context, definition: dict[str, Any]) -> Call[m.Message]:
+    """(admin) Define a storage: ``{name, type, share, default, readOnly?, mountOptions?, data}``."""
+    return Call("POST", "/api/v2/storages", message, json=definition)
+
+
+def replace_storage(ctx: Context, name: str, definition: dict[str, Any]) -> Call[m.Message]:
+    """(admin) Replace a storage's definition (credentials left out are kept)."""
+    return Call("PUT", f"/api/v2/storages/{_segment(name)}", message, json=definition)
+
+
+def delete_storage(ctx: Context, name: str) -> Call[m.Message]:
+    """(admin) Remove a storage (refused while an unfinished job mounts it)."""
+    return Call("DELETE", f"/api/v2/storages/{_segment(name)}", message)
 
 
 def nodes(ctx: Context) -> Call[list[m.Node]]:
