@@ -13,7 +13,6 @@ import re
 import shutil
 import stat
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,36 +23,8 @@ import pytest
 import yaml
 
 from tests.acceptance.harness import JOB_GUARD_S, JobLedger, RunningPlatform, pai_executable, running_platform
+from tests.acceptance.samples import job_yaml, unique, unique_group
 from tests.oidc_provider import OpenIdProvider
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def unique_group(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"  # group names: letters, digits and _
-
-
-def job_yaml(name: str, *commands: str, secrets: dict[str, str] | None = None, retries: int = 0) -> str:
-    protocol: dict[str, Any] = {
-        "protocolVersion": 2,
-        "name": name,
-        "type": "job",
-        "jobRetryCount": retries,
-        "prerequisites": [{"type": "dockerimage", "uri": "python:3.11-slim", "name": "image"}],
-        "taskRoles": {
-            "worker": {
-                "instances": 1,
-                "dockerImage": "image",
-                "resourcePerInstance": {"gpu": 0, "cpu": 1, "memoryMB": 256},
-                "commands": list(commands),
-            }
-        },
-    }
-    if secrets is not None:
-        protocol["secrets"] = secrets
-    return yaml.safe_dump(protocol, sort_keys=False)
 
 
 class Cli:

@@ -3,7 +3,6 @@ type of each failure, Retry-After honoured (the platform's login throttle answer
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,34 +24,7 @@ from pai_cli import (
 )
 from pai_cli.models import JobDetail, JobSummary, StreamEvent
 from tests.acceptance.harness import JobLedger, RunningPlatform
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def unique_group(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"  # group names: letters, digits and _
-
-
-def job_yaml(name: str, *commands: str) -> str:
-    return yaml.safe_dump(
-        {
-            "protocolVersion": 2,
-            "name": name,
-            "type": "job",
-            "prerequisites": [{"type": "dockerimage", "uri": "python:3.11-slim", "name": "image"}],
-            "taskRoles": {
-                "worker": {
-                    "instances": 1,
-                    "dockerImage": "image",
-                    "resourcePerInstance": {"gpu": 0, "cpu": 1, "memoryMB": 256},
-                    "commands": list(commands),
-                }
-            },
-        },
-        sort_keys=False,
-    )
+from tests.acceptance.samples import job_yaml, unique, unique_group
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -479,64 +479,44 @@ def submit(ctx: Context, yaml_text: str) -> Call[m.Message]:
     )
 
 
-def _list_params(
-    username: str | Iterable[str] | None,
-    vc: str | None,
-    state: str | Iterable[str] | None,
-    keyword: str | None,
-    tags: str | Iterable[str] | None,
-    without_tags: str | Iterable[str] | None,
-    offset: int | None,
-    limit: int | None,
-    order: str | None,
-) -> dict[str, str | int]:
+class JobFilters(TypedDict, total=False):
+    """OpenPAI's job list filters (None: no filter); ``order`` is ``field,ASC|DESC``, newest first by
+    default; a list of users, states or tags matches any of them."""
+
+    username: str | Iterable[str] | None
+    vc: str | None
+    state: str | Iterable[str] | None
+    keyword: str | None
+    tags: str | Iterable[str] | None
+    without_tags: str | Iterable[str] | None
+    offset: int | None
+    limit: int | None
+    order: str | None
+
+
+def _list_params(filters: JobFilters) -> dict[str, str | int]:
     return _params(
-        username=_csv(username),
-        vc=vc,
-        state=_csv(state),
-        keyword=keyword,
-        tagsContain=_csv(tags),
-        tagsNotContain=_csv(without_tags),
-        offset=offset,
-        limit=limit,
-        order=order,
+        username=_csv(filters.get("username")),
+        vc=filters.get("vc"),
+        state=_csv(filters.get("state")),
+        keyword=filters.get("keyword"),
+        tagsContain=_csv(filters.get("tags")),
+        tagsNotContain=_csv(filters.get("without_tags")),
+        offset=filters.get("offset"),
+        limit=filters.get("limit"),
+        order=filters.get("order"),
     )
 
 
-def list_jobs(
-    ctx: Context,
-    *,
-    username: str | Iterable[str] | None = None,
-    vc: str | None = None,
-    state: str | Iterable[str] | None = None,
-    keyword: str | None = None,
-    tags: str | Iterable[str] | None = None,
-    without_tags: str | Iterable[str] | None = None,
-    offset: int | None = None,
-    limit: int | None = None,
-    order: str | None = None,
-) -> Call[list[m.JobSummary]]:
-    """Job summaries with OpenPAI's filters; ``order`` is ``field,ASC|DESC`` (newest first by default)."""
-    params = _list_params(username, vc, state, keyword, tags, without_tags, offset, limit, order)
-    return Call("GET", "/api/v2/jobs", model_list(m.JobSummary), params=params)
+def list_jobs(ctx: Context, **filters: Unpack[JobFilters]) -> Call[list[m.JobSummary]]:
+    """Job summaries with OpenPAI's filters (``JobFilters``), newest first."""
+    return Call("GET", "/api/v2/jobs", model_list(m.JobSummary), params=_list_params(filters))
 
 
-def list_jobs_page(
-    ctx: Context,
-    *,
-    username: str | Iterable[str] | None = None,
-    vc: str | None = None,
-    state: str | Iterable[str] | None = None,
-    keyword: str | None = None,
-    tags: str | Iterable[str] | None = None,
-    without_tags: str | Iterable[str] | None = None,
-    offset: int | None = None,
-    limit: int | None = None,
-    order: str | None = None,
-) -> Call[m.JobPage]:
+def list_jobs_page(ctx: Context, **filters: Unpack[JobFilters]) -> Call[m.JobPage]:
     """Like ``list_jobs``, with the total count of jobs matching the filters."""
-    params = _list_params(username, vc, state, keyword, tags, without_tags, offset, limit, order)
-    return Call("GET", "/api/v2/jobs", model(m.JobPage), params={**params, "withTotalCount": "true"})
+    params = {**_list_params(filters), "withTotalCount": "true"}
+    return Call("GET", "/api/v2/jobs", model(m.JobPage), params=params)
 
 
 def get_job(ctx: Context, name: str) -> Call[m.JobDetail]:
