@@ -17,6 +17,7 @@ from pai_cli import (
     InvalidRequestError,
     NotFoundError,
     PaiClient,
+    PaiTimeoutError,
     RateLimitedError,
     RetryPolicy,
     UnauthorizedError,
@@ -88,6 +89,9 @@ def test_a_jobs_whole_life(client: PaiClient, ledger: JobLedger) -> None:
 def test_stream_and_stop(client: PaiClient, ledger: JobLedger) -> None:
     key = ledger.expect(client.submit_job(job_yaml(unique("sdk-stop"), "sleep 600")), "STOPPED")
     client.wait_for_job(key, states={"RUNNING"})
+    with pytest.raises(PaiTimeoutError) as waited:  # the stream is quiet: the deadline ends the wait
+        client.wait_for_job(key, timeout_s=1.0)
+    assert waited.value.state == "RUNNING"
     assert client.stop_job(key).status == 202
     events: list[StreamEvent] = list(client.stream_job(key))
     assert events[-1].event == "end" and events[-1].data == {"state": "STOPPED"}

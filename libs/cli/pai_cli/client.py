@@ -207,11 +207,12 @@ class PaiClient(ClientCore, Api, SyncRunner):
             raise PaiError("NoTaskLogError", f"task {role}[{index}] of job {key} has no {stream} log")
         return uri
 
-    def stream_job(self, name: str) -> Iterator[StreamEvent]:
-        """The job's Server-Sent Events (``job``, ``task``, ``end``) until it ends or the stream breaks."""
+    def stream_job(self, name: str, read_timeout_s: float = STREAM_READ_S) -> Iterator[StreamEvent]:
+        """The job's Server-Sent Events (``job``, ``task``, ``end``) until it ends or the stream breaks
+        (nothing, not even a keep-alive, for ``read_timeout_s``: ``PaiConnectionError``)."""
         call: Call[None] = Call("GET", routes.job_path(self.job_key(name)) + "/stream", lambda r: None)
         headers, where = self._prepare(call)
-        timeout = httpx.Timeout(30.0, read=STREAM_READ_S)
+        timeout = httpx.Timeout(30.0, read=read_timeout_s)
         try:
             with self._http.stream("GET", call.path, headers=headers, timeout=timeout) as response:
                 if not response.is_success:
@@ -265,8 +266,12 @@ class PaiClient(ClientCore, Api, SyncRunner):
             self._sleep(self.poll_interval_s)
 
     def _next_change(self, key: str, state: str, deadline: float | None) -> None:
-        """Read the job stream until the job's state differs from ``state`` (or the stream ends)."""
-        for event in self.stream_job(key):
+        """Read the job stream until the job's state differs from ``state`` (or the stream ends, or the
+        deadline passes)."""
+        remaining = (
+            STREAM_READ_S if deadline is None else max(0.1, min(STREAM_READ_S, deadline - self._clock()))
+        )
+        for event in self.stream_job(key, remaining):
             status = event.data.get("jobStatus") if event.event == "job" else None
             if event.event == "end" or (isinstance(status, dict) and status.get("state") != state):
                 return
