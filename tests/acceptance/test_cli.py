@@ -444,3 +444,20 @@ def test_sso_is_refused_where_the_platform_has_none(cli: Cli, pai: RunningPlatfo
     done = cli("login", "--url", pai.url, "--sso", ok=False)
     assert "offers no single sign-on" in done.stderr
     assert cli.json("whoami")["user"] == pai.admin_user
+
+
+def test_the_portals_sign_in_button_uses_single_sign_on(sso: tuple[RunningPlatform, OpenIdProvider]) -> None:
+    """The agreed interface end to end with the web portal's sign-in page (issue 13's other half): the
+    button, the provider, the code back to the portal, the portal's session."""
+    platform, op = sso
+    op.next_identity = {"sub": "s-paula", "preferred_username": "paula", "email": "paula@example.org"}
+    with httpx.Client(base_url=platform.url, follow_redirects=True, timeout=30) as browser:
+        page = browser.get("/login")
+        assert page.status_code == 200 and "Sign in with Test IdP" in page.text, page.text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert csrf is not None
+        home = browser.post("/login/sso", data={"csrf_token": csrf.group(1), "next": "/"})
+        assert home.status_code == 200, home.text
+        hops = [str(r.url) for r in home.history]
+        assert any(op.issuer in hop for hop in hops) and any("pai_login_code=" in hop for hop in hops)
+        assert "Signed in as paula" in home.text
