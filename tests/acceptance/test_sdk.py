@@ -217,6 +217,28 @@ def test_nodes(client: PaiClient) -> None:
     assert all(n.ready and n.schedulable for n in nodes)
 
 
+def test_marketplace(client: PaiClient) -> None:
+    name = unique("sdk-template")
+    made = client.create_template(name, job_yaml(name, "echo from a template"), description="d", tags=["sdk"])
+    try:
+        assert made.author and made.editable and made.protocol
+        listed = client.list_templates(keyword=name)
+        assert listed.total_count == 1 and listed.data[0].id == made.id and listed.data[0].protocol is None
+        assert client.star_template(made.id).star_count == 1
+        assert client.star_template(made.id, starred=False).star_count == 0
+        used = client.use_template(made.id)
+        assert used.use_count == 1 and used.protocol == made.protocol
+        assert (
+            client.update_template(made.id, description="d2", groups=["default"]).visibility["type"]
+            == "groups"
+        )
+        assert client.get_template(made.id).description == "d2"
+    finally:
+        client.delete_template(made.id)
+    with pytest.raises(NotFoundError):
+        client.get_template(made.id)
+
+
 def test_exit_spec(client: PaiClient) -> None:
     shipped = client.exit_spec(builtin=True)
     assert shipped.source == "builtin" and shipped.spec["spec"]

@@ -61,6 +61,14 @@ class Api:
     task_attempts = Endpoint(r.task_attempts)
     task_log_locations = Endpoint(r.task_log_locations)
     task_attempt_log = Endpoint(r.task_attempt_log)
+    # marketplace
+    list_templates = Endpoint(r.list_templates)
+    get_template = Endpoint(r.get_template)
+    create_template = Endpoint(r.create_template)
+    update_template = Endpoint(r.update_template)
+    delete_template = Endpoint(r.delete_template)
+    star_template = Endpoint(r.star_template)
+    use_template = Endpoint(r.use_template)
     # cluster
     virtual_clusters = Endpoint(r.virtual_clusters)
     virtual_cluster = Endpoint(r.virtual_cluster)

@@ -368,6 +368,29 @@ class Node(PaiModel):
         return ""
 
 
+class Template(PaiModel):
+    """A marketplace job template (``protocol`` is left out of the list)."""
+
+    id: str
+    name: str = ""
+    description: str = ""
+    tags: list[str] = []
+    author: str = ""
+    visibility: dict[str, Any] = {}
+    star_count: int = 0
+    starred: bool = False
+    use_count: int = 0
+    created_time: int | None = None
+    updated_time: int | None = None
+    editable: bool = False
+    protocol: str | None = None
+
+
+class TemplatePage(PaiModel):
+    total_count: int
+    data: list[Template]
+
+
 class ExitSpec(PaiModel):
     revision: int
     source: str

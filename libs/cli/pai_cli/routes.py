@@ -606,6 +606,86 @@ def task_attempt_log(
     return Call("GET", path, text, params=_params(tail_bytes=tail_bytes))
 
 
+# ---- marketplace ---------------------------------------------------------------------------------------
+
+TEMPLATES = "/api/v2/marketplace/templates"
+
+
+def list_templates(
+    ctx: Context,
+    *,
+    keyword: str | None = None,
+    tag: str | None = None,
+    author: str | None = None,
+    order: Literal["stars", "uses", "updated", "name"] | None = None,
+    offset: int | None = None,
+    limit: int | None = None,
+) -> Call[m.TemplatePage]:
+    """Marketplace templates you may see (without their protocol), most starred first."""
+    params = _params(keyword=keyword, tag=tag, author=author, order=order, offset=offset, limit=limit)
+    return Call("GET", TEMPLATES, model(m.TemplatePage), params=params)
+
+
+def get_template(ctx: Context, template_id: str) -> Call[m.Template]:
+    return Call("GET", f"{TEMPLATES}/{_segment(template_id)}", model(m.Template))
+
+
+def _template_body(
+    name: str | None,
+    protocol: str | None,
+    description: str | None,
+    tags: list[str] | None,
+    groups: list[str] | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "protocol": protocol, "description": description, "tags": tags}
+    if groups is not None:
+        body["visibility"] = {"type": "groups" if groups else "all", "groups": groups}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def create_template(
+    ctx: Context,
+    name: str,
+    protocol: str,
+    *,
+    description: str = "",
+    tags: list[str] | None = None,
+    groups: list[str] | None = None,
+) -> Call[m.Template]:
+    """Publish a job protocol (YAML) as a template; ``groups``: visible to those only (else to all)."""
+    body = _template_body(name, protocol, description, tags or [], groups)
+    return Call("POST", TEMPLATES, model(m.Template), json=body)
+
+
+def update_template(
+    ctx: Context,
+    template_id: str,
+    *,
+    name: str | None = None,
+    protocol: str | None = None,
+    description: str | None = None,
+    tags: list[str] | None = None,
+    groups: list[str] | None = None,
+) -> Call[m.Template]:
+    """Change the fields given (its author or an admin)."""
+    body = _template_body(name, protocol, description, tags, groups)
+    return Call("PUT", f"{TEMPLATES}/{_segment(template_id)}", model(m.Template), json=body)
+
+
+def delete_template(ctx: Context, template_id: str) -> Call[m.Message]:
+    return Call("DELETE", f"{TEMPLATES}/{_segment(template_id)}", message)
+
+
+def star_template(ctx: Context, template_id: str, starred: bool = True) -> Call[m.Template]:
+    method = "PUT" if starred else "DELETE"
+    return Call(method, f"{TEMPLATES}/{_segment(template_id)}/star", model(m.Template))
+
+
+def use_template(ctx: Context, template_id: str) -> Call[m.Template]:
+    """Count a use of the template and get it with its protocol (to submit it)."""
+    return Call("POST", f"{TEMPLATES}/{_segment(template_id)}/uses", model(m.Template))
+
+
 # ---- cluster -------------------------------------------------------------------------------------------
 
 
