@@ -198,8 +198,9 @@ def _detail_view(job: JobDetail) -> RenderableType:
 
 @app.command("get")
 @reports_errors
-def get_job(name: JobName, output: OutputOption = Format.table) -> None:
-    """Show a job: state, times, exit, and its tasks (-o json for the whole detail)."""
+def get_job(name: JobName, output: OutputOption = Format.json) -> None:
+    """A job's detail as the API answers it (JSON, as earlier versions printed it, for scripts);
+    -o table shows state, times, exit and its tasks."""
     with make_client() as client:
         job = client.get_job(name)
     emit(job, output, lambda: _detail_view(job))

@@ -4,7 +4,7 @@ without the job stream.
 ``httpx.MockTransport`` stands in for the server here only for what a running platform cannot be made to
 do on demand (a 503 with Retry-After, a log on another host, a stock OpenPAI without the stream); the
 SDK and the CLI against the real platform are tested in ``tests/acceptance/test_sdk.py`` and
-``test_cli.py``.
+``test_cli_surface.py``.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def test_submit_wait_list_get_and_the_output_formats(cli: Cli, ledger: JobLedger
     detail = cli.json("job", "get", name)
     with cli.pai.client() as client:
         assert detail == client.get(f"/api/v2/jobs/{key}").json()  # exactly what the API answers
-    shown = cli("job", "get", key).stdout
+    shown = cli("job", "get", key, "-o", "table").stdout
     assert "SUCCEEDED" in shown and "worker" in shown and "exit code 0" in shown
     assert cli("job", "logs", name).stdout == "out-line\n"
     assert cli("job", "logs", name, "--stderr").stdout == "err-line\n"
