@@ -144,11 +144,18 @@ def styled_state(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
 
 
-def format_time(epoch_ms: object) -> str:
-    # OpenPAI times are epoch milliseconds or null.
-    if not isinstance(epoch_ms, int | float) or isinstance(epoch_ms, bool) or epoch_ms <= 0:
+def format_time(value: object) -> str:
+    """OpenPAI's times, epoch milliseconds or ISO strings (events), in local time; "-" for none."""
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        when = datetime.fromtimestamp(value / 1000)
+    else:
         return "-"
-    return datetime.fromtimestamp(epoch_ms / 1000).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def joined(values: Iterable[object]) -> str:

@@ -190,7 +190,7 @@ def _detail_view(job: JobDetail) -> RenderableType:
             tasks.add_row(
                 *cells(role_name, task.task_index),
                 styled_state(task.task_state),
-                *cells(task.container_node_name, joined(task.container_gpus or [])),
+                *cells(task.container_node_name, joined(task.gpus)),
                 *cells(ports or "-", task.container_exit_code, task.retries),
             )
     return Group(head, Text(""), tasks)
@@ -352,7 +352,8 @@ def events(
     def table() -> RenderableType:
         rows = new_table("TIME", "TYPE", "REASON", "TASK", "MESSAGE")
         for event in found.data:
-            task = f"{event.taskrole_name}[{event.task_index}]" if event.taskrole_name else "-"
+            whole_job = not event.taskrole_name or event.task_index is None or event.task_index < 0
+            task = "-" if whole_job else f"{event.taskrole_name}[{event.task_index}]"
             rows.add_row(
                 *cells(format_time(event.last_timestamp), event.type, event.reason, task, event.message)
             )

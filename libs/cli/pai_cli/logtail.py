@@ -12,19 +12,25 @@ SIZE_HEADER = "x-pai-log-size"
 
 
 def overlap(before: str, after: str) -> int:
-    """The length of the longest end of ``before`` that ``after`` starts with (KMP, linear time)."""
+    """The length of the longest end of ``before`` that ``after`` starts with (KMP, linear time): ``after``
+    is the pattern, ``before`` the text, and the match state at the text's end is the answer."""
     if not before or not after:
         return 0
-    text = after + "\x00" + before
-    fail = [0] * len(text)
+    fail = [0] * len(after)
     k = 0
-    for i in range(1, len(text)):
-        while k and text[i] != text[k]:
+    for i in range(1, len(after)):
+        while k and after[i] != after[k]:
             k = fail[k - 1]
-        if text[i] == text[k]:
+        if after[i] == after[k]:
             k += 1
         fail[i] = k
-    return fail[-1]
+    k = 0
+    for char in before:
+        while k and (k == len(after) or char != after[k]):
+            k = fail[k - 1]
+        if k < len(after) and char == after[k]:
+            k += 1
+    return k
 
 
 class LogFollower:

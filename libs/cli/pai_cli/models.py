@@ -189,7 +189,8 @@ class TaskStatus(PaiModel):
     container_ip: str | None = None
     container_node_name: str | None = None
     container_ports: dict[str, Any] | None = None
-    container_gpus: list[int] | None = None
+    # OpenPAI's GPU bit mask (GPU i sets bit i); earlier versions of this platform sent the list.
+    container_gpus: int | list[int] | None = None
     container_log: str | None = None
     container_exit_code: int | None = None
     container_exit_spec: dict[str, Any] | None = None
@@ -201,6 +202,14 @@ class TaskStatus(PaiModel):
     completed_time: int | None = None
     attempt_id: int | None = None
     attempt_state: str | None = None
+
+    @property
+    def gpus(self) -> list[int]:
+        """The task's GPU indexes."""
+        value = self.container_gpus
+        if isinstance(value, int):
+            return [i for i in range(value.bit_length()) if value >> i & 1]
+        return list(value or [])
 
 
 class TaskRole(PaiModel):
@@ -273,9 +282,10 @@ class JobEvent(PaiModel):
     reason: str = ""
     message: str = ""
     taskrole_name: str | None = Field(default=None, alias="taskroleName")
+    # -1 for an event of the whole job; times are OpenPAI's ISO strings (epoch ms in earlier versions).
     task_index: int | None = None
-    first_timestamp: int | None = None
-    last_timestamp: int | None = None
+    first_timestamp: int | str | None = None
+    last_timestamp: int | str | None = None
     count: int = 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pai_cli.cli_common import format_time
 from pai_cli.follow import FollowState, pick_location
 from pai_cli.logtail import LogFollower, overlap
 from pai_cli.models import JobDetail, StreamEvent
@@ -84,3 +85,24 @@ def test_pick_location() -> None:
     listing = {"locations": [{"name": "stdout", "uri": "/a"}, {"name": "stderr", "uri": "/b"}]}
     assert pick_location(listing, "stderr") == "/b"
     assert pick_location(listing, "all") is None and pick_location(None, "stdout") is None
+
+
+def test_gpus_as_openpai_bit_mask_or_list() -> None:
+    assert detail_gpus(0b1011) == [0, 1, 3] and detail_gpus([2, 3]) == [2, 3] and detail_gpus(None) == []
+
+
+def detail_gpus(value: object) -> list[int]:
+    task = {"taskIndex": 0, "containerGpus": value}
+    job = JobDetail.model_validate({"name": "j", "taskRoles": {"w": {"taskStatuses": [task]}}})
+    return job.task_roles["w"].task_statuses[0].gpus
+
+
+def test_times_in_either_of_openpais_forms() -> None:
+    assert format_time("2026-01-02T03:04:05Z") == format_time(1767323045000) != "-"
+    assert format_time(None) == "-" and format_time("not a time") == "not a time"
+
+
+@given(st.text(alphabet="ab\x00", max_size=30), st.text(alphabet="ab\x00", max_size=30))
+def test_overlap_is_the_longest_end_that_starts_the_next(before: str, after: str) -> None:
+    longest = max(k for k in range(min(len(before), len(after)) + 1) if before.endswith(after[:k]))
+    assert overlap(before, after) == longest
