@@ -210,11 +210,18 @@ def test_storages(client: PaiClient, tmp_path: Path) -> None:
         client.storage(name)
 
 
-def test_nodes(client: PaiClient) -> None:
-    """OpenPAI's `GET /api/v2/kubernetes/nodes` (issue 12 adds it to the gateway)."""
+def test_kubernetes_views(client: PaiClient, ledger: JobLedger) -> None:
+    """OpenPAI's `GET /api/v2/kubernetes/nodes` and `/pods` (issue 12 adds them to the gateway)."""
     nodes = client.nodes()
     assert sorted(n.name for n in nodes) == ["node-0", "node-1"]
     assert all(n.ready and n.schedulable for n in nodes)
+    key = ledger.expect(client.submit_job(job_yaml(unique("sdk-pod"), "sleep 600")), "STOPPED")
+    try:
+        client.wait_for_job(key, states={"RUNNING"})
+        debug_id = client.get_job(key).debug_id
+        assert any(p.name.startswith(str(debug_id)) for p in client.pods())
+    finally:
+        client.stop_job(key)
 
 
 def test_marketplace(client: PaiClient) -> None:

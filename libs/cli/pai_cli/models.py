@@ -401,6 +401,18 @@ class TemplatePage(PaiModel):
     data: list[Template]
 
 
+class Pod(PaiModel):
+    """A task of ``GET /api/v2/kubernetes/pods`` (a Kubernetes ``Pod``, as OpenPAI answers)."""
+
+    metadata: dict[str, Any] = {}
+    spec: dict[str, Any] = {}
+    status: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+
 class ExitSpec(PaiModel):
     revision: int
     source: str

@@ -730,6 +730,12 @@ def nodes(ctx: Context) -> Call[list[m.Node]]:
     return Call("GET", "/api/v2/kubernetes/nodes", model_list(m.Node, "items"))
 
 
+def pods(ctx: Context, namespace: str | None = None) -> Call[list[m.Pod]]:
+    """(admin) Every task of every unfinished job, as OpenPAI answers them (Kubernetes ``Pod`` objects)."""
+    params = _params(namespace=namespace)
+    return Call("GET", "/api/v2/kubernetes/pods", model_list(m.Pod, "items"), params=params)
+
+
 def exit_spec(ctx: Context, builtin: bool = False) -> Call[m.ExitSpec]:
     """(admin) The exit spec in effect, or the one shipped."""
     return Call(
