@@ -8,6 +8,7 @@ the gateway, and keeps the gateway's cookies, as a browser does.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -269,6 +270,18 @@ async def test_a_sign_in_begun_on_one_replica_finishes_on_another(
         landed, _ = await sign_in(cluster, begin_on=0, finish_on=1)
         answer = await exchange(cluster.gateways[0], landed.params["pai_login_code"])
         assert answer.status_code == 200 and answer.json()["user"] == "erin"
+
+
+async def test_two_first_sign_ins_at_once_make_one_user(cluster: Cluster, op: OpenIdProvider) -> None:
+    op.next_identity = {"sub": "sub-twin", "preferred_username": "twin"}
+    # Two browsers (each gateway client keeps its own cookies), both back at the same moment.
+    returns = [await at_provider(await start(gw)) for gw in cluster.gateways]
+    landed = await asyncio.gather(*(back(gw, url) for gw, url in zip(cluster.gateways, returns, strict=True)))
+    for gw, one in zip(cluster.gateways, landed, strict=True):
+        answer = await exchange(gw, one.params["pai_login_code"])
+        assert answer.status_code == 200 and answer.json()["user"] == "twin", answer.text
+    users = (await cluster.gw.get("/api/v2/users", headers=cluster.admin)).json()
+    assert [u["username"] for u in users].count("twin") == 1
 
 
 async def test_provider_key_rotation_needs_nothing_from_the_platform(

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from pymongo.errors import DuplicateKeyError
+
 from pai_auth import audit
 from pai_auth.directory import USERS, Directory
 from pai_auth.oidc import idtoken, mapping, onetime
@@ -247,7 +249,11 @@ class OidcLogin:
                 changed["grouplist"] = grouplist
             await audit.record(tx, username, "user.updated", username, changed)
 
-        await self.app.transact(work)
+        try:
+            await self.app.transact(work)
+        except DuplicateKeyError:
+            # The same new user's first sign-in, twice at once: the other one created it; update it now.
+            await self.app.transact(work)
         return signed_in[-1]
 
     # ---- the one-time code becomes a token -----------------------------------------------------------
