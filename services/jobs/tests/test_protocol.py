@@ -355,6 +355,7 @@ ACCEPTED_AS_OPENPAI_DOES: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("data prerequisite without a name", lambda d: d["prerequisites"].append({"type": "data", "uri": ["x"]})),
     ("empty script uri", lambda d: d["prerequisites"][1].update(uri="")),
     ("empty commands", lambda d: _role(d, "ps").update(commands=[])),
+    ("deployment without a name (never chosen)", lambda d: d["deployments"][1].pop("name")),
     ("integral float", lambda d: _role(d).update(instances=2.0, taskRetryCount=1.0)),
     ("defaults with other fields", lambda d: d["defaults"].update(note="x")),
     ("empty virtual cluster (the default)", lambda d: d["defaults"].update(virtualCluster="")),
@@ -673,7 +674,6 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "prerequisites.4.name",
     ),
     ("deployments a mapping", lambda d: d.update(deployments={}), "deployments"),
-    ("deployment without name", lambda d: d["deployments"][1].pop("name"), "deployments.1.name"),
     ("duplicate deployment", lambda d: d["deployments"][1].update(name="prod"), "deployments.1.name"),
     (
         "deployment for an unknown role",
