@@ -24,6 +24,7 @@ from pai_gateway import (
     routes_users,
 )
 from pai_gateway.identity import IdentityResolver
+from pai_gateway.paths import OpenPaiPaths
 from pai_gateway.settings import GatewaySettings
 
 
@@ -73,4 +74,6 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    # Outermost: routing sees the canonical path whatever address the client used.
+    app.add_middleware(OpenPaiPaths)
     return app

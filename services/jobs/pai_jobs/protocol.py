@@ -264,7 +264,9 @@ def _check_plain_json(value: object, path: str, problems: _Problems) -> None:
                 problems.add(_join(path, str(key)), f"mapping keys must be strings, got {_kind(key)}")
                 continue
             if "\x00" in key or not _is_unicode(key):
-                problems.add(_join(path, repr(key)[1:-1]), "a key must be Unicode text without NUL characters")
+                problems.add(
+                    _join(path, repr(key)[1:-1]), "a key must be Unicode text without NUL characters"
+                )
                 continue
             _check_plain_json(item, _join(path, key), problems)
     elif isinstance(value, list):
@@ -463,7 +465,9 @@ def _check_prerequisites(
             problems.add(_join(path, "name"), "must match ^[a-zA-Z0-9_-]+$")
             name = None
         elif name is not None and len(name) > _MAX_NAME_LENGTH:
-            problems.add(_join(path, "name"), f"must be at most {_MAX_NAME_LENGTH} characters, got {len(name)}")
+            problems.add(
+                _join(path, "name"), f"must be at most {_MAX_NAME_LENGTH} characters, got {len(name)}"
+            )
             name = None
         if kind == "dockerimage":
             _get_str(problems, item, "uri", path, required=True, allow_empty=True)

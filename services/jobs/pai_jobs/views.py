@@ -594,3 +594,44 @@ def task_attempts(
             _task_attempt(spec.job_key, job_attempt_id, task_role, index, record, hived) for record in records
         ],
     }
+
+
+# ---- live tasks (OpenPAI's pod list) ------------------------------------------------------------------
+
+
+def live_task_records(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One record per task of a job that has not finished: every instance of every role, where it runs
+    (nothing yet for a task waiting to be placed) and its FrameworkController state."""
+    spec = JobSpec.model_validate(doc["spec"])
+    snapshot = _current_snapshot(doc)
+    tasks = {(task.task_role, task.index): task for task in snapshot.tasks}
+    out: list[dict[str, Any]] = []
+    for role in spec.task_roles:
+        for index in range(role.instances):
+            task = tasks.get((role.name, index))
+            out.append(
+                {
+                    "job_key": spec.job_key,
+                    "user": spec.user,
+                    "job_name": spec.name,
+                    "virtual_cluster": spec.virtual_cluster,
+                    "debug_id": debug_id(spec.job_key),
+                    "job_attempt_id": snapshot.attempt_id,
+                    "task_role": role.name,
+                    "index": index,
+                    "task_uid": _md5(f"{spec.job_key}/{role.name}/{index}"),
+                    "state": task.state if task else "TaskAttemptCreationPending",
+                    "attempt_id": task.attempt_id if task else 0,
+                    "node": task.node if task else None,
+                    "host_ip": task.host_ip if task else None,
+                    "gpus": list(task.gpus) if task else [],
+                    "gpu": role.gpu,
+                    "cpu": role.cpu,
+                    "memory_mb": role.memory_mb,
+                    "image": role.image,
+                    "created_at": task.created_at if task else None,
+                    "launched_at": task.launched_at if task else None,
+                    "exit_code": task.exit_code if task else None,
+                }
+            )
+    return out
