@@ -412,7 +412,8 @@ def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | No
     lazy_now = bool(lazy) and lazy.get("attempt_id") == job_attempt_id
     hived = {
         "affinityGroupName": spec.job_key,
-        "lazyPreempted": lazy_now,
+        # OpenPAI types both as objects (HiveD's annotations), null when the gang is not lazily preempted.
+        "lazyPreempted": {"preemptor": lazy.get("preemptor")} if lazy_now else None,
         "lazyPreemptionStatus": {"preemptor": lazy.get("preemptor")} if lazy_now else None,
     }
     return {
@@ -576,7 +577,7 @@ def task_attempts(
             task.model_dump(include=set(TaskAttemptRecord.model_fields))
         )
         records = [current, *sorted(task.history, key=lambda r: r.attempt_id, reverse=True)]
-    hived = {"affinityGroupName": spec.job_key, "lazyPreempted": False, "lazyPreemptionStatus": None}
+    hived = {"affinityGroupName": spec.job_key, "lazyPreempted": None, "lazyPreemptionStatus": None}
     return {
         "username": spec.user,
         "jobName": spec.name,

@@ -405,7 +405,10 @@ def test_event_view_has_openpai_fields() -> None:
         "sourceHost",
     }
     assert (view["type"], view["reason"], view["count"]) == ("Warning", "AttemptCompleted", 1)
-    assert view["firstTimestamp"] == T0
+    # OpenPAI's types: Kubernetes event times as text; an event of the whole job names no pod or task.
+    assert view["firstTimestamp"] == view["lastTimestamp"] == "2023-11-14T22:13:20.000Z"
+    assert (view["podUid"], view["taskroleName"], view["taskName"], view["taskIndex"]) == ("", "", "", -1)
+    assert job_events.iso_time(T0 + 250) == "2023-11-14T22:13:20.250Z"
 
 
 def test_event_types() -> None:

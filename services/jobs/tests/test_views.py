@@ -471,8 +471,8 @@ def test_lazily_preempted_tasks_say_so_for_the_current_attempt_only() -> None:
     task = job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]
     assert task["hived"] == {
         "affinityGroupName": JOB_KEY,
-        "lazyPreempted": True,
+        "lazyPreempted": {"preemptor": "bob~urgent#0"},
         "lazyPreemptionStatus": {"preemptor": "bob~urgent#0"},
     }
     doc["downgraded"] = {"attempt_id": attempt - 1, "preemptor": "bob~urgent#0"}
-    assert job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]["hived"]["lazyPreempted"] is False
+    assert job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]["hived"]["lazyPreempted"] is None
