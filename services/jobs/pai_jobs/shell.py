@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
@@ -54,6 +55,7 @@ from pai_common.contract.rpc import (
     VirtualClustersReply,
 )
 from pai_common.contract.states import public_state
+from pai_common.database import is_transient
 from pai_common.envelope import Envelope
 from pai_common.errors import (
     ConflictJobError,
@@ -92,6 +94,9 @@ COUNTS = "job_counts"
 COUNTERS = "counters"
 SEQ_COUNTER = "job_seq"
 
+# How long a submission's write is tried again while it conflicts with other writes. The gateway waits
+# for the answer longer than a submission's turn (its submit_wait_s) plus this.
+STORE_PATIENCE_S = 30.0
 # Jobs whose tasks may still exist (OpenPAI's pod list shows them).
 LIVE_STATES = ("WAITING", "RUNNING", "STOPPING")
 # What building a list entry reads of a job document: never the tasks, the attempts or the config.
@@ -297,17 +302,41 @@ class JobsService:
             )
         started = time.monotonic()
         try:
-            await self.app.transact(store)
+            await self._store(store, started + STORE_PATIENCE_S)
         except DuplicateKeyError:
             if await self._already_submitted(spec.job_key, digest):
                 return SubmitJobReply(job_key=spec.job_key)
             # Names are never reused, even after the first job finished (as OpenPAI does).
             raise ConflictJobError(f"Job {spec.job_key} already exists.") from None
+        except PyMongoError as exc:
+            # Conflicts kept aborting the write. Aborted means not stored, unless the last commit's outcome
+            # was lost on the way back: the stored job tells.
+            if is_transient(exc) and await self._already_submitted(spec.job_key, digest):
+                return SubmitJobReply(job_key=spec.job_key)
+            wait = self.admission.retry_after_s()
+            raise TooManyRequestsError(
+                f"The jobs service is busy: job {spec.job_key} was not created; retry in {wait} s.", wait
+            ) from exc
         finally:
             self._turns.release()
             self.admission.record_write(time.monotonic() - started)
         log.info("job submitted", extra={"job_key": spec.job_key, "vc": spec.virtual_cluster})
         return SubmitJobReply(job_key=spec.job_key)
+
+    async def _store(self, store: Callable[[HandlerContext], Awaitable[None]], give_up_at: float) -> None:
+        """The submission's transaction, run again while it conflicts with the service's event handlers
+        (they update the same counters), until `give_up_at`. Safe to repeat: a job stored by an attempt
+        whose answer was lost makes the next one fail with DuplicateKeyError."""
+        pause = 0.05
+        while True:
+            try:
+                await self.app.transact(store)
+                return
+            except PyMongoError as exc:
+                if not is_transient(exc) or time.monotonic() + pause > give_up_at:
+                    raise
+            await asyncio.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 1.0)
 
     async def _already_submitted(self, job_key: str, digest: str) -> bool:
         """Whether the job is stored, submitted with this very content; ConflictJobError if it is stored

@@ -198,7 +198,7 @@ async def test_submission_queries_mutations_and_secrets(
         with pytest.raises(ForbiddenUserError, match="research"):
             await client.request(submit("elsewhere", vc="research"), SubmitJobReply)
         # OpenPAI's answer for a VC nobody has, before any access check.
-        with pytest.raises(NoVirtualClusterError, match="Virtual cluster nowhere is not found.") as caught:
+        with pytest.raises(NoVirtualClusterError, match=r"Virtual cluster nowhere is not found\.") as caught:
             await client.request(submit("lost", vc="nowhere"), SubmitJobReply)
         assert caught.value.status == 404
         with pytest.raises(InvalidProtocolError, match="taskRoles"):
