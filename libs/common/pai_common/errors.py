@@ -75,6 +75,13 @@ class NoVirtualClusterError(PaiError):
     code = "NoVirtualClusterError"
 
 
+class NoTemplateError(PaiError):
+    """A marketplace template that does not exist, or that the caller may not see (the same answer)."""
+
+    status = 404
+    code = "NoTemplateError"
+
+
 class ConflictJobError(PaiError):
     status = 409
     code = "ConflictJobError"
@@ -111,6 +118,19 @@ class ConflictGroupError(PaiError):
 class NoGroupError(PaiError):
     status = 400
     code = "NoGroupError"
+
+
+class NoStorageError(PaiError):
+    status = 404
+    code = "NoStorageError"
+
+
+class ConflictStorageError(PaiError):
+    """Not in OpenPAI's list (it has no storage routes that write): a storage that exists already, or one
+    that jobs still mount."""
+
+    status = 409
+    code = "ConflictStorageError"
 
 
 class RemoveAdminError(PaiError):
@@ -154,12 +174,15 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoTaskLogError,
         NoApiError,
         NoVirtualClusterError,
+        NoTemplateError,
         ConflictJobError,
         NoTagError,
         TooManyRequestsError,
         ConflictUserError,
         ConflictGroupError,
         NoGroupError,
+        NoStorageError,
+        ConflictStorageError,
         RemoveAdminError,
         PayloadTooLargeError,
         ServiceUnavailableError,

@@ -1,5 +1,5 @@
-"""Where OpenPAI's clients address the API: under `/rest-server` (OpenPAI's reverse proxy), and with or
-without a trailing slash (its swagger writes some paths with one, `/users/{user}/group/`).
+"""Where OpenPAI's clients address the API: under `/rest-server/api/...` (OpenPAI's reverse proxy), and
+with or without a trailing slash (its swagger writes some paths with one, `/users/{user}/group/`).
 
 An ASGI middleware rewrites the path before routing, so every route answers at all of these addresses.
 """
@@ -11,14 +11,16 @@ from typing import Final
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PREFIX: Final = "/rest-server"
+API: Final = "/api/"
 
 
 def canonical_path(path: str) -> str:
-    """The path the routes are registered under: no `/rest-server` prefix, no trailing slash."""
-    if path == PREFIX or path.startswith(PREFIX + "/"):
-        path = path[len(PREFIX) :] or "/"
-    if len(path) > 1 and path.endswith("/"):
-        path = path.rstrip("/") or "/"
+    """The path an API route is registered under: no `/rest-server` prefix, no trailing slash. Other
+    paths (the web portal's) are left as they are."""
+    if path.startswith(PREFIX + API) or path == PREFIX + API.rstrip("/"):
+        path = path[len(PREFIX) :]
+    if path.startswith(API) and path.endswith("/"):
+        path = path.rstrip("/")
     return path
 
 

@@ -1,4 +1,5 @@
-"""Virtual clusters, SKU types, storages, and OpenPAI's Kubernetes views of nodes and pods."""
+"""Virtual clusters and SKU types, and OpenPAI's Kubernetes views of nodes and pods (storages:
+``routes_storages``)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ from fastapi import APIRouter, Request
 from pai_common.contract.rpc import (
     ListLiveTasksRequest,
     ListNodesRequest,
-    ListStoragesRequest,
     ListVirtualClustersRequest,
     LiveTasksReply,
     NodesReply,
     SkuTypesReply,
     SkuTypesRequest,
-    StorageListReply,
     VirtualClustersReply,
 )
 from pai_common.errors import ForbiddenUserError, InvalidParametersError, NoVirtualClusterError
@@ -81,9 +80,3 @@ async def kubernetes_pods(request: Request, user: User, namespace: str | None = 
     if not user.admin:
         raise ForbiddenUserError(NON_ADMIN)
     return k8s_views.pod_list((await rpc(request, ListLiveTasksRequest(), LiveTasksReply)).tasks, namespace)
-
-
-@router.get("/api/v2/storages")
-async def storages(request: Request, user: User) -> dict[str, Any]:
-    req = ListStoragesRequest(username=user.username, admin=user.admin)
-    return {"storages": (await rpc(request, req, StorageListReply)).storages}

@@ -48,6 +48,8 @@ from pai_common.contract.rpc import (
     ListLiveTasksRequest,
     ListVirtualClustersRequest,
     LiveTasksReply,
+    ResolveStoragesReply,
+    ResolveStoragesRequest,
     SubmitJobReply,
     SubmitJobRequest,
     TaskAttemptsReply,
@@ -65,7 +67,7 @@ from pai_common.errors import (
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan
+from pai_jobs import job_events, list_plan, storages
 from pai_jobs.admission import Admission, Turns
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
@@ -279,6 +281,19 @@ class JobsService:
             raise ForbiddenUserError(
                 f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
             )
+        # Storages are checked before the job exists: one the user may not use, or that does not exist,
+        # refuses the submission (403 / 404 naming it) instead of failing the job at launch.
+        resolved = await self.app.bus.request(
+            ResolveStoragesRequest(
+                username=req.username,
+                admin=req.admin,
+                requests=storages.requested(parsed.raw),
+                referenced=storages.referenced(parsed.raw),
+                job_key=spec.job_key,
+            ),
+            ResolveStoragesReply,
+        )
+        spec = storages.with_mounts(spec, resolved.mounts)
         doc = new_job_document(spec.model_dump(mode="json"), parsed.masked, digest)
 
         async def store(tx: HandlerContext) -> None:

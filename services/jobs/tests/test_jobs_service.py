@@ -37,6 +37,7 @@ from pai_common.contract.rpc import (
     JobSecretsRequest,
     JobTagRequest,
     ListJobsRequest,
+    ResolveStoragesRequest,
     SubmitJobReply,
     SubmitJobRequest,
     TaskAttemptsReply,
@@ -56,6 +57,7 @@ from pai_common.errors import (
 )
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
+from pai_common.testing import no_storages
 from pai_jobs.protocol import parse_job
 from pai_jobs.shell import JOBS, JobsService, new_job_document
 
@@ -103,6 +105,7 @@ def jobs_app(nats: ServerProcess, mongo: ServerProcess, db: str, data: Path) -> 
     app = ServiceApp("jobs", settings)
     # The VCs the scheduler would name (it owns them; the platform tests ask the real one).
     JobsService(app, virtual_clusters=known_vcs)
+    app.rpc({ResolveStoragesRequest: no_storages})
     app.name = db  # a database of this test's own; the bus subjects stay the jobs service's
     return app
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pai_common.contract.base import RpcReply, RpcRequest
+from pai_common.contract.types import NodeName, StorageMount
 
 # ---- auth -------------------------------------------------------------------------------------------
 
@@ -370,7 +371,7 @@ class JobSecretsRequest(RpcRequest):
     REPLY = JobSecretsReply
 
     job_key: str
-    node: str
+    node: NodeName
 
 
 class JobConfigReply(RpcReply):
@@ -484,18 +485,119 @@ class ListLiveTasksRequest(RpcRequest):
 # ---- storage ----------------------------------------------------------------------------------------
 
 
+STORAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
 class StorageListReply(RpcReply):
+    # OpenPAI's shape: [{name, share, volumeName, default}].
     storages: list[dict[str, Any]]
 
 
 class ListStoragesRequest(RpcRequest):
     SERVICE = "storage"
     ENDPOINT = "list"
-    DESCRIPTION = "The storages a user's groups may mount."
+    DESCRIPTION = "The storages a user's groups grant (acls.storageConfigs; every storage for an admin)."
     REPLY = StorageListReply
 
     username: str
     admin: bool = False
+    # Only the default storages (OpenPAI's ?default=true).
+    default_only: bool = False
+
+
+class StorageReply(RpcReply):
+    # OpenPAI's shape: {name, share, volumeName, type, data, readOnly, secretName?, mountOptions?} plus
+    # `default`; never a credential.
+    storage: dict[str, Any]
+
+
+class GetStorageRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "get"
+    DESCRIPTION = "One storage, to a user it is granted to (ForbiddenUserError) that exists (NoStorageError)."
+    REPLY = StorageReply
+
+    name: str = Field(min_length=1, max_length=256)
+    username: str
+    admin: bool = False
+
+
+class StorageMessageReply(RpcReply):
+    message: str
+
+
+class PutStorageRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "put"
+    DESCRIPTION = (
+        "An admin defines a storage (create: ConflictStorageError if it exists) or replaces one (update:"
+        " NoStorageError if it does not). `body` is {name, type, share, default, readOnly?, mountOptions?,"
+        " data}; every wrong field is named (InvalidParametersError). Credentials in `data` are kept apart"
+        " and never shown."
+    )
+    REPLY = StorageMessageReply
+
+    mode: Literal["create", "update"]
+    # The name in the route (update); create takes it from the body.
+    name: str | None = Field(default=None, max_length=256)
+    body: dict[str, Any]
+    actor: str
+    admin: bool = False
+
+
+class DeleteStorageRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "delete"
+    DESCRIPTION = (
+        "An admin deletes a storage; ConflictStorageError while unfinished jobs mount it, NoStorageError if"
+        " absent."
+    )
+    REPLY = StorageMessageReply
+
+    name: str = Field(min_length=1, max_length=256)
+    actor: str
+    admin: bool = False
+
+
+class ResolveStoragesReply(RpcReply):
+    mounts: list[StorageMount]
+
+
+class ResolveStoragesRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "resolve"
+    DESCRIPTION = (
+        "At submission: the storages a job names ([{name, mountPath?}]; None: the user's default storages)"
+        " as mounts; NoStorageError or ForbiddenUserError naming the first one that does not exist or is not"
+        " granted, InvalidParametersError for a bad or repeated mount path."
+    )
+    REPLY = ResolveStoragesReply
+
+    username: str
+    admin: bool = False
+    requests: list[dict[str, Any]] | None = None
+    # Storages the job's data/output prerequisites point into (storage://<name>/...): mounted at
+    # /mnt/<name> too unless named above.
+    referenced: list[str] = Field(default_factory=list)
+    # The job being submitted: its storages count as in use (DeleteStorageRequest) from this moment.
+    job_key: str | None = None
+
+
+class StorageCredentialsReply(RpcReply):
+    values: dict[str, str]
+
+
+class StorageCredentialsRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "credentials"
+    DESCRIPTION = (
+        "A storage's credentials, for the runtime agent that mounts it for a task (and no one else):"
+        " credentials never travel in events, commands or API responses."
+    )
+    REPLY = StorageCredentialsReply
+
+    storage: str
+    node: NodeName
 
 
 # ---- scheduler --------------------------------------------------------------------------------------
@@ -603,6 +705,108 @@ class TaskLogRequest(RpcRequest):
     tail_bytes: int = Field(default=65536, ge=1, le=16 * 1024 * 1024)
 
 
+# ---- marketplace ------------------------------------------------------------------------------------
+
+TEMPLATE_ID = r"^[a-z0-9][a-z0-9-]{0,79}$"
+TEMPLATE_ORDERS = Literal["stars", "uses", "updated", "name"]
+
+
+class MarketplaceCaller(RpcRequest):
+    """Who asks: visibility and the right to edit follow from the user, their groups and admin rights."""
+
+    SERVICE = "marketplace"
+    ENDPOINT = ""
+    username: str = Field(min_length=1, max_length=64)
+    admin: bool = False
+
+
+class TemplateReply(RpcReply):
+    # {id, name, description, tags, protocol, author, visibility: {type, groups}, starCount, starred,
+    #  useCount, createdTime, updatedTime}
+    template: dict[str, Any]
+
+
+class TemplateListReply(RpcReply):
+    # Summaries: the template shape without `protocol`.
+    templates: list[dict[str, Any]]
+    total: int
+
+
+class TemplateMessageReply(RpcReply):
+    message: str
+
+
+class ListTemplatesRequest(MarketplaceCaller):
+    ENDPOINT = "list"
+    DESCRIPTION = "The templates the caller may see, searched (keyword, tag, author), ordered and paged."
+    REPLY = TemplateListReply
+
+    keyword: str = Field(default="", max_length=256)
+    tag: str = Field(default="", max_length=64)
+    author: str = Field(default="", max_length=64)
+    order: TEMPLATE_ORDERS = "stars"
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class GetTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "get"
+    DESCRIPTION = "One template with its protocol, if the caller may see it (otherwise NoTemplateError)."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+
+
+class TemplateFields(MarketplaceCaller):
+    """The fields a template is made of; None leaves a field as it is on update."""
+
+    name: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=8192)
+    tags: list[str] | None = Field(default=None, max_length=32)
+    protocol: str | None = Field(default=None, max_length=256 * 1024)
+    visibility: Literal["all", "groups"] | None = None
+    groups: list[str] | None = Field(default=None, max_length=64)
+
+
+class CreateTemplateRequest(TemplateFields):
+    ENDPOINT = "create"
+    DESCRIPTION = "Publish a template; the caller is its author. Fields are checked as on update."
+    REPLY = TemplateReply
+
+
+class UpdateTemplateRequest(TemplateFields):
+    ENDPOINT = "update"
+    DESCRIPTION = "Change a template (its author or an admin)."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+
+
+class DeleteTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "delete"
+    DESCRIPTION = "Delete a template (its author or an admin)."
+    REPLY = TemplateMessageReply
+
+    id: str = Field(max_length=80)
+
+
+class StarTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "star"
+    DESCRIPTION = "Star (or unstar) a template the caller may see; each user stars a template once."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+    starred: bool = True
+
+
+class UseTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "use"
+    DESCRIPTION = "Count one use of a template the caller may see (the portal's Use opens Submit with it)."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+
+
 ALL_RPCS: tuple[type[RpcRequest], ...] = (
     LoginRequest,
     VerifyTokenRequest,
@@ -634,10 +838,22 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     TaskAttemptsRequest,
     ListLiveTasksRequest,
     ListStoragesRequest,
+    GetStorageRequest,
+    PutStorageRequest,
+    DeleteStorageRequest,
+    ResolveStoragesRequest,
+    StorageCredentialsRequest,
     ListVirtualClustersRequest,
     SkuTypesRequest,
     ListNodesRequest,
     TaskLogRequest,
     GetExitSpecRequest,
     PutExitSpecRequest,
+    ListTemplatesRequest,
+    GetTemplateRequest,
+    CreateTemplateRequest,
+    UpdateTemplateRequest,
+    DeleteTemplateRequest,
+    StarTemplateRequest,
+    UseTemplateRequest,
 )
