@@ -64,6 +64,7 @@ from pai_common.errors import (
     ForbiddenUserError,
     NoJobError,
     NoTagError,
+    ServiceUnavailableError,
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
@@ -276,23 +277,31 @@ class JobsService:
         digest = content_digest(parsed.raw)
         if await self._already_submitted(spec.job_key, digest):
             return SubmitJobReply(job_key=spec.job_key)
-        await self.vcs.check(spec.virtual_cluster)
-        if not req.admin and spec.virtual_cluster not in req.virtual_clusters:
-            raise ForbiddenUserError(
-                f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
+        try:
+            await self.vcs.check(spec.virtual_cluster)
+            if not req.admin and spec.virtual_cluster not in req.virtual_clusters:
+                raise ForbiddenUserError(
+                    f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
+                )
+            # Storages are checked before the job exists: one the user may not use, or that does not
+            # exist, refuses the submission (403 / 404 naming it) instead of failing the job at launch.
+            resolved = await self.app.bus.request(
+                ResolveStoragesRequest(
+                    username=req.username,
+                    admin=req.admin,
+                    requests=storages.requested(parsed.raw),
+                    referenced=storages.referenced(parsed.raw),
+                    job_key=spec.job_key,
+                ),
+                ResolveStoragesReply,
             )
-        # Storages are checked before the job exists: one the user may not use, or that does not exist,
-        # refuses the submission (403 / 404 naming it) instead of failing the job at launch.
-        resolved = await self.app.bus.request(
-            ResolveStoragesRequest(
-                username=req.username,
-                admin=req.admin,
-                requests=storages.requested(parsed.raw),
-                referenced=storages.referenced(parsed.raw),
-                job_key=spec.job_key,
-            ),
-            ResolveStoragesReply,
-        )
+        except ServiceUnavailableError as exc:
+            # The scheduler or the storage service did not answer: busy, like this service when its queue
+            # is full, and nothing has been done.
+            wait = max(self.admission.retry_after_s(), 1)
+            raise TooManyRequestsError(
+                f"Job {spec.job_key} was not created: {exc.message}; retry in {wait} s.", wait
+            ) from exc
         spec = storages.with_mounts(spec, resolved.mounts)
         doc = new_job_document(spec.model_dump(mode="json"), parsed.masked, digest)
 
