@@ -386,7 +386,12 @@ def test_a_job_life_through_the_prefix(pai: RunningPlatform, admin: httpx.Client
 
     assert admin.put(f"/api/v2/jobs/{key}/tag", json={"value": "compat"}).status_code == 200
     assert admin.request("DELETE", f"/api/v2/jobs/{key}/tag", json={"value": "compat"}).status_code == 200
-    refused(admin.request("DELETE", f"/api/v2/jobs/{key}/tag", json={"value": "compat"}), 404, "NoTagError")
+    refused(
+        admin.request("DELETE", f"/api/v2/jobs/{key}/tag", json={"value": "compat"}),
+        404,
+        "NoTagError",
+        f"Tag compat is not found for job {key} .",
+    )
     events = admin.get(f"/api/v2/jobs/{key}/events")
     assert events.status_code == 200 and events.json()["totalCount"] >= 1
     tasks = admin.get(f"/api/v2/jobs/{key}/attempts/0/taskRoles/worker/taskIndex/0/attempts")

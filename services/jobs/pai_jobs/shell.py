@@ -532,7 +532,8 @@ class JobsService:
                     {"_id": req.job_key, "tags": req.tag}, {"$pull": {"tags": req.tag}}, session=tx.session
                 )
                 if result.modified_count == 0:
-                    raise NoTagError(f"Tag {req.tag} is not found in job {req.job_key}.")
+                    # OpenPAI's words, its space before the period included.
+                    raise NoTagError(f"Tag {req.tag} is not found for job {req.job_key} .")
             else:
                 await jobs.update_one(
                     {"_id": req.job_key}, {"$addToSet": {"tags": req.tag}}, session=tx.session
