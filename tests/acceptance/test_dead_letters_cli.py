@@ -37,7 +37,7 @@ def test_an_admin_lists_shows_and_replays_dead_letters_with_the_cli(pai: Running
     mine: list[dict[str, object]] = []
     while not mine:
         assert time.monotonic() < deadline, "the malformed message was never dead-lettered"
-        listed = pai.cli("admin", "dlq", "list", "--json", "--limit", "1000", check=True)
+        listed = pai.cli("admin", "dlq", "list", "-o", "json", "--limit", "1000", check=True)
         mine = [d for d in json.loads(listed.stdout)["data"] if d["id"] == marker]
         time.sleep(0.5)
     letter = mine[0]

@@ -198,6 +198,8 @@ class Platform:
             if name == "portal":
                 env["PAI_PORTAL_PORT"] = str(portal_port)
                 env["PAI_PORTAL_API_URL"] = self.url
+                # A client of the REST API only: no bus user, no database.
+                del env["PAI_NATS_URL"], env["PAI_MONGO_URL"]
             self.children[name] = Child(name, f"pai_{name}", env, logs / f"{name}.log")
         for node in self.node_names:
             env = {

@@ -51,7 +51,7 @@ PLATFORM_SERVICES = (
 # names a request that is not here, so the table cannot fall behind the code.
 RPC_CALLS: dict[str, tuple[str, ...]] = {
     "gateway": (">",),  # the API: it asks every service
-    "jobs": ("storage.>",),
+    "jobs": ("scheduler.>", "storage.>"),
     "storage": ("auth.>",),
     "marketplace": ("auth.>",),
     "runtime": ("jobs.secrets", "storage.credentials"),

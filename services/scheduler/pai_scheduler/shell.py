@@ -35,7 +35,9 @@ from pai_common.contract.events import (
     SchedulingRequested,
 )
 from pai_common.contract.rpc import (
+    ListNodesRequest,
     ListVirtualClustersRequest,
+    NodesReply,
     SkuTypesReply,
     SkuTypesRequest,
     VirtualClustersReply,
@@ -60,6 +62,7 @@ from pai_scheduler.hived.decisions import (
 )
 from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
 from pai_scheduler.hived.requests import gang_from_pods
+from pai_scheduler.node_records import node_records
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,13 @@ class Scheduler:
         app.on_startup(self._follow_heartbeats)
         app.background(self._watch_nodes)
         app.on_event(NodeRegistered, NodeHealthChanged, SchedulingRequested, JobAttemptCompleted)(self.handle)
-        app.rpc({ListVirtualClustersRequest: self.virtual_clusters, SkuTypesRequest: self.sku_types})
+        app.rpc(
+            {
+                ListVirtualClustersRequest: self.virtual_clusters,
+                SkuTypesRequest: self.sku_types,
+                ListNodesRequest: self.nodes,
+            }
+        )
 
     async def _load_config(self, app: ServiceApp) -> None:
         path = self.settings.scheduler_cluster or Path(self.settings.data_dir) / "cluster.csv"
@@ -425,6 +434,14 @@ class Scheduler:
     async def virtual_clusters(self, req: ListVirtualClustersRequest) -> VirtualClustersReply:
         alloc, _ = await self._load(None)
         return VirtualClustersReply(virtual_clusters=vc_views.virtual_clusters(alloc))
+
+    async def nodes(self, req: ListNodesRequest) -> NodesReply:
+        alloc, _ = await self._load(None)
+        registrations = {str(d["_id"]): d async for d in self.app.db[NODES].find({})}
+        records = node_records(
+            alloc.cluster.nodes, registrations, alloc.cluster.bad_nodes, alloc.bad_leaves()
+        )
+        return NodesReply(nodes=records)
 
     async def sku_types(self, req: SkuTypesRequest) -> SkuTypesReply:
         alloc, _ = await self._load(None)
