@@ -52,4 +52,4 @@ async def test_input_the_contract_refuses_is_400_not_500() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         r = await client.get("/api/v2/cluster/sku-types", params={"vc": "\x8f4\x1b"})
     assert r.status_code == 400
-    assert r.json()["code"] == "InvalidParametersError" and "virtual_cluster" in r.json()["message"]
+    assert r.json()["code"] == "InvalidParametersError" and "virtual cluster" in r.json()["message"]
