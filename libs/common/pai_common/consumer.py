@@ -23,7 +23,7 @@ from pai_common.bus import Bus
 from pai_common.contract.rpc import ReplayDeadLetterReply, ReplayDeadLetterRequest
 from pai_common.database import is_transient, retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
-from pai_common.errors import DeadLetterReplayError, NoDeadLetterError
+from pai_common.errors import DeadLetterReplayError, NoDeadLetterError, ServiceUnavailableError
 from pai_common.logs import current_job_key
 from pai_common.metrics import HANDLE_SECONDS, MESSAGES
 from pai_common.outbox import Outbox, PendingMessages
@@ -222,9 +222,11 @@ class DurableConsumer:
             await msg.ack()
         except Exception as exc:
             delivered = msg.metadata.num_delivered or 1
-            transient = is_transient(exc)
-            # A transient failure (a write conflict, a lost connection) is retried for as long as it lasts;
-            # only a handler that fails for another reason runs out of deliveries.
+            # A transient failure (a write conflict, a lost connection, a service that did not answer or
+            # does not know yet, e.g. a node agent asking for a job's secrets before the jobs service saw
+            # the placement) is retried for as long as it lasts; only a handler that fails for another
+            # reason runs out of deliveries.
+            transient = is_transient(exc) or isinstance(exc, ServiceUnavailableError)
             if not transient and delivered >= self.spec.max_deliver:
                 log.error(
                     "handler kept failing; message dead-lettered",

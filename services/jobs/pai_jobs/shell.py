@@ -490,9 +490,16 @@ class JobsService:
 
     async def secrets(self, req: JobSecretsRequest) -> JobSecretsReply:
         """For the runtime agent of a node that runs one of the job's tasks, and for no one else."""
-        doc = await self._job(req.job_key, {"snapshot.tasks.node": 1, "spec.has_secrets": 1})
-        nodes = {task.get("node") for task in ((doc.get("snapshot") or {}).get("tasks") or [])}
+        doc = await self._job(req.job_key, {"snapshot.tasks.node": 1, "spec.has_secrets": 1, "state": 1})
+        tasks = (doc.get("snapshot") or {}).get("tasks") or []
+        nodes = {task.get("node") for task in tasks}
         if req.node not in nodes:
+            if doc.get("state") in LIVE_STATES and not (tasks and all(task.get("node") for task in tasks)):
+                # The placement reaches this service as an event, which may come after the launch command
+                # reaches the node (seen under load and after restarts): not known yet is not a refusal.
+                raise ServiceUnavailableError(
+                    f"Where job {req.job_key}'s tasks run is not known yet; ask again shortly."
+                )
             raise ForbiddenUserError(f"Node {req.node} runs no task of job {req.job_key}.")
         stored = await self.app.db[SECRETS].find_one({"_id": req.job_key})
         return JobSecretsReply(secrets=dict(stored["secrets"]) if stored else {})
