@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pai_cli.platform import Platform
 
@@ -241,16 +242,34 @@ def test_list_storage_and_metrics(api: httpx.Client, platform: Platform) -> None
     storages = api.get("/api/v2/storages").json()["storages"]
     assert [s["name"] for s in storages] == ["local"]
 
-    port = json.loads((platform.data_dir / "run" / "monitoring.json").read_text())["health_port"]
-    deadline = time.monotonic() + 10
-    while True:
+    def scrape(process: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        port = json.loads((platform.data_dir / "run" / f"{process}.json").read_text())["health_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
-            metrics = response.read().decode()
-        if 'pai_jobs{state="SUCCEEDED"} 0.0' not in metrics and "pai_nodes 2.0" in metrics:
+            text = response.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    # Each owner exports its own state: jobs by state (jobs), nodes and their cells (scheduler), a node's
+    # GPUs as its agent sees them (runtime).
+    deadline = time.monotonic() + 30
+    while True:
+        jobs, scheduler = scrape("jobs"), scrape("scheduler")
+        succeeded = jobs.get(("pai_jobs", frozenset({("state", "SUCCEEDED")})), 0)
+        healthy = [scheduler.get(("pai_node_healthy", frozenset({("node", n)}))) for n in platform.node_names]
+        if succeeded > 0 and healthy == [1.0] * len(healthy):
             break
-        assert time.monotonic() < deadline, metrics
+        assert time.monotonic() < deadline, (jobs, scheduler)
         time.sleep(0.5)
-    assert 'pai_gpus{simulated="true"} 4.0' in metrics
+    node = platform.node_names[0]
+    gpus = scheduler[("pai_node_gpus", frozenset({("node", node), ("sku", "gpu")}))]
+    assert gpus == platform.gpus_per_node
+    agent = scrape(node)
+    infos = [dict(labels) for name, labels in agent if name == "pai_node_gpu_info"]
+    assert len(infos) == platform.gpus_per_node
+    assert all(i["simulated"] == "true" and i["node"] == node for i in infos)
 
 
 def count_events(platform: Platform, subject: str, job_key: str) -> int:

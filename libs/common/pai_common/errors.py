@@ -71,6 +71,13 @@ class NoVirtualClusterError(PaiError):
     code = "NoVirtualClusterError"
 
 
+class NoNodeError(PaiError):
+    """Not in OpenPAI's list (it manages nodes through Kubernetes); named after NoJobError."""
+
+    status = 404
+    code = "NoNodeError"
+
+
 class ConflictJobError(PaiError):
     status = 409
     code = "ConflictJobError"
@@ -144,6 +151,7 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoTaskLogError,
         NoApiError,
         NoVirtualClusterError,
+        NoNodeError,
         ConflictJobError,
         NoTagError,
         TooManyRequestsError,

@@ -21,9 +21,11 @@ from pai_common.database import connect_mongo, retry_transient, service_database
 from pai_common.envelope import Envelope
 from pai_common.health import HealthServer
 from pai_common.logs import setup_logging
+from pai_common.metrics import set_build_info
 from pai_common.outbox import Outbox, PendingMessages
+from pai_common.service_metrics import sample_forever
 from pai_common.settings import Settings
-from pai_common.telemetry import setup_tracing
+from pai_common.telemetry import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ class ServiceApp:
         out = PendingMessages(self.name)
         async with self.mongo.start_session() as session:
             async with await session.start_transaction():
-                yield HandlerContext(self.db, session, out)
+                ctx = HandlerContext(self.db, session, out)
+                yield ctx
                 await self.outbox.stage(out, session)
+        ctx.committed()
         if out.docs:
             try:
                 await self.outbox.flush()
@@ -110,6 +114,7 @@ class ServiceApp:
     async def start(self) -> None:
         s = self.settings
         setup_tracing(self.name, s.otel_exporter)
+        set_build_info(self.name)
         self.bus = await Bus.connect(s.nats_url, self.name)
         await self.bus.ensure_streams()
         self.mongo = connect_mongo(s.mongo_url)
@@ -157,6 +162,12 @@ class ServiceApp:
             await self.bus.serve_rpc(handlers, target)
         for fn in self._background:
             self._tasks.append(asyncio.create_task(fn(), name=fn.__name__))
+        self._tasks.append(
+            asyncio.create_task(
+                sample_forever(self.bus, self.outbox, self._consumers, s.metrics_sample_s),
+                name="service-metrics",
+            )
+        )
         self._ready = True
         log.info("service ready", extra={"health_port": self.health_port})
 
@@ -182,15 +193,30 @@ class ServiceApp:
             await self.bus.close()
         await self._health.stop()
         await self.mongo.close()
+        shutdown_tracing()
         log.info("service stopped")
 
     def _write_port_file(self) -> None:
-        """Tell a local launcher where this process serves health and metrics (port 0 picks one)."""
+        """Tell a local launcher where this process serves health and metrics (port 0 picks one).
+
+        Beside it, the same as a Prometheus file-based service discovery target (``<instance>.scrape.json``),
+        so that a Prometheus watching ``run/*.scrape.json`` follows restarts, which pick new ports.
+        """
         run_dir = Path(self.settings.data_dir) / "run"
         with contextlib.suppress(OSError):
             run_dir.mkdir(parents=True, exist_ok=True)
-            instance = getattr(self.settings, "node_name", None) or self.name
+            node = getattr(self.settings, "node_name", None)
+            instance = node or self.name
             (run_dir / f"{instance}.json").write_text(json.dumps({"health_port": self.health_port}))
+            host = self.settings.http_host
+            host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+            labels = {"service": self.name, **({"node": node} if node else {})}
+            target = [{"targets": [f"{host}:{self.health_port}"], "labels": labels}]
+            scrape = run_dir / f"{instance}.scrape.json"
+            # Written whole, then renamed: Prometheus rereads the file as soon as it changes.
+            partial = scrape.with_suffix(".tmp")
+            partial.write_text(json.dumps(target))
+            partial.replace(scrape)
 
     async def serve_until_signalled(self) -> None:
         stop = asyncio.Event()

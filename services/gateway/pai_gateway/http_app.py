@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from pai_common.bus import Bus
 from pai_common.errors import InvalidParametersError, PayloadTooLargeError
@@ -21,8 +22,11 @@ from pai_gateway import (
     routes_groups,
     routes_jobs,
     routes_meta,
+    routes_monitoring,
+    routes_nodes,
     routes_users,
 )
+from pai_gateway.http_metrics import HttpMetrics
 from pai_gateway.identity import IdentityResolver
 from pai_gateway.settings import GatewaySettings
 
@@ -66,8 +70,14 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_jobs,
         routes_cluster,
         routes_diagnosis,
+        routes_monitoring,
+        routes_nodes,
     ):
         app.include_router(module.router)
+    app.add_middleware(HttpMetrics, fastapi_app=app)
+    # The server span of each request (outermost, so that the metrics above see it and answer its
+    # traceparent); every RPC the route makes continues its trace. Body chunks make no spans of their own.
+    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

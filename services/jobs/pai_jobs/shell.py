@@ -56,7 +56,7 @@ from pai_common.errors import (
     NoTagError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan
+from pai_jobs import job_events, list_plan, metrics
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
 from pai_jobs.protocol import parse_job
@@ -81,6 +81,8 @@ LIST = "job_list"
 COUNTS = "job_counts"
 COUNTERS = "counters"
 SEQ_COUNTER = "job_seq"
+# How often the job gauges of /metrics are read back from the read model.
+GAUGES_S = 10.0
 
 # What building a list entry reads of a job document: never the tasks, the attempts or the config.
 ENTRY_PROJECTION = {"snapshot.tasks": 0, "snapshot.attempts": 0, "config": 0}
@@ -183,11 +185,15 @@ class JobsService:
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
         app.on_startup(self._indexes)
         app.background(self._backfill)
+        app.background(self._gauges)
         if self.lists is not None:
             app.background(self.lists.run)
 
     async def _indexes(self, app: ServiceApp) -> None:
         await create_indexes(app)
+
+    async def _gauges(self) -> None:
+        await metrics.refresh_forever(self.app.db, COUNTS, LIST, GAUGES_S)
 
     async def _backfill(self) -> None:
         # After the service is ready: looking for jobs without `seq` reads the whole `jobs` collection

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pai_common.contract.base import RpcReply, RpcRequest
+from pai_common.contract.base import Message, RpcReply, RpcRequest
 
 # ---- auth -------------------------------------------------------------------------------------------
 
@@ -461,6 +461,99 @@ class TaskAttemptsRequest(RpcRequest):
     index: int = Field(ge=0)
 
 
+# ---- cluster nodes (scheduler) ----------------------------------------------------------------------
+
+
+class NodeListReply(RpcReply):
+    # Each node: name, skuTypes, gpus {total, used, bad}, healthy, schedulable, cordon, draining.
+    nodes: list[dict[str, Any]]
+
+
+class ListNodesRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "nodes"
+    DESCRIPTION = "Every node of the cluster config: its devices, health, and whether it takes new work."
+    REPLY = NodeListReply
+
+
+class NodeReply(RpcReply):
+    node: dict[str, Any]
+    # False: the change was accepted but the allocator had not applied it when the answer was sent.
+    applied: bool = True
+
+
+class SetNodeSchedulableRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "node_schedulable"
+    DESCRIPTION = (
+        "Cordon a node (schedulable false: no new work; with drain, its running gangs are stopped gracefully"
+        " and retried elsewhere) or make it schedulable again. Admins only (the caller checks); persisted;"
+        " published as node.schedulable.changed. Unknown node: NoNodeError."
+    )
+    REPLY = NodeReply
+
+    node: str = Field(min_length=1, max_length=253)
+    schedulable: bool
+    drain: bool = False
+    by: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="", max_length=1000)
+
+
+# ---- monitoring (alerts) ----------------------------------------------------------------------------
+
+
+class ReceivedAlert(Message):
+    """One alert of an Alertmanager webhook notification."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(max_length=64)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=64)
+    starts_at: str = Field(min_length=1, max_length=64)
+    ends_at: str = Field(default="", max_length=64)
+    generator_url: str = Field(default="", max_length=2048)
+    fingerprint: str = Field(default="", max_length=64)
+
+
+class AlertsReceivedReply(RpcReply):
+    alerts: int  # alerts stored or updated
+    actions: int  # actions newly scheduled (repeated notifications schedule none)
+
+
+class AlertsReceivedRequest(RpcRequest):
+    SERVICE = "monitoring"
+    ENDPOINT = "alerts_received"
+    DESCRIPTION = (
+        "An Alertmanager webhook notification: the alerts are kept (GET /api/v2/alerts) and the actions"
+        " configured for each firing alert are scheduled once per firing (repeats change nothing)."
+    )
+    REPLY = AlertsReceivedReply
+
+    receiver: str = Field(default="", max_length=256)
+    status: Literal["firing", "resolved"]
+    alerts: list[ReceivedAlert] = Field(max_length=1000)
+    external_url: str = Field(default="", max_length=2048)
+    actor: str
+
+
+class AlertListReply(RpcReply):
+    # Alertmanager's alert shape: labels, annotations, startsAt, endsAt, generatorURL, status, receivers,
+    # fingerprint.
+    alerts: list[dict[str, Any]]
+
+
+class ListAlertsRequest(RpcRequest):
+    SERVICE = "monitoring"
+    ENDPOINT = "alerts"
+    DESCRIPTION = (
+        "The firing alerts: all of them for an admin, otherwise those whose labels name one of the user's"
+        " jobs (job_name and username), as OpenPAI answers."
+    )
+    REPLY = AlertListReply
+
+    username: str
+    admin: bool = False
+
+
 # ---- storage ----------------------------------------------------------------------------------------
 
 
@@ -605,4 +698,8 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     TaskLogRequest,
     GetExitSpecRequest,
     PutExitSpecRequest,
+    ListNodesRequest,
+    SetNodeSchedulableRequest,
+    AlertsReceivedRequest,
+    ListAlertsRequest,
 )
