@@ -14,6 +14,7 @@ from rich.console import Console
 
 from pai_cli.client import FINAL_STATES, PaiClient, PaiError
 from pai_cli.config import save_config
+from pai_cli.monitoring_stack import MonitoringStack, MonitoringUnavailable, alertmanager_token
 from pai_cli.platform import Platform, PlatformError
 
 console = Console(stderr=True)
@@ -45,6 +46,12 @@ def up(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Simulated GPUs even where NVML finds real ones")
     ] = False,
+    monitoring: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring", help="Also run Prometheus and Alertmanager (Debian's prometheus packages)"
+        ),
+    ] = False,
 ) -> None:
     """Start NATS, the MongoDB-wire server, every service and the runtime agents; stop them all on Ctrl-C."""
     platform = Platform(
@@ -58,6 +65,7 @@ def up(
     )
     started = time.monotonic()
     stopping = False
+    stack = MonitoringStack(data_dir.resolve(), platform.url)
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -74,6 +82,15 @@ def up(
             token = client.login(user, password)
         save_config(platform.url, user, token)
         console.print("the `pai` CLI is logged in as the admin (try `pai job list`)")
+        stack.gateway_url = platform.url
+        console.print(f"Prometheus configuration: {stack.write_config()}")
+        if monitoring:
+            try:
+                stack.start(alertmanager_token(platform.url, token, stack.token_file))
+                for name, url in stack.urls.items():
+                    console.print(f"{name}: {url}")
+            except MonitoringUnavailable as exc:
+                console.print(f"[yellow]--monitoring: {exc}[/]")
         exit_code = 0
         if submit is not None:
             exit_code = _run_example(platform.url, user, token, submit)
@@ -93,6 +110,7 @@ def up(
         raise typer.Exit(1) from None
     finally:
         with console.status("stopping"):
+            stack.stop()
             platform.stop()
         console.print("stopped")
 

@@ -2,7 +2,7 @@
 
 Names follow Prometheus' conventions: base units (seconds, bytes), ``_total`` on counters, ratios
 (0..1) rather than percents, and no ``job`` or ``instance`` label of our own (Prometheus sets those
-from the scrape target).
+from the scrape target), nor ``service`` or ``process``, the labels `pai up`'s scrape targets carry.
 """
 
 from __future__ import annotations
@@ -63,18 +63,18 @@ RPC_SECONDS = Histogram(
 )
 BUILD_INFO = Gauge(
     "pai_build_info",
-    "Always 1; the labels say which service, version and Python this process runs.",
-    ["service", "version", "python"],
+    "Always 1; the labels say which version and Python this process runs (the scrape target, which service).",
+    ["version", "python"],
 )
 
 
-def set_build_info(service: str) -> None:
+def set_build_info() -> None:
     try:
         version = metadata.version("pai-common")
     except metadata.PackageNotFoundError:
         version = "unknown"
     python = ".".join(str(p) for p in sys.version_info[:3])
-    BUILD_INFO.labels(service, version, python).set(1)
+    BUILD_INFO.labels(version, python).set(1)
 
 
 # ---- gauges read from a service's own state ----------------------------------------------------------

@@ -114,7 +114,7 @@ class ServiceApp:
     async def start(self) -> None:
         s = self.settings
         setup_tracing(self.name, s.otel_exporter)
-        set_build_info(self.name)
+        set_build_info()
         self.bus = await Bus.connect(s.nats_url, self.name)
         await self.bus.ensure_streams()
         self.mongo = connect_mongo(s.mongo_url)
@@ -210,7 +210,8 @@ class ServiceApp:
             (run_dir / f"{instance}.json").write_text(json.dumps({"health_port": self.health_port}))
             host = self.settings.http_host
             host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-            labels = {"service": self.name, **({"node": node} if node else {})}
+            # Target labels: no metric of the platform has these (Prometheus would rename its own).
+            labels = {"service": self.name, "process": instance}
             target = [{"targets": [f"{host}:{self.health_port}"], "labels": labels}]
             scrape = run_dir / f"{instance}.scrape.json"
             # Written whole, then renamed: Prometheus rereads the file as soon as it changes.

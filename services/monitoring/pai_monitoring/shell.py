@@ -47,7 +47,7 @@ ACTIONS = "alert_actions"
 DEAD_LETTERS = (
     "pai_bus_dead_letters",
     "Messages in the dead-letter stream, by the service and consumer that gave up on them.",
-    ("service", "consumer"),
+    ("consumer_service", "consumer"),
 )
 DEAD_LETTER_COLLECTOR = register_snapshot(lambda: [gauge_family(*DEAD_LETTERS, ())])
 

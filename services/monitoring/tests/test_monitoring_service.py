@@ -278,13 +278,13 @@ async def test_dead_letters_are_counted_by_service_and_consumer(
         for _ in range(2):
             await fresh_bus.dead_letter("orchestrator", {"ce-type": "x"}, b"{}", "boom")
         await fresh_bus.dead_letter("jobs", {"ce-type": "x"}, b"{}", "boom")
-        labels = {"service": "test", "consumer": "orchestrator"}
+        labels = {"consumer_service": "test", "consumer": "orchestrator"}
 
         async def counted() -> bool:
             return REGISTRY.get_sample_value("pai_bus_dead_letters", labels) == 2
 
         await wait_for(counted)
-        other = {"service": "test", "consumer": "jobs"}
+        other = {"consumer_service": "test", "consumer": "jobs"}
         assert REGISTRY.get_sample_value("pai_bus_dead_letters", other) == 1
     finally:
         await app.stop()
