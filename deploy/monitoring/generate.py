@@ -5,7 +5,8 @@
 
 Writes ``deploy/monitoring/dashboards/*.json`` (provisioned by the compose override and, through a
 ConfigMap, by Kubernetes) and, under ``deploy/k8s/components/monitoring/``, the PrometheusRule made from
-``rules/*.rules.yml``, the dashboards' ConfigMap and the alert actions' ConfigMap. Edit this file or the rule files, not the outputs.
+``rules/*.rules.yml``, the dashboards' ConfigMap and the alert actions' ConfigMap. Edit this file, the
+rule files or alert-actions.yaml, not the outputs.
 Every query names metrics the platform exports (a test scrapes a running platform to check).
 """
 
@@ -434,7 +435,10 @@ def actions_configmap() -> str:
         "metadata": {
             "name": "pai-alert-actions",
             "namespace": "pai",
-            "labels": {"app.kubernetes.io/part-of": "openpai-py", "app.kubernetes.io/component": "monitoring"},
+            "labels": {
+                "app.kubernetes.io/part-of": "openpai-py",
+                "app.kubernetes.io/component": "monitoring",
+            },
         },
         "data": {"alert-actions.yaml": (HERE / "alert-actions.yaml").read_text()},
     }

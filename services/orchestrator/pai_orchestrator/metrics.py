@@ -20,7 +20,7 @@ from pai_orchestrator.core import Framework
 
 COMPLETIONS = Counter(
     "pai_job_completions_total",
-    "Jobs that reached their final state, by state and exit type (the exit spec's type; none on success).",
+    "Jobs that reached their final state, by state and exit type (USER_SUCCESS, USER_FAILURE, ...).",
     ["state", "exit_type"],
 )
 RETRIES = Counter(
