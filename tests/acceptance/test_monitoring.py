@@ -147,7 +147,7 @@ def scrape_all(data_dir: Path) -> tuple[set[str], set[str]]:
     """(declared metric names, names with samples) over every target `pai up` lists for Prometheus."""
     declared: set[str] = set()
     sampled: set[str] = set()
-    targets = sorted((data_dir / "run").glob("*.scrape.json"))
+    targets = sorted((data_dir / "run" / "targets").glob("*.json"))
     assert len(targets) >= 10, targets  # eight services and two node agents
     for path in targets:
         for group in json.loads(path.read_text()):
@@ -164,7 +164,7 @@ def scrape_all(data_dir: Path) -> tuple[set[str], set[str]]:
 def test_every_metric_a_rule_or_dashboard_queries_is_scraped(mon: Monitored) -> None:
     data_dir = mon.platform.data_dir
     config = (data_dir / "monitoring" / "prometheus.yml").read_text()
-    assert str(data_dir / "run" / "*.scrape.json") in config
+    assert str(data_dir / "run" / "targets" / "*.json") in config
     copied = sorted(p.name for p in (data_dir / "monitoring" / "rules").glob("*.rules.yml"))
     assert copied == sorted(p.name for p in (MONITORING / "rules").glob("*.rules.yml"))
     if shutil.which("promtool"):
@@ -198,7 +198,7 @@ def test_every_metric_a_rule_or_dashboard_queries_is_scraped(mon: Monitored) -> 
         raise AssertionError(f"queried but without samples: {sorted(must_sample - sampled)}") from None
     assert wanted <= declared, f"queried but not exported: {sorted(wanted - declared)}"
     # No metric of ours carries a label Prometheus would rename (job, instance) or that a target carries.
-    for path in sorted((data_dir / "run").glob("*.scrape.json")):
+    for path in sorted((data_dir / "run" / "targets").glob("*.json")):
         target = json.loads(path.read_text())[0]["targets"][0]
         text = httpx.get(f"http://{target}/metrics", timeout=10).text
         for family in text_string_to_metric_families(text):

@@ -2,7 +2,7 @@
 
 ``write_config`` (every `pai up`) writes ``<data dir>/monitoring/prometheus.yml``: it scrapes every
 process of the platform through file-based service discovery (each process writes its target to
-``<data dir>/run/<name>.scrape.json`` when it starts, so restarts on new ports are followed) and loads
+``<data dir>/run/targets/<name>.json`` when it starts, so restarts on new ports are followed) and loads
 the shipped alert rules, copied to ``<data dir>/monitoring/rules/``. Point any Prometheus at it.
 
 ``start`` (`pai up --monitoring`) runs Debian's ``prometheus`` and ``prometheus-alertmanager`` (or the
@@ -49,7 +49,7 @@ def prometheus_config(data_dir: Path, rules: bool, alertmanager_port: int | None
                 "job_name": "pai",
                 "metrics_path": "/metrics",
                 # One file per process; its labels are `service` and `process` (the node name for agents).
-                "file_sd_configs": [{"files": [str(data_dir / "run" / "*.scrape.json")]}],
+                "file_sd_configs": [{"files": [str(data_dir / "run" / "targets" / "*.json")]}],
             }
         ],
     }

@@ -1,5 +1,5 @@
 """`pai up`'s Prometheus and Alertmanager, with the real binaries (Debian's prometheus packages): the
-configuration it writes scrapes the processes that announced themselves in run/*.scrape.json with the
+configuration it writes scrapes the processes that announced themselves in run/targets/*.json with the
 shipped rules, and Alertmanager posts alerts to the alert handler's webhook with the bearer token it was
 given, read from a file."""
 
@@ -76,7 +76,7 @@ def test_written_configuration_names_the_targets_and_rules(tmp_path: Path) -> No
     config = yaml.safe_load(stack.write_config().read_text())
     assert config == prometheus_config(tmp_path, True, None)
     assert config["scrape_configs"][0]["file_sd_configs"][0]["files"] == [
-        str(tmp_path / "run" / "*.scrape.json")
+        str(tmp_path / "run" / "targets" / "*.json")
     ]
     copied = sorted(p.name for p in (tmp_path / "monitoring" / "rules").iterdir())
     assert copied == sorted(p.name for p in RULES_SOURCE.glob("*.rules.yml")) and copied
@@ -89,11 +89,11 @@ def test_prometheus_scrapes_announced_processes_and_alertmanager_calls_the_handl
         "apt-get install prometheus prometheus-alertmanager (requirements-system.txt)"
     )
     recorder, port = target
-    run = tmp_path / "run"
-    run.mkdir()
+    run = tmp_path / "run" / "targets"
+    run.mkdir(parents=True)
     # What a platform process writes when it starts (pai_common.service).
     announced = [{"targets": [f"127.0.0.1:{port}"], "labels": {"service": "runtime", "process": "n0"}}]
-    (run / "n0.scrape.json").write_text(json.dumps(announced))
+    (run / "n0.json").write_text(json.dumps(announced))
     stack = MonitoringStack(tmp_path, f"http://127.0.0.1:{port}")
     stack.start("secret-token-of-the-test")
     processes = [s.proc for s in stack.servers]

@@ -199,25 +199,25 @@ class ServiceApp:
     def _write_port_file(self) -> None:
         """Tell a local launcher where this process serves health and metrics (port 0 picks one).
 
-        Beside it, the same as a Prometheus file-based service discovery target (``<instance>.scrape.json``),
-        so that a Prometheus watching ``run/*.scrape.json`` follows restarts, which pick new ports.
+        And the same as a Prometheus file-based service discovery target, ``run/targets/<instance>.json``,
+        so that a Prometheus watching ``run/targets/*.json`` follows restarts, which pick new ports.
         """
         run_dir = Path(self.settings.data_dir) / "run"
         with contextlib.suppress(OSError):
             run_dir.mkdir(parents=True, exist_ok=True)
-            node = getattr(self.settings, "node_name", None)
-            instance = node or self.name
+            instance = getattr(self.settings, "node_name", None) or self.name
             (run_dir / f"{instance}.json").write_text(json.dumps({"health_port": self.health_port}))
             host = self.settings.http_host
             host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
             # Target labels: no metric of the platform has these (Prometheus would rename its own).
             labels = {"service": self.name, "process": instance}
             target = [{"targets": [f"{host}:{self.health_port}"], "labels": labels}]
-            scrape = run_dir / f"{instance}.scrape.json"
+            targets = run_dir / "targets"
+            targets.mkdir(exist_ok=True)
             # Written whole, then renamed: Prometheus rereads the file as soon as it changes.
-            partial = scrape.with_suffix(".tmp")
+            partial = targets / f"{instance}.json.tmp"
             partial.write_text(json.dumps(target))
-            partial.replace(scrape)
+            partial.replace(targets / f"{instance}.json")
 
     async def serve_until_signalled(self) -> None:
         stop = asyncio.Event()

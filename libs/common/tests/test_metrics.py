@@ -122,7 +122,7 @@ async def test_only_committed_work_is_counted_and_lag_and_backlog_are_sampled(
         await app.stop()
 
     # Every process announces itself as a Prometheus file_sd target with its service and process names.
-    target = json.loads((tmp_path / "run" / f"{app.name}.scrape.json").read_text())
+    target = json.loads((tmp_path / "run" / "targets" / f"{app.name}.json").read_text())
     port = json.loads((tmp_path / "run" / f"{app.name}.json").read_text())["health_port"]
     assert target == [
         {"targets": [f"127.0.0.1:{port}"], "labels": {"service": app.name, "process": app.name}}
