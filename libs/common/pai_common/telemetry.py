@@ -11,8 +11,9 @@ The OTLP exporter speaks HTTP/protobuf and reads the standard ``OTEL_EXPORTER_OT
 (endpoint, headers, timeout, compression); the batch processor reads ``OTEL_BSP_*``; the sampler
 ``OTEL_TRACES_SAMPLER``; the resource ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the
 service name defaults to ``pai-<service>``). While spans are exported, PyMongo's commands become spans
-too. Without an exporter spans are still made (their trace ids go into the logs and across the bus) but
-kept nowhere.
+too, and the gateway's requests get FastAPI's instrumentation. Without an exporter spans are still made
+(their trace ids go into the logs, across the bus and back to HTTP clients) but kept nowhere, by the
+platform's own cheap spans (FastAPI's instrumentation costs about 0.7 ms of CPU per request).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ EXPORTERS = ("none", "console", "otlp")
 OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 _provider: TracerProvider | None = None
+_exporter = "none"
 
 
 class TracingConfigError(ValueError):
@@ -56,10 +58,10 @@ def choose_exporter(explicit: str | None, environ: Mapping[str, str] | None = No
 
 def setup_tracing(service: str, exporter: str | None = None) -> str:
     """Install a tracer provider once per process; returns the exporter in use."""
-    global _provider
+    global _provider, _exporter
     chosen = choose_exporter(exporter)
     if _provider is not None:
-        return chosen
+        return _exporter
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: f"pai-{service}"}
     provider = TracerProvider(resource=Resource.create(attributes))
     if chosen == "console":
@@ -70,8 +72,13 @@ def setup_tracing(service: str, exporter: str | None = None) -> str:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         _instrument_pymongo()
     trace.set_tracer_provider(provider)
-    _provider = provider
+    _provider, _exporter = provider, chosen
     return chosen
+
+
+def exporting() -> bool:
+    """Whether this process sends its spans anywhere (instrumentation worth its cost is on then)."""
+    return _exporter != "none"
 
 
 def _instrument_pymongo() -> None:

@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from pai_common.bus import Bus
 from pai_common.errors import InvalidParametersError, PayloadTooLargeError
+from pai_common.telemetry import exporting
 from pai_gateway import (
     errors,
     routes_auth,
@@ -74,10 +75,14 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_nodes,
     ):
         app.include_router(module.router)
-    app.add_middleware(HttpMetrics, fastapi_app=app)
-    # The server span of each request (outermost, so that the metrics above see it and answer its
-    # traceparent); every RPC the route makes continues its trace. Body chunks make no spans of their own.
-    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
+    # The server span of each request, whose trace every RPC of the route continues and whose
+    # traceparent every answer carries: FastAPI's instrumentation while spans are exported (outermost, so
+    # that the metrics middleware sees its span; body chunks make no spans of their own), otherwise a
+    # cheap span of the metrics middleware's own.
+    instrumented = exporting()
+    app.add_middleware(HttpMetrics, fastapi_app=app, own_span=not instrumented)
+    if instrumented:
+        FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

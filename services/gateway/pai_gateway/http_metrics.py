@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from opentelemetry.trace import Span, SpanKind
 from prometheus_client import Counter, Histogram
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pai_common.metrics import LATENCY_BUCKETS
-from pai_common.telemetry import traceparent
+from pai_common.telemetry import span_from_headers, traceparent
 
 HTTP_REQUESTS = Counter(
     "pai_http_requests_total",
@@ -48,14 +49,26 @@ def route_template(app: Any, scope: Scope) -> str:
 
 
 class HttpMetrics:
-    def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
+    def __init__(self, app: ASGIApp, fastapi_app: Any, own_span: bool = True) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
+        # Start the request's server span here (continuing the client's traceparent), unless an
+        # instrumentation outside this middleware does.
+        self.own_span = own_span
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not self.own_span:
+            await self._measured(scope, receive, send, None)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        method = scope.get("method", "GET")
+        with span_from_headers(f"{method}", headers, SpanKind.SERVER) as span:
+            await self._measured(scope, receive, send, span)
+
+    async def _measured(self, scope: Scope, receive: Receive, send: Send, span: Span | None) -> None:
         started = time.perf_counter()
         method = scope.get("method", "GET")
         method = method if method in METHODS else "OTHER"
@@ -72,8 +85,14 @@ class HttpMetrics:
                         "headers": [*message.get("headers", []), (b"traceparent", parent.encode())],
                     }
                 route = route_template(self.fastapi_app, scope)
-                HTTP_REQUESTS.labels(method, route, str(message["status"])).inc()
+                status = int(message["status"])
+                HTTP_REQUESTS.labels(method, route, str(status)).inc()
                 HTTP_SECONDS.labels(method, route).observe(time.perf_counter() - started)
+                if span is not None:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.request.method", method)
+                    span.set_attribute("http.route", route)
+                    span.set_attribute("http.response.status_code", status)
             await send(message)
 
         await self.app(scope, receive, watch)

@@ -542,11 +542,15 @@ class Scheduler:
         return {d["_id"]: d async for d in self.app.db[NODES].find({}, fields)}
 
     async def _refresh_gauges(self) -> None:
+        """Gauges from the allocator in memory; none this round while an event is being applied to it
+        (reloading it here would cost a full restore, and the next round comes in a few seconds)."""
         while True:
             try:
-                alloc, marks, _ = await self._load(None)
                 registrations = await self._registrations()
-                metrics.COLLECTOR.publish(metrics.families(alloc, marks, registrations, time.time()))
+                cached = self._cached
+                if cached is not None:
+                    _, alloc, marks = cached
+                    metrics.COLLECTOR.publish(metrics.families(alloc, marks, registrations, time.time()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
