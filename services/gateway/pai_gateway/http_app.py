@@ -25,6 +25,7 @@ from pai_gateway import (
     routes_meta,
     routes_monitoring,
     routes_nodes,
+    routes_storages,
     routes_users,
 )
 from pai_gateway.http_metrics import HttpMetrics
@@ -70,6 +71,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_groups,
         routes_jobs,
         routes_cluster,
+        routes_storages,
         routes_diagnosis,
         routes_monitoring,
         routes_nodes,
