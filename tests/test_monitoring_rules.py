@@ -194,4 +194,5 @@ def test_alertmanager_posts_to_the_alert_handler_with_a_bearer_token(stack: str)
     assert hook["url"].endswith("/api/v2/alerts/webhook") and hook["send_resolved"] is True
     assert hook["http_config"]["authorization"]["type"] == "Bearer"
     assert "credentials_file" in hook["http_config"]["authorization"]  # the token is never inline
+    assert 0 < hook["max_alerts"] <= 200  # a notification fits the gateway's 256 KiB body limit
     assert config["route"]["receiver"] == config["receivers"][0]["name"]

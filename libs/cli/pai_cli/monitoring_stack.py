@@ -77,6 +77,8 @@ def alertmanager_config(gateway_url: str, token_file: Path) -> dict[str, object]
                     {
                         "url": f"{gateway_url}/api/v2/alerts/webhook",
                         "send_resolved": True,
+                        # A notification must fit the gateway's body limit (256 KiB).
+                        "max_alerts": 200,
                         "http_config": {
                             "authorization": {"type": "Bearer", "credentials_file": str(token_file)}
                         },

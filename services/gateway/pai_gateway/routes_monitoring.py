@@ -8,6 +8,7 @@ reaches it through the gateway like any client, with a bearer token in its webho
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -24,6 +25,7 @@ from pai_common.errors import ForbiddenUserError, InvalidParametersError
 from pai_gateway.deps import User, read_body, rpc
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 class _Alert(BaseModel):
@@ -43,6 +45,7 @@ class _Notification(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     version: str = "4"
+    truncatedAlerts: int = 0
     status: Literal["firing", "resolved"]
     receiver: str = ""
     externalURL: str = ""
@@ -94,4 +97,10 @@ async def alertmanager_webhook(request: Request, user: User) -> dict[str, Any]:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise InvalidParametersError(f"not an Alertmanager notification: {problems}") from None
     reply = await rpc(request, req, AlertsReceivedReply)
+    if notification.truncatedAlerts:
+        # Alertmanager left alerts out (its max_alerts): they are not lost there, but not seen here.
+        log.warning(
+            "Alertmanager truncated a notification",
+            extra={"truncated": notification.truncatedAlerts, "receiver": notification.receiver},
+        )
     return {"alerts": reply.alerts, "actions": reply.actions}
