@@ -45,7 +45,7 @@ async def test_cordon_drain_and_restart(
     app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path, gauges_s=0.1)
     await app.start()
     try:
-        for node, gpus in (("a0", 4), ("a1", 4), ("k0", 2)):
+        for node, gpus in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
             await register(fresh_bus, node, gpus)
         # Cordon both A100 nodes: a 4-GPU gang cannot be placed, and says why.
         cordon = SetNodeSchedulableRequest(node="a0", schedulable=False, by="root", reason="fan")
@@ -79,7 +79,7 @@ async def test_cordon_drain_and_restart(
         await app.start()
         listed = await nodes(fresh_bus)
         assert listed["a0"]["schedulable"] is False and listed["a1"]["schedulable"] is False
-        assert listed["k0"]["schedulable"] is True and listed["a0"]["cordon"]["reason"] == "fan"
+        assert listed["k0.ec2.internal"]["schedulable"] is True and listed["a0"]["cordon"]["reason"] == "fan"
 
         # Uncordon: the waiting gang is placed on a0.
         await fresh_bus.request(SetNodeSchedulableRequest(node="a0", schedulable=True, by="root"), NodeReply)
