@@ -75,6 +75,7 @@ def up(
         with console.status("starting the platform") as status:
             platform.start(progress=lambda msg: status.update(msg))
         console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {platform.url}")
+        console.print(f"open {platform.url}/ in a browser for the web portal (API docs: /api/v2/docs)")
         user, password = platform.admin_credentials()
         console.print(f"admin user: [bold]{user}[/]  password: [bold]{password}[/]")
         console.print(f"data and logs: {platform.data_dir}")

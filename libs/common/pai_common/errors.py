@@ -78,6 +78,13 @@ class NoNodeError(PaiError):
     code = "NoNodeError"
 
 
+class NoTemplateError(PaiError):
+    """A marketplace template that does not exist, or that the caller may not see (the same answer)."""
+
+    status = 404
+    code = "NoTemplateError"
+
+
 class ConflictJobError(PaiError):
     status = 409
     code = "ConflictJobError"
@@ -165,6 +172,7 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoApiError,
         NoVirtualClusterError,
         NoNodeError,
+        NoTemplateError,
         ConflictJobError,
         NoTagError,
         TooManyRequestsError,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -19,7 +18,7 @@ from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerC
 from pai_common.contract.base import Event, RpcRequest, event_subject
 from pai_common.database import connect_mongo, retry_transient, service_database
 from pai_common.envelope import Envelope
-from pai_common.health import HealthServer
+from pai_common.health import HealthServer, announce
 from pai_common.logs import setup_logging
 from pai_common.metrics import set_build_info
 from pai_common.outbox import Outbox, PendingMessages
@@ -115,8 +114,8 @@ class ServiceApp:
         s = self.settings
         setup_tracing(self.name, s.otel_exporter)
         set_build_info()
-        self.bus = await Bus.connect(s.nats_url, self.name)
-        await self.bus.ensure_streams()
+        self.bus = await Bus.connect(s.nats_url, self.name, s.nats_ca_file)
+        await self.bus.ensure_streams(s.stream_replicas)
         self.mongo = connect_mongo(s.mongo_url)
         self.db = service_database(self.mongo, self.name)
         self.outbox = Outbox(self.db, self.bus)
@@ -197,27 +196,9 @@ class ServiceApp:
         log.info("service stopped")
 
     def _write_port_file(self) -> None:
-        """Tell a local launcher where this process serves health and metrics (port 0 picks one).
-
-        And the same as a Prometheus file-based service discovery target, ``run/targets/<instance>.json``,
-        so that a Prometheus watching ``run/targets/*.json`` follows restarts, which pick new ports.
-        """
-        run_dir = Path(self.settings.data_dir) / "run"
-        with contextlib.suppress(OSError):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            instance = getattr(self.settings, "node_name", None) or self.name
-            (run_dir / f"{instance}.json").write_text(json.dumps({"health_port": self.health_port}))
-            host = self.settings.http_host
-            host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-            # Target labels: no metric of the platform has these (Prometheus would rename its own).
-            labels = {"service": self.name, "process": instance}
-            target = [{"targets": [f"{host}:{self.health_port}"], "labels": labels}]
-            targets = run_dir / "targets"
-            targets.mkdir(exist_ok=True)
-            # Written whole, then renamed: Prometheus rereads the file as soon as it changes.
-            partial = targets / f"{instance}.json.tmp"
-            partial.write_text(json.dumps(target))
-            partial.replace(targets / f"{instance}.json")
+        """Tell a local launcher and a local Prometheus where this process serves health and metrics."""
+        instance = getattr(self.settings, "node_name", None) or self.name
+        announce(Path(self.settings.data_dir), self.name, instance, self.settings.http_host, self.health_port)
 
     async def serve_until_signalled(self) -> None:
         stop = asyncio.Event()
