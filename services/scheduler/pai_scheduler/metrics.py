@@ -15,7 +15,8 @@ from prometheus_client.core import Metric
 
 from pai_common.metrics import LATENCY_BUCKETS, Row, gauge_family, register_snapshot
 from pai_scheduler import vc_views
-from pai_scheduler.hived.allocator import GroupState, HivedAllocator
+from pai_scheduler.hived.allocator import HivedAllocator
+from pai_scheduler.hived.gangs import GroupState
 from pai_scheduler.node_marks import NodeMarks
 from pai_scheduler.node_views import node_view
 

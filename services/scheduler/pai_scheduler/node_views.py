@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pai_scheduler.hived.allocator import GroupState, HivedAllocator
+from pai_scheduler.hived.allocator import HivedAllocator
 from pai_scheduler.hived.decisions import Allocated, Preempting
+from pai_scheduler.hived.gangs import GroupState
 from pai_scheduler.node_marks import NodeMarks
 
 RUNNING = (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED)
