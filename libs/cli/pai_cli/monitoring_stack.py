@@ -89,7 +89,7 @@ def alertmanager_config(gateway_url: str, token_file: Path) -> dict[str, object]
     }
 
 
-def alertmanager_token(url: str, admin_token: str, token_file: Path) -> str:
+def alertmanager_token(url: str, admin_token: str | None, token_file: Path) -> str:
     """An admin's application token for Alertmanager: the one kept from an earlier run while it still
     works, otherwise a new one (application tokens do not expire; revoking one stops its Alertmanager)."""
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -98,6 +98,11 @@ def alertmanager_token(url: str, admin_token: str, token_file: Path) -> str:
             check = client.get("/api/v2/tokens/check", headers={"Authorization": f"Bearer {kept}"})
             if kept and check.status_code == 200 and check.json().get("admin"):
                 return kept
+        if admin_token is None:
+            raise MonitoringUnavailable(
+                "Alertmanager needs an admin's application token and the CLI could not log in (basic"
+                f" login is off): write one (`pai token create` as an admin) to {token_file}"
+            )
         created = client.post(
             "/api/v2/tokens/application", headers={"Authorization": f"Bearer {admin_token}"}
         )

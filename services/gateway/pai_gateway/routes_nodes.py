@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
-from pai_common.contract.rpc import ListNodesRequest, NodeListReply, NodeReply, SetNodeSchedulableRequest
+from pai_common.contract.rpc import ListNodesRequest, NodeReply, NodesReply, SetNodeSchedulableRequest
 from pai_common.errors import ForbiddenUserError, NoNodeError
 from pai_gateway.auth_deps import Body, parse_body
 from pai_gateway.deps import User, rpc
@@ -30,9 +30,31 @@ class SchedulableBody(Body):
     reason: str = Field(default="", max_length=1000)
 
 
+def node_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A scheduler node record (``ListNodesRequest``) as this route answers it."""
+    return {
+        "name": record["name"],
+        "hostIp": record.get("host_ip", ""),
+        "registered": record.get("registered", False),
+        "simulated": record.get("simulated", False),
+        "skuTypes": record.get("sku_types", {}),
+        "gpus": {
+            "total": record.get("gpu_cells", {}).get("total", 0),
+            "used": record.get("gpu_cells", {}).get("used", 0),
+            "bad": record.get("bad_gpus", []),
+        },
+        "healthy": record.get("healthy", False),
+        "schedulable": record.get("schedulable", True),
+        "cordon": record.get("cordon"),
+        "draining": record.get("draining", False),
+        "runningGangs": record.get("running_gangs", 0),
+    }
+
+
 @router.get("/api/v2/cluster/nodes")
 async def nodes(request: Request, user: User) -> dict[str, Any]:
-    return {"nodes": (await rpc(request, ListNodesRequest(), NodeListReply)).nodes}
+    records = (await rpc(request, ListNodesRequest(), NodesReply)).nodes
+    return {"nodes": [node_view(r) for r in records]}
 
 
 @router.put("/api/v2/cluster/nodes/{node}")
@@ -48,4 +70,4 @@ async def set_schedulable(request: Request, node: str, user: User, response: Res
     reply = await rpc(request, req, NodeReply)
     if not reply.applied:
         response.status_code = 202  # accepted; the scheduler applies it in a moment
-    return reply.node
+    return node_view(reply.node)

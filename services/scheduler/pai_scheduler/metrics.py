@@ -107,11 +107,11 @@ def families(
         rows["pai_vc_queue_head_age_seconds"].append(((vc,), head_age.get(vc, 0.0)))
     for node in sorted(alloc.cluster.nodes):
         view = node_view(alloc, marks, node, registrations.get(node))
-        for sku, total in view["skuTypes"].items():
+        for sku, total in view["sku_types"].items():
             if not alloc.config.is_cpu_leaf(sku):
                 rows["pai_node_gpus"].append(((node, sku), total))
-        rows["pai_node_gpus_used"].append(((node,), view["gpus"]["used"]))
-        rows["pai_node_gpus_bad"].append(((node,), len(view["gpus"]["bad"])))
+        rows["pai_node_gpus_used"].append(((node,), view["gpu_cells"]["used"]))
+        rows["pai_node_gpus_bad"].append(((node,), len(view["bad_gpus"])))
         rows["pai_node_healthy"].append(((node,), 1 if view["healthy"] else 0))
         rows["pai_node_schedulable"].append(((node,), 1 if view["schedulable"] else 0))
         rows["pai_node_draining"].append(((node,), 1 if view["draining"] else 0))

@@ -9,6 +9,7 @@ from pai_scheduler.hived.allocator import HivedAllocator
 from pai_scheduler.hived.decisions import Allocated, Preempting
 from pai_scheduler.hived.gangs import GroupState
 from pai_scheduler.node_marks import NodeMarks
+from pai_scheduler.node_records import node_records
 
 RUNNING = (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED)
 
@@ -45,26 +46,18 @@ def node_leaves(alloc: HivedAllocator, node: str) -> dict[str, dict[str, int]]:
     }
 
 
-def node_view(
-    alloc: HivedAllocator, marks: NodeMarks, node: str, registration: Mapping[str, Any] | None
-) -> dict[str, Any]:
+def _scheduling(alloc: HivedAllocator, marks: NodeMarks, node: str) -> dict[str, Any]:
+    """What the allocator holds of a node: its cells, and whether it takes new work (cordon, drain)."""
     leaves = node_leaves(alloc, node)
     accelerators = {t: n for t, n in leaves.items() if not alloc.config.is_cpu_leaf(t)}
     cordon = marks.cordoned.get(node)
     running = gangs_on(alloc, node)
     return {
-        "name": node,
-        "hostIp": (registration or {}).get("host_ip", ""),
-        "registered": registration is not None,
-        "simulated": bool((registration or {}).get("simulated", False)),
-        "skuTypes": {t: n["total"] for t, n in leaves.items()},
-        "gpus": {
+        "sku_types": {t: n["total"] for t, n in leaves.items()},
+        "gpu_cells": {
             "total": sum(n["total"] for n in accelerators.values()),
             "used": sum(n["used"] for n in accelerators.values()),
-            "bad": sorted(alloc.bad_leaves().get(node, set())),
         },
-        # Heard from by its agent (heartbeats); independent of a cordon.
-        "healthy": node not in marks.down,
         "schedulable": cordon is None,
         "cordon": (
             None
@@ -73,5 +66,27 @@ def node_view(
         ),
         # Drain asked and gangs still there: they were asked to stop and have not released their cells yet.
         "draining": bool(cordon and cordon.drain and running),
-        "runningGangs": len(running),
+        "running_gangs": len(running),
     }
+
+
+def node_list(
+    alloc: HivedAllocator, marks: NodeMarks, registrations: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every node (configured or registered), as ``node_records`` has it plus its scheduling state.
+
+    Health is the agent's: a cordoned node is healthy but not schedulable (the allocator's bad nodes are
+    both causes together, ``NodeMarks``).
+    """
+    records = node_records(alloc.cluster.nodes, registrations, marks.down, alloc.bad_leaves())
+    return [{**r, **_scheduling(alloc, marks, r["name"])} for r in records]
+
+
+def node_view(
+    alloc: HivedAllocator, marks: NodeMarks, node: str, registration: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """One node's record, as in ``node_list``."""
+    registrations = {} if registration is None else {node: registration}
+    configured = [node] if node in alloc.cluster.nodes else []
+    (record,) = node_records(configured, registrations, marks.down, alloc.bad_leaves())
+    return {**record, **_scheduling(alloc, marks, node)}

@@ -39,8 +39,8 @@ from pai_common.contract.events import (
 from pai_common.contract.rpc import (
     ListNodesRequest,
     ListVirtualClustersRequest,
-    NodeListReply,
     NodeReply,
+    NodesReply,
     SetNodeSchedulableRequest,
     SkuTypesReply,
     SkuTypesRequest,
@@ -510,15 +510,9 @@ class Scheduler:
         alloc, _, _ = await self._load(None)
         return VirtualClustersReply(virtual_clusters=vc_views.virtual_clusters(alloc))
 
-    async def nodes(self, req: ListNodesRequest) -> NodeListReply:
+    async def nodes(self, req: ListNodesRequest) -> NodesReply:
         alloc, marks, _ = await self._load(None)
-        registrations = await self._registrations()
-        return NodeListReply(
-            nodes=[
-                node_views.node_view(alloc, marks, node, registrations.get(node))
-                for node in sorted(alloc.cluster.nodes)
-            ]
-        )
+        return NodesReply(nodes=node_views.node_list(alloc, marks, await self._registrations()))
 
     async def set_schedulable(self, req: SetNodeSchedulableRequest) -> NodeReply:
         """Publish the change for the consumer to apply (the allocator changes only there), then wait a
@@ -551,8 +545,7 @@ class Scheduler:
         return NodeReply(node=node_views.node_view(alloc, marks, req.node, registration), applied=applied)
 
     async def _registrations(self) -> dict[str, dict[str, Any]]:
-        fields = {"host_ip": 1, "simulated": 1}
-        return {d["_id"]: d async for d in self.app.db[NODES].find({}, fields)}
+        return {str(d["_id"]): d async for d in self.app.db[NODES].find({})}
 
     async def _refresh_gauges(self) -> None:
         """Gauges from the allocator in memory; none this round while an event is being applied to it

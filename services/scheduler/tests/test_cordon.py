@@ -17,7 +17,7 @@ from pai_common.contract.events import (
     SchedulingLost,
     SchedulingPending,
 )
-from pai_common.contract.rpc import ListNodesRequest, NodeListReply, NodeReply, SetNodeSchedulableRequest
+from pai_common.contract.rpc import ListNodesRequest, NodeReply, NodesReply, SetNodeSchedulableRequest
 from pai_common.embedded import ServerProcess
 from pai_common.errors import InvalidParametersError, NoNodeError
 from pai_common.testing import EventRecorder
@@ -29,7 +29,7 @@ __all__ = ["cluster_file"]
 
 
 async def nodes(bus: Bus) -> dict[str, dict[str, object]]:
-    reply = await bus.request(ListNodesRequest(), NodeListReply)
+    reply = await bus.request(ListNodesRequest(), NodesReply)
     return {str(n["name"]): n for n in reply.nodes}
 
 
@@ -80,6 +80,8 @@ async def test_cordon_drain_and_restart(
         listed = await nodes(fresh_bus)
         assert listed["a0"]["schedulable"] is False and listed["a1"]["schedulable"] is False
         assert listed["k0.ec2.internal"]["schedulable"] is True and listed["a0"]["cordon"]["reason"] == "fan"
+        # Cordoned is not unhealthy: the agent is still heard from (OpenPAI's node list says Ready).
+        assert listed["a0"]["healthy"] is True and listed["a0"]["gpu_cells"] == {"total": 4, "used": 0}
 
         # Uncordon: the waiting gang is placed on a0.
         await fresh_bus.request(SetNodeSchedulableRequest(node="a0", schedulable=True, by="root"), NodeReply)
@@ -91,7 +93,7 @@ async def test_cordon_drain_and_restart(
         drained = await fresh_bus.request(
             SetNodeSchedulableRequest(node="a0", schedulable=False, drain=True, by="root"), NodeReply
         )
-        assert drained.node["draining"] is True and drained.node["runningGangs"] == 1
+        assert drained.node["draining"] is True and drained.node["running_gangs"] == 1
         lost = await events.wait_for(SchedulingLost, "u~big")
         assert lost.drain and "node a0 is drained by root" in lost.reason
 
