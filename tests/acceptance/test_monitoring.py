@@ -330,9 +330,18 @@ def test_cordon_keeps_new_work_off_a_node_and_survives_a_scheduler_restart(mon: 
     stamp = int(time.time() * 1000)
     with p.client() as client:
         until(lambda: all(n["healthy"] for n in nodes(client).values()), "both nodes heard from")
-        cordoned = client.put("/api/v2/cluster/nodes/node-1", json={"schedulable": False, "reason": "test"})
-        assert cordoned.status_code == 200, cordoned.text
-        assert cordoned.json()["schedulable"] is False and nodes(client)["node-1"]["schedulable"] is False
+        # The admin's CLI cordons it; the node lists (this project's and OpenPAI's Kubernetes view) say so.
+        cordoned = p.cli("node", "cordon", "node-1", "--reason", "test", check=True)
+        assert "node node-1: cordoned" in cordoned.stdout, cordoned.stdout
+        assert nodes(client)["node-1"]["schedulable"] is False and nodes(client)["node-1"]["healthy"] is True
+        k8s = {n["metadata"]["name"]: n for n in client.get("/api/v2/kubernetes/nodes").json()["items"]}
+        assert [k8s[n]["spec"]["unschedulable"] for n in ("node-0", "node-1")] == [False, True]
+        listed_by_cli = p.cli("node", "list", check=True).stdout
+        assert re.search(r"node-1\s+yes\s+no \(cordoned\)", listed_by_cli), listed_by_cli
+        bob = {"username": f"bob{stamp}", "password": "bob-secret", "virtualCluster": ["default"]}
+        assert client.post("/api/v2/users", json=bob).status_code == 201
+        refused = p.cli("node", "cordon", "node-0", token=p.login(bob["username"], "bob-secret"))
+        assert refused.returncode != 0 and "admin" in (refused.stderr + refused.stdout).lower()
         assert client.put("/api/v2/cluster/nodes/node-9", json={"schedulable": False}).status_code == 404
         assert client.put("/api/v2/cluster/nodes/node-1", json={"cordon": True}).status_code == 400
 
@@ -355,8 +364,8 @@ def test_cordon_keeps_new_work_off_a_node_and_survives_a_scheduler_restart(mon: 
         assert killed not in [c.pid for c in psutil.Process(p.proc.pid).children(recursive=True)]
         assert detail(client, big_key)["jobStatus"]["state"] == "WAITING"
 
-        uncordoned = client.put("/api/v2/cluster/nodes/node-1", json={"schedulable": True})
-        assert uncordoned.status_code in (200, 202) and uncordoned.json()["schedulable"] is True
+        uncordoned = p.cli("node", "uncordon", "node-1", check=True)
+        assert "node node-1: takes new work again" in uncordoned.stdout, uncordoned.stdout
         assert wait_final(client, big_key)["jobStatus"]["state"] == "SUCCEEDED"
         cordon_log = client.get("/api/v2/audit-log", params={"target": "node-1"}).json()["data"]
         assert [e["action"] for e in cordon_log][:2] == ["node.uncordon", "node.cordon"]
