@@ -151,6 +151,17 @@ async def test_alert_and_node_routes(
             assert missing.status_code == 404 and "traceparent" in missing.headers
             assert http_count("/{path:path}", "404", "GET") == unknown_before + 1
             assert http_count("/api/v2/no/such/route", "404", "GET") == 0
+            # OpenPAI's clients' /rest-server prefix and a trailing slash count under the same template.
+            nodes_before = http_count("/api/v2/cluster/nodes", "200", "GET")
+            r = await api.get("/rest-server/api/v2/cluster/nodes/", headers=bob)
+            assert r.status_code == 200, r.text
+            n0, n1 = r.json()["nodes"]
+            # The scheduler applied the cordon after the registrations published before it (one ordered
+            # consumer), so both nodes are registered and heard from; the cordoned one stays healthy.
+            assert n1["cordon"]["reason"] == "fan" and n1["healthy"] and not n1["schedulable"]
+            assert n0["hostIp"] == "10.0.0.1" and n0["gpus"] == {"total": 2, "used": 0, "bad": []}
+            assert n0["healthy"] and n0["schedulable"] and n0["runningGangs"] == 0
+            assert http_count("/api/v2/cluster/nodes", "200", "GET") == nodes_before + 1
             latency = {"method": "PUT", "route": "/api/v2/cluster/nodes/{node}"}
             assert (REGISTRY.get_sample_value("pai_http_request_duration_seconds_count", latency) or 0) >= 1
     finally:
