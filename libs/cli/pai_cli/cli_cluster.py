@@ -111,8 +111,9 @@ def _set_schedulable(node: str, schedulable: bool, drain: bool, reason: str) -> 
         answer = client.set_node_schedulable(node, schedulable, drain=drain, reason=reason)
     if schedulable:
         done = "takes new work again"
-    elif answer.get("draining"):
-        done = f"cordoned; draining {answer.get('runningGangs', 0)} running gang(s)"
+    elif drain:
+        gangs = answer.get("runningGangs", 0) if answer.get("draining") else 0
+        done = f"cordoned; {gangs} running gang(s) asked to stop, to be retried elsewhere"
     else:
         done = "cordoned: no new work goes there"
     typer.echo(f"node {node}: {done}")
