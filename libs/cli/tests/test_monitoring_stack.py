@@ -6,6 +6,7 @@ given, read from a file."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,14 @@ import httpx
 import pytest
 import yaml
 
-from pai_cli.monitoring_stack import RULES_SOURCE, MonitoringStack, find_binary, prometheus_config
+from pai_cli.monitoring_stack import (
+    RULES_SOURCE,
+    MonitoringStack,
+    MonitoringUnavailable,
+    alertmanager_token,
+    find_binary,
+    prometheus_config,
+)
 
 GUARD_S = 90.0  # a hang guard: Prometheus scrapes every 15 s
 
@@ -69,6 +77,13 @@ def until(check: Any, what: str) -> Any:
             return value
         assert time.monotonic() < deadline, f"{what} not seen within {GUARD_S:g}s"
         time.sleep(0.5)
+
+
+def test_without_a_login_alertmanager_needs_a_kept_token(tmp_path: Path) -> None:
+    """Basic login off (`pai up` could not log in) and no token kept: a clear error naming the file."""
+    kept = tmp_path / "alertmanager-token"
+    with pytest.raises(MonitoringUnavailable, match=f"basic login is off.*{re.escape(str(kept))}"):
+        alertmanager_token("http://127.0.0.1:9", None, kept)
 
 
 def test_written_configuration_names_the_targets_and_rules(tmp_path: Path) -> None:
