@@ -83,7 +83,8 @@ def test_the_import_check_finds_every_kind_of_crossing(tmp_path: Path) -> None:
         "services/jobs/pai_jobs/shell.py": "import pai_jobs.protocol\nfrom pai_common import bus\n",
         "services/jobs/pai_jobs/bad.py": "from pai_orchestrator.core import Framework\n",
         "services/jobs/tests/test_x.py": "import pai_scheduler\n",
-        "services/orchestrator/pai_orchestrator/dyn.py": "import importlib as il\nil.import_module('pai_jobs')\n",
+        "services/orchestrator/pai_orchestrator/dyn.py": "import importlib\n"
+        "importlib.import_module('pai_jobs')\n",
         "services/orchestrator/pai_orchestrator/cli.py": "def f():\n    from pai_cli import up\n",
         "services/scheduler/pai_scheduler/__init__.py": "",
         "libs/common/pai_common/x.py": "from pai_scheduler import hived\n",
