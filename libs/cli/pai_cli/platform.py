@@ -31,6 +31,7 @@ from pai_common.embedded import (
 
 SERVICES = ("auth", "storage", "jobs", "scheduler", "orchestrator", "diagnosis", "monitoring", "gateway")
 CREDENTIALS_FILE = "admin-credentials.json"
+ENDPOINTS_FILE = "endpoints.json"
 # The restart loop's back-off: a process that ran this long before it died is restarted at once; one that
 # keeps dying sooner waits 1 s, 2 s, 4 s... up to BACKOFF_MAX_S between tries.
 STABLE_AFTER_S = 30.0
@@ -205,6 +206,9 @@ class Platform:
         now = time.monotonic()
         for server in self.servers:
             self._server_backoff[server.name] = Backoff(started_at=now)
+        # Where an extension finds the platform's bus and database (they keep their ports across restarts).
+        endpoints = {"api": self.url, "nats": self.nats_url, "mongo": self.mongo_url}
+        (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2) + "\n")
         cluster_file = self.data_dir / "cluster.csv"
         cluster_file.write_text(self.inventory_csv())
         base = {
