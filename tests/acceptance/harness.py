@@ -75,13 +75,17 @@ class RunningPlatform:
         )
 
     def cli(
-        self, *args: str, token: str | None = None, check: bool = False
+        self, *args: str, token: str | None = None, user: str | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        """Run the `pai` CLI against this platform (as the admin `pai up` logged in, unless `token`)."""
+        """Run the `pai` CLI against this platform (as the admin `pai up` logged in, unless `token`, which
+        belongs to `user`: the CLI names jobs `<user>~<name>` with the user it is told, PAI_USER)."""
         env = {**os.environ, "PAI_CLI_CONFIG": str(self.cli_config), "NO_COLOR": "1", "COLUMNS": "200"}
         env.pop("PAI_TOKEN", None)
+        env.pop("PAI_USER", None)
         if token is not None:
             env["PAI_TOKEN"] = token
+        if user is not None:
+            env["PAI_USER"] = user
         done = subprocess.run(
             [str(pai_executable()), *args], env=env, capture_output=True, text=True, timeout=JOB_GUARD_S
         )
@@ -107,6 +111,8 @@ def start_platform(
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cli_config = data_dir / "cli.json"
+    # Written by this `pai up` once it is ready: one left by an earlier `pai up` on this data dir must go.
+    cli_config.unlink(missing_ok=True)
     log_path = data_dir / "pai-up.log"
     proc_env = {**os.environ, "PAI_CLI_CONFIG": str(cli_config), "NO_COLOR": "1", **(env or {})}
     for name in ("PAI_ADMIN_PASSWORD", "PAI_NATS_URL", "PAI_MONGO_URL"):

@@ -76,10 +76,11 @@ def test_errors_and_another_user(pai: RunningPlatform, ledger: JobLedger, tmp_pa
         "--wait",
         str(renamed("hello-world.yaml", "hello-world", name, tmp_path)),
         token=token,
+        user=user,
     )
     ledger.expect(f"{user}~{name}", "SUCCEEDED")
     assert mine.returncode == 0 and mine.stdout.splitlines()[0] == f"{user}~{name}", mine.stderr
     # `<job>` alone is the caller's own job; another user's needs `<user>~<job>`.
-    assert json.loads(pai.cli("job", "get", name, token=token, check=True).stdout)["name"] == name
+    assert json.loads(pai.cli("job", "get", name, token=token, user=user, check=True).stdout)["name"] == name
     assert json.loads(pai.cli("job", "get", f"{user}~{name}", check=True).stdout)["name"] == name
     assert pai.cli("job", "get", name).returncode != 0  # the admin has no job of that name

@@ -43,6 +43,21 @@ def processes(data_dir: Path) -> dict[str, int]:
     return recorded
 
 
+def unready(data_dir: Path) -> list[str]:
+    """The services and agents whose health endpoint (the port each writes under run/) is not ready."""
+    names = [n for n in processes(data_dir) if not n.endswith("-server")]
+    waiting = []
+    for name in names:
+        try:
+            port = json.loads((data_dir / "run" / f"{name}.json").read_text())["health_port"]
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        except (OSError, ValueError, KeyError, httpx.HTTPError):
+            ready = False
+        if not ready:
+            waiting.append(name)
+    return waiting
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -107,6 +122,9 @@ def test_killed_parts_are_restarted_and_new_jobs_succeed(first: RunningPlatform)
         return all(now.get(n) not in (None, before[n]) and alive(now[n]) for n in victims)
 
     wait_until(repaired, "every killed part started again", GONE_GUARD_S)
+
+    # Repaired: every service and agent says it is ready again (its /readyz, which needs the bus).
+    wait_until(lambda: not unready(first.data_dir), "every service ready again", GONE_GUARD_S, pause_s=1.0)
     log = first.log_tail(200)
     for said in ("nats server exited with -9", "mongo server exited with -9", "jobs exited with -9"):
         assert said in log, log
@@ -169,8 +187,10 @@ def test_the_next_pai_up_takes_over_submits_and_stops_whatever_is_down(data_dir:
         assert "was not stopped cleanly" in second.log_tail(200)
 
         def ended() -> str:
-            text = second.log_tail(400)
-            return text if "(exit code" in text else ""
+            # This run's output (the log file holds the first run's too), once it reports the example's end
+            # and goes on supervising.
+            text = second.log_tail(400).split("was not stopped cleanly", 1)[1]
+            return text if "running; Ctrl-C stops everything" in text else ""
 
         log = wait_until(ended, "the --submit example's end")
         assert "SUCCEEDED (exit code 0)" in log and "hello from OpenPAI in Python" in log

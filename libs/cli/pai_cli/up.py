@@ -16,7 +16,8 @@ from pai_cli.client import FINAL_STATES, PaiClient, PaiError
 from pai_cli.config import save_config
 from pai_cli.platform import Platform, PlatformError
 
-console = Console(stderr=True)
+# No hard wrapping: its lines often end up in a log file, where a wrapped line cannot be searched for.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def unique_name(yaml_text: str, suffix: str) -> str:
