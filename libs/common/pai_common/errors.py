@@ -109,6 +109,19 @@ class NoGroupError(PaiError):
     code = "NoGroupError"
 
 
+class NoStorageError(PaiError):
+    status = 404
+    code = "NoStorageError"
+
+
+class ConflictStorageError(PaiError):
+    """Not in OpenPAI's list (it has no storage routes that write): a storage that exists already, or one
+    that jobs still mount."""
+
+    status = 409
+    code = "ConflictStorageError"
+
+
 class RemoveAdminError(PaiError):
     status = 403
     code = "RemoveAdminError"
@@ -150,6 +163,8 @@ _BY_CODE: dict[str, type[PaiError]] = {
         ConflictUserError,
         ConflictGroupError,
         NoGroupError,
+        NoStorageError,
+        ConflictStorageError,
         RemoveAdminError,
         PayloadTooLargeError,
         ServiceUnavailableError,

@@ -13,7 +13,9 @@ from typing import Any
 from nats.js.client import JetStreamContext
 
 from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.contract.rpc import ResolveStoragesReply, ResolveStoragesRequest
 from pai_common.envelope import decode
+from pai_common.errors import NoStorageError
 
 
 def job_key_of(event: Any) -> str | None:
@@ -92,3 +94,12 @@ class EventRecorder:
             )
 
         return await self.wait_until(check, timeout, f"{kind.__name__} {fields or ''} for {job_key}")
+
+
+async def no_storages(req: ResolveStoragesRequest) -> ResolveStoragesReply:
+    """The storage service's answer where no storage is defined, for a service tested without it (register
+    with ``app.rpc({ResolveStoragesRequest: no_storages})``): no default storage to mount, and a job naming
+    one is refused as the storage service would refuse it."""
+    for name in [str(r.get("name")) for r in req.requests or []] + list(req.referenced):
+        raise NoStorageError(f"Storage {name} is not found.")
+    return ResolveStoragesReply(mounts=[])

@@ -40,7 +40,8 @@ async def _human(user: User) -> Identity:
 Human = Annotated[Identity, Depends(_human)]
 
 
-async def parse_body(request: Request, model: type[B]) -> B:
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object; InvalidParametersError otherwise."""
     raw = await read_body(request)
     try:
         data: Any = json.loads(raw or b"{}")
@@ -48,6 +49,11 @@ async def parse_body(request: Request, model: type[B]) -> B:
         raise InvalidParametersError("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidParametersError("the body must be a JSON object")
+    return data
+
+
+async def parse_body(request: Request, model: type[B]) -> B:
+    data = await json_object(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

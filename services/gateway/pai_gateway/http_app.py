@@ -21,6 +21,7 @@ from pai_gateway import (
     routes_groups,
     routes_jobs,
     routes_meta,
+    routes_storages,
     routes_users,
 )
 from pai_gateway.identity import IdentityResolver
@@ -65,6 +66,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_groups,
         routes_jobs,
         routes_cluster,
+        routes_storages,
         routes_diagnosis,
     ):
         app.include_router(module.router)

@@ -1,4 +1,4 @@
-"""Virtual clusters, SKU types and storages: what a user may run on and mount."""
+"""Virtual clusters and SKU types: what a user may run on (storages: ``routes_storages``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from pai_common.contract.rpc import (
-    ListStoragesRequest,
     ListVirtualClustersRequest,
     SkuTypesReply,
     SkuTypesRequest,
-    StorageListReply,
     VirtualClustersReply,
 )
 from pai_common.errors import InvalidParametersError, NoVirtualClusterError
@@ -43,9 +41,3 @@ async def virtual_cluster(request: Request, vc: str, user: User) -> dict[str, An
 @router.get("/api/v2/cluster/sku-types")
 async def sku_types(request: Request, user: User, vc: str | None = None) -> dict[str, Any]:
     return (await rpc(request, SkuTypesRequest(virtual_cluster=vc), SkuTypesReply)).sku_types
-
-
-@router.get("/api/v2/storages")
-async def storages(request: Request, user: User) -> dict[str, Any]:
-    req = ListStoragesRequest(username=user.username, admin=user.admin)
-    return {"storages": (await rpc(request, req, StorageListReply)).storages}

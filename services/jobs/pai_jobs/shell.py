@@ -42,6 +42,8 @@ from pai_common.contract.rpc import (
     JobSecretsRequest,
     JobTagRequest,
     ListJobsRequest,
+    ResolveStoragesReply,
+    ResolveStoragesRequest,
     SubmitJobReply,
     SubmitJobRequest,
     TaskAttemptsReply,
@@ -58,7 +60,7 @@ from pai_common.errors import (
     NoTagError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan
+from pai_jobs import job_events, list_plan, storages
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
 from pai_jobs.protocol import parse_job
@@ -221,6 +223,21 @@ class JobsService:
             raise ForbiddenUserError(
                 f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
             )
+        if await self.app.db[JOBS].find_one({"_id": spec.job_key}, {"_id": 1}) is not None:
+            raise ConflictJobError(f"Job {spec.job_key} already exists.")
+        # Storages are checked before the job exists: one the user may not use, or that does not exist,
+        # refuses the submission (403 / 404 naming it) instead of failing the job at launch.
+        resolved = await self.app.bus.request(
+            ResolveStoragesRequest(
+                username=req.username,
+                admin=req.admin,
+                requests=storages.requested(parsed.raw),
+                referenced=storages.referenced(parsed.raw),
+                job_key=spec.job_key,
+            ),
+            ResolveStoragesReply,
+        )
+        spec = storages.with_mounts(spec, resolved.mounts)
         doc = new_job_document(spec.model_dump(mode="json"), parsed.masked)
 
         async def store(tx: HandlerContext) -> None:

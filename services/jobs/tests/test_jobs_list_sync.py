@@ -20,6 +20,7 @@ from pai_common.contract.rpc import (
     JobListReply,
     JobTagRequest,
     ListJobsRequest,
+    ResolveStoragesRequest,
     SubmitJobRequest,
 )
 from pai_common.contract.types import FrameworkSnapshot
@@ -27,6 +28,7 @@ from pai_common.embedded import ServerProcess, start_nats
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
+from pai_common.testing import no_storages
 from pai_jobs.list_sync import COUNTERS, UPDATE_COUNTER
 from pai_jobs.queries import ORDER_FIELDS
 from pai_jobs.shell import LIST, JobsService
@@ -45,6 +47,7 @@ def replica(
     settings = Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data, nak_base_delay_s=0.05)
     app = ServiceApp("jobs", settings)
     service = JobsService(app, list_index=index)
+    app.rpc({ResolveStoragesRequest: no_storages})
     app.name = db  # a database of this test's own
     return service
 

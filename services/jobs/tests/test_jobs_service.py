@@ -38,6 +38,7 @@ from pai_common.contract.rpc import (
     JobSecretsRequest,
     JobTagRequest,
     ListJobsRequest,
+    ResolveStoragesRequest,
     SubmitJobReply,
     SubmitJobRequest,
     TaskAttemptsReply,
@@ -59,6 +60,7 @@ from pai_common.errors import (
 )
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
+from pai_common.testing import no_storages
 from pai_jobs.protocol import parse_job
 from pai_jobs.shell import JOBS, JobsService, new_job_document
 
@@ -101,6 +103,7 @@ def jobs_app(nats: ServerProcess, mongo: ServerProcess, db: str, data: Path) -> 
     settings = Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data, nak_base_delay_s=0.05)
     app = ServiceApp("jobs", settings)
     JobsService(app)
+    app.rpc({ResolveStoragesRequest: no_storages})
     app.name = db  # a database of this test's own; the bus subjects stay the jobs service's
     return app
 

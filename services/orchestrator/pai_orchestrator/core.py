@@ -864,6 +864,7 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
             ports=task.ports,
             plugins=fw.spec.runtime_plugins,
             has_secrets=fw.spec.has_secrets,
+            mounts=fw.spec.storages,
         ),
         task.node,
     )

@@ -8,6 +8,7 @@ allocated GPUs only, and the task's limits.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,13 @@ def available(engine: str) -> bool:
         return subprocess.run([engine, "info"], capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def find_sshd() -> str | None:
+    """The sshd binary of this host, if one is installed (the ssh plugin starts it per task)."""
+    return shutil.which("sshd") or next(
+        (p for p in ("/usr/sbin/sshd", "/usr/bin/sshd") if os.access(p, os.X_OK)), None
+    )
 
 
 def choose(setting: str, image: str | None) -> str | None:
@@ -43,6 +51,7 @@ def run_command(
     cpu: int,
     memory_mb: int,
     shm_mb: int,
+    volumes: list[str] | None = None,
 ) -> list[str]:
     argv = [
         engine, "run", "--rm", "--name", name, "--network", "host", "--init",
@@ -60,4 +69,6 @@ def run_command(
         argv += ["--memory", f"{memory_mb}m"]
     if shm_mb:
         argv += ["--shm-size", f"{shm_mb}m"]
+    for volume in volumes or []:  # the task's local storages: source:target[:ro]
+        argv += ["-v", volume]
     return [*argv, image, "bash", str(workdir / script)]

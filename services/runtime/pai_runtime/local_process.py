@@ -15,8 +15,10 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pai_runtime import supervisor
+from pai_runtime.backend import TaskExit
 
 SUPERVISOR = Path(supervisor.__file__).resolve()
 # OpenPAI's runtime keeps two files of 256 MB per stream.
@@ -25,13 +27,6 @@ DEFAULT_LOG_KEEP = 2
 
 # What a task inherits from the agent's environment; nothing else (the agent's may hold secrets).
 PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TERM")
-
-
-@dataclass(frozen=True)
-class TaskExit:
-    exit_code: int
-    signal: int | None
-    timed_out: bool = False
 
 
 def task_env(base: dict[str, str], extra: dict[str, str], workdir: Path) -> dict[str, str]:
@@ -62,7 +57,12 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def prepare(
-    workdir: Path, entrypoint: str, pre: str = "", post: str = "", limits: Limits | None = None
+    workdir: Path,
+    entrypoint: str,
+    pre: str = "",
+    post: str = "",
+    limits: Limits | None = None,
+    mounts: dict[str, Any] | None = None,
 ) -> None:
     """Write the task's phase scripts and its supervisor's configuration into its working directory."""
     limits = limits or Limits()
@@ -83,6 +83,8 @@ def prepare(
         "timeout_s": limits.timeout_s,
         "grace_s": limits.grace_s,
         "cgroup": limits.cgroup,
+        # Storages the supervisor mounts first (local_mounts): steps, credentials folder, failure code.
+        **(mounts or {}),
     }
     (workdir / supervisor.CONFIG).write_text(json.dumps(config))
 
@@ -92,8 +94,9 @@ def command(workdir: Path) -> list[str]:
     return [sys.executable, "-I", "-S", str(SUPERVISOR), str(workdir)]
 
 
-async def start(workdir: Path, env: dict[str, str]) -> int:
-    argv = command(workdir)
+async def start(workdir: Path, env: dict[str, str], argv: list[str] | None = None) -> int:
+    """Start the task's supervisor (``argv``: its command line, ``command(workdir)`` unless given)."""
+    argv = argv or command(workdir)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=workdir,

@@ -3,9 +3,10 @@
 Pure: from the job's plugin entries and the task's environment, the pre-commands, post-commands,
 files and variables of one task. Supported: ``cmd`` (pre/post commands, callbacks), ``ssh`` (job key
 pair, ``ssh <role>-<index>`` between tasks, sshd where installed, a barrier), ``tensorboard`` and
-``git``. Each plugin's commands run in their own subshell: with ``failurePolicy: fail`` (the default)
-under errexit, and a failure ends the task with the plugin's exit code; with ``ignore`` every command
-runs and a failure is only reported.
+``git``; ``teamwise_storage`` is accepted and adds no command (the jobs service turns its
+``storageConfigNames`` into the task's mounts at submission). Each plugin's commands run in their own
+subshell: with ``failurePolicy: fail`` (the default) under errexit, and a failure ends the task with the
+plugin's exit code; with ``ignore`` every command runs and a failure is only reported.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from pai_runtime import jobssh, secrets
 
 PREFIX = "com.microsoft.pai.runtimeplugin."
-KNOWN = ("cmd", "ssh", "tensorboard", "git")
+KNOWN = ("cmd", "ssh", "tensorboard", "git", "teamwise_storage")
 
 
 class PluginError(ValueError):
@@ -223,6 +224,8 @@ def build(entries: list[dict[str, Any]], ctx: PluginContext) -> PluginOutput:
             pre = _tensorboard(params, ctx)
         elif name == "git":
             pre = _git(params)
+        elif name == "teamwise_storage":
+            pass  # its storages were resolved at submission and come as the launch's mounts
         else:
             raise PluginError(f"unknown runtime plugin {name!r}; this runtime has {', '.join(KNOWN)}")
         pre = [secrets.render(c, ctx.job_secrets) for c in pre]

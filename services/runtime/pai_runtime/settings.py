@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from pai_common.contract.base import NODE_NAME_MAX, NODE_NAME_PATTERN
 from pai_common.settings import Settings
 
 
@@ -14,7 +15,8 @@ def _default_node() -> str:
 
 
 class RuntimeSettings(Settings):
-    node_name: str = Field(default_factory=_default_node, pattern=r"^[A-Za-z0-9_-]+$")
+    # Kubernetes node names (DNS-1123 subdomains, e.g. ip-10-0-0-1.ec2.internal) are accepted.
+    node_name: str = Field(default_factory=_default_node, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)
     host_ip: str = "127.0.0.1"
     # Used only where NVML finds no GPU and no inventory file is given: how many simulated GPUs.
     simulated_gpus: int = Field(default=4, ge=0, le=64)

@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import secrets as random_secrets
-import shlex
 import shutil
-import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject
+from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject, subject_token
 from pai_common.contract.commands import KillTask, LaunchTask
 from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
-from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogReply, TaskLogRequest
+from pai_common.contract.rpc import (
+    JobSecretsReply,
+    JobSecretsRequest,
+    StorageCredentialsReply,
+    StorageCredentialsRequest,
+    TaskLogReply,
+    TaskLogRequest,
+)
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
-from pai_runtime import barrier, containers, k8s_manifest, limits, local_process, metrics, plugins
+from pai_runtime import metrics, plugins
 from pai_runtime import secrets as job_secrets
+from pai_runtime.backend import (
+    PORT_CONFLICT_EXIT,
+    SETUP_FAILED_EXIT,
+    STORAGE_MOUNT_EXIT,
+    Ended,
+    SetupError,
+    TaskBackend,
+    TaskExit,
+    TaskFiles,
+    failure_script,
+)
 from pai_runtime.devices import Inventory, detect, load_inventory, nvml_gpu_report, nvml_health
-from pai_runtime.k8s_status import PodOutcome
 from pai_runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -37,10 +50,7 @@ log = logging.getLogger(__name__)
 RUNS = "runs"
 LOG_TAIL_BYTES = 4096
 SECRETS_FILE = ".secrets.json"
-# OpenPAI's exit code for a port already taken on the node (its init port checker: 10 → 253).
-PORT_CONFLICT_EXIT = 253
-# A task the runtime could not set up (bad plugin entry, unknown secret): a user error, as OpenPAI's init.
-SETUP_FAILED_EXIT = 1
+__all__ = ["PORT_CONFLICT_EXIT", "SETUP_FAILED_EXIT", "Agent", "main"]
 
 
 def now_ms() -> int:
@@ -51,32 +61,27 @@ def run_id(job_key: str, attempt_id: int, role: str, index: int, task_attempt_id
     return f"{job_key}/{attempt_id}/{role}/{index}/{task_attempt_id}"
 
 
-class SetupError(Exception):
-    """The task cannot start as asked; it ends at once with this code and message in its logs."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass
 class Running:
+    """A local task whose processes the agent samples for metrics."""
+
     pid: int
-    workdir: Path
     gpus: list[int]
     labels: dict[str, str]
-    cgroup: str | None = None
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # As servers bind: a port held only by connections in TIME_WAIT is free to listen on.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
+def make_backend(settings: RuntimeSettings) -> TaskBackend:
+    if settings.backend == "kubernetes":
+        from pai_runtime.kubernetes import KubernetesBackend, PodOptions
+
+        options = PodOptions(namespace=settings.k8s_namespace, grace_period_s=int(settings.kill_grace_s))
+        return KubernetesBackend(
+            options, in_cluster=settings.k8s_in_cluster, kubeconfig=settings.k8s_kubeconfig
+        )
+    from pai_runtime.local_backend import LocalBackend
+
+    root = Path(settings.data_dir).resolve() / "runtime" / settings.node_name
+    return LocalBackend(settings, settings.node_name, root)
 
 
 def gpu_share_env(gpus: list[int], milli: int, memory_mb: int) -> dict[str, str]:
@@ -102,28 +107,25 @@ def device_env(cmd: LaunchTask) -> dict[str, str]:
 
 
 class Agent:
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, backend: TaskBackend | None = None) -> None:
         self.settings = settings
         self.node = settings.node_name
         # Each node keeps its own collection: agents on one machine share the service's database.
-        self.runs_collection = f"{RUNS}_{self.node}"
+        token = subject_token(self.node)  # the name without dots, for subjects and names
+        self.runs_collection = f"{RUNS}_{token}"
         self.app = ServiceApp("runtime", settings)
         self.root = Path(settings.data_dir).resolve() / "runtime" / self.node
+        # Where tasks run: local processes or Kubernetes pods (settings.backend), unless one is given.
+        self.backend: TaskBackend = backend or make_backend(settings)
         self._watchers: set[asyncio.Task[None]] = set()
         self._running: dict[str, Running] = {}
-        # Set at start-up when tasks run as Kubernetes pods (settings.backend == "kubernetes").
-        self.k8s: Any = None
         self._sampler = metrics.TaskSampler()
         self._inventory: Inventory | None = None
-        self._cgroup_root = limits.usable_cgroup_root(settings.cgroup_root)
-        self._sshd = shutil.which("sshd") or next(
-            (p for p in ("/usr/sbin/sshd", "/usr/bin/sshd") if os.access(p, os.X_OK)), None
-        )
         self.app.on_commands(
-            f"runtime-{self.node}", f"{COMMAND_SUBJECT_PREFIX}.runtime.{self.node}.>", self.handle_command
+            f"runtime-{token}", f"{COMMAND_SUBJECT_PREFIX}.runtime.{token}.>", self.handle_command
         )
         self.app.rpc({TaskLogRequest: self.task_log}, target=self.node)
-        self.app.on_startup(self._connect_kubernetes)
+        self.app.on_startup(self._start_backend)
         self.app.on_startup(self._register)
         self.app.on_startup(self._resume)
         self.app.on_shutdown(self._stop_watching)
@@ -239,26 +241,10 @@ class Agent:
     async def _resume(self, app: ServiceApp) -> None:
         """Tasks that ran while the agent was down: adopt the live ones, report the finished ones."""
         async for run in app.db[self.runs_collection].find({"status": "running"}):
-            event = run["event"]
-            if run.get("pod"):
-                self._watch_pod(run["_id"], run["pod"], Path(run["workdir"]), event)
-                continue
-            self._watch(run["_id"], int(run["pid"]), Path(run["workdir"]), event, list(run.get("gpus", [])))
+            self._watch(run)
 
-    async def _connect_kubernetes(self, app: ServiceApp) -> None:
-        if self.settings.backend != "kubernetes" or self.k8s is not None:
-            return
-        from pai_runtime import k8s_backend
-
-        core = await asyncio.to_thread(
-            k8s_backend.connect, self.settings.k8s_in_cluster, self.settings.k8s_kubeconfig
-        )
-        self.k8s = k8s_backend.KubernetesBackend(core, self.pod_options())
-
-    def pod_options(self) -> k8s_manifest.PodOptions:
-        return k8s_manifest.PodOptions(
-            namespace=self.settings.k8s_namespace, grace_period_s=int(self.settings.kill_grace_s)
-        )
+    async def _start_backend(self, app: ServiceApp) -> None:
+        await self.backend.start()
 
     async def _stop_watching(self, app: ServiceApp) -> None:
         """The tasks keep running without the agent; the next agent adopts them (``_resume``)."""
@@ -267,6 +253,7 @@ class Agent:
         for running in self._running.values():
             metrics.remove(running.labels)
         self._running.clear()
+        await self.backend.close()
 
     # ---- commands ------------------------------------------------------------------------------------
 
@@ -299,6 +286,25 @@ class Agent:
             raise SetupError(SETUP_FAILED_EXIT, f"the job's secrets are not available: {exc}") from exc
         return dict(reply.secrets)
 
+    async def _storage_credentials(self, cmd: LaunchTask) -> dict[str, dict[str, str]]:
+        """The credentials of the task's storages that the storage service keeps (never logged)."""
+        found: dict[str, dict[str, str]] = {}
+        for m in cmd.mounts:
+            if not m.has_credentials:
+                continue
+            try:
+                reply = await self.app.bus.request(
+                    StorageCredentialsRequest(storage=m.name, node=self.node),
+                    StorageCredentialsReply,
+                    timeout=self.settings.secrets_timeout_s,
+                )
+            except ServiceUnavailableError:
+                raise  # transient: the command is delivered again
+            except PaiError as exc:
+                raise SetupError(STORAGE_MOUNT_EXIT, f"storage {m.name} not mounted: {exc}") from exc
+            found[m.name] = dict(reply.values)
+        return found
+
     def _ssh_secret(self) -> bytes:
         if self.settings.job_ssh_secret is not None:
             return self.settings.job_ssh_secret.get_secret_value().encode()
@@ -314,10 +320,11 @@ class Agent:
             tmp.unlink()
         return path.read_bytes().strip()
 
-    async def _commands(
-        self, cmd: LaunchTask, workdir: Path, env: dict[str, str], home: str, python: str, barrier_script: str
-    ) -> tuple[dict[str, Any], str, plugins.PluginOutput]:
-        """The job's secrets, the rendered user commands and the plugins' output for one task."""
+    async def _build(self, cmd: LaunchTask, workdir: Path) -> TaskFiles:
+        """The task as the backend starts it: the job's secrets, the rendered user commands, the plugins'
+        commands and files, the environment. SetupError for a task that cannot run as asked."""
+        env = self.task_env(cmd)
+        paths = self.backend.paths(workdir)
         secrets = await self._job_secrets(cmd)
         if secrets:
             fd = os.open(workdir / SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -332,67 +339,24 @@ class Agent:
                     task_role=cmd.task_role,
                     index=cmd.index,
                     env=env,
-                    home=home,
-                    python=python,
-                    barrier_script=barrier_script,
-                    sshd=self._sshd if self.k8s is None else "auto",
+                    home=paths.home,
+                    python=paths.python,
+                    barrier_script=paths.barrier_script,
+                    sshd=paths.sshd,
                     job_ssh_secret=self._ssh_secret() if _uses_ssh(cmd.plugins) else b"",
                     job_secrets=secrets,
                 ),
             )
         except (plugins.PluginError, job_secrets.SecretNotFoundError) as exc:
             raise SetupError(SETUP_FAILED_EXIT, str(exc)) from exc
-        return secrets, entrypoint, built
-
-    async def _set_up(self, cmd: LaunchTask, workdir: Path, env: dict[str, str]) -> tuple[str, str]:
-        """Write the task's files; (backend, cgroup). Raises SetupError for a task that cannot run."""
-        busy = [p for ports in cmd.ports.values() for p in ports if not port_free(p)]
-        if busy:
-            raise SetupError(PORT_CONFLICT_EXIT, f"ports already in use on {self.node}: {busy}")
-        _, entrypoint, built = await self._commands(
-            cmd, workdir, env, str(workdir), sys.executable, barrier.__file__
+        return TaskFiles(
+            entrypoint=entrypoint,
+            pre=built.pre_script,
+            post=built.post_script,
+            files=built.files,
+            env={**env, **built.env},
+            secrets=secrets,
         )
-        for rel, (content, mode) in built.files.items():
-            path = workdir / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "w") as f:
-                f.write(content)
-        env.update(built.env)
-        backend = "host"
-        engine = containers.choose(self.settings.container_engine, cmd.image)
-        if engine and cmd.image:
-            (workdir / "user-in-container.sh").write_text(entrypoint + "\n")
-            (workdir / "user-in-container.sh").chmod(0o600)
-            env_file = workdir / ".task.env"
-            fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.writelines(f"{k}={v}\n" for k, v in env.items() if "\n" not in v and k != "PATH")
-            argv = containers.run_command(
-                engine, cmd.image, _container_name(cmd), workdir, env_file, "user-in-container.sh",
-                cmd.gpus, cmd.cpu, cmd.memory_mb, cmd.shm_mb,
-            )  # fmt: skip
-            entrypoint = "exec " + shlex.join(argv)
-            backend = engine
-        cgroup = None
-        if self._cgroup_root is not None:
-            name = "pai-" + hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
-            group = limits.prepare_cgroup(self._cgroup_root, name, cmd.cpu, cmd.memory_mb)
-            cgroup = str(group) if group else None
-        task_limits = local_process.Limits(
-            log_max_bytes=self.settings.log_max_bytes,
-            log_keep=self.settings.log_keep_files,
-            timeout_s=self.settings.task_timeout_s or None,
-            grace_s=self.settings.kill_grace_s,
-            memory_limit_kb=(
-                limits.address_space_kb(cmd.memory_mb, cmd.gpus)
-                if cgroup is None and self.settings.address_space_limit
-                else None
-            ),
-            cgroup=cgroup,
-        )
-        local_process.prepare(workdir, entrypoint, built.pre_script, built.post_script, task_limits)
-        return backend, cgroup or ""
 
     async def launch(self, ctx: HandlerContext, cmd: LaunchTask) -> None:
         rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
@@ -400,57 +364,43 @@ class Agent:
         if await runs.find_one({"_id": rid}, {"_id": 1}, session=ctx.session):
             return  # launched already: a command is done once
         workdir = self.workdir(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
-        if self.k8s is not None:
-            await self.launch_pod(ctx, cmd, rid, workdir)
-            return
-        pid_file = workdir / "pid"
-        backend, cgroup = "host", ""
-        if pid_file.exists():
-            # Started by a previous delivery whose commit did not happen: adopt it, never start twice.
-            pid = int(pid_file.read_text())
-            with contextlib.suppress(OSError):
-                backend = (workdir / "backend").read_text().strip()
-        else:
-            workdir.mkdir(parents=True, exist_ok=True)
-            env = self.task_env(cmd)
-            try:
-                backend, cgroup = await self._set_up(cmd, workdir, env)
-            except SetupError as exc:
-                # The task still runs, as a one-line script: its logs and exit tell the user what failed.
-                message = f"[openpai-runtime] task not started: {exc}"
-                local_process.prepare(
-                    workdir,
-                    f"echo {shlex.quote(message)} >&2\nexit {exc.code}",
-                    limits=local_process.Limits(),
-                )
-                log.warning("task set-up failed", extra={"run": rid, "exit_code": exc.code})
-            (workdir / "backend").write_text(backend)
-            pid = await local_process.start(workdir, local_process.task_env(dict(os.environ), env, workdir))
-        started = now_ms()
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            task = await self._build(cmd, workdir)
+            mounts = self.backend.mounts(cmd, await self._storage_credentials(cmd))
+            started = await self.backend.launch(cmd, workdir, task, mounts)
+        except SetupError as exc:
+            # The task still runs, as a one-line script: its logs and exit tell the user what failed.
+            log.warning("task set-up failed", extra={"run": rid, "exit_code": exc.code})
+            failed = TaskFiles(failure_script(str(exc), exc.code), env=self.task_env(cmd), failed=True)
+            started = await self.backend.launch(cmd, workdir, failed, None)
+        begun = now_ms()
         template = _template(cmd, self.node)
-        await runs.insert_one(
-            {
-                "_id": rid,
-                "status": "running",
-                "pid": pid,
-                "workdir": str(workdir),
-                "started_at": started,
-                "event": template,
-                "gpus": cmd.gpus,
-                "cgroup": cgroup,
-                # Whether the job ran on the host or in its image.
-                "backend": backend,
-            },
-            session=ctx.session,
-        )
+        run = {
+            "_id": rid,
+            "status": "running",
+            "pid": started.pid,
+            **started.record,
+            "workdir": str(workdir),
+            "started_at": begun,
+            "event": template,
+            "gpus": cmd.gpus,
+            # Whether the job ran on the host, in its image or in a pod.
+            "backend": started.backend,
+        }
+        await runs.insert_one(run, session=ctx.session)
         ctx.out.event(
             TaskRunning(
-                **template, host_ip=self.settings.host_ip, pid=pid, started_at=started, backend=backend
+                **template,
+                host_ip=self.settings.host_ip,
+                pid=started.pid,
+                started_at=begun,
+                backend=started.backend,
             ),
             msg_id=f"running:{rid}",
         )
-        self._watch(rid, pid, workdir, template, cmd.gpus, cgroup or None)
-        log.info("task launched", extra={"run": rid, "pid": pid, "backend": backend})
+        self._watch(run)
+        log.info("task launched", extra={"run": rid, "pid": started.pid, "backend": started.backend})
 
     def task_env(self, cmd: LaunchTask) -> dict[str, str]:
         return {
@@ -463,73 +413,6 @@ class Agent:
             "PAI_TASK_ATTEMPT_ID": str(cmd.task_attempt_id),
         }
 
-    async def launch_pod(self, ctx: HandlerContext, cmd: LaunchTask, rid: str, workdir: Path) -> None:
-        """The task as a Pod bound to this node; its scripts and the job's secrets in its Secret."""
-        from pai_runtime import k8s_backend
-
-        workdir.mkdir(parents=True, exist_ok=True)
-        home = "/usr/local/pai/work"
-        env = {**self.task_env(cmd), "HOME": home}
-        options = self.pod_options()
-        try:
-            secrets, entrypoint, built = await self._commands(
-                cmd, workdir, env, home, "python3", f"{k8s_manifest.TASK_DIR}/barrier.py"
-            )
-            pre = "\n".join(filter(None, [k8s_backend.files_script(built.files, home), built.pre_script]))
-            scripts = {"pre.sh": pre, "user.sh": entrypoint, "post.sh": built.post_script}
-        except SetupError as exc:
-            secrets = {}
-            scripts = {"user.sh": f"echo {shlex.quote(f'[openpai-runtime] task not started: {exc}')} >&2\n"
-                       f"exit {exc.code}"}  # fmt: skip
-            built = plugins.PluginOutput()
-        env.update(built.env)
-        pod = k8s_manifest.pod_manifest(cmd, env, options)
-        scripts["barrier.py"] = Path(barrier.__file__).read_text()
-        secret = k8s_manifest.secret_manifest(cmd, options, scripts, secrets)
-        uid = await asyncio.to_thread(self.k8s.create, pod, secret)
-        name = pod["metadata"]["name"]
-        started = now_ms()
-        template = _template(cmd, self.node)
-        await ctx.db[self.runs_collection].insert_one(
-            {
-                "_id": rid, "status": "running", "pid": 0, "pod": name, "pod_uid": uid,
-                "workdir": str(workdir), "started_at": started, "event": template, "gpus": cmd.gpus,
-                "backend": "kubernetes",
-            },
-            session=ctx.session,
-        )  # fmt: skip
-        ctx.out.event(
-            TaskRunning(
-                **template, host_ip=self.settings.host_ip, pid=0, started_at=started, backend="kubernetes"
-            ),
-            msg_id=f"running:{rid}",
-        )
-        self._watch_pod(rid, name, workdir, template)
-        log.info("task pod created", extra={"run": rid, "pod": name})
-
-    def _watch_pod(self, rid: str, name: str, workdir: Path, template: dict[str, Any]) -> None:
-        async def report() -> None:
-            outcome: PodOutcome = await asyncio.to_thread(self.k8s.wait, name)
-            try:
-                tail = await asyncio.to_thread(self.k8s.logs, name, LOG_TAIL_BYTES)
-            except Exception as exc:  # the exit matters more than its log
-                log.warning("pod log not read", extra={"pod": name, "error": repr(exc)})
-                tail = ""
-            if outcome.message:
-                tail = (tail + "\n" + outcome.message)[-LOG_TAIL_BYTES:]
-            await self._record_exit(
-                rid,
-                template,
-                local_process.TaskExit(outcome.exit_code or 0, outcome.signal),
-                job_secrets.mask(tail, self._secret_values(workdir)),
-                pod_reason=outcome.pod_reason,
-                container_reason=outcome.container_reason,
-            )
-
-        task = asyncio.create_task(report(), name=f"watch-pod:{rid}")
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
-
     async def kill(self, ctx: HandlerContext, cmd: KillTask) -> None:
         rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
         run = await ctx.db[self.runs_collection].find_one({"_id": rid}, session=ctx.session)
@@ -539,33 +422,26 @@ class Agent:
             {"_id": rid}, {"$set": {"stop_reason": cmd.reason}}, session=ctx.session
         )
         # The stop runs beside the consumer; the watcher reports the exit as for any other end.
-        if run.get("pod"):
-            task = asyncio.create_task(asyncio.to_thread(self.k8s.delete, run["pod"], cmd.grace_period_s))
-        else:
-            task = asyncio.create_task(local_process.stop(int(run["pid"]), cmd.grace_period_s))
+        task = asyncio.create_task(self.backend.kill(run, cmd.grace_period_s))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
     # ---- exits ---------------------------------------------------------------------------------------
 
-    def _watch(
-        self,
-        rid: str,
-        pid: int,
-        workdir: Path,
-        template: dict[str, Any],
-        gpus: list[int],
-        cgroup: str | None = None,
-    ) -> None:
-        labels = {
-            "node": self.node,
-            "job": str(template["job_key"]),
-            "task_role": str(template["task_role"]),
-            "index": str(template["index"]),
-            "task_attempt": str(template.get("task_attempt_id", 0)),
-        }
-        self._running[rid] = Running(pid, workdir, gpus, labels, cgroup)
-        task = asyncio.create_task(self._report_exit(rid, pid, workdir, template), name=f"watch:{rid}")
+    def _watch(self, run: dict[str, Any]) -> None:
+        rid = str(run["_id"])
+        template: dict[str, Any] = run["event"]
+        pid = int(run.get("pid") or 0)
+        if pid:
+            labels = {
+                "node": self.node,
+                "job": str(template["job_key"]),
+                "task_role": str(template["task_role"]),
+                "index": str(template["index"]),
+                "task_attempt": str(template.get("task_attempt_id", 0)),
+            }
+            self._running[rid] = Running(pid, list(run.get("gpus") or []), labels)
+        task = asyncio.create_task(self._report_exit(run), name=f"watch:{rid}")
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
@@ -576,28 +452,31 @@ class Agent:
             return []
         return [str(v) for v in loaded] if isinstance(loaded, list) else []
 
-    async def _report_exit(self, rid: str, pid: int, workdir: Path, template: dict[str, Any]) -> None:
-        result = await local_process.wait(pid, workdir)
+    async def _report_exit(self, run: dict[str, Any]) -> None:
+        rid = str(run["_id"])
+        ended: Ended = await self.backend.wait(run)
         running = self._running.pop(rid, None)
         if running is not None:
             metrics.remove(running.labels)
-            if running.cgroup:
-                limits.remove_cgroup(Path(running.cgroup))
-        tail, _, _ = local_process.tail_rotated(workdir / "all.log", LOG_TAIL_BYTES)
-        tail = job_secrets.mask(tail, self._secret_values(workdir))
-        if result.timed_out:
-            note = "\n[openpai-runtime] the task reached its time limit and was stopped"
-            tail = (tail + note)[-LOG_TAIL_BYTES:]
+        gpus = list(run.get("gpus") or [])
         gpu_health = None
-        if running is not None and running.gpus and self._inventory and self._inventory.source == "nvml":
-            gpu_health = await asyncio.to_thread(nvml_gpu_report, running.gpus)
-        await self._record_exit(rid, template, result, tail, gpu_health=gpu_health)
+        if gpus and self._inventory and self._inventory.source == "nvml":
+            gpu_health = await asyncio.to_thread(nvml_gpu_report, gpus)
+        await self._record_exit(
+            rid,
+            run["event"],
+            ended.result,
+            job_secrets.mask(ended.tail, self._secret_values(Path(run["workdir"]))),
+            pod_reason=ended.pod_reason,
+            container_reason=ended.container_reason,
+            gpu_health=gpu_health,
+        )
 
     async def _record_exit(
         self,
         rid: str,
         template: dict[str, Any],
-        result: local_process.TaskExit,
+        result: TaskExit,
         tail: str,
         pod_reason: str | None = None,
         container_reason: str | None = None,
@@ -681,29 +560,24 @@ class Agent:
 
     # ---- logs ----------------------------------------------------------------------------------------
 
-    async def _pod_log(self, req: TaskLogRequest, workdir: Path) -> TaskLogReply:
-        """A pod's log as the kubelet keeps it: stdout and stderr together, whichever stream is asked."""
-        rid = run_id(req.job_key, req.attempt_id, req.task_role, req.index, req.task_attempt_id)
-        run = await self.app.db[self.runs_collection].find_one({"_id": rid})
-        if run is None or not run.get("pod"):
-            raise NoTaskLogError(f"no pod for {req.job_key} {req.task_role}[{req.index}] on {self.node}")
-        content = await asyncio.to_thread(self.k8s.logs, run["pod"], req.tail_bytes)
-        masked = job_secrets.mask(content, self._secret_values(workdir))
-        return TaskLogReply(content=masked, size=len(content.encode()), truncated=False)
-
     async def task_log(self, req: TaskLogRequest) -> TaskLogReply:
+        rid = run_id(req.job_key, req.attempt_id, req.task_role, req.index, req.task_attempt_id)
         workdir = self.workdir(req.job_key, req.attempt_id, req.task_role, req.index, req.task_attempt_id)
-        if self.k8s is not None:
-            return await self._pod_log(req, workdir)
-        path = workdir / f"{req.stream}.log"
-        if not path.exists():
-            raise NoTaskLogError(
-                f"no {req.stream} log for {req.job_key} {req.task_role}[{req.index}]"
-                f" (task attempt {req.task_attempt_id}) on {self.node}"
-            )
-        content, size, truncated = local_process.tail_rotated(path, req.tail_bytes)
+        run = await self.app.db[self.runs_collection].find_one({"_id": rid})
+        missing = NoTaskLogError(
+            f"no {req.stream} log for {req.job_key} {req.task_role}[{req.index}]"
+            f" (task attempt {req.task_attempt_id}) on {self.node}"
+        )
+        if run is None:
+            raise missing
+        try:
+            text = await self.backend.logs(run, req.stream, req.tail_bytes)
+        except FileNotFoundError:
+            raise missing from None
         return TaskLogReply(
-            content=job_secrets.mask(content, self._secret_values(workdir)), size=size, truncated=truncated
+            content=job_secrets.mask(text.content, self._secret_values(workdir)),
+            size=text.size,
+            truncated=text.truncated,
         )
 
 
@@ -720,11 +594,6 @@ def _template(cmd: LaunchTask, node: str) -> dict[str, Any]:
 
 def _uses_ssh(entries: list[dict[str, Any]]) -> bool:
     return any(isinstance(e, dict) and plugins.plugin_name(e) == "ssh" for e in entries)
-
-
-def _container_name(cmd: LaunchTask) -> str:
-    raw = f"pai-{cmd.job_key}-{cmd.attempt_id}-{cmd.task_role}-{cmd.index}-{cmd.task_attempt_id}"
-    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in raw)
 
 
 def _memory_mb() -> int:

@@ -108,6 +108,48 @@ def _result(returncode: int) -> tuple[int, int | None]:
     return returncode, None
 
 
+def _mount_storages(config: dict[str, Any], workdir: Path, err_w: int) -> int:
+    """Mount the task's storages in this process's own mount namespace (started by ``unshare``); the
+    code to end the task with when one cannot be mounted, 0 when all are."""
+    steps = config.get("mounts") or []
+    if not steps:
+        return 0
+    failed = int(config.get("mount_failed_exit", 1))
+    secrets = Path(config.get("mount_secrets") or workdir / ".mount-secrets")
+
+    def say(text: str) -> None:
+        os.write(err_w, f"[openpai-runtime] {text}\n".encode())
+
+    try:
+        host_ns = config.get("host_mount_namespace")
+        if host_ns and os.readlink("/proc/self/ns/mnt") == host_ns:
+            say(f"storage {steps[0]['name']} not mounted: the task has no private mount namespace")
+            return failed
+        for step in steps:
+            os.makedirs(step["target"], exist_ok=True)
+            done = subprocess.run(step["argv"], capture_output=True, timeout=120)
+            if done.returncode == 0 and step.get("bind") and step.get("read_only"):
+                remount = ["mount", "-o", "remount,bind,ro", step["target"]]
+                done = subprocess.run(remount, capture_output=True, timeout=60)
+            if done.returncode != 0:
+                why = (done.stderr or done.stdout).decode(
+                    errors="replace"
+                ).strip() or f"exit {done.returncode}"
+                say(f"storage {step['name']} not mounted at {step['target']}: {why}")
+                return failed
+            mode = "read-only" if step.get("read_only") else "read-write"
+            say(f"storage {step['name']} mounted at {step['target']} ({mode})")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        say(f"storage not mounted: {exc}")
+        return failed
+    finally:
+        if secrets.exists():
+            for f in secrets.iterdir():
+                f.unlink()
+            secrets.rmdir()
+    return 0
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -144,6 +186,9 @@ def run(workdir: Path) -> int:
     deadline = time.monotonic() + float(timeout_s) if timeout_s else None
     grace_s = float(config.get("grace_s", 10.0))
     code, sig, failed_phase, timed_out = 0, None, None, False
+    code = _mount_storages(config, workdir, err_w)
+    if code:
+        failed_phase = "mount"
     for phase in config["phases"]:
         if stopping.is_set() or code != 0:
             break  # a failed phase ends the task: pre-commands guard the user's, post-commands need success

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pai_runtime import local_process as lp
-from pai_runtime.local_process import PASSTHROUGH, TaskExit
+from pai_runtime.backend import TaskExit
+from pai_runtime.local_process import PASSTHROUGH
 
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:

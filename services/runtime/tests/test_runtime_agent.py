@@ -31,12 +31,12 @@ from pai_runtime.shell import PORT_CONFLICT_EXIT, Agent
 SECRET = "hunter2-very-secret"
 
 
-def _agent(nats: ServerProcess, mongo: ServerProcess, data: Path, **kw: Any) -> Agent:
+def _agent(nats: ServerProcess, mongo: ServerProcess, data: Path, node: str = "", **kw: Any) -> Agent:
     settings = RuntimeSettings(
         nats_url=nats.url,
         mongo_url=mongo.url,
         data_dir=data,
-        node_name=f"node-{uuid.uuid4().hex[:6]}",
+        node_name=node or f"node-{uuid.uuid4().hex[:6]}",
         force_simulated=True,
         simulated_gpus=2,
         nak_base_delay_s=0.05,
@@ -364,3 +364,47 @@ async def test_a_restarted_agent_adopts_its_running_tasks(
         assert sum(1 for body in events.seen if _exited(job)(body)) == 1
     finally:
         await second.app.stop()
+
+
+async def test_nodes_named_like_kubernetes_nodes(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """A DNS-1123 node name (EKS's ip-10-0-0-1.ec2.internal) works end to end; a node whose name is the
+    first label of it is another node: neither gets the other's commands, logs or heartbeats."""
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    short = f"ip-10-0-{uuid.uuid4().hex[:4]}"
+    dotted = _agent(fresh_nats, mongo_server, tmp_path / "a", node=f"{short}.ec2.internal")
+    plain = _agent(fresh_nats, mongo_server, tmp_path / "b", node=short)
+    beats: list[str] = []
+
+    async def heard(msg: Any) -> None:
+        beats.append(msg.subject)
+
+    await fresh_bus.nc.subscribe(heartbeat_subject(dotted.node), cb=heard)
+    await dotted.app.start()
+    await plain.app.start()
+    try:
+        job = "alice~dotted"
+        await fresh_bus.send_command(_launch(dotted, job, "worker", 0, "echo on-dotted"), dotted.node)
+        await fresh_bus.send_command(_launch(plain, job, "worker", 1, "echo on-plain"), plain.node)
+        first = await events.wait_until(_exited(job, "worker", 0))
+        second = await events.wait_until(_exited(job, "worker", 1))
+        assert (first.node, first.exit_code) == (dotted.node, 0)
+        assert (second.node, second.exit_code) == (plain.node, 0)
+        req = TaskLogRequest(job_key=job, attempt_id=0, task_role="worker", index=0)
+        assert (await fresh_bus.request(req, TaskLogReply, target=dotted.node)).content == "on-dotted\n"
+        with pytest.raises(NoTaskLogError):
+            await fresh_bus.request(req, TaskLogReply, target=plain.node)
+        while not beats:
+            await asyncio.sleep(0.1)
+        assert beats[0] == f"pai.hb.{short}~ec2~internal"
+    finally:
+        await plain.app.stop()
+        await dotted.app.stop()
+
+
+@pytest.mark.parametrize("name", ["", "a..b", ".a", "a.", "a b", "a/b", "x" * 254, "a~b"])
+def test_names_that_are_no_node_names_are_refused(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="node_name"):
+        RuntimeSettings(data_dir=tmp_path, node_name=name)

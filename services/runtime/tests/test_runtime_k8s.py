@@ -1,12 +1,12 @@
 """The Kubernetes backend: manifests checked against the API schema of the official client, Pod
-statuses mapped to OpenPAI's codes, and the backend driving the client against recorded API responses
-served over HTTP (the client's real request path, no mock of it)."""
+statuses mapped to OpenPAI's codes, and the backend driving the official client's asyncio API against
+recorded API responses served over HTTP (the client's real request path, no mock of it)."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes import client as k8s_client
+from kubernetes.aio import client as aio_client
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import k8s_schema
-from pai_runtime.k8s_backend import KubernetesBackend, files_script
-from pai_runtime.k8s_manifest import Mount, PodOptions, pod_manifest, pod_name, secret_manifest
-from pai_runtime.k8s_schema import ManifestError
-from pai_runtime.k8s_status import PodOutcome, interpret
+from pai_common.contract.types import StorageMount
+from pai_runtime.kubernetes import schema as k8s_schema
+from pai_runtime.kubernetes.backend import KubernetesBackend, files_script
+from pai_runtime.kubernetes.manifest import (
+    PodOptions,
+    pod_manifest,
+    pod_name,
+    secret_manifest,
+    storage_secret,
+)
+from pai_runtime.kubernetes.schema import ManifestError
+from pai_runtime.kubernetes.status import PodOutcome, interpret
+from pai_runtime.kubernetes.volumes import pod_storage
 
 DATA = Path(__file__).parent / "data" / "k8s"
 OPTIONS = PodOptions(namespace="pai", grace_period_s=5)
@@ -46,10 +55,12 @@ def test_the_pod_is_bound_isolated_limited_and_carries_no_secret() -> None:
     cmd = _cmd()
     env = {"PAI_JOB_NAME": "alice~mnist", "NVIDIA_VISIBLE_DEVICES": "1,3", "CUDA_VISIBLE_DEVICES": "1,3"}
     mounts = [
-        Mount("data", "/mnt/data", claim="pvc-data", read_only=True),
-        Mount("home", "/mnt/home", host_path="/h"),
+        StorageMount(
+            name="data", type="pvc", mount_path="/mnt/data", read_only=True, data={"claimName": "pvc-data"}
+        ),
+        StorageMount(name="home", type="local", mount_path="/mnt/home", data={"path": "/h"}),
     ]
-    pod = pod_manifest(cmd, env, OPTIONS, mounts)
+    pod = pod_manifest(cmd, env, OPTIONS, pod_storage(pod_name(cmd), mounts, {}))
     model = k8s_schema.validate(pod)
     assert isinstance(model, k8s_client.V1Pod)
     spec = pod["spec"]
@@ -68,6 +79,57 @@ def test_the_pod_is_bound_isolated_limited_and_carries_no_secret() -> None:
     assert {"/dev/shm", "/usr/local/pai/task", "/usr/local/pai/secrets", "/mnt/data", "/mnt/home"} <= mounted
     # The user's commands are only in the Secret; the pod spec shows neither them nor any secret.
     assert "train.py" not in json.dumps(pod)
+
+
+STORAGES = [
+    StorageMount(name="n1", type="nfs", mount_path="/mnt/n1", data={"server": "10.0.0.5", "path": "/x"}),
+    StorageMount(
+        name="n2", type="nfs", mount_path="/mnt/n2", mount_options=["nfsvers=4.1", "hard"],
+        data={"server": "nfs.local", "path": "/y"}, read_only=True,
+    ),
+    StorageMount(
+        name="smb", type="samba", mount_path="/mnt/smb", data={"address": "//srv/share", "username": "u"},
+        has_credentials=True,
+    ),
+    StorageMount(
+        name="af", type="azureFile", mount_path="/mnt/af", data={"accountName": "acct", "shareName": "s1"},
+        has_credentials=True, sub_path="alice",
+    ),
+    StorageMount(
+        name="ab", type="azureBlob", mount_path="/mnt/ab", secret_name="blob-creds",
+        data={"accountName": "acct", "containerName": "c1"},
+    ),
+    StorageMount(name="claim", type="pvc", mount_path="/data", data={"claimName": "team-data"}),
+    StorageMount(name="host", type="local", mount_path="/mnt/host", data={"path": "/srv/host"}),
+]  # fmt: skip
+
+
+def test_every_storage_type_is_a_volume_the_api_schema_accepts() -> None:
+    cmd = _cmd()
+    creds = {"smb": {"password": "smb-pw"}, "af": {"accountKey": "KEY=="}}
+    storage = pod_storage(pod_name(cmd), STORAGES, creds)
+    pod = pod_manifest(cmd, {}, OPTIONS, storage)
+    k8s_schema.validate(pod)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["storage-n1"]["nfs"] == {"server": "10.0.0.5", "path": "/x", "readOnly": False}
+    assert volumes["storage-n2"]["csi"]["driver"] == "nfs.csi.k8s.io"
+    assert volumes["storage-n2"]["csi"]["volumeAttributes"]["mountOptions"] == "nfsvers=4.1,hard"
+    smb = volumes["storage-smb"]["csi"]
+    assert smb["driver"] == "smb.csi.k8s.io" and smb["volumeAttributes"] == {"source": "//srv/share"}
+    assert volumes["storage-af"]["csi"]["volumeAttributes"]["secretName"] in storage.secrets
+    assert volumes["storage-ab"]["csi"]["volumeAttributes"]["secretName"] == "blob-creds"
+    assert volumes["storage-claim"]["persistentVolumeClaim"] == {"claimName": "team-data", "readOnly": False}
+    assert volumes["storage-host"]["hostPath"] == {"path": "/srv/host", "type": "Directory"}
+    mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["storage-af"]["subPath"] == "alice" and mounts["storage-n2"]["readOnly"] is True
+    # Credentials only in Secrets the agent creates beside the Pod, never in the Pod.
+    assert "smb-pw" not in json.dumps(pod) and "KEY==" not in json.dumps(pod)
+    smb_secret = smb["nodePublishSecretRef"]["name"]
+    assert storage.secrets[smb_secret] == {"username": "u", "password": "smb-pw"}
+    for name, data in storage.secrets.items():
+        assert isinstance(k8s_schema.validate(storage_secret(cmd, OPTIONS, name, data)), k8s_client.V1Secret)
+    af = volumes["storage-af"]["csi"]["volumeAttributes"]["secretName"]
+    assert storage.secrets[af] == {"azurestorageaccountname": "acct", "azurestorageaccountkey": "KEY=="}
 
 
 def test_the_secret_holds_scripts_and_secrets_and_is_owned_by_the_pod() -> None:
@@ -296,22 +358,23 @@ class Recorded:
 
 
 @pytest.fixture
-def api() -> Iterator[tuple[Recorded, KubernetesBackend]]:
+async def api() -> AsyncIterator[tuple[Recorded, KubernetesBackend]]:
     recorded = Recorded()
     server = ThreadingHTTPServer(("127.0.0.1", 0), recorded.handler())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    configuration = k8s_client.Configuration()
+    configuration = aio_client.Configuration()
     configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
-    core = k8s_client.CoreV1Api(k8s_client.ApiClient(configuration))
-    yield recorded, KubernetesBackend(core, OPTIONS)
+    backend = KubernetesBackend(OPTIONS, api=aio_client.ApiClient(configuration))
+    yield recorded, backend
+    await backend.close()
     server.shutdown()
 
 
 PODS = "/api/v1/namespaces/pai/pods"
 
 
-def test_create_watch_to_oom_and_delete(api: tuple[Recorded, KubernetesBackend]) -> None:
+async def test_create_watch_to_oom_and_delete(api: tuple[Recorded, KubernetesBackend]) -> None:
     recorded, backend = api
     cmd = _cmd()
     name = pod_name(cmd)
@@ -322,7 +385,7 @@ def test_create_watch_to_oom_and_delete(api: tuple[Recorded, KubernetesBackend])
     recorded.answer("GET", PODS, 200, "watch-oom.jsonl", name)
     recorded.answer("DELETE", f"{PODS}/{name}", 200, "pod-deleted.json", name)
 
-    uid = backend.create(pod, secret)
+    uid = await backend.create(pod, secret)
     assert uid == "6f1c2a8e-3d4b-4c1e-9a57-0d2b8f1e7c11"
     (_, _, _, sent_pod), (_, _, _, sent_secret) = recorded.requests[:2]
     assert sent_pod == pod  # the client sent the manifest unchanged
@@ -330,40 +393,40 @@ def test_create_watch_to_oom_and_delete(api: tuple[Recorded, KubernetesBackend])
     assert sent_secret["stringData"]["secrets.yaml"] == "token: tok\n"
 
     running: list[bool] = []
-    outcome = backend.wait(name, on_running=lambda: running.append(True))
+    outcome = await backend.wait_pod(name, on_running=lambda: running.append(True))
     assert outcome == PodOutcome("exited", -1200, 9, None, "OOMKilled")
     assert running == [True]
     _, path, query, _ = recorded.requests[2]
     assert path == PODS and query["watch"] == ["true"] and query["fieldSelector"] == [f"metadata.name={name}"]
 
-    backend.delete(name, 5)
+    await backend.delete(name, 5)
     method, path, query, body = recorded.requests[-1]
     assert (method, path) == ("DELETE", f"{PODS}/{name}")
     assert query.get("gracePeriodSeconds") == ["5"] or (body or {}).get("gracePeriodSeconds") == 5
 
 
-def test_a_pod_created_before_is_adopted(api: tuple[Recorded, KubernetesBackend]) -> None:
+async def test_a_pod_created_before_is_adopted(api: tuple[Recorded, KubernetesBackend]) -> None:
     recorded, backend = api
     cmd = _cmd()
     name = pod_name(cmd)
     recorded.answer("POST", PODS, 409, "conflict.json", name)
     recorded.answer("GET", f"{PODS}/{name}", 200, "pod-created.json", name)
     recorded.answer("POST", "/api/v1/namespaces/pai/secrets", 409, "conflict.json", name)
-    uid = backend.create(pod_manifest(cmd, {}, OPTIONS), secret_manifest(cmd, OPTIONS, {}, {}))
+    uid = await backend.create(pod_manifest(cmd, {}, OPTIONS), secret_manifest(cmd, OPTIONS, {}, {}))
     assert uid == "6f1c2a8e-3d4b-4c1e-9a57-0d2b8f1e7c11"
     assert [(m, p) for m, p, _, _ in recorded.requests] == [
         ("POST", PODS), ("GET", f"{PODS}/{name}"), ("POST", "/api/v1/namespaces/pai/secrets"),
     ]  # fmt: skip
 
 
-def test_an_image_that_cannot_be_pulled_ends_the_task_and_its_pod(
+async def test_an_image_that_cannot_be_pulled_ends_the_task_and_its_pod(
     api: tuple[Recorded, KubernetesBackend],
 ) -> None:
     recorded, backend = api
     name = pod_name(_cmd())
     recorded.answer("GET", PODS, 200, "watch-image-pull.jsonl", name)
     recorded.answer("DELETE", f"{PODS}/{name}", 200, "pod-deleted.json", name)
-    outcome = backend.wait(name)
+    outcome = await backend.wait_pod(name)
     assert (outcome.exit_code, outcome.container_reason) == (254, "ErrImagePull")
     assert "pull access denied" in outcome.message
     assert recorded.requests[-1][:2] == ("DELETE", f"{PODS}/{name}")
@@ -373,21 +436,21 @@ def test_an_image_that_cannot_be_pulled_ends_the_task_and_its_pod(
     ("file", "code", "reason"),
     [("watch-evicted.jsonl", -1000, "Evicted"), ("watch-node-lost.jsonl", -1001, "NodeLost")],
 )
-def test_evictions_and_lost_nodes(
+async def test_evictions_and_lost_nodes(
     api: tuple[Recorded, KubernetesBackend], file: str, code: int, reason: str
 ) -> None:
     recorded, backend = api
     name = pod_name(_cmd())
     recorded.answer("GET", PODS, 200, file, name)
-    outcome = backend.wait(name)
+    outcome = await backend.wait_pod(name)
     assert (outcome.exit_code, outcome.pod_reason) == (code, reason)
 
 
-def test_deleting_a_pod_that_is_gone_is_harmless(api: tuple[Recorded, KubernetesBackend]) -> None:
+async def test_deleting_a_pod_that_is_gone_is_harmless(api: tuple[Recorded, KubernetesBackend]) -> None:
     recorded, backend = api
     name = pod_name(_cmd())
     recorded.answer("DELETE", f"{PODS}/{name}", 404, "not-found.json", name)
-    backend.delete(name, 0)
+    await backend.delete(name, 0)
     assert recorded.requests[-1][:2] == ("DELETE", f"{PODS}/{name}")
 
 
@@ -414,11 +477,13 @@ async def test_the_agent_runs_a_task_as_a_pod(
         nats_url=nats.url, mongo_url=mongo_server.url, data_dir=tmp_path / "data", node_name=node,
         force_simulated=True, backend="kubernetes", k8s_namespace="pai",
     )  # fmt: skip
-    agent = Agent(settings)
+    agent = Agent(settings, backend)  # the client, pointed at the recorded API server
     agent.app.name = f"rt{uuid.uuid4().hex[:8]}"
-    agent.k8s = backend  # the client, pointed at the recorded API server
     plugins = [{"plugin": "cmd", "parameters": {"preCommands": ["echo p"]}}]
-    cmd = _cmd(node=node, has_secrets=False, entrypoint="python train.py", plugins=plugins)
+    cmd = _cmd(
+        node=node, has_secrets=False, entrypoint="python train.py", plugins=plugins,
+        mounts=[STORAGES[-1], STORAGES[0]],
+    )  # fmt: skip
     name = pod_name(cmd)
     recorded.answer("POST", PODS, 201, "pod-created.json", name)
     recorded.answer("POST", "/api/v1/namespaces/pai/secrets", 201, "secret-created.json", name)
@@ -442,6 +507,8 @@ async def test_the_agent_runs_a_task_as_a_pod(
         pod = next(body for m, p, _, body in recorded.requests if (m, p) == ("POST", PODS))
         secret = next(body for m, p, _, body in recorded.requests if p.endswith("/secrets"))
         assert pod["spec"]["nodeName"] == node
+        paths = {m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert {"/mnt/host", "/mnt/n1"} <= paths
         env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
         assert env["NVIDIA_VISIBLE_DEVICES"] == "1,3" and env["FC_TASK_ATTEMPT_ID"] == "0"
         assert secret["stringData"]["user.sh"] == "python train.py"

@@ -14,7 +14,7 @@ import pytest
 
 from pai_runtime import barrier, jobssh, plugins
 from pai_runtime import local_process as lp
-from pai_runtime.local_process import TaskExit
+from pai_runtime.backend import TaskExit
 from pai_runtime.plugins import PluginContext, PluginError
 
 SECRET = b"cluster-secret"

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from pai_runtime import local_process as lp
-from pai_runtime.local_process import Limits, TaskExit
+from pai_runtime.backend import TaskExit
+from pai_runtime.local_process import Limits
 from pai_runtime.supervisor import RotatingLog
 
 

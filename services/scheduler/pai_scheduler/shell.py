@@ -20,7 +20,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.base import heartbeat_subject
+from pai_common.contract.base import heartbeat_subject, name_of_token
 from pai_common.contract.events import (
     JobAttemptCompleted,
     NodeHealthChanged,
@@ -166,7 +166,7 @@ class Scheduler:
 
     async def _follow_heartbeats(self, app: ServiceApp) -> None:
         async def seen(msg: Msg) -> None:
-            self._last_heartbeat[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
+            self._last_heartbeat[name_of_token(msg.subject.rsplit(".", 1)[-1])] = time.monotonic()
 
         self._watch_since = time.monotonic()
         await app.bus.nc.subscribe(heartbeat_subject("*"), cb=seen)

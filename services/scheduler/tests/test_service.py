@@ -45,7 +45,7 @@ physicalCluster:
   physicalCells:
     - {cellType: A100-NODE, cellAddress: a0}
     - {cellType: A100-NODE, cellAddress: a1}
-    - {cellType: K80-NODE, cellAddress: k0}
+    - {cellType: K80-NODE, cellAddress: k0.ec2.internal}
 virtualClusters:
   research:
     virtualCells:
@@ -122,11 +122,11 @@ async def test_sku_types_queueing_restart_and_views(
         await fresh_bus.publish_event(gang("u~k80", 2, sku_types=["K80"]))
         pending = await events.wait_for(SchedulingPending, "u~k80")
         assert "K80" in pending.reason
-        for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
+        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
             await register(fresh_bus, node, n)
         placed = await events.wait_for(SchedulingAllocated, "u~k80")
-        assert [(p.node, sorted(p.gpus)) for p in placed.placements] == [("k0", [0, 1])]
-        assert placed.placements[0].host_ip == "10.0.0.2"
+        assert [(p.node, sorted(p.gpus)) for p in placed.placements] == [("k0.ec2.internal", [0, 1])]
+        assert placed.placements[0].host_ip == "10.0.0.15"  # the test gives 10.0.0.<len(name)>
 
         # Either type will do: research's only free quota is its A100 node.
         await fresh_bus.publish_event(gang("u~any", 4, sku_types=["K80", "A100"]))
@@ -193,13 +193,14 @@ async def test_silent_nodes_go_bad_and_come_back(
     try:
         events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
         await events.start()
-        for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
+        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
             await register(fresh_bus, node, n)
-        # a0 and a1 keep beating; k0 falls silent and is reported bad, and nothing new lands there.
+        # a0 and a1 keep beating; k0.ec2.internal falls silent and is reported bad, and nothing new lands
+        # there.
         changes: list[NodeHealthChanged] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
-        while not any(c.node == "k0" and not c.healthy for c in changes):
+        while not any(c.node == "k0.ec2.internal" and not c.healthy for c in changes):
             assert loop.time() < deadline, changes
             for node in ("a0", "a1"):
                 await fresh_bus.nc.publish(heartbeat_subject(node), b"{}")
@@ -209,22 +210,22 @@ async def test_silent_nodes_go_bad_and_come_back(
             except Exception:
                 pass
         assert not any(c.node in ("a0", "a1") and not c.healthy for c in changes)
-        assert "heartbeat" in next(c for c in changes if c.node == "k0").reason
+        assert "heartbeat" in next(c for c in changes if c.node == "k0.ec2.internal").reason
         await fresh_bus.publish_event(gang("u~k", 1, sku_types=["K80"]))
         waiting = await events.wait_for(SchedulingPending, "u~k")
         assert "K80" in waiting.reason
-        # k0 speaks again: it is healthy, and the waiting job is placed there.
+        # k0.ec2.internal speaks again: it is healthy, and the waiting job is placed there.
         deadline = loop.time() + 15
         placed = None
         while placed is None:
-            assert loop.time() < deadline, "k0 never came back"
-            for node in ("a0", "a1", "k0"):
+            assert loop.time() < deadline, "k0.ec2.internal never came back"
+            for node in ("a0", "a1", "k0.ec2.internal"):
                 await fresh_bus.nc.publish(heartbeat_subject(node), b"{}")
             try:
                 placed = await events.wait_for(SchedulingAllocated, "u~k", timeout=0.3)
             except AssertionError:
                 continue
-        assert placed.placements[0].node == "k0"
+        assert placed.placements[0].node == "k0.ec2.internal"
     finally:
         await health.unsubscribe()
         await app.stop()
@@ -289,7 +290,7 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
     app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
-        for node, n in (("a0", 4), ("a1", 4), ("k0", 2)):
+        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
             await register(fresh_bus, node, n)
         await fresh_bus.publish_event(gang("u~on-k80", 2, sku_types=["K80"]))
         await fresh_bus.publish_event(gang("u~on-a100", 4, sku_types=["A100"]))
@@ -300,7 +301,7 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
 
     # The K80 node leaves the cluster (and research's K80 quota with it).
     cluster_file.write_text(
-        CLUSTER.replace("    - {cellType: K80-NODE, cellAddress: k0}\n", "").replace(
+        CLUSTER.replace("    - {cellType: K80-NODE, cellAddress: k0.ec2.internal}\n", "").replace(
             "      - {cellType: K80-NODE, cellNumber: 1}\n", ""
         )
     )
@@ -308,7 +309,7 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
     await app.start()
     try:
         lost = await events.wait_for(SchedulingLost, "u~on-k80")
-        assert "k0" in lost.reason
+        assert "k0.ec2.internal" in lost.reason
         assert not any(isinstance(e, SchedulingLost) and e.job_key == "u~on-a100" for e in events.seen)
         vcs = (await fresh_bus.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
         assert vcs["research"]["resourcesUsed"]["gpu"] == 4
@@ -371,7 +372,7 @@ async def test_unhealthy_gpus_get_no_work_until_they_recover(
         await events.start()
         # a0's agent reports GPU 2 unhealthy: monitoring and users see it as a node health change.
         await register(fresh_bus, "a0", 4, unhealthy=(2,))
-        for node, n in (("a1", 4), ("k0", 2)):
+        for node, n in (("a1", 4), ("k0.ec2.internal", 2)):
             await register(fresh_bus, node, n)
         change = await next_health("a0")
         assert change.bad_gpus == [2] and change.healthy and "GPU(s) 2 unhealthy" in change.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -52,6 +53,29 @@ class RpcReply(Message):
     pass
 
 
+# A node's name: a Kubernetes node name (a DNS-1123 subdomain such as EKS's ip-10-0-0-1.ec2.internal) or
+# any name of letters, digits, '_' and '-' as before, in dot-separated parts; at most 253 characters.
+NODE_NAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+NODE_NAME_MAX = 253
+_NODE_NAME = re.compile(NODE_NAME_PATTERN)
+# A '.' separates NATS subject tokens and may not appear in a durable consumer's name: a node's name is
+# carried in them with '~' (which no node name holds) in its place.
+_TOKEN_DOT = "~"
+
+
+def valid_node_name(name: str) -> bool:
+    return len(name) <= NODE_NAME_MAX and _NODE_NAME.fullmatch(name) is not None
+
+
+def subject_token(name: str) -> str:
+    """A node's name as one NATS subject token (and a legal durable or collection name part)."""
+    return name.replace(".", _TOKEN_DOT)
+
+
+def name_of_token(token: str) -> str:
+    return token.replace(_TOKEN_DOT, ".")
+
+
 EVENT_SUBJECT_PREFIX = "pai.evt"
 COMMAND_SUBJECT_PREFIX = "pai.cmd"
 RPC_SUBJECT_PREFIX = "pai.rpc"
@@ -66,14 +90,14 @@ def event_subject(event_type: str) -> str:
 
 def command_subject(command_type: str, target: str) -> str:
     owner, verb = command_type.split(".", 1)
-    return f"{COMMAND_SUBJECT_PREFIX}.{owner}.{target}.{verb}"
+    return f"{COMMAND_SUBJECT_PREFIX}.{owner}.{subject_token(target)}.{verb}"
 
 
 def rpc_subject(service: str, endpoint: str, target: str | None = None) -> str:
     if target:
-        return f"{RPC_SUBJECT_PREFIX}.{service}.{target}.{endpoint}"
+        return f"{RPC_SUBJECT_PREFIX}.{service}.{subject_token(target)}.{endpoint}"
     return f"{RPC_SUBJECT_PREFIX}.{service}.{endpoint}"
 
 
 def heartbeat_subject(node: str) -> str:
-    return f"{HEARTBEAT_PREFIX}.{node}"
+    return f"{HEARTBEAT_PREFIX}.{subject_token(node)}"

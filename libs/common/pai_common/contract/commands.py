@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from pai_common.contract.base import Command
+from pai_common.contract.types import NodeName, StorageMount
 
 
 class LaunchTask(Command):
@@ -20,7 +21,7 @@ class LaunchTask(Command):
     task_role: str
     index: int
     task_attempt_id: int = 0
-    node: str
+    node: NodeName
     gpus: list[int]
     # A share of gpus[0] (GPU virtualisation): the runtime limits the task to it where it can.
     gpu_milli: int = 0
@@ -39,6 +40,8 @@ class LaunchTask(Command):
     plugins: list[dict[str, Any]] = Field(default_factory=list)
     # The job has secrets: the runtime fetches them (jobs.secrets RPC) and renders $secrets in the task only.
     has_secrets: bool = False
+    # The storages the task mounts; the task does not run where one of them cannot be mounted.
+    mounts: list[StorageMount] = Field(default_factory=list)
 
 
 class KillTask(Command):
@@ -52,7 +55,7 @@ class KillTask(Command):
     task_role: str
     index: int
     task_attempt_id: int = 0
-    node: str
+    node: NodeName
     reason: str
     grace_period_s: float = 10.0
 

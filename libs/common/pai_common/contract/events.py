@@ -17,6 +17,7 @@ from pai_common.contract.types import (
     GpuInfo,
     JobSpec,
     JobState,
+    NodeName,
     Placement,
     PodRequest,
 )
@@ -25,7 +26,7 @@ from pai_common.contract.types import (
 class JobSubmitted(Event):
     TYPE = "job.submitted"
     PRODUCER = "jobs"
-    CONSUMERS = ("orchestrator", "monitoring")
+    CONSUMERS = ("orchestrator", "monitoring", "storage")
     DESCRIPTION = "A job passed validation and was stored; the orchestrator starts its first attempt."
 
     spec: JobSpec
@@ -185,7 +186,7 @@ class NodeRegistered(Event):
     CONSUMERS = ("scheduler", "monitoring")
     DESCRIPTION = "A runtime agent started on a node and declared its devices."
 
-    node: str
+    node: NodeName
     host_ip: str
     cpu: int
     memory_mb: int
@@ -211,7 +212,7 @@ class NodeHealthChanged(Event):
         " not killed for it."
     )
 
-    node: str
+    node: NodeName
     healthy: bool
     reason: str
     # Set when the event reports GPU health: the indices of the node's GPUs that are bad now (empty once
@@ -233,7 +234,7 @@ class TaskRunning(Event):
     task_role: str
     index: int
     task_attempt_id: int = 0
-    node: str
+    node: NodeName
     host_ip: str
     pid: int
     started_at: EpochMs
@@ -255,7 +256,7 @@ class TaskExited(Event):
     task_role: str
     index: int
     task_attempt_id: int = 0
-    node: str
+    node: NodeName
     exit_code: int
     signal: int | None = None
     log_tail: str = Field(default="", max_length=65536)
@@ -327,7 +328,7 @@ class JobAttemptCompleted(Event):
 class JobCompleted(Event):
     TYPE = "job.completed"
     PRODUCER = "orchestrator"
-    CONSUMERS = ("monitoring",)
+    CONSUMERS = ("monitoring", "storage")
     DESCRIPTION = "A job reached its final state and will not run again."
 
     job_key: str

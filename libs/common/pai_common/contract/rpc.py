@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pai_common.contract.base import RpcReply, RpcRequest
+from pai_common.contract.types import NodeName, StorageMount
 
 # ---- auth -------------------------------------------------------------------------------------------
 
@@ -365,7 +366,7 @@ class JobSecretsRequest(RpcRequest):
     REPLY = JobSecretsReply
 
     job_key: str
-    node: str
+    node: NodeName
     # The task attempt being launched, as its LaunchTask command names it.
     attempt_id: int
     task_role: str
@@ -470,18 +471,119 @@ class TaskAttemptsRequest(RpcRequest):
 # ---- storage ----------------------------------------------------------------------------------------
 
 
+STORAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
 class StorageListReply(RpcReply):
+    # OpenPAI's shape: [{name, share, volumeName, default}].
     storages: list[dict[str, Any]]
 
 
 class ListStoragesRequest(RpcRequest):
     SERVICE = "storage"
     ENDPOINT = "list"
-    DESCRIPTION = "The storages a user's groups may mount."
+    DESCRIPTION = "The storages a user's groups grant (acls.storageConfigs; every storage for an admin)."
     REPLY = StorageListReply
 
     username: str
     admin: bool = False
+    # Only the default storages (OpenPAI's ?default=true).
+    default_only: bool = False
+
+
+class StorageReply(RpcReply):
+    # OpenPAI's shape: {name, share, volumeName, type, data, readOnly, secretName?, mountOptions?} plus
+    # `default`; never a credential.
+    storage: dict[str, Any]
+
+
+class GetStorageRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "get"
+    DESCRIPTION = "One storage, to a user it is granted to (ForbiddenUserError) that exists (NoStorageError)."
+    REPLY = StorageReply
+
+    name: str = Field(min_length=1, max_length=256)
+    username: str
+    admin: bool = False
+
+
+class StorageMessageReply(RpcReply):
+    message: str
+
+
+class PutStorageRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "put"
+    DESCRIPTION = (
+        "An admin defines a storage (create: ConflictStorageError if it exists) or replaces one (update:"
+        " NoStorageError if it does not). `body` is {name, type, share, default, readOnly?, mountOptions?,"
+        " data}; every wrong field is named (InvalidParametersError). Credentials in `data` are kept apart"
+        " and never shown."
+    )
+    REPLY = StorageMessageReply
+
+    mode: Literal["create", "update"]
+    # The name in the route (update); create takes it from the body.
+    name: str | None = Field(default=None, max_length=256)
+    body: dict[str, Any]
+    actor: str
+    admin: bool = False
+
+
+class DeleteStorageRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "delete"
+    DESCRIPTION = (
+        "An admin deletes a storage; ConflictStorageError while unfinished jobs mount it, NoStorageError if"
+        " absent."
+    )
+    REPLY = StorageMessageReply
+
+    name: str = Field(min_length=1, max_length=256)
+    actor: str
+    admin: bool = False
+
+
+class ResolveStoragesReply(RpcReply):
+    mounts: list[StorageMount]
+
+
+class ResolveStoragesRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "resolve"
+    DESCRIPTION = (
+        "At submission: the storages a job names ([{name, mountPath?}]; None: the user's default storages)"
+        " as mounts; NoStorageError or ForbiddenUserError naming the first one that does not exist or is not"
+        " granted, InvalidParametersError for a bad or repeated mount path."
+    )
+    REPLY = ResolveStoragesReply
+
+    username: str
+    admin: bool = False
+    requests: list[dict[str, Any]] | None = None
+    # Storages the job's data/output prerequisites point into (storage://<name>/...): mounted at
+    # /mnt/<name> too unless named above.
+    referenced: list[str] = Field(default_factory=list)
+    # The job being submitted: its storages count as in use (DeleteStorageRequest) from this moment.
+    job_key: str | None = None
+
+
+class StorageCredentialsReply(RpcReply):
+    values: dict[str, str]
+
+
+class StorageCredentialsRequest(RpcRequest):
+    SERVICE = "storage"
+    ENDPOINT = "credentials"
+    DESCRIPTION = (
+        "A storage's credentials, for the runtime agent that mounts it for a task (and no one else):"
+        " credentials never travel in events, commands or API responses."
+    )
+    REPLY = StorageCredentialsReply
+
+    storage: str
+    node: NodeName
 
 
 # ---- scheduler --------------------------------------------------------------------------------------
@@ -633,6 +735,11 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     TaskAttemptsRequest,
     TaskPlacementRequest,
     ListStoragesRequest,
+    GetStorageRequest,
+    PutStorageRequest,
+    DeleteStorageRequest,
+    ResolveStoragesRequest,
+    StorageCredentialsRequest,
     ListVirtualClustersRequest,
     SkuTypesRequest,
     TaskLogRequest,

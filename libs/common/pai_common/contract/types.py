@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from pai_common.contract.base import Message
+from pai_common.contract.base import NODE_NAME_MAX, NODE_NAME_PATTERN, Message
 
 # Epoch milliseconds, as OpenPAI reports every time.
 EpochMs = int
+# A node's name (base.NODE_NAME_PATTERN): Kubernetes node names with dots included.
+NodeName = Annotated[str, Field(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
 
 
 class TaskRoleSpec(Message):
@@ -40,6 +42,30 @@ class TaskRoleSpec(Message):
     image: str | None = None
 
 
+StorageType = Literal["nfs", "samba", "azureFile", "azureBlob", "local", "pvc"]
+
+
+class StorageMount(Message):
+    """A storage a job's tasks mount, resolved by the storage service when the job is submitted. Carries no
+    secret: credentials stay with the storage service (``storage.credentials``) or in a Kubernetes Secret."""
+
+    name: str
+    type: StorageType
+    # Absolute path inside the task: /mnt/<name> unless the job gives mountPath.
+    mount_path: str
+    read_only: bool = False
+    # The submitting user's folder inside a storage that is not shared (OpenPAI's subPath <user>).
+    sub_path: str | None = None
+    mount_options: list[str] = Field(default_factory=list)
+    # The type's data: server/path (nfs), address (samba), accountName/shareName (azureFile),
+    # accountName/containerName (azureBlob), path (local), claimName (pvc).
+    data: dict[str, str] = Field(default_factory=dict)
+    # A Kubernetes Secret in the tasks' namespace holding the credentials, where the admin named one.
+    secret_name: str | None = None
+    # The storage service keeps credentials for it: the runtime asks for them when it mounts.
+    has_credentials: bool = False
+
+
 class JobSpec(Message):
     """What the jobs service hands to the rest of the platform for a submitted job."""
 
@@ -59,6 +85,8 @@ class JobSpec(Message):
     runtime_plugins: list[dict[str, Any]] = Field(default_factory=list)
     # The job has `secrets`; they never travel on the bus: the runtime asks the jobs service (jobs.secrets).
     has_secrets: bool = False
+    # What every task mounts (extras.storages, the teamwise_storage plugin, or the user's defaults).
+    storages: list[StorageMount] = Field(default_factory=list)
 
 
 class PodRequest(Message):
@@ -81,7 +109,7 @@ class Placement(Message):
 
     task_role: str
     index: int
-    node: str
+    node: NodeName
     gpus: list[int]
     # Filled in by the scheduler from the node's registration; tasks use it to find their peers.
     host_ip: str = ""

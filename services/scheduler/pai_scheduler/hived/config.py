@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from pai_common.contract.base import NODE_NAME_PATTERN, valid_node_name
 from pai_scheduler.hived.errors import ConfigError
 
 # The leaf type of the CPU chains an inventory builds: one leaf is one CPU core with its share of memory.
@@ -442,6 +443,11 @@ def _check_physical(cell: PhysicalCellSpec, chain: ChainSpec, level: int, where:
         raise ConfigError(
             f"{where}.cellAddress: node-level cell ({expected}, chain {chain.name}) needs the node name"
         )
+    if level == chain.node_level and cell.address and not valid_node_name(cell.address):
+        raise ConfigError(
+            f"{where}.cellAddress: {cell.address!r} is not a node name (it must match {NODE_NAME_PATTERN}"
+            " and have at most 253 characters)"
+        )
     if level == 1:
         if cell.children:
             raise ConfigError(f"{where}.cellChildren: a leaf cell ({expected}) has no children")
@@ -535,6 +541,11 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         name = (row.get("node") or "").strip()
         if not name:
             raise ConfigError(f"{where}: node is empty")
+        if not valid_node_name(name):
+            raise ConfigError(
+                f"{where}: {name!r} is not a node name (it must match {NODE_NAME_PATTERN} and have at most"
+                " 253 characters)"
+            )
         if name in seen:
             raise ConfigError(f"{where}: node {name!r} appears twice")
         seen.add(name)

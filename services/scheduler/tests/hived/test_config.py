@@ -191,3 +191,13 @@ def test_inventory_with_explicit_vcs_and_errors() -> None:
         ConfigError, match=r"line 2 \(node a1\): leaf_count, cpu and memory_mb must be numbers"
     ):
         parse_inventory_csv("node,leaf_type,leaf_count,cpu,memory_mb\na1,A,x,1,1\n")
+    with pytest.raises(ConfigError, match=r"line 2: 'a\.\.b' is not a node name"):
+        parse_inventory_csv("node,leaf_type,leaf_count,cpu,memory_mb\na..b,A,1,1,1\n")
+
+
+def test_kubernetes_node_names_with_dots_are_node_names() -> None:
+    """EKS names its nodes ip-10-0-0-1.ec2.internal (DNS-1123 subdomains)."""
+    text = "node,leaf_type,leaf_count,cpu,memory_mb\nip-10-0-0-1.ec2.internal,A100,8,96,512000\n"
+    config = parse_inventory_csv(text)
+    a = HivedAllocator(config)
+    assert [n.node_name for n in a.cluster.tops["A100-8-NODE"][0].node_cells] == ["ip-10-0-0-1.ec2.internal"]

@@ -19,8 +19,11 @@ from typing import Any
 import yaml
 
 from pai_common.contract.commands import LaunchTask
+from pai_runtime.kubernetes.volumes import PodStorage
 
 TASK_DIR = "/usr/local/pai/task"
+# The task's working directory and HOME inside the pod.
+HOME = "/usr/local/pai/work"
 SECRETS_DIR = "/usr/local/pai/secrets"
 APP = "app"
 # The files of the task's Secret mounted at TASK_DIR (barrier.py: the ssh plugin's barrier).
@@ -32,25 +35,13 @@ CAPABILITIES = {"add": ["SYS_ADMIN", "IPC_LOCK", "DAC_READ_SEARCH"], "drop": ["M
 # Runs the phases as the local supervisor does: a failed phase ends the task with its code; post-commands
 # run only after the user's commands succeeded.
 BOOTSTRAP = f"""set -u
-mkdir -p /usr/local/pai/work && cd /usr/local/pai/work
+mkdir -p {HOME} && cd {HOME}
 for phase in pre user post; do
   script={TASK_DIR}/$phase.sh
   [ -f "$script" ] || continue
   bash "$script" || exit $?
 done
 """
-
-
-@dataclass(frozen=True)
-class Mount:
-    """A storage the task mounts: a PersistentVolumeClaim (the storage service's) or a host path."""
-
-    name: str
-    mount_path: str
-    claim: str | None = None
-    host_path: str | None = None
-    sub_path: str | None = None
-    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,10 +88,10 @@ def _port_name(label: str, i: int) -> str:
 
 
 def pod_manifest(
-    cmd: LaunchTask, env: dict[str, str], options: PodOptions, mounts: list[Mount] | None = None
+    cmd: LaunchTask, env: dict[str, str], options: PodOptions, storage: PodStorage | None = None
 ) -> dict[str, Any]:
     name = pod_name(cmd)
-    mounts = mounts or []
+    storage = storage or PodStorage()
     resources: dict[str, str] = {}
     if cmd.cpu:
         resources["cpu"] = str(cmd.cpu)
@@ -133,20 +124,8 @@ def pod_manifest(
         items = [{"key": "secrets.yaml", "path": "secrets.yaml"}]
         volumes.append({"name": "job-secrets", "secret": {"secretName": name, "items": items}})
         volume_mounts.append({"name": "job-secrets", "mountPath": SECRETS_DIR, "readOnly": True})
-    for m in mounts:
-        vol_name = f"storage-{_dns_label(m.name)}"[:63]
-        if m.claim:
-            volumes.append(
-                {"name": vol_name, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}}
-            )
-        elif m.host_path:
-            volumes.append({"name": vol_name, "hostPath": {"path": m.host_path, "type": "Directory"}})
-        else:
-            raise ValueError(f"storage mount {m.name} has neither a claim nor a host path")
-        vm: dict[str, Any] = {"name": vol_name, "mountPath": m.mount_path, "readOnly": m.read_only}
-        if m.sub_path:
-            vm["subPath"] = m.sub_path
-        volume_mounts.append(vm)
+    volumes += storage.volumes
+    volume_mounts += storage.mounts
     container: dict[str, Any] = {
         "name": APP,
         "image": cmd.image or options.default_image,
@@ -210,4 +189,10 @@ def secret_manifest(
         metadata["ownerReferences"] = [
             {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": owner_uid, "blockOwnerDeletion": False}
         ]
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque", "stringData": data}
+
+
+def storage_secret(cmd: LaunchTask, options: PodOptions, name: str, data: dict[str, str]) -> dict[str, Any]:
+    """The credentials of one of the task's storages, for its volume (owned by the Pod once created)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": options.namespace, "labels": labels(cmd)}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque", "stringData": data}
