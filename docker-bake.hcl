@@ -2,7 +2,7 @@
 # Every target builds the same Dockerfile; SERVICE picks the folder under services/ and the module run.
 
 group "default" {
-  targets = ["auth", "diagnosis", "gateway", "jobs", "monitoring", "orchestrator", "runtime", "scheduler", "storage"]
+  targets = ["auth", "diagnosis", "gateway", "jobs", "marketplace", "monitoring", "orchestrator", "portal", "runtime", "scheduler", "storage"]
 }
 
 target "_service" {
@@ -28,6 +28,22 @@ target "diagnosis" {
     SERVICE = "diagnosis"
   }
   tags = ["openpai-py/diagnosis:latest"]
+}
+
+target "marketplace" {
+  inherits = ["_service"]
+  args = {
+    SERVICE = "marketplace"
+  }
+  tags = ["openpai-py/marketplace:latest"]
+}
+
+target "portal" {
+  inherits = ["_service"]
+  args = {
+    SERVICE = "portal"
+  }
+  tags = ["openpai-py/portal:latest"]
 }
 
 target "gateway" {

@@ -24,6 +24,7 @@ PROMETHEUS = COMPOSE_DIR / "prometheus.yml"
 K8S = REPO / "deploy" / "k8s"
 
 METRICS_PORT = 9100
+PORTAL_PORT = 9187
 GATEWAY_PORT = 9186
 IMAGE_REPO = "openpai-py"
 RUNTIME_NODES = ("runtime-node-0", "runtime-node-1")
@@ -542,14 +543,34 @@ def test_only_the_gateway_accepts_ingress_from_anywhere(manifests: list[dict[str
             assert not open_rules, f"{name} accepts connections from anywhere"
             for p in policies:
                 for rule in p["spec"].get("ingress", []):
+                    ports = {port["port"] for port in rule.get("ports", [])}
+                    if name == "portal" and ports == {PORTAL_PORT}:
+                        # The portal is served through the gateway: the gateway's pods alone reach it.
+                        peers = rule.get("from") or []
+                        assert peers and all(
+                            "namespaceSelector" not in peer
+                            and _selects(
+                                peer.get("podSelector") or {},
+                                _pod_labels(_platform_workloads(manifests)["gateway"]),
+                            )
+                            for peer in peers
+                        ), f"portal: {p['metadata']['name']} admits more than the gateway"
+                        continue
                     # Peers inside the namespace are other pods; only metrics scrapers come from outside.
-                    assert {port["port"] for port in rule.get("ports", [])} == {METRICS_PORT}, name
+                    assert ports == {METRICS_PORT}, name
 
 
 def test_platform_services_reach_only_nats_and_mongo(manifests: list[dict[str, Any]]) -> None:
     labels = {m["metadata"]["name"]: _pod_labels(m) for m in _of_kind(manifests, "StatefulSet")}
-    allowed_pods = {("nats", 4222): labels["nats"], ("mongo", 27017): labels["mongo"]}
-    for name, w in _platform_workloads(manifests).items():
+    workloads = _platform_workloads(manifests)
+    base_pods = {("nats", 4222): labels["nats"], ("mongo", 27017): labels["mongo"]}
+    # The gateway relays non-API paths to the portal, which calls the gateway's REST API back.
+    extra = {
+        "gateway": {("portal", PORTAL_PORT): _pod_labels(workloads["portal"])},
+        "portal": {("gateway", GATEWAY_PORT): _pod_labels(workloads["gateway"])},
+    }
+    for name, w in workloads.items():
+        allowed_pods = {**base_pods, **extra.get(name, {})}
         policies = _policies_for(manifests, _pod_labels(w), "Egress")
         assert policies, f"{name}: no egress policy isolates its pods"
         reached = set()
@@ -573,7 +594,7 @@ def test_platform_services_reach_only_nats_and_mongo(manifests: list[dict[str, A
                     ]
                     assert hits, f"{name}: {p['metadata']['name']} allows {peer} on {ports}"
                     reached.update(hits)
-        assert reached == {"nats", "mongo"}, f"{name} reaches {reached}"
+        assert reached == {"nats", "mongo", *(t for t, _ in extra.get(name, {}))}, f"{name} reaches {reached}"
 
 
 def test_service_monitors_scrape_every_platform_service(manifests: list[dict[str, Any]]) -> None:

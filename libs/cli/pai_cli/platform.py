@@ -29,7 +29,18 @@ from pai_common.embedded import (
     wait_for_port,
 )
 
-SERVICES = ("auth", "storage", "jobs", "scheduler", "orchestrator", "diagnosis", "monitoring", "gateway")
+SERVICES = (
+    "auth",
+    "storage",
+    "jobs",
+    "scheduler",
+    "orchestrator",
+    "diagnosis",
+    "monitoring",
+    "marketplace",
+    "gateway",
+    "portal",
+)
 CREDENTIALS_FILE = "admin-credentials.json"
 ENDPOINTS_FILE = "endpoints.json"
 # The restart loop's back-off: a process that ran this long before it died is restarted at once; one that
@@ -223,12 +234,18 @@ class Platform:
         # Only auth needs the admin password; no other process gets it.
         admin_password = base.pop("PAI_ADMIN_PASSWORD", None)
         logs = self.data_dir / "logs"
+        # The portal is served on the API's origin: the gateway relays non-API paths to it.
+        portal_port = free_port()
         for name in SERVICES:
             env = dict(base)
             if name == "auth" and admin_password:
                 env["PAI_ADMIN_PASSWORD"] = admin_password
             if name == "gateway":
                 env["PAI_GATEWAY_PORT"] = str(self.port)
+                env["PAI_PORTAL_URL"] = f"http://127.0.0.1:{portal_port}"
+            if name == "portal":
+                env["PAI_PORTAL_PORT"] = str(portal_port)
+                env["PAI_PORTAL_API_URL"] = self.url
             self.children[name] = Child(name, f"pai_{name}", env, logs / f"{name}.log")
         for node in self.node_names:
             env = {

@@ -84,6 +84,7 @@ def up(
                 f" was not stopped cleanly; cleaned up: {left}[/]"
             )
         console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {platform.url}")
+        console.print(f"open {platform.url}/ in a browser for the web portal (API docs: /api/v2/docs)")
         user, password = platform.admin_credentials()
         console.print(f"admin user: [bold]{user}[/]  password: [bold]{password}[/]")
         console.print(f"data and logs: {platform.data_dir}")

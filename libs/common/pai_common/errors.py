@@ -71,6 +71,13 @@ class NoVirtualClusterError(PaiError):
     code = "NoVirtualClusterError"
 
 
+class NoTemplateError(PaiError):
+    """A marketplace template that does not exist, or that the caller may not see (the same answer)."""
+
+    status = 404
+    code = "NoTemplateError"
+
+
 class ConflictJobError(PaiError):
     status = 409
     code = "ConflictJobError"
@@ -157,6 +164,7 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoTaskLogError,
         NoApiError,
         NoVirtualClusterError,
+        NoTemplateError,
         ConflictJobError,
         NoTagError,
         TooManyRequestsError,

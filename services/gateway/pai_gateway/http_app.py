@@ -14,12 +14,15 @@ from fastapi.responses import JSONResponse
 from pai_common.bus import Bus
 from pai_common.errors import InvalidParametersError, PayloadTooLargeError
 from pai_gateway import (
+    docs_ui,
     errors,
+    portal_proxy,
     routes_auth,
     routes_cluster,
     routes_diagnosis,
     routes_groups,
     routes_jobs,
+    routes_marketplace,
     routes_meta,
     routes_storages,
     routes_users,
@@ -29,7 +32,8 @@ from pai_gateway.settings import GatewaySettings
 
 
 def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -> FastAPI:
-    app = FastAPI(title="OpenPAI REST API v2 (Python)", version="0.1.0", docs_url="/api/v2/docs")
+    # Docs from local assets (docs_ui); ReDoc is off: it loads its script from a CDN.
+    app = FastAPI(title="OpenPAI REST API v2 (Python)", version="0.1.0", docs_url=None, redoc_url=None)
     errors.install(app)
     app.state.settings = settings
     app.state.bus_provider = bus_provider
@@ -68,11 +72,16 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_cluster,
         routes_storages,
         routes_diagnosis,
+        routes_marketplace,
     ):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
+
+    docs_ui.install(app)
+    # Last: every path no route above claims goes to the web portal (never /api/ paths).
+    app.include_router(portal_proxy.router)
 
     return app

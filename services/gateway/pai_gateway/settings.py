@@ -17,3 +17,6 @@ class GatewaySettings(Settings):
     rate_limit_submit_per_hour: int = Field(default=3600, ge=0)
     rate_limit_list_per_min: int = Field(default=120, ge=0)
     job_stream_poll_s: float = Field(default=1.0, gt=0)
+    # The web portal's own address (PAI_PORTAL_URL); the gateway serves it on the API's origin by relaying
+    # every non-API path there. Empty: no portal, those paths answer 404.
+    portal_url: str = ""

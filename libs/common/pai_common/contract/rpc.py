@@ -704,6 +704,108 @@ class TaskLogRequest(RpcRequest):
     tail_bytes: int = Field(default=65536, ge=1, le=16 * 1024 * 1024)
 
 
+# ---- marketplace ------------------------------------------------------------------------------------
+
+TEMPLATE_ID = r"^[a-z0-9][a-z0-9-]{0,79}$"
+TEMPLATE_ORDERS = Literal["stars", "uses", "updated", "name"]
+
+
+class MarketplaceCaller(RpcRequest):
+    """Who asks: visibility and the right to edit follow from the user, their groups and admin rights."""
+
+    SERVICE = "marketplace"
+    ENDPOINT = ""
+    username: str = Field(min_length=1, max_length=64)
+    admin: bool = False
+
+
+class TemplateReply(RpcReply):
+    # {id, name, description, tags, protocol, author, visibility: {type, groups}, starCount, starred,
+    #  useCount, createdTime, updatedTime}
+    template: dict[str, Any]
+
+
+class TemplateListReply(RpcReply):
+    # Summaries: the template shape without `protocol`.
+    templates: list[dict[str, Any]]
+    total: int
+
+
+class TemplateMessageReply(RpcReply):
+    message: str
+
+
+class ListTemplatesRequest(MarketplaceCaller):
+    ENDPOINT = "list"
+    DESCRIPTION = "The templates the caller may see, searched (keyword, tag, author), ordered and paged."
+    REPLY = TemplateListReply
+
+    keyword: str = Field(default="", max_length=256)
+    tag: str = Field(default="", max_length=64)
+    author: str = Field(default="", max_length=64)
+    order: TEMPLATE_ORDERS = "stars"
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class GetTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "get"
+    DESCRIPTION = "One template with its protocol, if the caller may see it (otherwise NoTemplateError)."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+
+
+class TemplateFields(MarketplaceCaller):
+    """The fields a template is made of; None leaves a field as it is on update."""
+
+    name: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=8192)
+    tags: list[str] | None = Field(default=None, max_length=32)
+    protocol: str | None = Field(default=None, max_length=256 * 1024)
+    visibility: Literal["all", "groups"] | None = None
+    groups: list[str] | None = Field(default=None, max_length=64)
+
+
+class CreateTemplateRequest(TemplateFields):
+    ENDPOINT = "create"
+    DESCRIPTION = "Publish a template; the caller is its author. Fields are checked as on update."
+    REPLY = TemplateReply
+
+
+class UpdateTemplateRequest(TemplateFields):
+    ENDPOINT = "update"
+    DESCRIPTION = "Change a template (its author or an admin)."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+
+
+class DeleteTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "delete"
+    DESCRIPTION = "Delete a template (its author or an admin)."
+    REPLY = TemplateMessageReply
+
+    id: str = Field(max_length=80)
+
+
+class StarTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "star"
+    DESCRIPTION = "Star (or unstar) a template the caller may see; each user stars a template once."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+    starred: bool = True
+
+
+class UseTemplateRequest(MarketplaceCaller):
+    ENDPOINT = "use"
+    DESCRIPTION = "Count one use of a template the caller may see (the portal's Use opens Submit with it)."
+    REPLY = TemplateReply
+
+    id: str = Field(max_length=80)
+
+
 ALL_RPCS: tuple[type[RpcRequest], ...] = (
     LoginRequest,
     VerifyTokenRequest,
@@ -745,4 +847,11 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     TaskLogRequest,
     GetExitSpecRequest,
     PutExitSpecRequest,
+    ListTemplatesRequest,
+    GetTemplateRequest,
+    CreateTemplateRequest,
+    UpdateTemplateRequest,
+    DeleteTemplateRequest,
+    StarTemplateRequest,
+    UseTemplateRequest,
 )

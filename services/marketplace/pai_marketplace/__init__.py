@@ -1,0 +1,1 @@
+"""The marketplace service: shared job templates, owned in its own database (``pai_marketplace``)."""

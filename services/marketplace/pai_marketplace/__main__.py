@@ -1,0 +1,3 @@
+from pai_marketplace.shell import main
+
+main()

@@ -1,0 +1,3 @@
+from pai_portal.server import main
+
+main()

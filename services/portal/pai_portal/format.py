@@ -1,0 +1,37 @@
+"""How values read on a page (times, durations, sizes): Jinja filters. Pure."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+# An en dash for "no value", as the tables show it.
+NONE = "\u2013"
+
+
+def when(ms: Any) -> str:
+    """Epoch milliseconds as UTC time, or an en dash."""
+    if not isinstance(ms, int | float) or ms <= 0:
+        return NONE
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(start_ms: Any, end_ms: Any, now_ms: float) -> str:
+    if not isinstance(start_ms, int | float) or start_ms <= 0:
+        return NONE
+    end = end_ms if isinstance(end_ms, int | float) and end_ms > 0 else now_ms
+    seconds = max(0, int((end - start_ms) / 1000))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def state_class(state: Any) -> str:
+    """A CSS class per job or task state (one word, from a fixed set: never user text)."""
+    known = {"WAITING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "STOPPING", "UNKNOWN"}
+    text = str(state or "UNKNOWN").upper()
+    return "state-" + (text.lower() if text in known else "unknown")

@@ -1,0 +1,145 @@
+"""The portal's pure parts: sessions and CSRF, the simple job form, charts, token descriptions."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.fernet import Fernet
+
+from pai_portal import charts, format, jobform, tokens
+from pai_portal.session import Session, SessionCodec, load_key
+from pai_portal.web import safe_next
+
+
+def test_session_round_trip_and_tamper() -> None:
+    codec = SessionCodec(Fernet.generate_key(), 3600)
+    session = Session(user="ann", token="t0k", admin=True)
+    value = codec.encode(session)
+    assert "ann" not in value and "t0k" not in value  # encrypted, not only signed
+    back = codec.decode(value)
+    assert back is not None and (back.user, back.token, back.admin, back.csrf) == (
+        "ann",
+        "t0k",
+        True,
+        session.csrf,
+    )
+    assert codec.decode(value[:-4] + "AAAA") is None
+    assert codec.decode(SessionCodec(Fernet.generate_key(), 3600).encode(session)) is None
+    assert codec.decode("") is None and codec.decode(None) is None
+
+
+def test_session_expires() -> None:
+    key = Fernet.generate_key()
+    value = SessionCodec(key, 60).encode(Session(user="ann", token="t"))
+    stale = Fernet(key).decrypt(value.encode())  # re-encrypt the same payload as if made long ago
+    old = Fernet(key).encrypt_at_time(stale, int(time.time()) - 120).decode()
+    assert SessionCodec(key, 60).decode(old) is None
+
+
+def test_csrf_check() -> None:
+    session = Session()
+    assert session.csrf_ok(session.csrf)
+    assert not session.csrf_ok(None) and not session.csrf_ok("") and not session.csrf_ok(session.csrf + "x")
+    assert Session().csrf != session.csrf
+
+
+def test_notices_accumulate_and_are_taken_once() -> None:
+    session = Session()
+    session.flash("one", "error")
+    session.flash("two", "error")
+    assert session.take_notice() == ("one two", "error")
+    assert session.take_notice() is None
+
+
+def test_session_key_is_generated_once_private(tmp_path: Path) -> None:
+    key = load_key("", tmp_path)
+    assert load_key("", tmp_path) == key
+    assert (tmp_path / "portal-session.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ValueError):
+        load_key("not-a-key", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "safe"),
+    [
+        ("/jobs?x=1", "/jobs?x=1"),
+        ("//evil.example", "/"),
+        ("https://evil.example", "/"),
+        ("/\\evil", "/"),
+        (None, "/"),
+    ],
+)
+def test_safe_next(value: str | None, safe: str) -> None:
+    assert safe_next(value) == safe
+
+
+def test_simple_form_writes_a_protocol() -> None:
+    job = jobform.from_form(
+        {
+            "name": "train",
+            "image": "pytorch/pytorch",
+            "commands": "python a.py\n\n  python b.py  \n",
+            "instances": "2",
+            "gpu": "1",
+            "memoryMB": "4096",
+            "virtualCluster": "vc1",
+            "parameters": "lr=0.1\nnot a pair\nepochs = 3",
+        }
+    )
+    assert job.problems == []
+    doc = yaml.safe_load(jobform.to_yaml(job))
+    assert doc["name"] == "train" and doc["protocolVersion"] == 2
+    assert doc["parameters"] == {"lr": "0.1", "epochs": "3"}
+    role = doc["taskRoles"]["worker"]
+    assert role["instances"] == 2 and role["commands"] == ["python a.py", "python b.py"]
+    assert role["resourcePerInstance"] == {"gpu": 1, "cpu": 1, "memoryMB": 4096}
+    assert doc["defaults"] == {"virtualCluster": "vc1"}
+
+
+def test_simple_form_reports_bad_numbers() -> None:
+    job = jobform.from_form({"name": "x", "instances": "two", "gpu": "-1"})
+    assert job.problems == ["instances: 'two' is not a whole number", "gpu: must be at least 0"]
+
+
+def test_clone_names_and_job_names() -> None:
+    assert jobform.next_name("train-clone-ab12", "cd34") == "train-clone-cd34"
+    assert len(jobform.next_name("x" * 300, "ab")) == 255
+    text = jobform.clone_yaml({"name": "a", "secrets": {"k": "******"}}, "a-clone-1")
+    assert yaml.safe_load(text)["name"] == "a-clone-1"
+    assert jobform.job_name_of("name: hello\n") == "hello"
+    assert jobform.job_name_of("a: [") is None
+
+
+def test_charts_escape_their_labels() -> None:
+    svg = charts.bar_chart("<b>", [charts.Segment("<script>", 2, "#000")])
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and "&lt;b&gt;" in svg
+    bar = charts.quota_bar("vc", guaranteed=4, used=6)
+    assert "above quota: 2" in bar and 'role="img"' in bar
+
+
+def test_format() -> None:
+    assert format.when(0) == format.NONE
+    assert format.when(1_700_000_000_000) == "2023-11-14 22:13:20 UTC"
+    assert format.duration(1000, 62_000, 0) == "1m 1s"
+    assert format.state_class("<x>") == "state-unknown"
+    assert format.state_class("RUNNING") == "state-running"
+
+
+def test_token_description_never_holds_the_token() -> None:
+    payload = base64.urlsafe_b64encode(json.dumps({"jti": "abc", "iat": 10, "application": True}).encode())
+    token = f"h.{payload.decode().rstrip('=')}.s"
+    seen = tokens.describe(token, current="other")
+    assert seen == {
+        "id": "abc",
+        "application": True,
+        "issued_ms": 10_000,
+        "expires_ms": None,
+        "current": False,
+    }
+    assert token not in str(seen)
+    assert tokens.claims("garbage") == {}
