@@ -4,7 +4,8 @@ The project's own examples (`examples/*.yaml`) each say how they end, and this m
 an example added without an expectation here fails the module. OpenPAI's own examples (from
 `../shared/reference/openpai/examples/`, where that folder exists) need images, downloads and commands
 this machine may lack: they must be accepted and end SUCCEEDED, or FAILED with an explanation the exit spec
-recognises (never the "nothing identified why" fallback).
+recognises (never the "nothing identified why" fallback); one that names a virtual cluster this cluster
+does not have is refused at submission with OpenPAI's 404 NoVirtualClusterError.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from pai_common.reference import reference_files
 from tests.acceptance.harness import JobLedger, RunningPlatform, wait_final
@@ -213,9 +215,21 @@ def test_openpai_examples_are_accepted_and_end_explained(
         storage = {"name": "confignfs", "type": "local", "data": {"path": str(tmp_path)}}
         created = client.post("/api/v2/storages", json=storage)
         assert created.status_code in (201, 409), created.text
+        vcs = client.get("/api/v2/virtual-clusters").json()
         for i, path in enumerate(REFERENCE_EXAMPLES):
             name = f"openpai-{i:02d}-{suffix}"
-            response = client.post("/api/v2/jobs", content=renamed(path.read_text(), name), headers=YAML)
+            text = renamed(path.read_text(), name)
+            response = client.post("/api/v2/jobs", content=text, headers=YAML)
+            vc = (yaml.safe_load(text).get("defaults") or {}).get("virtualCluster", "default")
+            if vc not in vcs:
+                # A VC this cluster does not have: refused at once, as OpenPAI refuses it (and nothing runs).
+                assert response.status_code == 404, f"{path.name}: {response.text}"
+                assert response.json() == {
+                    "code": "NoVirtualClusterError",
+                    "message": f"Virtual cluster {vc} is not found.",
+                }
+                assert client.get(f"/api/v2/jobs/{pai.admin_user}~{name}").status_code == 404
+                continue
             assert response.status_code == 202, f"{path.name}: {response.text}"
             keys[path.name] = ledger.expect(f"{pai.admin_user}~{name}", "SUCCEEDED", "FAILED")
         unexplained = {}
