@@ -45,7 +45,7 @@ from pai_common.envelope import Envelope
 from pai_common.errors import NoVirtualClusterError
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_scheduler import vc_views
+from pai_scheduler import lease, vc_views
 from pai_scheduler.cluster_source import load_cluster
 from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
@@ -428,4 +428,5 @@ def build_app() -> ServiceApp:
 
 
 def main() -> None:
-    build_app().run()
+    # Only the lease holder schedules; other replicas wait as hot standbys (lease.py).
+    lease.run(build_app())
