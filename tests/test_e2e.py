@@ -345,9 +345,14 @@ def test_gpu_shares_pack_onto_one_gpu(api: httpx.Client, ledger: JobLedger, tmp_
     assert "mps=50" in out
 
 
-def test_waiting_job_says_why_then_higher_priority_preempts(api: httpx.Client, ledger: JobLedger) -> None:
-    # Both nodes' GPUs are taken by a long job; the next GPU job must wait and say so.
-    submit(api, job_yaml("hog", ["sleep 30"], gpu=2, instances=2), ledger, "SUCCEEDED")
+def test_waiting_job_says_why_then_higher_priority_preempts(
+    api: httpx.Client, ledger: JobLedger, tmp_path: Path
+) -> None:
+    # Both nodes' GPUs are taken by a job that runs until the test releases it; the next GPU job must wait
+    # and say so.
+    release = tmp_path / "release"
+    hold = f"until [ -e {release} ]; do sleep 0.2; done"
+    submit(api, job_yaml("hog", [hold], gpu=2, instances=2), ledger, "SUCCEEDED")
     wait_state(api, "admin~hog", {"RUNNING"})
     submit(api, job_yaml("queued", ["true"], gpu=1), ledger, "SUCCEEDED")
 
@@ -369,6 +374,7 @@ def test_waiting_job_says_why_then_higher_priority_preempts(api: httpx.Client, l
     assert hog["retries"] == 1
     assert hog["retryDetails"] == {"user": 0, "platform": 1, "resource": 0}
     assert hog["state"] in ("WAITING", "RUNNING")
+    release.touch()  # its second attempt ends as soon as it runs (the ledger checks it SUCCEEDED)
 
 
 def test_scheduler_killed_mid_workload_loses_and_double_books_no_cell(tmp_path: Path) -> None:
