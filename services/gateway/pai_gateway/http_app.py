@@ -28,6 +28,7 @@ from pai_gateway import (
     routes_users,
 )
 from pai_gateway.identity import IdentityResolver
+from pai_gateway.paths import OpenPaiPaths
 from pai_gateway.settings import GatewaySettings
 
 
@@ -84,4 +85,6 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
     # Last: every path no route above claims goes to the web portal (never /api/ paths).
     app.include_router(portal_proxy.router)
 
+    # Outermost: routing sees the canonical path whatever address the client used.
+    app.add_middleware(OpenPaiPaths)
     return app

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
 
 router = APIRouter()
 
-INFO = {"name": "PAI RESTful API", "version": "0.1.0", "launcherType": "local", "authnMethod": "basic"}
+# launcherType is one of OpenPAI's two ("yarn", "k8s"): clients choose the API generation by it, and this
+# API is the k8s one (FrameworkController states, job attempts, task attempts), whatever runs the tasks.
+INFO = {"name": "PAI RESTful API", "version": "0.1.0", "launcherType": "k8s", "authnMethod": "basic"}
 
 
 @router.get("/api/v1")
 async def v1_info() -> dict[str, str]:
     return INFO
+
+
+@router.get("/api/v2", response_class=PlainTextResponse)
+async def v2_banner() -> str:
+    return "PAI RESTful API v2 (beta version)"
 
 
 @router.get("/api/v2/info")

@@ -125,7 +125,7 @@ class UpdateUserRequest(RpcRequest):
     ENDPOINT = "user_update"
     DESCRIPTION = (
         "Change a user: fields left None stay as they are. Self or admin for email, password and extension;"
-        " admin for rights. A password change revokes the user's non-application tokens."
+        " admin for rights. A new password revokes the user's non-application tokens but the caller's."
     )
     REPLY = AuthMessageReply
 
@@ -143,6 +143,9 @@ class UpdateUserRequest(RpcRequest):
     extension: dict[str, Any] | None = None
     # Merge `extension` into the stored one (true) or replace it (false).
     merge_extension: bool = True
+    # The id (jti) of the token making the request: a password change ends the user's other sessions,
+    # never the one that made it.
+    keep_token_id: str | None = Field(default=None, max_length=128)
 
 
 class DeleteUserRequest(RpcRequest):
@@ -305,6 +308,9 @@ class SubmitJobRequest(RpcRequest):
     virtual_clusters: list[str]
     admin: bool = False
     protocol_yaml: str
+    # How long the submission may wait for its turn; past it, it is refused with 429 and nothing is done,
+    # so that a caller waiting longer than this (plus one write) always learns whether the job exists.
+    wait_ms: int = Field(default=4000, ge=0, le=600_000)
 
 
 class JobDetailReply(RpcReply):
@@ -468,6 +474,20 @@ class TaskAttemptsRequest(RpcRequest):
     index: int = Field(ge=0)
 
 
+class LiveTasksReply(RpcReply):
+    # One record per task: job_key, user, job_name, virtual_cluster, debug_id, task_role, index, state
+    # (FrameworkController task state), attempt_id, node, host_ip, gpus, cpu, memory_mb, gpu, image,
+    # created_at, launched_at, exit_code.
+    tasks: list[dict[str, Any]]
+
+
+class ListLiveTasksRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "live_tasks"
+    DESCRIPTION = "Every task of every job not finished yet, with where it runs (OpenPAI's pod list)."
+    REPLY = LiveTasksReply
+
+
 # ---- storage ----------------------------------------------------------------------------------------
 
 
@@ -612,6 +632,19 @@ class SkuTypesRequest(RpcRequest):
     REPLY = SkuTypesReply
 
     virtual_cluster: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
+
+
+class NodesReply(RpcReply):
+    # One record per node: name, registered, host_ip, cpu, memory_mb, gpus (index, model, memory_mb,
+    # healthy), simulated, healthy, bad_gpus.
+    nodes: list[dict[str, Any]]
+
+
+class ListNodesRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "nodes"
+    DESCRIPTION = "Every node of the cluster: its resources, address and health (OpenPAI's node list)."
+    REPLY = NodesReply
 
 
 # ---- orchestrator -----------------------------------------------------------------------------------
@@ -836,6 +869,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     JobAttemptsRequest,
     TaskAttemptsRequest,
     TaskPlacementRequest,
+    ListLiveTasksRequest,
     ListStoragesRequest,
     GetStorageRequest,
     PutStorageRequest,
@@ -844,6 +878,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     StorageCredentialsRequest,
     ListVirtualClustersRequest,
     SkuTypesRequest,
+    ListNodesRequest,
     TaskLogRequest,
     GetExitSpecRequest,
     PutExitSpecRequest,
