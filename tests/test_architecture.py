@@ -184,7 +184,7 @@ def test_every_command_is_taken_by_its_consumer(apps: dict[str, ServiceApp]) -> 
 def test_every_rpc_is_served_by_the_service_that_owns_it(apps: dict[str, ServiceApp]) -> None:
     served: dict[str, str] = {}
     for name, app in apps.items():
-        for handlers, target in app._rpc:
+        for handlers, target, *_ in app._rpc:
             for request in handlers:
                 served[rpc_subject(request.SERVICE, request.ENDPOINT)] = name
                 assert request.SERVICE == name, (
