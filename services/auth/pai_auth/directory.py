@@ -154,7 +154,7 @@ class Directory:
 
         async def work(tx: HandlerContext) -> None:
             await tx.db[USERS].insert_one(doc, session=tx.session)
-            self._user_changed(tx, req.username, "created", grouplist, groups, req.actor)
+            self.user_changed(tx, req.username, "created", grouplist, groups, req.actor)
             await audit.record(
                 tx, req.actor, "user.created", req.username, {"grouplist": grouplist, "email": req.email}
             )
@@ -209,7 +209,7 @@ class Directory:
                 return
             await tx.db[USERS].update_one({"_id": req.username}, {"$set": update}, session=tx.session)
             change = "password_changed" if password_hash is not None else "updated"
-            self._user_changed(tx, req.username, change, grouplist, groups, req.actor)
+            self.user_changed(tx, req.username, change, grouplist, groups, req.actor)
             details: dict[str, Any] = {"fields": fields}
             if "grouplist" in update:
                 details["grouplist"] = grouplist
@@ -236,7 +236,7 @@ class Directory:
                 raise RemoveAdminError("Admin user can not be removed.")
             await tx.db[USERS].delete_one({"_id": req.username}, session=tx.session)
             await token_records.revoke(tx, req.username, {}, "user_deleted", req.actor)
-            self._user_changed(tx, req.username, "deleted", grouplist, groups, req.actor)
+            self.user_changed(tx, req.username, "deleted", grouplist, groups, req.actor)
             await audit.record(tx, req.actor, "user.deleted", req.username)
 
         await self.app.transact(work)
@@ -251,6 +251,8 @@ class Directory:
     async def _check_old_password(self, user: Mapping[str, Any], old: str | None) -> None:
         if not old:
             raise InvalidParametersError("oldPassword is required to change your own password")
+        if not user.get("password_hash"):
+            raise ForbiddenUserError("You sign in with OpenID Connect and have no password to change.")
         try:
             await asyncio.to_thread(self.hasher.verify, str(user["password_hash"]), old)
         except VerificationError:
@@ -269,7 +271,7 @@ class Directory:
         if others == 0:
             raise RemoveAdminError("The last admin can not lose admin rights.")
 
-    def _user_changed(
+    def user_changed(
         self,
         tx: HandlerContext,
         username: str,

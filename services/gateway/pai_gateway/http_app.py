@@ -24,6 +24,7 @@ from pai_gateway import (
     routes_jobs,
     routes_marketplace,
     routes_meta,
+    routes_oidc,
     routes_storages,
     routes_users,
 )
@@ -67,6 +68,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
     for module in (
         routes_meta,
         routes_auth,
+        routes_oidc,
         routes_users,
         routes_groups,
         routes_jobs,

@@ -365,7 +365,8 @@ async def task_log_content(
         tail_bytes=tail_bytes,
     )
     reply = await rpc(request, req, TaskLogReply, target=node)
-    return PlainTextResponse(reply.content)
+    # The whole log's length: a client polling the tail can tell exactly what is new (`pai job logs -f`).
+    return PlainTextResponse(reply.content, headers={"X-PAI-Log-Size": str(reply.size)})
 
 
 async def _task_node(detail: dict[str, Any], task_role: str, index: int) -> str:

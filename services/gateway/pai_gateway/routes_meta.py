@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
+
+from pai_common.contract.rpc import OidcConfigReply, OidcConfigRequest
+from pai_gateway.deps import rpc
 
 router = APIRouter()
 
@@ -28,5 +31,8 @@ async def v2_info() -> dict[str, str]:
 
 
 @router.get("/api/v2/authn/info")
-async def authn_info() -> dict[str, str]:
+async def authn_info(request: Request) -> dict[str, str]:
+    """OpenPAI's answer: OIDC when single sign-on is configured (see routes_oidc), else basic."""
+    if (await rpc(request, OidcConfigRequest(), OidcConfigReply)).enabled:
+        return {"authn_type": "OIDC", "loginURI": "/api/v1/authn/oidc/login", "loginURIMethod": "get"}
     return {"authn_type": "basic", "loginURI": "/api/v1/authn/basic/login", "loginURIMethod": "post"}
