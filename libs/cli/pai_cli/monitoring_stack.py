@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from pai_common.embedded import ServerProcess, free_port, wait_for_port
+from pai_common.embedded import ServerProcess, die_with_parent, free_port, wait_for_port
 
 RULES_SOURCE = Path(__file__).resolve().parents[3] / "deploy" / "monitoring" / "rules"
 PROMETHEUS = ("prometheus",)
@@ -208,6 +209,8 @@ class MonitoringStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # A `pai up` killed with SIGKILL leaves no Prometheus behind, as with its other children.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         self.servers.append(ServerProcess(name, f"http://127.0.0.1:{port}", port, proc, log_path))
         wait_for_port(port, timeout_s, proc)

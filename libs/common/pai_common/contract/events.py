@@ -174,6 +174,7 @@ class SchedulingPending(Event):
 class SchedulingReleased(Event):
     TYPE = "scheduling.released"
     PRODUCER = "scheduler"
+    # No service consumes it today; extensions may.
     CONSUMERS = ()
     DESCRIPTION = "The cells of an attempt were given back."
 
