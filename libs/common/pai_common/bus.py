@@ -29,6 +29,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from pai_common.contract.base import (
@@ -54,6 +55,7 @@ from pai_common.errors import (
     UnknownError,
     error_from_code,
 )
+from pai_common.metrics import RPC_REQUESTS, RPC_SECONDS
 from pai_common.telemetry import inject_headers, span_from_headers
 
 log = logging.getLogger(__name__)
@@ -317,9 +319,14 @@ def _start_deadline(headers: dict[str, str] | None) -> None:
 def _rpc_wrapper(
     req_type: type[RpcRequest], handler: RpcHandler, tasks: set[asyncio.Task[None]] | None = None
 ) -> Callable[[Request], Awaitable[None]]:
+    endpoint = f"{req_type.SERVICE}.{req_type.ENDPOINT}"
+    seconds = RPC_SECONDS.labels(endpoint)
+
     async def handle(request: Request) -> None:
         _start_deadline(request.headers)
-        with span_from_headers(f"rpc {req_type.SERVICE}.{req_type.ENDPOINT}", request.headers):
+        started = time.perf_counter()
+        outcome = "ok"
+        with span_from_headers(f"rpc {endpoint}", request.headers, SpanKind.SERVER):
             try:
                 try:
                     req = req_type.model_validate_json(request.data)
@@ -331,11 +338,13 @@ def _rpc_wrapper(
                 reply = await handler(req)
                 await request.respond(reply.model_dump_json().encode())
             except PaiError as err:
+                outcome = err.code
                 await _respond_error(request, err)
             except Exception as exc:
                 if is_transient(exc):
                     # A write conflict that outlasted the handler's retries, the database restarting or
                     # failing over: nothing was committed, and the same request will work again shortly.
+                    outcome = ServiceUnavailableError.code
                     log.warning(
                         "rpc handler met a transient failure; answered unavailable",
                         extra={"endpoint": req_type.ENDPOINT, "error": repr(exc)},
@@ -344,8 +353,12 @@ def _rpc_wrapper(
                         request, ServiceUnavailableError(f"service {req_type.SERVICE} is busy; try again")
                     )
                     return
+                outcome = UnknownError.code
                 log.exception("rpc handler failed", extra={"endpoint": req_type.ENDPOINT})
                 await _respond_error(request, UnknownError("internal error"))
+            finally:
+                RPC_REQUESTS.labels(endpoint, outcome).inc()
+                seconds.observe(time.perf_counter() - started)
 
     if tasks is None:
         return handle

@@ -51,9 +51,11 @@ PLATFORM_SERVICES = (
 # names a request that is not here, so the table cannot fall behind the code.
 RPC_CALLS: dict[str, tuple[str, ...]] = {
     "gateway": (">",),  # the API: it asks every service
-    "jobs": ("scheduler.>", "storage.>"),
+    "jobs": ("orchestrator.placement", "scheduler.>", "storage.>"),
     "storage": ("auth.>",),
     "marketplace": ("auth.>",),
+    # Alert actions: the owner's address, stop or tag a job, cordon or drain a node.
+    "monitoring": ("auth.user_get", "jobs.execution_type", "jobs.tag", "scheduler.node_schedulable"),
     "runtime": ("jobs.secrets", "storage.credentials"),
 }
 # Streams and messages no service removes: the history the platform's guarantees rest on. Replayed dead

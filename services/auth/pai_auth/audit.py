@@ -1,9 +1,9 @@
 """The audit log: who changed what and when, written in the same transaction as the change itself.
 
 Changes other services make arrive as events (a job submitted, stopped or tagged, a storage defined or
-deleted, a dead letter replayed) and are appended by this service's consumer, once each (the consumer
-skips what it has processed). The log is append-only for everyone, admins included: entries are only
-ever inserted, and no route or RPC changes or removes one.
+deleted, a dead letter replayed, a node cordoned, an alert's action) and are appended by this service's
+consumer, once each (the consumer skips what it has processed). The log is append-only for everyone, admins
+included: entries are only ever inserted, and no route or RPC changes or removes one.
 
 Entries never hold secrets: a password change is recorded as the field name, a token by its id, a storage
 by its name and type.
@@ -16,10 +16,12 @@ from typing import Any
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
+    AlertActionTaken,
     DeadLetterReplayed,
     JobStopRequested,
     JobSubmitted,
     JobTagsChanged,
+    NodeSchedulableChanged,
     StorageChanged,
 )
 from pai_common.envelope import Envelope
@@ -44,7 +46,15 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 # The events whose facts the audit log holds, besides the changes this service makes itself.
-AUDITED_EVENTS = (JobSubmitted, JobStopRequested, JobTagsChanged, StorageChanged, DeadLetterReplayed)
+AUDITED_EVENTS = (
+    JobSubmitted,
+    JobStopRequested,
+    JobTagsChanged,
+    StorageChanged,
+    DeadLetterReplayed,
+    NodeSchedulableChanged,
+    AlertActionTaken,
+)
 
 
 def entry_of_event(body: object) -> dict[str, Any] | None:
@@ -71,11 +81,24 @@ def entry_of_event(body: object) -> dict[str, Any] | None:
             "outcome": body.outcome,
         }
         return entry(body.by, "deadletter.replayed", body.consumer, details, body.at)
+    if isinstance(body, NodeSchedulableChanged):
+        action = "node.uncordon" if body.schedulable else ("node.drain" if body.drain else "node.cordon")
+        return entry(body.by, action, body.node, {"reason": body.reason} if body.reason else {}, body.at)
+    if isinstance(body, AlertActionTaken):
+        details = {
+            "alertname": body.alertname,
+            "fingerprint": body.fingerprint,
+            "outcome": body.outcome,
+            "detail": body.detail,
+        }
+        return entry(body.actor, f"alert.{body.action}", body.target, details, body.at)
     return None
 
 
 async def record_event(tx: HandlerContext, env: Envelope) -> None:
+    """Other services' actions that the audit log holds too, from the events that announce them."""
     doc = entry_of_event(env.body)
-    if doc is not None:
-        # In the consumer's transaction with its processed marker: one entry per event, however delivered.
-        await tx.db[AUDIT].insert_one({**doc, "event": env.id}, session=tx.session)
+    if doc is None:
+        raise TypeError(f"the audit log takes no {env.type}")
+    # In the consumer's transaction with its processed marker: one entry per event, however delivered.
+    await tx.db[AUDIT].insert_one({**doc, "event": env.id}, session=tx.session)
