@@ -34,7 +34,7 @@ from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus
 from tests.acceptance.harness import RunningPlatform, wait_final
 
 YAML = {"Content-Type": "text/yaml"}
-GUARD_S = 600.0  # hang guards only; nothing is asserted about time
+GUARD_S = 300.0  # hang guards only; nothing is asserted about time
 SECRETS = "secrets:\n  token: t0k3n\n"
 
 
