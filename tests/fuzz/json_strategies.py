@@ -86,7 +86,13 @@ def valid(schema: dict[str, Any], node: dict[str, Any] | None = None) -> st.Sear
     if kind == "integer":
         return _integers(node)
     if kind == "number":
-        return st.floats(allow_nan=False, allow_infinity=False) | _integers(node)
+        floats = st.floats(
+            min_value=node.get("minimum"),
+            max_value=node.get("maximum"),
+            allow_nan=False,
+            allow_infinity=False,
+        )
+        return floats | _integers(node)
     if kind == "boolean":
         return st.booleans()
     if kind == "null":
