@@ -198,6 +198,8 @@ async def _publish_and_drain(url: str, batch: list[Sent]) -> dict[str, list[str]
     max_examples=EXAMPLES,
     deadline=None,
     derandomize=os.environ.get("PAI_FUZZ_RANDOM") != "1",
+    # Bounded for ./dev test: a failure is reported as found, not shrunk against the running platform.
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,
