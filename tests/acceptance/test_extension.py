@@ -3,6 +3,7 @@ read-only extension credentials `pai up` writes, it notifies each finished job o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pai_common.bus import EVENTS_STREAM, Bus
 from tests.acceptance.harness import JOB_GUARD_S, JobLedger, RunningPlatform, wait_final
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,25 @@ def _notes(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 
+def _wait_drained(pai: RunningPlatform, durable: str) -> None:
+    url = (pai.data_dir / "bus" / "operator.url").read_text().strip()
+
+    async def drained() -> None:
+        bus = await Bus.connect(url, "operator")
+        try:
+            deadline = time.monotonic() + JOB_GUARD_S
+            while True:
+                info = await bus.js.consumer_info(EVENTS_STREAM, durable)
+                if not info.num_pending and not info.num_ack_pending:
+                    return
+                assert time.monotonic() < deadline, f"{durable} never drained: {info}"
+                await asyncio.sleep(0.2)
+        finally:
+            await bus.close()
+
+    asyncio.run(drained())
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> str:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -95,10 +116,19 @@ def test_the_notifier_tells_each_finished_job_once(
     assert sorted((n["job"], n["state"]) for n in mine) == sorted(keys.items())
     assert next(n for n in mine if n["state"] == "FAILED")["exitCode"] == 3
     before = len(_notes(out))
-    # Started again on the same consumer: what it acknowledged is not notified a second time.
+    # Started again on the same consumer: what it acknowledged is not notified a second time. It is stopped
+    # once it reads and its consumer holds nothing undelivered or unacknowledged (a redelivery would be).
     again = _start(pai, out, durable)
-    time.sleep(3)  # a window for a wrong redelivery to show; nothing is waited for here
-    _stop(again)
+    try:
+        assert again.stderr is not None
+        said_so_far = ""
+        while "reading pai.evt.job.completed" not in said_so_far:
+            line = again.stderr.readline().decode()
+            assert line, f"the notifier ended before reading: {said_so_far}"
+            said_so_far += line
+        _wait_drained(pai, durable)
+    finally:
+        _stop(again)
     assert len(_notes(out)) == before
     assert len({n["eventId"] for n in _notes(out)}) == len(_notes(out))
 

@@ -82,6 +82,11 @@ async def run(args: argparse.Namespace) -> int:
     validator = jsonschema.Draft202012Validator(schema)
     out = Path(args.out)
     seen = seen_ids(out)
+    # Stopped cleanly whenever asked, also while still connecting.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     # The platform gives each user an inbox of its own: replies to this client arrive under _INBOX.<user>.
     nc = await nats.connect(
         url, name=f"extension-{args.durable}", inbox_prefix=f"_INBOX.{user}" if user else "_INBOX"
@@ -97,10 +102,6 @@ async def run(args: argparse.Namespace) -> int:
     )
     await js.add_consumer(STREAM, config=config)
     sub = await js.pull_subscribe_bind(durable=args.durable, stream=STREAM)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     print(
         f"notifier: reading {schema['x-pai-subject']} as {user or 'anonymous'}", file=sys.stderr, flush=True
     )
