@@ -385,11 +385,15 @@ def test_slow_loris_connections_are_cut_off_while_others_are_served(pai: Running
         # Served while forty connections hold half a request each.
         assert httpx.get(f"{pai.url}/api/v2/info", timeout=30).status_code == 200
         assert pai.login(cast.mallory, f"{cast.mallory}-pw-1")
-        # Each slow connection is closed by the gateway (recv answers b"" at its close); the socket's own
-        # timeout is only a guard against a gateway that never closes them.
+        # Each slow connection is closed by the gateway: recv answers b"" at its close, or the connection is
+        # reset where our byte reached a socket the gateway had already closed. The socket's own timeout is
+        # only a guard against a gateway that never closes them (socket.timeout fails the test).
         for sock in socks:
-            sock.sendall(b"a")
-            assert sock.recv(1024) == b""
+            try:
+                sock.sendall(b"a")
+                assert sock.recv(1024) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                pass
     finally:
         for sock in socks:
             sock.close()
