@@ -21,6 +21,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from pai_common.contract.types import JobSpec, TaskRoleSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
+from pai_jobs import dependencies
 from pai_jobs.schema import schema_problems
 
 # Limits on what a submitted document may cost to parse.
@@ -877,6 +878,10 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
                     "extras.gangAllocation", f"must be a boolean, got {_kind(extras['gangAllocation'])}"
                 )
 
+    depends_on = []
+    if extras is not None and "dependencies" in extras:
+        depends_on = dependencies.parse(extras["dependencies"], username, name, problems.add)
+
     runtime_plugins: list[dict[str, Any]] = []
     if extras is not None and isinstance(extras.get(RUNTIME_PLUGIN_EXTRA), list):
         runtime_plugins = [p for p in extras[RUNTIME_PLUGIN_EXTRA] if isinstance(p, dict)]
@@ -921,5 +926,6 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
         gang_allocation=gang_allocation,
         runtime_plugins=copy.deepcopy(runtime_plugins),
         has_secrets=bool(secrets),
+        dependencies=depends_on,
     )
     return ParsedJob(spec=spec, raw=doc, masked=_mask_secrets(doc))

@@ -4,6 +4,7 @@ current from the events of the other services."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
+    JobDependencyResolved,
     JobStopRequested,
     JobSubmitted,
     SchedulingDowngraded,
@@ -50,15 +52,17 @@ from pai_common.contract.rpc import (
     TaskAttemptsRequest,
 )
 from pai_common.contract.states import public_state
+from pai_common.contract.types import JobSpec
 from pai_common.envelope import Envelope
 from pai_common.errors import (
     ConflictJobError,
     ForbiddenUserError,
+    InvalidProtocolError,
     NoJobError,
     NoTagError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan, storages
+from pai_jobs import dependencies, job_events, list_plan, storages
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
 from pai_jobs.protocol import parse_job
@@ -183,6 +187,7 @@ class JobsService:
         app.on_event(SchedulingPreempting)(self.on_preempting)
         app.on_event(SchedulingRejected)(self.on_rejected)
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
+        app.on_event(JobDependencyResolved)(self.on_dependency_resolved)
         app.on_startup(self._indexes)
         app.background(self._backfill)
         if self.lists is not None:
@@ -223,6 +228,7 @@ class JobsService:
             )
         if await self.app.db[JOBS].find_one({"_id": spec.job_key}, {"_id": 1}) is not None:
             raise ConflictJobError(f"Job {spec.job_key} already exists.")
+        await self._check_dependencies(spec)
         # Storages are checked before the job exists: one the user may not use, or that does not exist,
         # refuses the submission (403 / 404 naming it) instead of failing the job at launch.
         resolved = await self.app.bus.request(
@@ -250,6 +256,8 @@ class JobsService:
                     {"_id": spec.job_key, "secrets": parsed.raw["secrets"]}, session=tx.session
                 )
             await _record(tx, job_events.submitted(spec.job_key, spec.submitted_at))
+            if spec.dependencies:
+                await _record(tx, job_events.waiting_for_dependencies(spec, spec.submitted_at))
             tx.out.event(JobSubmitted(spec=spec), msg_id=f"submitted:{spec.job_key}")
 
         try:
@@ -259,6 +267,16 @@ class JobsService:
             raise ConflictJobError(f"Job {spec.job_key} already exists.") from None
         log.info("job submitted", extra={"job_key": spec.job_key, "vc": spec.virtual_cluster})
         return SubmitJobReply(job_key=spec.job_key)
+
+    async def _check_dependencies(self, spec: JobSpec) -> None:
+        """Every dependency names a stored job (400 naming the ones that do not)."""
+        if not spec.dependencies:
+            return
+        keys = [d.job_key for d in spec.dependencies]
+        found = {doc["_id"] async for doc in self.app.db[JOBS].find({"_id": {"$in": keys}}, {"_id": 1})}
+        missing = dependencies.unknown(spec.dependencies, found)
+        if missing:
+            raise InvalidProtocolError(json.dumps([{"field": f, "message": m} for f, m in missing]))
 
     # ---- queries ------------------------------------------------------------------------------------
 
@@ -482,6 +500,11 @@ class JobsService:
         c = env.body
         at = job_events.epoch_ms(env.time, now_ms())
         await _record(ctx, job_events.attempt_completed(c.job_key, c.attempt_id, c.exit_code, at))
+
+    async def on_dependency_resolved(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobDependencyResolved)
+        at = job_events.epoch_ms(env.time, now_ms())
+        await _record(ctx, job_events.dependency_resolved(env.body, at))
 
 
 def new_job_document(spec: dict[str, Any], masked_config: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pai_common.contract.types import (
     TaskAttemptRecord,
     TaskSnapshot,
 )
+from pai_jobs import dependencies
 from pai_jobs.protocol import PRIORITY_BY_CLASS
 
 # ---- FrameworkController state names, in one place ---------------------------------------------------
@@ -400,6 +401,12 @@ def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | No
     if status["state"] == "WAITING" and pending and pending.get("attempt_id") == (job_attempt_id or 0):
         status["pendingReason"] = pending.get("reason")
         status["pendingPosition"] = pending.get("position")
+    if spec.dependencies:
+        # Beyond OpenPAI: extras.dependencies as followed so far, and why the job has not started.
+        status["dependencies"] = dependencies.view(spec, snapshot)
+        waiting = dependencies.pending_reason(status["dependencies"], snapshot.state if snapshot else None)
+        if waiting is not None:
+            status["pendingReason"], status["pendingPosition"] = waiting, None
     # HiveD's view of the gang; lazily preempted means it runs on as opportunistic work.
     lazy = doc.get("downgraded") or {}
     lazy_now = bool(lazy) and lazy.get("attempt_id") == (job_attempt_id or 0)

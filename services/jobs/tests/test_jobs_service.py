@@ -4,6 +4,7 @@ queries, mutations, secrets, job events from the other services' events, and a r
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pai_common.bus import EVENTS_STREAM, Bus
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
+    JobDependencyResolved,
     JobStopRequested,
     JobSubmitted,
     SchedulingPending,
@@ -396,5 +398,58 @@ async def test_jobs_stored_before_the_list_get_entries_at_start(
         assert [j["name"] for j in bobs.jobs] == ["legacy"]
         counted = await client.request(ListJobsRequest(usernames=["bob"], offset=1), JobListReply)
         assert counted.jobs == [] and counted.total == 1  # from the counters
+    finally:
+        await app.stop()
+
+
+async def test_dependencies_must_name_stored_jobs_and_their_news_is_recorded(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    published = Published(client)
+    await published.start()
+    app = jobs_app(nats_srv, mongo_server, f"jobs{uuid.uuid4().hex[:8]}", tmp_path)
+    await app.start()
+    try:
+        await client.request(submit("prep", user="bob"), SubmitJobReply)
+        depends = (
+            job_yaml("train")
+            + "  dependencies: [{job: bob~prep}, {job: bob~ghost, on: completed}, {job: alice~nope}]\n"
+        )
+        request = SubmitJobRequest(username="alice", virtual_clusters=["default"], protocol_yaml=depends)
+        with pytest.raises(InvalidProtocolError) as refused:
+            await client.request(request, SubmitJobReply)
+        assert json.loads(str(refused.value)) == [
+            {"field": "extras.dependencies.1.job", "message": "names no job: bob~ghost"},
+            {"field": "extras.dependencies.2.job", "message": "names no job: alice~nope"},
+        ]
+        with pytest.raises(NoJobError):
+            await client.request(GetJobRequest(job_key="alice~train"), JobDetailReply)
+
+        ok = job_yaml("train") + "  dependencies: [{job: bob~prep}]\n"
+        request = SubmitJobRequest(username="alice", virtual_clusters=["default"], protocol_yaml=ok)
+        await client.request(request, SubmitJobReply)
+        submitted = [s for s in await published.wait_for(JobSubmitted, 2) if s.spec.job_key == "alice~train"]
+        assert [(d.job_key, d.on) for d in submitted[0].spec.dependencies] == [("bob~prep", "succeeded")]
+        detail = (await client.request(GetJobRequest(job_key="alice~train"), JobDetailReply)).detail
+        assert detail["jobStatus"]["pendingReason"] == "waiting for its dependency: bob~prep to succeed"
+
+        resolved = JobDependencyResolved(
+            job_key="alice~train",
+            dependency="bob~prep",
+            on="succeeded",
+            dependency_state="FAILED",
+            satisfied=False,
+        )
+        await client.publish_event(resolved)
+        await client.publish_event(resolved)  # delivered twice: recorded once, counted twice
+
+        async def recorded() -> None:
+            events = (await client.request(JobEventsRequest(job_key="alice~train"), JobEventsReply)).events
+            # The first two share the submission's time.
+            assert {e["reason"] for e in events[:2]} == {"Submitted", "WaitingForDependencies"}
+            assert [(e["reason"], e["count"]) for e in events[2:]] == [("DependencyUnsatisfied", 2)]
+            assert events[2]["type"] == "Warning" and "bob~prep ended FAILED" in events[2]["message"]
+
+        await eventually(recorded)
     finally:
         await app.stop()

@@ -11,6 +11,7 @@ Every state change is appended to the framework's bounded transition log with it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
@@ -22,6 +23,7 @@ from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    JobDependencyResolved,
     JobStopRequested,
     SchedulingAllocated,
     SchedulingRejected,
@@ -31,6 +33,7 @@ from pai_common.contract.events import (
 )
 from pai_common.contract.states import final_state
 from pai_common.contract.types import (
+    DependencyStatus,
     EpochMs,
     ExitSpecEntry,
     FrameworkSnapshot,
@@ -42,7 +45,7 @@ from pai_common.contract.types import (
     TaskAttemptRecord,
     TaskSnapshot,
 )
-from pai_orchestrator import completion_policy, exit_codes, retry_policy
+from pai_orchestrator import completion_policy, dependencies, exit_codes, retry_policy
 from pai_orchestrator import states as S
 from pai_orchestrator.environment import task_environment
 from pai_orchestrator.policy import DEFAULT_POLICY, Policy
@@ -148,10 +151,17 @@ class Framework(BaseModel):
     deletion_deadline: int | None = None
     attempts: list[JobAttemptRecord] = Field(default_factory=list)
     log: list[TransitionRecord] = Field(default_factory=list)
+    # extras.dependencies as followed so far: the first attempt starts once every one is satisfied.
+    dependencies: list[DependencyStatus] = Field(default_factory=list)
 
     @property
     def job_key(self) -> str:
         return self.spec.job_key
+
+    @property
+    def waiting_for_dependencies(self) -> bool:
+        """No attempt asked for cells yet: the job waits for jobs it depends on."""
+        return self.state == S.ATTEMPT_CREATION_PENDING and bool(dependencies.waiting_for(self.dependencies))
 
     def due_at(self) -> int | None:
         """When ``on_tick`` has something to do for this framework (None: nothing is pending)."""
@@ -191,6 +201,7 @@ class Framework(BaseModel):
             exit_spec=self.exit_spec,
             exit_messages=self.exit_messages,
             attempts=self.attempts,
+            dependencies=self.dependencies,
         )
 
 
@@ -242,10 +253,15 @@ class Outcome:
 
 
 def on_submitted(
-    spec: JobSpec, now: int, policy: Policy = DEFAULT_POLICY, stop: JobStopRequested | None = None
+    spec: JobSpec,
+    now: int,
+    policy: Policy = DEFAULT_POLICY,
+    stop: JobStopRequested | None = None,
+    ended: Mapping[str, JobState] | None = None,
 ) -> Transition:
-    """A new framework; ``stop`` is a stop request that arrived before the job did."""
-    fw = Framework(spec=spec, created_at=now)
+    """A new framework; ``stop`` is a stop request that arrived before the job did; ``ended``: the final
+    states of the job's dependencies that completed already."""
+    fw = Framework(spec=spec, created_at=now, dependencies=dependencies.initial(spec, ended or {}))
     out = Transition(fw, policy=policy)
     _move(fw, out, now, S.ATTEMPT_CREATION_PENDING, "job submitted")
     if stop is not None:
@@ -255,8 +271,64 @@ def on_submitted(
         # Nothing was asked of the scheduler, so there is nothing to release.
         _complete_attempt(fw, out, now, _stop_outcome(stop), retry_allowed=False, release=False)
         return _finish(out)
-    _start_attempt(fw, now, out)
+    for dep in fw.dependencies:
+        if dep.ended is not None:
+            out.events.append(_resolved(fw, dep))
+    _start_when_ready(fw, out, now)
     return _finish(out)
+
+
+def on_dependency_ended(
+    fw: Framework, dependency: str, state: JobState, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
+    """A job this one waits for completed: start once every dependency is satisfied, fail if it never can
+    be. Anything else (not a dependency, already recorded, the job no longer waiting) changes nothing."""
+    if not fw.waiting_for_dependencies or fw.execution_type == "STOP":
+        return no_change()
+    found = dependencies.record(fw.dependencies, dependency, state)
+    if found is None:
+        return no_change()
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    fw.dependencies, changed = found
+    out.events.append(_resolved(fw, changed))
+    _start_when_ready(fw, out, now)
+    return _finish(out)
+
+
+def _resolved(fw: Framework, dep: DependencyStatus) -> JobDependencyResolved:
+    assert dep.ended is not None
+    return JobDependencyResolved(
+        job_key=fw.job_key,
+        dependency=dep.job_key,
+        on=dep.on,
+        dependency_state=dep.ended,
+        satisfied=dep.satisfied,
+    )
+
+
+def _start_when_ready(fw: Framework, out: Transition, now: int) -> None:
+    """The first attempt starts once every dependency is satisfied; one that never can be fails the job
+    (-240) before anything was asked of the scheduler."""
+    bad = dependencies.first_unsatisfiable(fw.dependencies)
+    if bad is not None:
+        why = dependencies.failure_reason(bad)
+        fw.attempt_created_at = now
+        fw.tasks = _fresh_tasks(fw, now)
+        outcome = Outcome(
+            exit_code=S.EXIT_DEPENDENCY_UNSATISFIED,
+            failure="Permanent",
+            exit_type="USER_FAILURE",
+            diagnostics=why,
+            launcher_message=why,
+        )
+        _complete_attempt(fw, out, now, outcome, retry_allowed=False, release=False)
+        return
+    if dependencies.waiting_for(fw.dependencies):
+        fw.tasks = fw.tasks or _fresh_tasks(fw, now)
+        out.reason = f"{out.reason}; {dependencies.describe_wait(fw.dependencies)}"
+        return
+    _start_attempt(fw, now, out)
 
 
 def on_allocated(
@@ -371,6 +443,10 @@ def on_stop_requested(
         outcome = replace(outcome, diagnostics=f"{outcome.diagnostics}{last}")
         _record_outcome(fw, outcome)
         _complete_job(fw, out, now, "stopped while its retry was backing off")
+    elif fw.state == S.ATTEMPT_CREATION_PENDING:
+        # Waiting for its dependencies: the scheduler was never asked, so there is nothing to release.
+        fw.attempt_created_at = fw.attempt_created_at or now
+        _complete_attempt(fw, out, now, outcome, retry_allowed=False, release=False)
     else:
         _complete_attempt(fw, out, now, outcome, retry_allowed=False)
     return _finish(out)

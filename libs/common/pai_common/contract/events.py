@@ -9,6 +9,7 @@ from pydantic import Field
 from pai_common.contract.base import Event
 from pai_common.contract.types import (
     AttemptRef,
+    DependencyCondition,
     DeviceInfo,
     EpochMs,
     ExitSpecEntry,
@@ -327,13 +328,35 @@ class JobAttemptCompleted(Event):
 class JobCompleted(Event):
     TYPE = "job.completed"
     PRODUCER = "orchestrator"
-    CONSUMERS = ("monitoring", "storage")
-    DESCRIPTION = "A job reached its final state and will not run again."
+    CONSUMERS = ("monitoring", "storage", "orchestrator")
+    DESCRIPTION = (
+        "A job reached its final state and will not run again; the jobs that depend on it (the"
+        " orchestrator's own consumer) may start or fail."
+    )
 
     job_key: str
     state: JobState
     exit_code: int
     completed_at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class JobDependencyResolved(Event):
+    TYPE = "job.dependency.resolved"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "A dependency of a waiting job ended: it satisfies the dependent (which starts once all do), or"
+        " it never can (the dependent fails with -240 JobDependencyUnsatisfied)."
+    )
+
+    job_key: str  # the dependent job
+    dependency: str
+    on: DependencyCondition
+    dependency_state: JobState
+    satisfied: bool
 
     def subject_key(self) -> str:
         return self.job_key
@@ -429,6 +452,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    JobDependencyResolved,
     UserChanged,
     GroupChanged,
     TokenIssued,

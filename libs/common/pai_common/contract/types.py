@@ -66,6 +66,17 @@ class StorageMount(Message):
     has_credentials: bool = False
 
 
+# extras.dependencies[].on: the dependency must succeed, or only end (whatever its final state).
+DependencyCondition = Literal["succeeded", "completed"]
+
+
+class JobDependency(Message):
+    """A job another job waits for (extras.dependencies); it must exist when the dependent is submitted."""
+
+    job_key: str  # "<user>~<name>"
+    on: DependencyCondition = "succeeded"
+
+
 class JobSpec(Message):
     """What the jobs service hands to the rest of the platform for a submitted job."""
 
@@ -87,6 +98,8 @@ class JobSpec(Message):
     has_secrets: bool = False
     # What every task mounts (extras.storages, the teamwise_storage plugin, or the user's defaults).
     storages: list[StorageMount] = Field(default_factory=list)
+    # extras.dependencies: the job's first attempt starts only once each of these ended as it asks.
+    dependencies: list[JobDependency] = Field(default_factory=list)
 
 
 class PodRequest(Message):
@@ -207,6 +220,23 @@ class JobAttemptRecord(Message):
     tasks: list[TaskSnapshot] = Field(default_factory=list)
 
 
+class DependencyStatus(Message):
+    """A dependency as the orchestrator follows it: what it must do, and how it ended once it did."""
+
+    job_key: str
+    on: DependencyCondition = "succeeded"
+    # The dependency's final state (SUCCEEDED, FAILED, STOPPED) once it completed; None while it has not.
+    ended: JobState | None = None
+
+    @property
+    def satisfied(self) -> bool:
+        return self.ended is not None and (self.on == "completed" or self.ended == "SUCCEEDED")
+
+    @property
+    def unsatisfiable(self) -> bool:
+        return self.ended is not None and not self.satisfied
+
+
 class FrameworkSnapshot(Message):
     """The whole framework (job) status, versioned so that stale copies are ignored."""
 
@@ -241,6 +271,8 @@ class FrameworkSnapshot(Message):
     exit_messages: dict[str, Any] | None = None
     # Earlier attempts, oldest first; the current one is described by the fields above.
     attempts: list[JobAttemptRecord] = Field(default_factory=list)
+    # extras.dependencies as followed so far; the first attempt waits until every one is satisfied.
+    dependencies: list[DependencyStatus] = Field(default_factory=list)
 
 
 class AttemptRef(Message):
