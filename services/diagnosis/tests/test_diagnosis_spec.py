@@ -688,7 +688,9 @@ ORCHESTRATOR_ADDITIONS = {-240: "JobDependencyUnsatisfied"}
 
 def test_new_codes_are_in_their_own_range_and_documented() -> None:
     openpai = {f[0] for f in OPENPAI}
-    new = [e for e in builtin_spec().entries if e.code not in openpai and e.code not in ORCHESTRATOR_ADDITIONS]
+    new = [
+        e for e in builtin_spec().entries if e.code not in openpai and e.code not in ORCHESTRATOR_ADDITIONS
+    ]
     codes = {300, 301, 302, 303, 304, 305, 306, 320, 340, 341, 342, 343, 344, 360, 361}
     assert {e.code for e in new} == codes
     for e in new:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from pai_common.contract.events import JobDependencyResolved
+from pai_common.contract.events import JobDependencyResolved, JobPreemptionNoticed
 from pai_common.contract.types import JobSpec
 from pai_jobs.views import debug_id
 
@@ -177,6 +177,21 @@ def dependency_resolved(event: JobDependencyResolved, at_ms: int) -> JobEvent:
         "DependencySatisfied" if event.satisfied else "DependencyUnsatisfied",
         message,
         at_ms,
+    )
+
+
+def preemption_noticed(event: JobPreemptionNoticed) -> JobEvent:
+    n = event.notice
+    deadline = datetime.fromtimestamp(n.deadline / 1000, UTC).isoformat().replace("+00:00", "Z")
+    return JobEvent(
+        event.job_key,
+        f"notice/{event.attempt_id}",
+        "Warning",
+        "PreemptionNotice",
+        f"attempt {event.attempt_id} is preempted by {n.preemptor}: its tasks were sent SIGTERM and the"
+        f" notice ($PAI_PREEMPTION_NOTICE) with {n.grace_seconds:g} s to stop, until {deadline}; the next"
+        " attempt gets PAI_RESUME=1",
+        n.noticed_at,
     )
 
 

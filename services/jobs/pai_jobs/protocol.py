@@ -21,7 +21,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from pai_common.contract.types import JobSpec, TaskRoleSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
-from pai_jobs import dependencies
+from pai_jobs import dependencies, preemption
 from pai_jobs.schema import schema_problems
 
 # Limits on what a submitted document may cost to parse.
@@ -881,6 +881,9 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     depends_on = []
     if extras is not None and "dependencies" in extras:
         depends_on = dependencies.parse(extras["dependencies"], username, name, problems.add)
+    grace = None
+    if extras is not None and "preemption" in extras:
+        grace = preemption.parse(extras["preemption"], problems.add)
 
     runtime_plugins: list[dict[str, Any]] = []
     if extras is not None and isinstance(extras.get(RUNTIME_PLUGIN_EXTRA), list):
@@ -927,5 +930,6 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
         runtime_plugins=copy.deepcopy(runtime_plugins),
         has_secrets=bool(secrets),
         dependencies=depends_on,
+        preemption_grace_s=grace,
     )
     return ParsedJob(spec=spec, raw=doc, masked=_mask_secrets(doc))

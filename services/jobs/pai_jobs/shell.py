@@ -21,6 +21,7 @@ from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobDependencyResolved,
+    JobPreemptionNoticed,
     JobStopRequested,
     JobSubmitted,
     SchedulingDowngraded,
@@ -188,6 +189,7 @@ class JobsService:
         app.on_event(SchedulingRejected)(self.on_rejected)
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
         app.on_event(JobDependencyResolved)(self.on_dependency_resolved)
+        app.on_event(JobPreemptionNoticed)(self.on_preemption_noticed)
         app.on_startup(self._indexes)
         app.background(self._backfill)
         if self.lists is not None:
@@ -505,6 +507,10 @@ class JobsService:
         assert isinstance(env.body, JobDependencyResolved)
         at = job_events.epoch_ms(env.time, now_ms())
         await _record(ctx, job_events.dependency_resolved(env.body, at))
+
+    async def on_preemption_noticed(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobPreemptionNoticed)
+        await _record(ctx, job_events.preemption_noticed(env.body))
 
 
 def new_job_document(spec: dict[str, Any], masked_config: dict[str, Any]) -> dict[str, Any]:

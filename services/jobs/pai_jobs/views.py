@@ -21,7 +21,7 @@ from pai_common.contract.types import (
     TaskAttemptRecord,
     TaskSnapshot,
 )
-from pai_jobs import dependencies
+from pai_jobs import dependencies, preemption
 from pai_jobs.protocol import PRIORITY_BY_CLASS
 
 # ---- FrameworkController state names, in one place ---------------------------------------------------
@@ -364,6 +364,8 @@ def _attempt_as_snapshot(current: FrameworkSnapshot, record: JobAttemptRecord) -
             "tasks": record.tasks,
             "retry_at": None,
             "attempts": [],
+            "preemption": record.preemption,
+            "resume": record.resume,
         }
     )
 
@@ -401,6 +403,8 @@ def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | No
     if status["state"] == "WAITING" and pending and pending.get("attempt_id") == (job_attempt_id or 0):
         status["pendingReason"] = pending.get("reason")
         status["pendingPosition"] = pending.get("position")
+    # Beyond OpenPAI: the current attempt's preemption notice, and whether it resumes a preempted one.
+    status.update(preemption.view(snapshot))
     if spec.dependencies:
         # Beyond OpenPAI: extras.dependencies as followed so far, and why the job has not started.
         status["dependencies"] = dependencies.view(spec, snapshot)
@@ -500,6 +504,8 @@ def _job_attempt(spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool) -> di
         "jobPriority": priority_name(spec.priority),
         "taskRoles": _attempt_task_statuses(spec, snapshot.attempt_id, snapshot.tasks),
         "isLatest": latest,
+        # Beyond OpenPAI, only when they apply: the attempt's preemption notice, its resume.
+        **preemption.view(snapshot),
     }
 
 

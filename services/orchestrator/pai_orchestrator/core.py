@@ -24,6 +24,7 @@ from pai_common.contract.events import (
     JobAttemptCompleted,
     JobCompleted,
     JobDependencyResolved,
+    JobPreemptionNoticed,
     JobStopRequested,
     SchedulingAllocated,
     SchedulingRejected,
@@ -42,6 +43,7 @@ from pai_common.contract.types import (
     JobState,
     Placement,
     PodRequest,
+    PreemptionNotice,
     TaskAttemptRecord,
     TaskSnapshot,
 )
@@ -153,6 +155,11 @@ class Framework(BaseModel):
     log: list[TransitionRecord] = Field(default_factory=list)
     # extras.dependencies as followed so far: the first attempt starts once every one is satisfied.
     dependencies: list[DependencyStatus] = Field(default_factory=list)
+    # The current attempt's preemption notice; whether it resumes (PAI_RESUME=1), which every attempt does
+    # once a running attempt of the job was preempted (``resumable``).
+    preemption: PreemptionNotice | None = None
+    resume: bool = False
+    resumable: bool = False
 
     @property
     def job_key(self) -> str:
@@ -202,6 +209,8 @@ class Framework(BaseModel):
             exit_messages=self.exit_messages,
             attempts=self.attempts,
             dependencies=self.dependencies,
+            preemption=self.preemption,
+            resume=self.resume,
         )
 
 
@@ -247,6 +256,7 @@ class Outcome:
     runtime_message: dict[str, Any] | None = None
     launcher_message: str | None = None
     grace_period_s: float | None = None  # None: the policy's kill grace
+    notice: PreemptionNotice | None = None  # a preemption: the tasks are told the deadline first
 
 
 # ---- transitions ---------------------------------------------------------------------------------------
@@ -376,13 +386,29 @@ def on_rejected(
     return _finish(out)
 
 
+def preemption_grace(spec: JobSpec, policy: Policy, cap_s: float | None) -> float:
+    """The job's own grace (extras.preemption.graceSeconds, else the platform's), at most the VC's cap."""
+    asked = spec.preemption_grace_s if spec.preemption_grace_s is not None else policy.preempt_grace_s
+    return asked if cap_s is None else min(asked, cap_s)
+
+
 def on_preempted(
-    fw: Framework, attempt_id: int, preemptor: str, now: int, policy: Policy = DEFAULT_POLICY
+    fw: Framework,
+    attempt_id: int,
+    preemptor: str,
+    now: int,
+    policy: Policy = DEFAULT_POLICY,
+    grace_cap_s: float | None = None,
 ) -> Transition:
-    """A higher-priority gang needs this attempt's cells: stop it gracefully and queue again, uncounted."""
-    why = f"preempted by the higher-priority job {preemptor}"
-    grace = policy.preempt_grace_s
-    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now, policy, grace)
+    """Another gang needs this attempt's cells: tell its tasks (SIGTERM and the notice file with the
+    deadline), kill what is left at the deadline, and queue again, uncounted; the next attempt gets
+    PAI_RESUME=1. ``grace_cap_s``: the most the victim's VC allows (None: no cap)."""
+    grace = preemption_grace(fw.spec, policy, grace_cap_s)
+    notice = PreemptionNotice(
+        preemptor=preemptor, noticed_at=now, grace_seconds=grace, deadline=now + int(grace * 1000)
+    )
+    why = f"preempted by {preemptor}: its tasks were given {grace:g} s of notice to stop"
+    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now, policy, grace, notice)
 
 
 def on_cells_lost(
@@ -400,6 +426,7 @@ def _stopped_by_platform(
     now: int,
     policy: Policy,
     grace: float | None,
+    notice: PreemptionNotice | None = None,
 ) -> Transition:
     # An attempt still waiting for its gang counts too: the scheduler may have placed it, and its
     # allocation be on its way, when it decided to take the cells back.
@@ -414,7 +441,13 @@ def _stopped_by_platform(
         diagnostics=why,
         launcher_message=why,
         grace_period_s=grace,
+        notice=notice,
     )
+    if notice is not None:
+        fw.preemption = notice
+        # Its tasks ran (and may have checkpointed): every later attempt resumes.
+        fw.resumable = fw.resumable or fw.state == S.ATTEMPT_RUNNING
+        out.events.append(JobPreemptionNoticed(job_key=fw.job_key, attempt_id=fw.attempt_id, notice=notice))
     _complete_attempt(fw, out, now, outcome, retry_allowed=True)
     return _finish(out)
 
@@ -630,6 +663,8 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
     fw.trigger_task_role = fw.trigger_task_index = None
     fw.retry_at = fw.retry_kind = None
     fw.gang = []
+    fw.preemption = None
+    fw.resume = fw.resumable
     timeout = out.policy.gang_allocation_timeout_ms
     fw.gang_deadline = now + timeout if timeout > 0 else None
     fw.tasks = _fresh_tasks(fw, now)
@@ -755,6 +790,8 @@ def _complete_attempt(
                         node=task.node,
                         reason=f"attempt completed: {why}"[:500],
                         grace_period_s=grace,
+                        preemption_deadline=outcome.notice.deadline if outcome.notice else None,
+                        preemptor=outcome.notice.preemptor if outcome.notice else None,
                     ),
                     task.node,
                 )
@@ -875,6 +912,8 @@ def _attempt_record(fw: Framework) -> JobAttemptRecord:
             )
             for t in fw.tasks.values()
         ],
+        preemption=fw.preemption,
+        resume=fw.resume,
     )
 
 
@@ -932,7 +971,7 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
             gpu_milli=task.gpu_milli,
             gpu_memory_mb=task.gpu_memory_mb,
             entrypoint=role.entrypoint,
-            env=task_environment(fw.spec, task.task_role, task.index, fw.gang),
+            env=_resumed(task_environment(fw.spec, task.task_role, task.index, fw.gang), fw.resume),
             cpu=role.cpu,
             memory_mb=role.memory_mb,
             shm_mb=role.shm_mb,
@@ -944,6 +983,11 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
         ),
         task.node,
     )
+
+
+def _resumed(env: dict[str, str], resume: bool) -> dict[str, str]:
+    """An attempt after a preemption tells its tasks to resume from their checkpoints."""
+    return {**env, "PAI_RESUME": "1"} if resume else env
 
 
 def _finish(out: Transition) -> Transition:

@@ -171,8 +171,8 @@ async def test_dependents_start_once_whenever_they_arrive(
     fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
     """`before` is submitted before its dependency, `during` and `also` while it runs, `after` once it
-    completed; `orphan` depends on a job that fails. Each dependent starts (or fails) exactly once, and a restart of the
-    orchestrator between the completion and its consumer loses nothing."""
+    completed; `orphan` depends on a job that fails. Each dependent starts (or fails) exactly once, and a
+    restart of the orchestrator between the completion and its consumer loses nothing."""
     db = f"orch{uuid.uuid4().hex[:8]}"
     events = EventRecorder(fresh_bus)
     await events.start()

@@ -41,6 +41,8 @@ class TaskPaths:
     barrier_script: str
     # The sshd binary where one is installed; "auto": look for one where the task runs.
     sshd: str | None
+    # Where the task finds a preemption notice ($PAI_PREEMPTION_NOTICE); None: this backend cannot give one.
+    notice: str | None = None
 
 
 @dataclass
@@ -116,6 +118,10 @@ class TaskBackend(Protocol):
     async def wait(self, run: dict[str, Any]) -> Ended: ...
 
     async def kill(self, run: dict[str, Any], grace_s: float) -> None: ...
+
+    async def notify(self, run: dict[str, Any], content: dict[str, Any]) -> bool:
+        """Put a preemption notice where the task finds it (``TaskPaths.notice``), before ``kill``; False
+        where this backend cannot."""
 
     async def logs(self, run: dict[str, Any], stream: str, tail_bytes: int) -> LogText: ...
 

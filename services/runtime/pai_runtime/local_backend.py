@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier, containers, limits, local_mounts, local_process
+from pai_runtime import barrier, containers, limits, local_mounts, local_process, notice
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
     STORAGE_MOUNT_EXIT,
@@ -71,7 +71,9 @@ class LocalBackend:
         pass
 
     def paths(self, workdir: Path) -> TaskPaths:
-        return TaskPaths(str(workdir), sys.executable, barrier.__file__, self._sshd)
+        return TaskPaths(
+            str(workdir), sys.executable, barrier.__file__, self._sshd, str(workdir / notice.FILE_NAME)
+        )
 
     def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> local_mounts.MountPlan:
         engine = containers.choose(self.settings.container_engine, cmd.image)
@@ -185,6 +187,11 @@ class LocalBackend:
 
     async def kill(self, run: dict[str, Any], grace_s: float) -> None:
         await local_process.stop(int(run["pid"]), grace_s)
+
+    async def notify(self, run: dict[str, Any], content: dict[str, Any]) -> bool:
+        # In the task's directory, which a task in its image sees at the same path.
+        await asyncio.to_thread(notice.write, Path(run["workdir"]) / notice.FILE_NAME, content)
+        return True
 
     async def logs(self, run: dict[str, Any], stream: str, tail_bytes: int) -> LogText:
         path = Path(run["workdir"]) / f"{stream}.log"

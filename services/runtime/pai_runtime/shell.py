@@ -29,7 +29,7 @@ from pai_common.contract.rpc import (
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
-from pai_runtime import metrics, plugins
+from pai_runtime import metrics, notice, plugins
 from pai_runtime import secrets as job_secrets
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
@@ -74,7 +74,11 @@ def make_backend(settings: RuntimeSettings) -> TaskBackend:
     if settings.backend == "kubernetes":
         from pai_runtime.kubernetes import KubernetesBackend, PodOptions
 
-        options = PodOptions(namespace=settings.k8s_namespace, grace_period_s=int(settings.kill_grace_s))
+        options = PodOptions(
+            namespace=settings.k8s_namespace,
+            grace_period_s=int(settings.kill_grace_s),
+            notice_host_dir=str(settings.k8s_notice_dir) if settings.k8s_notice_dir else None,
+        )
         return KubernetesBackend(
             options, in_cluster=settings.k8s_in_cluster, kubeconfig=settings.k8s_kubeconfig
         )
@@ -319,6 +323,8 @@ class Agent:
         commands and files, the environment. SetupError for a task that cannot run as asked."""
         env = self.task_env(cmd)
         paths = self.backend.paths(workdir)
+        if paths.notice is not None:
+            env[notice.ENV] = paths.notice
         secrets = await self._job_secrets(cmd)
         if secrets:
             fd = os.open(workdir / SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -415,6 +421,11 @@ class Agent:
         await ctx.db[self.runs_collection].update_one(
             {"_id": rid}, {"$set": {"stop_reason": cmd.reason}}, session=ctx.session
         )
+        told = notice.content(cmd)
+        if told is not None and not await self.backend.notify(run, told):
+            log.warning(
+                "preemption notice not delivered: the backend has no place for it", extra={"run": rid}
+            )
         # The stop runs beside the consumer; the watcher reports the exit as for any other end.
         task = asyncio.create_task(self.backend.kill(run, cmd.grace_period_s))
         self._watchers.add(task)

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from pai_common.contract.base import Command
-from pai_common.contract.types import NodeName, StorageMount
+from pai_common.contract.types import EpochMs, NodeName, StorageMount
 
 
 class LaunchTask(Command):
@@ -58,6 +58,10 @@ class KillTask(Command):
     node: NodeName
     reason: str
     grace_period_s: float = 10.0
+    # A preemption with notice: before SIGTERM the runtime writes the notice file ($PAI_PREEMPTION_NOTICE)
+    # with this deadline (epoch ms) and the preemptor, so that the task can checkpoint in time.
+    preemption_deadline: EpochMs | None = None
+    preemptor: str | None = None
 
 
 ALL_COMMANDS: tuple[type[Command], ...] = (LaunchTask, KillTask)

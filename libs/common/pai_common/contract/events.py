@@ -21,6 +21,7 @@ from pai_common.contract.types import (
     NodeName,
     Placement,
     PodRequest,
+    PreemptionNotice,
 )
 
 
@@ -362,6 +363,23 @@ class JobDependencyResolved(Event):
         return self.job_key
 
 
+class JobPreemptionNoticed(Event):
+    TYPE = "job.preemption.noticed"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "A preempted attempt's tasks were told to stop (SIGTERM and a notice file with the deadline) and"
+        " get the grace before they are killed; the attempt is retried uncounted, with PAI_RESUME=1."
+    )
+
+    job_key: str
+    attempt_id: int
+    notice: PreemptionNotice
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
 class UserChanged(Event):
     TYPE = "user.changed"
     PRODUCER = "auth"
@@ -453,6 +471,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     JobAttemptCompleted,
     JobCompleted,
     JobDependencyResolved,
+    JobPreemptionNoticed,
     UserChanged,
     GroupChanged,
     TokenIssued,

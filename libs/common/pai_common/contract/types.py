@@ -100,6 +100,9 @@ class JobSpec(Message):
     storages: list[StorageMount] = Field(default_factory=list)
     # extras.dependencies: the job's first attempt starts only once each of these ended as it asks.
     dependencies: list[JobDependency] = Field(default_factory=list)
+    # extras.preemption.graceSeconds: how long the job's tasks get between a preemption notice and being
+    # killed (capped by the VC); None: the platform's default.
+    preemption_grace_s: float | None = Field(default=None, ge=0)
 
 
 class PodRequest(Message):
@@ -203,6 +206,16 @@ class TaskSnapshot(Message):
     history: list[TaskAttemptRecord] = Field(default_factory=list)
 
 
+class PreemptionNotice(Message):
+    """An attempt was preempted: its tasks were told (SIGTERM and the notice file) at ``noticed_at`` to be
+    gone by ``deadline``, when what is left of them is killed."""
+
+    preemptor: str
+    noticed_at: EpochMs
+    grace_seconds: float = Field(ge=0)
+    deadline: EpochMs
+
+
 class JobAttemptRecord(Message):
     """One finished attempt of a job, kept for OpenPAI's job-attempts routes."""
 
@@ -218,6 +231,9 @@ class JobAttemptRecord(Message):
     trigger_task_role: str | None = None
     trigger_task_index: int | None = None
     tasks: list[TaskSnapshot] = Field(default_factory=list)
+    # The attempt was preempted with notice; it resumed an earlier, preempted one (PAI_RESUME=1).
+    preemption: PreemptionNotice | None = None
+    resume: bool = False
 
 
 class DependencyStatus(Message):
@@ -273,6 +289,9 @@ class FrameworkSnapshot(Message):
     attempts: list[JobAttemptRecord] = Field(default_factory=list)
     # extras.dependencies as followed so far; the first attempt waits until every one is satisfied.
     dependencies: list[DependencyStatus] = Field(default_factory=list)
+    # The current attempt was preempted with this notice; it resumes a preempted one (PAI_RESUME=1).
+    preemption: PreemptionNotice | None = None
+    resume: bool = False
 
 
 class AttemptRef(Message):

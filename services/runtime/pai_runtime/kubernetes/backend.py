@@ -7,10 +7,12 @@ as the API server's JSON (the ``*_without_preload_content`` calls), which ``stat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import shlex
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from kubernetes.aio import config as _config
 from kubernetes.aio import watch as _watch
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier
+from pai_runtime import barrier, notice
 from pai_runtime.backend import (
     STORAGE_MOUNT_EXIT,
     Ended,
@@ -34,8 +36,10 @@ from pai_runtime.backend import (
 from pai_runtime.kubernetes import schema
 from pai_runtime.kubernetes.manifest import (
     HOME,
+    NOTICE_DIR,
     TASK_DIR,
     PodOptions,
+    notice_host_path,
     pod_manifest,
     pod_name,
     secret_manifest,
@@ -132,7 +136,8 @@ class KubernetesBackend:
 
     def paths(self, workdir: Path) -> TaskPaths:
         # The pod's image decides whether it has sshd; the barrier comes in the task's Secret.
-        return TaskPaths(HOME, "python3", f"{TASK_DIR}/barrier.py", "auto")
+        where = f"{NOTICE_DIR}/{notice.FILE_NAME}" if self.options.notice_host_dir else None
+        return TaskPaths(HOME, "python3", f"{TASK_DIR}/barrier.py", "auto", where)
 
     def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> PodStorage:
         try:
@@ -197,6 +202,9 @@ class KubernetesBackend:
             tail = ""
         if outcome.message:
             tail = (tail + "\n" + outcome.message)[-LOG_TAIL_BYTES:]
+        folder = notice_host_path(self.options, name)
+        if folder is not None:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
         return Ended(
             TaskExit(outcome.exit_code or 0, outcome.signal),
             tail,
@@ -242,6 +250,15 @@ class KubernetesBackend:
 
     async def kill(self, run: dict[str, Any], grace_s: float) -> None:
         await self.delete(str(run["pod"]), grace_s)
+
+    async def notify(self, run: dict[str, Any], content: dict[str, Any]) -> bool:
+        """Into the pod's folder on this node (hostPath), which the pod sees at NOTICE_DIR; the deletion
+        that follows gives the pod its SIGTERM and the grace."""
+        folder = notice_host_path(self.options, str(run["pod"]))
+        if folder is None:
+            return False
+        await asyncio.to_thread(notice.write, Path(folder) / notice.FILE_NAME, content)
+        return True
 
     async def delete(self, name: str, grace_s: float) -> None:
         try:
