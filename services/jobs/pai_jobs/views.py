@@ -265,7 +265,24 @@ def _task_status(
         "currentAttemptCreatedTime": task.created_at,
         "currentAttemptLaunchedTime": task.launched_at,
         "currentAttemptCompletedTime": task.completed_at,
+        **_device_extras(task),
     }
+
+
+def _device_extras(task: TaskSnapshot) -> dict[str, Any]:
+    """Beyond OpenPAI, only when they apply: the task's FPGAs, and how its node holds its GPU share."""
+    out: dict[str, Any] = {}
+    if task.fpgas:
+        out["containerFpgas"] = list(task.fpgas)
+    if task.gpu_share is not None:
+        share = task.gpu_share
+        out["gpuShare"] = {
+            "milli": share.milli,
+            "memoryMB": share.memory_mb,
+            "enforced": share.enforced,
+            "note": share.note,
+        }
+    return out
 
 
 def _job_status(

@@ -38,6 +38,7 @@ from pai_common.contract.types import (
     EpochMs,
     ExitSpecEntry,
     FrameworkSnapshot,
+    GpuShareStatus,
     JobAttemptRecord,
     JobSpec,
     JobState,
@@ -65,6 +66,9 @@ class Task(BaseModel):
     gpus: list[int] = Field(default_factory=list)
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    fpgas: list[int] = Field(default_factory=list)
+    # How the node holds the task's GPU share (reported when it started).
+    gpu_share: GpuShareStatus | None = None
     ports: dict[str, list[int]] = Field(default_factory=dict)
     exit_code: int | None = None
     exit_spec: ExitSpecEntry | None = None
@@ -89,6 +93,8 @@ class Task(BaseModel):
             node=self.node,
             host_ip=self.host_ip,
             gpus=self.gpus,
+            fpgas=self.fpgas,
+            gpu_share=self.gpu_share,
             ports=self.ports,
             exit_code=self.exit_code,
             exit_spec=self.exit_spec,
@@ -360,7 +366,7 @@ def on_allocated(
         p = by_key[task.key]
         task.state = S.TASK_PREPARING
         task.node, task.host_ip, task.gpus = p.node, p.host_ip or None, list(p.gpus)
-        task.gpu_milli, task.gpu_memory_mb = p.gpu_milli, p.gpu_memory_mb
+        task.gpu_milli, task.gpu_memory_mb, task.fpgas = p.gpu_milli, p.gpu_memory_mb, list(p.fpgas)
         task.ports = {label: list(ports) for label, ports in p.ports.items()}
     for task in fw.tasks.values():
         out.commands.append(_launch(fw, task))
@@ -503,6 +509,7 @@ def on_task_running(
     task.state = S.TASK_RUNNING
     task.launched_at = event.started_at
     task.host_ip = event.host_ip
+    task.gpu_share = event.gpu_share
     out.reason = f"task {task.key} running"
     _attempt_started(fw, out, event.started_at, f"task {task.key} is running")
     return _finish(out)
@@ -970,6 +977,7 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
             gpus=task.gpus,
             gpu_milli=task.gpu_milli,
             gpu_memory_mb=task.gpu_memory_mb,
+            fpgas=task.fpgas,
             entrypoint=role.entrypoint,
             env=_resumed(task_environment(fw.spec, task.task_role, task.index, fw.gang), fw.resume),
             cpu=role.cpu,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pai_common.contract.commands import LaunchTask
+from pai_common.contract.types import DeviceInfo
 
 # A task the runtime could not set up (bad plugin entry, unknown secret): a user error, as OpenPAI's init.
 SETUP_FAILED_EXIT = 1
@@ -58,6 +59,8 @@ class TaskFiles:
     secrets: dict[str, Any] = field(default_factory=dict)
     # The set-up failed: run only the entrypoint (a message and an exit), with no image and no mount.
     failed: bool = False
+    # The node's FPGAs the task got (from its inventory: device files, device plugin resource).
+    fpgas: list[DeviceInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

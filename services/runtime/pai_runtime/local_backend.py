@@ -127,9 +127,13 @@ class LocalBackend:
             _write_private(
                 env_file, "".join(f"{k}={v}\n" for k, v in env.items() if "\n" not in v and k != "PATH")
             )
+            # A CUDA MPS client reaches its GPU's daemon through its pipe folder and the host's IPC.
+            mps = [env[k] for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY") if k in env]
             argv = containers.run_command(
                 engine, cmd.image, container_name(cmd), workdir, env_file, "user-in-container.sh",
-                cmd.gpus, cmd.cpu, cmd.memory_mb, cmd.shm_mb, mounts.volumes if mounts else [],
+                cmd.gpus, cmd.cpu, cmd.memory_mb, cmd.shm_mb,
+                [*(mounts.volumes if mounts else []), *(f"{d}:{d}" for d in mps)],
+                devices=[p for fpga in task.fpgas for p in fpga.paths], ipc_host=bool(mps),
             )  # fmt: skip
             entrypoint = "exec " + shlex.join(argv)
             backend = engine

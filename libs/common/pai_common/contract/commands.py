@@ -26,6 +26,8 @@ class LaunchTask(Command):
     # A share of gpus[0] (GPU virtualisation): the runtime limits the task to it where it can.
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    # FPGAs of the node's declared inventory the task got (by index).
+    fpgas: list[int] = Field(default_factory=list)
     entrypoint: str
     # PAI_* variables computed by the orchestrator from the job and the whole gang's placement.
     env: dict[str, str] = Field(default_factory=dict)

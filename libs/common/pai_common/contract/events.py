@@ -16,6 +16,8 @@ from pai_common.contract.types import (
     FailureType,
     FrameworkSnapshot,
     GpuInfo,
+    GpuShareStatus,
+    GpuSharing,
     JobSpec,
     JobState,
     NodeName,
@@ -198,6 +200,8 @@ class NodeRegistered(Event):
     infiniband: list[DeviceInfo] = Field(default_factory=list)
     # Where the GPU list comes from: "nvml", "declared" (inventory file) or "simulated" (a count).
     inventory_source: str = "simulated"
+    # Whether GPU shares are enforced here (CUDA MPS), and if not, why.
+    gpu_sharing: GpuSharing = Field(default_factory=GpuSharing)
 
     def subject_key(self) -> str:
         return self.node
@@ -241,6 +245,8 @@ class TaskRunning(Event):
     started_at: EpochMs
     # How it runs: "host" (a local process), "docker"/"podman" (the job's image), "kubernetes" (a pod).
     backend: str = "host"
+    # A task with a GPU share: whether the node enforces it (an MPS daemon's limits) and, if not, why.
+    gpu_share: GpuShareStatus | None = None
 
     def subject_key(self) -> str:
         return self.job_key

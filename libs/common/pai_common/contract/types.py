@@ -132,6 +132,9 @@ class Placement(Message):
     # Set when the task got a share of gpus[0] rather than whole GPUs.
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    # FPGAs the task got (their indices in the node's declared FPGA inventory), when its SKU type is an
+    # FPGA; ``gpus`` is then empty. The runtime passes them to the task (devices, PAI_FPGA_* variables).
+    fpgas: list[int] = Field(default_factory=list)
     # Host ports per label, chosen by the orchestrator when the gang is placed (ports.assign_ports).
     ports: dict[str, list[int]] = Field(default_factory=dict)
 
@@ -156,6 +159,26 @@ class DeviceInfo(Message):
     model: str
     id: str
     healthy: bool = True
+    # The device files a task using it needs (e.g. /dev/xclmgmt256, /dev/dri/renderD128), and the
+    # Kubernetes device plugin's resource name for it (e.g. xilinx.com/fpga-…), as the inventory declares.
+    paths: list[str] = Field(default_factory=list)
+    resource: str | None = None
+
+
+class GpuSharing(Message):
+    """Whether the node enforces GPU shares (one CUDA MPS control daemon per shared GPU), and why not."""
+
+    mps: bool = False
+    reason: str = ""
+
+
+class GpuShareStatus(Message):
+    """How a task's GPU share is held on its node: by an MPS daemon's limits, or only by the scheduler."""
+
+    milli: int = Field(ge=0, le=999)
+    memory_mb: int = Field(ge=0)
+    enforced: bool
+    note: str = ""
 
 
 # FrameworkController's completion types; TransientConflict is retried after a randomised back-off.
@@ -193,6 +216,9 @@ class TaskSnapshot(Message):
     node: str | None = None
     host_ip: str | None = None
     gpus: list[int] = Field(default_factory=list)
+    fpgas: list[int] = Field(default_factory=list)
+    # A GPU share: whether its node enforces it (reported by the runtime when the task started).
+    gpu_share: GpuShareStatus | None = None
     ports: dict[str, list[int]] = Field(default_factory=dict)
     exit_code: int | None = None
     exit_spec: ExitSpecEntry | None = None

@@ -24,6 +24,7 @@ from kubernetes.aio import watch as _watch
 from pai_common.contract.commands import LaunchTask
 from pai_runtime import barrier, notice
 from pai_runtime.backend import (
+    SETUP_FAILED_EXIT,
     STORAGE_MOUNT_EXIT,
     Ended,
     LogText,
@@ -100,6 +101,22 @@ async def _read(call: Awaitable[Any]) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def fpga_resources(task: TaskFiles) -> dict[str, int]:
+    """The device plugin resources of the task's FPGAs (resource name → count). The kubelet's device
+    manager picks which devices of that resource the pod gets; HiveD's allocation decides how many.
+    SetupError for an FPGA whose inventory entry names no resource: the pod could not get it."""
+    counts: dict[str, int] = {}
+    for fpga in task.fpgas:
+        if fpga.resource is None:
+            raise SetupError(
+                SETUP_FAILED_EXIT,
+                f"FPGA {fpga.index} ({fpga.model}) has no device plugin resource in this node's inventory"
+                " (fpgas[].resource), so a pod cannot be given it",
+            )
+        counts[fpga.resource] = counts.get(fpga.resource, 0) + 1
+    return counts
+
+
 class KubernetesBackend:
     """``api``: the client's ``ApiClient``; None to connect at ``start`` as ``in_cluster``/``kubeconfig``
     say."""
@@ -157,7 +174,8 @@ class KubernetesBackend:
             scripts = {"pre.sh": pre, "user.sh": task.entrypoint, "post.sh": task.post}
         scripts["barrier.py"] = Path(barrier.__file__).read_text()
         storage = None if task.failed else mounts
-        pod = pod_manifest(cmd, {**task.env, "HOME": HOME}, self.options, storage)
+        devices = {} if task.failed else fpga_resources(task)
+        pod = pod_manifest(cmd, {**task.env, "HOME": HOME}, self.options, storage, devices)
         secret = secret_manifest(cmd, self.options, scripts, task.secrets)
         extra = [
             storage_secret(cmd, self.options, name, data)

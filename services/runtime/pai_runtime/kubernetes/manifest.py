@@ -98,8 +98,13 @@ def _port_name(label: str, i: int) -> str:
 
 
 def pod_manifest(
-    cmd: LaunchTask, env: dict[str, str], options: PodOptions, storage: PodStorage | None = None
+    cmd: LaunchTask,
+    env: dict[str, str],
+    options: PodOptions,
+    storage: PodStorage | None = None,
+    devices: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """``devices``: extended resources of device plugins (an FPGA's resource name and how many)."""
     name = pod_name(cmd)
     storage = storage or PodStorage()
     resources: dict[str, str] = {}
@@ -107,6 +112,8 @@ def pod_manifest(
         resources["cpu"] = str(cmd.cpu)
     if cmd.memory_mb:
         resources["memory"] = f"{cmd.memory_mb}Mi"
+    for resource, count in sorted((devices or {}).items()):
+        resources[resource] = str(count)  # extended resources: requests equal to limits
     ports = []
     seen: set[int] = set()
     for label, numbers in sorted(cmd.ports.items()):
