@@ -45,6 +45,15 @@ def up(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Simulated GPUs even where NVML finds real ones")
     ] = False,
+    cluster: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster",
+            help="The scheduler's cluster file: a HiveD config (YAML: VCs, borrowing, teams) or a node"
+            " inventory (CSV), naming the nodes node-0, node-1, ... (default: one VC over the simulated"
+            " nodes)",
+        ),
+    ] = None,
 ) -> None:
     """Start NATS, the MongoDB-wire server, every service and the runtime agents; stop them all on Ctrl-C."""
     platform = Platform(
@@ -55,6 +64,7 @@ def up(
         nats_url=os.environ.get("PAI_NATS_URL"),
         mongo_url=os.environ.get("PAI_MONGO_URL"),
         use_real_gpus=not simulate,
+        cluster_file=cluster,
     )
     started = time.monotonic()
     stopping = False

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -57,9 +59,9 @@ NO_RESPONDERS_WAIT_S = 1.0
 RpcHandler = Callable[[Any], Awaitable[Message]]
 
 
-def stream_configs() -> list[StreamConfig]:
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     """The streams every service may create at start; creating them is idempotent."""
-    return [
+    streams = [
         StreamConfig(
             name=EVENTS_STREAM,
             subjects=[f"{EVENT_SUBJECT_PREFIX}.>"],
@@ -84,6 +86,9 @@ def stream_configs() -> list[StreamConfig]:
             max_age=30 * 24 * 3600.0,
         ),
     ]
+    for config in streams:
+        config.num_replicas = replicas
+    return streams
 
 
 class Bus:
@@ -96,9 +101,15 @@ class Bus:
         self._micro: list[Service] = []
 
     @classmethod
-    async def connect(cls, url: str, service: str) -> Bus:
+    async def connect(cls, url: str, service: str, ca_file: Path | None = None) -> Bus:
+        # Credentials travel in the URL (nats://user:password@host); the CA, when given, is the only one
+        # a TLS server certificate is checked against.
+        tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
+        # Several servers may be listed, comma-separated: the first connection survives one being down.
+        servers = [u.strip() for u in url.split(",") if u.strip()]
         nc = await nats.connect(
-            url,
+            servers,
+            tls=tls,
             name=f"pai-{service}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -108,8 +119,10 @@ class Bus:
         )
         return cls(nc, service)
 
-    async def ensure_streams(self) -> None:
-        for config in stream_configs():
+    async def ensure_streams(self, replicas: int = 1) -> None:
+        """Create the streams, or bring existing ones to this configuration (the replica count included,
+        so a stream made with one copy grows to three when the cluster does)."""
+        for config in stream_configs(replicas):
             try:
                 await self.js.add_stream(config=config)
             except BadRequestError as exc:
@@ -117,6 +130,7 @@ class Bus:
                 if exc.err_code != 10058:  # stream name already in use with a different configuration
                     raise
                 await self.js.update_stream(config=config)
+                log.info("stream updated", extra={"stream": config.name, "replicas": replicas})
 
     # ---- publishing ----------------------------------------------------------------------------------
 

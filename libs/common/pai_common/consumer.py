@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from pai_common.bus import Bus
 from pai_common.database import is_transient, retry_transient
@@ -29,6 +29,10 @@ from pai_common.telemetry import span_from_headers
 log = logging.getLogger(__name__)
 
 PROCESSED = "processed"
+# How long a handled message's id is remembered. A message can come back only while its stream keeps it
+# (PAI_EVENTS: 7 days; a work-queue command goes once acked), so a marker older than that guards
+# nothing: MongoDB's TTL monitor deletes it and the collection stops growing with the traffic.
+PROCESSED_TTL_S = 8 * 24 * 3600
 
 
 @dataclass
@@ -55,6 +59,19 @@ class ConsumerSpec:
     ack_wait_s: float = 60.0
 
 
+async def ensure_processed_ttl(db: AsyncDatabase[dict[str, Any]]) -> None:
+    """The TTL index on ``processed.at``; an older plain index on the same key is replaced by it."""
+    processed = db[PROCESSED]
+    try:
+        await processed.create_index("at", expireAfterSeconds=PROCESSED_TTL_S)
+    except OperationFailure as exc:
+        # IndexOptionsConflict / IndexKeySpecsConflict: the index of earlier versions, without a TTL.
+        if exc.code not in (85, 86):
+            raise
+        await processed.drop_index("at_1")
+        await processed.create_index("at", expireAfterSeconds=PROCESSED_TTL_S)
+
+
 class DurableConsumer:
     def __init__(
         self,
@@ -73,7 +90,7 @@ class DurableConsumer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await retry_transient(lambda: self.db[PROCESSED].create_index("at"))
+        await retry_transient(lambda: ensure_processed_ttl(self.db))
         config = ConsumerConfig(
             durable_name=self.spec.durable,
             name=self.spec.durable,

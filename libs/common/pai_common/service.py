@@ -110,8 +110,8 @@ class ServiceApp:
     async def start(self) -> None:
         s = self.settings
         setup_tracing(self.name, s.otel_exporter)
-        self.bus = await Bus.connect(s.nats_url, self.name)
-        await self.bus.ensure_streams()
+        self.bus = await Bus.connect(s.nats_url, self.name, s.nats_ca_file)
+        await self.bus.ensure_streams(s.stream_replicas)
         self.mongo = connect_mongo(s.mongo_url)
         self.db = service_database(self.mongo, self.name)
         self.outbox = Outbox(self.db, self.bus)

@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAI_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # A CA bundle that signs the NATS servers' certificates (a `tls://` URL then verifies against it).
+    nats_ca_file: Path | None = None
     mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     data_dir: Path = Path(".pai")
     # Port of the service's own /metrics, /healthz and /readyz; 0 picks a free port.
@@ -26,6 +28,9 @@ class Settings(BaseSettings):
     fetch_batch: int = Field(default=64, ge=1)
     stop_timeout_s: float = Field(default=15.0, gt=0)
     otel_exporter: str = "none"  # "none" or "console"
+    # Copies JetStream keeps of every stream: 1 for one server, 3 for a three-server cluster (survives the
+    # loss of one). Applied when a stream is created and when it already exists with another count.
+    stream_replicas: int = Field(default=1, ge=1, le=5)
 
     def database_name(self, service: str) -> str:
         return f"pai_{service}"

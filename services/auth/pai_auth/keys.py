@@ -1,9 +1,14 @@
-"""JWT signing keys, kept in the data directory (never in the database) and rotatable.
+"""JWT signing keys, kept in a file (never in the database) and rotatable.
 
 The newest key signs; every key in the file verifies, so adding a key does not log anyone out, and
 removing an old one later retires the tokens it signed. The running service rereads the file when it
 changes, so ``python -m pai_auth.keys rotate <data-dir>`` (then, a token lifetime later, ``retire``) needs
 no restart.
+
+One replica keeps the file in its data directory and creates it on first start. Several replicas must
+sign and verify with the same keys, so they read one file that the operator provides
+(``PAI_AUTH_KEYS_FILE``, a Kubernetes Secret mounted read-only) and never create it: a replica that made
+a key of its own would issue tokens its peers reject.
 """
 
 from __future__ import annotations
@@ -22,15 +27,33 @@ class SigningKey:
     secret: str
 
 
+class KeysFileError(ValueError):
+    """The signing keys file is missing or malformed: the service cannot issue or check tokens."""
+
+
+def load(path: Path) -> list[SigningKey]:
+    """The keys of an existing file; a missing or malformed one is an error, never replaced."""
+    try:
+        data = json.loads(path.read_text())
+        keys = [SigningKey(str(k["kid"]), str(k["secret"])) for k in data["keys"]]
+    except FileNotFoundError:
+        raise KeysFileError(
+            f"signing keys file {path} does not exist (make one: `python -m pai_auth.keys rotate {path}`)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeysFileError(f"signing keys file {path} cannot be read: {exc!r}") from None
+    if not keys:
+        raise KeysFileError(f"{path} holds no signing key")
+    if any(len(k.secret) < 32 or not k.kid for k in keys):
+        raise KeysFileError(f"{path}: every key needs a kid and a secret of at least 32 characters")
+    return keys
+
+
 def load_or_create(path: Path) -> list[SigningKey]:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(path, [SigningKey(secrets.token_hex(8), secrets.token_urlsafe(48))])
-    data = json.loads(path.read_text())
-    keys = [SigningKey(k["kid"], k["secret"]) for k in data["keys"]]
-    if not keys:
-        raise ValueError(f"{path} holds no signing key")
-    return keys
+    return load(path)
 
 
 def rotate(path: Path) -> list[SigningKey]:
@@ -57,8 +80,10 @@ def retire(path: Path) -> list[SigningKey]:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] not in ("rotate", "retire"):
-        raise SystemExit("usage: python -m pai_auth.keys rotate|retire <data-dir>")
-    path = Path(args[1]) / "auth" / "jwt-keys.json"
+        raise SystemExit("usage: python -m pai_auth.keys rotate|retire <data-dir | keys file.json>")
+    # A data directory (one replica), or the file itself (the content of a Kubernetes Secret).
+    target = Path(args[1])
+    path = target if target.suffix == ".json" else target / "auth" / "jwt-keys.json"
     keys = rotate(path) if args[0] == "rotate" else retire(path)
     print(f"{path}: {len(keys)} key(s); signing with {keys[-1].kid}")
 

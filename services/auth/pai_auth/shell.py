@@ -13,7 +13,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pydantic import Field
+from pydantic import Field, field_validator
 from pymongo.errors import DuplicateKeyError
 
 from pai_auth import audit, rights, token_records, tokens
@@ -57,6 +57,8 @@ KEYS_RECHECK_S = 1.0
 class AuthSettings(Settings):
     admin_user: str = Field(default="admin", pattern=r"^[\w.-]+$")
     admin_password: str | None = Field(default=None, min_length=6)
+    # Shared signing keys for several replicas (a mounted Secret); unset: one file in the data directory.
+    auth_keys_file: Path | None = None
     token_ttl_s: int = 7 * 24 * 3600
     # argon2id cost: OWASP's recommended minimum (t=2, 19 MiB, p=1). RFC 9106's 64 MiB option took 250 ms
     # per hash on the 2-core reference machine, so a burst of logins stalled the service; see the README.
@@ -68,6 +70,12 @@ class AuthSettings(Settings):
     login_window_s: float = Field(default=900.0, gt=0)
     login_user_limit: int = Field(default=5, ge=1)
     login_client_limit: int = Field(default=20, ge=1)
+
+    @field_validator("admin_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes an unset `${PAI_ADMIN_PASSWORD:-}` as "": generate one, as when it is absent.
+        return None if value == "" else value
 
 
 class AuthService:
@@ -88,7 +96,9 @@ class AuthService:
                 client_limit=settings.login_client_limit,
             )
         )
-        self.keys_path = Path(settings.data_dir) / "auth" / "jwt-keys.json"
+        self.keys_path = settings.auth_keys_file or Path(settings.data_dir) / "auth" / "jwt-keys.json"
+        # A shared file is the operator's: read it, never create it (see keys.py).
+        self._load_keys = signing_keys.load if settings.auth_keys_file else signing_keys.load_or_create
         self.keys: list[signing_keys.SigningKey] = []
         self._keys_stamp: tuple[int, int] | None = None
         self._keys_checked = 0.0
@@ -120,7 +130,14 @@ class AuthService:
         except OSError:
             stamp = None
         if stamp is None or stamp != self._keys_stamp:
-            self.keys = signing_keys.load_or_create(self.keys_path)
+            try:
+                self.keys = self._load_keys(self.keys_path)
+            except signing_keys.KeysFileError as exc:
+                if not self.keys:
+                    raise
+                # A Secret being rewritten, a bad edit: keep signing with the keys in hand until it is fixed.
+                log.error("signing keys not reloaded; keeping the previous ones", extra={"error": str(exc)})
+                return self.keys
             self._keys_stamp = stamp
         return self.keys
 

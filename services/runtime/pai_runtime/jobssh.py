@@ -2,18 +2,62 @@
 
 Every task of a job must hold the same key pair, and tasks run on different nodes whose agents do not
 talk to each other. The pair is therefore derived, not stored: an Ed25519 key whose seed is an HMAC of
-the job's key under a secret the agents share (``PAI_JOB_SSH_SECRET``). Whoever lacks that secret
-cannot derive a job's key; every agent that has it derives the same one.
+the job's key under a secret the agents share. Whoever lacks that secret cannot derive a job's key; every
+agent that has it derives the same one.
+
+Where the shared secret comes from, first found wins: ``PAI_JOB_SSH_SECRET`` (the value);
+``PAI_JOB_SSH_SECRET_FILE`` (a file every agent reads: a Kubernetes Secret mounted read-only, or a file
+on a volume the agents share, which the first agent creates); else ``<data dir>/runtime/job-ssh.secret``,
+which the agents of one machine share (``pai up``). Agents with data directories of their own (one per
+container or pod) must be given one of the first two, or each derives other keys and ssh across nodes
+fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+if TYPE_CHECKING:
+    from pai_runtime.settings import RuntimeSettings
+
+MIN_SECRET_BYTES = 16
+
+
+def shared_secret(settings: RuntimeSettings) -> bytes:
+    """The cluster's job-ssh secret (see the module's docstring for where it comes from)."""
+    if settings.job_ssh_secret is not None:
+        value = settings.job_ssh_secret.get_secret_value().encode()
+        where = "PAI_JOB_SSH_SECRET"
+    else:
+        path = settings.job_ssh_secret_file or Path(settings.data_dir) / "runtime" / "job-ssh.secret"
+        value = _read_or_create(path.resolve())
+        where = str(path)
+    if len(value) < MIN_SECRET_BYTES:
+        raise ValueError(f"the job ssh secret from {where} is shorter than {MIN_SECRET_BYTES} bytes")
+    return value
+
+
+def _read_or_create(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # the first agent wins; the others read its secret
+        tmp.unlink()
+    return path.read_bytes().strip()
 
 
 @dataclass(frozen=True)

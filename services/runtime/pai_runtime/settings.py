@@ -44,9 +44,10 @@ class RuntimeSettings(Settings):
     # Off by default: address space is not memory use (thread stacks, arenas and JIT runtimes reserve far
     # more than they touch), so a correct job could be refused memory it never uses.
     address_space_limit: bool = False
-    # Shared by every agent of the cluster: the ssh plugin derives each job's key pair from it.
+    # Shared by every agent of the cluster: the ssh plugin derives each job's key pair from it (jobssh.py).
     # Unset: the embedded platform keeps one in its data directory (all agents share it there).
     job_ssh_secret: SecretStr | None = None
+    job_ssh_secret_file: Path | None = None
     secrets_timeout_s: float = Field(default=5.0, gt=0)
     # Kubernetes backend.
     k8s_namespace: str = "default"

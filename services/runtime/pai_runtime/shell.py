@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import secrets as random_secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from pai_common.contract.types import DeviceInfo, GpuInfo, GpuShareStatus
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
-from pai_runtime import metrics, mps, notice, plugins
+from pai_runtime import jobssh, metrics, mps, notice, plugins
 from pai_runtime import secrets as job_secrets
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
@@ -312,19 +310,7 @@ class Agent:
         return found
 
     def _ssh_secret(self) -> bytes:
-        if self.settings.job_ssh_secret is not None:
-            return self.settings.job_ssh_secret.get_secret_value().encode()
-        path = Path(self.settings.data_dir).resolve() / "runtime" / "job-ssh.secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(random_secrets.token_hex(32))
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)  # the first agent wins; the others read its secret
-            tmp.unlink()
-        return path.read_bytes().strip()
+        return jobssh.shared_secret(self.settings)
 
     async def _build(self, cmd: LaunchTask, workdir: Path) -> TaskFiles:
         """The task as the backend starts it: the job's secrets, the rendered user commands, the plugins'

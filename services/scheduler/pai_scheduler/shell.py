@@ -45,7 +45,7 @@ from pai_common.envelope import Envelope
 from pai_common.errors import NoVirtualClusterError
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_scheduler import vc_views
+from pai_scheduler import lease, vc_views
 from pai_scheduler.cluster_source import load_cluster
 from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
@@ -306,7 +306,9 @@ class Scheduler:
         """The registration's unhealthy GPUs become bad leaves (no new work; what runs there stays); the
         GPUs no longer listed recover. A change is published as ``node.health.changed`` with ``bad_gpus``
         so that monitoring and users see it."""
-        reported = sorted({g.index for g in body.gpus if not g.healthy})
+        # A bad FPGA is treated as a bad GPU: its leaf gets no new work (indices name leaves per node).
+        bad_fpgas = {f.index for f in body.fpgas if not f.healthy}
+        reported = sorted({g.index for g in body.gpus if not g.healthy} | bad_fpgas)
         if body.node not in alloc.cluster.nodes:
             return []
         unknown = alloc.unknown_leaves(body.node, reported)
@@ -319,7 +321,12 @@ class Scheduler:
         after = sorted(alloc.bad_leaves().get(body.node, set()))
         if set(after) != before:
             if after:
-                reason = f"its runtime agent reports GPU(s) {', '.join(map(str, after))} unhealthy"
+                gpus = [str(i) for i in after if i not in bad_fpgas]
+                fpgas = [str(i) for i in after if i in bad_fpgas]
+                what = [
+                    f"{kind}(s) {', '.join(ids)}" for kind, ids in (("GPU", gpus), ("FPGA", fpgas)) if ids
+                ]
+                reason = f"its runtime agent reports {' and '.join(what)} unhealthy"
             else:
                 reason = "its runtime agent reports all its GPUs healthy again"
             ctx.out.event(NodeHealthChanged(node=body.node, healthy=True, reason=reason, bad_gpus=after))
@@ -337,6 +344,7 @@ class Scheduler:
         if isinstance(d, Allocated):
             request = alloc.request_of(d.key)
             asked = {m.role: m.leaves for m in request.members} if request else {}
+            fpga = {s.name for s in alloc.config.sku_types if s.fpga}
             placements = [
                 Placement(
                     task_role=p.role,
@@ -344,7 +352,10 @@ class Scheduler:
                     node=p.node,
                     # A pod that asked for no GPU sees none: it holds CPU leaves, or (on a cluster
                     # without any) GPU leaves for their CPU and memory, as OpenPAI does.
-                    gpus=list(p.leaves) if asked.get(p.role, 1) > 0 or p.is_share else [],
+                    gpus=list(p.leaves)
+                    if p.leaf_type not in fpga and (asked.get(p.role, 1) > 0 or p.is_share)
+                    else [],
+                    fpgas=list(p.leaves) if p.leaf_type in fpga else [],
                     host_ip=host_ips.get(p.node, ""),
                     gpu_milli=p.milli,
                     gpu_memory_mb=p.memory_mb,
@@ -358,7 +369,9 @@ class Scheduler:
         elif isinstance(d, Preempting):
             victims = [split_key(v) for v in d.victims]
             ctx.out.event(
-                SchedulingPreempting(job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims)
+                SchedulingPreempting(
+                    job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims, grace_seconds=d.grace_s
+                )
             )
             log.info("gang preempting", extra={"key": d.key, "victims": list(d.victims)})
         elif isinstance(d, Rejected):
@@ -428,4 +441,5 @@ def build_app() -> ServiceApp:
 
 
 def main() -> None:
-    build_app().run()
+    # Only the lease holder schedules; other replicas wait as hot standbys (lease.py).
+    lease.run(build_app())

@@ -27,7 +27,9 @@ def test_compose_cluster_names_the_compose_runtime_agents() -> None:
 
 
 def test_kubernetes_example_cluster_loads() -> None:
-    doc = yaml.safe_load((ROOT / "deploy" / "k8s" / "platform" / "scheduler-cluster.yaml").read_text())
+    doc = yaml.safe_load(
+        (ROOT / "deploy" / "k8s" / "base" / "platform" / "scheduler-cluster.yaml").read_text()
+    )
     config = load_hived_config(doc["data"]["cluster.yaml"])
     alloc = HivedAllocator(config)
     assert sorted(alloc.cluster.nodes) == ["gpu-node-0", "gpu-node-1"]
