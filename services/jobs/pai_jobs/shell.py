@@ -486,10 +486,12 @@ class JobsService:
         p = env.body
         at = job_events.epoch_ms(env.time, now_ms())
         preemptor = f"{p.job_key}#{p.attempt_id}"
-        victims = [f"{v.job_key}#{v.attempt_id}" for v in p.victims]
+        # Victims may be tasks of one attempt placed one by one (gangAllocation false): one record each.
+        attempts = list(dict.fromkeys((v.job_key, v.attempt_id) for v in p.victims))
+        victims = [f"{job_key}#{attempt_id}" for job_key, attempt_id in attempts]
         await _record(ctx, job_events.preempting(p.job_key, p.attempt_id, victims, at))
-        for victim in p.victims:
-            await _record(ctx, job_events.preempted(victim.job_key, victim.attempt_id, preemptor, at))
+        for job_key, attempt_id in attempts:
+            await _record(ctx, job_events.preempted(job_key, attempt_id, preemptor, at))
 
     async def on_rejected(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, SchedulingRejected)

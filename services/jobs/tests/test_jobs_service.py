@@ -45,7 +45,7 @@ from pai_common.contract.rpc import (
     TaskAttemptsReply,
     TaskAttemptsRequest,
 )
-from pai_common.contract.types import AttemptRef, FrameworkSnapshot, TaskSnapshot
+from pai_common.contract.types import FrameworkSnapshot, TaskSnapshot, Victim
 from pai_common.embedded import ServerProcess, start_nats
 from pai_common.envelope import decode
 from pai_common.errors import (
@@ -310,7 +310,13 @@ async def test_submission_queries_mutations_and_secrets(
             )
         await client.publish_event(
             SchedulingPreempting(
-                job_key="alice~job0", attempt_id=0, victims=[AttemptRef(job_key="bob~job2", attempt_id=0)]
+                job_key="alice~job0",
+                attempt_id=0,
+                # Two tasks of one attempt placed one by one (gangAllocation false): one Preempted event.
+                victims=[
+                    Victim(job_key="bob~job2", attempt_id=0, task_role="w", index=i, grace_cap_seconds=30)
+                    for i in range(2)
+                ],
             )
         )
         await client.publish_event(

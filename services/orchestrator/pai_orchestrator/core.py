@@ -26,6 +26,7 @@ from pai_common.contract.events import (
     JobDependencyResolved,
     JobPreemptionNoticed,
     JobStopRequested,
+    JobTaskCompleted,
     SchedulingAllocated,
     SchedulingRejected,
     SchedulingRequested,
@@ -350,6 +351,8 @@ def _start_when_ready(fw: Framework, out: Transition, now: int) -> None:
 def on_allocated(
     fw: Framework, event: SchedulingAllocated, now: int, policy: Policy = DEFAULT_POLICY
 ) -> Transition:
+    if not fw.spec.gang_allocation:
+        return _allocated_in_part(fw, event, now, policy)
     if event.attempt_id != fw.attempt_id or fw.state != S.ATTEMPT_CREATION_REQUESTED:
         return no_change()
     placements = {task_key(p.task_role, p.index): p for p in event.placements}
@@ -371,6 +374,40 @@ def on_allocated(
     for task in fw.tasks.values():
         out.commands.append(_launch(fw, task))
     _move(fw, out, now, S.ATTEMPT_PREPARING, "gang allocated: every task placed, launching all of them")
+    return _finish(out)
+
+
+def _allocated_in_part(fw: Framework, event: SchedulingAllocated, now: int, policy: Policy) -> Transition:
+    """Gang allocation off: tasks are placed one by one as capacity allows; each is launched as soon as it
+    is placed (its environment names the peers placed so far), while the others wait."""
+    if event.attempt_id != fw.attempt_id or fw.state not in S.LIVE_ATTEMPT:
+        return no_change()
+    waiting = {
+        task_key(p.task_role, p.index): p
+        for p in event.placements
+        if (t := fw.tasks.get(task_key(p.task_role, p.index))) is not None
+        and t.state == S.TASK_CREATION_PENDING
+        and t.node is None
+    }
+    if not waiting:
+        return no_change()  # a repeated or stale allocation
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    placed = assign_ports(fw.job_key, fw.attempt_id, fw.spec, list(waiting.values()), fw.gang)
+    fw.gang = [*fw.gang, *placed]
+    fw.gang_deadline = None
+    for p in placed:
+        task = fw.tasks[task_key(p.task_role, p.index)]
+        task.state = S.TASK_PREPARING
+        task.node, task.host_ip, task.gpus = p.node, p.host_ip or None, list(p.gpus)
+        task.gpu_milli, task.gpu_memory_mb, task.fpgas = p.gpu_milli, p.gpu_memory_mb, list(p.fpgas)
+        task.ports = {label: list(ports) for label, ports in p.ports.items()}
+        out.commands.append(_launch(fw, task))
+    keys = ", ".join(sorted(waiting))
+    if fw.state == S.ATTEMPT_CREATION_REQUESTED:
+        _move(fw, out, now, S.ATTEMPT_PREPARING, f"task(s) {keys} placed (one by one), launching them")
+    else:
+        out.reason = f"task(s) {keys} placed (one by one), launching them"
     return _finish(out)
 
 
@@ -549,6 +586,16 @@ def on_task_diagnosed(
 
     task.state = S.TASK_COMPLETED
     out.reason = f"task {task.key} completed with {event.exit_code}"
+    if not fw.spec.gang_allocation:
+        # Placed on its own: the cells it alone held go back now, for the tasks still waiting.
+        out.events.append(
+            JobTaskCompleted(
+                job_key=fw.job_key,
+                attempt_id=fw.attempt_id,
+                task_role=task.task_role,
+                index=task.index,
+            )
+        )
     exits = {
         (t.task_role, t.index): (t.exit_code if t.state == S.TASK_COMPLETED else None)
         for t in fw.tasks.values()
@@ -682,6 +729,7 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
             virtual_cluster=fw.spec.virtual_cluster,
             priority=fw.spec.priority,
             lazy_preemption=fw.spec.lazy_preemption,
+            gang_allocation=fw.spec.gang_allocation,
             pods=[
                 PodRequest(
                     task_role=r.name,

@@ -219,15 +219,23 @@ class Orchestrator:
     async def handle_preempting(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
         assert isinstance(body, SchedulingPreempting)
+        # A victim is an attempt, or tasks of one placed one by one; either way its attempt is stopped (as
+        # OpenPAI's default completion policy does when one task fails), with the smallest cap named.
+        caps: dict[tuple[str, int], float | None] = {}
         for victim in body.victims:
+            ref = (victim.job_key, victim.attempt_id)
+            cap, seen = victim.grace_cap_seconds, caps.get(ref, victim.grace_cap_seconds)
+            caps[ref] = seen if cap is None else (cap if seen is None else min(cap, seen))
+        for (job_key, attempt_id), cap in sorted(caps.items()):
             step = partial(
                 _call,
                 core.on_preempted,
-                attempt_id=victim.attempt_id,
+                attempt_id=attempt_id,
                 preemptor=body.job_key,
                 policy=self.policy,
+                grace_cap_s=cap,
             )
-            await self._apply(ctx, (env.type, env.id), victim.job_key, step)
+            await self._apply(ctx, (env.type, env.id), job_key, step)
 
     async def handle_lost(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body

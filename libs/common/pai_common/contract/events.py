@@ -24,6 +24,7 @@ from pai_common.contract.types import (
     Placement,
     PodRequest,
     PreemptionNotice,
+    Victim,
 )
 
 
@@ -68,6 +69,9 @@ class SchedulingRequested(Event):
     priority: int
     pods: list[PodRequest] = Field(min_length=1)
     lazy_preemption: bool = False
+    # extras.gangAllocation false: each pod is placed on its own as capacity allows (one scheduling.allocated
+    # per pod), and released when its task completes (job.task.completed).
+    gang_allocation: bool = True
 
     def subject_key(self) -> str:
         return self.job_key
@@ -112,10 +116,9 @@ class SchedulingPreempting(Event):
 
     job_key: str
     attempt_id: int
-    victims: list[AttemptRef] = Field(min_length=1)
-    # Reclaim of borrowed cells (fair sharing): how long the victims may run on before they are stopped;
-    # 0 for ordinary preemption. The orchestrator stops victims at once today (notice is a later step).
-    grace_seconds: float = Field(default=0.0, ge=0)
+    # Each with the most notice its VC allows (preemptionGraceSeconds; a reclaimed borrower also at most
+    # the cluster's reclaimGraceSeconds): the orchestrator gives the victim's own grace up to that cap.
+    victims: list[Victim] = Field(min_length=1)
 
     def subject_key(self) -> str:
         return self.job_key
@@ -335,6 +338,25 @@ class JobAttemptCompleted(Event):
         return self.job_key
 
 
+class JobTaskCompleted(Event):
+    TYPE = "job.task.completed"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("scheduler",)
+    DESCRIPTION = (
+        "A task of an attempt whose tasks are placed one by one (gangAllocation false) completed for good (no"
+        " task retry follows; a retried task keeps its cells): the cells it alone held can be released while"
+        " the attempt goes on."
+    )
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
 class JobCompleted(Event):
     TYPE = "job.completed"
     PRODUCER = "orchestrator"
@@ -478,6 +500,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     TaskDiagnosed,
     FrameworkChanged,
     JobAttemptCompleted,
+    JobTaskCompleted,
     JobCompleted,
     JobDependencyResolved,
     JobPreemptionNoticed,

@@ -323,3 +323,12 @@ class FrameworkSnapshot(Message):
 class AttemptRef(Message):
     job_key: str
     attempt_id: int
+
+
+class Victim(AttemptRef):
+    """A gang a preemptor needs stopped: a whole attempt, or one task of an attempt whose tasks are placed
+    one by one (``task_role``/``index`` set), with the most notice its VC allows it (None: no cap)."""
+
+    task_role: str | None = None
+    index: int | None = None
+    grace_cap_seconds: float | None = Field(default=None, ge=0)
