@@ -37,7 +37,9 @@ from pai_common.contract.events import (
     SchedulingRequested,
 )
 from pai_common.contract.rpc import (
+    ListNodesRequest,
     ListVirtualClustersRequest,
+    NodesReply,
     SkuTypesReply,
     SkuTypesRequest,
     VirtualClustersReply,
@@ -70,6 +72,7 @@ from pai_scheduler.job_gangs import (
     pods_of_attempt,
     requests_of,
 )
+from pai_scheduler.node_records import node_records
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,13 @@ class Scheduler:
         app.on_event(
             NodeRegistered, NodeHealthChanged, SchedulingRequested, JobAttemptCompleted, JobTaskCompleted
         )(self.handle)
-        app.rpc({ListVirtualClustersRequest: self.virtual_clusters, SkuTypesRequest: self.sku_types})
+        app.rpc(
+            {
+                ListVirtualClustersRequest: self.virtual_clusters,
+                SkuTypesRequest: self.sku_types,
+                ListNodesRequest: self.nodes,
+            }
+        )
 
     async def _load_config(self, app: ServiceApp) -> None:
         path = self.settings.scheduler_cluster or Path(self.settings.data_dir) / "cluster.csv"
@@ -449,6 +458,14 @@ class Scheduler:
     async def virtual_clusters(self, req: ListVirtualClustersRequest) -> VirtualClustersReply:
         alloc, _ = await self._load(None)
         return VirtualClustersReply(virtual_clusters=vc_views.virtual_clusters(alloc))
+
+    async def nodes(self, req: ListNodesRequest) -> NodesReply:
+        alloc, _ = await self._load(None)
+        registrations = {str(d["_id"]): d async for d in self.app.db[NODES].find({})}
+        records = node_records(
+            alloc.cluster.nodes, registrations, alloc.cluster.bad_nodes, alloc.bad_leaves()
+        )
+        return NodesReply(nodes=records)
 
     async def sku_types(self, req: SkuTypesRequest) -> SkuTypesReply:
         alloc, _ = await self._load(None)
