@@ -890,6 +890,13 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     grace = None
     if extras is not None and "preemption" in extras:
         grace = preemption.parse(extras["preemption"], problems.add)
+    if extras is not None and "elastic" in extras:
+        # Issue 18 part 4's elastic gangs are not built: refused rather than run at a fixed size silently.
+        problems.add(
+            "extras.elastic",
+            "elastic jobs (minInstances/maxInstances per task role) are not supported yet; give each task"
+            " role a fixed number of instances",
+        )
 
     runtime_plugins: list[dict[str, Any]] = []
     if extras is not None and isinstance(extras.get(RUNTIME_PLUGIN_EXTRA), list):

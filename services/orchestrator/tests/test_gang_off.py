@@ -65,15 +65,16 @@ def launches(tr: Transition) -> dict[int, LaunchTask]:
 def run(fw: Framework, i: int, now: int) -> Framework:
     event = TaskRunning(
         job_key=KEY, attempt_id=fw.attempt_id, task_role="w", index=i, node="n0", host_ip="10.0.0.1",
-        pid=1, started_at=now,
+        pid=1, started_at=now, task_attempt_id=fw.tasks[core.task_key("w", i)].task_attempt_id,
     )  # fmt: skip
     return must(core.on_task_running(fw, event, now))
 
 
-def end(fw: Framework, i: int, code: int, now: int) -> Transition:
+def end(fw: Framework, i: int, code: int, now: int, failure: str = "Permanent") -> Transition:
     event = TaskDiagnosed(
         job_key=KEY, attempt_id=fw.attempt_id, task_role="w", index=i, exit_code=code, spec_code=code,
-        spec_phrase="x", failure_type="Succeeded" if code == 0 else "Permanent", message="", finished_at=now,
+        task_attempt_id=fw.tasks[core.task_key("w", i)].task_attempt_id,
+        spec_phrase="x", failure_type="Succeeded" if code == 0 else failure, message="", finished_at=now,
     )  # fmt: skip
     return core.on_task_diagnosed(fw, event, now)
 
@@ -135,3 +136,19 @@ def test_a_preempted_task_stops_its_whole_attempt_which_queues_again() -> None:
     assert kill.grace_period_s == 5 and kill.preemption_deadline == T0 + 3 + 5000
     fw = must(end(fw, 0, 143, T0 + 4))
     assert fw.attempt_id == 1 and fw.state == S.ATTEMPT_CREATION_REQUESTED and fw.resume
+
+
+def test_a_retried_task_keeps_its_cells_and_gives_them_back_once_it_ends_for_good() -> None:
+    job = spec(workers=2)
+    role = job.task_roles[0].model_copy(update={"task_retry_count": 1})
+    job = job.model_copy(update={"task_roles": [role]})
+    fw = must(core.on_submitted(job, T0))
+    fw = run(must(place(fw, 0, 1)), 0, T0 + 2)
+    retried = end(fw, 0, 1, T0 + 3, failure="Unknown")
+    fw = must(retried)
+    assert list(launches(retried)) == [0]
+    assert not [e for e in retried.events if isinstance(e, JobTaskCompleted)]  # its cells stay its own
+    assert fw.tasks["w/0"].task_attempt_id == 1 and fw.tasks["w/0"].node == "n0"
+    fw = run(fw, 0, T0 + 4)
+    done = end(fw, 0, 0, T0 + 5)
+    assert [(e.task_role, e.index) for e in done.events if isinstance(e, JobTaskCompleted)] == [("w", 0)]
