@@ -249,9 +249,12 @@ class JobsService:
         return doc
 
     async def _transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
+        """A mutation's transaction, run again while it conflicts with the event handlers: a job whose
+        tasks change all the time (hundreds placed one by one) is written by them constantly, and a STOP
+        must not fail on that."""
         await self._turns.acquire()
         try:
-            await self.app.transact(work)
+            await self._store(work, time.monotonic() + STORE_PATIENCE_S)
         finally:
             self._turns.release()
 

@@ -478,3 +478,37 @@ async def test_dependencies_must_name_stored_jobs_and_their_news_is_recorded(
         await eventually(recorded)
     finally:
         await app.stop()
+
+
+async def test_a_stop_outlasts_writes_that_conflict_with_it(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    """A job whose tasks change all the time (hundreds placed one by one) is written by the event handlers
+    constantly; a STOP that conflicts with them for longer than one transaction's retries is run again,
+    not answered with an error."""
+    db = f"jobs{uuid.uuid4().hex[:8]}"
+    app = jobs_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        await client.request(submit("busy"), SubmitJobReply)
+        held = asyncio.Event()
+
+        async def busy_writer() -> None:
+            async with app.mongo.start_session() as session:
+                async with await session.start_transaction():
+                    await app.db[JOBS].update_one(
+                        {"_id": "alice~busy"}, {"$set": {"touched": True}}, session=session
+                    )
+                    held.set()
+                    await asyncio.sleep(5.0)  # longer than app.transact's own retries (about 3.5 s)
+
+        writer = asyncio.create_task(busy_writer())
+        await held.wait()
+        stop = JobExecutionTypeRequest(job_key="alice~busy", value="STOP", username="alice")
+        reply = await client.request(stop, JobMutationReply, timeout=40)
+        await writer
+        assert reply.message == "Execute job alice~busy successfully."
+        detail = (await client.request(GetJobRequest(job_key="alice~busy"), JobDetailReply)).detail
+        assert detail["jobStatus"]["executionType"] == "STOP"
+    finally:
+        await app.stop()
