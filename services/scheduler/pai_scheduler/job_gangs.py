@@ -111,8 +111,9 @@ def requests_of(body: SchedulingRequested) -> list[GangRequest]:
 
 def pending_by_attempt(reasons: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
     """Why each waiting attempt waits ([reason, position] by core key): an attempt placed pod by pod waits
-    as one, with its first waiting pod's reason (and place in the queue) and how many of its pods wait, so
-    that a job of 500 tasks gives one pending reason, not 500."""
+    as one, with its first waiting pod's reason (and place in the queue), so that a job of 500 tasks gives
+    one pending reason, not 500. How many of its pods wait is left out: the reason changes (and is published
+    again) only when the cause does, not each time one more task is placed."""
     out: dict[str, list[Any]] = {}
     pods: dict[str, list[tuple[int, str, str]]] = {}
     for key, (reason, position) in reasons.items():
@@ -125,8 +126,8 @@ def pending_by_attempt(reasons: Mapping[str, list[Any]]) -> dict[str, list[Any]]
     for attempt, waiting in pods.items():
         order, _, reason = min(waiting)
         out[attempt] = [
-            f"{len(waiting)} of its tasks wait to be placed (one by one: gangAllocation is false); the first"
-            f" waits because: {reason}",
+            f"some of its tasks wait to be placed (one by one: gangAllocation is false); the first waits"
+            f" because: {reason}",
             None if order == 1 << 30 else order,
         ]
     return out
