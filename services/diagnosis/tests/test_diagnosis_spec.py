@@ -691,7 +691,7 @@ def test_new_codes_are_in_their_own_range_and_documented() -> None:
     new = [
         e for e in builtin_spec().entries if e.code not in openpai and e.code not in ORCHESTRATOR_ADDITIONS
     ]
-    codes = {300, 301, 302, 303, 304, 305, 306, 320, 340, 341, 342, 343, 344, 360, 361}
+    codes = {300, 301, 302, 303, 304, 305, 306, 307, 308, 320, 340, 341, 342, 343, 344, 360, 361}
     assert {e.code for e in new} == codes
     for e in new:
         assert 300 <= e.code <= 399
@@ -701,7 +701,7 @@ def test_new_codes_are_in_their_own_range_and_documented() -> None:
         entry = builtin_spec().by_code(code)
         assert entry is not None and entry.phrase == phrase and -999 <= code <= -1
         assert entry.reason and entry.solution and not (entry.runtime_patterns or entry.pod_patterns)
-    assert len({e.phrase for e in builtin_spec().entries}) == len(builtin_spec().entries) == 78
+    assert len({e.phrase for e in builtin_spec().entries}) == len(builtin_spec().entries) == 80
 
 
 @pytest.mark.parametrize(
@@ -824,7 +824,7 @@ def test_unsafe_or_invalid_regexes_are_refused(regex: str, needle: str) -> None:
     )
     message = _refusal(doc)
     if len(regex) <= MAX_PATTERN_CHARS:  # the schema's maxLength catches the long one first
-        assert "spec[78] (code 402)" in message and "userLogRegex" in message
+        assert "spec[80] (code 402)" in message and "userLogRegex" in message
 
 
 def test_the_fallback_codes_are_required() -> None:

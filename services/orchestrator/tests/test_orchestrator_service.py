@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.bus import Bus
+from pai_common.contract.commands import LaunchTask
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
@@ -21,8 +22,10 @@ from pai_common.contract.events import (
     TaskDiagnosed,
     TaskRunning,
 )
+from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
 from pai_common.contract.types import JobDependency, JobSpec, Placement, TaskRoleSpec
 from pai_common.embedded import ServerProcess
+from pai_common.envelope import decode
 from pai_common.service import ServiceApp
 from pai_common.testing import EventRecorder
 from pai_orchestrator.shell import DEPENDENTS, FRAMEWORKS, STOPS, Orchestrator, OrchestratorSettings
@@ -222,8 +225,44 @@ async def test_dependents_start_once_whenever_they_arrive(
         await app.stop()
 
 
+async def test_placement_is_answered_from_the_framework_that_launched_the_task(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    db = f"orch{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    app = orchestrator_app(fresh_nats, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        ask = TaskPlacementRequest(job_key="u~placed", attempt_id=0, task_role="w", index=1)
+        unknown = await fresh_bus.request(ask, TaskPlacementReply)
+        assert unknown.node is None and "knows no job u~placed" in unknown.reason
+        await fresh_bus.publish_event(JobSubmitted(spec=spec("u~placed", workers=2)))
+        await events.wait_for(SchedulingRequested, "u~placed")
+        waiting = await fresh_bus.request(ask, TaskPlacementReply)
+        assert waiting.node is None and "not starting or running" in waiting.reason
+        await fresh_bus.publish_event(allocated("u~placed", workers=2))
+        # The launch command is sent after the placement is committed: whoever holds it gets the answer.
+        launch = await _next_command(fresh_bus, "n0")
+        assert (launch.job_key, launch.index) in {("u~placed", 0), ("u~placed", 1)}
+        placed = await fresh_bus.request(ask, TaskPlacementReply)
+        assert (placed.node, placed.reason) == ("n0", "")
+        other = await fresh_bus.request(ask.model_copy(update={"attempt_id": 1}), TaskPlacementReply)
+        assert other.node is None
+    finally:
+        await app.stop()
+
+
 async def _until(probe, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not await probe():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
+
+
+async def _next_command(bus: Bus, node: str) -> LaunchTask:
+    sub = await bus.js.pull_subscribe(f"pai.cmd.runtime.{node}.>", durable=f"t{uuid.uuid4().hex[:8]}")
+    msgs = await sub.fetch(1, timeout=30)
+    env = decode(msgs[0].headers, msgs[0].data)
+    assert isinstance(env.body, LaunchTask)
+    return env.body
