@@ -12,6 +12,7 @@ import yaml
 from cryptography.fernet import Fernet
 
 from pai_portal import charts, format, jobform, tokens
+from pai_portal.pages.auth import MAX_REASON, sso_failure
 from pai_portal.session import Session, SessionCodec, load_key
 from pai_portal.web import safe_next
 
@@ -159,3 +160,15 @@ def test_token_description_never_holds_the_token() -> None:
 )
 def test_gpu_indexes_reads_openpais_bit_mask(mask: object, shown: str) -> None:
     assert format.gpu_indexes(mask) == shown
+
+
+def test_sso_failure_keeps_the_reason_whole_on_one_line_and_short() -> None:
+    shown = sso_failure("The identity provider refused the sign-in:\n  access_denied (no).")
+    assert shown == (
+        "Single sign-on failed: The identity provider refused the sign-in: access_denied (no). Sign in again."
+    )
+    assert sso_failure("") == "Single sign-on failed: no reason was given. Sign in again."
+    long = sso_failure("x" * 5000)
+    assert len(long) < MAX_REASON + 60 and "x" * (MAX_REASON - 1) + "…" in long
+    # Markup is kept as text here: the template escapes it (tests/portal/test_portal_sso.py).
+    assert "<b>" in sso_failure("<b>")
