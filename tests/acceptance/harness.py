@@ -26,6 +26,8 @@ FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 # A hang guard, not a performance assertion: long enough for a loaded 2-core CI machine.
 START_GUARD_S = 240.0
 JOB_GUARD_S = 300.0
+# Starts of `pai up` when its port turns out to be taken by another process (see start_platform).
+START_TRIES = 3
 
 
 def pai_executable() -> Path:
@@ -96,16 +98,61 @@ class RunningPlatform:
             return "(no log)"
 
 
+class PortTakenError(AssertionError):
+    """`pai up`'s gateway could not bind its port: another process took it after it was picked."""
+
+
 def start_platform(
     data_dir: Path,
     nodes: int = 2,
     gpus_per_node: int = 4,
     extra_args: Iterable[str] = (),
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> RunningPlatform:
-    """Start `pai up` in its own process group and wait until it has logged the CLI in as the admin."""
+    """Start `pai up` in its own process group and wait until it has logged the CLI in as the admin.
+
+    The port is picked free (or `port`, for the first try), but another process may bind it before the
+    gateway does (other test sessions run on this machine): then the gateway ends during start-up, and
+    `pai up` is started again on another port."""
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            return _start_once(data_dir, port or free_port(), nodes, gpus_per_node, extra_args, env)
+        except PortTakenError:
+            if attempt == START_TRIES:
+                raise
+            port = None
+    raise AssertionError("unreachable")
+
+
+def _gateway_log_size(data_dir: Path) -> int:
+    try:
+        return (data_dir / "logs" / "gateway.log").stat().st_size
+    except OSError:
+        return 0
+
+
+def _port_taken(data_dir: Path, since: int = 0) -> bool:
+    """Whether the gateway's log, from byte `since` on (this start's part), says its port was in use."""
+    try:
+        with open(data_dir / "logs" / "gateway.log", "rb") as log:
+            log.seek(since)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return False
+    return "address already in use" in text.lower()
+
+
+def _start_once(
+    data_dir: Path,
+    port: int,
+    nodes: int,
+    gpus_per_node: int,
+    extra_args: Iterable[str],
+    env: dict[str, str] | None,
+) -> RunningPlatform:
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    gateway_log_from = _gateway_log_size(data_dir)
     cli_config = data_dir / "cli.json"
     log_path = data_dir / "pai-up.log"
     proc_env = {**os.environ, "PAI_CLI_CONFIG": str(cli_config), "NO_COLOR": "1", **(env or {})}
@@ -139,7 +186,8 @@ def start_platform(
     # `pai up` writes the CLI config only after the platform is ready and its admin login worked.
     while not cli_config.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"pai up exited {proc.returncode} during start:\n{_tail(log_path)}")
+            what = f"pai up exited {proc.returncode} during start on port {port}:\n{_tail(log_path)}"
+            raise PortTakenError(what) if _port_taken(data_dir, gateway_log_from) else AssertionError(what)
         if time.monotonic() > deadline:
             stop_platform(proc)
             raise AssertionError(f"pai up not ready after {START_GUARD_S:g}s:\n{_tail(log_path)}")
