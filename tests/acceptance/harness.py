@@ -28,6 +28,8 @@ START_GUARD_S = 240.0
 JOB_GUARD_S = 300.0
 # Starts of `pai up` when its port turns out to be taken by another process (see start_platform).
 START_TRIES = 3
+# What `pai up` prints once the platform runs (and the CLI is logged in, where it can be).
+RUNNING_LINE = "running; Ctrl-C stops everything"
 
 
 def pai_executable() -> Path:
@@ -109,15 +111,19 @@ def start_platform(
     extra_args: Iterable[str] = (),
     env: dict[str, str] | None = None,
     port: int | None = None,
+    cli_login: bool = True,
 ) -> RunningPlatform:
-    """Start `pai up` in its own process group and wait until it has logged the CLI in as the admin.
+    """Start `pai up` in its own process group and wait until it has logged the CLI in as the admin (with
+    `cli_login=False`, where password login is off, until it says it runs).
 
     The port is picked free (or `port`, for the first try), but another process may bind it before the
     gateway does (other test sessions run on this machine): then the gateway ends during start-up, and
     `pai up` is started again on another port."""
     for attempt in range(1, START_TRIES + 1):
         try:
-            return _start_once(data_dir, port or free_port(), nodes, gpus_per_node, extra_args, env)
+            return _start_once(
+                data_dir, port or free_port(), nodes, gpus_per_node, extra_args, env, cli_login
+            )
         except PortTakenError:
             if attempt == START_TRIES:
                 raise
@@ -150,6 +156,7 @@ def _start_once(
     gpus_per_node: int,
     extra_args: Iterable[str],
     env: dict[str, str] | None,
+    cli_login: bool = True,
 ) -> RunningPlatform:
     data_dir.mkdir(parents=True, exist_ok=True)
     gateway_log_from = _gateway_log_size(data_dir)
@@ -159,6 +166,7 @@ def _start_once(
     for name in ("PAI_ADMIN_PASSWORD", "PAI_NATS_URL", "PAI_MONGO_URL"):
         if env is None or name not in env:
             proc_env.pop(name, None)
+    log_from = log_path.stat().st_size if log_path.exists() else 0  # this start's part of the log
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [
@@ -184,7 +192,15 @@ def _start_once(
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_GUARD_S
     # `pai up` writes the CLI config only after the platform is ready and its admin login worked.
-    while not cli_config.exists():
+
+    def started() -> bool:
+        if cli_login:
+            return cli_config.exists()
+        with open(log_path, "rb") as log:
+            log.seek(log_from)
+            return RUNNING_LINE in log.read().decode(errors="replace")
+
+    while not started():
         if proc.poll() is not None:
             what = f"pai up exited {proc.returncode} during start on port {port}:\n{_tail(log_path)}"
             raise PortTakenError(what) if _port_taken(data_dir, gateway_log_from) else AssertionError(what)

@@ -1,13 +1,16 @@
 """Single sign-on in the portal, in a real Chromium against a `pai up` of its own whose auth service
-trusts a real OpenID provider on loopback (tests/oidc_provider.py): the "Sign in with …" button signs a
-user in; a sign-in the provider refuses comes back to the sign-in page with the reason the platform gives
-(`?pai_login_error=`), shown as text; a link made elsewhere cannot put its words on that page."""
+trusts a real OpenID provider on loopback (tests/oidc_provider.py), with password login turned off
+(`PAI_BASIC_LOGIN=false`): `pai up` runs and says its CLI is not logged in; the sign-in page offers only
+the "Sign in with …" button, which signs a user in; a sign-in the provider refuses comes back to the
+sign-in page with the reason the platform gives (`?pai_login_error=`), shown as text; a link made
+elsewhere cannot put its words on that page."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -37,8 +40,9 @@ def sso_pai(tmp_path_factory: pytest.TempPathFactory, provider: OpenIdProvider) 
         "PAI_OIDC_CLIENT_ID": provider.client_id,
         "PAI_OIDC_CLIENT_SECRET_FILE": str(secret),
         "PAI_OIDC_NAME": IDP,
+        "PAI_BASIC_LOGIN": "false",
     }
-    with running_platform(data / "pai", nodes=1, gpus_per_node=1, env=env) as platform:
+    with running_platform(data / "pai", nodes=1, gpus_per_node=1, env=env, cli_login=False) as platform:
         # The platform's port is known once it runs; the provider accepts only registered return URIs.
         provider.redirect_uris.append(f"{platform.url}/api/v2/authn/oidc/return")
         yield platform
@@ -57,12 +61,27 @@ def tab(browser: Browser, provider: OpenIdProvider) -> Iterator[Page]:
     assert not errors, f"JavaScript errors on the pages: {errors}"
 
 
+def test_pai_up_runs_with_password_login_off(sso_pai: RunningPlatform) -> None:
+    said = " ".join(sso_pai.log_path.read_text(errors="replace").split())  # rich wraps long lines
+    assert f"Basic login is turned off here; sign in with {IDP}" in said, said[-2000:]
+    assert "The CLI is not logged in: `pai login --sso`." in said
+    assert not sso_pai.cli_config.exists()
+    config = httpx.get(f"{sso_pai.url}/api/v2/authn/oidc/config", timeout=30)
+    assert config.json() == {"enabled": True, "name": IDP, "basicLogin": False}
+    refused = httpx.post(
+        f"{sso_pai.url}/api/v2/authn/basic/login",
+        json={"username": sso_pai.admin_user, "password": sso_pai.admin_password},
+        timeout=30,
+    )
+    assert refused.status_code == 403, refused.text
+
+
 def test_the_sso_button_signs_a_user_in(
     tab: Page, sso_pai: RunningPlatform, provider: OpenIdProvider, shots: Shots
 ) -> None:
     provider.next_identity = {"sub": "sub-sso-ann", "preferred_username": "ssoann"}
     tab.goto(f"{sso_pai.url}/login?next=/jobs")
-    expect(tab.get_by_label("Password")).to_be_visible()  # basic login is still on
+    expect(tab.get_by_label("Password")).to_have_count(0)  # password login is off
     shots.take(tab, "sso-login")
     tab.get_by_role("link", name=f"Sign in with {IDP}").click()
     tab.wait_for_url(f"{sso_pai.url}/jobs")
