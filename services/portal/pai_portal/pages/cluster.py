@@ -15,6 +15,8 @@ from pai_portal.pages.jobs import STATES
 from pai_portal.web import job_url, portal, render, user_session
 
 router = APIRouter()
+# Where the API's node list names a node's bad GPUs (the gateway's k8s_views).
+BAD_GPUS_ANNOTATION = "pai.platform/bad-gpus"
 
 
 def _gpus(resources: Any) -> float:
@@ -54,7 +56,11 @@ async def nodes(request: Request, token: str) -> tuple[list[dict[str, Any]] | No
         if exc.missing_route:
             return None, "This platform's API has no node list (GET /api/v2/kubernetes/nodes answered 404)."
         return None, f"The node list is not available: {exc.message}"
-    items = answer.get("items", []) if isinstance(answer, dict) else []
+    return node_rows(answer.get("items", []) if isinstance(answer, dict) else []), ""
+
+
+def node_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The node table's rows from a Kubernetes NodeList's items (as the API's `kubernetes/nodes` gives)."""
     rows = []
     for item in items:
         status = item.get("status") or {}
@@ -62,7 +68,6 @@ async def nodes(request: Request, token: str) -> tuple[list[dict[str, Any]] | No
             (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
         )
         capacity = status.get("capacity") or {}
-        labels = (item.get("metadata") or {}).get("labels") or {}
         annotations = (item.get("metadata") or {}).get("annotations") or {}
         rows.append(
             {
@@ -73,10 +78,10 @@ async def nodes(request: Request, token: str) -> tuple[list[dict[str, Any]] | No
                 "cpu": capacity.get("cpu", ""),
                 "memory": capacity.get("memory", ""),
                 "unschedulable": bool((item.get("spec") or {}).get("unschedulable")),
-                "bad_gpus": annotations.get("pai.bad-gpus") or labels.get("pai.bad-gpus") or "",
+                "bad_gpus": annotations.get(BAD_GPUS_ANNOTATION, ""),
             }
         )
-    return rows, ""
+    return rows
 
 
 async def _counts(request: Request, token: str, user: str) -> dict[str, int]:
