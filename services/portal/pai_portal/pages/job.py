@@ -82,11 +82,8 @@ async def _live(request: Request, key: str, token: str) -> dict[str, Any]:
 async def job_page(request: Request, key: str) -> Response:
     session = user_session(request)
     key = _key(key)
-    # The config is asked at the same time as the live part: the page costs the slowest call, not the sum.
-    live, config = await asyncio.gather(
-        _live(request, key, session.token),
-        _optional(portal(request).api.get(f"/api/v2/jobs/{key}/config", session.token), None),
-    )
+    live = await _live(request, key, session.token)
+    config = await _optional(portal(request).api.get(f"/api/v2/jobs/{key}/config", session.token), None)
     if isinstance(config, str):
         config = yaml.safe_load(config)
     config_text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True) if config else ""
