@@ -9,7 +9,7 @@ read) client-side:
 - ``jobs_default``: the job list, first page (20 jobs, newest first) with its total count;
 - ``jobs_100``: 100 jobs a page; ``jobs_sorted``: ordered by state; ``jobs_filtered``: one user's jobs;
   ``jobs_keyword``: a keyword search; ``jobs_deep``: page 100;
-- ``job_detail``: a random job's page (detail, events, attempts, config: four API calls at once);
+- ``job_detail``: a random job's page (detail, events, attempts, config: four API calls);
 - ``home``: the home page (my jobs per state and everyone's, in one ``GET /api/v2/jobs/counts``
   each; the user, the virtual clusters, my latest jobs and the node list: six API calls at once).
 
