@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from pai_common.bus import Bus
 from pai_common.database import is_transient, retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
+from pai_common.errors import ServiceUnavailableError
 from pai_common.logs import current_job_key
 from pai_common.metrics import HANDLE_SECONDS, MESSAGES
 from pai_common.outbox import Outbox, PendingMessages
@@ -212,7 +213,8 @@ class DurableConsumer:
             await msg.ack()
         except Exception as exc:
             delivered = msg.metadata.num_delivered or 1
-            transient = is_transient(exc)
+            # A service that did not answer an RPC is restarting or busy: also a lag that resolves itself.
+            transient = is_transient(exc) or isinstance(exc, ServiceUnavailableError)
             # A transient failure (a write conflict, a lost connection) is retried for as long as it lasts;
             # only a handler that fails for another reason runs out of deliveries.
             if not transient and delivered >= self.spec.max_deliver:

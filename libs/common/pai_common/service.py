@@ -206,7 +206,19 @@ class ServiceApp:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        # A signal must stop the service while it starts too: the start waits for the bus and the
+        # database, which may be down, and a supervisor stopping everything must not wait on that.
+        starting = asyncio.create_task(self.start(), name="start")
+        signalled = asyncio.create_task(stop.wait(), name="signalled")
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            log.info("signal received during start-up; exiting")
+            return
+        signalled.cancel()
+        starting.result()  # a start that failed fails the process
         await stop.wait()
         log.info("signal received; draining")
         try:

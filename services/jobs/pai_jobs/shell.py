@@ -56,6 +56,8 @@ from pai_common.contract.rpc import (
     SubmitJobRequest,
     TaskAttemptsReply,
     TaskAttemptsRequest,
+    TaskPlacementReply,
+    TaskPlacementRequest,
     VirtualClustersReply,
 )
 from pai_common.contract.states import public_state
@@ -502,11 +504,26 @@ class JobsService:
         return TaskAttemptsReply(status=status)
 
     async def secrets(self, req: JobSecretsRequest) -> JobSecretsReply:
-        """For the runtime agent of a node that runs one of the job's tasks, and for no one else."""
-        doc = await self._job(req.job_key, {"snapshot.tasks.node": 1, "spec.has_secrets": 1})
-        nodes = {task.get("node") for task in ((doc.get("snapshot") or {}).get("tasks") or [])}
-        if req.node not in nodes:
-            raise ForbiddenUserError(f"Node {req.node} runs no task of job {req.job_key}.")
+        """For the runtime agent of the node a task attempt of the job is placed on, and no one else.
+
+        The placement is the orchestrator's, not this service's read model: the read model learns it from
+        an event that may arrive after the agent asks (it did, for every multi-role job). An orchestrator
+        that does not answer is a ServiceUnavailableError, which the agent retries."""
+        await self._job(req.job_key, {"_id": 1})
+        where = await self.app.bus.request(
+            TaskPlacementRequest(
+                job_key=req.job_key,
+                attempt_id=req.attempt_id,
+                task_role=req.task_role,
+                index=req.index,
+                task_attempt_id=req.task_attempt_id,
+            ),
+            TaskPlacementReply,
+        )
+        task = f"{req.task_role}[{req.index}] (attempt {req.attempt_id}.{req.task_attempt_id})"
+        if where.node != req.node:
+            why = where.reason or f"it is placed on {where.node}"
+            raise ForbiddenUserError(f"Node {req.node} runs no task {task} of job {req.job_key}: {why}.")
         stored = await self.app.db[SECRETS].find_one({"_id": req.job_key})
         return JobSecretsReply(secrets=dict(stored["secrets"]) if stored else {})
 

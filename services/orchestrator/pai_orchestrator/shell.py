@@ -28,10 +28,11 @@ from pai_common.contract.events import (
     TaskDiagnosed,
     TaskRunning,
 )
+from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_orchestrator import core
+from pai_orchestrator import core, placement
 from pai_orchestrator.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class Orchestrator:
         app.on_event(SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(self.handle)
         app.on_event(SchedulingPreempting)(self.handle_preempting)
         app.on_event(SchedulingLost)(self.handle_lost)
+        app.rpc({TaskPlacementRequest: self.task_placement})
         app.on_startup(self._indexes)
         app.background(self.tick_forever)
 
@@ -221,6 +223,15 @@ class Orchestrator:
         if isinstance(body, TaskRunning):
             return core.on_task_running(fw, body, now, self.policy)
         return core.on_task_diagnosed(fw, body, now, self.policy)
+
+    async def task_placement(self, req: TaskPlacementRequest) -> TaskPlacementReply:
+        """Read from the framework document, which holds a placement before its launch command leaves."""
+        doc = await self.app.db[FRAMEWORKS].find_one({"_id": req.job_key}, {"fw": 1})
+        if doc is None:
+            return TaskPlacementReply(node=None, reason=f"the orchestrator knows no job {req.job_key}")
+        fw = core.Framework.model_validate(doc["fw"])
+        node, reason = placement.live_node(fw, req.attempt_id, req.task_role, req.index, req.task_attempt_id)
+        return TaskPlacementReply(node=node, reason=reason)
 
     # ---- timers --------------------------------------------------------------------------------------
 

@@ -266,14 +266,20 @@ class Agent:
     async def _job_secrets(self, cmd: LaunchTask) -> dict[str, Any]:
         if not cmd.has_secrets:
             return {}
+        ask = JobSecretsRequest(
+            job_key=cmd.job_key,
+            node=self.node,
+            attempt_id=cmd.attempt_id,
+            task_role=cmd.task_role,
+            index=cmd.index,
+            task_attempt_id=cmd.task_attempt_id,
+        )
         try:
-            reply = await self.app.bus.request(
-                JobSecretsRequest(job_key=cmd.job_key, node=self.node),
-                JobSecretsReply,
-                timeout=self.settings.secrets_timeout_s,
-            )
+            reply = await self.app.bus.request(ask, JobSecretsReply, timeout=self.settings.secrets_timeout_s)
         except ServiceUnavailableError:
-            raise  # transient: the command is delivered again
+            # The jobs service (or the orchestrator it asks) is restarting: a lag that resolves itself, so
+            # the command is delivered again for as long as it lasts (the consumer counts it as transient).
+            raise
         except PaiError as exc:
             raise SetupError(SETUP_FAILED_EXIT, f"the job's secrets are not available: {exc}") from exc
         return dict(reply.secrets)

@@ -72,7 +72,7 @@ class SchedulingRequested(Event):
 class SchedulingAllocated(Event):
     TYPE = "scheduling.allocated"
     PRODUCER = "scheduler"
-    CONSUMERS = ("orchestrator", "monitoring")
+    CONSUMERS = ("orchestrator",)
     DESCRIPTION = "Every task of an attempt's gang was placed on a node with its devices."
 
     job_key: str
@@ -172,7 +172,8 @@ class SchedulingPending(Event):
 class SchedulingReleased(Event):
     TYPE = "scheduling.released"
     PRODUCER = "scheduler"
-    CONSUMERS = ("monitoring",)
+    # No service consumes it today (monitoring reads allocations from framework.changed); extensions may.
+    CONSUMERS = ()
     DESCRIPTION = "The cells of an attempt were given back."
 
     job_key: str

@@ -476,12 +476,18 @@ class JobSecretsRequest(RpcRequest):
     ENDPOINT = "secrets"
     DESCRIPTION = (
         "A job's `secrets`, for the runtime agent that launches one of its tasks (and no one else):"
-        " secrets never travel in events or commands."
+        " secrets never travel in events or commands. The jobs service asks the orchestrator"
+        " (orchestrator.placement) whether that task attempt is placed on that node."
     )
     REPLY = JobSecretsReply
 
     job_key: str
     node: NodeName
+    # The task attempt being launched, as its LaunchTask command names it.
+    attempt_id: int
+    task_role: str
+    index: int
+    task_attempt_id: int = 0
 
 
 class JobConfigReply(RpcReply):
@@ -751,6 +757,32 @@ class ListNodesRequest(RpcRequest):
     REPLY = NodesReply
 
 
+# ---- orchestrator -----------------------------------------------------------------------------------
+
+
+class TaskPlacementReply(RpcReply):
+    # The node the task attempt is placed on while it may still start or run; None otherwise.
+    node: str | None
+    # Why it has no live placement (unknown job, another attempt, completed task...), for the caller's error.
+    reason: str = ""
+
+
+class TaskPlacementRequest(RpcRequest):
+    SERVICE = "orchestrator"
+    ENDPOINT = "placement"
+    DESCRIPTION = (
+        "Where a task attempt runs, from the framework that launched it: the authority the jobs service"
+        " checks before giving a node a job's secrets (its own read model may lag the launch)."
+    )
+    REPLY = TaskPlacementReply
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+    task_attempt_id: int = 0
+
+
 # ---- diagnosis --------------------------------------------------------------------------------------
 
 
@@ -952,6 +984,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     JobEventsRequest,
     JobAttemptsRequest,
     TaskAttemptsRequest,
+    TaskPlacementRequest,
     ListLiveTasksRequest,
     ListStoragesRequest,
     GetStorageRequest,
