@@ -142,15 +142,21 @@ def _gateway_log_size(data_dir: Path) -> int:
         return 0
 
 
-def _port_taken(data_dir: Path, since: int = 0) -> bool:
-    """Whether the gateway's log, from byte `since` on (this start's part), says its port was in use."""
+def _read_from(path: Path, since: int) -> str:
     try:
-        with open(data_dir / "logs" / "gateway.log", "rb") as log:
+        with open(path, "rb") as log:
             log.seek(since)
-            text = log.read().decode(errors="replace")
+            return log.read().decode(errors="replace")
     except OSError:
-        return False
-    return "address already in use" in text.lower()
+        return ""
+
+
+def _port_taken(data_dir: Path, up_log_from: int = 0, gateway_log_from: int = 0) -> bool:
+    """Whether this start (the logs from those offsets on) met its port in use: `pai up` found it taken
+    before starting anything, or the gateway could not bind it (taken after that check)."""
+    said = " ".join(_read_from(data_dir / "pai-up.log", up_log_from).split())  # rich wraps lines
+    gateway = _read_from(data_dir / "logs" / "gateway.log", gateway_log_from)
+    return "is already in use by another program" in said or "address already in use" in gateway.lower()
 
 
 def _start_once(
@@ -209,7 +215,8 @@ def _start_once(
     while not started():
         if proc.poll() is not None:
             what = f"pai up exited {proc.returncode} during start on port {port}:\n{_tail(log_path)}"
-            raise PortTakenError(what) if _port_taken(data_dir, gateway_log_from) else AssertionError(what)
+            taken = _port_taken(data_dir, log_from, gateway_log_from)
+            raise PortTakenError(what) if taken else AssertionError(what)
         if time.monotonic() > deadline:
             stop_platform(proc)
             raise AssertionError(f"pai up not ready after {START_GUARD_S:g}s:\n{_tail(log_path)}")

@@ -1,5 +1,7 @@
 """The harness's own robustness: `pai up` started on a port another process took after it was picked
-(other test sessions share this machine) is started again on another port, not failed."""
+(other test sessions share this machine) is started again on another port, not failed. (Here `pai up`
+finds the port taken before it starts anything; a port taken later, before the gateway binds it, ends
+the gateway during start-up: services/gateway/tests/test_gateway_bind.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def test_a_port_taken_before_the_gateway_binds_it_is_left_for_another(tmp_path: 
         taken = stranger.getsockname()[1]
         platform = start_platform(data, nodes=1, gpus_per_node=1, port=taken)
         try:
-            # The first start met the stranger (the gateway ended during start-up, before it was ready).
+            # The first start met the stranger.
             assert _port_taken(data), "the first start did not meet the taken port"
             assert not platform.url.endswith(f":{taken}")
             with platform.client() as client:
