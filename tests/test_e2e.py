@@ -13,6 +13,7 @@ import httpx
 import nats
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from pai_cli.platform import Platform
 from tests.acceptance.harness import JOB_GUARD_S, JobLedger, wait_for_state, wait_until
@@ -256,16 +257,32 @@ def test_list_storage_and_metrics(api: httpx.Client, platform: Platform) -> None
     # No storage exists until an admin defines one (tests/acceptance/test_storage.py defines some).
     assert api.get("/api/v2/storages").json() == {"storages": []}
 
-    port = json.loads((platform.data_dir / "run" / "monitoring.json").read_text())["health_port"]
-
-    def metrics() -> str:
+    def scrape(process: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        port = json.loads((platform.data_dir / "run" / f"{process}.json").read_text())["health_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
             text = response.read().decode()
-        counted = 'pai_jobs{state="SUCCEEDED"} 0.0' not in text and "pai_nodes 2.0" in text
-        return text if counted else ""
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
-    seen = wait_until(metrics, "the monitoring service counting the jobs and the nodes")
-    assert 'pai_gpus{simulated="true"} 4.0' in seen
+    # Each owner exports its own state: jobs by state (jobs), nodes and their cells (scheduler), a node's
+    # GPUs as its agent sees them (runtime).
+    def exported() -> tuple[dict[Any, float], dict[Any, float]] | None:
+        jobs, scheduler = scrape("jobs"), scrape("scheduler")
+        succeeded = jobs.get(("pai_jobs", frozenset({("state", "SUCCEEDED")})), 0)
+        healthy = [scheduler.get(("pai_node_healthy", frozenset({("node", n)}))) for n in platform.node_names]
+        return (jobs, scheduler) if succeeded > 0 and healthy == [1.0] * len(healthy) else None
+
+    _, scheduler = wait_until(exported, "the jobs and scheduler exporting the jobs and the nodes")
+    node = platform.node_names[0]
+    gpus = scheduler[("pai_node_gpus", frozenset({("node", node), ("sku", "gpu")}))]
+    assert gpus == platform.gpus_per_node
+    agent = scrape(node)
+    infos = [dict(labels) for name, labels in agent if name == "pai_node_gpu_info"]
+    assert len(infos) == platform.gpus_per_node
+    assert all(i["simulated"] == "true" and i["node"] == node for i in infos)
 
 
 def count_events(platform: Platform, subject: str, job_key: str) -> int:

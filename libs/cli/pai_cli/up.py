@@ -15,6 +15,7 @@ from rich.console import Console
 from pai_cli.client import FINAL_STATES, PaiClient, PaiError
 from pai_cli.config import save_config
 from pai_cli.errors import ForbiddenError
+from pai_cli.monitoring_stack import MonitoringStack, MonitoringUnavailable, alertmanager_token
 from pai_cli.platform import Platform, PlatformError
 
 # No hard wrapping: its lines often end up in a log file, where a wrapped line cannot be searched for.
@@ -47,6 +48,12 @@ def up(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Simulated GPUs even where NVML finds real ones")
     ] = False,
+    monitoring: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring", help="Also run Prometheus and Alertmanager (Debian's prometheus packages)"
+        ),
+    ] = False,
     cluster: Annotated[
         Path | None,
         typer.Option(
@@ -70,6 +77,7 @@ def up(
     )
     started = time.monotonic()
     stopping = False
+    stack = MonitoringStack(data_dir.resolve(), platform.url)
     supervising = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -108,6 +116,15 @@ def up(
         if token is not None:
             save_config(platform.url, user, token)
             console.print("the `pai` CLI is logged in as the admin (try `pai job list`)")
+        stack.gateway_url = platform.url
+        console.print(f"Prometheus configuration: {stack.write_config()}")
+        if monitoring:
+            try:
+                stack.start(alertmanager_token(platform.url, token, stack.token_file))
+                for name, url in stack.urls.items():
+                    console.print(f"{name}: {url}")
+            except MonitoringUnavailable as exc:
+                console.print(f"[yellow]--monitoring: {exc}[/]")
         exit_code = 0
         if submit is not None and token is not None:
             exit_code = _run_example(platform.url, user, token, submit)
@@ -128,6 +145,7 @@ def up(
     finally:
         supervising = True  # a second signal while stopping changes nothing
         with console.status("stopping"):
+            stack.stop()
             platform.stop()
         console.print("stopped")
 

@@ -6,13 +6,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
@@ -23,9 +24,11 @@ from pai_common.database import is_transient, retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
 from pai_common.errors import ServiceUnavailableError
 from pai_common.logs import current_job_key
-from pai_common.metrics import HANDLE_SECONDS, MESSAGES
+from pai_common.metrics import HANDLE_SECONDS, MESSAGES, REDELIVERIES
 from pai_common.outbox import Outbox, PendingMessages
 from pai_common.telemetry import span_from_headers
+
+CONSUMER = SpanKind.CONSUMER
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,20 @@ class HandlerContext:
     db: AsyncDatabase[dict[str, Any]]
     session: AsyncClientSession
     out: PendingMessages
+    # Run once the transaction committed (never for one that aborted or is retried): metrics of what
+    # really happened, counted once.
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        self.after_commit.append(fn)
+
+    def committed(self) -> None:
+        for fn in self.after_commit:
+            try:
+                fn()
+            except Exception as exc:  # a metric must never undo or repeat committed work
+                log.warning("after-commit hook failed", extra={"error": repr(exc)})
+        self.after_commit.clear()
 
 
 Handler = Callable[[HandlerContext, Envelope], Awaitable[None]]
@@ -125,6 +142,9 @@ class DurableConsumer:
                 log.warning("fetch failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
                 await asyncio.sleep(0.5)
                 continue
+            for msg in msgs:
+                if (msg.metadata.num_delivered or 1) > 1:
+                    REDELIVERIES.labels(self.spec.durable).inc()
             if len(msgs) == 1:
                 await self._handle(msgs[0])
             else:
@@ -159,6 +179,7 @@ class DurableConsumer:
         started = time.perf_counter()
         out = PendingMessages(self.bus.service)
         applied: set[str] = set()
+        ctx: HandlerContext | None = None
         try:
             async with self.client.start_session() as session:
                 async with await session.start_transaction():
@@ -169,7 +190,7 @@ class DurableConsumer:
                         applied.add(env.id)
                         job_token = current_job_key.set(env.subject or None)
                         try:
-                            with span_from_headers(f"handle {env.type}", env.headers):
+                            with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
                                 await self.spec.handler(ctx, env)
                         finally:
                             current_job_key.reset(job_token)
@@ -183,6 +204,8 @@ class DurableConsumer:
             for msg, _ in todo:
                 await self._handle(msg)
             return
+        assert ctx is not None  # the transaction committed
+        ctx.committed()
         if out.docs:
             try:
                 await self.outbox.flush()
@@ -208,7 +231,7 @@ class DurableConsumer:
         job_token = current_job_key.set(env.subject or None)
         started = time.perf_counter()
         try:
-            with span_from_headers(f"handle {env.type}", env.headers):
+            with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
                 outcome = await self._apply(env)
             await msg.ack()
         except Exception as exc:
@@ -253,7 +276,8 @@ class DurableConsumer:
         try:
             async with self.client.start_session() as session:
                 async with await session.start_transaction():
-                    await self.spec.handler(HandlerContext(self.db, session, out), env)
+                    ctx = HandlerContext(self.db, session, out)
+                    await self.spec.handler(ctx, env)
                     await processed.insert_one({"_id": key, "at": datetime.now(UTC)}, session=session)
                     await self.outbox.stage(out, session)
         except DuplicateKeyError:
@@ -261,6 +285,7 @@ class DurableConsumer:
             if await processed.find_one({"_id": key}, {"_id": 1}) is not None:
                 return "duplicate"
             raise
+        ctx.committed()
         if out.docs:
             try:
                 await self.outbox.flush()

@@ -72,7 +72,7 @@ from pai_common.errors import (
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan, storages
+from pai_jobs import job_events, list_plan, metrics, storages
 from pai_jobs.admission import Admission, Turns
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
@@ -100,6 +100,8 @@ LIST = "job_list"
 COUNTS = "job_counts"
 COUNTERS = "counters"
 SEQ_COUNTER = "job_seq"
+# How often the job gauges of /metrics are read back from the read model.
+GAUGES_S = 10.0
 
 # How long a submission's write is tried again while it conflicts with other writes. The gateway waits
 # for the answer longer than a submission's turn (its submit_wait_s) plus this.
@@ -224,11 +226,15 @@ class JobsService:
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
         app.on_startup(self._indexes)
         app.background(self._backfill)
+        app.background(self._gauges)
         if self.lists is not None:
             app.background(self.lists.run)
 
     async def _indexes(self, app: ServiceApp) -> None:
         await create_indexes(app)
+
+    async def _gauges(self) -> None:
+        await metrics.refresh_forever(self.app.db, COUNTS, LIST, GAUGES_S)
 
     async def _backfill(self) -> None:
         # After the service is ready: looking for jobs without `seq` reads the whole `jobs` collection

@@ -32,7 +32,7 @@ from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_orchestrator import core, placement
+from pai_orchestrator import core, metrics, placement
 from pai_orchestrator.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ async def save(
     transition: core.Transition,
     previous: int | None,
     now: int,
+    before: core.Framework | None = None,
 ) -> None:
     """Store the framework a transition produced (guarded by its version) and stage what it causes.
 
@@ -112,6 +113,8 @@ async def save(
         ctx.out.event(event)
     for send in transition.commands:
         ctx.out.command(send.command, send.target)
+    for observation in metrics.observations(before, fw, transition.events, now):
+        ctx.on_commit(observation)
     log.info(
         "framework transition", extra={"job": fw.job_key, "state": fw.state, "reason": transition.reason}
     )
@@ -146,7 +149,7 @@ class Orchestrator:
         now = now_ms()
         transition = step(fw)
         if transition.framework is not None:
-            await save(ctx, cause, transition, fw.version, now)
+            await save(ctx, cause, transition, fw.version, now, before=fw)
         return True
 
     async def handle_submitted(self, ctx: HandlerContext, env: Envelope) -> None:
@@ -197,9 +200,8 @@ class Orchestrator:
     async def handle_lost(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
         assert isinstance(body, SchedulingLost)
-        step = partial(
-            _call, core.on_cells_lost, attempt_id=body.attempt_id, reason=body.reason, policy=self.policy
-        )
+        lost = core.on_drained if body.drain else core.on_cells_lost
+        step = partial(_call, lost, attempt_id=body.attempt_id, reason=body.reason, policy=self.policy)
         await self._apply(ctx, (env.type, env.id), body.job_key, step)
 
     async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
@@ -261,7 +263,7 @@ class Orchestrator:
         transition = core.on_tick(fw, now, self.policy)
         if transition.framework is None:
             return False
-        await save(ctx, ("tick", None), transition, fw.version, now)
+        await save(ctx, ("tick", None), transition, fw.version, now, before=fw)
         return True
 
     async def tick_forever(self) -> None:

@@ -273,7 +273,14 @@ async def test_task_attempts_logs_retention_and_metrics(
                 _launch(agent, job, "worker", 0, f"echo attempt {attempt}; sleep 1", task_attempt_id=attempt),
                 agent.node,
             )
-        labels = {"node": agent.node, "job": job, "task_role": "worker", "index": "0", "task_attempt": "1"}
+        labels = {
+            "node": agent.node,
+            "job_name": job,
+            "username": "alice",
+            "task_role": "worker",
+            "index": "0",
+            "task_attempt": "1",
+        }
         for _ in range(100):
             if (REGISTRY.get_sample_value("pai_task_processes", labels) or 0) >= 2:
                 break
