@@ -22,6 +22,8 @@ from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
+    JobDependencyResolved,
+    JobPreemptionNoticed,
     JobStopRequested,
     JobSubmitted,
     SchedulingDowngraded,
@@ -61,18 +63,20 @@ from pai_common.contract.rpc import (
     VirtualClustersReply,
 )
 from pai_common.contract.states import public_state
+from pai_common.contract.types import JobSpec
 from pai_common.database import is_transient
 from pai_common.envelope import Envelope
 from pai_common.errors import (
     ConflictJobError,
     ForbiddenUserError,
+    InvalidProtocolError,
     NoJobError,
     NoTagError,
     ServiceUnavailableError,
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan, metrics, storages
+from pai_jobs import dependencies, job_events, list_plan, metrics, storages
 from pai_jobs.admission import Admission, Turns
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
@@ -224,6 +228,8 @@ class JobsService:
         app.on_event(SchedulingPreempting)(self.on_preempting)
         app.on_event(SchedulingRejected)(self.on_rejected)
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
+        app.on_event(JobDependencyResolved)(self.on_dependency_resolved)
+        app.on_event(JobPreemptionNoticed)(self.on_preemption_noticed)
         app.on_startup(self._indexes)
         app.background(self._backfill)
         app.background(self._gauges)
@@ -254,9 +260,12 @@ class JobsService:
         return doc
 
     async def _transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
+        """A mutation's transaction, run again while it conflicts with the event handlers: a job whose
+        tasks change all the time (hundreds placed one by one) is written by them constantly, and a STOP
+        must not fail on that."""
         await self._turns.acquire()
         try:
-            await self.app.transact(work)
+            await self._store(work, time.monotonic() + STORE_PATIENCE_S)
         finally:
             self._turns.release()
 
@@ -294,6 +303,7 @@ class JobsService:
                 raise ForbiddenUserError(
                     f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
                 )
+            await self._check_dependencies(spec)
             # Storages are checked before the job exists: one the user may not use, or that does not
             # exist, refuses the submission (403 / 404 naming it) instead of failing the job at launch.
             resolved = await self.app.bus.request(
@@ -328,6 +338,8 @@ class JobsService:
                     {"_id": spec.job_key, "secrets": parsed.raw["secrets"]}, session=tx.session
                 )
             await _record(tx, job_events.submitted(spec.job_key, spec.submitted_at))
+            if spec.dependencies:
+                await _record(tx, job_events.waiting_for_dependencies(spec, spec.submitted_at))
             tx.out.event(JobSubmitted(spec=spec), msg_id=f"submitted:{spec.job_key}")
 
         if not await self._turns.acquire_by(deadline):
@@ -357,6 +369,16 @@ class JobsService:
             self.admission.record_write(time.monotonic() - started)
         log.info("job submitted", extra={"job_key": spec.job_key, "vc": spec.virtual_cluster})
         return SubmitJobReply(job_key=spec.job_key)
+
+    async def _check_dependencies(self, spec: JobSpec) -> None:
+        """Every dependency names a stored job (400 naming the ones that do not)."""
+        if not spec.dependencies:
+            return
+        keys = [d.job_key for d in spec.dependencies]
+        found = {doc["_id"] async for doc in self.app.db[JOBS].find({"_id": {"$in": keys}}, {"_id": 1})}
+        missing = dependencies.unknown(spec.dependencies, found)
+        if missing:
+            raise InvalidProtocolError(json.dumps([{"field": f, "message": m} for f, m in missing]))
 
     async def _store(self, store: Callable[[HandlerContext], Awaitable[None]], give_up_at: float) -> None:
         """The submission's transaction, run again while it conflicts with the service's event handlers
@@ -634,10 +656,12 @@ class JobsService:
         p = env.body
         at = job_events.epoch_ms(env.time, now_ms())
         preemptor = f"{p.job_key}#{p.attempt_id}"
-        victims = [f"{v.job_key}#{v.attempt_id}" for v in p.victims]
+        # Victims may be tasks of one attempt placed one by one (gangAllocation false): one record each.
+        attempts = list(dict.fromkeys((v.job_key, v.attempt_id) for v in p.victims))
+        victims = [f"{job_key}#{attempt_id}" for job_key, attempt_id in attempts]
         await _record(ctx, job_events.preempting(p.job_key, p.attempt_id, victims, at))
-        for victim in p.victims:
-            await _record(ctx, job_events.preempted(victim.job_key, victim.attempt_id, preemptor, at))
+        for job_key, attempt_id in attempts:
+            await _record(ctx, job_events.preempted(job_key, attempt_id, preemptor, at))
 
     async def on_rejected(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, SchedulingRejected)
@@ -650,6 +674,15 @@ class JobsService:
         c = env.body
         at = job_events.epoch_ms(env.time, now_ms())
         await _record(ctx, job_events.attempt_completed(c.job_key, c.attempt_id, c.exit_code, at))
+
+    async def on_dependency_resolved(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobDependencyResolved)
+        at = job_events.epoch_ms(env.time, now_ms())
+        await _record(ctx, job_events.dependency_resolved(env.body, at))
+
+    async def on_preemption_noticed(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobPreemptionNoticed)
+        await _record(ctx, job_events.preemption_noticed(env.body))
 
 
 def content_digest(raw: dict[str, Any]) -> str:
