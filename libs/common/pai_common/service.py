@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
-from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext
+from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext, WriteGuard
 from pai_common.contract.base import Event, RpcRequest, event_subject
 from pai_common.database import connect_mongo, retry_transient, service_database
 from pai_common.envelope import Envelope
@@ -43,6 +43,7 @@ class ServiceApp:
         self._shutdown: list[Hook] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._consumers: list[DurableConsumer] = []
+        self._write_guard: WriteGuard | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = False
         self.bus: Bus
@@ -66,6 +67,14 @@ class ServiceApp:
 
     def rpc(self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None) -> None:
         self._rpc.append((handlers, target))
+
+    def serialize_writes(self, guard: WriteGuard) -> None:
+        """Hold ``guard()`` around every consumer transaction of this process.
+
+        For a service whose RPC writes and event handlers update the same documents (counters): held
+        around those RPC writes too, it makes them take turns instead of conflicting and backing off.
+        """
+        self._write_guard = guard
 
     def on_startup(self, hook: Hook) -> None:
         self._startup.append(hook)
@@ -91,9 +100,9 @@ class ServiceApp:
                 await self.outbox.stage(out, session)
         if out.docs:
             try:
-                await self.outbox.flush()
+                await self.outbox.publish_committed(out.docs)
             except Exception as exc:  # committed: the relay sends it later
-                log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
+                log.warning("outbox publish failed after commit", extra={"error": repr(exc)})
 
     async def transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
         """``transaction`` with retries when another process's write conflicted with this one."""
@@ -150,7 +159,7 @@ class ServiceApp:
                 )
             )
         for spec in specs:
-            consumer = DurableConsumer(spec, self.bus, self.mongo, self.db, self.outbox)
+            consumer = DurableConsumer(spec, self.bus, self.mongo, self.db, self.outbox, self._write_guard)
             await consumer.start()
             self._consumers.append(consumer)
         for handlers, target in self._rpc:
