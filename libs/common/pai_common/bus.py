@@ -56,6 +56,8 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 R = TypeVar("R", bound=Message)
 # How long a request waits for a responder to (re)appear before the service counts as not running.
 NO_RESPONDERS_WAIT_S = 1.0
+# How long closing waits for requests of concurrent endpoints already taken.
+RPC_DRAIN_S = 10.0
 RpcHandler = Callable[[Any], Awaitable[Message]]
 
 
@@ -99,6 +101,8 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self._micro: list[Service] = []
+        # Requests of concurrent endpoints in flight (see serve_rpc).
+        self._rpc_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, url: str, service: str, ca_file: Path | None = None) -> Bus:
@@ -198,9 +202,16 @@ class Bus:
         return reply_type.model_validate_json(msg.data)
 
     async def serve_rpc(
-        self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None
+        self,
+        handlers: dict[type[RpcRequest], RpcHandler],
+        target: str | None = None,
+        concurrent: frozenset[type[RpcRequest]] = frozenset(),
     ) -> None:
-        """Register endpoints with the NATS micro services API (discovery, stats, queue groups)."""
+        """Register endpoints with the NATS micro services API (discovery, stats, queue groups).
+
+        An endpoint takes its requests one at a time (NATS delivers a subscription's messages in order to
+        one callback), except those in `concurrent`, whose every request runs in a task of its own.
+        """
         service = await add_service(
             self.nc,
             name=f"pai-{self.service}",
@@ -211,7 +222,7 @@ class Bus:
             await service.add_endpoint(
                 name=req_type.ENDPOINT,
                 subject=rpc_subject(req_type.SERVICE, req_type.ENDPOINT, target),
-                handler=_rpc_wrapper(req_type, handler),
+                handler=_rpc_wrapper(req_type, handler, self._rpc_tasks if req_type in concurrent else None),
             )
         self._micro.append(service)
         # The server has the subscriptions once flush returns: a request sent right after start-up from
@@ -222,11 +233,16 @@ class Bus:
         for service in self._micro:
             await service.stop()
         self._micro.clear()
+        # Requests already taken are answered before the connection drains.
+        if self._rpc_tasks:
+            await asyncio.wait(set(self._rpc_tasks), timeout=RPC_DRAIN_S)
         if not self.nc.is_closed:
             await self.nc.drain()
 
 
-def _rpc_wrapper(req_type: type[RpcRequest], handler: RpcHandler) -> Callable[[Request], Awaitable[None]]:
+def _rpc_wrapper(
+    req_type: type[RpcRequest], handler: RpcHandler, tasks: set[asyncio.Task[None]] | None = None
+) -> Callable[[Request], Awaitable[None]]:
     async def handle(request: Request) -> None:
         with span_from_headers(f"rpc {req_type.SERVICE}.{req_type.ENDPOINT}", request.headers):
             try:
@@ -245,7 +261,15 @@ def _rpc_wrapper(req_type: type[RpcRequest], handler: RpcHandler) -> Callable[[R
                 log.exception("rpc handler failed", extra={"endpoint": req_type.ENDPOINT})
                 await _respond_error(request, UnknownError("internal error"))
 
-    return handle
+    if tasks is None:
+        return handle
+
+    async def spawn(request: Request) -> None:
+        task = asyncio.create_task(handle(request))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return spawn
 
 
 async def _respond_error(request: Request, err: PaiError) -> None:

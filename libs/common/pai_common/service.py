@@ -38,7 +38,9 @@ class ServiceApp:
         self.settings = settings or Settings()
         self._event_handlers: dict[str, Handler] = {}
         self._command_consumers: list[tuple[str, str, Handler]] = []
-        self._rpc: list[tuple[dict[type[RpcRequest], RpcHandler], str | None]] = []
+        self._rpc: list[
+            tuple[dict[type[RpcRequest], RpcHandler], str | None, frozenset[type[RpcRequest]]]
+        ] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
@@ -65,8 +67,15 @@ class ServiceApp:
     def on_commands(self, durable: str, filter_subject: str, handler: Handler) -> None:
         self._command_consumers.append((durable, filter_subject, handler))
 
-    def rpc(self, handlers: dict[type[RpcRequest], RpcHandler], target: str | None = None) -> None:
-        self._rpc.append((handlers, target))
+    def rpc(
+        self,
+        handlers: dict[type[RpcRequest], RpcHandler],
+        target: str | None = None,
+        concurrent: frozenset[type[RpcRequest]] = frozenset(),
+    ) -> None:
+        """Serve RPC endpoints. Each endpoint handles one request at a time, in arrival order, unless it is
+        in `concurrent`: then every request gets its own task at once (the handler bounds the work)."""
+        self._rpc.append((handlers, target, concurrent))
 
     def serialize_writes(self, guard: WriteGuard) -> None:
         """Hold ``guard()`` around every consumer transaction of this process.
@@ -162,8 +171,8 @@ class ServiceApp:
             consumer = DurableConsumer(spec, self.bus, self.mongo, self.db, self.outbox, self._write_guard)
             await consumer.start()
             self._consumers.append(consumer)
-        for handlers, target in self._rpc:
-            await self.bus.serve_rpc(handlers, target)
+        for handlers, target, concurrent in self._rpc:
+            await self.bus.serve_rpc(handlers, target, concurrent)
         for fn in self._background:
             self._tasks.append(asyncio.create_task(fn(), name=fn.__name__))
         self._ready = True

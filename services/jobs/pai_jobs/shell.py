@@ -8,12 +8,13 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
@@ -50,6 +51,7 @@ from pai_common.contract.rpc import (
     TaskAttemptsRequest,
 )
 from pai_common.contract.states import public_state
+from pai_common.contract.types import JobSpec
 from pai_common.envelope import Envelope
 from pai_common.errors import (
     ConflictJobError,
@@ -59,6 +61,7 @@ from pai_common.errors import (
 )
 from pai_common.service import ServiceApp
 from pai_jobs import job_events, list_plan, storages
+from pai_jobs.group_commit import GroupCommit
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
 from pai_jobs.protocol import parse_job
@@ -166,6 +169,9 @@ class JobsService:
         # events handled again one by one).
         self._writes = asyncio.Lock()
         app.serialize_writes(lambda: self._writes)
+        self.submissions: GroupCommit[NewJob] = GroupCommit(
+            self._store_together, self._store_alone, key=lambda new: new.spec.job_key
+        )
         app.rpc(
             {
                 SubmitJobRequest: self.submit,
@@ -178,7 +184,10 @@ class JobsService:
                 JobAttemptsRequest: self.attempts,
                 TaskAttemptsRequest: self.task_attempts,
                 JobSecretsRequest: self.secrets,
-            }
+            },
+            # Submissions are taken at once, each in its own task, so that those ready together are
+            # stored together (group_commit); the gateway's timeout bounds how many wait.
+            concurrent=frozenset({SubmitJobRequest}),
         )
         app.on_event(FrameworkChanged)(self.on_framework_changed)
         app.on_event(SchedulingPending)(self.on_pending)
@@ -239,29 +248,29 @@ class JobsService:
             ResolveStoragesReply,
         )
         spec = storages.with_mounts(spec, resolved.mounts)
-        doc = new_job_document(spec.model_dump(mode="json"), parsed.masked)
-
-        async def store(tx: HandlerContext) -> None:
-            # The seq is taken in the same transaction as the insert: a refused job leaves no gap.
-            job = {**doc, "seq": await _next_seq(tx.db, tx.session)}
-            await tx.db[JOBS].insert_one(job, session=tx.session)
-            entry = await new_list_entry(tx.db, job, tx.session)
-            await tx.db[LIST].insert_one(entry, session=tx.session)
-            await _apply_counts(tx.db, list_plan.count_changes(None, entry), tx.session)
-            if spec.has_secrets:
-                await tx.db[SECRETS].insert_one(
-                    {"_id": spec.job_key, "secrets": parsed.raw["secrets"]}, session=tx.session
-                )
-            await _record(tx, job_events.submitted(spec.job_key, spec.submitted_at))
-            tx.out.event(JobSubmitted(spec=spec), msg_id=f"submitted:{spec.job_key}")
-
+        new = NewJob(spec, new_job_document(spec.model_dump(mode="json"), parsed.masked), parsed.raw)
         try:
-            await self._transact(store)
-        except DuplicateKeyError:
+            # With the submissions ready at the same moment, in one transaction (group_commit).
+            await self.submissions.store(new)
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            if isinstance(exc, BulkWriteError) and not _duplicate_key(exc):
+                raise
             # Names are never reused, even after the first job finished (as OpenPAI does).
             raise ConflictJobError(f"Job {spec.job_key} already exists.") from None
         log.info("job submitted", extra={"job_key": spec.job_key, "vc": spec.virtual_cluster})
         return SubmitJobReply(job_key=spec.job_key)
+
+    async def _store_alone(self, new: NewJob) -> None:
+        async def store(tx: HandlerContext) -> None:
+            await store_new_jobs(tx, [new])
+
+        await self._transact(store)
+
+    async def _store_together(self, batch: list[NewJob]) -> None:
+        async def store(tx: HandlerContext) -> None:
+            await store_new_jobs(tx, batch)
+
+        await self._transact(store)
 
     # ---- queries ------------------------------------------------------------------------------------
 
@@ -485,6 +494,65 @@ class JobsService:
         c = env.body
         at = job_events.epoch_ms(env.time, now_ms())
         await _record(ctx, job_events.attempt_completed(c.job_key, c.attempt_id, c.exit_code, at))
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A submission checked and rendered, ready to be stored."""
+
+    spec: JobSpec
+    doc: dict[str, Any]
+    raw: dict[str, Any]
+
+
+async def _take_seqs(db: Db, session: AsyncClientSession | None, n: int, name: str) -> list[int]:
+    """``n`` consecutive values of a counter in one write (``_next_seq`` for several)."""
+    counter = await db[COUNTERS].find_one_and_update(
+        {"_id": name},
+        {"$inc": {"value": n}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+        session=session,
+    )
+    assert counter is not None  # upserted
+    top = int(counter["value"])
+    return list(range(top - n + 1, top + 1))
+
+
+async def store_new_jobs(tx: HandlerContext, batch: list[NewJob]) -> None:
+    """Store submitted jobs and what follows from them in the caller's transaction: each job with its
+    seq, its list entry (with the next update_seq) and counters, its secrets, its `submitted` job event
+    and its job.submitted event; one write per collection for the whole batch."""
+    db, session = tx.db, tx.session
+    # The seqs are taken in the same transaction as the inserts: refused jobs leave no gap.
+    seqs = await _take_seqs(db, session, len(batch), SEQ_COUNTER)
+    jobs = [{**new.doc, "seq": seq} for new, seq in zip(batch, seqs, strict=True)]
+    await db[JOBS].insert_many(jobs, session=session)
+    update_seqs = await _take_seqs(db, session, len(batch), UPDATE_COUNTER)
+    entries = [
+        {**list_plan.list_entry(job), "update_seq": useq} for job, useq in zip(jobs, update_seqs, strict=True)
+    ]
+    await db[LIST].insert_many(entries, session=session)
+    changes: dict[str, int] = {}
+    for entry in entries:
+        for key, delta in list_plan.count_changes(None, entry).items():
+            changes[key] = changes.get(key, 0) + delta
+    await _apply_counts(db, changes, session)
+    secrets = [
+        {"_id": new.spec.job_key, "secrets": new.raw["secrets"]} for new in batch if new.spec.has_secrets
+    ]
+    if secrets:
+        await db[SECRETS].insert_many(secrets, session=session)
+    records = [job_events.submitted(new.spec.job_key, new.spec.submitted_at).upsert() for new in batch]
+    await db[EVENTS].bulk_write(
+        [UpdateOne(query, update, upsert=True) for query, update in records], session=session
+    )
+    for new in batch:
+        tx.out.event(JobSubmitted(spec=new.spec), msg_id=f"submitted:{new.spec.job_key}")
+
+
+def _duplicate_key(exc: BulkWriteError) -> bool:
+    return any(e.get("code") == 11000 for e in (exc.details or {}).get("writeErrors", []))
 
 
 def new_job_document(spec: dict[str, Any], masked_config: dict[str, Any]) -> dict[str, Any]:
