@@ -106,6 +106,9 @@ class PhaseResult:
         submit_ms = [r.latency_ms for r in accepted if r.latency_ms is not None]
         rows = [self.rows[r.name] for r in accepted if r.name in self.rows]
         final = [j for j in rows if j.get("state") in FINAL_STATES]
+        # Answered with an error, yet created: an untrue answer, and a job that costs like any other.
+        refused_created = [n for n in self.rows if n not in {r.name for r in accepted}]
+        all_final = [j for j in self.rows.values() if j.get("state") in FINAL_STATES]
 
         def stamps(key_from: str, key_to: str) -> list[float]:
             return [
@@ -152,14 +155,15 @@ class PhaseResult:
             "peak_running": peak_overlap(running) if running else None,
             "capacity": self.capacity,
             "cpu_s": rnd(cpu_total, 2),
-            "cpu_ms_per_job": rnd(1000.0 * cpu_total / len(final), 1) if final else None,
+            "refused_but_created": len(refused_created),
+            "cpu_ms_per_job": rnd(1000.0 * cpu_total / len(all_final), 1) if all_final else None,
             "cpu_share": {
                 name: round(100.0 * v / cpu_total, 1)
                 for name, v in sorted(self.cpu_s.items(), key=lambda kv: -kv[1])
                 if cpu_total > 0 and v > 0
             },
             "per_job": {
-                k: round(v / len(final), 2) for k, v in sorted(self.counts.items()) if final and v > 0
+                k: round(v / len(all_final), 2) for k, v in sorted(self.counts.items()) if all_final and v > 0
             },
             "rss_mib": self.rss_mib,
             "load_before": self.load_before,
@@ -211,8 +215,11 @@ def wait_final(
     timeout_s: float,
     poll_interval_s: float,
     alive: Callable[[], list[str]],
+    sent: set[str] | None = None,
 ) -> bool:
-    """One list call per poll until every named job is final; False at the deadline."""
+    """One list call per poll until every named job is final, and every job of ``sent`` the list shows
+    (refused, yet created); False at the deadline."""
+    watched = names | (sent or set())
     deadline = time.monotonic() + timeout_s
     last_report = time.monotonic()
     while True:
@@ -220,18 +227,20 @@ def wait_final(
             # Newest first (the default order): this phase's jobs come before any earlier phase's.
             response = client.get(
                 "/api/v2/jobs",
-                params={"username": user, "limit": str(len(names) + 50)},
+                params={"username": user, "limit": str(len(watched) + 50)},
                 timeout=30.0,
             )
             response.raise_for_status()
             body = response.json()
             for job in body["data"] if isinstance(body, dict) else body:
-                if job.get("name") in names:
+                if job.get("name") in watched:
                     rows[job["name"]] = {k: job.get(k) for k in ROW_FIELDS}
         except httpx.HTTPError as exc:
             print(f"  list call failed: {type(exc).__name__}: {exc}", flush=True)
         done = sum(1 for n in names if rows.get(n, {}).get("state") in FINAL_STATES)
-        if done == len(names):
+        # Jobs refused with an error that exist all the same are waited for too (they cost the same).
+        seen_open = any(row.get("state") not in FINAL_STATES for row in rows.values())
+        if done == len(names) and not seen_open:
             return True
         dead = alive()
         if dead:
@@ -273,7 +282,8 @@ def platform_phase(
     )
     result.submit_wall_s = time.monotonic() - started
     accepted = {r.name for r in result.requests if r.accepted}
-    finished = wait_final(client, user, accepted, result.rows, timeout_s, poll_interval_s, alive)
+    sent = {r.name for r in result.requests if r.status is not None or r.latency_ms is not None}
+    finished = wait_final(client, user, accepted, result.rows, timeout_s, poll_interval_s, alive, sent)
     if finished:
         result.wall_s = time.monotonic() - started
     result.timed_out = not finished

@@ -223,7 +223,8 @@ def show(fig: dict[str, Any]) -> None:
         f"{fig['jobs_per_s_wall']} jobs/s by the client's clock; submit p50 {fig['submit_ms_p50']} ms "
         f"p99 {fig['submit_ms_p99']} ms; submit→running p50 {fig['submit_to_running_ms_p50']} "
         f"p99 {fig['submit_to_running_ms_p99']} ms (peak running {fig['peak_running']}/{fig['capacity']}); "
-        f"5xx {fig['server_errors_5xx']}, no answer {fig['no_answer']}; CPU {fig['cpu_s']} s = "
+        f"5xx {fig['server_errors_5xx']}, no answer {fig['no_answer']}, refused but created "
+        f"{fig['refused_but_created']}; CPU {fig['cpu_s']} s = "
         f"{fig['cpu_ms_per_job']} ms/job; RSS {fig['rss_mib']} MiB; load {fig['load_before']} → "
         f"{fig['load_after']}",
         flush=True,

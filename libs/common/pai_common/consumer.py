@@ -35,6 +35,10 @@ PROCESSED = "processed"
 # (PAI_EVENTS: 7 days; a work-queue command goes once acked), so a marker older than that guards
 # nothing: MongoDB's TTL monitor deletes it and the collection stops growing with the traffic.
 PROCESSED_TTL_S = 8 * 24 * 3600
+# How long one fetch waits for a first message; then how long it gives the server to hand over the
+# messages pending behind it (it answers at once; the bound is for a slow answer or a race).
+FETCH_WAIT_S = 0.5
+MORE_WAIT_S = 0.05
 
 
 @dataclass
@@ -123,7 +127,7 @@ class DurableConsumer:
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self.spec.batch, timeout=0.5)
+                msgs = await self._fetch()
             except (NatsTimeoutError, TimeoutError):
                 continue  # nothing to do within the fetch window
             except Exception as exc:
@@ -134,6 +138,24 @@ class DurableConsumer:
                 await self._handle(msgs[0])
             else:
                 await self._handle_batch(msgs)
+
+    async def _fetch(self) -> list[Msg]:
+        """Wait for the next message, then take whatever else is there already.
+
+        Not one ``fetch(batch)``: once its pull request has to wait, nats-py's fetch returns only when the
+        whole batch came or the request expired, so every message would wait up to the fetch window
+        (measured: about 300 ms per service on a job's path). Here the wait ends with the first message;
+        the rest of the batch is what had accumulated behind it, as many as the server said were pending (a
+        request for messages that are there is answered at once; asking for more would wait again).
+        """
+        msgs = await self._sub.fetch(1, timeout=FETCH_WAIT_S)
+        more = min(self.spec.batch - 1, msgs[-1].metadata.num_pending or 0)
+        if more > 0:
+            try:
+                msgs += await self._sub.fetch(more, timeout=MORE_WAIT_S)
+            except (NatsTimeoutError, TimeoutError):
+                pass  # taken by another replica meanwhile, or a slow answer: they come with the next fetch
+        return msgs
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Apply a whole fetch in one transaction: one commit, one outbox write, one publish, then the acks.
