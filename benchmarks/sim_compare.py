@@ -26,7 +26,7 @@ from machine import machine
 from pai_scheduler.sim.cli import run
 from pai_scheduler.sim.cluster import load_cluster
 from pai_scheduler.sim.jobs import parse_workload_csv
-from pai_scheduler.sim.policy import policies
+from pai_scheduler.sim.registry import policies
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = ROOT / "benchmarks" / "RESULTS.md"
@@ -74,19 +74,25 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
             "GPU allocation ratio (while arriving)",
             col(lambda r: r["run"]["gpu_allocation_ratio_while_arriving"]),
         ),
+        ("GPUs held (whole run)", col(lambda r: r["run"]["gpu_held_ratio"])),
         ("preemptions", col(lambda r: r["run"]["preemptions"])),
         ("decision latency p50 (ms)", col(lambda r: r["run"]["decision_latency_ms"]["p50"])),
         ("decision latency p99 (ms)", col(lambda r: r["run"]["decision_latency_ms"]["p99"])),
         ("replay wall time (s)", col(lambda r: r["run"]["wall_s"])),
     ]
     levels = next(iter(results.values()))["fill"]["allocation_ratio_by_arrived"]
-    for level in levels:
-        out.append(
-            (
-                f"no departures: ratio at {level}x demand",
-                col(lambda r, lv=level: r["fill"]["allocation_ratio_by_arrived"][lv]),
+    for name, label in (
+        ("allocation_ratio", "allocation ratio"),
+        ("held_ratio", "GPUs held"),
+        ("fragmentation", "fragmentation"),
+    ):
+        for level in levels:
+            out.append(
+                (
+                    f"no departures: {label} at {level}x demand",
+                    col(lambda r, lv=level, n=name: r["fill"][f"{n}_by_arrived"][lv]),
+                )
             )
-        )
     out.append(("no departures: jobs not placed", col(lambda r: r["fill"]["jobs_unplaced"])))
     return out
 

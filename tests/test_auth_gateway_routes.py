@@ -129,7 +129,8 @@ async def test_me_and_own_password(http: httpx.AsyncClient, admin: dict[str, str
     )
     assert (wrong.status_code, wrong.json()["code"]) == (400, "IncorrectPasswordError")
     other = await http.put("/api/v2/users/me", json={"data": {"username": "admin", "email": "x"}}, headers=me)
-    assert (other.status_code, other.json()["code"]) == (400, "InvalidParametersError")
+    # OpenPAI: naming another user through /users/me is forbidden.
+    assert (other.status_code, other.json()["code"]) == (403, "ForbiddenUserError")
     ok = await http.put(
         "/api/v2/users/u2/password",
         json={"oldPassword": "u2-password", "newPassword": "u2-new-pw"},
@@ -167,7 +168,7 @@ async def test_groups_crud_members_and_acls(http: httpx.AsyncClient, admin: dict
     )
     assert grouplist.status_code == 201
     unknown = await http.put("/api/v2/users/u3/grouplist", json={"grouplist": ["nope"]}, headers=admin)
-    assert (unknown.status_code, unknown.json()["code"]) == (400, "NoGroupError")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "NoGroupError")
     members = await http.get("/api/v2/groups/g1/userlist", headers=admin)
     assert members.json() == [{"username": "u3", "clusterAdmin": False}]
     u3 = (await http.get("/api/v2/users/u3", headers=admin)).json()
@@ -229,3 +230,57 @@ async def test_the_audit_log_route(http: httpx.AsyncClient, admin: dict[str, str
     assert set(page.json()["data"][0]) == {"at", "actor", "action", "target", "details"}
     bad = await http.get("/api/v2/audit-log", params={"limit": 0}, headers=admin)
     assert (bad.status_code, bad.json()["code"]) == (400, "InvalidParametersError")
+
+
+async def test_openpai_codes_for_a_missing_user_and_group(
+    http: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    missing = {"code": "NoUserError", "message": "User ghost is not found."}
+    changes = [
+        ("PUT", "/api/v2/users", {"data": {"username": "ghost", "email": "g@x"}, "patch": True}),
+        ("DELETE", "/api/v2/users/ghost", None),
+        ("PUT", "/api/v2/users/ghost/group/", {"groupname": "default"}),
+        ("DELETE", "/api/v2/users/ghost/group/", {"groupname": "default"}),
+        ("PUT", "/api/v2/users/ghost/grouplist/", {"grouplist": ["default"]}),
+    ]
+    for method, path, body in changes:
+        response = await http.request(method, path, json=body, headers=admin)
+        assert (response.status_code, response.json()) == (404, missing), (method, path)
+    # Reading one answers 400, and so does login, as OpenPAI does.
+    read = await http.get("/api/v2/users/ghost", headers=admin)
+    assert (read.status_code, read.json()) == (400, missing)
+    nobody = await http.get("/api/v2/groups/nothing_here/userlist", headers=admin)
+    assert (nobody.status_code, nobody.json()) == (200, [])
+    update = await http.put("/api/v2/groups", json={"data": {"groupname": "nothing_here"}}, headers=admin)
+    assert (update.status_code, update.json()["code"]) == (404, "NoGroupError")
+
+
+async def test_non_admins_get_openpai_words(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    await http.post("/api/v2/users", json={"username": "u5", "password": "u5-password"}, headers=admin)
+    me = await bearer(http, "u5", "u5-password")
+    non_admin = {"code": "ForbiddenUserError", "message": "Non-admin is not allow to do this operation."}
+    for method, path, body in [
+        ("POST", "/api/v2/users", {"username": "u6", "password": "u6-password"}),
+        ("PUT", "/api/v2/users", {"data": {"username": "admin", "email": "x@y"}, "patch": True}),
+        ("DELETE", "/api/v2/users/admin", None),
+        ("PUT", "/api/v2/users/u5/group", {"groupname": "admingroup"}),
+        ("PUT", "/api/v2/users/u5/grouplist", {"grouplist": ["admingroup"]}),
+        ("GET", "/api/v2/kubernetes/nodes", None),
+        ("GET", "/api/v2/kubernetes/pods", None),
+    ]:
+        response = await http.request(method, path, json=body, headers=me)
+        assert (response.status_code, response.json()) == (403, non_admin), (method, path)
+
+
+async def test_every_route_answers_under_rest_server(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    info = await http.get("/rest-server/api/v2/info")
+    assert info.status_code == 200 and info.json()["launcherType"] in ("k8s", "yarn")
+    login = await http.post(
+        "/rest-server/api/v2/authn/basic/login", json={"username": "admin", "password": PASSWORD}
+    )
+    assert login.status_code == 200
+    users = await http.get("/rest-server/api/v2/users/", headers=admin)
+    assert users.status_code == 200 and any(u["username"] == "admin" for u in users.json())
+    unknown = await http.get("/rest-server/api/v2/nothing", headers=admin)
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "NoApiError")
+    assert (await http.get("/rest-server/api/v2")).text == "PAI RESTful API v2 (beta version)"

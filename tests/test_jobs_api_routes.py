@@ -162,8 +162,20 @@ def test_submit_errors(
     as_json = admin.post("/api/v2/jobs", json={"name": "x"})
     error(as_json, 400, "InvalidProtocolError")
 
+    # A VC nobody has: OpenPAI's 404 at submission (a VC the user may not use is 403: test_security_auth).
     other_vc = bob.post("/api/v2/jobs", content=job_yaml("elsewhere", ["true"], vc="research"), headers=YAML)
-    assert "research" in error(other_vc, 403, "ForbiddenUserError")
+    assert error(other_vc, 404, "NoVirtualClusterError") == "Virtual cluster research is not found."
+
+    # The very same submission again (a client retrying one that succeeded): the same 202.
+    same = admin.post(
+        "/api/v2/jobs",
+        content=job_yaml("hello", ["echo hello-out", "echo hello-err >&2"], priority="prod"),
+        headers=YAML,
+    )
+    assert (same.status_code, same.json()) == (
+        202,
+        {"status": 202, "message": "Update job hello for user admin successfully."},
+    )
 
     guest = httpx.post(f"{platform.url}/api/v2/jobs", content=job_yaml("guest", ["true"]), headers=YAML)
     error(guest, 401, "UnauthorizedUserError")

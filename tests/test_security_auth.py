@@ -63,15 +63,40 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+# One node of two GPUs: one for the default VC, one for a VC that no group grants at first.
+CLUSTER = """
+physicalCluster:
+  skuTypes:
+    gpu: {gpu: 1, cpu: 8, memory: 64Gi}
+  cellTypes:
+    gpu-NODE: {childCellType: gpu, childCellNumber: 2, isNodeLevel: true}
+  physicalCells:
+    - {cellType: gpu-NODE, cellAddress: node-0}
+virtualClusters:
+  default:
+    virtualCells:
+      - {cellType: gpu-NODE.gpu, cellNumber: 1}
+  restricted:
+    virtualCells:
+      - {cellType: gpu-NODE.gpu, cellNumber: 1}
+"""
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    data_dir = tmp_path_factory.mktemp("pai-sec")
+    (data_dir / "cluster.yaml").write_text(CLUSTER)
     p = Platform(
-        data_dir=tmp_path_factory.mktemp("pai-sec"),
+        data_dir=data_dir,
         nodes=1,
-        gpus_per_node=1,
+        gpus_per_node=2,
         port=0,
         # A long cache: only the auth service's events can make the gateway forget a revoked token soon.
-        extra_env={"PAI_ADMIN_PASSWORD": ADMIN_PASSWORD, "PAI_IDENTITY_CACHE_S": "300"},
+        extra_env={
+            "PAI_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "PAI_IDENTITY_CACHE_S": "300",
+            "PAI_SCHEDULER_CLUSTER": str(data_dir / "cluster.yaml"),
+        },
     )
     p.start()
     yield p
@@ -210,19 +235,30 @@ def test_password_change_ends_sessions_but_not_application_tokens(
     created = admin.post("/api/v2/users", json={"username": "carol", "password": "carol-Pa55"})
     assert created.status_code == 201
     session = login(platform, recorder, "carol", "carol-Pa55")
-    with client(platform, recorder, session) as c:
+    other_session = login(platform, recorder, "carol", "carol-Pa55")
+    with client(platform, recorder, session) as c, client(platform, recorder, other_session) as other:
         app = c.post("/api/v2/tokens/application")
         assert app.status_code == 200 and app.json()["application"] is True
         app_token = app.json()["token"]
         recorder.tokens[app_token] = "carol"
+        # The same password again is no change: no session ends.
+        same = c.put(
+            "/api/v2/users/me", json={"data": {"oldPassword": "carol-Pa55", "newPassword": "carol-Pa55"}}
+        )
+        assert same.status_code == 201, same.text
         changed = c.put(
             "/api/v2/users/me", json={"data": {"oldPassword": "carol-Pa55", "newPassword": "carol-N3w-pass"}}
         )
         assert changed.status_code == 201, changed.text
+        # The user's other session ends (the revocation reaches the gateway through token.revoked)...
         deadline = time.monotonic() + 10
-        while c.get("/api/v2/tokens/check").status_code != 401:
-            assert time.monotonic() < deadline, "a session survived a password change"
+        while other.get("/api/v2/tokens/check").status_code != 401:
+            assert time.monotonic() < deadline, "another session survived a password change"
             time.sleep(0.1)
+        refused(other.get("/api/v2/tokens/check"), 401, INVALID)
+        # ...never the one that made the change: its client goes on working.
+        assert c.get("/api/v2/tokens/check").status_code == 200
+        assert c.get("/api/v2/users/me").json()["username"] == "carol"
     basic = base64.b64encode(f"carol:{app_token}".encode()).decode()
     with client(platform, recorder, Authorization=f"Basic {basic}") as c:
         check = c.get("/api/v2/tokens/check")
@@ -289,6 +325,18 @@ def test_reading_another_users_secrets(alice: httpx.Client, bob: httpx.Client, a
 
 
 def test_submitting_to_a_vc_the_groups_do_not_grant(alice: httpx.Client, admin: httpx.Client) -> None:
+    # A VC that does not exist: OpenPAI's 404 at submission, for anyone.
+    for who in (alice, admin):
+        missing = who.post(
+            "/api/v2/jobs",
+            content=JOB.format(name="sec-novc", vc="nowhere"),
+            headers={"Content-Type": "text/yaml"},
+        )
+        refused(
+            missing,
+            404,
+            {"code": "NoVirtualClusterError", "message": "Virtual cluster nowhere is not found."},
+        )
     text = JOB.format(name="sec-vc", vc="restricted")
     response = alice.post("/api/v2/jobs", content=text, headers={"Content-Type": "text/yaml"})
     refused(response, 403, code="ForbiddenUserError")

@@ -1,70 +1,65 @@
-"""A small synchronous SDK for the platform's OpenPAI REST API v2.
+"""The synchronous SDK: ``PaiClient``, every route of the REST API v2 plus the few things made of several.
 
 It speaks the public OpenPAI wire format (not this project's internals), so the same client works against
-a stock OpenPAI rest-server: jobs are addressed as `<user>~<name>`, submissions are raw protocol YAML sent
-as `text/yaml`, and errors arrive as `{code, message}` bodies.
+a stock OpenPAI rest-server where the route exists there: jobs are addressed as ``<user>~<name>``,
+submissions are raw protocol YAML sent as ``text/yaml``, errors arrive as ``{code, message}`` bodies and
+become the exception types of ``pai_cli.errors``. The route methods come from ``api.Api`` (one definition
+per route, shared with ``AsyncPaiClient``); their answers are the typed models of ``pai_cli.models``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import yaml
 
+from pai_cli import routes
+from pai_cli.api import Api
 from pai_cli.config import DEFAULT_URL, CliConfig, load_config
+from pai_cli.endpoint import SyncRunner
+from pai_cli.errors import (
+    NotFoundError,
+    PaiApiError,
+    PaiConnectionError,
+    PaiError,
+    PaiTimeoutError,
+)
+from pai_cli.follow import FollowState, pick_location
+from pai_cli.logtail import SIZE_HEADER, LogFollower
+from pai_cli.models import FINAL_STATES, JobDetail, LoginResult, Message, StreamEvent
+from pai_cli.routes import Call, LogStream
+from pai_cli.sse import SseParser
+from pai_cli.transport import ClientCore, RetryPolicy, connection_error, error_from_response, retry_delay
 
-JobDict = dict[str, Any]
-StateCallback = Callable[[str, JobDict], None]
-"""Called as `on_state(state, job)` by `wait_for_job` each time the job's state changes."""
-
-FINAL_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
-"""Public OpenPAI job states from which a job never moves again."""
+StateCallback = Callable[[str, JobDetail], None]
+"""Called as ``on_state(state, job)`` by ``wait_for_job`` each time the job's state changes."""
 
 POLL_INTERVAL_S = 0.5
+FOLLOW_TAIL_BYTES = 64 * 1024
+# The job stream sends a keep-alive every 15 s; a read waiting longer than this has lost its server.
+STREAM_READ_S = 60.0
+
+__all__ = [
+    "FINAL_STATES",
+    "PaiApiError",
+    "PaiClient",
+    "PaiConnectionError",
+    "PaiError",
+    "PaiTimeoutError",
+    "job_state",
+]
 
 
-class PaiError(Exception):
-    """Anything the SDK reports to its caller; `code` follows OpenPAI's error codes where one applies."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class PaiApiError(PaiError):
-    """The server answered with a non-2xx status; `code`/`message` come from its `{code, message}` body."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.status = status
-
-
-class PaiConnectionError(PaiError):
-    """The server could not be reached at all (refused, unresolvable, timed out)."""
-
-    def __init__(self, url: str, message: str) -> None:
-        super().__init__("ConnectionError", message)
-        self.url = url
-
-
-class PaiTimeoutError(PaiError):
-    """`wait_for_job` gave up before the job reached one of the awaited states."""
-
-    def __init__(self, job_key: str, state: str, timeout_s: float) -> None:
-        super().__init__("WaitTimeout", f"job {job_key} is still {state} after {timeout_s:g} s")
-        self.job_key = job_key
-        self.state = state
-
-
-def job_state(job: Mapping[str, Any]) -> str:
-    """The public state of a job detail (`jobStatus.state`) or of a job summary (`state`)."""
+def job_state(job: JobDetail | Mapping[str, Any]) -> str:
+    """The public state of a job detail or summary (a model or the raw JSON)."""
+    if isinstance(job, JobDetail):
+        return job.state
     status = job.get("jobStatus")
     if isinstance(status, Mapping) and isinstance(status.get("state"), str):
         return str(status["state"])
@@ -72,35 +67,24 @@ def job_state(job: Mapping[str, Any]) -> str:
     return state if isinstance(state, str) else "UNKNOWN"
 
 
-def _error_from_response(response: httpx.Response) -> PaiApiError:
-    status = response.status_code
-    reason = response.reason_phrase or f"HTTP {status}"
-    text = response.text.strip()
+def yaml_job_name(yaml_text: str) -> str:
+    """The ``name`` of a job protocol, read after the server accepted it (so a broken YAML got the
+    server's precise InvalidProtocolError, not a local parser message)."""
     try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    code: object = None
-    message: object = None
-    if isinstance(body, dict):
-        code = body.get("code")
-        message = body.get("message")
-        # FastAPI's own errors (e.g. request validation) use {"detail": ...} instead of OpenPAI's shape.
-        if message is None and "detail" in body:
-            detail = body["detail"]
-            message = detail if isinstance(detail, str) else json.dumps(detail)
-    if not isinstance(message, str) or not message:
-        # OpenPAI sends some errors as plain text (the rate limiter's 429) and one as a JSON `null` body
-        # (job-attempts of a missing job); the raw text is the most useful thing to show.
-        message = text if text and text != "null" else reason
-    return PaiApiError(status, str(code) if code else reason, message)
+        protocol = yaml.safe_load(yaml_text)
+    except yaml.YAMLError as exc:
+        raise PaiError("InvalidProtocolError", f"submitted, but the YAML cannot be read back: {exc}") from exc
+    name = protocol.get("name") if isinstance(protocol, dict) else None
+    if not isinstance(name, str) or not name:
+        raise PaiError("InvalidProtocolError", "submitted, but the YAML has no `name`")
+    return name
 
 
-class PaiClient:
+class PaiClient(ClientCore, Api, SyncRunner):
     """Synchronous client of the OpenPAI REST API v2.
 
-    `username` is needed to turn a job name into its key `<user>~<name>`; `login` sets it and the token.
-    `transport`, `sleep` and `clock` exist so tests can stand in for the server and for time.
+    ``username`` turns a bare job name into its key ``<user>~<name>``; ``login`` sets it and the token.
+    ``transport``, ``sleep`` and ``clock`` let tests stand in for the network and for time.
     """
 
     def __init__(
@@ -111,26 +95,22 @@ class PaiClient:
         *,
         timeout_s: float = 30.0,
         poll_interval_s: float = POLL_INTERVAL_S,
+        retry: RetryPolicy = RetryPolicy(),
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.token = token
-        self.username = username
+        super().__init__(base_url, token, username, retry=retry)
         self.poll_interval_s = poll_interval_s
         self._sleep = sleep
         self._clock = clock
-        self._base = httpx.URL(self.base_url)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, transport=transport)
 
     @classmethod
     def from_config(cls, config: CliConfig | None = None, **kwargs: Any) -> PaiClient:
-        """A client for the saved CLI config (file plus `PAI_URL`/`PAI_TOKEN`/`PAI_USER`)."""
+        """A client for the CLI's current context (file plus ``PAI_URL``/``PAI_TOKEN``/``PAI_USER``)."""
         cfg = config if config is not None else load_config()
         return cls(cfg.url, token=cfg.token, username=cfg.username, **kwargs)
-
-    # -- lifecycle ----------------------------------------------------------------------------------------
 
     def close(self) -> None:
         self._http.close()
@@ -139,229 +119,237 @@ class PaiClient:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
-    # -- HTTP plumbing ------------------------------------------------------------------------------------
+    # ---- one exchange, with its retries ------------------------------------------------------------
 
-    def _same_origin(self, url: httpx.URL) -> bool:
-        if url.is_relative_url:
-            return True
-        return (url.scheme, url.host, url.port) == (self._base.scheme, self._base.host, self._base.port)
-
-    def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        auth: bool = True,
-        headers: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        target = httpx.URL(url)
-        same_origin = self._same_origin(target)
-        all_headers = dict(headers or {})
-        # Log URIs may point at another host (OpenPAI's log-manager, blob storage): never hand it our token.
-        if auth and self.token and same_origin:
-            all_headers["Authorization"] = f"Bearer {self.token}"
-        where = self.base_url if same_origin else f"{target.scheme}://{target.netloc.decode()}"
+    def _send(self, call: Call[Any]) -> httpx.Response:
+        headers, where = self._prepare(call)
         try:
-            response = self._http.request(method, url, headers=all_headers, **kwargs)
-        except httpx.ConnectError as exc:
-            raise PaiConnectionError(
-                where, f"cannot connect to {where} ({exc}); is the platform running? try `pai up`"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise PaiConnectionError(where, f"{where} did not answer in time ({exc!r})") from exc
+            return self._http.request(call.method, call.path, **self._request_args(call, headers))
         except httpx.TransportError as exc:
-            raise PaiConnectionError(where, f"cannot talk to {where}: {exc!r}") from exc
-        if not response.is_success:
-            raise _error_from_response(response)
-        return response
+            raise connection_error(where, exc) from exc
 
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise PaiApiError(
-                response.status_code,
-                "InvalidResponse",
-                f"expected JSON from {response.request.url}, got: {response.text[:200]!r}",
-            ) from exc
+    def _run(self, call: Call[Any]) -> Any:
+        attempt = 0
+        while True:
+            response = self._send(call)
+            if response.is_success:
+                return call.parse(response)
+            delay = retry_delay(call, response, attempt, self.retry)
+            if delay is None:
+                raise error_from_response(response)
+            self._sleep(delay)
+            attempt += 1
 
-    def job_key(self, name: str) -> str:
-        """`user~job` stays as is; a bare `job` is taken to be this client's user's job."""
-        if "~" in name:
-            return name
-        if not self.username:
-            raise PaiError(
-                "NoUserError",
-                f"cannot tell whose job {name!r} is: give it as <user>~{name}, or log in with `pai login`",
-            )
-        return f"{self.username}~{name}"
+    # ---- signing in and out ------------------------------------------------------------------------
 
-    @staticmethod
-    def _job_path(job_key: str) -> str:
-        # Keys are `<user>~<name>`; `~` must stay literal because the route splits on it.
-        return f"/api/v2/jobs/{quote(job_key, safe='~')}"
+    def login(self, username: str, password: str, expiration_s: int | None = None) -> str:
+        """Basic login; keeps the token and the user for later calls and returns the token."""
+        result: LoginResult = self._run(routes.basic_login(self, username, password, expiration_s))
+        self.token, self.username = result.token, result.user or username
+        return result.token
 
-    # -- API ----------------------------------------------------------------------------------------------
+    def oidc_exchange(self, code: str) -> LoginResult:
+        """Trade the one-time code of a single sign-on (``login_url``) for a token, and keep it."""
+        result: LoginResult = self._run(routes.oidc_exchange_code(self, code))
+        self.token, self.username = result.token, result.user
+        return result
 
-    def login(self, username: str, password: str) -> str:
-        """Basic login; keeps the returned token and user for later calls and returns the token."""
-        response = self._request(
-            "POST", "/api/v2/authn/basic/login", auth=False, json={"username": username, "password": password}
-        )
-        body = self._json(response)
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise PaiApiError(response.status_code, "InvalidResponse", "login answer carries no token")
-        user = body.get("user")
-        self.token = token
-        self.username = user if isinstance(user, str) and user else username
-        return token
+    def logout(self) -> Message:
+        """Revoke this client's token."""
+        reply: Message = self._run(routes.basic_logout(self))
+        self.token = None
+        return reply
+
+    # ---- jobs: made of several calls ---------------------------------------------------------------
 
     def submit_job(self, yaml_text: str) -> str:
-        """Submit a job protocol v2 YAML; returns its key `<user>~<name>`."""
+        """Submit a job protocol v2 YAML; returns its key ``<user>~<name>``."""
         if not self.username:
             # Checked before submitting: a job accepted under a key we cannot name would be hard to find.
             raise PaiError("NoUserError", "the client has no username; log in first (`pai login`)")
-        self._request(
-            "POST",
-            "/api/v2/jobs",
-            content=yaml_text.encode("utf-8"),
-            # OpenPAI only parses the body as YAML for text/* content types.
-            headers={"Content-Type": "text/yaml"},
-        )
-        # Parsed only after the server accepted it, so a broken YAML gets the server's precise
-        # InvalidProtocolError rather than a local parser message.
-        try:
-            protocol = yaml.safe_load(yaml_text)
-        except yaml.YAMLError as exc:
-            raise PaiError(
-                "InvalidProtocolError", f"submitted, but the YAML cannot be read back: {exc}"
-            ) from exc
-        name = protocol.get("name") if isinstance(protocol, dict) else None
-        if not isinstance(name, str) or not name:
-            raise PaiError("InvalidProtocolError", "submitted, but the YAML has no `name`")
-        return f"{self.username}~{name}"
-
-    def get_job(self, job_key: str) -> JobDict:
-        """The job detail (`jobStatus`, `taskRoles`, ...) of `<user>~<name>`."""
-        body = self._json(self._request("GET", self._job_path(self.job_key(job_key))))
-        if not isinstance(body, dict):
-            raise PaiApiError(200, "InvalidResponse", f"job detail of {job_key} is not an object")
-        return body
-
-    def list_jobs(
-        self,
-        *,
-        username: str | Iterable[str] | None = None,
-        vc: str | None = None,
-        state: str | None = None,
-        keyword: str | None = None,
-        offset: int | None = None,
-        limit: int | None = None,
-        **extra: str | int,
-    ) -> list[JobDict]:
-        """Job summaries, newest first; `extra` passes other OpenPAI filters (`order`, `tagsContain`, ...)."""
-        params: dict[str, str | int] = dict(extra)
-        if username is not None:
-            params["username"] = username if isinstance(username, str) else ",".join(username)
-        for key, value in (
-            ("vc", vc),
-            ("state", state),
-            ("keyword", keyword),
-            ("offset", offset),
-            ("limit", limit),
-        ):
-            if value is not None:
-                params[key] = value
-        body = self._json(self._request("GET", "/api/v2/jobs", params=params))
-        # With withTotalCount=true OpenPAI wraps the list as {totalCount, data}.
-        if isinstance(body, dict):
-            body = body.get("data", [])
-        if not isinstance(body, list):
-            raise PaiApiError(200, "InvalidResponse", "job list is not an array")
-        return [job for job in body if isinstance(job, dict)]
+        self._run(routes.submit(self, yaml_text))
+        return f"{self.username}~{yaml_job_name(yaml_text)}"
 
     def task_log(
-        self, job_key: str, task_role: str | None = None, index: int = 0, stream: str = "stdout"
+        self,
+        name: str,
+        task_role: str | None = None,
+        index: int = 0,
+        stream: LogStream = "stdout",
+        tail_bytes: int | None = None,
     ) -> str:
-        """The text of one task's log stream; `task_role=None` means the job's first task role.
+        """The text of one task's log (its current attempt); ``task_role=None``: the job's first role.
 
-        Follows OpenPAI's chain: the task's `containerLog` URL lists `{locations: [{name, uri}]}`, and the
-        location named `stream` serves the text.
+        Follows OpenPAI's chain: the task's ``containerLog`` lists ``{locations: [{name, uri}]}``, and the
+        location named ``stream`` serves the text.
         """
-        key = self.job_key(job_key)
-        job = self.get_job(key)
-        roles = job.get("taskRoles") or {}
-        if not isinstance(roles, dict) or not roles:
-            raise PaiError("NoTaskRoleError", f"job {key} has no task roles yet")
-        role_name = task_role if task_role is not None else next(iter(roles))
-        role = roles.get(role_name)
-        if not isinstance(role, dict):
-            raise PaiError(
-                "NoTaskRoleError", f"job {key} has no task role {role_name!r}; it has: {', '.join(roles)}"
-            )
-        statuses = role.get("taskStatuses") or []
-        if not isinstance(statuses, list) or not 0 <= index < len(statuses):
-            count = len(statuses) if isinstance(statuses, list) else 0
-            raise PaiError(
-                "NoTaskError", f"task role {role_name} of job {key} has no task {index} ({count} tasks)"
-            )
-        task = statuses[index] if isinstance(statuses[index], dict) else {}
-        log_url = task.get("containerLog")
-        if not isinstance(log_url, str) or not log_url:
+        key = self.job_key(name)
+        where = FollowState(task_role, index)
+        where.from_detail(self.get_job(key))
+        if not where.container_log:
             raise PaiError(
                 "NoTaskLogError",
-                f"task {role_name}[{index}] of job {key} has no log yet (task state {task.get('taskState')})",
+                f"task {where.role}[{index}] of job {key} has no log yet (task state {where.task_state})",
             )
-        listing = self._json(self._request("GET", log_url))
-        locations = listing.get("locations") if isinstance(listing, dict) else None
-        names: list[str] = []
-        for location in locations if isinstance(locations, list) else []:
-            if not isinstance(location, dict):
-                continue
-            names.append(str(location.get("name")))
-            uri = location.get("uri")
-            if location.get("name") == stream and isinstance(uri, str) and uri:
-                return self._request("GET", uri).text
-        raise PaiError(
-            "NoTaskLogError",
-            f"task {role_name}[{index}] of job {key} has no {stream} log; "
-            f"it has: {', '.join(names) or 'none'}",
-        )
+        uri = self._log_uri(where.container_log, stream, key, where.role, index)
+        params = {"tail_bytes": tail_bytes} if tail_bytes else {}
+        text: str = self._run(Call("GET", uri, routes.text, params=params))
+        return text
+
+    def _log_uri(self, listing_url: str, stream: str, key: str, role: str | None, index: int) -> str:
+        listing = self._run(Call("GET", listing_url, routes.body_of))
+        uri = pick_location(listing, stream)
+        if uri is None:
+            raise PaiError("NoTaskLogError", f"task {role}[{index}] of job {key} has no {stream} log")
+        return uri
+
+    def stream_job(self, name: str, read_timeout_s: float = STREAM_READ_S) -> Iterator[StreamEvent]:
+        """The job's Server-Sent Events (``job``, ``task``, ``end``) until it ends or the stream breaks
+        (nothing, not even a keep-alive, for ``read_timeout_s``: ``PaiConnectionError``)."""
+        call: Call[None] = Call("GET", routes.job_path(self.job_key(name)) + "/stream", lambda r: None)
+        headers, where = self._prepare(call)
+        timeout = httpx.Timeout(30.0, read=read_timeout_s)
+        try:
+            with self._http.stream("GET", call.path, headers=headers, timeout=timeout) as response:
+                if not response.is_success:
+                    response.read()
+                    raise error_from_response(response)
+                parser = SseParser()
+                for line in response.iter_lines():
+                    event = parser.feed(line)
+                    if event is not None:
+                        yield event
+        except httpx.TransportError as exc:
+            raise connection_error(where, exc) from exc
 
     def wait_for_job(
         self,
-        job_key: str,
+        name: str,
         states: Collection[str] = FINAL_STATES,
         timeout_s: float | None = None,
         on_state: StateCallback | None = None,
-    ) -> JobDict:
-        """Poll the job every `poll_interval_s` until its state is in `states`; returns the last detail.
+    ) -> JobDetail:
+        """Wait until the job's state is in ``states``; returns its detail then.
 
-        `on_state(state, job)` is called for the first state seen and then on every change. Raises
-        `PaiTimeoutError` after `timeout_s` (None waits for ever).
+        Follows the job stream (a poll every ``poll_interval_s`` against a server without one).
+        ``on_state(state, job)`` is called for the first state seen and on every change. Raises
+        ``PaiTimeoutError`` after ``timeout_s`` (None waits for ever).
         """
-        key = self.job_key(job_key)
+        key = self.job_key(name)
         deadline = None if timeout_s is None else self._clock() + timeout_s
         last: str | None = None
+        streaming = True
         while True:
             job = self.get_job(key)
-            state = job_state(job)
-            if state != last:
-                last = state
+            if job.state != last:
+                last = job.state
                 if on_state is not None:
-                    on_state(state, job)
-            if state in states:
+                    on_state(job.state, job)
+            if job.state in states:
                 return job
             if deadline is not None and self._clock() >= deadline:
-                raise PaiTimeoutError(key, state, timeout_s or 0.0)
+                raise PaiTimeoutError(key, job.state, timeout_s or 0.0)
+            if streaming:
+                try:
+                    self._next_change(key, job.state, deadline)
+                    continue
+                except NotFoundError as exc:
+                    if exc.code != "NoApiError":
+                        raise
+                    streaming = False  # a server without the job stream: poll
+                except PaiConnectionError:
+                    pass  # the stream broke (a gateway restart): look again after a pause
             self._sleep(self.poll_interval_s)
+
+    def _next_change(self, key: str, state: str, deadline: float | None) -> None:
+        """Read the job stream until the job's state differs from ``state`` (or the stream ends, or the
+        deadline passes)."""
+        remaining = (
+            STREAM_READ_S if deadline is None else max(0.1, min(STREAM_READ_S, deadline - self._clock()))
+        )
+        for event in self.stream_job(key, remaining):
+            status = event.data.get("jobStatus") if event.event == "job" else None
+            if event.event == "end" or (isinstance(status, dict) and status.get("state") != state):
+                return
+            if deadline is not None and self._clock() >= deadline:
+                return
+
+    def follow_log(
+        self,
+        name: str,
+        task_role: str | None = None,
+        index: int = 0,
+        stream: LogStream = "stdout",
+        poll_s: float = 1.0,
+    ) -> Iterator[str]:
+        """A task's log as it grows, chunk by chunk, until the job ends (a retried task's new log is
+        followed too, after a ``--- ... ---`` line). The job stream says when the task's log changes and
+        when the job ends; the log itself is polled every ``poll_s``."""
+        key = self.job_key(name)
+        state = FollowState(task_role, index)
+        state.from_detail(self.get_job(key))
+        lock = threading.Lock()
+        changed = threading.Event()
+
+        def listen() -> None:
+            while not state.ended:
+                try:
+                    for event in self.stream_job(key):
+                        with lock:
+                            state.from_event(event)
+                        changed.set()
+                    break  # the stream closes after the job's end
+                except NotFoundError as exc:
+                    if exc.code == "NoApiError":
+                        self._poll_follow(key, state, lock, changed, poll_s)  # a server without the stream
+                    break
+                except PaiConnectionError:
+                    self._sleep(poll_s)  # the stream broke (a gateway restart): open it again
+                except PaiError:
+                    break
+            with lock:
+                state.ended = True
+            changed.set()
+
+        if not state.ended:
+            threading.Thread(target=listen, name=f"follow-{key}", daemon=True).start()
+        follower = LogFollower()
+        shown: str | None = None
+        uri: str | None = None
+        while True:
+            with lock:
+                ended, log_url = state.ended, state.container_log
+            if log_url and log_url != shown:
+                if shown is not None:
+                    yield f"--- {key} {state.role}[{index}]: a new attempt's log ---\n"
+                shown, uri = log_url, None
+                follower.reset()
+            if shown and uri is None:
+                with contextlib.suppress(NotFoundError):
+                    uri = self._log_uri(shown, stream, key, state.role, index)
+            if uri is not None:
+                # Not there yet (the task is still starting) is not an error: the next poll looks again.
+                response = self._send(Call("GET", uri, routes.text, params={"tail_bytes": FOLLOW_TAIL_BYTES}))
+                if response.is_success:
+                    size = response.headers.get(SIZE_HEADER)
+                    new = follower.update(response.text, int(size) if size and size.isdigit() else None)
+                    if new:
+                        yield new
+            if ended:
+                return
+            changed.wait(poll_s)
+            changed.clear()
+
+    def _poll_follow(
+        self, key: str, state: FollowState, lock: threading.Lock, changed: threading.Event, poll_s: float
+    ) -> None:
+        while not state.ended:
+            self._sleep(poll_s)
+            detail = self.get_job(key)
+            with lock:
+                state.from_detail(detail)
+            changed.set()

@@ -108,6 +108,9 @@ class Platform:
     # Use this machine's real GPUs (one node, all its GPUs) when NVML finds any.
     use_real_gpus: bool = False
     leaf_type: str = "gpu"
+    # The scheduler's cluster file (a HiveD config, YAML, or a node inventory, CSV) instead of the inventory
+    # written for the simulated nodes; it must name the nodes (node-0, node-1, ...).
+    cluster_file: Path | None = None
     children: dict[str, Child] = field(default_factory=dict)
     servers: list[ServerProcess] = field(default_factory=list)
 
@@ -151,8 +154,20 @@ class Platform:
             server = start_mongo(self.data_dir)
             self.servers.append(server)
             self.mongo_url = server.url
-        cluster_file = self.data_dir / "cluster.csv"
-        cluster_file.write_text(self.inventory_csv())
+        if self.cluster_file is not None:
+            # Copied beside the data (the scheduler reads the format from the suffix: .csv or YAML).
+            try:
+                text = self.cluster_file.read_text()
+            except OSError as exc:
+                raise PlatformError(
+                    f"cannot read the cluster file {self.cluster_file}: {exc.strerror}"
+                ) from None
+            suffix = ".csv" if self.cluster_file.suffix.lower() == ".csv" else ".yaml"
+            cluster_file = self.data_dir / f"cluster{suffix}"
+            cluster_file.write_text(text)
+        else:
+            cluster_file = self.data_dir / "cluster.csv"
+            cluster_file.write_text(self.inventory_csv())
         base = {
             **os.environ,
             "PAI_SCHEDULER_CLUSTER": str(cluster_file),

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from pai_cli.client import FINAL_STATES, PaiClient, PaiError
 from pai_cli.config import save_config
+from pai_cli.errors import ForbiddenError
 from pai_cli.platform import Platform, PlatformError
 
 console = Console(stderr=True)
@@ -45,6 +46,15 @@ def up(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Simulated GPUs even where NVML finds real ones")
     ] = False,
+    cluster: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster",
+            help="The scheduler's cluster file: a HiveD config (YAML: VCs, borrowing, teams) or a node"
+            " inventory (CSV), naming the nodes node-0, node-1, ... (default: one VC over the simulated"
+            " nodes)",
+        ),
+    ] = None,
 ) -> None:
     """Start NATS, the MongoDB-wire server, every service and the runtime agents; stop them all on Ctrl-C."""
     platform = Platform(
@@ -55,6 +65,7 @@ def up(
         nats_url=os.environ.get("PAI_NATS_URL"),
         mongo_url=os.environ.get("PAI_MONGO_URL"),
         use_real_gpus=not simulate,
+        cluster_file=cluster,
     )
     started = time.monotonic()
     stopping = False
@@ -71,12 +82,17 @@ def up(
         user, password = platform.admin_credentials()
         console.print(f"admin user: [bold]{user}[/]  password: [bold]{password}[/]")
         console.print(f"data and logs: {platform.data_dir}")
+        token: str | None = None
         with PaiClient(platform.url) as client:
-            token = client.login(user, password)
-        save_config(platform.url, user, token)
-        console.print("the `pai` CLI is logged in as the admin (try `pai job list`)")
+            try:
+                token = client.login(user, password)
+            except ForbiddenError as exc:  # basic login turned off (PAI_BASIC_LOGIN=false)
+                console.print(f"[yellow]{exc.message}[/] The CLI is not logged in: `pai login --sso`.")
+        if token is not None:
+            save_config(platform.url, user, token)
+            console.print("the `pai` CLI is logged in as the admin (try `pai job list`)")
         exit_code = 0
-        if submit is not None:
+        if submit is not None and token is not None:
             exit_code = _run_example(platform.url, user, token, submit)
             if exit_after_job:
                 raise typer.Exit(exit_code)
@@ -107,10 +123,10 @@ def _run_example(url: str, user: str, token: str, path: Path) -> int:
             job = client.wait_for_job(
                 key, timeout_s=600, on_state=lambda state, _job: status.update(f"{key}: {state}")
             )
-        state = job["jobStatus"]["state"]
+        state = job.state
         color = "green" if state == "SUCCEEDED" else "red"
-        console.print(f"{key}: [{color}]{state}[/] (exit code {job['jobStatus'].get('appExitCode')})")
-        roles = list(job.get("taskRoles", {}))
+        console.print(f"{key}: [{color}]{state}[/] (exit code {job.job_status.app_exit_code})")
+        roles = list(job.task_roles)
         if roles:
             console.print(f"its stdout (`pai job logs {key}`):")
             console.print(client.task_log(key, roles[0], 0), markup=False, highlight=False)

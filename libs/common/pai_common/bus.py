@@ -38,6 +38,7 @@ from pai_common.envelope import encode
 from pai_common.errors import (
     InvalidParametersError,
     PaiError,
+    RpcTimeoutError,
     ServiceUnavailableError,
     TooManyRequestsError,
     UnknownError,
@@ -185,17 +186,17 @@ class Bus:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.25)
             except NatsTimeoutError as exc:
-                raise ServiceUnavailableError(
-                    f"service {req.SERVICE} did not answer in {timeout:g}s"
-                ) from exc
+                raise RpcTimeoutError(f"service {req.SERVICE} did not answer in {timeout:g}s") from exc
         if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
             try:
                 body = json.loads(msg.data or b"{}")
                 retry_after = body.get("retryAfter")
+                status = body.get("status")
                 raise error_from_code(
                     str(body.get("code")),
                     str(body.get("message")),
                     retry_after if isinstance(retry_after, int) else None,
+                    status if isinstance(status, int) else None,
                 )
             except (ValueError, AttributeError):
                 raise UnknownError(msg.headers.get("Nats-Service-Error", "remote error")) from None
@@ -273,7 +274,7 @@ def _rpc_wrapper(
 
 
 async def _respond_error(request: Request, err: PaiError) -> None:
-    body: dict[str, object] = {**err.to_body()}
+    body: dict[str, object] = {**err.to_body(), "status": err.status}
     if isinstance(err, TooManyRequestsError) and err.retry_after_s is not None:
         body["retryAfter"] = err.retry_after_s
     await request.respond_error(str(err.status), err.message, data=json.dumps(body).encode())

@@ -10,12 +10,16 @@ from typing import ClassVar
 
 
 class PaiError(Exception):
-    status: ClassVar[int] = 500
+    # The status of the error type; one error may take another where OpenPAI answers the same code with a
+    # different status in one place (e.g. NoUserError: 400 at login, 404 when a user is changed).
+    status: int = 500
     code: ClassVar[str] = "UnknownError"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if status is not None:
+            self.status = status
 
     def to_body(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -146,6 +150,12 @@ class ServiceUnavailableError(PaiError):
     code = "ServiceUnavailableError"
 
 
+class RpcTimeoutError(ServiceUnavailableError):
+    """The request reached the service, which did not answer in time: whether it acted is not known.
+
+    Same code and status as its parent; the caller may ask again to learn the outcome."""
+
+
 class UnknownError(PaiError):
     status = 500
     code = "UnknownError"
@@ -181,8 +191,14 @@ _BY_CODE: dict[str, type[PaiError]] = {
 }
 
 
-def error_from_code(code: str, message: str, retry_after_s: int | None = None) -> PaiError:
-    """Rebuild an error received over RPC; unknown codes become UnknownError, keeping the message."""
+def error_from_code(
+    code: str, message: str, retry_after_s: int | None = None, status: int | None = None
+) -> PaiError:
+    """Rebuild an error received over RPC (with its status, when it took another than its type's);
+    unknown codes become UnknownError, keeping the message."""
     if code == TooManyRequestsError.code:
         return TooManyRequestsError(message, retry_after_s)
-    return _BY_CODE.get(code, UnknownError)(message)
+    cls = _BY_CODE.get(code, UnknownError)
+    if status is not None and (not 400 <= status <= 599 or cls is UnknownError):
+        status = None
+    return cls(message, status)

@@ -53,8 +53,10 @@ from pai_common.service import ServiceApp
 
 USERS = "users"
 GROUPS = "groups"
+# OpenPAI's words, which its clients compare.
 NON_ADMIN = "Non-admin is not allow to do this operation."
-NOT_YOURS = "Only the user themself or an admin may do this."
+# OpenPAI answers a missing user 404 when it is to be changed, 400 when it is read (and at login).
+CHANGED_USER_MISSING = 404
 
 Groups = dict[str, dict[str, Any]]
 
@@ -88,10 +90,12 @@ class Directory:
     async def groups(self, session: AsyncClientSession | None = None) -> Groups:
         return {str(g["_id"]): g async for g in self.app.db[GROUPS].find({}, session=session)}
 
-    async def user(self, username: str, session: AsyncClientSession | None = None) -> dict[str, Any]:
+    async def user(
+        self, username: str, session: AsyncClientSession | None = None, missing_status: int | None = None
+    ) -> dict[str, Any]:
         user = await self.app.db[USERS].find_one({"_id": username}, session=session)
         if user is None:
-            raise NoUserError(f"User {username} is not found.")
+            raise NoUserError(f"User {username} is not found.", missing_status)
         return user
 
     async def is_admin(self, username: str) -> bool:
@@ -124,8 +128,7 @@ class Directory:
     async def group_members(self, req: GroupMembersRequest) -> GroupMembersReply:
         await self.require_admin(req.actor)
         groups = await self.groups()
-        if req.groupname not in groups:
-            raise NoGroupError(f"Group {req.groupname} is not found.")
+        # OpenPAI lists the members of an unknown group as nobody: 200 with an empty list.
         members = [
             {"username": u["_id"], "clusterAdmin": rights.rights_of(u.get("grouplist", []), groups).admin}
             async for u in self.app.db[USERS].find({"grouplist": req.groupname}).sort("_id", 1)
@@ -151,7 +154,7 @@ class Directory:
 
         async def work(tx: HandlerContext) -> None:
             await tx.db[USERS].insert_one(doc, session=tx.session)
-            self._user_changed(tx, req.username, "created", grouplist, groups, req.actor)
+            self.user_changed(tx, req.username, "created", grouplist, groups, req.actor)
             await audit.record(
                 tx, req.actor, "user.created", req.username, {"grouplist": grouplist, "email": req.email}
             )
@@ -165,24 +168,26 @@ class Directory:
     async def update_user(self, req: UpdateUserRequest) -> AuthMessageReply:
         actor_admin = await self.is_admin(req.actor)
         if not actor_admin and req.actor != req.username:
-            raise ForbiddenUserError(NOT_YOURS)
+            raise ForbiddenUserError(NON_ADMIN)
         changes_rights = any(
             v is not None
             for v in (req.admin, req.virtual_clusters, req.grouplist, req.add_group, req.remove_group)
         )
         if changes_rights and not actor_admin:
             raise ForbiddenUserError(NON_ADMIN)
-        current = await self.user(req.username)
+        current = await self.user(req.username, missing_status=CHANGED_USER_MISSING)
         password_hash: str | None = None
         if req.password is not None:
             if not actor_admin:
                 await self._check_old_password(current, req.old_password)
-            password_hash = await asyncio.to_thread(self.hasher.hash, req.password)
+            # The same password again changes nothing, and so ends no session.
+            if not await self._matches(current, req.password):
+                password_hash = await asyncio.to_thread(self.hasher.hash, req.password)
         if req.extension is not None:
             rights.check_extension_size(req.extension)
 
         async def work(tx: HandlerContext) -> None:
-            user = await self.user(req.username, tx.session)
+            user = await self.user(req.username, tx.session, CHANGED_USER_MISSING)
             groups = await self.groups(tx.session)
             update: dict[str, Any] = {}
             fields: list[str] = []
@@ -204,16 +209,18 @@ class Directory:
                 return
             await tx.db[USERS].update_one({"_id": req.username}, {"$set": update}, session=tx.session)
             change = "password_changed" if password_hash is not None else "updated"
-            self._user_changed(tx, req.username, change, grouplist, groups, req.actor)
+            self.user_changed(tx, req.username, change, grouplist, groups, req.actor)
             details: dict[str, Any] = {"fields": fields}
             if "grouplist" in update:
                 details["grouplist"] = grouplist
             await audit.record(tx, req.actor, "user.updated", req.username, details)
             if password_hash is not None:
-                # OpenPAI's rule: a new password ends every session, application tokens survive.
-                await token_records.revoke(
-                    tx, req.username, {"application": False}, "password_changed", req.actor
-                )
+                # OpenPAI's rule: a new password ends every session, application tokens survive; but never
+                # the session that made the change, whose client would fail every later call.
+                others: dict[str, Any] = {"application": False}
+                if req.keep_token_id:
+                    others["_id"] = {"$ne": req.keep_token_id}
+                await token_records.revoke(tx, req.username, others, "password_changed", req.actor)
 
         await self.app.transact(work)
         return AuthMessageReply(message="Update user information successfully.")
@@ -222,22 +229,30 @@ class Directory:
         await self.require_admin(req.actor)
 
         async def work(tx: HandlerContext) -> None:
-            user = await self.user(req.username, tx.session)
+            user = await self.user(req.username, tx.session, CHANGED_USER_MISSING)
             groups = await self.groups(tx.session)
             grouplist = list(user.get("grouplist", []))
             if rights.rights_of(grouplist, groups).admin:
                 raise RemoveAdminError("Admin user can not be removed.")
             await tx.db[USERS].delete_one({"_id": req.username}, session=tx.session)
             await token_records.revoke(tx, req.username, {}, "user_deleted", req.actor)
-            self._user_changed(tx, req.username, "deleted", grouplist, groups, req.actor)
+            self.user_changed(tx, req.username, "deleted", grouplist, groups, req.actor)
             await audit.record(tx, req.actor, "user.deleted", req.username)
 
         await self.app.transact(work)
         return AuthMessageReply(message="user is removed successfully")
 
+    async def _matches(self, user: Mapping[str, Any], password: str) -> bool:
+        try:
+            return bool(await asyncio.to_thread(self.hasher.verify, str(user["password_hash"]), password))
+        except VerificationError:
+            return False
+
     async def _check_old_password(self, user: Mapping[str, Any], old: str | None) -> None:
         if not old:
             raise InvalidParametersError("oldPassword is required to change your own password")
+        if not user.get("password_hash"):
+            raise ForbiddenUserError("You sign in with OpenID Connect and have no password to change.")
         try:
             await asyncio.to_thread(self.hasher.verify, str(user["password_hash"]), old)
         except VerificationError:
@@ -256,7 +271,7 @@ class Directory:
         if others == 0:
             raise RemoveAdminError("The last admin can not lose admin rights.")
 
-    def _user_changed(
+    def user_changed(
         self,
         tx: HandlerContext,
         username: str,
@@ -306,7 +321,7 @@ class Directory:
         async def work(tx: HandlerContext) -> None:
             group = await tx.db[GROUPS].find_one({"_id": req.groupname}, session=tx.session)
             if group is None:
-                raise NoGroupError(f"Group {req.groupname} is not found.")
+                raise NoGroupError(f"Group {req.groupname} is not found.", 404)
             update: dict[str, Any] = {}
             if req.description is not None:
                 update["description"] = req.description
@@ -387,7 +402,8 @@ def _check_virtual_clusters(vcs: list[str], groups: Groups) -> None:
     """OpenPAI's basic mode: each VC a user is given is a group of the same name."""
     for vc in vcs:
         if vc not in groups:
-            raise NoVirtualClusterError(f"Virtual cluster {vc} is not found (no group of that name).")
+            # 400 here, as OpenPAI answers an unknown VC in a user body.
+            raise NoVirtualClusterError(f"Virtual cluster {vc} is not found.", 400)
 
 
 def _new_grouplist(req: UpdateUserRequest, current: list[str], groups: Groups) -> list[str]:
@@ -396,7 +412,7 @@ def _new_grouplist(req: UpdateUserRequest, current: list[str], groups: Groups) -
     if req.grouplist is not None:
         for name in req.grouplist:
             if name not in groups:
-                raise NoGroupError(f"Group {name} is not found.")
+                raise NoGroupError(f"Group {name} is not found.", 404)
         grouplist = list(dict.fromkeys(req.grouplist))
     if req.virtual_clusters is not None:
         _check_virtual_clusters(req.virtual_clusters, groups)
@@ -408,7 +424,7 @@ def _new_grouplist(req: UpdateUserRequest, current: list[str], groups: Groups) -
             grouplist.append(rights.ADMIN_GROUP)
     if req.add_group is not None:
         if req.add_group not in groups:
-            raise NoGroupError(f"Group {req.add_group} is not found.")
+            raise NoGroupError(f"Group {req.add_group} is not found.", 404)
         if req.add_group not in grouplist:
             grouplist.append(req.add_group)
     if req.remove_group is not None:

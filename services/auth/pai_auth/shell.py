@@ -19,6 +19,8 @@ from pymongo.errors import DuplicateKeyError
 from pai_auth import audit, rights, token_records, tokens
 from pai_auth import keys as signing_keys
 from pai_auth.directory import GROUPS, USERS, Directory
+from pai_auth.oidc.flow import OidcLogin
+from pai_auth.oidc.settings import OidcSettings
 from pai_auth.throttle import LoginThrottle, ThrottlePolicy
 from pai_auth.token_records import TOKENS
 from pai_common.consumer import HandlerContext
@@ -46,7 +48,6 @@ from pai_common.errors import (
     UnauthorizedUserError,
 )
 from pai_common.service import ServiceApp
-from pai_common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ CREDENTIALS_FILE = "admin-credentials.json"
 KEYS_RECHECK_S = 1.0
 
 
-class AuthSettings(Settings):
+class AuthSettings(OidcSettings):
     admin_user: str = Field(default="admin", pattern=r"^[\w.-]+$")
     admin_password: str | None = Field(default=None, min_length=6)
     # Shared signing keys for several replicas (a mounted Secret); unset: one file in the data directory.
@@ -103,6 +104,7 @@ class AuthService:
         self._keys_stamp: tuple[int, int] | None = None
         self._keys_checked = 0.0
         self.directory = Directory(app, self.hasher)
+        self.oidc = OidcLogin(app, settings, self.directory, self._issue_login_token)
         app.rpc(
             {
                 LoginRequest: self.login,
@@ -113,6 +115,7 @@ class AuthService:
                 RevokeTokenRequest: self.revoke_token,
                 AuditLogRequest: self.audit_log,
                 **self.directory.handlers(),
+                **self.oidc.handlers(),
             }
         )
         app.on_startup(self._bootstrap)
@@ -204,6 +207,11 @@ class AuthService:
     # ---- login and tokens ----------------------------------------------------------------------------
 
     async def login(self, req: LoginRequest) -> LoginReply:
+        if not self.settings.basic_login:
+            raise ForbiddenUserError(
+                f"Basic login is turned off here; sign in with {self.settings.oidc_label()}"
+                " (GET /api/v2/authn/oidc/login)."
+            )
         wait = self.throttle.retry_after(req.username, req.client, time.monotonic())
         if wait > 0:
             # Refused before the password is looked at: a throttled guess teaches the guesser nothing.
@@ -211,10 +219,12 @@ class AuthService:
             seconds = int(wait) + 1
             raise TooManyRequestsError(f"Too many failed logins; try again in {seconds} s.", seconds)
         user = await self.app.db[USERS].find_one({"_id": req.username})
-        stored = str(user["password_hash"]) if user else self._dummy_hash
+        # Users created by an OpenID Connect sign-in have no password: they are checked against the dummy.
+        own_hash = user.get("password_hash") if user else None
+        stored = str(own_hash) if own_hash else self._dummy_hash
         try:
             await asyncio.to_thread(self.hasher.verify, stored, req.password)
-            ok = user is not None
+            ok = own_hash is not None
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok:
@@ -231,6 +241,9 @@ class AuthService:
         token = await self._issue(req.username, min(req.expiration_s, self.settings.token_ttl_s), False)
         found = await self._rights(req.username)
         return LoginReply(user=req.username, token=token, admin=bool(found and found[1].admin))
+
+    async def _issue_login_token(self, username: str) -> str:
+        return await self._issue(username, self.settings.token_ttl_s, False)
 
     async def _issue(self, username: str, ttl_s: int | None, application: bool) -> str:
         key = self._current_keys()[-1]
@@ -331,6 +344,10 @@ def _write_private(path: Path, data: dict[str, str]) -> None:
 
 def build_app() -> ServiceApp:
     settings = AuthSettings()
+    try:
+        settings.check_sign_in()
+    except ValueError as exc:
+        raise SystemExit(f"auth: {exc}") from None
     app = ServiceApp("auth", settings)
     AuthService(app, settings)
     return app

@@ -33,10 +33,16 @@ def bus_of(request: Request) -> Bus:
     return bus
 
 
-async def rpc(request: Request, body: RpcRequest, reply: type[R], target: str | None = None) -> R:
-    """One RPC on the bus with the gateway's timeout."""
-    timeout = settings_of(request).rpc_timeout_s
-    return await bus_of(request).request(body, reply, target=target, timeout=timeout)
+async def rpc(
+    request: Request,
+    body: RpcRequest,
+    reply: type[R],
+    target: str | None = None,
+    timeout: float | None = None,
+) -> R:
+    """One RPC on the bus with the gateway's timeout (unless the route gives its own)."""
+    wait = settings_of(request).rpc_timeout_s if timeout is None else timeout
+    return await bus_of(request).request(body, reply, target=target, timeout=wait)
 
 
 async def _identity(request: Request) -> Identity:

@@ -24,10 +24,12 @@ from pai_gateway import (
     routes_jobs,
     routes_marketplace,
     routes_meta,
+    routes_oidc,
     routes_storages,
     routes_users,
 )
 from pai_gateway.identity import IdentityResolver
+from pai_gateway.paths import OpenPaiPaths
 from pai_gateway.settings import GatewaySettings
 
 
@@ -66,6 +68,7 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
     for module in (
         routes_meta,
         routes_auth,
+        routes_oidc,
         routes_users,
         routes_groups,
         routes_jobs,
@@ -84,4 +87,6 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
     # Last: every path no route above claims goes to the web portal (never /api/ paths).
     app.include_router(portal_proxy.router)
 
+    # Outermost: routing sees the canonical path whatever address the client used.
+    app.add_middleware(OpenPaiPaths)
     return app

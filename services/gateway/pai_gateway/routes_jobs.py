@@ -41,6 +41,8 @@ from pai_common.errors import (
     InvalidProtocolError,
     NoJobError,
     NoTaskLogError,
+    RpcTimeoutError,
+    ServiceUnavailableError,
     TooManyRequestsError,
 )
 from pai_gateway.deps import User, job_key, read_body, rpc, settings_of
@@ -94,15 +96,37 @@ async def submit_job(request: Request, user: User) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidProtocolError("the job protocol is not UTF-8 text") from None
+    settings = settings_of(request)
     req = SubmitJobRequest(
         username=user.username,
         virtual_clusters=user.virtual_clusters,
         admin=user.admin,
         protocol_yaml=text,
+        wait_ms=int(settings.submit_wait_s * 1000),
     )
-    reply = await rpc(request, req, SubmitJobReply)
+    reply = await _submit_truly(request, req, settings.submit_timeout_s)
     name = reply.job_key.split("~", 1)[1]
     return {"status": 202, "message": f"Update job {name} for user {user.username} successfully."}
+
+
+async def _submit_truly(request: Request, req: SubmitJobRequest, timeout: float) -> SubmitJobReply:
+    """The jobs service's answer, which is the truth (it bounds its own wait, see admission).
+
+    Should it not answer in time (it died with the request, or a write stalled), the job may or may not
+    exist: the same submission is sent once more, which an identical stored job answers with 202. If that
+    fails too, the answer says that the outcome is unknown, never that the job was not created.
+    """
+    try:
+        return await rpc(request, req, SubmitJobReply, timeout=timeout)
+    except RpcTimeoutError:
+        pass
+    try:
+        return await rpc(request, req, SubmitJobReply, timeout=timeout)
+    except (ServiceUnavailableError, TooManyRequestsError):
+        raise ServiceUnavailableError(
+            "The jobs service did not answer in time, so whether the job was created is not known: submit"
+            " the same job again to find out (an identical submission is answered 202 if the job exists)."
+        ) from None
 
 
 def _csv(value: str | None) -> list[str]:
@@ -341,7 +365,8 @@ async def task_log_content(
         tail_bytes=tail_bytes,
     )
     reply = await rpc(request, req, TaskLogReply, target=node)
-    return PlainTextResponse(reply.content)
+    # The whole log's length: a client polling the tail can tell exactly what is new (`pai job logs -f`).
+    return PlainTextResponse(reply.content, headers={"X-PAI-Log-Size": str(reply.size)})
 
 
 async def _task_node(detail: dict[str, Any], task_role: str, index: int) -> str:

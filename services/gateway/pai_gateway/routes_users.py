@@ -22,7 +22,7 @@ from pai_common.contract.rpc import (
     UserListReply,
     UserReply,
 )
-from pai_common.errors import InvalidParametersError
+from pai_common.errors import ForbiddenUserError, InvalidParametersError
 from pai_gateway.auth_deps import Body, ExtensionBody, Human, parse_body
 from pai_gateway.deps import User, rpc
 
@@ -117,7 +117,9 @@ async def get_me(request: Request, user: User) -> dict[str, Any]:
 async def update_me(request: Request, user: Human) -> dict[str, str]:
     body = await parse_body(request, MeBody)
     if body.data.username not in (None, user.username):
-        raise InvalidParametersError("data.username must be your own user name")
+        raise ForbiddenUserError(
+            f"User {user.username} may change only their own profile here, not {body.data.username}."
+        )
     req = UpdateUserRequest(
         actor=user.username,
         username=user.username,
@@ -126,6 +128,7 @@ async def update_me(request: Request, user: Human) -> dict[str, str]:
         old_password=body.data.oldPassword,
         extension=body.data.extension,
         merge_extension=body.patch,
+        keep_token_id=user.token_id or None,
     )
     return await _update(request, req)
 
@@ -179,6 +182,7 @@ async def update_user(request: Request, user: Human) -> dict[str, str]:
         virtual_clusters=data.virtualCluster,
         extension=data.extension,
         merge_extension=body.patch,
+        keep_token_id=user.token_id or None,
     )
     return await _update(request, req)
 
@@ -240,6 +244,7 @@ async def update_password(request: Request, username: str, user: Human) -> dict[
         username=_name(username),
         password=body.newPassword,
         old_password=body.oldPassword,
+        keep_token_id=user.token_id or None,
     )
     return await _update(request, req)
 

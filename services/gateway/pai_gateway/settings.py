@@ -11,6 +11,11 @@ class GatewaySettings(Settings):
     # OpenPAI's body parsers stop at 100 kB; a job YAML of a few hundred tasks still fits in 256 KiB.
     max_body_bytes: int = 256 * 1024
     rpc_timeout_s: float = 5.0
+    # A submission may wait this long for its turn in the jobs service (then it is refused with 429 and
+    # nothing done); the gateway waits up to submit_timeout_s for the answer, which is therefore the
+    # truth: 202 only when the job exists, an error only when it does not.
+    submit_wait_s: float = Field(default=20.0, ge=0, le=600)
+    submit_timeout_s: float = Field(default=60.0, gt=0)
     identity_cache_s: float = 5.0
     # Per-user limits of OpenPAI's deployed rest-server (per gateway replica): submissions per hour, lists
     # per minute; 0 turns a limit off. The job stream polls the jobs service at this interval.

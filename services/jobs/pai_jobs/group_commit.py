@@ -6,9 +6,13 @@ commit and publish. Here a submission joins a queue; one writer at a time takes 
 ``max_batch``, at most one per key) and stores it with ``together`` in one transaction, while the next
 arrivals queue for the following batch. The busier the service, the larger the batches.
 
-If the shared transaction fails for good (a name taken meanwhile, a conflict that outlasted the retries),
-nothing of it was committed, and each item is stored on its own with ``alone``: its own error goes back to
-its own caller, exactly as without grouping.
+If the shared transaction fails for good, nothing of it was committed. When the failure may be one item's
+own (``split``: a name taken meanwhile), each item is then stored on its own with ``alone``, its own error
+going back to its own caller, exactly as without grouping; otherwise (a conflict that outlasted the
+retries) every caller of the batch gets the batch's error, rather than each trying again alone for as long.
+
+An item whose caller's deadline passed before a writer took it is not written at all: its caller gets
+``late(item)`` (nothing was done, so it may retry).
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ class _Queued(Generic[T]):
     key: str
     item: T
     done: asyncio.Future[None]
+    deadline: float | None  # event-loop time
+
+
+def _always(exc: Exception) -> bool:
+    return True
 
 
 class GroupCommit(Generic[T]):
@@ -38,20 +47,25 @@ class GroupCommit(Generic[T]):
         alone: Callable[[T], Awaitable[None]],
         key: Callable[[T], str],
         max_batch: int = 64,
+        late: Callable[[T], Exception] | None = None,
+        split: Callable[[Exception], bool] = _always,
     ) -> None:
         self.together = together
         self.alone = alone
         self.key = key
+        self.late = late or (lambda item: TimeoutError(f"not stored: no turn in time: {item!r}"))
+        self.split = split
         self.max_batch = max(1, max_batch)
         self._queue: list[_Queued[T]] = []
         self._writer: asyncio.Task[None] | None = None
         # Sizes of the batches written, for tests and metrics.
         self.batches: list[int] = []
 
-    async def store(self, item: T) -> None:
-        """Returns once ``item`` is committed; raises what storing it raised."""
+    async def store(self, item: T, deadline: float | None = None) -> None:
+        """Returns once ``item`` is committed; raises what storing it raised, or ``late(item)`` when no
+        writer took it by ``deadline`` (event-loop time)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(self.key(item), item, done))
+        self._queue.append(_Queued(self.key(item), item, done, deadline))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain(), name="group-commit")
         await asyncio.shield(done)
@@ -60,8 +74,11 @@ class GroupCommit(Generic[T]):
         batch: list[_Queued[T]] = []
         keys: set[str] = set()
         rest: list[_Queued[T]] = []
+        now = asyncio.get_running_loop().time()
         for queued in self._queue:
-            if len(batch) < self.max_batch and queued.key not in keys:
+            if queued.deadline is not None and queued.deadline < now:
+                queued.done.set_exception(self.late(queued.item))
+            elif len(batch) < self.max_batch and queued.key not in keys:
                 batch.append(queued)
                 keys.add(queued.key)
             else:
@@ -74,6 +91,8 @@ class GroupCommit(Generic[T]):
         try:
             while self._queue:
                 batch = self._take()
+                if not batch:
+                    continue  # all of them were late
                 self.batches.append(len(batch))
                 if len(batch) == 1:
                     await self._one(batch[0])
@@ -81,6 +100,11 @@ class GroupCommit(Generic[T]):
                 try:
                     await self.together([q.item for q in batch])
                 except Exception as exc:
+                    if not self.split(exc):
+                        for queued in batch:
+                            if not queued.done.done():
+                                queued.done.set_exception(exc)
+                        continue
                     log.info(
                         "group commit failed; storing one by one",
                         extra={"batch": len(batch), "error": repr(exc)},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pai_jobs.views import debug_id
@@ -145,23 +145,34 @@ def attempt_completed(job_key: str, attempt_id: int, exit_code: int, at_ms: int)
     )
 
 
+def iso_time(epoch_ms: int) -> str:
+    """A Kubernetes event time as OpenPAI shows it: `2020-09-29T09:46:42.000Z`."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
 def event_view(record: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenPAI's job event shape of one stored record."""
+    """OpenPAI's job event shape of one stored record.
+
+    OpenPAI's events are its pods' Kubernetes events: each names a pod, a task role and an index. An event
+    of the job as a whole names none (empty strings, index -1), in the types OpenPAI's swagger gives.
+    """
     job_key: str = record["job_key"]
     role = record.get("task_role")
     index = record.get("task_index")
+    per_task = role is not None and index is not None
     return {
         "uid": record["_id"],
         "frameworkName": debug_id(job_key),
-        "podUid": None,
-        "taskroleName": role,
-        "taskName": f"{role}-{index}" if role is not None and index is not None else None,
-        "taskIndex": index,
+        "podUid": debug_id(f"{job_key}/{role}/{index}") if per_task else "",
+        "taskroleName": role or "",
+        "taskName": f"{debug_id(job_key)}-{role}-{index}" if per_task else "",
+        "taskIndex": index if index is not None else -1,
         "type": record["type"],
         "reason": record["reason"],
         "message": record["message"],
-        "firstTimestamp": record["first_at"],
-        "lastTimestamp": record["last_at"],
+        "firstTimestamp": iso_time(int(record["first_at"])),
+        "lastTimestamp": iso_time(int(record["last_at"])),
         "count": record["count"],
         "sourceComponent": SOURCE_COMPONENT,
         "sourceHost": None,

@@ -33,6 +33,10 @@ MAX_DEPTH: Final = 64
 # At most this many problems are listed, so that a hostile document cannot produce a huge message.
 MAX_PROBLEMS: Final = 100
 
+# The stored document is BSON: its integers are 64-bit.
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
 # The field name used for problems about the document as a whole.
 ROOT_FIELD: Final = "(root)"
 
@@ -46,43 +50,10 @@ RUNTIME_PLUGIN_EXTRA: Final = "com.microsoft.pai.runtimeplugin"
 
 _NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
 _TASK_ROLE_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_VIRTUAL_CLUSTER_RE: Final = re.compile(r"^[A-Za-z0-9_]+$")
 _MAX_NAME_LENGTH: Final = 255
 
-# Keys OpenPAI accepts; its submit-time schema sets additionalProperties:false on both objects.
-_TOP_LEVEL_FIELDS: Final = frozenset(
-    {
-        "protocolVersion",
-        "name",
-        "type",
-        "version",
-        "contributor",
-        "description",
-        "prerequisites",
-        "parameters",
-        "secrets",
-        "jobRetryCount",
-        "taskRoles",
-        "deployments",
-        "defaults",
-        "extras",
-    }
-)
-_TASK_ROLE_FIELDS: Final = frozenset(
-    {
-        "instances",
-        "completion",
-        "taskRetryCount",
-        "prerequisites",
-        "dockerImage",
-        "data",
-        "output",
-        "script",
-        "extraContainerOptions",
-        "resourcePerInstance",
-        "commands",
-    }
-)
+# Fields beyond the ones protocol v2 names (at the top level, in a task role, a prerequisite, `defaults`,
+# a deployment) are accepted and kept in the stored config: OpenPAI's protocol schema allows them.
 _PREREQUISITE_TYPES: Final = ("dockerimage", "script", "output", "data")
 
 # `<% expression %>`; only expressions that look like a reference are rendered, anything else is kept.
@@ -268,8 +239,11 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _is_int(value: object) -> TypeGuard[int]:
-    # YAML booleans are Python ints; a protocol integer never is one.
+def _is_int(value: object) -> TypeGuard[int | float]:
+    """A protocol integer: a YAML integer, or a number with no fraction (`2.0`: JavaScript, and so OpenPAI,
+    does not tell them apart). YAML booleans are Python ints; a protocol integer never is one."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -281,18 +255,39 @@ def _is_version_2(value: object) -> bool:
 
 
 def _check_plain_json(value: object, path: str, problems: _Problems) -> None:
-    """Refuse what explicit YAML tags can build but JSON (and so the stored document) cannot hold."""
+    """Refuse what YAML can build but the stored document cannot hold: values of explicit tags that JSON
+    has no type for, integers beyond 64 bits, strings that are not Unicode (lone surrogates from `\\ud800`
+    escapes) and keys with a NUL character."""
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 problems.add(_join(path, str(key)), f"mapping keys must be strings, got {_kind(key)}")
                 continue
+            if "\x00" in key or not _is_unicode(key):
+                problems.add(
+                    _join(path, repr(key)[1:-1]), "a key must be Unicode text without NUL characters"
+                )
+                continue
             _check_plain_json(item, _join(path, key), problems)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_plain_json(item, _join(path, i), problems)
-    elif value is not None and not isinstance(value, str | int | float | bool):
+    elif isinstance(value, str):
+        if not _is_unicode(value):
+            problems.add(path, "must be Unicode text (it holds a lone surrogate)")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not INT64_MIN <= value <= INT64_MAX:
+            problems.add(path, f"integers must fit in 64 bits, got {value}")
+    elif value is not None and not isinstance(value, float | bool):
         problems.add(path, f"{type(value).__name__} values are not allowed")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---- field readers: each checks one field, reports at its path, and returns None when it is unusable ---
@@ -311,9 +306,9 @@ def _get_int(
         problems.add(where, f"must be an integer, got {_kind(value)}")
         return None
     if value < minimum:
-        problems.add(where, f"must be at least {minimum}, got {value}")
+        problems.add(where, f"must be at least {minimum}, got {int(value)}")
         return None
-    return value
+    return int(value)
 
 
 def _get_gpu(problems: _Problems, resources: Mapping[str, object], path: str) -> tuple[int | None, int]:
@@ -332,7 +327,13 @@ def _get_gpu(problems: _Problems, resources: Mapping[str, object], path: str) ->
 
 
 def _get_str(
-    problems: _Problems, obj: Mapping[str, object], key: str, path: str, *, required: bool
+    problems: _Problems,
+    obj: Mapping[str, object],
+    key: str,
+    path: str,
+    *,
+    required: bool,
+    allow_empty: bool = False,
 ) -> str | None:
     where = _join(path, key)
     if key not in obj:
@@ -340,7 +341,10 @@ def _get_str(
             problems.add(where, "is required")
         return None
     value = obj[key]
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
+        problems.add(where, f"must be a {'' if allow_empty else 'non-empty '}string, got {_kind(value)}")
+        return None
+    if not value and not allow_empty:
         problems.add(where, f"must be a non-empty string, got {_kind(value)}")
         return None
     return value
@@ -409,9 +413,9 @@ def _get_completion_count(
     if value == -1:
         return None
     if value < -1:
-        problems.add(_join(path, key), f"must be -1 (disabled) or at least 1, got {value}")
+        problems.add(_join(path, key), f"must be -1 (disabled) or at least 1, got {int(value)}")
         return None
-    return value
+    return int(value)
 
 
 # ---- validation ------------------------------------------------------------------------------------
@@ -455,17 +459,23 @@ def _check_prerequisites(
             )
             continue
         assert isinstance(kind, str)
-        name = _get_str(problems, item, "name", path, required=True)
+        # OpenPAI's schema requires a name of every prerequisite but data (which is then never referenced).
+        name = _get_str(problems, item, "name", path, required=kind != "data")
         if name is not None and not _NAME_RE.match(name):
             problems.add(_join(path, "name"), "must match ^[a-zA-Z0-9_-]+$")
             name = None
+        elif name is not None and len(name) > _MAX_NAME_LENGTH:
+            problems.add(
+                _join(path, "name"), f"must be at most {_MAX_NAME_LENGTH} characters, got {len(name)}"
+            )
+            name = None
         if kind == "dockerimage":
-            _get_str(problems, item, "uri", path, required=True)
+            _get_str(problems, item, "uri", path, required=True, allow_empty=True)
             _get_mapping(problems, item, "auth", path)
         elif kind == "data":
             _get_str_list(problems, item, "uri", path, required=False, non_empty=True)
         elif "uri" in item:
-            _get_str(problems, item, "uri", path, required=False)
+            _get_str(problems, item, "uri", path, required=False, allow_empty=True)
         if name is None:
             continue
         if name in index[kind]:
@@ -485,12 +495,10 @@ def _check_role(
 ) -> _Role | None:
     path = _join("taskRoles", key)
     before = len(problems.items)
-    for unknown in sorted(set(spec) - _TASK_ROLE_FIELDS):
-        problems.add(_join(path, unknown), "is not a task role field of protocol v2")
-
     instances = _get_int(problems, spec, "instances", path, default=1, minimum=1)
     task_retry_count = _get_int(problems, spec, "taskRetryCount", path, default=0, minimum=0)
-    commands = _get_str_list(problems, spec, "commands", path, required=True, non_empty=True)
+    # OpenPAI's schema allows an empty list: the task then runs its deployment's hooks, or nothing.
+    commands = _get_str_list(problems, spec, "commands", path, required=True, non_empty=False)
 
     cpu = memory_mb = gpu = None
     gpu_milli = 0
@@ -602,7 +610,8 @@ def _check_deployments(
         if not isinstance(item, dict):
             problems.add(path, f"must be a mapping, got {_kind(item)}")
             continue
-        name = _get_str(problems, item, "name", path, required=True)
+        # OpenPAI's schema does not require a name; a deployment without one can never be chosen.
+        name = _get_str(problems, item, "name", path, required=False, allow_empty=True)
         roles = _get_mapping(problems, item, "taskRoles", path) or {}
         for role, hooks in roles.items():
             role_path = _join(_join(path, "taskRoles"), role)
@@ -776,9 +785,6 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     # The checks below index by string keys and build dotted paths; stop here if that is unsafe.
     problems.raise_if_any()
 
-    for unknown in sorted(set(doc) - _TOP_LEVEL_FIELDS):
-        problems.add(unknown, "is not a field of protocol v2")
-
     if "protocolVersion" not in doc:
         problems.add("protocolVersion", "is required")
     elif not _is_version_2(doc["protocolVersion"]):
@@ -830,13 +836,13 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     deployment: dict[str, Any] | None = None
     defaults = _get_mapping(problems, doc, "defaults", "")
     if defaults is not None:
-        vc = _get_str(problems, defaults, "virtualCluster", "defaults", required=False)
-        if vc is not None and not _VIRTUAL_CLUSTER_RE.match(vc):
-            problems.add("defaults.virtualCluster", "must match ^[A-Za-z0-9_]+$")
-        elif vc is not None:
+        # An empty value means "not set", as OpenPAI reads these with `||`. Whether the VC exists is the
+        # submission's question (404 NoVirtualClusterError), not the protocol's.
+        vc = _get_str(problems, defaults, "virtualCluster", "defaults", required=False, allow_empty=True)
+        if vc:
             virtual_cluster = vc
-        chosen = _get_str(problems, defaults, "deployment", "defaults", required=False)
-        if chosen is not None:
+        chosen = _get_str(problems, defaults, "deployment", "defaults", required=False, allow_empty=True)
+        if chosen:
             if chosen not in deployments and deployments_usable:
                 problems.add("defaults.deployment", f"names no deployment: {chosen!r}")
             elif chosen in deployments:

@@ -4,8 +4,11 @@ current from the events of the other services."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from typing import Any
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
@@ -43,35 +46,45 @@ from pai_common.contract.rpc import (
     JobSecretsRequest,
     JobTagRequest,
     ListJobsRequest,
+    ListLiveTasksRequest,
+    ListVirtualClustersRequest,
+    LiveTasksReply,
     ResolveStoragesReply,
     ResolveStoragesRequest,
     SubmitJobReply,
     SubmitJobRequest,
     TaskAttemptsReply,
     TaskAttemptsRequest,
+    VirtualClustersReply,
 )
 from pai_common.contract.states import public_state
 from pai_common.contract.types import JobSpec
+from pai_common.database import is_transient
 from pai_common.envelope import Envelope
 from pai_common.errors import (
     ConflictJobError,
     ForbiddenUserError,
     NoJobError,
     NoTagError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
 from pai_jobs import job_events, list_plan, storages
+from pai_jobs.admission import Admission, Turns
 from pai_jobs.group_commit import GroupCommit
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
 from pai_jobs.protocol import parse_job
 from pai_jobs.queries import list_filter, list_sort
+from pai_jobs.vc_names import VirtualClusterNames
 from pai_jobs.views import (
     FRAMEWORK_COMPLETED_STATE,
     attempt_snapshot,
     job_attempt,
     job_attempts,
     job_detail,
+    live_task_records,
     task_attempts,
 )
 
@@ -87,6 +100,11 @@ COUNTS = "job_counts"
 COUNTERS = "counters"
 SEQ_COUNTER = "job_seq"
 
+# How long a submission's write is tried again while it conflicts with other writes. The gateway waits
+# for the answer longer than a submission's turn (its submit_wait_s) plus this.
+STORE_PATIENCE_S = 30.0
+# Jobs whose tasks may still exist (OpenPAI's pod list shows them).
+LIVE_STATES = ("WAITING", "RUNNING", "STOPPING")
 # What building a list entry reads of a job document: never the tasks, the attempts or the config.
 ENTRY_PROJECTION = {"snapshot.tasks": 0, "snapshot.attempts": 0, "config": 0}
 
@@ -151,13 +169,24 @@ async def refresh_list_entry(db: Db, job_key: str, session: AsyncClientSession |
     await _apply_counts(db, list_plan.count_changes(before, entry), session)
 
 
+def submit_queue_limit() -> int:
+    """`PAI_JOBS_SUBMIT_QUEUE`: how many submissions one jobs process lets wait for their turn (256)."""
+    return max(1, int(os.environ.get("PAI_JOBS_SUBMIT_QUEUE", "256")))
+
+
 def list_index_enabled() -> bool:
     """`PAI_JOBS_LIST_INDEX=0` serves every list from the database plan alone."""
     return os.environ.get("PAI_JOBS_LIST_INDEX", "1") != "0"
 
 
 class JobsService:
-    def __init__(self, app: ServiceApp, list_index: bool | None = None) -> None:
+    def __init__(
+        self,
+        app: ServiceApp,
+        list_index: bool | None = None,
+        virtual_clusters: Callable[[], Awaitable[set[str]]] | None = None,
+    ) -> None:
+        """`virtual_clusters` answers which VCs exist; by default the scheduler, which owns them, is asked."""
         self.app = app
         use_index = list_index_enabled() if list_index is None else list_index
         # The in-memory list of this process (None: the database plan serves every list).
@@ -167,10 +196,18 @@ class JobsService:
         # the per-value counts), so running them together only makes them conflict and back off
         # (measured: submit p50 2.6 s at 8 concurrent, instead of ~0.1 s; and each conflicting batch of
         # events handled again one by one).
-        self._writes = asyncio.Lock()
-        app.serialize_writes(lambda: self._writes)
+        self._turns = Turns()
+        app.serialize_writes(self._turns.guard)
+        self.admission = Admission(limit=submit_queue_limit())
+        self.vcs = VirtualClusterNames(virtual_clusters or self._vc_names)
+        # Submissions ready while a write is under way are stored together, in one transaction.
         self.submissions: GroupCommit[NewJob] = GroupCommit(
-            self._store_together, self._store_alone, key=lambda new: new.spec.job_key
+            self._store_together,
+            self._store_alone,
+            key=lambda new: new.spec.job_key,
+            late=self._late,
+            # Only a name taken is one submission's own failure; a write that kept conflicting is everyone's.
+            split=lambda exc: not isinstance(exc, PyMongoError) or _duplicate_key(exc),
         )
         app.rpc(
             {
@@ -184,9 +221,10 @@ class JobsService:
                 JobAttemptsRequest: self.attempts,
                 TaskAttemptsRequest: self.task_attempts,
                 JobSecretsRequest: self.secrets,
+                ListLiveTasksRequest: self.live_tasks,
             },
-            # Submissions are taken at once, each in its own task, so that those ready together are
-            # stored together (group_commit); the gateway's timeout bounds how many wait.
+            # Submissions are taken at once, each in its own task: admission bounds them (see submit), and
+            # those ready together are stored together (group_commit).
             concurrent=frozenset({SubmitJobRequest}),
         )
         app.on_event(FrameworkChanged)(self.on_framework_changed)
@@ -221,56 +259,146 @@ class JobsService:
         return doc
 
     async def _transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
-        async with self._writes:
+        await self._turns.acquire()
+        try:
             await self.app.transact(work)
+        finally:
+            self._turns.release()
 
     # ---- submission ---------------------------------------------------------------------------------
 
     async def submit(self, req: SubmitJobRequest) -> SubmitJobReply:
+        """Store a job, or say truly why not.
+
+        Submissions run concurrently up to the write (see admission): a burst is refused early with 429
+        rather than queued past the caller's patience. A submission of the same user, name and content as
+        a stored job is answered as that job's was (a client retrying one that succeeded is not refused);
+        other content under a taken name is 409.
+        """
+        wait = self.admission.refusal()
+        if wait is not None:
+            raise TooManyRequestsError(
+                f"{self.admission.waiting} submissions are waiting; nothing was done: retry in {wait} s.",
+                wait,
+            )
+        self.admission.waiting += 1
+        try:
+            return await self._submit(req, asyncio.get_running_loop().time() + req.wait_ms / 1000)
+        finally:
+            self.admission.waiting -= 1
+
+    async def _submit(self, req: SubmitJobRequest, deadline: float) -> SubmitJobReply:
         parsed = parse_job(req.protocol_yaml, req.username, now_ms())
         spec = parsed.spec
-        if not req.admin and spec.virtual_cluster not in req.virtual_clusters:
-            raise ForbiddenUserError(
-                f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
-            )
-        if await self.app.db[JOBS].find_one({"_id": spec.job_key}, {"_id": 1}) is not None:
-            raise ConflictJobError(f"Job {spec.job_key} already exists.")
-        # Storages are checked before the job exists: one the user may not use, or that does not exist,
-        # refuses the submission (403 / 404 naming it) instead of failing the job at launch.
-        resolved = await self.app.bus.request(
-            ResolveStoragesRequest(
-                username=req.username,
-                admin=req.admin,
-                requests=storages.requested(parsed.raw),
-                referenced=storages.referenced(parsed.raw),
-                job_key=spec.job_key,
-            ),
-            ResolveStoragesReply,
-        )
-        spec = storages.with_mounts(spec, resolved.mounts)
-        new = NewJob(spec, new_job_document(spec.model_dump(mode="json"), parsed.masked), parsed.raw)
+        digest = content_digest(parsed.raw)
+        if await self._already_submitted(spec.job_key, digest):
+            return SubmitJobReply(job_key=spec.job_key)
         try:
-            # With the submissions ready at the same moment, in one transaction (group_commit).
-            await self.submissions.store(new)
-        except (DuplicateKeyError, BulkWriteError) as exc:
-            if isinstance(exc, BulkWriteError) and not _duplicate_key(exc):
-                raise
-            # Names are never reused, even after the first job finished (as OpenPAI does).
-            raise ConflictJobError(f"Job {spec.job_key} already exists.") from None
+            await self.vcs.check(spec.virtual_cluster)
+            if not req.admin and spec.virtual_cluster not in req.virtual_clusters:
+                raise ForbiddenUserError(
+                    f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
+                )
+            # Storages are checked before the job exists: one the user may not use, or that does not
+            # exist, refuses the submission (403 / 404 naming it) instead of failing the job at launch.
+            resolved = await self.app.bus.request(
+                ResolveStoragesRequest(
+                    username=req.username,
+                    admin=req.admin,
+                    requests=storages.requested(parsed.raw),
+                    referenced=storages.referenced(parsed.raw),
+                    job_key=spec.job_key,
+                ),
+                ResolveStoragesReply,
+            )
+        except ServiceUnavailableError as exc:
+            # The scheduler or the storage service did not answer: busy, like this service when its queue
+            # is full, and nothing has been done.
+            wait = max(self.admission.retry_after_s(), 1)
+            raise TooManyRequestsError(
+                f"Job {spec.job_key} was not created: {exc.message}; retry in {wait} s.", wait
+            ) from exc
+        spec = storages.with_mounts(spec, resolved.mounts)
+        doc = new_job_document(spec.model_dump(mode="json"), parsed.masked, digest)
+        try:
+            # With the submissions ready at the same moment, in one transaction (group_commit); refused
+            # with 429, nothing done, if the write's turn does not come by the deadline.
+            await self.submissions.store(NewJob(spec, doc, parsed.raw), deadline)
+        except PyMongoError as exc:
+            if _duplicate_key(exc):
+                if await self._already_submitted(spec.job_key, digest):
+                    return SubmitJobReply(job_key=spec.job_key)
+                # Names are never reused, even after the first job finished (as OpenPAI does).
+                raise ConflictJobError(f"Job {spec.job_key} already exists.") from None
+            # Conflicts kept aborting the write. Aborted means not stored, unless the last commit's outcome
+            # was lost on the way back: the stored job tells.
+            if is_transient(exc) and await self._already_submitted(spec.job_key, digest):
+                return SubmitJobReply(job_key=spec.job_key)
+            wait = self.admission.retry_after_s()
+            raise TooManyRequestsError(
+                f"The jobs service is busy: job {spec.job_key} was not created; retry in {wait} s.", wait
+            ) from exc
         log.info("job submitted", extra={"job_key": spec.job_key, "vc": spec.virtual_cluster})
         return SubmitJobReply(job_key=spec.job_key)
 
-    async def _store_alone(self, new: NewJob) -> None:
-        async def store(tx: HandlerContext) -> None:
-            await store_new_jobs(tx, [new])
+    def _late(self, new: NewJob) -> Exception:
+        wait = self.admission.retry_after_s()
+        return TooManyRequestsError(
+            f"The jobs service is busy: job {new.spec.job_key} was not created; retry in {wait} s.", wait
+        )
 
-        await self._transact(store)
+    async def _store_alone(self, new: NewJob) -> None:
+        await self._store_together([new])
 
     async def _store_together(self, batch: list[NewJob]) -> None:
         async def store(tx: HandlerContext) -> None:
             await store_new_jobs(tx, batch)
 
-        await self._transact(store)
+        await self._turns.acquire()
+        started = time.monotonic()
+        try:
+            await self._store(store, started + STORE_PATIENCE_S)
+        finally:
+            self._turns.release()
+            # Per job: the retry-after estimate counts the submissions waiting, not the batches.
+            self.admission.record_write((time.monotonic() - started) / len(batch))
+
+    async def _store(self, store: Callable[[HandlerContext], Awaitable[None]], give_up_at: float) -> None:
+        """The submission's transaction, run again while it conflicts with another replica's writes (they
+        update the same counters), until `give_up_at`. Safe to repeat: a job stored by an attempt whose
+        answer was lost makes the next one fail with a duplicate key."""
+        pause = 0.05
+        while True:
+            try:
+                await self.app.transact(store)
+                return
+            except PyMongoError as exc:
+                if not is_transient(exc) or time.monotonic() + pause > give_up_at:
+                    raise
+            await asyncio.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 1.0)
+
+    async def _already_submitted(self, job_key: str, digest: str) -> bool:
+        """Whether the job is stored, submitted with this very content; ConflictJobError if it is stored
+        with other content."""
+        stored = await self.app.db[JOBS].find_one({"_id": job_key}, {"content_sha256": 1})
+        if stored is None:
+            return False
+        if stored.get("content_sha256") != digest:
+            raise ConflictJobError(f"Job {job_key} already exists.")
+        return True
+
+    async def live_tasks(self, req: ListLiveTasksRequest) -> LiveTasksReply:
+        cursor = (
+            self.app.db[JOBS]
+            .find({"state": {"$in": list(LIVE_STATES)}}, {"spec": 1, "snapshot": 1})
+            .sort("_id", 1)
+        )
+        return LiveTasksReply(tasks=[task async for doc in cursor for task in live_task_records(doc)])
+
+    async def _vc_names(self) -> set[str]:
+        reply = await self.app.bus.request(ListVirtualClustersRequest(), VirtualClustersReply)
+        return set(reply.virtual_clusters)
 
     # ---- queries ------------------------------------------------------------------------------------
 
@@ -420,7 +548,8 @@ class JobsService:
                     {"_id": req.job_key, "tags": req.tag}, {"$pull": {"tags": req.tag}}, session=tx.session
                 )
                 if result.modified_count == 0:
-                    raise NoTagError(f"Tag {req.tag} is not found in job {req.job_key}.")
+                    # OpenPAI's words, its space before the period included.
+                    raise NoTagError(f"Tag {req.tag} is not found for job {req.job_key} .")
             else:
                 await jobs.update_one(
                     {"_id": req.job_key}, {"$addToSet": {"tags": req.tag}}, session=tx.session
@@ -551,14 +680,28 @@ async def store_new_jobs(tx: HandlerContext, batch: list[NewJob]) -> None:
         tx.out.event(JobSubmitted(spec=new.spec), msg_id=f"submitted:{new.spec.job_key}")
 
 
-def _duplicate_key(exc: BulkWriteError) -> bool:
-    return any(e.get("code") == 11000 for e in (exc.details or {}).get("writeErrors", []))
+def _duplicate_key(exc: PyMongoError) -> bool:
+    """A name taken: the single insert's error, or one of a batch's write errors."""
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    if isinstance(exc, BulkWriteError):
+        return any(e.get("code") == 11000 for e in (exc.details or {}).get("writeErrors", []))
+    return False
 
 
-def new_job_document(spec: dict[str, Any], masked_config: dict[str, Any]) -> dict[str, Any]:
+def content_digest(raw: dict[str, Any]) -> str:
+    """What a submission asked for, secrets included, independent of YAML formatting and key order."""
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def new_job_document(
+    spec: dict[str, Any], masked_config: dict[str, Any], digest: str | None = None
+) -> dict[str, Any]:
     """A job as the read model stores it at submission (the benchmark loads jobs through this too)."""
     roles: list[dict[str, Any]] = spec["task_roles"]
     return {
+        "content_sha256": digest,
         "_id": spec["job_key"],
         "name": spec["name"],
         "user": spec["user"],

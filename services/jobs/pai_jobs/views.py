@@ -3,12 +3,14 @@
 Pure: no I/O. The read model document of one job is
 ``{"_id": job_key, "spec": JobSpec dump, "snapshot": FrameworkSnapshot dump | None, "tags": [...],
 "execution_type": "START" | "STOP", "submitted_at": ms}``; the snapshot is None until the orchestrator
-first reports the framework.
+first reports the framework, and the views show the job's first attempt waiting meanwhile (as OpenPAI
+does from the moment it accepts a job).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -134,9 +136,39 @@ def container_ports(ports: Mapping[str, list[int]]) -> dict[str, str]:
 
 
 def exit_messages(snapshot: FrameworkSnapshot) -> dict[str, Any]:
+    """appExitMessages as the job attempts show it: `runtime` is the runtime's analysis as an object."""
     if snapshot.exit_messages is not None:
         return {"container": None, "runtime": None, "launcher": None, **snapshot.exit_messages}
     return {"container": None, "runtime": None, "launcher": snapshot.exit_diagnostics}
+
+
+def detail_exit_messages(snapshot: FrameworkSnapshot) -> dict[str, Any]:
+    """appExitMessages as the job detail shows it: OpenPAI types every message there a string or null, so
+    the runtime's analysis is given as its JSON text."""
+    messages = exit_messages(snapshot)
+    runtime = messages.get("runtime")
+    if runtime is not None and not isinstance(runtime, str):
+        messages["runtime"] = json.dumps(runtime, sort_keys=True)
+    return messages
+
+
+def exit_diagnostics(snapshot: FrameworkSnapshot) -> dict[str, Any] | None:
+    """A job attempt's exitDiagnostics, OpenPAI's object: a summary, the runtime's analysis, the
+    launcher's message. None while the attempt has no outcome."""
+    if snapshot.exit_code is None and snapshot.exit_diagnostics is None:
+        return None
+    messages = exit_messages(snapshot)
+    runtime = messages.get("runtime")
+    return {
+        "diagnosticsSummary": snapshot.exit_diagnostics or messages.get("launcher") or "",
+        "runtime": {"exitCode": snapshot.exit_code, **runtime} if isinstance(runtime, dict) else None,
+        "launcher": messages.get("launcher") or "",
+    }
+
+
+def container_gpus(gpus: list[int]) -> int | None:
+    """OpenPAI's containerGpus: the task's GPU indexes as a bit mask (GPU i sets bit i); null without GPUs."""
+    return sum(1 << index for index in set(gpus)) if gpus else None
 
 
 def debug_id(job_key: str) -> str:
@@ -206,7 +238,7 @@ def _md5(text: str) -> str:
 
 
 def _task_status(
-    job_key: str, role: str, index: int, job_attempt_id: int | None, task: TaskSnapshot | None
+    job_key: str, role: str, index: int, job_attempt_id: int, task: TaskSnapshot | None
 ) -> dict[str, Any]:
     # Stable across attempts, like the position of the task in the job.
     task_uid = _md5(f"{job_key}/{role}/{index}")
@@ -221,7 +253,7 @@ def _task_status(
             "containerNodeName": None,
             "containerPorts": {},
             "containerGpus": None,
-            "containerLog": None,
+            "containerLog": container_log_url(job_key, job_attempt_id, role, index),
             "containerExitCode": None,
             "containerExitSpec": None,
             "containerExitDiagnostics": None,
@@ -230,13 +262,13 @@ def _task_status(
             "createdTime": None,
             "launchedTime": None,
             "completedTime": None,
-            "attemptId": None,
+            "attemptId": 0,
             "attemptState": "WAITING",
             "currentAttemptCreatedTime": None,
             "currentAttemptLaunchedTime": None,
             "currentAttemptCompletedTime": None,
         }
-    attempt = job_attempt_id if job_attempt_id is not None else 0
+    attempt = job_attempt_id
     return {
         "taskIndex": index,
         "taskUid": task_uid,
@@ -248,7 +280,7 @@ def _task_status(
         "containerIp": task.host_ip,
         "containerNodeName": task.node,
         "containerPorts": container_ports(task.ports),
-        "containerGpus": list(task.gpus) if task.gpus else None,
+        "containerGpus": container_gpus(task.gpus),
         "containerLog": container_log_url(job_key, attempt, role, index, task.attempt_id),
         "containerExitCode": task.exit_code,
         "containerExitSpec": task.exit_spec,
@@ -268,50 +300,19 @@ def _task_status(
 
 
 def _job_status(
-    spec: JobSpec, snapshot: FrameworkSnapshot | None, doc: Mapping[str, Any], trigger: TaskSnapshot | None
+    spec: JobSpec, snapshot: FrameworkSnapshot, doc: Mapping[str, Any], trigger: TaskSnapshot | None
 ) -> dict[str, Any]:
     submitted_at = doc.get("submitted_at", spec.submitted_at)
-    raw_snapshot = snapshot.model_dump(mode="json") if snapshot is not None else None
+    raw_snapshot = snapshot.model_dump(mode="json")
     executed = execution_type(doc, raw_snapshot)
-    if snapshot is None:
-        return {
-            "username": spec.user,
-            "state": "WAITING",
-            "subState": INITIAL_FRAMEWORK_STATE,
-            "executionType": executed,
-            "retries": 0,
-            "retryDetails": {"user": 0, "platform": 0, "resource": 0},
-            "retryDelayTime": 0,
-            "submissionTime": submitted_at,
-            "createdTime": None,
-            "launchedTime": None,
-            "completedTime": None,
-            "attemptId": None,
-            "attemptState": "WAITING",
-            "appId": None,
-            "appProgress": 0,
-            "appTrackingUrl": "",
-            "appCreatedTime": None,
-            "appLaunchedTime": None,
-            "appCompletedTime": None,
-            "appExitCode": None,
-            "appExitSpec": None,
-            "appExitDiagnostics": None,
-            "appExitMessages": {"container": None, "runtime": None, "launcher": None},
-            "appExitTriggerMessage": None,
-            "appExitTriggerTaskRoleName": None,
-            "appExitTriggerTaskIndex": None,
-            "appExitType": None,
-            "virtualCluster": spec.virtual_cluster,
-        }
     return {
         "username": spec.user,
         "state": public_state(snapshot.state, snapshot.exit_code),
         "subState": snapshot.state,
         "executionType": executed,
         "retries": snapshot.retries,
-        "retryDetails": retry_details(raw_snapshot or {}),
-        "retryDelayTime": retry_delay_ms(raw_snapshot or {}),
+        "retryDetails": retry_details(raw_snapshot),
+        "retryDelayTime": retry_delay_ms(raw_snapshot),
         "submissionTime": submitted_at,
         "createdTime": snapshot.created_at,
         "launchedTime": snapshot.launched_at,
@@ -330,7 +331,7 @@ def _job_status(
         "appExitCode": snapshot.exit_code,
         "appExitSpec": snapshot.exit_spec,
         "appExitDiagnostics": snapshot.exit_diagnostics,
-        "appExitMessages": exit_messages(snapshot),
+        "appExitMessages": detail_exit_messages(snapshot),
         "appExitTriggerMessage": trigger.exit_diagnostics if trigger is not None else None,
         "appExitTriggerTaskRoleName": snapshot.trigger_task_role,
         "appExitTriggerTaskIndex": snapshot.trigger_task_index,
@@ -342,6 +343,16 @@ def _job_status(
 def _snapshot_of(doc: Mapping[str, Any]) -> FrameworkSnapshot | None:
     raw = doc.get("snapshot")
     return FrameworkSnapshot.model_validate(raw) if raw is not None else None
+
+
+def initial_snapshot(job_key: str) -> FrameworkSnapshot:
+    """The framework of a job the orchestrator has not reported yet: its first attempt (0), waiting to be
+    created. OpenPAI shows that attempt as soon as the job is accepted."""
+    return FrameworkSnapshot(job_key=job_key, version=0, state=INITIAL_FRAMEWORK_STATE, attempt_id=0)
+
+
+def _current_snapshot(doc: Mapping[str, Any]) -> FrameworkSnapshot:
+    return _snapshot_of(doc) or initial_snapshot(str(doc["spec"]["job_key"]))
 
 
 def _attempt_as_snapshot(current: FrameworkSnapshot, record: JobAttemptRecord) -> FrameworkSnapshot:
@@ -369,9 +380,7 @@ def _attempt_as_snapshot(current: FrameworkSnapshot, record: JobAttemptRecord) -
 
 def attempt_snapshot(doc: Mapping[str, Any], attempt_id: int) -> FrameworkSnapshot | None:
     """The framework as of job attempt `attempt_id` (the current one or an earlier one); None if unknown."""
-    snapshot = _snapshot_of(doc)
-    if snapshot is None:
-        return None
+    snapshot = _current_snapshot(doc)
     if attempt_id == snapshot.attempt_id:
         return snapshot
     for record in snapshot.attempts:
@@ -386,26 +395,25 @@ def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | No
     With `snapshot_override` (see attempt_snapshot), the detail of that attempt instead of the current one.
     """
     spec = JobSpec.model_validate(doc["spec"])
-    snapshot = snapshot_override if snapshot_override is not None else _snapshot_of(doc)
-    tasks: dict[tuple[str, int], TaskSnapshot] = (
-        {(task.task_role, task.index): task for task in snapshot.tasks} if snapshot is not None else {}
-    )
+    snapshot = snapshot_override if snapshot_override is not None else _current_snapshot(doc)
+    tasks = {(task.task_role, task.index): task for task in snapshot.tasks}
     trigger = None
-    if snapshot is not None and snapshot.trigger_task_role is not None:
+    if snapshot.trigger_task_role is not None:
         trigger = tasks.get((snapshot.trigger_task_role, snapshot.trigger_task_index or 0))
-    job_attempt_id = snapshot.attempt_id if snapshot is not None else None
+    job_attempt_id = snapshot.attempt_id
     status = _job_status(spec, snapshot, doc, trigger)
     # Beyond OpenPAI: why a waiting job waits, as long as the reason is about its current attempt.
     pending = doc.get("pending")
-    if status["state"] == "WAITING" and pending and pending.get("attempt_id") == (job_attempt_id or 0):
+    if status["state"] == "WAITING" and pending and pending.get("attempt_id") == job_attempt_id:
         status["pendingReason"] = pending.get("reason")
         status["pendingPosition"] = pending.get("position")
     # HiveD's view of the gang; lazily preempted means it runs on as opportunistic work.
     lazy = doc.get("downgraded") or {}
-    lazy_now = bool(lazy) and lazy.get("attempt_id") == (job_attempt_id or 0)
+    lazy_now = bool(lazy) and lazy.get("attempt_id") == job_attempt_id
     hived = {
         "affinityGroupName": spec.job_key,
-        "lazyPreempted": lazy_now,
+        # OpenPAI types both as objects (HiveD's annotations), null when the gang is not lazily preempted.
+        "lazyPreempted": {"preemptor": lazy.get("preemptor")} if lazy_now else None,
         "lazyPreemptionStatus": {"preemptor": lazy.get("preemptor")} if lazy_now else None,
     }
     return {
@@ -442,23 +450,24 @@ def _attempt_task_statuses(
         statuses = []
         for i in range(role.instances):
             task = by_key.get((role.name, i))
-            statuses.append(
-                {
-                    "taskIndex": i,
-                    "taskState": task_state(task.state, task.exit_code) if task else "WAITING",
-                    "containerId": (
-                        _md5(f"{spec.job_key}/{attempt_id}/{role.name}/{i}/{task.attempt_id}")
-                        if task is not None and task.node is not None
-                        else None
-                    ),
-                    "containerIp": task.host_ip if task else None,
-                    "containerGpus": (list(task.gpus) or None) if task else None,
-                    "containerLog": container_log_url(
-                        spec.job_key, attempt_id, role.name, i, task.attempt_id if task else 0
-                    ),
-                    "containerExitCode": task.exit_code if task else None,
-                }
-            )
+            status: dict[str, Any] = {
+                "taskIndex": i,
+                "taskState": task_state(task.state, task.exit_code) if task else "WAITING",
+                "containerId": (
+                    _md5(f"{spec.job_key}/{attempt_id}/{role.name}/{i}/{task.attempt_id}")
+                    if task is not None and task.node is not None
+                    else None
+                ),
+                "containerGpus": container_gpus(task.gpus) if task else None,
+                "containerLog": container_log_url(
+                    spec.job_key, attempt_id, role.name, i, task.attempt_id if task else 0
+                ),
+                "containerExitCode": task.exit_code if task else None,
+            }
+            # OpenPAI's job attempts leave out the IP of a task not placed yet (a string when present).
+            if task is not None and task.host_ip:
+                status["containerIp"] = task.host_ip
+            statuses.append(status)
         out[role.name] = {"taskRoleStatus": {"name": role.name}, "taskStatuses": statuses}
     return out
 
@@ -480,7 +489,7 @@ def _job_attempt(spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool) -> di
         "exitCode": snapshot.exit_code,
         "exitPhrase": exit_spec.get("phrase"),
         "exitType": snapshot.exit_type,
-        "exitDiagnostics": snapshot.exit_diagnostics,
+        "exitDiagnostics": exit_diagnostics(snapshot),
         "appExitTriggerMessage": None,
         "appExitTriggerTaskRoleName": snapshot.trigger_task_role,
         "appExitTriggerTaskIndex": snapshot.trigger_task_index,
@@ -499,12 +508,10 @@ def _job_attempt(spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool) -> di
 def job_attempts(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """OpenPAI's `/job-attempts`: the current attempt first (isLatest), then the earlier ones ascending.
 
-    A job the orchestrator has not reported yet has no attempt.
+    A job the orchestrator has not reported yet has its first attempt, waiting.
     """
     spec = JobSpec.model_validate(doc["spec"])
-    snapshot = _snapshot_of(doc)
-    if snapshot is None:
-        return []
+    snapshot = _current_snapshot(doc)
     earlier = sorted(snapshot.attempts, key=lambda record: record.attempt_id)
     return [
         _job_attempt(spec, snapshot, latest=True),
@@ -541,7 +548,7 @@ def _task_attempt(
         "containerIp": record.host_ip,
         "containerNodeName": record.node,
         "containerPorts": container_ports(record.ports),
-        "containerGpus": list(record.gpus) or None,
+        "containerGpus": container_gpus(record.gpus),
         "containerLog": container_log_url(job_key, job_attempt_id, role, index, record.attempt_id),
         "containerExitCode": record.exit_code,
         "containerExitSpec": record.exit_spec,
@@ -561,18 +568,16 @@ def task_attempts(
     if task_role not in roles or not 0 <= index < roles[task_role].instances:
         return None
     snapshot = attempt_snapshot(doc, job_attempt_id)
-    if snapshot is None and not (job_attempt_id == 0 and doc.get("snapshot") is None):
+    if snapshot is None:
         return None
-    task = None
-    if snapshot is not None:
-        task = next((t for t in snapshot.tasks if (t.task_role, t.index) == (task_role, index)), None)
+    task = next((t for t in snapshot.tasks if (t.task_role, t.index) == (task_role, index)), None)
     records: list[TaskAttemptRecord] = []
     if task is not None:
         current = TaskAttemptRecord.model_validate(
             task.model_dump(include=set(TaskAttemptRecord.model_fields))
         )
         records = [current, *sorted(task.history, key=lambda r: r.attempt_id, reverse=True)]
-    hived = {"affinityGroupName": spec.job_key, "lazyPreempted": False, "lazyPreemptionStatus": None}
+    hived = {"affinityGroupName": spec.job_key, "lazyPreempted": None, "lazyPreemptionStatus": None}
     return {
         "username": spec.user,
         "jobName": spec.name,
@@ -590,3 +595,44 @@ def task_attempts(
             _task_attempt(spec.job_key, job_attempt_id, task_role, index, record, hived) for record in records
         ],
     }
+
+
+# ---- live tasks (OpenPAI's pod list) ------------------------------------------------------------------
+
+
+def live_task_records(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One record per task of a job that has not finished: every instance of every role, where it runs
+    (nothing yet for a task waiting to be placed) and its FrameworkController state."""
+    spec = JobSpec.model_validate(doc["spec"])
+    snapshot = _current_snapshot(doc)
+    tasks = {(task.task_role, task.index): task for task in snapshot.tasks}
+    out: list[dict[str, Any]] = []
+    for role in spec.task_roles:
+        for index in range(role.instances):
+            task = tasks.get((role.name, index))
+            out.append(
+                {
+                    "job_key": spec.job_key,
+                    "user": spec.user,
+                    "job_name": spec.name,
+                    "virtual_cluster": spec.virtual_cluster,
+                    "debug_id": debug_id(spec.job_key),
+                    "job_attempt_id": snapshot.attempt_id,
+                    "task_role": role.name,
+                    "index": index,
+                    "task_uid": _md5(f"{spec.job_key}/{role.name}/{index}"),
+                    "state": task.state if task else "TaskAttemptCreationPending",
+                    "attempt_id": task.attempt_id if task else 0,
+                    "node": task.node if task else None,
+                    "host_ip": task.host_ip if task else None,
+                    "gpus": list(task.gpus) if task else [],
+                    "gpu": role.gpu,
+                    "cpu": role.cpu,
+                    "memory_mb": role.memory_mb,
+                    "image": role.image,
+                    "created_at": task.created_at if task else None,
+                    "launched_at": task.launched_at if task else None,
+                    "exit_code": task.exit_code if task else None,
+                }
+            )
+    return out

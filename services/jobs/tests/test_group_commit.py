@@ -101,3 +101,31 @@ async def test_waiting_stores_fail_when_the_writer_is_cancelled() -> None:
     for task in (first, second):
         with pytest.raises(RuntimeError, match="not stored"):
             await task
+
+
+async def test_an_item_past_its_deadline_is_refused_unwritten_while_the_others_are_stored() -> None:
+    store = Store()
+    group = GroupCommit(store.together, store.alone, key, late=lambda item: LookupError(f"{item} late"))
+    now = asyncio.get_running_loop().time()
+    blocker = asyncio.create_task(group.store("first"))
+    await asyncio.sleep(0)  # "first" is being written; the next ones wait for the following batch
+    results = await asyncio.gather(
+        group.store("patient", deadline=now + 60), group.store("hasty", deadline=now), return_exceptions=True
+    )
+    await blocker
+    assert results[0] is None
+    assert isinstance(results[1], LookupError) and "hasty late" in str(results[1])
+    assert "hasty" not in store.stored and "hasty" not in store.alone_calls
+    assert sorted(store.stored) == ["first", "patient"]
+
+
+async def test_a_batch_failure_that_is_nobodys_own_goes_to_every_caller_without_retrying_alone() -> None:
+    store = Store(refused={"bad"})
+    group = GroupCommit(store.together, store.alone, key, split=lambda exc: "refused" not in str(exc))
+    blocker = asyncio.create_task(group.store("first"))
+    await asyncio.sleep(0)
+    results = await asyncio.gather(*(group.store(name) for name in ("x", "bad")), return_exceptions=True)
+    await blocker
+    assert all(isinstance(r, ValueError) and "nothing written" in str(r) for r in results)
+    assert store.alone_calls == ["first"]
+    assert store.stored == ["first"]

@@ -41,12 +41,16 @@ def nats_srv(tmp_path: Path) -> Iterator[ServerProcess]:
     server.stop()
 
 
+async def known_vcs() -> set[str]:
+    return {"default", "gpu"}
+
+
 def replica(
     nats: ServerProcess, mongo: ServerProcess, db: str, data: Path, index: bool = True
 ) -> JobsService:
     settings = Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data, nak_base_delay_s=0.05)
     app = ServiceApp("jobs", settings)
-    service = JobsService(app, list_index=index)
+    service = JobsService(app, list_index=index, virtual_clusters=known_vcs)
     app.rpc({ResolveStoragesRequest: no_storages})
     app.name = db  # a database of this test's own
     return service

@@ -194,9 +194,18 @@ def test_exit_spec_and_messages_are_shown() -> None:
     )
     detail = job_detail(_doc(snapshot))
     assert detail["jobStatus"]["appExitSpec"] == EXIT_SPEC
+    # OpenPAI types every message of the detail a string or null: the runtime's analysis as JSON text.
     assert detail["jobStatus"]["appExitMessages"] == {
         "container": None,
-        "runtime": {"reason": "oom"},
+        "runtime": '{"reason": "oom"}',
+        "launcher": "worker 0 failed",
+    }
+    # The job attempts keep it an object, inside exitDiagnostics as OpenPAI's shape has it.
+    (latest,) = job_attempts(_doc(snapshot.model_copy(update={"attempts": []})))
+    assert latest["appExitMessages"]["runtime"] == {"reason": "oom"}
+    assert latest["exitDiagnostics"] == {
+        "diagnosticsSummary": "worker 0 failed",
+        "runtime": {"exitCode": 1, "reason": "oom"},
         "launcher": "worker 0 failed",
     }
     assert detail["taskRoles"]["worker"]["taskStatuses"][0]["containerExitSpec"] == EXIT_SPEC
@@ -225,7 +234,10 @@ def test_detail_of_an_earlier_attempt() -> None:
     assert tasks[0]["containerExitCode"] == 1
     assert tasks[1]["taskState"] == "WAITING"  # attempt 0 never reported worker 1
     assert attempt_snapshot_of(doc, 7) is None
-    assert attempt_snapshot_of(_doc(), 0) is None
+    # Before the orchestrator's first report, attempt 0 exists and waits (as in OpenPAI).
+    first = attempt_snapshot_of(_doc(), 0)
+    assert first is not None and first.attempt_id == 0 and first.state == "AttemptCreationPending"
+    assert attempt_snapshot_of(_doc(), 1) is None
 
 
 # ---- attempts -----------------------------------------------------------------------------------------
@@ -257,7 +269,12 @@ def test_one_job_attempt() -> None:
     one = job_attempt(doc, 1)
     assert one is not None and one["attemptIndex"] == 1 and one["isLatest"] is True
     assert job_attempt(doc, 3) is None
-    assert job_attempts(_doc()) == []
+    # A job the orchestrator has not reported yet: its first attempt, waiting, at once.
+    (waiting,) = job_attempts(_doc())
+    assert (waiting["attemptIndex"], waiting["state"], waiting["isLatest"]) == (0, "WAITING", True)
+    assert waiting["exitDiagnostics"] is None
+    assert job_attempt(_doc(), 0) == waiting
+    assert "containerIp" not in waiting["taskRoles"]["worker"]["taskStatuses"][0]
 
 
 def test_task_attempts_current_first() -> None:
@@ -388,7 +405,10 @@ def test_event_view_has_openpai_fields() -> None:
         "sourceHost",
     }
     assert (view["type"], view["reason"], view["count"]) == ("Warning", "AttemptCompleted", 1)
-    assert view["firstTimestamp"] == T0
+    # OpenPAI's types: Kubernetes event times as text; an event of the whole job names no pod or task.
+    assert view["firstTimestamp"] == view["lastTimestamp"] == "2023-11-14T22:13:20.000Z"
+    assert (view["podUid"], view["taskroleName"], view["taskName"], view["taskIndex"]) == ("", "", "", -1)
+    assert job_events.iso_time(T0 + 250) == "2023-11-14T22:13:20.250Z"
 
 
 def test_event_types() -> None:

@@ -53,6 +53,7 @@ from pai_common.errors import (
     InvalidProtocolError,
     NoJobError,
     NoTagError,
+    NoVirtualClusterError,
 )
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
@@ -95,10 +96,15 @@ async def client(nats_srv: ServerProcess) -> AsyncIterator[Bus]:
     await bus.close()
 
 
+async def known_vcs() -> set[str]:
+    return {"default", "research", "prod"}
+
+
 def jobs_app(nats: ServerProcess, mongo: ServerProcess, db: str, data: Path) -> ServiceApp:
     settings = Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data, nak_base_delay_s=0.05)
     app = ServiceApp("jobs", settings)
-    JobsService(app)
+    # The VCs the scheduler would name (it owns them; the platform tests ask the real one).
+    JobsService(app, virtual_clusters=known_vcs)
     app.rpc({ResolveStoragesRequest: no_storages})
     app.name = db  # a database of this test's own; the bus subjects stay the jobs service's
     return app
@@ -185,8 +191,19 @@ async def test_submission_queries_mutations_and_secrets(
 
         with pytest.raises(ConflictJobError, match="alice~secretive already exists"):
             await client.request(submit("secretive"), SubmitJobReply)
+        # The same content again (a client retrying a submission that succeeded): the same answer, and
+        # still one job.
+        again = await client.request(submit("secretive", secrets=True), SubmitJobReply)
+        assert again.job_key == "alice~secretive"
+        await published.drain()
+        submitted = [b for b, _ in published.seen if isinstance(b, JobSubmitted)]
+        assert [b.spec.job_key for b in submitted] == ["alice~secretive"]
         with pytest.raises(ForbiddenUserError, match="research"):
             await client.request(submit("elsewhere", vc="research"), SubmitJobReply)
+        # OpenPAI's answer for a VC nobody has, before any access check.
+        with pytest.raises(NoVirtualClusterError, match=r"Virtual cluster nowhere is not found\.") as caught:
+            await client.request(submit("lost", vc="nowhere"), SubmitJobReply)
+        assert caught.value.status == 404
         with pytest.raises(InvalidProtocolError, match="taskRoles"):
             await client.request(
                 SubmitJobRequest(username="alice", virtual_clusters=["default"], protocol_yaml="name: x\n"),
@@ -358,8 +375,10 @@ async def test_a_restarted_service_keeps_its_jobs_and_resends_nothing(
     try:
         detail = (await client.request(GetJobRequest(job_key="alice~durable"), JobDetailReply)).detail
         assert detail["jobStatus"]["executionType"] == "STOP"
+        # Retried after the restart: the same answer, nothing published again; other content is refused.
+        assert (await client.request(submit("durable"), SubmitJobReply)).job_key == "alice~durable"
         with pytest.raises(ConflictJobError):
-            await client.request(submit("durable"), SubmitJobReply)
+            await client.request(submit("durable", priority="prod"), SubmitJobReply)
         await published.drain(1.5)
         kinds = [type(b).__name__ for b, _ in published.seen]
         assert kinds.count("JobSubmitted") == 1 and kinds.count("JobStopRequested") == 1
@@ -407,18 +426,21 @@ async def test_concurrent_submissions_are_stored_together_once_each(
     await published.start()
     settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
     app = ServiceApp("jobs", settings)
-    service = JobsService(app)
+    service = JobsService(app, virtual_clusters=known_vcs)
     app.rpc({ResolveStoragesRequest: no_storages})
     app.name = f"jobs{uuid.uuid4().hex[:8]}"
     await app.start()
     try:
         await client.request(submit("taken"), SubmitJobReply)
         names = [f"burst{i}" for i in range(12)]
+        # In the burst: every new name, one of them twice with the same content (the same 202, stored
+        # once), and the taken name with other content (409).
+        burst = [submit(n) for n in [*names, "burst0"]] + [submit("taken", secrets=True)]
         results = await asyncio.gather(
-            *(client.request(submit(n), SubmitJobReply, timeout=30) for n in [*names, "taken"]),
-            return_exceptions=True,
+            *(client.request(r, SubmitJobReply, timeout=30) for r in burst), return_exceptions=True
         )
         assert all(isinstance(r, SubmitJobReply) for r in results[:-1]), results
+        assert results[-2] == results[0]
         assert isinstance(results[-1], ConflictJobError)
         jobs = app.db[JOBS]
         seqs = sorted([d["seq"] async for d in jobs.find({}, {"seq": 1})])

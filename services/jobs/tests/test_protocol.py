@@ -331,6 +331,95 @@ def test_parsed_job_is_frozen() -> None:
         parsed.raw = {}  # type: ignore[misc]
 
 
+# What OpenPAI's protocol schema accepts and this platform once refused: each variant is accepted and kept
+# in the stored config as submitted.
+ACCEPTED_AS_OPENPAI_DOES: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("a field protocol v2 does not name", lambda d: d.update(taskrole={"note": 1})),
+    ("a task role field protocol v2 does not name", lambda d: _role(d).update(command=["x"])),
+    (
+        "marketplace-style prerequisite",
+        lambda d: d["prerequisites"][0].update(
+            protocolVersion=2, version="1.0-r1.4", contributor="OpenPAI", description="a TF image"
+        ),
+    ),
+    ("prerequisite protocolVersion '2'", lambda d: d["prerequisites"][1].update(protocolVersion="2")),
+    (
+        "docker image prerequisite with other fields",
+        lambda d: d["prerequisites"][0].update(plugin="x", extra=[1]),
+    ),
+    ("auth with other fields", lambda d: d["prerequisites"][0].update(auth={"username": "u", "token": "t"})),
+    (
+        "script plugin fields",
+        lambda d: d["prerequisites"][1].update(plugin="git", require=["image"], callbacks=[]),
+    ),
+    ("data prerequisite without a name", lambda d: d["prerequisites"].append({"type": "data", "uri": ["x"]})),
+    ("empty script uri", lambda d: d["prerequisites"][1].update(uri="")),
+    ("empty commands", lambda d: _role(d, "ps").update(commands=[])),
+    ("deployment without a name (never chosen)", lambda d: d["deployments"][1].pop("name")),
+    ("integral float", lambda d: _role(d).update(instances=2.0, taskRetryCount=1.0)),
+    ("defaults with other fields", lambda d: d["defaults"].update(note="x")),
+    ("empty virtual cluster (the default)", lambda d: d["defaults"].update(virtualCluster="")),
+    ("virtual cluster with any characters", lambda d: d["defaults"].update(virtualCluster="team-a/b")),
+    (
+        "deployment role hooks with other fields",
+        lambda d: d["deployments"][0]["taskRoles"]["worker"].update(env={}),
+    ),
+    (
+        "notification with other fields",
+        lambda d: d["extras"].update(jobStatusChangeNotification={"paused": True}),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [case[1] for case in ACCEPTED_AS_OPENPAI_DOES],
+    ids=[case[0] for case in ACCEPTED_AS_OPENPAI_DOES],
+)
+def test_what_openpai_accepts_is_accepted_and_kept(mutate: Callable[[dict[str, Any]], None]) -> None:
+    doc = _variant(mutate)
+    assert doc != BASE, "the mutation changed nothing"
+    parsed = _parse(doc)
+    assert parsed.raw == doc
+    assert {k: v for k, v in parsed.masked.items() if k != "secrets"} == {
+        k: v for k, v in doc.items() if k != "secrets"
+    }
+
+
+def test_integral_floats_become_integers() -> None:
+    spec = _parse(_variant(lambda d: _role(d).update(instances=3.0))).spec
+    worker = next(r for r in spec.task_roles if r.name == "worker")
+    assert worker.instances == 3 and isinstance(worker.instances, int)
+
+
+def test_virtual_cluster_is_taken_as_written() -> None:
+    assert (
+        _parse(_variant(lambda d: d["defaults"].update(virtualCluster="team-a"))).spec.virtual_cluster
+        == "team-a"
+    )
+    assert (
+        _parse(_variant(lambda d: d["defaults"].update(virtualCluster=""))).spec.virtual_cluster == "default"
+    )
+
+
+def test_empty_commands_run_the_deployment_hooks_only() -> None:
+    spec = _parse(_variant(lambda d: _role(d).update(commands=[]))).spec
+    worker = next(r for r in spec.task_roles if r.name == "worker")
+    assert worker.entrypoint == "wget https://data.example/cifar10.tgz\nupload hdfs://storage/model"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('parameters:\n  "a\\0b": 1\n', "parameters.a\\x00b"),
+        ('parameters:\n  a: "\\ud800"\n', "parameters.a"),
+    ],
+)
+def test_what_the_stored_document_cannot_hold_is_refused(text: str, field: str) -> None:
+    base = yaml.safe_dump({k: v for k, v in BASE.items() if k != "parameters"}, sort_keys=False)
+    assert _fields(base + text) == [field]
+
+
 # ---- rendering -------------------------------------------------------------------------------------
 
 
@@ -461,7 +550,6 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("name not a string", lambda d: d.update(name=12), "name"),
     ("no type", lambda d: d.pop("type"), "type"),
     ("type service", lambda d: d.update(type="service"), "type"),
-    ("unknown top-level field", lambda d: d.update(taskrole={}), "taskrole"),
     ("jobRetryCount negative", lambda d: d.update(jobRetryCount=-1), "jobRetryCount"),
     ("jobRetryCount string", lambda d: d.update(jobRetryCount="1"), "jobRetryCount"),
     ("parameters a list", lambda d: d.update(parameters=["a"]), "parameters"),
@@ -471,14 +559,39 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("taskRoles a list", lambda d: d.update(taskRoles=[]), "taskRoles"),
     ("bad role name", lambda d: d["taskRoles"].update({"1st": _role(d, "ps")}), "taskRoles.1st"),
     ("role not a mapping", lambda d: d["taskRoles"].update(ps="run"), "taskRoles.ps"),
-    ("unknown role field", lambda d: _role(d).update(command=["x"]), "taskRoles.worker.command"),
     ("no commands", lambda d: _role(d).pop("commands"), "taskRoles.worker.commands"),
-    ("empty commands", lambda d: _role(d).update(commands=[]), "taskRoles.worker.commands"),
     ("commands a string", lambda d: _role(d).update(commands="run"), "taskRoles.worker.commands"),
     ("command not a string", lambda d: _role(d).update(commands=["ok", 3]), "taskRoles.worker.commands.1"),
     ("instances 0", lambda d: _role(d).update(instances=0), "taskRoles.worker.instances"),
     ("instances string", lambda d: _role(d).update(instances="2"), "taskRoles.worker.instances"),
     ("instances float", lambda d: _role(d).update(instances=1.5), "taskRoles.worker.instances"),
+    (
+        "prerequisite protocolVersion 3",
+        lambda d: d["prerequisites"][0].update(protocolVersion=3),
+        "prerequisites.0.protocolVersion",
+    ),
+    (
+        "prerequisite version a list",
+        lambda d: d["prerequisites"][1].update(version=[1]),
+        "prerequisites.1.version",
+    ),
+    (
+        "prerequisite plugin a number",
+        lambda d: d["prerequisites"][1].update(plugin=1),
+        "prerequisites.1.plugin",
+    ),
+    (
+        "prerequisite name too long",
+        lambda d: d["prerequisites"].append({"type": "output", "name": "o" * 256, "uri": "x"}),
+        "prerequisites.4.name",
+    ),
+    ("docker image uri a number", lambda d: d["prerequisites"][0].update(uri=5), "prerequisites.0.uri"),
+    (
+        "auth password a number",
+        lambda d: d["prerequisites"][0].update(auth={"password": 5}),
+        "prerequisites.0.auth.password",
+    ),
+    ("integer beyond 64 bits", lambda d: d["parameters"].update(big=2**64), "parameters.big"),
     (
         "taskRetryCount negative",
         lambda d: _role(d).update(taskRetryCount=-1),
@@ -561,7 +674,6 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "prerequisites.4.name",
     ),
     ("deployments a mapping", lambda d: d.update(deployments={}), "deployments"),
-    ("deployment without name", lambda d: d["deployments"][1].pop("name"), "deployments.1.name"),
     ("duplicate deployment", lambda d: d["deployments"][1].update(name="prod"), "deployments.1.name"),
     (
         "deployment for an unknown role",
@@ -574,8 +686,6 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "deployments.0.taskRoles.worker.preCommands.0",
     ),
     ("unknown default deployment", lambda d: d["defaults"].update(deployment="test"), "defaults.deployment"),
-    ("empty virtual cluster", lambda d: d["defaults"].update(virtualCluster=""), "defaults.virtualCluster"),
-    ("bad virtual cluster", lambda d: d["defaults"].update(virtualCluster="a/b"), "defaults.virtualCluster"),
     ("defaults a list", lambda d: d.update(defaults=[]), "defaults"),
     ("extras a list", lambda d: d.update(extras=[]), "extras"),
     (

@@ -205,7 +205,14 @@ def test_snapshotless_job_is_waiting() -> None:
         assert detail["taskRoles"][role]["taskRoleStatus"] == {"name": role}
         assert [task["taskIndex"] for task in tasks] == list(range(instances))
         assert {task["taskState"] for task in tasks} == {"WAITING"}
-        assert all(task["containerLog"] is None and task["containerNodeName"] is None for task in tasks)
+        assert all(task["containerNodeName"] is None and task["attemptId"] == 0 for task in tasks)
+        # OpenPAI types containerLog a string: the logs route of the first attempt, known from the start.
+        assert [task["containerLog"] for task in tasks] == [
+            f"/api/v2/jobs/alice~ps_worker/attempts/0/taskRoles/{role}/taskIndex/{i}/attempts/0/logs"
+            for i in range(instances)
+        ]
+    # As OpenPAI, the job's first attempt exists from the moment it is accepted.
+    assert status["attemptId"] == 0
 
 
 def test_snapshotless_summary() -> None:
@@ -268,7 +275,7 @@ def test_failed_job_tasks() -> None:
     assert failed["containerExitDiagnostics"] == "Traceback: boom"
     assert failed["containerIp"] == "10.0.0.3"
     assert failed["containerNodeName"] == "node-c"
-    assert failed["containerGpus"] == [2, 3]
+    assert failed["containerGpus"] == 0b1100  # OpenPAI's bit mask of GPUs 2 and 3
     assert failed["containerLog"] == (
         "/api/v2/jobs/alice~ps_worker/attempts/1/taskRoles/worker/taskIndex/1/attempts/0/logs"
     )
@@ -278,9 +285,9 @@ def test_failed_job_tasks() -> None:
         SUBMITTED + 512,
         SUBMITTED + 850,
     )
-    # The task missing from the snapshot waits, with nothing of a container yet.
-    assert workers[2]["containerLog"] is None
-    assert workers[2]["containerExitCode"] is None
+    # The task missing from the snapshot waits, with nothing of a container yet but its logs route.
+    assert workers[2]["containerLog"].endswith("/attempts/1/taskRoles/worker/taskIndex/2/attempts/0/logs")
+    assert workers[2]["containerExitCode"] is None and workers[2]["containerId"] is None
     # Container ids differ between tasks; task uids are stable and distinct.
     assert workers[0]["containerId"] != workers[1]["containerId"]
     assert len({task["taskUid"] for task in workers}) == 3
@@ -464,8 +471,8 @@ def test_lazily_preempted_tasks_say_so_for_the_current_attempt_only() -> None:
     task = job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]
     assert task["hived"] == {
         "affinityGroupName": JOB_KEY,
-        "lazyPreempted": True,
+        "lazyPreempted": {"preemptor": "bob~urgent#0"},
         "lazyPreemptionStatus": {"preemptor": "bob~urgent#0"},
     }
     doc["downgraded"] = {"attempt_id": attempt - 1, "preemptor": "bob~urgent#0"}
-    assert job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]["hived"]["lazyPreempted"] is False
+    assert job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]["hived"]["lazyPreempted"] is None

@@ -36,6 +36,7 @@ def templates() -> Environment:
     )
     env.filters["when"] = format.when
     env.filters["state_class"] = format.state_class
+    env.filters["gpu_indexes"] = format.gpu_indexes
     env.globals["duration"] = format.duration
     env.globals["urlquote"] = lambda value: quote(str(value), safe="")
     return env

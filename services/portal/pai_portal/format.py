@@ -30,6 +30,14 @@ def duration(start_ms: Any, end_ms: Any, now_ms: float) -> str:
     return f"{secs}s"
 
 
+def gpu_indexes(mask: Any) -> str:
+    """OpenPAI's `containerGpus` bit mask (bit i set: GPU i) as the indexes a person reads: "2,3"."""
+    if isinstance(mask, bool) or not isinstance(mask, int) or mask < 0:
+        return NONE
+    indexes = [str(i) for i in range(mask.bit_length()) if mask >> i & 1]
+    return ",".join(indexes) or NONE
+
+
 def state_class(state: Any) -> str:
     """A CSS class per job or task state (one word, from a fixed set: never user text)."""
     known = {"WAITING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "STOPPING", "UNKNOWN"}

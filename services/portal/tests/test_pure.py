@@ -143,3 +143,19 @@ def test_token_description_never_holds_the_token() -> None:
     }
     assert token not in str(seen)
     assert tokens.claims("garbage") == {}
+
+
+@pytest.mark.parametrize(
+    ("mask", "shown"),
+    [
+        (12, "2,3"),
+        (1, "0"),
+        (0, "\u2013"),
+        (None, "\u2013"),
+        (-1, "\u2013"),
+        (True, "\u2013"),
+        (255, "0,1,2,3,4,5,6,7"),
+    ],
+)
+def test_gpu_indexes_reads_openpais_bit_mask(mask: object, shown: str) -> None:
+    assert format.gpu_indexes(mask) == shown

@@ -35,7 +35,9 @@ from pai_common.contract.events import (
     SchedulingRequested,
 )
 from pai_common.contract.rpc import (
+    ListNodesRequest,
     ListVirtualClustersRequest,
+    NodesReply,
     SkuTypesReply,
     SkuTypesRequest,
     VirtualClustersReply,
@@ -60,6 +62,7 @@ from pai_scheduler.hived.decisions import (
 )
 from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
 from pai_scheduler.hived.requests import gang_from_pods
+from pai_scheduler.node_records import node_records
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,13 @@ class Scheduler:
         app.on_startup(self._follow_heartbeats)
         app.background(self._watch_nodes)
         app.on_event(NodeRegistered, NodeHealthChanged, SchedulingRequested, JobAttemptCompleted)(self.handle)
-        app.rpc({ListVirtualClustersRequest: self.virtual_clusters, SkuTypesRequest: self.sku_types})
+        app.rpc(
+            {
+                ListVirtualClustersRequest: self.virtual_clusters,
+                SkuTypesRequest: self.sku_types,
+                ListNodesRequest: self.nodes,
+            }
+        )
 
     async def _load_config(self, app: ServiceApp) -> None:
         path = self.settings.scheduler_cluster or Path(self.settings.data_dir) / "cluster.csv"
@@ -306,7 +315,9 @@ class Scheduler:
         """The registration's unhealthy GPUs become bad leaves (no new work; what runs there stays); the
         GPUs no longer listed recover. A change is published as ``node.health.changed`` with ``bad_gpus``
         so that monitoring and users see it."""
-        reported = sorted({g.index for g in body.gpus if not g.healthy})
+        # A bad FPGA is treated as a bad GPU: its leaf gets no new work (indices name leaves per node).
+        bad_fpgas = {f.index for f in body.fpgas if not f.healthy}
+        reported = sorted({g.index for g in body.gpus if not g.healthy} | bad_fpgas)
         if body.node not in alloc.cluster.nodes:
             return []
         unknown = alloc.unknown_leaves(body.node, reported)
@@ -319,7 +330,12 @@ class Scheduler:
         after = sorted(alloc.bad_leaves().get(body.node, set()))
         if set(after) != before:
             if after:
-                reason = f"its runtime agent reports GPU(s) {', '.join(map(str, after))} unhealthy"
+                gpus = [str(i) for i in after if i not in bad_fpgas]
+                fpgas = [str(i) for i in after if i in bad_fpgas]
+                what = [
+                    f"{kind}(s) {', '.join(ids)}" for kind, ids in (("GPU", gpus), ("FPGA", fpgas)) if ids
+                ]
+                reason = f"its runtime agent reports {' and '.join(what)} unhealthy"
             else:
                 reason = "its runtime agent reports all its GPUs healthy again"
             ctx.out.event(NodeHealthChanged(node=body.node, healthy=True, reason=reason, bad_gpus=after))
@@ -337,6 +353,7 @@ class Scheduler:
         if isinstance(d, Allocated):
             request = alloc.request_of(d.key)
             asked = {m.role: m.leaves for m in request.members} if request else {}
+            fpga = {s.name for s in alloc.config.sku_types if s.fpga}
             placements = [
                 Placement(
                     task_role=p.role,
@@ -344,7 +361,10 @@ class Scheduler:
                     node=p.node,
                     # A pod that asked for no GPU sees none: it holds CPU leaves, or (on a cluster
                     # without any) GPU leaves for their CPU and memory, as OpenPAI does.
-                    gpus=list(p.leaves) if asked.get(p.role, 1) > 0 or p.is_share else [],
+                    gpus=list(p.leaves)
+                    if p.leaf_type not in fpga and (asked.get(p.role, 1) > 0 or p.is_share)
+                    else [],
+                    fpgas=list(p.leaves) if p.leaf_type in fpga else [],
                     host_ip=host_ips.get(p.node, ""),
                     gpu_milli=p.milli,
                     gpu_memory_mb=p.memory_mb,
@@ -358,7 +378,9 @@ class Scheduler:
         elif isinstance(d, Preempting):
             victims = [split_key(v) for v in d.victims]
             ctx.out.event(
-                SchedulingPreempting(job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims)
+                SchedulingPreempting(
+                    job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims, grace_seconds=d.grace_s
+                )
             )
             log.info("gang preempting", extra={"key": d.key, "victims": list(d.victims)})
         elif isinstance(d, Rejected):
@@ -412,6 +434,14 @@ class Scheduler:
     async def virtual_clusters(self, req: ListVirtualClustersRequest) -> VirtualClustersReply:
         alloc, _ = await self._load(None)
         return VirtualClustersReply(virtual_clusters=vc_views.virtual_clusters(alloc))
+
+    async def nodes(self, req: ListNodesRequest) -> NodesReply:
+        alloc, _ = await self._load(None)
+        registrations = {str(d["_id"]): d async for d in self.app.db[NODES].find({})}
+        records = node_records(
+            alloc.cluster.nodes, registrations, alloc.cluster.bad_nodes, alloc.bad_leaves()
+        )
+        return NodesReply(nodes=records)
 
     async def sku_types(self, req: SkuTypesRequest) -> SkuTypesReply:
         alloc, _ = await self._load(None)

@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pai_scheduler.hived.allocator import HivedAllocator
 
 
-def _resources(alloc: HivedAllocator, leaves_by_type: dict[str, int]) -> dict[str, Any]:
+def _resources(alloc: HivedAllocator, leaves_by_type: Mapping[str, float]) -> dict[str, Any]:
     cpu = 0.0
-    memory = 0
+    memory = 0.0
     for leaf_type, n in leaves_by_type.items():
         sku = alloc.config.sku(leaf_type)
         if sku is not None:
             cpu += sku.cpu * n
             memory += sku.memory_mb * n
-    # CPU leaves (SKU gpu 0) carry CPU and memory but no GPU.
-    gpus = sum(n for leaf_type, n in leaves_by_type.items() if not alloc.config.is_cpu_leaf(leaf_type))
-    return {"cpu": int(cpu), "vCores": int(cpu), "memory": memory, "gpu": gpus, "GPUs": gpus}
+    # CPU leaves (SKU gpu 0) carry CPU and memory but no GPU; FPGAs are counted apart. Borrowed shares
+    # count as their fraction.
+    gpus = sum(n for leaf_type, n in leaves_by_type.items() if alloc.config.is_gpu_leaf(leaf_type))
+    fpgas = sum(n for leaf_type, n in leaves_by_type.items() if alloc.config.is_fpga_leaf(leaf_type))
+    gpu: int | float = int(gpus) if float(gpus).is_integer() else round(gpus, 3)
+    out: dict[str, Any] = {
+        "cpu": int(cpu),
+        "vCores": int(cpu),
+        "memory": int(memory),
+        "gpu": gpu,
+        "GPUs": gpu,
+    }
+    if any(alloc.config.is_fpga_leaf(s.name) for s in alloc.config.sku_types):
+        out["fpga"] = int(fpgas)
+    return out
+
+
+def _sharing(alloc: HivedAllocator, vc: str) -> dict[str, Any]:
+    """Fair sharing of idle quota: the VC's weight and borrowing limit (GPUs), its parent VC when it is a
+    team of one, and its teams when it is divided among some."""
+    spec = next(v for v in alloc.config.virtual_clusters if v.name == vc)
+    teams = [v.name for v in alloc.config.virtual_clusters if v.parent == vc]
+    return {
+        "weight": spec.weight,
+        "borrowingLimit": spec.borrowing_limit,
+        **({"parent": spec.parent, "share": spec.share} if spec.parent else {}),
+        **({"teams": teams} if teams else {}),
+    }
 
 
 def _cluster_leaves(alloc: HivedAllocator) -> dict[str, int]:
@@ -75,6 +101,7 @@ def virtual_clusters(alloc: HivedAllocator) -> dict[str, dict[str, Any]]:
     gpu_cluster = any(not alloc.config.is_cpu_leaf(t) for t in total)
     total_n = _counted(alloc, total, gpu_cluster) or 1
     used = alloc.used_leaves()
+    borrowing = alloc.borrowing()
     out: dict[str, dict[str, Any]] = {}
     for vc in alloc.quota.vcs:
         guaranteed = _guaranteed_leaves(alloc, vc)
@@ -91,6 +118,11 @@ def virtual_clusters(alloc: HivedAllocator) -> dict[str, dict[str, Any]]:
             "resourcesTotal": _resources(alloc, total),
             # What the VC could still start guaranteed work on: bad GPUs and nodes are not available.
             "resourcesAvailable": _resources(alloc, _available_leaves(alloc, vc)),
+            # Fair sharing (not in OpenPAI): what its gangs borrow from other VCs' idle quota, what other
+            # VCs borrow of its own, and its sharing settings.
+            "resourcesBorrowed": _resources(alloc, borrowing.get(vc, {}).get("borrowed", {})),
+            "resourcesLent": _resources(alloc, borrowing.get(vc, {}).get("lent", {})),
+            "sharing": _sharing(alloc, vc),
         }
     return out
 
@@ -100,7 +132,7 @@ def sku_types(alloc: HivedAllocator, vc: str | None = None) -> dict[str, dict[st
     if vc is not None:
         wanted = set(_guaranteed_leaves(alloc, vc))
     return {
-        s.name: {"cpu": s.cpu, "memory": s.memory_mb, "gpu": s.gpu}
+        s.name: {"cpu": s.cpu, "memory": s.memory_mb, "gpu": s.gpu, **({"fpga": s.fpga} if s.fpga else {})}
         for s in alloc.config.sku_types
         if wanted is None or s.name in wanted
     }

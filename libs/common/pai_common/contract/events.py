@@ -109,6 +109,9 @@ class SchedulingPreempting(Event):
     job_key: str
     attempt_id: int
     victims: list[AttemptRef] = Field(min_length=1)
+    # Reclaim of borrowed cells (fair sharing): how long the victims may run on before they are stopped;
+    # 0 for ordinary preemption. The orchestrator stops victims at once today (notice is a later step).
+    grace_seconds: float = Field(default=0.0, ge=0)
 
     def subject_key(self) -> str:
         return self.job_key

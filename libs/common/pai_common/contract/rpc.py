@@ -125,7 +125,7 @@ class UpdateUserRequest(RpcRequest):
     ENDPOINT = "user_update"
     DESCRIPTION = (
         "Change a user: fields left None stay as they are. Self or admin for email, password and extension;"
-        " admin for rights. A password change revokes the user's non-application tokens."
+        " admin for rights. A new password revokes the user's non-application tokens but the caller's."
     )
     REPLY = AuthMessageReply
 
@@ -143,6 +143,9 @@ class UpdateUserRequest(RpcRequest):
     extension: dict[str, Any] | None = None
     # Merge `extension` into the stored one (true) or replace it (false).
     merge_extension: bool = True
+    # The id (jti) of the token making the request: a password change ends the user's other sessions,
+    # never the one that made it.
+    keep_token_id: str | None = Field(default=None, max_length=128)
 
 
 class DeleteUserRequest(RpcRequest):
@@ -288,6 +291,97 @@ class AuditLogRequest(RpcRequest):
     limit: int = Field(default=100, ge=1, le=1000)
 
 
+class OidcConfigReply(RpcReply):
+    enabled: bool
+    # The provider's label for a "Sign in with ..." button.
+    name: str
+    basic_login: bool
+
+
+class OidcConfigRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "oidc_config"
+    DESCRIPTION = (
+        "Whether OpenID Connect sign-in is configured (and its label), and whether basic login is on."
+    )
+    REPLY = OidcConfigReply
+
+
+class OidcBeginReply(RpcReply):
+    # The provider's authorization endpoint with the request's parameters (state, nonce, PKCE challenge).
+    authorize_url: str
+
+
+class OidcBeginRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "oidc_begin"
+    DESCRIPTION = (
+        "Start an OpenID Connect sign-in: store a one-time state with its nonce, PKCE verifier and the path"
+        " to return to, and answer the provider URL to send the browser to. OIDC off: NoApiError."
+    )
+    REPLY = OidcBeginReply
+
+    # A path on the platform's own origin (never another site: no open redirects).
+    redirect: str = Field(
+        default="/", min_length=1, max_length=2048, pattern=r"^/([^/\\\s\x00-\x1f][^\\\s\x00-\x1f]*)?$"
+    )
+    # The gateway's callback URL as the browser sees it; the auth setting PAI_OIDC_REDIRECT_URI wins.
+    redirect_uri: str = Field(min_length=1, max_length=2048)
+    # A random value the gateway also put in a cookie of the browser: the sign-in must come back to the
+    # browser that started it (no login CSRF).
+    binding: str = Field(min_length=16, max_length=256)
+
+
+class OidcReturnReply(RpcReply):
+    # Where to send the browser: the stored path, with a one-time login code or an error to show.
+    redirect: str
+    login_code: str | None = None
+    error: str | None = None
+
+
+class OidcReturnRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "oidc_return"
+    DESCRIPTION = (
+        "The provider sent the browser back: consume the state (once), redeem the code with the PKCE"
+        " verifier, verify the ID token (signature, issuer, audience, expiry, nonce), create or update the"
+        " user and their mapped groups, and answer a one-time login code (60 s). Unknown, expired or used"
+        " state: UnauthorizedUserError."
+    )
+    REPLY = OidcReturnReply
+
+    state: str = Field(min_length=1, max_length=256)
+    code: str | None = Field(default=None, max_length=4096)
+    # The provider's own error (`error`, `error_description` of RFC 6749), when it refused.
+    error: str | None = Field(default=None, max_length=256)
+    error_description: str | None = Field(default=None, max_length=1024)
+    # The browser's binding cookie ("" when it sent none).
+    binding: str = Field(default="", max_length=256)
+
+
+class OidcExchangeRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "oidc_exchange"
+    DESCRIPTION = "Trade a one-time login code for a login token (once, within 60 s of the sign-in)."
+    REPLY = LoginReply
+
+    code: str = Field(min_length=1, max_length=256)
+
+
+class OidcLogoutReply(RpcReply):
+    # The provider's end-session URL (with the return address), or None when it has none.
+    end_session_url: str | None = None
+
+
+class OidcLogoutRequest(RpcRequest):
+    SERVICE = "auth"
+    ENDPOINT = "oidc_logout"
+    DESCRIPTION = "Where to send the browser to end the provider's session too. OIDC off: NoApiError."
+    REPLY = OidcLogoutReply
+
+    post_logout_redirect_uri: str | None = Field(default=None, max_length=2048)
+
+
 # ---- jobs -------------------------------------------------------------------------------------------
 
 
@@ -305,6 +399,9 @@ class SubmitJobRequest(RpcRequest):
     virtual_clusters: list[str]
     admin: bool = False
     protocol_yaml: str
+    # How long the submission may wait for its turn; past it, it is refused with 429 and nothing is done,
+    # so that a caller waiting longer than this (plus one write) always learns whether the job exists.
+    wait_ms: int = Field(default=4000, ge=0, le=600_000)
 
 
 class JobDetailReply(RpcReply):
@@ -462,6 +559,20 @@ class TaskAttemptsRequest(RpcRequest):
     index: int = Field(ge=0)
 
 
+class LiveTasksReply(RpcReply):
+    # One record per task: job_key, user, job_name, virtual_cluster, debug_id, task_role, index, state
+    # (FrameworkController task state), attempt_id, node, host_ip, gpus, cpu, memory_mb, gpu, image,
+    # created_at, launched_at, exit_code.
+    tasks: list[dict[str, Any]]
+
+
+class ListLiveTasksRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "live_tasks"
+    DESCRIPTION = "Every task of every job not finished yet, with where it runs (OpenPAI's pod list)."
+    REPLY = LiveTasksReply
+
+
 # ---- storage ----------------------------------------------------------------------------------------
 
 
@@ -606,6 +717,19 @@ class SkuTypesRequest(RpcRequest):
     REPLY = SkuTypesReply
 
     virtual_cluster: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
+
+
+class NodesReply(RpcReply):
+    # One record per node: name, registered, host_ip, cpu, memory_mb, gpus (index, model, memory_mb,
+    # healthy), simulated, healthy, bad_gpus.
+    nodes: list[dict[str, Any]]
+
+
+class ListNodesRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "nodes"
+    DESCRIPTION = "Every node of the cluster: its resources, address and health (OpenPAI's node list)."
+    REPLY = NodesReply
 
 
 # ---- diagnosis --------------------------------------------------------------------------------------
@@ -793,6 +917,11 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     CreateApplicationTokenRequest,
     RevokeTokenRequest,
     AuditLogRequest,
+    OidcConfigRequest,
+    OidcBeginRequest,
+    OidcReturnRequest,
+    OidcExchangeRequest,
+    OidcLogoutRequest,
     SubmitJobRequest,
     GetJobRequest,
     ListJobsRequest,
@@ -803,6 +932,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     JobEventsRequest,
     JobAttemptsRequest,
     TaskAttemptsRequest,
+    ListLiveTasksRequest,
     ListStoragesRequest,
     GetStorageRequest,
     PutStorageRequest,
@@ -811,6 +941,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     StorageCredentialsRequest,
     ListVirtualClustersRequest,
     SkuTypesRequest,
+    ListNodesRequest,
     TaskLogRequest,
     GetExitSpecRequest,
     PutExitSpecRequest,

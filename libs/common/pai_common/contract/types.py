@@ -116,6 +116,9 @@ class Placement(Message):
     # Set when the task got a share of gpus[0] rather than whole GPUs.
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    # FPGAs the task got (their indices in the node's declared FPGA inventory), when its SKU type is an
+    # FPGA; ``gpus`` is then empty. Passing them to the task is the runtime's part (not built yet).
+    fpgas: list[int] = Field(default_factory=list)
     # Host ports per label, chosen by the orchestrator when the gang is placed (ports.assign_ports).
     ports: dict[str, list[int]] = Field(default_factory=dict)
 

@@ -17,6 +17,8 @@ Returns the list of violated invariants, empty when the state is sound:
   marks agree with the cluster's set of bad leaves), and every node cell sits in exactly the free-node
   bucket of its free leaves; every bound cell still holds its VC's work, except doomed bad cells (bound
   to bad hardware, idle);
+* what each VC borrows is what its borrowing gangs (running, guaranteed) ask for;
+* per chain, the sum of its shares, its busy leaves by priority and its reserved leaves match a recount;
 * the free lists are exactly the maximal unbound cells; every chain is safe (each VC can still bind all of
   its unbound quota).
 """
@@ -151,6 +153,25 @@ def audit(a: HivedAllocator) -> list[str]:
         expected = {x for x in a.cluster.cells.values() if x.is_leaf and x.chain == chain and x.shares}
         if index != expected:
             problems.append(f"chain {chain}: the index of shared leaves is wrong")
+        if a.cluster.shared_milli[chain] != sum(x.share_milli for x in expected):
+            problems.append(f"chain {chain}: the sum of its shares is wrong")
+        chain_leaves = [x for x in a.cluster.cells.values() if x.is_leaf and x.chain == chain]
+        busy: dict[int, int] = {}
+        for x in chain_leaves:
+            if x.owner is not None or x.shares:
+                busy[x.owner_priority] = busy.get(x.owner_priority, 0) + 1
+        if a.cluster.busy_by_priority[chain] != busy:
+            problems.append(f"chain {chain}: busy leaves by priority are {busy}, not as counted")
+        if a.cluster.n_reserved[chain] != sum(1 for x in chain_leaves if x.reserver is not None):
+            problems.append(f"chain {chain}: the count of reserved leaves is wrong")
+    borrowed: dict[str, int] = {}
+    for g in groups.values():
+        if g.borrowed:
+            if g.state not in (GroupState.ALLOCATED, GroupState.BEING_PREEMPTED) or not g.request.guaranteed:
+                problems.append(f"gang {g.request.key} borrows but is not a running guaranteed gang")
+            borrowed[g.request.vc] = borrowed.get(g.request.vc, 0) + g.request.demand_milli
+    if a._borrowed_milli != borrowed:
+        problems.append(f"borrowed milli-GPUs per VC {a._borrowed_milli} disagree with the gangs {borrowed}")
     for node, leaf_index in a.cluster.bad_leaves:
         if not a.cluster.leaves_of(node, leaf_index):
             problems.append(f"bad leaf {node}/{leaf_index} names no leaf")

@@ -172,8 +172,18 @@ class PhysicalCluster:
         self.bad_nodes: set[str] = set()
         # (node, leaf index) of every leaf marked bad on its own, whatever its node's health.
         self.bad_leaves: set[tuple[str, int]] = set()
+        # Bumped by every change of a leaf's state or health: equal versions mean the same cell state (a
+        # rolled-back change bumps it too, which only costs a cache miss); the same per chain.
+        self.version = 0
+        self.chain_version: dict[str, int] = {c.name: 0 for c in config.chains}
+        # Per chain: busy leaves (owner or shares) by the priority taking them would preempt, and leaves
+        # reserved by a preemptor, so that a pass allowed to preempt up to some priority can tell at once
+        # whether the chain offers it anything beyond free leaves.
+        self.busy_by_priority: dict[str, dict[int, int]] = {c.name: {} for c in config.chains}
+        self.n_reserved: dict[str, int] = {c.name: 0 for c in config.chains}
         # Leaves holding shares, per chain; GPU memory of one leaf, per chain.
         self.shared: dict[str, set[Cell]] = {c.name: set() for c in config.chains}
+        self.shared_milli: dict[str, int] = {c.name: 0 for c in config.chains}  # their shares, summed
         self.leaf_memory_mb: dict[str, int] = {
             c.name: config.leaf_memory_mb(c.leaf_type) for c in config.chains
         }
@@ -271,6 +281,7 @@ class PhysicalCluster:
 
     def set_leaf(self, leaf: Cell, owner: str | None, priority: int, reserver: str | None) -> None:
         """Change one leaf's owner/reserver and keep every ancestor's counters exact."""
+        self._untrack(leaf)
         f0, o0, g0 = _flags(leaf)
         leaf.owner = owner
         if owner is not None:
@@ -279,23 +290,28 @@ class PhysicalCluster:
             leaf.owner_priority = _share_priority(leaf) if leaf.shares else FREE_PRIORITY
         leaf.reserver = reserver
         self._count(leaf, f0, o0, g0)
+        self._track(leaf)
 
     def add_share(self, leaf: Cell, key: str, milli: int, memory_mb: int, priority: int) -> None:
         """One more pod of gang ``key`` holds ``milli``/``memory_mb`` of the leaf (no capacity check here:
         the allocator checks room before, the audit after)."""
         if leaf.owner is not None:
             raise ValueError(f"leaf {leaf.id} is used whole by {leaf.owner}")
+        self._untrack(leaf)
         f0, o0, g0 = _flags(leaf)
         m, mem, _, pods = leaf.shares.get(key, (0, 0, priority, 0))
         leaf.shares[key] = (m + milli, mem + memory_mb, priority, pods + 1)
         leaf.share_milli += milli
         leaf.share_memory += memory_mb
+        self.shared_milli[leaf.chain] += milli
         leaf.owner_priority = _share_priority(leaf)
         self.shared[leaf.chain].add(leaf)
         self._count(leaf, f0, o0, g0)
+        self._track(leaf)
 
     def remove_share(self, leaf: Cell, key: str, milli: int, memory_mb: int) -> None:
         """One pod of gang ``key`` gives back exactly its share."""
+        self._untrack(leaf)
         f0, o0, g0 = _flags(leaf)
         m, mem, prio, pods = leaf.shares[key]
         if pods == 1:
@@ -304,17 +320,51 @@ class PhysicalCluster:
             leaf.shares[key] = (m - milli, mem - memory_mb, prio, pods - 1)
         leaf.share_milli -= milli
         leaf.share_memory -= memory_mb
+        self.shared_milli[leaf.chain] -= milli
         if not leaf.shares:
             self.shared[leaf.chain].discard(leaf)
         leaf.owner_priority = _share_priority(leaf) if leaf.owner is None else leaf.owner_priority
         self._count(leaf, f0, o0, g0)
+        self._track(leaf)
 
     def set_share_priority(self, leaf: Cell, key: str, priority: int) -> None:
+        self._untrack(leaf)
         f0, o0, g0 = _flags(leaf)
         m, mem, _, pods = leaf.shares[key]
         leaf.shares[key] = (m, mem, priority, pods)
         leaf.owner_priority = _share_priority(leaf)
         self._count(leaf, f0, o0, g0)
+        self._track(leaf)
+
+    def _untrack(self, leaf: Cell) -> None:
+        """Before a leaf changes: it leaves the per-chain counts (``_track`` puts it back after)."""
+        chain = leaf.chain
+        self.version += 1
+        self.chain_version[chain] += 1
+        if leaf.owner is not None or leaf.shares:
+            by_priority = self.busy_by_priority[chain]
+            n = by_priority[leaf.owner_priority] - 1
+            if n:
+                by_priority[leaf.owner_priority] = n
+            else:
+                del by_priority[leaf.owner_priority]
+        if leaf.reserver is not None:
+            self.n_reserved[chain] -= 1
+
+    def _track(self, leaf: Cell) -> None:
+        chain = leaf.chain
+        if leaf.owner is not None or leaf.shares:
+            by_priority = self.busy_by_priority[chain]
+            by_priority[leaf.owner_priority] = by_priority.get(leaf.owner_priority, 0) + 1
+        if leaf.reserver is not None:
+            self.n_reserved[chain] += 1
+
+    def offers_beyond_free(self, chain: str, ceiling: int) -> bool:
+        """Whether a pass that may take leaves busy up to ``ceiling`` (or reserved) can use any leaf of the
+        chain that is not free; when not, that pass places exactly as the free-leaves pass does."""
+        if self.n_reserved[chain]:
+            return True
+        return any(FREE_PRIORITY < p <= ceiling for p in self.busy_by_priority[chain])
 
     def _count(self, leaf: Cell, f0: int, o0: int, g0: int) -> None:
         f1, o1, g1 = _flags(leaf)
@@ -338,6 +388,9 @@ class PhysicalCluster:
     def set_node_health(self, node: str, healthy: bool) -> bool:
         """Mark a node healthy or bad in every chain it belongs to; returns whether anything changed.
         Unknown nodes raise KeyError."""
+        self.version += 1
+        for cell in self.nodes.get(node, ()):
+            self.chain_version[cell.chain] += 1
         if node not in self.nodes:
             raise KeyError(node)
         if healthy == (node not in self.bad_nodes):
@@ -363,6 +416,9 @@ class PhysicalCluster:
     def set_leaf_health(self, node: str, index: int, healthy: bool) -> bool:
         """Mark one leaf (a GPU) healthy or bad, counters and buckets kept exact; returns whether anything
         changed. An unknown node or index raises KeyError."""
+        self.version += 1
+        for cell in self.nodes.get(node, ()):
+            self.chain_version[cell.chain] += 1
         leaves = self.leaves_of(node, index)
         if not leaves:
             raise KeyError(f"{node}/{index}")

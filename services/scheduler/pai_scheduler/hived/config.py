@@ -27,7 +27,7 @@ import io
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -53,6 +53,8 @@ class SkuType:
     # Memory of one device in MB (``gpuMemory``, e.g. ``32Gi``): the capacity GPU-memory shares of one
     # leaf add up to. 0 = not given: DEFAULT_LEAF_MEMORY_MB applies (the default is in this module).
     gpu_memory_mb: int = 0
+    # ``fpga: 1``: each leaf of this type is one FPGA (a cell like a GPU, never shared, never a GPU).
+    fpga: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,13 @@ class VirtualClusterSpec:
     name: str
     virtual_cells: tuple[VirtualCellSpec, ...] = ()
     pinned_cells: tuple[str, ...] = ()
+    # Fair sharing of idle quota (``sharing.py`` of the core): the VC's weight when several VCs borrow, and
+    # how many GPUs (leaves, shares as their fraction) it may borrow beyond its quota (0: none).
+    weight: float = 1.0
+    borrowing_limit: float = 0.0
+    # A team of a VC divided among teams (``teams``): the VC it belongs to, and its share of that VC's quota.
+    parent: str | None = None
+    share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,8 @@ class ClusterConfig:
     cell_types: tuple[CellType, ...] = ()
     physical_cells: tuple[PhysicalCellSpec, ...] = ()
     virtual_clusters: tuple[VirtualClusterSpec, ...] = ()
+    # Reclaim: how long a borrowing gang may run on after its lender wants its cells back (``sharing``).
+    reclaim_grace_s: float = 0.0
     # Nodes of an inventory that have no accelerator leaves (they get a CPU chain: see CPU_LEAF_TYPE).
     cpu_only_nodes: tuple[str, ...] = ()
     chains: tuple[ChainSpec, ...] = field(default=(), compare=False)
@@ -157,10 +168,19 @@ class ClusterConfig:
         return None
 
     def is_cpu_leaf(self, leaf_type: str) -> bool:
-        """A leaf type whose SKU has ``gpu: 0`` is a unit of CPU and memory (OpenPAI's CPU-only SKUs), not an
-        accelerator: only pods that ask for no GPU are placed on it, and it counts as no GPU."""
+        """A leaf type whose SKU has ``gpu: 0`` (and no ``fpga``) is a unit of CPU and memory (OpenPAI's
+        CPU-only SKUs), not an accelerator: only pods that ask for no GPU are placed on it, and it counts as
+        no GPU."""
         sku = self.sku(leaf_type)
-        return sku is not None and sku.gpu == 0
+        return sku is not None and sku.gpu == 0 and sku.fpga == 0
+
+    def is_fpga_leaf(self, leaf_type: str) -> bool:
+        """A leaf type whose SKU has ``fpga: 1``: an FPGA, given only to gangs that name its type."""
+        sku = self.sku(leaf_type)
+        return sku is not None and sku.fpga > 0
+
+    def is_gpu_leaf(self, leaf_type: str) -> bool:
+        return not self.is_cpu_leaf(leaf_type) and not self.is_fpga_leaf(leaf_type)
 
     def leaf_memory_mb(self, leaf_type: str) -> int:
         """GPU memory of one leaf of this type: the SKU's ``gpuMemory``, else DEFAULT_LEAF_MEMORY_MB."""
@@ -198,7 +218,8 @@ def parse_hived_config(data: Any) -> ClusterConfig:
         _parse_physical_cell(c, f"physicalCluster.physicalCells[{i}]", None) for i, c in enumerate(raw_cells)
     )
     vcs = _parse_virtual_clusters(data.get("virtualClusters") or {})
-    return build_config(skus, cell_types, physical, vcs)
+    grace = _parse_sharing(data.get("sharing") or {})
+    return replace(build_config(skus, cell_types, physical, vcs), reclaim_grace_s=grace)
 
 
 def build_config(
@@ -303,13 +324,18 @@ def _parse_sku_types(raw: Any) -> list[SkuType]:
         cpu = spec.get("cpu", 0)
         if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu < 0:
             raise ConfigError(f"{where}.cpu must be a number >= 0, got {cpu!r}")
+        fpga = _int_field(spec.get("fpga", 0), f"{where}.fpga", 0)
+        gpu = _int_field(spec.get("gpu", 0 if fpga else 1), f"{where}.gpu", 0)
+        if fpga > 1 or (fpga and gpu):
+            raise ConfigError(f"{where}: a leaf is one device: fpga: 1 (an FPGA) or gpu: 1, not both or more")
         out.append(
             SkuType(
                 name=str(name),
-                gpu=_int_field(spec.get("gpu", 1), f"{where}.gpu", 0),
+                gpu=gpu,
                 cpu=float(cpu),
                 memory_mb=memory_to_mb(spec.get("memory", 0), f"{where}.memory"),
                 gpu_memory_mb=memory_to_mb(spec.get("gpuMemory", 0), f"{where}.gpuMemory"),
+                fpga=fpga,
             )
         )
     return out
@@ -365,9 +391,84 @@ def _parse_physical_cell(raw: Any, where: str, inherited_type: str | None) -> Ph
     )
 
 
+def _parse_sharing(raw: Any) -> float:
+    """The top-level ``sharing`` mapping: ``reclaimGraceSeconds`` (default 0)."""
+    _need_mapping(raw, "sharing")
+    unknown = set(raw) - {"reclaimGraceSeconds"}
+    if unknown:
+        raise ConfigError(f"sharing: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    return _number_field(raw.get("reclaimGraceSeconds", 0), "sharing.reclaimGraceSeconds", 0.0)
+
+
+def _number_field(value: Any, where: str, minimum: float, maximum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum:g}" if maximum is None else f"in {minimum:g}..{maximum:g}"
+        raise ConfigError(f"{where} must be {bounds}, got {value}")
+    return float(value)
+
+
+def _sharing_fields(spec: Mapping[str, Any], where: str) -> tuple[float, float]:
+    """A VC's (or team's) ``weight`` (default 1, > 0) and ``borrowingLimit`` (GPUs, default 0)."""
+    weight = _number_field(spec.get("weight", 1), f"{where}.weight", 0.0)
+    if weight <= 0:
+        raise ConfigError(f"{where}.weight must be > 0, got {weight:g}")
+    return weight, _number_field(spec.get("borrowingLimit", 0), f"{where}.borrowingLimit", 0.0)
+
+
+def _split_teams(vc: VirtualClusterSpec, raw: Any, where: str) -> list[VirtualClusterSpec]:
+    """A VC divided among teams: each team gets its share of every virtual cell count of the VC (rounded
+    down, the remainders to the largest fractions, ties to the team listed first); the VC keeps what is
+    left (and its pinned cells). Teams are VCs of their own, named by their key."""
+    _need_mapping(raw, where)
+    if not raw:
+        raise ConfigError(f"{where} must name at least one team")
+    teams: list[tuple[str, float, float, float]] = []
+    for team, spec in raw.items():
+        w = f"{where}.{team}"
+        spec = spec or {}
+        _need_mapping(spec, w)
+        unknown = set(spec) - {"share", "weight", "borrowingLimit"}
+        if unknown:
+            raise ConfigError(f"{w}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        if "share" not in spec:
+            raise ConfigError(f"{w}.share is required (the team's fraction of VC {vc.name}'s quota)")
+        share = _number_field(spec["share"], f"{w}.share", 0.0, 1.0)
+        if share <= 0:
+            raise ConfigError(f"{w}.share must be > 0, got {share:g}")
+        weight, limit = _sharing_fields({"weight": vc.weight * share, **spec}, w)
+        teams.append((str(team), share, weight, limit))
+    total = sum(t[1] for t in teams)
+    if total > 1 + 1e-9:
+        raise ConfigError(f"{where}: the teams' shares add up to {total:g}, more than the whole VC")
+    cells: dict[str, list[VirtualCellSpec]] = {t[0]: [] for t in teams}
+    kept: list[VirtualCellSpec] = []
+    for vcell in vc.virtual_cells:
+        exact = [vcell.number * t[1] for t in teams]
+        given = [math.floor(x + 1e-9) for x in exact]
+        left = round(vcell.number * min(total, 1.0)) - sum(given)
+        order = sorted(range(len(teams)), key=lambda i: (-(exact[i] - given[i]), i))
+        for i in order[: max(left, 0)]:
+            given[i] += 1
+        for (team, *_), n in zip(teams, given, strict=True):
+            if n:
+                cells[team].append(VirtualCellSpec(vcell.path, n))
+        if vcell.number - sum(given):
+            kept.append(VirtualCellSpec(vcell.path, vcell.number - sum(given)))
+    parent = replace(vc, virtual_cells=tuple(kept))
+    return [
+        parent,
+        *(
+            VirtualClusterSpec(team, tuple(cells[team]), (), weight, limit, vc.name, share)
+            for team, share, weight, limit in teams
+        ),
+    ]
+
+
 def _parse_virtual_clusters(raw: Any) -> list[VirtualClusterSpec]:
     _need_mapping(raw, "virtualClusters")
-    out = []
+    out: list[VirtualClusterSpec] = []
     for name, spec in raw.items():
         where = f"virtualClusters.{name}"
         spec = spec or {}
@@ -390,7 +491,18 @@ def _parse_virtual_clusters(raw: Any) -> list[VirtualClusterSpec]:
             if not isinstance(pid, str) or not pid:
                 raise ConfigError(f"{w}.pinnedCellId must be a non-empty string, got {pid!r}")
             pins.append(pid)
-        out.append(VirtualClusterSpec(str(name), tuple(vcells), tuple(pins)))
+        weight, limit = _sharing_fields(spec, where)
+        vc = VirtualClusterSpec(str(name), tuple(vcells), tuple(pins), weight, limit)
+        if spec.get("teams") is not None:
+            out.extend(_split_teams(vc, spec["teams"], f"{where}.teams"))
+        else:
+            out.append(vc)
+    names = [vc.name for vc in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"virtualClusters: {', '.join(twice)} named twice (a team is a VC: names are unique)"
+        )
     return out
 
 
@@ -529,10 +641,12 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
     """
     reader = csv.DictReader(io.StringIO(text))
     header = tuple(h.strip() for h in (reader.fieldnames or ()))
-    if header[:5] != INVENTORY_COLUMNS or len(header) > 6 or (len(header) == 6 and header[5] != "rack"):
+    if header[:5] != INVENTORY_COLUMNS or header[5:] not in ((), ("rack",), ("device",), ("rack", "device")):
         raise ConfigError(
-            f"inventory: the header must be {','.join(INVENTORY_COLUMNS)}[,rack], got {','.join(header)}"
+            f"inventory: the header must be {','.join(INVENTORY_COLUMNS)}[,rack][,device], got"
+            f" {','.join(header)}"
         )
+    devices: dict[str, str] = {}  # leaf type -> gpu or fpga
     rows: list[tuple[str, str, int, float, int, str]] = []
     sku: dict[str, tuple[float, int]] = {}
     seen: set[str] = set()
@@ -559,6 +673,25 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
             raise ConfigError(f"{where} (node {name}): leaf_count, cpu and memory_mb must be >= 0")
         leaf = (row.get("leaf_type") or "").strip()
         rack = (row.get("rack") or "").strip()
+        device = (row.get("device") or "").strip().lower() or "gpu"
+        if device not in ("gpu", "fpga"):
+            raise ConfigError(f"{where} (node {name}): device must be gpu or fpga, got {row.get('device')!r}")
+        if count > 0:
+            if devices.setdefault(leaf, device) != device:
+                raise ConfigError(
+                    f"{where} (node {name}): leaf type {leaf!r} is a {device} here but a {devices[leaf]} on"
+                    " an earlier line"
+                )
+        if count == 0 and leaf:
+            raise ConfigError(
+                f"{where} (node {name}): leaf_count is 0 but leaf_type is {leaf!r}; a CPU-only node has an"
+                " empty leaf_type"
+            )
+        if count == 0 and (cpu < 1 or mem < 1):
+            raise ConfigError(
+                f"{where} (node {name}): a node without accelerators (leaf_count 0) is a CPU-only node and"
+                f" needs at least one core and some memory (cpu {row['cpu']}, memory_mb {row['memory_mb']})"
+            )
         if count > 0:
             if not leaf:
                 raise ConfigError(f"{where} (node {name}): leaf_type is empty but leaf_count is {count}")
@@ -573,6 +706,7 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         rows.append((name, leaf, count, cpu, mem, rack))
 
     cpu_only = [name for name, _, count, _, _, _ in rows if count == 0]
+    lines = {name: line for line, (name, *_) in enumerate(rows, start=2)}
     # CPU and memory no accelerator leaf carries, per node: (whole cores, MB).
     spare: dict[str, tuple[int, int]] = {}
     for name, leaf, count, cpu, mem, _ in rows:
@@ -595,6 +729,13 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         n = min(cores, mem // unit_mb) if unit_mb else 0
         if n > 0:
             nodes.append((name, CPU_LEAF_TYPE, n, rack, count))
+        elif count == 0:
+            # Never drop a node silently: a CPU-only node too small for one CPU leaf is refused.
+            raise ConfigError(
+                f"inventory line {lines[name]} (node {name}): a CPU-only node needs at least one whole core"
+                f" and {unit_mb} MB of memory (one CPU leaf: the least memory per core over the CPU-only"
+                f" nodes); it has {cores} core(s) and {mem} MB"
+            )
 
     def node_cell(node_type: str, name: str, first: int, count: int) -> PhysicalCellSpec:
         if first == 0:
@@ -619,7 +760,10 @@ def parse_inventory_csv(text: str, virtual_clusters: Mapping[str, Any] | None = 
         cell_types.setdefault(rack_type, CellType(rack_type, node_type, len(members), False, True))
         physical.append(PhysicalCellSpec(rack_type, rack, None, tuple(members)))
     physical.extend(standalone)
-    skus = [SkuType(leaf, 1, c, m) for leaf, (c, m) in sorted(sku.items())]
+    skus = [
+        SkuType(leaf, 0, c, m, fpga=1) if devices.get(leaf) == "fpga" else SkuType(leaf, 1, c, m)
+        for leaf, (c, m) in sorted(sku.items())
+    ]
     if any(leaf == CPU_LEAF_TYPE for _, leaf, _, _, _ in nodes):
         skus.append(SkuType(CPU_LEAF_TYPE, 0, 1.0, unit_mb))
     if virtual_clusters is None:

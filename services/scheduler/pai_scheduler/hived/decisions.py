@@ -36,6 +36,8 @@ class Preempting:
     key: str
     victims: tuple[str, ...]
     placements: tuple[PodPlacement, ...]
+    # Reclaim of borrowed cells: how long the victims may run on before they are stopped (0: at once).
+    grace_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,10 @@ class QuotaBook:
         self.pinned_owner: dict[str, str] = {}
         self.pinned_of: dict[str, list[Cell]] = {vc: [] for vc in self.vcs}
         self.bound: dict[str, dict[Slot, set[Cell]]] = {vc: {} for vc in self.vcs}
-        # Bumped by every bind and unbind, so that views of the bound cells can be cached between them.
+        # Bumped by every bind and unbind, so that views of the bound cells can be cached between them; the
+        # same per chain.
         self.binding_version = 0
+        self.chain_binding_version: dict[str, int] = {c: 0 for c in cluster.chains}
         self.free: dict[Slot, set[Cell]] = {}
         self.unbound_need: dict[Slot, int] = {}
         for chain in cluster.chains.values():
@@ -141,6 +143,7 @@ class QuotaBook:
         cell.bound_vc = vc
         self.bound[vc].setdefault(slot, set()).add(cell)
         self.binding_version += 1
+        self.chain_binding_version[cell.chain] += 1
         self.unbound_need[slot] -= 1
 
     def unbind(self, cell: Cell) -> None:
@@ -149,6 +152,7 @@ class QuotaBook:
             raise ValueError(f"cell {cell.id} is not bound, or is pinned")
         slot = (cell.chain, cell.level)
         self.binding_version += 1
+        self.chain_binding_version[cell.chain] += 1
         self.bound[vc][slot].discard(cell)
         if not self.bound[vc][slot]:
             del self.bound[vc][slot]

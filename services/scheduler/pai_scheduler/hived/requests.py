@@ -72,6 +72,11 @@ class GangRequest:
     def guaranteed(self) -> bool:
         return self.priority >= 0
 
+    @property
+    def demand_milli(self) -> int:
+        """The GPUs the gang asks for, in thousandths (shares as their fraction; CPU-only pods ask none)."""
+        return sum(m.pods * (m.gpu_milli if m.is_share else m.leaves * 1000) for m in self.members)
+
 
 def parse_leaf_types(text: str | None) -> tuple[str, ...]:
     """``"A100|H100"`` -> ``("A100", "H100")``; empty or None -> any type."""

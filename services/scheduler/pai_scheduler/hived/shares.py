@@ -48,8 +48,8 @@ def fragmentation(
     for chain, spec in cluster.chains.items():
         if leaf_type is not None and spec.leaf_type != leaf_type:
             continue
-        if leaf_type is None and cluster.config.is_cpu_leaf(spec.leaf_type):
-            continue  # CPU leaves are no accelerators
+        if leaf_type is None and not cluster.config.is_gpu_leaf(spec.leaf_type):
+            continue  # CPU leaves and FPGAs are no GPUs
         for top in cluster.tops[chain]:
             for node in top.node_cells:
                 if not node.n_bad_nodes:  # n_free leaves out bad leaves already

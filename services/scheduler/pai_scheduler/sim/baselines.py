@@ -1,7 +1,8 @@
-"""The two baseline policies, both over the production first-fit core (``pai_scheduler.core``).
+"""The two whole-GPU baseline policies, both over the retired first-fit core (``firstfit.py``).
 
-* ``first-fit`` — the core as the service runs it: gangs placed best-fit on whole GPUs, a priority-ordered
-  backfilling queue, no VCs, no topology, no preemption. The naive baseline.
+* ``whole-gpu`` — the core as the service ran it before the HiveD allocator: gangs placed best-fit on whole
+  GPUs, a priority-ordered backfilling queue, no VCs, no topology, no preemption. The naive baseline (the
+  GPU-sharing ones are ``sharing_baselines.py``).
 * ``quota-only`` — each VC's quota enforced as a number of GPUs (per leaf type) in front of the same
   placement: guaranteed jobs (priority >= 0) run while their VC's in-use GPUs plus theirs stay within the
   quota, opportunistic jobs (-1) use any idle GPU and are preempted (whole gangs, newest first) when a
@@ -20,9 +21,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from pai_common.contract.types import PodRequest
-from pai_scheduler.core import Allocated, FirstFitScheduler, GangRequest, Queued, Rejected, _place
 from pai_scheduler.sim import policy as p
 from pai_scheduler.sim.cluster import SimCluster
+from pai_scheduler.sim.firstfit import Allocated, FirstFitScheduler, GangRequest, Queued, Rejected, _place
 from pai_scheduler.sim.jobs import SimJob
 
 TASK_ROLE = "task"
@@ -81,7 +82,7 @@ class TypedCores:
 class FirstFitPolicy:
     """The production first-fit core, its own queue included."""
 
-    name = "first-fit"
+    name = "whole-gpu"
 
     def __init__(self, cluster: SimCluster):
         self._cores = TypedCores(cluster)
@@ -121,6 +122,9 @@ class FirstFitPolicy:
             self._queued_on[job.job_id] = queued_on
             return p.Outcome()
         return p.Outcome(rejected=(p.Rejected(job.job_id, "; ".join(reasons)),))
+
+    def stop(self, job_id: str, now: float) -> p.Outcome:
+        return p.Outcome()  # never defers a preemption
 
     def release(self, job_id: str, now: float) -> p.Outcome:
         leaf_type = self._running_on.pop(job_id, None)
@@ -178,6 +182,9 @@ class QuotaOnlyPolicy:
         self._seq += 1
         return self._schedule()
 
+    def stop(self, job_id: str, now: float) -> p.Outcome:
+        return p.Outcome()  # never defers a preemption
+
     def release(self, job_id: str, now: float) -> p.Outcome:
         if self._queue.pop(job_id, None) is not None:
             return p.Outcome()
@@ -215,12 +222,36 @@ class QuotaOnlyPolicy:
         # job only takes capacity; what a preemption frees beyond the preemptor's need is seen by the next
         # pass, which the engine's resubmission of every victim runs.
         outcome = p.Outcome()
+        room = self._room()
         for _, job in sorted(self._queue.values(), key=lambda e: e[0]):
+            if not self._may_start(job, room):
+                continue  # what _try_start would find too, without building the gang (a long queue)
             result = self._try_start(job)
             if result is not None:
                 del self._queue[job.job_id]
                 outcome = outcome + result
+                room = self._room()
         return outcome
+
+    def _room(self) -> dict[str, tuple[int, int, bool]]:
+        """Per leaf type: free GPUs, the most free on one healthy node, and whether opportunistic work runs
+        there (a guaranteed job may then start by preempting it)."""
+        oppo = {t for job, t, _ in self._running_job.values() if not job.guaranteed}
+        out = {}
+        for leaf_type, core in self._cores.cores.items():
+            # The core's own nodes, read only (its public view copies every node).
+            most = max((len(n.free_gpus) for n in core._nodes.values() if n.healthy), default=0)
+            out[leaf_type] = (self._free[leaf_type], most, leaf_type in oppo)
+        return out
+
+    def _may_start(self, job: SimJob, room: dict[str, tuple[int, int, bool]]) -> bool:
+        types, _ = self._cores.candidates(job)
+        need = whole_gpus(job) * job.tasks
+        for leaf_type in types:
+            free, most, oppo = room[leaf_type]
+            if (need <= free and whole_gpus(job) <= most) or (job.guaranteed and oppo):
+                return True
+        return False
 
     def _try_start(self, job: SimJob) -> p.Outcome | None:
         types, _ = self._cores.candidates(job)

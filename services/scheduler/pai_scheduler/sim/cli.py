@@ -1,6 +1,15 @@
 """``pai-sim``: replay a workload CSV on a cluster through one scheduling policy and write the figures.
 
     pai-sim --cluster CLUSTER --workload JOBS.csv [--policy NAME] [--no-departures] --out METRICS.json
+            [--jobs-out OUTCOMES.csv]
+
+    pai-sim generate --out-dir DIR [--nodes 1500] [--jobs 10000] [--seed 0]
+
+The policy is ``hived`` (the production scheduler, as the service runs it) unless ``--policy`` names
+another. ``--jobs-out`` writes one row per job (``job_id,vc,state,submit_time,start_time,end_time,
+gpus_requested,gpus_held,nodes``) from which every figure can be recomputed. ``generate`` writes the
+synthetic GPU-sharing trace of ``sharing_trace.py`` (``DIR/inventory.csv`` and ``DIR/jobs.csv``), meant
+to be replayed with ``--no-departures``.
 
 Exit status: 0 on success, 2 on a bad argument or input file (the message names the file, line and
 column), 1 when the policy broke the simulation protocol.
@@ -9,6 +18,8 @@ column), 1 when the policy broke the simulation protocol.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -16,16 +27,73 @@ from pathlib import Path
 from typing import Any
 
 from pai_scheduler.hived.errors import ConfigError
+from pai_scheduler.sim import sharing_trace
 from pai_scheduler.sim.cluster import SimCluster, load_cluster
-from pai_scheduler.sim.engine import SimulationError, simulate
-from pai_scheduler.sim.jobs import SimJob, WorkloadError, parse_workload_csv
-from pai_scheduler.sim.policy import make_policy, policies
+from pai_scheduler.sim.engine import SimResult, SimulationError, simulate
+from pai_scheduler.sim.jobs import SimJob, WorkloadError, format_workload_csv, parse_workload_csv
+from pai_scheduler.sim.registry import make_policy, policies
+
+DEFAULT_POLICY = "hived"
+JOB_COLUMNS = (
+    "job_id",
+    "vc",
+    "state",
+    "submit_time",
+    "start_time",
+    "end_time",
+    "gpus_requested",
+    "gpus_held",
+    "nodes",
+)
+
+
+def replay(cluster: SimCluster, jobs: Sequence[SimJob], policy: str, departures: bool = True) -> SimResult:
+    return simulate(make_policy(policy, cluster), cluster.capacity, jobs, departures, cluster.nodes)
+
+
+def figures(cluster: SimCluster, result: SimResult) -> dict[str, Any]:
+    return {
+        "nodes": cluster.node_count,
+        "gpu_nodes": len(cluster.nodes),
+        "cpu_only_nodes": len(cluster.cpu_only_nodes),
+        **result.metrics,
+    }
 
 
 def run(cluster: SimCluster, jobs: Sequence[SimJob], policy: str, departures: bool = True) -> dict[str, Any]:
     """One replay's figures (the CLI and the comparison benchmark share this)."""
-    result = simulate(make_policy(policy, cluster), cluster.capacity, jobs, departures)
-    return {"nodes": len(cluster.nodes), **result.metrics}
+    return figures(cluster, replay(cluster, jobs, policy, departures))
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if value == int(value) else repr(round(value, 6))
+
+
+def format_jobs_csv(result: SimResult) -> str:
+    """One row per job, in workload order: its final state, the times of its last attempt, what it asked
+    for and what that attempt held, and the nodes it ran on (``|``-separated)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(JOB_COLUMNS)
+    for rec in result.records.values():
+        job = rec.job
+        ran = rec.attempt > 0
+        writer.writerow(
+            [
+                job.job_id,
+                job.vc,
+                rec.state,
+                _number(job.submit_time),
+                _number(rec.start) if ran else "",
+                _number(rec.end) if rec.state == "completed" else "",
+                _number(job.gpus),
+                _number(rec.held) if ran else "0",
+                "|".join(sorted({pl.node for pl in rec.placements})) if ran else "",
+            ]
+        )
+    return out.getvalue()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -33,16 +101,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cluster", required=True, help="HiveD config YAML, or a node inventory .csv")
     parser.add_argument("--workload", required=True, help="jobs CSV")
     parser.add_argument(
-        "--policy", default="first-fit", help=f"scheduling policy (available: {', '.join(policies())})"
+        "--policy",
+        default=DEFAULT_POLICY,
+        help=f"scheduling policy (default {DEFAULT_POLICY}; available: {', '.join(policies())})",
     )
     parser.add_argument(
         "--no-departures", action="store_true", help="jobs never finish (measures how full a cluster gets)"
     )
     parser.add_argument("--out", required=True, help="where to write the metrics JSON")
+    parser.add_argument("--jobs-out", help="where to write one CSV row per job (its outcome)")
     return parser.parse_args(argv)
 
 
+def generate_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pai-sim generate", description=sharing_trace.__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--out-dir", required=True, help="where to write inventory.csv and jobs.csv")
+    spec = sharing_trace.SharingTraceSpec()
+    parser.add_argument("--nodes", type=int, default=spec.nodes)
+    parser.add_argument("--jobs", type=int, default=spec.jobs)
+    parser.add_argument("--seed", type=int, default=spec.seed)
+    args = parser.parse_args(argv)
+    try:
+        inventory, jobs = sharing_trace.generate(
+            sharing_trace.SharingTraceSpec(nodes=args.nodes, jobs=args.jobs, seed=args.seed)
+        )
+    except ValueError as e:
+        print(f"pai-sim generate: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inventory.csv").write_text(inventory, encoding="utf-8")
+    (out / "jobs.csv").write_text(format_workload_csv(jobs), encoding="utf-8")
+    print(f"wrote {out / 'inventory.csv'} ({args.nodes} nodes) and {out / 'jobs.csv'} ({len(jobs)} jobs)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["generate"]:
+        return generate_main(argv[1:])
     args = parse_args(argv)
     if args.policy not in policies():
         print(f"pai-sim: unknown policy {args.policy!r}; available: {', '.join(policies())}", file=sys.stderr)
@@ -58,15 +157,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pai-sim: {args.workload}: {e}", file=sys.stderr)
         return 2
     try:
-        metrics = run(cluster, jobs, args.policy, departures=not args.no_departures)
+        result = replay(cluster, jobs, args.policy, departures=not args.no_departures)
     except (SimulationError, ValueError) as e:
         print(f"pai-sim: {e}", file=sys.stderr)
         return 1
-    metrics = {"cluster": str(args.cluster), "workload": str(args.workload), **metrics}
+    metrics = {"cluster": str(args.cluster), "workload": str(args.workload), **figures(cluster, result)}
     Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if args.jobs_out:
+        Path(args.jobs_out).write_text(format_jobs_csv(result), encoding="utf-8")
     print(
         f"{metrics['policy']}: {metrics['jobs_completed']}/{metrics['jobs_total']} completed,"
-        f" {metrics['jobs_rejected']} rejected,"
-        f" allocation ratio {metrics['gpu_allocation_ratio']}, wrote {args.out}"
+        f" {metrics['jobs_running']} running, {metrics['jobs_rejected']} rejected; {_summary(metrics)};"
+        f" wrote {args.out}" + (f" and {args.jobs_out}" if args.jobs_out else "")
     )
     return 0
+
+
+def _summary(m: dict[str, Any]) -> str:
+    """The headline figures: GPU demand placed over capacity (the allocation ratio), and GPUs held apart."""
+    if not m["departures"]:
+        at = m["allocation_ratio_by_arrived"].get("1.0")
+        held = m["held_ratio_by_arrived"].get("1.0")
+        if at is None:
+            return (
+                "arrived demand stayed below 100% of capacity; allocation ratio"
+                f" {m['final_allocation_ratio']} at the end (GPUs held {m['final_held_ratio']})"
+            )
+        return f"allocation ratio at 100% arrived demand {at} (GPUs held {held})"
+    return f"allocation ratio {m['gpu_allocation_ratio']} over time (GPUs held {m['gpu_held_ratio']})"

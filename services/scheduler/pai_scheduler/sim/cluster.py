@@ -30,9 +30,19 @@ class SimNode:
 @dataclass(frozen=True)
 class SimCluster:
     config: ClusterConfig
-    nodes: tuple[SimNode, ...]
+    nodes: tuple[SimNode, ...]  # GPU (accelerator) nodes
     # VC -> leaf type -> leaves of guaranteed quota (virtual cells and pinned cells).
     quotas: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # Nodes with CPU leaves only (they serve jobs that ask for no GPU); none of their leaves is a GPU.
+    cpu_only_nodes: tuple[str, ...] = ()
+    # Node -> (cores, memory MB) its leaves carry through their SKUs (GPU and CPU leaves together);
+    # a node whose SKUs say nothing has no entry (the baselines then do not limit its CPU and memory).
+    resources: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+
+    @property
+    def node_count(self) -> int:
+        """Every node of the file, CPU-only ones included."""
+        return len({n.name for n in self.nodes} | set(self.cpu_only_nodes))
 
     @property
     def capacity(self) -> int:
@@ -73,11 +83,22 @@ def _pinned_leaves(cells: tuple[PhysicalCellSpec, ...], config: ClusterConfig) -
 
 def from_config(config: ClusterConfig) -> SimCluster:
     nodes: list[SimNode] = []
+    cpu_nodes: list[SimNode] = []
     for top in config.physical_cells:
         chain = config.chain(top.cell_type)
-        if config.is_cpu_leaf(chain.leaf_type):
-            continue  # CPU leaves are no GPUs: not in the capacity, and invisible to the baselines
-        _walk_nodes(top, chain, chain.top_level, nodes)
+        # CPU leaves are no GPUs: not in the capacity, and only CPU-only jobs use them.
+        if config.is_fpga_leaf(chain.leaf_type):
+            continue  # FPGAs are no GPUs: the simulator measures GPUs
+        _walk_nodes(top, chain, chain.top_level, cpu_nodes if config.is_cpu_leaf(chain.leaf_type) else nodes)
+    gpu_names = {n.name for n in nodes}
+    cpu_only = tuple(sorted({n.name for n in cpu_nodes} - gpu_names))
+    resources: dict[str, tuple[float, int]] = {}
+    for n in (*nodes, *cpu_nodes):
+        sku = config.sku(n.leaf_type)
+        if sku is None or (sku.cpu <= 0 and sku.memory_mb <= 0):
+            continue
+        cpu, mem = resources.get(n.name, (0.0, 0))
+        resources[n.name] = (cpu + sku.cpu * n.leaves, mem + sku.memory_mb * n.leaves)
     pinned = _pinned_leaves(config.physical_cells, config)
     quotas: dict[str, dict[str, int]] = {}
     for vc in config.virtual_clusters:
@@ -91,7 +112,7 @@ def from_config(config: ClusterConfig) -> SimCluster:
         for pid in vc.pinned_cells:
             leaf, leaves = pinned[pid]
             q[leaf] = q.get(leaf, 0) + leaves
-    return SimCluster(config, tuple(nodes), quotas)
+    return SimCluster(config, tuple(nodes), quotas, cpu_only, resources)
 
 
 def load_cluster(path: str | Path) -> SimCluster:

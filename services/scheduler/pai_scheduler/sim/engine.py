@@ -15,8 +15,21 @@ Definitions of the figures:
 
 * job completion time (JCT): end - submit, over completed jobs;
 * queueing delay: total time a job spent waiting (every attempt), over jobs that started at least once;
-* time-averaged GPU allocation ratio: the integral of GPUs held over the run, divided by capacity times
-  the run's span (first arrival to last event); ``..._while_arriving`` stops at the last arrival;
+* GPU capacity: the cluster's GPU leaves (CPU leaves are none);
+* allocation ratio, as the literature on GPU-sharing clusters defines it: the GPU *demand* of the jobs
+  running (the sum of their requests, shares as their fraction) divided by the capacity. GPUs *held* are
+  reported apart: a scheduler can hold more than the demand (a whole GPU for a 0.5-GPU task, extra GPUs a
+  task's CPU and memory need through its SKU, a GPU for a task that asked for none);
+* time-averaged allocation ratio: the integral of that demand over the run, divided by capacity times the
+  run's span (first arrival to last event); ``..._while_arriving`` stops at the last arrival; the same for
+  GPUs held (``gpu_held_ratio``);
+* by arrived demand (no departures): at the first arrival that brings the arrived GPU demand to 50%, 60%,
+  ... 130% of capacity, the allocation ratio, the held ratio and the fragmentation;
+* fragmentation: free GPU capacity (healthy or not: the simulator has no health) that none of the jobs
+  waiting at that moment could use, as a fraction of capacity. A free part ``f`` of a GPU of model ``t``
+  on node ``n`` is usable by a waiting job whose tasks accept ``t`` and ask for a share ``d < 1`` with
+  ``d <= f``, or for ``k`` whole GPUs when the GPU is wholly free and ``n`` has ``k`` wholly free GPUs;
+  with nothing waiting it is 0;
 * decision latency: the wall time of each policy call (submit or release), in milliseconds;
 * percentiles: nearest rank.
 """
@@ -30,11 +43,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pai_scheduler.sim.cluster import SimNode
 from pai_scheduler.sim.jobs import SimJob
-from pai_scheduler.sim.policy import Outcome, Policy
+from pai_scheduler.sim.policy import Outcome, Policy, TaskPlacement
 
 ARRIVED_LEVELS = tuple(round(0.5 + 0.1 * i, 1) for i in range(9))  # 0.5, 0.6, ..., 1.3
-_DEPARTURE, _ARRIVAL = 0, 1  # tie order at one instant
+_DEPARTURE, _STOP, _ARRIVAL = 0, 1, 2  # tie order at one instant
 _EPS = 1e-9
 
 
@@ -54,6 +68,8 @@ class JobRecord:
     waiting_since: float | None = None
     queue_time: float = 0.0
     gpus: float = 0.0  # held now
+    held: float = 0.0  # held by the current or last attempt
+    placements: tuple[TaskPlacement, ...] = ()  # of the current or last attempt
     preemptions: int = 0
     reason: str = ""
     # (what, when): "submit", "start", "preempt", "end", "reject"; for tests and debugging.
@@ -87,8 +103,19 @@ def _r(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
+MILLI = 1000
+
+
 class Engine:
-    def __init__(self, policy: Policy, capacity: float, jobs: Sequence[SimJob], departures: bool = True):
+    def __init__(
+        self,
+        policy: Policy,
+        capacity: float,
+        jobs: Sequence[SimJob],
+        departures: bool = True,
+        nodes: Sequence[SimNode] = (),
+    ):
+        """``nodes``: the cluster's GPU nodes, for the fragmentation figure (none: it is not computed)."""
         if capacity <= 0:
             raise ValueError("the cluster has no GPUs to simulate")
         self.policy = policy
@@ -103,8 +130,11 @@ class Engine:
         heapq.heapify(self._events)
         self._seq = len(jobs)
         self.now = 0.0
-        self.allocated = 0.0
+        self.allocated = 0.0  # GPUs held
+        self.demand = 0.0  # GPU demand of the running jobs
         self._area = 0.0
+        self._demand_area = 0.0
+        self._demand_area_arrivals = 0.0
         self._start_time: float | None = None
         self._last = 0.0
         self._area_arrivals = 0.0
@@ -112,7 +142,11 @@ class Engine:
         self.latencies_ns: list[int] = []
         self.preemptions = 0
         self.arrived_gpus = 0.0
-        self.by_arrived: dict[float, float | None] = dict.fromkeys(ARRIVED_LEVELS)
+        # level -> (allocation ratio, held ratio, fragmentation), at the arrival that reached it.
+        self.by_arrived: dict[float, tuple[float, float, float | None] | None] = dict.fromkeys(ARRIVED_LEVELS)
+        # Fragmentation: every GPU (node, index) -> its model, and the milli-GPU in use on each.
+        self._nodes = {n.name: n for n in nodes}
+        self._used: dict[tuple[str, int], int] = {}
 
     # ------------------------------------------------------------------------------------------ run
 
@@ -122,6 +156,10 @@ class Engine:
             self._advance(t)
             if kind == _DEPARTURE:
                 self._depart(job_id, attempt)
+            elif kind == _STOP:
+                rec = self.records[job_id]
+                if rec.state == "running" and rec.attempt == attempt:
+                    self._apply(self._call("stop", job_id))
             else:
                 self._arrive(job_id)
 
@@ -130,6 +168,7 @@ class Engine:
             self._start_time = t
             self._last = t
         self._area += self.allocated * (t - self._last)
+        self._demand_area += self.demand * (t - self._last)
         self._last = t
         self.now = t
 
@@ -138,6 +177,9 @@ class Engine:
         if what == "submit":
             assert isinstance(job, SimJob)
             out = self.policy.submit(job, self.now)
+        elif what == "stop":
+            assert isinstance(job, str)
+            out = self.policy.stop(job, self.now)
         else:
             assert isinstance(job, str)
             out = self.policy.release(job, self.now)
@@ -152,11 +194,15 @@ class Engine:
         self._apply(self._call("submit", rec.job))
         self.arrived_gpus += rec.job.gpus
         self._area_arrivals = self._area
+        self._demand_area_arrivals = self._demand_area
         self._last_arrival = self.now
-        ratio = self.allocated / self.capacity
         for level in ARRIVED_LEVELS:
             if self.by_arrived[level] is None and self.arrived_gpus >= level * self.capacity - _EPS:
-                self.by_arrived[level] = ratio
+                self.by_arrived[level] = (
+                    self.demand / self.capacity,
+                    self.allocated / self.capacity,
+                    self.fragmentation(),
+                )
 
     def _depart(self, job_id: str, attempt: int) -> None:
         rec = self.records[job_id]
@@ -165,8 +211,7 @@ class Engine:
         rec.state = "completed"
         rec.end = self.now
         rec.history.append(("end", self.now))
-        self.allocated -= rec.gpus
-        rec.gpus = 0.0
+        self._stop_holding(rec)
         self._apply(self._call("release", job_id))
 
     def _apply(self, outcome: Outcome) -> None:
@@ -178,9 +223,13 @@ class Engine:
             for victim in out.preempted:
                 self._preempt(victim)
             for s in out.started:
-                self._start(s.job_id, s.gpus)
+                self._start(s.job_id, s.gpus, s.placements)
             for r in out.rejected:
                 self._reject(r.job_id, r.reason)
+            for job_id, at in out.stopping:
+                rec = self._rec(job_id, "running", "is stopping")
+                heapq.heappush(self._events, (max(at, self.now), _STOP, self._seq, job_id, rec.attempt))
+                self._seq += 1
             for victim in out.preempted:
                 work.append(self._call("submit", self.records[victim].job))
         if self.allocated > self.capacity + _EPS:
@@ -196,7 +245,7 @@ class Engine:
             )
         return rec
 
-    def _start(self, job_id: str, gpus: float) -> None:
+    def _start(self, job_id: str, gpus: float, placements: tuple[TaskPlacement, ...] = ()) -> None:
         rec = self._rec(job_id, "pending", "started")
         assert rec.waiting_since is not None
         rec.state = "running"
@@ -204,9 +253,12 @@ class Engine:
         rec.start = self.now
         rec.queue_time += self.now - rec.waiting_since
         rec.waiting_since = None
-        rec.gpus = gpus
+        rec.gpus = rec.held = gpus
+        rec.placements = placements
         rec.history.append(("start", self.now))
         self.allocated += gpus
+        self.demand += rec.job.gpus
+        self._hold(placements, 1)
         if self.departures:
             heapq.heappush(
                 self._events, (self.now + rec.job.duration, _DEPARTURE, self._seq, job_id, rec.attempt)
@@ -219,8 +271,7 @@ class Engine:
         rec.waiting_since = self.now
         rec.preemptions += 1
         rec.history.append(("preempt", self.now))
-        self.allocated -= rec.gpus
-        rec.gpus = 0.0
+        self._stop_holding(rec)
         self.preemptions += 1
 
     def _reject(self, job_id: str, reason: str) -> None:
@@ -231,14 +282,59 @@ class Engine:
         rec.waiting_since = None
         rec.history.append(("reject", self.now))
 
+    def _stop_holding(self, rec: JobRecord) -> None:
+        self.allocated -= rec.gpus
+        self.demand -= rec.job.gpus
+        rec.gpus = 0.0
+        self._hold(rec.placements, -1)
+
+    def _hold(self, placements: Sequence[TaskPlacement], sign: int) -> None:
+        if not self._nodes:
+            return
+        for pl in placements:
+            node = self._nodes.get(pl.node)
+            if node is None or node.leaf_type != pl.leaf_type:
+                continue  # CPU leaves: no GPU
+            for leaf in pl.leaves:
+                key = (pl.node, leaf)
+                self._used[key] = self._used.get(key, 0) + sign * (pl.milli or MILLI)
+
+    def fragmentation(self) -> float | None:
+        """Free GPU capacity that none of the waiting jobs could use, as a fraction of capacity (see the
+        module docstring); None when the engine was given no nodes."""
+        if not self._nodes:
+            return None
+        # The distinct requests waiting: (accepted models, share in milli or 0, whole GPUs per task).
+        wanted: set[tuple[tuple[str, ...], int, int]] = set()
+        for rec in self.records.values():
+            if rec.state == "pending" and rec.job.gpu_per_task > 0:
+                g = rec.job.gpu_per_task
+                share = 0 if g >= 1 else max(1, round(g * MILLI))
+                wanted.add((rec.job.gpu_types, share, int(g) if g >= 1 else 0))
+        if not wanted:
+            return 0.0
+        unusable = 0
+        for node in self._nodes.values():
+            free = [MILLI - self._used.get((node.name, i), 0) for i in range(node.leaves)]
+            whole = sum(1 for f in free if f >= MILLI)
+            shapes = [(share, k) for types, share, k in wanted if not types or node.leaf_type in types]
+            for f in free:
+                if f <= 0:
+                    continue
+                if not any((d and d <= f) or (k and f >= MILLI and whole >= k) for d, k in shapes):
+                    unusable += f
+        return unusable / MILLI / self.capacity
+
     # -------------------------------------------------------------------------------------- metrics
 
     def metrics(self) -> dict[str, Any]:
         recs = list(self.records.values())
         span = 0.0 if self._start_time is None else self._last - self._start_time
-        ratio = self._area / (self.capacity * span) if span > 0 else self.allocated / self.capacity
+        held = self._area / (self.capacity * span) if span > 0 else self.allocated / self.capacity
+        ratio = self._demand_area / (self.capacity * span) if span > 0 else self.demand / self.capacity
         arriving = 0.0 if self._start_time is None else self._last_arrival - self._start_time
-        ratio_arriving = self._area_arrivals / (self.capacity * arriving) if arriving > 0 else ratio
+        ratio_arriving = self._demand_area_arrivals / (self.capacity * arriving) if arriving > 0 else ratio
+        held_arriving = self._area_arrivals / (self.capacity * arriving) if arriving > 0 else held
         lat_ms = [ns / 1e6 for ns in self.latencies_ns]
         out: dict[str, Any] = {
             "policy": self.policy.name,
@@ -249,6 +345,9 @@ class Engine:
             # The same average up to the last arrival only: under sustained load, without the drain at the
             # end, where the queue empties and the cluster idles.
             "gpu_allocation_ratio_while_arriving": _r(ratio_arriving, 4),
+            # GPUs held, whatever the jobs asked for (see the module docstring).
+            "gpu_held_ratio": _r(held, 4),
+            "gpu_held_ratio_while_arriving": _r(held_arriving, 4),
             "preemptions": self.preemptions,
             "decision_latency_ms": {
                 "p50": _r(percentile(lat_ms, 50), 4),
@@ -260,10 +359,13 @@ class Engine:
         vcs = sorted({r.job.vc for r in recs})
         out["per_vc"] = {vc: _job_figures([r for r in recs if r.job.vc == vc]) for vc in vcs}
         if not self.departures:
-            out["allocation_ratio_by_arrived"] = {
-                str(level): _r(value, 4) for level, value in self.by_arrived.items()
-            }
-            out["final_allocation_ratio"] = _r(self.allocated / self.capacity, 4)
+            for i, name in enumerate(("allocation_ratio", "held_ratio", "fragmentation")):
+                out[f"{name}_by_arrived"] = {
+                    str(level): None if v is None else _r(v[i], 4) for level, v in self.by_arrived.items()
+                }
+            out["final_allocation_ratio"] = _r(self.demand / self.capacity, 4)
+            out["final_held_ratio"] = _r(self.allocated / self.capacity, 4)
+            out["final_fragmentation"] = _r(self.fragmentation(), 4)
         return out
 
 
@@ -283,10 +385,17 @@ def _job_figures(recs: Sequence[JobRecord]) -> dict[str, Any]:
     }
 
 
-def simulate(policy: Policy, capacity: float, jobs: Sequence[SimJob], departures: bool = True) -> SimResult:
-    """Replay ``jobs`` (any order; they are replayed by submit time) and return the records and figures."""
+def simulate(
+    policy: Policy,
+    capacity: float,
+    jobs: Sequence[SimJob],
+    departures: bool = True,
+    nodes: Sequence[SimNode] = (),
+) -> SimResult:
+    """Replay ``jobs`` (any order; they are replayed by submit time) and return the records and figures;
+    ``nodes`` (the cluster's GPU nodes) enable the fragmentation figure."""
     t0 = time.perf_counter()
-    engine = Engine(policy, capacity, jobs, departures)
+    engine = Engine(policy, capacity, jobs, departures, nodes)
     engine.run()
     metrics = engine.metrics()
     metrics["wall_s"] = round(time.perf_counter() - t0, 4)

@@ -50,12 +50,21 @@ def _held(pl: PodPlacement, cpu_types: frozenset[str]) -> float:
 
 
 class HivedPolicy:
-    name = "hived"
-
-    def __init__(self, cluster: SimCluster, protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S):
+    def __init__(
+        self,
+        cluster: SimCluster,
+        protect_head_after_s: float | None = PROTECT_HEAD_AFTER_S,
+        *,
+        mix_aware: bool = True,
+        name: str = "hived",
+    ):
         """``protect_head_after_s``: backfill protection as the service runs it (its default is the
-        service's); None runs the plain HiveD behaviour, where nothing is ever held."""
-        self._alloc = HivedAllocator(cluster.config, protect_head_after_s)
+        service's); None runs the plain HiveD behaviour, where nothing is ever held. ``mix_aware``: the
+        fragmentation-aware chain preference (``hived/mix.py``) as the service runs it; off, chains in
+        name order (plain HiveD)."""
+        self.name = name
+        self._alloc = HivedAllocator(cluster.config, protect_head_after_s, mix_aware=mix_aware)
+        self.grace = cluster.config.reclaim_grace_s
         self._cpu_types = frozenset(s.name for s in cluster.config.sku_types if s.gpu == 0)
         # The allocator sees simulated time only when it protects heads (time changes nothing else).
         self._clock = protect_head_after_s is not None
@@ -65,17 +74,38 @@ class HivedPolicy:
         self._job_of_key: dict[str, str] = {}
         self._key_of_job: dict[str, str] = {}
         self._running: dict[str, p.Started] = {}
+        self._time = 0.0  # simulated time of the current call
+        # Borrowers being reclaimed, running on until the grace ends: job -> when it is stopped.
+        self._stopping: dict[str, float] = {}
+        # Reclaims: lender's job -> when it started preempting borrowers; and, once it started, how long
+        # it waited for them (the figure the grace bounds).
+        self._reclaiming: dict[str, float] = {}
+        self.reclaim_waits: list[tuple[str, float, float]] = []  # (job, wait, grace)
 
     def running(self) -> Mapping[str, p.Started]:
         return MappingProxyType(self._running)
 
     def submit(self, job: SimJob, now: float) -> p.Outcome:
+        self._time = now
         self._now = now if self._clock else None
         self._jobs[job.job_id] = job
         return self._handle(self._submit(job))
 
-    def release(self, job_id: str, now: float) -> p.Outcome:
+    def stop(self, job_id: str, now: float) -> p.Outcome:
+        """A reclaimed borrower's grace is over: it stops now (its lender's gang is allocated)."""
+        if self._stopping.pop(job_id, None) is None:
+            return p.Outcome()
+        self._time = now
         self._now = now if self._clock else None
+        key = self._key_of_job.pop(job_id)
+        del self._job_of_key[key]
+        del self._running[job_id]
+        return p.Outcome(preempted=(job_id,)) + self._handle(self._alloc.release(key, now=self._now))
+
+    def release(self, job_id: str, now: float) -> p.Outcome:
+        self._time = now
+        self._now = now if self._clock else None
+        self._stopping.pop(job_id, None)
         key = self._key_of_job.pop(job_id, None)
         if key is None:
             return p.Outcome()
@@ -103,6 +133,7 @@ class HivedPolicy:
         started: list[p.Started] = []
         preempted: list[str] = []
         rejected: list[p.Rejected] = []
+        stopping: list[tuple[str, float]] = []
         waiting: set[str] = set()  # preemptors whose victims are being stopped
         work: deque[Decision | p.Rejected] = deque(decisions)
         while work:
@@ -113,17 +144,32 @@ class HivedPolicy:
                 waiting.discard(d.key)
                 job_id = self._job_of_key[d.key]
                 placements = tuple(
-                    p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type) for pl in d.placements
+                    p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type, pl.milli)
+                    for pl in d.placements
                 )
                 s = p.Started(job_id, placements, sum(_held(pl, self._cpu_types) for pl in d.placements))
                 self._running[job_id] = s
+                since = self._reclaiming.pop(job_id, None)
+                if since is not None:
+                    self.reclaim_waits.append((job_id, self._time - since, self.grace))
                 started.append(s)
             elif isinstance(d, Preempting):
                 waiting.add(d.key)
+                if d.grace_s > 0:
+                    self._reclaiming.setdefault(self._job_of_key[d.key], self._time)
+                deferred = False
                 for victim in d.victims:
-                    victim_job = self._job_of_key.pop(victim, None)
+                    victim_job = self._job_of_key.get(victim)
                     if victim_job is None:
                         continue  # already stopped for an earlier preemptor in this call
+                    if d.grace_s > 0 and not any(s.job_id == victim_job for s in started):
+                        # A reclaimed borrower runs on for the grace; the engine stops it then.
+                        deferred = True
+                        if victim_job not in self._stopping:
+                            self._stopping[victim_job] = self._time + d.grace_s
+                            stopping.append((victim_job, self._time + d.grace_s))
+                        continue
+                    del self._job_of_key[victim]
                     del self._key_of_job[victim_job]
                     del self._running[victim_job]
                     work.extend(self._alloc.release(victim, now=self._now))
@@ -134,7 +180,9 @@ class HivedPolicy:
                         work.extend(self._submit(self._jobs[victim_job]))
                     else:
                         preempted.append(victim_job)  # the engine stops it and submits it again
+                if deferred:
+                    waiting.discard(d.key)  # allocated when its reclaimed borrowers stop (``stop``)
             # Queued: it stays in the allocator's queue. Released: nothing is held any more.
         if waiting:
             raise RuntimeError(f"preemptions did not complete after their victims stopped: {sorted(waiting)}")
-        return p.Outcome(started=tuple(started), preempted=tuple(preempted), rejected=tuple(rejected))
+        return p.Outcome(tuple(started), tuple(preempted), tuple(rejected), tuple(stopping))

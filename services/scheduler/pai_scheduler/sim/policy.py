@@ -5,6 +5,8 @@ one view:
 
 * ``submit(job, now)`` — a job arrives (or comes back after being preempted, as a new attempt);
 * ``release(job_id, now)`` — a running job finished: its resources come back;
+* ``stop(job_id, now)`` — the grace a policy gave a running job it preempts (``Outcome.stopping``) is over:
+  the job stops now (policies that never defer a preemption answer an empty outcome);
 * ``running()`` — the jobs that hold resources now.
 
 Both calls return an :class:`Outcome`: the jobs that *started* by this call (with their placements; a
@@ -29,6 +31,8 @@ class TaskPlacement:
     node: str
     leaves: tuple[int, ...]  # device indices on the node
     leaf_type: str = ""
+    # A share of leaves[0] in thousandths of a GPU (GPU sharing); 0: the task holds its leaves whole.
+    milli: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,16 @@ class Outcome:
     started: tuple[Started, ...] = ()
     preempted: tuple[str, ...] = ()
     rejected: tuple[Rejected, ...] = ()
+    # Running jobs to be stopped later (preempted after a grace): (job, when); the engine then calls
+    # ``stop`` at that time, unless the job ended first.
+    stopping: tuple[tuple[str, float], ...] = ()
 
     def __add__(self, other: Outcome) -> Outcome:
         return Outcome(
-            self.started + other.started, self.preempted + other.preempted, self.rejected + other.rejected
+            self.started + other.started,
+            self.preempted + other.preempted,
+            self.rejected + other.rejected,
+            self.stopping + other.stopping,
         )
 
 
@@ -65,38 +75,9 @@ class Policy(Protocol):
 
     def release(self, job_id: str, now: float) -> Outcome: ...
 
+    def stop(self, job_id: str, now: float) -> Outcome: ...
+
     def running(self) -> Mapping[str, Started]: ...
 
 
 PolicyFactory = Callable[[SimCluster], Policy]
-
-
-def policies() -> dict[str, PolicyFactory]:
-    """Every policy this installation can run, by name, in the order a comparison shows them."""
-    # Imported here: the policy modules import this one for the protocol's types.
-    from pai_scheduler.sim.baselines import FirstFitPolicy, QuotaOnlyPolicy
-    from pai_scheduler.sim.hived_policy import HivedPolicy
-
-    def hived_strict(cluster: SimCluster) -> Policy:
-        return HivedPolicy(cluster, protect_head_after_s=0.0)
-
-    def hived_no_protect(cluster: SimCluster) -> Policy:
-        return HivedPolicy(cluster, protect_head_after_s=None)
-
-    return {
-        "first-fit": FirstFitPolicy,
-        "quota-only": QuotaOnlyPolicy,
-        # As the service runs it by default: backfill protection as a starvation guard (24 h).
-        "hived": HivedPolicy,
-        # Every guaranteed head protected at once: the issue's backfill rule to the letter.
-        "hived-strict": hived_strict,
-        # Plain HiveD: backfill always passes a waiting head.
-        "hived-no-protect": hived_no_protect,
-    }
-
-
-def make_policy(name: str, cluster: SimCluster) -> Policy:
-    found = policies()
-    if name not in found:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(found)}")
-    return found[name](cluster)

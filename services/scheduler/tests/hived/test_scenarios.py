@@ -440,6 +440,8 @@ def test_release_gives_back_exactly_and_is_idempotent(a: HivedAllocator) -> None
     assert after["next_seq"] == 1
     after["next_seq"] = 0
     assert after.pop("next_start") == 1  # the order gangs start in, for choosing victims
+    # The recent request mix remembers what was asked.
+    assert after.pop("mix") == [[list(V100), 16000], [list(V100), 16000], [list(V100), 3000]]
     assert after == before
     assert a.release("g") == []
 

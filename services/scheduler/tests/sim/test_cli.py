@@ -38,6 +38,10 @@ FIELDS = JOB_FIELDS | {
     "capacity_gpus",
     "gpu_allocation_ratio",
     "gpu_allocation_ratio_while_arriving",
+    "gpu_held_ratio",
+    "gpu_held_ratio_while_arriving",
+    "gpu_nodes",
+    "cpu_only_nodes",
     "preemptions",
     "decision_latency_ms",
     "span_s",
@@ -77,12 +81,18 @@ def test_cli_writes_every_field(tmp_path: Path, policy: str, capsys: pytest.Capt
 def test_cli_no_departures_reports_ratios_by_arrived_demand(tmp_path: Path) -> None:
     out = tmp_path / "m.json"
     inventory = EXAMPLES / "inventory-8x8.csv"
-    assert (
-        main(["--cluster", str(inventory), "--workload", str(WORKLOAD), "--no-departures", "--out", str(out)])
-        == 0
-    )
+    # An inventory has one VC, "default"; the workload names three, which only a policy without VCs accepts.
+    args = ["--cluster", str(inventory), "--workload", str(WORKLOAD), "--policy", "first-fit"]
+    assert main([*args, "--no-departures", "--out", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert set(m) == FIELDS | {"allocation_ratio_by_arrived", "final_allocation_ratio"}
+    assert set(m) == FIELDS | {
+        "allocation_ratio_by_arrived",
+        "held_ratio_by_arrived",
+        "fragmentation_by_arrived",
+        "final_allocation_ratio",
+        "final_held_ratio",
+        "final_fragmentation",
+    }
     ratios = m["allocation_ratio_by_arrived"]
     assert list(ratios) == ["0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "1.1", "1.2", "1.3"]
     assert len(ratios) == len(ARRIVED_LEVELS)
@@ -151,7 +161,7 @@ def test_sim_compare_table_and_record_append_only(
     monkeypatch.setattr(compare, "RESULTS_FILE", results)
     assert compare.main(["--record"]) == 0
     out = capsys.readouterr().out
-    assert "| figure | first-fit | quota-only" in out
+    assert "| figure | first-fit | best-fit | whole-gpu | quota-only | hived | hived-plain" in out
     figures = json.loads(out.strip().splitlines()[-1])
     assert {"first-fit", "quota-only"} <= set(figures)
     assert figures["first-fit"]["fill"]["allocation_ratio_by_arrived"]["1.0"] is not None

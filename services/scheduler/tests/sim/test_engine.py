@@ -13,11 +13,13 @@ from pai_scheduler.hived.config import parse_inventory_csv
 from pai_scheduler.sim.cluster import SimCluster, from_config, load_cluster
 from pai_scheduler.sim.engine import ARRIVED_LEVELS, SimulationError, simulate
 from pai_scheduler.sim.jobs import SimJob, parse_workload_csv
-from pai_scheduler.sim.policy import Outcome, Started, make_policy, policies
+from pai_scheduler.sim.policy import Outcome, Started
+from pai_scheduler.sim.registry import make_policy, policies
 from pai_scheduler.sim.workloads import WorkloadSpec, generate
 
-BASELINES = ("first-fit", "quota-only")
-# The HiveD adapter is listed by policies() only when its allocator module imports.
+BASELINES = ("first-fit", "best-fit", "whole-gpu", "quota-only")
+NEVER_PREEMPT = ("first-fit", "best-fit", "whole-gpu")
+# Every policy the registry offers.
 ALL = tuple(policies())
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples" / "sim"
 
@@ -92,7 +94,7 @@ def test_every_job_ends_exactly_once_and_the_books_balance(name: str) -> None:
     assert 0.0 <= m["gpu_allocation_ratio"] <= 1.0
     assert 0.0 <= m["gpu_allocation_ratio_while_arriving"] <= 1.0
     assert m["decision_latency_ms"]["calls"] >= len(jobs) + m["jobs_completed"]
-    if name != "first-fit":
+    if name not in NEVER_PREEMPT:
         assert m["preemptions"] > 0  # otherwise the re-queue checks above proved nothing
 
 
@@ -109,7 +111,7 @@ def test_replay_is_deterministic(name: str) -> None:
     }
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n != "first-fit"])
+@pytest.mark.parametrize("name", [n for n in ALL if n not in NEVER_PREEMPT])
 def test_preempted_job_is_requeued_with_its_original_submit_time(name: str) -> None:
     cluster = inventory(("n0", "V100", 8))
     jobs = [
@@ -184,12 +186,18 @@ def test_leaf_types_are_hard_constraints() -> None:
         assert r["j4"].state == "rejected" and "H100" in r["j4"].reason
 
 
-def test_fractional_tasks_hold_whole_gpus_on_the_baselines() -> None:
+def test_fractional_tasks_hold_whole_gpus_on_the_whole_gpu_baselines() -> None:
     cluster = inventory(("n0", "V100", 2))
     jobs = [job("f1", 0, 0.5), job("f2", 0, 0.5), job("f3", 0, 0.5)]
-    result = simulate(make_policy("first-fit", cluster), cluster.capacity, jobs, departures=False)
-    assert result.metrics["final_allocation_ratio"] == 1.0
+    result = simulate(make_policy("whole-gpu", cluster), cluster.capacity, jobs, departures=False)
+    # Both GPUs are held, for half a GPU of demand each: the allocation ratio counts the demand.
+    assert result.metrics["final_held_ratio"] == 1.0
+    assert result.metrics["final_allocation_ratio"] == 0.5
     assert result.metrics["jobs_unplaced"] == 1
+    # The sharing baselines put all three on the GPUs' halves.
+    for name in ("first-fit", "best-fit"):
+        m = simulate(make_policy(name, cluster), cluster.capacity, jobs, departures=False).metrics
+        assert m["final_allocation_ratio"] == m["final_held_ratio"] == 0.75 and m["jobs_unplaced"] == 0
 
 
 @pytest.mark.skipif("hived" not in ALL, reason="the HiveD allocator is not importable")
@@ -281,7 +289,7 @@ def test_engine_running_view_matches_the_policy() -> None:
         running = {j for j, r in result.records.items() if r.state == "running"}
         assert set(policy.running()) == running
         assert sum(s.gpus for s in policy.running().values()) == pytest.approx(
-            result.metrics["final_allocation_ratio"] * cluster.capacity
+            result.metrics["final_held_ratio"] * cluster.capacity
         )
 
 
@@ -348,7 +356,17 @@ def test_hived_adapter_requeues_a_victim_that_started_in_the_same_call() -> None
 
 
 def test_every_policy_is_available() -> None:
-    assert set(ALL) == {"first-fit", "quota-only", "hived", "hived-strict", "hived-no-protect"}
+    assert set(ALL) == {
+        "first-fit",
+        "best-fit",
+        "whole-gpu",
+        "quota-only",
+        "hived",
+        "hived-plain",
+        "hived-no-borrow",
+        "hived-strict",
+        "hived-no-protect",
+    }
 
 
 def test_the_default_starvation_guard_costs_nothing_on_the_example_workload() -> None:

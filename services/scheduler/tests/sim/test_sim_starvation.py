@@ -11,7 +11,7 @@ from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S
 from pai_scheduler.sim.cluster import load_cluster
 from pai_scheduler.sim.engine import SimResult, simulate
 from pai_scheduler.sim.jobs import format_workload_csv, parse_workload_csv
-from pai_scheduler.sim.policy import make_policy
+from pai_scheduler.sim.registry import make_policy
 from pai_scheduler.sim.workloads import BIG_JOB_ID, StarvationSpec, starvation
 
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples" / "sim"

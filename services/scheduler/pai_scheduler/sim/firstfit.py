@@ -1,8 +1,5 @@
-"""The scheduler's pure core: a gang best-fit allocator over whole GPUs.
-
-This is the platform spine's stand-in for HiveD. It keeps the same interface the HiveD allocator will
-implement (``submit`` / ``release`` / ``add_node`` / ``snapshot`` / ``restore``), so the service shell
-and the trace simulator will not change when it is replaced.
+"""The retired first-fit core: a gang best-fit allocator over whole GPUs (the platform's scheduler before the
+HiveD allocator replaced it). It lives on only as the simulator's whole-GPU baselines (``baselines.py``).
 
 Everything here is pure: no I/O, no async, no clock, no randomness. Every choice is made with explicit
 tie-breaks (never by set or dict iteration order), so the same sequence of calls always produces the same

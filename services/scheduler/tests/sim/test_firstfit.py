@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pai_common.contract.types import PodRequest
-from pai_scheduler.core import (
+from pai_scheduler.sim.firstfit import (
     Allocated,
     Decision,
     FirstFitScheduler,

@@ -1,0 +1,98 @@
+"""Admission of submissions (how many wait, when to come back, turns with a deadline) and the cache of
+the virtual clusters that exist."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pai_common.errors import NoVirtualClusterError, ServiceUnavailableError
+from pai_jobs.admission import Admission, Turns
+from pai_jobs.vc_names import VirtualClusterNames
+
+
+def test_admission_refuses_past_its_limit_with_a_retry_after() -> None:
+    admission = Admission(limit=2, average_write_s=0.5)
+    assert admission.refusal() is None
+    admission.waiting = 2
+    # Two waiting at 0.5 s each, plus this one: 1.5 s, in whole seconds.
+    assert admission.refusal() == 2
+    admission.waiting = 0
+    assert admission.retry_after_s() == 1  # never 0
+
+
+def test_the_average_write_follows_what_was_measured() -> None:
+    admission = Admission(limit=1, average_write_s=0.0)
+    for _ in range(50):
+        admission.record_write(2.0)
+    assert 1.9 < admission.average_write_s <= 2.0
+    admission.record_write(-1.0)  # a clock oddity counts as nothing, not as a negative time
+    assert admission.average_write_s > 1.5
+
+
+async def test_a_turn_that_does_not_come_in_time_is_refused_and_taken_by_nobody() -> None:
+    turns = Turns()
+    loop = asyncio.get_running_loop()
+    assert await turns.acquire_by(loop.time() + 1)
+    assert not await turns.acquire_by(loop.time() + 0.05)  # held: refused at the deadline
+    turns.release()
+    # The refused waiter did not keep the turn: the next one gets it at once.
+    assert await turns.acquire_by(loop.time())
+    turns.release()
+
+
+async def test_turns_are_taken_in_order() -> None:
+    turns = Turns()
+    await turns.acquire()
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        assert await turns.acquire_by(asyncio.get_running_loop().time() + 5)
+        order.append(i)
+        turns.release()
+
+    waiters = [asyncio.create_task(take(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    turns.release()
+    await asyncio.gather(*waiters)
+    assert order == [0, 1, 2]
+
+
+class Scheduler:
+    """What the scheduler answers (the test's own list), counting the questions."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.asked = 0
+        self.down = False
+
+    async def __call__(self) -> set[str]:
+        self.asked += 1
+        if self.down:
+            raise ServiceUnavailableError("service scheduler is not running")
+        return set(self.names)
+
+
+async def test_known_names_are_trusted_and_unknown_ones_asked_about_again() -> None:
+    scheduler = Scheduler({"default"})
+    vcs = VirtualClusterNames(scheduler)
+    await vcs.check("default")
+    await vcs.check("default")
+    assert scheduler.asked == 1
+    scheduler.names.add("team")  # added since: found at once
+    await vcs.check("team")
+    assert scheduler.asked == 2
+    with pytest.raises(NoVirtualClusterError, match=r"^Virtual cluster nowhere is not found\.$") as caught:
+        await vcs.check("nowhere")
+    assert caught.value.status == 404
+
+
+async def test_without_the_scheduler_only_a_known_name_passes() -> None:
+    scheduler = Scheduler({"default"})
+    vcs = VirtualClusterNames(scheduler, fresh_s=0)
+    await vcs.check("default")
+    scheduler.down = True
+    await vcs.check("default")  # known from the last answer
+    with pytest.raises(ServiceUnavailableError):
+        await vcs.check("other")  # not known: no answer is not "it does not exist"
