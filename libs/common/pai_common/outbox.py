@@ -131,11 +131,15 @@ class Outbox:
         ``interval_s``, send what a failed publish left behind (the bus was down, the process restarted)."""
         next_flush = time.monotonic() + interval_s
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as the event is
+            # set (a commit published just as the service stops), and the relay would never stop.
+            signalled = asyncio.ensure_future(self._sent_signal.wait())
             try:
-                await asyncio.wait_for(self._sent_signal.wait(), max(0.0, next_flush - time.monotonic()))
+                await asyncio.wait({signalled}, timeout=max(0.0, next_flush - time.monotonic()))
+            finally:
+                signalled.cancel()
+            if self._sent_signal.is_set():
                 await asyncio.sleep(delete_after_s)
-            except TimeoutError:
-                pass
             self._sent_signal.clear()
             try:
                 # Not under the lock: publishing goes on meanwhile (a flush that reads a message being

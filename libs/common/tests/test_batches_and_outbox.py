@@ -224,3 +224,17 @@ async def test_the_relay_deletes_what_was_published_and_sends_it_once(
         relay.cancel()
         with pytest.raises(asyncio.CancelledError):
             await relay
+
+
+async def test_the_relay_stops_when_cancelled_as_a_commit_is_published(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    """A service stopping just as it publishes (the runtime reporting a task's exit) stops its relay."""
+    outbox, _, _, client, _ = outbox_parts
+    await outbox.flush()
+    relay = asyncio.create_task(outbox.relay_forever(interval_s=60.0))
+    await asyncio.sleep(0.05)  # the relay waits for a publish
+    await outbox.publish_committed(await commit(client, outbox, "s~1"))  # sets its signal...
+    relay.cancel()  # ...and the cancellation comes in the same turn of the loop
+    done, _ = await asyncio.wait({relay}, timeout=10.0)
+    assert relay in done and relay.cancelled()
