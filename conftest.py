@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,6 +10,42 @@ import pytest
 
 from pai_common.bus import Bus
 from pai_common.embedded import ServerProcess, start_mongo, start_nats
+from pai_common.reference import REFERENCE_ENV, not_run, reference_dir
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "reference(path): checks against ../shared/reference/<path>; not run, and reported, without it",
+    )
+    # The public reference material sits beside the repository in a development checkout only.
+    os.environ.setdefault(REFERENCE_ENV, str(config.rootpath.parent / "shared" / "reference"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``reference`` are deselected where their material is absent (and reported below)."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("reference")
+        if marker is not None and reference_dir(str(marker.args[0]), item.nodeid) is None:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    missing = not_run()
+    if not missing:
+        return
+    terminalreporter.section("checks against ../shared/reference/ NOT RUN (not found)", yellow=True)
+    for where, checks in missing.items():
+        terminalreporter.line(f"{where}: {len(checks)} check(s) not run")
+        for check in checks:
+            terminalreporter.line(f"    {check}")
+    terminalreporter.line(f"(they run where the reference exists; set {REFERENCE_ENV} to point at it)")
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,11 @@ from typing import Any
 import httpx
 import nats
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from pai_cli.platform import Platform
+from tests.acceptance.harness import JOB_GUARD_S, JobLedger, wait_for_state, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,30 +88,32 @@ def api(platform: Platform) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def ledger(api: httpx.Client) -> Iterator[JobLedger]:
+    """Every job of this module's platform, with the final states its test expects; checked at the end."""
+    book = JobLedger()
+    yield book
+    book.assert_all_as_expected(api, every_job=True)
+
+
 def gpus_of(mask: int | None) -> list[int]:
     """The GPU indexes in OpenPAI's containerGpus bit mask."""
     return [i for i in range(64) if mask and mask >> i & 1]
 
 
-def submit(api: httpx.Client, text: str) -> None:
+def submit(api: httpx.Client, text: str, ledger: JobLedger, *expected: str) -> str:
+    """Submit as the admin; the job must end in one of ``expected`` (checked when the module ends)."""
     response = api.post("/api/v2/jobs", content=text, headers={"Content-Type": "text/yaml"})
     assert response.status_code == 202, response.text
+    name = yaml.safe_load(text)["name"]
+    return ledger.expect(f"admin~{name}", *expected)
 
 
-def wait_state(api: httpx.Client, key: str, states: set[str], timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = api.get(f"/api/v2/jobs/{key}")
-        assert response.status_code == 200, response.text
-        job: dict[str, Any] = response.json()
-        if job["jobStatus"]["state"] in states:
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{key} still {job['jobStatus']['state']} after {timeout_s}s")
-        time.sleep(0.2)
+def wait_state(api: httpx.Client, key: str, states: set[str]) -> dict[str, Any]:
+    return wait_for_state(api, key, states)
 
 
-def test_job_succeeds_end_to_end(api: httpx.Client) -> None:
+def test_job_succeeds_end_to_end(api: httpx.Client, ledger: JobLedger) -> None:
     submit(
         api,
         job_yaml(
@@ -120,6 +125,8 @@ def test_job_succeeds_end_to_end(api: httpx.Client) -> None:
                 'echo "leak=${PAI_ADMIN_PASSWORD:-none}"',
             ],
         ),
+        ledger,
+        "SUCCEEDED",
     )
     job = wait_state(api, "admin~hello", FINAL)
     status = job["jobStatus"]
@@ -142,8 +149,8 @@ def test_job_succeeds_end_to_end(api: httpx.Client) -> None:
     assert "leak=none" in out
 
 
-def test_failing_job_reports_its_exit_code(api: httpx.Client) -> None:
-    submit(api, job_yaml("fails", ["echo about to fail >&2", "exit 3"], gpu=0))
+def test_failing_job_reports_its_exit_code(api: httpx.Client, ledger: JobLedger) -> None:
+    submit(api, job_yaml("fails", ["echo about to fail >&2", "exit 3"], gpu=0), ledger, "FAILED")
     job = wait_state(api, "admin~fails", FINAL)
     assert job["jobStatus"]["state"] == "FAILED"
     assert job["jobStatus"]["appExitCode"] == 3
@@ -151,7 +158,7 @@ def test_failing_job_reports_its_exit_code(api: httpx.Client) -> None:
     assert job["taskRoles"]["worker"]["taskStatuses"][0]["containerExitCode"] == 3
 
 
-def test_bad_requests_get_openpai_errors(api: httpx.Client, platform: Platform) -> None:
+def test_bad_requests_get_openpai_errors(api: httpx.Client, platform: Platform, ledger: JobLedger) -> None:
     bad = api.post("/api/v2/jobs", content="name: [unclosed", headers={"Content-Type": "text/yaml"})
     assert bad.status_code == 400
     assert bad.json()["code"] == "InvalidProtocolError"
@@ -185,7 +192,7 @@ def test_bad_requests_get_openpai_errors(api: httpx.Client, platform: Platform) 
     huge = api.post("/api/v2/jobs", content="x" * (300 * 1024), headers={"Content-Type": "text/yaml"})
     assert huge.status_code == 413
 
-    submit(api, job_yaml("twice", ["true"], gpu=0))
+    submit(api, job_yaml("twice", ["true"], gpu=0), ledger, "SUCCEEDED")
     # The same job again is a retry of a success: the same 202. Other content under the name is 409.
     same = api.post(
         "/api/v2/jobs", content=job_yaml("twice", ["true"], gpu=0), headers={"Content-Type": "text/yaml"}
@@ -197,8 +204,8 @@ def test_bad_requests_get_openpai_errors(api: httpx.Client, platform: Platform) 
     assert again.status_code == 409 and again.json()["code"] == "ConflictJobError"
 
 
-def test_impossible_gang_fails_with_a_reason(api: httpx.Client) -> None:
-    submit(api, job_yaml("too-big", ["true"], gpu=3))  # nodes have 2 GPUs each
+def test_impossible_gang_fails_with_a_reason(api: httpx.Client, ledger: JobLedger) -> None:
+    submit(api, job_yaml("too-big", ["true"], gpu=3), ledger, "FAILED")  # nodes have 2 GPUs each
     job = wait_state(api, "admin~too-big", FINAL)
     assert job["jobStatus"]["state"] == "FAILED"
     assert job["jobStatus"]["appExitCode"] == -200
@@ -206,15 +213,14 @@ def test_impossible_gang_fails_with_a_reason(api: httpx.Client) -> None:
 
 
 def test_orchestrator_killed_mid_job_completes_exactly_once(
-    api: httpx.Client, platform: Platform, tmp_path: Path
+    api: httpx.Client, platform: Platform, tmp_path: Path, ledger: JobLedger
 ) -> None:
     marker = tmp_path / "ran"
-    submit(api, job_yaml("survivor", [f"echo once >> {marker}", "sleep 3"], gpu=1))
+    submit(api, job_yaml("survivor", [f"echo once >> {marker}", "sleep 3"], gpu=1), ledger, "SUCCEEDED")
     wait_state(api, "admin~survivor", {"RUNNING"})
     platform.kill("orchestrator")
-    time.sleep(1)
     platform.restart("orchestrator")
-    job = wait_state(api, "admin~survivor", FINAL, timeout_s=90)
+    job = wait_state(api, "admin~survivor", FINAL)
     assert job["jobStatus"]["state"] == "SUCCEEDED"
     assert marker.read_text().splitlines() == ["once"]
     assert count_events(platform, "pai.evt.job.completed", "admin~survivor") == 1
@@ -251,16 +257,32 @@ def test_list_storage_and_metrics(api: httpx.Client, platform: Platform) -> None
     # No storage exists until an admin defines one (tests/acceptance/test_storage.py defines some).
     assert api.get("/api/v2/storages").json() == {"storages": []}
 
-    port = json.loads((platform.data_dir / "run" / "monitoring.json").read_text())["health_port"]
-    deadline = time.monotonic() + 10
-    while True:
+    def scrape(process: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        port = json.loads((platform.data_dir / "run" / f"{process}.json").read_text())["health_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
-            metrics = response.read().decode()
-        if 'pai_jobs{state="SUCCEEDED"} 0.0' not in metrics and "pai_nodes 2.0" in metrics:
-            break
-        assert time.monotonic() < deadline, metrics
-        time.sleep(0.5)
-    assert 'pai_gpus{simulated="true"} 4.0' in metrics
+            text = response.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    # Each owner exports its own state: jobs by state (jobs), nodes and their cells (scheduler), a node's
+    # GPUs as its agent sees them (runtime).
+    def exported() -> tuple[dict[Any, float], dict[Any, float]] | None:
+        jobs, scheduler = scrape("jobs"), scrape("scheduler")
+        succeeded = jobs.get(("pai_jobs", frozenset({("state", "SUCCEEDED")})), 0)
+        healthy = [scheduler.get(("pai_node_healthy", frozenset({("node", n)}))) for n in platform.node_names]
+        return (jobs, scheduler) if succeeded > 0 and healthy == [1.0] * len(healthy) else None
+
+    _, scheduler = wait_until(exported, "the jobs and scheduler exporting the jobs and the nodes")
+    node = platform.node_names[0]
+    gpus = scheduler[("pai_node_gpus", frozenset({("node", node), ("sku", "gpu")}))]
+    assert gpus == platform.gpus_per_node
+    agent = scrape(node)
+    infos = [dict(labels) for name, labels in agent if name == "pai_node_gpu_info"]
+    assert len(infos) == platform.gpus_per_node
+    assert all(i["simulated"] == "true" and i["node"] == node for i in infos)
 
 
 def count_events(platform: Platform, subject: str, job_key: str) -> int:
@@ -305,11 +327,12 @@ def test_sigterm_drains_and_exits_cleanly(platform: Platform) -> None:
 
 
 def test_jobs_survive_a_platform_restart(tmp_path: Path) -> None:
+    own = JobLedger()  # this test's own platform
     p = new_platform(tmp_path / "pai", nodes=1, gpus_per_node=1)
     p.start()
     try:
         with admin_client(p) as c:
-            submit(c, job_yaml("kept", ["true"], gpu=0))
+            submit(c, job_yaml("kept", ["true"], gpu=0), own, "SUCCEEDED")
             wait_state(c, "admin~kept", FINAL)
             token = str(c.headers["Authorization"]).removeprefix("Bearer ")
     finally:
@@ -321,15 +344,22 @@ def test_jobs_survive_a_platform_restart(tmp_path: Path) -> None:
         with admin_client(again, token) as c:
             job = c.get("/api/v2/jobs/admin~kept").json()
             assert job["jobStatus"]["state"] == "SUCCEEDED"
-            submit(c, job_yaml("after-restart", ["true"], gpu=1))
+            submit(c, job_yaml("after-restart", ["true"], gpu=1), own, "SUCCEEDED")
             assert wait_state(c, "admin~after-restart", FINAL)["jobStatus"]["state"] == "SUCCEEDED"
+            own.assert_all_as_expected(c, every_job=True)
     finally:
         again.stop()
 
 
-def test_gpu_shares_pack_onto_one_gpu(api: httpx.Client) -> None:
+def test_gpu_shares_pack_onto_one_gpu(api: httpx.Client, ledger: JobLedger, tmp_path: Path) -> None:
+    # Each half waits until both have started: they run at the same time by construction, not by timing.
+    both = [
+        f"touch {tmp_path}/$PAI_JOB_NAME",
+        f'until [ "$(ls {tmp_path} | wc -l)" -ge 2 ]; do sleep 0.1; done',
+    ]
     for name in ("half-a", "half-b"):
-        submit(api, job_yaml(name, ['echo "mps=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"', "sleep 2"], gpu=0.5))
+        text = job_yaml(name, ['echo "mps=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"', *both], gpu=0.5)
+        submit(api, text, ledger, "SUCCEEDED")
     jobs = [wait_state(api, f"admin~{n}", FINAL) for n in ("half-a", "half-b")]
     tasks = [j["taskRoles"]["worker"]["taskStatuses"][0] for j in jobs]
     assert all(j["jobStatus"]["state"] == "SUCCEEDED" for j in jobs)
@@ -345,46 +375,54 @@ def test_gpu_shares_pack_onto_one_gpu(api: httpx.Client) -> None:
     assert "mps=50" in out
 
 
-def test_waiting_job_says_why_then_higher_priority_preempts(api: httpx.Client) -> None:
-    # Both nodes' GPUs are taken by a long job; the next GPU job must wait and say so.
-    submit(api, job_yaml("hog", ["sleep 30"], gpu=2, instances=2))
+def test_waiting_job_says_why_then_higher_priority_preempts(
+    api: httpx.Client, ledger: JobLedger, tmp_path: Path
+) -> None:
+    # Both nodes' GPUs are taken by a job that runs until the test releases it; the next GPU job must wait
+    # and say so.
+    release = tmp_path / "release"
+    hold = f"until [ -e {release} ]; do sleep 0.2; done"
+    submit(api, job_yaml("hog", [hold], gpu=2, instances=2), ledger, "SUCCEEDED")
     wait_state(api, "admin~hog", {"RUNNING"})
-    submit(api, job_yaml("queued", ["true"], gpu=1))
-    deadline = time.monotonic() + 20
-    while True:
-        status = api.get("/api/v2/jobs/admin~queued").json()["jobStatus"]
-        if status.get("pendingReason"):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+    submit(api, job_yaml("queued", ["true"], gpu=1), ledger, "SUCCEEDED")
+
+    def pending() -> dict[str, Any]:
+        status: dict[str, Any] = api.get("/api/v2/jobs/admin~queued").json()["jobStatus"]
+        return status if status.get("pendingReason") else {}
+
+    status = wait_until(pending, "the queued job's pending reason")
     assert status["state"] == "WAITING"
     assert "4 of 4 guaranteed gpu leaves in use" in status["pendingReason"]
     assert status["pendingPosition"] == 1
 
     # A prod job preempts the test-priority hog (whole gang), runs, and the hog is retried uncounted.
-    submit(api, job_yaml("urgent", ["echo urgent"], gpu=1, priority="prod"))
-    urgent = wait_state(api, "admin~urgent", FINAL, timeout_s=60)
+    submit(api, job_yaml("urgent", ["echo urgent"], gpu=1, priority="prod"), ledger, "SUCCEEDED")
+    urgent = wait_state(api, "admin~urgent", FINAL)
     assert urgent["jobStatus"]["state"] == "SUCCEEDED"
     hog = api.get("/api/v2/jobs/admin~hog").json()["jobStatus"]
-    assert hog["retries"] >= 1
-    assert hog["retryDetails"]["platform"] >= 1 and hog["retryDetails"]["user"] == 0
+    # Preempted once: one retry, charged to the platform (a preemption is not the user's failure).
+    assert hog["retries"] == 1
+    assert hog["retryDetails"] == {"user": 0, "platform": 1, "resource": 0}
     assert hog["state"] in ("WAITING", "RUNNING")
+    release.touch()  # its second attempt ends as soon as it runs (the ledger checks it SUCCEEDED)
 
 
 def test_scheduler_killed_mid_workload_loses_and_double_books_no_cell(tmp_path: Path) -> None:
+    own = JobLedger()  # this test's own platform
     p = new_platform(tmp_path / "pai", nodes=2, gpus_per_node=2)
     p.start()
     try:
         with admin_client(p) as c:
             names = [f"w{i}" for i in range(8)]
             for name in names[:4]:
-                submit(c, job_yaml(name, ["sleep 1"], gpu=1))
+                submit(c, job_yaml(name, ["sleep 1"], gpu=1), own, "SUCCEEDED")
             p.kill("scheduler")
             for name in names[4:]:
-                submit(c, job_yaml(name, ["sleep 1"], gpu=1))
+                submit(c, job_yaml(name, ["sleep 1"], gpu=1), own, "SUCCEEDED")
             p.restart("scheduler")
             held: dict[tuple[str, int], str] = {}
-            deadline = time.monotonic() + 120
+            # Sampled while the workload runs: no fixed duration, the loop ends when every job has.
+            deadline = time.monotonic() + JOB_GUARD_S
             while True:
                 jobs = {n: c.get(f"/api/v2/jobs/admin~{n}").json() for n in names}
                 running = {
@@ -409,9 +447,10 @@ def test_scheduler_killed_mid_workload_loses_and_double_books_no_cell(tmp_path: 
                 time.sleep(0.3)
             assert {j["jobStatus"]["state"] for j in jobs.values()} == {"SUCCEEDED"}
             # Every cell came back: nothing is held once every job has ended.
-            deadline = time.monotonic() + 10
-            while c.get("/api/v2/virtual-clusters").json()["default"]["resourcesUsed"]["gpu"] != 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            wait_until(
+                lambda: c.get("/api/v2/virtual-clusters").json()["default"]["resourcesUsed"]["gpu"] == 0,
+                "every GPU released",
+            )
+            own.assert_all_as_expected(c, every_job=True)
     finally:
         p.stop()

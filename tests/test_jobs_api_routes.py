@@ -5,7 +5,6 @@ missing jobs, bad filters, paging edges, the live stream and the rate limits."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from pai_cli.platform import Platform
+from tests.acceptance.harness import JobLedger, wait_for_state, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -99,7 +99,18 @@ def bob(platform: Platform) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def jobs(admin: httpx.Client, bob: httpx.Client) -> dict[str, str]:
+def ledger(admin: httpx.Client) -> Iterator[JobLedger]:
+    """Every job of this module's platform and how it must end; checked when the module ends."""
+    book = JobLedger()
+    yield book
+    book.assert_all_as_expected(admin, every_job=True)
+
+
+ENDS = {"hello": "SUCCEEDED", "sleeper": "STOPPED", "secretive": "SUCCEEDED", "bobs": "SUCCEEDED"}
+
+
+@pytest.fixture(scope="module")
+def jobs(admin: httpx.Client, bob: httpx.Client, ledger: JobLedger) -> dict[str, str]:
     """The jobs every test reads: submitted once, in this order."""
     submitted = {
         "hello": (admin, job_yaml("hello", ["echo hello-out", "echo hello-err >&2"], priority="prod")),
@@ -121,20 +132,12 @@ def jobs(admin: httpx.Client, bob: httpx.Client) -> dict[str, str]:
             "status": 202,
             "message": f"Update job {name} for user {user} successfully.",
         }
-        keys[name] = f"{user}~{name}"
+        keys[name] = ledger.expect(f"{user}~{name}", ENDS[name])
     return keys
 
 
-def wait_state(client: httpx.Client, key: str, states: set[str], timeout_s: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = client.get(f"/api/v2/jobs/{key}")
-        assert response.status_code == 200, response.text
-        job: dict[str, Any] = response.json()
-        if job["jobStatus"]["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"{key} still {job['jobStatus']['state']} after {timeout_s}s"
-        time.sleep(0.3)
+def wait_state(client: httpx.Client, key: str, states: set[str]) -> dict[str, Any]:
+    return wait_for_state(client, key, states)
 
 
 def error(response: httpx.Response, status: int, code: str) -> str:
@@ -382,9 +385,9 @@ def test_stop_by_owner_or_admin_only(admin: httpx.Client, bob: httpx.Client, job
     assert admin.get(f"/api/v2/jobs/{key}").json()["jobStatus"]["executionType"] == "STOP"
     job = wait_state(admin, key, FINAL)
     assert job["jobStatus"]["state"] == "STOPPED" and job["jobStatus"]["appExitCode"] in (-210, -220)
-    # START after a stop is accepted and resumes nothing.
+    # START after a stop is accepted and resumes nothing: the jobs service answers it without publishing
+    # anything, so there is nothing to wait for (the ledger checks again at the end that it stayed STOPPED).
     assert admin.put(f"/api/v2/jobs/{key}/executionType", json={"value": "START"}).status_code == 202
-    time.sleep(1)
     assert admin.get(f"/api/v2/jobs/{key}").json()["jobStatus"]["state"] == "STOPPED"
     events = admin.get(f"/api/v2/jobs/{key}/events").json()
     reasons = [e["reason"] for e in events["data"]]
@@ -395,13 +398,13 @@ def test_stop_by_owner_or_admin_only(admin: httpx.Client, bob: httpx.Client, job
 
 def test_events(admin: httpx.Client, jobs: dict[str, str]) -> None:
     wait_state(admin, jobs["hello"], FINAL)
-    deadline = time.monotonic() + 30
-    while True:
-        body = admin.get(f"/api/v2/jobs/{jobs['hello']}/events").json()
-        reasons = [e["reason"] for e in body["data"]]
-        if "AttemptCompleted" in reasons or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+
+    def completed() -> dict[str, Any]:
+        body: dict[str, Any] = admin.get(f"/api/v2/jobs/{jobs['hello']}/events").json()
+        return body if "AttemptCompleted" in [e["reason"] for e in body["data"]] else {}
+
+    body = wait_until(completed, "the AttemptCompleted job event")
+    reasons = [e["reason"] for e in body["data"]]
     assert reasons[0] == "Submitted" and "AttemptCompleted" in reasons
     event = body["data"][0]
     assert set(event) >= {"uid", "frameworkName", "type", "reason", "message", "firstTimestamp", "count"}
@@ -451,9 +454,12 @@ def read_stream(client: httpx.Client, path: str, timeout_s: float = 90) -> list[
     return frames
 
 
-def test_stream_pushes_changes_until_the_end(admin: httpx.Client, bob: httpx.Client) -> None:
+def test_stream_pushes_changes_until_the_end(
+    admin: httpx.Client, bob: httpx.Client, ledger: JobLedger
+) -> None:
     submitted = bob.post("/api/v2/jobs", content=job_yaml("streamed", ["sleep 2", "echo done"]), headers=YAML)
     assert submitted.status_code == 202
+    ledger.expect("bob~streamed", "SUCCEEDED")
     frames = read_stream(admin, "/api/v2/jobs/bob~streamed/stream")
     kinds = [kind for kind, _ in frames]
     assert kinds[0] == "job" and kinds[-1] == "end"

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from pai_cli.platform import Platform
 from pai_common.bus import EVENTS_STREAM, Bus
@@ -25,6 +26,7 @@ from pai_orchestrator.environment import task_environment
 from pai_orchestrator.ports import assign_ports
 from pai_runtime.settings import RuntimeSettings
 from pai_runtime.shell import Agent
+from tests.acceptance.harness import JOB_GUARD_S, JobLedger, wait_final
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -122,7 +124,7 @@ async def test_every_task_of_a_three_role_job_reaches_every_other(
                 p.node,
             )  # fmt: skip
         exits: dict[tuple[str, int], TaskExited] = {}
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + JOB_GUARD_S  # a hang guard: the loop ends when every task has exited
         while len(exits) < len(gang):
             assert time.monotonic() < deadline, f"only {sorted(exits)} exited"
             try:
@@ -168,7 +170,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     p = Platform(
         data_dir=tmp_path_factory.mktemp("pai-runtime"),
         nodes=2,
-        gpus_per_node=1,
+        # The scheduler gives a CPU-only task a leaf of its own on a GPU node: a ps and two workers take 3.
+        gpus_per_node=2,
         port=0,
         extra_env={"PAI_ADMIN_PASSWORD": PASSWORD},
     )
@@ -187,29 +190,66 @@ def _api(p: Platform) -> httpx.Client:
     )
 
 
-def _wait_final(api: httpx.Client, key: str, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = api.get(f"/api/v2/jobs/{key}").json()
-        if job.get("jobStatus", {}).get("state") in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return job
-        assert time.monotonic() < deadline, f"{key} not finished: {job.get('jobStatus')}"
-        time.sleep(0.3)
+@pytest.fixture(scope="module")
+def api(platform: Platform) -> Iterator[httpx.Client]:
+    with _api(platform) as client:
+        yield client
 
 
-def test_the_stdlib_distributed_example_exchanges_data_and_succeeds(platform: Platform) -> None:
-    with _api(platform) as api:
-        text = (EXAMPLES / "distributed-allreduce.yaml").read_text()
-        response = api.post("/api/v2/jobs", content=text, headers={"Content-Type": "text/yaml"})
-        assert response.status_code == 202, response.text
-        job = _wait_final(api, "admin~distributed-allreduce")
-        tasks = job["taskRoles"]["worker"]["taskStatuses"]
-        assert job["jobStatus"]["state"] == "SUCCEEDED", job
-        assert [t["containerExitCode"] for t in tasks] == [0, 0]
-        outputs = []
-        for task in tasks:
-            locations = api.get(task["containerLog"]).json()["locations"]
-            stdout = next(loc["uri"] for loc in locations if loc["name"] == "stdout")
-            outputs.append(api.get(stdout).text)
-        assert "rank 0/2: all-reduce sum 3" in outputs[0] and "got the vector of rank 1" in outputs[0]
-        assert "rank 1/2: all-reduce sum 3" in outputs[1]
+@pytest.fixture(scope="module")
+def ledger(api: httpx.Client) -> Iterator[JobLedger]:
+    book = JobLedger()
+    yield book
+    book.assert_all_as_expected(api, every_job=True)
+
+
+def _submit(api: httpx.Client, text: str) -> None:
+    response = api.post("/api/v2/jobs", content=text, headers={"Content-Type": "text/yaml"})
+    assert response.status_code == 202, response.text
+
+
+def _stdout(api: httpx.Client, task: dict[str, Any]) -> str:
+    locations = api.get(task["containerLog"]).json()["locations"]
+    return api.get(next(loc["uri"] for loc in locations if loc["name"] == "stdout")).text
+
+
+def test_the_stdlib_distributed_example_exchanges_data_and_succeeds(
+    api: httpx.Client, ledger: JobLedger
+) -> None:
+    text = (EXAMPLES / "distributed-allreduce.yaml").read_text()
+    _submit(api, text)
+    job = wait_final(api, ledger.expect("admin~distributed-allreduce", "SUCCEEDED"))
+    tasks = job["taskRoles"]["worker"]["taskStatuses"]
+    assert job["jobStatus"]["state"] == "SUCCEEDED", job
+    assert [t["containerExitCode"] for t in tasks] == [0, 0]
+    outputs = [_stdout(api, task) for task in tasks]
+    assert "rank 0/2: all-reduce sum 3" in outputs[0] and "got the vector of rank 1" in outputs[0]
+    assert "rank 1/2: all-reduce sum 3" in outputs[1]
+
+
+def test_secrets_reach_every_role_of_a_multi_role_job_and_nothing_else(
+    api: httpx.Client, ledger: JobLedger, platform: Platform
+) -> None:
+    """The regression of issue 12: a ps and two workers using `<% $secrets.token %>` failed every time,
+    because the secrets were authorised against a read model that learnt the placement after the runtime
+    asked. Submitted twice back to back; both must succeed, with the secret nowhere to be read."""
+    example = (EXAMPLES / "multi-role-secrets.yaml").read_text()
+    secret = yaml.safe_load(example)["secrets"]["token"]
+    keys = []
+    for run in range(2):
+        text = example.replace("name: multi-role-secrets", f"name: multi-role-secrets-{run}", 1)
+        _submit(api, text)
+        keys.append(ledger.expect(f"admin~multi-role-secrets-{run}", "SUCCEEDED"))
+    for key in keys:
+        job = wait_final(api, key)
+        assert job["jobStatus"]["state"] == "SUCCEEDED", job["jobStatus"]
+        outputs = [
+            _stdout(api, t) for role in ("ps", "worker") for t in job["taskRoles"][role]["taskStatuses"]
+        ]
+        assert "proved the secret" in outputs[0]
+        assert all("the ps accepted the secret" in out for out in outputs[1:])
+        config = api.get(f"/api/v2/jobs/{key}/config")
+        assert config.status_code == 200 and config.json()["secrets"] == {"token": "******"}
+        assert secret not in api.get(f"/api/v2/jobs/{key}").text + config.text + "".join(outputs)
+    logs = "".join(path.read_text(errors="replace") for path in (platform.data_dir / "logs").glob("*.log"))
+    assert secret not in logs

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,13 +75,17 @@ class RunningPlatform:
         )
 
     def cli(
-        self, *args: str, token: str | None = None, check: bool = False
+        self, *args: str, token: str | None = None, user: str | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        """Run the `pai` CLI against this platform (as the admin `pai up` logged in, unless `token`)."""
+        """Run the `pai` CLI against this platform (as the admin `pai up` logged in, unless `token`, which
+        belongs to `user`: the CLI names jobs `<user>~<name>` with the user it is told, PAI_USER)."""
         env = {**os.environ, "PAI_CLI_CONFIG": str(self.cli_config), "NO_COLOR": "1", "COLUMNS": "200"}
         env.pop("PAI_TOKEN", None)
+        env.pop("PAI_USER", None)
         if token is not None:
             env["PAI_TOKEN"] = token
+        if user is not None:
+            env["PAI_USER"] = user
         done = subprocess.run(
             [str(pai_executable()), *args], env=env, capture_output=True, text=True, timeout=JOB_GUARD_S
         )
@@ -107,6 +111,8 @@ def start_platform(
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cli_config = data_dir / "cli.json"
+    # Written by this `pai up` once it is ready: one left by an earlier `pai up` on this data dir must go.
+    cli_config.unlink(missing_ok=True)
     log_path = data_dir / "pai-up.log"
     proc_env = {**os.environ, "PAI_CLI_CONFIG": str(cli_config), "NO_COLOR": "1", **(env or {})}
     for name in ("PAI_ADMIN_PASSWORD", "PAI_NATS_URL", "PAI_MONGO_URL"):
@@ -195,6 +201,18 @@ def wait_final(client: httpx.Client, key: str, guard_s: float = JOB_GUARD_S) -> 
 
     The guard only keeps a broken platform from hanging the suite.
     """
+    return wait_for_state(client, key, FINAL_STATES, guard_s)
+
+
+def wait_for_state(
+    client: httpx.Client, key: str, states: Iterable[str], guard_s: float = JOB_GUARD_S
+) -> dict[str, Any]:
+    """Follow the job's SSE stream until its state is one of ``states``; answer the job's detail then.
+
+    A final state that is not awaited fails at once (the job will never get there). The guard only
+    keeps a broken platform from hanging the suite.
+    """
+    wanted = frozenset(states)
     deadline = time.monotonic() + guard_s
     while time.monotonic() < deadline:
         try:
@@ -206,14 +224,34 @@ def wait_final(client: httpx.Client, key: str, guard_s: float = JOB_GUARD_S) -> 
                 for line in stream.iter_lines():
                     if line.startswith("event:"):
                         event = line.split(":", 1)[1].strip()
-                    elif line.startswith("data:") and event == "end":
-                        detail = client.get(f"/api/v2/jobs/{key}")
-                        assert detail.status_code == 200, detail.text
-                        body: dict[str, Any] = detail.json()
-                        return body
+                    elif line.startswith("data:") and event in ("job", "end"):
+                        data = json.loads(line.split(":", 1)[1])
+                        state = data["state"] if event == "end" else data["jobStatus"]["state"]
+                        if state in wanted:
+                            detail = client.get(f"/api/v2/jobs/{key}")
+                            assert detail.status_code == 200, detail.text
+                            body: dict[str, Any] = detail.json()
+                            return body
+                        if event == "end":
+                            raise AssertionError(f"{key} ended {state}, not {' or '.join(sorted(wanted))}")
         except httpx.TransportError:
             time.sleep(0.5)  # the gateway restarted under the stream: reconnect
-    raise AssertionError(f"{key} did not end within {guard_s:g}s")
+    raise AssertionError(f"{key} did not reach {' or '.join(sorted(wanted))} within {guard_s:g}s")
+
+
+def wait_until(
+    check: Callable[[], Any], what: str, guard_s: float = JOB_GUARD_S, pause_s: float = 0.2
+) -> Any:
+    """Ask ``check`` until it answers something true (returned); for conditions no stream announces
+    (a metric, a VC's usage, a file a task writes). The guard only keeps a hang from lasting."""
+    deadline = time.monotonic() + guard_s
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not seen within {guard_s:g}s (last: {answer!r})")
+        time.sleep(pause_s)
 
 
 @dataclass
@@ -233,12 +271,29 @@ class JobLedger:
         self.expected[key] = frozenset(states)
         return key
 
-    def check(self, client: httpx.Client) -> list[str]:
-        """The jobs that ended otherwise than expected, one line each."""
+    def check(self, client: httpx.Client, every_job: bool = False) -> list[str]:
+        """The jobs that ended otherwise than expected, one line each.
+
+        ``every_job``: the platform is this ledger's alone, so a job it lists that nobody registered is
+        wrong too (a test that forgot to say what it expects cannot hide a failure)."""
         wrong = []
         for key, states in self.expected.items():
-            detail = wait_final(client, key)
-            state = detail["jobStatus"]["state"]
+            try:
+                state = wait_final(client, key)["jobStatus"]["state"]
+            except AssertionError as exc:
+                wrong.append(f"{key}: {exc}")
+                continue
             if state not in states:
                 wrong.append(f"{key}: ended {state}, expected {' or '.join(sorted(states))}")
+        if every_job:
+            listed = client.get("/api/v2/jobs")
+            assert listed.status_code == 200, listed.text
+            for job in listed.json():
+                key = f"{job['username']}~{job['name']}"
+                if key not in self.expected:
+                    wrong.append(f"{key}: {job['state']}, but no test said what it expects of it")
         return wrong
+
+    def assert_all_as_expected(self, client: httpx.Client, every_job: bool = False) -> None:
+        wrong = self.check(client, every_job)
+        assert not wrong, "jobs ended in states their tests did not expect:\n" + "\n".join(wrong)

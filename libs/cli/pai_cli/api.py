@@ -79,6 +79,7 @@ class Api:
     replace_storage = Endpoint(r.replace_storage)
     delete_storage = Endpoint(r.delete_storage)
     nodes = Endpoint(r.nodes)
+    set_node_schedulable = Endpoint(r.set_node_schedulable)
     pods = Endpoint(r.pods)
     exit_spec = Endpoint(r.exit_spec)
     put_exit_spec = Endpoint(r.put_exit_spec)

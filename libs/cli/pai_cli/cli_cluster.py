@@ -100,3 +100,41 @@ def node_list(output: OutputOption = Format.table) -> None:
         return rows
 
     emit(nodes, output, table)
+
+
+NodeName = Annotated[str, typer.Argument(help="Node name")]
+Reason = Annotated[str, typer.Option("--reason", help="Why (kept with the cordon, shown in the node list)")]
+
+
+def _set_schedulable(node: str, schedulable: bool, drain: bool, reason: str) -> None:
+    with make_client() as client:
+        answer = client.set_node_schedulable(node, schedulable, drain=drain, reason=reason)
+    if schedulable:
+        done = "takes new work again"
+    elif drain:
+        gangs = answer.get("runningGangs", 0) if answer.get("draining") else 0
+        done = f"cordoned; {gangs} running gang(s) asked to stop, to be retried elsewhere"
+    else:
+        done = "cordoned: no new work goes there"
+    typer.echo(f"node {node}: {done}")
+
+
+@node_app.command("cordon")
+@reports_errors
+def node_cordon(node: NodeName, reason: Reason = "") -> None:
+    """(admin) Place no new work on the node; what runs there stays."""
+    _set_schedulable(node, False, False, reason)
+
+
+@node_app.command("drain")
+@reports_errors
+def node_drain(node: NodeName, reason: Reason = "") -> None:
+    """(admin) Cordon the node and stop its running jobs gracefully; they are retried elsewhere."""
+    _set_schedulable(node, False, True, reason)
+
+
+@node_app.command("uncordon")
+@reports_errors
+def node_uncordon(node: NodeName) -> None:
+    """(admin) Let the node take new work again."""
+    _set_schedulable(node, True, False, "")

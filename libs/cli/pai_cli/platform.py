@@ -6,10 +6,12 @@ Each service is its own process (``python -m pai_<service>``), exactly as in a c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pai_common.embedded import ServerProcess, free_port, start_mongo, start_nats, wait_for_port
+from pai_cli.lock import DataDirBusyError, DataDirLock, Takeover
+from pai_common.embedded import (
+    ServerProcess,
+    die_with_parent,
+    free_port,
+    start_mongo,
+    start_nats,
+    wait_for_port,
+)
 
 SERVICES = (
     "auth",
@@ -32,10 +42,41 @@ SERVICES = (
     "portal",
 )
 CREDENTIALS_FILE = "admin-credentials.json"
+ENDPOINTS_FILE = "endpoints.json"
+# The restart loop's back-off: a process that ran this long before it died is restarted at once; one that
+# keeps dying sooner waits 1 s, 2 s, 4 s... up to BACKOFF_MAX_S between tries.
+STABLE_AFTER_S = 30.0
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+# Ctrl-C: how long the services get to drain before they are killed (whatever is down by then).
+STOP_GRACE_S = 10.0
 
 
 class PlatformError(RuntimeError):
     """A part of the platform did not start or stopped unexpectedly."""
+
+
+@dataclass
+class Backoff:
+    """When a supervised process that died may be started again."""
+
+    failures: int = 0
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    # The death was seen and the next start is scheduled.
+    dead: bool = False
+
+    def started(self, now: float) -> None:
+        self.started_at = now
+        self.dead = False
+
+    def died(self, now: float) -> float:
+        """Note a death seen at ``now``; answers the delay before the next start."""
+        self.failures = self.failures + 1 if now - self.started_at < STABLE_AFTER_S else 0
+        delay = 0.0 if self.failures <= 1 else min(BACKOFF_FIRST_S * 2 ** (self.failures - 2), BACKOFF_MAX_S)
+        self.next_start_at = now + delay
+        self.dead = True
+        return delay
 
 
 @dataclass
@@ -45,6 +86,7 @@ class Child:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    backoff: Backoff = field(default_factory=Backoff)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +98,10 @@ class Child:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # Never outlive the platform's supervisor: its services are safe to kill at any point.
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
+        self.backoff.started(time.monotonic())
 
     @property
     def running(self) -> bool:
@@ -67,11 +112,14 @@ class Child:
             self.proc.send_signal(sig)
 
     def wait(self, timeout_s: float) -> None:
+        """Wait for the process to end; SIGKILL it (and its process group) after ``timeout_s``."""
         if self.proc is None:
             return
         try:
-            self.proc.wait(timeout_s)
+            self.proc.wait(max(timeout_s, 0.0))
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait()
 
@@ -113,6 +161,10 @@ class Platform:
     cluster_file: Path | None = None
     children: dict[str, Child] = field(default_factory=dict)
     servers: list[ServerProcess] = field(default_factory=list)
+    # What a previous `pai up` on this data dir left running when it died (None: nothing was left).
+    takeover: Takeover | None = None
+    _lock: DataDirLock | None = None
+    _server_backoff: dict[str, Backoff] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -133,9 +185,20 @@ class Platform:
     def _start(self, timeout_s: float, progress: object) -> None:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.data_dir / "run", ignore_errors=True)
         if self.port == 0:
             self.port = free_port()
+        lock = DataDirLock(self.data_dir)
+        try:
+            self.takeover = lock.acquire(self.url)
+        except DataDirBusyError as exc:
+            raise PlatformError(str(exc)) from None
+        self._lock = lock
+        if self.takeover is not None:
+            left = ", ".join(self.takeover.stopped) or "nothing was still running"
+            _say(progress, f"a platform left by pid {self.takeover.pid} was cleaned up: {left}")
+        if _listening(self.port):
+            raise PlatformError(f"port {self.port} is already in use by another program; pass another --port")
+        shutil.rmtree(self.data_dir / "run", ignore_errors=True)
         simulated = "true"
         if self.use_real_gpus:
             models = real_gpus()
@@ -154,6 +217,12 @@ class Platform:
             server = start_mongo(self.data_dir)
             self.servers.append(server)
             self.mongo_url = server.url
+        now = time.monotonic()
+        for server in self.servers:
+            self._server_backoff[server.name] = Backoff(started_at=now)
+        # Where an extension finds the platform's bus and database (they keep their ports across restarts).
+        endpoints = {"api": self.url, "nats": self.nats_url, "mongo": self.mongo_url}
+        (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2) + "\n")
         if self.cluster_file is not None:
             # Copied beside the data (the scheduler reads the format from the suffix: .csv or YAML).
             try:
@@ -204,6 +273,7 @@ class Platform:
         _say(progress, f"starting {len(self.children)} service processes")
         for child in self.children.values():
             child.start()
+        self._record()
         self.wait_ready(timeout_s, progress)
 
     def inventory_csv(self) -> str:
@@ -258,6 +328,7 @@ class Platform:
             child.wait(20)
         (self.data_dir / "run" / f"{name}.json").unlink(missing_ok=True)
         child.start()
+        self._record()
         deadline = time.monotonic() + timeout_s
         while not _ready(self.data_dir / "run" / f"{name}.json"):
             if not child.running:
@@ -269,18 +340,74 @@ class Platform:
     def dead_children(self) -> list[str]:
         return [name for name, child in self.children.items() if not child.running]
 
-    def stop(self) -> None:
+    def supervise(self) -> list[str]:
+        """One round of the restart loop; answers what it saw and did, one line each.
+
+        An embedded server that died is started again on its port with its data (the services reconnect
+        by themselves); a service or node agent that died is started again. Each process has its own
+        back-off, so one that keeps dying (its server is down, its port is taken) is retried less and
+        less often without holding up the others. Nothing here waits for a process to be ready.
+        """
+        said: list[str] = []
+        now = time.monotonic()
+        for server in self.servers:
+            backoff = self._server_backoff.setdefault(server.name, Backoff())
+            if server.running:
+                continue
+            if not backoff.dead:
+                delay = backoff.died(now)
+                said.append(
+                    f"the {server.name} server exited with {server.proc.returncode};"
+                    f" restarting it on port {server.port}" + (f" in {delay:g}s" if delay else "")
+                )
+            if now >= backoff.next_start_at:
+                server.respawn()
+                backoff.started(now)
+        for name, child in self.children.items():
+            if child.running:
+                continue
+            if not child.backoff.dead:
+                code = child.proc.returncode if child.proc is not None else None
+                delay = child.backoff.died(now)
+                said.append(
+                    f"{name} exited with {code}; restarting it" + (f" in {delay:g}s" if delay else "")
+                )
+            if now >= child.backoff.next_start_at:
+                (self.data_dir / "run" / f"{name}.json").unlink(missing_ok=True)
+                child.start()
+        if said:
+            self._record()
+        return said
+
+    def pids(self) -> dict[str, int]:
+        """Every process of the platform that runs now, by name."""
+        found = {f"{s.name}-server": s.proc.pid for s in self.servers if s.running}
+        found.update({n: c.proc.pid for n, c in self.children.items() if c.proc is not None and c.running})
+        return found
+
+    def _record(self) -> None:
+        if self._lock is not None:
+            self._lock.record(self.pids())
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop everything within a bounded time, whatever is down: SIGTERM to every service, SIGKILL to
+        those still there after ``grace_s`` (a service that waits for a bus that is gone ignores
+        SIGTERM), then the servers."""
         # Gateway first (no new work), runtime agents last (their tasks keep running until then).
         order = ["gateway", *[s for s in SERVICES if s != "gateway"], *self.node_names]
         for name in order:
             if name in self.children:
                 self.children[name].signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
         for name in order:
             if name in self.children:
-                self.children[name].wait(20)
+                self.children[name].wait(deadline - time.monotonic())
         for server in reversed(self.servers):
-            server.stop()
+            server.stop(timeout_s=grace_s)
         self.servers.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def rss_bytes(self) -> int:
         """Resident memory of every process of the platform, servers included."""
@@ -295,6 +422,12 @@ class Platform:
             except OSError:
                 continue
         return total
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _ready(port_file: Path) -> bool:

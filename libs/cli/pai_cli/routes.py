@@ -730,6 +730,16 @@ def nodes(ctx: Context) -> Call[list[m.Node]]:
     return Call("GET", "/api/v2/kubernetes/nodes", model_list(m.Node, "items"))
 
 
+def set_node_schedulable(
+    ctx: Context, node: str, schedulable: bool, drain: bool = False, reason: str = ""
+) -> Call[dict[str, Any]]:
+    """(admin) Cordon a node (``schedulable=False``: no new work; with ``drain``, its running gangs are
+    stopped gracefully and retried elsewhere) or make it schedulable again. This platform's route; a stock
+    OpenPAI cordons through Kubernetes."""
+    body: dict[str, Any] = {"schedulable": schedulable, "drain": drain, "reason": reason}
+    return Call("PUT", f"/api/v2/cluster/nodes/{_segment(node)}", json_object, json=body)
+
+
 def pods(ctx: Context, namespace: str | None = None) -> Call[list[m.Pod]]:
     """(admin) Every task of every unfinished job, as OpenPAI answers them (Kubernetes ``Pod`` objects)."""
     params = _params(namespace=namespace)

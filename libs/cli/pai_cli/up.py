@@ -15,9 +15,11 @@ from rich.console import Console
 from pai_cli.client import FINAL_STATES, PaiClient, PaiError
 from pai_cli.config import save_config
 from pai_cli.errors import ForbiddenError
+from pai_cli.monitoring_stack import MonitoringStack, MonitoringUnavailable, alertmanager_token
 from pai_cli.platform import Platform, PlatformError
 
-console = Console(stderr=True)
+# No hard wrapping: its lines often end up in a log file, where a wrapped line cannot be searched for.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def unique_name(yaml_text: str, suffix: str) -> str:
@@ -46,6 +48,12 @@ def up(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Simulated GPUs even where NVML finds real ones")
     ] = False,
+    monitoring: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring", help="Also run Prometheus and Alertmanager (Debian's prometheus packages)"
+        ),
+    ] = False,
     cluster: Annotated[
         Path | None,
         typer.Option(
@@ -69,14 +77,31 @@ def up(
     )
     started = time.monotonic()
     stopping = False
+    stack = MonitoringStack(data_dir.resolve(), platform.url)
+    supervising = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            return
         stopping = True
+        if not supervising:  # still starting (or running the example): abandon that at once
+            raise KeyboardInterrupt
 
+    # Installed before anything starts, so that Ctrl-C, a kill or a closed terminal always stop the
+    # platform through `finally` below (and a SIGKILL, which nothing can catch, takes the children down
+    # with their parent-death signal).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         with console.status("starting the platform") as status:
             platform.start(progress=lambda msg: status.update(msg))
+        if platform.takeover is not None:
+            left = ", ".join(platform.takeover.stopped) or "none of its processes was still running"
+            console.print(
+                f"[yellow]the platform that pid {platform.takeover.pid} ran here ({platform.takeover.url})"
+                f" was not stopped cleanly; cleaned up: {left}[/]"
+            )
         console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {platform.url}")
         console.print(f"open {platform.url}/ in a browser for the web portal (API docs: /api/v2/docs)")
         user, password = platform.admin_credentials()
@@ -91,25 +116,36 @@ def up(
         if token is not None:
             save_config(platform.url, user, token)
             console.print("the `pai` CLI is logged in as the admin (try `pai job list`)")
+        stack.gateway_url = platform.url
+        console.print(f"Prometheus configuration: {stack.write_config()}")
+        if monitoring:
+            try:
+                stack.start(alertmanager_token(platform.url, token, stack.token_file))
+                for name, url in stack.urls.items():
+                    console.print(f"{name}: {url}")
+            except MonitoringUnavailable as exc:
+                console.print(f"[yellow]--monitoring: {exc}[/]")
         exit_code = 0
         if submit is not None and token is not None:
             exit_code = _run_example(platform.url, user, token, submit)
             if exit_after_job:
                 raise typer.Exit(exit_code)
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
         console.print("running; Ctrl-C stops everything")
+        supervising = True
         while not stopping:
-            dead = platform.dead_children()
-            for name in dead:
-                console.print(f"[yellow]{name} stopped unexpectedly; restarting[/]")
-                platform.restart(name)
-            time.sleep(1.0)
+            for line in platform.supervise():
+                console.print(f"[yellow]{line}[/]")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        raise typer.Exit(130) from None
     except (PlatformError, PaiError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     finally:
+        supervising = True  # a second signal while stopping changes nothing
         with console.status("stopping"):
+            stack.stop()
             platform.stop()
         console.print("stopped")
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from nats.js.errors import BadRequestError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from pai_common.contract.base import (
@@ -44,6 +46,7 @@ from pai_common.errors import (
     UnknownError,
     error_from_code,
 )
+from pai_common.metrics import RPC_REQUESTS, RPC_SECONDS
 from pai_common.telemetry import inject_headers, span_from_headers
 
 log = logging.getLogger(__name__)
@@ -244,8 +247,13 @@ class Bus:
 def _rpc_wrapper(
     req_type: type[RpcRequest], handler: RpcHandler, tasks: set[asyncio.Task[None]] | None = None
 ) -> Callable[[Request], Awaitable[None]]:
+    endpoint = f"{req_type.SERVICE}.{req_type.ENDPOINT}"
+    seconds = RPC_SECONDS.labels(endpoint)
+
     async def handle(request: Request) -> None:
-        with span_from_headers(f"rpc {req_type.SERVICE}.{req_type.ENDPOINT}", request.headers):
+        started = time.perf_counter()
+        outcome = "ok"
+        with span_from_headers(f"rpc {endpoint}", request.headers, SpanKind.SERVER):
             try:
                 try:
                     req = req_type.model_validate_json(request.data)
@@ -257,10 +265,15 @@ def _rpc_wrapper(
                 reply = await handler(req)
                 await request.respond(reply.model_dump_json().encode())
             except PaiError as err:
+                outcome = err.code
                 await _respond_error(request, err)
             except Exception:
+                outcome = UnknownError.code
                 log.exception("rpc handler failed", extra={"endpoint": req_type.ENDPOINT})
                 await _respond_error(request, UnknownError("internal error"))
+            finally:
+                RPC_REQUESTS.labels(endpoint, outcome).inc()
+                seconds.observe(time.perf_counter() - started)
 
     if tasks is None:
         return handle

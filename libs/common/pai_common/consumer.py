@@ -8,13 +8,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
@@ -23,10 +24,13 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pai_common.bus import Bus
 from pai_common.database import is_transient, retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
+from pai_common.errors import ServiceUnavailableError
 from pai_common.logs import current_job_key
-from pai_common.metrics import HANDLE_SECONDS, MESSAGES
+from pai_common.metrics import HANDLE_SECONDS, MESSAGES, REDELIVERIES
 from pai_common.outbox import Outbox, PendingMessages
 from pai_common.telemetry import span_from_headers
+
+CONSUMER = SpanKind.CONSUMER
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,20 @@ class HandlerContext:
     db: AsyncDatabase[dict[str, Any]]
     session: AsyncClientSession
     out: PendingMessages
+    # Run once the transaction committed (never for one that aborted or is retried): metrics of what
+    # really happened, counted once.
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        self.after_commit.append(fn)
+
+    def committed(self) -> None:
+        for fn in self.after_commit:
+            try:
+                fn()
+            except Exception as exc:  # a metric must never undo or repeat committed work
+                log.warning("after-commit hook failed", extra={"error": repr(exc)})
+        self.after_commit.clear()
 
 
 Handler = Callable[[HandlerContext, Envelope], Awaitable[None]]
@@ -134,6 +152,9 @@ class DurableConsumer:
                 log.warning("fetch failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
                 await asyncio.sleep(0.5)
                 continue
+            for msg in msgs:
+                if (msg.metadata.num_delivered or 1) > 1:
+                    REDELIVERIES.labels(self.spec.durable).inc()
             if len(msgs) == 1:
                 await self._handle(msgs[0])
             else:
@@ -221,11 +242,12 @@ class DurableConsumer:
                 for env in unique:
                     job_token = current_job_key.set(env.subject or None)
                     try:
-                        with span_from_headers(f"handle {env.type}", env.headers):
+                        with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
                             await self.spec.handler(ctx, env)
                     finally:
                         current_job_key.reset(job_token)
                 await self.outbox.stage(out, session)
+        ctx.committed()
         await self._publish(out)
         elapsed = (time.perf_counter() - started) / len(todo)
         for msg, env in todo:
@@ -254,12 +276,13 @@ class DurableConsumer:
         job_token = current_job_key.set(env.subject or None)
         started = time.perf_counter()
         try:
-            with span_from_headers(f"handle {env.type}", env.headers):
+            with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
                 outcome = await self._apply(env)
             await msg.ack()
         except Exception as exc:
             delivered = msg.metadata.num_delivered or 1
-            transient = is_transient(exc)
+            # A service that did not answer an RPC is restarting or busy: also a lag that resolves itself.
+            transient = is_transient(exc) or isinstance(exc, ServiceUnavailableError)
             # A transient failure (a write conflict, a lost connection) is retried for as long as it lasts;
             # only a handler that fails for another reason runs out of deliveries.
             if not transient and delivered >= self.spec.max_deliver:
@@ -301,10 +324,12 @@ class DurableConsumer:
                         await processed.insert_one({"_id": key, "at": datetime.now(UTC)}, session=session)
                     except DuplicateKeyError as exc:
                         raise _AlreadyProcessed from exc
-                    await self.spec.handler(HandlerContext(self.db, session, out), env)
+                    ctx = HandlerContext(self.db, session, out)
+                    await self.spec.handler(ctx, env)
                     await self.outbox.stage(out, session)
         except _AlreadyProcessed:
             return "duplicate"
+        ctx.committed()
         await self._publish(out)
         return "ok"
 

@@ -6,13 +6,17 @@ tests need a system package. Used by ``pai up`` and by every test that crosses a
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -39,6 +43,38 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | N
     raise EmbeddedServerError(f"nothing listened on 127.0.0.1:{port} within {timeout_s:g}s")
 
 
+_PR_SET_PDEATHSIG = 1
+_libc: ctypes.CDLL | None = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:  # no C library to call: children simply do not follow their parent
+        _libc = None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when the process that started it dies.
+
+    Linux's parent-death signal: a platform process must not outlive the one that supervises it (a
+    ``pai up`` killed with SIGKILL, a closed terminal, the OOM killer), nor a test run that is killed.
+    The signal follows the *thread* that started the child, so start children from a thread that lives
+    as long as they should (the main thread, as ``pai up`` and the tests do). None where Linux's
+    prctl is not available.
+    """
+    libc = _libc
+    if libc is None:
+        return None
+    parent = os.getpid()
+    prctl = libc.prctl
+
+    def arm() -> None:  # runs in the child between fork and exec: nothing but two system calls
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), sig)
+
+    return arm
+
+
 def _binary(name: str) -> str:
     # Prefer the one installed beside this interpreter (the venv's bin), then PATH.
     candidate = Path(sys.executable).parent / name
@@ -57,6 +93,18 @@ class ServerProcess:
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
+    # How it was started: a restart runs the same command, on the same port and the same store.
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def respawn(self) -> None:
+        """Start the server again as it was started (its data is kept); does not wait for its port."""
+        if self.running:
+            raise EmbeddedServerError(f"{self.name} is still running (pid {self.proc.pid})")
+        self.proc = _spawn(self.name, self.argv, self.log_path)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -72,7 +120,13 @@ def _spawn(name: str, argv: list[str], log_path: Path) -> subprocess.Popen[bytes
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            # A server ends cleanly on SIGTERM (JetStream and the MongoDB-wire store close their files).
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
 
 
@@ -84,7 +138,7 @@ def start_nats(data_dir: Path, port: int | None = None, timeout_s: float = 20.0)
     argv = [_binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
     proc = _spawn("nats", argv, log_path)
     wait_for_port(port, timeout_s, proc)
-    return ServerProcess("nats", f"nats://127.0.0.1:{port}", port, proc, log_path)
+    return ServerProcess("nats", f"nats://127.0.0.1:{port}", port, proc, log_path, argv)
 
 
 def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0) -> ServerProcess:
@@ -103,7 +157,8 @@ def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0
     ]
     proc = _spawn("mongo", argv, log_path)
     wait_for_port(port, timeout_s, proc)
-    return ServerProcess("mongo", f"mongodb://127.0.0.1:{port}/?directConnection=true", port, proc, log_path)
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    return ServerProcess("mongo", url, port, proc, log_path, argv)
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

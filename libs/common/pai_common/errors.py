@@ -75,6 +75,13 @@ class NoVirtualClusterError(PaiError):
     code = "NoVirtualClusterError"
 
 
+class NoNodeError(PaiError):
+    """Not in OpenPAI's list (it manages nodes through Kubernetes); named after NoJobError."""
+
+    status = 404
+    code = "NoNodeError"
+
+
 class NoTemplateError(PaiError):
     """A marketplace template that does not exist, or that the caller may not see (the same answer)."""
 
@@ -174,6 +181,7 @@ _BY_CODE: dict[str, type[PaiError]] = {
         NoTaskLogError,
         NoApiError,
         NoVirtualClusterError,
+        NoNodeError,
         NoTemplateError,
         ConflictJobError,
         NoTagError,

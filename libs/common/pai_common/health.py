@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -54,3 +57,26 @@ class HealthServer:
             pass
         finally:
             writer.close()
+
+
+def announce(data_dir: Path, service: str, instance: str, host: str, port: int) -> None:
+    """Tell a local launcher, and a local Prometheus, where this process serves health and metrics.
+
+    ``run/<instance>.json`` holds the port (``pai up`` waits on it); ``run/targets/<instance>.json`` is the
+    same as a Prometheus file-based service discovery target with the labels ``service`` and ``process``
+    (no metric of the platform has these, so Prometheus renames none), so that a Prometheus watching
+    ``run/targets/*.json`` follows restarts, which pick new ports. Best effort: a read-only data dir
+    (a container) just has none.
+    """
+    run_dir = Path(data_dir) / "run"
+    with contextlib.suppress(OSError):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"{instance}.json").write_text(json.dumps({"health_port": port}))
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        target = [{"targets": [f"{host}:{port}"], "labels": {"service": service, "process": instance}}]
+        targets = run_dir / "targets"
+        targets.mkdir(exist_ok=True)
+        # Written whole, then renamed: Prometheus rereads the file as soon as it changes.
+        partial = targets / f"{instance}.json.tmp"
+        partial.write_text(json.dumps(target))
+        partial.replace(targets / f"{instance}.json")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -19,11 +18,13 @@ from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerC
 from pai_common.contract.base import Event, RpcRequest, event_subject
 from pai_common.database import connect_mongo, retry_transient, service_database
 from pai_common.envelope import Envelope
-from pai_common.health import HealthServer
+from pai_common.health import HealthServer, announce
 from pai_common.logs import setup_logging
+from pai_common.metrics import set_build_info
 from pai_common.outbox import Outbox, PendingMessages
+from pai_common.service_metrics import sample_forever
 from pai_common.settings import Settings
-from pai_common.telemetry import setup_tracing
+from pai_common.telemetry import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,10 @@ class ServiceApp:
         out = PendingMessages(self.name)
         async with self.mongo.start_session() as session:
             async with await session.start_transaction():
-                yield HandlerContext(self.db, session, out)
+                ctx = HandlerContext(self.db, session, out)
+                yield ctx
                 await self.outbox.stage(out, session)
+        ctx.committed()
         if out.docs:
             try:
                 await self.outbox.publish_committed(out.docs)
@@ -128,6 +131,7 @@ class ServiceApp:
     async def start(self) -> None:
         s = self.settings
         setup_tracing(self.name, s.otel_exporter)
+        set_build_info()
         self.bus = await Bus.connect(s.nats_url, self.name, s.nats_ca_file)
         await self.bus.ensure_streams(s.stream_replicas)
         self.mongo = connect_mongo(s.mongo_url)
@@ -175,6 +179,12 @@ class ServiceApp:
             await self.bus.serve_rpc(handlers, target, concurrent)
         for fn in self._background:
             self._tasks.append(asyncio.create_task(fn(), name=fn.__name__))
+        self._tasks.append(
+            asyncio.create_task(
+                sample_forever(self.bus, self.outbox, self._consumers, s.metrics_sample_s),
+                name="service-metrics",
+            )
+        )
         self._ready = True
         log.info("service ready", extra={"health_port": self.health_port})
 
@@ -200,22 +210,32 @@ class ServiceApp:
             await self.bus.close()
         await self._health.stop()
         await self.mongo.close()
+        shutdown_tracing()
         log.info("service stopped")
 
     def _write_port_file(self) -> None:
-        """Tell a local launcher where this process serves health and metrics (port 0 picks one)."""
-        run_dir = Path(self.settings.data_dir) / "run"
-        with contextlib.suppress(OSError):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            instance = getattr(self.settings, "node_name", None) or self.name
-            (run_dir / f"{instance}.json").write_text(json.dumps({"health_port": self.health_port}))
+        """Tell a local launcher and a local Prometheus where this process serves health and metrics."""
+        instance = getattr(self.settings, "node_name", None) or self.name
+        announce(Path(self.settings.data_dir), self.name, instance, self.settings.http_host, self.health_port)
 
     async def serve_until_signalled(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        # A signal must stop the service while it starts too: the start waits for the bus and the
+        # database, which may be down, and a supervisor stopping everything must not wait on that.
+        starting = asyncio.create_task(self.start(), name="start")
+        signalled = asyncio.create_task(stop.wait(), name="signalled")
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            log.info("signal received during start-up; exiting")
+            return
+        signalled.cancel()
+        starting.result()  # a start that failed fails the process
         await stop.wait()
         log.info("signal received; draining")
         try:

@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     nak_base_delay_s: float = Field(default=0.5, gt=0)
     fetch_batch: int = Field(default=64, ge=1)
     stop_timeout_s: float = Field(default=15.0, gt=0)
-    otel_exporter: str = "none"  # "none" or "console"
+    # Where spans go: "none", "console" or "otlp"; unset, the OTEL_* environment decides (telemetry.py).
+    otel_exporter: str | None = None
+    # How often a service samples its consumers' lag and its outbox backlog for /metrics.
+    metrics_sample_s: float = Field(default=10.0, gt=0)
     # Copies JetStream keeps of every stream: 1 for one server, 3 for a three-server cluster (survives the
     # loss of one). Applied when a stream is created and when it already exists with another count.
     stream_replicas: int = Field(default=1, ge=1, le=5)

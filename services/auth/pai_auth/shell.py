@@ -24,6 +24,7 @@ from pai_auth.oidc.settings import OidcSettings
 from pai_auth.throttle import LoginThrottle, ThrottlePolicy
 from pai_auth.token_records import TOKENS
 from pai_common.consumer import HandlerContext
+from pai_common.contract.events import AlertActionTaken, NodeSchedulableChanged
 from pai_common.contract.rpc import (
     AuditLogReply,
     AuditLogRequest,
@@ -119,6 +120,7 @@ class AuthService:
             }
         )
         app.on_startup(self._bootstrap)
+        app.on_event(AlertActionTaken, NodeSchedulableChanged)(audit.record_event)
 
     def _current_keys(self) -> list[signing_keys.SigningKey]:
         """The signing keys, reread (at most once a second) when the key file changed: rotation and

@@ -3,6 +3,8 @@ returns, and that it never raises and stays linear on random and adversarial inp
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,7 @@ def test_corpus_case_is_classified(case: dict[str, Any]) -> None:
 
 def test_every_code_with_a_pattern_has_a_corpus_case() -> None:
     with_patterns = {e.code for e in SPEC.entries if e.runtime_patterns or e.pod_patterns}
-    assert len(with_patterns) == 56
+    assert len(with_patterns) == 58
     assert with_patterns <= {c["expect"] for c in CASES}
 
 
@@ -468,3 +470,59 @@ def test_when_the_set_search_gives_up_each_pattern_is_searched() -> None:
     hits = SPEC.log_patterns().matching(log)
     assert hits is not None and not hits.may_match(other) and hits.may_match(pattern)
     assert _Log(log, hits).search(other) is None
+
+
+# ---- user code that cannot succeed on a retry, as the real interpreter reports it -----------------------
+
+_BROKEN_PROGRAMS = [
+    # (files of the job, the command, the code, what the log must show)
+    ({"train.py": "x = (1,\n"}, ["python", "train.py"], 307, "was never closed"),
+    ({"train.py": "for i in range(3)\n    print(i)\n"}, ["python", "train.py"], 307, "expected ':'"),
+    ({"train.py": "print 'loss'\n"}, ["python", "train.py"], 307, "SyntaxError"),
+    ({"train.py": "def f():\nreturn 1\n"}, ["python", "train.py"], 307, "IndentationError"),
+    ({"train.py": "if True:\n\tx = 1\n        y = 2\n"}, ["python", "train.py"], 307, "TabError"),
+    # OpenPAI's own ContainerSyntaxError keeps the plain "invalid syntax" (first entry in file order wins).
+    ({"train.py": "x = = 1\n"}, ["python", "train.py"], 231, "invalid syntax"),
+    # The error is in a module of the job's own that the script imports.
+    (
+        {"main.py": "import helper\n", "helper.py": "def f()\n  pass\n"},
+        ["python", "main.py"],
+        307,
+        "helper.py",
+    ),
+    # The job's own package is not on the path (run from elsewhere).
+    (
+        {"scripts/run.py": "import mypkg.data\n", "mypkg/__init__.py": ""},
+        ["python", "scripts/run.py"],
+        304,
+        "mypkg",
+    ),
+    ({"main.py": "from os import not_a_name\n"}, ["python", "main.py"], 232, "cannot import name"),
+    ({}, ["python", "tarin.py"], 308, "can't open file"),
+    ({}, ["bash", "-c", "./run_experiment.sh"], 308, "No such file or directory"),
+]
+
+
+@pytest.mark.parametrize(("files", "argv", "code", "shown"), _BROKEN_PROGRAMS)
+def test_broken_user_code_is_a_permanent_failure_with_a_fix(
+    tmp_path: Path, files: dict[str, str], argv: list[str], code: int, shown: str
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    argv = [sys.executable if a == "python" else a for a in argv]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=60)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0 and shown.encode() in log, log
+    d = diagnose(SPEC, TaskEnd(done.returncode, user_log=b"epoch 0 starting\n" + log))
+    assert d.code == code, (log, d.code, d.phrase)
+    assert (d.failure_type, d.reaction) == ("Permanent", "NEVER_RETRY")
+    assert d.matched_line and d.matched_line in log.decode()
+    assert d.explanation and d.suggestion
+
+
+def test_a_program_that_mentions_such_errors_is_not_taken_for_them() -> None:
+    log = b"config check: SyntaxError: unexpected token in formula (row 12 skipped)\ntraining failed\n"
+    assert diagnose(SPEC, TaskEnd(1, user_log=log)).code == 255
+    missing_config = b"note: can't open file 'optional.cfg': [Errno 2] No such file or directory\n"
+    assert diagnose(SPEC, TaskEnd(1, user_log=missing_config)).code == 255  # not the interpreter's exit 2

@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from pai_common.bus import Bus
 from pai_common.errors import InvalidParametersError, PayloadTooLargeError
+from pai_common.telemetry import exporting
 from pai_gateway import (
     docs_ui,
     errors,
@@ -24,10 +26,13 @@ from pai_gateway import (
     routes_jobs,
     routes_marketplace,
     routes_meta,
+    routes_monitoring,
+    routes_nodes,
     routes_oidc,
     routes_storages,
     routes_users,
 )
+from pai_gateway.http_metrics import HttpMetrics
 from pai_gateway.identity import IdentityResolver
 from pai_gateway.paths import OpenPaiPaths
 from pai_gateway.settings import GatewaySettings
@@ -75,9 +80,19 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
         routes_cluster,
         routes_storages,
         routes_diagnosis,
+        routes_monitoring,
+        routes_nodes,
         routes_marketplace,
     ):
         app.include_router(module.router)
+    # The server span of each request, whose trace every RPC of the route continues and whose
+    # traceparent every answer carries: FastAPI's instrumentation while spans are exported (outermost, so
+    # that the metrics middleware sees its span; body chunks make no spans of their own), otherwise a
+    # cheap span of the metrics middleware's own.
+    instrumented = exporting()
+    app.add_middleware(HttpMetrics, fastapi_app=app, own_span=not instrumented)
+    if instrumented:
+        FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

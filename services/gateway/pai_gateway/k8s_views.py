@@ -72,7 +72,8 @@ def node(record: Mapping[str, Any]) -> dict[str, Any]:
             "labels": labels,
             "annotations": {"pai.platform/simulated": str(bool(record.get("simulated"))).lower()},
         },
-        "spec": {"unschedulable": False},
+        # A cordoned node (PUT /api/v2/cluster/nodes/{node}) is what `kubectl cordon` makes of one.
+        "spec": {"unschedulable": not record.get("schedulable", True)},
         "status": {
             "capacity": _resources(record.get("cpu", 0), record.get("memory_mb", 0), len(gpus)),
             "allocatable": _resources(record.get("cpu", 0), record.get("memory_mb", 0), healthy_gpus),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from pai_common.service import ServiceApp
+from pai_common.telemetry import setup_tracing
 from pai_gateway.http_app import build_http_app
 from pai_gateway.settings import GatewaySettings
 
@@ -27,6 +28,8 @@ class _Server(uvicorn.Server):
 def build_app(settings: GatewaySettings | None = None) -> ServiceApp:
     settings = settings or GatewaySettings()
     app = ServiceApp("gateway", settings)
+    # Before the HTTP app is built: whether spans are exported decides how requests are instrumented.
+    setup_tracing("gateway", settings.otel_exporter)
     http = build_http_app(lambda: app.bus, settings)
     config = uvicorn.Config(
         http,

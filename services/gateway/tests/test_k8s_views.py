@@ -64,6 +64,18 @@ def test_nodes_as_a_node_list() -> None:
     assert (condition.status, condition.reason) == ("Unknown", "NodeStatusUnknown")
     assert "not registered" in condition.message
     assert "nvidia.com/gpu" not in lost.status.capacity
+    assert ready.spec.unschedulable is False
+
+
+def test_a_cordoned_node_is_unschedulable_and_still_ready() -> None:
+    cordoned = {
+        **NODES[0],
+        "schedulable": False,
+        "cordon": {"by": "root", "at": 1, "reason": "", "drain": False},
+    }
+    (node,) = _read("V1NodeList", k8s_views.node_list([cordoned])).items
+    assert node.spec.unschedulable is True
+    assert [(c.type, c.status) for c in node.status.conditions] == [("Ready", "True")]
 
 
 TASK = {

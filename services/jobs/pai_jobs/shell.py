@@ -55,6 +55,8 @@ from pai_common.contract.rpc import (
     SubmitJobRequest,
     TaskAttemptsReply,
     TaskAttemptsRequest,
+    TaskPlacementReply,
+    TaskPlacementRequest,
     VirtualClustersReply,
 )
 from pai_common.contract.states import public_state
@@ -70,7 +72,7 @@ from pai_common.errors import (
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan, storages
+from pai_jobs import job_events, list_plan, metrics, storages
 from pai_jobs.admission import Admission, Turns
 from pai_jobs.group_commit import GroupCommit
 from pai_jobs.job_events import JobEvent
@@ -99,6 +101,8 @@ LIST = "job_list"
 COUNTS = "job_counts"
 COUNTERS = "counters"
 SEQ_COUNTER = "job_seq"
+# How often the job gauges of /metrics are read back from the read model.
+GAUGES_S = 10.0
 
 # How long a submission's write is tried again while it conflicts with other writes. The gateway waits
 # for the answer longer than a submission's turn (its submit_wait_s) plus this.
@@ -235,11 +239,15 @@ class JobsService:
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
         app.on_startup(self._indexes)
         app.background(self._backfill)
+        app.background(self._gauges)
         if self.lists is not None:
             app.background(self.lists.run)
 
     async def _indexes(self, app: ServiceApp) -> None:
         await create_indexes(app)
+
+    async def _gauges(self) -> None:
+        await metrics.refresh_forever(self.app.db, COUNTS, LIST, GAUGES_S)
 
     async def _backfill(self) -> None:
         # After the service is ready: looking for jobs without `seq` reads the whole `jobs` collection
@@ -498,11 +506,26 @@ class JobsService:
         return TaskAttemptsReply(status=status)
 
     async def secrets(self, req: JobSecretsRequest) -> JobSecretsReply:
-        """For the runtime agent of a node that runs one of the job's tasks, and for no one else."""
-        doc = await self._job(req.job_key, {"snapshot.tasks.node": 1, "spec.has_secrets": 1})
-        nodes = {task.get("node") for task in ((doc.get("snapshot") or {}).get("tasks") or [])}
-        if req.node not in nodes:
-            raise ForbiddenUserError(f"Node {req.node} runs no task of job {req.job_key}.")
+        """For the runtime agent of the node a task attempt of the job is placed on, and no one else.
+
+        The placement is the orchestrator's, not this service's read model: the read model learns it from
+        an event that may arrive after the agent asks (it did, for every multi-role job). An orchestrator
+        that does not answer is a ServiceUnavailableError, which the agent retries."""
+        await self._job(req.job_key, {"_id": 1})
+        where = await self.app.bus.request(
+            TaskPlacementRequest(
+                job_key=req.job_key,
+                attempt_id=req.attempt_id,
+                task_role=req.task_role,
+                index=req.index,
+                task_attempt_id=req.task_attempt_id,
+            ),
+            TaskPlacementReply,
+        )
+        task = f"{req.task_role}[{req.index}] (attempt {req.attempt_id}.{req.task_attempt_id})"
+        if where.node != req.node:
+            why = where.reason or f"it is placed on {where.node}"
+            raise ForbiddenUserError(f"Node {req.node} runs no task {task} of job {req.job_key}: {why}.")
         stored = await self.app.db[SECRETS].find_one({"_id": req.job_key})
         return JobSecretsReply(secrets=dict(stored["secrets"]) if stored else {})
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
+from pai_common.reference import reference_files
 from pai_jobs.protocol import MAX_BODY_BYTES, parse_job
 from pai_jobs.schema import SCHEMA, schema_problems
 
@@ -26,17 +26,16 @@ REPO = Path(__file__).resolve().parents[3]
 PROTO_SCHEMA = REPO / "proto" / "job-protocol" / "protocol-v2.schema.json"
 PACKAGED_SCHEMA = REPO / "services" / "jobs" / "pai_jobs" / "protocol_v2.schema.json"
 DATA_DIR = Path(__file__).parent / "data"
-REFERENCE_DIR = Path(
-    os.environ.get("PAI_REFERENCE_EXAMPLES", REPO.parent / "shared" / "reference" / "openpai" / "examples")
+# The project's own examples (the corpus every clone has), and OpenPAI's where they sit beside it.
+OWN_EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+REFERENCE_EXAMPLES = reference_files(
+    "openpai/examples", "*.yaml", "OpenPAI's examples meet the schema and render"
 )
 NOW = 1_700_000_000_000
 
 
 def _examples() -> list[Path]:
-    found = [*sorted(DATA_DIR.glob("*.yaml"))]
-    if REFERENCE_DIR.is_dir():
-        found += sorted(REFERENCE_DIR.glob("*.yaml"))
-    return found
+    return [*OWN_EXAMPLES, *sorted(DATA_DIR.glob("*.yaml")), *REFERENCE_EXAMPLES]
 
 
 # ---- the schema itself -------------------------------------------------------------------------------
@@ -62,10 +61,14 @@ def test_every_example_meets_the_schema_and_renders(path: Path) -> None:
         assert role.image  # every example names its docker image
 
 
+def test_the_project_examples_are_all_there() -> None:
+    # Guards the parametrised test above against passing vacuously when the folder moves.
+    assert len(OWN_EXAMPLES) >= 11
+
+
+@pytest.mark.reference("openpai/examples")
 def test_reference_examples_are_all_there() -> None:
-    if not REFERENCE_DIR.is_dir():
-        pytest.fail(f"reference examples not found at {REFERENCE_DIR}; set PAI_REFERENCE_EXAMPLES")
-    assert len(list(REFERENCE_DIR.glob("*.yaml"))) == 18
+    assert len(REFERENCE_EXAMPLES) == 18
 
 
 # ---- invalid variants only the schema catches -------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from pai_common.contract.rpc import (
     SubmitJobRequest,
     TaskAttemptsReply,
     TaskAttemptsRequest,
+    TaskPlacementReply,
+    TaskPlacementRequest,
 )
 from pai_common.contract.types import AttemptRef, FrameworkSnapshot, TaskSnapshot
 from pai_common.embedded import ServerProcess, start_nats
@@ -54,6 +57,7 @@ from pai_common.errors import (
     NoJobError,
     NoTagError,
     NoVirtualClusterError,
+    ServiceUnavailableError,
 )
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
@@ -148,6 +152,12 @@ async def eventually(check: Callable[[], Any], timeout: float = 10) -> Any:
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def _state_is(client: Bus, key: str, state: str) -> None:
+    """The read model shows ``state`` (the framework.changed it awaits is handled asynchronously)."""
+    detail = (await client.request(GetJobRequest(job_key=key), JobDetailReply)).detail
+    assert detail["jobStatus"]["state"] == state
 
 
 def submit(name: str, user: str = "alice", **kwargs: Any) -> SubmitJobRequest:
@@ -247,24 +257,40 @@ async def test_submission_queries_mutations_and_secrets(
         detail = (await client.request(GetJobRequest(job_key="alice~job0"), JobDetailReply)).detail
         assert detail["tags"] == ["big"]
 
-        # -- secrets: only for a node that runs one of the job's tasks
-        secrets_req = JobSecretsRequest(job_key="alice~secretive", node="n1")
-        with pytest.raises(ForbiddenUserError, match="n1 runs no task"):
-            await client.request(secrets_req, JobSecretsReply)
-        await client.publish_event(FrameworkChanged(snapshot=running_snapshot("alice~secretive", 3)))
+        # -- secrets: only for the node the orchestrator placed that task attempt on. This service's read
+        # model has not heard of any placement yet (no framework.changed): the answer must not depend on it.
+        secrets_req = JobSecretsRequest(
+            job_key="alice~secretive", node="n1", attempt_id=0, task_role="worker", index=1
+        )
+        with pytest.raises(ServiceUnavailableError, match="orchestrator"):
+            await client.request(secrets_req, JobSecretsReply)  # nobody answers for the placement yet
+        placements = {("alice~secretive", 0, "worker", 1, 0): "n1"}
+        asked: list[TaskPlacementRequest] = []
 
-        async def placed() -> None:
-            try:
-                got = await client.request(secrets_req, JobSecretsReply)
-            except ForbiddenUserError as exc:
-                raise AssertionError("the snapshot has not arrived yet") from exc
-            assert got.secrets == {"token": "hunter2-very-secret"}
+        async def placement(req: TaskPlacementRequest) -> TaskPlacementReply:
+            asked.append(req)
+            key = (req.job_key, req.attempt_id, req.task_role, req.index, req.task_attempt_id)
+            node = placements.get(key)
+            return TaskPlacementReply(node=node, reason="" if node else "not placed in this test")
 
-        await eventually(placed)
-        with pytest.raises(ForbiddenUserError):
+        orchestrator = await Bus.connect(nats_srv.url, "orchestrator")
+        await orchestrator.serve_rpc({TaskPlacementRequest: placement})
+        got = await client.request(secrets_req, JobSecretsReply)
+        assert got.secrets == {"token": "hunter2-very-secret"}
+        assert [(a.job_key, a.attempt_id, a.task_role, a.index) for a in asked] == [
+            ("alice~secretive", 0, "worker", 1)
+        ]
+        with pytest.raises(ForbiddenUserError, match=r"n9 runs no task worker\[1\].*placed on n1"):
             await client.request(secrets_req.model_copy(update={"node": "n9"}), JobSecretsReply)
+        with pytest.raises(ForbiddenUserError, match="not placed in this test"):
+            await client.request(secrets_req.model_copy(update={"attempt_id": 1}), JobSecretsReply)
+        with pytest.raises(ForbiddenUserError, match="not placed in this test"):
+            await client.request(secrets_req.model_copy(update={"task_attempt_id": 2}), JobSecretsReply)
         with pytest.raises(NoJobError):
             await client.request(secrets_req.model_copy(update={"job_key": "alice~nope"}), JobSecretsReply)
+        await orchestrator.close()
+        await client.publish_event(FrameworkChanged(snapshot=running_snapshot("alice~secretive", 3)))
+        await eventually(partial(_state_is, client, "alice~secretive", "RUNNING"))
         detail = (await client.request(GetJobRequest(job_key="alice~secretive"), JobDetailReply)).detail
         assert detail["jobStatus"]["state"] == "RUNNING"
         assert detail["taskRoles"]["worker"]["taskStatuses"][1]["containerPorts"] == {"http": "15001"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 
 from pai_common.contract.types import JobSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
+from pai_common.reference import reference_files
 from pai_jobs.protocol import (
     MAX_BODY_BYTES,
     MAX_NODES,
@@ -26,13 +26,8 @@ from pai_jobs.protocol import (
 )
 
 DATA_DIR = Path(__file__).parent / "data"
-# The reference examples live beside the repository in a development checkout; tested when present.
-REFERENCE_DIR = Path(
-    os.environ.get(
-        "PAI_REFERENCE_EXAMPLES",
-        Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "openpai" / "examples",
-    )
-)
+# OpenPAI's own examples, beside the repository in a development checkout: parsed in addition.
+REFERENCE_EXAMPLES = reference_files("openpai/examples", "*.yaml", "OpenPAI's examples parse into job specs")
 NOW = 1_700_000_000_000
 
 
@@ -131,7 +126,7 @@ def _role(doc: dict[str, Any], name: str = "worker") -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "path",
-    _yaml_files(DATA_DIR) + _yaml_files(REFERENCE_DIR),
+    _yaml_files(DATA_DIR) + REFERENCE_EXAMPLES,
     ids=lambda path: f"{path.parent.name}/{path.name}",
 )
 def test_example_parses_into_a_job_spec(path: Path) -> None:

@@ -320,6 +320,14 @@ def on_cells_lost(
     return _stopped_by_platform(fw, attempt_id, S.EXIT_NODE_LOST, reason, now, policy, None)
 
 
+def on_drained(
+    fw: Framework, attempt_id: int, reason: str, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
+    """An admin drains a node the attempt runs on: stop it gracefully (as a preemption) and retry it
+    elsewhere, uncounted."""
+    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, reason, now, policy, policy.preempt_grace_s)
+
+
 def _stopped_by_platform(
     fw: Framework,
     attempt_id: int,

@@ -28,10 +28,11 @@ from pai_common.contract.events import (
     TaskDiagnosed,
     TaskRunning,
 )
+from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_orchestrator import core
+from pai_orchestrator import core, metrics, placement
 from pai_orchestrator.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ async def save(
     transition: core.Transition,
     previous: int | None,
     now: int,
+    before: core.Framework | None = None,
 ) -> None:
     """Store the framework a transition produced (guarded by its version) and stage what it causes.
 
@@ -111,6 +113,8 @@ async def save(
         ctx.out.event(event)
     for send in transition.commands:
         ctx.out.command(send.command, send.target)
+    for observation in metrics.observations(before, fw, transition.events, now):
+        ctx.on_commit(observation)
     log.info(
         "framework transition", extra={"job": fw.job_key, "state": fw.state, "reason": transition.reason}
     )
@@ -126,6 +130,7 @@ class Orchestrator:
         app.on_event(SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(self.handle)
         app.on_event(SchedulingPreempting)(self.handle_preempting)
         app.on_event(SchedulingLost)(self.handle_lost)
+        app.rpc({TaskPlacementRequest: self.task_placement})
         app.on_startup(self._indexes)
         app.background(self.tick_forever)
 
@@ -144,7 +149,7 @@ class Orchestrator:
         now = now_ms()
         transition = step(fw)
         if transition.framework is not None:
-            await save(ctx, cause, transition, fw.version, now)
+            await save(ctx, cause, transition, fw.version, now, before=fw)
         return True
 
     async def handle_submitted(self, ctx: HandlerContext, env: Envelope) -> None:
@@ -195,9 +200,8 @@ class Orchestrator:
     async def handle_lost(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
         assert isinstance(body, SchedulingLost)
-        step = partial(
-            _call, core.on_cells_lost, attempt_id=body.attempt_id, reason=body.reason, policy=self.policy
-        )
+        lost = core.on_drained if body.drain else core.on_cells_lost
+        step = partial(_call, lost, attempt_id=body.attempt_id, reason=body.reason, policy=self.policy)
         await self._apply(ctx, (env.type, env.id), body.job_key, step)
 
     async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
@@ -221,6 +225,15 @@ class Orchestrator:
         if isinstance(body, TaskRunning):
             return core.on_task_running(fw, body, now, self.policy)
         return core.on_task_diagnosed(fw, body, now, self.policy)
+
+    async def task_placement(self, req: TaskPlacementRequest) -> TaskPlacementReply:
+        """Read from the framework document, which holds a placement before its launch command leaves."""
+        doc = await self.app.db[FRAMEWORKS].find_one({"_id": req.job_key}, {"fw": 1})
+        if doc is None:
+            return TaskPlacementReply(node=None, reason=f"the orchestrator knows no job {req.job_key}")
+        fw = core.Framework.model_validate(doc["fw"])
+        node, reason = placement.live_node(fw, req.attempt_id, req.task_role, req.index, req.task_attempt_id)
+        return TaskPlacementReply(node=node, reason=reason)
 
     # ---- timers --------------------------------------------------------------------------------------
 
@@ -250,7 +263,7 @@ class Orchestrator:
         transition = core.on_tick(fw, now, self.policy)
         if transition.framework is None:
             return False
-        await save(ctx, ("tick", None), transition, fw.version, now)
+        await save(ctx, ("tick", None), transition, fw.version, now, before=fw)
         return True
 
     async def tick_forever(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.bus import Bus
+from pai_common.contract.commands import LaunchTask
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
@@ -20,8 +21,10 @@ from pai_common.contract.events import (
     TaskDiagnosed,
     TaskRunning,
 )
+from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
 from pai_common.contract.types import JobSpec, Placement, TaskRoleSpec
 from pai_common.embedded import ServerProcess
+from pai_common.envelope import decode
 from pai_common.service import ServiceApp
 from pai_common.testing import EventRecorder
 from pai_orchestrator.shell import FRAMEWORKS, STOPS, Orchestrator, OrchestratorSettings
@@ -157,3 +160,39 @@ async def test_restart_resumes_jobs_and_their_timers_and_duplicates_change_nothi
         assert history[0] == "AttemptCreationRequested" and history[-1] == "Completed"
     finally:
         await app.stop()
+
+
+async def test_placement_is_answered_from_the_framework_that_launched_the_task(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    db = f"orch{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    app = orchestrator_app(fresh_nats, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        ask = TaskPlacementRequest(job_key="u~placed", attempt_id=0, task_role="w", index=1)
+        unknown = await fresh_bus.request(ask, TaskPlacementReply)
+        assert unknown.node is None and "knows no job u~placed" in unknown.reason
+        await fresh_bus.publish_event(JobSubmitted(spec=spec("u~placed", workers=2)))
+        await events.wait_for(SchedulingRequested, "u~placed")
+        waiting = await fresh_bus.request(ask, TaskPlacementReply)
+        assert waiting.node is None and "not starting or running" in waiting.reason
+        await fresh_bus.publish_event(allocated("u~placed", workers=2))
+        # The launch command is sent after the placement is committed: whoever holds it gets the answer.
+        launch = await _next_command(fresh_bus, "n0")
+        assert (launch.job_key, launch.index) in {("u~placed", 0), ("u~placed", 1)}
+        placed = await fresh_bus.request(ask, TaskPlacementReply)
+        assert (placed.node, placed.reason) == ("n0", "")
+        other = await fresh_bus.request(ask.model_copy(update={"attempt_id": 1}), TaskPlacementReply)
+        assert other.node is None
+    finally:
+        await app.stop()
+
+
+async def _next_command(bus: Bus, node: str) -> LaunchTask:
+    sub = await bus.js.pull_subscribe(f"pai.cmd.runtime.{node}.>", durable=f"t{uuid.uuid4().hex[:8]}")
+    msgs = await sub.fetch(1, timeout=30)
+    env = decode(msgs[0].headers, msgs[0].data)
+    assert isinstance(env.body, LaunchTask)
+    return env.body

@@ -7,26 +7,17 @@ with the port that answers ``/readyz``), so ``pai up`` waits for it like for any
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from pathlib import Path
 
 import uvicorn
 
-from pai_common.health import HealthServer
+from pai_common.health import HealthServer, announce
 from pai_common.logs import setup_logging
 from pai_portal.app import build_app
 from pai_portal.settings import PortalSettings
 
 log = logging.getLogger(__name__)
-
-
-def _write_port_file(settings: PortalSettings, health_port: int) -> None:
-    run_dir = Path(settings.data_dir) / "run"
-    with contextlib.suppress(OSError):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "portal.json").write_text(json.dumps({"health_port": health_port}))
 
 
 async def serve(settings: PortalSettings) -> None:
@@ -49,7 +40,7 @@ async def serve(settings: PortalSettings) -> None:
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            _write_port_file(settings, health_port)
+            announce(Path(settings.data_dir), "portal", "portal", settings.http_host, health_port)
             log.info("portal ready", extra={"port": settings.portal_port, "api": settings.portal_api_url})
         await task
     finally:

@@ -14,12 +14,20 @@ from typing import Any
 import psutil
 from prometheus_client import Gauge
 
-LABELS = ("node", "job", "task_role", "index", "task_attempt")
-TASK_CPU = Gauge("pai_task_cpu_percent", "CPU use of a task's processes (100 = one core)", LABELS)
+# `job_name` is OpenPAI's `user~name` (the label its alert actions act on); never `job`, which Prometheus
+# keeps for the scrape job (and would rename ours to `exported_job`).
+LABELS = ("node", "job_name", "username", "task_role", "index", "task_attempt")
+TASK_CPU = Gauge(
+    "pai_task_cpu_utilization_ratio", "CPU use of a task's processes, in cores (1 = one core busy)", LABELS
+)
 TASK_MEMORY = Gauge("pai_task_memory_bytes", "Resident memory of a task's processes", LABELS)
 TASK_PROCESSES = Gauge("pai_task_processes", "Processes in a task's process group", LABELS)
 TASK_GPU_MEMORY = Gauge("pai_task_gpu_memory_bytes", "GPU memory used by a task's processes (NVML)", LABELS)
-TASK_GPU_UTIL = Gauge("pai_task_gpu_utilization_percent", "Utilisation of the task's GPUs (NVML)", LABELS)
+TASK_GPU_UTIL = Gauge(
+    "pai_task_gpu_utilization_ratio",
+    "Utilisation of the task's GPUs, 0 to 1 (NVML; mean over its GPUs)",
+    LABELS,
+)
 ALL = (TASK_CPU, TASK_MEMORY, TASK_PROCESSES, TASK_GPU_MEMORY, TASK_GPU_UTIL)
 
 
@@ -99,14 +107,25 @@ def _nvml_usage(pids: set[int], gpus: list[int]) -> tuple[int | None, float | No
             pynvml.nvmlShutdown()
 
 
+def task_labels(node: str, job_key: str, task_role: str, index: int, task_attempt: int) -> dict[str, str]:
+    return {
+        "node": node,
+        "job_name": job_key,
+        "username": job_key.split("~", 1)[0],
+        "task_role": task_role,
+        "index": str(index),
+        "task_attempt": str(task_attempt),
+    }
+
+
 def publish(labels: dict[str, str], usage: Usage) -> None:
-    TASK_CPU.labels(**labels).set(usage.cpu_percent)
+    TASK_CPU.labels(**labels).set(usage.cpu_percent / 100)
     TASK_MEMORY.labels(**labels).set(usage.memory_bytes)
     TASK_PROCESSES.labels(**labels).set(usage.processes)
     if usage.gpu_memory_bytes is not None:
         TASK_GPU_MEMORY.labels(**labels).set(usage.gpu_memory_bytes)
     if usage.gpu_utilization is not None:
-        TASK_GPU_UTIL.labels(**labels).set(usage.gpu_utilization)
+        TASK_GPU_UTIL.labels(**labels).set(usage.gpu_utilization / 100)
 
 
 def remove(labels: dict[str, str]) -> None:

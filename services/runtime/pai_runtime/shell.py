@@ -27,7 +27,7 @@ from pai_common.contract.rpc import (
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
-from pai_runtime import jobssh, metrics, plugins
+from pai_runtime import jobssh, metrics, node_metrics, plugins
 from pai_runtime import secrets as job_secrets
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
@@ -130,6 +130,7 @@ class Agent:
         self.app.background(self._heartbeat)
         self.app.background(self._watch_health)
         self.app.background(self._sample_tasks)
+        self.app.background(self._sample_node)
         self.app.background(self._expire_logs)
 
     def workdir(self, job_key: str, attempt_id: int, role: str, index: int, task_attempt_id: int = 0) -> Path:
@@ -266,14 +267,20 @@ class Agent:
     async def _job_secrets(self, cmd: LaunchTask) -> dict[str, Any]:
         if not cmd.has_secrets:
             return {}
+        ask = JobSecretsRequest(
+            job_key=cmd.job_key,
+            node=self.node,
+            attempt_id=cmd.attempt_id,
+            task_role=cmd.task_role,
+            index=cmd.index,
+            task_attempt_id=cmd.task_attempt_id,
+        )
         try:
-            reply = await self.app.bus.request(
-                JobSecretsRequest(job_key=cmd.job_key, node=self.node),
-                JobSecretsReply,
-                timeout=self.settings.secrets_timeout_s,
-            )
+            reply = await self.app.bus.request(ask, JobSecretsReply, timeout=self.settings.secrets_timeout_s)
         except ServiceUnavailableError:
-            raise  # transient: the command is delivered again
+            # The jobs service (or the orchestrator it asks) is restarting: a lag that resolves itself, so
+            # the command is delivered again for as long as it lasts (the consumer counts it as transient).
+            raise
         except PaiError as exc:
             raise SetupError(SETUP_FAILED_EXIT, f"the job's secrets are not available: {exc}") from exc
         return dict(reply.secrets)
@@ -413,13 +420,13 @@ class Agent:
         template: dict[str, Any] = run["event"]
         pid = int(run.get("pid") or 0)
         if pid:
-            labels = {
-                "node": self.node,
-                "job": str(template["job_key"]),
-                "task_role": str(template["task_role"]),
-                "index": str(template["index"]),
-                "task_attempt": str(template.get("task_attempt_id", 0)),
-            }
+            labels = metrics.task_labels(
+                self.node,
+                str(template["job_key"]),
+                str(template["task_role"]),
+                int(template["index"]),
+                int(template.get("task_attempt_id", 0)),
+            )
             self._running[rid] = Running(pid, list(run.get("gpus") or []), labels)
         task = asyncio.create_task(self._report_exit(run), name=f"watch:{rid}")
         self._watchers.add(task)
@@ -515,6 +522,17 @@ class Agent:
                         metrics.publish(run.labels, usage)
                 except Exception as exc:
                     log.warning("task metrics not sampled", extra={"error": repr(exc)})
+
+    async def _sample_node(self) -> None:
+        sampler = node_metrics.NodeSampler(self.node, Path(self.settings.data_dir))
+        while True:
+            try:
+                gpus = self._inventory.gpus if self._inventory else []
+                simulated = self._inventory.simulated if self._inventory else True
+                await asyncio.to_thread(sampler.sample, gpus, simulated)
+            except Exception as exc:
+                log.warning("node metrics not sampled", extra={"error": repr(exc)})
+            await asyncio.sleep(self.settings.metrics_s)
 
     async def _expire_logs(self) -> None:
         """Finished tasks keep their directory (logs included) for the retention time, then lose it."""

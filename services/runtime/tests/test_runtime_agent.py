@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from pai_common.bus import Bus
+from pai_common.bus import DEAD_LETTER_STREAM, Bus
 from pai_common.contract.base import heartbeat_subject
 from pai_common.contract.commands import KillTask, LaunchTask
 from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
 from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogReply, TaskLogRequest
 from pai_common.embedded import ServerProcess
-from pai_common.errors import NoTaskLogError
+from pai_common.errors import ForbiddenUserError, NoTaskLogError, ServiceUnavailableError
 from pai_common.testing import EventRecorder
 from pai_runtime.settings import RuntimeSettings
 from pai_runtime.shell import PORT_CONFLICT_EXIT, Agent
@@ -139,6 +139,26 @@ async def test_exits_signals_and_stops(
         await agent.app.stop()
 
 
+class JobsSecrets:
+    """The jobs service's side of jobs.secrets as the agent meets it: it answers only for the node a task
+    attempt is placed on, and while it cannot tell (the orchestrator it asks is restarting) it says it is
+    unavailable, as many times as ``unavailable`` says."""
+
+    def __init__(self, placements: dict[tuple[str, int, str, int, int], str], unavailable: int = 0) -> None:
+        self.placements = placements
+        self.unavailable = unavailable
+        self.asked: list[JobSecretsRequest] = []
+
+    async def __call__(self, req: JobSecretsRequest) -> JobSecretsReply:
+        self.asked.append(req)
+        if len(self.asked) <= self.unavailable:
+            raise ServiceUnavailableError("service orchestrator did not answer in 5s")
+        key = (req.job_key, req.attempt_id, req.task_role, req.index, req.task_attempt_id)
+        if self.placements.get(key) != req.node:
+            raise ForbiddenUserError(f"Node {req.node} runs no task of job {req.job_key}.")
+        return JobSecretsReply(secrets={"token": SECRET, "db": {"password": "pw-" + SECRET}})
+
+
 async def test_secrets_stay_inside_the_task(
     fresh_nats: ServerProcess,
     mongo_server: ServerProcess,
@@ -147,20 +167,17 @@ async def test_secrets_stay_inside_the_task(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    asked: list[JobSecretsRequest] = []
-
-    async def secrets(req: JobSecretsRequest) -> JobSecretsReply:  # the jobs service's side of the RPC
-        asked.append(req)
-        return JobSecretsReply(secrets={"token": SECRET, "db": {"password": "pw-" + SECRET}})
-
-    jobs = await Bus.connect(fresh_nats.url, "jobs")
-    await jobs.serve_rpc({JobSecretsRequest: secrets})
     events = EventRecorder(fresh_bus)
     await events.start()
     agent = _agent(fresh_nats, mongo_server, tmp_path)
+    job = "alice~secretive"
+    # Unavailable more times than a message may fail before it is dead-lettered: a lag that resolves
+    # itself must never fail the task, nor lose its launch.
+    jobs_side = JobsSecrets({(job, 0, "worker", 0, 0): agent.node}, unavailable=6)
+    jobs = await Bus.connect(fresh_nats.url, "jobs")
+    await jobs.serve_rpc({JobSecretsRequest: jobs_side})
     await agent.app.start()
     try:
-        job = "alice~secretive"
         entrypoint = (
             "echo token=<% $secrets.token %>\n"
             "echo '<% $secrets.db.password %>' > used.txt\n"
@@ -171,8 +188,11 @@ async def test_secrets_stay_inside_the_task(
             _launch(agent, job, "worker", 0, entrypoint, has_secrets=True, plugins=plugins), agent.node
         )
         exited = await events.wait_until(_exited(job))
-        assert exited.exit_code == 1
-        assert [(r.job_key, r.node) for r in asked] == [(job, agent.node)]
+        assert exited.exit_code == 1 and "not started" not in exited.log_tail
+        assert len(jobs_side.asked) == 7
+        assert {(r.job_key, r.node, r.attempt_id, r.task_role, r.index) for r in jobs_side.asked} == {
+            (job, agent.node, 0, "worker", 0)
+        }
         # Rendered inside the task: its own files and output have the value.
         workdir = agent.workdir(job, 0, "worker", 0)
         assert (workdir / "used.txt").read_text().strip() == "pw-" + SECRET
@@ -189,6 +209,18 @@ async def test_secrets_stay_inside_the_task(
         # Never in an event, a command's echo, or the agent's own logs.
         assert events.raw and all(SECRET.encode() not in raw for raw in events.raw)
         assert all(SECRET not in r.getMessage() and SECRET not in str(r.__dict__) for r in caplog.records)
+        dead = await fresh_bus.js.stream_info(DEAD_LETTER_STREAM)
+        assert dead.state.messages == 0
+
+        # A task attempt the jobs service does not place on this node gets no secrets: it ends at once,
+        # saying why, without running the user's command.
+        await fresh_bus.send_command(
+            _launch(agent, job, "worker", 1, "echo never <% $secrets.token %>", has_secrets=True), agent.node
+        )
+        refused = await events.wait_until(_exited(job, "worker", 1))
+        assert refused.exit_code == 1
+        assert "secrets are not available" in refused.log_tail and "runs no task" in refused.log_tail
+        assert "never" not in refused.log_tail.replace("echo never", "")
     finally:
         await agent.app.stop()
         await jobs.close()
@@ -241,7 +273,14 @@ async def test_task_attempts_logs_retention_and_metrics(
                 _launch(agent, job, "worker", 0, f"echo attempt {attempt}; sleep 1", task_attempt_id=attempt),
                 agent.node,
             )
-        labels = {"node": agent.node, "job": job, "task_role": "worker", "index": "0", "task_attempt": "1"}
+        labels = {
+            "node": agent.node,
+            "job_name": job,
+            "username": "alice",
+            "task_role": "worker",
+            "index": "0",
+            "task_attempt": "1",
+        }
         for _ in range(100):
             if (REGISTRY.get_sample_value("pai_task_processes", labels) or 0) >= 2:
                 break

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pai_common.contract.events import (
     JobAttemptCompleted,
     NodeHealthChanged,
     NodeRegistered,
+    NodeSchedulableChanged,
     SchedulingAllocated,
     SchedulingDowngraded,
     SchedulingLost,
@@ -37,17 +39,19 @@ from pai_common.contract.events import (
 from pai_common.contract.rpc import (
     ListNodesRequest,
     ListVirtualClustersRequest,
+    NodeReply,
     NodesReply,
+    SetNodeSchedulableRequest,
     SkuTypesReply,
     SkuTypesRequest,
     VirtualClustersReply,
 )
 from pai_common.contract.types import AttemptRef, Placement, PodRequest
 from pai_common.envelope import Envelope
-from pai_common.errors import NoVirtualClusterError
+from pai_common.errors import InvalidParametersError, NoNodeError, NoVirtualClusterError
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_scheduler import lease, vc_views
+from pai_scheduler import lease, metrics, node_views, vc_views
 from pai_scheduler.cluster_source import load_cluster
 from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
@@ -62,7 +66,7 @@ from pai_scheduler.hived.decisions import (
 )
 from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
 from pai_scheduler.hived.requests import gang_from_pods
-from pai_scheduler.node_records import node_records
+from pai_scheduler.node_marks import Cordon, NodeMarks
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,10 @@ class SchedulerSettings(Settings):
     # thresholds cost 4-178% average completion time, and bounds a starved gang's wait by it plus the
     # longest job then on its cells (benchmarks/sim_backfill.py; policy hived runs this default).
     protect_head_after_s: float | None = Field(default=PROTECT_HEAD_AFTER_S, gt=0)
+    # How often the VC and node gauges of /metrics are recomputed from the allocator.
+    gauges_s: float = Field(default=5.0, gt=0)
+    # How long a cordon request waits for the allocator to apply it before answering "accepted".
+    apply_wait_s: float = Field(default=3.0, ge=0)
 
 
 def alloc_key(job_key: str, attempt_id: int) -> str:
@@ -117,18 +125,26 @@ class Scheduler:
         self.config: ClusterConfig
         self.fingerprint = ""  # of the cluster config file the stored state was made with
         self.protect = settings.protect_head_after_s
-        self._cached: tuple[int, HivedAllocator] | None = None
+        self._cached: tuple[int, HivedAllocator, NodeMarks] | None = None
         self._last_heartbeat: dict[str, float] = {}
         self._watch_since = 0.0
         app.on_startup(self._load_config)
         app.on_startup(self._follow_heartbeats)
         app.background(self._watch_nodes)
-        app.on_event(NodeRegistered, NodeHealthChanged, SchedulingRequested, JobAttemptCompleted)(self.handle)
+        app.background(self._refresh_gauges)
+        app.on_event(
+            NodeRegistered,
+            NodeHealthChanged,
+            NodeSchedulableChanged,
+            SchedulingRequested,
+            JobAttemptCompleted,
+        )(self.handle)
         app.rpc(
             {
                 ListVirtualClustersRequest: self.virtual_clusters,
                 SkuTypesRequest: self.sku_types,
                 ListNodesRequest: self.nodes,
+                SetNodeSchedulableRequest: self.set_schedulable,
             }
         )
 
@@ -153,17 +169,21 @@ class Scheduler:
         where it is; guaranteed work its VC no longer covers runs on as opportunistic; work whose cells
         are gone is stopped (and retried by the orchestrator)."""
         alloc, decisions = HivedAllocator.reconfigure(doc["snapshot"], self.config, self.protect)
+        marks = NodeMarks.from_doc(doc.get("marks"), doc["snapshot"].get("bad_nodes", []))
+        marks = marks.restricted_to(alloc.cluster.nodes)
         registered = {d["_id"] async for d in app.db[NODES].find({}, {"_id": 1})}
         for node in alloc.cluster.nodes:
             if node not in registered:
-                alloc.set_node_health(node, False)  # a new node is bad until its agent registers
+                marks.down.add(node)  # a new node is bad until its agent registers
+            if not marks.schedulable(node):
+                alloc.set_node_health(node, False)
 
         async def apply(tx: HandlerContext) -> None:
-            await self._save(tx, alloc, int(doc["version"]))
+            await self._save(tx, alloc, marks, int(doc["version"]))
             host_ips = await self._host_ips(tx)
             for decision in decisions:
                 self._emit(tx, alloc, decision, host_ips)
-            await self._refresh_reasons(tx, alloc, decisions)
+            await self._refresh_reasons(tx, alloc, marks, decisions)
 
         await app.transact(apply)
         kinds: dict[str, int] = {}
@@ -197,11 +217,11 @@ class Scheduler:
         now = time.monotonic()
         if now - self._watch_since < self.settings.node_lost_s:
             return  # after a (re)start, give every agent time to be heard from
-        alloc, _ = await self._load(None)
+        alloc, marks, _ = await self._load(None)
         for node in sorted(alloc.cluster.nodes):
             last = self._last_heartbeat.get(node)
             silent = last is None or now - last > self.settings.node_lost_s
-            bad = node in alloc.cluster.bad_nodes
+            bad = node in marks.down
             if silent and not bad:
                 reason = f"no heartbeat from its runtime agent for {self.settings.node_lost_s:g}s"
             elif not silent and bad:
@@ -217,47 +237,57 @@ class Scheduler:
 
     # ---- state ---------------------------------------------------------------------------------------
 
-    def _fresh(self) -> HivedAllocator:
+    def _fresh(self) -> tuple[HivedAllocator, NodeMarks]:
         alloc = HivedAllocator(self.config, self.protect)
         # A node is bad until its runtime agent registers: nothing is placed where nobody would run it.
+        marks = NodeMarks(down=set(alloc.cluster.nodes))
         for node in list(alloc.cluster.nodes):
             alloc.set_node_health(node, False)
-        return alloc
+        return alloc, marks
 
-    async def _load(self, ctx: HandlerContext | None) -> tuple[HivedAllocator, int]:
+    async def _load(self, ctx: HandlerContext | None) -> tuple[HivedAllocator, NodeMarks, int]:
         session = ctx.session if ctx else None
         doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, {"version": 1}, session=session)
         if doc is None:
-            return self._fresh(), 0
+            return *self._fresh(), 0
         version = int(doc["version"])
         if self._cached is not None and self._cached[0] == version:
-            return self._cached[1], version
+            return self._cached[1], self._cached[2], version
         full = await self.app.db[STATE].find_one({"_id": STATE_ID}, session=session)
         assert full is not None
         alloc = HivedAllocator.restore(self.config, full["snapshot"], self.protect)
-        self._cached = (version, alloc)
-        return alloc, version
+        marks = NodeMarks.from_doc(full.get("marks"), full["snapshot"].get("bad_nodes", []))
+        self._cached = (version, alloc, marks)
+        return alloc, marks, version
 
-    async def _save(self, ctx: HandlerContext, alloc: HivedAllocator, version: int) -> None:
+    async def _save(self, ctx: HandlerContext, alloc: HivedAllocator, marks: NodeMarks, version: int) -> None:
+        snapshot = {
+            "snapshot": alloc.snapshot(),
+            "marks": marks.to_doc(),
+            "version": version + 1,
+            "config": self.fingerprint,
+        }
         result = await ctx.db[STATE].update_one(
             {"_id": STATE_ID, "version": version},
-            {"$set": {"snapshot": alloc.snapshot(), "version": version + 1, "config": self.fingerprint}},
+            {"$set": snapshot},
             upsert=version == 0,
             session=ctx.session,
         )
         if version and result.matched_count != 1:
             raise RuntimeError("allocator state changed concurrently; retrying")
-        self._cached = (version + 1, alloc)
+        self._cached = (version + 1, alloc, marks)
 
     # ---- events --------------------------------------------------------------------------------------
 
     async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
         # Work on the stored state: a cached allocator only stands for the version it was saved as.
-        alloc, version = await self._load(ctx)
+        alloc, marks, version = await self._load(ctx)
+        marks = marks.copy()
         # Wall-clock seconds: how long a VC's head has waited decides when backfill stops passing it.
         now = time.time()
         self._cached = None  # mutated below; valid again only once saved
+        started = time.perf_counter()
         decisions: list[Decision]
         if isinstance(body, NodeRegistered):
             await ctx.db[NODES].replace_one(
@@ -272,14 +302,21 @@ class Scheduler:
                 )
             # GPU health first: the node turning healthy retries the queue, which must not use its bad GPUs.
             decisions = self._apply_gpu_health(ctx, alloc, body, now)
-            decisions += alloc.set_node_health(body.node, True, now=now)
+            marks.down.discard(body.node)
+            decisions += alloc.set_node_health(body.node, marks.schedulable(body.node), now=now)
         elif isinstance(body, NodeHealthChanged):
             # A GPU health report is this service's own echo of a registration, already applied; applying
             # it again could undo a newer registration that overtook it in the stream.
             if body.bad_gpus is None:
-                decisions = alloc.set_node_health(body.node, body.healthy, now=now)
+                if body.healthy:
+                    marks.down.discard(body.node)
+                else:
+                    marks.down.add(body.node)
+                decisions = alloc.set_node_health(body.node, marks.schedulable(body.node), now=now)
             else:
                 decisions = []
+        elif isinstance(body, NodeSchedulableChanged):
+            decisions = self._apply_cordon(ctx, alloc, marks, body, now)
         elif isinstance(body, SchedulingRequested):
             key = alloc_key(body.job_key, body.attempt_id)
             try:
@@ -301,13 +338,50 @@ class Scheduler:
             decisions = alloc.release(alloc_key(body.job_key, body.attempt_id), now=now)
         else:
             raise TypeError(f"scheduler has no handler for {env.type}")
-        await self._save(ctx, alloc, version)
+        decided = time.perf_counter() - started
+        await self._save(ctx, alloc, marks, version)
         # Node addresses only matter to placements; most events place nothing.
         placed = any(isinstance(d, Allocated) for d in decisions)
         host_ips = await self._host_ips(ctx) if placed else {}
         for decision in decisions:
             self._emit(ctx, alloc, decision, host_ips)
-        await self._refresh_reasons(ctx, alloc, decisions)
+        await self._refresh_reasons(ctx, alloc, marks, decisions)
+        ctx.on_commit(partial(metrics.DECISION_SECONDS.labels(env.type).observe, decided))
+        for d in decisions:
+            preemptor = alloc.request_of(d.key) if isinstance(d, Preempting) else None
+            if isinstance(d, Preempting) and preemptor is not None:
+                ctx.on_commit(partial(metrics.PREEMPTIONS.labels(preemptor.vc).inc, len(d.victims)))
+
+    def _apply_cordon(
+        self,
+        ctx: HandlerContext,
+        alloc: HivedAllocator,
+        marks: NodeMarks,
+        body: NodeSchedulableChanged,
+        now: float,
+    ) -> list[Decision]:
+        """Cordon or uncordon a node; a drain also stops the gangs running there (gracefully, through the
+        orchestrator, which retries them elsewhere without counting; their cells are released as usual)."""
+        if body.node not in alloc.cluster.nodes:
+            log.warning("cordon of a node the cluster config does not name", extra={"node": body.node})
+            return []
+        if body.schedulable:
+            marks.uncordon(body.node)
+        else:
+            marks.cordon(body.node, Cordon(body.by, body.at, body.reason, body.drain))
+        decisions = alloc.set_node_health(body.node, marks.schedulable(body.node), now=now)
+        if body.drain and not body.schedulable:
+            why = f"node {body.node} is drained by {body.by}" + (f": {body.reason}" if body.reason else "")
+            for key in node_views.gangs_on(alloc, body.node):
+                ref = split_key(key)
+                ctx.out.event(
+                    SchedulingLost(job_key=ref.job_key, attempt_id=ref.attempt_id, reason=why, drain=True)
+                )
+        log.warning(
+            "node cordon changed",
+            extra={"node": body.node, "schedulable": body.schedulable, "drain": body.drain, "by": body.by},
+        )
+        return decisions
 
     def _apply_gpu_health(
         self, ctx: HandlerContext, alloc: HivedAllocator, body: NodeRegistered, now: float
@@ -399,12 +473,13 @@ class Scheduler:
             log.info("gang downgraded to opportunistic", extra={"key": d.key, "preemptor": d.preemptor})
 
     async def _refresh_reasons(
-        self, ctx: HandlerContext, alloc: HivedAllocator, decisions: list[Decision]
+        self, ctx: HandlerContext, alloc: HivedAllocator, marks: NodeMarks, decisions: list[Decision]
     ) -> None:
         """Publish why each waiting gang waits, whenever that reason or its place in the queue changed."""
         stored = await ctx.db[STATE].find_one({"_id": "reasons"}, session=ctx.session)
         before: dict[str, list[Any]] = dict(stored["reasons"]) if stored else {}
-        now: dict[str, list[Any]] = {q.key: [q.reason, q.position] for q in alloc.pending()}
+        note = marks.pending_note()
+        now: dict[str, list[Any]] = {q.key: [q.reason + note, q.position] for q in alloc.pending()}
         for d in decisions:
             if isinstance(d, Preempting):
                 n = len(d.victims)
@@ -432,19 +507,64 @@ class Scheduler:
     # ---- RPC -----------------------------------------------------------------------------------------
 
     async def virtual_clusters(self, req: ListVirtualClustersRequest) -> VirtualClustersReply:
-        alloc, _ = await self._load(None)
+        alloc, _, _ = await self._load(None)
         return VirtualClustersReply(virtual_clusters=vc_views.virtual_clusters(alloc))
 
     async def nodes(self, req: ListNodesRequest) -> NodesReply:
-        alloc, _ = await self._load(None)
-        registrations = {str(d["_id"]): d async for d in self.app.db[NODES].find({})}
-        records = node_records(
-            alloc.cluster.nodes, registrations, alloc.cluster.bad_nodes, alloc.bad_leaves()
+        alloc, marks, _ = await self._load(None)
+        return NodesReply(nodes=node_views.node_list(alloc, marks, await self._registrations()))
+
+    async def set_schedulable(self, req: SetNodeSchedulableRequest) -> NodeReply:
+        """Publish the change for the consumer to apply (the allocator changes only there), then wait a
+        little for it so that the answer says what holds."""
+        if req.drain and req.schedulable:
+            raise InvalidParametersError("drain applies to a node being cordoned (schedulable: false)")
+        alloc, _, _ = await self._load(None)
+        if req.node not in alloc.cluster.nodes:
+            raise NoNodeError(f"Node {req.node} is not found.")
+        event = NodeSchedulableChanged(
+            node=req.node,
+            schedulable=req.schedulable,
+            drain=req.drain,
+            by=req.by,
+            reason=req.reason,
+            at=int(time.time() * 1000),
         )
-        return NodesReply(nodes=records)
+        await self.app.bus.publish_event(event)
+        deadline = time.monotonic() + self.settings.apply_wait_s
+        while True:
+            alloc, marks, _ = await self._load(None)
+            cordon = marks.cordoned.get(req.node)
+            applied = (
+                (cordon is None) if req.schedulable else (cordon is not None and cordon.at_ms == event.at)
+            )
+            if applied or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        registration = (await self._registrations()).get(req.node)
+        return NodeReply(node=node_views.node_view(alloc, marks, req.node, registration), applied=applied)
+
+    async def _registrations(self) -> dict[str, dict[str, Any]]:
+        return {str(d["_id"]): d async for d in self.app.db[NODES].find({})}
+
+    async def _refresh_gauges(self) -> None:
+        """Gauges from the allocator in memory; none this round while an event is being applied to it
+        (reloading it here would cost a full restore, and the next round comes in a few seconds)."""
+        while True:
+            try:
+                registrations = await self._registrations()
+                cached = self._cached
+                if cached is not None:
+                    _, alloc, marks = cached
+                    metrics.COLLECTOR.publish(metrics.families(alloc, marks, registrations, time.time()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("scheduler gauges not refreshed", extra={"error": repr(exc)})
+            await asyncio.sleep(self.settings.gauges_s)
 
     async def sku_types(self, req: SkuTypesRequest) -> SkuTypesReply:
-        alloc, _ = await self._load(None)
+        alloc, _, _ = await self._load(None)
         if req.virtual_cluster is not None and req.virtual_cluster not in alloc.quota.vcs:
             raise NoVirtualClusterError(f"Virtual cluster {req.virtual_cluster} is not found.")
         return SkuTypesReply(sku_types=vc_views.sku_types(alloc, req.virtual_cluster))

@@ -54,7 +54,7 @@ def _cluster_leaves(alloc: HivedAllocator) -> dict[str, int]:
     return out
 
 
-def _guaranteed_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
+def guaranteed_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for chain in alloc.quota.chains_of(vc):
         leaf_type = alloc.cluster.chains[chain].leaf_type
@@ -65,7 +65,7 @@ def _guaranteed_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
     return out
 
 
-def _available_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
+def available_leaves(alloc: HivedAllocator, vc: str) -> dict[str, int]:
     """The VC's guaranteed leaves it could start work on now: leaves of its bound cells (pinned ones
     included) that neither hold its guaranteed work nor are bad (on a bad node, or a GPU reported
     unhealthy), plus its unbound quota except what only bad hardware could back (doomed cells are bound,
@@ -104,7 +104,7 @@ def virtual_clusters(alloc: HivedAllocator) -> dict[str, dict[str, Any]]:
     borrowing = alloc.borrowing()
     out: dict[str, dict[str, Any]] = {}
     for vc in alloc.quota.vcs:
-        guaranteed = _guaranteed_leaves(alloc, vc)
+        guaranteed = guaranteed_leaves(alloc, vc)
         vc_used = used.get(vc, {})
         out[vc] = {
             "capacity": round(100 * _counted(alloc, guaranteed, gpu_cluster) / total_n, 2),
@@ -117,7 +117,7 @@ def virtual_clusters(alloc: HivedAllocator) -> dict[str, dict[str, Any]]:
             # Everything configured, bad hardware included (OpenPAI's meaning of the field).
             "resourcesTotal": _resources(alloc, total),
             # What the VC could still start guaranteed work on: bad GPUs and nodes are not available.
-            "resourcesAvailable": _resources(alloc, _available_leaves(alloc, vc)),
+            "resourcesAvailable": _resources(alloc, available_leaves(alloc, vc)),
             # Fair sharing (not in OpenPAI): what its gangs borrow from other VCs' idle quota, what other
             # VCs borrow of its own, and its sharing settings.
             "resourcesBorrowed": _resources(alloc, borrowing.get(vc, {}).get("borrowed", {})),
@@ -130,7 +130,7 @@ def virtual_clusters(alloc: HivedAllocator) -> dict[str, dict[str, Any]]:
 def sku_types(alloc: HivedAllocator, vc: str | None = None) -> dict[str, dict[str, Any]]:
     wanted: set[str] | None = None
     if vc is not None:
-        wanted = set(_guaranteed_leaves(alloc, vc))
+        wanted = set(guaranteed_leaves(alloc, vc))
     return {
         s.name: {"cpu": s.cpu, "memory": s.memory_mb, "gpu": s.gpu, **({"fpga": s.fpga} if s.fpga else {})}
         for s in alloc.config.sku_types

@@ -26,7 +26,7 @@ from pai_common.contract.types import (
 class JobSubmitted(Event):
     TYPE = "job.submitted"
     PRODUCER = "jobs"
-    CONSUMERS = ("orchestrator", "monitoring", "storage")
+    CONSUMERS = ("orchestrator", "storage")
     DESCRIPTION = "A job passed validation and was stored; the orchestrator starts its first attempt."
 
     spec: JobSpec
@@ -72,7 +72,7 @@ class SchedulingRequested(Event):
 class SchedulingAllocated(Event):
     TYPE = "scheduling.allocated"
     PRODUCER = "scheduler"
-    CONSUMERS = ("orchestrator", "monitoring")
+    CONSUMERS = ("orchestrator",)
     DESCRIPTION = "Every task of an attempt's gang was placed on a node with its devices."
 
     job_key: str
@@ -123,12 +123,14 @@ class SchedulingLost(Event):
     CONSUMERS = ("orchestrator",)
     DESCRIPTION = (
         "A new cluster config no longer has the cells a running attempt holds (a node was removed, its"
-        " devices changed): the attempt must stop; it is retried like any attempt lost to the platform."
+        " devices changed), or an admin drains a node it runs on: the attempt must stop; it is retried like"
+        " any attempt lost to the platform. A drain stops it gracefully (the preemption grace period)."
     )
 
     job_key: str
     attempt_id: int
     reason: str
+    drain: bool = False
 
     def subject_key(self) -> str:
         return self.job_key
@@ -172,7 +174,8 @@ class SchedulingPending(Event):
 class SchedulingReleased(Event):
     TYPE = "scheduling.released"
     PRODUCER = "scheduler"
-    CONSUMERS = ("monitoring",)
+    # No service consumes it today; extensions may.
+    CONSUMERS = ()
     DESCRIPTION = "The cells of an attempt were given back."
 
     job_key: str
@@ -185,7 +188,7 @@ class SchedulingReleased(Event):
 class NodeRegistered(Event):
     TYPE = "node.registered"
     PRODUCER = "runtime"
-    CONSUMERS = ("scheduler", "monitoring")
+    CONSUMERS = ("scheduler",)
     DESCRIPTION = "A runtime agent started on a node and declared its devices."
 
     node: NodeName
@@ -207,7 +210,7 @@ class NodeRegistered(Event):
 class NodeHealthChanged(Event):
     TYPE = "node.health.changed"
     PRODUCER = "scheduler"
-    CONSUMERS = ("scheduler", "monitoring")
+    CONSUMERS = ("scheduler",)
     DESCRIPTION = (
         "A node became bad (its agent stopped sending heartbeats) or healthy again, or the set of its GPUs"
         " reported unhealthy changed (bad_gpus). Bad nodes and bad GPUs get no new work; what runs there is"
@@ -304,7 +307,7 @@ class TaskDiagnosed(Event):
 class FrameworkChanged(Event):
     TYPE = "framework.changed"
     PRODUCER = "orchestrator"
-    CONSUMERS = ("jobs", "monitoring")
+    CONSUMERS = ("jobs",)
     DESCRIPTION = "The framework (job) status changed; the snapshot is versioned, older versions are ignored."
 
     snapshot: FrameworkSnapshot
@@ -330,7 +333,7 @@ class JobAttemptCompleted(Event):
 class JobCompleted(Event):
     TYPE = "job.completed"
     PRODUCER = "orchestrator"
-    CONSUMERS = ("monitoring", "storage")
+    CONSUMERS = ("storage",)
     DESCRIPTION = "A job reached its final state and will not run again."
 
     job_key: str
@@ -413,6 +416,49 @@ class TokenRevoked(Event):
         return self.username
 
 
+class NodeSchedulableChanged(Event):
+    TYPE = "node.schedulable.changed"
+    PRODUCER = "scheduler"
+    CONSUMERS = ("scheduler", "auth")
+    DESCRIPTION = (
+        "An admin (or an alert action) cordoned a node (no new work goes there; with drain, the gangs"
+        " running there are stopped gracefully and retried elsewhere) or made it schedulable again. The"
+        " scheduler applies it to its allocator; auth records it in the audit log."
+    )
+
+    node: NodeName
+    schedulable: bool
+    drain: bool = False
+    by: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="", max_length=1000)
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.node
+
+
+class AlertActionTaken(Event):
+    TYPE = "alert.action.taken"
+    PRODUCER = "monitoring"
+    CONSUMERS = ("auth",)
+    DESCRIPTION = (
+        "The alert handler ran an action for a firing alert (mail, stop or tag a job, cordon a node, call a"
+        " webhook), or gave up on it; auth records it in the audit log. Never carries a secret."
+    )
+
+    alertname: str
+    fingerprint: str
+    action: str
+    target: str
+    outcome: Literal["done", "failed"]
+    detail: str = Field(default="", max_length=2000)
+    actor: str
+    at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.target
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     JobSubmitted,
     JobStopRequested,
@@ -436,6 +482,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     GroupChanged,
     TokenIssued,
     TokenRevoked,
+    NodeSchedulableChanged,
+    AlertActionTaken,
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {e.TYPE: e for e in ALL_EVENTS}

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pai_common.contract.base import RpcReply, RpcRequest
+from pai_common.contract.base import Message, RpcReply, RpcRequest
 from pai_common.contract.types import NodeName, StorageMount
 
 # ---- auth -------------------------------------------------------------------------------------------
@@ -457,12 +457,18 @@ class JobSecretsRequest(RpcRequest):
     ENDPOINT = "secrets"
     DESCRIPTION = (
         "A job's `secrets`, for the runtime agent that launches one of its tasks (and no one else):"
-        " secrets never travel in events or commands."
+        " secrets never travel in events or commands. The jobs service asks the orchestrator"
+        " (orchestrator.placement) whether that task attempt is placed on that node."
     )
     REPLY = JobSecretsReply
 
     job_key: str
     node: NodeName
+    # The task attempt being launched, as its LaunchTask command names it.
+    attempt_id: int
+    task_role: str
+    index: int
+    task_attempt_id: int = 0
 
 
 class JobConfigReply(RpcReply):
@@ -571,6 +577,88 @@ class ListLiveTasksRequest(RpcRequest):
     ENDPOINT = "live_tasks"
     DESCRIPTION = "Every task of every job not finished yet, with where it runs (OpenPAI's pod list)."
     REPLY = LiveTasksReply
+
+
+# ---- cluster nodes (scheduler) ----------------------------------------------------------------------
+
+
+class NodeReply(RpcReply):
+    # One record as ListNodesRequest answers it.
+    node: dict[str, Any]
+    # False: the change was accepted but the allocator had not applied it when the answer was sent.
+    applied: bool = True
+
+
+class SetNodeSchedulableRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "node_schedulable"
+    DESCRIPTION = (
+        "Cordon a node (schedulable false: no new work; with drain, its running gangs are stopped gracefully"
+        " and retried elsewhere) or make it schedulable again. Admins only (the caller checks); persisted;"
+        " published as node.schedulable.changed. Unknown node: NoNodeError."
+    )
+    REPLY = NodeReply
+
+    node: NodeName
+    schedulable: bool
+    drain: bool = False
+    by: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="", max_length=1000)
+
+
+# ---- monitoring (alerts) ----------------------------------------------------------------------------
+
+
+class ReceivedAlert(Message):
+    """One alert of an Alertmanager webhook notification."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(max_length=64)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=64)
+    starts_at: str = Field(min_length=1, max_length=64)
+    ends_at: str = Field(default="", max_length=64)
+    generator_url: str = Field(default="", max_length=2048)
+    fingerprint: str = Field(default="", max_length=64)
+
+
+class AlertsReceivedReply(RpcReply):
+    alerts: int  # alerts stored or updated
+    actions: int  # actions newly scheduled (repeated notifications schedule none)
+
+
+class AlertsReceivedRequest(RpcRequest):
+    SERVICE = "monitoring"
+    ENDPOINT = "alerts_received"
+    DESCRIPTION = (
+        "An Alertmanager webhook notification: the alerts are kept (GET /api/v2/alerts) and the actions"
+        " configured for each firing alert are scheduled once per firing (repeats change nothing)."
+    )
+    REPLY = AlertsReceivedReply
+
+    receiver: str = Field(default="", max_length=256)
+    status: Literal["firing", "resolved"]
+    alerts: list[ReceivedAlert] = Field(max_length=1000)
+    external_url: str = Field(default="", max_length=2048)
+    actor: str
+
+
+class AlertListReply(RpcReply):
+    # Alertmanager's alert shape: labels, annotations, startsAt, endsAt, generatorURL, status, receivers,
+    # fingerprint.
+    alerts: list[dict[str, Any]]
+
+
+class ListAlertsRequest(RpcRequest):
+    SERVICE = "monitoring"
+    ENDPOINT = "alerts"
+    DESCRIPTION = (
+        "The firing alerts: all of them for an admin, otherwise those whose labels name one of the user's"
+        " jobs (job_name and username), as OpenPAI answers."
+    )
+    REPLY = AlertListReply
+
+    username: str
+    admin: bool = False
 
 
 # ---- storage ----------------------------------------------------------------------------------------
@@ -720,16 +808,47 @@ class SkuTypesRequest(RpcRequest):
 
 
 class NodesReply(RpcReply):
-    # One record per node: name, registered, host_ip, cpu, memory_mb, gpus (index, model, memory_mb,
-    # healthy), simulated, healthy, bad_gpus.
+    # One record per node: name, registered, configured, host_ip, cpu, memory_mb, gpus (index, model,
+    # memory_mb, healthy), simulated, healthy (its agent is heard from), bad_gpus; and what the scheduler
+    # holds of it: sku_types (leaf type -> cells), gpu_cells {total, used}, schedulable, cordon ({by, at,
+    # reason, drain} or null), draining, running_gangs.
     nodes: list[dict[str, Any]]
 
 
 class ListNodesRequest(RpcRequest):
     SERVICE = "scheduler"
     ENDPOINT = "nodes"
-    DESCRIPTION = "Every node of the cluster: its resources, address and health (OpenPAI's node list)."
+    DESCRIPTION = (
+        "Every node of the cluster: its resources, address, health and whether it takes new work"
+        " (OpenPAI's node list; the admins' cordon view)."
+    )
     REPLY = NodesReply
+
+
+# ---- orchestrator -----------------------------------------------------------------------------------
+
+
+class TaskPlacementReply(RpcReply):
+    # The node the task attempt is placed on while it may still start or run; None otherwise.
+    node: str | None
+    # Why it has no live placement (unknown job, another attempt, completed task...), for the caller's error.
+    reason: str = ""
+
+
+class TaskPlacementRequest(RpcRequest):
+    SERVICE = "orchestrator"
+    ENDPOINT = "placement"
+    DESCRIPTION = (
+        "Where a task attempt runs, from the framework that launched it: the authority the jobs service"
+        " checks before giving a node a job's secrets (its own read model may lag the launch)."
+    )
+    REPLY = TaskPlacementReply
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+    task_attempt_id: int = 0
 
 
 # ---- diagnosis --------------------------------------------------------------------------------------
@@ -932,6 +1051,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     JobEventsRequest,
     JobAttemptsRequest,
     TaskAttemptsRequest,
+    TaskPlacementRequest,
     ListLiveTasksRequest,
     ListStoragesRequest,
     GetStorageRequest,
@@ -945,6 +1065,9 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     TaskLogRequest,
     GetExitSpecRequest,
     PutExitSpecRequest,
+    SetNodeSchedulableRequest,
+    AlertsReceivedRequest,
+    ListAlertsRequest,
     ListTemplatesRequest,
     GetTemplateRequest,
     CreateTemplateRequest,

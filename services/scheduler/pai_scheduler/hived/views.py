@@ -28,6 +28,11 @@ class Views(Reasons):
         """Every queued gang with its current reason and position, in the order they are retried."""
         return [self._queued(g) for g in self._queue()]
 
+    def waiting_since(self, key: str) -> float | None:
+        """The clock time (the ``now`` of its submit) since which a gang has been known; None without one."""
+        g = self._groups.get(key)
+        return None if g is None else g.since
+
     def groups(self) -> Mapping[str, GroupState]:
         return {k: g.state for k, g in self._groups.items()}
 

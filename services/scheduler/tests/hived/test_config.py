@@ -6,26 +6,40 @@ from pathlib import Path
 
 import pytest
 
+from pai_common.reference import reference_files
 from pai_scheduler.hived import ConfigError, HivedAllocator, load_hived_config, parse_inventory_csv
 
-# HiveD's reference configs live in shared/, beside the repository (also in CI).
-REFERENCE_CONFIGS = Path(__file__).resolve().parents[4].parent / "shared" / "reference" / "hived" / "configs"
-CONFIGS = sorted(REFERENCE_CONFIGS.glob("*.yaml"))
+# This project's test clusters (the same hardware as HiveD's example configs of the same names).
+CLUSTERS = Path(__file__).resolve().parent / "clusters"
+OWN_CONFIGS = sorted(CLUSTERS.glob("*.yaml"))
+# HiveD's own example configs, beside the repository in a development checkout: loaded in addition.
+REFERENCE_CONFIGS = reference_files("hived/configs", "*.yaml", "every HiveD example config loads")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_reference_config_loads(path: Path) -> None:
+@pytest.mark.parametrize("path", OWN_CONFIGS + REFERENCE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_loads(path: Path) -> None:
     config = load_hived_config(path.read_text())
     a = HivedAllocator(config)  # builds the cell trees and runs the feasibility check
     assert a.snapshot()["groups"] == []
 
 
-def test_reference_configs_are_present() -> None:
-    assert len(CONFIGS) >= 12
+def test_the_test_clusters_are_present() -> None:
+    # Guards the parametrised test above against passing vacuously when the folder moves.
+    assert [p.name for p in OWN_CONFIGS] == [
+        "design.yaml",
+        "hived-config-1.yaml",
+        "hived-config-2.yaml",
+        "hived-config-3.yaml",
+    ]
+
+
+@pytest.mark.reference("hived/configs")
+def test_hived_example_configs_are_all_there() -> None:
+    assert len(REFERENCE_CONFIGS) >= 12
 
 
 def test_design_config_shape() -> None:
-    config = load_hived_config((CONFIGS[0].parent / "design.yaml").read_text())
+    config = load_hived_config((CLUSTERS / "design.yaml").read_text())
     chain = config.chain("4-DGX2-V100-NODE")
     assert chain.leaf_type == "DGX2-V100"
     assert chain.node_level == 5 and chain.top_level == 7
@@ -39,7 +53,7 @@ def test_design_config_shape() -> None:
     assert [leaf.leaf_index for leaf in node.leaves] == [1, 3, 4, 7, 0, 2, 6, 5]
     assert a.quota.quota["VC1"][("4-DGX2-V100-NODE", 6)] == 1
     assert a.quota.pinned_owner == {"VC1-YQW-CT1": "VC1", "VC1-YQW-DGX2": "VC1", "VC1-YQW-IB-DGX2": "VC1"}
-    sku = load_hived_config((CONFIGS[0].parent / "hived-config-2.yaml").read_text()).sku("K80")
+    sku = load_hived_config((CLUSTERS / "hived-config-2.yaml").read_text()).sku("K80")
     assert sku is not None and (sku.cpu, sku.memory_mb) == (4.0, 8192)
 
 
@@ -117,7 +131,7 @@ def test_bad_configs_are_refused_with_the_field_named(text: str, message: str) -
 def test_infeasible_assignment_names_chain_and_level_like_hived() -> None:
     # HiveD's testInvalidInitialAssignment: 2 CT1-NODE + 2 CT1-NODE.CT1 on three 2-leaf nodes, one leaf
     # pinned: the leaf level runs out.
-    text = (CONFIGS[0].parent / "design.yaml").read_text()
+    text = (CLUSTERS / "design.yaml").read_text()
     text = text.replace(
         "    - cellType: CT1-NODE\n      cellNumber: 1\n",
         "    - cellType: CT1-NODE\n      cellNumber: 2\n    - cellType: CT1-NODE.CT1\n      cellNumber: 2\n",
@@ -187,8 +201,3 @@ def test_kubernetes_node_names_with_dots_are_node_names() -> None:
     config = parse_inventory_csv(text)
     a = HivedAllocator(config)
     assert [n.node_name for n in a.cluster.tops["A100-8-NODE"][0].node_cells] == ["ip-10-0-0-1.ec2.internal"]
-
-
-def test_reference_configs_are_found() -> None:
-    # Guards the parametrised test above against passing vacuously when the folder moves.
-    assert len(CONFIGS) >= 10, REFERENCE_CONFIGS

@@ -23,7 +23,8 @@ from pai_scheduler.hived import (
 from pai_scheduler.hived.audit import audit
 from pai_scheduler.hived.cells import OPPORTUNISTIC_PRIORITY
 
-CONFIGS = Path(__file__).resolve().parents[4].parent / "shared" / "reference" / "hived" / "configs"
+# This project's test clusters (the same hardware as HiveD's example configs of the same names).
+CONFIGS = Path(__file__).resolve().parent / "clusters"
 K80 = ("K80",)
 
 

@@ -26,9 +26,8 @@ from pai_scheduler.hived import (
 )
 from pai_scheduler.hived.audit import audit
 
-# HiveD's reference configs live in shared/, beside the repository (also in CI).
-REFERENCE_CONFIGS = Path(__file__).resolve().parents[4].parent / "shared" / "reference" / "hived" / "configs"
-CONFIGS = REFERENCE_CONFIGS
+# This project's test clusters (the same hardware as HiveD's example configs of the same names).
+CONFIGS = Path(__file__).resolve().parent / "clusters"
 V100 = ("DGX2-V100",)
 
 

@@ -1,0 +1,91 @@
+"""The embedded servers under supervision: a server started again keeps its port and its data; a service
+stops on SIGTERM even while its start waits for a database that is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from pai_common.embedded import free_port, start_nats, wait_for_port
+
+
+async def test_a_respawned_nats_server_keeps_its_port_and_its_streams(tmp_path: Path) -> None:
+    server = start_nats(tmp_path)
+    try:
+        nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        js = nc.jetstream()
+        await js.add_stream(name="KEEP", subjects=["keep.>"])
+        await js.publish("keep.one", b"before the crash")
+        server.proc.kill()
+        server.proc.wait()
+        assert not server.running
+        server.respawn()
+        wait_for_port(server.port, 20, server.proc)
+        # The same client reconnects by itself to the same URL and finds the stream and its message.
+        msg = await _first_answer(lambda: js.get_msg("KEEP", 1))
+        assert msg.data == b"before the crash"
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def _first_answer(ask: Callable[[], Awaitable[Any]], tries: int = 100) -> Any:
+    """The answer once the client has reconnected and JetStream has recovered its streams."""
+    for _ in range(tries - 1):
+        try:
+            return await ask()
+        except (NatsTimeoutError, TimeoutError):
+            await asyncio.sleep(0.1)
+    return await ask()
+
+
+PROBE = """
+import asyncio
+from pai_common.service import ServiceApp
+from pai_common.settings import Settings
+
+app = ServiceApp("probe", Settings())
+
+async def needs_the_database(app: ServiceApp) -> None:
+    await app.db["x"].find_one({})  # waits for server selection: the database is down
+
+app.on_startup(needs_the_database)
+app.run()
+"""
+
+
+def test_a_service_stops_on_sigterm_while_its_start_waits_for_the_database(tmp_path: Path) -> None:
+    server = start_nats(tmp_path)
+    try:
+        env = {
+            **os.environ,
+            "PAI_NATS_URL": server.url,
+            "PAI_MONGO_URL": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+            "PAI_DATA_DIR": str(tmp_path),
+            "PAI_HTTP_PORT": "0",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PROBE], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        port_file = tmp_path / "run" / "probe.json"
+        while not port_file.exists():  # written once the bus is up, before the start-up hooks run
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        json.loads(port_file.read_text() or "{}")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert b"signal received during start-up" in err
+    finally:
+        server.stop()
