@@ -222,6 +222,8 @@ def wait_for_state(
                 assert stream.status_code == 200, stream.read().decode()
                 event = ""
                 for line in stream.iter_lines():
+                    if time.monotonic() >= deadline:
+                        break  # a busy stream must not outlive the guard
                     if line.startswith("event:"):
                         event = line.split(":", 1)[1].strip()
                     elif line.startswith("data:") and event in ("job", "end"):

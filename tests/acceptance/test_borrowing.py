@@ -30,6 +30,7 @@ virtualClusters:
     virtualCells: [{cellType: RACK.NODE, cellNumber: 1}]
     borrowingLimit: 4
     weight: 2
+    preemptionGraceSeconds: 20
   lender:
     virtualCells: [{cellType: RACK.NODE, cellNumber: 1}]
 sharing:
@@ -93,7 +94,13 @@ def test_a_vc_borrows_idle_cells_and_the_lender_reclaims_them(platform: RunningP
     with platform.client() as client:
         views = vcs(client)
         assert set(views) == {"team", "lender"}
-        assert views["team"]["sharing"] == {"weight": 2.0, "borrowingLimit": 4.0}
+        # The most notice a preempted job of the VC gets: its own cap, else the cluster's (300 s).
+        assert views["team"]["sharing"] == {
+            "weight": 2.0,
+            "borrowingLimit": 4.0,
+            "preemptionGraceSeconds": 20.0,
+        }
+        assert views["lender"]["sharing"]["preemptionGraceSeconds"] == 300.0
         assert views["team"]["resourcesBorrowed"]["gpu"] == 0
 
         def submit(name: str, vc: str) -> str:

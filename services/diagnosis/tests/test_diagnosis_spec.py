@@ -681,16 +681,27 @@ def test_openpai_relative_order_is_kept_but_for_the_unreachable_gpu_entry() -> N
     assert ours == moved
 
 
+# Codes the orchestrator decides for a job that no task exit ever carries: no pattern, the orchestrator's
+# range of the spec ([-999, -1]).
+ORCHESTRATOR_ADDITIONS = {-240: "JobDependencyUnsatisfied"}
+
+
 def test_new_codes_are_in_their_own_range_and_documented() -> None:
     openpai = {f[0] for f in OPENPAI}
-    new = [e for e in builtin_spec().entries if e.code not in openpai]
+    new = [
+        e for e in builtin_spec().entries if e.code not in openpai and e.code not in ORCHESTRATOR_ADDITIONS
+    ]
     codes = {300, 301, 302, 303, 304, 305, 306, 307, 308, 320, 340, 341, 342, 343, 344, 360, 361}
     assert {e.code for e in new} == codes
     for e in new:
         assert 300 <= e.code <= 399
         assert e.reason and e.solution and e.fields["repro"]
         assert e.runtime_patterns or e.pod_patterns
-    assert len({e.phrase for e in builtin_spec().entries}) == len(builtin_spec().entries) == 79
+    for code, phrase in ORCHESTRATOR_ADDITIONS.items():
+        entry = builtin_spec().by_code(code)
+        assert entry is not None and entry.phrase == phrase and -999 <= code <= -1
+        assert entry.reason and entry.solution and not (entry.runtime_patterns or entry.pod_patterns)
+    assert len({e.phrase for e in builtin_spec().entries}) == len(builtin_spec().entries) == 80
 
 
 @pytest.mark.parametrize(
@@ -813,7 +824,7 @@ def test_unsafe_or_invalid_regexes_are_refused(regex: str, needle: str) -> None:
     )
     message = _refusal(doc)
     if len(regex) <= MAX_PATTERN_CHARS:  # the schema's maxLength catches the long one first
-        assert "spec[79] (code 402)" in message and "userLogRegex" in message
+        assert "spec[80] (code 402)" in message and "userLogRegex" in message
 
 
 def test_the_fallback_codes_are_required() -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from pai_common.contract.events import JobDependencyResolved, JobPreemptionNoticed
+from pai_common.contract.types import JobSpec
 from pai_jobs.views import debug_id
 
 EventType = Literal["Normal", "Warning"]
@@ -142,6 +144,54 @@ def attempt_completed(job_key: str, attempt_id: int, exit_code: int, at_ms: int)
         "AttemptCompleted",
         f"attempt {attempt_id} completed with exit code {exit_code}",
         at_ms,
+    )
+
+
+def waiting_for_dependencies(spec: JobSpec, at_ms: int) -> JobEvent:
+    wanted = ", ".join(
+        f"{d.job_key} to {'succeed' if d.on == 'succeeded' else 'complete'}" for d in spec.dependencies
+    )
+    return JobEvent(
+        spec.job_key,
+        "dependencies",
+        "Normal",
+        "WaitingForDependencies",
+        f"the first attempt starts once these jobs end as asked: {wanted}",
+        at_ms,
+    )
+
+
+def dependency_resolved(event: JobDependencyResolved, at_ms: int) -> JobEvent:
+    wanted = "succeed" if event.on == "succeeded" else "complete"
+    if event.satisfied:
+        message = f"dependency {event.dependency} ended {event.dependency_state}, as this job asked"
+    else:
+        message = (
+            f"dependency {event.dependency} ended {event.dependency_state}, but this job asked for it to"
+            f" {wanted}: the job fails without starting"
+        )
+    return JobEvent(
+        event.job_key,
+        f"dependency/{_digest(event.dependency)}",
+        "Normal" if event.satisfied else "Warning",
+        "DependencySatisfied" if event.satisfied else "DependencyUnsatisfied",
+        message,
+        at_ms,
+    )
+
+
+def preemption_noticed(event: JobPreemptionNoticed) -> JobEvent:
+    n = event.notice
+    deadline = datetime.fromtimestamp(n.deadline / 1000, UTC).isoformat().replace("+00:00", "Z")
+    return JobEvent(
+        event.job_key,
+        f"notice/{event.attempt_id}",
+        "Warning",
+        "PreemptionNotice",
+        f"attempt {event.attempt_id} is preempted by {n.preemptor}: its tasks were sent SIGTERM and the"
+        f" notice ($PAI_PREEMPTION_NOTICE) with {n.grace_seconds:g} s to stop, until {deadline}; the next"
+        " attempt gets PAI_RESUME=1",
+        n.noticed_at,
     )
 
 

@@ -21,6 +21,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from pai_common.contract.types import JobSpec, TaskRoleSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
+from pai_jobs import dependencies, preemption
 from pai_jobs.schema import schema_problems
 
 # Limits on what a submitted document may cost to parse.
@@ -883,6 +884,20 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
                     "extras.gangAllocation", f"must be a boolean, got {_kind(extras['gangAllocation'])}"
                 )
 
+    depends_on = []
+    if extras is not None and "dependencies" in extras:
+        depends_on = dependencies.parse(extras["dependencies"], username, name, problems.add)
+    grace = None
+    if extras is not None and "preemption" in extras:
+        grace = preemption.parse(extras["preemption"], problems.add)
+    if extras is not None and "elastic" in extras:
+        # Issue 18 part 4's elastic gangs are not built: refused rather than run at a fixed size silently.
+        problems.add(
+            "extras.elastic",
+            "elastic jobs (minInstances/maxInstances per task role) are not supported yet; give each task"
+            " role a fixed number of instances",
+        )
+
     runtime_plugins: list[dict[str, Any]] = []
     if extras is not None and isinstance(extras.get(RUNTIME_PLUGIN_EXTRA), list):
         runtime_plugins = [p for p in extras[RUNTIME_PLUGIN_EXTRA] if isinstance(p, dict)]
@@ -927,5 +942,7 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
         gang_allocation=gang_allocation,
         runtime_plugins=copy.deepcopy(runtime_plugins),
         has_secrets=bool(secrets),
+        dependencies=depends_on,
+        preemption_grace_s=grace,
     )
     return ParsedJob(spec=spec, raw=doc, masked=_mask_secrets(doc))

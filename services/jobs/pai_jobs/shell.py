@@ -23,6 +23,8 @@ from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
+    JobDependencyResolved,
+    JobPreemptionNoticed,
     JobStopRequested,
     JobSubmitted,
     SchedulingDowngraded,
@@ -66,13 +68,14 @@ from pai_common.envelope import Envelope
 from pai_common.errors import (
     ConflictJobError,
     ForbiddenUserError,
+    InvalidProtocolError,
     NoJobError,
     NoTagError,
     ServiceUnavailableError,
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import job_events, list_plan, metrics, storages
+from pai_jobs import dependencies, job_events, list_plan, metrics, storages
 from pai_jobs.admission import Admission, Turns
 from pai_jobs.group_commit import GroupCommit
 from pai_jobs.job_events import JobEvent
@@ -237,6 +240,8 @@ class JobsService:
         app.on_event(SchedulingPreempting)(self.on_preempting)
         app.on_event(SchedulingRejected)(self.on_rejected)
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
+        app.on_event(JobDependencyResolved)(self.on_dependency_resolved)
+        app.on_event(JobPreemptionNoticed)(self.on_preemption_noticed)
         app.on_startup(self._indexes)
         app.background(self._backfill)
         app.background(self._gauges)
@@ -267,9 +272,12 @@ class JobsService:
         return doc
 
     async def _transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
+        """A mutation's transaction, run again while it conflicts with the event handlers: a job whose
+        tasks change all the time (hundreds placed one by one) is written by them constantly, and a STOP
+        must not fail on that."""
         await self._turns.acquire()
         try:
-            await self.app.transact(work)
+            await self._store(work, time.monotonic() + STORE_PATIENCE_S)
         finally:
             self._turns.release()
 
@@ -307,6 +315,7 @@ class JobsService:
                 raise ForbiddenUserError(
                     f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
                 )
+            await self._check_dependencies(spec)
             # Storages are checked before the job exists: one the user may not use, or that does not
             # exist, refuses the submission (403 / 404 naming it) instead of failing the job at launch.
             resolved = await self.app.bus.request(
@@ -370,6 +379,16 @@ class JobsService:
             self._turns.release()
             # Per job: the retry-after estimate counts the submissions waiting, not the batches.
             self.admission.record_write((time.monotonic() - started) / len(batch))
+
+    async def _check_dependencies(self, spec: JobSpec) -> None:
+        """Every dependency names a stored job (400 naming the ones that do not)."""
+        if not spec.dependencies:
+            return
+        keys = [d.job_key for d in spec.dependencies]
+        found = {doc["_id"] async for doc in self.app.db[JOBS].find({"_id": {"$in": keys}}, {"_id": 1})}
+        missing = dependencies.unknown(spec.dependencies, found)
+        if missing:
+            raise InvalidProtocolError(json.dumps([{"field": f, "message": m} for f, m in missing]))
 
     async def _store(self, store: Callable[[HandlerContext], Awaitable[None]], give_up_at: float) -> None:
         """The submission's transaction, run again while it conflicts with another replica's writes (they
@@ -630,10 +649,12 @@ class JobsService:
         p = env.body
         at = job_events.epoch_ms(env.time, now_ms())
         preemptor = f"{p.job_key}#{p.attempt_id}"
-        victims = [f"{v.job_key}#{v.attempt_id}" for v in p.victims]
+        # Victims may be tasks of one attempt placed one by one (gangAllocation false): one record each.
+        attempts = list(dict.fromkeys((v.job_key, v.attempt_id) for v in p.victims))
+        victims = [f"{job_key}#{attempt_id}" for job_key, attempt_id in attempts]
         await _record(ctx, job_events.preempting(p.job_key, p.attempt_id, victims, at))
-        for victim in p.victims:
-            await _record(ctx, job_events.preempted(victim.job_key, victim.attempt_id, preemptor, at))
+        for job_key, attempt_id in attempts:
+            await _record(ctx, job_events.preempted(job_key, attempt_id, preemptor, at))
 
     async def on_rejected(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, SchedulingRejected)
@@ -646,6 +667,15 @@ class JobsService:
         c = env.body
         at = job_events.epoch_ms(env.time, now_ms())
         await _record(ctx, job_events.attempt_completed(c.job_key, c.attempt_id, c.exit_code, at))
+
+    async def on_dependency_resolved(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobDependencyResolved)
+        at = job_events.epoch_ms(env.time, now_ms())
+        await _record(ctx, job_events.dependency_resolved(env.body, at))
+
+    async def on_preemption_noticed(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobPreemptionNoticed)
+        await _record(ctx, job_events.preemption_noticed(env.body))
 
 
 @dataclass(frozen=True)
@@ -674,7 +704,8 @@ async def _take_seqs(db: Db, session: AsyncClientSession | None, n: int, name: s
 async def store_new_jobs(tx: HandlerContext, batch: list[NewJob]) -> None:
     """Store submitted jobs and what follows from them in the caller's transaction: each job with its
     seq, its list entry (with the next update_seq) and counters, its secrets, its `submitted` job event
-    and its job.submitted event; one write per collection for the whole batch."""
+    (and its waiting-for-dependencies one) and its job.submitted event; one write per collection for the
+    whole batch."""
     db, session = tx.db, tx.session
     # The seqs are taken in the same transaction as the inserts: refused jobs leave no gap.
     seqs = await _take_seqs(db, session, len(batch), SEQ_COUNTER)
@@ -696,6 +727,11 @@ async def store_new_jobs(tx: HandlerContext, batch: list[NewJob]) -> None:
     if secrets:
         await db[SECRETS].insert_many(secrets, session=session)
     records = [job_events.submitted(new.spec.job_key, new.spec.submitted_at).upsert() for new in batch]
+    records += [
+        job_events.waiting_for_dependencies(new.spec, new.spec.submitted_at).upsert()
+        for new in batch
+        if new.spec.dependencies
+    ]
     await db[EVENTS].bulk_write(
         [UpdateOne(query, update, upsert=True) for query, update in records], session=session
     )

@@ -23,6 +23,7 @@ from pai_common.contract.types import (
     TaskAttemptRecord,
     TaskSnapshot,
 )
+from pai_jobs import dependencies, preemption
 from pai_jobs.protocol import PRIORITY_BY_CLASS
 
 # ---- FrameworkController state names, in one place ---------------------------------------------------
@@ -296,7 +297,24 @@ def _task_status(
         "currentAttemptCreatedTime": task.created_at,
         "currentAttemptLaunchedTime": task.launched_at,
         "currentAttemptCompletedTime": task.completed_at,
+        **_device_extras(task),
     }
+
+
+def _device_extras(task: TaskSnapshot) -> dict[str, Any]:
+    """Beyond OpenPAI, only when they apply: the task's FPGAs, and how its node holds its GPU share."""
+    out: dict[str, Any] = {}
+    if task.fpgas:
+        out["containerFpgas"] = list(task.fpgas)
+    if task.gpu_share is not None:
+        share = task.gpu_share
+        out["gpuShare"] = {
+            "milli": share.milli,
+            "memoryMB": share.memory_mb,
+            "enforced": share.enforced,
+            "note": share.note,
+        }
+    return out
 
 
 def _job_status(
@@ -374,6 +392,8 @@ def _attempt_as_snapshot(current: FrameworkSnapshot, record: JobAttemptRecord) -
             "tasks": record.tasks,
             "retry_at": None,
             "attempts": [],
+            "preemption": record.preemption,
+            "resume": record.resume,
         }
     )
 
@@ -407,6 +427,14 @@ def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | No
     if status["state"] == "WAITING" and pending and pending.get("attempt_id") == job_attempt_id:
         status["pendingReason"] = pending.get("reason")
         status["pendingPosition"] = pending.get("position")
+    # Beyond OpenPAI: the current attempt's preemption notice, and whether it resumes a preempted one.
+    status.update(preemption.view(snapshot))
+    if spec.dependencies:
+        # Beyond OpenPAI: extras.dependencies as followed so far, and why the job has not started.
+        status["dependencies"] = dependencies.view(spec, snapshot)
+        waiting = dependencies.pending_reason(status["dependencies"], snapshot.state if snapshot else None)
+        if waiting is not None:
+            status["pendingReason"], status["pendingPosition"] = waiting, None
     # HiveD's view of the gang; lazily preempted means it runs on as opportunistic work.
     lazy = doc.get("downgraded") or {}
     lazy_now = bool(lazy) and lazy.get("attempt_id") == job_attempt_id
@@ -502,6 +530,8 @@ def _job_attempt(spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool) -> di
         "jobPriority": priority_name(spec.priority),
         "taskRoles": _attempt_task_statuses(spec, snapshot.attempt_id, snapshot.tasks),
         "isLatest": latest,
+        # Beyond OpenPAI, only when they apply: the attempt's preemption notice, its resume.
+        **preemption.view(snapshot),
     }
 
 

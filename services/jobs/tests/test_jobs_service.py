@@ -4,6 +4,7 @@ queries, mutations, secrets, job events from the other services' events, and a r
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
@@ -16,6 +17,7 @@ from pai_common.bus import EVENTS_STREAM, Bus
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
+    JobDependencyResolved,
     JobStopRequested,
     JobSubmitted,
     SchedulingPending,
@@ -46,7 +48,7 @@ from pai_common.contract.rpc import (
     TaskPlacementReply,
     TaskPlacementRequest,
 )
-from pai_common.contract.types import AttemptRef, FrameworkSnapshot, TaskSnapshot
+from pai_common.contract.types import FrameworkSnapshot, TaskSnapshot, Victim
 from pai_common.embedded import ServerProcess, start_nats
 from pai_common.envelope import decode
 from pai_common.errors import (
@@ -351,7 +353,13 @@ async def test_submission_queries_mutations_and_secrets(
             )
         await client.publish_event(
             SchedulingPreempting(
-                job_key="alice~job0", attempt_id=0, victims=[AttemptRef(job_key="bob~job2", attempt_id=0)]
+                job_key="alice~job0",
+                attempt_id=0,
+                # Two tasks of one attempt placed one by one (gangAllocation false): one Preempted event.
+                victims=[
+                    Victim(job_key="bob~job2", attempt_id=0, task_role="w", index=i, grace_cap_seconds=30)
+                    for i in range(2)
+                ],
             )
         )
         await client.publish_event(
@@ -441,6 +449,93 @@ async def test_jobs_stored_before_the_list_get_entries_at_start(
         assert [j["name"] for j in bobs.jobs] == ["legacy"]
         counted = await client.request(ListJobsRequest(usernames=["bob"], offset=1), JobListReply)
         assert counted.jobs == [] and counted.total == 1  # from the counters
+    finally:
+        await app.stop()
+
+
+async def test_dependencies_must_name_stored_jobs_and_their_news_is_recorded(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    published = Published(client)
+    await published.start()
+    app = jobs_app(nats_srv, mongo_server, f"jobs{uuid.uuid4().hex[:8]}", tmp_path)
+    await app.start()
+    try:
+        await client.request(submit("prep", user="bob"), SubmitJobReply)
+        depends = (
+            job_yaml("train")
+            + "  dependencies: [{job: bob~prep}, {job: bob~ghost, on: completed}, {job: alice~nope}]\n"
+        )
+        request = SubmitJobRequest(username="alice", virtual_clusters=["default"], protocol_yaml=depends)
+        with pytest.raises(InvalidProtocolError) as refused:
+            await client.request(request, SubmitJobReply)
+        assert json.loads(str(refused.value)) == [
+            {"field": "extras.dependencies.1.job", "message": "names no job: bob~ghost"},
+            {"field": "extras.dependencies.2.job", "message": "names no job: alice~nope"},
+        ]
+        with pytest.raises(NoJobError):
+            await client.request(GetJobRequest(job_key="alice~train"), JobDetailReply)
+
+        ok = job_yaml("train") + "  dependencies: [{job: bob~prep}]\n"
+        request = SubmitJobRequest(username="alice", virtual_clusters=["default"], protocol_yaml=ok)
+        await client.request(request, SubmitJobReply)
+        submitted = [s for s in await published.wait_for(JobSubmitted, 2) if s.spec.job_key == "alice~train"]
+        assert [(d.job_key, d.on) for d in submitted[0].spec.dependencies] == [("bob~prep", "succeeded")]
+        detail = (await client.request(GetJobRequest(job_key="alice~train"), JobDetailReply)).detail
+        assert detail["jobStatus"]["pendingReason"] == "waiting for its dependency: bob~prep to succeed"
+
+        resolved = JobDependencyResolved(
+            job_key="alice~train",
+            dependency="bob~prep",
+            on="succeeded",
+            dependency_state="FAILED",
+            satisfied=False,
+        )
+        await client.publish_event(resolved)
+        await client.publish_event(resolved)  # delivered twice: recorded once, counted twice
+
+        async def recorded() -> None:
+            events = (await client.request(JobEventsRequest(job_key="alice~train"), JobEventsReply)).events
+            # The first two share the submission's time.
+            assert {e["reason"] for e in events[:2]} == {"Submitted", "WaitingForDependencies"}
+            assert [(e["reason"], e["count"]) for e in events[2:]] == [("DependencyUnsatisfied", 2)]
+            assert events[2]["type"] == "Warning" and "bob~prep ended FAILED" in events[2]["message"]
+
+        await eventually(recorded)
+    finally:
+        await app.stop()
+
+
+async def test_a_stop_outlasts_writes_that_conflict_with_it(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    """A job whose tasks change all the time (hundreds placed one by one) is written by the event handlers
+    constantly; a STOP that conflicts with them for longer than one transaction's retries is run again,
+    not answered with an error."""
+    db = f"jobs{uuid.uuid4().hex[:8]}"
+    app = jobs_app(nats_srv, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        await client.request(submit("busy"), SubmitJobReply)
+        held = asyncio.Event()
+
+        async def busy_writer() -> None:
+            async with app.mongo.start_session() as session:
+                async with await session.start_transaction():
+                    await app.db[JOBS].update_one(
+                        {"_id": "alice~busy"}, {"$set": {"touched": True}}, session=session
+                    )
+                    held.set()
+                    await asyncio.sleep(5.0)  # longer than app.transact's own retries (about 3.5 s)
+
+        writer = asyncio.create_task(busy_writer())
+        await held.wait()
+        stop = JobExecutionTypeRequest(job_key="alice~busy", value="STOP", username="alice")
+        reply = await client.request(stop, JobMutationReply, timeout=40)
+        await writer
+        assert reply.message == "Execute job alice~busy successfully."
+        detail = (await client.request(GetJobRequest(job_key="alice~busy"), JobDetailReply)).detail
+        assert detail["jobStatus"]["executionType"] == "STOP"
     finally:
         await app.stop()
 

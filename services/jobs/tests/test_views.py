@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pai_common.contract.types import FrameworkSnapshot, JobSpec, TaskRoleSpec, TaskSnapshot
+from pai_common.contract.types import FrameworkSnapshot, GpuShareStatus, JobSpec, TaskRoleSpec, TaskSnapshot
 from pai_jobs.views import (
     attempt_state,
     job_detail,
@@ -476,3 +476,31 @@ def test_lazily_preempted_tasks_say_so_for_the_current_attempt_only() -> None:
     }
     doc["downgraded"] = {"attempt_id": attempt - 1, "preemptor": "bob~urgent#0"}
     assert job_detail(doc)["taskRoles"]["worker"]["taskStatuses"][0]["hived"]["lazyPreempted"] is None
+
+
+def test_tasks_show_their_fpgas_and_how_their_gpu_share_is_held_only_when_they_have_them() -> None:
+    share = GpuShareStatus(milli=250, memory_mb=4096, enforced=False, note="no MPS here")
+    snapshot = FrameworkSnapshot(
+        job_key=JOB_KEY,
+        version=3,
+        state="AttemptRunning",
+        attempt_id=0,
+        tasks=[
+            TaskSnapshot(task_role="worker", index=0, state="TaskAttemptRunning", node="n", fpgas=[0, 2]),
+            TaskSnapshot(
+                task_role="worker", index=1, state="TaskAttemptRunning", node="n", gpus=[1], gpu_share=share
+            ),
+        ],
+    )
+    spec = _spec().model_copy(
+        update={
+            "task_roles": [
+                TaskRoleSpec(name="worker", instances=2, gpu=1, cpu=1, memory_mb=1, entrypoint="x")
+            ]
+        }
+    )
+    doc = {"_id": JOB_KEY, "spec": spec.model_dump(mode="json"), "snapshot": snapshot.model_dump(mode="json")}
+    first, second = job_detail(doc)["taskRoles"]["worker"]["taskStatuses"]
+    assert first["containerFpgas"] == [0, 2] and "gpuShare" not in first
+    assert second["gpuShare"] == {"milli": 250, "memoryMB": 4096, "enforced": False, "note": "no MPS here"}
+    assert "containerFpgas" not in second

@@ -11,6 +11,7 @@ Every state change is appended to the framework's bounded transition log with it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
@@ -22,7 +23,10 @@ from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    JobDependencyResolved,
+    JobPreemptionNoticed,
     JobStopRequested,
+    JobTaskCompleted,
     SchedulingAllocated,
     SchedulingRejected,
     SchedulingRequested,
@@ -31,18 +35,21 @@ from pai_common.contract.events import (
 )
 from pai_common.contract.states import final_state
 from pai_common.contract.types import (
+    DependencyStatus,
     EpochMs,
     ExitSpecEntry,
     FrameworkSnapshot,
+    GpuShareStatus,
     JobAttemptRecord,
     JobSpec,
     JobState,
     Placement,
     PodRequest,
+    PreemptionNotice,
     TaskAttemptRecord,
     TaskSnapshot,
 )
-from pai_orchestrator import completion_policy, exit_codes, retry_policy
+from pai_orchestrator import completion_policy, dependencies, exit_codes, retry_policy
 from pai_orchestrator import states as S
 from pai_orchestrator.environment import task_environment
 from pai_orchestrator.policy import DEFAULT_POLICY, Policy
@@ -60,6 +67,9 @@ class Task(BaseModel):
     gpus: list[int] = Field(default_factory=list)
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    fpgas: list[int] = Field(default_factory=list)
+    # How the node holds the task's GPU share (reported when it started).
+    gpu_share: GpuShareStatus | None = None
     ports: dict[str, list[int]] = Field(default_factory=dict)
     exit_code: int | None = None
     exit_spec: ExitSpecEntry | None = None
@@ -84,6 +94,8 @@ class Task(BaseModel):
             node=self.node,
             host_ip=self.host_ip,
             gpus=self.gpus,
+            fpgas=self.fpgas,
+            gpu_share=self.gpu_share,
             ports=self.ports,
             exit_code=self.exit_code,
             exit_spec=self.exit_spec,
@@ -148,10 +160,22 @@ class Framework(BaseModel):
     deletion_deadline: int | None = None
     attempts: list[JobAttemptRecord] = Field(default_factory=list)
     log: list[TransitionRecord] = Field(default_factory=list)
+    # extras.dependencies as followed so far: the first attempt starts once every one is satisfied.
+    dependencies: list[DependencyStatus] = Field(default_factory=list)
+    # The current attempt's preemption notice; whether it resumes (PAI_RESUME=1), which every attempt does
+    # once a running attempt of the job was preempted (``resumable``).
+    preemption: PreemptionNotice | None = None
+    resume: bool = False
+    resumable: bool = False
 
     @property
     def job_key(self) -> str:
         return self.spec.job_key
+
+    @property
+    def waiting_for_dependencies(self) -> bool:
+        """No attempt asked for cells yet: the job waits for jobs it depends on."""
+        return self.state == S.ATTEMPT_CREATION_PENDING and bool(dependencies.waiting_for(self.dependencies))
 
     def due_at(self) -> int | None:
         """When ``on_tick`` has something to do for this framework (None: nothing is pending)."""
@@ -191,6 +215,9 @@ class Framework(BaseModel):
             exit_spec=self.exit_spec,
             exit_messages=self.exit_messages,
             attempts=self.attempts,
+            dependencies=self.dependencies,
+            preemption=self.preemption,
+            resume=self.resume,
         )
 
 
@@ -236,16 +263,22 @@ class Outcome:
     runtime_message: dict[str, Any] | None = None
     launcher_message: str | None = None
     grace_period_s: float | None = None  # None: the policy's kill grace
+    notice: PreemptionNotice | None = None  # a preemption: the tasks are told the deadline first
 
 
 # ---- transitions ---------------------------------------------------------------------------------------
 
 
 def on_submitted(
-    spec: JobSpec, now: int, policy: Policy = DEFAULT_POLICY, stop: JobStopRequested | None = None
+    spec: JobSpec,
+    now: int,
+    policy: Policy = DEFAULT_POLICY,
+    stop: JobStopRequested | None = None,
+    ended: Mapping[str, JobState] | None = None,
 ) -> Transition:
-    """A new framework; ``stop`` is a stop request that arrived before the job did."""
-    fw = Framework(spec=spec, created_at=now)
+    """A new framework; ``stop`` is a stop request that arrived before the job did; ``ended``: the final
+    states of the job's dependencies that completed already."""
+    fw = Framework(spec=spec, created_at=now, dependencies=dependencies.initial(spec, ended or {}))
     out = Transition(fw, policy=policy)
     _move(fw, out, now, S.ATTEMPT_CREATION_PENDING, "job submitted")
     if stop is not None:
@@ -255,13 +288,71 @@ def on_submitted(
         # Nothing was asked of the scheduler, so there is nothing to release.
         _complete_attempt(fw, out, now, _stop_outcome(stop), retry_allowed=False, release=False)
         return _finish(out)
-    _start_attempt(fw, now, out)
+    for dep in fw.dependencies:
+        if dep.ended is not None:
+            out.events.append(_resolved(fw, dep))
+    _start_when_ready(fw, out, now)
     return _finish(out)
+
+
+def on_dependency_ended(
+    fw: Framework, dependency: str, state: JobState, now: int, policy: Policy = DEFAULT_POLICY
+) -> Transition:
+    """A job this one waits for completed: start once every dependency is satisfied, fail if it never can
+    be. Anything else (not a dependency, already recorded, the job no longer waiting) changes nothing."""
+    if not fw.waiting_for_dependencies or fw.execution_type == "STOP":
+        return no_change()
+    found = dependencies.record(fw.dependencies, dependency, state)
+    if found is None:
+        return no_change()
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    fw.dependencies, changed = found
+    out.events.append(_resolved(fw, changed))
+    _start_when_ready(fw, out, now)
+    return _finish(out)
+
+
+def _resolved(fw: Framework, dep: DependencyStatus) -> JobDependencyResolved:
+    assert dep.ended is not None
+    return JobDependencyResolved(
+        job_key=fw.job_key,
+        dependency=dep.job_key,
+        on=dep.on,
+        dependency_state=dep.ended,
+        satisfied=dep.satisfied,
+    )
+
+
+def _start_when_ready(fw: Framework, out: Transition, now: int) -> None:
+    """The first attempt starts once every dependency is satisfied; one that never can be fails the job
+    (-240) before anything was asked of the scheduler."""
+    bad = dependencies.first_unsatisfiable(fw.dependencies)
+    if bad is not None:
+        why = dependencies.failure_reason(bad)
+        fw.attempt_created_at = now
+        fw.tasks = _fresh_tasks(fw, now)
+        outcome = Outcome(
+            exit_code=S.EXIT_DEPENDENCY_UNSATISFIED,
+            failure="Permanent",
+            exit_type="USER_FAILURE",
+            diagnostics=why,
+            launcher_message=why,
+        )
+        _complete_attempt(fw, out, now, outcome, retry_allowed=False, release=False)
+        return
+    if dependencies.waiting_for(fw.dependencies):
+        fw.tasks = fw.tasks or _fresh_tasks(fw, now)
+        out.reason = f"{out.reason}; {dependencies.describe_wait(fw.dependencies)}"
+        return
+    _start_attempt(fw, now, out)
 
 
 def on_allocated(
     fw: Framework, event: SchedulingAllocated, now: int, policy: Policy = DEFAULT_POLICY
 ) -> Transition:
+    if not fw.spec.gang_allocation:
+        return _allocated_in_part(fw, event, now, policy)
     if event.attempt_id != fw.attempt_id or fw.state != S.ATTEMPT_CREATION_REQUESTED:
         return no_change()
     placements = {task_key(p.task_role, p.index): p for p in event.placements}
@@ -278,11 +369,45 @@ def on_allocated(
         p = by_key[task.key]
         task.state = S.TASK_PREPARING
         task.node, task.host_ip, task.gpus = p.node, p.host_ip or None, list(p.gpus)
-        task.gpu_milli, task.gpu_memory_mb = p.gpu_milli, p.gpu_memory_mb
+        task.gpu_milli, task.gpu_memory_mb, task.fpgas = p.gpu_milli, p.gpu_memory_mb, list(p.fpgas)
         task.ports = {label: list(ports) for label, ports in p.ports.items()}
     for task in fw.tasks.values():
         out.commands.append(_launch(fw, task))
     _move(fw, out, now, S.ATTEMPT_PREPARING, "gang allocated: every task placed, launching all of them")
+    return _finish(out)
+
+
+def _allocated_in_part(fw: Framework, event: SchedulingAllocated, now: int, policy: Policy) -> Transition:
+    """Gang allocation off: tasks are placed one by one as capacity allows; each is launched as soon as it
+    is placed (its environment names the peers placed so far), while the others wait."""
+    if event.attempt_id != fw.attempt_id or fw.state not in S.LIVE_ATTEMPT:
+        return no_change()
+    waiting = {
+        task_key(p.task_role, p.index): p
+        for p in event.placements
+        if (t := fw.tasks.get(task_key(p.task_role, p.index))) is not None
+        and t.state == S.TASK_CREATION_PENDING
+        and t.node is None
+    }
+    if not waiting:
+        return no_change()  # a repeated or stale allocation
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    placed = assign_ports(fw.job_key, fw.attempt_id, fw.spec, list(waiting.values()), fw.gang)
+    fw.gang = [*fw.gang, *placed]
+    fw.gang_deadline = None
+    for p in placed:
+        task = fw.tasks[task_key(p.task_role, p.index)]
+        task.state = S.TASK_PREPARING
+        task.node, task.host_ip, task.gpus = p.node, p.host_ip or None, list(p.gpus)
+        task.gpu_milli, task.gpu_memory_mb, task.fpgas = p.gpu_milli, p.gpu_memory_mb, list(p.fpgas)
+        task.ports = {label: list(ports) for label, ports in p.ports.items()}
+        out.commands.append(_launch(fw, task))
+    keys = ", ".join(sorted(waiting))
+    if fw.state == S.ATTEMPT_CREATION_REQUESTED:
+        _move(fw, out, now, S.ATTEMPT_PREPARING, f"task(s) {keys} placed (one by one), launching them")
+    else:
+        out.reason = f"task(s) {keys} placed (one by one), launching them"
     return _finish(out)
 
 
@@ -304,13 +429,29 @@ def on_rejected(
     return _finish(out)
 
 
+def preemption_grace(spec: JobSpec, policy: Policy, cap_s: float | None) -> float:
+    """The job's own grace (extras.preemption.graceSeconds, else the platform's), at most the VC's cap."""
+    asked = spec.preemption_grace_s if spec.preemption_grace_s is not None else policy.preempt_grace_s
+    return asked if cap_s is None else min(asked, cap_s)
+
+
 def on_preempted(
-    fw: Framework, attempt_id: int, preemptor: str, now: int, policy: Policy = DEFAULT_POLICY
+    fw: Framework,
+    attempt_id: int,
+    preemptor: str,
+    now: int,
+    policy: Policy = DEFAULT_POLICY,
+    grace_cap_s: float | None = None,
 ) -> Transition:
-    """A higher-priority gang needs this attempt's cells: stop it gracefully and queue again, uncounted."""
-    why = f"preempted by the higher-priority job {preemptor}"
-    grace = policy.preempt_grace_s
-    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now, policy, grace)
+    """Another gang needs this attempt's cells: tell its tasks (SIGTERM and the notice file with the
+    deadline), kill what is left at the deadline, and queue again, uncounted; the next attempt gets
+    PAI_RESUME=1. ``grace_cap_s``: the most the victim's VC allows (None: no cap)."""
+    grace = preemption_grace(fw.spec, policy, grace_cap_s)
+    notice = PreemptionNotice(
+        preemptor=preemptor, noticed_at=now, grace_seconds=grace, deadline=now + int(grace * 1000)
+    )
+    why = f"preempted by {preemptor}: its tasks were given {grace:g} s of notice to stop"
+    return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now, policy, grace, notice)
 
 
 def on_cells_lost(
@@ -336,6 +477,7 @@ def _stopped_by_platform(
     now: int,
     policy: Policy,
     grace: float | None,
+    notice: PreemptionNotice | None = None,
 ) -> Transition:
     # An attempt still waiting for its gang counts too: the scheduler may have placed it, and its
     # allocation be on its way, when it decided to take the cells back.
@@ -350,7 +492,13 @@ def _stopped_by_platform(
         diagnostics=why,
         launcher_message=why,
         grace_period_s=grace,
+        notice=notice,
     )
+    if notice is not None:
+        fw.preemption = notice
+        # Its tasks ran (and may have checkpointed): every later attempt resumes.
+        fw.resumable = fw.resumable or fw.state == S.ATTEMPT_RUNNING
+        out.events.append(JobPreemptionNoticed(job_key=fw.job_key, attempt_id=fw.attempt_id, notice=notice))
     _complete_attempt(fw, out, now, outcome, retry_allowed=True)
     return _finish(out)
 
@@ -379,6 +527,10 @@ def on_stop_requested(
         outcome = replace(outcome, diagnostics=f"{outcome.diagnostics}{last}")
         _record_outcome(fw, outcome)
         _complete_job(fw, out, now, "stopped while its retry was backing off")
+    elif fw.state == S.ATTEMPT_CREATION_PENDING:
+        # Waiting for its dependencies: the scheduler was never asked, so there is nothing to release.
+        fw.attempt_created_at = fw.attempt_created_at or now
+        _complete_attempt(fw, out, now, outcome, retry_allowed=False, release=False)
     else:
         _complete_attempt(fw, out, now, outcome, retry_allowed=False)
     return _finish(out)
@@ -402,6 +554,7 @@ def on_task_running(
     task.state = S.TASK_RUNNING
     task.launched_at = event.started_at
     task.host_ip = event.host_ip
+    task.gpu_share = event.gpu_share
     out.reason = f"task {task.key} running"
     _attempt_started(fw, out, event.started_at, f"task {task.key} is running")
     return _finish(out)
@@ -441,6 +594,16 @@ def on_task_diagnosed(
 
     task.state = S.TASK_COMPLETED
     out.reason = f"task {task.key} completed with {event.exit_code}"
+    if not fw.spec.gang_allocation:
+        # Placed on its own: the cells it alone held go back now, for the tasks still waiting.
+        out.events.append(
+            JobTaskCompleted(
+                job_key=fw.job_key,
+                attempt_id=fw.attempt_id,
+                task_role=task.task_role,
+                index=task.index,
+            )
+        )
     exits = {
         (t.task_role, t.index): (t.exit_code if t.state == S.TASK_COMPLETED else None)
         for t in fw.tasks.values()
@@ -562,6 +725,8 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
     fw.trigger_task_role = fw.trigger_task_index = None
     fw.retry_at = fw.retry_kind = None
     fw.gang = []
+    fw.preemption = None
+    fw.resume = fw.resumable
     timeout = out.policy.gang_allocation_timeout_ms
     fw.gang_deadline = now + timeout if timeout > 0 else None
     fw.tasks = _fresh_tasks(fw, now)
@@ -572,6 +737,7 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
             virtual_cluster=fw.spec.virtual_cluster,
             priority=fw.spec.priority,
             lazy_preemption=fw.spec.lazy_preemption,
+            gang_allocation=fw.spec.gang_allocation,
             pods=[
                 PodRequest(
                     task_role=r.name,
@@ -687,6 +853,8 @@ def _complete_attempt(
                         node=task.node,
                         reason=f"attempt completed: {why}"[:500],
                         grace_period_s=grace,
+                        preemption_deadline=outcome.notice.deadline if outcome.notice else None,
+                        preemptor=outcome.notice.preemptor if outcome.notice else None,
                     ),
                     task.node,
                 )
@@ -807,6 +975,8 @@ def _attempt_record(fw: Framework) -> JobAttemptRecord:
             )
             for t in fw.tasks.values()
         ],
+        preemption=fw.preemption,
+        resume=fw.resume,
     )
 
 
@@ -863,8 +1033,9 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
             gpus=task.gpus,
             gpu_milli=task.gpu_milli,
             gpu_memory_mb=task.gpu_memory_mb,
+            fpgas=task.fpgas,
             entrypoint=role.entrypoint,
-            env=task_environment(fw.spec, task.task_role, task.index, fw.gang),
+            env=_resumed(task_environment(fw.spec, task.task_role, task.index, fw.gang), fw.resume),
             cpu=role.cpu,
             memory_mb=role.memory_mb,
             shm_mb=role.shm_mb,
@@ -876,6 +1047,11 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
         ),
         task.node,
     )
+
+
+def _resumed(env: dict[str, str], resume: bool) -> dict[str, str]:
+    """An attempt after a preemption tells its tasks to resume from their checkpoints."""
+    return {**env, "PAI_RESUME": "1"} if resume else env
 
 
 def _finish(out: Transition) -> Transition:

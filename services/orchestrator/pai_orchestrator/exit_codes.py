@@ -64,6 +64,21 @@ ENTRIES: dict[int, dict[str, Any]] = {
         reason="the job asks for resources that this cluster can never give it",
         solution=["ask for fewer or smaller tasks, or for a virtual cluster that has the resources"],
     ),
+    S.EXIT_DEPENDENCY_UNSATISFIED: _entry(
+        S.EXIT_DEPENDENCY_UNSATISFIED,
+        "JobDependencyUnsatisfied",
+        issuer="PAI_FC",
+        causer="USER_SUBMISSION",
+        type_="USER_FAILURE",
+        stage="SUBMITTING",
+        behavior="PERMANENT",
+        reaction="NEVER_RETRY",
+        reason="a job this one depends on ended in a way that can never satisfy the dependency",
+        solution=[
+            "read appExitDiagnostics: it names the dependency and how it ended",
+            "fix and rerun the dependency, then submit this job again (or depend on it with on: completed)",
+        ],
+    ),
     S.EXIT_STOP_REQUESTED: _entry(
         S.EXIT_STOP_REQUESTED,
         "StopFrameworkRequested",

@@ -11,6 +11,7 @@ with something outside the platform lands elsewhere. Like OpenPAI every task get
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from pai_common.contract.types import JobSpec, Placement
 
@@ -27,10 +28,21 @@ def _candidate(key: str) -> int:
     return low + digest % (high - low)
 
 
-def assign_ports(job_key: str, attempt_id: int, spec: JobSpec, gang: list[Placement]) -> list[Placement]:
-    """The gang's placements with ``ports`` filled in from each role's ``ports`` request."""
+def assign_ports(
+    job_key: str,
+    attempt_id: int,
+    spec: JobSpec,
+    gang: list[Placement],
+    placed_before: Sequence[Placement] = (),
+) -> list[Placement]:
+    """The gang's placements with ``ports`` filled in from each role's ``ports`` request. ``placed_before``:
+    tasks of the attempt placed earlier (pods placed one by one), whose ports stay theirs."""
     wanted = {r.name: {**ALWAYS, **r.ports} for r in spec.task_roles}
     taken: dict[str, set[int]] = {}
+    for p in placed_before:
+        taken.setdefault(p.host_ip or p.node, set()).update(
+            port for ports in p.ports.values() for port in ports
+        )
     placed: list[Placement] = []
     low, high = PORT_RANGE
     for p in sorted(gang, key=lambda p: (p.task_role, p.index)):

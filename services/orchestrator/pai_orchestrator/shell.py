@@ -2,8 +2,10 @@
 
 Frameworks live one document each in ``frameworks`` (with ``due_at``, the framework's next timer), every
 transition is appended to ``transitions``, and a stop that arrives before its job waits in
-``stop_requests``. A background tick fires due timers (gang allocation timeouts, retry back-offs); as the
-timers are stored, a restarted orchestrator picks them up where the last one left them.
+``stop_requests``. ``dependents`` keeps, per job that others depend on (extras.dependencies), who waits for
+it and, once it completed, its final state. A background tick fires due timers (gang allocation timeouts,
+retry back-offs); as the timers are stored, a restarted orchestrator picks them up where the last one left
+them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field
+from pymongo import ReturnDocument
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
+    JobCompleted,
     JobStopRequested,
     JobSubmitted,
     SchedulingAllocated,
@@ -29,6 +33,7 @@ from pai_common.contract.events import (
     TaskRunning,
 )
 from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
+from pai_common.contract.types import JobState
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 FRAMEWORKS = "frameworks"
 HISTORY = "transitions"
 STOPS = "stop_requests"
+DEPENDENTS = "dependents"
 
 Step = Callable[[core.Framework], core.Transition]
 
@@ -110,6 +116,8 @@ async def save(
         session=ctx.session,
     )
     for event in transition.events:
+        if isinstance(event, JobCompleted):
+            await _completed_for_dependents(ctx, event)
         ctx.out.event(event)
     for send in transition.commands:
         ctx.out.command(send.command, send.target)
@@ -118,6 +126,29 @@ async def save(
     log.info(
         "framework transition", extra={"job": fw.job_key, "state": fw.state, "reason": transition.reason}
     )
+
+
+async def _completed_for_dependents(ctx: HandlerContext, event: JobCompleted) -> None:
+    """Keep the job's final state where dependents look for it. Written in the transaction that completes
+    the job, on the same document a dependent's submission writes (``register_dependent``), so the two
+    conflict and one retries: a dependent either sees the final state or is listed for the
+    ``job.completed`` consumer, never neither."""
+    await ctx.db[DEPENDENTS].update_one(
+        {"_id": event.job_key}, {"$set": {"final_state": event.state}}, upsert=True, session=ctx.session
+    )
+
+
+async def register_dependent(ctx: HandlerContext, dependency: str, dependent: str) -> JobState | None:
+    """List ``dependent`` as waiting for ``dependency``; the dependency's final state if it completed."""
+    doc = await ctx.db[DEPENDENTS].find_one_and_update(
+        {"_id": dependency},
+        {"$addToSet": {"dependents": dependent}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+        session=ctx.session,
+    )
+    state = (doc or {}).get("final_state")
+    return cast(JobState, state) if state is not None else None
 
 
 class Orchestrator:
@@ -130,6 +161,7 @@ class Orchestrator:
         app.on_event(SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(self.handle)
         app.on_event(SchedulingPreempting)(self.handle_preempting)
         app.on_event(SchedulingLost)(self.handle_lost)
+        app.on_event(JobCompleted)(self.handle_completed)
         app.rpc({TaskPlacementRequest: self.task_placement})
         app.on_startup(self._indexes)
         app.background(self.tick_forever)
@@ -163,8 +195,13 @@ class Orchestrator:
         if pending is not None:
             stop = JobStopRequested.model_validate(pending["stop"])
             await ctx.db[STOPS].delete_one({"_id": key}, session=ctx.session)
+        ended: dict[str, JobState] = {}
+        for dep in body.spec.dependencies:
+            state = await register_dependent(ctx, dep.job_key, key)
+            if state is not None:
+                ended[dep.job_key] = state
         now = now_ms()
-        transition = core.on_submitted(body.spec, now, self.policy, stop=stop)
+        transition = core.on_submitted(body.spec, now, self.policy, stop=stop, ended=ended)
         await save(ctx, (env.type, env.id), transition, None, now)
 
     async def handle_stop(self, ctx: HandlerContext, env: Envelope) -> None:
@@ -187,15 +224,23 @@ class Orchestrator:
     async def handle_preempting(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
         assert isinstance(body, SchedulingPreempting)
+        # A victim is an attempt, or tasks of one placed one by one; either way its attempt is stopped (as
+        # OpenPAI's default completion policy does when one task fails), with the smallest cap named.
+        caps: dict[tuple[str, int], float | None] = {}
         for victim in body.victims:
+            ref = (victim.job_key, victim.attempt_id)
+            cap, seen = victim.grace_cap_seconds, caps.get(ref, victim.grace_cap_seconds)
+            caps[ref] = seen if cap is None else (cap if seen is None else min(cap, seen))
+        for (job_key, attempt_id), cap in sorted(caps.items()):
             step = partial(
                 _call,
                 core.on_preempted,
-                attempt_id=victim.attempt_id,
+                attempt_id=attempt_id,
                 preemptor=body.job_key,
                 policy=self.policy,
+                grace_cap_s=cap,
             )
-            await self._apply(ctx, (env.type, env.id), victim.job_key, step)
+            await self._apply(ctx, (env.type, env.id), job_key, step)
 
     async def handle_lost(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
@@ -203,6 +248,17 @@ class Orchestrator:
         lost = core.on_drained if body.drain else core.on_cells_lost
         step = partial(_call, lost, attempt_id=body.attempt_id, reason=body.reason, policy=self.policy)
         await self._apply(ctx, (env.type, env.id), body.job_key, step)
+
+    async def handle_completed(self, ctx: HandlerContext, env: Envelope) -> None:
+        """A job completed: each job waiting for it learns how it ended (and may start, or fail)."""
+        body = env.body
+        assert isinstance(body, JobCompleted)
+        doc = await ctx.db[DEPENDENTS].find_one({"_id": body.job_key}, session=ctx.session)
+        for dependent in sorted((doc or {}).get("dependents") or []):
+            step = partial(
+                _call, core.on_dependency_ended, dependency=body.job_key, state=body.state, policy=self.policy
+            )
+            await self._apply(ctx, (env.type, env.id), dependent, step)
 
     async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body

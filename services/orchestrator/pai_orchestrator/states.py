@@ -41,6 +41,7 @@ EXIT_SUCCEEDED = 0
 EXIT_STOP_REQUESTED = -210  # the owner or an admin stopped the job
 EXIT_ATTEMPT_COMPLETION = -220  # a task stopped because its attempt completed
 EXIT_POD_CREATION_PERMANENT = -200  # the gang can never be placed: the request is invalid here
+EXIT_DEPENDENCY_UNSATISFIED = -240  # a dependency ended in a way that can never satisfy the job
 EXIT_NODE_LOST = -1001  # the cells of a running attempt are gone (node removed or lost): transient
 EXIT_PREEMPTED = -1003  # a transient platform cause: stopped so that higher-priority work can run
 EXIT_GANG_ALLOCATION_TIMEOUT = 251  # the gang was not placed within the configured time

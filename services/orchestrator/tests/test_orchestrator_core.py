@@ -18,6 +18,7 @@ from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    JobPreemptionNoticed,
     SchedulingAllocated,
     SchedulingRejected,
     SchedulingRequested,
@@ -552,9 +553,13 @@ def _assert_retried(tr: Transition, prev: Framework, code: int, now: int) -> Fra
     assert all(t.created_at == now for t in fw.tasks.values())
     assert all(t.state == S.TASK_CREATION_PENDING and t.node is None for t in fw.tasks.values())
     assert set(fw.tasks) == set(prev.tasks)
-    assert _types(tr) == [JobAttemptCompleted, SchedulingRequested, FrameworkChanged]
-    assert tr.events[0].attempt_id == prev.attempt_id and tr.events[0].exit_code == code
-    req = tr.events[1]
+    # A preemption also tells the read model about its notice, first.
+    notices = [e for e in tr.events if isinstance(e, JobPreemptionNoticed)]
+    events = [e for e in tr.events if not isinstance(e, JobPreemptionNoticed)]
+    assert len(notices) == (code == S.EXIT_PREEMPTED) and tr.events[: len(notices)] == notices
+    assert [type(e) for e in events] == [JobAttemptCompleted, SchedulingRequested, FrameworkChanged]
+    assert events[0].attempt_id == prev.attempt_id and events[0].exit_code == code
+    req = events[1]
     assert req.attempt_id == fw.attempt_id
     assert {(p.task_role, p.index) for p in req.pods} == {(t.task_role, t.index) for t in fw.tasks.values()}
     # Tasks of the ended attempt that still ran are killed, under the old attempt id.
@@ -693,11 +698,19 @@ def test_preemption_of_a_running_attempt_kills_it_and_retries_uncounted() -> Non
     prev = fw
     tr = _step(core.on_preempted, fw, 0, "bob~urgent", T0 + 500)
     fw = _assert_retried(tr, prev, S.EXIT_PREEMPTED, T0 + 500)
-    assert tr.events[0].exit_code == -1003
+    assert tr.events[1].exit_code == -1003
     assert (fw.retries, fw.accountable_retries) == (1, 0)
     kills = {(c.command.task_role, c.command.index): c.target for c in tr.commands}
     assert kills == {(t.task_role, t.index): node_of(t.task_role, t.index) for t in prev.tasks.values()}
     assert all(c.command.node == c.target for c in tr.commands)
+    # With notice: the platform's grace (30 s), the deadline in every kill, the next attempt resumes.
+    notice = tr.events[0].notice
+    assert (notice.preemptor, notice.grace_seconds, notice.deadline) == ("bob~urgent", 30.0, T0 + 30_500)
+    assert {(c.command.grace_period_s, c.command.preemption_deadline) for c in tr.commands} == {
+        (30.0, T0 + 30_500)
+    }
+    assert fw.resume and fw.attempts[-1].preemption == notice and not fw.attempts[-1].resume
+    assert fw.snapshot().resume and fw.snapshot().preemption is None
 
 
 def test_preemption_of_a_preparing_attempt_kills_the_preparing_tasks() -> None:

@@ -1,5 +1,6 @@
 """The orchestrator service against a real NATS server (JetStream) and a real MongoDB-wire server:
-stops that overtake their job, timers fired by the background tick, restarts and redelivery."""
+stops that overtake their job, timers fired by the background tick, restarts and redelivery, dependents
+that start once whenever they arrive."""
 
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ from pai_common.contract.events import (
     TaskRunning,
 )
 from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
-from pai_common.contract.types import JobSpec, Placement, TaskRoleSpec
+from pai_common.contract.types import JobDependency, JobSpec, Placement, TaskRoleSpec
 from pai_common.embedded import ServerProcess
 from pai_common.envelope import decode
 from pai_common.service import ServiceApp
 from pai_common.testing import EventRecorder
-from pai_orchestrator.shell import FRAMEWORKS, STOPS, Orchestrator, OrchestratorSettings
+from pai_orchestrator.shell import DEPENDENTS, FRAMEWORKS, STOPS, Orchestrator, OrchestratorSettings
 
 
 def orchestrator_app(
@@ -54,6 +55,13 @@ def spec(key: str, workers: int = 1) -> JobSpec:
         name=key.split("~")[1],
         task_roles=[TaskRoleSpec(name="w", instances=workers, gpu=1, cpu=1, memory_mb=64, entrypoint="x")],
         submitted_at=1,
+    )
+
+
+def dspec(key: str, *deps: tuple[str, str]) -> JobSpec:
+    """A job of one task that depends on ``deps`` ((job key, on) pairs)."""
+    return spec(key).model_copy(
+        update={"dependencies": [JobDependency(job_key=k, on=on) for k, on in deps]}  # type: ignore[arg-type]
     )
 
 
@@ -162,6 +170,61 @@ async def test_restart_resumes_jobs_and_their_timers_and_duplicates_change_nothi
         await app.stop()
 
 
+async def test_dependents_start_once_whenever_they_arrive(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """`before` is submitted before its dependency, `during` and `also` while it runs, `after` once it
+    completed; `orphan` depends on a job that fails. Each dependent starts (or fails) exactly once, and a
+    restart of the orchestrator between the completion and its consumer loses nothing."""
+    db = f"orch{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    app = orchestrator_app(fresh_nats, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~before", ("u~dep", "succeeded"))))
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~dep")))
+        await events.wait_for(SchedulingRequested, "u~dep")
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~during", ("u~dep", "completed"))))
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~also", ("u~dep", "succeeded"))))
+        for key in ("u~during", "u~also"):
+            await _until(lambda key=key: app.db[FRAMEWORKS].find_one({"_id": key}))
+        for key in ("u~before", "u~during", "u~also"):
+            doc = await app.db[FRAMEWORKS].find_one({"_id": key})
+            assert doc is not None and doc["fw"]["state"] == "AttemptCreationPending", key
+        listed = await app.db[DEPENDENTS].find_one({"_id": "u~dep"})
+        assert listed is not None and set(listed["dependents"]) == {"u~before", "u~during", "u~also"}
+
+        await fresh_bus.publish_event(allocated("u~dep"))
+        await fresh_bus.publish_event(exited("u~dep", 0, "Succeeded"))
+        done = await events.wait_for(JobCompleted, "u~dep")
+        assert done.state == "SUCCEEDED"
+        for key in ("u~before", "u~during", "u~also"):
+            await events.wait_for(SchedulingRequested, key)
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~after", ("u~dep", "succeeded"))))
+        await events.wait_for(SchedulingRequested, "u~after")
+
+        # A dependency that fails: its dependent asking for success fails with -240, once.
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~bad")))
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~orphan", ("u~bad", "succeeded"))))
+        await events.wait_for(SchedulingRequested, "u~bad")
+        await _until(lambda: app.db[FRAMEWORKS].find_one({"_id": "u~orphan"}))
+        await app.stop()
+        await fresh_bus.publish_event(allocated("u~bad"))
+        await fresh_bus.publish_event(exited("u~bad", 1, "Permanent"))
+        app = orchestrator_app(fresh_nats, mongo_server, db, tmp_path)
+        await app.start()
+        failed = await events.wait_for(JobCompleted, "u~orphan")
+        assert (failed.state, failed.exit_code) == ("FAILED", -240)
+        await events.drain(1.0)
+        for key in ("u~before", "u~during", "u~also", "u~after"):
+            assert len(events.of(SchedulingRequested, key)) == 1, key
+        assert len(events.of(JobCompleted, "u~orphan")) == 1
+        assert not events.of(SchedulingRequested, "u~orphan")
+    finally:
+        await app.stop()
+
+
 async def test_placement_is_answered_from_the_framework_that_launched_the_task(
     fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
 ) -> None:
@@ -188,6 +251,13 @@ async def test_placement_is_answered_from_the_framework_that_launched_the_task(
         assert other.node is None
     finally:
         await app.stop()
+
+
+async def _until(probe, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await probe():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
 
 
 async def _next_command(bus: Bus, node: str) -> LaunchTask:

@@ -13,6 +13,7 @@ from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    JobPreemptionNoticed,
     JobStopRequested,
     SchedulingAllocated,
     SchedulingRejected,
@@ -258,7 +259,7 @@ def ev_tick_due(fw: Framework) -> Apply:
     return lambda target: step(core.on_tick, target, T0 + 1_000_000)
 
 
-JAC, SR, JC = JobAttemptCompleted, SchedulingRequested, JobCompleted
+JAC, SR, JC, JPN = JobAttemptCompleted, SchedulingRequested, JobCompleted, JobPreemptionNoticed
 R, P, RUN, D, AC, C = (
     S.ATTEMPT_CREATION_REQUESTED,
     S.ATTEMPT_PREPARING,
@@ -274,7 +275,7 @@ R, P, RUN, D, AC, C = (
 TABLE: list[tuple[str, Callable[[Framework], Apply], str | None, list[type], int, int]] = [
     ("requested", ev_allocated, P, [], 2, 0),
     ("requested", ev_rejected, C, [JAC, JC], 0, 0),
-    ("requested", ev_preempted, R, [JAC, SR], 0, 0),
+    ("requested", ev_preempted, R, [JPN, JAC, SR], 0, 0),
     ("requested", ev_lost, R, [JAC, SR], 0, 0),
     ("requested", ev_running, None, [], 0, 0),
     ("requested", ev_exit(1), None, [], 0, 0),
@@ -286,7 +287,7 @@ TABLE: list[tuple[str, Callable[[Framework], Apply], str | None, list[type], int
     ("preparing", ev_running, RUN, [], 0, 0),
     ("preparing", ev_exit(0), RUN, [], 0, 0),
     ("preparing", ev_exit(200), R, [JAC, SR], 0, 1),
-    ("preparing", ev_preempted, R, [JAC, SR], 0, 2),
+    ("preparing", ev_preempted, R, [JPN, JAC, SR], 0, 2),
     ("preparing", ev_lost, R, [JAC, SR], 0, 2),
     ("preparing", ev_stop, C, [JAC, JC], 0, 2),
     ("preparing", ev_tick_due, None, [], 0, 0),
@@ -299,7 +300,7 @@ TABLE: list[tuple[str, Callable[[Framework], Apply], str | None, list[type], int
     ("running", ev_exit(210), C, [JAC, JC], 0, 1),
     ("running", ev_exit(1), R, [JAC, SR], 0, 1),
     ("running", ev_old_exit, None, [], 0, 0),
-    ("running", ev_preempted, R, [JAC, SR], 0, 2),
+    ("running", ev_preempted, R, [JPN, JAC, SR], 0, 2),
     ("running", ev_lost, R, [JAC, SR], 0, 2),
     ("running", ev_stop, C, [JAC, JC], 0, 2),
     ("running", ev_tick_due, None, [], 0, 0),
@@ -365,9 +366,12 @@ def test_transition_table(
     # The same event delivered again changes nothing (at-least-once delivery).
     assert apply(new).framework is None
     if kills:
-        assert new.state == D and events == [], "nothing is released before the stopped tasks exit"
+        # Only a preemption's notice is told at once; nothing is released before the stopped tasks exit.
+        notices = [e for e in events if isinstance(e, JobPreemptionNoticed)]
+        assert new.state == D and events == notices, "nothing is released before the stopped tasks exit"
         assert all(t.state != S.TASK_RUNNING for t in new.tasks.values())
         new, events = settle(new, NOW + 5)
+        events = notices + events
         assert apply(new).framework is None
     assert new.state == expected
     assert [type(e) for e in events] == emitted

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pai_common.contract.commands import LaunchTask
+from pai_common.contract.types import DeviceInfo
 
 # A task the runtime could not set up (bad plugin entry, unknown secret): a user error, as OpenPAI's init.
 SETUP_FAILED_EXIT = 1
@@ -41,6 +42,8 @@ class TaskPaths:
     barrier_script: str
     # The sshd binary where one is installed; "auto": look for one where the task runs.
     sshd: str | None
+    # Where the task finds a preemption notice ($PAI_PREEMPTION_NOTICE); None: this backend cannot give one.
+    notice: str | None = None
 
 
 @dataclass
@@ -56,6 +59,8 @@ class TaskFiles:
     secrets: dict[str, Any] = field(default_factory=dict)
     # The set-up failed: run only the entrypoint (a message and an exit), with no image and no mount.
     failed: bool = False
+    # The node's FPGAs the task got (from its inventory: device files, device plugin resource).
+    fpgas: list[DeviceInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,10 @@ class TaskBackend(Protocol):
     async def wait(self, run: dict[str, Any]) -> Ended: ...
 
     async def kill(self, run: dict[str, Any], grace_s: float) -> None: ...
+
+    async def notify(self, run: dict[str, Any], content: dict[str, Any]) -> bool:
+        """Put a preemption notice where the task finds it (``TaskPaths.notice``), before ``kill``; False
+        where this backend cannot."""
 
     async def logs(self, run: dict[str, Any], stream: str, tail_bytes: int) -> LogText: ...
 

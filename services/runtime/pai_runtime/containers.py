@@ -52,7 +52,11 @@ def run_command(
     memory_mb: int,
     shm_mb: int,
     volumes: list[str] | None = None,
+    devices: list[str] | None = None,
+    ipc_host: bool = False,
 ) -> list[str]:
+    """``devices``: device files the task gets (its FPGAs); ``ipc_host``: the host's IPC namespace, which
+    a CUDA MPS client needs to reach its daemon (whose pipe folder is then one of the volumes)."""
     argv = [
         engine, "run", "--rm", "--name", name, "--network", "host", "--init",
         "--env-file", str(env_file), "-v", f"{workdir}:{workdir}", "-w", str(workdir),
@@ -71,4 +75,8 @@ def run_command(
         argv += ["--shm-size", f"{shm_mb}m"]
     for volume in volumes or []:  # the task's local storages: source:target[:ro]
         argv += ["-v", volume]
+    for device in devices or []:
+        argv += ["--device", device]
+    if ipc_host:
+        argv += ["--ipc", "host"]
     return [*argv, image, "bash", str(workdir / script)]

@@ -9,13 +9,18 @@ of simulated GPUs.
 An inventory file (YAML or JSON)::
 
     gpus: [{model: V100, memory_mb: 16384}, {model: V100, memory_mb: 16384, healthy: false}]
-    fpgas: [{model: Arria10, id: "0000:3b:00.0"}]
+    fpgas: [{model: Arria10, id: "0000:3b:00.0", paths: [/dev/intel-fpga-port.0],
+             resource: fpga.intel.com/arria10}]
     infiniband: [{model: ConnectX-6, id: mlx5_0}]
+
+An FPGA's ``paths`` are the device files a task using it gets (``--device`` in its image, and
+``PAI_FPGA_DEVICE_PATHS``); ``resource`` is the Kubernetes device plugin's resource name a pod asks for.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +173,8 @@ def parse_inventory(node: str, doc: Any) -> Inventory:
                     model=str(e.get("model", key)),
                     id=str(e.get("id", f"{key}-{i}")),
                     healthy=bool(e.get("healthy", True)),
+                    paths=_device_paths(key, i, e.get("paths")),
+                    resource=_resource_name(key, i, e.get("resource")),
                 )
                 for i, e in enumerate(entries(key))
             ]
@@ -176,6 +183,28 @@ def parse_inventory(node: str, doc: Any) -> Inventory:
     except (TypeError, ValueError) as exc:
         raise InvalidParametersError(f"the inventory has a bad device entry: {exc}") from exc
     return Inventory(gpus, True, others["fpgas"], others["infiniband"], "declared")
+
+
+_RESOURCE_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def _device_paths(key: str, i: int, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(p, str) and p.startswith("/dev/") for p in value):
+        raise InvalidParametersError(f"inventory {key}[{i}].paths must be a list of /dev/... device files")
+    return list(value)
+
+
+def _resource_name(key: str, i: int, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 253 or not _RESOURCE_RE.match(value):
+        raise InvalidParametersError(
+            f"inventory {key}[{i}].resource must be a Kubernetes extended resource name (domain/name),"
+            f" got {value!r}"
+        )
+    return value
 
 
 def load_inventory(node: str, path: Path) -> Inventory:

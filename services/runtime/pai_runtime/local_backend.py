@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier, containers, limits, local_mounts, local_process
+from pai_runtime import barrier, containers, limits, local_mounts, local_process, notice
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
     STORAGE_MOUNT_EXIT,
@@ -71,7 +71,9 @@ class LocalBackend:
         pass
 
     def paths(self, workdir: Path) -> TaskPaths:
-        return TaskPaths(str(workdir), sys.executable, barrier.__file__, self._sshd)
+        return TaskPaths(
+            str(workdir), sys.executable, barrier.__file__, self._sshd, str(workdir / notice.FILE_NAME)
+        )
 
     def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> local_mounts.MountPlan:
         engine = containers.choose(self.settings.container_engine, cmd.image)
@@ -125,9 +127,13 @@ class LocalBackend:
             _write_private(
                 env_file, "".join(f"{k}={v}\n" for k, v in env.items() if "\n" not in v and k != "PATH")
             )
+            # A CUDA MPS client reaches its GPU's daemon through its pipe folder and the host's IPC.
+            mps = [env[k] for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY") if k in env]
             argv = containers.run_command(
                 engine, cmd.image, container_name(cmd), workdir, env_file, "user-in-container.sh",
-                cmd.gpus, cmd.cpu, cmd.memory_mb, cmd.shm_mb, mounts.volumes if mounts else [],
+                cmd.gpus, cmd.cpu, cmd.memory_mb, cmd.shm_mb,
+                [*(mounts.volumes if mounts else []), *(f"{d}:{d}" for d in mps)],
+                devices=[p for fpga in task.fpgas for p in fpga.paths], ipc_host=bool(mps),
             )  # fmt: skip
             entrypoint = "exec " + shlex.join(argv)
             backend = engine
@@ -185,6 +191,11 @@ class LocalBackend:
 
     async def kill(self, run: dict[str, Any], grace_s: float) -> None:
         await local_process.stop(int(run["pid"]), grace_s)
+
+    async def notify(self, run: dict[str, Any], content: dict[str, Any]) -> bool:
+        # In the task's directory, which a task in its image sees at the same path.
+        await asyncio.to_thread(notice.write, Path(run["workdir"]) / notice.FILE_NAME, content)
+        return True
 
     async def logs(self, run: dict[str, Any], stream: str, tail_bytes: int) -> LogText:
         path = Path(run["workdir"]) / f"{stream}.log"

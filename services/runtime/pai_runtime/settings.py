@@ -53,3 +53,6 @@ class RuntimeSettings(Settings):
     k8s_namespace: str = "default"
     k8s_in_cluster: bool = False
     k8s_kubeconfig: Path | None = None
+    # A folder on every node (mounted at the same path into the agent's pod) where preemption notices are
+    # written for the task pods to read; None: pods get SIGTERM and the grace, but no notice file.
+    k8s_notice_dir: Path | None = None

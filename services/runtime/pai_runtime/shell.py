@@ -24,10 +24,11 @@ from pai_common.contract.rpc import (
     TaskLogReply,
     TaskLogRequest,
 )
+from pai_common.contract.types import DeviceInfo, GpuInfo, GpuShareStatus
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
-from pai_runtime import jobssh, metrics, node_metrics, plugins
+from pai_runtime import jobssh, metrics, mps, node_metrics, notice, plugins
 from pai_runtime import secrets as job_secrets
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
@@ -72,7 +73,11 @@ def make_backend(settings: RuntimeSettings) -> TaskBackend:
     if settings.backend == "kubernetes":
         from pai_runtime.kubernetes import KubernetesBackend, PodOptions
 
-        options = PodOptions(namespace=settings.k8s_namespace, grace_period_s=int(settings.kill_grace_s))
+        options = PodOptions(
+            namespace=settings.k8s_namespace,
+            grace_period_s=int(settings.kill_grace_s),
+            notice_host_dir=str(settings.k8s_notice_dir) if settings.k8s_notice_dir else None,
+        )
         return KubernetesBackend(
             options, in_cluster=settings.k8s_in_cluster, kubeconfig=settings.k8s_kubeconfig
         )
@@ -119,6 +124,8 @@ class Agent:
         self._running: dict[str, Running] = {}
         self._sampler = metrics.TaskSampler()
         self._inventory: Inventory | None = None
+        # GPU shares held by CUDA MPS where the node can (decided with the inventory at registration).
+        self._mps = mps.MpsDaemons(self.root / "mps", mps.support("simulated", settings.backend))
         self.app.on_commands(
             f"runtime-{token}", f"{COMMAND_SUBJECT_PREFIX}.runtime.{token}.>", self.handle_command
         )
@@ -147,6 +154,7 @@ class Agent:
     # ---- start-up ------------------------------------------------------------------------------------
 
     def _registration(self, inventory: Inventory) -> NodeRegistered:
+        self._mps.sharing = mps.support(inventory.source, self.settings.backend)
         return NodeRegistered(
             node=self.node,
             host_ip=self.settings.host_ip,
@@ -157,6 +165,7 @@ class Agent:
             fpgas=inventory.fpgas,
             infiniband=inventory.infiniband,
             inventory_source=inventory.source,
+            gpu_sharing=self._mps.sharing,
         )
 
     async def _register(self, app: ServiceApp) -> None:
@@ -240,6 +249,9 @@ class Agent:
     async def _resume(self, app: ServiceApp) -> None:
         """Tasks that ran while the agent was down: adopt the live ones, report the finished ones."""
         async for run in app.db[self.runs_collection].find({"status": "running"}):
+            gpu = self._gpu(run.get("mps_gpu"))
+            if gpu is not None:
+                await self._mps.adopt(gpu, str(run["_id"]))
             self._watch(run)
 
     async def _start_backend(self, app: ServiceApp) -> None:
@@ -312,6 +324,10 @@ class Agent:
         commands and files, the environment. SetupError for a task that cannot run as asked."""
         env = self.task_env(cmd)
         paths = self.backend.paths(workdir)
+        if paths.notice is not None:
+            env[notice.ENV] = paths.notice
+        fpgas = self._fpgas(cmd)
+        env.update(fpga_env(fpgas))
         secrets = await self._job_secrets(cmd)
         if secrets:
             fd = os.open(workdir / SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -343,7 +359,43 @@ class Agent:
             files=built.files,
             env={**env, **built.env},
             secrets=secrets,
+            fpgas=fpgas,
         )
+
+    def _fpgas(self, cmd: LaunchTask) -> list[DeviceInfo]:
+        """The inventory entries of the FPGAs the task got; SetupError for one this node does not have."""
+        if not cmd.fpgas:
+            return []
+        known = {d.index: d for d in (self._inventory.fpgas if self._inventory else [])}
+        missing = [i for i in cmd.fpgas if i not in known]
+        if missing:
+            raise SetupError(
+                SETUP_FAILED_EXIT, f"FPGA(s) {missing} are not in the inventory of node {self.node}"
+            )
+        return [known[i] for i in cmd.fpgas]
+
+    def _gpu(self, index: object) -> GpuInfo | None:
+        if not isinstance(index, int) or self._inventory is None:
+            return None
+        return next((g for g in self._inventory.gpus if g.index == index), None)
+
+    async def _release_share(self, gpus: list[int], rid: str, share: GpuShareStatus | None) -> None:
+        gpu = self._gpu(gpus[0]) if share is not None and share.enforced and gpus else None
+        if gpu is not None:
+            await self._mps.release(gpu, rid)
+
+    async def _gpu_share(self, cmd: LaunchTask, rid: str) -> tuple[dict[str, str], GpuShareStatus | None]:
+        """A share task becomes a client of its GPU's MPS daemon where the node has one (the environment
+        that makes it one), and says how its share is held."""
+        if not cmd.gpus or not (cmd.gpu_milli or cmd.gpu_memory_mb):
+            return {}, None
+        gpu = self._gpu(cmd.gpus[0])
+        if gpu is None:
+            note = f"GPU {cmd.gpus[0]} is not in the inventory of node {self.node}: the share is not enforced"
+            return {}, GpuShareStatus(
+                milli=cmd.gpu_milli, memory_mb=cmd.gpu_memory_mb, enforced=False, note=note
+            )
+        return await self._mps.acquire(gpu, rid, cmd.gpu_milli, cmd.gpu_memory_mb)
 
     async def launch(self, ctx: HandlerContext, cmd: LaunchTask) -> None:
         rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
@@ -352,8 +404,10 @@ class Agent:
             return  # launched already: a command is done once
         workdir = self.workdir(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
         workdir.mkdir(parents=True, exist_ok=True)
+        share_env, share = await self._gpu_share(cmd, rid)
         try:
             task = await self._build(cmd, workdir)
+            task.env.update(share_env)
             mounts = self.backend.mounts(cmd, await self._storage_credentials(cmd))
             started = await self.backend.launch(cmd, workdir, task, mounts)
         except SetupError as exc:
@@ -361,6 +415,9 @@ class Agent:
             log.warning("task set-up failed", extra={"run": rid, "exit_code": exc.code})
             failed = TaskFiles(failure_script(str(exc), exc.code), env=self.task_env(cmd), failed=True)
             started = await self.backend.launch(cmd, workdir, failed, None)
+        except BaseException:
+            await self._release_share(cmd.gpus, rid, share)
+            raise
         begun = now_ms()
         template = _template(cmd, self.node)
         run = {
@@ -374,6 +431,8 @@ class Agent:
             "gpus": cmd.gpus,
             # Whether the job ran on the host, in its image or in a pod.
             "backend": started.backend,
+            # The GPU whose MPS daemon the task is a client of (released when it ends).
+            "mps_gpu": cmd.gpus[0] if share is not None and share.enforced else None,
         }
         await runs.insert_one(run, session=ctx.session)
         ctx.out.event(
@@ -383,6 +442,7 @@ class Agent:
                 pid=started.pid,
                 started_at=begun,
                 backend=started.backend,
+                gpu_share=share,
             ),
             msg_id=f"running:{rid}",
         )
@@ -408,6 +468,11 @@ class Agent:
         await ctx.db[self.runs_collection].update_one(
             {"_id": rid}, {"$set": {"stop_reason": cmd.reason}}, session=ctx.session
         )
+        told = notice.content(cmd)
+        if told is not None and not await self.backend.notify(run, told):
+            log.warning(
+                "preemption notice not delivered: the backend has no place for it", extra={"run": rid}
+            )
         # The stop runs beside the consumer; the watcher reports the exit as for any other end.
         task = asyncio.create_task(self.backend.kill(run, cmd.grace_period_s))
         self._watchers.add(task)
@@ -445,6 +510,9 @@ class Agent:
         running = self._running.pop(rid, None)
         if running is not None:
             metrics.remove(running.labels)
+        gpu = self._gpu(run.get("mps_gpu"))
+        if gpu is not None:
+            await self._mps.release(gpu, rid)
         gpus = list(run.get("gpus") or [])
         gpu_health = None
         if gpus and self._inventory and self._inventory.source == "nvml":
@@ -577,6 +645,19 @@ class Agent:
             size=text.size,
             truncated=text.truncated,
         )
+
+
+def fpga_env(fpgas: list[DeviceInfo]) -> dict[str, str]:
+    """The FPGAs a task got, for the task itself: indices in the node's inventory, their ids (PCIe
+    addresses), models and device files."""
+    if not fpgas:
+        return {}
+    return {
+        "PAI_FPGA_DEVICES": ",".join(str(f.index) for f in fpgas),
+        "PAI_FPGA_IDS": ",".join(f.id for f in fpgas),
+        "PAI_FPGA_MODELS": ",".join(f.model for f in fpgas),
+        "PAI_FPGA_DEVICE_PATHS": ",".join(p for f in fpgas for p in f.paths),
+    }
 
 
 def _template(cmd: LaunchTask, node: str) -> dict[str, Any]:

@@ -415,3 +415,49 @@ async def test_nodes_named_like_kubernetes_nodes(
 def test_names_that_are_no_node_names_are_refused(name: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="node_name"):
         RuntimeSettings(data_dir=tmp_path, node_name=name)
+
+
+async def test_a_preempted_task_gets_its_notice_before_sigterm(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """The task knows where its notice will be; on preemption the file holds the deadline and the preemptor
+    when SIGTERM arrives, so a task that checkpoints in its handler ends well within the grace."""
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    agent = _agent(fresh_nats, mongo_server, tmp_path)
+    await agent.app.start()
+    try:
+        job = "alice~checkpointing"
+        script = (
+            'echo "notice at $PAI_PREEMPTION_NOTICE"\n'
+            'test -e "$PAI_PREEMPTION_NOTICE" || echo "no notice yet"\n'
+            "trap 'cat \"$PAI_PREEMPTION_NOTICE\"; echo; echo checkpointed; exit 0' TERM\n"
+            "echo ready\n"
+            "while true; do sleep 0.1; done\n"
+        )
+        await fresh_bus.send_command(_launch(agent, job, "worker", 0, script), agent.node)
+        running = await events.wait_until(lambda e: isinstance(e, TaskRunning) and e.job_key == job)
+        workdir = agent.workdir(job, 0, "worker", 0)
+        deadline = time.monotonic() + 30
+        stdout = workdir / "stdout.log"
+        while not stdout.exists() or "ready" not in stdout.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the task never got ready"
+            await asyncio.sleep(0.1)
+        due = int(time.time() * 1000) + 20_000
+        await fresh_bus.send_command(
+            KillTask(job_key=job, attempt_id=0, task_role="worker", index=0, node=agent.node,
+                     reason="attempt completed: preempted by bob~urgent", grace_period_s=20.0,
+                     preemption_deadline=due, preemptor="bob~urgent"),
+            agent.node,
+        )  # fmt: skip
+        ended = await events.wait_until(_exited(job))
+        assert (ended.exit_code, ended.signal) == (0, None), ended.log_tail
+        out = (workdir / "stdout.log").read_text()
+        assert f"notice at {workdir / 'preemption-notice.json'}" in out and "no notice yet" in out
+        notice = json.loads(out.split("ready\n", 1)[1].splitlines()[0])
+        assert notice["deadlineMs"] == due and notice["preemptor"] == "bob~urgent"
+        assert notice["graceSeconds"] == 20.0 and notice["deadline"].endswith("Z")
+        assert "checkpointed" in out
+        assert _live_members(running.pid) == []
+    finally:
+        await agent.app.stop()

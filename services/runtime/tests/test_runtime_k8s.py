@@ -23,6 +23,7 @@ from pai_common.contract.types import StorageMount
 from pai_runtime.kubernetes import schema as k8s_schema
 from pai_runtime.kubernetes.backend import KubernetesBackend, files_script
 from pai_runtime.kubernetes.manifest import (
+    NOTICE_DIR,
     PodOptions,
     pod_manifest,
     pod_name,
@@ -524,3 +525,39 @@ async def test_the_agent_runs_a_task_as_a_pod(
         await agent.app.stop()
         await bus.close()
         nats.stop()
+
+
+async def test_a_preempted_pod_reads_its_notice_from_its_node_folder(
+    api: tuple[Recorded, KubernetesBackend], tmp_path: Path
+) -> None:
+    """With a notice folder on the node, each pod mounts its own subfolder read-only at NOTICE_DIR (the API
+    schema accepts it); the notice is written there before the deletion that sends SIGTERM with the grace,
+    and the folder goes once the pod ended. Without one, pods get no mount and no notice path."""
+    recorded, plain = api
+    options = PodOptions(namespace="pai", grace_period_s=5, notice_host_dir=str(tmp_path / "notices"))
+    backend = KubernetesBackend(options, api=plain._api)
+    cmd = _cmd()
+    name = pod_name(cmd)
+    pod = pod_manifest(cmd, {}, options)
+    k8s_schema.validate(pod)
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "notice")
+    assert volume["hostPath"] == {"path": f"{tmp_path}/notices/{name}", "type": "DirectoryOrCreate"}
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "notice")
+    assert mount == {"name": "notice", "mountPath": NOTICE_DIR, "readOnly": True}
+    assert backend.paths(tmp_path).notice == f"{NOTICE_DIR}/preemption-notice.json"
+    assert plain.paths(tmp_path).notice is None
+    assert "notice" not in {v["name"] for v in pod_manifest(cmd, {}, OPTIONS)["spec"]["volumes"]}
+    assert not await plain.notify({"pod": name}, {"deadlineMs": 1})
+
+    assert await backend.notify({"pod": name}, {"deadlineMs": 123, "preemptor": "bob~urgent"})
+    written = tmp_path / "notices" / name / "preemption-notice.json"
+    assert json.loads(written.read_text()) == {"deadlineMs": 123, "preemptor": "bob~urgent"}
+    recorded.answer("DELETE", f"{PODS}/{name}", 200, "pod-deleted.json", name)
+    await backend.kill({"pod": name}, 20)
+    method, path, query, body = recorded.requests[-1]
+    assert (method, path) == ("DELETE", f"{PODS}/{name}")
+    assert query.get("gracePeriodSeconds") == ["20"] or (body or {}).get("gracePeriodSeconds") == 20
+    recorded.answer("GET", PODS, 200, "watch-oom.jsonl", name)
+    recorded.answer("GET", f"{PODS}/{name}/log", 200, "pod-log.txt", name)
+    await backend.wait({"pod": name})
+    assert not written.parent.exists()

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from pai_common.consumer import HandlerContext
 from pai_common.contract.base import heartbeat_subject, name_of_token
 from pai_common.contract.events import (
     JobAttemptCompleted,
+    JobTaskCompleted,
     NodeHealthChanged,
     NodeRegistered,
     NodeSchedulableChanged,
@@ -46,14 +48,14 @@ from pai_common.contract.rpc import (
     SkuTypesRequest,
     VirtualClustersReply,
 )
-from pai_common.contract.types import AttemptRef, Placement, PodRequest
+from pai_common.contract.types import Placement, Victim
 from pai_common.envelope import Envelope
 from pai_common.errors import InvalidParametersError, NoNodeError, NoVirtualClusterError
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_scheduler import lease, metrics, node_views, vc_views
 from pai_scheduler.cluster_source import load_cluster
-from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
+from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, GroupState, HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
 from pai_scheduler.hived.decisions import (
     Allocated,
@@ -65,7 +67,15 @@ from pai_scheduler.hived.decisions import (
     Released,
 )
 from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
-from pai_scheduler.hived.requests import gang_from_pods
+from pai_scheduler.hived.requests import GangRequest
+from pai_scheduler.job_gangs import (
+    alloc_key,
+    parse_key,
+    pending_by_attempt,
+    pod_key,
+    pods_of_attempt,
+    requests_of,
+)
 from pai_scheduler.node_marks import Cordon, NodeMarks
 
 log = logging.getLogger(__name__)
@@ -95,29 +105,6 @@ class SchedulerSettings(Settings):
     apply_wait_s: float = Field(default=3.0, ge=0)
 
 
-def alloc_key(job_key: str, attempt_id: int) -> str:
-    return f"{job_key}#{attempt_id}"
-
-
-def split_key(key: str) -> AttemptRef:
-    job_key, _, attempt = key.rpartition("#")
-    return AttemptRef(job_key=job_key, attempt_id=int(attempt))
-
-
-def gang_placement(pods: list[PodRequest]) -> tuple[list[str], str | None, bool]:
-    """The SKU types and pinned cell of a whole gang: one job's gang lives in one chain, so its task
-    roles must agree (roles that name nothing go along with those that do)."""
-    sku_sets = {tuple(p.sku_types) for p in pods if p.sku_types}
-    pinned = {p.pinned_cell for p in pods if p.pinned_cell}
-    if len(sku_sets) > 1:
-        names = ", ".join("|".join(s) for s in sorted(sku_sets))
-        raise ValueError(f"the task roles ask for different SKU types ({names}); one job must use one")
-    if len(pinned) > 1:
-        raise ValueError(f"the task roles name different pinned cells ({', '.join(sorted(pinned))})")
-    infiniband = any(p.infiniband for p in pods)
-    return (list(sku_sets.pop()) if sku_sets else []), (pinned.pop() if pinned else None), infiniband
-
-
 class Scheduler:
     def __init__(self, app: ServiceApp, settings: SchedulerSettings) -> None:
         self.app = app
@@ -138,6 +125,7 @@ class Scheduler:
             NodeSchedulableChanged,
             SchedulingRequested,
             JobAttemptCompleted,
+            JobTaskCompleted,
         )(self.handle)
         app.rpc(
             {
@@ -318,24 +306,21 @@ class Scheduler:
         elif isinstance(body, NodeSchedulableChanged):
             decisions = self._apply_cordon(ctx, alloc, marks, body, now)
         elif isinstance(body, SchedulingRequested):
-            key = alloc_key(body.job_key, body.attempt_id)
-            try:
-                leaf_types, pinned, infiniband = gang_placement(body.pods)
-                request = gang_from_pods(
-                    key,
-                    body.virtual_cluster,
-                    body.priority,
-                    body.pods,
-                    leaf_types,
-                    pinned,
-                    lazy_preemption=body.lazy_preemption,
-                    infiniband=infiniband,
-                )
-                decisions = alloc.submit_all(request, now=now)
-            except (UnsupportedRequestError, ValueError) as exc:
-                decisions = [Rejected(key, str(exc))]
+            decisions = self._submit(alloc, body, now)
         elif isinstance(body, JobAttemptCompleted):
             decisions = alloc.release(alloc_key(body.job_key, body.attempt_id), now=now)
+            # An attempt placed pod by pod: whatever of it is still held or waiting goes too.
+            # The waiting ones first, so that what the others give back never starts one of them.
+            groups = alloc.groups()
+            pods = pods_of_attempt(groups, body.job_key, body.attempt_id)
+            for key in sorted(pods, key=lambda k: (groups[k] is not GroupState.PENDING, k)):
+                decisions += alloc.release(key, now=now)
+            attempt = alloc_key(body.job_key, body.attempt_id)
+            if pods and not any(isinstance(d, Released) and d.key == attempt for d in decisions):
+                decisions.append(Released(attempt))
+        elif isinstance(body, JobTaskCompleted):
+            key = pod_key(body.job_key, body.attempt_id, body.task_role, body.index)
+            decisions = alloc.release(key, now=now)
         else:
             raise TypeError(f"scheduler has no handler for {env.type}")
         decided = time.perf_counter() - started
@@ -372,8 +357,9 @@ class Scheduler:
         decisions = alloc.set_node_health(body.node, marks.schedulable(body.node), now=now)
         if body.drain and not body.schedulable:
             why = f"node {body.node} is drained by {body.by}" + (f": {body.reason}" if body.reason else "")
-            for key in node_views.gangs_on(alloc, body.node):
-                ref = split_key(key)
+            # An attempt placed pod by pod may hold several gangs there: it is stopped once.
+            refs = dict.fromkeys(parse_key(key).ref() for key in node_views.gangs_on(alloc, body.node))
+            for ref in refs:
                 ctx.out.event(
                     SchedulingLost(job_key=ref.job_key, attempt_id=ref.attempt_id, reason=why, drain=True)
                 )
@@ -381,6 +367,30 @@ class Scheduler:
             "node cordon changed",
             extra={"node": body.node, "schedulable": body.schedulable, "drain": body.drain, "by": body.by},
         )
+        return decisions
+
+    def _submit(self, alloc: HivedAllocator, body: SchedulingRequested, now: float) -> list[Decision]:
+        """The attempt's gang, or (gang allocation off) its pods one by one; refused whole when any of them
+        can never be placed, so that no task of a refused attempt starts."""
+        attempt = alloc_key(body.job_key, body.attempt_id)
+        try:
+            requests = requests_of(body)
+        except (UnsupportedRequestError, ValueError) as exc:
+            return [Rejected(attempt, str(exc))]
+        if len(requests) > 1:
+            seen: set[GangRequest] = set()
+            for request in requests:
+                shape = replace(request, key="")
+                if shape in seen:
+                    continue
+                seen.add(shape)
+                reason = alloc.rejection(request)
+                if reason is not None:
+                    role = request.members[0].role
+                    return [Rejected(attempt, f"task role {role}: {reason}")]
+        decisions: list[Decision] = []
+        for request in requests:
+            decisions += alloc.submit_all(request, now=now)
         return decisions
 
     def _apply_gpu_health(
@@ -423,7 +433,8 @@ class Scheduler:
     def _emit(
         self, ctx: HandlerContext, alloc: HivedAllocator, d: Decision, host_ips: dict[str, str]
     ) -> None:
-        ref = split_key(d.key)
+        parts = parse_key(d.key)
+        ref = parts.ref()
         if isinstance(d, Allocated):
             request = alloc.request_of(d.key)
             asked = {m.role: m.leaves for m in request.members} if request else {}
@@ -431,7 +442,8 @@ class Scheduler:
             placements = [
                 Placement(
                     task_role=p.role,
-                    index=p.index,
+                    # A pod placed on its own is pod 0 of its gang; its key names the task.
+                    index=p.index if parts.index is None else parts.index,
                     node=p.node,
                     # A pod that asked for no GPU sees none: it holds CPU leaves, or (on a cluster
                     # without any) GPU leaves for their CPU and memory, as OpenPAI does.
@@ -450,27 +462,38 @@ class Scheduler:
             )
             log.info("gang allocated", extra={"key": d.key})
         elif isinstance(d, Preempting):
-            victims = [split_key(v) for v in d.victims]
+            victims = [self._victim(alloc, v) for v in d.victims]
             ctx.out.event(
-                SchedulingPreempting(
-                    job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims, grace_seconds=d.grace_s
-                )
+                SchedulingPreempting(job_key=ref.job_key, attempt_id=ref.attempt_id, victims=victims)
             )
             log.info("gang preempting", extra={"key": d.key, "victims": list(d.victims)})
         elif isinstance(d, Rejected):
             ctx.out.event(SchedulingRejected(job_key=ref.job_key, attempt_id=ref.attempt_id, reason=d.reason))
             log.info("gang rejected", extra={"key": d.key, "reason": d.reason})
         elif isinstance(d, Released):
-            ctx.out.event(SchedulingReleased(job_key=ref.job_key, attempt_id=ref.attempt_id))
+            # One per attempt: a task of an attempt placed pod by pod gives its cells back silently.
+            if parts.task_role is None:
+                ctx.out.event(SchedulingReleased(job_key=ref.job_key, attempt_id=ref.attempt_id))
         elif isinstance(d, Lost):
             ctx.out.event(SchedulingLost(job_key=ref.job_key, attempt_id=ref.attempt_id, reason=d.reason))
             log.warning("running gang lost its cells", extra={"key": d.key, "reason": d.reason})
         elif isinstance(d, Downgraded):
-            preemptor = split_key(d.preemptor) if d.preemptor else None
+            preemptor = parse_key(d.preemptor).ref() if d.preemptor else None
             ctx.out.event(
                 SchedulingDowngraded(job_key=ref.job_key, attempt_id=ref.attempt_id, preemptor=preemptor)
             )
             log.info("gang downgraded to opportunistic", extra={"key": d.key, "preemptor": d.preemptor})
+
+    @staticmethod
+    def _victim(alloc: HivedAllocator, key: str) -> Victim:
+        parts = parse_key(key)
+        return Victim(
+            job_key=parts.job_key,
+            attempt_id=parts.attempt_id,
+            task_role=parts.task_role,
+            index=parts.index,
+            grace_cap_seconds=alloc.grace_cap(key),
+        )
 
     async def _refresh_reasons(
         self, ctx: HandlerContext, alloc: HivedAllocator, marks: NodeMarks, decisions: list[Decision]
@@ -484,9 +507,10 @@ class Scheduler:
             if isinstance(d, Preempting):
                 n = len(d.victims)
                 now[d.key] = [f"waiting for {n} lower-priority job(s) to be preempted", None]
+        now = pending_by_attempt(now)
         for key, (reason, position) in now.items():
             if before.get(key) != [reason, position]:
-                ref = split_key(key)
+                ref = parse_key(key).ref()
                 ctx.out.event(
                     SchedulingPending(
                         job_key=ref.job_key,

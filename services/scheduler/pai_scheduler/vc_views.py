@@ -41,6 +41,10 @@ def _sharing(alloc: HivedAllocator, vc: str) -> dict[str, Any]:
     return {
         "weight": spec.weight,
         "borrowingLimit": spec.borrowing_limit,
+        # The most notice a preempted job of the VC gets (preemptionGraceSeconds, else the cluster's).
+        "preemptionGraceSeconds": spec.preemption_grace_s
+        if spec.preemption_grace_s is not None
+        else alloc.config.preemption_grace_s,
         **({"parent": spec.parent, "share": spec.share} if spec.parent else {}),
         **({"teams": teams} if teams else {}),
     }

@@ -1,4 +1,5 @@
-"""The scheduler service against a real NATS server (JetStream) and a real MongoDB-wire server."""
+"""The scheduler service against a real NATS server (JetStream) and a real MongoDB-wire server; at the end,
+attempts placed pod by pod (gangAllocation false)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import pytest
 from pai_common.bus import EVENTS_STREAM, Bus
 from pai_common.contract.events import (
     JobAttemptCompleted,
+    JobTaskCompleted,
     NodeRegistered,
     SchedulingAllocated,
     SchedulingPending,
+    SchedulingPreempting,
     SchedulingRejected,
+    SchedulingReleased,
     SchedulingRequested,
 )
 from pai_common.contract.rpc import (
@@ -399,4 +403,96 @@ async def test_unhealthy_gpus_get_no_work_until_they_recover(
         assert change.bad_gpus == [] and "healthy again" in change.reason
     finally:
         await health.unsubscribe()
+        await app.stop()
+
+
+def pod_request(n: int, gang: bool) -> SchedulingRequested:
+    return SchedulingRequested(
+        job_key="u~many",
+        attempt_id=2,
+        virtual_cluster="research",
+        priority=10,
+        gang_allocation=gang,
+        pods=[PodRequest(task_role="w", index=i, gpu=1, cpu=1, memory_mb=1024) for i in range(n)],
+    )
+
+
+async def test_pods_without_gang_allocation_run_as_capacity_allows(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """research holds one A100 node (4 GPUs) and a K80 node: 6 one-GPU A100 pods get 4 at once, the fifth
+    when a task completes, the sixth once the attempt's release frees the rest."""
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(CLUSTER)
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
+    await events.start()
+    app = scheduler_app(fresh_nats, mongo_server, cluster, f"sched{uuid.uuid4().hex[:8]}", tmp_path)
+    await app.start()
+    try:
+        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
+            await register(fresh_bus, node, n)
+        # A pod that can never fit (5 GPUs on 4-GPU nodes) refuses the whole attempt, none of it starts.
+        refused = pod_request(2, gang=False).model_copy(update={"job_key": "u~refused"})
+        refused = refused.model_copy(
+            update={"pods": [*refused.pods, PodRequest(task_role="big", index=0, gpu=5, cpu=1, memory_mb=1)]}
+        )
+        await fresh_bus.publish_event(refused)
+        no = await events.wait_for(SchedulingRejected, "u~refused")
+        assert no.reason.startswith("task role big:")
+
+        many = pod_request(6, gang=False)
+        many = many.model_copy(
+            update={"pods": [p.model_copy(update={"sku_types": ("A100",)}) for p in many.pods]}
+        )
+        await fresh_bus.publish_event(many)
+        for i in range(4):
+            await events.wait_until(
+                lambda e, i=i: (
+                    isinstance(e, SchedulingAllocated)
+                    and e.job_key == "u~many"
+                    and e.placements[0].index == i
+                )
+            )
+        waiting = await events.wait_for(SchedulingPending, "u~many")
+        assert waiting.attempt_id == 2 and waiting.reason.startswith("some of its tasks wait to be placed")
+        placed = [e for e in events.of(SchedulingAllocated, "u~many")]
+        assert all(len(e.placements) == 1 and e.placements[0].node == "a0" for e in placed)
+
+        first = placed[0].placements[0]
+        await fresh_bus.publish_event(
+            JobTaskCompleted(job_key="u~many", attempt_id=2, task_role="w", index=first.index)
+        )
+        fifth = await events.wait_until(
+            lambda e: (
+                isinstance(e, SchedulingAllocated) and e.job_key == "u~many" and e.placements[0].index == 4
+            )
+        )
+        assert fifth.placements[0].gpus == first.gpus  # the completed task's GPU
+        await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~many", attempt_id=2, exit_code=0))
+        released = await events.wait_for(SchedulingReleased, "u~many")
+        assert released.attempt_id == 2
+        # Everything of the attempt is gone: a whole-node gang of research fits again.
+        await fresh_bus.publish_event(
+            SchedulingRequested(
+                job_key="u~after", attempt_id=0, virtual_cluster="research", priority=10,
+                pods=[PodRequest(task_role="w", index=0, gpu=4, cpu=1, memory_mb=1, sku_types=("A100",))],
+            )
+        )  # fmt: skip
+        await events.wait_for(SchedulingAllocated, "u~after")
+        await events.drain()
+        assert not [e for e in events.of(SchedulingAllocated, "u~many") if e.placements[0].index == 5]
+        assert len(events.of(SchedulingReleased, "u~many")) == 1
+
+        # A prod-priority gang preempts it; each victim names its cap (the cluster's default here).
+        await fresh_bus.publish_event(
+            SchedulingRequested(
+                job_key="u~urgent", attempt_id=0, virtual_cluster="research", priority=100,
+                pods=[PodRequest(task_role="w", index=0, gpu=4, cpu=1, memory_mb=1, sku_types=("A100",))],
+            )
+        )  # fmt: skip
+        preempting = await events.wait_for(SchedulingPreempting, "u~urgent")
+        assert [(v.job_key, v.task_role, v.grace_cap_seconds) for v in preempting.victims] == [
+            ("u~after", None, 300.0)
+        ]
+    finally:
         await app.stop()

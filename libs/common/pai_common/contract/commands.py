@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from pai_common.contract.base import Command
-from pai_common.contract.types import NodeName, StorageMount
+from pai_common.contract.types import EpochMs, NodeName, StorageMount
 
 
 class LaunchTask(Command):
@@ -26,6 +26,8 @@ class LaunchTask(Command):
     # A share of gpus[0] (GPU virtualisation): the runtime limits the task to it where it can.
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
+    # FPGAs of the node's declared inventory the task got (by index).
+    fpgas: list[int] = Field(default_factory=list)
     entrypoint: str
     # PAI_* variables computed by the orchestrator from the job and the whole gang's placement.
     env: dict[str, str] = Field(default_factory=dict)
@@ -58,6 +60,10 @@ class KillTask(Command):
     node: NodeName
     reason: str
     grace_period_s: float = 10.0
+    # A preemption with notice: before SIGTERM the runtime writes the notice file ($PAI_PREEMPTION_NOTICE)
+    # with this deadline (epoch ms) and the preemptor, so that the task can checkpoint in time.
+    preemption_deadline: EpochMs | None = None
+    preemptor: str | None = None
 
 
 ALL_COMMANDS: tuple[type[Command], ...] = (LaunchTask, KillTask)

@@ -9,17 +9,22 @@ from pydantic import Field
 from pai_common.contract.base import Event
 from pai_common.contract.types import (
     AttemptRef,
+    DependencyCondition,
     DeviceInfo,
     EpochMs,
     ExitSpecEntry,
     FailureType,
     FrameworkSnapshot,
     GpuInfo,
+    GpuShareStatus,
+    GpuSharing,
     JobSpec,
     JobState,
     NodeName,
     Placement,
     PodRequest,
+    PreemptionNotice,
+    Victim,
 )
 
 
@@ -64,6 +69,9 @@ class SchedulingRequested(Event):
     priority: int
     pods: list[PodRequest] = Field(min_length=1)
     lazy_preemption: bool = False
+    # extras.gangAllocation false: each pod is placed on its own as capacity allows (one scheduling.allocated
+    # per pod), and released when its task completes (job.task.completed).
+    gang_allocation: bool = True
 
     def subject_key(self) -> str:
         return self.job_key
@@ -108,10 +116,9 @@ class SchedulingPreempting(Event):
 
     job_key: str
     attempt_id: int
-    victims: list[AttemptRef] = Field(min_length=1)
-    # Reclaim of borrowed cells (fair sharing): how long the victims may run on before they are stopped;
-    # 0 for ordinary preemption. The orchestrator stops victims at once today (notice is a later step).
-    grace_seconds: float = Field(default=0.0, ge=0)
+    # Each with the most notice its VC allows (preemptionGraceSeconds; a reclaimed borrower also at most
+    # the cluster's reclaimGraceSeconds): the orchestrator gives the victim's own grace up to that cap.
+    victims: list[Victim] = Field(min_length=1)
 
     def subject_key(self) -> str:
         return self.job_key
@@ -202,6 +209,8 @@ class NodeRegistered(Event):
     infiniband: list[DeviceInfo] = Field(default_factory=list)
     # Where the GPU list comes from: "nvml", "declared" (inventory file) or "simulated" (a count).
     inventory_source: str = "simulated"
+    # Whether GPU shares are enforced here (CUDA MPS), and if not, why.
+    gpu_sharing: GpuSharing = Field(default_factory=GpuSharing)
 
     def subject_key(self) -> str:
         return self.node
@@ -245,6 +254,8 @@ class TaskRunning(Event):
     started_at: EpochMs
     # How it runs: "host" (a local process), "docker"/"podman" (the job's image), "kubernetes" (a pod).
     backend: str = "host"
+    # A task with a GPU share: whether the node enforces it (an MPS daemon's limits) and, if not, why.
+    gpu_share: GpuShareStatus | None = None
 
     def subject_key(self) -> str:
         return self.job_key
@@ -330,16 +341,74 @@ class JobAttemptCompleted(Event):
         return self.job_key
 
 
+class JobTaskCompleted(Event):
+    TYPE = "job.task.completed"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("scheduler",)
+    DESCRIPTION = (
+        "A task of an attempt whose tasks are placed one by one (gangAllocation false) completed for good (no"
+        " task retry follows; a retried task keeps its cells): the cells it alone held can be released while"
+        " the attempt goes on."
+    )
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
 class JobCompleted(Event):
     TYPE = "job.completed"
     PRODUCER = "orchestrator"
-    CONSUMERS = ("storage",)
-    DESCRIPTION = "A job reached its final state and will not run again."
+    CONSUMERS = ("storage", "orchestrator")
+    DESCRIPTION = (
+        "A job reached its final state and will not run again; the jobs that depend on it (the"
+        " orchestrator's own consumer) may start or fail."
+    )
 
     job_key: str
     state: JobState
     exit_code: int
     completed_at: EpochMs
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class JobDependencyResolved(Event):
+    TYPE = "job.dependency.resolved"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "A dependency of a waiting job ended: it satisfies the dependent (which starts once all do), or"
+        " it never can (the dependent fails with -240 JobDependencyUnsatisfied)."
+    )
+
+    job_key: str  # the dependent job
+    dependency: str
+    on: DependencyCondition
+    dependency_state: JobState
+    satisfied: bool
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class JobPreemptionNoticed(Event):
+    TYPE = "job.preemption.noticed"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "A preempted attempt's tasks were told to stop (SIGTERM and a notice file with the deadline) and"
+        " get the grace before they are killed; the attempt is retried uncounted, with PAI_RESUME=1."
+    )
+
+    job_key: str
+    attempt_id: int
+    notice: PreemptionNotice
 
     def subject_key(self) -> str:
         return self.job_key
@@ -477,7 +546,10 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     TaskDiagnosed,
     FrameworkChanged,
     JobAttemptCompleted,
+    JobTaskCompleted,
     JobCompleted,
+    JobDependencyResolved,
+    JobPreemptionNoticed,
     UserChanged,
     GroupChanged,
     TokenIssued,

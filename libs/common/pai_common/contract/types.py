@@ -66,6 +66,17 @@ class StorageMount(Message):
     has_credentials: bool = False
 
 
+# extras.dependencies[].on: the dependency must succeed, or only end (whatever its final state).
+DependencyCondition = Literal["succeeded", "completed"]
+
+
+class JobDependency(Message):
+    """A job another job waits for (extras.dependencies); it must exist when the dependent is submitted."""
+
+    job_key: str  # "<user>~<name>"
+    on: DependencyCondition = "succeeded"
+
+
 class JobSpec(Message):
     """What the jobs service hands to the rest of the platform for a submitted job."""
 
@@ -87,6 +98,11 @@ class JobSpec(Message):
     has_secrets: bool = False
     # What every task mounts (extras.storages, the teamwise_storage plugin, or the user's defaults).
     storages: list[StorageMount] = Field(default_factory=list)
+    # extras.dependencies: the job's first attempt starts only once each of these ended as it asks.
+    dependencies: list[JobDependency] = Field(default_factory=list)
+    # extras.preemption.graceSeconds: how long the job's tasks get between a preemption notice and being
+    # killed (capped by the VC); None: the platform's default.
+    preemption_grace_s: float | None = Field(default=None, ge=0)
 
 
 class PodRequest(Message):
@@ -117,7 +133,7 @@ class Placement(Message):
     gpu_milli: int = 0
     gpu_memory_mb: int = 0
     # FPGAs the task got (their indices in the node's declared FPGA inventory), when its SKU type is an
-    # FPGA; ``gpus`` is then empty. Passing them to the task is the runtime's part (not built yet).
+    # FPGA; ``gpus`` is then empty. The runtime passes them to the task (devices, PAI_FPGA_* variables).
     fpgas: list[int] = Field(default_factory=list)
     # Host ports per label, chosen by the orchestrator when the gang is placed (ports.assign_ports).
     ports: dict[str, list[int]] = Field(default_factory=dict)
@@ -143,6 +159,26 @@ class DeviceInfo(Message):
     model: str
     id: str
     healthy: bool = True
+    # The device files a task using it needs (e.g. /dev/xclmgmt256, /dev/dri/renderD128), and the
+    # Kubernetes device plugin's resource name for it (e.g. xilinx.com/fpga-…), as the inventory declares.
+    paths: list[str] = Field(default_factory=list)
+    resource: str | None = None
+
+
+class GpuSharing(Message):
+    """Whether the node enforces GPU shares (one CUDA MPS control daemon per shared GPU), and why not."""
+
+    mps: bool = False
+    reason: str = ""
+
+
+class GpuShareStatus(Message):
+    """How a task's GPU share is held on its node: by an MPS daemon's limits, or only by the scheduler."""
+
+    milli: int = Field(ge=0, le=999)
+    memory_mb: int = Field(ge=0)
+    enforced: bool
+    note: str = ""
 
 
 # FrameworkController's completion types; TransientConflict is retried after a randomised back-off.
@@ -180,6 +216,9 @@ class TaskSnapshot(Message):
     node: str | None = None
     host_ip: str | None = None
     gpus: list[int] = Field(default_factory=list)
+    fpgas: list[int] = Field(default_factory=list)
+    # A GPU share: whether its node enforces it (reported by the runtime when the task started).
+    gpu_share: GpuShareStatus | None = None
     ports: dict[str, list[int]] = Field(default_factory=dict)
     exit_code: int | None = None
     exit_spec: ExitSpecEntry | None = None
@@ -191,6 +230,16 @@ class TaskSnapshot(Message):
     accountable_retries: int = 0
     # Earlier attempts of this task within the current job attempt, oldest first.
     history: list[TaskAttemptRecord] = Field(default_factory=list)
+
+
+class PreemptionNotice(Message):
+    """An attempt was preempted: its tasks were told (SIGTERM and the notice file) at ``noticed_at`` to be
+    gone by ``deadline``, when what is left of them is killed."""
+
+    preemptor: str
+    noticed_at: EpochMs
+    grace_seconds: float = Field(ge=0)
+    deadline: EpochMs
 
 
 class JobAttemptRecord(Message):
@@ -208,6 +257,26 @@ class JobAttemptRecord(Message):
     trigger_task_role: str | None = None
     trigger_task_index: int | None = None
     tasks: list[TaskSnapshot] = Field(default_factory=list)
+    # The attempt was preempted with notice; it resumed an earlier, preempted one (PAI_RESUME=1).
+    preemption: PreemptionNotice | None = None
+    resume: bool = False
+
+
+class DependencyStatus(Message):
+    """A dependency as the orchestrator follows it: what it must do, and how it ended once it did."""
+
+    job_key: str
+    on: DependencyCondition = "succeeded"
+    # The dependency's final state (SUCCEEDED, FAILED, STOPPED) once it completed; None while it has not.
+    ended: JobState | None = None
+
+    @property
+    def satisfied(self) -> bool:
+        return self.ended is not None and (self.on == "completed" or self.ended == "SUCCEEDED")
+
+    @property
+    def unsatisfiable(self) -> bool:
+        return self.ended is not None and not self.satisfied
 
 
 class FrameworkSnapshot(Message):
@@ -244,8 +313,22 @@ class FrameworkSnapshot(Message):
     exit_messages: dict[str, Any] | None = None
     # Earlier attempts, oldest first; the current one is described by the fields above.
     attempts: list[JobAttemptRecord] = Field(default_factory=list)
+    # extras.dependencies as followed so far; the first attempt waits until every one is satisfied.
+    dependencies: list[DependencyStatus] = Field(default_factory=list)
+    # The current attempt was preempted with this notice; it resumes a preempted one (PAI_RESUME=1).
+    preemption: PreemptionNotice | None = None
+    resume: bool = False
 
 
 class AttemptRef(Message):
     job_key: str
     attempt_id: int
+
+
+class Victim(AttemptRef):
+    """A gang a preemptor needs stopped: a whole attempt, or one task of an attempt whose tasks are placed
+    one by one (``task_role``/``index`` set), with the most notice its VC allows it (None: no cap)."""
+
+    task_role: str | None = None
+    index: int | None = None
+    grace_cap_seconds: float | None = Field(default=None, ge=0)

@@ -7,10 +7,12 @@ as the API server's JSON (the ``*_without_preload_content`` calls), which ``stat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import shlex
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ from kubernetes.aio import config as _config
 from kubernetes.aio import watch as _watch
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier
+from pai_runtime import barrier, notice
 from pai_runtime.backend import (
+    SETUP_FAILED_EXIT,
     STORAGE_MOUNT_EXIT,
     Ended,
     LogText,
@@ -34,8 +37,10 @@ from pai_runtime.backend import (
 from pai_runtime.kubernetes import schema
 from pai_runtime.kubernetes.manifest import (
     HOME,
+    NOTICE_DIR,
     TASK_DIR,
     PodOptions,
+    notice_host_path,
     pod_manifest,
     pod_name,
     secret_manifest,
@@ -96,6 +101,22 @@ async def _read(call: Awaitable[Any]) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def fpga_resources(task: TaskFiles) -> dict[str, int]:
+    """The device plugin resources of the task's FPGAs (resource name → count). The kubelet's device
+    manager picks which devices of that resource the pod gets; HiveD's allocation decides how many.
+    SetupError for an FPGA whose inventory entry names no resource: the pod could not get it."""
+    counts: dict[str, int] = {}
+    for fpga in task.fpgas:
+        if fpga.resource is None:
+            raise SetupError(
+                SETUP_FAILED_EXIT,
+                f"FPGA {fpga.index} ({fpga.model}) has no device plugin resource in this node's inventory"
+                " (fpgas[].resource), so a pod cannot be given it",
+            )
+        counts[fpga.resource] = counts.get(fpga.resource, 0) + 1
+    return counts
+
+
 class KubernetesBackend:
     """``api``: the client's ``ApiClient``; None to connect at ``start`` as ``in_cluster``/``kubeconfig``
     say."""
@@ -132,7 +153,8 @@ class KubernetesBackend:
 
     def paths(self, workdir: Path) -> TaskPaths:
         # The pod's image decides whether it has sshd; the barrier comes in the task's Secret.
-        return TaskPaths(HOME, "python3", f"{TASK_DIR}/barrier.py", "auto")
+        where = f"{NOTICE_DIR}/{notice.FILE_NAME}" if self.options.notice_host_dir else None
+        return TaskPaths(HOME, "python3", f"{TASK_DIR}/barrier.py", "auto", where)
 
     def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> PodStorage:
         try:
@@ -152,7 +174,8 @@ class KubernetesBackend:
             scripts = {"pre.sh": pre, "user.sh": task.entrypoint, "post.sh": task.post}
         scripts["barrier.py"] = Path(barrier.__file__).read_text()
         storage = None if task.failed else mounts
-        pod = pod_manifest(cmd, {**task.env, "HOME": HOME}, self.options, storage)
+        devices = {} if task.failed else fpga_resources(task)
+        pod = pod_manifest(cmd, {**task.env, "HOME": HOME}, self.options, storage, devices)
         secret = secret_manifest(cmd, self.options, scripts, task.secrets)
         extra = [
             storage_secret(cmd, self.options, name, data)
@@ -197,6 +220,9 @@ class KubernetesBackend:
             tail = ""
         if outcome.message:
             tail = (tail + "\n" + outcome.message)[-LOG_TAIL_BYTES:]
+        folder = notice_host_path(self.options, name)
+        if folder is not None:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
         return Ended(
             TaskExit(outcome.exit_code or 0, outcome.signal),
             tail,
@@ -242,6 +268,15 @@ class KubernetesBackend:
 
     async def kill(self, run: dict[str, Any], grace_s: float) -> None:
         await self.delete(str(run["pod"]), grace_s)
+
+    async def notify(self, run: dict[str, Any], content: dict[str, Any]) -> bool:
+        """Into the pod's folder on this node (hostPath), which the pod sees at NOTICE_DIR; the deletion
+        that follows gives the pod its SIGTERM and the grace."""
+        folder = notice_host_path(self.options, str(run["pod"]))
+        if folder is None:
+            return False
+        await asyncio.to_thread(notice.write, Path(folder) / notice.FILE_NAME, content)
+        return True
 
     async def delete(self, name: str, grace_s: float) -> None:
         try:

@@ -25,6 +25,9 @@ TASK_DIR = "/usr/local/pai/task"
 # The task's working directory and HOME inside the pod.
 HOME = "/usr/local/pai/work"
 SECRETS_DIR = "/usr/local/pai/secrets"
+# Where a pod finds its preemption notice: a folder of the node's (PodOptions.notice_host_dir) that the
+# agent, running on the same node, writes into.
+NOTICE_DIR = "/usr/local/pai/notice"
 APP = "app"
 # The files of the task's Secret mounted at TASK_DIR (barrier.py: the ssh plugin's barrier).
 TASK_FILES = ("pre.sh", "user.sh", "post.sh", "barrier.py")
@@ -52,6 +55,13 @@ class PodOptions:
     service_account: str | None = None
     scheduler_name: str | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # The node folder (under which each pod gets its own) for preemption notices; None: no notice file.
+    notice_host_dir: str | None = None
+
+
+def notice_host_path(options: PodOptions, pod: str) -> str | None:
+    """The node's folder that the pod sees at NOTICE_DIR."""
+    return f"{options.notice_host_dir.rstrip('/')}/{pod}" if options.notice_host_dir else None
 
 
 def _dns_label(text: str) -> str:
@@ -88,8 +98,13 @@ def _port_name(label: str, i: int) -> str:
 
 
 def pod_manifest(
-    cmd: LaunchTask, env: dict[str, str], options: PodOptions, storage: PodStorage | None = None
+    cmd: LaunchTask,
+    env: dict[str, str],
+    options: PodOptions,
+    storage: PodStorage | None = None,
+    devices: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """``devices``: extended resources of device plugins (an FPGA's resource name and how many)."""
     name = pod_name(cmd)
     storage = storage or PodStorage()
     resources: dict[str, str] = {}
@@ -97,6 +112,8 @@ def pod_manifest(
         resources["cpu"] = str(cmd.cpu)
     if cmd.memory_mb:
         resources["memory"] = f"{cmd.memory_mb}Mi"
+    for resource, count in sorted((devices or {}).items()):
+        resources[resource] = str(count)  # extended resources: requests equal to limits
     ports = []
     seen: set[int] = set()
     for label, numbers in sorted(cmd.ports.items()):
@@ -124,6 +141,10 @@ def pod_manifest(
         items = [{"key": "secrets.yaml", "path": "secrets.yaml"}]
         volumes.append({"name": "job-secrets", "secret": {"secretName": name, "items": items}})
         volume_mounts.append({"name": "job-secrets", "mountPath": SECRETS_DIR, "readOnly": True})
+    notices = notice_host_path(options, name)
+    if notices is not None:
+        volumes.append({"name": "notice", "hostPath": {"path": notices, "type": "DirectoryOrCreate"}})
+        volume_mounts.append({"name": "notice", "mountPath": NOTICE_DIR, "readOnly": True})
     volumes += storage.volumes
     volume_mounts += storage.mounts
     container: dict[str, Any] = {

@@ -82,6 +82,11 @@ class HivedAllocator(Views, Reconfiguration):
         preempted (``Downgraded``) on the way are not in the answer: use ``submit_all`` to get them too."""
         return self.submit_all(req, now)[-1]
 
+    def rejection(self, req: GangRequest) -> str | None:
+        """Why ``submit`` would reject the request (it is invalid, or can never fit), or None; changes
+        nothing. Lets a caller that submits several gangs for one job refuse them all or none."""
+        return self._invalid_reason(req) or self._never_fits_reason(req)
+
     def submit_all(self, req: GangRequest, now: float | None = None) -> list[Decision]:
         """``submit``, with every decision it caused: ``Downgraded`` for each gang lazily preempted for
         this one, then the gang's own decision (always last).

@@ -125,6 +125,19 @@ class Borrowing(Preemption, Backfill):
             else:
                 self._borrowed_milli.pop(vc, None)
 
+    def grace_cap(self, key: str) -> float:
+        """The most notice the gang ``key`` gets when it is preempted: its VC's ``preemptionGraceSeconds``
+        (else the cluster's ``sharing.preemptionGraceSeconds``); a borrower that is reclaimed at most the
+        cluster's ``reclaimGraceSeconds`` too, when that is set, which bounds the lender's wait."""
+        g = self._groups.get(key)
+        spec = self._vc_specs.get(g.request.vc) if g is not None else None
+        cap = self.config.preemption_grace_s
+        if spec is not None and spec.preemption_grace_s is not None:
+            cap = spec.preemption_grace_s
+        if g is not None and g.borrowed and self.config.reclaim_grace_s > 0:
+            cap = min(cap, self.config.reclaim_grace_s)
+        return cap
+
     def _reclaim_grace(self, victims: list[str] | tuple[str, ...]) -> float:
         """How long the caller may let the victims run on: the reclaim grace when a borrower is among them."""
         if any(self._groups[v].borrowed for v in victims):

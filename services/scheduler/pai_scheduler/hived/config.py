@@ -40,6 +40,10 @@ CPU_LEAF_TYPE = "CPU"
 # GPU memory of a leaf whose SKU does not give ``gpuMemory``: 16 GiB, the smallest of the common data-centre
 # GPUs (V100-16GB, T4), so that memory shares never overbook a real device.
 DEFAULT_LEAF_MEMORY_MB = 16384
+# The most notice (seconds between SIGTERM with the notice file and the kill) a preempted job gets when
+# neither its VC nor the cluster config says otherwise: long enough to write a checkpoint, short enough that
+# a preemptor never waits more than five minutes for a job that asked for more.
+DEFAULT_PREEMPTION_GRACE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class VirtualClusterSpec:
     # A team of a VC divided among teams (``teams``): the VC it belongs to, and its share of that VC's quota.
     parent: str | None = None
     share: float = 1.0
+    # ``preemptionGraceSeconds``: the most notice a preempted job of this VC gets (its own
+    # extras.preemption.graceSeconds, or the platform's default, capped by this); None: the cluster's cap.
+    preemption_grace_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,8 @@ class ClusterConfig:
     virtual_clusters: tuple[VirtualClusterSpec, ...] = ()
     # Reclaim: how long a borrowing gang may run on after its lender wants its cells back (``sharing``).
     reclaim_grace_s: float = 0.0
+    # ``sharing.preemptionGraceSeconds``: the most notice a preempted job gets where its VC names no cap.
+    preemption_grace_s: float = DEFAULT_PREEMPTION_GRACE_S
     # Nodes of an inventory that have no accelerator leaves (they get a CPU chain: see CPU_LEAF_TYPE).
     cpu_only_nodes: tuple[str, ...] = ()
     chains: tuple[ChainSpec, ...] = field(default=(), compare=False)
@@ -218,8 +227,10 @@ def parse_hived_config(data: Any) -> ClusterConfig:
         _parse_physical_cell(c, f"physicalCluster.physicalCells[{i}]", None) for i, c in enumerate(raw_cells)
     )
     vcs = _parse_virtual_clusters(data.get("virtualClusters") or {})
-    grace = _parse_sharing(data.get("sharing") or {})
-    return replace(build_config(skus, cell_types, physical, vcs), reclaim_grace_s=grace)
+    grace, notice = _parse_sharing(data.get("sharing") or {})
+    return replace(
+        build_config(skus, cell_types, physical, vcs), reclaim_grace_s=grace, preemption_grace_s=notice
+    )
 
 
 def build_config(
@@ -391,13 +402,21 @@ def _parse_physical_cell(raw: Any, where: str, inherited_type: str | None) -> Ph
     )
 
 
-def _parse_sharing(raw: Any) -> float:
-    """The top-level ``sharing`` mapping: ``reclaimGraceSeconds`` (default 0)."""
+def _parse_sharing(raw: Any) -> tuple[float, float]:
+    """The top-level ``sharing`` mapping: ``reclaimGraceSeconds`` (default 0) and ``preemptionGraceSeconds``
+    (default DEFAULT_PREEMPTION_GRACE_S)."""
     _need_mapping(raw, "sharing")
-    unknown = set(raw) - {"reclaimGraceSeconds"}
+    unknown = set(raw) - {"reclaimGraceSeconds", "preemptionGraceSeconds"}
     if unknown:
         raise ConfigError(f"sharing: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-    return _number_field(raw.get("reclaimGraceSeconds", 0), "sharing.reclaimGraceSeconds", 0.0)
+    return (
+        _number_field(raw.get("reclaimGraceSeconds", 0), "sharing.reclaimGraceSeconds", 0.0),
+        _number_field(
+            raw.get("preemptionGraceSeconds", DEFAULT_PREEMPTION_GRACE_S),
+            "sharing.preemptionGraceSeconds",
+            0.0,
+        ),
+    )
 
 
 def _number_field(value: Any, where: str, minimum: float, maximum: float | None = None) -> float:
@@ -460,7 +479,9 @@ def _split_teams(vc: VirtualClusterSpec, raw: Any, where: str) -> list[VirtualCl
     return [
         parent,
         *(
-            VirtualClusterSpec(team, tuple(cells[team]), (), weight, limit, vc.name, share)
+            VirtualClusterSpec(
+                team, tuple(cells[team]), (), weight, limit, vc.name, share, vc.preemption_grace_s
+            )
             for team, share, weight, limit in teams
         ),
     ]
@@ -492,7 +513,17 @@ def _parse_virtual_clusters(raw: Any) -> list[VirtualClusterSpec]:
                 raise ConfigError(f"{w}.pinnedCellId must be a non-empty string, got {pid!r}")
             pins.append(pid)
         weight, limit = _sharing_fields(spec, where)
-        vc = VirtualClusterSpec(str(name), tuple(vcells), tuple(pins), weight, limit)
+        notice = spec.get("preemptionGraceSeconds")
+        vc = VirtualClusterSpec(
+            str(name),
+            tuple(vcells),
+            tuple(pins),
+            weight,
+            limit,
+            preemption_grace_s=None
+            if notice is None
+            else _number_field(notice, f"{where}.preemptionGraceSeconds", 0.0),
+        )
         if spec.get("teams") is not None:
             out.extend(_split_teams(vc, spec["teams"], f"{where}.teams"))
         else:

@@ -74,7 +74,7 @@ def test_a_busy_vc_borrows_idle_quota_within_its_limit_and_the_lender_reclaims_i
     }
     vcs = vc_views.virtual_clusters(checked(a))
     assert vcs["busy"]["resourcesBorrowed"]["gpu"] == 4 and vcs["idle"]["resourcesLent"]["gpu"] == 4
-    assert vcs["busy"]["sharing"] == {"weight": 1.0, "borrowingLimit": 4.0}
+    assert vcs["busy"]["sharing"] == {"weight": 1.0, "borrowingLimit": 4.0, "preemptionGraceSeconds": 300.0}
     # The lender's own jobs take its free nodes first, then reclaim the borrowed one, with the grace.
     for i in range(2):
         assert isinstance(a.submit(gang(f"idle{i}", "idle")), Allocated)
@@ -150,6 +150,7 @@ def test_teams_divide_a_vc_by_share_and_are_vcs_of_their_own() -> None:
     assert views["cv"]["sharing"] == {
         "weight": 0.25,
         "borrowingLimit": 0.0,
+        "preemptionGraceSeconds": 300.0,
         "parent": "research",
         "share": 0.25,
     }
