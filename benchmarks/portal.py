@@ -10,7 +10,8 @@ read) client-side:
 - ``jobs_100``: 100 jobs a page; ``jobs_sorted``: ordered by state; ``jobs_filtered``: one user's jobs;
   ``jobs_keyword``: a keyword search; ``jobs_deep``: page 100;
 - ``job_detail``: a random job's page (detail, events, attempts, config: four API calls);
-- ``home``: the home page (eight job counts, the user, the virtual clusters).
+- ``home``: the home page (my jobs per state and everyone's, in one ``GET /api/v2/jobs/counts``
+  each; the user, the virtual clusters, my latest jobs and the node list: six API calls at once).
 
 The target: p95 ≤ 150 ms for the job list pages with 10,000 jobs. Prints p50/p95/p99 per page, then one
 JSON object on the last line; ``--record`` appends a section to RESULTS.md with the machine and its load.

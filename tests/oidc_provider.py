@@ -55,6 +55,7 @@ class OpenIdProvider:
     sign_with: str | None = None
     nonce: str | None = None
     deny: str | None = None
+    deny_description: str = "the user said no"
     keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     codes: dict[str, Grant] = field(default_factory=dict)
@@ -107,6 +108,7 @@ class OpenIdProvider:
     def reset_faults(self) -> None:
         self.tamper = self.expired = False
         self.audience = self.sign_with = self.nonce = self.deny = None
+        self.deny_description = "the user said no"
 
     # ---- what the endpoints answer ----------------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class OpenIdProvider:
             return 302, {"Location": f"{redirect_uri}?{urlencode({**params, 'state': state})}"}, ""
 
         if self.deny:
-            return back({"error": self.deny, "error_description": "the user said no"})
+            return back({"error": self.deny, "error_description": self.deny_description})
         problems = []
         if query.get("response_type") != "code":
             problems.append("response_type must be code")

@@ -75,8 +75,12 @@ async def test_gateway_routes_for_admins(
             assert r.json()["spec"]["spec"][-1] == doc["spec"][0]
             r = await api.get(path, params={"builtin": "true"}, headers=root)
             assert r.json()["spec"] == builtin_spec().document
+            assert (await api.get(path, headers=root)).json()["source"] == "uploaded"
             r = await api.delete(path, headers=root)
             assert r.status_code == 200 and r.json()["revision"] == 2
+            # Reset: the shipped spec, said to be so (the portal shows "as shipped").
+            assert (r.json()["source"], r.json()["spec"]) == ("builtin", builtin_spec().document)
+            assert (await api.get(path, headers=root)).json()["source"] == "builtin"
             assert (await api.put(path, headers=root, content=b"\xff\xfe")).status_code == 400
             assert (
                 await api.put(path, params={"mode": "reset"}, headers=root, content="x")

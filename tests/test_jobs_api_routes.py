@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from pai_cli.platform import Platform
+from pai_common.contract.states import JOB_STATES
 from tests.acceptance.harness import JobLedger, wait_for_state, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -250,6 +251,32 @@ def test_list_filters_order_and_paging(admin: httpx.Client, bob: httpx.Client, j
         "sleeper",
         "hello",
     ]
+
+
+def test_counts_per_state(
+    admin: httpx.Client, bob: httpx.Client, platform: Platform, jobs: dict[str, str]
+) -> None:
+    """This platform's own `GET /api/v2/jobs/counts` (the portal's home page): jobs per state, with the
+    list's `username` and `vc` filters; every state named."""
+    final = wait_state(bob, jobs["bobs"], FINAL)["jobStatus"]["state"]
+    bobs = bob.get("/api/v2/jobs/counts", params={"username": "bob"})
+    assert bobs.status_code == 200, bobs.text
+    expected = {state: 0 for state in JOB_STATES} | {final: 1}
+    assert bobs.json() == {"totalCount": 1, "states": expected}
+    # OpenPAI's clients' prefix reaches it too.
+    assert bob.get("/rest-server/api/v2/jobs/counts", params={"username": "bob"}).json() == bobs.json()
+
+    everyone = admin.get("/api/v2/jobs/counts").json()
+    listed = admin.get("/api/v2/jobs", params={"withTotalCount": "true"}).json()
+    assert everyone["totalCount"] == listed["totalCount"] == sum(everyone["states"].values())
+    assert set(everyone["states"]) == set(JOB_STATES)
+    two = admin.get("/api/v2/jobs/counts", params={"username": "bob,admin", "vc": "default"}).json()
+    assert two["totalCount"] == 4
+    nowhere = admin.get("/api/v2/jobs/counts", params={"vc": "nowhere"}).json()
+    assert nowhere == {"totalCount": 0, "states": {state: 0 for state in JOB_STATES}}
+
+    guest = httpx.get(f"{platform.url}/api/v2/jobs/counts")
+    error(guest, 401, "UnauthorizedUserError")
 
 
 @pytest.mark.parametrize(

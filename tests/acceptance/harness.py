@@ -26,6 +26,10 @@ FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 # A hang guard, not a performance assertion: long enough for a loaded 2-core CI machine.
 START_GUARD_S = 240.0
 JOB_GUARD_S = 300.0
+# Starts of `pai up` when its port turns out to be taken by another process (see start_platform).
+START_TRIES = 3
+# What `pai up` prints once the platform runs (and the CLI is logged in, where it can be).
+RUNNING_LINE = "running; Ctrl-C stops everything"
 
 
 def pai_executable() -> Path:
@@ -100,16 +104,72 @@ class RunningPlatform:
             return "(no log)"
 
 
+class PortTakenError(AssertionError):
+    """`pai up`'s gateway could not bind its port: another process took it after it was picked."""
+
+
 def start_platform(
     data_dir: Path,
     nodes: int = 2,
     gpus_per_node: int = 4,
     extra_args: Iterable[str] = (),
     env: dict[str, str] | None = None,
+    port: int | None = None,
+    cli_login: bool = True,
 ) -> RunningPlatform:
-    """Start `pai up` in its own process group and wait until it has logged the CLI in as the admin."""
+    """Start `pai up` in its own process group and wait until it has logged the CLI in as the admin (with
+    `cli_login=False`, where password login is off, until it says it runs).
+
+    The port is picked free (or `port`, for the first try), but another process may bind it before the
+    gateway does (other test sessions run on this machine): then the gateway ends during start-up, and
+    `pai up` is started again on another port."""
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            return _start_once(
+                data_dir, port or free_port(), nodes, gpus_per_node, extra_args, env, cli_login
+            )
+        except PortTakenError:
+            if attempt == START_TRIES:
+                raise
+            port = None
+    raise AssertionError("unreachable")
+
+
+def _gateway_log_size(data_dir: Path) -> int:
+    try:
+        return (data_dir / "logs" / "gateway.log").stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, since: int) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _port_taken(data_dir: Path, up_log_from: int = 0, gateway_log_from: int = 0) -> bool:
+    """Whether this start (the logs from those offsets on) met its port in use: `pai up` found it taken
+    before starting anything, or the gateway could not bind it (taken after that check)."""
+    said = " ".join(_read_from(data_dir / "pai-up.log", up_log_from).split())  # rich wraps lines
+    gateway = _read_from(data_dir / "logs" / "gateway.log", gateway_log_from)
+    return "is already in use by another program" in said or "address already in use" in gateway.lower()
+
+
+def _start_once(
+    data_dir: Path,
+    port: int,
+    nodes: int,
+    gpus_per_node: int,
+    extra_args: Iterable[str],
+    env: dict[str, str] | None,
+    cli_login: bool = True,
+) -> RunningPlatform:
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    gateway_log_from = _gateway_log_size(data_dir)
     cli_config = data_dir / "cli.json"
     # Written by this `pai up` once it is ready: one left by an earlier `pai up` on this data dir must go.
     cli_config.unlink(missing_ok=True)
@@ -118,6 +178,7 @@ def start_platform(
     for name in ("PAI_ADMIN_PASSWORD", "PAI_NATS_URL", "PAI_MONGO_URL"):
         if env is None or name not in env:
             proc_env.pop(name, None)
+    log_from = log_path.stat().st_size if log_path.exists() else 0  # this start's part of the log
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [
@@ -143,9 +204,19 @@ def start_platform(
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_GUARD_S
     # `pai up` writes the CLI config only after the platform is ready and its admin login worked.
-    while not cli_config.exists():
+
+    def started() -> bool:
+        if cli_login:
+            return cli_config.exists()
+        with open(log_path, "rb") as log:
+            log.seek(log_from)
+            return RUNNING_LINE in log.read().decode(errors="replace")
+
+    while not started():
         if proc.poll() is not None:
-            raise AssertionError(f"pai up exited {proc.returncode} during start:\n{_tail(log_path)}")
+            what = f"pai up exited {proc.returncode} during start on port {port}:\n{_tail(log_path)}"
+            taken = _port_taken(data_dir, log_from, gateway_log_from)
+            raise PortTakenError(what) if taken else AssertionError(what)
         if time.monotonic() > deadline:
             stop_platform(proc)
             raise AssertionError(f"pai up not ready after {START_GUARD_S:g}s:\n{_tail(log_path)}")

@@ -32,6 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
+from pai_auth.shell import AuthSettings
 from pai_common.embedded import ServerProcess, free_port, start_mongo, start_nats
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,6 +173,47 @@ def test_nats_has_a_health_check_and_monitoring_a_profile(compose: dict[str, Any
                 assert (COMPOSE_DIR / source).exists(), f"{name}: {source} does not exist"
 
 
+def test_single_sign_on_settings_reach_auth_with_its_own_defaults(compose: dict[str, Any]) -> None:
+    """The OpenID Connect settings pass from the operator's environment to the auth container; left unset,
+    each is the auth service's own default (single sign-on off, passwords on), and the client secret is a
+    file (an empty one, shipped, when none is given)."""
+    auth = compose["services"]["auth"]
+    declared = {k for k in _env(auth) if k.startswith(("PAI_OIDC_", "PAI_BASIC_LOGIN"))}
+    fields = {f"PAI_{name.upper()}": info for name, info in AuthSettings.model_fields.items()}
+    assert declared <= set(fields), f"not settings of the auth service: {declared - set(fields)}"
+    assert declared >= {f"PAI_{n}" for n in ("OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_NAME", "BASIC_LOGIN")}
+    trial = _env(interpolate(auth, {}))
+    for key in declared - {"PAI_OIDC_CLIENT_SECRET_FILE"}:
+        default = fields[key].default
+        assert trial[key] == (str(default).lower() if isinstance(default, bool) else str(default)), key
+    operator = {
+        "PAI_OIDC_ISSUER": "https://idp.example.org/tenant",
+        "PAI_OIDC_CLIENT_ID": "openpai",
+        "PAI_OIDC_NAME": "Example IdP",
+        "PAI_BASIC_LOGIN": "false",
+    }
+    configured = _env(interpolate(auth, operator))
+    assert {k: configured[k] for k in operator} == operator
+    # The secret: a file mounted where the container's setting points, the host's file when named.
+    assert auth["secrets"] == ["oidc_client_secret"]
+    assert trial["PAI_OIDC_CLIENT_SECRET_FILE"] == "/run/secrets/oidc_client_secret"
+    shipped = _secret_files(compose, {})["oidc_client_secret"]
+    assert shipped.is_file() and shipped.read_text() == ""
+    assert _secret_files(compose, {"PAI_OIDC_CLIENT_SECRET_FILE": "/etc/idp-secret"}) == {
+        "oidc_client_secret": Path("/etc/idp-secret")
+    }
+    # What the auth service makes of them: a valid sign-in set-up, a public client without the secret.
+    settings_env = {**configured, "PAI_OIDC_CLIENT_SECRET_FILE": str(shipped)}
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in settings_env.items():
+            if key.startswith(("PAI_OIDC_", "PAI_BASIC_LOGIN")):
+                env.setenv(key, value)
+        settings = AuthSettings()
+    settings.check_sign_in()
+    assert (settings.oidc_enabled, settings.basic_login, settings.oidc_client_secret()) == (True, False, None)
+    assert settings.oidc_label() == "Example IdP"
+
+
 # ---- the containers' commands, run on this machine -------------------------------------------------------
 
 
@@ -210,8 +252,22 @@ class HostCluster:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.root.glob("*.log")))
 
 
+def _secret_files(compose: dict[str, Any], env: dict[str, str]) -> dict[str, Path]:
+    """Each top-level secret's file on this host, after Compose's interpolation with `env`."""
+    return {
+        name: (COMPOSE_DIR / interpolate(secret["file"], env)).resolve()
+        for name, secret in (compose.get("secrets") or {}).items()
+    }
+
+
 def _container_env(
-    name: str, service: str, container: dict[str, Any], root: Path, nats: ServerProcess, mongo: ServerProcess
+    name: str,
+    service: str,
+    container: dict[str, Any],
+    root: Path,
+    nats: ServerProcess,
+    mongo: ServerProcess,
+    secret_files: dict[str, Path] | None = None,
 ) -> dict[str, str]:
     image_env, _ = _dockerfile_final_stage()
     env = {k: v.replace("${SERVICE}", service) for k, v in image_env.items() if k.startswith("PAI_")}
@@ -226,6 +282,9 @@ def _container_env(
         if not source.startswith("."):
             local.mkdir(parents=True, exist_ok=True)
         mounts[target] = local
+    for secret in container.get("secrets") or []:
+        secret_name = secret if isinstance(secret, str) else secret["source"]
+        mounts[f"/run/secrets/{secret_name}"] = (secret_files or {})[secret_name]
     data = mounts.get(env["PAI_DATA_DIR"]) or root / "containers" / name
     data.mkdir(parents=True, exist_ok=True)
     for key, value in env.items():
@@ -271,7 +330,9 @@ def host_cluster(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PAI_")}
     try:
         envs = {
-            name: _container_env(name, service, compose["services"][name], root, nats, mongo)
+            name: _container_env(
+                name, service, compose["services"][name], root, nats, mongo, _secret_files(compose, {})
+            )
             for name, service in sorted(_platform_containers(compose).items())
         }
         _remap_ports(envs)

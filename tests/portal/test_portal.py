@@ -12,9 +12,9 @@ import re
 import time
 
 import httpx
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
-from tests.acceptance.harness import JobLedger, RunningPlatform
+from tests.acceptance.harness import JobLedger, RunningPlatform, job_key, wait_final
 from tests.portal.conftest import WAIT_MS, Shots, sign_in
 
 
@@ -77,6 +77,35 @@ def test_submit_watch_logs_and_list(
     expect(row).to_have_count(1)
     expect(row).to_contain_text("SUCCEEDED")
     shots.take(page, "job-list")
+
+
+def test_home_counts_my_jobs_by_state(
+    browser: Browser, pai: RunningPlatform, ledger: JobLedger, shots: Shots
+) -> None:
+    """A new user's home page counts their own jobs per state (one `GET /api/v2/jobs/counts`), not
+    anybody else's."""
+    user, password = unique("counter"), "a-good-password"
+    with pai.client() as admin:
+        created = admin.post("/api/v2/users", json={"username": user, "password": password})
+        assert created.status_code == 201, created.text
+    with pai.client(pai.login(user, password)) as client:
+        for name, commands in ((unique("home-ok"), ["true"]), (unique("home-bad"), ["exit 3"])):
+            submitted = client.post(
+                "/api/v2/jobs", content=job_yaml(name, commands), headers={"Content-Type": "text/yaml"}
+            )
+            key = ledger.expect(job_key(submitted, user, name), "FAILED" if "bad" in name else "SUCCEEDED")
+            wait_final(client, key)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        tab = context.new_page()
+        sign_in(tab, pai.url, user, password)
+        tab.goto(f"{pai.url}/")
+        counts = tab.get_by_role("region", name="My jobs by state")
+        for state, n in (("Succeeded", 1), ("Failed", 1), ("Waiting", 0), ("Running", 0), ("Stopped", 0)):
+            expect(counts.get_by_role("link", name=f"{state}: {n}", exact=True)).to_be_visible()
+        shots.take(tab, "home-new-user")
+    finally:
+        context.close()
 
 
 def test_stop_a_running_job(page: Page, pai: RunningPlatform, ledger: JobLedger, shots: Shots) -> None:

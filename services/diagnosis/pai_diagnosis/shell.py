@@ -73,6 +73,11 @@ def diagnosed_event(exited: TaskExited, d: Diagnosis) -> TaskDiagnosed:
     )
 
 
+def _source(stored: dict[str, Any]) -> str:
+    """Where a stored spec came from: the shipped one (a reset) or an admin's upload."""
+    return "builtin" if stored.get("mode") == "reset" else "uploaded"
+
+
 class Diagnoser:
     """The service: the spec in effect, the task-exit handler and the spec RPCs."""
 
@@ -108,7 +113,8 @@ class Diagnoser:
             log.error("stored exit spec is invalid; keeping the one in effect", extra={"error": exc.message})
             return self.spec
         self.spec, self.revision = spec, stored["revision"]
-        self.source, self.updated_by, self.updated_at = "uploaded", stored["updated_by"], stored["updated_at"]
+        self.source = _source(stored)
+        self.updated_by, self.updated_at = stored["updated_by"], stored["updated_at"]
         log.info("exit spec loaded", extra={"revision": self.revision, "entries": len(spec.entries)})
         return spec
 
@@ -158,7 +164,9 @@ class Diagnoser:
             upsert=True,
         )
         self.spec, self.revision = spec, revision
-        self.source, self.updated_by, self.updated_at = "uploaded", req.username, now
+        # A reset stores the shipped spec as a new revision (so every replica takes it), and says so.
+        self.source = "builtin" if req.mode == "reset" else "uploaded"
+        self.updated_by, self.updated_at = req.username, now
         log.info(
             "exit spec set",
             extra={"revision": revision, "mode": req.mode, "by": req.username, "entries": len(spec.entries)},

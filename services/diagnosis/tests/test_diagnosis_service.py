@@ -153,7 +153,19 @@ async def test_the_spec_is_validated_stored_and_kept_across_restarts(
             PutExitSpecRequest(mode="reset", username="root", admin=True), ExitSpecReply
         )
         assert reset.revision == 2 and reset.spec == builtin_spec().document
+        # The shipped spec again, and said so (who reset it, and when, are kept).
+        assert (reset.source, reset.updated_by) == ("builtin", "root")
         await fresh_bus.publish_event(exited("u~lic3", 1, "license server unreachable\n"))
         assert (await seen.wait_for(TaskDiagnosed, "u~lic3")).spec_code == 255
+    finally:
+        await app.stop()
+
+    # A new process reads the reset from its database as the shipped spec too.
+    app = diagnosis_app(fresh_nats, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        got = await fresh_bus.request(GetExitSpecRequest(username="root", admin=True), ExitSpecReply)
+        assert (got.source, got.revision, got.updated_by) == ("builtin", 2, "root")
+        assert got.spec == builtin_spec().document
     finally:
         await app.stop()

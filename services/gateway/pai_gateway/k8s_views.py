@@ -17,6 +17,8 @@ NAMESPACE: Final = "default"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 # HiveD's annotation with the GPU indexes a pod may use (OpenPAI's containerGpus is read from it).
 ISOLATION_ANNOTATION: Final = "hivedscheduler.microsoft.com/pod-leaf-cell-isolation"
+# The indexes of a node's GPUs the health checks found bad (comma-separated; absent when none).
+BAD_GPUS_ANNOTATION: Final = "pai.platform/bad-gpus"
 
 # FrameworkController task states, as Kubernetes pod phases.
 _PENDING = frozenset({"TaskAttemptCreationPending", "TaskAttemptCreationRequested", "TaskAttemptPreparing"})
@@ -65,12 +67,17 @@ def node(record: Mapping[str, Any]) -> dict[str, Any]:
     models = sorted({g["model"] for g in gpus if g.get("model")})
     if models:
         labels["nvidia.com/gpu.product"] = models[0].replace(" ", "-")
+    annotations = {"pai.platform/simulated": str(bool(record.get("simulated"))).lower()}
+    bad = sorted({*record.get("bad_gpus", []), *(g["index"] for g in gpus if not g.get("healthy", True))})
+    if bad:
+        # Kubernetes has no field for it (the device plugin only lowers allocatable): said here.
+        annotations[BAD_GPUS_ANNOTATION] = ",".join(str(i) for i in bad)
     return {
         "metadata": {
             "name": name,
             "uid": name,
             "labels": labels,
-            "annotations": {"pai.platform/simulated": str(bool(record.get("simulated"))).lower()},
+            "annotations": annotations,
         },
         # A cordoned node (PUT /api/v2/cluster/nodes/{node}) is what `kubectl cordon` makes of one.
         "spec": {"unschedulable": not record.get("schedulable", True)},

@@ -21,6 +21,8 @@ from pai_common.contract.rpc import (
     JobAttemptsRequest,
     JobConfigReply,
     JobConfigRequest,
+    JobCountsReply,
+    JobCountsRequest,
     JobDetailReply,
     JobEventsReply,
     JobEventsRequest,
@@ -36,6 +38,7 @@ from pai_common.contract.rpc import (
     TaskLogReply,
     TaskLogRequest,
 )
+from pai_common.contract.states import JOB_STATES
 from pai_common.errors import (
     InvalidParametersError,
     InvalidProtocolError,
@@ -173,6 +176,17 @@ async def list_jobs(
     if withTotalCount:
         return JSONResponse({"totalCount": reply.total, "data": reply.jobs})
     return JSONResponse(reply.jobs)
+
+
+@router.get("/api/v2/jobs/counts")
+async def count_jobs(request: Request, user: User, username: str | None = None, vc: str | None = None) -> Any:
+    """How many jobs are in each state (this platform's own route, not OpenPAI's): the filters of the
+    list's `username` (comma-separated) and `vc`; every state is named, with 0 when no job is in it.
+    Registered before `/jobs/{framework_name}`, which "counts" (no `~`) could never be."""
+    _limit(request, "list", user)
+    reply = await rpc(request, JobCountsRequest(usernames=_csv(username), virtual_cluster=vc), JobCountsReply)
+    states = {state: 0 for state in JOB_STATES} | reply.states
+    return JSONResponse({"totalCount": reply.total, "states": states})
 
 
 # ---- one job -------------------------------------------------------------------------------------------

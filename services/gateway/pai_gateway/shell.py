@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -40,14 +41,22 @@ def build_app(settings: GatewaySettings | None = None) -> ServiceApp:
         lifespan="off",
     )
     server = _Server(config)
+    sockets: list[socket.socket] = []
+
+    async def bind(app: ServiceApp) -> None:
+        # Bound before the service says it is ready: a port someone else holds ends the process during
+        # start-up (uvicorn exits), where `pai up` and its callers see it and can try another port,
+        # rather than after readiness, while a stranger answers on the port.
+        sockets.append(config.bind_socket())
 
     async def serve() -> None:
         with contextlib.suppress(asyncio.CancelledError):
-            await server.serve()
+            await server.serve(sockets=sockets)
 
     async def stop_http(app: ServiceApp) -> None:
         server.should_exit = True
 
+    app.on_startup(bind)
     app.background(serve)
     app.on_shutdown(stop_http)
     return app

@@ -59,6 +59,10 @@ def test_nodes_as_a_node_list() -> None:
         ("Hostname", "node-0"),
     ]
     assert [(c.type, c.status) for c in ready.status.conditions] == [("Ready", "True")]
+    # Which GPUs are bad, for the portal's node list (absent where none is).
+    assert ready.metadata.annotations[k8s_views.BAD_GPUS_ANNOTATION] == "1"
+    assert k8s_views.BAD_GPUS_ANNOTATION not in lost.metadata.annotations
+    assert k8s_views.BAD_GPUS_ANNOTATION == "pai.platform/bad-gpus"  # the name the portal reads
     # A configured node whose agent never registered: not ready, and says why.
     (condition,) = lost.status.conditions
     assert (condition.status, condition.reason) == ("Unknown", "NodeStatusUnknown")

@@ -22,6 +22,7 @@ import json
 import sys
 import zlib
 from bisect import bisect_left, bisect_right, insort
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate, filterfalse, islice
@@ -346,6 +347,22 @@ class ListIndex:
         base = len(self._haystack)
         self._starts += [base + at for at in accumulate((len(n) + 1 for n in added[:-1]), initial=0)]
         self._haystack += "\n".join(added) + "\n"
+
+    def state_counts(self, usernames: Iterable[str], virtual_cluster: str | None) -> dict[str, int]:
+        """How many jobs of these users (none: everyone's) in this VC (None: every VC) are in each state;
+        states with no job are left out."""
+        groups: list[set[str] | frozenset[str]] = []
+        users = list(usernames)
+        if users:
+            groups.append(self._union("user", users))
+        if virtual_cluster:
+            groups.append(self._union("vc", [virtual_cluster]))
+        if not groups:
+            return {state: len(keys) for state, keys in self._posted["state"].items() if keys}
+        groups.sort(key=len)
+        found = groups[0].intersection(*groups[1:]) if len(groups) > 1 else groups[0]
+        entries = self._entries
+        return dict(Counter(entries[key].state for key in found))
 
     def page(self, req: ListJobsRequest) -> Page:
         """The page a request asks for, ordered as `queries.list_sort` orders it (submission order: by

@@ -38,6 +38,8 @@ from pai_common.contract.rpc import (
     JobAttemptsRequest,
     JobConfigReply,
     JobConfigRequest,
+    JobCountsReply,
+    JobCountsRequest,
     JobDetailReply,
     JobEventsReply,
     JobEventsRequest,
@@ -221,6 +223,7 @@ class JobsService:
                 SubmitJobRequest: self.submit,
                 GetJobRequest: self.get,
                 ListJobsRequest: self.list_jobs,
+                JobCountsRequest: self.counts,
                 JobConfigRequest: self.config,
                 JobExecutionTypeRequest: self.execution_type,
                 JobTagRequest: self.tag,
@@ -461,6 +464,23 @@ class JobsService:
         else:
             total = await self._count(req, query)
         return JobListReply(jobs=page, total=total)
+
+    async def counts(self, req: JobCountsRequest) -> JobCountsReply:
+        users = list(dict.fromkeys(req.usernames))
+        index = await self.lists.current() if self.lists is not None else None
+        if index is not None:
+            states = index.state_counts(users, req.virtual_cluster)
+        else:
+            match: dict[str, Any] = {}
+            if users:
+                match["user"] = {"$in": users}
+            if req.virtual_cluster:
+                match["vc"] = req.virtual_cluster
+            grouped = await self.app.db[LIST].aggregate(
+                [{"$match": match}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+            )
+            states = {str(row["_id"]): int(row["n"]) async for row in grouped if row["n"]}
+        return JobCountsReply(states=dict(sorted(states.items())), total=sum(states.values()))
 
     async def _page_by_seq(self, req: ListJobsRequest) -> list[dict[str, Any]]:
         """See list_plan: one exact seq range without filters; else seq windows, sized by the counters,

@@ -5,6 +5,7 @@ documents."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -153,6 +154,11 @@ def test_the_index_returns_what_a_plain_scan_returns(
     assert _page(index, final) == reference(list(docs.values()), final)
     keys = index.page(final).keys
     assert index.summaries(keys) == [list_plan.summary_of(docs[key]) for key in keys]
+    # Jobs per state (the portal's home page), for the final request's users and VC, and for everyone.
+    for users, vc in ((final.usernames, final.virtual_cluster), ([], None)):
+        chosen = [d for d in docs.values() if (not users or d["user"] in users) and (not vc or d["vc"] == vc)]
+        expected = Counter(d["state"] for d in chosen)
+        assert index.state_counts(users, vc) == dict(expected)
 
 
 def _page(index: ListIndex, req: ListJobsRequest) -> tuple[list[str], int]:

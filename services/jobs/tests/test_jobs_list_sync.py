@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from pai_common.contract.events import FrameworkChanged
 from pai_common.contract.rpc import (
+    JobCountsRequest,
     JobExecutionTypeRequest,
     JobListReply,
     JobTagRequest,
@@ -176,6 +178,15 @@ async def test_replicas_list_what_any_replica_wrote_as_the_database_plan_does(
                 assert (names(got), got.total) == (names(expected), expected.total), req
                 assert got.jobs == expected.jobs
         assert one.lists is not None and one.lists.index is not None and len(one.lists.index) == 12
+        # Jobs per state: the index and the database's grouping count what the list lists.
+        for users, vc in (([], None), (["bob"], None), (["alice", "carol"], "gpu"), ([], "nowhere")):
+            listed = await plain.list_jobs(ListJobsRequest(usernames=users, virtual_cluster=vc, limit=100))
+            expected = dict(sorted(Counter(job["state"] for job in listed.jobs).items()))
+            for service in (one, two, plain):
+                counted = await service.counts(JobCountsRequest(usernames=users, virtual_cluster=vc))
+                assert (counted.states, counted.total) == (expected, listed.total), (users, vc)
+        everyone = await plain.counts(JobCountsRequest())
+        assert len(everyone.states) >= 3 and everyone.total == 12, everyone
     finally:
         for service in (one, two, plain):
             await service.app.stop()

@@ -12,6 +12,8 @@ import yaml
 from cryptography.fernet import Fernet
 
 from pai_portal import charts, format, jobform, tokens
+from pai_portal.pages.auth import MAX_REASON, sso_failure
+from pai_portal.pages.cluster import BAD_GPUS_ANNOTATION, node_rows
 from pai_portal.session import Session, SessionCodec, load_key
 from pai_portal.web import safe_next
 
@@ -159,3 +161,34 @@ def test_token_description_never_holds_the_token() -> None:
 )
 def test_gpu_indexes_reads_openpais_bit_mask(mask: object, shown: str) -> None:
     assert format.gpu_indexes(mask) == shown
+
+
+def test_sso_failure_keeps_the_reason_whole_on_one_line_and_short() -> None:
+    shown = sso_failure("The identity provider refused the sign-in:\n  access_denied (no).")
+    assert shown == (
+        "Single sign-on failed: The identity provider refused the sign-in: access_denied (no). Sign in again."
+    )
+    assert sso_failure("") == "Single sign-on failed: no reason was given. Sign in again."
+    long = sso_failure("x" * 5000)
+    assert len(long) < MAX_REASON + 60 and "x" * (MAX_REASON - 1) + "…" in long
+    # Markup is kept as text here: the template escapes it (tests/portal/test_portal_sso.py).
+    assert "<b>" in sso_failure("<b>")
+
+
+def test_node_rows_show_bad_gpus_from_the_apis_annotation() -> None:
+    """`pai.platform/bad-gpus` is the name the gateway's node list writes (services/gateway k8s_views)."""
+    assert BAD_GPUS_ANNOTATION == "pai.platform/bad-gpus"
+    ready = {
+        "metadata": {"name": "node-0", "annotations": {"pai.platform/bad-gpus": "1,3"}},
+        "status": {
+            "capacity": {"cpu": "32", "memory": "1024Mi", "nvidia.com/gpu": "4"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "AgentReady"}],
+        },
+    }
+    lost = {
+        "metadata": {"name": "node-1"},
+        "status": {"conditions": [{"type": "Ready", "status": "Unknown", "message": "not registered"}]},
+    }
+    first, second = node_rows([ready, lost])
+    assert (first["name"], first["ready"], first["gpus"], first["bad_gpus"]) == ("node-0", True, "4", "1,3")
+    assert (second["ready"], second["bad_gpus"]) == (False, "")

@@ -448,6 +448,25 @@ class ListJobsRequest(RpcRequest):
     count_total: bool = True
 
 
+class JobCountsReply(RpcReply):
+    # How many of the matching jobs are in each OpenPAI job state (states no job is in are left out).
+    states: dict[str, int]
+    total: int
+
+
+class JobCountsRequest(RpcRequest):
+    SERVICE = "jobs"
+    ENDPOINT = "counts"
+    DESCRIPTION = (
+        "How many jobs are in each state, for some users and/or one virtual cluster (the portal's home"
+        " page): one question instead of a counted list per state."
+    )
+    REPLY = JobCountsReply
+
+    usernames: list[str] = Field(default_factory=list)
+    virtual_cluster: str | None = None
+
+
 class JobSecretsReply(RpcReply):
     secrets: dict[str, Any]
 
@@ -1044,6 +1063,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     SubmitJobRequest,
     GetJobRequest,
     ListJobsRequest,
+    JobCountsRequest,
     JobSecretsRequest,
     JobConfigRequest,
     JobExecutionTypeRequest,

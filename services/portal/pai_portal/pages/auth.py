@@ -15,6 +15,8 @@ from pai_portal.web import checked_form, form_text, portal, redirect, render, sa
 
 router = APIRouter()
 SSO_DONE = "/login/sso/done"
+# The longest single sign-on failure reason the sign-in page shows (the gateway passes at most 1,024).
+MAX_REASON = 300
 
 
 async def _sso_config(request: Request) -> dict[str, Any]:
@@ -90,28 +92,49 @@ async def logout(request: Request) -> Response:
     return redirect(request, "/login")
 
 
-@router.post("/login/sso")
-async def sso_start(request: Request) -> Response:
-    """Start the platform's single sign-on; the state ties the answer to this browser's session."""
-    form = await checked_form(request)
+@router.get("/login/sso")
+async def sso_start(request: Request, next: str = "/") -> Response:
+    """Start the platform's single sign-on; the state ties the answer to this browser's session.
+
+    A link, not a form: the pages' Content-Security-Policy says `form-action 'self'`, which browsers apply
+    to every redirect a form submission leads to, so a form could never reach the provider. Nothing is
+    lost by a GET: another site sending a browser here only starts a sign-in the user then makes as
+    themselves, and the state (kept in the session, checked on the way back) still refuses a return that
+    this browser did not begin."""
     session = session_of(request)
     session.sso_state = secrets.token_urlsafe(24)
-    session.sso_next = safe_next(form_text(form, "next", "/"))
+    session.sso_next = safe_next(next)
     session.changed = True
     # The path carries the state and no query: the API appends `?pai_login_code=...` to it.
     back = f"{SSO_DONE}/{session.sso_state}"
     return redirect(request, f"/api/v2/authn/oidc/login?redirect={quote(back, safe='')}")
 
 
+def sso_failure(reason: str) -> str:
+    """What the sign-in page says when the platform sends the browser back with `pai_login_error`: the
+    reason as given (the template escapes it), cut to a length a page can show."""
+    reason = " ".join(reason.split()).rstrip(".")
+    if len(reason) > MAX_REASON:
+        reason = reason[: MAX_REASON - 1] + "…"
+    return f"Single sign-on failed: {reason or 'no reason was given'}. Sign in again."
+
+
 @router.get(SSO_DONE + "/{state}")
-async def sso_done(request: Request, state: str, pai_login_code: str = "") -> Response:
+async def sso_done(
+    request: Request, state: str, pai_login_code: str = "", pai_login_error: str = ""
+) -> Response:
     session = session_of(request)
     sso = await _sso_config(request)
     expected, next = session.sso_state, session.sso_next
     session.sso_state, session.sso_next, session.changed = "", "", True
-    if not expected or not secrets.compare_digest(expected, state) or not pai_login_code:
+    if not expected or not secrets.compare_digest(expected, state):
+        # The reason is shown only for a round trip this browser began: a link made elsewhere must not
+        # put its own words on this site's sign-in page.
         error = "That sign-in did not start in this browser, or it was already used. Sign in again."
         return render(request, "login.html", 400, next=safe_next(next), sso=sso, error=error)
+    if not pai_login_code:
+        error = sso_failure(pai_login_error)
+        return render(request, "login.html", 401, next=safe_next(next), sso=sso, error=error)
     try:
         answer = await portal(request).api.call(
             "POST", "/api/v2/authn/oidc/exchange", None, json_body={"code": pai_login_code}

@@ -15,6 +15,8 @@ from pai_portal.pages.jobs import STATES
 from pai_portal.web import job_url, portal, render, user_session
 
 router = APIRouter()
+# Where the API's node list names a node's bad GPUs (the gateway's k8s_views).
+BAD_GPUS_ANNOTATION = "pai.platform/bad-gpus"
 
 
 def _gpus(resources: Any) -> float:
@@ -54,7 +56,11 @@ async def nodes(request: Request, token: str) -> tuple[list[dict[str, Any]] | No
         if exc.missing_route:
             return None, "This platform's API has no node list (GET /api/v2/kubernetes/nodes answered 404)."
         return None, f"The node list is not available: {exc.message}"
-    items = answer.get("items", []) if isinstance(answer, dict) else []
+    return node_rows(answer.get("items", []) if isinstance(answer, dict) else []), ""
+
+
+def node_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The node table's rows from a Kubernetes NodeList's items (as the API's `kubernetes/nodes` gives)."""
     rows = []
     for item in items:
         status = item.get("status") or {}
@@ -62,7 +68,6 @@ async def nodes(request: Request, token: str) -> tuple[list[dict[str, Any]] | No
             (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
         )
         capacity = status.get("capacity") or {}
-        labels = (item.get("metadata") or {}).get("labels") or {}
         annotations = (item.get("metadata") or {}).get("annotations") or {}
         rows.append(
             {
@@ -73,36 +78,37 @@ async def nodes(request: Request, token: str) -> tuple[list[dict[str, Any]] | No
                 "cpu": capacity.get("cpu", ""),
                 "memory": capacity.get("memory", ""),
                 "unschedulable": bool((item.get("spec") or {}).get("unschedulable")),
-                "bad_gpus": annotations.get("pai.bad-gpus") or labels.get("pai.bad-gpus") or "",
+                "bad_gpus": annotations.get(BAD_GPUS_ANNOTATION, ""),
             }
         )
-    return rows, ""
+    return rows
 
 
-async def _count(request: Request, token: str, user: str, state: str) -> int:
-    answer = await portal(request).api.get(
-        "/api/v2/jobs", token, username=user, state=state, limit=1, withTotalCount="true"
-    )
-    return int(answer.get("totalCount", 0))
+async def _counts(request: Request, token: str, user: str) -> dict[str, int]:
+    """Jobs per state (one user's, or everyone's when `user` is empty), in one API call."""
+    answer = await portal(request).api.get("/api/v2/jobs/counts", token, username=user)
+    states = answer.get("states", {}) if isinstance(answer, dict) else {}
+    return {str(state): int(n) for state, n in states.items()}
 
 
 @router.get("/")
 async def home(request: Request) -> Response:
     session = user_session(request)
     api = portal(request).api
-    counts, me, vcs, recent, waiting, running = await asyncio.gather(
-        asyncio.gather(*(_count(request, session.token, session.user, s) for s in STATES)),
+    # Every call at once: the page costs the slowest of them, not their sum.
+    my_counts, everyone, me, vcs, recent, (node_rows, node_note) = await asyncio.gather(
+        _counts(request, session.token, session.user),
+        _counts(request, session.token, ""),
         api.get("/api/v2/users/me", session.token),
         api.get("/api/v2/virtual-clusters", session.token),
         api.get("/api/v2/jobs", session.token, username=session.user, limit=8, withTotalCount="true"),
-        _count(request, session.token, "", "WAITING"),
-        _count(request, session.token, "", "RUNNING"),
+        nodes(request, session.token),
     )
-    by_state = dict(zip(STATES, counts, strict=True))
+    waiting, running = everyone.get("WAITING", 0), everyone.get("RUNNING", 0)
+    by_state = {state: my_counts.get(state, 0) for state in STATES}
     bars = [charts.Segment(s, by_state[s], charts.PALETTE.get(s, "#888")) for s in STATES]
-    mine = set(me.get("virtualCluster") or []) if isinstance(me, dict) else set()
+    my_vcs = set(me.get("virtualCluster") or []) if isinstance(me, dict) else set()
     all_rows = vc_rows(vcs if isinstance(vcs, dict) else {})
-    node_rows, node_note = await nodes(request, session.token)
     health = {
         "gpus_total": sum(r["total"] for r in all_rows),
         "gpus_used": sum(r["used"] for r in all_rows),
@@ -118,7 +124,7 @@ async def home(request: Request) -> Response:
         by_state=by_state,
         states=STATES,
         state_chart=charts.bar_chart("My jobs by state", bars),
-        vcs=[r for r in all_rows if session.admin or r["name"] in mine],
+        vcs=[r for r in all_rows if session.admin or r["name"] in my_vcs],
         recent=recent.get("data", []),
         health=health,
         job_url=job_url,
