@@ -5,6 +5,12 @@ is the transaction lifetime. A service killed in the middle of a transaction lea
 documents stay locked until the server reaps it; every handler here commits within a second, so an
 idle transaction is reaped after 10 s instead of mongod's 60 s, and a restarted service gets back to
 work that much sooner.
+
+Commits are also synced to the journal before they are acknowledged (SecantusDB's ``sync_on_commit``).
+Without it a commit could be acknowledged while its journal record was still in the server's memory: a
+SIGKILL of the whole platform then lost the last commits although the events they caused were already
+published (a job's first orchestrator transition gone, its event out). On this machine the sync cost no
+measurable time per small transaction (3.2 ms with, 3.9 ms without, 300 transactions each).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         # As the daemon does: test-only commands (fail points) stay off on a served port.
         enable_test_commands=False,
         transaction_lifetime_seconds=args.transaction_lifetime_s,
+        sync_on_commit=True,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
