@@ -143,11 +143,15 @@ async def test_replicas_applied_and_a_server_loss_loses_nothing(nats_cluster: li
         )
         sub = await bus.js.pull_subscribe_bind(durable="reader", stream=EVENTS_STREAM)
         seen: list[str] = []
-        while len(seen) < 2 * MESSAGES_EACH_SIDE:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(seen) < 2 * MESSAGES_EACH_SIDE and loop.time() < deadline:
             try:
                 msgs = await sub.fetch(50, timeout=2)
-            except (NatsTimeoutError, TimeoutError):
-                break
+            except (ServiceUnavailableError, NatsTimeoutError, TimeoutError):
+                # The consumer's leader may still be moving after the loss: ask again until the deadline.
+                await asyncio.sleep(0.25)
+                continue
             for msg in msgs:
                 seen.append(msg.data.decode())
                 await msg.ack()
