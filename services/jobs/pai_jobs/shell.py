@@ -659,12 +659,12 @@ class JobsService:
     async def on_pending(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, SchedulingPending)
         p = env.body
-        # A reason about an earlier attempt never replaces one about a later attempt.
+        # A reason about an earlier attempt never replaces one about a later attempt. Written without an
+        # `$or` (no reason yet, or one about this attempt or an earlier one): with it the MongoDB-wire server
+        # scanned the whole jobs collection for each of these frequent events instead of using the _id index
+        # (270 ms each with 400 jobs, which left the job list hundreds of events behind under a burst).
         await ctx.db[JOBS].update_one(
-            {
-                "_id": p.job_key,
-                "$or": [{"pending": None}, {"pending.attempt_id": {"$lte": p.attempt_id}}],
-            },
+            {"_id": p.job_key, "pending.attempt_id": {"$not": {"$gt": p.attempt_id}}},
             {"$set": {"pending": {"attempt_id": p.attempt_id, "reason": p.reason, "position": p.position}}},
             session=ctx.session,
         )
