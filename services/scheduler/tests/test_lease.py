@@ -7,6 +7,7 @@ processes started as Kubernetes would start two replicas. About 25 s.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -126,15 +127,21 @@ async def _answers(bus: Bus, timeout_s: float = 60.0) -> VirtualClustersReply:
 
 
 async def _responders(bus: Bus) -> int:
-    """How many scheduler services answer the NATS micro services ping (standbys run none)."""
+    """How many schedulers serve the scheduler's own RPCs (standbys serve none).
+
+    Counted from the NATS micro services INFO answers: a scheduler process also serves one small service per
+    consumer for replaying its dead letters (``deadletters.<durable>.replay``), which is not the scheduler's.
+    """
     inbox = bus.nc.new_inbox()
     sub = await bus.nc.subscribe(inbox)
-    await bus.nc.publish("$SRV.PING.pai-scheduler", b"", reply=inbox)
+    await bus.nc.publish("$SRV.INFO.pai-scheduler", b"", reply=inbox)
     count = 0
     try:
         while True:
-            await sub.next_msg(timeout=1.0)
-            count += 1
+            info = json.loads((await sub.next_msg(timeout=1.0)).data)
+            subjects = [e["subject"] for e in info.get("endpoints") or []]
+            if any(subject.startswith("pai.rpc.scheduler.") for subject in subjects):
+                count += 1
     except Exception:
         pass
     await sub.unsubscribe()
