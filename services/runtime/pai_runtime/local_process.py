@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import marshal
 import os
 import signal
 import sys
@@ -87,8 +86,7 @@ def prepare(
         # Storages the supervisor mounts first (local_mounts): steps, credentials folder, failure code.
         **(mounts or {}),
     }
-    # marshal: the supervisor reads it without importing json (see supervisor.py); same interpreter.
-    (workdir / supervisor.CONFIG).write_bytes(marshal.dumps(config))
+    (workdir / supervisor.CONFIG).write_text(json.dumps(config))
 
 
 def command(workdir: Path) -> list[str]:
