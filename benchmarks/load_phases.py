@@ -8,7 +8,6 @@ server's timestamps (``submissionTime``, ``launchedTime``, ``completedTime``, ms
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,34 +16,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
+from e2e import FINAL_STATES, JOB_TEMPLATE, percentile
 from proc_stats import delta, load_average, snapshot
 
-FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 # What the raw outcomes keep of a job's row: its state and the server's timestamps (ms).
 ROW_FIELDS = ("name", "state", "submissionTime", "launchedTime", "completedTime")
-JOB_TEMPLATE = """\
-protocolVersion: 2
-name: {name}
-type: job
-jobRetryCount: 0
-taskRoles:
-  main:
-    instances: 1
-    resourcePerInstance: {{gpu: {gpu}, cpu: 1, memoryMB: 256}}
-    commands:
-      - 'true'
-defaults:
-  virtualCluster: {vc}
-"""
-
-
-def percentile(values: Sequence[float], pct: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def rnd(value: float | None, digits: int = 1) -> float | None:
