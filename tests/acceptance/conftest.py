@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,16 @@ def ledger(pai: RunningPlatform) -> Iterator[JobLedger]:
     with pai.client() as client:
         wrong = book.check(client)
     assert not wrong, "jobs ended in states their tests did not expect:\n" + "\n".join(wrong)
+
+
+@pytest.fixture(scope="session")
+def confignfs(pai: RunningPlatform, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `confignfs` storage OpenPAI's mnist example mounts (its teamwise_storage), defined once per
+    platform as its cluster would define it: a `local` storage on a folder the tests read back."""
+    folder = tmp_path_factory.mktemp("confignfs")
+    with pai.client() as admin:
+        created = admin.post(
+            "/api/v2/storages", json={"name": "confignfs", "type": "local", "data": {"path": str(folder)}}
+        )
+        assert created.status_code == 201, created.text
+    return folder

@@ -205,16 +205,11 @@ def test_every_example_ends_as_it_says(pai: RunningPlatform, ledger: JobLedger) 
 
 @pytest.mark.reference("openpai/examples")
 def test_openpai_examples_are_accepted_and_end_explained(
-    pai: RunningPlatform, ledger: JobLedger, tmp_path: Path
+    pai: RunningPlatform, ledger: JobLedger, confignfs: Path
 ) -> None:
     suffix = str(int(time.time()))[-6:]
     keys: dict[str, str] = {}
     with pai.client() as client:
-        # The storage OpenPAI's mnist example mounts (teamwise_storage), as its cluster would define it; the
-        # session's platform may have it already (tests/acceptance/test_storage.py defines it too).
-        storage = {"name": "confignfs", "type": "local", "data": {"path": str(tmp_path)}}
-        created = client.post("/api/v2/storages", json=storage)
-        assert created.status_code in (201, 409), created.text
         vcs = client.get("/api/v2/virtual-clusters").json()
         for i, path in enumerate(REFERENCE_EXAMPLES):
             name = f"openpai-{i:02d}-{suffix}"

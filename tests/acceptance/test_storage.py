@@ -292,7 +292,7 @@ def _most_at_once(spans: list[tuple[int, int]]) -> int:
 
 
 def test_openpais_mnist_example_runs_task_by_task(
-    pai: RunningPlatform, team: Team, ledger: JobLedger, tmp_path: Path
+    pai: RunningPlatform, team: Team, ledger: JobLedger, confignfs: Path
 ) -> None:
     """OpenPAI's example: 501 tasks with `gangAllocation: false`, each asking for 50,000 MB, on a cluster
     whose 8 leaves hold 8 such tasks at a time. As in OpenPAI with HiveD, its tasks are placed one by one as
@@ -302,11 +302,6 @@ def test_openpais_mnist_example_runs_task_by_task(
     everything else is the example as shipped, which /config shows. The 501-task job is followed until more
     tasks have run than the cluster holds at once, then stopped (all 501 take tens of minutes on a loaded
     2-core machine); the same job with 16 workers runs to completion."""
-    with pai.client() as admin:
-        created = admin.post(
-            "/api/v2/storages", json={"name": "confignfs", "type": "local", "data": {"path": str(tmp_path)}}
-        )
-        assert created.status_code in (201, 409), created.text  # one platform per session
     shipped = yaml.safe_load(MNIST.read_text())
     whole = _mnist(shipped, 500)
     with pai.client(team.member_token) as member:
@@ -347,9 +342,9 @@ def test_openpais_mnist_example_runs_task_by_task(
         detail = wait_final(member, key)
     status = detail["jobStatus"]
     assert status["state"] == "SUCCEEDED" and status["appExitCode"] == 0 and status["retries"] == 0, status
-    written = sorted((tmp_path / "mnist_result").glob("CPU_16Task_MNIST_*.csv"))
+    written = sorted((confignfs / "mnist_result").glob("CPU_16Task_MNIST_*.csv"))
     assert len(written) == 16
-    assert (tmp_path / "mnist_result" / "CPU_16Task_MNIST_15.csv").read_text() == "15,0.9\n"
+    assert (confignfs / "mnist_result" / "CPU_16Task_MNIST_15.csv").read_text() == "15,0.9\n"
     spans = _spans(detail)
     assert len(spans) == 17  # every task launched, in waves: never more at once than the 8 leaves
     assert 1 < _most_at_once(spans) <= 8
