@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -32,6 +33,7 @@ from nats.micro.service import Service
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from pai_common.bus_link import BusLink
 from pai_common.contract.base import (
     COMMAND_SUBJECT_PREFIX,
     DEAD_LETTER_PREFIX,
@@ -48,8 +50,10 @@ from pai_common.contract.base import (
 from pai_common.database import is_transient
 from pai_common.envelope import encode
 from pai_common.errors import (
+    BusUnavailableError,
     InvalidParametersError,
     PaiError,
+    RpcInterruptedError,
     RpcTimeoutError,
     ServiceUnavailableError,
     UnknownError,
@@ -69,8 +73,8 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 # Absolute, because a request may wait in the responder's queue before its handler starts (a subscription
 # hands its messages to the handler one at a time); the platform's hosts keep their clocks in sync.
 DEADLINE_HEADER = "pai-deadline-ms"
-# The connection is gone or being re-established: the request was not sent, or its answer cannot come.
-_BUS_DOWN = (
+# The connection is gone or being re-established: the request was not sent.
+BUS_DOWN_ERRORS = (
     ConnectionClosedError,
     ConnectionReconnectingError,
     OutboundBufferLimitError,
@@ -120,8 +124,11 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
 class Bus:
     """One NATS connection of one service."""
 
-    def __init__(self, nc: NatsClient, service: str) -> None:
+    def __init__(self, nc: NatsClient, service: str, link: BusLink | None = None) -> None:
         self.nc = nc
+        # Told when the connection drops (by Bus.connect's callback; a Bus made on another's connection
+        # still refuses to send while it is down, but learns of a drop only at the request's timeout).
+        self.link = link or BusLink()
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self._micro: list[Service] = []
@@ -136,6 +143,7 @@ class Bus:
         # Several servers may be listed, comma-separated: the first connection survives one being down.
         servers = [u.strip() for u in url.split(",") if u.strip()]
         user = urlsplit(servers[0]).username if servers else None
+        link = BusLink()
         nc = await nats.connect(
             servers,
             tls=tls,
@@ -147,8 +155,14 @@ class Bus:
             connect_timeout=5,
             # Draining finishes in-flight work; a subscription that never quiets must not hold a stop.
             drain_timeout=5,
+            disconnected_cb=link.on_disconnected,
         )
-        return cls(nc, service)
+        return cls(nc, service, link)
+
+    def ensure_up(self) -> None:
+        """BusUnavailableError unless the connection is up: for callers about to use JetStream directly,
+        whose requests nats-py would otherwise buffer while it reconnects and answer after their timeout."""
+        self.link.check(self.nc)
 
     async def ensure_streams(self, replicas: int = 1, create: bool = True) -> None:
         """Create the streams, or bring existing ones to this configuration (the replica count included,
@@ -213,9 +227,10 @@ class Bus:
         patience = loop.time() + min(timeout, NO_RESPONDERS_WAIT_S)
         pause = 0.02
         while True:
+            self.link.check(self.nc)
             try:
-                msg = await self.nc.request(
-                    subject, payload, timeout=max(deadline - loop.time(), 0.001), headers=headers
+                msg = await self._request_while_up(
+                    req.SERVICE, subject, payload, max(deadline - loop.time(), 0.001), headers
                 )
                 break
             except NoRespondersError as exc:
@@ -225,8 +240,8 @@ class Bus:
                 pause = min(pause * 2, 0.25)
             except NatsTimeoutError as exc:
                 raise RpcTimeoutError(f"service {req.SERVICE} did not answer in {timeout:g}s") from exc
-            except _BUS_DOWN as exc:
-                raise ServiceUnavailableError(f"the bus is unavailable ({type(exc).__name__})") from exc
+            except BUS_DOWN_ERRORS as exc:
+                raise BusUnavailableError(f"the bus is unavailable ({type(exc).__name__})") from exc
         if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
             try:
                 body = json.loads(msg.data or b"{}")
@@ -245,6 +260,23 @@ class Bus:
         except ValidationError as exc:
             log.error("invalid rpc reply", extra={"endpoint": req.ENDPOINT, "error": str(exc)[:2000]})
             raise UnknownError(f"service {req.SERVICE} answered with an invalid reply") from None
+
+    async def _request_while_up(
+        self, service: str, subject: str, payload: bytes, timeout: float, headers: dict[str, str]
+    ) -> Any:
+        """nc.request, given up at once (RpcInterruptedError) should the connection drop meanwhile."""
+        lost = self.link.lost()
+        call = asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout, headers=headers))
+        try:
+            done, _ = await asyncio.wait((call, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                call.cancel()
+        if call not in done:
+            raise RpcInterruptedError(
+                f"the bus went down while service {service} had the request: whether it acted is not known"
+            )
+        return call.result()
 
     async def serve_rpc(
         self,
@@ -281,8 +313,14 @@ class Bus:
         # Requests already taken are answered before the connection drains.
         if self._rpc_tasks:
             await asyncio.wait(set(self._rpc_tasks), timeout=RPC_DRAIN_S)
-        if not self.nc.is_closed:
+        if self.nc.is_connected:
             await self.nc.drain()
+        elif not self.nc.is_closed:
+            # Reconnecting: there is nothing to drain through, and drain() refuses; stop trying. close()
+            # still writes what was buffered meanwhile to the lost socket, and fails on it, when the
+            # connection is already marked closed: that failure is the outage itself.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
 
 
 # The Unix time at which the asker of the RPC being handled stops waiting.

@@ -197,6 +197,16 @@ class RpcTimeoutError(ServiceUnavailableError):
     Same code and status as its parent; the caller may ask again to learn the outcome."""
 
 
+class BusUnavailableError(ServiceUnavailableError):
+    """The bus is unreachable (the connection is down or being re-established): the request was not sent,
+    so nothing was done. Answered at once instead of after the RPC's timeout."""
+
+
+class RpcInterruptedError(RpcTimeoutError):
+    """The bus went down while the request waited for its answer: it may have reached the service (or be
+    sent when the connection is back), so whether the service acted is not known, as after a timeout."""
+
+
 class UnknownError(PaiError):
     status = 500
     code = "UnknownError"
