@@ -11,6 +11,7 @@ the timeout (no wall-clock figure is asserted).
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -240,3 +241,63 @@ async def test_a_service_with_no_responder_is_503_at_once(gateway: Gateway) -> N
     assert_503(answer, "service jobs is not running")
     answer = await gateway.call("GET", "/api/v2/jobs/alice~nobody")
     assert_503(answer, "service jobs is not running")
+
+
+# A jobs service that takes requests and never answers, in a process of its own (so that it can be killed).
+HOLDER = """
+import asyncio, sys
+from pai_common.bus import Bus
+from pai_common.contract.rpc import GetJobRequest, SubmitJobRequest
+
+async def main() -> None:
+    bus = await Bus.connect(sys.argv[1], "jobs")
+
+    async def hold(req):
+        print("taken", flush=True)
+        await asyncio.Event().wait()
+
+    await bus.serve_rpc({GetJobRequest: hold, SubmitJobRequest: hold})
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def start_holder(nats: ServerProcess) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, nats.url, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+    return proc
+
+
+async def test_a_request_whose_service_dies_with_it_is_answered_at_once_outcome_unknown(
+    gateway: Gateway,
+) -> None:
+    """SIGKILL of the service that had the request (benchmarks/chaos.py's kill-jobs, kill-several): the
+    bus stays up, no answer will ever come, and the gateway learns it from NATS micro discovery (no
+    instance of the service runs any more) instead of waiting for its timeout."""
+    for method, path, body, words in (
+        ("GET", "/api/v2/jobs/alice~held", None, ("service jobs stopped running", "not known")),
+        ("POST", "/api/v2/jobs", job_yaml("held"), ("whether the job was created is not known",)),
+    ):
+        holder = await start_holder(gateway.nats)
+        assert holder.stdout is not None
+        try:
+            request = asyncio.create_task(
+                gateway.call(method, path, content=body, headers=YAML if body else None)
+            )
+            assert await asyncio.wait_for(holder.stdout.readline(), GUARD_S) == b"taken\n"
+            # The gateway has seen the jobs service running under its own name (learnt on the first
+            # request to it): from then on, no instance running means nobody has the request.
+            await until(lambda: gateway.bus.responders.seen("jobs"))
+            assert not request.done()
+            holder.kill()
+            await holder.wait()
+            assert_503(await request, *words)
+        finally:
+            if holder.returncode is None:
+                holder.kill()
+                await holder.wait()

@@ -60,6 +60,7 @@ from pai_common.errors import (
     error_from_code,
 )
 from pai_common.metrics import RPC_REQUESTS, RPC_SECONDS
+from pai_common.responder_watch import WATCH_AFTER_S, ResponderWatch
 from pai_common.telemetry import inject_headers, span_from_headers
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Bus:
         # Told when the connection drops (by Bus.connect's callback; a Bus made on another's connection
         # still refuses to send while it is down, but learns of a drop only at the request's timeout).
         self.link = link or BusLink()
+        self.responders = ResponderWatch(nc)
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self._micro: list[Service] = []
@@ -226,11 +228,17 @@ class Bus:
         # up to NO_RESPONDERS_WAIT_S (within the timeout) before calling the service unavailable.
         patience = loop.time() + min(timeout, NO_RESPONDERS_WAIT_S)
         pause = 0.02
+        if target is None:
+            self.responders.note(req.SERVICE)
         while True:
             self.link.check(self.nc)
             try:
                 msg = await self._request_while_up(
-                    req.SERVICE, subject, payload, max(deadline - loop.time(), 0.001), headers
+                    req.SERVICE if target is None else None,
+                    subject,
+                    payload,
+                    max(deadline - loop.time(), 0.001),
+                    headers,
                 )
                 break
             except NoRespondersError as exc:
@@ -262,21 +270,36 @@ class Bus:
             raise UnknownError(f"service {req.SERVICE} answered with an invalid reply") from None
 
     async def _request_while_up(
-        self, service: str, subject: str, payload: bytes, timeout: float, headers: dict[str, str]
+        self, service: str | None, subject: str, payload: bytes, timeout: float, headers: dict[str, str]
     ) -> Any:
-        """nc.request, given up at once (RpcInterruptedError) should the connection drop meanwhile."""
+        """nc.request, given up at once (RpcInterruptedError) should the connection drop meanwhile, or
+        every instance of ``service`` that could have taken the request stop running (responder_watch;
+        None: a request to one target, not watched)."""
         lost = self.link.lost()
         call = asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout, headers=headers))
+        watch: asyncio.Task[None] | None = None
         try:
-            done, _ = await asyncio.wait((call, lost), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not call.done():
-                call.cancel()
-        if call not in done:
-            raise RpcInterruptedError(
-                f"the bus went down while service {service} had the request: whether it acted is not known"
+            done, _ = await asyncio.wait(
+                (call, lost), timeout=min(WATCH_AFTER_S, timeout), return_when=asyncio.FIRST_COMPLETED
             )
-        return call.result()
+            if not done and service is not None:
+                watch = asyncio.ensure_future(self.responders.until_gone(service))
+                done, _ = await asyncio.wait((call, lost, watch), return_when=asyncio.FIRST_COMPLETED)
+            elif not done:
+                done, _ = await asyncio.wait((call, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (call, watch):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+        if call in done:
+            return call.result()
+        if lost in done:
+            raise RpcInterruptedError(
+                "the bus went down while the request waited for its answer: whether it acted is not known"
+            )
+        raise RpcInterruptedError(
+            f"service {service} stopped running while it had the request: whether it acted is not known"
+        )
 
     async def serve_rpc(
         self,
