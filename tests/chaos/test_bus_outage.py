@@ -11,6 +11,7 @@ the timeout (no wall-clock figure is asserted).
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -301,3 +302,24 @@ async def test_a_request_whose_service_dies_with_it_is_answered_at_once_outcome_
             if holder.returncode is None:
                 holder.kill()
                 await holder.wait()
+
+
+async def test_a_stopped_service_still_holds_its_request_which_waits_for_it(nats_srv: ServerProcess) -> None:
+    """SIGSTOP (a slow, not dead, service): its subscriptions stay, so the request is not given up as lost;
+    it waits for its timeout (here a short one, past the watch's first rounds) as before."""
+    bus = await Bus.connect(nats_srv.url, "gateway")
+    app = build_http_app(lambda: bus, GatewaySettings(rpc_timeout_s=8.0))
+    app.dependency_overrides[deps._identity] = lambda: ALICE
+    holder = await start_holder(nats_srv)
+    assert holder.stdout is not None
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+            request = asyncio.create_task(asyncio.wait_for(http.get("/api/v2/jobs/alice~held"), 60))
+            assert await asyncio.wait_for(holder.stdout.readline(), GUARD_S) == b"taken\n"
+            await until(lambda: bus.responders.seen("jobs"))
+            holder.send_signal(signal.SIGSTOP)
+            assert_503(await request, "service jobs did not answer in 8s")
+    finally:
+        holder.kill()
+        await holder.wait()
+        await bus.close()
