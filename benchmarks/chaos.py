@@ -154,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated faults (default: all)")
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--keep", type=Path, help="keep the data dirs (logs) there")
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else list(FAULTS)
     unknown = [f for f in chosen if f not in FAULTS]
@@ -164,9 +165,13 @@ def main() -> None:
     load = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="pai-chaos-") as tmp:
+        root = Path(tmp)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            root = Path(tempfile.mkdtemp(prefix="pai-chaos-", dir=args.keep))
         for fault in chosen:
-            print(f"fault {fault} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(fault, Path(tmp)))
+            print(f"fault {fault} ... (data in {root / fault})", file=sys.stderr, flush=True)
+            rows.append(run_one(fault, root))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     text = table(rows)
     print(text)

@@ -22,9 +22,16 @@ from typing import Any
 import httpx
 import pytest
 
+from pai_common import bus_permissions
 from pai_common.bus import Bus
 from pai_common.contract.base import RpcReply, RpcRequest
-from pai_common.contract.rpc import GetJobRequest, Identity, ResolveStoragesRequest, SubmitJobRequest
+from pai_common.contract.rpc import (
+    GetJobRequest,
+    Identity,
+    ReplayDeadLetterRequest,
+    ResolveStoragesRequest,
+    SubmitJobRequest,
+)
 from pai_common.embedded import ServerProcess, start_nats, wait_for_port
 from pai_common.errors import SERVICE_UNAVAILABLE_RETRY_AFTER_S
 from pai_common.service import ServiceApp
@@ -247,6 +254,7 @@ async def test_a_service_with_no_responder_is_503_at_once(gateway: Gateway) -> N
 # A jobs service that takes requests and never answers, in a process of its own (so that it can be killed).
 HOLDER = """
 import asyncio, sys
+from pai_common import bus_permissions
 from pai_common.bus import Bus
 from pai_common.contract.rpc import GetJobRequest, SubmitJobRequest
 
@@ -323,3 +331,31 @@ async def test_a_stopped_service_still_holds_its_request_which_waits_for_it(nats
         holder.kill()
         await holder.wait()
         await bus.close()
+
+
+async def test_a_service_is_discoverable_under_the_platform_bus_permissions(tmp_path: Path) -> None:
+    """The watch above needs every service to answer $SRV.PING from the gateway on a secured bus (`pai up`'s
+    users and permissions). A service with consumers registers endpoints twice (its RPCs, then each
+    consumer's dead-letter replay); as two micro services they answered each PING twice on one
+    connection, the server refused both answers, and the service looked absent."""
+    users = {s: (f"pw-{s}", bus_permissions.service_permissions(s)) for s in ("gateway", "jobs")}
+    server = start_nats(tmp_path, authorization=bus_permissions.nats_config(users))
+
+    def url(user: str) -> str:
+        return server.url.replace("nats://", f"nats://{user}:pw-{user}@")
+
+    jobs = await Bus.connect(url("jobs"), "jobs")
+    gateway = await Bus.connect(url("gateway"), "gateway")
+    try:
+        await jobs.serve_rpc({GetJobRequest: _unanswered})
+        await jobs.serve_rpc({ReplayDeadLetterRequest: _unanswered}, target="jobs")
+        found = await gateway.responders.instances("jobs")
+        assert found is not None and len(found) == 1, found
+    finally:
+        await gateway.close()
+        await jobs.close()
+        server.stop()
+
+
+async def _unanswered(req: RpcRequest) -> RpcReply:
+    raise AssertionError("not asked here")

@@ -60,7 +60,7 @@ from pai_common.errors import (
     error_from_code,
 )
 from pai_common.metrics import RPC_REQUESTS, RPC_SECONDS
-from pai_common.responder_watch import WATCH_AFTER_S, ResponderWatch
+from pai_common.responder_watch import WATCH_AFTER_S, ResponderWatch, micro_name
 from pai_common.telemetry import inject_headers, span_from_headers
 
 log = logging.getLogger(__name__)
@@ -311,20 +311,27 @@ class Bus:
 
         An endpoint takes its requests one at a time (NATS delivers a subscription's messages in order to
         one callback), except those in `concurrent`, whose every request runs in a task of its own.
+
+        Every call adds to one micro service per connection: two would each answer a discovery request
+        ($SRV.PING) on the same connection, and a secured server lets a connection answer a request only
+        once, so both answers were refused and the service looked absent (see responder_watch).
         """
-        service = await add_service(
-            self.nc,
-            name=f"pai-{self.service}",
-            version="0.1.0",
-            description=f"OpenPAI {self.service} service",
-        )
+        if not self._micro:
+            self._micro.append(
+                await add_service(
+                    self.nc,
+                    name=micro_name(self.service),
+                    version="0.1.0",
+                    description=f"OpenPAI {self.service} service",
+                )
+            )
+        service = self._micro[0]
         for req_type, handler in handlers.items():
             await service.add_endpoint(
                 name=req_type.ENDPOINT,
                 subject=rpc_subject(req_type.SERVICE, req_type.ENDPOINT, target),
                 handler=_rpc_wrapper(req_type, handler, self._rpc_tasks if req_type in concurrent else None),
             )
-        self._micro.append(service)
         # The server has the subscriptions once flush returns: a request sent right after start-up from
         # another connection then finds its responder instead of "no responders".
         await self.nc.flush()
