@@ -41,6 +41,7 @@ from pai_gateway import deps
 from pai_gateway.http_app import build_http_app
 from pai_gateway.settings import GatewaySettings
 from pai_jobs.shell import JobsService
+from tests.chaos import faults
 
 # Far longer than any guard below: an answer inside a guard did not wait for these.
 RPC_TIMEOUT_S = 300.0
@@ -50,18 +51,7 @@ ALICE = Identity(username="alice", admin=True, virtual_clusters=["default"])
 
 
 def job_yaml(name: str) -> str:
-    return f"""protocolVersion: 2
-name: {name}
-type: job
-prerequisites:
-  - {{type: dockerimage, uri: "python:3.11-slim", name: image}}
-taskRoles:
-  main:
-    instances: 1
-    dockerImage: image
-    resourcePerInstance: {{gpu: 0, cpu: 1, memoryMB: 256}}
-    commands: ["true"]
-"""
+    return faults._job(name, {"main": (1, 0, "true")})
 
 
 async def known_vcs() -> set[str]:

@@ -337,6 +337,7 @@ class Bus:
         await self.nc.flush()
 
     async def close(self) -> None:
+        self.responders.close()
         for service in self._micro:
             await service.stop()
         self._micro.clear()

@@ -203,8 +203,10 @@ class BusUnavailableError(ServiceUnavailableError):
 
 
 class RpcInterruptedError(RpcTimeoutError):
-    """The bus went down while the request waited for its answer: it may have reached the service (or be
-    sent when the connection is back), so whether the service acted is not known, as after a timeout."""
+    """No answer can come any more: the bus went down while the request waited for it (the request may
+    have reached the service, or be sent when the connection is back), or every instance of the service
+    that could have taken it stopped running. Whether the service acted is not known, as after a timeout;
+    the asker learns it at once instead of at the timeout."""
 
 
 class UnknownError(PaiError):

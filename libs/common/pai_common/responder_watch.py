@@ -72,6 +72,11 @@ class ResponderWatch:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def close(self) -> None:
+        """Stop what is still learning (the connection is closing)."""
+        for task in self._tasks:
+            task.cancel()
+
     async def _learn(self, service: str) -> None:
         with contextlib.suppress(Exception):  # a failed PING only leaves the service unwatched
             if await self.instances(service):
