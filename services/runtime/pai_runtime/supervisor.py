@@ -156,6 +156,16 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.rename(path)
 
 
+def _give_tasks_default_signals() -> None:
+    """A task starts with the signal dispositions of a fresh process. Ignored signals survive exec: an agent
+    started in the background or under nohup ignores SIGINT, SIGQUIT or SIGHUP, and so would every task,
+    whose `kill -INT`, Ctrl-C handling or reload on SIGHUP would then silently do nothing. Caught signals
+    are reset to their defaults by exec, so the supervisor catches these (and leaves what they do to the
+    task's phases, which receive them through the process group)."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, lambda _signum, _frame: None)
+
+
 def run(workdir: Path) -> int:
     config: dict[str, Any] = json.loads((workdir / CONFIG).read_text())
     stopping = threading.Event()
@@ -164,6 +174,7 @@ def run(workdir: Path) -> int:
         stopping.set()  # the phases got the same signal; what they do with it is the task's result
 
     signal.signal(signal.SIGTERM, on_term)
+    _give_tasks_default_signals()
     cgroup = config.get("cgroup")
     if cgroup:
         try:
