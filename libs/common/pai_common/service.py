@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,21 @@ from pai_common.settings import Settings
 from pai_common.telemetry import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
+# How long a stop lets cancelled background tasks finish before cancelling those still running again.
+CANCEL_AGAIN_S = 2.0
 
 Hook = Callable[["ServiceApp"], Awaitable[None]]
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait until each has ended, cancelling again those still running: a cancellation
+    that lands inside a library call can be swallowed (pymongo's async network layer did, and a stop then
+    waited forever on a sampler that went on sleeping and sampling)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_S)
 
 
 class ServiceApp:
@@ -190,11 +203,7 @@ class ServiceApp:
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
         for hook in self._shutdown:
             with contextlib.suppress(Exception):
                 await hook(self)
