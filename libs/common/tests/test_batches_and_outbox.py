@@ -238,3 +238,47 @@ async def test_the_relay_stops_when_cancelled_as_a_commit_is_published(
     relay.cancel()  # ...and the cancellation comes in the same turn of the loop
     done, _ = await asyncio.wait({relay}, timeout=10.0)
     assert relay in done and relay.cancelled()
+
+
+async def test_a_backlog_is_applied_in_full_batches_each_acked_after_its_commit(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    """A consumer far behind (the burst test's jobs service: tens of thousands of events queued) takes
+    the backlog in full batches, one transaction each, and acks each batch once it committed: it never
+    sits on a batch waiting for a fetch window, a timer or more messages."""
+    app = make_app(fresh_nats, mongo_server)
+    total = 300
+    # The handlers' contexts, kept alive so that each transaction's has its own id.
+    contexts: list[HandlerContext] = []
+    handled: list[str] = []
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        contexts.append(ctx)
+        handled.append(env.id)
+        await ctx.db.done.insert_one({"_id": env.id}, session=ctx.session)
+
+    bus = await Bus.connect(fresh_nats.url, "test")
+    await bus.ensure_streams()
+    for i in range(total):
+        await bus.publish_event(
+            JobAttemptCompleted(job_key=f"q~j{i}", attempt_id=0, exit_code=0), msg_id=f"q{i}"
+        )
+    await bus.close()
+
+    await app.start()
+    try:
+
+        async def all_acked() -> bool:
+            info = await app.bus.js.consumer_info(EVENTS_STREAM, app.name)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_until(all_acked, timeout=60.0)
+        assert sorted(handled) == sorted(f"q{i}" for i in range(total))
+        assert await app.db.done.count_documents({}) == total
+        transactions = len({id(ctx) for ctx in contexts})
+        batch = 64
+        # ceil(300 / 64) = 5 full or nearly full batches; a few more if a fetch raced the publishes.
+        assert transactions <= -(-total // batch) + 2, transactions
+    finally:
+        await app.stop()
