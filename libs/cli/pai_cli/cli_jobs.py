@@ -175,7 +175,8 @@ def _detail_view(job: JobDetail) -> RenderableType:
         ("tags", joined(job.tags)),
     ]
     if status.pending_reason:
-        rows.append(("pending", f"{status.pending_reason} (position {status.pending_position})"))
+        place = f" (position {status.pending_position})" if status.pending_position is not None else ""
+        rows.append(("pending", f"{status.pending_reason}{place}"))
     if status.app_exit_code is not None:
         rows.append(("exit", _exit_summary(job).strip(" ()")))
     spec = status.app_exit_spec or {}

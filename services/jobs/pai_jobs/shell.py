@@ -48,6 +48,8 @@ from pai_common.contract.rpc import (
     JobExecutionTypeRequest,
     JobListReply,
     JobMutationReply,
+    JobPendingReply,
+    JobPendingRequest,
     JobSecretsReply,
     JobSecretsRequest,
     JobTagRequest,
@@ -79,7 +81,7 @@ from pai_common.errors import (
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import dependencies, job_events, list_plan, metrics, storages
+from pai_jobs import dependencies, job_events, list_plan, live_wait, metrics, storages
 from pai_jobs.admission import Admission, Turns
 from pai_jobs.group_commit import GroupCommit
 from pai_jobs.job_events import JobEvent
@@ -112,6 +114,12 @@ SEQ_COUNTER = "job_seq"
 COMMIT_MARGIN_S = 1.0
 # How often the job gauges of /metrics are read back from the read model.
 GAUGES_S = 10.0
+# How long a job detail waits for the scheduler's current queue place before showing none: the scheduler
+# answers from memory, so a slower answer means it is busy or away, and the detail must not wait on it.
+LIVE_WAIT_TIMEOUT_S = 1.0
+# After the scheduler did not answer, details show no place for this long without asking it: `jobs.get`
+# takes its requests one at a time, so a scheduler that is away must not cost every detail a timeout.
+LIVE_WAIT_PAUSE_S = 5.0
 
 # How long a submission's write is tried again while it conflicts with other writes. The gateway waits
 # for the answer longer than a submission's turn (its submit_wait_s) plus this.
@@ -222,6 +230,7 @@ class JobsService:
             # Only a name taken is one submission's own failure; a write that kept conflicting is everyone's.
             split=lambda exc: not isinstance(exc, PyMongoError) or _duplicate_key(exc),
         )
+        self._live_wait_paused_until = 0.0  # time.monotonic(); see LIVE_WAIT_PAUSE_S
         app.rpc(
             {
                 SubmitJobRequest: self.submit,
@@ -446,11 +455,30 @@ class JobsService:
     async def get(self, req: GetJobRequest) -> JobDetailReply:
         doc = await self._job(req.job_key)
         if req.attempt_id is None:
-            return JobDetailReply(detail=job_detail(doc))
+            detail = job_detail(doc)
+            if live_wait.asks_scheduler(doc, detail):
+                live_wait.apply(detail, await self._live_wait(req.job_key))
+            return JobDetailReply(detail=detail)
         snapshot = attempt_snapshot(doc, req.attempt_id)
         if snapshot is None:
             raise NoJobError(f"Job {req.job_key} has no attempt {req.attempt_id}.")
         return JobDetailReply(detail=job_detail(doc, snapshot))
+
+    async def _live_wait(self, job_key: str) -> JobPendingReply | None:
+        """The scheduler's current reason and place for a waiting job (live_wait.py says why they are asked
+        for, not stored); None when it does not answer soon: the detail then shows no place."""
+        if time.monotonic() < self._live_wait_paused_until:
+            return None
+        try:
+            return await self.app.bus.request(
+                JobPendingRequest(job_key=job_key), JobPendingReply, timeout=LIVE_WAIT_TIMEOUT_S
+            )
+        except ServiceUnavailableError as exc:
+            log.info(
+                "no current queue place from the scheduler", extra={"key": job_key, "error": exc.message}
+            )
+            self._live_wait_paused_until = time.monotonic() + LIVE_WAIT_PAUSE_S
+            return None
 
     async def list_jobs(self, req: ListJobsRequest) -> JobListReply:
         query = list_filter(req)  # also refuses values no job can have
@@ -657,6 +685,10 @@ class JobsService:
             await refresh_list_entry(ctx.db, snap.job_key, ctx.session)
 
     async def on_pending(self, ctx: HandlerContext, env: Envelope) -> None:
+        """A new wait or a new cause of it (the scheduler does not publish each move of a job's place in its
+        queue): stored as the fallback reason of the job detail and recorded in the job's events. The place
+        stored is the one at publication, for the record; the detail asks the scheduler for the current one
+        (live_wait.py)."""
         assert isinstance(env.body, SchedulingPending)
         p = env.body
         # A reason about an earlier attempt never replaces one about a later attempt. Written without an

@@ -422,11 +422,13 @@ def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | No
         trigger = tasks.get((snapshot.trigger_task_role, snapshot.trigger_task_index or 0))
     job_attempt_id = snapshot.attempt_id
     status = _job_status(spec, snapshot, doc, trigger)
-    # Beyond OpenPAI: why a waiting job waits, as long as the reason is about its current attempt.
+    # Beyond OpenPAI: why a waiting job waits, as long as the reason is about its current attempt. The stored
+    # place is only the one when the cause was last published: no place here; the shell puts in the
+    # scheduler's current reason and place (live_wait.py).
     pending = doc.get("pending")
     if status["state"] == "WAITING" and pending and pending.get("attempt_id") == job_attempt_id:
         status["pendingReason"] = pending.get("reason")
-        status["pendingPosition"] = pending.get("position")
+        status["pendingPosition"] = None
     # Beyond OpenPAI: the current attempt's preemption notice, and whether it resumes a preempted one.
     status.update(preemption.view(snapshot))
     if spec.dependencies:

@@ -459,7 +459,8 @@ def test_waiting_job_shows_why_it_waits_for_its_current_attempt_only() -> None:
     status = job_detail(doc)["jobStatus"]
     assert status["state"] == "WAITING"
     assert status["pendingReason"] == "waiting for 8 GPU(s)"
-    assert status["pendingPosition"] == 2
+    # The stored place is the one at publication (places move without an event): none is claimed.
+    assert status["pendingPosition"] is None
     doc["pending"] = {"attempt_id": 3, "reason": "about another attempt", "position": None}
     assert "pendingReason" not in job_detail(doc)["jobStatus"]
 

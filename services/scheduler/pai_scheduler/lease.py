@@ -95,6 +95,11 @@ class Lease:
             return True
         except KeyWrongLastSequenceError:
             pass
+        except KeyNotFoundError:
+            # nats-py's create, refused because the key exists, reads it back to see whether it is only a
+            # delete marker; an entry that expires between those two steps surfaces as KeyNotFoundError.
+            # Nobody holds the lease then: the next poll creates it.
+            return False
         try:
             entry = await self.kv.get(KEY)
         except KeyNotFoundError:

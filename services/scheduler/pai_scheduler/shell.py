@@ -39,6 +39,8 @@ from pai_common.contract.events import (
     SchedulingRequested,
 )
 from pai_common.contract.rpc import (
+    JobPendingReply,
+    JobPendingRequest,
     ListNodesRequest,
     ListVirtualClustersRequest,
     NodeReply,
@@ -53,7 +55,7 @@ from pai_common.envelope import Envelope
 from pai_common.errors import InvalidParametersError, NoNodeError, NoVirtualClusterError
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_scheduler import lease, metrics, node_views, vc_views
+from pai_scheduler import lease, metrics, node_views, pending_events, vc_views
 from pai_scheduler.cluster_source import load_cluster
 from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, GroupState, HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
@@ -115,6 +117,9 @@ class Scheduler:
         self._cached: tuple[int, HivedAllocator, NodeMarks] | None = None
         self._last_heartbeat: dict[str, float] = {}
         self._watch_since = 0.0
+        # Every waiting attempt's [reason, position] as last committed (the "reasons" document), kept once
+        # a transaction commits: what `scheduler.pending` answers without reading the document each time.
+        self._waiting: dict[str, list[Any]] | None = None
         app.on_startup(self._load_config)
         app.on_startup(self._follow_heartbeats)
         app.background(self._watch_nodes)
@@ -132,6 +137,7 @@ class Scheduler:
                 ListVirtualClustersRequest: self.virtual_clusters,
                 SkuTypesRequest: self.sku_types,
                 ListNodesRequest: self.nodes,
+                JobPendingRequest: self.job_pending,
                 SetNodeSchedulableRequest: self.set_schedulable,
             }
         )
@@ -498,27 +504,29 @@ class Scheduler:
     async def _refresh_reasons(
         self, ctx: HandlerContext, alloc: HivedAllocator, marks: NodeMarks, decisions: list[Decision]
     ) -> None:
-        """Publish why each waiting gang waits, whenever that reason or its place in the queue changed."""
+        """Store why each waiting attempt waits and its place in the queue; publish ``scheduling.pending``
+        only for an attempt that starts waiting or whose cause changed (pending_events.py says why: one
+        event per place moved made the events grow with attempts x placements)."""
         stored = await ctx.db[STATE].find_one({"_id": "reasons"}, session=ctx.session)
         before: dict[str, list[Any]] = dict(stored["reasons"]) if stored else {}
         note = marks.pending_note()
-        now: dict[str, list[Any]] = {q.key: [q.reason + note, q.position] for q in alloc.pending()}
+        now: dict[str, list[Any]] = {q.key: [q.cause + note, q.position] for q in alloc.pending()}
         for d in decisions:
             if isinstance(d, Preempting):
                 n = len(d.victims)
                 now[d.key] = [f"waiting for {n} lower-priority job(s) to be preempted", None]
         now = pending_by_attempt(now)
-        for key, (reason, position) in now.items():
-            if before.get(key) != [reason, position]:
-                ref = parse_key(key).ref()
-                ctx.out.event(
-                    SchedulingPending(
-                        job_key=ref.job_key,
-                        attempt_id=ref.attempt_id,
-                        reason=reason[:2000],
-                        position=position,
-                    )
+        for key in pending_events.to_publish(before, now):
+            reason, position = now[key]
+            ref = parse_key(key).ref()
+            ctx.out.event(
+                SchedulingPending(
+                    job_key=ref.job_key,
+                    attempt_id=ref.attempt_id,
+                    reason=reason[:2000],
+                    position=position,
                 )
+            )
         if now != before:
             # Stored as pairs, not as a mapping: job keys may hold "." which MongoDB reads as a path.
             await ctx.db[STATE].replace_one(
@@ -527,12 +535,33 @@ class Scheduler:
                 upsert=True,
                 session=ctx.session,
             )
+        ctx.on_commit(partial(setattr, self, "_waiting", now))
 
     # ---- RPC -----------------------------------------------------------------------------------------
 
     async def virtual_clusters(self, req: ListVirtualClustersRequest) -> VirtualClustersReply:
         alloc, _, _ = await self._load(None)
         return VirtualClustersReply(virtual_clusters=vc_views.virtual_clusters(alloc))
+
+    async def job_pending(self, req: JobPendingRequest) -> JobPendingReply:
+        """The job's latest waiting attempt with its reason and place, as committed: places move without
+        an event each time, so this is where a reader gets the current one."""
+        waiting = self._waiting
+        if waiting is None:
+            # Nothing committed by this process yet: the stored document is the committed truth.
+            stored = await self.app.db[STATE].find_one({"_id": "reasons"})
+            waiting = dict(stored["reasons"]) if stored else {}
+        prefix = f"{req.job_key}#"
+        attempts = [
+            (parse_key(k).attempt_id, k)
+            for k in waiting
+            if k.startswith(prefix) and parse_key(k).job_key == req.job_key
+        ]
+        if not attempts:
+            return JobPendingReply()
+        attempt_id, key = max(attempts)
+        reason, position = waiting[key]
+        return JobPendingReply(attempt_id=attempt_id, reason=str(reason), position=position)
 
     async def nodes(self, req: ListNodesRequest) -> NodesReply:
         alloc, marks, _ = await self._load(None)

@@ -32,6 +32,22 @@ async def _lease(bus: Bus, holder: str, ttl_s: float = 10.0) -> Lease:
     return await Lease.open(bus, holder, ttl_s, replicas=1)
 
 
+class _ExpiringWhileCreated:
+    """The key-value entry expiring inside nats-py's ``create``: the put is refused (the key exists), then
+    the entry is gone when create reads it back. Real NATS cannot be timed to hit that gap on demand."""
+
+    async def create(self, key: str, value: bytes) -> int:
+        from nats.js.errors import KeyNotFoundError
+
+        raise KeyNotFoundError
+
+
+async def test_a_lease_expiring_during_create_is_not_an_error() -> None:
+    lease = Lease(_ExpiringWhileCreated(), "b")  # type: ignore[arg-type]
+    assert not await lease.try_acquire()  # nobody holds it: the next poll creates it
+    assert lease.revision is None
+
+
 async def test_one_holder_at_a_time_and_a_clean_handover(fresh_bus: Bus) -> None:
     a, b = await _lease(fresh_bus, "a"), await _lease(fresh_bus, "b")
     assert await a.try_acquire()

@@ -170,12 +170,15 @@ class SchedulingPending(Event):
     PRODUCER = "scheduler"
     CONSUMERS = ("jobs",)
     DESCRIPTION = (
-        "An attempt's gang waits; says why in words a user can act on, and where it is in its queue."
+        "An attempt's gang starts waiting, or the cause of its wait changed; says why in words a user can"
+        " act on, and its place in its queue then. Not published when only the place (or a count in the"
+        " reason) moves: the current ones are asked of the scheduler (scheduler.pending)."
     )
 
     job_key: str
     attempt_id: int
     reason: str = Field(max_length=2000)
+    # The 1-based place in its VC's queue when published (None while it waits for a preemption).
     position: int | None = Field(default=None, ge=1)
 
     def subject_key(self) -> str:

@@ -831,6 +831,26 @@ class SkuTypesRequest(RpcRequest):
     virtual_cluster: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
 
 
+class JobPendingReply(RpcReply):
+    # The job's waiting attempt as the scheduler last committed it: why it waits and its 1-based place in
+    # its VC's queue (None while it waits for a preemption). attempt_id None: no attempt of it waits.
+    attempt_id: int | None = None
+    reason: str = ""
+    position: int | None = None
+
+
+class JobPendingRequest(RpcRequest):
+    SERVICE = "scheduler"
+    ENDPOINT = "pending"
+    DESCRIPTION = (
+        "Why a job's attempt waits and its current place in its VC's queue: the place is not published on"
+        " every move (scheduling.pending says when the cause changes), so readers ask for it."
+    )
+    REPLY = JobPendingReply
+
+    job_key: str = Field(min_length=1, max_length=512)
+
+
 class NodesReply(RpcReply):
     # One record per node: name, registered, configured, host_ip, cpu, memory_mb, gpus (index, model,
     # memory_mb, healthy), simulated, healthy (its agent is heard from), bad_gpus; and what the scheduler
@@ -1111,6 +1131,7 @@ ALL_RPCS: tuple[type[RpcRequest], ...] = (
     StorageCredentialsRequest,
     ListVirtualClustersRequest,
     SkuTypesRequest,
+    JobPendingRequest,
     ListNodesRequest,
     TaskLogRequest,
     GetExitSpecRequest,

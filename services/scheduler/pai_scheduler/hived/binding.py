@@ -30,13 +30,15 @@ class Binding(Regions, Ledger):
     def _cell_to_bind(
         self, vc: str, chain: str, level: int, k: int, ceiling: int, placed: list[Cell]
     ) -> Cell | None:
-        """The buddy choice: a free cell of ``level`` that holds the pod (fewest opportunistic leaves in
-        use, then closest to the gang's other pods, then order); else one carved out of the lowest higher
-        free cell, if the chain stays safe."""
+        """The buddy choice: a free cell of ``level`` that holds the pod (fewest bad nodes and leaves, then
+        fewest opportunistic leaves in use, then closest to the gang's other pods, then order); else one
+        carved out of the lowest higher free cell, if the chain stays safe. Bad hardware comes first in the
+        order because a cell with one healthy node still holds one pod: bound for a gang of several pods it
+        would leave the gang waiting while a wholly healthy cell stood free."""
         anchor = placed[0] if placed else None
 
-        def pref(c: Cell) -> tuple[int, int, int]:
-            return (c.n_opportunistic, -closeness(c, anchor), c.order)
+        def pref(c: Cell) -> tuple[int, int, int, int, int]:
+            return (c.n_bad_nodes, c.n_bad_leaves, c.n_opportunistic, -closeness(c, anchor), c.order)
 
         fitting = [c for c in self.quota.free[(chain, level)] if self._fits_unbound(c, k, ceiling)]
         if fitting:

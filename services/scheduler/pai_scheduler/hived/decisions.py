@@ -43,8 +43,11 @@ class Preempting:
 @dataclass(frozen=True)
 class Queued:
     key: str
-    reason: str  # why it is pending, in words a user can act on
+    reason: str  # why it is pending, in words a user can act on (with its place in the queue)
     position: int  # 1-based, in its VC's queue
+    # The reason without the place in the queue: what the service publishes and stores, since the place
+    # changes with every gang placed ahead of this one while the cause stays the same.
+    cause: str
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,8 @@ class Reasons(Regions, Admission):
                 f"; borrowing: {borrowed:g} of its {spec.borrowing_limit:g} GPUs limit in use (it borrows"
                 " idle cells of other VCs when they can hold it within the limit)"
             )
-        return Queued(
-            req.key, f"{self._why(req)}{held} (position {position} in VC {req.vc}'s queue)", position
-        )
+        cause = f"{self._why(req)}{held}"
+        return Queued(req.key, f"{cause} (position {position} in VC {req.vc}'s queue)", position, cause)
 
     def _vc_cells_text(self, vc: str, chain: str) -> str:
         version = (self.cluster.chain_version[chain], self.quota.chain_binding_version[chain])

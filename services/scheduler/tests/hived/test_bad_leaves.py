@@ -231,6 +231,17 @@ def test_snapshot_round_trip_and_reconfiguration_keep_bad_leaves() -> None:
         HivedAllocator.restore(smaller, {**snap, "groups": [], "bindings": []})
 
 
+def test_quota_binds_to_wholly_healthy_cells_first() -> None:
+    """VC b's rack binds to rack 1, not to rack 0 whose n0 is bad: rack 0 would hold one of the gang's two
+    pods only, and the gang would wait while rack 1 stood free (found by the property test below)."""
+    a = HivedAllocator(RACKS)
+    a.set_node_health("n0", False)
+    (started,) = a.submit_all(gang("g", (2, 3), vc="b", prio=0))
+    assert isinstance(started, Allocated)
+    assert {p.node for p in started.placements} == {"n2", "n3"}
+    assert audit(a) == []
+
+
 # ---------------------------------------------------------------------------- property
 
 submit_op = st.tuples(

@@ -332,7 +332,7 @@ def test_hived_adapter_requeues_a_victim_that_started_in_the_same_call() -> None
         def submit(self, req: object, now: float | None = None) -> object:
             key = req.key  # type: ignore[attr-defined]
             self.calls.append(f"submit {key}")
-            return Queued(key, "waiting", 1)
+            return Queued(key, "waiting (position 1)", 1, "waiting")
 
         def release(self, key: str, now: float | None = None) -> list[object]:
             self.calls.append(f"release {key}")
