@@ -237,6 +237,16 @@ class _Child:
         return self.status
 
 
+def _give_tasks_default_signals() -> None:
+    """A task starts with the signal dispositions of a fresh process. Ignored signals survive exec: an agent
+    started in the background or under nohup ignores SIGINT, SIGQUIT or SIGHUP, and so would every task,
+    whose `kill -INT`, Ctrl-C handling or reload on SIGHUP would then silently do nothing. Caught signals
+    are reset to their defaults by exec, so the supervisor catches these (and leaves what they do to the
+    task's phases, which receive them through the process group)."""
+    for signum in (sig.SIGINT, sig.SIGQUIT, sig.SIGHUP):
+        sig.signal(signum, lambda _signum, _frame: None)
+
+
 def run(workdir: str) -> int:
     os.chdir(workdir)  # the phases run there (the agent starts this process there too)
     with open(os.path.join(workdir, CONFIG), "rb") as f:
@@ -247,6 +257,7 @@ def run(workdir: str) -> int:
         stopping.append(True)  # the phases got the same signal; what they do with it is the task's result
 
     sig.signal(sig.SIGTERM, on_term)
+    _give_tasks_default_signals()
     cgroup = config.get("cgroup")
     if cgroup:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 from pai_runtime import local_process as lp
@@ -28,6 +29,22 @@ async def test_each_signal_is_reported_with_its_number(tmp_path: Path) -> None:
         workdir = tmp_path / name
         workdir.mkdir()
         assert await _run(workdir, f"kill -{name} $$") == TaskExit(128 + sig, sig)
+
+
+async def test_signals_ignored_where_the_agent_was_started_are_not_ignored_in_tasks(tmp_path: Path) -> None:
+    # As for an agent started in the background or under nohup: these are ignored when the supervisor starts.
+    ignored = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in ignored}
+    try:
+        # What a program the task starts inherits (bash itself always ignores SIGQUIT, not its children).
+        assert await _run(tmp_path, "grep SigIgn /proc/self/status > ignored") == TaskExit(0, None)
+        (tmp_path / "interrupted").mkdir()
+        assert await _run(tmp_path / "interrupted", "kill -INT $$") == TaskExit(130, 2)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    mask = int((tmp_path / "ignored").read_text().split()[1], 16)
+    assert [s.name for s in ignored if mask & (1 << (s - 1))] == []
 
 
 async def test_pre_and_post_commands_surround_the_users(tmp_path: Path) -> None:
