@@ -1,5 +1,5 @@
 """The fault matrix on `pai up`: for each fault, jobs affected, lost, run twice, leaked GPUs, undelivered
-messages, wrong answers during recovery and the time to recover.
+messages, wrong answers during recovery, the slowest answer after the fault and the time to recover.
 
 Each fault gets a `pai up` of its own (tests/acceptance/harness.py), the workload of tests/chaos/faults.py
 (one-task, multi-role with ports, multi-GPU, secrets, a retry, a stop in flight), then the fault, a probe
@@ -76,8 +76,7 @@ FAULTS: dict[str, Callable[[RunningPlatform, Path], None]] = {
     "kill-several": _kill(["jobs", "orchestrator", "scheduler"]),
     "kill-nats-server": _kill(["nats-server"]),
     "kill-mongo-server": _kill(["mongo-server"]),
-    "stop-orchestrator": _stop("orchestrator"),
-    "stop-jobs": _stop("jobs"),
+    **{f"stop-{s}": _stop(s) for s in SERVICES},
     "bus-disk-full": _fill_disk,
     "unclean-stop": lambda platform, data: None,  # handled in run_one: the whole tree, then a new start
 }
@@ -112,6 +111,7 @@ def run_one(fault: str, root: Path) -> dict[str, Any]:
             row["recovery_s"] = probe.recovered_after(fault_at)
             row["wrong_answers"] = len(probe.wrong_answers())
             row["answers_503"] = sum(1 for _, s in probe.answers if s == 503)
+            row["slowest_answer_s"] = probe.slowest_after(fault_at)
         with platform.client() as client:
             faults.stop_the_ones_to_stop(client, workload)
             outcome = faults.settle(platform, workload, client)
@@ -135,16 +135,17 @@ def run_one(fault: str, root: Path) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = "| fault | jobs | lost | run twice | leaked GPUs | undelivered | wrong answers | 503s"
-    head += " | recovery (s) |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    head += " | slowest answer (s) | recovery (s) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['fault']} | did not complete: {r['error']} ||||||||")
+            lines.append(f"| {r['fault']} | did not complete: {r['error']} |||||||||")
             continue
         rec = "never" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
         lines.append(
             f"| {r['fault']} | {r['jobs']} | {r['lost']} | {r['run_twice']} | {r['leaked_gpus']:g} |"
-            f" {r['undelivered']} | {r['wrong_answers']} | {r['answers_503']} | {rec} |"
+            f" {r['undelivered']} | {r['wrong_answers']} | {r['answers_503']} |"
+            f" {r['slowest_answer_s']:.1f} | {rec} |"
         )
     return "\n".join(lines)
 
@@ -153,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated faults (default: all)")
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--keep", type=Path, help="keep the data dirs (logs) there")
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else list(FAULTS)
     unknown = [f for f in chosen if f not in FAULTS]
@@ -163,9 +165,13 @@ def main() -> None:
     load = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="pai-chaos-") as tmp:
+        root = Path(tmp)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            root = Path(tempfile.mkdtemp(prefix="pai-chaos-", dir=args.keep))
         for fault in chosen:
-            print(f"fault {fault} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(fault, Path(tmp)))
+            print(f"fault {fault} ... (data in {root / fault})", file=sys.stderr, flush=True)
+            rows.append(run_one(fault, root))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     text = table(rows)
     print(text)

@@ -212,6 +212,8 @@ class Probe:
     user: str
     every_s: float = 1.0
     answers: list[tuple[float, int]] = field(default_factory=list)
+    # How long each answer took (seconds), beside ``answers``: the API must answer, or answer 503, fast.
+    waits: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -220,14 +222,16 @@ class Probe:
         while not self._stop.is_set():
             name = f"probe{self.workload.suffix}{i}"
             text = _job(name, {"main": (1, 0, _marker(self.workload.markers))})
+            sent = time.monotonic()
             try:
                 status = self.client.post("/api/v2/jobs", content=text, headers=YAML, timeout=30).status_code
             except httpx.TransportError:
-                status = 0  # the gateway itself was down: no answer at all
+                status = 0  # the gateway itself was down (or kept the probe past 30 s): no answer at all
             if status == 409 and self.answers and self.answers[-1][1] in (0, 503):
                 # The try the 503 (or the lost connection) answered had stored it: that job, not another.
                 status = 202
             self.answers.append((time.monotonic() - self.started, status))
+            self.waits.append(time.monotonic() - sent)
             if status == 202:
                 self.workload.expected[f"{self.user}~{name}"] = "SUCCEEDED"
                 i += 1
@@ -247,6 +251,12 @@ class Probe:
             if at >= fault_at and status == 202:
                 return at - fault_at
         return None
+
+    def slowest_after(self, fault_at: float) -> float:
+        """The longest wait of a probe answered after the fault (the one in flight at the fault included;
+        30 s: no answer within the probe's patience)."""
+        after = [w for (at, _), w in zip(self.answers, self.waits, strict=True) if at >= fault_at]
+        return max(after, default=0.0)
 
     def wrong_answers(self) -> list[tuple[float, int]]:
         """Answers a client must never get: 5xx other than 503 (0 = no answer: the gateway was down)."""

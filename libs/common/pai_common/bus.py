@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -32,6 +33,7 @@ from nats.micro.service import Service
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from pai_common.bus_link import BusLink
 from pai_common.contract.base import (
     COMMAND_SUBJECT_PREFIX,
     DEAD_LETTER_PREFIX,
@@ -48,14 +50,17 @@ from pai_common.contract.base import (
 from pai_common.database import is_transient
 from pai_common.envelope import encode
 from pai_common.errors import (
+    BusUnavailableError,
     InvalidParametersError,
     PaiError,
+    RpcInterruptedError,
     RpcTimeoutError,
     ServiceUnavailableError,
     UnknownError,
     error_from_code,
 )
 from pai_common.metrics import RPC_REQUESTS, RPC_SECONDS
+from pai_common.responder_watch import WATCH_AFTER_S, ResponderWatch, micro_name
 from pai_common.telemetry import inject_headers, span_from_headers
 
 log = logging.getLogger(__name__)
@@ -69,8 +74,8 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 # Absolute, because a request may wait in the responder's queue before its handler starts (a subscription
 # hands its messages to the handler one at a time); the platform's hosts keep their clocks in sync.
 DEADLINE_HEADER = "pai-deadline-ms"
-# The connection is gone or being re-established: the request was not sent, or its answer cannot come.
-_BUS_DOWN = (
+# The connection is gone or being re-established: the request was not sent.
+BUS_DOWN_ERRORS = (
     ConnectionClosedError,
     ConnectionReconnectingError,
     OutboundBufferLimitError,
@@ -120,8 +125,12 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
 class Bus:
     """One NATS connection of one service."""
 
-    def __init__(self, nc: NatsClient, service: str) -> None:
+    def __init__(self, nc: NatsClient, service: str, link: BusLink | None = None) -> None:
         self.nc = nc
+        # Told when the connection drops (by Bus.connect's callback; a Bus made on another's connection
+        # still refuses to send while it is down, but learns of a drop only at the request's timeout).
+        self.link = link or BusLink()
+        self.responders = ResponderWatch(nc)
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self._micro: list[Service] = []
@@ -136,6 +145,7 @@ class Bus:
         # Several servers may be listed, comma-separated: the first connection survives one being down.
         servers = [u.strip() for u in url.split(",") if u.strip()]
         user = urlsplit(servers[0]).username if servers else None
+        link = BusLink()
         nc = await nats.connect(
             servers,
             tls=tls,
@@ -147,8 +157,14 @@ class Bus:
             connect_timeout=5,
             # Draining finishes in-flight work; a subscription that never quiets must not hold a stop.
             drain_timeout=5,
+            disconnected_cb=link.on_disconnected,
         )
-        return cls(nc, service)
+        return cls(nc, service, link)
+
+    def ensure_up(self) -> None:
+        """BusUnavailableError unless the connection is up: for callers about to use JetStream directly,
+        whose requests nats-py would otherwise buffer while it reconnects and answer after their timeout."""
+        self.link.check(self.nc)
 
     async def ensure_streams(self, replicas: int = 1, create: bool = True) -> None:
         """Create the streams, or bring existing ones to this configuration (the replica count included,
@@ -212,10 +228,17 @@ class Bus:
         # up to NO_RESPONDERS_WAIT_S (within the timeout) before calling the service unavailable.
         patience = loop.time() + min(timeout, NO_RESPONDERS_WAIT_S)
         pause = 0.02
+        if target is None:
+            self.responders.note(req.SERVICE)
         while True:
+            self.link.check(self.nc)
             try:
-                msg = await self.nc.request(
-                    subject, payload, timeout=max(deadline - loop.time(), 0.001), headers=headers
+                msg = await self._request_while_up(
+                    req.SERVICE if target is None else None,
+                    subject,
+                    payload,
+                    max(deadline - loop.time(), 0.001),
+                    headers,
                 )
                 break
             except NoRespondersError as exc:
@@ -225,8 +248,8 @@ class Bus:
                 pause = min(pause * 2, 0.25)
             except NatsTimeoutError as exc:
                 raise RpcTimeoutError(f"service {req.SERVICE} did not answer in {timeout:g}s") from exc
-            except _BUS_DOWN as exc:
-                raise ServiceUnavailableError(f"the bus is unavailable ({type(exc).__name__})") from exc
+            except BUS_DOWN_ERRORS as exc:
+                raise BusUnavailableError(f"the bus is unavailable ({type(exc).__name__})") from exc
         if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
             try:
                 body = json.loads(msg.data or b"{}")
@@ -246,6 +269,38 @@ class Bus:
             log.error("invalid rpc reply", extra={"endpoint": req.ENDPOINT, "error": str(exc)[:2000]})
             raise UnknownError(f"service {req.SERVICE} answered with an invalid reply") from None
 
+    async def _request_while_up(
+        self, service: str | None, subject: str, payload: bytes, timeout: float, headers: dict[str, str]
+    ) -> Any:
+        """nc.request, given up at once (RpcInterruptedError) should the connection drop meanwhile, or
+        every instance of ``service`` that could have taken the request stop running (responder_watch;
+        None: a request to one target, not watched)."""
+        lost = self.link.lost()
+        call = asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout, headers=headers))
+        watch: asyncio.Task[None] | None = None
+        try:
+            done, _ = await asyncio.wait(
+                (call, lost), timeout=min(WATCH_AFTER_S, timeout), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done and service is not None:
+                watch = asyncio.ensure_future(self.responders.until_gone(service))
+                done, _ = await asyncio.wait((call, lost, watch), return_when=asyncio.FIRST_COMPLETED)
+            elif not done:
+                done, _ = await asyncio.wait((call, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (call, watch):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+        if call in done:
+            return call.result()
+        if lost in done:
+            raise RpcInterruptedError(
+                "the bus went down while the request waited for its answer: whether it acted is not known"
+            )
+        raise RpcInterruptedError(
+            f"service {service} stopped running while it had the request: whether it acted is not known"
+        )
+
     async def serve_rpc(
         self,
         handlers: dict[type[RpcRequest], RpcHandler],
@@ -256,33 +311,47 @@ class Bus:
 
         An endpoint takes its requests one at a time (NATS delivers a subscription's messages in order to
         one callback), except those in `concurrent`, whose every request runs in a task of its own.
+
+        Every call adds to one micro service per connection: two would each answer a discovery request
+        ($SRV.PING) on the same connection, and a secured server lets a connection answer a request only
+        once, so both answers were refused and the service looked absent (see responder_watch).
         """
-        service = await add_service(
-            self.nc,
-            name=f"pai-{self.service}",
-            version="0.1.0",
-            description=f"OpenPAI {self.service} service",
-        )
+        if not self._micro:
+            self._micro.append(
+                await add_service(
+                    self.nc,
+                    name=micro_name(self.service),
+                    version="0.1.0",
+                    description=f"OpenPAI {self.service} service",
+                )
+            )
+        service = self._micro[0]
         for req_type, handler in handlers.items():
             await service.add_endpoint(
                 name=req_type.ENDPOINT,
                 subject=rpc_subject(req_type.SERVICE, req_type.ENDPOINT, target),
                 handler=_rpc_wrapper(req_type, handler, self._rpc_tasks if req_type in concurrent else None),
             )
-        self._micro.append(service)
         # The server has the subscriptions once flush returns: a request sent right after start-up from
         # another connection then finds its responder instead of "no responders".
         await self.nc.flush()
 
     async def close(self) -> None:
+        self.responders.close()
         for service in self._micro:
             await service.stop()
         self._micro.clear()
         # Requests already taken are answered before the connection drains.
         if self._rpc_tasks:
             await asyncio.wait(set(self._rpc_tasks), timeout=RPC_DRAIN_S)
-        if not self.nc.is_closed:
+        if self.nc.is_connected:
             await self.nc.drain()
+        elif not self.nc.is_closed:
+            # Reconnecting: there is nothing to drain through, and drain() refuses; stop trying. close()
+            # still writes what was buffered meanwhile to the lost socket, and fails on it, when the
+            # connection is already marked closed: that failure is the outage itself.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
 
 
 # The Unix time at which the asker of the RPC being handled stops waiting.

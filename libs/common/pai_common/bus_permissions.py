@@ -68,6 +68,11 @@ NEVER_PUBLISH = [
 ]
 
 
+# Whoever asks RPCs may ask which instances of a service run (NATS micro discovery; pai_common.
+# responder_watch): the answer names services and their instances' ids, nothing else.
+SERVICE_PING = "$SRV.PING.>"
+
+
 @dataclass
 class Permissions:
     publish: list[str] = field(default_factory=list)
@@ -122,7 +127,7 @@ def service_permissions(service: str) -> Permissions:
             owner, verb = command.TYPE.split(".", 1)
             p.publish.append(f"{COMMAND_SUBJECT_PREFIX}.{owner}.*.{verb}")
     p.publish += [f"{RPC_SUBJECT_PREFIX}.{s}" for s in RPC_CALLS.get(service, ())]
-    p.publish += [f"{DEAD_LETTER_PREFIX}.{service}.>", "$JS.API.>", "$JS.ACK.>"]
+    p.publish += [f"{DEAD_LETTER_PREFIX}.{service}.>", "$JS.API.>", "$JS.ACK.>", SERVICE_PING]
     p.deny_publish += NEVER_PUBLISH
     p.subscribe += [event_subject(e.TYPE) for e in ALL_EVENTS if service in e.CONSUMERS]
     p.subscribe += [f"{RPC_SUBJECT_PREFIX}.{service}.>", f"{inbox_prefix(service)}.>", "$SRV.>"]
@@ -139,7 +144,7 @@ def node_permissions(node: str) -> Permissions:
     p = Permissions()
     p.publish += [event_subject(e.TYPE) for e in ALL_EVENTS if e.PRODUCER == "runtime"]
     p.publish += [f"{RPC_SUBJECT_PREFIX}.{s}" for s in RPC_CALLS["runtime"]]
-    p.publish += [f"{HEARTBEAT_PREFIX}.{token}", f"{DEAD_LETTER_PREFIX}.runtime.{durable}"]
+    p.publish += [f"{HEARTBEAT_PREFIX}.{token}", f"{DEAD_LETTER_PREFIX}.runtime.{durable}", SERVICE_PING]
     p.publish += ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", *_consumer_api(COMMANDS_STREAM, durable)]
     p.subscribe += [
         f"{RPC_SUBJECT_PREFIX}.runtime.{token}.>",
@@ -158,7 +163,7 @@ def shared_runtime_permissions() -> Permissions:
     p = Permissions()
     p.publish += [event_subject(e.TYPE) for e in ALL_EVENTS if e.PRODUCER == "runtime"]
     p.publish += [f"{RPC_SUBJECT_PREFIX}.{s}" for s in RPC_CALLS["runtime"]]
-    p.publish += [f"{HEARTBEAT_PREFIX}.*", f"{DEAD_LETTER_PREFIX}.runtime.>", "$JS.API.INFO"]
+    p.publish += [f"{HEARTBEAT_PREFIX}.*", f"{DEAD_LETTER_PREFIX}.runtime.>", "$JS.API.INFO", SERVICE_PING]
     p.publish += [
         "$JS.API.STREAM.INFO.*",
         f"{api}.CREATE.{COMMANDS_STREAM}.*",

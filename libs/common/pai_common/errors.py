@@ -197,6 +197,18 @@ class RpcTimeoutError(ServiceUnavailableError):
     Same code and status as its parent; the caller may ask again to learn the outcome."""
 
 
+class BusUnavailableError(ServiceUnavailableError):
+    """The bus is unreachable (the connection is down or being re-established): the request was not sent,
+    so nothing was done. Answered at once instead of after the RPC's timeout."""
+
+
+class RpcInterruptedError(RpcTimeoutError):
+    """No answer can come any more: the bus went down while the request waited for it (the request may
+    have reached the service, or be sent when the connection is back), or every instance of the service
+    that could have taken it stopped running. Whether the service acted is not known, as after a timeout;
+    the asker learns it at once instead of at the timeout."""
+
+
 class UnknownError(PaiError):
     status = 500
     code = "UnknownError"

@@ -31,6 +31,8 @@ def settings_of(request: Request) -> GatewaySettings:
 
 def bus_of(request: Request) -> Bus:
     bus: Bus = request.app.state.bus_provider()
+    # While the bus is down every route that needs it answers 503 at once, not after a timeout.
+    bus.ensure_up()
     return bus
 
 

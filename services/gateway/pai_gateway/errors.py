@@ -7,12 +7,25 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import ServiceUnavailableError as JetStreamUnavailableError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pai_common.errors import InvalidParametersError, NoApiError, PaiError, UnknownError
+from pai_common.bus import BUS_DOWN_ERRORS
+from pai_common.errors import (
+    InvalidParametersError,
+    NoApiError,
+    PaiError,
+    ServiceUnavailableError,
+    UnknownError,
+)
 
 log = logging.getLogger(__name__)
+# Failures of the bus itself, raised by JetStream calls: a 503 that may be retried.
+_BUS_UNAVAILABLE = (*BUS_DOWN_ERRORS, NatsTimeoutError, NoRespondersError, JetStreamUnavailableError)
 
 
 def error_response(err: PaiError) -> JSONResponse:
@@ -54,6 +67,16 @@ def install(app: FastAPI) -> None:
                 status_code=405,
             )
         return JSONResponse({"code": "UnknownError", "message": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(NatsError)
+    async def bus_failure(request: Request, exc: NatsError) -> JSONResponse:
+        # A route that reads JetStream itself (the dead letters) met the bus going down, or JetStream not
+        # answering in time: a read that may be retried, not a fault of the platform. RPCs never get
+        # here (Bus.request maps its failures to PaiErrors); any other bus error stays a 500.
+        if isinstance(exc, _BUS_UNAVAILABLE):
+            log.warning("bus unavailable", extra={"path": request.url.path, "error": repr(exc)})
+            return error_response(ServiceUnavailableError(f"the bus is unavailable ({type(exc).__name__})"))
+        return await unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
