@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +19,7 @@ from opentelemetry.trace import SpanKind
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from pai_common import dead_letters
 from pai_common.bus import Bus
@@ -39,6 +41,10 @@ PROCESSED = "processed"
 # (PAI_EVENTS: 7 days; a work-queue command goes once acked), so a marker older than that guards
 # nothing: MongoDB's TTL monitor deletes it and the collection stops growing with the traffic.
 PROCESSED_TTL_S = 8 * 24 * 3600
+# How long one fetch waits for a first message; then how long it gives the server to hand over the
+# messages pending behind it (it answers at once; the bound is for a slow answer or a race).
+FETCH_WAIT_S = 0.5
+MORE_WAIT_S = 0.05
 
 
 @dataclass
@@ -65,6 +71,8 @@ class HandlerContext:
 
 
 Handler = Callable[[HandlerContext, Envelope], Awaitable[None]]
+# What a consumer holds around each of its transactions (see ServiceApp.serialize_writes).
+WriteGuard = Callable[[], AbstractAsyncContextManager[object]]
 
 
 @dataclass(frozen=True)
@@ -100,12 +108,14 @@ class DurableConsumer:
         client: AsyncMongoClient[dict[str, Any]],
         db: AsyncDatabase[dict[str, Any]],
         outbox: Outbox,
+        write_guard: WriteGuard | None = None,
     ) -> None:
         self.spec = spec
         self.bus = bus
         self.client = client
         self.db = db
         self.outbox = outbox
+        self._guard: WriteGuard = write_guard or contextlib.nullcontext
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -137,7 +147,7 @@ class DurableConsumer:
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self.spec.batch, timeout=0.5)
+                msgs = await self._fetch()
             except (NatsTimeoutError, TimeoutError):
                 continue  # nothing to do within the fetch window
             except Exception as exc:
@@ -159,72 +169,107 @@ class DurableConsumer:
                 log.error("consumer step failed", extra={"consumer": self.spec.durable, "error": repr(exc)})
                 await asyncio.sleep(0.5)
 
-    async def _handle_batch(self, msgs: list[Msg]) -> None:
-        """Apply a whole fetch in one transaction: one commit, one outbox write, one flush, then the acks.
+    async def _fetch(self) -> list[Msg]:
+        """Wait for the next message, then take whatever else is there already.
 
-        This is where throughput comes from (a round trip per batch instead of per message). If anything
-        in the batch fails, nothing of it was committed and each message is handled on its own, so a
-        poison message is retried or dead-lettered alone.
+        Not one ``fetch(batch)``: once its pull request has to wait, nats-py's fetch returns only when the
+        whole batch came or the request expired, so every message would wait up to the fetch window
+        (measured: about 300 ms per service on a job's path). Here the wait ends with the first message;
+        the rest of the batch is what had accumulated behind it, as many as the server said were pending (a
+        request for messages that are there is answered at once; asking for more would wait again).
         """
-        durable = self.spec.durable
+        msgs = await self._sub.fetch(1, timeout=FETCH_WAIT_S)
+        more = min(self.spec.batch - 1, msgs[-1].metadata.num_pending or 0)
+        if more > 0:
+            try:
+                msgs += await self._sub.fetch(more, timeout=MORE_WAIT_S)
+            except (NatsTimeoutError, TimeoutError):
+                pass  # taken by another replica meanwhile, or a slow answer: they come with the next fetch
+        return msgs
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        """Apply a whole fetch in one transaction: one commit, one outbox write, one publish, then the acks.
+
+        This is where throughput comes from (a round trip per batch instead of per message). The processed
+        markers are written first in that transaction: when one exists already (a redelivery) the
+        transaction stops there, the markers are read, those messages are acked as duplicates and the rest
+        is applied; so the markers are read only when a redelivery is in the batch. If anything else in the
+        batch fails, nothing of it was committed and each message is handled on its own, so a poison
+        message is retried or dead-lettered alone.
+        """
         decoded: list[tuple[Msg, Envelope]] = []
         for msg in msgs:
             try:
                 decoded.append((msg, decode(msg.headers, msg.data)))
             except MalformedMessage:
                 await self._handle(msg)  # dead-letters it
-        keys = {env.id: f"{durable}/{env.id}" for _, env in decoded}
-        processed = self.db[PROCESSED]
-        done = {d["_id"] async for d in processed.find({"_id": {"$in": list(keys.values())}}, {"_id": 1})}
+        if not decoded:
+            return
+        try:
+            try:
+                await retry_transient(lambda: self._commit_batch(decoded))
+            except _AlreadyProcessed:
+                decoded = await self._drop_processed(decoded)
+                if decoded:
+                    await retry_transient(lambda: self._commit_batch(decoded))
+        except Exception as exc:
+            log.info("batch failed; handling its messages one by one", extra={"error": repr(exc)})
+            for msg, _ in decoded:
+                await self._handle(msg)
+
+    async def _drop_processed(self, decoded: list[tuple[Msg, Envelope]]) -> list[tuple[Msg, Envelope]]:
+        """Ack the messages handled before (their marker exists); the others."""
+        durable = self.spec.durable
+        keys = [f"{durable}/{env.id}" for _, env in decoded]
+        done = {d["_id"] async for d in self.db[PROCESSED].find({"_id": {"$in": keys}}, {"_id": 1})}
         todo: list[tuple[Msg, Envelope]] = []
         for msg, env in decoded:
-            if keys[env.id] in done:
+            if f"{durable}/{env.id}" in done:
                 await msg.ack()
                 MESSAGES.labels(durable, env.type, "duplicate").inc()
             else:
                 todo.append((msg, env))
-        if not todo:
-            return
+        return todo
+
+    async def _commit_batch(self, todo: list[tuple[Msg, Envelope]]) -> None:
+        durable = self.spec.durable
         started = time.perf_counter()
         out = PendingMessages(self.bus.service)
-        applied: set[str] = set()
-        ctx: HandlerContext | None = None
-        try:
-            async with self.client.start_session() as session:
-                async with await session.start_transaction():
-                    ctx = HandlerContext(self.db, session, out)
-                    for _, env in todo:
-                        if env.id in applied:
-                            continue  # the same event twice in one fetch
-                        applied.add(env.id)
-                        job_token = current_job_key.set(env.subject or None)
-                        try:
-                            with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
-                                await self.spec.handler(ctx, env)
-                        finally:
-                            current_job_key.reset(job_token)
-                    now = datetime.now(UTC)
-                    await processed.insert_many(
-                        [{"_id": keys[i], "at": now} for i in applied], session=session
-                    )
-                    await self.outbox.stage(out, session)
-        except Exception as exc:
-            log.info("batch failed; handling its messages one by one", extra={"error": repr(exc)})
-            for msg, _ in todo:
-                await self._handle(msg)
-            return
-        assert ctx is not None  # the transaction committed
+        # The same event twice in one fetch is applied once.
+        unique = list({env.id: env for _, env in todo}.values())
+        async with self._guard(), self.client.start_session() as session:
+            async with await session.start_transaction():
+                now = datetime.now(UTC)
+                markers = [{"_id": f"{durable}/{env.id}", "at": now} for env in unique]
+                try:
+                    await self.db[PROCESSED].insert_many(markers, session=session)
+                except (DuplicateKeyError, BulkWriteError) as exc:
+                    if not _duplicate_key(exc):
+                        raise
+                    raise _AlreadyProcessed from exc
+                ctx = HandlerContext(self.db, session, out)
+                for env in unique:
+                    job_token = current_job_key.set(env.subject or None)
+                    try:
+                        with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
+                            await self.spec.handler(ctx, env)
+                    finally:
+                        current_job_key.reset(job_token)
+                await self.outbox.stage(out, session)
         ctx.committed()
-        if out.docs:
-            try:
-                await self.outbox.flush()
-            except Exception as exc:  # the relay sends them later; the state is committed
-                log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
+        await self._publish(out)
         elapsed = (time.perf_counter() - started) / len(todo)
         for msg, env in todo:
             await msg.ack()
             MESSAGES.labels(durable, env.type, "ok").inc()
             HANDLE_SECONDS.labels(durable, env.type).observe(elapsed)
+
+    async def _publish(self, out: PendingMessages) -> None:
+        if out.docs:
+            try:
+                await self.outbox.publish_committed(out.docs)
+            except Exception as exc:  # the relay sends them later; the state is committed
+                log.warning("outbox publish failed after commit", extra={"error": repr(exc)})
 
     async def _handle(self, msg: Msg) -> None:
         durable = self.spec.durable
@@ -311,25 +356,31 @@ class DurableConsumer:
     async def _apply(self, env: Envelope) -> str:
         key = f"{self.spec.durable}/{env.id}"
         processed = self.db[PROCESSED]
-        if await processed.find_one({"_id": key}, {"_id": 1}) is not None:
-            return "duplicate"
         out = PendingMessages(self.bus.service)
         try:
-            async with self.client.start_session() as session:
+            async with self._guard(), self.client.start_session() as session:
                 async with await session.start_transaction():
+                    # The marker first: a message handled before stops here, without a read beforehand.
+                    try:
+                        await processed.insert_one({"_id": key, "at": datetime.now(UTC)}, session=session)
+                    except DuplicateKeyError as exc:
+                        raise _AlreadyProcessed from exc
                     ctx = HandlerContext(self.db, session, out)
                     await self.spec.handler(ctx, env)
-                    await processed.insert_one({"_id": key, "at": datetime.now(UTC)}, session=session)
                     await self.outbox.stage(out, session)
-        except DuplicateKeyError:
-            # Only the processed marker can collide here: another replica handled it first.
-            if await processed.find_one({"_id": key}, {"_id": 1}) is not None:
-                return "duplicate"
-            raise
+        except _AlreadyProcessed:
+            return "duplicate"
         ctx.committed()
-        if out.docs:
-            try:
-                await self.outbox.flush()
-            except Exception as exc:  # the relay sends them later; the state is committed
-                log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
+        await self._publish(out)
         return "ok"
+
+
+class _AlreadyProcessed(Exception):
+    """The message's processed marker exists: it was handled before (a redelivery)."""
+
+
+def _duplicate_key(exc: DuplicateKeyError | BulkWriteError) -> bool:
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    errors = exc.details.get("writeErrors", []) if exc.details else []
+    return any(e.get("code") == 11000 for e in errors)

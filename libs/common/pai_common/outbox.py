@@ -1,9 +1,15 @@
 """The transactional outbox: messages written in the same transaction as the state they follow from.
 
 A handler never publishes directly. It adds messages to the outbox inside its database transaction;
-after the commit, the relay publishes them (with their fixed ids, so JetStream drops a second copy) and
-deletes them. A crash between commit and publish leaves them in the outbox, and the relay sends them at
-the next start: nothing is lost, nothing is sent twice.
+after the commit they are published (with their fixed ids, so JetStream drops a second copy) and then
+deleted. A crash between commit and publish leaves them in the outbox, and the relay sends them at the
+next start: nothing is lost, and a copy sent twice is dropped by JetStream or by the consumers' processed
+markers.
+
+The committer publishes what it committed straight from memory (no read back) while the outbox holds
+nothing older that is still unsent; after a failed publish, and at start, the oldest-first flush of the
+whole collection takes over until it succeeds. The deletion of published messages is batched in the
+background: it is off the handler's path, and one delete serves every commit of the moment.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,34 +63,91 @@ class Outbox:
         self.collection = db[COLLECTION]
         self.bus = bus
         self._lock = asyncio.Lock()
+        # Something older than the next commit may still be unsent (at start, after a failed publish):
+        # then every flush goes through the collection, oldest first, until one empties it.
+        self._backlog = True
+        # Published, not yet deleted; the relay deletes them in one write.
+        self._sent: set[str] = set()
+        self._sent_signal = asyncio.Event()
 
     async def stage(self, pending: PendingMessages, session: AsyncClientSession | None) -> None:
         if pending.docs:
             await self.collection.insert_many(pending.docs, session=session, ordered=True)
 
-    async def flush(self, chunk: int = 128) -> int:
-        """Publish everything in the outbox, oldest first; returns how many were sent.
-
-        A chunk's publishes are pipelined on the one connection (written in order, acks awaited
-        together), then deleted in one write.
-        """
+    async def publish_committed(self, docs: Sequence[dict[str, Any]]) -> None:
+        """Publish what a transaction just committed. Raises when the bus fails: the messages stay in the
+        outbox for the relay, and the flushes that follow read the collection until it is empty."""
+        if not docs:
+            return
         async with self._lock:
-            sent = 0
-            while True:
-                docs = await self.collection.find({}).sort("order", 1).limit(chunk).to_list()
-                if not docs:
-                    return sent
-                await asyncio.gather(
-                    *(self.bus.publish_raw(d["subject"], dict(d["headers"]), bytes(d["data"])) for d in docs)
-                )
-                await self.collection.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
-                sent += len(docs)
-
-    async def relay_forever(self, interval_s: float = 2.0) -> None:
-        """Catch what a failed flush left behind (the bus was down, the process restarted)."""
-        while True:
+            if self._backlog:
+                await self._flush_locked(chunk=128)
+                return
             try:
-                await self.flush()
+                await self._publish(docs)
+            except BaseException:
+                self._backlog = True
+                raise
+            self._sent.update(d["_id"] for d in docs)
+            self._sent_signal.set()
+
+    async def flush(self, chunk: int = 128) -> int:
+        """Publish everything in the outbox, oldest first; returns how many were sent."""
+        async with self._lock:
+            return await self._flush_locked(chunk)
+
+    async def _flush_locked(self, chunk: int) -> int:
+        """A chunk's publishes are pipelined on the one connection (written in order, acks awaited
+        together), then deleted in one write."""
+        sent = 0
+        self._backlog = True
+        # What was published already goes first, so that it is not sent again.
+        await self.delete_sent()
+        while True:
+            docs = await self.collection.find({}).sort("order", 1).limit(chunk).to_list()
+            if not docs:
+                self._backlog = False
+                return sent
+            await self._publish(docs)
+            await self.collection.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+            sent += len(docs)
+
+    async def _publish(self, docs: Sequence[dict[str, Any]]) -> None:
+        await asyncio.gather(
+            *(self.bus.publish_raw(d["subject"], dict(d["headers"]), bytes(d["data"])) for d in docs)
+        )
+
+    async def delete_sent(self) -> int:
+        """Delete what was published; a failure keeps the ids for the next try."""
+        if not self._sent:
+            return 0
+        ids = list(self._sent)
+        await self.collection.delete_many({"_id": {"$in": ids}})
+        self._sent.difference_update(ids)
+        return len(ids)
+
+    async def relay_forever(self, interval_s: float = 2.0, delete_after_s: float = 0.1) -> None:
+        """Delete what was published shortly after (one write for every commit of the moment); every
+        ``interval_s``, send what a failed publish left behind (the bus was down, the process restarted)."""
+        next_flush = time.monotonic() + interval_s
+        while True:
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as the event is
+            # set (a commit published just as the service stops), and the relay would never stop.
+            signalled = asyncio.ensure_future(self._sent_signal.wait())
+            try:
+                await asyncio.wait({signalled}, timeout=max(0.0, next_flush - time.monotonic()))
+            finally:
+                signalled.cancel()
+            if self._sent_signal.is_set():
+                await asyncio.sleep(delete_after_s)
+            self._sent_signal.clear()
+            try:
+                # Not under the lock: publishing goes on meanwhile (a flush that reads a message being
+                # deleted sends it again, and JetStream drops the copy).
+                await self.delete_sent()
+                if time.monotonic() >= next_flush:
+                    next_flush = time.monotonic() + interval_s
+                    await self.flush()
             except Exception as exc:
                 log.warning("outbox relay failed, will retry", extra={"error": repr(exc)})
-            await asyncio.sleep(interval_s)
+                await asyncio.sleep(min(interval_s, 0.5))

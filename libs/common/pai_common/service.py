@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
-from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext
+from pai_common.consumer import ConsumerSpec, DurableConsumer, Handler, HandlerContext, WriteGuard
 from pai_common.contract.base import Event, RpcRequest, event_subject
 from pai_common.contract.rpc import ReplayDeadLetterRequest
 from pai_common.database import connect_mongo, retry_transient, service_database
@@ -60,6 +60,7 @@ class ServiceApp:
         self._shutdown: list[Hook] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._consumers: list[DurableConsumer] = []
+        self._write_guard: WriteGuard | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = False
         self.bus: Bus
@@ -91,6 +92,14 @@ class ServiceApp:
         in `concurrent`: then every request gets its own task at once (the handler bounds the work)."""
         self._rpc.append((handlers, target, concurrent))
 
+    def serialize_writes(self, guard: WriteGuard) -> None:
+        """Hold ``guard()`` around every consumer transaction of this process.
+
+        For a service whose RPC writes and event handlers update the same documents (counters): held
+        around those RPC writes too, it makes them take turns instead of conflicting and backing off.
+        """
+        self._write_guard = guard
+
     def on_startup(self, hook: Hook) -> None:
         self._startup.append(hook)
 
@@ -117,9 +126,9 @@ class ServiceApp:
         ctx.committed()
         if out.docs:
             try:
-                await self.outbox.flush()
+                await self.outbox.publish_committed(out.docs)
             except Exception as exc:  # committed: the relay sends it later
-                log.warning("outbox flush failed after commit", extra={"error": repr(exc)})
+                log.warning("outbox publish failed after commit", extra={"error": repr(exc)})
 
     async def transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
         """``transaction`` with retries when another process's write conflicted with this one."""
@@ -177,7 +186,7 @@ class ServiceApp:
                 )
             )
         for spec in specs:
-            consumer = DurableConsumer(spec, self.bus, self.mongo, self.db, self.outbox)
+            consumer = DurableConsumer(spec, self.bus, self.mongo, self.db, self.outbox, self._write_guard)
             await consumer.start()
             self._consumers.append(consumer)
             # An admin's replay of this consumer's dead letters reaches whichever replica runs it.

@@ -70,7 +70,12 @@ async def test_event_handled_once_and_state_committed(
         info = await app.bus.js.stream_info(EVENTS_STREAM)
         # Two attempts at publishing the event (one deduplicated), one raw copy, one released event.
         assert info.state.messages == 3
-        assert await app.db.outbox.count_documents({}) == 0
+
+        async def outbox_emptied() -> bool:
+            # Published messages are deleted from the outbox in the background, shortly after.
+            return await app.db.outbox.count_documents({}) == 0
+
+        await wait_until(outbox_emptied)
     finally:
         await app.stop()
 

@@ -63,5 +63,9 @@ class Turns:
     async def acquire(self) -> None:
         await self._lock.acquire()
 
+    def guard(self) -> asyncio.Lock:
+        """The turn as an ``async with`` (the service's event handlers take turns with the writes too)."""
+        return self._lock
+
     def release(self) -> None:
         self._lock.release()

@@ -65,7 +65,7 @@ from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_common.testing import no_storages
 from pai_jobs.protocol import parse_job
-from pai_jobs.shell import JOBS, JobsService, new_job_document
+from pai_jobs.shell import COUNTS, JOBS, LIST, JobsService, new_job_document
 
 
 def job_yaml(name: str, vc: str = "default", secrets: bool = False, priority: str = "test") -> str:
@@ -536,5 +536,56 @@ async def test_a_stop_outlasts_writes_that_conflict_with_it(
         assert reply.message == "Execute job alice~busy successfully."
         detail = (await client.request(GetJobRequest(job_key="alice~busy"), JobDetailReply)).detail
         assert detail["jobStatus"]["executionType"] == "STOP"
+    finally:
+        await app.stop()
+
+
+async def test_concurrent_submissions_are_stored_together_once_each(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    published = Published(client)
+    await published.start()
+    settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
+    app = ServiceApp("jobs", settings)
+    service = JobsService(app, virtual_clusters=known_vcs)
+    app.rpc({ResolveStoragesRequest: no_storages})
+    app.name = f"jobs{uuid.uuid4().hex[:8]}"
+    await app.start()
+    try:
+        await client.request(submit("taken"), SubmitJobReply)
+        names = [f"burst{i}" for i in range(12)]
+        # In the burst: every new name, one of them twice with the same content (the same 202, stored
+        # once), and the taken name with other content (409).
+        burst = [submit(n) for n in [*names, "burst0"]] + [submit("taken", secrets=True)]
+        results = await asyncio.gather(
+            *(client.request(r, SubmitJobReply, timeout=30) for r in burst), return_exceptions=True
+        )
+        assert all(isinstance(r, SubmitJobReply) for r in results[:-1]), results
+        assert results[-2] == results[0]
+        assert isinstance(results[-1], ConflictJobError)
+        jobs = app.db[JOBS]
+        seqs = sorted([d["seq"] async for d in jobs.find({}, {"seq": 1})])
+        # One seq per stored job, no gap, no repeat (the refused one took none).
+        assert seqs == list(range(1, len(names) + 2))
+        entries = [d async for d in app.db[LIST].find({}, {"update_seq": 1})]
+        assert len(entries) == len(names) + 1
+        assert len({e["update_seq"] for e in entries}) == len(entries)
+        counts = {d["_id"]: d["n"] async for d in app.db[COUNTS].find({})}
+        assert counts["user:alice"] == len(names) + 1
+        listed = await client.request(
+            ListJobsRequest(usernames=["alice"], limit=100, count_total=True), JobListReply
+        )
+        assert listed.total == len(names) + 1
+        detail = (await client.request(GetJobRequest(job_key="alice~burst3"), JobDetailReply)).detail
+        assert detail["jobStatus"]["state"] == "WAITING"
+        events = (await client.request(JobEventsRequest(job_key="alice~burst5"), JobEventsReply)).events
+        assert [e["reason"] for e in events] == ["Submitted"]
+        submitted = await published.wait_for(JobSubmitted, count=len(names) + 1)
+        await published.drain(1.0)
+        keys = [b.spec.job_key for b, _ in published.seen if isinstance(b, JobSubmitted)]
+        assert sorted(keys) == sorted(f"alice~{n}" for n in [*names, "taken"])
+        assert len(submitted) == len(names) + 1
+        # They were written together, not each in a transaction of its own.
+        assert max(service.submissions.batches) > 1
     finally:
         await app.stop()

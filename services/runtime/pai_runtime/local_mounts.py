@@ -1,7 +1,7 @@
 """Storages for local tasks: mounted inside a private mount namespace of the task, never on the host.
 
 The task's supervisor is started by ``unshare --mount --propagation private`` and mounts each storage
-before the task's first phase (``supervisor.mount_storages``): a bind mount for ``local`` (read-only by a
+before the task's first phase (``supervisor._mount_storages``): a bind mount for ``local`` (read-only by a
 remount), the system's mount helpers for ``nfs`` (``mount.nfs``), ``samba`` and ``azureFile``
 (``mount.cifs``), ``blobfuse2`` for ``azureBlob``. The mounts live and die with the namespace: the host's
 own mount table never changes. A ``pvc`` is Kubernetes' only.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import marshal
 import os
 import signal
 import sys
@@ -86,7 +87,8 @@ def prepare(
         # Storages the supervisor mounts first (local_mounts): steps, credentials folder, failure code.
         **(mounts or {}),
     }
-    (workdir / supervisor.CONFIG).write_text(json.dumps(config))
+    # marshal: the supervisor reads it without importing json (see supervisor.py); same interpreter.
+    (workdir / supervisor.CONFIG).write_bytes(marshal.dumps(config))
 
 
 def command(workdir: Path) -> list[str]:

@@ -1,0 +1,284 @@
+"""The consumer's batches and the outbox's publishing, against real NATS (JetStream) and MongoDB-wire
+servers: what makes a job cost fewer round trips must keep every guarantee."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.consumer import PROCESSED, HandlerContext
+from pai_common.contract.events import JobAttemptCompleted, SchedulingReleased
+from pai_common.database import connect_mongo, service_database
+from pai_common.embedded import ServerProcess
+from pai_common.envelope import H_MSG_ID, Envelope, encode
+from pai_common.outbox import Outbox, PendingMessages
+from pai_common.service import ServiceApp
+from pai_common.settings import Settings
+
+
+def make_app(nats: ServerProcess, mongo: ServerProcess) -> ServiceApp:
+    settings = Settings(nats_url=nats.url, mongo_url=mongo.url, nak_base_delay_s=0.05)
+    return ServiceApp(f"t{uuid.uuid4().hex[:10]}", settings)
+
+
+async def wait_until(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_batch_with_a_redelivery_applies_each_message_once(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    """Markers are written first: one that exists (handled before a crash, not acked) stops the batch's
+    transaction, that message is acked as a duplicate and the rest of the batch is applied once."""
+    app = make_app(fresh_nats, mongo_server)
+    handled: list[str] = []
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        handled.append(env.id)
+        await ctx.db.done.update_one({"_id": env.id}, {"$inc": {"n": 1}}, upsert=True, session=ctx.session)
+
+    bus = await Bus.connect(fresh_nats.url, "test")
+    await bus.ensure_streams()
+    events = {f"e{i}": JobAttemptCompleted(job_key=f"b~j{i}", attempt_id=0, exit_code=0) for i in range(4)}
+    for mid, event in events.items():
+        await bus.publish_event(event, msg_id=mid)
+    # e1 once more under another NATS id: the same CloudEvents id twice in one fetch.
+    _, headers, payload = encode(events["e1"], "test", "e1")
+    headers[H_MSG_ID] = "e1-copy"
+    await bus.publish_raw("pai.evt.job.attempt.completed", headers, payload)
+    await bus.close()
+    # e3 was handled by an earlier run that died before acking it.
+    client = connect_mongo(mongo_server.url)
+    db = service_database(client, app.name)
+    await db[PROCESSED].insert_one({"_id": f"{app.name}/e3", "at": datetime.now(UTC)})
+    await db.done.insert_one({"_id": "e3", "n": 1})
+    await client.close()
+
+    await app.start()
+    try:
+
+        async def all_acked() -> bool:
+            info = await app.bus.js.consumer_info(EVENTS_STREAM, app.name)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_until(all_acked)
+        counts = {d["_id"]: d["n"] async for d in app.db.done.find({})}
+        assert counts == {"e0": 1, "e1": 1, "e2": 1, "e3": 1}
+        assert sorted(handled) == ["e0", "e1", "e2"]
+        markers = {d["_id"] async for d in app.db[PROCESSED].find({})}
+        assert markers == {f"{app.name}/e{i}" for i in range(4)}
+    finally:
+        await app.stop()
+
+
+async def test_the_write_guard_is_held_around_every_consumer_transaction(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    app = make_app(fresh_nats, mongo_server)
+    lock = asyncio.Lock()
+    held: list[bool] = []
+    entered: list[int] = []
+
+    @asynccontextmanager
+    async def guard() -> AsyncIterator[None]:
+        async with lock:
+            entered.append(1)
+            yield
+
+    app.serialize_writes(guard)
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        held.append(lock.locked())
+
+    await app.start()
+    try:
+        for i in range(3):
+            await app.bus.publish_event(JobAttemptCompleted(job_key=f"g~j{i}", attempt_id=0, exit_code=0))
+
+        async def three() -> bool:
+            return len(held) == 3
+
+        await wait_until(three)
+        assert held == [True, True, True]
+        assert entered
+    finally:
+        await app.stop()
+
+
+class FlakyBus:
+    """The bus, whose publishes fail while ``down`` is set."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.down = False
+        self.service = bus.service
+
+    async def publish_raw(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
+        if self.down:
+            raise ConnectionError("bus down")
+        await self.bus.publish_raw(subject, headers, payload)
+
+
+@pytest.fixture
+async def outbox_parts(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> AsyncIterator[tuple[Outbox, FlakyBus, Bus, Any, Any]]:
+    bus = await Bus.connect(fresh_nats.url, "test")
+    await bus.ensure_streams()
+    client = connect_mongo(mongo_server.url)
+    db = client[f"t{uuid.uuid4().hex[:10]}"]
+    flaky = FlakyBus(bus)
+    outbox = Outbox(db, flaky)  # type: ignore[arg-type]
+    yield outbox, flaky, bus, client, db
+    await client.close()
+    await bus.close()
+
+
+async def commit(client: Any, outbox: Outbox, job: str) -> list[dict[str, Any]]:
+    pending = PendingMessages("test")
+    pending.event(SchedulingReleased(job_key=job, attempt_id=0), msg_id=f"released:{job}")
+    async with client.start_session() as session:
+        async with await session.start_transaction():
+            await outbox.stage(pending, session)
+    return pending.docs
+
+
+async def stream_jobs(bus: Bus) -> list[str]:
+    info = await bus.js.stream_info(EVENTS_STREAM)
+    jobs: list[str] = []
+    if info.state.messages == 0:
+        return jobs
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await bus.js.get_msg(EVENTS_STREAM, seq)
+        jobs.append((msg.headers or {})["ce-subject"])
+    return jobs
+
+
+async def test_outbox_publishes_commits_from_memory_and_deletes_them_later(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    outbox, _, bus, client, db = outbox_parts
+    assert await outbox.flush() == 0  # the start's flush: nothing older is waiting
+    docs = await commit(client, outbox, "a~1")
+    await outbox.publish_committed(docs)
+    assert await stream_jobs(bus) == ["a~1"]
+    # Published, still in the collection until the relay's batched delete.
+    assert await db.outbox.count_documents({}) == 1
+    assert await outbox.delete_sent() == 1
+    assert await db.outbox.count_documents({}) == 0
+
+
+async def test_after_a_failed_publish_the_outbox_is_flushed_oldest_first(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    outbox, flaky, bus, client, db = outbox_parts
+    await outbox.flush()
+    flaky.down = True
+    first = await commit(client, outbox, "a~1")
+    with pytest.raises(ConnectionError):
+        await outbox.publish_committed(first)
+    assert await stream_jobs(bus) == []
+    flaky.down = False
+    # The next commit does not overtake the one left behind: the whole outbox goes, in commit order.
+    second = await commit(client, outbox, "a~2")
+    await outbox.publish_committed(second)
+    assert await stream_jobs(bus) == ["a~1", "a~2"]
+    assert await db.outbox.count_documents({}) == 0
+    # And once caught up, commits go straight from memory again.
+    third = await commit(client, outbox, "a~3")
+    await outbox.publish_committed(third)
+    assert await stream_jobs(bus) == ["a~1", "a~2", "a~3"]
+    assert await db.outbox.count_documents({}) == 1
+
+
+async def test_the_relay_deletes_what_was_published_and_sends_it_once(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    outbox, _, bus, client, db = outbox_parts
+    await outbox.flush()
+    relay = asyncio.create_task(outbox.relay_forever(interval_s=0.2, delete_after_s=0.01))
+    try:
+        for i in range(5):
+            await outbox.publish_committed(await commit(client, outbox, f"r~{i}"))
+
+        async def emptied() -> bool:
+            return await db.outbox.count_documents({}) == 0
+
+        await wait_until(emptied)
+        await asyncio.sleep(0.5)  # two more periods of the relay's flush: nothing is sent again
+        assert await stream_jobs(bus) == [f"r~{i}" for i in range(5)]
+    finally:
+        relay.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await relay
+
+
+async def test_the_relay_stops_when_cancelled_as_a_commit_is_published(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    """A service stopping just as it publishes (the runtime reporting a task's exit) stops its relay."""
+    outbox, _, _, client, _ = outbox_parts
+    await outbox.flush()
+    relay = asyncio.create_task(outbox.relay_forever(interval_s=60.0))
+    await asyncio.sleep(0.05)  # the relay waits for a publish
+    await outbox.publish_committed(await commit(client, outbox, "s~1"))  # sets its signal...
+    relay.cancel()  # ...and the cancellation comes in the same turn of the loop
+    done, _ = await asyncio.wait({relay}, timeout=10.0)
+    assert relay in done and relay.cancelled()
+
+
+async def test_a_backlog_is_applied_in_full_batches_each_acked_after_its_commit(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    """A consumer far behind (the burst test's jobs service: tens of thousands of events queued) takes
+    the backlog in full batches, one transaction each, and acks each batch once it committed: it never
+    sits on a batch waiting for a fetch window, a timer or more messages."""
+    app = make_app(fresh_nats, mongo_server)
+    total = 300
+    # The handlers' contexts, kept alive so that each transaction's has its own id.
+    contexts: list[HandlerContext] = []
+    handled: list[str] = []
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        contexts.append(ctx)
+        handled.append(env.id)
+        await ctx.db.done.insert_one({"_id": env.id}, session=ctx.session)
+
+    bus = await Bus.connect(fresh_nats.url, "test")
+    await bus.ensure_streams()
+    for i in range(total):
+        await bus.publish_event(
+            JobAttemptCompleted(job_key=f"q~j{i}", attempt_id=0, exit_code=0), msg_id=f"q{i}"
+        )
+    await bus.close()
+
+    await app.start()
+    try:
+
+        async def all_acked() -> bool:
+            info = await app.bus.js.consumer_info(EVENTS_STREAM, app.name)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_until(all_acked, timeout=60.0)
+        assert sorted(handled) == sorted(f"q{i}" for i in range(total))
+        assert await app.db.done.count_documents({}) == total
+        transactions = len({id(ctx) for ctx in contexts})
+        batch = 64
+        # ceil(300 / 64) = 5 full or nearly full batches; a few more if a fetch raced the publishes.
+        assert transactions <= -(-total // batch) + 2, transactions
+    finally:
+        await app.stop()
