@@ -104,7 +104,8 @@ class RunningPlatform:
 
     def counts(self) -> dict[str, float]:
         mongo = [s.url for s in self.pai.servers if s.name.startswith("mongo")] or [self.pai.mongo_url or ""]
-        return counts([u for u in mongo if u], self.pai.nats_url)
+        # The operator's login: the embedded bus refuses a connection without credentials.
+        return counts([u for u in mongo if u], self.pai.bus_url("operator") if self.pai.nats_url else None)
 
     def rss_mib(self) -> float:
         return self.pai.rss_bytes() / 2**20
