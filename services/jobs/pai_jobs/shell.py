@@ -147,16 +147,7 @@ async def _record(ctx: HandlerContext, event: JobEvent) -> None:
 
 
 async def _next_seq(db: Db, session: AsyncClientSession | None, name: str = SEQ_COUNTER) -> int:
-    counter = await db[COUNTERS].find_one_and_update(
-        {"_id": name},
-        {"$inc": {"value": 1}},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-        session=session,
-    )
-    assert counter is not None  # upserted
-    value: int = counter["value"]
-    return value
+    return (await _take_seqs(db, session, 1, name))[0]
 
 
 async def _apply_counts(db: Db, changes: dict[str, int], session: AsyncClientSession | None) -> None:
@@ -363,7 +354,7 @@ class JobsService:
         try:
             # With the submissions ready at the same moment, in one transaction (group_commit); refused
             # with 429, nothing done, if the write's turn does not come by the deadline.
-            await self.submissions.store(NewJob(spec, doc, parsed.raw), deadline)
+            await self.submissions.store(NewJob(spec, doc, parsed.raw, deadline), deadline)
         except PyMongoError as exc:
             if _duplicate_key(exc):
                 if await self._already_submitted(spec.job_key, digest):
@@ -391,8 +382,16 @@ class JobsService:
         await self._store_together([new])
 
     async def _store_together(self, batch: list[NewJob]) -> None:
+        loop = asyncio.get_running_loop()
+
         async def store(tx: HandlerContext) -> None:
             await store_new_jobs(tx, batch)
+            # Checked last, just before the commit (and at every retry): a batch waits for its turn after
+            # it was taken, and a job committed once its submitter was answered 503 would make that answer
+            # untrue. A late one aborts the batch; it is then written one by one, the late ones refused.
+            late = [new for new in batch if new.deadline <= loop.time()]
+            if late:
+                raise self._late(late[0])
 
         await self._turns.acquire()
         started = time.monotonic()
@@ -756,10 +755,12 @@ class NewJob:
     spec: JobSpec
     doc: dict[str, Any]
     raw: dict[str, Any]
+    # Event-loop time by which it is committed or not at all: the submitter stops waiting soon after.
+    deadline: float
 
 
 async def _take_seqs(db: Db, session: AsyncClientSession | None, n: int, name: str) -> list[int]:
-    """``n`` consecutive values of a counter in one write (``_next_seq`` for several)."""
+    """``n`` consecutive values of a counter in one write."""
     counter = await db[COUNTERS].find_one_and_update(
         {"_id": name},
         {"$inc": {"value": n}},

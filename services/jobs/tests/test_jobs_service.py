@@ -589,3 +589,32 @@ async def test_concurrent_submissions_are_stored_together_once_each(
         assert max(service.submissions.batches) > 1
     finally:
         await app.stop()
+
+
+async def test_a_submission_whose_asker_gave_up_while_it_waited_for_its_turn_is_not_stored(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    """202 if and only if the job exists: a submission taken for writing, whose turn then came only after
+    its asker stopped waiting (answered 503), is refused rather than committed behind the asker's back."""
+    settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
+    app = ServiceApp("jobs", settings)
+    service = JobsService(app, virtual_clusters=known_vcs)
+    app.rpc({ResolveStoragesRequest: no_storages})
+    app.name = f"jobs{uuid.uuid4().hex[:8]}"
+    await app.start()
+    try:
+        await service._turns.acquire()  # a long write of this process (another batch, an event handler)
+        asked = asyncio.create_task(client.request(submit("late"), SubmitJobReply, timeout=2.5))
+        with pytest.raises(ServiceUnavailableError):
+            await asked  # the asker stops waiting while the submission waits for its turn
+        service._turns.release()
+        writer = service.submissions._writer
+        assert writer is not None and not service.submissions._queue  # it had been taken for writing
+        await asyncio.wait_for(writer, 30)  # it runs now, and must refuse it
+        assert await app.db[JOBS].count_documents({}) == 0
+        with pytest.raises(NoJobError):
+            await client.request(GetJobRequest(job_key="alice~late"), JobDetailReply)
+        # The next submission is stored as usual.
+        assert await client.request(submit("next"), SubmitJobReply, timeout=30)
+    finally:
+        await app.stop()
