@@ -257,19 +257,12 @@ class DurableConsumer:
                         current_job_key.reset(job_token)
                 await self.outbox.stage(out, session)
         ctx.committed()
-        await self._publish(out)
+        await self.outbox.publish_after_commit(out.docs)
         elapsed = (time.perf_counter() - started) / len(todo)
         for msg, env in todo:
             await msg.ack()
             MESSAGES.labels(durable, env.type, "ok").inc()
             HANDLE_SECONDS.labels(durable, env.type).observe(elapsed)
-
-    async def _publish(self, out: PendingMessages) -> None:
-        if out.docs:
-            try:
-                await self.outbox.publish_committed(out.docs)
-            except Exception as exc:  # the relay sends them later; the state is committed
-                log.warning("outbox publish failed after commit", extra={"error": repr(exc)})
 
     async def _handle(self, msg: Msg) -> None:
         durable = self.spec.durable
@@ -371,7 +364,7 @@ class DurableConsumer:
         except _AlreadyProcessed:
             return "duplicate"
         ctx.committed()
-        await self._publish(out)
+        await self.outbox.publish_after_commit(out.docs)
         return "ok"
 
 

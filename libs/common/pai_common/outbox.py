@@ -91,6 +91,14 @@ class Outbox:
             self._sent.update(d["_id"] for d in docs)
             self._sent_signal.set()
 
+    async def publish_after_commit(self, docs: Sequence[dict[str, Any]]) -> None:
+        """``publish_committed`` for a committer that goes on whatever happens: the state is committed,
+        and what could not be published now the relay sends later."""
+        try:
+            await self.publish_committed(docs)
+        except Exception as exc:
+            log.warning("outbox publish failed after commit", extra={"error": repr(exc)})
+
     async def flush(self, chunk: int = 128) -> int:
         """Publish everything in the outbox, oldest first; returns how many were sent."""
         async with self._lock:

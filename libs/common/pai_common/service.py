@@ -124,11 +124,7 @@ class ServiceApp:
                 yield ctx
                 await self.outbox.stage(out, session)
         ctx.committed()
-        if out.docs:
-            try:
-                await self.outbox.publish_committed(out.docs)
-            except Exception as exc:  # committed: the relay sends it later
-                log.warning("outbox publish failed after commit", extra={"error": repr(exc)})
+        await self.outbox.publish_after_commit(out.docs)
 
     async def transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
         """``transaction`` with retries when another process's write conflicted with this one."""
