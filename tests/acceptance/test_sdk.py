@@ -182,7 +182,7 @@ def test_application_tokens(client: PaiClient, pai: RunningPlatform) -> None:
 def test_cluster_routes(client: PaiClient) -> None:
     vcs = client.virtual_clusters()
     assert vcs["default"].resources_total["gpu"] == client.virtual_cluster("default").resources_total["gpu"]
-    assert client.sku_types()["gpu"].gpu == 1 and set(client.sku_types("default")) == {"gpu"}
+    assert client.sku_types()["gpu"].gpu == 1 and set(client.sku_types("default")) == {"gpu", "CPU"}
 
 
 def test_storages(client: PaiClient, tmp_path: Path) -> None:

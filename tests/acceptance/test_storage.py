@@ -295,7 +295,7 @@ def test_openpais_mnist_example_runs_task_by_task(
     pai: RunningPlatform, team: Team, ledger: JobLedger, confignfs: Path
 ) -> None:
     """OpenPAI's example: 501 tasks with `gangAllocation: false`, each asking for 50,000 MB, on a cluster
-    whose 8 leaves hold 8 such tasks at a time. As in OpenPAI with HiveD, its tasks are placed one by one as
+    whose CPU leaves (2 nodes x 32 of 1 core and 8 GiB) hold 8 such tasks at a time (7 leaves each). As in OpenPAI with HiveD, its tasks are placed one by one as
     capacity allows (not refused as one gang of 501): each task's cells go to the next when it completes.
     Its commands download from GitHub, `apt-get install` on the host and mount an NFS server at
     10.151.40.235, none of which this machine may reach or do, so they are replaced by what they stand for;
@@ -346,5 +346,5 @@ def test_openpais_mnist_example_runs_task_by_task(
     assert len(written) == 16
     assert (confignfs / "mnist_result" / "CPU_16Task_MNIST_15.csv").read_text() == "15,0.9\n"
     spans = _spans(detail)
-    assert len(spans) == 17  # every task launched, in waves: never more at once than the 8 leaves
+    assert len(spans) == 17  # every task launched, in waves: never more at once than the CPU leaves hold
     assert 1 < _most_at_once(spans) <= 8

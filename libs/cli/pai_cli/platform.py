@@ -18,6 +18,9 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from pai_cli.lock import DataDirBusyError, DataDirLock, Takeover
 from pai_common import bus_permissions
@@ -49,6 +52,13 @@ ENDPOINTS_FILE = "endpoints.json"
 STABLE_AFTER_S = 30.0
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
+# CPU capacity of each simulated node beside its GPUs, for tasks asking for no GPU (``cluster_config``):
+# CPU leaves per GPU (8, like the cores declared per GPU: 2 nodes x 4 GPUs get 64, the slots the Slurm of
+# benchmarks/vs_slurm.py is given) of one core and 8 GiB each. "CPU" is the leaf type the scheduler reserves
+# for units of CPU and memory (SKU gpu: 0).
+CPU_LEAF_TYPE = "CPU"
+CPU_LEAVES_PER_GPU = 8
+CPU_LEAF_MEMORY_MB = 8192
 # Ctrl-C: how long the services get to drain before they are killed (whatever is down by then).
 STOP_GRACE_S = 10.0
 
@@ -241,8 +251,8 @@ class Platform:
             cluster_file = self.data_dir / f"cluster{suffix}"
             cluster_file.write_text(text)
         else:
-            cluster_file = self.data_dir / "cluster.csv"
-            cluster_file.write_text(self.inventory_csv())
+            cluster_file = self.data_dir / "cluster.yaml"
+            cluster_file.write_text(yaml.safe_dump(self.cluster_config(), sort_keys=False))
         base = {
             **os.environ,
             "PAI_SCHEDULER_CLUSTER": str(cluster_file),
@@ -304,16 +314,50 @@ class Platform:
             path.chmod(0o600)
             path.write_text(self.bus_url(user) + "\n")
 
-    def inventory_csv(self) -> str:
-        """The simulated cluster as a node inventory for the scheduler: alike nodes in the default VC.
+    def cluster_config(self) -> dict[str, Any]:
+        """The simulated cluster as a HiveD config for the scheduler: alike nodes in the default VC.
 
-        CPU and memory are declared generously per GPU, so that a task's CPU and memory requests do not
-        make it take more GPUs than it asks for.
+        Each node has its GPU leaves (8 cores and 64 GiB declared per GPU, generously, so that a task's CPU
+        and memory requests do not make it take more GPUs than it asks for) and, beside them on the same
+        node, ``CPU_LEAVES_PER_GPU`` CPU leaves per GPU (1 core and ``CPU_LEAF_MEMORY_MB`` each, numbered
+        after the GPUs): a task asking for no GPU takes CPU leaves, never a GPU. Without them every
+        GPU-less task held one of the GPU leaves (HiveD's rule on a cluster without CPU leaves), so the
+        default ran only as many GPU-less jobs at once as it has GPUs. The default VC owns both kinds.
         """
-        rows = ["node,leaf_type,leaf_count,cpu,memory_mb"]
         g = self.gpus_per_node
-        rows += [f"{node},{self.leaf_type},{g},{8 * g},{65536 * g}" for node in self.node_names]
-        return "\n".join(rows) + "\n"
+        cpu_leaves = CPU_LEAVES_PER_GPU * g
+        gpu_node, cpu_node = f"{self.leaf_type}-{g}-NODE", f"{CPU_LEAF_TYPE}-{cpu_leaves}-NODE"
+        physical: list[dict[str, Any]] = []
+        for node in self.node_names:
+            physical.append({"cellType": gpu_node, "cellAddress": node})
+            leaves = [{"cellAddress": str(g + i)} for i in range(cpu_leaves)]
+            physical.append({"cellType": cpu_node, "cellAddress": node, "cellChildren": leaves})
+        n = len(self.node_names)
+        return {
+            "physicalCluster": {
+                "skuTypes": {
+                    self.leaf_type: {"gpu": 1, "cpu": 8, "memory": "65536Mi"},
+                    CPU_LEAF_TYPE: {"gpu": 0, "cpu": 1, "memory": f"{CPU_LEAF_MEMORY_MB}Mi"},
+                },
+                "cellTypes": {
+                    gpu_node: {"childCellType": self.leaf_type, "childCellNumber": g, "isNodeLevel": True},
+                    cpu_node: {
+                        "childCellType": CPU_LEAF_TYPE,
+                        "childCellNumber": cpu_leaves,
+                        "isNodeLevel": True,
+                    },
+                },
+                "physicalCells": physical,
+            },
+            "virtualClusters": {
+                "default": {
+                    "virtualCells": [
+                        {"cellType": gpu_node, "cellNumber": n},
+                        {"cellType": cpu_node, "cellNumber": n},
+                    ]
+                }
+            },
+        }
 
     def wait_ready(self, timeout_s: float, progress: object = None) -> None:
         deadline = time.monotonic() + timeout_s
