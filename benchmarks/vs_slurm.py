@@ -23,7 +23,11 @@ percentiles):
   job seen final, polled every ``--poll-interval`` for both);
 - ``submit_ms`` p50/p99: one HTTP ``POST /api/v2/jobs`` (202), or one ``sbatch`` call;
 - ``5xx``: answers ≥ 500 in every platform phase (and requests with no answer at all);
-- ``submit_to_running_ms`` p99 while the cluster has room (``peak_running`` < the CPU slots);
+- ``submit_to_running_ms`` p99 while the cluster has room (``peak_running`` < the slots);
+- slots: how many of these jobs each side can run at once. The platform's are what its scheduler
+  reports (``/api/v2/cluster/nodes``: the CPU leaves a one-core, 256 MB job needs, or one GPU leaf each
+  on a cluster without CPU leaves); Slurm's node gets as many CPUs (``--slurm-cpus`` overrides), so
+  both run at equal slots;
 - ``cpu_ms_per_job``: CPU seconds of every process of the system (servers and reaped children — task
   supervisors, ``slurmstepd`` — included) over the phase, divided by its jobs;
 - ``rss_mib``: every platform process after the phase; ``startup_s``: time to ready.
@@ -70,6 +74,43 @@ RAW_DIR = HERE / "raw"
 # ---- the platform ------------------------------------------------------------------------------------
 
 
+def trivial_slots(
+    skus: dict[str, Any], nodes: list[dict[str, Any]], cpu: float = 1, memory_mb: int = 256
+) -> int:
+    """How many one-task jobs asking for ``cpu`` and ``memory_mb`` and no GPU run at once: per node, its
+    CPU leaves (SKU ``gpu: 0``) divided by the leaves one needs (its cores or its memory, whichever needs
+    more); where the cluster has no CPU leaves, each holds one GPU leaf."""
+    cpu_skus = {name: s for name, s in skus.items() if not s.get("gpu") and not s.get("fpga")}
+    if cpu_skus:
+        total = 0
+        for name, sku in cpu_skus.items():
+            need = max(
+                1,
+                -(-cpu // sku["cpu"]) if sku["cpu"] else 1,
+                -(-memory_mb // sku["memory"]) if sku["memory"] else 1,
+            )
+            total += sum(int(n["skuTypes"].get(name, 0) // need) for n in nodes)
+        return total
+    return sum(int(n["gpus"]["total"]) for n in nodes)
+
+
+def config_slots(pai: Platform) -> int:
+    """``trivial_slots`` of the cluster config ``pai up`` writes for ``pai`` (before anything starts)."""
+    physical = pai.cluster_config()["physicalCluster"]
+    skus = {
+        name: {"gpu": s["gpu"], "cpu": s["cpu"], "memory": int(str(s["memory"]).removesuffix("Mi"))}
+        for name, s in physical["skuTypes"].items()
+    }
+    per_node: dict[str, dict[str, Any]] = {}
+    for cell in physical["physicalCells"]:
+        kind = physical["cellTypes"][cell["cellType"]]
+        node = per_node.setdefault(cell["cellAddress"], {"skuTypes": {}, "gpus": {"total": 0}})
+        node["skuTypes"][kind["childCellType"]] = kind["childCellNumber"]
+        if skus[kind["childCellType"]]["gpu"]:
+            node["gpus"]["total"] += kind["childCellNumber"]
+    return trivial_slots(skus, list(per_node.values()))
+
+
 class RunningPlatform:
     """One start of the embedded platform, its HTTP client logged in as the admin."""
 
@@ -79,6 +120,7 @@ class RunningPlatform:
         self.startup_s: float | None = None
         self.client: httpx.Client | None = None
         self.user = ""
+        self._slots: int | None = None
 
     def start(self) -> None:
         started = time.perf_counter()
@@ -111,8 +153,15 @@ class RunningPlatform:
         return self.pai.rss_bytes() / 2**20
 
     def capacity(self) -> int:
-        # The inventory declares 8 CPUs per GPU (Platform.inventory_csv); each job asks for one CPU.
-        return self.pai.nodes * self.pai.gpus_per_node * 8
+        """The slots a trivial job (no GPU, 1 CPU, 256 MB: ``e2e.JOB_TEMPLATE``) really has, from what the
+        scheduler says of its nodes: the CPU leaves each node could give such jobs at once, or, on a
+        cluster without CPU leaves, its GPU leaves (one such job holds one there)."""
+        assert self.client is not None
+        if self._slots is None:
+            skus = self.client.get("/api/v2/cluster/sku-types").raise_for_status().json()
+            nodes = self.client.get("/api/v2/cluster/nodes").raise_for_status().json()["nodes"]
+            self._slots = trivial_slots(skus, nodes)
+        return self._slots
 
     def phase(self, args: argparse.Namespace, run_id: str, label: str, clients: int) -> PhaseResult:
         assert self.client is not None
@@ -358,7 +407,8 @@ def record(
         f"Command: `python benchmarks/vs_slurm.py {shlex.join(argv)}`",
         "",
         f"Machine: {describe()}. Shared with other engineers: the load average (1/5/15 min) is in each "
-        f"phase's column. Platform: {args.nodes} nodes x {args.gpus_per_node} simulated GPUs; Slurm: "
+        f"phase's column. Platform: {args.nodes} nodes x {args.gpus_per_node} simulated GPUs and "
+        f"{summary.get('platform_slots')} slots for these jobs (its CPU leaves); Slurm: "
         f"{slurm_version}, one node of {summary.get('slurm_cpus')} CPUs, backfill.",
         "",
         "| target | measured | bound | |",
@@ -464,7 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"phases": [p.figures() for p in phases]}, sort_keys=True))
         return 0
 
-    slurm_cpus = args.slurm_cpus or args.nodes * args.gpus_per_node * 8
+    # Equal slots: Slurm's node gets as many CPUs as the platform's cluster (the config `pai up` writes)
+    # has slots for these jobs; each platform phase records the slots its scheduler reports.
+    slots = config_slots(Platform(data_dir=data_dir, nodes=args.nodes, gpus_per_node=args.gpus_per_node))
+    slurm_cpus = args.slurm_cpus or slots
+    print(f"the platform has {slots} slots for a trivial job; Slurm gets {slurm_cpus} CPUs", flush=True)
     slurm = LocalSlurm(work / "slurm", slurm_cpus)
     failed = False
     try:
@@ -475,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             running = platform()
             try:
                 phases.append(running.phase(args, run_id, "main", args.concurrency))
+                if running.capacity() != slots:
+                    print(
+                        f"WARNING: the scheduler reports {running.capacity()} slots, not {slots}", flush=True
+                    )
             finally:
                 running.stop()
             phases.append(slurm_phase(slurm, args, run_id, "run-2"))
@@ -492,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = [p.figures() for p in phases]
     summary = summarise(figures, startups)
     summary["slurm_cpus"] = slurm_cpus
+    summary["platform_slots"] = slots
     print()
     for name, measured, bound, ok in verdicts(summary):
         print(f"{name:<40}{measured:>12}  {bound:<14}{ok}")
