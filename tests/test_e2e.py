@@ -243,7 +243,11 @@ def test_virtual_clusters_and_sku_types(api: httpx.Client) -> None:
     bad = api.get("/api/v2/virtual-clusters/bad-name!")
     assert bad.status_code == 400 and bad.json()["code"] == "InvalidParametersError"
     skus = api.get("/api/v2/cluster/sku-types").json()
-    assert skus == {"gpu": {"cpu": 8.0, "memory": 65536, "gpu": 1}}
+    # The simulated nodes' GPUs, and the CPU leaves beside them that jobs asking for no GPU take.
+    assert skus == {
+        "gpu": {"cpu": 8.0, "memory": 65536, "gpu": 1},
+        "CPU": {"cpu": 1.0, "memory": 8192, "gpu": 0},
+    }
     assert api.get("/api/v2/cluster/sku-types", params={"vc": "nope"}).status_code == 404
 
 
