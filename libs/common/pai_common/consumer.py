@@ -57,6 +57,9 @@ class HandlerContext:
     # Run once the transaction committed (never for one that aborted or is retried): metrics of what
     # really happened, counted once.
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # What the handlers of this one transaction share (a context is made per transaction and per retry,
+    # so nothing here outlives an aborted attempt): e.g. the jobs service's one list update number.
+    memo: dict[str, Any] = field(default_factory=dict)
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         self.after_commit.append(fn)
