@@ -60,9 +60,20 @@ class HandlerContext:
     # What the handlers of this one transaction share (a context is made per transaction and per retry,
     # so nothing here outlives an aborted attempt): e.g. the jobs service's one list update number.
     memo: dict[str, Any] = field(default_factory=dict)
+    # Writes a handler leaves to the end of the transaction, after every handler of the batch ran: one
+    # write for what several messages changed (``flush``).
+    before_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         self.after_commit.append(fn)
+
+    def on_before_commit(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.before_commit.append(fn)
+
+    async def flush(self) -> None:
+        """Run the writes left to the end of the transaction (inside it, before the outbox is staged)."""
+        while self.before_commit:
+            await self.before_commit.pop(0)()
 
     def committed(self) -> None:
         for fn in self.after_commit:
@@ -258,6 +269,7 @@ class DurableConsumer:
                             await self.spec.handler(ctx, env)
                     finally:
                         current_job_key.reset(job_token)
+                await ctx.flush()
                 await self.outbox.stage(out, session)
         ctx.committed()
         await self.outbox.publish_after_commit(out.docs)
@@ -363,6 +375,7 @@ class DurableConsumer:
                         raise _AlreadyProcessed from exc
                     ctx = HandlerContext(self.db, session, out)
                     await self.spec.handler(ctx, env)
+                    await ctx.flush()
                     await self.outbox.stage(out, session)
         except _AlreadyProcessed:
             return "duplicate"

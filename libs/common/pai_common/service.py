@@ -122,6 +122,7 @@ class ServiceApp:
             async with await session.start_transaction():
                 ctx = HandlerContext(self.db, session, out)
                 yield ctx
+                await ctx.flush()
                 await self.outbox.stage(out, session)
         ctx.committed()
         await self.outbox.publish_after_commit(out.docs)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -172,21 +172,56 @@ async def list_update_seq(tx: HandlerContext) -> int:
     return seq
 
 
+class ListWrites:
+    """The list entries and counter changes of one transaction, written once at its end (one bulk write
+    each, whatever the number of changes in a consumer's batch). A job changed twice keeps its last entry;
+    the counter changes add up."""
+
+    def __init__(self, tx: HandlerContext) -> None:
+        self.tx = tx
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.counts: dict[str, int] = {}
+        tx.on_before_commit(self.flush)
+
+    @staticmethod
+    def of(tx: HandlerContext) -> ListWrites:
+        writes = tx.memo.get(LIST)
+        if writes is None:
+            writes = tx.memo[LIST] = ListWrites(tx)
+        assert isinstance(writes, ListWrites)
+        return writes
+
+    async def put(self, old: dict[str, Any] | None, entry: dict[str, Any]) -> None:
+        """``entry`` replaces ``old`` (None: no entry yet) with this transaction's update number."""
+        entry = {**entry, "update_seq": await list_update_seq(self.tx)}
+        self.entries[entry["_id"]] = entry
+        for key, delta in list_plan.count_changes(old, entry).items():
+            self.counts[key] = self.counts.get(key, 0) + delta
+
+    async def flush(self) -> None:
+        db, session = self.tx.db, self.tx.session
+        if self.entries:
+            replaces = [ReplaceOne({"_id": key}, e, upsert=True) for key, e in self.entries.items()]
+            await db[LIST].bulk_write(replaces, session=session)
+        await _apply_counts(db, {k: d for k, d in self.counts.items() if d}, session)
+        self.entries, self.counts = {}, {}
+
+
 async def refresh_list_entry(tx: HandlerContext, job_key: str) -> None:
     """Rebuild a job's list entry and its counters from the job document (in the caller's transaction)."""
     db, session = tx.db, tx.session
     job = await db[JOBS].find_one({"_id": job_key}, ENTRY_PROJECTION, session=session)
     if job is None or "seq" not in job:
         return
-    before = await db[LIST].find_one({"_id": job_key}, session=session)
+    writes = ListWrites.of(tx)
+    before = writes.entries.get(job_key) or await db[LIST].find_one({"_id": job_key}, session=session)
     kept = {k: v for k, v in before.items() if k != "update_seq"} if before is not None else None
-    if kept == list_plan.list_entry(job):
+    entry = list_plan.list_entry(job)
+    if kept == entry:
         # Most framework changes (a task started, an attempt moved on) leave the list entry as it was:
         # no write, and no bump of the update sequence every list write contends for.
         return
-    entry = {**list_plan.list_entry(job), "update_seq": await list_update_seq(tx)}
-    await db[LIST].replace_one({"_id": job_key}, entry, upsert=True, session=session)
-    await _apply_counts(db, list_plan.count_changes(before, entry), session)
+    await writes.put(kept, entry)
 
 
 async def write_list_entry(tx: HandlerContext, before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -196,11 +231,8 @@ async def write_list_entry(tx: HandlerContext, before: dict[str, Any], after: di
         return  # not listed yet: backfill_list gives it a seq and an entry from the document then
     old = list_plan.list_entry(before)
     entry = list_plan.list_entry(after)
-    if old == entry:
-        return  # as in refresh_list_entry: no write, no bump of the update sequence
-    entry["update_seq"] = await list_update_seq(tx)
-    await tx.db[LIST].replace_one({"_id": after["_id"]}, entry, upsert=True, session=tx.session)
-    await _apply_counts(tx.db, list_plan.count_changes(old, entry), tx.session)
+    if old != entry:  # as in refresh_list_entry: no write, no bump of the update sequence
+        await ListWrites.of(tx).put(old, entry)
 
 
 def submit_queue_limit() -> int:
