@@ -248,3 +248,50 @@ async def test_a_replica_far_behind_reloads_while_the_database_serves(
         assert service.lists.index is not None and service.lists.index.watermark == 7
     finally:
         await service.app.stop()
+
+
+async def test_a_batch_of_framework_changes_shares_one_update_number_and_writes_once(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Framework changes applied in one transaction (a consumer's batch): one update number for all their
+    entries, the last change of a job wins, and the counts add up, read by the other replica at once."""
+    db = f"jobs_{uuid.uuid4().hex[:8]}"
+    one = replica(nats_srv, mongo_server, db, tmp_path / "one")
+    other = replica(nats_srv, mongo_server, db, tmp_path / "other")
+    for service in (one, other):
+        await service.app.start()
+    try:
+        for i in range(2):
+            await one.submit(
+                SubmitJobRequest(username="alice", virtual_clusters=["default"], protocol_yaml=yaml(f"b{i}"))
+            )
+        await loaded(other)
+        top = await one.app.db[COUNTERS].find_one({"_id": UPDATE_COUNTER})
+        assert top is not None and top["value"] == 2
+
+        def change(job_key: str, version: int, state: str, **fields: Any) -> Envelope:
+            snap = FrameworkSnapshot(job_key=job_key, version=version, state=state, attempt_id=0, **fields)
+            body = FrameworkChanged(snapshot=snap)
+            return Envelope(uuid.uuid4().hex, "framework.changed", "t", job_key, "", body, {})
+
+        batch = [
+            change("alice~b0", 1, "AttemptRunning"),
+            change("alice~b1", 1, "AttemptRunning"),
+            change("alice~b0", 2, "Completed", exit_code=0),
+        ]
+
+        async def apply(tx: Any) -> None:
+            for env in batch:
+                await one.on_framework_changed(tx, env)
+
+        await one.app.transact(apply)
+        entries = {e["_id"]: e async for e in one.app.db[LIST].find({})}
+        assert {e["update_seq"] for e in entries.values()} == {3}
+        assert [e["state"] for _, e in sorted(entries.items())] == ["SUCCEEDED", "RUNNING"]
+        counts = await other.counts(JobCountsRequest(usernames=["alice"]))
+        assert counts.states == {"RUNNING": 1, "SUCCEEDED": 1} and counts.total == 2
+        listed = await other.list_jobs(ListJobsRequest(order_field="jobName", order="ASC"))
+        assert [j["state"] for j in listed.jobs] == ["SUCCEEDED", "RUNNING"]
+    finally:
+        for service in (one, other):
+            await service.app.stop()
