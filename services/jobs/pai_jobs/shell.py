@@ -733,8 +733,8 @@ class JobsService:
         # One round trip writes the snapshot and returns the document as it was: the list entry before is
         # the one of that document (every write of what a list entry shows rebuilds the entry in the same
         # transaction), and the one after is that document with the fields just set. So neither the job
-        # nor its list entry is read again (issue 17: 3 requests for a change the list does not show, 6
-        # for one it shows; now 1 and 4).
+        # nor its list entry is read again (issue 17: it took 3 requests for a change the list does not
+        # show and 6 for one it shows; now 1, plus a share of its transaction's list writes: ListWrites).
         before = await ctx.db[JOBS].find_one_and_update(
             {"_id": snap.job_key, "snapshot_version": {"$lt": snap.version}},
             {"$set": fields},
