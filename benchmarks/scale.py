@@ -41,6 +41,7 @@ from vs_slurm import RunningPlatform
 
 from pai_cli.platform import Platform, PlatformError
 
+DECISIONS = "pai_scheduler_decision_seconds_bucket"
 HERE = Path(__file__).resolve().parent
 RESULTS_FILE = HERE / "RESULTS.md"
 RAW_DIR = HERE / "raw"
@@ -53,10 +54,42 @@ COLUMNS = (
     ("jobs/s", "jobs_per_s"),
     ("submit p50 / p99 ms", "submit"),
     ("submit→running p50 / p99 ms", "to_running"),
+    ("scheduler decision p50 / p99 ms", "decision"),
     ("5xx", "server_errors_5xx"),
     ("RSS MiB", "rss_mib"),
     ("load before", "load_before"),
 )
+
+
+def scheduler_buckets(data_dir: Path) -> dict[float, float]:
+    """The scheduler's decision-latency histogram, all event types together: upper bound (s) → count.
+    Found through the scrape target the scheduler announces in ``<data dir>/run/targets/``."""
+    out: dict[float, float] = {}
+    for target in (data_dir / "run" / "targets").glob("scheduler*.json"):
+        for entry in json.loads(target.read_text()):
+            for address in entry.get("targets", []):
+                text = httpx.get(f"http://{address}/metrics", timeout=10.0, trust_env=False).text
+                for line in text.splitlines():
+                    if not line.startswith(DECISIONS + "{"):
+                        continue
+                    labels, value = line.rsplit(" ", 1)
+                    bound = labels.split('le="', 1)[1].split('"', 1)[0]
+                    key = float("inf") if bound == "+Inf" else float(bound)
+                    out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The upper bound (ms) of the bucket holding the q-quantile of the decisions between two reads."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]  # cumulative, as Prometheus keeps them
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return None
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= q * total:
+            return bound * 1000.0
+    return None
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -67,7 +100,7 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
-def row(fig: dict[str, Any], stored_before: int) -> dict[str, Any]:
+def row(fig: dict[str, Any], stored_before: int, decision: str) -> dict[str, Any]:
     per_job = fig.get("per_job") or {}
     db = per_job.get("mongo requests", 0.0)
     bus = sum(v for k, v in per_job.items() if k in ("stream PAI_EVENTS", "stream PAI_COMMANDS"))
@@ -79,6 +112,7 @@ def row(fig: dict[str, Any], stored_before: int) -> dict[str, Any]:
         "jobs_per_s": fig.get("jobs_per_s"),
         "submit": f"{fig.get('submit_ms_p50')} / {fig.get('submit_ms_p99')}",
         "to_running": f"{fig.get('submit_to_running_ms_p50')} / {fig.get('submit_to_running_ms_p99')}",
+        "decision": decision,
         "server_errors_5xx": fig.get("server_errors_5xx"),
         "rss_mib": fig.get("rss_mib"),
         "load_before": fig.get("load_before"),
@@ -167,8 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pai-scale-"))
     print(f"machine: {describe()}; load {load_average()}; work dir {work}", flush=True)
     extra = {"PAI_RATE_LIMIT_SUBMIT_PER_HOUR": "0", "PAI_RATE_LIMIT_LIST_PER_MIN": "0"}
+    data_dir = args.data_dir or work / "platform"
     pai = Platform(
-        data_dir=args.data_dir or work / "platform",
+        data_dir=data_dir,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
         port=0,
@@ -185,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k in range(args.jobs // args.window):
             stored = k * args.window
             print(f"window {k + 1}: {args.window} jobs, {stored} stored before (load {load_average()})")
+            decided_before = scheduler_buckets(data_dir)
             result = platform_phase(
                 running.client,
                 label=f"w{k:02d}",
@@ -201,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 counts=running.counts,
             )
             phases.append(result)
-            rows.append(row(result.figures(), stored))
+            decided = scheduler_buckets(data_dir)
+            decision = " / ".join(str(bucket_quantile(decided_before, decided, q)) for q in (0.5, 0.99))
+            rows.append(row(result.figures(), stored, decision))
             print("  " + json.dumps(rows[-1]), flush=True)
             if result.timed_out:
                 print("  the window timed out: stopping here", flush=True)
