@@ -296,7 +296,8 @@ def test_openpais_mnist_example_runs_task_by_task(
 ) -> None:
     """OpenPAI's example: 501 tasks with `gangAllocation: false`, each asking for 50,000 MB and no GPU, on a
     cluster whose CPU leaves (2 nodes x 32 of 1 core and 8 GiB) hold 8 such tasks at a time (7 leaves
-    each). As in OpenPAI with HiveD, its tasks are placed one by one as capacity allows (not refused as one gang of 501): each task's cells go to the next when it completes.
+    each). As in OpenPAI with HiveD, its tasks are placed one by one as capacity allows (not refused as one
+    gang of 501): each task's cells go to the next when it completes.
     Its commands download from GitHub, `apt-get install` on the host and mount an NFS server at
     10.151.40.235, none of which this machine may reach or do, so they are replaced by what they stand for;
     everything else is the example as shipped, which /config shows. The 501-task job is followed until more
