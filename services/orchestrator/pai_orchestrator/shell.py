@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
@@ -39,6 +38,7 @@ from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_orchestrator import core, metrics, placement
 from pai_orchestrator.policy import Policy
+from pai_orchestrator.timer_clock import TimerClock, stamp_of
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,12 @@ class OrchestratorSettings(Settings):
         )
 
 
+# Every reading of the wall clock goes through it, so that a jump is noticed (timer_clock.py).
+CLOCK = TimerClock()
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return CLOCK.now_ms()
 
 
 async def save(
@@ -92,6 +96,8 @@ async def save(
         "_id": fw.job_key,
         "version": fw.version,
         "due_at": fw.due_at(),
+        # Read with no await since the transition's clock reading: the skew its timers were set under.
+        "clock": CLOCK.stamp().as_doc(),
         "fw": fw.model_dump(mode="json"),
     }
     if previous is None:
@@ -293,8 +299,50 @@ class Orchestrator:
 
     # ---- timers --------------------------------------------------------------------------------------
 
+    async def shift_timers(self) -> int:
+        """Move the timers set before a jump of the wall clock by the jump (each in its own transaction),
+        before any is fired; returns how many frameworks moved."""
+        CLOCK.now_ms()
+        current = CLOCK.stamp()
+        stale = self.app.db[FRAMEWORKS].find(
+            {"due_at": {"$ne": None}, "clock.run": current.run, "clock.skew_ms": {"$ne": current.skew_ms}},
+            {"_id": 1},
+        )
+        keys = [d["_id"] async for d in stale]
+        moved = 0
+        for key in keys:
+            changed: list[bool] = []
+
+            async def work(ctx: HandlerContext, key: str = key, changed: list[bool] = changed) -> None:
+                changed.clear()
+                changed.append(await self._shift_job(ctx, key))
+
+            await self.app.transact(work)
+            moved += sum(changed)
+        return moved
+
+    async def _shift_job(self, ctx: HandlerContext, key: str) -> bool:
+        doc = await ctx.db[FRAMEWORKS].find_one({"_id": key}, session=ctx.session)
+        if doc is None:
+            return False
+        delta = CLOCK.shift_ms(stamp_of(doc))
+        fw = core.Framework.model_validate(doc["fw"])
+        transition = core.shift_timers(fw, delta, self.policy)
+        if transition.framework is None:
+            # Within the tolerance (or no timer left): take the current stamp, so it is not looked at again.
+            stamp = {"$set": {"clock": CLOCK.stamp().as_doc()}}
+            match = {"_id": key, "version": fw.version}
+            await ctx.db[FRAMEWORKS].update_one(match, stamp, session=ctx.session)
+            return False
+        await save(ctx, ("clock", None), transition, fw.version, now_ms(), before=fw)
+        if delta:
+            log.warning("wall clock jumped: timers moved", extra={"job": key, "shift_ms": delta})
+        return True
+
     async def tick_once(self) -> int:
-        """Fire every due timer, each job in its own transaction; returns how many jobs changed."""
+        """Fire every due timer, each job in its own transaction; returns how many jobs changed. The timers
+        set before a jump of the wall clock are moved first (timer_clock.py)."""
+        await self.shift_timers()
         now = now_ms()
         due = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None, "$lte": now}}, {"_id": 1})
         keys = [d["_id"] async for d in due]
