@@ -299,53 +299,18 @@ class Orchestrator:
 
     # ---- timers --------------------------------------------------------------------------------------
 
-    async def shift_timers(self) -> int:
-        """Move the timers set before a jump of the wall clock by the jump (each in its own transaction),
-        before any is fired; returns how many frameworks moved."""
-        CLOCK.now_ms()
+    async def tick_once(self) -> int:
+        """Fire every due timer, each job in its own transaction; returns how many jobs changed. A timer
+        set before a jump of the wall clock is moved by the jump instead (timer_clock.py): due or not, it
+        is looked at, and the choice between moving and firing is made in one reading of the clock."""
+        now = now_ms()
         current = CLOCK.stamp()
+        due = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None, "$lte": now}}, {"_id": 1})
         stale = self.app.db[FRAMEWORKS].find(
             {"due_at": {"$ne": None}, "clock.run": current.run, "clock.skew_ms": {"$ne": current.skew_ms}},
             {"_id": 1},
         )
-        keys = [d["_id"] async for d in stale]
-        moved = 0
-        for key in keys:
-            changed: list[bool] = []
-
-            async def work(ctx: HandlerContext, key: str = key, changed: list[bool] = changed) -> None:
-                changed.clear()
-                changed.append(await self._shift_job(ctx, key))
-
-            await self.app.transact(work)
-            moved += sum(changed)
-        return moved
-
-    async def _shift_job(self, ctx: HandlerContext, key: str) -> bool:
-        doc = await ctx.db[FRAMEWORKS].find_one({"_id": key}, session=ctx.session)
-        if doc is None:
-            return False
-        delta = CLOCK.shift_ms(stamp_of(doc))
-        fw = core.Framework.model_validate(doc["fw"])
-        transition = core.shift_timers(fw, delta, self.policy)
-        if transition.framework is None:
-            # Within the tolerance (or no timer left): take the current stamp, so it is not looked at again.
-            stamp = {"$set": {"clock": CLOCK.stamp().as_doc()}}
-            match = {"_id": key, "version": fw.version}
-            await ctx.db[FRAMEWORKS].update_one(match, stamp, session=ctx.session)
-            return False
-        await save(ctx, ("clock", None), transition, fw.version, now_ms(), before=fw)
-        if delta:
-            log.warning("wall clock jumped: timers moved", extra={"job": key, "shift_ms": delta})
-        return True
-
-    async def tick_once(self) -> int:
-        """Fire every due timer, each job in its own transaction; returns how many jobs changed. The timers
-        set before a jump of the wall clock are moved first (timer_clock.py)."""
-        await self.shift_timers()
-        now = now_ms()
-        due = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None, "$lte": now}}, {"_id": 1})
-        keys = [d["_id"] async for d in due]
+        keys = list(dict.fromkeys([d["_id"] async for d in stale] + [d["_id"] async for d in due]))
         fired = 0
         for key in keys:
             changed: list[bool] = []
@@ -364,10 +329,15 @@ class Orchestrator:
             return False
         fw = core.Framework.model_validate(doc["fw"])
         now = now_ms()
-        transition = core.on_tick(fw, now, self.policy)
+        shift = CLOCK.shift_ms(stamp_of(doc))
+        if shift:
+            transition = core.shift_timers(fw, shift, self.policy)
+            log.warning("wall clock jumped: timers moved", extra={"job": key, "shift_ms": shift})
+        else:
+            transition = core.on_tick(fw, now, self.policy)
         if transition.framework is None:
             return False
-        await save(ctx, ("tick", None), transition, fw.version, now, before=fw)
+        await save(ctx, ("clock", None) if shift else ("tick", None), transition, fw.version, now, before=fw)
         return True
 
     async def tick_forever(self) -> None:
