@@ -45,6 +45,7 @@ from tests.chaos import faults  # noqa: E402
 
 SERVICES = ["gateway", "auth", "storage", "jobs", "scheduler", "orchestrator", "diagnosis", "monitoring"]
 STOP_S = 30.0
+DISK_FULL_S = 20.0
 
 
 def _kill(names: list[str]) -> Callable[[RunningPlatform, Path], None]:
@@ -65,8 +66,9 @@ def _stop(name: str) -> Callable[[RunningPlatform, Path], None]:
 
 def _fill_disk(platform: RunningPlatform, data: Path) -> None:
     filler = data / "nats" / "filler"
-    subprocess.run(["fallocate", "-l", "1G", str(filler)], check=False)  # fills the tmpfs to its size
-    time.sleep(20)
+    # Written until the tmpfs refuses (fallocate beyond the size undoes itself on tmpfs: nothing is filled).
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], check=False, capture_output=True)
+    time.sleep(DISK_FULL_S)
     filler.unlink(missing_ok=True)
 
 
