@@ -13,7 +13,8 @@ submitting a small job every second, and the checks of tests/chaos/faults.py. Fa
 
 The acceptance bar is zero lost, zero run twice, zero leaked. Clock jumps for the orchestrator's timers are
 not in the matrix (see benchmarks/README.md: the services read the system clock, which cannot be moved for
-one process tree without a clock of their own).
+one process tree without a clock of their own); services/orchestrator/tests/test_timer_clock.py tests
+them with an injected clock.
 
     python benchmarks/chaos.py                          # every fault
     python benchmarks/chaos.py --only kill-orchestrator,stop-orchestrator --record
