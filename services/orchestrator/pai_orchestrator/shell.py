@@ -70,6 +70,7 @@ class OrchestratorSettings(Settings):
         )
 
 
+STALE_LOOK_S = 60.0
 # Every reading of the wall clock goes through it, so that a jump is noticed (timer_clock.py).
 CLOCK = TimerClock()
 
@@ -162,6 +163,10 @@ class Orchestrator:
         self.app = app
         self.settings = settings
         self.policy = settings.policy()
+        # Frameworks whose timers were set before a jump are looked for (a scan) only for a while after
+        # the jump is seen: long enough for the transactions that read the clock before it to commit.
+        self._seen_skew: int | None = None
+        self._look_for_stale_until = 0.0
         app.on_event(JobSubmitted)(self.handle_submitted)
         app.on_event(JobStopRequested)(self.handle_stop)
         app.on_event(SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(self.handle)
@@ -306,11 +311,15 @@ class Orchestrator:
         now = now_ms()
         current = CLOCK.stamp()
         due = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None, "$lte": now}}, {"_id": 1})
-        stale = self.app.db[FRAMEWORKS].find(
-            {"due_at": {"$ne": None}, "clock.run": current.run, "clock.skew_ms": {"$ne": current.skew_ms}},
-            {"_id": 1},
-        )
-        keys = list(dict.fromkeys([d["_id"] async for d in stale] + [d["_id"] async for d in due]))
+        keys = [d["_id"] async for d in due]
+        loop = asyncio.get_running_loop()
+        if current.skew_ms != self._seen_skew:
+            self._seen_skew = current.skew_ms
+            self._look_for_stale_until = loop.time() + STALE_LOOK_S
+        if loop.time() < self._look_for_stale_until:
+            before_jump = {"clock.run": current.run, "clock.skew_ms": {"$ne": current.skew_ms}}
+            stale = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None}, **before_jump}, {"_id": 1})
+            keys = list(dict.fromkeys([d["_id"] async for d in stale] + keys))
         fired = 0
         for key in keys:
             changed: list[bool] = []
