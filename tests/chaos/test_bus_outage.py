@@ -302,7 +302,7 @@ async def test_a_request_whose_service_dies_with_it_is_answered_at_once_outcome_
                 await holder.wait()
 
 
-async def test_a_request_whose_service_died_and_was_replaced_at_once_is_not_waited_for(gateway: Gateway) -> None:
+async def test_a_request_whose_taker_was_replaced_at_once_is_not_waited_for(gateway: Gateway) -> None:
     """The blind spot of benchmarks/chaos.py's kill-jobs (31 s in one run of three): the killed jobs service
     was back (pai up restarts it in about 2 s) before the watch looked, and the watch followed the new
     instance, which never had the request. An instance that started after the request was sent is not
