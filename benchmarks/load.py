@@ -120,8 +120,10 @@ def fill(platform: RunningPlatform, token: str, total: int, clients: int) -> dic
     list_ms, detail_ms = [], []
     with httpx.Client(base_url=platform.url, timeout=60, headers=headers) as c:
         count = int(c.get("/api/v2/jobs", params={"withTotalCount": "true", "limit": 1}).json()["totalCount"])
+        # Without withTotalCount the list is a bare array (OpenPAI's shape); with it, {"data": [...]}.
         first = c.get("/api/v2/jobs", params={"limit": 1}).json()
-        key = f"{first['data'][0]['username']}~{first['data'][0]['name']}" if isinstance(first, dict) else ""
+        rows = first if isinstance(first, list) else first.get("data", [])
+        key = f"{rows[0]['username']}~{rows[0]['name']}" if rows else ""
         for _ in range(50):
             t = time.perf_counter()
             c.get("/api/v2/jobs", params={"limit": 20, "offset": 0, "withTotalCount": "true"})
