@@ -76,6 +76,9 @@ class SchedulingRequested(Event):
     # extras.gangAllocation false: each pod is placed on its own as capacity allows (one scheduling.allocated
     # per pod), and released when its task completes (job.task.completed).
     gang_allocation: bool = True
+    # Pods with ``growth`` (an elastic job's tasks beyond their roles' minimum) are each a gang of their own,
+    # opportunistic: the orchestrator asks for them once the attempt's gang (its other pods) is placed, with
+    # a second scheduling.requested of the same attempt that holds only growth pods.
 
     def subject_key(self) -> str:
         return self.job_key
@@ -354,8 +357,8 @@ class JobTaskCompleted(Event):
     CONSUMERS = ("scheduler",)
     DESCRIPTION = (
         "A task of an attempt whose tasks are placed one by one (gangAllocation false) completed for good (no"
-        " task retry follows; a retried task keeps its cells): the cells it alone held can be released while"
-        " the attempt goes on."
+        " task retry follows; a retried task keeps its cells), or an elastic job's growth task stopped (done,"
+        " or shrunk away by a preemption): the cells it alone held can be released while the attempt goes on."
     )
 
     job_key: str
