@@ -11,14 +11,12 @@ placed one by one already, so nothing is elastic about it)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Any, Final
+
+from pai_common.contract.types import FrameworkSnapshot, JobSpec
 
 FIELD: Final = "extras.elastic"
 KEYS: Final = ("minInstances", "maxInstances")
-NOT_BUILT: Final = (
-    "elastic jobs are not supported yet (the gang's membership changes are not delivered to its tasks);"
-    " give each task role a fixed number of instances"
-)
 
 Report = Callable[[str, str], None]
 
@@ -67,6 +65,24 @@ def parse(
             continue
         out[str(role)] = low
     return out
+
+
+# The tasks the gang holds: placed and launched, not (being) stopped.
+_HELD = ("TaskAttemptPreparing", "TaskAttemptRunning")
+
+
+def view(spec: JobSpec, snapshot: FrameworkSnapshot | None) -> dict[str, Any]:
+    """The job detail's ``jobStatus.elastic``: per elastic role, its limits and ``currentInstances``."""
+    sizes = {r.name: r.instances for r in spec.task_roles}
+    tasks = snapshot.tasks if snapshot is not None else []
+    return {
+        role: {
+            "minInstances": minimum,
+            "maxInstances": sizes.get(role, minimum),
+            "currentInstances": sum(1 for t in tasks if t.task_role == role and t.state in _HELD),
+        }
+        for role, minimum in sorted(spec.elastic.items())
+    }
 
 
 def _count(value: object) -> bool:

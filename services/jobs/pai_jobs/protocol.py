@@ -896,10 +896,6 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
         sizes: dict[str, int | None] = dict.fromkeys(task_roles or {})
         sizes.update({role.name: role.instances for role in roles})
         elastic_minimum = elastic.parse(extras["elastic"], sizes, gang_allocation, problems.add)
-        if elastic_minimum:
-            # The scheduler's part is built; the orchestrator's and runtime's are not yet: refused, not run
-            # at a fixed size silently.
-            problems.add(elastic.FIELD, elastic.NOT_BUILT)
 
     runtime_plugins: list[dict[str, Any]] = []
     if extras is not None and isinstance(extras.get(RUNTIME_PLUGIN_EXTRA), list):

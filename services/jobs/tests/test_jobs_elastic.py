@@ -1,4 +1,5 @@
-"""extras.elastic in the jobs service's pure parts: each rule refused at its path with a clear message."""
+"""extras.elastic in the jobs service's pure parts: each rule refused at its path with a clear message; the
+job detail's current instances per role; the job events that say when the gang grew or shrank."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from typing import Any
 
 import pytest
 
+from pai_common.contract.events import JobElasticResized
+from pai_common.contract.types import FrameworkSnapshot, TaskSnapshot
 from pai_common.errors import InvalidProtocolError
-from pai_jobs import elastic
+from pai_jobs import elastic, job_events
 from pai_jobs.protocol import parse_job
+from pai_jobs.shell import new_job_document
+from pai_jobs.views import job_detail
 
 HEAD = """protocolVersion: 2
 name: grow
@@ -89,6 +94,44 @@ def test_a_submission_reports_the_rule_it_breaks() -> None:
     assert "must equal the role's taskNumber (4)" in problem["message"]
 
 
-def test_a_valid_elastic_job_is_refused_until_its_membership_is_delivered() -> None:
-    [problem] = problems("  elastic: {worker: {minInstances: 2, maxInstances: 4}}\n")
-    assert problem["field"] == "extras.elastic" and "not supported yet" in problem["message"]
+def test_a_valid_elastic_job_carries_its_minimums() -> None:
+    parsed = parse_job(
+        HEAD + "extras:\n  elastic: {worker: {minInstances: 2, maxInstances: 4}}\n", "alice", 1
+    )
+    assert parsed.spec.elastic == {"worker": 2}
+    assert parse_job(HEAD, "alice", 1).spec.elastic == {}
+
+
+def test_the_detail_shows_each_roles_current_instances_and_events_say_when_it_changed() -> None:
+    spec = parse_job(HEAD + "extras:\n  elastic: {worker: {minInstances: 2}}\n", "alice", 1).spec
+    states = [
+        "TaskAttemptRunning",
+        "TaskAttemptRunning",
+        "TaskAttemptPreparing",
+        "TaskAttemptCreationPending",
+    ]
+    tasks = [TaskSnapshot(task_role="worker", index=i, state=s) for i, s in enumerate(states)]
+    tasks.append(TaskSnapshot(task_role="ps", index=0, state="TaskAttemptRunning"))
+    snapshot = FrameworkSnapshot(
+        job_key=spec.job_key, version=3, state="AttemptRunning", attempt_id=0, tasks=tasks
+    )
+    assert elastic.view(spec, snapshot) == {
+        "worker": {"minInstances": 2, "maxInstances": 4, "currentInstances": 3}
+    }
+    doc = new_job_document(spec.model_dump(mode="json"), {})
+    doc["snapshot"] = snapshot.model_dump(mode="json")
+    assert job_detail(doc)["jobStatus"]["elastic"]["worker"]["currentInstances"] == 3
+    plain = new_job_document(parse_job(HEAD, "alice", 1).spec.model_dump(mode="json"), {})
+    plain["snapshot"] = snapshot.model_dump(mode="json")
+    assert "elastic" not in job_detail(plain)["jobStatus"]
+
+    grew = JobElasticResized(
+        job_key=spec.job_key, attempt_id=0, change="grew", tasks=["worker/2"], instances={"worker": 3},
+        version=2, reason="task(s) worker/2 placed in idle cells",
+    )  # fmt: skip
+    event = job_events.elastic_resized(grew, 1_000)
+    assert (event.reason, event.type) == ("ElasticGrew", "Normal")
+    assert "worker/2 joined the gang" in event.message and "worker: 3" in event.message
+    shrank = job_events.elastic_resized(grew.model_copy(update={"change": "shrunk", "version": 3}), 2_000)
+    assert shrank.reason == "ElasticShrank" and "left the gang" in shrank.message
+    assert shrank.key != event.key  # one job event per membership version

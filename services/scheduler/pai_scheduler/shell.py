@@ -505,6 +505,7 @@ class Scheduler:
             task_role=parts.task_role,
             index=parts.index,
             grace_cap_seconds=alloc.grace_cap(key),
+            growth=parts.growth,
         )
 
     async def _refresh_reasons(

@@ -424,6 +424,29 @@ class JobPreemptionNoticed(Event):
         return self.job_key
 
 
+class JobElasticResized(Event):
+    TYPE = "job.elastic.resized"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "An elastic job's gang grew (growth tasks placed in idle cells) or shrank (growth tasks preempted"
+        " alone); its running tasks were sent their new membership."
+    )
+
+    job_key: str
+    attempt_id: int
+    change: Literal["grew", "shrunk"]
+    # The tasks that joined or left ("<role>/<index>"), and each elastic role's instances now.
+    tasks: list[str] = Field(min_length=1)
+    instances: dict[str, int]
+    # The attempt's membership version the tasks were sent (PAI_MEMBERSHIP_VERSION).
+    version: int = Field(ge=1)
+    reason: str = ""
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
 class UserChanged(Event):
     TYPE = "user.changed"
     PRODUCER = "auth"
@@ -621,6 +644,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     JobCompleted,
     JobDependencyResolved,
     JobPreemptionNoticed,
+    JobElasticResized,
     UserChanged,
     GroupChanged,
     TokenIssued,

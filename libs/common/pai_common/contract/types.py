@@ -338,3 +338,5 @@ class Victim(AttemptRef):
     task_role: str | None = None
     index: int | None = None
     grace_cap_seconds: float | None = Field(default=None, ge=0)
+    # The task is an elastic job's growth: its gang shrinks (job.elastic.resized says so), it is not stopped.
+    growth: bool = False
