@@ -942,10 +942,12 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
             priority=fw.spec.priority,
             lazy_preemption=fw.spec.lazy_preemption,
             gang_allocation=fw.spec.gang_allocation,
+            # An elastic job's growth tasks are asked for once this gang is placed (_allocated_elastic).
             pods=[
-                _pod_request(r, i, growth=elastic.is_growth(fw.spec, r.name, i))
+                _pod_request(r, i, growth=False)
                 for r in fw.spec.task_roles
                 for i in range(r.instances)
+                if not elastic.is_growth(fw.spec, r.name, i)
             ],
         )
     )

@@ -116,27 +116,30 @@ def _pod_gang(body: SchedulingRequested, pod: PodRequest) -> GangRequest:
 
 
 def requests_of(body: SchedulingRequested) -> list[GangRequest]:
-    """The gangs an attempt asks for: one, or (gang allocation off) one per pod in index order, then one per
-    growth pod (an elastic job's). ValueError for a request no gang can be built from."""
+    """The gangs an attempt asks for: one, or (gang allocation off) one per pod in index order, or (an elastic
+    job's second request) one per growth pod. ValueError for a request no gang can be built from."""
     by_index = sorted(body.pods, key=lambda p: (p.task_role, p.index))
-    growth = [_pod_gang(body, p) for p in by_index if p.growth]
     pods = [p for p in by_index if not p.growth]
     if not pods:
-        return growth
+        return [_pod_gang(body, p) for p in by_index]
+    if len(pods) < len(by_index):
+        # Growth asked with its gang could be placed while the gang waits, holding cells for nothing.
+        raise ValueError("growth pods are asked for alone, once the attempt's gang is placed")
     if not body.gang_allocation:
-        return [*(_pod_gang(body, p) for p in pods), *growth]
+        return [_pod_gang(body, p) for p in pods]
     leaf_types, pinned, infiniband = gang_placement(pods)
-    gang = gang_from_pods(
-        alloc_key(body.job_key, body.attempt_id),
-        body.virtual_cluster,
-        body.priority,
-        pods,
-        leaf_types,
-        pinned,
-        lazy_preemption=body.lazy_preemption,
-        infiniband=infiniband,
-    )
-    return [gang, *growth]
+    return [
+        gang_from_pods(
+            alloc_key(body.job_key, body.attempt_id),
+            body.virtual_cluster,
+            body.priority,
+            pods,
+            leaf_types,
+            pinned,
+            lazy_preemption=body.lazy_preemption,
+            infiniband=infiniband,
+        )
+    ]
 
 
 def pending_by_attempt(reasons: Mapping[str, list[Any]]) -> dict[str, list[Any]]:

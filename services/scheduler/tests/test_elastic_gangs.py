@@ -5,6 +5,7 @@ below that the whole gang is the victim, as before). Pure: the job_gangs mapping
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from pai_common.contract.events import SchedulingRequested
@@ -34,16 +35,16 @@ virtualClusters:
 """
 
 
-def elastic(minimum: int, total: int, growth_only: bool = False, vc: str = "a") -> SchedulingRequested:
-    """Role ``w`` of ``total`` tasks with one GPU each, elastic from ``minimum``; a role ``ps`` of one
-    fixed task. ``growth_only``: the second request, for the growth pods alone."""
+def elastic(minimum: int, total: int, growth: bool = False, vc: str = "a") -> SchedulingRequested:
+    """Role ``w`` of ``total`` tasks with one GPU each, elastic from ``minimum``, and a role ``ps`` of one
+    fixed task: the first request (the gang) or, with ``growth``, the second (the growth pods alone)."""
     pods = [PodRequest(task_role="ps", index=0, gpu=1, cpu=1, memory_mb=1024)]
-    pods += [
-        PodRequest(task_role="w", index=i, gpu=1, cpu=1, memory_mb=1024, growth=i >= minimum)
-        for i in range(total)
-    ]
-    if growth_only:
-        pods = [p for p in pods if p.growth]
+    pods += [PodRequest(task_role="w", index=i, gpu=1, cpu=1, memory_mb=1024) for i in range(minimum)]
+    if growth:
+        pods = [
+            PodRequest(task_role="w", index=i, gpu=1, cpu=1, memory_mb=1024, growth=True)
+            for i in range(minimum, total)
+        ]
     return SchedulingRequested(job_key="u~el", attempt_id=0, virtual_cluster=vc, priority=10, pods=pods)
 
 
@@ -59,13 +60,16 @@ def placed(alloc: HivedAllocator) -> set[str]:
 
 
 def test_growth_pods_are_opportunistic_gangs_of_their_own() -> None:
-    gang, *growth = requests_of(elastic(2, 4))
+    [gang] = requests_of(elastic(2, 4))
     assert gang.key == "u~el#0" and gang.priority == 10
     assert sorted((m.role, m.pods) for m in gang.members) == [("ps", 1), ("w", 2)]
+    growth = requests_of(elastic(2, 4, growth=True))
     assert [r.key for r in growth] == ["u~el#0:w:2:grow", "u~el#0:w:3:grow"]
     assert all(r.priority == OPPORTUNISTIC and not r.lazy_preemption for r in growth)
-    # The second request holds only growth pods: no gang for the attempt itself.
-    assert [r.key for r in requests_of(elastic(2, 4, growth_only=True))] == [r.key for r in growth]
+    # Growth asked together with its gang could run while the gang waits: such a request is refused.
+    mixed = elastic(2, 4).model_copy(update={"pods": [*elastic(2, 4).pods, *elastic(2, 4, growth=True).pods]})
+    with pytest.raises(ValueError, match="growth pods are asked for alone"):
+        requests_of(mixed)
     parts = parse_key(growth_key("u~el", 0, "w", 3))
     assert (parts.attempt, parts.task_role, parts.index, parts.growth) == ("u~el#0", "w", 3, True)
     assert not parse_key("u~el#0:w:3").growth
@@ -82,8 +86,9 @@ def test_growth_waiting_for_cells_is_not_the_job_waiting() -> None:
 
 def test_the_gang_grows_into_idle_cells_and_shrinks_before_it_stops() -> None:
     alloc = HivedAllocator(parse_hived_config(yaml.safe_load(CLUSTER)))
-    [started] = submit(alloc, elastic(2, 7, growth_only=False))[:1]
+    [started] = submit(alloc, elastic(2, 7))
     assert isinstance(started, Allocated) and started.key == "u~el#0"
+    submit(alloc, elastic(2, 7, growth=True))
     # ps + 2 w in VC a's node; the 5 growth tasks fill a's last GPU and b's idle node (opportunistic).
     assert placed(alloc) == {"u~el#0", *(growth_key("u~el", 0, "w", i) for i in range(2, 7))}
     assert audit(alloc) == []

@@ -78,7 +78,8 @@ class SchedulingRequested(Event):
     gang_allocation: bool = True
     # Pods with ``growth`` (an elastic job's tasks beyond their roles' minimum) are each a gang of their own,
     # opportunistic: the orchestrator asks for them once the attempt's gang (its other pods) is placed, with
-    # a second scheduling.requested of the same attempt that holds only growth pods.
+    # a second scheduling.requested of the same attempt that holds only growth pods (a request mixing both
+    # is rejected).
 
     def subject_key(self) -> str:
         return self.job_key
