@@ -103,6 +103,9 @@ def test_home_counts_my_jobs_by_state(
         counts = tab.get_by_role("region", name="My jobs by state")
         for state, n in (("Succeeded", 1), ("Failed", 1), ("Waiting", 0), ("Running", 0), ("Stopped", 0)):
             expect(counts.get_by_role("link", name=f"{state}: {n}", exact=True)).to_be_visible()
+        # The quota bar is mostly green when little is used: the page says what its colours mean.
+        vcs = tab.get_by_role("region", name="My virtual clusters")
+        expect(vcs.get_by_text("orange is used, green is still available")).to_be_visible()
         shots.take(tab, "home-new-user")
     finally:
         context.close()

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier, containers, limits, local_mounts, local_process, membership, notice
+from pai_runtime import (
+    barrier,
+    containers,
+    limits,
+    local_mounts,
+    local_process,
+    membership,
+    notice,
+    supervisor,
+)
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
     STORAGE_MOUNT_EXIT,
@@ -82,7 +91,7 @@ class LocalBackend:
     async def launch(
         self, cmd: LaunchTask, workdir: Path, task: TaskFiles, mounts: local_mounts.MountPlan | None
     ) -> Started:
-        pid_file = workdir / "pid"
+        pid_file = workdir / supervisor.PID_FILE
         if pid_file.exists():
             # Started by a previous delivery whose commit did not happen: adopt it, never start twice.
             backend = "host"

@@ -96,6 +96,19 @@ def command(workdir: Path) -> list[str]:
     return [sys.executable, "-I", "-S", str(SUPERVISOR), str(workdir)]
 
 
+def claim(workdir: Path, pid: int) -> None:
+    """Name ``pid`` as the task's one supervisor: the pid file, written whole or not at all.
+
+    The supervisor runs nothing until this file names it (``supervisor.wait_for_claim``). An agent killed
+    between starting a supervisor and writing this file leaves a supervisor that nobody names; the next
+    agent, finding no pid file, starts another one and names it, and the unnamed one leaves without
+    running anything. So an attempt runs once, however the agent dies; the pid file is also what a
+    redelivered launch adopts (``LocalBackend.launch``)."""
+    tmp = workdir / f"{supervisor.PID_FILE}.tmp"
+    tmp.write_text(str(pid))
+    os.replace(tmp, workdir / supervisor.PID_FILE)
+
+
 async def start(workdir: Path, env: dict[str, str], argv: list[str] | None = None) -> int:
     """Start the task's supervisor (``argv``: its command line, ``command(workdir)`` unless given)."""
     argv = argv or command(workdir)
@@ -108,7 +121,7 @@ async def start(workdir: Path, env: dict[str, str], argv: list[str] | None = Non
         stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,  # its own process group, so a stop reaches every child
     )
-    (workdir / "pid").write_text(str(proc.pid))
+    claim(workdir, proc.pid)
     _children[proc.pid] = proc
     return proc.pid
 

@@ -39,6 +39,13 @@ except ImportError:  # another Python implementation
 
 CONFIG = "supervisor.cfg"
 CHUNK = 65536
+# Written by the agent once this process is started (``local_process.claim``): the one supervisor it names.
+PID_FILE = "pid"
+# The exit of a supervisor that was not named (it writes no record: the task is not its own).
+UNCLAIMED_EXIT = 254
+# How long a supervisor waits to be named before it leaves: the agent names it within milliseconds, so
+# only an agent that died in between leaves it unnamed (and the next agent starts and names another).
+CLAIM_WAIT_S = 60.0
 
 
 class RotatingLog:
@@ -247,8 +254,30 @@ def _give_tasks_default_signals() -> None:
         sig.signal(signum, lambda _signum, _frame: None)
 
 
+def wait_for_claim(workdir: str, wait_s: float = CLAIM_WAIT_S) -> bool:
+    """Whether the agent named this process the task's supervisor; False if it named another one, or
+    nobody within ``wait_s`` (its agent died before it could). Nothing may run before this is True: an
+    attempt started twice would otherwise run twice."""
+    path, me = os.path.join(workdir, PID_FILE), str(os.getpid())
+    deadline, pause = time.monotonic() + wait_s, 0.001
+    while True:
+        try:
+            with open(path) as f:
+                named = f.read().strip()
+        except FileNotFoundError:
+            named = ""
+        if named:
+            return named == me
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def run(workdir: str) -> int:
     os.chdir(workdir)  # the phases run there (the agent starts this process there too)
+    if not wait_for_claim(workdir):
+        return UNCLAIMED_EXIT  # another supervisor has the task, or it is a leftover: it runs nothing here
     with open(os.path.join(workdir, CONFIG), "rb") as f:
         config: dict[str, Any] = marshal.load(f)
     stopping: list[bool] = []

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pai_runtime import local_process as lp
+from pai_runtime import supervisor
 from pai_runtime.backend import TaskExit
 from pai_runtime.local_process import PASSTHROUGH
 
@@ -203,10 +204,9 @@ async def test_stop_of_a_task_that_is_gone_is_harmless(tmp_path: Path) -> None:
 # ---- adopted tasks -------------------------------------------------------------------------------------
 
 
-def _adopt(workdir: Path, commands: str) -> subprocess.Popen[bytes]:
-    """Start the supervisor the way an earlier agent would have: not a child that ``wait`` knows."""
-    lp.prepare(workdir, commands)
-    proc = subprocess.Popen(
+def _orphan(workdir: Path) -> subprocess.Popen[bytes]:
+    """A supervisor started as an agent starts one, but not named by it (the agent died in between)."""
+    return subprocess.Popen(
         lp.command(workdir),
         cwd=workdir,
         env=_env(workdir),
@@ -215,6 +215,13 @@ def _adopt(workdir: Path, commands: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def _adopt(workdir: Path, commands: str) -> subprocess.Popen[bytes]:
+    """Start the supervisor the way an earlier agent would have: not a child that ``wait`` knows."""
+    lp.prepare(workdir, commands)
+    proc = _orphan(workdir)
+    lp.claim(workdir, proc.pid)
     assert proc.pid not in lp._children
     return proc
 
@@ -235,6 +242,29 @@ async def test_an_adopted_task_killed_by_a_signal_reports_it(tmp_path: Path) -> 
         assert await asyncio.wait_for(lp.wait(proc.pid, tmp_path, poll_s=0.02), 10) == TaskExit(139, 11)
     finally:
         proc.wait(5)
+
+
+async def test_an_attempt_started_twice_across_an_agent_crash_runs_once(tmp_path: Path) -> None:
+    """The agent died after starting a supervisor and before naming it; the redelivered launch starts and
+    names another. The unnamed one leaves without running anything: the task's marker is written once."""
+    marker = tmp_path / "ran"
+    lp.prepare(tmp_path, f"echo once >> {marker}")
+    first = _orphan(tmp_path)
+    second = await lp.start(tmp_path, _env(tmp_path))
+    assert await asyncio.wait_for(lp.wait(second, tmp_path), 10) == TaskExit(0, None)
+    assert first.wait(10) == supervisor.UNCLAIMED_EXIT
+    assert marker.read_text() == "once\n"
+    assert (tmp_path / "pid").read_text() == str(second)
+
+
+def test_a_supervisor_runs_only_once_named(tmp_path: Path) -> None:
+    workdir = str(tmp_path)
+    assert not supervisor.wait_for_claim(workdir, wait_s=0.05)  # nobody named it: it leaves
+    lp.claim(tmp_path, os.getpid() + 1)
+    assert not supervisor.wait_for_claim(workdir, wait_s=5)  # another one is the task's
+    lp.claim(tmp_path, os.getpid())
+    assert supervisor.wait_for_claim(workdir, wait_s=5)
+    assert not (tmp_path / "pid.tmp").exists()
 
 
 def _gone_pid() -> int:
