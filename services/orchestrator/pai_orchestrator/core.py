@@ -571,23 +571,8 @@ def _shrink(
             continue
         if task.state in S.LIVE_TASK and task.node:
             task.state = S.TASK_DELETION_REQUESTED
-            out.commands.append(
-                SendCommand(
-                    KillTask(
-                        job_key=fw.job_key,
-                        attempt_id=fw.attempt_id,
-                        task_role=role,
-                        index=index,
-                        task_attempt_id=task.task_attempt_id,
-                        node=task.node,
-                        reason=f"the elastic gang shrinks: preempted by {preemptor}",
-                        grace_period_s=grace,
-                        preemption_deadline=deadline,
-                        preemptor=preemptor,
-                    ),
-                    task.node,
-                )
-            )
+            why = f"the elastic gang shrinks: preempted by {preemptor}"
+            out.commands.append(_kill(fw, task, why, grace, deadline, preemptor))
             wait_until = deadline + policy.stop_confirm_margin_ms
             fw.shrink_deadline = max(fw.shrink_deadline or wait_until, wait_until)
         elif task.state == S.TASK_CREATION_PENDING:
@@ -1053,21 +1038,15 @@ def _complete_attempt(
         if task.state in S.LIVE_TASK and task.node:
             killed += 1
             task.state = S.TASK_DELETION_REQUESTED
+            notice = outcome.notice
             out.commands.append(
-                SendCommand(
-                    KillTask(
-                        job_key=fw.job_key,
-                        attempt_id=fw.attempt_id,
-                        task_role=task.task_role,
-                        index=task.index,
-                        task_attempt_id=task.task_attempt_id,
-                        node=task.node,
-                        reason=f"attempt completed: {why}"[:500],
-                        grace_period_s=grace,
-                        preemption_deadline=outcome.notice.deadline if outcome.notice else None,
-                        preemptor=outcome.notice.preemptor if outcome.notice else None,
-                    ),
-                    task.node,
+                _kill(
+                    fw,
+                    task,
+                    f"attempt completed: {why}",
+                    grace,
+                    notice.deadline if notice else None,
+                    notice.preemptor if notice else None,
                 )
             )
         elif task.state == S.TASK_DELETION_REQUESTED:
@@ -1079,6 +1058,28 @@ def _complete_attempt(
         _move(fw, out, now, S.ATTEMPT_DELETION_REQUESTED, f"{killed} live task(s) asked to stop")
         return
     _finish_attempt(fw, out, now, "no task was running")
+
+
+def _kill(
+    fw: Framework, task: Task, why: str, grace: float, deadline: int | None, preemptor: str | None
+) -> SendCommand:
+    """Stop one task: SIGTERM, the grace, SIGKILL; with a deadline, the preemption notice first."""
+    assert task.node is not None
+    return SendCommand(
+        KillTask(
+            job_key=fw.job_key,
+            attempt_id=fw.attempt_id,
+            task_role=task.task_role,
+            index=task.index,
+            task_attempt_id=task.task_attempt_id,
+            node=task.node,
+            reason=why[:500],
+            grace_period_s=grace,
+            preemption_deadline=deadline,
+            preemptor=preemptor,
+        ),
+        task.node,
+    )
 
 
 def _task_stopped(task: Task, now: int, why: str) -> None:
