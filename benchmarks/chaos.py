@@ -13,7 +13,8 @@ submitting a small job every second, and the checks of tests/chaos/faults.py. Fa
 
 The acceptance bar is zero lost, zero run twice, zero leaked. Clock jumps for the orchestrator's timers are
 not in the matrix (see benchmarks/README.md: the services read the system clock, which cannot be moved for
-one process tree without a clock of their own).
+one process tree without a clock of their own); services/orchestrator/tests/test_timer_clock.py tests
+them with an injected clock.
 
     python benchmarks/chaos.py                          # every fault
     python benchmarks/chaos.py --only kill-orchestrator,stop-orchestrator --record
@@ -45,6 +46,7 @@ from tests.chaos import faults  # noqa: E402
 
 SERVICES = ["gateway", "auth", "storage", "jobs", "scheduler", "orchestrator", "diagnosis", "monitoring"]
 STOP_S = 30.0
+DISK_FULL_S = 20.0
 
 
 def _kill(names: list[str]) -> Callable[[RunningPlatform, Path], None]:
@@ -65,8 +67,9 @@ def _stop(name: str) -> Callable[[RunningPlatform, Path], None]:
 
 def _fill_disk(platform: RunningPlatform, data: Path) -> None:
     filler = data / "nats" / "filler"
-    subprocess.run(["fallocate", "-l", "1G", str(filler)], check=False)  # fills the tmpfs to its size
-    time.sleep(20)
+    # Written until the tmpfs refuses (fallocate beyond the size undoes itself on tmpfs: nothing is filled).
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], check=False, capture_output=True)
+    time.sleep(DISK_FULL_S)
     filler.unlink(missing_ok=True)
 
 

@@ -302,6 +302,30 @@ async def test_a_request_whose_service_dies_with_it_is_answered_at_once_outcome_
                 await holder.wait()
 
 
+async def test_a_request_whose_taker_was_replaced_at_once_is_not_waited_for(gateway: Gateway) -> None:
+    """The blind spot of benchmarks/chaos.py's kill-jobs (31 s in one run of three): the killed jobs service
+    was back (pai up restarts it in about 2 s) before the watch looked, and the watch followed the new
+    instance, which never had the request. An instance that started after the request was sent is not
+    waited for: the request is answered 503 "not known" at once."""
+    holder = await start_holder(gateway.nats)
+    assert holder.stdout is not None
+    replacement: asyncio.subprocess.Process | None = None
+    try:
+        request = asyncio.create_task(gateway.call("GET", "/api/v2/jobs/alice~held"))
+        assert await asyncio.wait_for(holder.stdout.readline(), GUARD_S) == b"taken\n"
+        await until(lambda: gateway.bus.responders.seen("jobs"))
+        # The replacement runs before the taker dies, so whenever the watch looks, it finds it running.
+        replacement = await start_holder(gateway.nats)
+        holder.kill()
+        await holder.wait()
+        assert_503(await request, "service jobs stopped running", "not known")
+    finally:
+        for proc in (holder, replacement):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
 async def test_a_stopped_service_still_holds_its_request_which_waits_for_it(nats_srv: ServerProcess) -> None:
     """SIGSTOP (a slow, not dead, service): its subscriptions stay, so the request is not given up as lost;
     it waits for its timeout (here a short one, past the watch's first rounds) as before."""

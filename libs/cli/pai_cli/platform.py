@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pai_cli.lock import DataDirBusyError, DataDirLock, Takeover
+from pai_cli.store_watch import StoreWatch
 from pai_common import bus_permissions
 from pai_common.embedded import (
     ServerProcess,
@@ -168,6 +169,8 @@ class Platform:
     takeover: Takeover | None = None
     _lock: DataDirLock | None = None
     _server_backoff: dict[str, Backoff] = field(default_factory=dict)
+    # The embedded NATS server's JetStream store, stuck after its disk filled (store_watch.py).
+    _store_watches: dict[str, StoreWatch] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -216,6 +219,7 @@ class Platform:
             self.bus_users = bus_permissions.embedded_users(self.node_names)
             server = start_nats(self.data_dir, authorization=bus_permissions.nats_config(self.bus_users))
             self.servers.append(server)
+            self._store_watches[server.name] = StoreWatch(server.log_path, self.data_dir / "nats")
             self.nats_url = server.url
             self._write_bus_credentials()
         _say(progress, "starting the MongoDB-wire server")
@@ -380,6 +384,10 @@ class Platform:
         now = time.monotonic()
         for server in self.servers:
             backoff = self._server_backoff.setdefault(server.name, Backoff())
+            watch = self._store_watches.get(server.name)
+            if server.running and watch is not None and watch.restart_now():
+                said.append(f"the {server.name} server could not write its store (disk full); room is back")
+                server.stop()
             if server.running:
                 continue
             if not backoff.dead:

@@ -60,7 +60,7 @@ from pai_common.errors import (
     error_from_code,
 )
 from pai_common.metrics import RPC_REQUESTS, RPC_SECONDS
-from pai_common.responder_watch import WATCH_AFTER_S, ResponderWatch, micro_name
+from pai_common.responder_watch import STARTED_MS, WATCH_AFTER_S, ResponderWatch, micro_name
 from pai_common.telemetry import inject_headers, span_from_headers
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,7 @@ class Bus:
         every instance of ``service`` that could have taken the request stop running (responder_watch;
         None: a request to one target, not watched)."""
         lost = self.link.lost()
+        sent_ms = int(time.time() * 1000)
         call = asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout, headers=headers))
         watch: asyncio.Task[None] | None = None
         try:
@@ -283,7 +284,7 @@ class Bus:
                 (call, lost), timeout=min(WATCH_AFTER_S, timeout), return_when=asyncio.FIRST_COMPLETED
             )
             if not done and service is not None:
-                watch = asyncio.ensure_future(self.responders.until_gone(service))
+                watch = asyncio.ensure_future(self.responders.until_gone(service, sent_ms))
                 done, _ = await asyncio.wait((call, lost, watch), return_when=asyncio.FIRST_COMPLETED)
             elif not done:
                 done, _ = await asyncio.wait((call, lost), return_when=asyncio.FIRST_COMPLETED)
@@ -323,6 +324,8 @@ class Bus:
                     name=micro_name(self.service),
                     version="0.1.0",
                     description=f"OpenPAI {self.service} service",
+                    # Read before any endpoint subscribes: a request sent before it is not this one's.
+                    metadata={STARTED_MS: str(int(time.time() * 1000))},
                 )
             )
         service = self._micro[0]

@@ -9,8 +9,11 @@ given up (``RpcInterruptedError``: whether the service acted is not known, as af
 one of them has gone. A stopped or busy instance still holds its subscriptions: it is not gone, and the
 request waits for it as before.
 
-What it cannot see: an instance that died and was replaced before the watch began (the watch then follows
-the new one, and the request waits for its timeout, as before).
+An instance that died and was replaced before the watch began (a restart within ``WATCH_AFTER_S``): each
+instance says when it started (``STARTED_MS``, in its discovery metadata), and one that started after the
+request was sent (by more than ``STARTED_MARGIN_MS``, for the publish's way to the server and the hosts'
+clocks) subscribed too late to have taken it, so it is not waited for. An instance that does not say when
+it started is waited for, as any that could have the request.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ WATCH_EVERY_S = 1.0
 GATHER_S = 0.25
 PING_TIMEOUT_S = 1.0
 ASK_EVERY_S = 5.0
+_NO_RESPONDERS_HEADER = "Status"
 _NO_RESPONDERS = "503"
+# The discovery metadata key under which an instance gives its start (wall clock, epoch ms).
+STARTED_MS = "started_ms"
+STARTED_MARGIN_MS = 500
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +89,14 @@ class ResponderWatch:
             if await self.instances(service):
                 self._seen.add(service)
 
-    async def instances(self, service: str) -> set[str] | None:
-        """The ids of the instances running now; empty: none runs; None: no answer in time (busy, or
-        stopped), which says nothing."""
+    async def instances(self, service: str) -> dict[str, int | None] | None:
+        """The instances running now, each with when it started (None: not said); empty: none runs;
+        None: no answer in time (busy, or stopped), which says nothing."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
             await self.nc.publish(f"$SRV.PING.{micro_name(service)}", b"", reply=inbox)
-            ids: set[str] = set()
+            found: dict[str, int | None] = {}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + GATHER_S
             while (left := deadline - loop.time()) > 0:
@@ -97,11 +104,12 @@ class ResponderWatch:
                     msg = await sub.next_msg(timeout=left)
                 except NatsTimeoutError:
                     break
-                if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
-                    return set()
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    ids.add(str(json.loads(msg.data)["id"]))
-            return ids or None
+                if msg.headers and msg.headers.get(_NO_RESPONDERS_HEADER) == _NO_RESPONDERS:
+                    return {}
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                    ping = json.loads(msg.data)
+                    found[str(ping["id"])] = _started(ping)
+            return found or None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -115,19 +123,22 @@ class ResponderWatch:
             return True  # stopped or busy: still holds the request
         return True
 
-    async def until_gone(self, service: str) -> None:
-        """Return once every instance of ``service`` running when the watch began has gone (then nobody
-        has the request any more); otherwise wait until cancelled."""
+    async def until_gone(self, service: str, sent_ms: int | None = None) -> None:
+        """Return once every instance of ``service`` that could have taken a request sent at ``sent_ms``
+        (wall clock; None: any running when the watch began) has gone (then nobody has the request any
+        more); otherwise wait until cancelled."""
         watched: set[str] | None = None
         while True:
             try:
                 if watched is None:
                     found = await self.instances(service)
-                    if found == set() and service in self._seen:
+                    if found == {} and service in self._seen:
                         return
                     if found:
                         self._seen.add(service)
-                        watched = found
+                        watched = {i for i, started in found.items() if could_have_taken(started, sent_ms)}
+                        if not watched:
+                            return  # every instance running started after the request: its taker is gone
                 else:
                     watched = {i for i in watched if await self._running(service, i)}
                     if not watched:
@@ -135,3 +146,17 @@ class ResponderWatch:
             except Exception as exc:  # the bus going down is the link's to report; this one knows nothing
                 log.debug("responder watch failed", extra={"service": service, "error": repr(exc)})
             await asyncio.sleep(WATCH_EVERY_S)
+
+
+def could_have_taken(started_ms: int | None, sent_ms: int | None) -> bool:
+    """Whether an instance that started at ``started_ms`` may hold a request sent at ``sent_ms``."""
+    return started_ms is None or sent_ms is None or started_ms <= sent_ms + STARTED_MARGIN_MS
+
+
+def _started(ping: dict[str, object]) -> int | None:
+    metadata = ping.get("metadata")
+    raw = metadata.get(STARTED_MS) if isinstance(metadata, dict) else None
+    try:
+        return int(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None

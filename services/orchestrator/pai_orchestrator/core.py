@@ -863,6 +863,21 @@ def on_tick(fw: Framework, now: int, policy: Policy = DEFAULT_POLICY) -> Transit
     return _finish(out)
 
 
+def shift_timers(fw: Framework, delta_ms: int, policy: Policy = DEFAULT_POLICY) -> Transition:
+    """The wall clock jumped by ``delta_ms`` since the framework's timers were set: move them by as much,
+    so that each keeps the time it had left (timer_clock.py says why). Timestamps stay as they were."""
+    if delta_ms == 0 or fw.due_at() is None:
+        return no_change()
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    for name in ("gang_deadline", "retry_at", "deletion_deadline"):
+        value = getattr(fw, name)
+        if value is not None:
+            setattr(fw, name, value + delta_ms)
+    out.reason = f"the wall clock jumped by {delta_ms / 1000:+g} s: the timers keep the time they had left"
+    return _finish(out)
+
+
 # ---- helpers -------------------------------------------------------------------------------------------
 
 

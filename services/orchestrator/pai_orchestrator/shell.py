@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
@@ -39,6 +38,7 @@ from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_orchestrator import core, metrics, placement
 from pai_orchestrator.policy import Policy
+from pai_orchestrator.timer_clock import TimerClock, stamp_of
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,13 @@ class OrchestratorSettings(Settings):
         )
 
 
+STALE_LOOK_S = 60.0
+# Every reading of the wall clock goes through it, so that a jump is noticed (timer_clock.py).
+CLOCK = TimerClock()
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return CLOCK.now_ms()
 
 
 async def save(
@@ -92,6 +97,8 @@ async def save(
         "_id": fw.job_key,
         "version": fw.version,
         "due_at": fw.due_at(),
+        # Read with no await since the transition's clock reading: the skew its timers were set under.
+        "clock": CLOCK.stamp().as_doc(),
         "fw": fw.model_dump(mode="json"),
     }
     if previous is None:
@@ -156,6 +163,10 @@ class Orchestrator:
         self.app = app
         self.settings = settings
         self.policy = settings.policy()
+        # Frameworks whose timers were set before a jump are looked for (a scan) only for a while after
+        # the jump is seen: long enough for the transactions that read the clock before it to commit.
+        self._seen_skew: int | None = None
+        self._look_for_stale_until = 0.0
         app.on_event(JobSubmitted)(self.handle_submitted)
         app.on_event(JobStopRequested)(self.handle_stop)
         app.on_event(SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(self.handle)
@@ -302,10 +313,21 @@ class Orchestrator:
     # ---- timers --------------------------------------------------------------------------------------
 
     async def tick_once(self) -> int:
-        """Fire every due timer, each job in its own transaction; returns how many jobs changed."""
+        """Fire every due timer, each job in its own transaction; returns how many jobs changed. A timer
+        set before a jump of the wall clock is moved by the jump instead (timer_clock.py): due or not, it
+        is looked at, and the choice between moving and firing is made in one reading of the clock."""
         now = now_ms()
+        current = CLOCK.stamp()
         due = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None, "$lte": now}}, {"_id": 1})
         keys = [d["_id"] async for d in due]
+        loop = asyncio.get_running_loop()
+        if current.skew_ms != self._seen_skew:
+            self._seen_skew = current.skew_ms
+            self._look_for_stale_until = loop.time() + STALE_LOOK_S
+        if loop.time() < self._look_for_stale_until:
+            before_jump = {"clock.run": current.run, "clock.skew_ms": {"$ne": current.skew_ms}}
+            stale = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None}, **before_jump}, {"_id": 1})
+            keys = list(dict.fromkeys([d["_id"] async for d in stale] + keys))
         fired = 0
         for key in keys:
             changed: list[bool] = []
@@ -324,10 +346,15 @@ class Orchestrator:
             return False
         fw = core.Framework.model_validate(doc["fw"])
         now = now_ms()
-        transition = core.on_tick(fw, now, self.policy)
+        shift = CLOCK.shift_ms(stamp_of(doc))
+        if shift:
+            transition = core.shift_timers(fw, shift, self.policy)
+            log.warning("wall clock jumped: timers moved", extra={"job": key, "shift_ms": shift})
+        else:
+            transition = core.on_tick(fw, now, self.policy)
         if transition.framework is None:
             return False
-        await save(ctx, ("tick", None), transition, fw.version, now, before=fw)
+        await save(ctx, ("clock", None) if shift else ("tick", None), transition, fw.version, now, before=fw)
         return True
 
     async def tick_forever(self) -> None:
