@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from pai_common.contract.events import JobDependencyResolved, JobPreemptionNoticed
+from pai_common.contract.events import JobDependencyResolved, JobElasticResized, JobPreemptionNoticed
 from pai_common.contract.types import JobSpec
 from pai_jobs.views import debug_id
 
@@ -192,6 +192,22 @@ def preemption_noticed(event: JobPreemptionNoticed) -> JobEvent:
         f" notice ($PAI_PREEMPTION_NOTICE) with {n.grace_seconds:g} s to stop, until {deadline}; the next"
         " attempt gets PAI_RESUME=1",
         n.noticed_at,
+    )
+
+
+def elastic_resized(event: JobElasticResized, at_ms: int) -> JobEvent:
+    counts = ", ".join(f"{role}: {n}" for role, n in sorted(event.instances.items()))
+    tasks = ", ".join(event.tasks)
+    joined = "joined" if event.change == "grew" else "left"
+    return JobEvent(
+        event.job_key,
+        f"elastic/{event.attempt_id}/{event.version}",
+        "Normal",
+        "ElasticGrew" if event.change == "grew" else "ElasticShrank",
+        f"attempt {event.attempt_id}: task(s) {tasks} {joined} the gang ({event.reason}); instances now"
+        f" {counts}; the running tasks got membership version {event.version}"
+        " ($PAI_MEMBERSHIP_FILE, SIGWINCH)",
+        at_ms,
     )
 
 

@@ -21,7 +21,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from pai_common.contract.types import JobSpec, TaskRoleSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
-from pai_jobs import dependencies, preemption
+from pai_jobs import dependencies, elastic, preemption
 from pai_jobs.schema import schema_problems
 
 # Limits on what a submitted document may cost to parse.
@@ -890,13 +890,12 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     grace = None
     if extras is not None and "preemption" in extras:
         grace = preemption.parse(extras["preemption"], problems.add)
+    elastic_minimum: dict[str, int] = {}
     if extras is not None and "elastic" in extras:
-        # Issue 18 part 4's elastic gangs are not built: refused rather than run at a fixed size silently.
-        problems.add(
-            "extras.elastic",
-            "elastic jobs (minInstances/maxInstances per task role) are not supported yet; give each task"
-            " role a fixed number of instances",
-        )
+        # A declared role that is itself broken (reported there) is known, its task number not.
+        sizes: dict[str, int | None] = dict.fromkeys(task_roles or {})
+        sizes.update({role.name: role.instances for role in roles})
+        elastic_minimum = elastic.parse(extras["elastic"], sizes, gang_allocation, problems.add)
 
     runtime_plugins: list[dict[str, Any]] = []
     if extras is not None and isinstance(extras.get(RUNTIME_PLUGIN_EXTRA), list):
@@ -944,5 +943,6 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
         has_secrets=bool(secrets),
         dependencies=depends_on,
         preemption_grace_s=grace,
+        elastic=elastic_minimum,
     )
     return ParsedJob(spec=spec, raw=doc, masked=_mask_secrets(doc))

@@ -25,6 +25,7 @@ from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobDependencyResolved,
+    JobElasticResized,
     JobPreemptionNoticed,
     JobStopRequested,
     JobSubmitted,
@@ -303,6 +304,7 @@ class JobsService:
         app.on_event(JobAttemptCompleted)(self.on_attempt_completed)
         app.on_event(JobDependencyResolved)(self.on_dependency_resolved)
         app.on_event(JobPreemptionNoticed)(self.on_preemption_noticed)
+        app.on_event(JobElasticResized)(self.on_elastic_resized)
         app.on_startup(self._indexes)
         app.background(self._backfill)
         app.background(self._gauges)
@@ -785,8 +787,12 @@ class JobsService:
         attempts = list(dict.fromkeys((v.job_key, v.attempt_id) for v in p.victims))
         victims = [f"{job_key}#{attempt_id}" for job_key, attempt_id in attempts]
         await _record(ctx, job_events.preempting(p.job_key, p.attempt_id, victims, at))
+        # An elastic job that only loses growth tasks is shrunk, not preempted: ElasticShrank says so.
+        shrunk = {(v.job_key, v.attempt_id) for v in p.victims if v.growth}
+        stopped = {(v.job_key, v.attempt_id) for v in p.victims if not v.growth}
         for job_key, attempt_id in attempts:
-            await _record(ctx, job_events.preempted(job_key, attempt_id, preemptor, at))
+            if (job_key, attempt_id) in stopped or (job_key, attempt_id) not in shrunk:
+                await _record(ctx, job_events.preempted(job_key, attempt_id, preemptor, at))
 
     async def on_rejected(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, SchedulingRejected)
@@ -808,6 +814,10 @@ class JobsService:
     async def on_preemption_noticed(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, JobPreemptionNoticed)
         await _record(ctx, job_events.preemption_noticed(env.body))
+
+    async def on_elastic_resized(self, ctx: HandlerContext, env: Envelope) -> None:
+        assert isinstance(env.body, JobElasticResized)
+        await _record(ctx, job_events.elastic_resized(env.body, job_events.epoch_ms(env.time, now_ms())))
 
 
 @dataclass(frozen=True)

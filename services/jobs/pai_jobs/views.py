@@ -23,7 +23,7 @@ from pai_common.contract.types import (
     TaskAttemptRecord,
     TaskSnapshot,
 )
-from pai_jobs import dependencies, preemption
+from pai_jobs import dependencies, elastic, preemption
 from pai_jobs.protocol import PRIORITY_BY_CLASS
 
 # ---- FrameworkController state names, in one place ---------------------------------------------------
@@ -431,6 +431,9 @@ def job_detail(doc: Mapping[str, Any], snapshot_override: FrameworkSnapshot | No
         status["pendingPosition"] = None
     # Beyond OpenPAI: the current attempt's preemption notice, and whether it resumes a preempted one.
     status.update(preemption.view(snapshot))
+    if spec.elastic:
+        # Beyond OpenPAI: each elastic role's limits and how many of its tasks the gang holds now.
+        status["elastic"] = elastic.view(spec, snapshot)
     if spec.dependencies:
         # Beyond OpenPAI: extras.dependencies as followed so far, and why the job has not started.
         status["dependencies"] = dependencies.view(spec, snapshot)

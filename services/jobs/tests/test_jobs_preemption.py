@@ -1,6 +1,5 @@
 """extras.preemption in the jobs service's pure parts: graceSeconds read and checked, the job detail's
-preemption notice and resume flag (present only when they apply), the PreemptionNotice job event; elastic
-jobs (not built) refused."""
+preemption notice and resume flag (present only when they apply), the PreemptionNotice job event."""
 
 from __future__ import annotations
 
@@ -54,13 +53,6 @@ def test_bad_grace_is_refused_at_its_path(extras: str, field: str) -> None:
     with pytest.raises(InvalidProtocolError) as caught:
         parse(extras)
     assert field in [p["field"] for p in json.loads(str(caught.value))]
-
-
-def test_elastic_jobs_are_refused_as_not_built() -> None:
-    with pytest.raises(InvalidProtocolError) as caught:
-        parse("  elastic: {worker: {minInstances: 1, maxInstances: 4}}\n")
-    [problem] = json.loads(str(caught.value))
-    assert problem["field"] == "extras.elastic" and "not supported yet" in problem["message"]
 
 
 NOTICE = PreemptionNotice(preemptor="bob~urgent", noticed_at=1_000, grace_seconds=60, deadline=61_000)

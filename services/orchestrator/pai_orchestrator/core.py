@@ -18,12 +18,13 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, Field
 
 from pai_common.contract.base import Command, Event
-from pai_common.contract.commands import KillTask, LaunchTask
+from pai_common.contract.commands import KillTask, LaunchTask, UpdateMembership
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
     JobDependencyResolved,
+    JobElasticResized,
     JobPreemptionNoticed,
     JobStopRequested,
     JobTaskCompleted,
@@ -47,9 +48,10 @@ from pai_common.contract.types import (
     PodRequest,
     PreemptionNotice,
     TaskAttemptRecord,
+    TaskRoleSpec,
     TaskSnapshot,
 )
-from pai_orchestrator import completion_policy, dependencies, exit_codes, retry_policy
+from pai_orchestrator import completion_policy, dependencies, elastic, exit_codes, retry_policy
 from pai_orchestrator import states as S
 from pai_orchestrator.environment import task_environment
 from pai_orchestrator.policy import DEFAULT_POLICY, Policy
@@ -167,6 +169,10 @@ class Framework(BaseModel):
     preemption: PreemptionNotice | None = None
     resume: bool = False
     resumable: bool = False
+    # extras.elastic: the version of the gang's membership (grows with each change the tasks are told of),
+    # and until when the growth tasks being shrunk away are waited for.
+    membership_version: int = 0
+    shrink_deadline: int | None = None
 
     @property
     def job_key(self) -> str:
@@ -185,6 +191,8 @@ class Framework(BaseModel):
             return self.retry_at
         if self.state == S.ATTEMPT_DELETION_REQUESTED:
             return self.deletion_deadline
+        if self.state in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING):
+            return self.shrink_deadline
         return None
 
     def snapshot(self) -> FrameworkSnapshot:
@@ -353,6 +361,8 @@ def on_allocated(
 ) -> Transition:
     if not fw.spec.gang_allocation:
         return _allocated_in_part(fw, event, now, policy)
+    if fw.spec.elastic:
+        return _allocated_elastic(fw, event, now, policy)
     if event.attempt_id != fw.attempt_id or fw.state != S.ATTEMPT_CREATION_REQUESTED:
         return no_change()
     placements = {task_key(p.task_role, p.index): p for p in event.placements}
@@ -411,6 +421,85 @@ def _allocated_in_part(fw: Framework, event: SchedulingAllocated, now: int, poli
     return _finish(out)
 
 
+def _allocated_elastic(fw: Framework, event: SchedulingAllocated, now: int, policy: Policy) -> Transition:
+    """An elastic job: first its gang (every task but the growth ones), launched as any gang, after which
+    its growth tasks are asked for; then growth tasks one by one as idle cells appear, each launched at
+    once while the running tasks are told the new membership."""
+    if event.attempt_id != fw.attempt_id or fw.state not in S.LIVE_ATTEMPT:
+        return no_change()
+    keys = {task_key(p.task_role, p.index) for p in event.placements}
+    growth = {k for k, t in fw.tasks.items() if elastic.is_growth(fw.spec, t.task_role, t.index)}
+    if fw.state == S.ATTEMPT_CREATION_REQUESTED:
+        if keys != set(fw.tasks) - growth or len(keys) != len(event.placements):
+            return no_change()  # not this attempt's gang
+    elif not keys <= growth:
+        return no_change()  # a repeated allocation of the gang
+    else:
+        fw = _copy(fw)
+        fw.membership_version += 1  # the joining tasks start with the new membership
+    out = _allocated_in_part(fw, event, now, policy)
+    grown = out.framework
+    if grown is None:
+        return out
+    if not keys <= growth:
+        # The gang is placed: now its growth tasks may grow into idle cells.
+        pending = [grown.tasks[k] for k in sorted(growth)]
+        if pending:
+            out.events.insert(0, _growth_request(grown, pending))
+        return out
+    names = sorted(keys)
+    reason = f"task(s) {', '.join(names)} placed in idle cells"
+    out.events.insert(0, _membership_changed(grown, out, "grew", names, reason, joined=keys))
+    return out
+
+
+def _growth_request(fw: Framework, tasks: list[Task]) -> SchedulingRequested:
+    """The second request of an elastic attempt: its growth tasks, each placed on its own when idle
+    cells allow (the scheduler makes them opportunistic work)."""
+    roles = {r.name: r for r in fw.spec.task_roles}
+    return SchedulingRequested(
+        job_key=fw.job_key,
+        attempt_id=fw.attempt_id,
+        virtual_cluster=fw.spec.virtual_cluster,
+        priority=fw.spec.priority,
+        lazy_preemption=fw.spec.lazy_preemption,
+        pods=[_pod_request(roles[t.task_role], t.index, growth=True) for t in tasks],
+    )
+
+
+def _membership_changed(
+    fw: Framework,
+    out: Transition,
+    change: Literal["grew", "shrunk"],
+    tasks: list[str],
+    reason: str,
+    joined: set[str] | None = None,
+) -> JobElasticResized:
+    """A new membership (``membership_version`` already moved on): every live task of the attempt (but those
+    that just joined, launched with it) is told; returns the event that reports it."""
+    for task in fw.tasks.values():
+        if task.state in S.LIVE_TASK and task.node and task.key not in (joined or set()):
+            out.commands.append(
+                SendCommand(
+                    UpdateMembership(
+                        job_key=fw.job_key,
+                        attempt_id=fw.attempt_id,
+                        task_role=task.task_role,
+                        index=task.index,
+                        task_attempt_id=task.task_attempt_id,
+                        node=task.node,
+                        env=_task_env(fw, task),
+                        version=fw.membership_version,
+                    ),
+                    task.node,
+                )
+            )
+    out.reason = f"{out.reason}; gang {change}: {reason}" if out.reason else f"gang {change}: {reason}"
+    return elastic.resized(
+        fw.job_key, fw.attempt_id, fw.spec, fw.gang, fw.membership_version, change, tasks, reason
+    )
+
+
 def on_rejected(
     fw: Framework, event: SchedulingRejected, now: int, policy: Policy = DEFAULT_POLICY
 ) -> Transition:
@@ -442,16 +531,95 @@ def on_preempted(
     now: int,
     policy: Policy = DEFAULT_POLICY,
     grace_cap_s: float | None = None,
+    tasks: list[tuple[str, int]] | None = None,
 ) -> Transition:
     """Another gang needs this attempt's cells: tell its tasks (SIGTERM and the notice file with the
     deadline), kill what is left at the deadline, and queue again, uncounted; the next attempt gets
-    PAI_RESUME=1. ``grace_cap_s``: the most the victim's VC allows (None: no cap)."""
+    PAI_RESUME=1. ``grace_cap_s``: the most the victim's VC allows (None: no cap). ``tasks``: the victims
+    are these tasks alone (None: the attempt); when they are all growth tasks of an elastic job, the gang
+    shrinks instead (``_shrink``)."""
     grace = preemption_grace(fw.spec, policy, grace_cap_s)
+    if tasks and fw.spec.elastic and all(elastic.is_growth(fw.spec, r, i) for r, i in tasks):
+        return _shrink(fw, attempt_id, sorted(set(tasks)), preemptor, now, policy, grace)
     notice = PreemptionNotice(
         preemptor=preemptor, noticed_at=now, grace_seconds=grace, deadline=now + int(grace * 1000)
     )
     why = f"preempted by {preemptor}: its tasks were given {grace:g} s of notice to stop"
     return _stopped_by_platform(fw, attempt_id, S.EXIT_PREEMPTED, why, now, policy, grace, notice)
+
+
+def _shrink(
+    fw: Framework,
+    attempt_id: int,
+    tasks: list[tuple[str, int]],
+    preemptor: str,
+    now: int,
+    policy: Policy,
+    grace: float,
+) -> Transition:
+    """Growth tasks preempted alone: each is told (SIGTERM and the notice file) and, once it exited (or its
+    grace and the margin passed), leaves the membership and gives its cells back (``_shrunk``)."""
+    if attempt_id != fw.attempt_id or fw.state not in S.LIVE_ATTEMPT:
+        return no_change()
+    fw = _copy(fw)
+    out = Transition(fw, policy=policy)
+    deadline = now + int(grace * 1000)
+    gone: list[Task] = []
+    for role, index in tasks:
+        task = fw.tasks.get(task_key(role, index))
+        if task is None:
+            continue
+        if task.state in S.LIVE_TASK and task.node:
+            task.state = S.TASK_DELETION_REQUESTED
+            why = f"the elastic gang shrinks: preempted by {preemptor}"
+            out.commands.append(_kill(fw, task, why, grace, deadline, preemptor))
+            wait_until = deadline + policy.stop_confirm_margin_ms
+            fw.shrink_deadline = max(fw.shrink_deadline or wait_until, wait_until)
+        elif task.state == S.TASK_CREATION_PENDING:
+            gone.append(task)  # placed, but its allocation did not reach us: nothing runs there
+    if not out.commands and not gone:
+        return no_change()
+    out.reason = f"growth task(s) preempted by {preemptor}: shrinking the gang"
+    if gone:
+        _shrunk(fw, out, now, gone, f"preempted by {preemptor} before it started")
+    return _finish(out)
+
+
+def _shrunk(fw: Framework, out: Transition, now: int, tasks: list[Task], why: str) -> None:
+    """Growth tasks that stopped to shrink the gang: they leave the membership, their cells go back (to the
+    preemptor), and they are asked for again, each as a new task attempt, to grow back into idle cells."""
+    if not any(
+        t.state == S.TASK_DELETION_REQUESTED and t.key not in {x.key for x in tasks}
+        for t in fw.tasks.values()
+    ):
+        fw.shrink_deadline = None
+    if not tasks:
+        return
+    keys = {t.key for t in tasks}
+    left = sorted(k for k in keys if any(task_key(p.task_role, p.index) == k for p in fw.gang))
+    fw.gang = [p for p in fw.gang if task_key(p.task_role, p.index) not in keys]
+    for task in tasks:
+        if task.node is not None:
+            task.history = [*task.history, _task_record(task, S.TASK_ATTEMPT_COMPLETED)][
+                -out.policy.task_history_limit :
+            ]
+            task.task_attempt_id += 1
+        task.state = S.TASK_CREATION_PENDING
+        task.node = task.host_ip = task.gpu_share = None
+        task.gpus, task.fpgas, task.ports = [], [], {}
+        task.gpu_milli = task.gpu_memory_mb = 0
+        task.exit_code = task.exit_spec = task.exit_diagnostics = None
+        task.created_at, task.launched_at, task.completed_at = now, None, None
+        # Released first, then asked for again: the scheduler sees them in this order.
+        out.events.append(
+            JobTaskCompleted(
+                job_key=fw.job_key, attempt_id=fw.attempt_id, task_role=task.task_role, index=task.index
+            )
+        )
+    out.events.append(_growth_request(fw, sorted(tasks, key=lambda t: (t.task_role, t.index))))
+    if left:
+        fw.membership_version += 1
+        out.events.append(_membership_changed(fw, out, "shrunk", left, f"task(s) {', '.join(left)} {why}"))
 
 
 def on_cells_lost(
@@ -568,6 +736,20 @@ def on_task_diagnosed(
         return no_change()
     if fw.state == S.ATTEMPT_DELETION_REQUESTED and task.state == S.TASK_DELETION_REQUESTED:
         return _stop_confirmed(fw, task.key, event, now, policy)
+    if fw.state in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING) and task.state == S.TASK_DELETION_REQUESTED:
+        # A growth task shrunk away has exited.
+        fw = _copy(fw)
+        out = Transition(fw, policy=policy)
+        out.reason = f"task {task.key} stopped (exit {event.exit_code}) to shrink the gang"
+        task = fw.tasks[task.key]
+        task.exit_code, task.exit_spec, task.exit_diagnostics = (
+            event.exit_code,
+            event.exit_spec,
+            event.message,
+        )
+        task.completed_at = event.finished_at
+        _shrunk(fw, out, now, [task], "left after its preemption notice")
+        return _finish(out)
     if task.state not in S.LIVE_TASK or fw.state not in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING):
         return no_change()
     fw = _copy(fw)
@@ -594,7 +776,7 @@ def on_task_diagnosed(
 
     task.state = S.TASK_COMPLETED
     out.reason = f"task {task.key} completed with {event.exit_code}"
-    if not fw.spec.gang_allocation:
+    if not fw.spec.gang_allocation or elastic.is_growth(fw.spec, task.task_role, task.index):
         # Placed on its own: the cells it alone held go back now, for the tasks still waiting.
         out.events.append(
             JobTaskCompleted(
@@ -607,6 +789,8 @@ def on_task_diagnosed(
     exits = {
         (t.task_role, t.index): (t.exit_code if t.state == S.TASK_COMPLETED else None)
         for t in fw.tasks.values()
+        # An elastic job's growth tasks that are not placed are not part of it (yet).
+        if not (t.state == S.TASK_CREATION_PENDING and elastic.is_growth(fw.spec, t.task_role, t.index))
     }
     verdict = completion_policy.verdict(fw.spec.task_roles, exits, (task.task_role, task.index))
     if verdict is None:
@@ -653,6 +837,10 @@ def on_tick(fw: Framework, now: int, policy: Policy = DEFAULT_POLICY) -> Transit
     if fw.state == S.ATTEMPT_DELETION_REQUESTED:
         waiting = sorted(t.key for t in fw.tasks.values() if t.state == S.TASK_DELETION_REQUESTED)
         _finish_attempt(fw, out, now, f"no exit report in time from {', '.join(waiting)}; assumed stopped")
+    elif fw.state in (S.ATTEMPT_PREPARING, S.ATTEMPT_RUNNING):
+        shrinking = [t for t in fw.tasks.values() if t.state == S.TASK_DELETION_REQUESTED]
+        out.reason = "growth task(s) being shrunk away did not report their exit in time; assumed stopped"
+        _shrunk(fw, out, now, shrinking, "left (no exit report in time)")
     elif fw.state == S.ATTEMPT_CREATION_REQUESTED:
         created = fw.attempt_created_at if fw.attempt_created_at is not None else now
         limit_s = ((fw.gang_deadline or now) - created) / 1000
@@ -740,6 +928,7 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
     fw.trigger_task_role = fw.trigger_task_index = None
     fw.retry_at = fw.retry_kind = None
     fw.gang = []
+    fw.shrink_deadline = None
     fw.preemption = None
     fw.resume = fw.resumable
     timeout = out.policy.gang_allocation_timeout_ms
@@ -753,25 +942,32 @@ def _start_attempt(fw: Framework, now: int, out: Transition) -> None:
             priority=fw.spec.priority,
             lazy_preemption=fw.spec.lazy_preemption,
             gang_allocation=fw.spec.gang_allocation,
+            # An elastic job's growth tasks are asked for once this gang is placed (_allocated_elastic).
             pods=[
-                PodRequest(
-                    task_role=r.name,
-                    index=i,
-                    gpu=r.gpu,
-                    cpu=r.cpu,
-                    memory_mb=r.memory_mb,
-                    sku_types=r.sku_types,
-                    pinned_cell=r.pinned_cell,
-                    gpu_milli=r.gpu_milli,
-                    gpu_memory_mb=r.gpu_memory_mb,
-                    infiniband=r.infiniband,
-                )
+                _pod_request(r, i, growth=False)
                 for r in fw.spec.task_roles
                 for i in range(r.instances)
+                if not elastic.is_growth(fw.spec, r.name, i)
             ],
         )
     )
     _move(fw, out, now, S.ATTEMPT_CREATION_REQUESTED, f"attempt {fw.attempt_id} asks for its gang")
+
+
+def _pod_request(r: TaskRoleSpec, index: int, growth: bool) -> PodRequest:
+    return PodRequest(
+        task_role=r.name,
+        index=index,
+        gpu=r.gpu,
+        cpu=r.cpu,
+        memory_mb=r.memory_mb,
+        sku_types=r.sku_types,
+        pinned_cell=r.pinned_cell,
+        gpu_milli=r.gpu_milli,
+        gpu_memory_mb=r.gpu_memory_mb,
+        infiniband=r.infiniband,
+        growth=growth,
+    )
 
 
 def _retry_task(
@@ -848,7 +1044,7 @@ def _complete_attempt(
     why = why or outcome.diagnostics or f"attempt ended with {outcome.exit_code}"
     _record_outcome(fw, outcome)
     fw.attempt_completed_at = now
-    fw.gang_deadline = None
+    fw.gang_deadline = fw.shrink_deadline = None
     fw.ending_failure, fw.ending_retry_allowed, fw.ending_release = outcome.failure, retry_allowed, release
     _move(fw, out, now, S.ATTEMPT_DELETION_PENDING, why)
     grace = outcome.grace_period_s if outcome.grace_period_s is not None else out.policy.kill_grace_s
@@ -857,23 +1053,19 @@ def _complete_attempt(
         if task.state in S.LIVE_TASK and task.node:
             killed += 1
             task.state = S.TASK_DELETION_REQUESTED
+            notice = outcome.notice
             out.commands.append(
-                SendCommand(
-                    KillTask(
-                        job_key=fw.job_key,
-                        attempt_id=fw.attempt_id,
-                        task_role=task.task_role,
-                        index=task.index,
-                        task_attempt_id=task.task_attempt_id,
-                        node=task.node,
-                        reason=f"attempt completed: {why}"[:500],
-                        grace_period_s=grace,
-                        preemption_deadline=outcome.notice.deadline if outcome.notice else None,
-                        preemptor=outcome.notice.preemptor if outcome.notice else None,
-                    ),
-                    task.node,
+                _kill(
+                    fw,
+                    task,
+                    f"attempt completed: {why}",
+                    grace,
+                    notice.deadline if notice else None,
+                    notice.preemptor if notice else None,
                 )
             )
+        elif task.state == S.TASK_DELETION_REQUESTED:
+            killed += 1  # a growth task being shrunk away: asked to stop already, its exit is awaited
         elif task.state != S.TASK_COMPLETED:
             _task_stopped(task, now, "stopped because its job attempt completed before it started")
     if killed:
@@ -881,6 +1073,28 @@ def _complete_attempt(
         _move(fw, out, now, S.ATTEMPT_DELETION_REQUESTED, f"{killed} live task(s) asked to stop")
         return
     _finish_attempt(fw, out, now, "no task was running")
+
+
+def _kill(
+    fw: Framework, task: Task, why: str, grace: float, deadline: int | None, preemptor: str | None
+) -> SendCommand:
+    """Stop one task: SIGTERM, the grace, SIGKILL; with a deadline, the preemption notice first."""
+    assert task.node is not None
+    return SendCommand(
+        KillTask(
+            job_key=fw.job_key,
+            attempt_id=fw.attempt_id,
+            task_role=task.task_role,
+            index=task.index,
+            task_attempt_id=task.task_attempt_id,
+            node=task.node,
+            reason=why[:500],
+            grace_period_s=grace,
+            preemption_deadline=deadline,
+            preemptor=preemptor,
+        ),
+        task.node,
+    )
 
 
 def _task_stopped(task: Task, now: int, why: str) -> None:
@@ -1050,7 +1264,7 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
             gpu_memory_mb=task.gpu_memory_mb,
             fpgas=task.fpgas,
             entrypoint=role.entrypoint,
-            env=_resumed(task_environment(fw.spec, task.task_role, task.index, fw.gang), fw.resume),
+            env=_task_env(fw, task),
             cpu=role.cpu,
             memory_mb=role.memory_mb,
             shm_mb=role.shm_mb,
@@ -1062,6 +1276,13 @@ def _launch(fw: Framework, task: Task) -> SendCommand:
         ),
         task.node,
     )
+
+
+def _task_env(fw: Framework, task: Task) -> dict[str, str]:
+    env = task_environment(fw.spec, task.task_role, task.index, fw.gang)
+    if fw.spec.elastic:
+        env.update(elastic.environment(fw.spec, fw.gang, fw.membership_version))
+    return _resumed(env, fw.resume)
 
 
 def _resumed(env: dict[str, str], resume: bool) -> dict[str, str]:

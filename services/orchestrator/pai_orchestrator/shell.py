@@ -236,12 +236,19 @@ class Orchestrator:
         body = env.body
         assert isinstance(body, SchedulingPreempting)
         # A victim is an attempt, or tasks of one placed one by one; either way its attempt is stopped (as
-        # OpenPAI's default completion policy does when one task fails), with the smallest cap named.
+        # OpenPAI's default completion policy does when one task fails), with the smallest cap named, unless
+        # the tasks are an elastic job's growth, which the core shrinks away alone.
         caps: dict[tuple[str, int], float | None] = {}
+        tasks: dict[tuple[str, int], list[tuple[str, int]] | None] = {}
         for victim in body.victims:
             ref = (victim.job_key, victim.attempt_id)
             cap, seen = victim.grace_cap_seconds, caps.get(ref, victim.grace_cap_seconds)
             caps[ref] = seen if cap is None else (cap if seen is None else min(cap, seen))
+            named = tasks.get(ref, [])
+            if victim.task_role is None or victim.index is None or named is None:
+                tasks[ref] = None
+            else:
+                tasks[ref] = [*named, (victim.task_role, victim.index)]
         for (job_key, attempt_id), cap in sorted(caps.items()):
             step = partial(
                 _call,
@@ -250,6 +257,7 @@ class Orchestrator:
                 preemptor=body.job_key,
                 policy=self.policy,
                 grace_cap_s=cap,
+                tasks=tasks[(job_key, attempt_id)],
             )
             await self._apply(ctx, (env.type, env.id), job_key, step)
 

@@ -1,6 +1,6 @@
 """The orchestrator service against a real NATS server (JetStream) and a real MongoDB-wire server:
 stops that overtake their job, timers fired by the background tick, restarts and redelivery, dependents
-that start once whenever they arrive."""
+that start once whenever they arrive, an elastic gang that grows and shrinks."""
 
 from __future__ import annotations
 
@@ -10,20 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.bus import Bus
-from pai_common.contract.commands import LaunchTask
+from pai_common.contract.commands import KillTask, LaunchTask, UpdateMembership
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
     JobCompleted,
+    JobElasticResized,
     JobStopRequested,
     JobSubmitted,
+    JobTaskCompleted,
     SchedulingAllocated,
+    SchedulingPreempting,
     SchedulingRequested,
     TaskDiagnosed,
     TaskRunning,
 )
 from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
-from pai_common.contract.types import JobDependency, JobSpec, Placement, TaskRoleSpec
+from pai_common.contract.types import JobDependency, JobSpec, Placement, TaskRoleSpec, Victim
 from pai_common.embedded import ServerProcess
 from pai_common.envelope import decode
 from pai_common.service import ServiceApp
@@ -266,3 +269,81 @@ async def _next_command(bus: Bus, node: str) -> LaunchTask:
     env = decode(msgs[0].headers, msgs[0].data)
     assert isinstance(env.body, LaunchTask)
     return env.body
+
+
+ELASTIC = "u~elastic"
+
+
+async def _commands(bus: Bus, node: str, n: int) -> list[Any]:
+    sub = await bus.js.pull_subscribe(f"pai.cmd.runtime.{node}.>", durable=f"t{uuid.uuid4().hex[:8]}")
+    out: list[Any] = []
+    while len(out) < n:
+        for msg in await sub.fetch(n - len(out), timeout=30):
+            out.append(decode(msg.headers, msg.data).body)
+            await msg.ack()
+    return out
+
+
+async def test_an_elastic_gang_grows_and_shrinks_through_the_service(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    app = orchestrator_app(fresh_nats, mongo_server, f"orch{uuid.uuid4().hex[:8]}", tmp_path)
+    await app.start()
+    try:
+        role = TaskRoleSpec(name="w", instances=3, gpu=1, cpu=1, memory_mb=64, entrypoint="x")
+        spec = JobSpec(
+            job_key=ELASTIC, user="u", name="elastic", task_roles=[role], elastic={"w": 1}, submitted_at=1
+        )
+        await fresh_bus.publish_event(JobSubmitted(spec=spec))
+        first = await events.wait_for(SchedulingRequested, ELASTIC)
+        assert [(p.index, p.growth) for p in first.pods] == [(0, False)]
+
+        def placed(i: int) -> SchedulingAllocated:
+            where = Placement(task_role="w", index=i, node=f"n{i}", gpus=[0], host_ip=f"10.0.0.{i}")
+            return SchedulingAllocated(job_key=ELASTIC, attempt_id=0, placements=[where])
+
+        await fresh_bus.publish_event(placed(0))
+        await events.wait_until(
+            lambda e: (
+                isinstance(e, SchedulingRequested) and e.job_key == ELASTIC and all(p.growth for p in e.pods)
+            )
+        )
+        await fresh_bus.publish_event(
+            TaskRunning(job_key=ELASTIC, attempt_id=0, task_role="w", index=0, node="n0", host_ip="10.0.0.0",
+                        pid=1, started_at=2)
+        )  # fmt: skip
+        await fresh_bus.publish_event(placed(1))
+        grew = await events.wait_for(JobElasticResized, ELASTIC, change="grew")
+        assert (grew.tasks, grew.instances) == (["w/1"], {"w": 2})
+
+        await fresh_bus.publish_event(
+            SchedulingPreempting(
+                job_key="v~urgent", attempt_id=0,
+                victims=[Victim(job_key=ELASTIC, attempt_id=0, task_role="w", index=1, grace_cap_seconds=5)],
+            )
+        )  # fmt: skip
+        launch1, kill1 = await _commands(fresh_bus, "n1", 2)
+        assert isinstance(launch1, LaunchTask) and isinstance(kill1, KillTask)
+        assert (kill1.index, kill1.preemptor, kill1.grace_period_s) == (1, "v~urgent", 5)
+        await fresh_bus.publish_event(
+            TaskDiagnosed(job_key=ELASTIC, attempt_id=0, task_role="w", index=1, exit_code=143, spec_code=143,
+                          spec_phrase="P", failure_type="Transient", message="stopped", finished_at=3)
+        )  # fmt: skip
+        shrank = await events.wait_for(JobElasticResized, ELASTIC, change="shrunk")
+        assert (shrank.tasks, shrank.instances) == (["w/1"], {"w": 1})
+        released = await events.wait_for(JobTaskCompleted, ELASTIC, index=1)
+        assert released.attempt_id == 0
+        again = [e for e in events.of(SchedulingRequested, ELASTIC) if [p.index for p in e.pods] == [1]]
+        assert again and again[-1].pods[0].growth
+
+        launch0, grown, shrunk = await _commands(fresh_bus, "n0", 3)
+        assert isinstance(launch0, LaunchTask) and launch0.env["PAI_ELASTIC_INSTANCES_w"] == "1"
+        assert isinstance(grown, UpdateMembership) and isinstance(shrunk, UpdateMembership)
+        assert (grown.env["PAI_ELASTIC_INSTANCES_w"], shrunk.env["PAI_ELASTIC_INSTANCES_w"]) == ("2", "1")
+        assert shrunk.version > grown.version
+        # The gang itself was never stopped.
+        assert not events.of(JobAttemptCompleted, ELASTIC)
+    finally:
+        await app.stop()

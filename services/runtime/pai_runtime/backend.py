@@ -126,6 +126,10 @@ class TaskBackend(Protocol):
         """Put a preemption notice where the task finds it (``TaskPaths.notice``), before ``kill``; False
         where this backend cannot."""
 
+    async def membership(self, run: dict[str, Any], text: str) -> bool:
+        """Rewrite an elastic task's membership file (``membership.FILE_NAME`` in its folder) with ``text``
+        and send the task ``membership.SIGNAL``; False where this backend cannot."""
+
     async def logs(self, run: dict[str, Any], stream: str, tail_bytes: int) -> LogText: ...
 
 

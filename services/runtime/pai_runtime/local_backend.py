@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier, containers, limits, local_mounts, local_process, notice, supervisor
+from pai_runtime import (
+    barrier,
+    containers,
+    limits,
+    local_mounts,
+    local_process,
+    membership,
+    notice,
+    supervisor,
+)
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
     STORAGE_MOUNT_EXIT,
@@ -196,6 +205,12 @@ class LocalBackend:
         # In the task's directory, which a task in its image sees at the same path.
         await asyncio.to_thread(notice.write, Path(run["workdir"]) / notice.FILE_NAME, content)
         return True
+
+    async def membership(self, run: dict[str, Any], text: str) -> bool:
+        # The task's folder, which a task in its image sees at the same path; then its process group.
+        if await asyncio.to_thread(membership.write, Path(run["workdir"]) / membership.FILE_NAME, text):
+            return membership.signal_group(int(run["pid"]))
+        return True  # a newer membership is there already: the task was told of it
 
     async def logs(self, run: dict[str, Any], stream: str, tail_bytes: int) -> LogText:
         path = Path(run["workdir"]) / f"{stream}.log"

@@ -14,7 +14,7 @@ from typing import Any
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject, subject_token
-from pai_common.contract.commands import KillTask, LaunchTask
+from pai_common.contract.commands import KillTask, LaunchTask, UpdateMembership
 from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
 from pai_common.contract.rpc import (
     JobSecretsReply,
@@ -28,7 +28,7 @@ from pai_common.contract.types import DeviceInfo, GpuInfo, GpuShareStatus
 from pai_common.envelope import Envelope
 from pai_common.errors import NoTaskLogError, PaiError, ServiceUnavailableError
 from pai_common.service import ServiceApp
-from pai_runtime import jobssh, metrics, mps, node_metrics, notice, plugins
+from pai_runtime import jobssh, membership, metrics, mps, node_metrics, notice, plugins
 from pai_runtime import secrets as job_secrets
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
@@ -273,6 +273,8 @@ class Agent:
             await self.launch(ctx, env.body)
         elif isinstance(env.body, KillTask):
             await self.kill(ctx, env.body)
+        elif isinstance(env.body, UpdateMembership):
+            await self.update_membership(ctx, env.body)
         else:
             raise TypeError(f"runtime cannot handle {env.type}")
 
@@ -326,6 +328,11 @@ class Agent:
         paths = self.backend.paths(workdir)
         if paths.notice is not None:
             env[notice.ENV] = paths.notice
+        members: dict[str, tuple[str, int]] = {}
+        if membership.is_elastic(cmd.env):
+            env[membership.ENV] = str(Path(paths.home) / membership.FILE_NAME)
+            text = membership.render(env, int(cmd.env[membership.VERSION]))
+            members[membership.FILE_NAME] = (text, 0o644)
         fpgas = self._fpgas(cmd)
         env.update(fpga_env(fpgas))
         secrets = await self._job_secrets(cmd)
@@ -356,7 +363,7 @@ class Agent:
             entrypoint=entrypoint,
             pre=built.pre_script,
             post=built.post_script,
-            files=built.files,
+            files={**built.files, **members},
             env={**env, **built.env},
             secrets=secrets,
             fpgas=fpgas,
@@ -405,8 +412,10 @@ class Agent:
         workdir = self.workdir(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
         workdir.mkdir(parents=True, exist_ok=True)
         share_env, share = await self._gpu_share(cmd, rid)
+        own: dict[str, str] = {}
         try:
             task = await self._build(cmd, workdir)
+            own = membership.own_variables(task.env, cmd.env)
             task.env.update(share_env)
             mounts = self.backend.mounts(cmd, await self._storage_credentials(cmd))
             started = await self.backend.launch(cmd, workdir, task, mounts)
@@ -433,6 +442,8 @@ class Agent:
             "backend": started.backend,
             # The GPU whose MPS daemon the task is a client of (released when it ends).
             "mps_gpu": cmd.gpus[0] if share is not None and share.enforced else None,
+            # An elastic task: the PAI_* variables the agent added, which each new membership file keeps.
+            **({"membership_env": own} if own else {}),
         }
         await runs.insert_one(run, session=ctx.session)
         ctx.out.event(
@@ -477,6 +488,19 @@ class Agent:
         task = asyncio.create_task(self.backend.kill(run, cmd.grace_period_s))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
+
+    async def update_membership(self, ctx: HandlerContext, cmd: UpdateMembership) -> None:
+        """An elastic job's gang changed: the task's membership file is rewritten and the task signalled."""
+        rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
+        run = await ctx.db[self.runs_collection].find_one({"_id": rid}, session=ctx.session)
+        if run is None or run["status"] != "running":
+            return  # not started here, or ended: its membership no longer matters
+        text = membership.render({**cmd.env, **run.get("membership_env", {})}, cmd.version)
+        if not await self.backend.membership(run, text):
+            log.warning(
+                "membership change not delivered: the backend cannot rewrite a running task's files",
+                extra={"run": rid, "version": cmd.version},
+            )
 
     # ---- exits ---------------------------------------------------------------------------------------
 

@@ -3,7 +3,14 @@
 An attempt with gang allocation (OpenPAI's default) is one gang, keyed ``<job>#<attempt>``. An attempt with
 ``extras.gangAllocation: false`` is one gang per pod, keyed ``<job>#<attempt>:<role>:<index>`` (a retried task
 keeps its cells): as in OpenPAI with HiveD (whose pods without an affinity group are groups of their own),
-each task is placed on its own as capacity allows, and released when it completes. Pure.
+each task is placed on its own as capacity allows, and released when it completes.
+
+An elastic job's tasks beyond their roles' minimum (``PodRequest.growth``) are gangs of their own too, keyed
+``<job>#<attempt>:<role>:<index>:grow`` and submitted as opportunistic work (``OPPORTUNISTIC``): they grow
+into idle cells only after every waiting guaranteed gang (the queue serves priorities in order), never bind
+quota (so the sharing-anomaly guarantee is untouched), and a preemptor takes them before the gang itself (the
+opportunistic pass comes before the pass over a VC's own lower-priority gangs): the gang shrinks rather than
+stops. Pure.
 """
 
 from __future__ import annotations
@@ -25,6 +32,15 @@ def pod_key(job_key: str, attempt_id: int, role: str, index: int) -> str:
     return f"{alloc_key(job_key, attempt_id)}:{role}:{index}"
 
 
+GROWTH_SUFFIX = ":grow"
+# Growth is opportunistic work whatever the job's priority: it never delays a guaranteed gang's admission.
+OPPORTUNISTIC = -1
+
+
+def growth_key(job_key: str, attempt_id: int, role: str, index: int) -> str:
+    return pod_key(job_key, attempt_id, role, index) + GROWTH_SUFFIX
+
+
 @dataclass(frozen=True)
 class KeyParts:
     """What a core key names: the attempt, and the task when the attempt's pods are gangs of their own."""
@@ -33,6 +49,7 @@ class KeyParts:
     attempt_id: int
     task_role: str | None = None
     index: int | None = None
+    growth: bool = False
 
     @property
     def attempt(self) -> str:
@@ -47,6 +64,8 @@ def parse_key(key: str) -> KeyParts:
     attempt, *pod = rest.split(":")
     if len(pod) == 2:
         return KeyParts(job_key, int(attempt), pod[0], int(pod[1]))
+    if len(pod) == 3 and f":{pod[2]}" == GROWTH_SUFFIX:
+        return KeyParts(job_key, int(attempt), pod[0], int(pod[1]), growth=True)
     return KeyParts(job_key, int(attempt))
 
 
@@ -78,29 +97,43 @@ def _pod_gang(body: SchedulingRequested, pod: PodRequest) -> GangRequest:
     member = Member(
         pod.task_role, 1, pod.gpu, float(pod.cpu), pod.memory_mb, pod.gpu_milli, pod.gpu_memory_mb
     )
+    if pod.growth:
+        key = growth_key(body.job_key, body.attempt_id, pod.task_role, pod.index)
+        # Opportunistic work is never lazily preempted (downgraded): it is preempted, i.e. shrunk away.
+        priority, lazy = OPPORTUNISTIC, False
+    else:
+        key = pod_key(body.job_key, body.attempt_id, pod.task_role, pod.index)
+        priority, lazy = body.priority, body.lazy_preemption
     return GangRequest(
-        pod_key(body.job_key, body.attempt_id, pod.task_role, pod.index),
+        key,
         body.virtual_cluster,
-        body.priority,
+        priority,
         (member,),
         tuple(pod.sku_types),
         pod.pinned_cell,
-        lazy_preemption=body.lazy_preemption,
+        lazy_preemption=lazy,
     )
 
 
 def requests_of(body: SchedulingRequested) -> list[GangRequest]:
-    """The gangs an attempt asks for: one, or (gang allocation off) one per pod in index order. ValueError
-    for a request no gang can be built from."""
+    """The gangs an attempt asks for: one, or (gang allocation off) one per pod in index order, or (an elastic
+    job's second request) one per growth pod. ValueError for a request no gang can be built from."""
+    by_index = sorted(body.pods, key=lambda p: (p.task_role, p.index))
+    pods = [p for p in by_index if not p.growth]
+    if not pods:
+        return [_pod_gang(body, p) for p in by_index]
+    if len(pods) < len(by_index):
+        # Growth asked with its gang could be placed while the gang waits, holding cells for nothing.
+        raise ValueError("growth pods are asked for alone, once the attempt's gang is placed")
     if not body.gang_allocation:
-        return [_pod_gang(body, p) for p in sorted(body.pods, key=lambda p: (p.task_role, p.index))]
-    leaf_types, pinned, infiniband = gang_placement(body.pods)
+        return [_pod_gang(body, p) for p in pods]
+    leaf_types, pinned, infiniband = gang_placement(pods)
     return [
         gang_from_pods(
             alloc_key(body.job_key, body.attempt_id),
             body.virtual_cluster,
             body.priority,
-            body.pods,
+            pods,
             leaf_types,
             pinned,
             lazy_preemption=body.lazy_preemption,
@@ -118,6 +151,8 @@ def pending_by_attempt(reasons: Mapping[str, list[Any]]) -> dict[str, list[Any]]
     pods: dict[str, list[tuple[int, str, str]]] = {}
     for key, (reason, position) in reasons.items():
         parts = parse_key(key)
+        if parts.growth:
+            continue  # growth waits for idle cells while its job runs: the job itself does not wait
         if parts.task_role is None:
             out[key] = [reason, position]
         else:

@@ -72,6 +72,7 @@ from pai_scheduler.hived.errors import ConfigError, UnsupportedRequestError
 from pai_scheduler.hived.requests import GangRequest
 from pai_scheduler.job_gangs import (
     alloc_key,
+    growth_key,
     parse_key,
     pending_by_attempt,
     pod_key,
@@ -325,8 +326,13 @@ class Scheduler:
             if pods and not any(isinstance(d, Released) and d.key == attempt for d in decisions):
                 decisions.append(Released(attempt))
         elif isinstance(body, JobTaskCompleted):
-            key = pod_key(body.job_key, body.attempt_id, body.task_role, body.index)
-            decisions = alloc.release(key, now=now)
+            # One of the two: a task placed on its own, or an elastic job's growth task.
+            decisions = []
+            for key in (
+                pod_key(body.job_key, body.attempt_id, body.task_role, body.index),
+                growth_key(body.job_key, body.attempt_id, body.task_role, body.index),
+            ):
+                decisions += alloc.release(key, now=now)
         else:
             raise TypeError(f"scheduler has no handler for {env.type}")
         decided = time.perf_counter() - started
@@ -499,6 +505,7 @@ class Scheduler:
             task_role=parts.task_role,
             index=parts.index,
             grace_cap_seconds=alloc.grace_cap(key),
+            growth=parts.growth,
         )
 
     async def _refresh_reasons(

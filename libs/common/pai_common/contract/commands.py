@@ -66,5 +66,27 @@ class KillTask(Command):
     preemptor: str | None = None
 
 
-ALL_COMMANDS: tuple[type[Command], ...] = (LaunchTask, KillTask)
+class UpdateMembership(Command):
+    TYPE = "runtime.membership"
+    PRODUCER = "orchestrator"
+    CONSUMER = "runtime"
+    DESCRIPTION = (
+        "An elastic job's gang grew or shrank: rewrite one running task's membership file"
+        " ($PAI_MEMBERSHIP_FILE, its PAI_* variables) and send the task SIGWINCH."
+    )
+
+    job_key: str
+    attempt_id: int
+    task_role: str
+    index: int
+    task_attempt_id: int = 0
+    node: NodeName
+    # Every PAI_* variable of the task for the new membership (host lists, instance counts); a task that
+    # reads its environment at start gets the same names from the file.
+    env: dict[str, str] = Field(default_factory=dict)
+    # Grows with each change of the attempt's membership: an older update never overwrites a newer one.
+    version: int = Field(ge=1)
+
+
+ALL_COMMANDS: tuple[type[Command], ...] = (LaunchTask, KillTask, UpdateMembership)
 COMMANDS_BY_TYPE: dict[str, type[Command]] = {c.TYPE: c for c in ALL_COMMANDS}

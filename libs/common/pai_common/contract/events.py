@@ -76,6 +76,10 @@ class SchedulingRequested(Event):
     # extras.gangAllocation false: each pod is placed on its own as capacity allows (one scheduling.allocated
     # per pod), and released when its task completes (job.task.completed).
     gang_allocation: bool = True
+    # Pods with ``growth`` (an elastic job's tasks beyond their roles' minimum) are each a gang of their own,
+    # opportunistic: the orchestrator asks for them once the attempt's gang (its other pods) is placed, with
+    # a second scheduling.requested of the same attempt that holds only growth pods (a request mixing both
+    # is rejected).
 
     def subject_key(self) -> str:
         return self.job_key
@@ -354,8 +358,8 @@ class JobTaskCompleted(Event):
     CONSUMERS = ("scheduler",)
     DESCRIPTION = (
         "A task of an attempt whose tasks are placed one by one (gangAllocation false) completed for good (no"
-        " task retry follows; a retried task keeps its cells): the cells it alone held can be released while"
-        " the attempt goes on."
+        " task retry follows; a retried task keeps its cells), or an elastic job's growth task stopped (done,"
+        " or shrunk away by a preemption): the cells it alone held can be released while the attempt goes on."
     )
 
     job_key: str
@@ -416,6 +420,29 @@ class JobPreemptionNoticed(Event):
     job_key: str
     attempt_id: int
     notice: PreemptionNotice
+
+    def subject_key(self) -> str:
+        return self.job_key
+
+
+class JobElasticResized(Event):
+    TYPE = "job.elastic.resized"
+    PRODUCER = "orchestrator"
+    CONSUMERS = ("jobs",)
+    DESCRIPTION = (
+        "An elastic job's gang grew (growth tasks placed in idle cells) or shrank (growth tasks preempted"
+        " alone); its running tasks were sent their new membership."
+    )
+
+    job_key: str
+    attempt_id: int
+    change: Literal["grew", "shrunk"]
+    # The tasks that joined or left ("<role>/<index>"), and each elastic role's instances now.
+    tasks: list[str] = Field(min_length=1)
+    instances: dict[str, int]
+    # The attempt's membership version the tasks were sent (PAI_MEMBERSHIP_VERSION).
+    version: int = Field(ge=1)
+    reason: str = ""
 
     def subject_key(self) -> str:
         return self.job_key
@@ -618,6 +645,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     JobCompleted,
     JobDependencyResolved,
     JobPreemptionNoticed,
+    JobElasticResized,
     UserChanged,
     GroupChanged,
     TokenIssued,

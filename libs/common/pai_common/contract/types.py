@@ -103,6 +103,9 @@ class JobSpec(Message):
     # extras.preemption.graceSeconds: how long the job's tasks get between a preemption notice and being
     # killed (capped by the VC); None: the platform's default.
     preemption_grace_s: float | None = Field(default=None, ge=0)
+    # extras.elastic: the elastic task roles and the fewest instances each may run with (its taskNumber is
+    # the most). The gang starts with the minimum and grows into idle cells; a preemption shrinks it first.
+    elastic: dict[str, int] = Field(default_factory=dict)
 
 
 class PodRequest(Message):
@@ -118,6 +121,9 @@ class PodRequest(Message):
     gpu_milli: int = Field(default=0, ge=0, le=999)
     gpu_memory_mb: int = Field(default=0, ge=0)
     infiniband: bool = False
+    # A task of an elastic role beyond its minimum: placed on its own, only into idle cells (opportunistic
+    # work), and preempted alone (the gang shrinks) before the gang itself is.
+    growth: bool = False
 
 
 class Placement(Message):
@@ -332,3 +338,5 @@ class Victim(AttemptRef):
     task_role: str | None = None
     index: int | None = None
     grace_cap_seconds: float | None = Field(default=None, ge=0)
+    # The task is an elastic job's growth: its gang shrinks (job.elastic.resized says so), it is not stopped.
+    growth: bool = False

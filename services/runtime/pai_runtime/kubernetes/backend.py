@@ -278,6 +278,11 @@ class KubernetesBackend:
         await asyncio.to_thread(notice.write, Path(folder) / notice.FILE_NAME, content)
         return True
 
+    async def membership(self, run: dict[str, Any], text: str) -> bool:
+        # Not built: a pod's membership file is written at its start only, and signalling a container
+        # needs an exec into the pod. The agent logs the update it could not deliver.
+        return False
+
     async def delete(self, name: str, grace_s: float) -> None:
         try:
             await _read(
