@@ -1,6 +1,10 @@
 """Who is calling: the token from the Authorization header, checked by the auth service.
 
-Answers are cached for a few seconds so that a burst of requests costs one RPC. The auth service's
+Answers are cached for a few seconds so that a burst of requests costs one RPC, and the requests that
+miss the cache together (a client's concurrent requests when its entry has just expired) share one RPC
+too: without that, 64 clients of one token sent 64 verifications at once every few seconds, auth answered
+them one by one, and the last waited past the gateway's timeout (503s in ``benchmarks/load.py``). The
+auth service's
 ``token.revoked``, ``user.changed`` and ``group.changed`` events drop the entries they concern at once:
 the gateway listens to them on core NATS (every replica hears every event; JetStream delivers the same
 subjects to plain subscribers), so revocation is immediate in practice and bounded by the TTL when an
@@ -9,6 +13,7 @@ event is missed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -101,6 +106,9 @@ class IdentityResolver:
     timeout_s: float
     cache: IdentityCache = field(init=False)
     _subscribed: bool = False
+    # (token, cache generation) → the verification in flight: an answer asked for before an invalidation
+    # is never shared with a request that came after it.
+    _inflight: dict[tuple[str, int], asyncio.Future[Identity]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.cache = IdentityCache(self.ttl_s)
@@ -111,16 +119,32 @@ class IdentityResolver:
         now = time.monotonic()
         identity = self.cache.get(token, now)
         if identity is None:
-            generation = self.cache.generation
-            identity = await self.bus.request(
-                VerifyTokenRequest(token=token), Identity, timeout=self.timeout_s
-            )
-            if generation == self.cache.generation:
-                self.cache.put(token, identity, now)
+            identity = await self._verify(token, now)
         # "Basic user:token" works only with an application token of that very user.
         if basic_user is not None and (basic_user != identity.username or not identity.application):
             raise UnauthorizedUserError(INVALID)
         return identity
+
+    async def _verify(self, token: str, now: float) -> Identity:
+        """Ask auth, or wait for the same question already asked (the same answer, or the same error)."""
+        key = (token, self.cache.generation)
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(
+                self.bus.request(VerifyTokenRequest(token=token), Identity, timeout=self.timeout_s)
+            )
+            self._inflight[key] = shared
+            shared.add_done_callback(lambda done: self._settled(key, done, now))
+        # Shielded: a caller that gives up (its client left) does not cancel the others' answer.
+        return await asyncio.shield(shared)
+
+    def _settled(self, key: tuple[str, int], done: asyncio.Future[Identity], now: float) -> None:
+        if self._inflight.get(key) is done:
+            del self._inflight[key]
+        if done.cancelled() or done.exception() is not None:
+            return  # an error is not cached: the next request asks again
+        if key[1] == self.cache.generation:  # nothing was invalidated while it was asked
+            self.cache.put(key[0], done.result(), now)
 
     async def _listen(self) -> None:
         """Subscribe to the invalidating events once, on first use (the bus exists only by then)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from types import SimpleNamespace
 from typing import Any
@@ -175,3 +176,76 @@ async def test_basic_needs_an_application_token_of_that_very_user() -> None:
     with pytest.raises(UnauthorizedUserError):
         await resolver.resolve(_request(_basic("bob:app")))
     assert bus.asked == ["app", "session"]
+
+
+class SlowBus(FakeBus):
+    """Answers only once released: requests that arrive meanwhile find the question in flight."""
+
+    def __init__(self, identities: dict[str, Identity]) -> None:
+        super().__init__(identities)
+        self.release = asyncio.Event()
+
+    async def request(self, req: VerifyTokenRequest, reply_type: type[Any], timeout: float = 5.0) -> Any:
+        self.asked.append(req.token)
+        await self.release.wait()
+        if req.token not in self.identities:
+            raise UnauthorizedUserError(INVALID)
+        return self.identities[req.token]
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_requests_that_miss_the_cache_together_share_one_verification() -> None:
+    bus = SlowBus({"t1": ALICE})
+    resolver = IdentityResolver(bus=bus, ttl_s=60, timeout_s=1)  # type: ignore[arg-type]
+    waiting = [asyncio.create_task(resolver.resolve(_request("Bearer t1"))) for _ in range(20)]
+    await _settle()
+    bus.release.set()
+    assert await asyncio.gather(*waiting) == [ALICE] * 20
+    assert bus.asked == ["t1"]
+    assert await resolver.resolve(_request("Bearer t1")) == ALICE  # and the answer is cached
+    assert bus.asked == ["t1"]
+
+
+async def test_a_refusal_is_shared_by_the_requests_waiting_for_it_and_not_cached() -> None:
+    bus = SlowBus({})
+    resolver = IdentityResolver(bus=bus, ttl_s=60, timeout_s=1)  # type: ignore[arg-type]
+    waiting = [asyncio.create_task(resolver.resolve(_request("Bearer bad"))) for _ in range(3)]
+    await _settle()
+    bus.release.set()
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(a, UnauthorizedUserError) for a in answers), answers
+    with pytest.raises(UnauthorizedUserError):
+        await resolver.resolve(_request("Bearer bad"))
+    assert bus.asked == ["bad", "bad"]
+
+
+async def test_a_request_after_an_invalidation_does_not_share_the_answer_asked_before_it() -> None:
+    bus = SlowBus({"t1": ALICE})
+    resolver = IdentityResolver(bus=bus, ttl_s=60, timeout_s=1)  # type: ignore[arg-type]
+    before = asyncio.create_task(resolver.resolve(_request("Bearer t1")))
+    await _settle()
+    resolver.cache.apply("user.changed", {"username": "alice"})  # e.g. alice lost a virtual cluster
+    after = asyncio.create_task(resolver.resolve(_request("Bearer t1")))
+    await _settle()
+    assert bus.asked == ["t1", "t1"]  # asked again, not joined to the older question
+    bus.release.set()
+    assert await before == ALICE and await after == ALICE
+    await resolver.resolve(_request("Bearer t1"))
+    assert bus.asked == ["t1", "t1"]  # the newer answer was cached, the older one was not needed
+
+
+async def test_a_caller_that_gives_up_does_not_cancel_the_others_answer() -> None:
+    bus = SlowBus({"t1": ALICE})
+    resolver = IdentityResolver(bus=bus, ttl_s=60, timeout_s=1)  # type: ignore[arg-type]
+    leaving = asyncio.create_task(resolver.resolve(_request("Bearer t1")))
+    staying = asyncio.create_task(resolver.resolve(_request("Bearer t1")))
+    await _settle()
+    leaving.cancel()
+    await _settle()
+    bus.release.set()
+    assert await staying == ALICE
+    assert bus.asked == ["t1"]
