@@ -3,13 +3,22 @@
     pai-sim --cluster CLUSTER --workload JOBS.csv [--policy NAME] [--no-departures] --out METRICS.json
             [--jobs-out OUTCOMES.csv]
 
-    pai-sim generate --out-dir DIR [--nodes 1500] [--jobs 10000] [--seed 0]
+    pai-sim generate --out-dir DIR [--shape sharing|poisson] [--nodes 1500] [--jobs 10000] [--seed 0]
+                     [--load 0.9] [--elastic-fraction 0] [--elastic-growth 4]
 
 The policy is ``hived`` (the production scheduler, as the service runs it) unless ``--policy`` names
 another. ``--jobs-out`` writes one row per job (``job_id,vc,state,submit_time,start_time,end_time,
-gpus_requested,gpus_held,nodes``) from which every figure can be recomputed. ``generate`` writes the
-synthetic GPU-sharing trace of ``sharing_trace.py`` (``DIR/inventory.csv`` and ``DIR/jobs.csv``), meant
-to be replayed with ``--no-departures``.
+gpus_requested,gpus_held,nodes``, then ``priority,gpu_per_task,min_tasks,max_tasks,queue_time,preemptions,
+instances``) from which every figure can be recomputed: ``instances`` is the job's size history over every
+attempt, ``time:tasks`` pairs separated by ``|`` (0 tasks when it stopped), from which the GPU demand placed
+at any moment is the sum of ``tasks * gpu_per_task`` over the jobs.
+
+``generate`` writes ``DIR/inventory.csv`` and ``DIR/jobs.csv``: ``--shape sharing`` (the default) the
+synthetic GPU-sharing trace of ``sharing_trace.py``, meant to be replayed with ``--no-departures``;
+``--shape poisson`` the Poisson workload of ``workloads.py`` (offered load ``--load``) on ``--nodes``
+nodes of 8 V100s, meant to be replayed with departures. ``--elastic-fraction F`` makes that fraction of
+the GPU jobs elastic (``elastic.make_elastic``: the drawn size is the minimum, ``--elastic-growth`` times it
+the maximum, the same work).
 
 Exit status: 0 on success, 2 on a bad argument or input file (the message names the file, line and
 column), 1 when the policy broke the simulation protocol.
@@ -29,9 +38,12 @@ from typing import Any
 from pai_scheduler.hived.errors import ConfigError
 from pai_scheduler.sim import sharing_trace
 from pai_scheduler.sim.cluster import SimCluster, load_cluster
+from pai_scheduler.sim.elastic import make_elastic
 from pai_scheduler.sim.engine import SimResult, SimulationError, simulate
 from pai_scheduler.sim.jobs import SimJob, WorkloadError, format_workload_csv, parse_workload_csv
 from pai_scheduler.sim.registry import make_policy, policies
+from pai_scheduler.sim.workloads import WorkloadSpec
+from pai_scheduler.sim.workloads import generate as generate_workload
 
 DEFAULT_POLICY = "hived"
 JOB_COLUMNS = (
@@ -44,6 +56,13 @@ JOB_COLUMNS = (
     "gpus_requested",
     "gpus_held",
     "nodes",
+    "priority",
+    "gpu_per_task",
+    "min_tasks",
+    "max_tasks",
+    "queue_time",
+    "preemptions",
+    "instances",
 )
 
 
@@ -91,6 +110,13 @@ def format_jobs_csv(result: SimResult) -> str:
                 _number(job.gpus),
                 _number(rec.held) if ran else "0",
                 "|".join(sorted({pl.node for pl in rec.placements})) if ran else "",
+                job.priority,
+                _number(job.gpu_per_task),
+                job.minimum,
+                job.tasks,
+                _number(rec.queue_time),
+                rec.preemptions,
+                "|".join(f"{_number(t)}:{n}" for t, n in rec.sizes),
             ]
         )
     return out.getvalue()
@@ -119,14 +145,22 @@ def generate_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--out-dir", required=True, help="where to write inventory.csv and jobs.csv")
     spec = sharing_trace.SharingTraceSpec()
+    parser.add_argument("--shape", choices=("sharing", "poisson"), default="sharing")
     parser.add_argument("--nodes", type=int, default=spec.nodes)
     parser.add_argument("--jobs", type=int, default=spec.jobs)
     parser.add_argument("--seed", type=int, default=spec.seed)
+    parser.add_argument("--load", type=float, default=0.9, help="poisson: offered load / capacity")
+    parser.add_argument("--elastic-fraction", type=float, default=0.0, help="of the GPU jobs (0..1)")
+    parser.add_argument("--elastic-growth", type=int, default=4, help="an elastic job's maximum / minimum")
     args = parser.parse_args(argv)
     try:
-        inventory, jobs = sharing_trace.generate(
-            sharing_trace.SharingTraceSpec(nodes=args.nodes, jobs=args.jobs, seed=args.seed)
-        )
+        if args.shape == "sharing":
+            inventory, jobs = sharing_trace.generate(
+                sharing_trace.SharingTraceSpec(nodes=args.nodes, jobs=args.jobs, seed=args.seed)
+            )
+        else:
+            inventory, jobs = poisson_workload(args.nodes, args.jobs, args.seed, args.load)
+        jobs = make_elastic(jobs, args.elastic_fraction, args.elastic_growth, args.seed)
     except ValueError as e:
         print(f"pai-sim generate: {e}", file=sys.stderr)
         return 2
@@ -134,8 +168,27 @@ def generate_main(argv: Sequence[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "inventory.csv").write_text(inventory, encoding="utf-8")
     (out / "jobs.csv").write_text(format_workload_csv(jobs), encoding="utf-8")
-    print(f"wrote {out / 'inventory.csv'} ({args.nodes} nodes) and {out / 'jobs.csv'} ({len(jobs)} jobs)")
+    elastic = sum(j.elastic for j in jobs)
+    print(
+        f"wrote {out / 'inventory.csv'} ({args.nodes} nodes) and {out / 'jobs.csv'} ({len(jobs)} jobs,"
+        f" {elastic} elastic)"
+    )
     return 0
+
+
+POISSON_GPUS_PER_NODE = 8
+
+
+def poisson_workload(nodes: int, jobs: int, seed: int, load: float) -> tuple[str, list[SimJob]]:
+    """An inventory of ``nodes`` 8-GPU nodes and ``workloads.py``'s Poisson workload at ``load`` on it."""
+    if nodes < 1:
+        raise ValueError(f"--nodes must be >= 1 (got {nodes})")
+    gpus = POISSON_GPUS_PER_NODE
+    inventory = "node,leaf_type,leaf_count,cpu,memory_mb\n" + "".join(
+        f"node-{i:04d},V100,{gpus},{8 * gpus},{65536 * gpus}\n" for i in range(nodes)
+    )
+    spec = WorkloadSpec(jobs=jobs, seed=seed, capacity_gpus=nodes * gpus, load=load, max_job_gpus=nodes * gpus)
+    return inventory, generate_workload(spec)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

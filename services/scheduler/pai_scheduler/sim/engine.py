@@ -1,6 +1,6 @@
 """The discrete-event engine: replays a workload through a :class:`Policy` and measures the result.
 
-Events are arrivals (at ``submit_time``) and departures (at start + ``duration``); with
+Events are arrivals (at ``submit_time``) and departures (when the job's work is done); with
 ``departures=False`` jobs never finish, which measures how full each policy can pack a cluster. At one
 instant departures are handled before arrivals (capacity that frees at ``t`` is there for a job arriving at
 ``t``), each kind in a fixed order (time, then file order / start order), so a replay is deterministic.
@@ -11,13 +11,21 @@ keeping its original submission time for the statistics; a started job runs; a r
 transition is checked (a job starts only while waiting, is preempted only while running...), so a policy
 that breaks the protocol stops the run with a :class:`SimulationError` instead of producing figures.
 
+Elastic jobs (``SimJob.min_tasks``, see ``elastic.py``): a job's work is ``tasks * duration`` task-seconds
+(for a rigid job, ``duration`` at its size, as always). While it runs, the work left is divided by the
+tasks running now: a ``Resized`` outcome (an elastic policy grew or shrank it) moves its departure to
+``now + work left / tasks now``. A shrunk job keeps the work it did; a preempted one loses it (it reruns
+all its work, as a killed job does). A policy that does not model elastic jobs gets each as a rigid job of
+its minimum with the same work (``elastic.rigid_at_min``), so every policy runs the same work.
+
 Definitions of the figures:
 
 * job completion time (JCT): end - submit, over completed jobs;
 * queueing delay: total time a job spent waiting (every attempt), over jobs that started at least once;
 * GPU capacity: the cluster's GPU leaves (CPU leaves are none);
 * allocation ratio, as the literature on GPU-sharing clusters defines it: the GPU *demand* of the jobs
-  running (the sum of their requests, shares as their fraction) divided by the capacity. GPUs *held* are
+  running (the sum of their requests, shares as their fraction; an elastic job's request is that of the
+  tasks it runs now) divided by the capacity. GPUs *held* are
   reported apart: a scheduler can hold more than the demand (a whole GPU for a 0.5-GPU task, extra GPUs a
   task's CPU and memory need through its SKU, a GPU for a task that asked for none);
 * time-averaged allocation ratio: the integral of that demand over the run, divided by capacity times the
@@ -30,6 +38,9 @@ Definitions of the figures:
   on node ``n`` is usable by a waiting job whose tasks accept ``t`` and ask for a share ``d < 1`` with
   ``d <= f``, or for ``k`` whole GPUs when the GPU is wholly free and ``n`` has ``k`` wholly free GPUs;
   with nothing waiting it is 0;
+* makespan: from the first submission to the last completion;
+* ``guaranteed_rigid``: the job figures of the rigid guaranteed jobs only (priority >= 0), whose waits
+  growth must not lengthen (growth takes only idle cells, and is preempted first);
 * decision latency: the wall time of each policy call (submit or release), in milliseconds;
 * percentiles: nearest rank.
 """
@@ -44,8 +55,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pai_scheduler.sim.cluster import SimNode
+from pai_scheduler.sim.elastic import rigid_at_min
 from pai_scheduler.sim.jobs import SimJob
-from pai_scheduler.sim.policy import Outcome, Policy, TaskPlacement
+from pai_scheduler.sim.policy import Outcome, Policy, Resized, TaskPlacement
 
 ARRIVED_LEVELS = tuple(round(0.5 + 0.1 * i, 1) for i in range(9))  # 0.5, 0.6, ..., 1.3
 _DEPARTURE, _STOP, _ARRIVAL = 0, 1, 2  # tie order at one instant
@@ -72,8 +84,18 @@ class JobRecord:
     placements: tuple[TaskPlacement, ...] = ()  # of the current or last attempt
     preemptions: int = 0
     reason: str = ""
-    # (what, when): "submit", "start", "preempt", "end", "reject"; for tests and debugging.
+    # (what, when): "submit", "start", "preempt", "end", "reject", "resize"; for tests and debugging.
     history: list[tuple[str, float]] = field(default_factory=list)
+    # The job as the policy sees it: itself, or (a policy without elastic jobs) rigid at its minimum.
+    view: SimJob | None = None
+    instances: int = 0  # tasks running now
+    demand: float = 0.0  # GPU demand of those tasks
+    work_left: float = 0.0  # task-seconds, as of ``work_since``
+    work_since: float = 0.0
+    epoch: int = 0  # of the departure event in force (a resize moves it)
+    resizes: int = 0
+    # Every change of the tasks running (when, how many; 0 when it stops), over every attempt.
+    sizes: list[tuple[float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -121,12 +143,14 @@ class Engine:
         self.policy = policy
         self.capacity = capacity
         self.departures = departures
-        self.records = {j.job_id: JobRecord(j) for j in jobs}
+        elastic = bool(getattr(policy, "elastic", False))
+        self.records = {j.job_id: JobRecord(j, view=j if elastic else rigid_at_min(j)) for j in jobs}
         if len(self.records) != len(jobs):
             raise ValueError("job ids must be unique")
-        self._events: list[tuple[float, int, int, str, int]] = []
+        # (time, kind, sequence, job, attempt, departure epoch)
+        self._events: list[tuple[float, int, int, str, int, int]] = []
         for seq, job in enumerate(jobs):
-            self._events.append((job.submit_time, _ARRIVAL, seq, job.job_id, 0))
+            self._events.append((job.submit_time, _ARRIVAL, seq, job.job_id, 0, 0))
         heapq.heapify(self._events)
         self._seq = len(jobs)
         self.now = 0.0
@@ -152,10 +176,10 @@ class Engine:
 
     def run(self) -> None:
         while self._events:
-            t, kind, _, job_id, attempt = heapq.heappop(self._events)
+            t, kind, _, job_id, attempt, epoch = heapq.heappop(self._events)
             self._advance(t)
             if kind == _DEPARTURE:
-                self._depart(job_id, attempt)
+                self._depart(job_id, attempt, epoch)
             elif kind == _STOP:
                 rec = self.records[job_id]
                 if rec.state == "running" and rec.attempt == attempt:
@@ -191,7 +215,7 @@ class Engine:
         rec.state = "pending"
         rec.waiting_since = self.now
         rec.history.append(("submit", self.now))
-        self._apply(self._call("submit", rec.job))
+        self._apply(self._call("submit", self._view(rec)))
         self.arrived_gpus += rec.job.gpus
         self._area_arrivals = self._area
         self._demand_area_arrivals = self._demand_area
@@ -204,10 +228,10 @@ class Engine:
                     self.fragmentation(),
                 )
 
-    def _depart(self, job_id: str, attempt: int) -> None:
+    def _depart(self, job_id: str, attempt: int, epoch: int) -> None:
         rec = self.records[job_id]
-        if rec.state != "running" or rec.attempt != attempt:
-            return  # the attempt this departure belonged to was preempted
+        if rec.state != "running" or rec.attempt != attempt or rec.epoch != epoch:
+            return  # the attempt this departure belonged to was preempted, or the job was resized since
         rec.state = "completed"
         rec.end = self.now
         rec.history.append(("end", self.now))
@@ -223,15 +247,17 @@ class Engine:
             for victim in out.preempted:
                 self._preempt(victim)
             for s in out.started:
-                self._start(s.job_id, s.gpus, s.placements)
+                self._start(s.job_id, s.gpus, s.placements, s.instances)
             for r in out.rejected:
                 self._reject(r.job_id, r.reason)
             for job_id, at in out.stopping:
                 rec = self._rec(job_id, "running", "is stopping")
-                heapq.heappush(self._events, (max(at, self.now), _STOP, self._seq, job_id, rec.attempt))
+                heapq.heappush(self._events, (max(at, self.now), _STOP, self._seq, job_id, rec.attempt, 0))
                 self._seq += 1
+            for size in out.resized:
+                self._resize(size)
             for victim in out.preempted:
-                work.append(self._call("submit", self.records[victim].job))
+                work.append(self._call("submit", self._view(self.records[victim])))
         if self.allocated > self.capacity + _EPS:
             raise SimulationError(f"t={self.now}: {self.allocated} GPUs allocated on {self.capacity}")
 
@@ -245,7 +271,9 @@ class Engine:
             )
         return rec
 
-    def _start(self, job_id: str, gpus: float, placements: tuple[TaskPlacement, ...] = ()) -> None:
+    def _start(
+        self, job_id: str, gpus: float, placements: tuple[TaskPlacement, ...] = (), instances: int = 0
+    ) -> None:
         rec = self._rec(job_id, "pending", "started")
         assert rec.waiting_since is not None
         rec.state = "running"
@@ -256,14 +284,53 @@ class Engine:
         rec.gpus = rec.held = gpus
         rec.placements = placements
         rec.history.append(("start", self.now))
+        rec.instances = instances or self._view(rec).tasks
+        rec.demand = rec.instances * rec.job.gpu_per_task
+        rec.work_left, rec.work_since = rec.job.work, self.now  # a new attempt does all the work again
+        rec.sizes.append((self.now, rec.instances))
         self.allocated += gpus
-        self.demand += rec.job.gpus
+        self.demand += rec.demand
         self._hold(placements, 1)
+        self._schedule_departure(rec)
+
+    def _schedule_departure(self, rec: JobRecord) -> None:
+        rec.epoch += 1
         if self.departures:
+            at = self.now + rec.work_left / rec.instances
             heapq.heappush(
-                self._events, (self.now + rec.job.duration, _DEPARTURE, self._seq, job_id, rec.attempt)
+                self._events, (at, _DEPARTURE, self._seq, rec.job.job_id, rec.attempt, rec.epoch)
             )
             self._seq += 1
+
+    def _resize(self, size: Resized) -> None:
+        rec = self._rec(size.job_id, "running", "resized")
+        if not rec.job.elastic or not rec.job.minimum <= size.instances <= rec.job.tasks:
+            raise SimulationError(
+                f"t={self.now}: policy {self.policy.name} resized job {size.job_id} to {size.instances}"
+                f" tasks (it runs {rec.job.minimum}..{rec.job.tasks} tasks)"
+                if rec.job.elastic
+                else f"t={self.now}: policy {self.policy.name} resized rigid job {size.job_id}"
+            )
+        if size.instances == rec.instances and size.placements == rec.placements:
+            return
+        rec.work_left -= rec.instances * (self.now - rec.work_since)
+        rec.work_since = self.now
+        self.allocated += size.gpus - rec.gpus
+        self.demand -= rec.demand
+        self._hold(rec.placements, -1)
+        rec.instances = size.instances
+        rec.demand = size.instances * rec.job.gpu_per_task
+        rec.gpus = rec.held = size.gpus
+        rec.placements = size.placements
+        rec.resizes += 1
+        rec.history.append(("resize", self.now))
+        rec.sizes.append((self.now, rec.instances))
+        self.demand += rec.demand
+        self._hold(rec.placements, 1)
+        self._schedule_departure(rec)
+
+    def _view(self, rec: JobRecord) -> SimJob:
+        return rec.job if rec.view is None else rec.view
 
     def _preempt(self, job_id: str) -> None:
         rec = self._rec(job_id, "running", "preempted")
@@ -284,7 +351,10 @@ class Engine:
 
     def _stop_holding(self, rec: JobRecord) -> None:
         self.allocated -= rec.gpus
-        self.demand -= rec.job.gpus
+        self.demand -= rec.demand
+        rec.demand = 0.0
+        rec.instances = 0
+        rec.sizes.append((self.now, 0))
         rec.gpus = 0.0
         self._hold(rec.placements, -1)
 
@@ -356,6 +426,18 @@ class Engine:
             },
             "span_s": _r(span),
         }
+        ends = [r.end for r in recs if r.state == "completed" and r.end is not None]
+        first = min((r.job.submit_time for r in recs), default=0.0)
+        out["makespan_s"] = _r(max(ends) - first) if ends else None
+        out["guaranteed_rigid"] = _job_figures([r for r in recs if r.job.guaranteed and not r.job.elastic])
+        elastic = [r for r in recs if r.job.elastic]
+        if elastic:
+            out["elastic"] = {
+                **_job_figures(elastic),
+                "resizes": sum(r.resizes for r in elastic),
+                # Completed elastic jobs: the mean of their tasks over their last attempt's run.
+                "mean_instances": _r(_mean_instances(elastic)),
+            }
         vcs = sorted({r.job.vc for r in recs})
         out["per_vc"] = {vc: _job_figures([r for r in recs if r.job.vc == vc]) for vc in vcs}
         if not self.departures:
@@ -367,6 +449,20 @@ class Engine:
             out["final_held_ratio"] = _r(self.allocated / self.capacity, 4)
             out["final_fragmentation"] = _r(self.fragmentation(), 4)
         return out
+
+
+def _mean_instances(recs: Sequence[JobRecord]) -> float | None:
+    means = []
+    for r in recs:
+        if r.state != "completed" or r.start is None or r.end is None or r.end <= r.start:
+            continue
+        area, last, n = 0.0, r.start, 0
+        for t, size in r.sizes:
+            if t >= r.start:
+                area += n * (t - last)
+            last, n = max(t, r.start), size
+        means.append(area / (r.end - r.start))
+    return sum(means) / len(means) if means else None
 
 
 def _job_figures(recs: Sequence[JobRecord]) -> dict[str, Any]:

@@ -13,19 +13,33 @@ on a cluster without any, hold one GPU leaf each as OpenPAI does. Requests the a
 allocator as it is, it does not round requests into something else. ``Downgraded`` decisions (lazy
 preemption) need nothing here: the gang keeps running where it is (the simulator's workloads do not ask
 for lazy preemption).
+
+Elastic jobs (``SimJob.min_tasks``) run as the service runs them (``job_gangs.py``): the gang of the job's
+minimum is submitted as any job's; once it is allocated, the tasks above the minimum are asked for as the
+orchestrator asks for them, a second request of growth pods turned into gangs by the scheduler's own
+``job_gangs.requests_of`` (one opportunistic gang per task, keyed ``<job>#<attempt>:task:<i>:grow``). Each
+growth gang allocated grows the job (``Resized``); one preempted shrinks it, at once (the service's notice
+to a shrunk task is not modelled), and is asked for again after the call, as the orchestrator does; the
+gang preempted stops the whole job (growth included), as today. A growth request the allocator rejects is
+counted (``growth_rejected``), and the job runs without that task.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+
+from pai_common.contract.events import SchedulingRequested
+from pai_common.contract.types import PodRequest
 
 from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
 from pai_scheduler.hived.cells import MILLI_PER_LEAF
 from pai_scheduler.hived.decisions import Allocated, Decision, PodPlacement, Preempting, Rejected
 from pai_scheduler.hived.errors import UnsupportedRequestError
 from pai_scheduler.hived.requests import GangRequest, Member
+from pai_scheduler.job_gangs import parse_key, requests_of
 from pai_scheduler.sim import policy as p
 from pai_scheduler.sim.cluster import SimCluster
 from pai_scheduler.sim.jobs import SimJob
@@ -33,13 +47,42 @@ from pai_scheduler.sim.jobs import SimJob
 TASK_ROLE = "task"
 
 
-def gang_of(job: SimJob, key: str) -> GangRequest:
+def _gpu_request(job: SimJob) -> tuple[int, int]:
+    """(whole GPUs, milli-GPU share) one task asks for."""
     gpu = job.gpu_per_task
-    whole, milli = (int(gpu), 0) if gpu == int(gpu) else (0, max(1, round(gpu * MILLI_PER_LEAF)))
+    return (int(gpu), 0) if gpu == int(gpu) else (0, max(1, round(gpu * MILLI_PER_LEAF)))
+
+
+def gang_of(job: SimJob, key: str) -> GangRequest:
+    """The job's gang: all its tasks, or an elastic job's minimum."""
+    whole, milli = _gpu_request(job)
     member = Member(
-        TASK_ROLE, job.tasks, whole, cpu=job.cpu_per_task, memory_mb=job.memory_mb_per_task, gpu_milli=milli
+        TASK_ROLE, job.minimum, whole, cpu=job.cpu_per_task, memory_mb=job.memory_mb_per_task, gpu_milli=milli
     )
     return GangRequest(key, job.vc, job.priority, (member,), job.gpu_types)
+
+
+def growth_of(job: SimJob, attempt: int, indices: Iterable[int]) -> list[GangRequest]:
+    """The growth gangs of an elastic job's tasks ``indices``, built by the scheduler's own code from the
+    request the orchestrator sends (cores round up to whole ones, as a PodRequest carries them)."""
+    whole, milli = _gpu_request(job)
+    pods = [
+        PodRequest(
+            task_role=TASK_ROLE,
+            index=i,
+            gpu=whole,
+            cpu=math.ceil(job.cpu_per_task),
+            memory_mb=job.memory_mb_per_task,
+            sku_types=job.gpu_types,
+            gpu_milli=milli,
+            growth=True,
+        )
+        for i in indices
+    ]
+    body = SchedulingRequested(
+        job_key=job.job_id, attempt_id=attempt, virtual_cluster=job.vc, priority=job.priority, pods=pods
+    )
+    return requests_of(body)
 
 
 def _held(pl: PodPlacement, cpu_types: frozenset[str]) -> float:
@@ -50,6 +93,8 @@ def _held(pl: PodPlacement, cpu_types: frozenset[str]) -> float:
 
 
 class HivedPolicy:
+    elastic = True  # grows and shrinks elastic jobs (the engine hands it them as they are)
+
     def __init__(
         self,
         cluster: SimCluster,
@@ -81,6 +126,13 @@ class HivedPolicy:
         # it waited for them (the figure the grace bounds).
         self._reclaiming: dict[str, float] = {}
         self.reclaim_waits: list[tuple[str, float, float]] = []  # (job, wait, grace)
+        # Elastic jobs: growth key -> job, job -> its growth keys by task index (asked for: queued or placed),
+        # the placements of its gang and of its placed growth.
+        self._job_of_growth: dict[str, str] = {}
+        self._growth: dict[str, dict[int, str]] = {}
+        self._gang: dict[str, tuple[p.TaskPlacement, ...]] = {}
+        self._grown: dict[str, dict[int, p.TaskPlacement]] = {}
+        self.growth_rejected = 0
 
     def running(self) -> Mapping[str, p.Started]:
         return MappingProxyType(self._running)
@@ -100,7 +152,8 @@ class HivedPolicy:
         key = self._key_of_job.pop(job_id)
         del self._job_of_key[key]
         del self._running[job_id]
-        return p.Outcome(preempted=(job_id,)) + self._handle(self._alloc.release(key, now=self._now))
+        decisions = self._drop_growth(job_id) + self._alloc.release(key, now=self._now)
+        return p.Outcome(preempted=(job_id,)) + self._handle(decisions)
 
     def release(self, job_id: str, now: float) -> p.Outcome:
         self._time = now
@@ -111,7 +164,7 @@ class HivedPolicy:
             return p.Outcome()
         del self._job_of_key[key]
         self._running.pop(job_id, None)
-        return self._handle(self._alloc.release(key, now=self._now))
+        return self._handle(self._drop_growth(job_id) + self._alloc.release(key, now=self._now))
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -135,11 +188,33 @@ class HivedPolicy:
         rejected: list[p.Rejected] = []
         stopping: list[tuple[str, float]] = []
         waiting: set[str] = set()  # preemptors whose victims are being stopped
+        resized: set[str] = set()  # elastic jobs whose size changed
+        shrunk: set[str] = set()  # elastic jobs whose growth was preempted: asked for again at the end
         work: deque[Decision | p.Rejected] = deque(decisions)
-        while work:
+        while work or shrunk:
+            if not work:
+                for job_id in sorted(shrunk):
+                    if job_id in self._running and job_id not in self._stopping:
+                        work.extend(self._grow(self._jobs[job_id]))
+                shrunk.clear()
+                continue
             d = work.popleft()
             if isinstance(d, p.Rejected):
                 rejected.append(d)
+            elif isinstance(d, Rejected) and d.key in self._job_of_growth:
+                self._forget_growth(d.key)
+                self.growth_rejected += 1
+            elif isinstance(d, Allocated) and parse_key(d.key).growth:
+                waiting.discard(d.key)
+                job_id = self._job_of_growth.get(d.key, "")
+                if job_id not in self._running:
+                    continue  # released since (its job ended or was preempted in this call)
+                index = parse_key(d.key).index
+                assert index is not None and len(d.placements) == 1, d
+                pl = d.placements[0]
+                self._grown[job_id][index] = p.TaskPlacement(index, pl.node, pl.leaves, pl.leaf_type, pl.milli)
+                self._refresh(job_id)
+                resized.add(job_id)
             elif isinstance(d, Allocated):
                 waiting.discard(d.key)
                 job_id = self._job_of_key[d.key]
@@ -147,8 +222,18 @@ class HivedPolicy:
                     p.TaskPlacement(pl.index, pl.node, pl.leaves, pl.leaf_type, pl.milli)
                     for pl in d.placements
                 )
-                s = p.Started(job_id, placements, sum(_held(pl, self._cpu_types) for pl in d.placements))
+                job = self._jobs[job_id]
+                s = p.Started(
+                    job_id,
+                    placements,
+                    sum(_held(pl, self._cpu_types) for pl in d.placements),
+                    job.minimum if job.elastic else 0,
+                )
                 self._running[job_id] = s
+                if job.elastic:
+                    self._gang[job_id] = placements
+                    self._grown[job_id] = {}
+                    work.extend(self._grow(job))
                 since = self._reclaiming.pop(job_id, None)
                 if since is not None:
                     self.reclaim_waits.append((job_id, self._time - since, self.grace))
@@ -159,6 +244,16 @@ class HivedPolicy:
                     self._reclaiming.setdefault(self._job_of_key[d.key], self._time)
                 deferred = False
                 for victim in d.victims:
+                    if parse_key(victim).growth:
+                        grown = self._job_of_growth.get(victim)
+                        if grown is not None:  # else: gone with its job earlier in this call
+                            # Shrink rather than stop: the growth task alone goes, at once.
+                            self._forget_growth(victim)
+                            work.extend(self._alloc.release(victim, now=self._now))
+                            self._refresh(grown)
+                            resized.add(grown)
+                            shrunk.add(grown)
+                        continue
                     victim_job = self._job_of_key.get(victim)
                     if victim_job is None:
                         continue  # already stopped for an earlier preemptor in this call
@@ -172,6 +267,8 @@ class HivedPolicy:
                     del self._job_of_key[victim]
                     del self._key_of_job[victim_job]
                     del self._running[victim_job]
+                    # Below its minimum an elastic job stops whole, as any job: its growth goes first.
+                    work.extend(self._drop_growth(victim_job))
                     work.extend(self._alloc.release(victim, now=self._now))
                     if any(s.job_id == victim_job for s in started):
                         # It started in this very call, so the engine never saw it run: take the start
@@ -185,4 +282,55 @@ class HivedPolicy:
             # Queued: it stays in the allocator's queue. Released: nothing is held any more.
         if waiting:
             raise RuntimeError(f"preemptions did not complete after their victims stopped: {sorted(waiting)}")
-        return p.Outcome(tuple(started), tuple(preempted), tuple(rejected), tuple(stopping))
+        sizes = tuple(
+            p.Resized(j, self._running[j].instances, self._running[j].placements, self._running[j].gpus)
+            for j in sorted(resized)
+            if j in self._running
+        )
+        return p.Outcome(tuple(started), tuple(preempted), tuple(rejected), tuple(stopping), sizes)
+
+    # ------------------------------------------------------------------------------------ elastic jobs
+
+    def _grow(self, job: SimJob) -> list[Decision | p.Rejected]:
+        """Ask for the elastic job's growth tasks not asked for yet (all of them once its gang is placed;
+        the shrunk ones again after a preemption)."""
+        asked = self._growth.setdefault(job.job_id, {})
+        missing = [i for i in range(job.minimum, job.tasks) if i not in asked]
+        if not missing:
+            return []
+        out: list[Decision | p.Rejected] = []
+        for req in growth_of(job, self._attempt[job.job_id], missing):
+            index = parse_key(req.key).index
+            assert index is not None
+            asked[index] = req.key
+            self._job_of_growth[req.key] = job.job_id
+            out.append(self._alloc.submit(req, now=self._now))
+        return out
+
+    def _forget_growth(self, key: str) -> None:
+        job_id = self._job_of_growth.pop(key)
+        index = parse_key(key).index
+        assert index is not None
+        del self._growth[job_id][index]
+        self._grown.get(job_id, {}).pop(index, None)
+
+    def _drop_growth(self, job_id: str) -> list[Decision]:
+        """The job stops: withdraw its queued growth, then release its placed growth."""
+        keys = self._growth.pop(job_id, {})
+        placed = self._grown.pop(job_id, {})
+        self._gang.pop(job_id, None)
+        out: list[Decision] = []
+        for index, key in sorted(keys.items(), key=lambda e: (e[0] in placed, e[0])):
+            del self._job_of_growth[key]
+            out.extend(self._alloc.release(key, now=self._now))
+        return out
+
+    def _refresh(self, job_id: str) -> None:
+        """The running job's view after its growth changed: the gang's placements and the growth's."""
+        grown = self._grown[job_id]
+        placements = self._gang[job_id] + tuple(grown[i] for i in sorted(grown))
+        gpus = sum(
+            0.0 if pl.leaf_type in self._cpu_types else (pl.milli / MILLI_PER_LEAF if pl.milli else len(pl.leaves))
+            for pl in placements
+        )
+        self._running[job_id] = p.Started(job_id, placements, gpus, len(placements))

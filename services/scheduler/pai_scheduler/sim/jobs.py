@@ -9,6 +9,11 @@ Columns (header required, in any order, extra columns refused so that a typo is 
 * ``gpu_per_task`` may be fractional below 1 (a share of one GPU); at or above 1 it must be whole, because
   one task cannot hold "one and a half" devices.
 * ``gpu_type`` is empty (any), one leaf type, or alternatives separated by ``|``.
+
+One optional column, ``min_tasks``, makes a job *elastic* (OpenPAI's ``extras.elastic``: ``minInstances`` is
+``min_tasks``, ``maxInstances`` is ``tasks``): empty, absent or equal to ``tasks``, the job is rigid. An
+elastic job's work is fixed: ``tasks * duration`` task-seconds, i.e. ``duration`` is its run time at its
+maximum; the engine divides the work left by the instances it has at each moment (see ``engine.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ COLUMNS = (
     "cpu_per_task",
     "memory_mb_per_task",
 )
+OPTIONAL_COLUMNS = ("min_tasks",)
 
 # OpenPAI's priority classes (kept here rather than imported from the HiveD package, which is in flux:
 # the CSV format must not change when the allocator does).
@@ -56,11 +62,27 @@ class SimJob:
     cpu_per_task: float
     memory_mb_per_task: int
     line: int = 0  # where it came from, for messages; 0 when built in code
+    # Elastic jobs: the fewest tasks the job runs with (``tasks`` is the most); 0 (or ``tasks``): rigid.
+    min_tasks: int = 0
 
     @property
     def gpus(self) -> float:
-        """The job's total GPU demand (shares count as their fraction)."""
+        """The job's total GPU demand at its largest (shares count as their fraction)."""
         return self.tasks * self.gpu_per_task
+
+    @property
+    def elastic(self) -> bool:
+        return 0 < self.min_tasks < self.tasks
+
+    @property
+    def minimum(self) -> int:
+        """The tasks the job needs to run at all (its gang)."""
+        return self.min_tasks if self.elastic else self.tasks
+
+    @property
+    def work(self) -> float:
+        """Task-seconds the job must run to complete: ``duration`` at its largest."""
+        return self.tasks * self.duration
 
     @property
     def guaranteed(self) -> bool:
@@ -76,18 +98,21 @@ def parse_workload_csv(text: str) -> list[SimJob]:
         raise WorkloadError("line 1: the workload is empty (a header row is required)") from None
     header = [h.strip() for h in header]
     missing = [c for c in COLUMNS if c not in header]
-    unknown = [h for h in header if h not in COLUMNS]
+    unknown = [h for h in header if h not in COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:
         parts = []
         if missing:
             parts.append(f"missing column(s) {', '.join(missing)}")
         if unknown:
             parts.append(f"unknown column(s) {', '.join(unknown)}")
-        raise WorkloadError(f"line 1: header: {'; '.join(parts)} (expected {','.join(COLUMNS)})")
+        raise WorkloadError(
+            f"line 1: header: {'; '.join(parts)} (expected {','.join(COLUMNS)}, optionally"
+            f" {','.join(OPTIONAL_COLUMNS)})"
+        )
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise WorkloadError(f"line 1: header: column(s) {', '.join(dupes)} appear more than once")
-    index = {name: header.index(name) for name in COLUMNS}
+    index = {name: header.index(name) for name in COLUMNS + OPTIONAL_COLUMNS if name in header}
     jobs: list[SimJob] = []
     seen: dict[str, int] = {}
     for row in reader:
@@ -167,7 +192,14 @@ def _parse_row(cells: dict[str, str], line: int) -> SimJob:
     memory = integer("memory_mb_per_task")
     if memory < 0:
         raise fail("memory_mb_per_task", "must be >= 0")
-    return SimJob(job_id, submit, duration, vc, priority, tasks, gpu, types, cpu, memory, line)
+    min_tasks = 0
+    if cells.get("min_tasks"):
+        min_tasks = integer("min_tasks")
+        if not 1 <= min_tasks <= tasks:
+            raise fail("min_tasks", f"must be 1..tasks ({tasks}), or empty for a rigid job")
+        if min_tasks == tasks:
+            min_tasks = 0  # rigid, written the long way
+    return SimJob(job_id, submit, duration, vc, priority, tasks, gpu, types, cpu, memory, line, min_tasks)
 
 
 def _fmt_number(value: float) -> str:
@@ -176,9 +208,13 @@ def _fmt_number(value: float) -> str:
 
 
 def format_workload_csv(jobs: Iterable[SimJob]) -> str:
+    """The workload as CSV; the ``min_tasks`` column only when a job is elastic (rigid workloads keep the
+    plain format)."""
+    jobs = list(jobs)
+    elastic = any(j.elastic for j in jobs)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(COLUMNS + OPTIONAL_COLUMNS if elastic else COLUMNS)
     for j in jobs:
         writer.writerow(
             [
@@ -193,6 +229,7 @@ def format_workload_csv(jobs: Iterable[SimJob]) -> str:
                 _fmt_number(j.cpu_per_task),
                 j.memory_mb_per_task,
             ]
+            + ([j.min_tasks if j.elastic else ""] if elastic else [])
         )
     return out.getvalue()
 

@@ -9,6 +9,10 @@ one view:
   the job stops now (policies that never defer a preemption answer an empty outcome);
 * ``running()`` — the jobs that hold resources now.
 
+A policy that models elastic jobs (``elastic = True``) starts an elastic job with its minimum
+(``Started.instances``) and reports each later change of its size as ``Resized``; the engine hands any
+other policy each elastic job as a rigid job of its minimum with the same work (``elastic.rigid_at_min``).
+
 Both calls return an :class:`Outcome`: the jobs that *started* by this call (with their placements; a
 release may start queued jobs), the running jobs that were *preempted* (the engine stops them and submits
 them again), and the jobs *rejected* (they can never run on this cluster). A job that is none of these
@@ -42,6 +46,19 @@ class Started:
     # GPUs this job holds, as the policy accounts for them: a scheduler without GPU sharing holds a whole
     # GPU for a 0.5-GPU task, so this can exceed the job's demand.
     gpus: float
+    # Tasks running; 0: every task of the job as the policy was given it. An elastic job starts with fewer.
+    instances: int = 0
+
+
+@dataclass(frozen=True)
+class Resized:
+    """An elastic job's size changed while it runs (it grew into idle cells, or growth was preempted): the
+    tasks it runs now, every placement it holds now and the GPUs they hold."""
+
+    job_id: str
+    instances: int
+    placements: tuple[TaskPlacement, ...]
+    gpus: float
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,8 @@ class Outcome:
     # Running jobs to be stopped later (preempted after a grace): (job, when); the engine then calls
     # ``stop`` at that time, unless the job ended first.
     stopping: tuple[tuple[str, float], ...] = ()
+    # Running elastic jobs whose size changed, applied after ``started`` (the last one of a job counts).
+    resized: tuple[Resized, ...] = ()
 
     def __add__(self, other: Outcome) -> Outcome:
         return Outcome(
@@ -65,6 +84,7 @@ class Outcome:
             self.preempted + other.preempted,
             self.rejected + other.rejected,
             self.stopping + other.stopping,
+            self.resized + other.resized,
         )
 
 

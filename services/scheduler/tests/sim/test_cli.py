@@ -47,6 +47,8 @@ FIELDS = JOB_FIELDS | {
     "span_s",
     "per_vc",
     "wall_s",
+    "makespan_s",
+    "guaranteed_rigid",
 }
 
 
