@@ -37,7 +37,8 @@ from typing import Any
 
 from pai_scheduler.hived.errors import ConfigError
 from pai_scheduler.sim import sharing_trace
-from pai_scheduler.sim.cluster import SimCluster, load_cluster
+from pai_scheduler.hived.config import parse_inventory_csv
+from pai_scheduler.sim.cluster import SimCluster, from_config, load_cluster
 from pai_scheduler.sim.elastic import make_elastic
 from pai_scheduler.sim.engine import SimResult, SimulationError, simulate
 from pai_scheduler.sim.jobs import SimJob, WorkloadError, format_workload_csv, parse_workload_csv
@@ -160,7 +161,8 @@ def generate_main(argv: Sequence[str]) -> int:
             )
         else:
             inventory, jobs = poisson_workload(args.nodes, args.jobs, args.seed, args.load)
-        jobs = make_elastic(jobs, args.elastic_fraction, args.elastic_growth, args.seed)
+        capacity = from_config(parse_inventory_csv(inventory)).capacity  # an elastic job's maximum fits it
+        jobs = make_elastic(jobs, args.elastic_fraction, args.elastic_growth, args.seed, max_gpus=capacity)
     except ValueError as e:
         print(f"pai-sim generate: {e}", file=sys.stderr)
         return 2

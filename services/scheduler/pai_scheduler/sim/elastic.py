@@ -16,6 +16,7 @@ growth; real jobs scale worse, so the figures are an upper bound on what growth 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import replace
@@ -33,9 +34,13 @@ def rigid_at_max(job: SimJob) -> SimJob:
     return replace(job, min_tasks=0) if job.elastic else job
 
 
-def make_elastic(jobs: Sequence[SimJob], fraction: float, growth: int = 4, seed: int = 0) -> list[SimJob]:
+def make_elastic(
+    jobs: Sequence[SimJob], fraction: float, growth: int = 4, seed: int = 0, max_gpus: float = math.inf
+) -> list[SimJob]:
     """A copy of ``jobs`` in which a seeded ``fraction`` of the jobs asking for GPUs are elastic (``min_tasks``
-    their drawn tasks, ``tasks`` ``growth`` times that, ``duration`` divided by ``growth``: the same work)."""
+    their drawn tasks, ``tasks`` ``growth`` times that, ``duration`` divided by ``growth``: the same work).
+    ``max_gpus`` (e.g. the cluster's GPUs) caps a job's maximum: the growth factor is lowered to fit, and a
+    job that cannot at least double within it stays rigid."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"the elastic fraction must be within 0..1 (got {fraction})")
     if growth < 2:
@@ -45,7 +50,8 @@ def make_elastic(jobs: Sequence[SimJob], fraction: float, growth: int = 4, seed:
     for job in jobs:
         # One draw per job, whatever it is, so that the same seed picks the same jobs in any workload prefix.
         pick = rng.random() < fraction
-        if pick and not job.elastic and job.gpu_per_task > 0:
-            job = replace(job, min_tasks=job.tasks, tasks=job.tasks * growth, duration=job.duration / growth)
+        factor = 0 if job.gpu_per_task <= 0 else growth if math.isinf(max_gpus) else min(growth, int(max_gpus // job.gpus))
+        if pick and not job.elastic and factor >= 2:
+            job = replace(job, min_tasks=job.tasks, tasks=job.tasks * factor, duration=job.duration / factor)
         out.append(job)
     return out

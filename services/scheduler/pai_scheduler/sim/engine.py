@@ -177,6 +177,8 @@ class Engine:
     def run(self) -> None:
         while self._events:
             t, kind, _, job_id, attempt, epoch = heapq.heappop(self._events)
+            if kind == _DEPARTURE and self._stale(job_id, attempt, epoch):
+                continue  # not an event: it must not stretch the run's span
             self._advance(t)
             if kind == _DEPARTURE:
                 self._depart(job_id, attempt, epoch)
@@ -228,10 +230,13 @@ class Engine:
                     self.fragmentation(),
                 )
 
+    def _stale(self, job_id: str, attempt: int, epoch: int) -> bool:
+        """The departure's attempt was preempted, or its job was resized since it was scheduled."""
+        rec = self.records[job_id]
+        return rec.state != "running" or rec.attempt != attempt or rec.epoch != epoch
+
     def _depart(self, job_id: str, attempt: int, epoch: int) -> None:
         rec = self.records[job_id]
-        if rec.state != "running" or rec.attempt != attempt or rec.epoch != epoch:
-            return  # the attempt this departure belonged to was preempted, or the job was resized since
         rec.state = "completed"
         rec.end = self.now
         rec.history.append(("end", self.now))
