@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import itertools
 import json
 import math
 import sys
@@ -152,7 +153,7 @@ def recompute_file(path: Path, capacity: float, guaranteed_rigid: set[str]) -> d
         last = max(last, float(r["submit_time"]))
         gpu = float(r["gpu_per_task"])
         points = [(float(t), int(n)) for t, n in (p.split(":") for p in r["instances"].split("|") if p)]
-        for (t0, n), (t1, _) in zip(points, points[1:], strict=False):
+        for (t0, n), (t1, _) in itertools.pairwise(points):
             demand_area += n * gpu * (t1 - t0)
         if points:
             last = max(last, points[-1][0])
@@ -172,7 +173,9 @@ def recompute(raw: Path) -> dict[str, Any]:
     # The rigid guaranteed jobs: those rigid in the elastic variant's workload (the same ids in every file).
     with (raw / "elastic-hived.csv").open(encoding="utf-8") as f:
         ids = {
-            r["job_id"] for r in csv.DictReader(f) if int(r["priority"]) >= 0 and r["min_tasks"] == r["max_tasks"]
+            r["job_id"]
+            for r in csv.DictReader(f)
+            if int(r["priority"]) >= 0 and r["min_tasks"] == r["max_tasks"]
         }
     files = sorted(f for f in raw.glob("*.csv") if f.name != "inventory.csv")
     return {f.stem: recompute_file(f, capacity, ids) for f in files}
@@ -213,8 +216,9 @@ def record(result: dict[str, Any], command: str, load: str) -> None:
         " figures are simulated times, independent of the load; wall times are not).",
         "",
         f"{result['nodes']} nodes, {result['gpus']} GPUs; {result['jobs']} jobs (Poisson, offered load"
-        f" {result['load']}), {result['elastic_jobs']} of them elastic (min = drawn size, max = {result['growth']}x,"
-        " the same work). first-fit, best-fit and quota-only run elastic jobs rigidly at their minimum.",
+        f" {result['load']}), {result['elastic_jobs']} of them elastic (min = drawn size,"
+        f" max = {result['growth']}x within the cluster, the same work). first-fit, best-fit and"
+        " quota-only run elastic jobs rigidly at their minimum.",
         "",
         *table(result),
         "",
@@ -248,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                 if mine[field] != run[field] and not math.isclose(mine[field], run[field], abs_tol=2e-3):
                     raise SystemExit(f"{key}: {field} from the raw outcomes {mine[field]} != {run[field]}")
             if not math.isclose(mine["alloc"], run["alloc"], abs_tol=2e-4):
-                raise SystemExit(f"{key}: allocation ratio from the raw outcomes {mine['alloc']} != {run['alloc']}")
+                raise SystemExit(
+                    f"{key}: allocation ratio from the raw outcomes {mine['alloc']} != {run['alloc']}"
+                )
         result["recomputed_from_raw"] = True
     print("\n".join(table(result)))
     if args.record:

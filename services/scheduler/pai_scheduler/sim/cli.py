@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pai_scheduler.hived.config import parse_inventory_csv
 from pai_scheduler.hived.errors import ConfigError
 from pai_scheduler.sim import sharing_trace
-from pai_scheduler.hived.config import parse_inventory_csv
 from pai_scheduler.sim.cluster import SimCluster, from_config, load_cluster
 from pai_scheduler.sim.elastic import make_elastic
 from pai_scheduler.sim.engine import SimResult, SimulationError, simulate
@@ -189,7 +189,9 @@ def poisson_workload(nodes: int, jobs: int, seed: int, load: float) -> tuple[str
     inventory = "node,leaf_type,leaf_count,cpu,memory_mb\n" + "".join(
         f"node-{i:04d},V100,{gpus},{8 * gpus},{65536 * gpus}\n" for i in range(nodes)
     )
-    spec = WorkloadSpec(jobs=jobs, seed=seed, capacity_gpus=nodes * gpus, load=load, max_job_gpus=nodes * gpus)
+    spec = WorkloadSpec(
+        jobs=jobs, seed=seed, capacity_gpus=nodes * gpus, load=load, max_job_gpus=nodes * gpus
+    )
     return inventory, generate_workload(spec)
 
 

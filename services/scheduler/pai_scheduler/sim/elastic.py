@@ -37,10 +37,10 @@ def rigid_at_max(job: SimJob) -> SimJob:
 def make_elastic(
     jobs: Sequence[SimJob], fraction: float, growth: int = 4, seed: int = 0, max_gpus: float = math.inf
 ) -> list[SimJob]:
-    """A copy of ``jobs`` in which a seeded ``fraction`` of the jobs asking for GPUs are elastic (``min_tasks``
-    their drawn tasks, ``tasks`` ``growth`` times that, ``duration`` divided by ``growth``: the same work).
-    ``max_gpus`` (e.g. the cluster's GPUs) caps a job's maximum: the growth factor is lowered to fit, and a
-    job that cannot at least double within it stays rigid."""
+    """A copy of ``jobs`` in which a seeded ``fraction`` of the jobs asking for GPUs are elastic
+    (``min_tasks`` their drawn tasks, ``tasks`` ``growth`` times that, ``duration`` divided by ``growth``:
+    the same work). ``max_gpus`` (e.g. the cluster's GPUs) caps a job's maximum: the growth factor is
+    lowered to fit, and a job that cannot at least double within it stays rigid."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"the elastic fraction must be within 0..1 (got {fraction})")
     if growth < 2:
@@ -50,7 +50,9 @@ def make_elastic(
     for job in jobs:
         # One draw per job, whatever it is, so that the same seed picks the same jobs in any workload prefix.
         pick = rng.random() < fraction
-        factor = 0 if job.gpu_per_task <= 0 else growth if math.isinf(max_gpus) else min(growth, int(max_gpus // job.gpus))
+        factor = 0  # a job asking for no GPU stays rigid
+        if job.gpu_per_task > 0:
+            factor = growth if math.isinf(max_gpus) else min(growth, int(max_gpus // job.gpus))
         if pick and not job.elastic and factor >= 2:
             job = replace(job, min_tasks=job.tasks, tasks=job.tasks * factor, duration=job.duration / factor)
         out.append(job)

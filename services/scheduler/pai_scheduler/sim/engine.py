@@ -302,9 +302,7 @@ class Engine:
         rec.epoch += 1
         if self.departures:
             at = self.now + rec.work_left / rec.instances
-            heapq.heappush(
-                self._events, (at, _DEPARTURE, self._seq, rec.job.job_id, rec.attempt, rec.epoch)
-            )
+            heapq.heappush(self._events, (at, _DEPARTURE, self._seq, rec.job.job_id, rec.attempt, rec.epoch))
             self._seq += 1
 
     def _resize(self, size: Resized) -> None:

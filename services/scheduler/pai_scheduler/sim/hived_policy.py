@@ -33,7 +33,6 @@ from types import MappingProxyType
 
 from pai_common.contract.events import SchedulingRequested
 from pai_common.contract.types import PodRequest
-
 from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, HivedAllocator
 from pai_scheduler.hived.cells import MILLI_PER_LEAF
 from pai_scheduler.hived.decisions import Allocated, Decision, PodPlacement, Preempting, Rejected
@@ -212,7 +211,9 @@ class HivedPolicy:
                 index = parse_key(d.key).index
                 assert index is not None and len(d.placements) == 1, d
                 pl = d.placements[0]
-                self._grown[job_id][index] = p.TaskPlacement(index, pl.node, pl.leaves, pl.leaf_type, pl.milli)
+                self._grown[job_id][index] = p.TaskPlacement(
+                    index, pl.node, pl.leaves, pl.leaf_type, pl.milli
+                )
                 self._refresh(job_id)
                 resized.add(job_id)
             elif isinstance(d, Allocated):
@@ -320,7 +321,7 @@ class HivedPolicy:
         placed = self._grown.pop(job_id, {})
         self._gang.pop(job_id, None)
         out: list[Decision] = []
-        for index, key in sorted(keys.items(), key=lambda e: (e[0] in placed, e[0])):
+        for _, key in sorted(keys.items(), key=lambda e: (e[0] in placed, e[0])):
             del self._job_of_growth[key]
             out.extend(self._alloc.release(key, now=self._now))
         return out
@@ -330,7 +331,9 @@ class HivedPolicy:
         grown = self._grown[job_id]
         placements = self._gang[job_id] + tuple(grown[i] for i in sorted(grown))
         gpus = sum(
-            0.0 if pl.leaf_type in self._cpu_types else (pl.milli / MILLI_PER_LEAF if pl.milli else len(pl.leaves))
+            0.0
+            if pl.leaf_type in self._cpu_types
+            else (pl.milli / MILLI_PER_LEAF if pl.milli else len(pl.leaves))
             for pl in placements
         )
         self._running[job_id] = p.Started(job_id, placements, gpus, len(placements))

@@ -1,9 +1,12 @@
 """Elastic jobs in the simulator: growth into idle cells, shrink by a guaranteed job, below-minimum
-preemption, and the rigid view the baselines get. Each test replays a handful of jobs (well under a second)."""
+preemption, and the rigid view the baselines get. Each test replays a handful of jobs (well under a
+second)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -116,7 +119,9 @@ def test_workload_csv_round_trips_min_tasks_and_refuses_a_bad_one() -> None:
     assert parse_workload_csv(text) == [replace(j, line=i + 2) for i, j in enumerate(jobs)]
     assert "min_tasks" not in format_workload_csv([jobs[1]])  # rigid workloads keep the plain format
     with pytest.raises(WorkloadError, match=r"line 2, column min_tasks: must be 1\.\.tasks \(4\)"):
-        parse_workload_csv(text.replace("a,0,10,default,100,4,1,,1,1024,2", "a,0,10,default,100,4,1,,1,1024,5"))
+        parse_workload_csv(
+            text.replace("a,0,10,default,100,4,1,,1,1024,2", "a,0,10,default,100,4,1,,1,1024,5")
+        )
     assert rigid_at_max(jobs[0]).tasks == 4 and not rigid_at_max(jobs[0]).elastic
     assert rigid_at_min(jobs[0]).work == jobs[0].work
 
@@ -129,3 +134,19 @@ def test_jobs_out_has_the_instance_history() -> None:
     row = dict(zip(JOB_COLUMNS, rows[1].split(","), strict=True))
     assert row["min_tasks"] == "1" and row["max_tasks"] == "4" and row["queue_time"] == "0"
     assert row["instances"].split("|")[-1] == "100:0" and "0:4" in row["instances"].split("|")
+
+
+def test_generate_writes_an_elastic_poisson_workload_that_pai_sim_replays(tmp_path: Path) -> None:
+    from pai_scheduler.sim.cli import main
+
+    args = ["--shape", "poisson", "--nodes", "2", "--jobs", "40", "--elastic-fraction", "0.5"]
+    assert main(["generate", "--out-dir", str(tmp_path), *args]) == 0
+    jobs = parse_workload_csv((tmp_path / "jobs.csv").read_text())
+    elastic = [j for j in jobs if j.elastic]
+    assert elastic and all(j.gpus <= 16 and j.tasks >= 2 * j.min_tasks for j in elastic)
+    out, outcomes = tmp_path / "m.json", tmp_path / "jobs-out.csv"
+    argv = ["--cluster", str(tmp_path / "inventory.csv"), "--workload", str(tmp_path / "jobs.csv")]
+    assert main([*argv, "--out", str(out), "--jobs-out", str(outcomes)]) == 0
+    m = json.loads(out.read_text())
+    assert m["elastic"]["jobs_completed"] == len(elastic) and m["elastic"]["resizes"] > 0
+    assert main(["generate", "--out-dir", str(tmp_path), *args[:-1], "1.5"]) == 2  # a clear error, exit 2
