@@ -144,7 +144,8 @@ def _p95(values: list[float]) -> float | None:
 
 def recompute_file(path: Path, capacity: float, guaranteed_rigid: set[str]) -> dict[str, Any]:
     """The figures of one replay from its ``--jobs-out`` CSV alone (definitions: the engine's docstring)."""
-    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     done = [r for r in rows if r["state"] == "completed"]
     jct = [float(r["end_time"]) - float(r["submit_time"]) for r in done]
     first = min(float(r["submit_time"]) for r in rows)
@@ -206,6 +207,33 @@ def table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def ratios(result: dict[str, Any]) -> list[str]:
+    """``hived`` with elastic jobs against every policy on the same workload (elastic rows: the baselines run
+    the elastic jobs at their minimum) and against itself with the jobs rigid; below 1 is better for times,
+    above 1 for the allocation ratio."""
+    runs = result["runs"]
+    mine = runs["elastic/hived"]
+    lines = [
+        "| hived, elastic, against | JCT mean | JCT p95 | makespan | allocation ratio while arriving |"
+        " rigid guaranteed jobs' mean wait |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def q(a: float | None, b: float | None) -> str:
+        return "-" if a is None or not b else f"{a / b:.2f}"
+
+    for key, other in runs.items():
+        if key == "elastic/hived":
+            continue
+        lines.append(
+            f"| {key} | {q(mine['jct_avg'], other['jct_avg'])} | {q(mine['jct_p95'], other['jct_p95'])} |"
+            f" {q(mine['makespan'], other['makespan'])} |"
+            f" {q(mine['alloc_arriving'], other['alloc_arriving'])} |"
+            f" {q(mine['guaranteed_wait_avg'], other['guaranteed_wait_avg'])} |"
+        )
+    return lines
+
+
 def record(result: dict[str, Any], command: str, load: str) -> None:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -221,6 +249,8 @@ def record(result: dict[str, Any], command: str, load: str) -> None:
         " quota-only run elastic jobs rigidly at their minimum.",
         "",
         *table(result),
+        "",
+        *ratios(result),
         "",
     ]
     with RESULTS_FILE.open("a", encoding="utf-8") as f:
@@ -256,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{key}: allocation ratio from the raw outcomes {mine['alloc']} != {run['alloc']}"
                 )
         result["recomputed_from_raw"] = True
-    print("\n".join(table(result)))
+    print("\n".join([*table(result), "", *ratios(result)]))
     if args.record:
         record(result, "python benchmarks/sim_elastic.py " + " ".join(argv or sys.argv[1:]), load)
     print(json.dumps(result))
