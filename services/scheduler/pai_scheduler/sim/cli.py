@@ -225,9 +225,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{metrics['policy']}: {metrics['jobs_completed']}/{metrics['jobs_total']} completed,"
         f" {metrics['jobs_running']} running, {metrics['jobs_rejected']} rejected; {_summary(metrics)};"
-        f" wrote {args.out}" + (f" and {args.jobs_out}" if args.jobs_out else "")
+        + _elastic_summary(metrics)
+        + f" wrote {args.out}"
+        + (f" and {args.jobs_out}" if args.jobs_out else "")
     )
     return 0
+
+
+def _elastic_summary(m: dict[str, Any]) -> str:
+    e = m.get("elastic")
+    if not e:
+        return ""
+    if e["run_as"] != "elastic":
+        return f" {e['jobs_total']} elastic jobs, run {e['run_as']} ({m['policy']} cannot grow a job);"
+    return (
+        f" {e['jobs_total']} elastic jobs ({e['resizes']} resizes, {e['mean_instances']} tasks on average"
+        " while they ran);"
+    )
 
 
 def _summary(m: dict[str, Any]) -> str:

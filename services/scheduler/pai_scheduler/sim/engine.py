@@ -143,7 +143,7 @@ class Engine:
         self.policy = policy
         self.capacity = capacity
         self.departures = departures
-        elastic = bool(getattr(policy, "elastic", False))
+        self.elastic = elastic = bool(getattr(policy, "elastic", False))
         self.records = {j.job_id: JobRecord(j, view=j if elastic else rigid_at_min(j)) for j in jobs}
         if len(self.records) != len(jobs):
             raise ValueError("job ids must be unique")
@@ -436,6 +436,8 @@ class Engine:
         elastic = [r for r in recs if r.job.elastic]
         if elastic:
             out["elastic"] = {
+                # How this policy ran them: grown and shrunk, or rigid at their minimum (it cannot grow).
+                "run_as": "elastic" if self.elastic else "rigid at their minimum",
                 **_job_figures(elastic),
                 "resizes": sum(r.resizes for r in elastic),
                 # Completed elastic jobs: the mean of their tasks over their last attempt's run.

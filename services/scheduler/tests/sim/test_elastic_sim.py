@@ -178,4 +178,7 @@ def test_generate_writes_an_elastic_poisson_workload_that_pai_sim_replays(tmp_pa
     assert main([*argv, "--out", str(out), "--jobs-out", str(outcomes)]) == 0
     m = json.loads(out.read_text())
     assert m["elastic"]["jobs_completed"] == len(elastic) and m["elastic"]["resizes"] > 0
+    assert m["elastic"]["run_as"] == "elastic"
+    assert main([*argv, "--policy", "best-fit", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["elastic"]["run_as"] == "rigid at their minimum"
     assert main(["generate", "--out-dir", str(tmp_path), *args[:-1], "1.5"]) == 2  # a clear error, exit 2
