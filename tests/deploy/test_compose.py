@@ -425,3 +425,10 @@ def test_the_compose_services_run_a_job(host_cluster: HostCluster) -> None:
         assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:300]
     for name, proc in host_cluster.procs.items():
         assert proc.poll() is None, f"{name} exited\n{host_cluster.logs()}"
+    # Every process had a NATS password; none of them wrote one (nor the NATS server) in its log.
+    passwords = json.loads((host_cluster.root / "bus" / "passwords.json").read_text()).values()
+    logs = [*host_cluster.root.glob("*.log"), *host_cluster.root.glob("nats/logs/*.log")]
+    assert len(logs) > len(host_cluster.procs)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert not [p for p in passwords if p in text], f"a NATS password is in {log.name}"
