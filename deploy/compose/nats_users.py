@@ -46,19 +46,32 @@ NATS_URL = "nats://nats:4222"
 PASSWORDS = "passwords.json"
 
 
+def _node_name(name: str, container: dict[str, Any]) -> str:
+    node = (container.get("environment") or {}).get("PAI_NODE_NAME")
+    if not node:
+        raise SystemExit(f"the compose file's node agent {name} sets no PAI_NODE_NAME")
+    return str(node)
+
+
+def _platform_containers(compose: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Compose container -> (the service it runs: its SERVICE build argument, the container)."""
+    found = {}
+    for name, container in (compose.get("services") or {}).items():
+        build = container.get("build")
+        service = (build.get("args") or {}).get("SERVICE") if isinstance(build, dict) else None
+        if service:
+            found[name] = (str(service), container)
+    return found
+
+
 def bus_containers(compose: dict[str, Any]) -> dict[str, str]:
     """Compose container -> its NATS user, for every platform container on the bus: a service's user is
     the service, a node agent's is its node's (``bus_permissions.node_durable``). The portal, a client of
     the REST API only, is not on the bus."""
     users = {}
-    for name, container in (compose.get("services") or {}).items():
-        build = container.get("build")
-        service = (build.get("args") or {}).get("SERVICE") if isinstance(build, dict) else None
+    for name, (service, container) in _platform_containers(compose).items():
         if service == "runtime":
-            node = (container.get("environment") or {}).get("PAI_NODE_NAME")
-            if not node:
-                raise SystemExit(f"{COMPOSE_FILE}: the node agent {name} sets no PAI_NODE_NAME")
-            users[name] = bus_permissions.node_durable(str(node))
+            users[name] = bus_permissions.node_durable(_node_name(name, container))
         elif service in bus_permissions.PLATFORM_SERVICES:
             users[name] = service
     return users
@@ -66,9 +79,9 @@ def bus_containers(compose: dict[str, Any]) -> dict[str, str]:
 
 def node_names(compose: dict[str, Any]) -> list[str]:
     return sorted(
-        str(c["environment"]["PAI_NODE_NAME"])
-        for c in compose["services"].values()
-        if isinstance(c.get("build"), dict) and (c["build"].get("args") or {}).get("SERVICE") == "runtime"
+        _node_name(name, container)
+        for name, (service, container) in _platform_containers(compose).items()
+        if service == "runtime"
     )
 
 
