@@ -44,6 +44,8 @@ class TaskPaths:
     sshd: str | None
     # Where the task finds a preemption notice ($PAI_PREEMPTION_NOTICE); None: this backend cannot give one.
     notice: str | None = None
+    # Where an elastic task finds its membership file ($PAI_MEMBERSHIP_FILE); None: in its home.
+    membership: str | None = None
 
 
 @dataclass

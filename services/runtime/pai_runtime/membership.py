@@ -59,6 +59,7 @@ def write(path: Path, text: str) -> bool:
     new = version_of(text)
     if current is not None and new is not None and current > new:
         return False
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     with os.fdopen(fd, "w") as f:

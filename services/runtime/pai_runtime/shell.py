@@ -330,7 +330,7 @@ class Agent:
             env[notice.ENV] = paths.notice
         members: dict[str, tuple[str, int]] = {}
         if membership.is_elastic(cmd.env):
-            env[membership.ENV] = str(Path(paths.home) / membership.FILE_NAME)
+            env[membership.ENV] = paths.membership or str(Path(paths.home) / membership.FILE_NAME)
             text = membership.render(env, int(cmd.env[membership.VERSION]))
             members[membership.FILE_NAME] = (text, 0o644)
         fpgas = self._fpgas(cmd)

@@ -4,8 +4,12 @@ recorded API responses served over HTTP (the client's real request path, no mock
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,9 +24,13 @@ from kubernetes.aio import client as aio_client
 
 from pai_common.contract.commands import LaunchTask
 from pai_common.contract.types import StorageMount
+from pai_runtime import membership
+from pai_runtime.backend import TaskFiles
 from pai_runtime.kubernetes import schema as k8s_schema
 from pai_runtime.kubernetes.backend import KubernetesBackend, files_script
 from pai_runtime.kubernetes.manifest import (
+    MEMBERSHIP_WATCH,
+    MEMBERSHIP_WATCH_S,
     NOTICE_DIR,
     PodOptions,
     pod_manifest,
@@ -561,3 +569,66 @@ async def test_a_preempted_pod_reads_its_notice_from_its_node_folder(
     recorded.answer("GET", f"{PODS}/{name}/log", 200, "pod-log.txt", name)
     await backend.wait({"pod": name})
     assert not written.parent.exists()
+
+
+async def test_an_elastic_pods_membership_file_lives_in_its_node_folder_and_is_rewritten_there(
+    api: tuple[Recorded, KubernetesBackend], tmp_path: Path
+) -> None:
+    """With a node folder, the membership file is written there before the pod is created (not recreated
+    in its home, where nothing could change it) and every update replaces it there; without one, the
+    backend says it cannot deliver an update."""
+    recorded, plain = api
+    options = PodOptions(namespace="pai", grace_period_s=5, notice_host_dir=str(tmp_path / "notices"))
+    backend = KubernetesBackend(options, api=plain._api)
+    assert backend.paths(tmp_path).membership == f"{NOTICE_DIR}/{membership.FILE_NAME}"
+    assert plain.paths(tmp_path).membership is None
+    cmd = _cmd(has_secrets=False)
+    name = pod_name(cmd)
+    first = membership.render({"PAI_MEMBERSHIP_VERSION": "0", "PAI_ELASTIC_INSTANCES_worker": "1"}, 0)
+    recorded.answer("POST", PODS, 201, "pod-created.json", name)
+    recorded.answer("POST", "/api/v1/namespaces/pai/secrets", 201, "secret-created.json", name)
+    task = TaskFiles(entrypoint="python train.py", files={membership.FILE_NAME: (first, 0o644)})
+    await backend.launch(cmd, tmp_path / "work", task, None)
+    written = tmp_path / "notices" / name / membership.FILE_NAME
+    assert written.read_text() == first
+    sent_secret = next(b for m, p, _, b in recorded.requests if p.endswith("/secrets"))
+    assert membership.FILE_NAME not in sent_secret["stringData"]["pre.sh"]  # not a copy in its home
+
+    second = membership.render({"PAI_MEMBERSHIP_VERSION": "1", "PAI_ELASTIC_INSTANCES_worker": "2"}, 1)
+    assert await backend.membership({"pod": name}, second)
+    assert written.read_text() == second
+    assert await backend.membership({"pod": name}, first)  # an older one never replaces a newer one
+    assert written.read_text() == second
+    assert not await plain.membership({"pod": name}, second)
+
+
+def test_the_pod_signals_its_task_when_its_membership_file_changes(tmp_path: Path) -> None:
+    """The pod's watcher (run here with bash, as the pod runs it) sends SIGWINCH to its process group once
+    the file's version changes; a task that traps it re-reads the file, and one that does not survives."""
+    members = tmp_path / "membership.env"
+    members.write_text(membership.render({"PAI_X": "1"}, 0))
+    told = tmp_path / "told"
+    task = (
+        f'trap \'. "$PAI_MEMBERSHIP_FILE"; echo "$PAI_X" >> {told}; exit 0\' WINCH\n'
+        "for i in $(seq 200); do sleep 0.05; done\n"
+    )
+    (tmp_path / "task.sh").write_text(task)
+    (tmp_path / "bystander.sh").write_text("sleep 3\n")
+    proc = subprocess.Popen(
+        # As the pod's PID 1: the phases in the foreground; here a bystander beside the task, waited for.
+        ["bash", "-c", f"{MEMBERSHIP_WATCH}bash bystander.sh & b=$!; bash task.sh; wait $b"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "PAI_MEMBERSHIP_FILE": str(members)},
+        start_new_session=True,  # the watcher signals its own group only: this one
+    )
+    try:
+        time.sleep(1.5 * MEMBERSHIP_WATCH_S)
+        membership.write(members, membership.render({"PAI_X": "2"}, 1))
+        deadline = time.monotonic() + 10
+        while not (told.exists() and told.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert told.read_text() == "2\n"
+        assert proc.wait(20) == 0  # the bystander, which did not trap it, ended normally
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)  # the watcher too (in a pod it ends with PID 1)

@@ -22,7 +22,7 @@ from kubernetes.aio import config as _config
 from kubernetes.aio import watch as _watch
 
 from pai_common.contract.commands import LaunchTask
-from pai_runtime import barrier, notice
+from pai_runtime import barrier, membership, notice
 from pai_runtime.backend import (
     SETUP_FAILED_EXIT,
     STORAGE_MOUNT_EXIT,
@@ -153,8 +153,17 @@ class KubernetesBackend:
 
     def paths(self, workdir: Path) -> TaskPaths:
         # The pod's image decides whether it has sshd; the barrier comes in the task's Secret.
-        where = f"{NOTICE_DIR}/{notice.FILE_NAME}" if self.options.notice_host_dir else None
-        return TaskPaths(HOME, "python3", f"{TASK_DIR}/barrier.py", "auto", where)
+        # The pod's own folder on the node, which the agent writes into while the pod runs: its preemption
+        # notice, and an elastic task's membership file (the pod's bootstrap signals the task on a change).
+        folder = NOTICE_DIR if self.options.notice_host_dir else None
+        return TaskPaths(
+            HOME,
+            "python3",
+            f"{TASK_DIR}/barrier.py",
+            "auto",
+            f"{folder}/{notice.FILE_NAME}" if folder else None,
+            f"{folder}/{membership.FILE_NAME}" if folder else None,
+        )
 
     def mounts(self, cmd: LaunchTask, credentials: dict[str, dict[str, str]]) -> PodStorage:
         try:
@@ -167,10 +176,16 @@ class KubernetesBackend:
     ) -> Started:
         """The task as a Pod bound to this node; its scripts and the job's secrets in its Secret."""
         workdir.mkdir(parents=True, exist_ok=True)
+        files = dict(task.files)
+        folder = notice_host_path(self.options, pod_name(cmd))
+        if folder is not None and membership.FILE_NAME in files:
+            # Into the pod's node folder, where updates reach the running pod (not a copy in its home).
+            text, _ = files.pop(membership.FILE_NAME)
+            await asyncio.to_thread(membership.write, Path(folder) / membership.FILE_NAME, text)
         if task.failed:
             scripts = {"user.sh": task.entrypoint}
         else:
-            pre = "\n".join(filter(None, [files_script(task.files, HOME), task.pre]))
+            pre = "\n".join(filter(None, [files_script(files, HOME), task.pre]))
             scripts = {"pre.sh": pre, "user.sh": task.entrypoint, "post.sh": task.post}
         scripts["barrier.py"] = Path(barrier.__file__).read_text()
         storage = None if task.failed else mounts
@@ -279,9 +294,14 @@ class KubernetesBackend:
         return True
 
     async def membership(self, run: dict[str, Any], text: str) -> bool:
-        # Not built: a pod's membership file is written at its start only, and signalling a container
-        # needs an exec into the pod. The agent logs the update it could not deliver.
-        return False
+        """Into the pod's node folder (as a notice); the pod's bootstrap sees the new version within a
+        second and signals the task (``manifest.MEMBERSHIP_WATCH``). Without a node folder the pod's file
+        is a copy in its home that nothing can change: False, and the agent logs the update."""
+        folder = notice_host_path(self.options, str(run["pod"]))
+        if folder is None:
+            return False
+        await asyncio.to_thread(membership.write, Path(folder) / membership.FILE_NAME, text)
+        return True
 
     async def delete(self, name: str, grace_s: float) -> None:
         try:

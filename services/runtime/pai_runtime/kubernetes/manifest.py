@@ -35,11 +35,25 @@ LABEL_PREFIX = "pai.microsoft.com/"
 # OpenPAI's app container capabilities (FUSE mounts, RDMA memory pinning).
 CAPABILITIES = {"add": ["SYS_ADMIN", "IPC_LOCK", "DAC_READ_SEARCH"], "drop": ["MKNOD"]}
 
+# An elastic task's membership file changes while the pod runs (the agent rewrites it in the pod's node
+# folder); the agent cannot signal a process in a container without an exec, so the pod watches the file's
+# version line itself and sends SIGWINCH to its own process group (every phase) when it changes, as the
+# local supervisor's agent does. SIGWINCH's default is to do nothing; bash (PID 1 here) ignores it.
+MEMBERSHIP_WATCH_S = 1
+MEMBERSHIP_WATCH = f"""if [ -n "${{PAI_MEMBERSHIP_FILE:-}}" ]; then
+  (seen=$(head -n 1 "$PAI_MEMBERSHIP_FILE" 2>/dev/null || true)
+   while sleep {MEMBERSHIP_WATCH_S}; do
+     now=$(head -n 1 "$PAI_MEMBERSHIP_FILE" 2>/dev/null || true)
+     if [ -n "$now" ] && [ "$now" != "$seen" ]; then seen=$now; kill -s WINCH 0; fi
+   done) &
+fi
+"""
+
 # Runs the phases as the local supervisor does: a failed phase ends the task with its code; post-commands
 # run only after the user's commands succeeded.
 BOOTSTRAP = f"""set -u
 mkdir -p {HOME} && cd {HOME}
-for phase in pre user post; do
+{MEMBERSHIP_WATCH}for phase in pre user post; do
   script={TASK_DIR}/$phase.sh
   [ -f "$script" ] || continue
   bash "$script" || exit $?
