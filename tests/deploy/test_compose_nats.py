@@ -159,6 +159,9 @@ def test_compose_gives_each_container_its_own_credential_only(generated: Path) -
         ["git", "check-ignore", "-q", "deploy/compose/bus/jobs.env"], cwd=REPO, check=False, timeout=30
     )
     assert ignored.returncode == 0, "deploy/compose/bus/ must be ignored by git"
+    # Nor sent to an image build (compose.yaml's build context is the repository).
+    rules = [r for r in (REPO / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")]
+    assert rules[0] == "*" and not [r for r in rules if r.startswith("!") and "deploy" in r], rules
 
 
 @pytest.fixture(scope="module")
