@@ -26,16 +26,18 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 
 
-def _load_generator() -> ModuleType:
-    """deploy/k8s/nats_users.py, which writes the NATS users (a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("pai_deploy_nats_users", K8S / "nats_users.py")
+def load_script(path: Path, name: str) -> ModuleType:
+    """A deployment script (not a package), such as the NATS users' generators."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-nats_users = _load_generator()
+# deploy/k8s/nats_users.py and deploy/compose/nats_users.py, which write the NATS users.
+nats_users = load_script(K8S / "nats_users.py", "pai_deploy_nats_users")
+compose_nats_users = load_script(REPO / "deploy" / "compose" / "nats_users.py", "pai_compose_nats_users")
 OVERLAYS = ("dev", "production")
 KUBERNETES_VERSION = "1.30.0"
 

@@ -3,8 +3,10 @@ container's own command with its own environment run on this machine, which must
 
 No Docker engine is needed. The on-host run (about 40 s) proves the wiring: every service starts from
 what compose.yaml and the image give it (the Dockerfile's CMD and ENV, the container's environment after
-Compose's interpolation with nothing set, as in a trial), with only what a container has and a host
-process has not remapped: the NATS and MongoDB addresses (the embedded servers here), free ports, a data
+Compose's interpolation with nothing set, as in a trial, and its own env file with its own NATS user
+from deploy/compose/nats_users.py, whose nats.conf configures the NATS server here as it configures the
+nats container), with only what a container has and a host process has not remapped: the NATS and
+MongoDB addresses (the embedded servers here), free ports, a data
 directory per container, bind mounts and named volumes as folders, the agents' fixed addresses as
 127.0.0.1.
 
@@ -34,6 +36,7 @@ import yaml
 
 from pai_auth.shell import AuthSettings
 from pai_common.embedded import ServerProcess, free_port, start_mongo, start_nats
+from tests.deploy.manifests import compose_nats_users
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
@@ -137,9 +140,11 @@ def test_every_service_has_its_container_wired_alike(compose: dict[str, Any]) ->
         ).resolve() == DOCKERFILE
         assert container["image"] == "${REGISTRY:-}openpai-py/" + service + ":${TAG:-dev}", name
         env = _env(container)
-        assert env["PAI_NATS_URL"].startswith("nats://nats:") and env["PAI_MONGO_URL"].startswith(
-            "mongodb://mongo:"
-        )
+        # The bus URL, with the container's own NATS user, is in its env file (test_compose_nats.py).
+        # The portal, a client of the REST API only, is not on the bus.
+        env_files = [] if service == "portal" else [f"./bus/{name}.env"]
+        assert container.get("env_file", []) == env_files and "PAI_NATS_URL" not in env, name
+        assert env["PAI_MONGO_URL"].startswith("mongodb://mongo:"), name
         assert env["PAI_HTTP_HOST"] == "0.0.0.0" and env["PAI_HTTP_PORT"] == str(METRICS_PORT), name
         assert env["PAI_STREAM_REPLICAS"] == "1", name  # one NATS server
         depends = container["depends_on"]
@@ -166,9 +171,11 @@ def test_nats_has_a_health_check_and_monitoring_a_profile(compose: dict[str, Any
     volumes = set(compose.get("volumes") or {})
     for name, container in compose["services"].items():
         for mount in container.get("volumes") or []:
-            source = str(mount).split(":", 1)[0]
+            source = mount["source"] if isinstance(mount, dict) else str(mount).split(":", 1)[0]
             if not source.startswith((".", "/")):
                 assert source in volumes, f"{name}: undeclared volume {source}"
+            elif source.startswith("./bus/"):
+                assert source == "./bus/nats.conf", f"{name}: {source}"  # nats_users.py writes it
             elif source.startswith("."):
                 assert (COMPOSE_DIR / source).exists(), f"{name}: {source} does not exist"
 
@@ -268,12 +275,22 @@ def _container_env(
     nats: ServerProcess,
     mongo: ServerProcess,
     secret_files: dict[str, Path] | None = None,
+    bus: Path | None = None,
 ) -> dict[str, str]:
     image_env, _ = _dockerfile_final_stage()
     env = {k: v.replace("${SERVICE}", service) for k, v in image_env.items() if k.startswith("PAI_")}
-    env.update(_env(interpolate(container, {})))  # Compose's environment wins over the image's
+    # Compose's env files (the container's own NATS user, from nats_users.py's folder `bus`), then its
+    # environment, win over the image's.
+    for env_file in container.get("env_file") or []:
+        assert bus is not None and env_file.startswith("./bus/"), env_file
+        for line in (bus / env_file.removeprefix("./bus/")).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                env[key] = value
+    env.update(_env(interpolate(container, {})))
     # What a container has and a host process has not: remapped, and only that.
-    env["PAI_NATS_URL"] = nats.url
+    if "PAI_NATS_URL" in env:
+        env["PAI_NATS_URL"] = env["PAI_NATS_URL"].replace("@nats:4222", f"@127.0.0.1:{nats.port}")
     env["PAI_MONGO_URL"] = mongo.url
     mounts = {}
     for mount in container.get("volumes") or []:
@@ -322,7 +339,10 @@ def _remap_ports(envs: dict[str, dict[str, str]]) -> None:
 @pytest.fixture(scope="module")
 def host_cluster(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostCluster]:
     root = tmp_path_factory.mktemp("compose-on-host")
-    nats = start_nats(root / "nats")
+    # The bus as compose.yaml runs it: nats_users.py's users and permissions, each container its own.
+    bus = root / "bus"
+    compose_nats_users.generate(bus)
+    nats = start_nats(root / "nats", authorization=(bus / "nats.conf").read_text())
     mongo = start_mongo(root / "mongo")
     cluster = HostCluster(root)
     _, cmd = _dockerfile_final_stage()
@@ -331,7 +351,7 @@ def host_cluster(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     try:
         envs = {
             name: _container_env(
-                name, service, compose["services"][name], root, nats, mongo, _secret_files(compose, {})
+                name, service, compose["services"][name], root, nats, mongo, _secret_files(compose, {}), bus
             )
             for name, service in sorted(_platform_containers(compose).items())
         }
@@ -405,3 +425,10 @@ def test_the_compose_services_run_a_job(host_cluster: HostCluster) -> None:
         assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:300]
     for name, proc in host_cluster.procs.items():
         assert proc.poll() is None, f"{name} exited\n{host_cluster.logs()}"
+    # Every process had a NATS password; none of them wrote one (nor the NATS server) in its log.
+    passwords = json.loads((host_cluster.root / "bus" / "passwords.json").read_text()).values()
+    logs = [*host_cluster.root.glob("*.log"), *host_cluster.root.glob("nats/logs/*.log")]
+    assert len(logs) > len(host_cluster.procs)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert not [p for p in passwords if p in text], f"a NATS password is in {log.name}"

@@ -13,8 +13,8 @@ event. An extension gets a read-only user: it may create its own consumers on th
 through them, nothing else (it may not touch the platform's consumers nor publish anything).
 
 ``nats_config`` renders the table for nats-server (the embedded default writes it at every start); the
-Kubernetes and Compose configurations are generated from the same table (``python -m
-pai_common.bus_permissions``).
+Kubernetes and Compose configurations are generated from the same table (``deploy/k8s/nats_users.py``,
+``deploy/compose/nats_users.py``).
 """
 
 from __future__ import annotations
