@@ -91,7 +91,9 @@ virtualClusters:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     data_dir = tmp_path_factory.mktemp("pai-sec")
-    (data_dir / "cluster.yaml").write_text(CLUSTER)
+    # Not <data dir>/cluster.yaml: `pai up` writes its own default cluster there.
+    cluster = tmp_path_factory.mktemp("pai-sec-cluster") / "cluster.yaml"
+    cluster.write_text(CLUSTER)
     p = Platform(
         data_dir=data_dir,
         nodes=1,
@@ -100,7 +102,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         extra_env={
             "PAI_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "PAI_IDENTITY_CACHE_S": str(IDENTITY_CACHE_S),
-            "PAI_SCHEDULER_CLUSTER": str(data_dir / "cluster.yaml"),
+            "PAI_SCHEDULER_CLUSTER": str(cluster),
         },
     )
     p.start()
