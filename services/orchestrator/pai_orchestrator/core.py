@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -173,6 +173,9 @@ class Framework(BaseModel):
     # and until when the growth tasks being shrunk away are waited for.
     membership_version: int = 0
     shrink_deadline: int | None = None
+
+    # Every wall-clock deadline ``due_at`` may answer: what a jump of the wall clock moves (shift_timers).
+    TIMERS: ClassVar[tuple[str, ...]] = ("gang_deadline", "retry_at", "deletion_deadline", "shrink_deadline")
 
     @property
     def job_key(self) -> str:
@@ -870,7 +873,7 @@ def shift_timers(fw: Framework, delta_ms: int, policy: Policy = DEFAULT_POLICY) 
         return no_change()
     fw = _copy(fw)
     out = Transition(fw, policy=policy)
-    for name in ("gang_deadline", "retry_at", "deletion_deadline"):
+    for name in Framework.TIMERS:
         value = getattr(fw, name)
         if value is not None:
             setattr(fw, name, value + delta_ms)

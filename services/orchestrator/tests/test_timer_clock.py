@@ -89,6 +89,24 @@ def test_a_gang_timeout_keeps_its_time_across_a_jump(jump_s: float) -> None:
     assert fired.framework is not None and fired.framework.exit_code == S.EXIT_GANG_ALLOCATION_TIMEOUT
 
 
+@pytest.mark.parametrize(
+    ("state", "timer"),
+    [
+        (S.ATTEMPT_CREATION_REQUESTED, "gang_deadline"),
+        (S.ATTEMPT_COMPLETED, "retry_at"),
+        (S.ATTEMPT_DELETION_REQUESTED, "deletion_deadline"),
+        (S.ATTEMPT_RUNNING, "shrink_deadline"),  # an elastic gang waiting for its shrunk growth tasks
+    ],
+)
+def test_every_timer_the_tick_waits_for_moves_with_a_jump(state: str, timer: str) -> None:
+    fw = core.on_submitted(spec("u~any"), 1, Policy()).framework
+    assert fw is not None
+    fw = fw.model_copy(update={"state": state, timer: 10_000})
+    assert fw.due_at() == 10_000
+    moved = core.shift_timers(fw, 3_600_000).framework
+    assert moved is not None and moved.due_at() == 10_000 + 3_600_000
+
+
 def test_no_timer_no_move() -> None:
     fw = core.on_submitted(spec("u~gang"), 1, Policy()).framework  # no gang timeout: no timer
     assert fw is not None and fw.due_at() is None
