@@ -104,7 +104,8 @@ def main() -> None:
     time.sleep(args.idle)
     idle1, icpu1, t1 = db_counts(mongo), snapshot(pids), time.monotonic()
     idle_rate = {k: v / (t1 - t0) for k, v in diff(idle0, idle1).items()}
-    idle_cpu = sum(delta(icpu0, icpu1).values()) / (t1 - t0)
+    idle_cpu_rate = {k: v / (t1 - t0) for k, v in delta(icpu0, icpu1).items()}
+    idle_cpu = sum(idle_cpu_rate.values())
 
     before, s_before, cpu_before = db_counts(mongo), streams(nats_url), snapshot(pids)
     start = time.monotonic()
@@ -144,6 +145,8 @@ def main() -> None:
     cpu = delta(cpu_before, cpu_after)
     messages = diff(s_before, s_after)
     by_cpu = sorted(cpu.items(), key=lambda c: -c[1])
+    net = {k: v - idle_cpu_rate.get(k, 0.0) * span for k, v in cpu.items()}
+    by_net = sorted(net.items(), key=lambda c: -c[1])
     figures = {
         "jobs": args.jobs,
         "clients": args.clients,
@@ -160,6 +163,9 @@ def main() -> None:
         "cpu_ms_per_job": {k: round(v * 1000 / args.jobs, 1) for k, v in by_cpu},
         "cpu_ms_per_job_all": round(sum(cpu.values()) * 1000 / args.jobs, 1),
         "idle_cpu_ms_per_s": round(idle_cpu * 1000, 1),
+        # What the jobs cost beyond the platform's idle work over the same span.
+        "cpu_ms_per_job_net": {k: round(v * 1000 / args.jobs, 1) for k, v in by_net},
+        "cpu_ms_per_job_net_all": round(sum(v for _, v in by_net) * 1000 / args.jobs, 1),
     }
     print(json.dumps(figures, indent=1))
     if args.json:
