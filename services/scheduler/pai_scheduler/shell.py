@@ -2,8 +2,10 @@
 
 The allocator's state lives in one document, replaced in the same transaction as the events its
 decisions cause. Allocation is single-writer by design: one consumer applies events in stream order.
-The allocator object is kept in memory between events and reused only while the stored version is the
-one it was saved as, so a transaction that did not commit can never leak into the next decision.
+The allocator object is kept in memory once a transaction that saved it committed, and a whole batch of
+events is decided on it and saved once; the save is guarded by the version it stands for, so a state
+another process saved meanwhile makes the transaction start again from the stored one, and a transaction
+that did not commit can never leak into the next decision.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, cast
 from nats.aio.msg import Msg
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from pymongo.errors import OperationFailure
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import heartbeat_subject, name_of_token
@@ -87,6 +90,7 @@ STATE = "allocator"
 NODES = "nodes"
 STATE_ID = "cluster"
 BATCH_MEMO = "scheduler.batch"
+WRITE_CONFLICT = 112  # MongoDB's code: the consumer retries the transaction at once
 HOST_IPS_MEMO = "scheduler.host_ips"
 
 
@@ -263,7 +267,14 @@ class Scheduler:
             alloc.set_node_health(node, False)
         return alloc, marks
 
-    async def _load(self, ctx: HandlerContext | None) -> tuple[HivedAllocator, NodeMarks, int]:
+    async def _load(
+        self, ctx: HandlerContext | None, trust_cache: bool = False
+    ) -> tuple[HivedAllocator, NodeMarks, int]:
+        """The allocator as stored. ``trust_cache``: the one this process committed last, without asking
+        whether it is still the stored one: for a transaction whose write is guarded by that version
+        (``_save``), which finds out and starts again if it is not."""
+        if trust_cache and self._cached is not None:
+            return self._cached[1], self._cached[2], self._cached[0]
         session = ctx.session if ctx else None
         doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, {"version": 1}, session=session)
         if doc is None:
@@ -292,8 +303,10 @@ class Scheduler:
             session=ctx.session,
         )
         if version and result.matched_count != 1:
-            raise RuntimeError("allocator state changed concurrently; retrying")
-        self._cached = (version + 1, alloc, marks)
+            self._cached = None  # another process saved a newer state: the retry reads it
+            raise OperationFailure("allocator state changed concurrently; retrying", code=WRITE_CONFLICT)
+        # Kept once committed only: a cached allocator always stands for a committed version.
+        ctx.on_commit(partial(setattr, self, "_cached", (version + 1, alloc, marks)))
 
     # ---- events --------------------------------------------------------------------------------------
 
@@ -303,8 +316,8 @@ class Scheduler:
         batch = ctx.memo.get(BATCH_MEMO)
         if batch is None:
             # Work on the stored state: a cached allocator only stands for the version it was saved as.
-            alloc, marks, version = await self._load(ctx)
-            self._cached = None  # mutated by the batch; valid again only once saved
+            alloc, marks, version = await self._load(ctx, trust_cache=True)
+            self._cached = None  # mutated by the batch; valid again only once committed
             batch = ctx.memo[BATCH_MEMO] = _Batch(alloc, marks.copy(), version)
 
             async def save() -> None:

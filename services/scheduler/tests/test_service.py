@@ -529,9 +529,13 @@ async def test_a_batch_is_decided_on_one_load_and_saved_once(
         reasons = await app.db["allocator"].find_one({"_id": "reasons"})
         assert reasons is not None and [key for key, _ in reasons["reasons"]] == ["u~queued#0"]
 
-        # The next transaction starts from the reasons this process committed (no read) and clears them.
+        # Another writer saved a version behind this process's back: the cached allocator it would start
+        # from is refused by the guarded write, and the transaction starts again from the stored state.
+        await app.db["allocator"].update_one({"_id": "cluster"}, {"$inc": {"version": 1}})
         await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~first", attempt_id=0, exit_code=0))
         await events.wait_for(SchedulingAllocated, "u~queued")
+        state = await app.db["allocator"].find_one({"_id": "cluster"})
+        assert state is not None and state["version"] == 3
         reasons = await app.db["allocator"].find_one({"_id": "reasons"})
         assert reasons is not None and reasons["reasons"] == []
     finally:
