@@ -209,14 +209,30 @@ def operator_permissions() -> Permissions:
     return Permissions(publish=[">"], subscribe=[">"], deny_publish=list(NEVER_PUBLISH))
 
 
-def nats_config(users: dict[str, tuple[str, Permissions]]) -> str:
+# The auth callout's own user (Kubernetes: pai_auth.callout), which turns a node agent's service-account
+# token into that node's user (node_permissions) and may do nothing else on the bus.
+CALLOUT = "auth-callout"
+CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
+
+
+def callout_permissions() -> Permissions:
+    """Answer nats-server's authorization requests (a reply needs no publish right), nothing more."""
+    return Permissions(subscribe=[CALLOUT_SUBJECT], deny_publish=[">"])
+
+
+def nats_config(users: dict[str, tuple[str, Permissions]], callout_issuer: str | None = None) -> str:
     """The ``authorization`` block of nats-server's configuration for these users (user -> password,
-    permissions); nats-server reads JSON values in its configuration format."""
+    permissions); nats-server reads JSON values in its configuration format. With ``callout_issuer`` (the
+    callout's account public nkey) every other connection is decided by the auth callout, and these users
+    are the ones it does not decide."""
     entries = [
         {"user": user, "password": password, "permissions": permissions.to_nats()}
         for user, (password, permissions) in sorted(users.items())
     ]
-    return "authorization: " + json.dumps({"users": entries}, indent=2) + "\n"
+    block: dict[str, object] = {"users": entries}
+    if callout_issuer is not None:
+        block["auth_callout"] = {"issuer": callout_issuer, "auth_users": sorted(users)}
+    return "authorization: " + json.dumps(block, indent=2) + "\n"
 
 
 OPERATOR = "operator"
