@@ -1,4 +1,5 @@
-"""Writes the NATS users of base/nats/configmap.yaml from the message contract and the services' code.
+"""Writes the NATS users of base/nats/configmap.yaml from the message contract and the services' code (and
+copies deploy/nats/store-check.sh, the full-disk liveness check, into it).
 
     .venv/bin/python deploy/k8s/nats_users.py           # rewrite the `users: [...]` block
     .venv/bin/python deploy/k8s/nats_users.py --check   # exit 1 if the file is not what it would write
@@ -27,6 +28,8 @@ from pai_common.contract import rpc
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGMAP = Path(__file__).resolve().parent / "base" / "nats" / "configmap.yaml"
+# The full-disk check (the nats container's liveness probe), shared with Compose: copied into the ConfigMap.
+STORE_CHECK = REPO / "deploy" / "nats" / "store-check.sh"
 INDENT = " " * 8
 
 
@@ -120,7 +123,10 @@ def rewritten(text: str) -> str:
     start = text.index("    JS_ADMIN: [\n") + len("    JS_ADMIN: [\n")
     end = text.index("    ]\n", start)
     never = "".join(f'      "{s}"\n' for s in bus_permissions.NEVER_PUBLISH)
-    return text[:start] + never + text[end:]
+    text = text[:start] + never + text[end:]
+    start = text.index("  store-check.sh: |\n") + len("  store-check.sh: |\n")
+    script = "".join(f"    {line}".rstrip() + "\n" for line in STORE_CHECK.read_text().splitlines())
+    return text[:start] + script
 
 
 def main(argv: list[str]) -> int:

@@ -174,7 +174,7 @@ def test_changing_the_release_changes_every_platform_image(tmp_path: Path) -> No
     images = {c["image"] for w in _platform_workloads(objects).values() for c in _pod_spec(w)["containers"]}
     assert images == {f"registry.example.com:5000/team/openpai-py/{s}:9.8.7" for s in SERVICES}
     assert {c["image"] for c in _pod_spec(by_name(objects, "StatefulSet")["nats"])["containers"]} == {
-        "nats:2.10"
+        "nats:2.10-alpine"
     }
 
 

@@ -155,33 +155,6 @@ def node_permissions(node: str) -> Permissions:
     return p
 
 
-def shared_runtime_permissions() -> Permissions:
-    """Every node agent as one user (Kubernetes' DaemonSet, where each pod cannot be given a user of its
-    own by a static configuration): a node agent still publishes no job event and reads no stream's
-    messages directly, but the agents can reach each other's command consumers."""
-    api = "$JS.API.CONSUMER"
-    p = Permissions()
-    p.publish += [event_subject(e.TYPE) for e in ALL_EVENTS if e.PRODUCER == "runtime"]
-    p.publish += [f"{RPC_SUBJECT_PREFIX}.{s}" for s in RPC_CALLS["runtime"]]
-    p.publish += [f"{HEARTBEAT_PREFIX}.*", f"{DEAD_LETTER_PREFIX}.runtime.>", "$JS.API.INFO", SERVICE_PING]
-    p.publish += [
-        "$JS.API.STREAM.INFO.*",
-        f"{api}.CREATE.{COMMANDS_STREAM}.*",
-        f"{api}.CREATE.{COMMANDS_STREAM}.*.>",
-        f"{api}.DURABLE.CREATE.{COMMANDS_STREAM}.*",
-        f"{api}.INFO.{COMMANDS_STREAM}.*",
-        f"{api}.MSG.NEXT.{COMMANDS_STREAM}.*",
-        f"$JS.ACK.{COMMANDS_STREAM}.>",
-    ]
-    p.subscribe += [
-        f"{RPC_SUBJECT_PREFIX}.runtime.>",
-        f"{RPC_SUBJECT_PREFIX}.deadletters.>",
-        f"{inbox_prefix('runtime')}.>",
-        "$SRV.>",
-    ]
-    return p
-
-
 def extension_permissions(user: str) -> Permissions:
     """Read-only: its own consumers on the events stream, never the platform's, and no publishing."""
     api = "$JS.API.CONSUMER"
