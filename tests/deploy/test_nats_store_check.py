@@ -66,7 +66,7 @@ class Monitor:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 data = outer.body.encode()
                 self.send_response(outer.status)
                 self.send_header("Content-Length", str(len(data)))
@@ -130,17 +130,22 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def _fill(filler: Path) -> None:
+    """Write until the tmpfs refuses (dd stops at no space left)."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)
+
+
 async def _fill_until_a_store_fails(url: str, fs: Path) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="PAI_EVENTS", subjects=["pai.evt.>"], storage=StorageType.FILE))
     await js.publish("pai.evt.x", b"before")
     # Fill the disk (dd until it refuses), then publish until the stream's store fails a write.
-    subprocess.run(["dd", "if=/dev/zero", f"of={fs / 'filler'}", "bs=64k"], capture_output=True, check=False)
+    await asyncio.to_thread(_fill, fs / "filler")
     for _ in range(20):
         try:
             await js.publish("pai.evt.x", b"y" * 4000, timeout=0.5)
-        except Exception:  # noqa: BLE001 - the store refuses: what this test waits for
+        except Exception:
             break
     else:
         raise AssertionError("the stream stored everything on a full disk")
@@ -156,7 +161,7 @@ def test_compose_s_wrapper_stops_a_stuck_server_once_there_is_room(tmpfs: Path) 
         f"127.0.0.1:{http}", tmpfs, NATS_SERVER=_binary("nats-server"), NATS_STORE_CHECK_S="0.2", **room
     )
     argv = ["-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(http), "-sd", str(store)]
-    log = open(tmpfs.parent / "nats.log", "wb")  # noqa: SIM115 - the child writes it
+    log = open(tmpfs.parent / "nats.log", "wb")
     wrapper = subprocess.Popen(
         [BUSYBOX or "busybox", "sh", str(SCRIPT), "run", "--", *argv], env=env, stdout=log, stderr=log
     )
