@@ -328,6 +328,12 @@ def test_each_node_agent_is_its_node_s_own_bus_user_through_the_auth_callout(
     assert env["PAI_NATS_URL"]["value"] == "tls://nats:4222"
     assert not any("pai-nats-users" in str(e) for e in env.values())
     token_file = Path(env["PAI_NATS_TOKEN_FILE"]["value"])
+    from pai_runtime.settings import RuntimeSettings
+
+    agent = RuntimeSettings(node_name="ip-10-0-0-1.ec2.internal", nats_token_file=token_file)
+    # Its replies arrive in the inbox the callout's user for that node may read (pai up's name for it).
+    assert agent.bus_user("runtime") == bus_permissions.node_durable("ip-10-0-0-1.ec2.internal")
+    assert RuntimeSettings(node_name="node-0").bus_user("runtime") is None  # a password: the URL's user
     pod = _pod_spec(runtime)
     volumes = {v["name"]: v for v in pod["volumes"]}
     [mount] = [m for m in pod["containers"][0]["volumeMounts"] if Path(m["mountPath"]) == token_file.parent]
