@@ -27,8 +27,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from pai_auth.callout import jwt
 from pai_auth.callout.decision import NODE_NAME_KEY, Policy, Refused, Review, node_of, user_claims
-from pai_auth.callout.responder import CalloutResponder
-from pai_auth.callout.review import TokenReviewer, connect
+from pai_auth.callout.__main__ import serve
+from pai_auth.callout.settings import CalloutSettings
 from pai_common import bus_permissions
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus
 from pai_common.contract.commands import KillTask
@@ -158,17 +158,25 @@ async def cluster(
     data = tmp_path_factory.mktemp("callout")
     server = start_nats(data, authorization=config)
     cluster = Cluster(server, users, api_server, data)
-    bus = await Bus.connect(cluster.url(bus_permissions.CALLOUT), "auth-callout")
-    reviewer = TokenReviewer(await connect(in_cluster=False, host=api_server.url), AUDIENCE)
-    responder = CalloutResponder(bus.nc, reviewer, POLICY, seed)
-    await responder.start()
+    # The process as its Deployment runs it (python -m pai_auth.callout's serve), on this test's API server.
+    (data / "seed").write_text(seed + "\n")
+    settings = CalloutSettings(
+        nats_url=cluster.url(bus_permissions.CALLOUT),
+        callout_issuer_seed_file=data / "seed",
+        callout_audience=AUDIENCE,
+        callout_service_account=AGENTS,
+        k8s_in_cluster=False,
+        k8s_host=api_server.url,
+    )
+    stop, ready = asyncio.Event(), asyncio.Event()
+    callout = asyncio.create_task(serve(settings, stop, ready))
+    await asyncio.wait_for(ready.wait(), 10)
     operator = await Bus.connect(cluster.url(bus_permissions.OPERATOR), "operator")
     await operator.ensure_streams()
     await operator.close()
     yield cluster
-    await responder.stop()
-    await bus.close()
-    await reviewer.close()
+    stop.set()
+    await callout
     server.stop()
 
 

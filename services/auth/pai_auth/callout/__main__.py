@@ -23,7 +23,7 @@ log = logging.getLogger("pai.auth.callout")
 NAME = "auth-callout"
 
 
-async def serve(settings: CalloutSettings, stop: asyncio.Event) -> None:
+async def serve(settings: CalloutSettings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
     seed = settings.callout_issuer_seed_file.read_text().strip()
     jwt.keypair(seed)  # a clear error at start, not at the first connection
     reviewer = TokenReviewer(
@@ -37,6 +37,8 @@ async def serve(settings: CalloutSettings, stop: asyncio.Event) -> None:
     health = HealthServer(settings.http_host, settings.http_port, lambda: bus.nc.is_connected)
     await health.start()
     log.info("auth callout ready", extra={"issuer": jwt.public_key(seed), "audience": policy.audience})
+    if ready is not None:
+        ready.set()
     try:
         await stop.wait()
     finally:

@@ -58,6 +58,10 @@ class CalloutResponder:
             # Not a request the server signed: nothing to answer to (the server times the client out).
             log.warning("auth callout: an unreadable request", extra={"error": str(exc)})
             return
+        except Exception:
+            # Unanswered, the connection is refused at the server's timeout: never let in unchecked.
+            log.exception("auth callout: the request could not be answered")
+            return
         if msg.reply:
             await msg.respond(answer.encode())
 
