@@ -26,8 +26,8 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from pai_auth.callout import jwt
-from pai_auth.callout.decision import NODE_NAME_KEY, Policy, Refused, Review, node_of, user_claims
 from pai_auth.callout.__main__ import serve
+from pai_auth.callout.decision import NODE_NAME_KEY, Policy, Refused, Review, node_of, user_claims
 from pai_auth.callout.settings import CalloutSettings
 from pai_common import bus_permissions
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus
