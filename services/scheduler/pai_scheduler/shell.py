@@ -315,7 +315,8 @@ class Scheduler:
         attempt waits) once after its last, so a batch costs one read and one write, not one per event."""
         batch = ctx.memo.get(BATCH_MEMO)
         if batch is None:
-            # Work on the stored state: a cached allocator only stands for the version it was saved as.
+            # The state this process committed last (its version-guarded save checks it is still the stored
+            # one), else the stored state.
             alloc, marks, version = await self._load(ctx, trust_cache=True)
             self._cached = None  # mutated by the batch; valid again only once committed
             batch = ctx.memo[BATCH_MEMO] = _Batch(alloc, marks.copy(), version)
@@ -349,6 +350,7 @@ class Scheduler:
                 upsert=True,
                 session=ctx.session,
             )
+            ctx.memo.pop(HOST_IPS_MEMO, None)  # a later placement of the batch reads the new address
             if body.node not in alloc.cluster.nodes:
                 log.warning(
                     "a node registered that the cluster config does not name", extra={"node": body.node}
