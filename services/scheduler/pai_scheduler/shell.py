@@ -1,11 +1,12 @@
 """The scheduler's shell around the HiveD allocator.
 
-The allocator's state lives in one document, replaced in the same transaction as the events its
-decisions cause. Allocation is single-writer by design: one consumer applies events in stream order.
-The allocator object is kept in memory once a transaction that saved it committed, and a whole batch of
-events is decided on it and saved once; the save is guarded by the version it stands for, so a state
-another process saved meanwhile makes the transaction start again from the stored one, and a transaction
-that did not commit can never leak into the next decision.
+The allocator's state lives in a header document and one document per gang (``state_layout.py``), written
+in the same transaction as the events its decisions cause: the header and the gangs that changed.
+Allocation is single-writer by design: one consumer applies events in stream order. The allocator object is
+kept in memory once a transaction that saved it committed, and a whole batch of events is decided on it and
+saved once; the save is guarded by the version it stands for, so a state another process saved meanwhile
+makes the transaction start again from the stored one, and a transaction that did not commit can never leak
+into the next decision.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, cast
 from nats.aio.msg import Msg
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from pymongo import DeleteOne, ReplaceOne
 from pymongo.errors import OperationFailure
 
 from pai_common.consumer import HandlerContext
@@ -58,7 +60,7 @@ from pai_common.envelope import Envelope
 from pai_common.errors import InvalidParametersError, NoNodeError, NoVirtualClusterError
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
-from pai_scheduler import lease, metrics, node_views, pending_events, vc_views
+from pai_scheduler import lease, metrics, node_views, pending_events, state_layout, vc_views
 from pai_scheduler.cluster_source import load_cluster
 from pai_scheduler.hived.allocator import PROTECT_HEAD_AFTER_S, GroupState, HivedAllocator
 from pai_scheduler.hived.config import ClusterConfig
@@ -86,12 +88,26 @@ from pai_scheduler.node_marks import Cordon, NodeMarks
 
 log = logging.getLogger(__name__)
 
-STATE = "allocator"
+STATE = "allocator"  # the header (``_id: "cluster"``): version guard, counters, bindings, marks
+GROUPS = "allocator_groups"  # one document per gang, ``_id`` its key
+WAITING = "allocator_waiting"  # one document per waiting attempt: the gist of why it waits
 NODES = "nodes"
 STATE_ID = "cluster"
+LEGACY_REASONS_ID = "reasons"  # the old layout: every waiting attempt in one document beside the header
 BATCH_MEMO = "scheduler.batch"
 WRITE_CONFLICT = 112  # MongoDB's code: the consumer retries the transaction at once
 HOST_IPS_MEMO = "scheduler.host_ips"
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A state as stored at ``version``: the allocator, the node marks, and each gang's document as
+    stored (None: the old single-document layout, whose first save writes every gang)."""
+
+    version: int
+    alloc: HivedAllocator
+    marks: NodeMarks
+    groups: dict[str, dict[str, Any]] | None
 
 
 @dataclass
@@ -101,6 +117,7 @@ class _Batch:
     alloc: HivedAllocator
     marks: NodeMarks
     version: int
+    groups: dict[str, dict[str, Any]] | None  # as stored at ``version``: what the save compares with
     _preempting: dict[str, Preempting] = field(default_factory=dict)
 
     def decided(self, decisions: list[Decision]) -> None:
@@ -141,11 +158,12 @@ class Scheduler:
         self.config: ClusterConfig
         self.fingerprint = ""  # of the cluster config file the stored state was made with
         self.protect = settings.protect_head_after_s
-        self._cached: tuple[int, HivedAllocator, NodeMarks] | None = None
+        # The state this process committed last (or read), with each gang's stored document.
+        self._cached: _Stored | None = None
         self._last_heartbeat: dict[str, float] = {}
         self._watch_since = 0.0
-        # Every waiting attempt's [reason, position] as last committed (the "reasons" document), kept once
-        # a transaction commits: what `scheduler.pending` answers without reading the document each time.
+        # Every waiting attempt's [reason, position] as last committed, kept once a transaction commits:
+        # what `scheduler.pending` answers, and (by gist) what the reason documents hold.
         self._waiting: dict[str, list[Any]] | None = None
         self._waiting_at: int | None = None  # the allocator's version _waiting was committed with
         app.on_startup(self._load_config)
@@ -175,23 +193,36 @@ class Scheduler:
         self.config = load_cluster(path)
         self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()
         log.info("cluster config loaded", extra={"path": str(path), "vcs": len(self.config.virtual_clusters)})
-        doc = await app.db[STATE].find_one({"_id": STATE_ID})
+        doc = await app.db[STATE].find_one({"_id": STATE_ID}, {"config": 1})
         if doc is None:
             return
-        if doc.get("config") == self.fingerprint:
-            try:
-                await self._load(None)
-            except (ValueError, KeyError) as exc:
-                raise ConfigError(f"the stored allocation state cannot be read back ({exc})") from exc
+        if doc.get("config") != self.fingerprint:
+            await self._reconfigure(app)
             return
-        await self._reconfigure(app, doc)
+        try:
+            stored = await self._read(None)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"the stored allocation state cannot be read back ({exc})") from exc
+        if stored.groups is None:
+            await app.transact(self._convert)
 
-    async def _reconfigure(self, app: ServiceApp, doc: dict[str, Any]) -> None:
+    async def _convert(self, tx: HandlerContext) -> None:
+        """State written in the old layout (the whole allocator in one document, the reasons in another):
+        read it once and store it split, in one version-guarded transaction."""
+        stored = await self._read(tx)
+        await self._save(tx, stored.alloc, stored.marks, stored.version, stored.groups)
+        versions = (stored.version, stored.version + 1)
+        await self._refresh_reasons(tx, stored.alloc, stored.marks, [], versions)
+        log.warning("allocator state converted to one document per gang", extra={"version": versions[1]})
+
+    async def _reconfigure(self, app: ServiceApp) -> None:
         """The cluster config changed: HiveD's work-preserving reconfiguration. Work that still fits stays
         where it is; guaranteed work its VC no longer covers runs on as opportunistic; work whose cells
         are gone is stopped (and retried by the orchestrator)."""
-        alloc, decisions = HivedAllocator.reconfigure(doc["snapshot"], self.config, self.protect)
-        marks = NodeMarks.from_doc(doc.get("marks"), doc["snapshot"].get("bad_nodes", []))
+        doc, snapshot, stored_groups = await self._read_documents(None)
+        assert doc is not None
+        alloc, decisions = HivedAllocator.reconfigure(snapshot, self.config, self.protect)
+        marks = NodeMarks.from_doc(doc.get("marks"), snapshot.get("bad_nodes", []))
         marks = marks.restricted_to(alloc.cluster.nodes)
         registered = {d["_id"] async for d in app.db[NODES].find({}, {"_id": 1})}
         for node in alloc.cluster.nodes:
@@ -201,7 +232,7 @@ class Scheduler:
                 alloc.set_node_health(node, False)
 
         async def apply(tx: HandlerContext) -> None:
-            await self._save(tx, alloc, marks, int(doc["version"]))
+            await self._save(tx, alloc, marks, int(doc["version"]), stored_groups)
             host_ips = await self._host_ips(tx)
             for decision in decisions:
                 self._emit(tx, alloc, decision, host_ips)
@@ -267,46 +298,83 @@ class Scheduler:
             alloc.set_node_health(node, False)
         return alloc, marks
 
-    async def _load(
-        self, ctx: HandlerContext | None, trust_cache: bool = False
-    ) -> tuple[HivedAllocator, NodeMarks, int]:
-        """The allocator as stored. ``trust_cache``: the one this process committed last, without asking
+    async def _load(self, ctx: HandlerContext | None) -> tuple[HivedAllocator, NodeMarks, int]:
+        """The allocator as stored."""
+        stored = await self._read(ctx)
+        return stored.alloc, stored.marks, stored.version
+
+    async def _read(self, ctx: HandlerContext | None, trust_cache: bool = False) -> _Stored:
+        """The state as stored. ``trust_cache``: the one this process committed last, without asking
         whether it is still the stored one: for a transaction whose write is guarded by that version
         (``_save``), which finds out and starts again if it is not."""
         if trust_cache and self._cached is not None:
-            return self._cached[1], self._cached[2], self._cached[0]
+            return self._cached
         session = ctx.session if ctx else None
         doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, {"version": 1}, session=session)
         if doc is None:
-            return *self._fresh(), 0
+            return _Stored(0, *self._fresh(), {})
         version = int(doc["version"])
-        if self._cached is not None and self._cached[0] == version:
-            return self._cached[1], self._cached[2], version
-        full = await self.app.db[STATE].find_one({"_id": STATE_ID}, session=session)
+        if self._cached is not None and self._cached.version == version:
+            return self._cached
+        full, snapshot, groups = await self._read_documents(ctx)
         assert full is not None
-        alloc = HivedAllocator.restore(self.config, full["snapshot"], self.protect)
-        marks = NodeMarks.from_doc(full.get("marks"), full["snapshot"].get("bad_nodes", []))
-        self._cached = (version, alloc, marks)
-        return alloc, marks, version
+        alloc = HivedAllocator.restore(self.config, snapshot, self.protect)
+        marks = NodeMarks.from_doc(full.get("marks"), snapshot.get("bad_nodes", []))
+        self._cached = _Stored(int(full["version"]), alloc, marks, groups)
+        return self._cached
 
-    async def _save(self, ctx: HandlerContext, alloc: HivedAllocator, marks: NodeMarks, version: int) -> None:
-        snapshot = {
-            "snapshot": alloc.snapshot(),
-            "marks": marks.to_doc(),
-            "version": version + 1,
-            "config": self.fingerprint,
+    async def _read_documents(
+        self, ctx: HandlerContext | None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, dict[str, Any]] | None]:
+        """The header, the whole snapshot, and each gang's stored document (None in the old layout)."""
+        session = ctx.session if ctx else None
+        doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, session=session)
+        if doc is None:
+            return None, {}, {}
+        if "snapshot" in doc:  # the old layout: the whole allocator in the header
+            return doc, dict(doc["snapshot"]), None
+        groups = {str(d["_id"]): d["group"] async for d in self.app.db[GROUPS].find({}, session=session)}
+        return doc, state_layout.join(doc["state"], groups), groups
+
+    async def _save(
+        self,
+        ctx: HandlerContext,
+        alloc: HivedAllocator,
+        marks: NodeMarks,
+        version: int,
+        stored: dict[str, dict[str, Any]] | None,
+    ) -> None:
+        """Store the allocator as version ``version + 1``: the header, guarded by ``version``, and the gangs
+        whose document differs from ``stored`` (each gang's document at ``version``; None: the old layout,
+        converted here)."""
+        header, groups = state_layout.split(alloc.snapshot())
+        update: dict[str, Any] = {
+            "$set": {
+                "state": header,
+                "marks": marks.to_doc(),
+                "version": version + 1,
+                "config": self.fingerprint,
+            }
         }
+        if stored is None:
+            update["$unset"] = {"snapshot": ""}
         result = await ctx.db[STATE].update_one(
-            {"_id": STATE_ID, "version": version},
-            {"$set": snapshot},
-            upsert=version == 0,
-            session=ctx.session,
+            {"_id": STATE_ID, "version": version}, update, upsert=version == 0, session=ctx.session
         )
         if version and result.matched_count != 1:
             self._cached = None  # another process saved a newer state: the retry reads it
             raise OperationFailure("allocator state changed concurrently; retrying", code=WRITE_CONFLICT)
+        if stored is None:
+            await ctx.db[GROUPS].delete_many({}, session=ctx.session)
+        writes = state_layout.group_writes(stored or {}, groups)
+        ops: list[ReplaceOne[dict[str, Any]] | DeleteOne] = [
+            ReplaceOne({"_id": k}, {"_id": k, "group": g}, upsert=True) for k, g in writes.upsert.items()
+        ]
+        ops += [DeleteOne({"_id": k}) for k in writes.delete]
+        if ops:
+            await ctx.db[GROUPS].bulk_write(ops, ordered=False, session=ctx.session)
         # Kept once committed only: a cached allocator always stands for a committed version.
-        ctx.on_commit(partial(setattr, self, "_cached", (version + 1, alloc, marks)))
+        ctx.on_commit(partial(setattr, self, "_cached", _Stored(version + 1, alloc, marks, groups)))
 
     # ---- events --------------------------------------------------------------------------------------
 
@@ -317,12 +385,14 @@ class Scheduler:
         if batch is None:
             # The state this process committed last (its version-guarded save checks it is still the stored
             # one), else the stored state.
-            alloc, marks, version = await self._load(ctx, trust_cache=True)
+            stored = await self._read(ctx, trust_cache=True)
             self._cached = None  # mutated by the batch; valid again only once committed
-            batch = ctx.memo[BATCH_MEMO] = _Batch(alloc, marks.copy(), version)
+            batch = ctx.memo[BATCH_MEMO] = _Batch(
+                stored.alloc, stored.marks.copy(), stored.version, stored.groups
+            )
 
             async def save() -> None:
-                await self._save(ctx, batch.alloc, batch.marks, batch.version)
+                await self._save(ctx, batch.alloc, batch.marks, batch.version, batch.groups)
                 versions = (batch.version, batch.version + 1)
                 await self._refresh_reasons(ctx, batch.alloc, batch.marks, batch.preempting(), versions)
 
@@ -584,16 +654,10 @@ class Scheduler:
         read are the stored ones, and need no read."""
         if versions is not None and self._waiting is not None and self._waiting_at == versions[0]:
             before: dict[str, list[Any]] = dict(self._waiting)
+            stored = state_layout.gists(before)
         else:
-            stored = await ctx.db[STATE].find_one({"_id": "reasons"}, session=ctx.session)
-            before = dict(stored["reasons"]) if stored else {}
-        note = marks.pending_note()
-        now: dict[str, list[Any]] = {q.key: [q.cause + note, q.position] for q in alloc.pending()}
-        for d in decisions:
-            if isinstance(d, Preempting):
-                n = len(d.victims)
-                now[d.key] = [f"waiting for {n} lower-priority job(s) to be preempted", None]
-        now = pending_by_attempt(now)
+            before, stored = await self._stored_reasons(ctx)
+        now = self._waiting_now(alloc, marks, decisions)
         for key in pending_events.to_publish(before, now):
             reason, position = now[key]
             ref = parse_key(key).ref()
@@ -605,15 +669,39 @@ class Scheduler:
                     position=position,
                 )
             )
-        if now != before:
-            # Stored as pairs, not as a mapping: job keys may hold "." which MongoDB reads as a path.
-            await ctx.db[STATE].replace_one(
-                {"_id": "reasons"},
-                {"_id": "reasons", "reasons": list(now.items())},
-                upsert=True,
-                session=ctx.session,
-            )
+        writes = state_layout.reason_writes(stored, now)
+        ops: list[ReplaceOne[dict[str, Any]] | DeleteOne] = [
+            ReplaceOne({"_id": k}, {"_id": k, "gist": g}, upsert=True) for k, g in writes.upsert.items()
+        ]
+        ops += [DeleteOne({"_id": k}) for k in writes.delete]
+        if ops:
+            await ctx.db[WAITING].bulk_write(ops, ordered=False, session=ctx.session)
         ctx.on_commit(partial(self._committed_reasons, now, versions[1] if versions else None))
+
+    async def _stored_reasons(self, ctx: HandlerContext) -> tuple[dict[str, list[Any]], dict[str, str]]:
+        """What the last transaction stored of the waiting attempts: as ``to_publish`` reads it, and the
+        gists the reason documents hold. The old layout's single document is read and deleted (the new
+        documents are then all written)."""
+        legacy = await ctx.db[STATE].find_one_and_delete({"_id": LEGACY_REASONS_ID}, session=ctx.session)
+        if legacy is not None:
+            await ctx.db[WAITING].delete_many({}, session=ctx.session)
+            return dict(legacy["reasons"]), {}
+        docs = ctx.db[WAITING].find({}, session=ctx.session)
+        stored = {str(d["_id"]): str(d["gist"]) async for d in docs}
+        return {k: [g, None] for k, g in stored.items()}, stored
+
+    @staticmethod
+    def _waiting_now(
+        alloc: HivedAllocator, marks: NodeMarks, decisions: list[Decision]
+    ) -> dict[str, list[Any]]:
+        """Every waiting attempt's [reason, place in its VC's queue] (a preemptor's from its decision)."""
+        note = marks.pending_note()
+        now: dict[str, list[Any]] = {q.key: [q.cause + note, q.position] for q in alloc.pending()}
+        for d in decisions:
+            if isinstance(d, Preempting):
+                n = len(d.victims)
+                now[d.key] = [f"waiting for {n} lower-priority job(s) to be preempted", None]
+        return pending_by_attempt(now)
 
     def _committed_reasons(self, waiting: dict[str, list[Any]], version: int | None) -> None:
         self._waiting, self._waiting_at = waiting, version
@@ -629,9 +717,10 @@ class Scheduler:
         an event each time, so this is where a reader gets the current one."""
         waiting = self._waiting
         if waiting is None:
-            # Nothing committed by this process yet: the stored document is the committed truth.
-            stored = await self.app.db[STATE].find_one({"_id": "reasons"})
-            waiting = dict(stored["reasons"]) if stored else {}
+            # Nothing committed by this process yet: the reasons of the stored state (the documents keep
+            # only their gists; places and counts follow from the allocator).
+            alloc, marks, _ = await self._load(None)
+            waiting = self._waiting_now(alloc, marks, [])
         prefix = f"{req.job_key}#"
         attempts = [
             (parse_key(k).attempt_id, k)
@@ -689,7 +778,7 @@ class Scheduler:
                 registrations = await self._registrations()
                 cached = self._cached
                 if cached is not None:
-                    _, alloc, marks = cached
+                    alloc, marks = cached.alloc, cached.marks
                     metrics.COLLECTOR.publish(metrics.families(alloc, marks, registrations, time.time()))
             except asyncio.CancelledError:
                 raise
