@@ -90,6 +90,7 @@ log = logging.getLogger(__name__)
 
 STATE = "allocator"  # the header (``_id: "cluster"``): version guard, counters, bindings, marks
 GROUPS = "allocator_groups"  # one document per gang, ``_id`` its key
+MIX = "allocator_mix"  # the recent request mix in chunks, ``_id`` the chunk's number
 WAITING = "allocator_waiting"  # one document per waiting attempt: the gist of why it waits
 NODES = "nodes"
 STATE_ID = "cluster"
@@ -107,7 +108,7 @@ class _Stored:
     version: int
     alloc: HivedAllocator
     marks: NodeMarks
-    groups: dict[str, dict[str, Any]] | None
+    docs: state_layout.Documents | None
 
 
 @dataclass
@@ -117,7 +118,7 @@ class _Batch:
     alloc: HivedAllocator
     marks: NodeMarks
     version: int
-    groups: dict[str, dict[str, Any]] | None  # as stored at ``version``: what the save compares with
+    docs: state_layout.Documents | None  # as stored at ``version``: what the save compares with
     _preempting: dict[str, Preempting] = field(default_factory=dict)
 
     def decided(self, decisions: list[Decision]) -> None:
@@ -203,14 +204,14 @@ class Scheduler:
             stored = await self._read(None)
         except (ValueError, KeyError) as exc:
             raise ConfigError(f"the stored allocation state cannot be read back ({exc})") from exc
-        if stored.groups is None:
+        if stored.docs is None:
             await app.transact(self._convert)
 
     async def _convert(self, tx: HandlerContext) -> None:
         """State written in the old layout (the whole allocator in one document, the reasons in another):
         read it once and store it split, in one version-guarded transaction."""
         stored = await self._read(tx)
-        await self._save(tx, stored.alloc, stored.marks, stored.version, stored.groups)
+        await self._save(tx, stored.alloc, stored.marks, stored.version, stored.docs)
         versions = (stored.version, stored.version + 1)
         await self._refresh_reasons(tx, stored.alloc, stored.marks, [], versions)
         log.warning("allocator state converted to one document per gang", extra={"version": versions[1]})
@@ -219,7 +220,7 @@ class Scheduler:
         """The cluster config changed: HiveD's work-preserving reconfiguration. Work that still fits stays
         where it is; guaranteed work its VC no longer covers runs on as opportunistic; work whose cells
         are gone is stopped (and retried by the orchestrator)."""
-        doc, snapshot, stored_groups = await self._read_documents(None)
+        doc, snapshot, stored_docs = await self._read_documents(None)
         assert doc is not None
         alloc, decisions = HivedAllocator.reconfigure(snapshot, self.config, self.protect)
         marks = NodeMarks.from_doc(doc.get("marks"), snapshot.get("bad_nodes", []))
@@ -232,7 +233,7 @@ class Scheduler:
                 alloc.set_node_health(node, False)
 
         async def apply(tx: HandlerContext) -> None:
-            await self._save(tx, alloc, marks, int(doc["version"]), stored_groups)
+            await self._save(tx, alloc, marks, int(doc["version"]), stored_docs)
             host_ips = await self._host_ips(tx)
             for decision in decisions:
                 self._emit(tx, alloc, decision, host_ips)
@@ -312,29 +313,32 @@ class Scheduler:
         session = ctx.session if ctx else None
         doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, {"version": 1}, session=session)
         if doc is None:
-            return _Stored(0, *self._fresh(), {})
+            return _Stored(0, *self._fresh(), state_layout.Documents())
         version = int(doc["version"])
         if self._cached is not None and self._cached.version == version:
             return self._cached
-        full, snapshot, groups = await self._read_documents(ctx)
+        full, snapshot, docs = await self._read_documents(ctx)
         assert full is not None
         alloc = HivedAllocator.restore(self.config, snapshot, self.protect)
         marks = NodeMarks.from_doc(full.get("marks"), snapshot.get("bad_nodes", []))
-        self._cached = _Stored(int(full["version"]), alloc, marks, groups)
+        self._cached = _Stored(int(full["version"]), alloc, marks, docs)
         return self._cached
 
     async def _read_documents(
         self, ctx: HandlerContext | None
-    ) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, dict[str, Any]] | None]:
-        """The header, the whole snapshot, and each gang's stored document (None in the old layout)."""
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], state_layout.Documents | None]:
+        """The header, the whole snapshot, and the documents beside the header (None in the old layout)."""
         session = ctx.session if ctx else None
         doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, session=session)
         if doc is None:
-            return None, {}, {}
+            return None, {}, state_layout.Documents()
         if "snapshot" in doc:  # the old layout: the whole allocator in the header
             return doc, dict(doc["snapshot"]), None
-        groups = {str(d["_id"]): d["group"] async for d in self.app.db[GROUPS].find({}, session=session)}
-        return doc, state_layout.join(doc["state"], groups), groups
+        docs = state_layout.Documents(
+            groups={str(d["_id"]): d["group"] async for d in self.app.db[GROUPS].find({}, session=session)},
+            mix={int(d["_id"]): d["entries"] async for d in self.app.db[MIX].find({}, session=session)},
+        )
+        return doc, state_layout.join(doc["state"], docs), docs
 
     async def _save(
         self,
@@ -342,12 +346,11 @@ class Scheduler:
         alloc: HivedAllocator,
         marks: NodeMarks,
         version: int,
-        stored: dict[str, dict[str, Any]] | None,
+        stored: state_layout.Documents | None,
     ) -> None:
-        """Store the allocator as version ``version + 1``: the header, guarded by ``version``, and the gangs
-        whose document differs from ``stored`` (each gang's document at ``version``; None: the old layout,
-        converted here)."""
-        header, groups = state_layout.split(alloc.snapshot())
+        """Store the allocator as version ``version + 1``: the header, guarded by ``version``, and the
+        documents that differ from ``stored`` (those at ``version``; None: the old layout, converted here)."""
+        header, docs = state_layout.split(alloc.snapshot())
         update: dict[str, Any] = {
             "$set": {
                 "state": header,
@@ -365,16 +368,25 @@ class Scheduler:
             self._cached = None  # another process saved a newer state: the retry reads it
             raise OperationFailure("allocator state changed concurrently; retrying", code=WRITE_CONFLICT)
         if stored is None:
-            await ctx.db[GROUPS].delete_many({}, session=ctx.session)
-        writes = state_layout.group_writes(stored or {}, groups)
-        ops: list[ReplaceOne[dict[str, Any]] | DeleteOne] = [
-            ReplaceOne({"_id": k}, {"_id": k, "group": g}, upsert=True) for k, g in writes.upsert.items()
-        ]
-        ops += [DeleteOne({"_id": k}) for k in writes.delete]
-        if ops:
-            await ctx.db[GROUPS].bulk_write(ops, ordered=False, session=ctx.session)
+            for name in (GROUPS, MIX):
+                await ctx.db[name].delete_many({}, session=ctx.session)
+        groups, mix, committed = state_layout.writes(stored or state_layout.Documents(), docs)
+        await self._write(ctx, GROUPS, {k: {"group": g} for k, g in groups.upsert.items()}, groups.delete)
+        await self._write(ctx, MIX, {c: {"entries": e} for c, e in mix.upsert.items()}, mix.delete)
         # Kept once committed only: a cached allocator always stands for a committed version.
-        ctx.on_commit(partial(setattr, self, "_cached", _Stored(version + 1, alloc, marks, groups)))
+        ctx.on_commit(partial(setattr, self, "_cached", _Stored(version + 1, alloc, marks, committed)))
+
+    @staticmethod
+    async def _write(
+        ctx: HandlerContext, collection: str, upsert: dict[Any, dict[str, Any]], delete: list[Any]
+    ) -> None:
+        """Replace (or create) and delete documents by ``_id``, in one request."""
+        ops: list[ReplaceOne[dict[str, Any]] | DeleteOne] = [
+            ReplaceOne({"_id": k}, {"_id": k, **fields}, upsert=True) for k, fields in upsert.items()
+        ]
+        ops += [DeleteOne({"_id": k}) for k in delete]
+        if ops:
+            await ctx.db[collection].bulk_write(ops, ordered=False, session=ctx.session)
 
     # ---- events --------------------------------------------------------------------------------------
 
@@ -388,11 +400,11 @@ class Scheduler:
             stored = await self._read(ctx, trust_cache=True)
             self._cached = None  # mutated by the batch; valid again only once committed
             batch = ctx.memo[BATCH_MEMO] = _Batch(
-                stored.alloc, stored.marks.copy(), stored.version, stored.groups
+                stored.alloc, stored.marks.copy(), stored.version, stored.docs
             )
 
             async def save() -> None:
-                await self._save(ctx, batch.alloc, batch.marks, batch.version, batch.groups)
+                await self._save(ctx, batch.alloc, batch.marks, batch.version, batch.docs)
                 versions = (batch.version, batch.version + 1)
                 await self._refresh_reasons(ctx, batch.alloc, batch.marks, batch.preempting(), versions)
 
@@ -670,12 +682,7 @@ class Scheduler:
                 )
             )
         writes = state_layout.reason_writes(stored, now)
-        ops: list[ReplaceOne[dict[str, Any]] | DeleteOne] = [
-            ReplaceOne({"_id": k}, {"_id": k, "gist": g}, upsert=True) for k, g in writes.upsert.items()
-        ]
-        ops += [DeleteOne({"_id": k}) for k in writes.delete]
-        if ops:
-            await ctx.db[WAITING].bulk_write(ops, ordered=False, session=ctx.session)
+        await self._write(ctx, WAITING, {k: {"gist": g} for k, g in writes.upsert.items()}, writes.delete)
         ctx.on_commit(partial(self._committed_reasons, now, versions[1] if versions else None))
 
     async def _stored_reasons(self, ctx: HandlerContext) -> tuple[dict[str, list[Any]], dict[str, str]]:

@@ -53,6 +53,7 @@ class RequestMix(Admission):
 
     def _mix_add(self, entry: MixEntry) -> None:
         self._mix.append(entry)
+        self._mix_total += 1
         self._count(entry, 1)
         if len(self._mix) > MIX_WINDOW:
             self._count(self._mix.popleft(), -1)
@@ -62,10 +63,13 @@ class RequestMix(Admission):
         for t in types:
             self._typed[t] = self._typed.get(t, 0.0) + sign * demand / len(types)
 
-    def _restore_mix(self, entries: Iterable[Sequence[object]]) -> None:
+    def _restore_mix(self, entries: Iterable[Sequence[object]], total: object = None) -> None:
         for types, demand in entries:
             assert isinstance(types, list | tuple) and isinstance(demand, int)
             self._mix_add((tuple(str(t) for t in types), demand))
+        if total is not None:  # (a snapshot from before it was counted: the window's length)
+            assert isinstance(total, int) and total >= len(self._mix)
+            self._mix_total = total
 
     def _mix_snapshot(self) -> list[list[object]]:
         return [[list(types), demand] for types, demand in self._mix]

@@ -61,7 +61,7 @@ class Persistence(RequestMix):
                 for g in sorted(self._groups.values(), key=lambda g: g.seq)
             ],
             **({"now": self._now} if self._now is not None else {}),
-            **({"mix": self._mix_snapshot()} if self._mix else {}),
+            **({"mix": self._mix_snapshot(), "mix_total": self._mix_total} if self._mix else {}),
             **(
                 {
                     "holds": [
@@ -101,7 +101,7 @@ class Persistence(RequestMix):
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported HiveD snapshot version {snap.get('version')!r}")
         a = cls(config, protect_head_after_s, mix_aware=mix_aware)
-        a._restore_mix(snap.get("mix", ()))
+        a._restore_mix(snap.get("mix", ()), snap.get("mix_total"))
         a._next_seq = int(snap["next_seq"])
         a._next_start = int(snap.get("next_start", 0))
         a._now = None if snap.get("now") is None else float(snap["now"])

@@ -51,7 +51,7 @@ class Reconfiguration(Scheduling, Persistence):
         if old_snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported HiveD snapshot version {old_snapshot.get('version')!r}")
         a = cls(new_config, protect_head_after_s, mix_aware=mix_aware)
-        a._restore_mix(old_snapshot.get("mix", ()))
+        a._restore_mix(old_snapshot.get("mix", ()), old_snapshot.get("mix_total"))
         a._next_seq = int(old_snapshot["next_seq"])
         a._next_start = int(old_snapshot.get("next_start", 0))
         a._now = None if old_snapshot.get("now") is None else float(old_snapshot["now"])

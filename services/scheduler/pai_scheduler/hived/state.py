@@ -65,6 +65,7 @@ class AllocatorState:
         self.mix_aware = mix_aware
         # The recent request mix (mix.py): its pods, and the demand typed to each leaf type over them.
         self._mix: deque[MixEntry] = deque()
+        self._mix_total = 0  # entries ever added: where the window starts, for storing it in chunks
         self._typed: dict[str, float] = {}
         self._now: float | None = None  # the latest clock time a command was given
         # Backfill protection: VC -> (its protected head gang, the leaves reserved for it).

@@ -441,6 +441,7 @@ def test_release_gives_back_exactly_and_is_idempotent(a: HivedAllocator) -> None
     assert after.pop("next_start") == 1  # the order gangs start in, for choosing victims
     # The recent request mix remembers what was asked.
     assert after.pop("mix") == [[list(V100), 16000], [list(V100), 16000], [list(V100), 3000]]
+    assert after.pop("mix_total") == 3  # every entry the window ever had
     assert after == before
     assert a.release("g") == []
 
