@@ -63,7 +63,7 @@ class WriteLog(monitoring.CommandListener):
 
     def allocator_transactions(self) -> list[tuple[int, int]]:
         """(documents, bytes) written by each transaction that saved the allocator, in order."""
-        saving = [w[0] for w in self.writes if w[1] == "update" and w[2] == "allocator"]
+        saving = list(dict.fromkeys(w[0] for w in self.writes if w[1] == "update" and w[2] == "allocator"))
         return [
             (sum(w[3] for w in self.writes if w[0] == t), sum(w[4] for w in self.writes if w[0] == t))
             for t in saving
