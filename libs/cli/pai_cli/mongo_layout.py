@@ -92,7 +92,9 @@ def choose(recorded: str | None, shared_store_used: bool, wanted: tuple[str, ...
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise LayoutError(f"{LAYOUT_FILE} is not a layout this version wrote: {recorded[:200]!r}") from None
+            raise LayoutError(
+                f"{LAYOUT_FILE} is not a layout this version wrote: {recorded[:200]!r}"
+            ) from None
         layout = MongoLayout(_checked(names, LAYOUT_FILE))
         why = "as this data dir was made"
         if layout.own != wanted:
@@ -105,6 +107,7 @@ def choose(recorded: str | None, shared_store_used: bool, wanted: tuple[str, ...
 
 def load(data_dir: Path, wanted: tuple[str, ...]) -> tuple[MongoLayout, str]:
     """The data dir's layout (written on first use, so that it never changes afterwards)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / LAYOUT_FILE
     recorded = path.read_text() if path.exists() else None
     shared = data_dir / SHARED_STORE

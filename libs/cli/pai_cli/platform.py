@@ -243,6 +243,7 @@ class Platform:
             self.mongo_urls = dict.fromkeys(mongo_layout.DATABASES, self.mongo_url)
         else:
             self._launch_mongo(progress)
+        assert self.mongo_url is not None
         for server in self.servers:
             server.wait_listening(60.0)
         if self.bus_users:

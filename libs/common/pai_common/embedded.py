@@ -169,12 +169,9 @@ def start_mongo(
     return server
 
 
-def launch_mongo(
-    data_dir: Path, port: int | None = None, store: str = "mongo", cache_size: str | None = None
-) -> ServerProcess:
+def launch_mongo(data_dir: Path, port: int | None = None, store: str = "mongo") -> ServerProcess:
     """A MongoDB-wire server on ``<data_dir>/<store>`` (its log ``logs/<store>.log``, its name ``store``),
-    without waiting for its port. ``cache_size``: the storage engine's cache (SecantusDB's default
-    otherwise)."""
+    without waiting for its port: start several at once, then wait for each."""
     port = port or free_port()
     path = data_dir / store
     path.mkdir(parents=True, exist_ok=True)
@@ -188,8 +185,6 @@ def launch_mongo(
         "--storage-path",
         str(path),
     ]
-    if cache_size is not None:
-        argv += ["--cache-size", cache_size]
     proc = _spawn(store, argv, log_path)
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     return ServerProcess(store, url, port, proc, log_path, argv)
