@@ -523,6 +523,8 @@ class Platform:
         for name in order:
             if name in self.children:
                 self.children[name].wait(deadline - time.monotonic())
+        for server in self.servers:  # side by side: each closes its store on SIGTERM
+            server.signal(signal.SIGTERM)
         for server in reversed(self.servers):
             server.stop(timeout_s=grace_s)
         self.servers.clear()

@@ -106,6 +106,10 @@ class ServerProcess:
             raise EmbeddedServerError(f"{self.name} is still running (pid {self.proc.pid})")
         self.proc = _spawn(self.name, self.argv, self.log_path)
 
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
     def wait_listening(self, timeout_s: float) -> None:
         wait_for_port(self.port, timeout_s, self.proc)
 
