@@ -32,8 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-path", required=True)
     parser.add_argument("--transaction-lifetime-s", type=float, default=10.0)
     parser.add_argument("--log-level", default="WARNING")
-    # The storage engine's cache (WiredTiger's cache_size, e.g. "256M"); SecantusDB's default without it.
-    parser.add_argument("--cache-size", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = SecantusDBServer(
@@ -44,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         enable_test_commands=False,
         transaction_lifetime_seconds=args.transaction_lifetime_s,
         sync_on_commit=True,
-        **({"cache_size": args.cache_size} if args.cache_size else {}),
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
