@@ -84,10 +84,12 @@ def _checked(names: Sequence[str], where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))  # in order, once each
 
 
-def choose(recorded: str | None, shared_store_used: bool, wanted: tuple[str, ...]) -> tuple[MongoLayout, str]:
+def choose(
+    recorded: str | None, shared_store_used: bool, wanted: tuple[str, ...]
+) -> tuple[MongoLayout, str | None]:
     """The layout to serve: the one the data dir records (``recorded``: the layout file's text), else one
     shared server for a data dir whose shared store already holds data (written before layouts), else
-    ``wanted``. Answers it and a line that says why, for ``pai up``'s progress and the log."""
+    ``wanted``. Answers it and, where it is not ``wanted``, a line that says why (``pai up`` prints it)."""
     if recorded is not None:
         try:
             names = json.loads(recorded)["own_server"]
@@ -98,24 +100,28 @@ def choose(recorded: str | None, shared_store_used: bool, wanted: tuple[str, ...
                 f"{LAYOUT_FILE} is not a layout this version wrote: {recorded[:200]!r}"
             ) from None
         layout = MongoLayout(_checked(names, LAYOUT_FILE))
-        why = "as this data dir was made"
-        if layout.own != wanted:
-            why += f" ({SPLIT_ENV} applies to new data dirs only)"
-        return layout, why
-    if shared_store_used:
-        return MongoLayout(), "one shared server: this data dir was written by a version with one server"
-    return MongoLayout(wanted), "a new data dir"
+        why = (
+            f"this data dir keeps the MongoDB-wire servers it was made with ({SPLIT_ENV} applies to new ones)"
+        )
+    elif shared_store_used:
+        layout = MongoLayout()
+        why = "this data dir was written by a version with one MongoDB-wire server: it keeps that one"
+    else:
+        return MongoLayout(wanted), None
+    if layout.own == wanted:
+        return layout, None
+    return layout, f"{why}; own servers: {', '.join(layout.own) or 'none'}"
 
 
-def load(data_dir: Path, wanted: tuple[str, ...]) -> tuple[MongoLayout, str]:
+def load(data_dir: Path, wanted: tuple[str, ...]) -> tuple[MongoLayout, str | None]:
     """The data dir's layout (written on first use, so that it never changes afterwards)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / LAYOUT_FILE
     recorded = path.read_text() if path.exists() else None
     shared = data_dir / SHARED_STORE
-    layout, why = choose(recorded, shared.is_dir() and any(shared.iterdir()), wanted)
+    layout, note = choose(recorded, shared.is_dir() and any(shared.iterdir()), wanted)
     if recorded is None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(layout.to_json())
         tmp.replace(path)
-    return layout, why
+    return layout, note

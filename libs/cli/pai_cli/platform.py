@@ -182,6 +182,8 @@ class Platform:
     servers: list[ServerProcess] = field(default_factory=list)
     # The embedded NATS server's users (user -> password, permissions); empty with PAI_NATS_URL.
     bus_users: dict[str, tuple[str, bus_permissions.Permissions]] = field(default_factory=dict)
+    # Why this data dir's MongoDB-wire servers are not the ones ``mongo_split`` asks for (None: they are).
+    mongo_note: str | None = None
     # What a previous `pai up` on this data dir left running when it died (None: nothing was left).
     takeover: Takeover | None = None
     _lock: DataDirLock | None = None
@@ -330,10 +332,10 @@ class Platform:
             except mongo_layout.LayoutError as exc:
                 raise PlatformError(str(exc)) from None
         try:
-            layout, why = mongo_layout.load(self.data_dir, wanted)
+            layout, self.mongo_note = mongo_layout.load(self.data_dir, wanted)
         except (mongo_layout.LayoutError, OSError) as exc:
             raise PlatformError(f"the MongoDB layout of {self.data_dir}: {exc}") from None
-        _say(progress, f"{len(layout.stores)} MongoDB-wire server(s), {why}")
+        _say(progress, self.mongo_note or f"starting {len(layout.stores)} MongoDB-wire server(s)")
         urls: dict[str, str] = {}
         for store in layout.stores:
             server = launch_mongo(self.data_dir, store=store)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -31,15 +32,19 @@ def test_the_setting_names_the_databases_with_a_server_of_their_own() -> None:
 
 
 def test_a_data_dir_keeps_its_layout_and_an_older_one_keeps_its_one_server() -> None:
-    fresh, why = choose(None, shared_store_used=False, wanted=("jobs", "orchestrator"))
-    assert fresh.own == ("jobs", "orchestrator") and why == "a new data dir"
-    older, why = choose(None, shared_store_used=True, wanted=("jobs", "orchestrator"))
-    assert older.own == () and "one server" in why
-    # What the data dir recorded wins over today's setting, both ways.
-    kept, why = choose(MongoLayout(("jobs",)).to_json(), shared_store_used=True, wanted=())
-    assert kept.own == ("jobs",) and "new data dirs only" in why
-    kept, _ = choose(MongoLayout().to_json(), shared_store_used=True, wanted=("jobs",))
-    assert kept.own == ()
+    assert choose(None, shared_store_used=False, wanted=("jobs", "orchestrator")) == (
+        MongoLayout(("jobs", "orchestrator")),
+        None,
+    )
+    older, note = choose(None, shared_store_used=True, wanted=("jobs", "orchestrator"))
+    assert older.own == () and note is not None and "version with one MongoDB-wire server" in note
+    assert choose(None, shared_store_used=True, wanted=()) == (MongoLayout(), None)
+    # What the data dir recorded wins over today's setting, both ways, and says so.
+    kept, note = choose(MongoLayout(("jobs",)).to_json(), shared_store_used=True, wanted=())
+    assert kept.own == ("jobs",) and note is not None and note.endswith("own servers: jobs")
+    kept, note = choose(MongoLayout().to_json(), shared_store_used=True, wanted=("jobs",))
+    assert kept.own == () and note is not None and "PAI_MONGO_SPLIT applies to new ones" in note
+    assert choose(MongoLayout(("jobs",)).to_json(), shared_store_used=True, wanted=("jobs",))[1] is None
     with pytest.raises(LayoutError, match="not a layout"):
         choose('{"own": 1}', shared_store_used=True, wanted=())
     with pytest.raises(LayoutError, match="frontend is not a service"):
@@ -58,11 +63,13 @@ def _wait(*servers: ServerProcess) -> None:
 
 
 def _job_names(url: str) -> list[str]:
+    client: MongoClient[dict[str, Any]]
     with MongoClient(url, serverSelectionTimeoutMS=10_000) as client:
         return sorted(d["name"] for d in client["pai_jobs"]["jobs"].find())
 
 
 def _insert_job(url: str, name: str) -> None:
+    client: MongoClient[dict[str, Any]]
     with MongoClient(url, serverSelectionTimeoutMS=10_000) as client:
         client["pai_jobs"]["jobs"].insert_one({"name": name})
 
@@ -95,6 +102,7 @@ def test_older_data_is_found_and_every_server_is_supervised_and_taken_over(tmp_p
         assert _job_names(jobs_url) == ["on-its-own-server"]
         # The older data dir keeps its one server, and finds its data there.
         assert [s.name for s in reopened.servers] == ["mongo"]
+        assert reopened.mongo_note is not None and "one MongoDB-wire server" in reopened.mongo_note
         assert set(reopened.mongo_urls.values()) == {reopened.mongo_url}
         assert _job_names(reopened.mongo_urls["jobs"]) == ["before-the-split"]
         assert json.loads((older / LAYOUT_FILE).read_text()) == {"own_server": []}
