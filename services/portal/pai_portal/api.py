@@ -14,11 +14,13 @@ import httpx
 class ApiError(Exception):
     """An error answer of the API, in its ``{code, message}`` shape (or the transport's failure)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        # From the answer's Retry-After (429 and transient 503s): when the same request may succeed.
+        self.retry_after_s = retry_after_s
 
     @property
     def missing_route(self) -> bool:
@@ -26,15 +28,22 @@ class ApiError(Exception):
         return self.code == "NoApiError" or self.status == 405
 
 
+def _retry_after(response: httpx.Response) -> int | None:
+    """Retry-After in seconds; its HTTP-date form is not sent by the gateway and is ignored."""
+    value = response.headers.get("Retry-After", "").strip()
+    return int(value) if value.isdigit() else None
+
+
 def _error(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
     except ValueError:
         body = None
+    retry = _retry_after(response)
     if isinstance(body, dict) and "code" in body:
-        return ApiError(response.status_code, str(body["code"]), str(body.get("message", "")))
+        return ApiError(response.status_code, str(body["code"]), str(body.get("message", "")), retry)
     text = response.text.strip()[:500] or response.reason_phrase
-    return ApiError(response.status_code, "UnknownError", text)
+    return ApiError(response.status_code, "UnknownError", text, retry)
 
 
 class Api:

@@ -95,7 +95,13 @@ def build_app(settings: PortalSettings) -> FastAPI:
             response = RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
             return finish(request, response)
         status = exc.status if 400 <= exc.status < 600 else 502
-        return render(request, "error.html", status, title=exc.code, message=exc.message)
+        retry = exc.retry_after_s
+        message = exc.message
+        page = render(request, "error.html", status, title=exc.code, message=message, retry_after_s=retry)
+        if retry is not None:
+            # A browser or proxy that honours it waits as the API asked.
+            page.headers["Retry-After"] = str(retry)
+        return page
 
     @app.exception_handler(RequestValidationError)
     async def bad_query(request: Request, exc: RequestValidationError) -> Response:

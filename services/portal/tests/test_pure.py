@@ -7,14 +7,19 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from cryptography.fernet import Fernet
+from fastapi.testclient import TestClient
 
 from pai_portal import charts, format, jobform, tokens
+from pai_portal.api import ApiError, _error
+from pai_portal.app import build_app
 from pai_portal.pages.auth import MAX_REASON, sso_failure
 from pai_portal.pages.cluster import BAD_GPUS_ANNOTATION, node_rows
 from pai_portal.session import Session, SessionCodec, load_key
+from pai_portal.settings import PortalSettings
 from pai_portal.web import safe_next
 
 
@@ -192,3 +197,35 @@ def test_node_rows_show_bad_gpus_from_the_apis_annotation() -> None:
     first, second = node_rows([ready, lost])
     assert (first["name"], first["ready"], first["gpus"], first["bad_gpus"]) == ("node-0", True, "4", "1,3")
     assert (second["ready"], second["bad_gpus"]) == (False, "")
+
+
+def test_a_busy_api_answer_tells_when_to_try_again(tmp_path: Path) -> None:
+    busy = httpx.Response(
+        429,
+        headers={"Retry-After": "7"},
+        json={"code": "TooManyRequestsError", "message": "Too many submit requests from ann; retry in 7 s."},
+    )
+    error = _error(busy)
+    assert (error.status, error.code, error.retry_after_s) == (429, "TooManyRequestsError", 7)
+    # An HTTP-date or a missing header gives no figure rather than a wrong one.
+    dated = httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})
+    assert _error(dated).retry_after_s is None
+    assert _error(httpx.Response(500, json={"code": "UnknownError", "message": "x"})).retry_after_s is None
+
+    app = build_app(PortalSettings(portal_session_key=Fernet.generate_key().decode(), data_dir=tmp_path))
+
+    @app.get("/busy")
+    async def busy_page() -> None:
+        raise error
+
+    @app.get("/broken")
+    async def broken_page() -> None:
+        raise ApiError(500, "UnknownError", "internal error")
+
+    with TestClient(app) as client:
+        page = client.get("/busy")
+        assert page.status_code == 429 and page.headers["Retry-After"] == "7"
+        assert "retry in 7 s" in page.text and "wait 7 s before you try" in page.text
+        other = client.get("/broken")
+        assert other.status_code == 500 and "Retry-After" not in other.headers
+        assert "before you try" not in other.text
