@@ -165,10 +165,8 @@ def launch_nats(data_dir: Path, port: int | None = None, authorization: str | No
     return ServerProcess("nats", f"nats://127.0.0.1:{port}", port, proc, log_path, argv)
 
 
-def start_mongo(
-    data_dir: Path, port: int | None = None, timeout_s: float = 60.0, store: str = "mongo"
-) -> ServerProcess:
-    server = launch_mongo(data_dir, port, store)
+def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0) -> ServerProcess:
+    server = launch_mongo(data_dir, port)
     server.wait_listening(timeout_s)
     return server
 
