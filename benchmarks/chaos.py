@@ -80,7 +80,7 @@ FAULTS: dict[str, Callable[[RunningPlatform, Path], None]] = {
     "kill-several": _kill(["jobs", "orchestrator", "scheduler"]),
     "kill-nats-server": _kill(["nats-server"]),
     "kill-mongo-server": _kill(["mongo-server"]),
-    # The databases with servers of their own (none unless run with PAI_MONGO_SPLIT=jobs,...).
+    # The databases with servers of their own (PAI_MONGO_SPLIT, as `pai up` reads it).
     **{
         f"kill-mongo-{s}-server": _kill([f"mongo-{s}-server"]) for s in parse_split(os.environ.get(SPLIT_ENV))
     },

@@ -2,8 +2,8 @@
 
 Each service owns one database (``pai_<service>``); a real MongoDB serves them all from one URL
 (``PAI_MONGO_URL``). The embedded server is one Python process (SecantusDB), and under load one process
-serialises every service's transactions: ``pai up`` can give the busiest databases a server process of
-their own (``PAI_MONGO_SPLIT``, default ``DEFAULT_SPLIT``: none) and serve the rest from the shared one.
+serialises every service's transactions: ``pai up`` gives the busiest databases a server process of
+their own (``PAI_MONGO_SPLIT``, default ``DEFAULT_SPLIT``) and serves the rest from the shared one.
 Each service still gets one URL, in its own ``PAI_MONGO_URL``: the services do not know.
 
 A data dir keeps the layout it was made with (``<data dir>/mongo-layout.json``): changing the setting
@@ -35,11 +35,11 @@ DATABASES = (
     "gateway",
     "runtime",
 )
-# The databases that get a server of their own when the setting says nothing: none. Measured on the 2-core
-# machine (benchmarks/RESULTS.md, issue 17, "one MongoDB-wire server per busy database"): jobs and the
-# orchestrator on servers of their own cost about 90 MiB more RSS and a slower start under load for no
-# measurable gain in jobs/s or CPU per job (every core is already busy); untried on more cores.
-DEFAULT_SPLIT: tuple[str, ...] = ()
+# The databases that get a server of their own when the setting says nothing. Measured on the 2-core
+# machine (benchmarks/RESULTS.md, issue 17, "one MongoDB-wire server per busy database", main and this
+# alternated): with jobs and the orchestrator on servers of their own, jobs/s rose 3-47% and CPU per job
+# fell 5-11% in the less loaded windows (no difference under load 12-36), for about 100 MiB more RSS.
+DEFAULT_SPLIT: tuple[str, ...] = ("jobs", "orchestrator")
 SPLIT_ENV = "PAI_MONGO_SPLIT"
 
 

@@ -19,7 +19,8 @@ from pai_common.embedded import ServerProcess, launch_mongo
 
 
 def test_the_setting_names_the_databases_with_a_server_of_their_own() -> None:
-    assert parse_split(None) == parse_split(" ") == DEFAULT_SPLIT == parse_split("none") == ()
+    assert parse_split(None) == parse_split(" ") == DEFAULT_SPLIT == ("jobs", "orchestrator")
+    assert parse_split("none") == ()
     assert parse_split("orchestrator, jobs,jobs") == ("orchestrator", "jobs")
     with pytest.raises(LayoutError, match="portal, job is not a service with a database"):
         parse_split("jobs,portal,job")
