@@ -246,8 +246,12 @@ class Platform:
         else:
             self._launch_mongo(progress)
         assert self.mongo_url is not None
+        # The services start once the bus listens (they connect to it first) and while the MongoDB-wire
+        # servers still load: a service's first database request comes seconds later, after its imports,
+        # and waits up to 10 s for its server (``connect_mongo``), so their start-ups overlap.
         for server in self.servers:
-            server.wait_listening(60.0)
+            if server.name == "nats":
+                server.wait_listening(60.0)
         if self.bus_users:
             self._write_bus_credentials()
         now = time.monotonic()
@@ -321,6 +325,8 @@ class Platform:
         for child in self.children.values():
             child.start()
         self._record()
+        for server in self.servers:
+            server.wait_listening(60.0)  # one that cannot start is named here, not as a service's failure
         self.wait_ready(timeout_s, progress)
 
     def _launch_mongo(self, progress: object) -> None:
