@@ -13,14 +13,24 @@ import pytest
 from pymongo import MongoClient
 
 from pai_cli.lock import DataDirLock
-from pai_cli.mongo_layout import DEFAULT_SPLIT, LAYOUT_FILE, LayoutError, MongoLayout, choose, parse_split
-from pai_cli.platform import Platform
+from pai_cli.mongo_layout import (
+    DATABASES,
+    DEFAULT_SPLIT,
+    LAYOUT_FILE,
+    LayoutError,
+    MongoLayout,
+    choose,
+    parse_split,
+)
+from pai_cli.platform import SERVICES, Platform
 from pai_common.embedded import ServerProcess, launch_mongo
 
 
 def test_the_setting_names_the_databases_with_a_server_of_their_own() -> None:
     assert parse_split(None) == parse_split(" ") == DEFAULT_SPLIT == ("jobs", "orchestrator")
     assert parse_split("none") == ()
+    # Every service `pai up` runs with a database (the portal has none; node agents use the runtime's).
+    assert set(DATABASES) == set(SERVICES) - {"portal"} | {"runtime"}
     assert parse_split("orchestrator, jobs,jobs") == ("orchestrator", "jobs")
     with pytest.raises(LayoutError, match="portal, job is not a service with a database"):
         parse_split("jobs,portal,job")
