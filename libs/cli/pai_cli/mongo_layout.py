@@ -37,8 +37,9 @@ DATABASES = (
 )
 # The databases that get a server of their own when the setting says nothing. Measured on the 2-core
 # machine (benchmarks/RESULTS.md, issue 17, "one MongoDB-wire server per busy database", main and this
-# alternated): with jobs and the orchestrator on servers of their own, jobs/s rose 22-35% and CPU per job
-# fell 7% on average in the less loaded window (no difference under load 12-36), for about 100 MiB more RSS.
+# alternated): with jobs and the orchestrator on servers of their own, jobs/s rose 50-65% and CPU per job
+# fell 14-16% on a quiet machine, 22-35% and 7% under moderate load, nothing under load 12-36, for 60-100 MiB
+# more RSS.
 DEFAULT_SPLIT: tuple[str, ...] = ("jobs", "orchestrator")
 SPLIT_ENV = "PAI_MONGO_SPLIT"
 
