@@ -6,7 +6,8 @@
 #   deploy/k8s/make-secrets.sh --out DIR --no-apply   # only write them (to seal or store them elsewhere)
 #
 # Environment: PAI_NAMESPACE (pai), PAI_CLUSTER_DOMAIN (cluster.local), PAI_ADMIN_PASSWORD (generated).
-# Needs openssl and kubectl (kubectl only renders the Secrets unless it applies them).
+# Needs openssl, python3 (the standard library only) and kubectl (kubectl only renders the Secrets
+# unless it applies them).
 #
 # A Secret that already exists in the cluster is left alone: its passwords are already in MongoDB's
 # users and its certificates in the running servers. To replace one, delete it first and restart what
@@ -29,6 +30,9 @@ domain=${PAI_CLUSTER_DOMAIN:-cluster.local}
 # Every platform service on the bus: each has its own NATS user and MongoDB user (base/platform/*.yaml).
 # The portal is not on the bus; it has a session key of its own (below).
 services=(auth diagnosis gateway jobs marketplace monitoring orchestrator runtime scheduler storage)
+# The static NATS users (base/nats/configmap.yaml): the services but the node agents, whose users the auth
+# callout makes from their pods' tokens, and the callout itself.
+nats_static=(auth auth-callout diagnosis gateway jobs marketplace monitoring orchestrator scheduler storage)
 
 umask 077
 mkdir -p "$out"
@@ -78,12 +82,30 @@ secret mongo-tls --from-file=ca.crt="$out/ca.crt" --from-file=tls.pem="$work/mon
 
 # ---- credentials ---------------------------------------------------------------------------------------
 nats_users=() mongo_users=()
-for s in "${services[@]}"; do
+for s in "${nats_static[@]}"; do
   nats_users+=("--from-literal=$s=$(password)")
+done
+for s in "${services[@]}"; do
   mongo_users+=("--from-literal=$s=$(password)")
 done
 secret pai-nats-users "${nats_users[@]}"
 secret pai-mongo-users "${mongo_users[@]}"
+# The auth callout's account nkey: its seed signs the node agents' user JWTs, its public key is nats.conf's
+# auth_callout issuer. An nkey is an Ed25519 key in NATS's encoding (a prefix byte, the key, a CRC-16
+# XMODEM, base32): openssl makes the key, the standard library encodes it.
+openssl genpkey -algorithm ed25519 -outform DER -out "$work/callout.der" 2>/dev/null
+openssl pkey -inform DER -in "$work/callout.der" -pubout -outform DER -out "$work/callout.pub.der" 2>/dev/null
+python3 - "$work/callout.der" "$work/callout.pub.der" "$work/callout" <<'PY'
+import base64, binascii, sys
+seed = open(sys.argv[1], "rb").read()[-32:]  # PKCS#8: the private key's 32 bytes come last
+public = open(sys.argv[2], "rb").read()[-32:]  # SubjectPublicKeyInfo: so do the public key's
+def nkey(raw: bytes) -> str:
+    return base64.b32encode(raw + binascii.crc_hqx(raw, 0).to_bytes(2, "little")).decode().rstrip("=")
+ACCOUNT, SEED = 0, 18 << 3  # the prefix bytes of "A..." (an account) and "S..." (a seed)
+open(sys.argv[3] + ".seed", "w").write(nkey(bytes([SEED | ACCOUNT >> 5, (ACCOUNT & 31) << 3]) + seed))
+open(sys.argv[3] + ".issuer", "w").write(nkey(bytes([ACCOUNT]) + public))
+PY
+secret pai-nats-callout --from-file=seed="$work/callout.seed" --from-file=issuer="$work/callout.issuer"
 openssl rand -base64 756 | tr -d '\n' >"$work/keyfile"
 secret pai-mongo-admin --from-literal=username=root --from-literal=password="$(password)" \
   --from-file=keyfile="$work/keyfile"

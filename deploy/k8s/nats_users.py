@@ -1,4 +1,5 @@
-"""Writes the NATS users of base/nats/configmap.yaml from the message contract and the services' code.
+"""Writes the NATS users of base/nats/configmap.yaml from the message contract and the services' code (and
+copies deploy/nats/store-check.sh, the full-disk liveness check, into it).
 
     .venv/bin/python deploy/k8s/nats_users.py           # rewrite the `users: [...]` block
     .venv/bin/python deploy/k8s/nats_users.py --check   # exit 1 if the file is not what it would write
@@ -9,9 +10,11 @@ and commands the contract names it the producer of, the RPCs it asks (bus_permis
 tests/deploy checks against the request types each service's code names), its own dead letters and the
 JetStream API (stream removal denied by $JS_ADMIN); it may subscribe to the events it consumes, its own RPC
 and dead-letter replay subjects, the NATS micro services discovery subjects and its own inbox. The node
-agents share one user here (a DaemonSet's pods cannot each get one from a static configuration): no job
-event, no stream's messages read directly, but they can reach each other's command consumers. Run it after
-adding an event, a command or an RPC call; tests/deploy/test_k8s_manifests.py fails until then.
+agents have no static user: a DaemonSet's pods cannot each get one from a static configuration, so each
+agent connects with its pod's service-account token and the auth callout (pai_auth.callout, user
+`auth-callout`) answers with that node's own user (bus_permissions.node_permissions, as under `pai up`).
+The static users are the callout's `auth_users` (they never reach it). Run it after adding an event, a
+command or an RPC call; tests/deploy/test_k8s_manifests.py fails until then.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pai_common.contract import rpc
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGMAP = Path(__file__).resolve().parent / "base" / "nats" / "configmap.yaml"
+# The full-disk check (the nats container's liveness probe), shared with Compose: copied into the ConfigMap.
+STORE_CHECK = REPO / "deploy" / "nats" / "store-check.sh"
 INDENT = " " * 8
 
 
@@ -50,34 +55,51 @@ def rpc_targets(service: str) -> set[str]:
     return targets
 
 
-def permissions(service: str) -> tuple[list[str], list[str]]:
-    """(publish, subscribe) subjects of one service's NATS user: the platform's one permission table
+def static_users() -> list[str]:
+    """The users nats.conf lists, each with a password: every service on the bus but the node agents
+    (whose users the auth callout makes), and the callout itself."""
+    return sorted([s for s in services() if s != "runtime"] + [bus_permissions.CALLOUT])
+
+
+def password_env(user: str) -> str:
+    """The environment variable nats.conf reads a user's password from ($NATS_PASSWORD_<USER>)."""
+    return "NATS_PASSWORD_" + user.upper().replace("-", "_")
+
+
+def permissions(user: str) -> tuple[list[str], list[str]]:
+    """(publish, subscribe) subjects of one static user: the platform's one permission table
     (pai_common.bus_permissions, which the embedded default uses too), minus what $JS_ADMIN denies."""
     p = (
-        bus_permissions.shared_runtime_permissions()
-        if service == "runtime"
-        else bus_permissions.service_permissions(service)
+        bus_permissions.callout_permissions()
+        if user == bus_permissions.CALLOUT
+        else bus_permissions.service_permissions(user)
     )
     return sorted(set(p.publish)), sorted(set(p.subscribe))
 
 
-def _array(indent: str, items: list[str]) -> list[str]:
-    return [f"{indent}allow: [", *(f'{indent}  "{item}"' for item in items), f"{indent}]"]
+def _array(indent: str, items: list[str], key: str = "allow") -> list[str]:
+    return [f"{indent}{key}: [", *(f'{indent}  "{item}"' for item in items), f"{indent}]"]
 
 
 def users_block() -> str:
     lines = []
-    for service in services():
-        publish, subscribe = permissions(service)
+    for user in static_users():
+        publish, subscribe = permissions(user)
         i = INDENT
+        # The callout publishes nothing but its answers (allow_responses); a service all but $JS_ADMIN.
+        deny = (
+            _array(f"{i}      ", bus_permissions.callout_permissions().deny_publish, "deny")
+            if user == bus_permissions.CALLOUT
+            else [f"{i}      deny: $JS_ADMIN"]
+        )
         lines += [
             f"{i}{{",
-            f"{i}  user: {service}",
-            f"{i}  password: $NATS_PASSWORD_{service.upper()}",
+            f"{i}  user: {user}",
+            f"{i}  password: ${password_env(user)}",
             f"{i}  permissions: {{",
             f"{i}    publish: {{",
-            *_array(f"{i}      ", publish),
-            f"{i}      deny: $JS_ADMIN",
+            *(_array(f"{i}      ", publish) if publish else []),
+            *deny,
             f"{i}    }}",
             f"{i}    subscribe: {{",
             *_array(f"{i}      ", subscribe),
@@ -90,6 +112,10 @@ def users_block() -> str:
 
 
 def rewritten(text: str) -> str:
+    # Who the auth callout does not decide: every static user.
+    start = text.index("        auth_users: [\n") + len("        auth_users: [\n")
+    end = text.index("        ]\n", start)
+    text = text[:start] + "".join(f"          {u}\n" for u in static_users()) + text[end:]
     start = text.index("      users: [\n") + len("      users: [\n")
     end = text.index("\n      ]\n    }\n", start)
     text = text[:start] + users_block() + text[end:]
@@ -97,7 +123,10 @@ def rewritten(text: str) -> str:
     start = text.index("    JS_ADMIN: [\n") + len("    JS_ADMIN: [\n")
     end = text.index("    ]\n", start)
     never = "".join(f'      "{s}"\n' for s in bus_permissions.NEVER_PUBLISH)
-    return text[:start] + never + text[end:]
+    text = text[:start] + never + text[end:]
+    start = text.index("  store-check.sh: |\n") + len("  store-check.sh: |\n")
+    script = "".join(f"    {line}".rstrip() + "\n" for line in STORE_CHECK.read_text().splitlines())
+    return text[:start] + script
 
 
 def main(argv: list[str]) -> int:

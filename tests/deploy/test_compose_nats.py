@@ -149,7 +149,9 @@ def test_compose_gives_each_container_its_own_credential_only(generated: Path) -
         bus_mounts = [m for m in mounts if m.lstrip("./").startswith("bus")]
         assert bus_mounts == (["./bus/nats.conf"] if name == "nats" else []), name
     nats_container = compose["services"]["nats"]
-    [mount] = [m for m in nats_container["volumes"] if isinstance(m, dict)]
+    [mount] = [
+        m for m in nats_container["volumes"] if isinstance(m, dict) and m["source"] == "./bus/nats.conf"
+    ]
     assert mount["bind"]["create_host_path"] is False and mount["read_only"] is True
     command = nats_container["command"]
     assert command[command.index("-c") + 1] == mount["target"]

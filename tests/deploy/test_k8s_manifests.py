@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pai_common import bus_permissions
 from pai_common.contract import base, commands, events
 from tests.deploy.manifests import (
     K8S,
@@ -173,7 +174,7 @@ def test_changing_the_release_changes_every_platform_image(tmp_path: Path) -> No
     images = {c["image"] for w in _platform_workloads(objects).values() for c in _pod_spec(w)["containers"]}
     assert images == {f"registry.example.com:5000/team/openpai-py/{s}:9.8.7" for s in SERVICES}
     assert {c["image"] for c in _pod_spec(by_name(objects, "StatefulSet")["nats"])["containers"]} == {
-        "nats:2.10"
+        "nats:2.10-alpine"
     }
 
 
@@ -316,10 +317,67 @@ def test_the_runtime_runs_tasks_as_pods_in_the_tasks_namespace(production: list[
     assert pod["serviceAccountName"] == "pai-runtime" and pod.get("automountServiceAccountToken") is not False
 
 
+def test_each_node_agent_is_its_node_s_own_bus_user_through_the_auth_callout(
+    production: list[dict[str, Any]],
+) -> None:
+    from pai_auth.callout.settings import CalloutSettings
+
+    runtime = by_name(production, "DaemonSet")["runtime"]
+    env = container_env(runtime)
+    # No password: the URL names no user, the agent presents its projected token.
+    assert env["PAI_NATS_URL"]["value"] == "tls://nats:4222"
+    assert not any("pai-nats-users" in str(e) for e in env.values())
+    token_file = Path(env["PAI_NATS_TOKEN_FILE"]["value"])
+    from pai_runtime.settings import RuntimeSettings
+
+    agent = RuntimeSettings(node_name="ip-10-0-0-1.ec2.internal", nats_token_file=token_file)
+    # Its replies arrive in the inbox the callout's user for that node may read (pai up's name for it).
+    assert agent.bus_user("runtime") == bus_permissions.node_durable("ip-10-0-0-1.ec2.internal")
+    assert RuntimeSettings(node_name="node-0").bus_user("runtime") is None  # a password: the URL's user
+    pod = _pod_spec(runtime)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if Path(m["mountPath"]) == token_file.parent]
+    [source] = volumes[mount["name"]]["projected"]["sources"]
+    projected = source["serviceAccountToken"]
+    assert projected["path"] == token_file.name and projected["expirationSeconds"] <= 3600
+    # The callout accepts exactly these tokens: that audience, the DaemonSet's own service account.
+    callout = by_name(production, "Deployment")["auth-callout"]
+    plain = {
+        k[4:].lower(): v["value"]
+        for k, v in container_env(callout).items()
+        if k.startswith("PAI_") and "$(" not in v.get("value", "$(")
+    }
+    settings = CalloutSettings(**plain)
+    assert settings.callout_audience == projected["audience"] != "https://kubernetes.default.svc"
+    assert (
+        settings.callout_service_account == f"system:serviceaccount:{PLATFORM_NS}:{pod['serviceAccountName']}"
+    )
+    assert settings.k8s_in_cluster and callout["spec"]["replicas"] >= 2
+    assert _mounted_secret(callout, settings.callout_issuer_seed_file) == ("pai-nats-callout", "seed")
+    nats = container_env(by_name(production, "StatefulSet")["nats"])
+    assert nats["NATS_CALLOUT_ISSUER"]["valueFrom"]["secretKeyRef"] == {
+        "name": "pai-nats-callout",
+        "key": "issuer",
+    }
+    conf = by_name(production, "ConfigMap")["nats-config"]["data"]["nats.conf"]
+    assert "issuer: $NATS_CALLOUT_ISSUER" in conf and "user: runtime\n" not in conf
+
+
 def test_only_the_runtime_may_use_the_api_and_only_as_its_backend_does(
     production: list[dict[str, Any]],
 ) -> None:
-    assert not of_kind(production, "ClusterRole", "ClusterRoleBinding"), "nothing cluster-wide"
+    # Cluster-wide, one right only: the auth callout creates TokenReviews (a review is not namespaced).
+    [cluster_role] = of_kind(production, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ]
+    [cluster_binding] = of_kind(production, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    assert cluster_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pai-auth-callout", "namespace": PLATFORM_NS}
+    ]
+    callout = _pod_spec(by_name(production, "Deployment")["auth-callout"])
+    assert callout["serviceAccountName"] == "pai-auth-callout"
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(production, "Role")}
     granted: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for binding in of_kind(production, "RoleBinding"):
@@ -446,8 +504,25 @@ def test_every_secret_the_pods_read_is_made_by_make_secrets(
         assert name in made_secrets, f"make-secrets.sh does not make {name}"
         if key != "*":
             assert key in made_secrets[name]["data"], f"make-secrets.sh's {name} has no {key}"
-    for name in ("pai-nats-users", "pai-mongo-users"):
-        assert set(made_secrets[name]["data"]) == set(BUS), name
+    assert set(made_secrets["pai-mongo-users"]["data"]) == set(BUS)
+    # NATS: no password for the node agents (the auth callout makes their users), one for the callout.
+    assert set(made_secrets["pai-nats-users"]["data"]) == set(nats_users.static_users())
+    assert set(nats_users.static_users()) == (set(BUS) - {"runtime"}) | {"auth-callout"}
+
+
+def test_the_made_callout_key_signs_as_the_issuer_nats_trusts(
+    made_secrets: dict[str, dict[str, Any]],
+) -> None:
+    import base64
+
+    from pai_auth.callout import jwt
+
+    data = {k: base64.b64decode(v).decode() for k, v in made_secrets["pai-nats-callout"]["data"].items()}
+    assert data["seed"].startswith("SA") and data["issuer"].startswith("A")
+    # openssl's key in NATS's encoding: the seed the callout signs with has the public key nats.conf names.
+    assert jwt.public_key(data["seed"]) == data["issuer"]
+    signed = jwt.encode({"sub": "UABC"}, jwt.keypair(data["seed"]))
+    assert jwt.decode(signed, issuer_prefix="A")["iss"] == data["issuer"]
 
 
 def test_the_made_auth_keys_are_what_the_auth_service_reads(
@@ -471,13 +546,13 @@ def _nats_users(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """user -> {"publish": [...], "subscribe": [...]}, parsed from the shipped nats.conf."""
     conf = by_name(objects, "ConfigMap")["nats-config"]["data"]["nats.conf"]
     users = {}
-    for block in re.findall(r"\{\s*user: (\w+)(.*?)allow_responses: true", conf, re.DOTALL):
+    for block in re.findall(r"\{\s*user: ([\w-]+)(.*?)allow_responses: true", conf, re.DOTALL):
         name, body = block
         publish = re.search(r"publish: \{\s*allow: \[(.*?)\]", body, re.DOTALL)
         subscribe = re.search(r"subscribe: \{\s*allow: \[(.*?)\]", body, re.DOTALL)
-        assert publish and subscribe, name
+        assert subscribe, name
         users[name] = {
-            "publish": re.findall(r'"([^"]+)"', publish.group(1)),
+            "publish": re.findall(r'"([^"]+)"', publish.group(1)) if publish else [],
             "subscribe": re.findall(r'"([^"]+)"', subscribe.group(1)),
             "password": re.search(r"password: \$(\w+)", body).group(1),  # type: ignore[union-attr]
         }
@@ -500,7 +575,11 @@ def _contract() -> tuple[list[type[base.Event]], list[type[base.Command]]]:
 
 def test_nats_users_may_publish_what_the_contract_says_they_produce(production: list[dict[str, Any]]) -> None:
     users = _nats_users(production)
-    assert set(users) == set(BUS)
+    assert set(users) == set(nats_users.static_users()) == (set(BUS) - {"runtime"}) | {"auth-callout"}
+    # The callout answers authorization requests and publishes nothing else.
+    callout = users.pop("auth-callout")
+    assert callout["publish"] == [] and callout["subscribe"] == ["$SYS.REQ.USER.AUTH"]
+    assert callout["password"] == "NATS_PASSWORD_AUTH_CALLOUT"
     evs, cmds = _contract()
     for service, perms in users.items():
         published = {s for s in perms["publish"] if s.startswith(f"{base.EVENT_SUBJECT_PREFIX}.")}
@@ -535,6 +614,10 @@ def test_the_nats_users_are_what_the_generator_writes() -> None:
 
 def test_nats_users_may_ask_the_services_their_code_asks(production: list[dict[str, Any]]) -> None:
     users = _nats_users(production)
+    users.pop("auth-callout")
+    # A node agent's user is made by the auth callout, from the same table (one node's).
+    node = bus_permissions.node_permissions("node-0")
+    users["runtime"] = {"publish": node.publish, "subscribe": node.subscribe}
     for service, perms in users.items():
         allowed = {s for s in perms["publish"] if s.startswith(f"{base.RPC_SUBJECT_PREFIX}.")}
         needed = _rpc_targets(service)
@@ -549,7 +632,7 @@ def test_nats_users_may_ask_the_services_their_code_asks(production: list[dict[s
             assert len(needed) >= 3, f"{service} may ask every service but asks {needed}"
         else:
             assert {s.split(".")[2] for s in allowed} == needed, (service, allowed, needed)
-        served = f"{base.RPC_SUBJECT_PREFIX}.{service}.>"
+        served = f"{base.RPC_SUBJECT_PREFIX}.{service}{'.node-0' if service == 'runtime' else ''}.>"
         assert (served in perms["subscribe"]) == ("$SRV.>" in perms["subscribe"]), service
 
 
@@ -562,20 +645,23 @@ def test_services_connect_as_themselves_over_tls(production: list[dict[str, Any]
             assert not {"PAI_NATS_URL", "PAI_MONGO_URL"} & set(env), f"{service} is not on the bus"
             continue
         names = [e["name"] for e in _pod_spec(w)["containers"][0]["env"]]
-        assert env["PAI_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-            "name": "pai-nats-users",
-            "key": service,
-        }
+        if service == "runtime":  # a token, not a password (test_each_node_agent_is_its_node_s_own_...)
+            assert env["PAI_NATS_URL"]["value"] == "tls://nats:4222" and "PAI_NATS_PASSWORD" not in env
+        else:
+            assert env["PAI_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+                "name": "pai-nats-users",
+                "key": service,
+            }
+            assert env["PAI_NATS_URL"]["value"] == f"tls://{service}:$(PAI_NATS_PASSWORD)@nats:4222"
+            # $(VAR) is expanded only from variables defined before it.
+            assert names.index("PAI_NATS_PASSWORD") < names.index("PAI_NATS_URL"), service
         assert env["PAI_MONGO_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "pai-mongo-users",
             "key": service,
         }
-        assert env["PAI_NATS_URL"]["value"] == f"tls://{service}:$(PAI_NATS_PASSWORD)@nats:4222"
         mongo = env["PAI_MONGO_URL"]["value"]
         assert mongo.startswith(f"mongodb://{service}:$(PAI_MONGO_PASSWORD)@"), service
         assert f"/pai_{service}?" in mongo and "tls=true" in mongo and "replicaSet=rs0" in mongo, service
-        # $(VAR) is expanded only from variables defined before it.
-        assert names.index("PAI_NATS_PASSWORD") < names.index("PAI_NATS_URL"), service
         assert names.index("PAI_MONGO_PASSWORD") < names.index("PAI_MONGO_URL"), service
         assert _mounted_secret(w, Path("/etc/pai/tls/ca.crt")) == ("pai-tls", "ca.crt"), service
 
@@ -585,8 +671,9 @@ def test_nats_and_mongo_require_tls_and_know_every_service(production: list[dict
     assert re.search(r"^tls \{", conf, re.MULTILINE) and "verify: true" in conf
     nats = by_name(production, "StatefulSet")["nats"]
     env = container_env(nats)
-    for service in BUS:
-        assert env[f"NATS_PASSWORD_{service.upper()}"]["valueFrom"]["secretKeyRef"]["key"] == service
+    for user in nats_users.static_users():
+        assert env[nats_users.password_env(user)]["valueFrom"]["secretKeyRef"]["key"] == user
+    assert "NATS_PASSWORD_RUNTIME" not in env, "node agents have no password: the auth callout decides"
     mongo = by_name(production, "StatefulSet")["mongo"]
     args = " ".join(_pod_spec(mongo)["containers"][0]["args"])
     assert "--tlsMode=requireTLS" in args and "--keyFile=" in args and "--replSet rs0" in args

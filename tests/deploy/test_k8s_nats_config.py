@@ -27,7 +27,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pai_common import bus_permissions
 from pai_common.bus import Bus
 from pai_common.embedded import _binary, free_port, wait_for_port
-from tests.deploy.manifests import K8S, by_name, render
+from tests.deploy.manifests import K8S, by_name, nats_users, render
 
 SERVICES = sorted(p.name for p in (K8S.parents[1] / "services").iterdir() if (p / "pyproject.toml").is_file())
 
@@ -37,6 +37,7 @@ class ShippedNats:
     port: int
     ca: Path
     passwords: dict[str, str]
+    callout_seed: str
 
     def url(self, user: str, password: str | None = None) -> str:
         return f"tls://{user}:{password or self.passwords[user]}@localhost:{self.port}"
@@ -70,15 +71,16 @@ def shipped_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedNa
     conf = conf.replace("/etc/nats-tls/", f"{tls}/")
     (tmp / "nats.conf").write_text(conf)
 
-    env = {**os.environ, "POD_NAME": "nats-0"}
-    env.update({f"NATS_PASSWORD_{s.upper()}": pw for s, pw in passwords.items()})
+    callout = _secret(secrets, "pai-nats-callout")
+    env = {**os.environ, "POD_NAME": "nats-0", "NATS_CALLOUT_ISSUER": callout["issuer"]}
+    env.update({nats_users.password_env(s): pw for s, pw in passwords.items()})
     log = open(tmp / "nats.log", "wb")
     proc = subprocess.Popen(
         [_binary("nats-server"), "-c", str(tmp / "nats.conf")], env=env, stdout=log, stderr=log
     )
     try:
         wait_for_port(port, 20.0, proc)
-        yield ShippedNats(port, tls / "ca.crt", passwords)
+        yield ShippedNats(port, tls / "ca.crt", passwords, callout["seed"])
     finally:
         proc.terminate()
         proc.wait(10)
@@ -118,7 +120,7 @@ async def runtime_bus(shipped_nats: ShippedNats) -> AsyncIterator[tuple[Bus, _Er
     service = await Bus.connect(shipped_nats.url("jobs"), "jobs", shipped_nats.ca)
     await service.ensure_streams(1)
     await service.close()
-    bus, errors = await _connect(shipped_nats, "runtime")
+    bus, errors = await _connect(shipped_nats, "orchestrator")
     yield bus, errors
     await bus.close()
 
@@ -139,7 +141,7 @@ async def test_a_service_connects_over_tls_as_itself_and_publishes_its_events(
 async def test_a_service_may_not_publish_another_services_events(runtime_bus: tuple[Bus, Any]) -> None:
     bus, errors = runtime_bus
     await bus.ensure_streams(1, create=False)
-    assert (await bus.js.publish("pai.evt.task.exited", b"{}", timeout=5)).stream == "PAI_EVENTS"
+    assert (await bus.js.publish("pai.evt.framework.changed", b"{}", timeout=5)).stream == "PAI_EVENTS"
     with pytest.raises((NatsTimeoutError, asyncio.TimeoutError)):
         await bus.js.publish("pai.evt.job.submitted", b"{}", timeout=1)  # the jobs service's event
     await bus.nc.flush()
@@ -178,3 +180,74 @@ async def test_wrong_passwords_and_plain_connections_are_refused(shipped_nats: S
 
 def test_every_service_has_a_user() -> None:
     assert len(SERVICES) >= 9
+
+
+class _NodeReviewer:
+    """The API server's side, as pai_auth's test_auth_callout serves it over HTTP: here the shipped NATS
+    configuration and make-secrets.sh's key are what is tested, so the review is answered directly."""
+
+    async def review(self, token: str) -> Any:
+        from pai_auth.callout.decision import NODE_NAME_KEY, Review
+
+        if token != "token-of-node-a":
+            return Review(authenticated=False, error="token has expired")
+        return Review(
+            authenticated=True,
+            audiences=["pai-nats"],
+            username="system:serviceaccount:pai:pai-runtime",
+            extra={NODE_NAME_KEY: ["node-a"]},
+        )
+
+
+async def test_a_node_agent_connects_with_its_token_as_its_node_s_user(shipped_nats: ShippedNats) -> None:
+    """The shipped auth_callout block with make-secrets.sh's issuer: the callout, as its own static user,
+    answers; a node agent with a token gets its own node's user, and none without a good one."""
+    import ssl
+
+    import nats as nats_client
+
+    from pai_auth.callout.decision import Policy
+    from pai_auth.callout.responder import CalloutResponder
+
+    callout = await Bus.connect(shipped_nats.url("auth-callout"), "auth-callout", shipped_nats.ca)
+    responder = CalloutResponder(
+        callout.nc, _NodeReviewer(), Policy("pai-nats", "system:serviceaccount:pai:pai-runtime"),
+        shipped_nats.callout_seed,
+    )  # fmt: skip
+    await responder.start()
+    context = ssl.create_default_context(cafile=str(shipped_nats.ca))
+    errors = _Errors()
+    agent = await nats_client.connect(
+        f"tls://localhost:{shipped_nats.port}",
+        tls=context,
+        token="token-of-node-a",
+        error_cb=errors.record,
+        allow_reconnect=False,
+        inbox_prefix=bus_permissions.inbox_prefix(bus_permissions.node_durable("node-a")),
+    )
+    try:
+        await agent.publish("pai.hb.node-a", b"{}")
+        await agent.publish("pai.hb.node-b", b"{}")
+        await agent.flush()
+        for _ in range(50):
+            if errors.seen:
+                break
+            await asyncio.sleep(0.05)
+        assert [e for e in errors.seen if "permissions violation" in e.lower()], errors.seen
+        assert all("pai.hb.node-b" in e for e in errors.seen), errors.seen
+        with pytest.raises(NatsError):
+            await nats_client.connect(
+                f"tls://localhost:{shipped_nats.port}",
+                tls=context,
+                token="someone-else",
+                allow_reconnect=False,
+                connect_timeout=3,
+            )
+        # The callout's own user may answer, and do nothing else.
+        await callout.nc.publish("pai.evt.job.submitted", b"{}")
+        with pytest.raises((NatsTimeoutError, asyncio.TimeoutError)):
+            await callout.js.publish("pai.evt.job.submitted", b"{}", timeout=1)
+    finally:
+        await agent.close()
+        await responder.stop()
+        await callout.close()

@@ -138,13 +138,25 @@ class Bus:
         self._rpc_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, url: str, service: str, ca_file: Path | None = None) -> Bus:
-        # Credentials travel in the URL (nats://user:password@host); the CA, when given, is the only one
-        # a TLS server certificate is checked against.
+    async def connect(
+        cls,
+        url: str,
+        service: str,
+        ca_file: Path | None = None,
+        token_file: Path | None = None,
+        inbox_user: str | None = None,
+    ) -> Bus:
+        # Credentials travel in the URL (nats://user:password@host), or as a token read from token_file at
+        # every (re)connection (a renewed token is used once it is there); the CA, when given, is the only
+        # one a TLS server certificate is checked against.
         tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
         # Several servers may be listed, comma-separated: the first connection survives one being down.
         servers = [u.strip() for u in url.split(",") if u.strip()]
-        user = urlsplit(servers[0]).username if servers else None
+        user = inbox_user or (urlsplit(servers[0]).username if servers else None)
+        auth: dict[str, Any] = {}
+        if token_file is not None:
+            path = token_file
+            auth["token"] = lambda: path.read_text().strip()
         link = BusLink()
         nc = await nats.connect(
             servers,
@@ -158,6 +170,7 @@ class Bus:
             # Draining finishes in-flight work; a subscription that never quiets must not hold a stop.
             drain_timeout=5,
             disconnected_cb=link.on_disconnected,
+            **auth,
         )
         return cls(nc, service, link)
 

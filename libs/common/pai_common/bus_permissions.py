@@ -155,33 +155,6 @@ def node_permissions(node: str) -> Permissions:
     return p
 
 
-def shared_runtime_permissions() -> Permissions:
-    """Every node agent as one user (Kubernetes' DaemonSet, where each pod cannot be given a user of its
-    own by a static configuration): a node agent still publishes no job event and reads no stream's
-    messages directly, but the agents can reach each other's command consumers."""
-    api = "$JS.API.CONSUMER"
-    p = Permissions()
-    p.publish += [event_subject(e.TYPE) for e in ALL_EVENTS if e.PRODUCER == "runtime"]
-    p.publish += [f"{RPC_SUBJECT_PREFIX}.{s}" for s in RPC_CALLS["runtime"]]
-    p.publish += [f"{HEARTBEAT_PREFIX}.*", f"{DEAD_LETTER_PREFIX}.runtime.>", "$JS.API.INFO", SERVICE_PING]
-    p.publish += [
-        "$JS.API.STREAM.INFO.*",
-        f"{api}.CREATE.{COMMANDS_STREAM}.*",
-        f"{api}.CREATE.{COMMANDS_STREAM}.*.>",
-        f"{api}.DURABLE.CREATE.{COMMANDS_STREAM}.*",
-        f"{api}.INFO.{COMMANDS_STREAM}.*",
-        f"{api}.MSG.NEXT.{COMMANDS_STREAM}.*",
-        f"$JS.ACK.{COMMANDS_STREAM}.>",
-    ]
-    p.subscribe += [
-        f"{RPC_SUBJECT_PREFIX}.runtime.>",
-        f"{RPC_SUBJECT_PREFIX}.deadletters.>",
-        f"{inbox_prefix('runtime')}.>",
-        "$SRV.>",
-    ]
-    return p
-
-
 def extension_permissions(user: str) -> Permissions:
     """Read-only: its own consumers on the events stream, never the platform's, and no publishing."""
     api = "$JS.API.CONSUMER"
@@ -209,14 +182,30 @@ def operator_permissions() -> Permissions:
     return Permissions(publish=[">"], subscribe=[">"], deny_publish=list(NEVER_PUBLISH))
 
 
-def nats_config(users: dict[str, tuple[str, Permissions]]) -> str:
+# The auth callout's own user (Kubernetes: pai_auth.callout), which turns a node agent's service-account
+# token into that node's user (node_permissions) and may do nothing else on the bus.
+CALLOUT = "auth-callout"
+CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
+
+
+def callout_permissions() -> Permissions:
+    """Answer nats-server's authorization requests (a reply needs no publish right), nothing more."""
+    return Permissions(subscribe=[CALLOUT_SUBJECT], deny_publish=[">"])
+
+
+def nats_config(users: dict[str, tuple[str, Permissions]], callout_issuer: str | None = None) -> str:
     """The ``authorization`` block of nats-server's configuration for these users (user -> password,
-    permissions); nats-server reads JSON values in its configuration format."""
+    permissions); nats-server reads JSON values in its configuration format. With ``callout_issuer`` (the
+    callout's account public nkey) every other connection is decided by the auth callout, and these users
+    are the ones it does not decide."""
     entries = [
         {"user": user, "password": password, "permissions": permissions.to_nats()}
         for user, (password, permissions) in sorted(users.items())
     ]
-    return "authorization: " + json.dumps({"users": entries}, indent=2) + "\n"
+    block: dict[str, object] = {"users": entries}
+    if callout_issuer is not None:
+        block["auth_callout"] = {"issuer": callout_issuer, "auth_users": sorted(users)}
+    return "authorization: " + json.dumps(block, indent=2) + "\n"
 
 
 OPERATOR = "operator"

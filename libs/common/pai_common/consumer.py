@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +63,9 @@ class HandlerContext:
     # Writes a handler leaves to the end of the transaction, after every handler of the batch ran: one
     # write for what several messages changed (``flush``).
     before_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Every message this transaction applies (the whole fetch, or the one message): a handler may read
+    # what all of them need in one request (e.g. the orchestrator's frameworks of the batch's jobs).
+    batch: Sequence[Envelope] = ()
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         self.after_commit.append(fn)
@@ -261,7 +264,7 @@ class DurableConsumer:
                     if not _duplicate_key(exc):
                         raise
                     raise _AlreadyProcessed from exc
-                ctx = HandlerContext(self.db, session, out)
+                ctx = HandlerContext(self.db, session, out, batch=unique)
                 for env in unique:
                     job_token = current_job_key.set(env.subject or None)
                     try:
@@ -373,7 +376,7 @@ class DurableConsumer:
                         await processed.insert_one({"_id": key, "at": datetime.now(UTC)}, session=session)
                     except DuplicateKeyError as exc:
                         raise _AlreadyProcessed from exc
-                    ctx = HandlerContext(self.db, session, out)
+                    ctx = HandlerContext(self.db, session, out, batch=(env,))
                     await self.spec.handler(ctx, env)
                     await ctx.flush()
                     await self.outbox.stage(out, session)

@@ -143,7 +143,13 @@ class ServiceApp:
         s = self.settings
         setup_tracing(self.name, s.otel_exporter)
         set_build_info()
-        self.bus = await Bus.connect(s.nats_url, self.name, s.nats_ca_file)
+        self.bus = await Bus.connect(
+            s.nats_url,
+            self.name,
+            s.nats_ca_file,
+            token_file=s.nats_token_file,
+            inbox_user=s.bus_user(self.name),
+        )
         await self.bus.ensure_streams(s.stream_replicas, create=s.create_streams)
         self.mongo = connect_mongo(s.mongo_url)
         self.db = service_database(self.mongo, self.name)

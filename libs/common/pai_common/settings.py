@@ -16,6 +16,10 @@ class Settings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     # A CA bundle that signs the NATS servers' certificates (a `tls://` URL then verifies against it).
     nats_ca_file: Path | None = None
+    # A file holding the token this process presents to NATS instead of a password (a node agent on
+    # Kubernetes: its pod's projected service-account token, which the auth callout turns into the node's
+    # own user). Read again at every (re)connection, as the kubelet renews it.
+    nats_token_file: Path | None = None
     mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     data_dir: Path = Path(".pai")
     # Port of the service's own /metrics, /healthz and /readyz; 0 picks a free port.
@@ -36,6 +40,11 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     # False where this process's NATS user may not create streams (a node agent): it waits for them.
     create_streams: bool = True
+
+    def bus_user(self, service: str) -> str | None:
+        """Who this process is on the bus when its URL names no user (token authentication): its inbox
+        is that user's. None: the URL's user."""
+        return None
 
     def database_name(self, service: str) -> str:
         return f"pai_{service}"

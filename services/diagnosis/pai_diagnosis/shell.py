@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
+
+from pymongo import ReplaceOne
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import TaskDiagnosed, TaskExited
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 DIAGNOSES = "diagnoses"
 SPECS = "exit_spec"
 CURRENT = "current"
+SPEC_MEMO = "diagnosis.spec"
+RECORDS_MEMO = "diagnosis.records"
 
 
 def task_end(exited: TaskExited) -> TaskEnd:
@@ -178,7 +183,10 @@ class Diagnoser:
     async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
         exited = env.body
         assert isinstance(exited, TaskExited)
-        spec = await self._refresh(ctx)
+        # The spec in effect is looked up once a batch (an upload during the batch is seen by the next).
+        if SPEC_MEMO not in ctx.memo:
+            ctx.memo[SPEC_MEMO] = (await self._refresh(ctx), self.revision)
+        spec, revision = ctx.memo[SPEC_MEMO]
         d = diagnose(spec, task_end(exited))
         key = diagnosis_key(exited)
         record: dict[str, Any] = {
@@ -199,11 +207,22 @@ class Diagnoser:
             "matched": d.matched_context,
             "explanation": d.explanation,
             "suggestion": d.suggestion,
-            "spec_revision": self.revision,
+            "spec_revision": revision,
             "finished_at": exited.finished_at,
         }
-        await ctx.db[DIAGNOSES].replace_one({"_id": key}, record, upsert=True, session=ctx.session)
+        records: dict[str, dict[str, Any]] | None = ctx.memo.get(RECORDS_MEMO)
+        if records is None:
+            records = ctx.memo[RECORDS_MEMO] = {}
+            ctx.on_before_commit(partial(_write_diagnoses, ctx, records))
+        records[key] = record  # written with the batch's others at the transaction's end
         ctx.out.event(diagnosed_event(exited, d), msg_id=f"diagnosed:{env.id}")
+
+
+async def _write_diagnoses(ctx: HandlerContext, records: dict[str, dict[str, Any]]) -> None:
+    """The batch's diagnoses in one request (a task's diagnosis replaced when its exit came again)."""
+    writes = [ReplaceOne({"_id": key}, record, upsert=True) for key, record in sorted(records.items())]
+    if writes:
+        await ctx.db[DIAGNOSES].bulk_write(writes, session=ctx.session)
 
 
 def build_app() -> ServiceApp:

@@ -1,4 +1,5 @@
-"""The orchestrator's shell: loads a framework, applies one event through the core, saves, emits.
+"""The orchestrator's shell: loads a framework, applies one event through the core, saves, emits (the
+reads and writes of a whole batch folded into one each: ``batch_store.py``).
 
 Frameworks live one document each in ``frameworks`` (with ``due_at``, the framework's next timer), every
 transition is appended to ``transitions``, and a stop that arrives before its job waits in
@@ -37,15 +38,12 @@ from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_orchestrator import core, metrics, placement
+from pai_orchestrator.batch_store import DEPENDENTS, FRAMEWORKS, HISTORY, STOPS, BatchStore
 from pai_orchestrator.policy import Policy
 from pai_orchestrator.timer_clock import TimerClock, stamp_of
 
 log = logging.getLogger(__name__)
 
-FRAMEWORKS = "frameworks"
-HISTORY = "transitions"
-STOPS = "stop_requests"
-DEPENDENTS = "dependents"
 
 Step = Callable[[core.Framework], core.Transition]
 
@@ -83,16 +81,16 @@ async def save(
     ctx: HandlerContext,
     cause: tuple[str, str | None],
     transition: core.Transition,
-    previous: int | None,
     now: int,
     before: core.Framework | None = None,
 ) -> None:
-    """Store the framework a transition produced (guarded by its version) and stage what it causes.
+    """Keep the framework a transition produced and stage what it causes; the framework and the record of
+    the transition are written at the transaction's end, with the batch's others (``BatchStore.write``,
+    guarded by the version read).
 
     ``cause`` is the (type, id) of the event that caused it, or ("tick", None) for a timer."""
     fw = transition.framework
     assert fw is not None
-    frameworks = ctx.db[FRAMEWORKS]
     new_doc: dict[str, Any] = {
         "_id": fw.job_key,
         "version": fw.version,
@@ -101,30 +99,21 @@ async def save(
         "clock": CLOCK.stamp().as_doc(),
         "fw": fw.model_dump(mode="json"),
     }
-    if previous is None:
-        await frameworks.insert_one(new_doc, session=ctx.session)
-    else:
-        result = await frameworks.replace_one(
-            {"_id": fw.job_key, "version": previous}, new_doc, session=ctx.session
-        )
-        if result.matched_count != 1:
-            raise RuntimeError(f"framework {fw.job_key} changed concurrently; retrying")
-    await ctx.db[HISTORY].insert_one(
-        {
-            "job_key": fw.job_key,
-            "version": fw.version,
-            "attempt_id": fw.attempt_id,
-            "state": fw.state,
-            "reason": transition.reason,
-            "event": cause[0],
-            "event_id": cause[1],
-            "at": now,
-        },
-        session=ctx.session,
-    )
+    record = {
+        "job_key": fw.job_key,
+        "version": fw.version,
+        "attempt_id": fw.attempt_id,
+        "state": fw.state,
+        "reason": transition.reason,
+        "event": cause[0],
+        "event_id": cause[1],
+        "at": now,
+    }
+    store = BatchStore.of(ctx)
+    store.put(new_doc, record)
     for event in transition.events:
         if isinstance(event, JobCompleted):
-            await _completed_for_dependents(ctx, event)
+            store.completed(event.job_key, event.state)
         ctx.out.event(event)
     for send in transition.commands:
         ctx.out.command(send.command, send.target)
@@ -132,16 +121,6 @@ async def save(
         ctx.on_commit(observation)
     log.info(
         "framework transition", extra={"job": fw.job_key, "state": fw.state, "reason": transition.reason}
-    )
-
-
-async def _completed_for_dependents(ctx: HandlerContext, event: JobCompleted) -> None:
-    """Keep the job's final state where dependents look for it. Written in the transaction that completes
-    the job, on the same document a dependent's submission writes (``register_dependent``), so the two
-    conflict and one retries: a dependent either sees the final state or is listed for the
-    ``job.completed`` consumer, never neither."""
-    await ctx.db[DEPENDENTS].update_one(
-        {"_id": event.job_key}, {"$set": {"final_state": event.state}}, upsert=True, session=ctx.session
     )
 
 
@@ -154,7 +133,9 @@ async def register_dependent(ctx: HandlerContext, dependency: str, dependent: st
         return_document=ReturnDocument.AFTER,
         session=ctx.session,
     )
-    state = (doc or {}).get("final_state")
+    store = BatchStore.of(ctx)
+    store.listed(dependency, dependent)
+    state = (doc or {}).get("final_state") or store.finals.get(dependency)
     return cast(JobState, state) if state is not None else None
 
 
@@ -185,27 +166,24 @@ class Orchestrator:
         self, ctx: HandlerContext, cause: tuple[str, str | None], job_key: str, step: Step
     ) -> bool:
         """Load one job's framework, apply ``step`` and save what changed; False: the job is unknown."""
-        doc = await ctx.db[FRAMEWORKS].find_one({"_id": job_key}, session=ctx.session)
+        doc = await BatchStore.of(ctx).get(job_key)
         if doc is None:
             return False
         fw = core.Framework.model_validate(doc["fw"])
         now = now_ms()
         transition = step(fw)
         if transition.framework is not None:
-            await save(ctx, cause, transition, fw.version, now, before=fw)
+            await save(ctx, cause, transition, now, before=fw)
         return True
 
     async def handle_submitted(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
         assert isinstance(body, JobSubmitted)
         key = body.spec.job_key
-        if await ctx.db[FRAMEWORKS].find_one({"_id": key}, {"_id": 1}, session=ctx.session):
+        store = BatchStore.of(ctx)
+        if await store.get(key) is not None:
             return  # submitted twice under different ids: the first one counts
-        stop: JobStopRequested | None = None
-        pending = await ctx.db[STOPS].find_one({"_id": key}, session=ctx.session)
-        if pending is not None:
-            stop = JobStopRequested.model_validate(pending["stop"])
-            await ctx.db[STOPS].delete_one({"_id": key}, session=ctx.session)
+        stop = await store.stop_for(key)
         ended: dict[str, JobState] = {}
         for dep in body.spec.dependencies:
             state = await register_dependent(ctx, dep.job_key, key)
@@ -213,7 +191,7 @@ class Orchestrator:
                 ended[dep.job_key] = state
         now = now_ms()
         transition = core.on_submitted(body.spec, now, self.policy, stop=stop, ended=ended)
-        await save(ctx, (env.type, env.id), transition, None, now)
+        await save(ctx, (env.type, env.id), transition, now)
 
     async def handle_stop(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
@@ -223,10 +201,9 @@ class Orchestrator:
             return
         # The stop overtook its job: keep it, so that the job is stopped the moment it arrives.
         if await ctx.db[STOPS].find_one({"_id": body.job_key}, {"_id": 1}, session=ctx.session) is None:
-            await ctx.db[STOPS].insert_one(
-                {"_id": body.job_key, "stop": body.model_dump(mode="json"), "at": now_ms()},
-                session=ctx.session,
-            )
+            kept = {"_id": body.job_key, "stop": body.model_dump(mode="json"), "at": now_ms()}
+            await ctx.db[STOPS].insert_one(kept, session=ctx.session)
+            BatchStore.of(ctx).stop_kept(kept)
         log.info("stop for a job not known yet kept for its arrival", extra={"job": body.job_key})
 
     def _stop_step(self, body: JobStopRequested, fw: core.Framework) -> core.Transition:
@@ -272,8 +249,7 @@ class Orchestrator:
         """A job completed: each job waiting for it learns how it ended (and may start, or fail)."""
         body = env.body
         assert isinstance(body, JobCompleted)
-        doc = await ctx.db[DEPENDENTS].find_one({"_id": body.job_key}, session=ctx.session)
-        for dependent in sorted((doc or {}).get("dependents") or []):
+        for dependent in await BatchStore.of(ctx).dependents_of(body.job_key):
             step = partial(
                 _call, core.on_dependency_ended, dependency=body.job_key, state=body.state, policy=self.policy
             )
@@ -341,7 +317,7 @@ class Orchestrator:
         return fired
 
     async def _tick_job(self, ctx: HandlerContext, key: str) -> bool:
-        doc = await ctx.db[FRAMEWORKS].find_one({"_id": key}, session=ctx.session)
+        doc = await BatchStore.of(ctx).get(key)
         if doc is None:
             return False
         fw = core.Framework.model_validate(doc["fw"])
@@ -354,7 +330,7 @@ class Orchestrator:
             transition = core.on_tick(fw, now, self.policy)
         if transition.framework is None:
             return False
-        await save(ctx, ("clock", None) if shift else ("tick", None), transition, fw.version, now, before=fw)
+        await save(ctx, ("clock", None) if shift else ("tick", None), transition, now, before=fw)
         return True
 
     async def tick_forever(self) -> None:

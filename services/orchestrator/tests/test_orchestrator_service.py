@@ -347,3 +347,51 @@ async def test_an_elastic_gang_grows_and_shrinks_through_the_service(
         assert not events.of(JobAttemptCompleted, ELASTIC)
     finally:
         await app.stop()
+
+
+async def test_a_whole_batch_in_one_transaction_reads_and_writes_each_framework_once(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """Messages waiting in the stream are applied as one batch (batch_store.py): a job's whole life, a stop
+    that overtakes its job and the job, and a dependent of a job that completes in the same batch, each come
+    out as they would one event at a time, with one transition record per framework version."""
+    db = f"orch{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    running = TaskRunning(
+        job_key="u~whole", attempt_id=0, task_role="w", index=0, node="n0", host_ip="h", pid=1, started_at=2
+    )
+    for message in (
+        JobSubmitted(spec=spec("u~whole")),
+        JobStopRequested(job_key="u~early", requested_by="u", requested_at=1),
+        allocated("u~whole"),
+        JobSubmitted(spec=spec("u~early")),
+        running,
+        exited("u~whole", 0, "Succeeded"),
+        JobSubmitted(spec=dspec("u~next", ("u~whole", "succeeded"))),
+    ):
+        await fresh_bus.publish_event(message)
+    app = orchestrator_app(fresh_nats, mongo_server, db, tmp_path)
+    await app.start()
+    try:
+        whole = await events.wait_for(JobCompleted, "u~whole")
+        assert (whole.state, whole.exit_code) == ("SUCCEEDED", 0)
+        early = await events.wait_for(JobCompleted, "u~early")
+        assert (early.state, early.exit_code) == ("STOPPED", -210)
+        await events.wait_for(SchedulingRequested, "u~next")
+        await events.drain(0.5)
+        assert events.of(SchedulingRequested, "u~early") == []
+        assert len(events.of(SchedulingRequested, "u~next")) == 1
+        # The seven were one transaction: their processed markers were written together (the two
+        # job.completed this orchestrator published came later).
+        markers = [d["at"] async for d in app.db["processed"].find({})]
+        assert max(markers.count(at) for at in set(markers)) == 7
+        doc = await app.db[FRAMEWORKS].find_one({"_id": "u~whole"})
+        assert doc is not None and doc["fw"]["state"] == "Completed"
+        versions = [d["version"] async for d in app.db["transitions"].find({"job_key": "u~whole"})]
+        assert sorted(versions) == list(range(min(versions), doc["version"] + 1))
+        final = await app.db[DEPENDENTS].find_one({"_id": "u~whole"})
+        assert final is not None and final["final_state"] == "SUCCEEDED" and final["dependents"] == ["u~next"]
+        assert await app.db[STOPS].find_one({"_id": "u~early"}) is None
+    finally:
+        await app.stop()

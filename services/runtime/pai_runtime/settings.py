@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from pai_common.bus_permissions import node_durable
 from pai_common.contract.base import NODE_NAME_MAX, NODE_NAME_PATTERN
 from pai_common.settings import Settings
 
@@ -56,3 +57,8 @@ class RuntimeSettings(Settings):
     # A folder on every node (mounted at the same path into the agent's pod) where preemption notices are
     # written for the task pods to read; None: pods get SIGTERM and the grace, but no notice file.
     k8s_notice_dir: Path | None = None
+
+    def bus_user(self, service: str) -> str | None:
+        # With a token (Kubernetes' auth callout) the URL names no user: the callout makes this node's own,
+        # runtime-<node>, and only that user's inbox is this agent's to read.
+        return node_durable(self.node_name) if self.nats_token_file is not None else None

@@ -42,6 +42,7 @@ from pai_runtime.backend import (
     failure_script,
 )
 from pai_runtime.devices import Inventory, detect, load_inventory, nvml_gpu_report, nvml_health
+from pai_runtime.launch_batch import LaunchBatch, run_id
 from pai_runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def run_id(job_key: str, attempt_id: int, role: str, index: int, task_attempt_id: int = 0) -> str:
-    return f"{job_key}/{attempt_id}/{role}/{index}/{task_attempt_id}"
+# How long a task's exit waits for its launch to be committed before _record_exit looks for the run itself.
+LAUNCH_COMMIT_WAIT_S = 60.0
 
 
 @dataclass
@@ -122,6 +123,8 @@ class Agent:
         self.backend: TaskBackend = backend or make_backend(settings)
         self._watchers: set[asyncio.Task[None]] = set()
         self._running: dict[str, Running] = {}
+        # Set once the transaction that launched a run committed (a run adopted at start-up has none).
+        self._launch_committed: dict[str, asyncio.Event] = {}
         self._sampler = metrics.TaskSampler()
         self._inventory: Inventory | None = None
         # GPU shares held by CUDA MPS where the node can (decided with the inventory at registration).
@@ -406,8 +409,8 @@ class Agent:
 
     async def launch(self, ctx: HandlerContext, cmd: LaunchTask) -> None:
         rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
-        runs = ctx.db[self.runs_collection]
-        if await runs.find_one({"_id": rid}, {"_id": 1}, session=ctx.session):
+        batch = LaunchBatch.of(ctx, self.runs_collection)
+        if await batch.launched(rid):
             return  # launched already: a command is done once
         workdir = self.workdir(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -445,7 +448,7 @@ class Agent:
             # An elastic task: the PAI_* variables the agent added, which each new membership file keeps.
             **({"membership_env": own} if own else {}),
         }
-        await runs.insert_one(run, session=ctx.session)
+        batch.add(run)  # inserted with the batch's other runs at the transaction's end
         ctx.out.event(
             TaskRunning(
                 **template,
@@ -457,8 +460,19 @@ class Agent:
             ),
             msg_id=f"running:{rid}",
         )
+        # Its exit is recorded once the run is committed: a task that ends at once (`true`) would otherwise
+        # find no run to update and try again.
+        committed = self._launch_committed.setdefault(rid, asyncio.Event())
+        ctx.on_commit(committed.set)
         self._watch(run)
         log.info("task launched", extra={"run": rid, "pid": started.pid, "backend": started.backend})
+
+    async def _run(self, ctx: HandlerContext, rid: str) -> dict[str, Any] | None:
+        """The run as this transaction sees it: launched earlier in its batch, or stored."""
+        launched_now = LaunchBatch.of(ctx, self.runs_collection).pending.get(rid)
+        if launched_now is not None:
+            return launched_now
+        return await ctx.db[self.runs_collection].find_one({"_id": rid}, session=ctx.session)
 
     def task_env(self, cmd: LaunchTask) -> dict[str, str]:
         return {
@@ -473,12 +487,16 @@ class Agent:
 
     async def kill(self, ctx: HandlerContext, cmd: KillTask) -> None:
         rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
-        run = await ctx.db[self.runs_collection].find_one({"_id": rid}, session=ctx.session)
+        run = await self._run(ctx, rid)
         if run is None or run["status"] != "running":
             return
-        await ctx.db[self.runs_collection].update_one(
-            {"_id": rid}, {"$set": {"stop_reason": cmd.reason}}, session=ctx.session
-        )
+        launched_now = LaunchBatch.of(ctx, self.runs_collection).pending.get(rid)
+        if launched_now is not None:
+            launched_now["stop_reason"] = cmd.reason  # not inserted yet: it is, with its stop reason
+        else:
+            await ctx.db[self.runs_collection].update_one(
+                {"_id": rid}, {"$set": {"stop_reason": cmd.reason}}, session=ctx.session
+            )
         told = notice.content(cmd)
         if told is not None and not await self.backend.notify(run, told):
             log.warning(
@@ -492,7 +510,7 @@ class Agent:
     async def update_membership(self, ctx: HandlerContext, cmd: UpdateMembership) -> None:
         """An elastic job's gang changed: the task's membership file is rewritten and the task signalled."""
         rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
-        run = await ctx.db[self.runs_collection].find_one({"_id": rid}, session=ctx.session)
+        run = await self._run(ctx, rid)
         if run is None or run["status"] != "running":
             return  # not started here, or ended: its membership no longer matters
         text = membership.render({**cmd.env, **run.get("membership_env", {})}, cmd.version)
@@ -531,6 +549,13 @@ class Agent:
     async def _report_exit(self, run: dict[str, Any]) -> None:
         rid = str(run["_id"])
         ended: Ended = await self.backend.wait(run)
+        committed = self._launch_committed.get(rid)
+        if committed is not None:
+            try:
+                await asyncio.wait_for(committed.wait(), LAUNCH_COMMIT_WAIT_S)
+            except TimeoutError:
+                pass  # its launch was not committed (retried, or lost): _record_exit finds out
+            self._launch_committed.pop(rid, None)
         running = self._running.pop(rid, None)
         if running is not None:
             metrics.remove(running.labels)

@@ -461,3 +461,41 @@ async def test_a_preempted_task_gets_its_notice_before_sigterm(
         assert _live_members(running.pid) == []
     finally:
         await agent.app.stop()
+
+
+async def test_commands_waiting_for_the_agent_are_one_batch(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """Commands queued before the agent starts come as one batch (launch_batch.py): a launch given twice
+    starts its task once, a kill after a launch in the same batch stops that task, and a task that ends at
+    once reports its exit once, after the run it updates was committed."""
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    agent = _agent(fresh_nats, mongo_server, tmp_path)
+    job = "alice~batch"
+    quick = _launch(agent, job, "worker", 0, "true")
+    await fresh_bus.send_command(quick, agent.node)
+    await fresh_bus.send_command(_launch(agent, job, "worker", 1, "sleep 300"), agent.node)
+    await fresh_bus.send_command(
+        KillTask(job_key=job, attempt_id=0, task_role="worker", index=1, node=agent.node, reason="stopped",
+                 grace_period_s=0.5),
+        agent.node,
+    )  # fmt: skip
+    await fresh_bus.send_command(quick, agent.node)  # the same launch again (another message)
+    await agent.app.start()
+    try:
+        first = await events.wait_until(_exited(job, "worker", 0))
+        assert (first.exit_code, first.signal) == (0, None)
+        killed = await events.wait_until(_exited(job, "worker", 1))
+        assert killed.signal in (9, 15)
+        await events.drain(0.5)
+        assert len([e for e in events.of(TaskRunning) if e.job_key == job and e.index == 0]) == 1
+        assert len([e for e in events.of(TaskExited) if e.job_key == job and e.index == 0]) == 1
+        runs = {d["_id"]: d async for d in agent.app.db[agent.runs_collection].find({})}
+        assert sorted(runs) == [f"{job}/0/worker/0/0", f"{job}/0/worker/1/0"]
+        assert runs[f"{job}/0/worker/1/0"]["stop_reason"] == "stopped"
+        assert {d["status"] for d in runs.values()} == {"exited"}
+        markers = [d["at"] async for d in agent.app.db["processed"].find({})]
+        assert max(markers.count(at) for at in set(markers)) == 4  # the four in one transaction
+    finally:
+        await agent.app.stop()

@@ -2,8 +2,10 @@
 
 The allocator's state lives in one document, replaced in the same transaction as the events its
 decisions cause. Allocation is single-writer by design: one consumer applies events in stream order.
-The allocator object is kept in memory between events and reused only while the stored version is the
-one it was saved as, so a transaction that did not commit can never leak into the next decision.
+The allocator object is kept in memory once a transaction that saved it committed, and a whole batch of
+events is decided on it and saved once; the save is guarded by the version it stands for, so a state
+another process saved meanwhile makes the transaction start again from the stored one, and a transaction
+that did not commit can never leak into the next decision.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import asyncio
 import hashlib
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.msg import Msg
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from pymongo.errors import OperationFailure
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import heartbeat_subject, name_of_token
@@ -86,6 +89,29 @@ log = logging.getLogger(__name__)
 STATE = "allocator"
 NODES = "nodes"
 STATE_ID = "cluster"
+BATCH_MEMO = "scheduler.batch"
+WRITE_CONFLICT = 112  # MongoDB's code: the consumer retries the transaction at once
+HOST_IPS_MEMO = "scheduler.host_ips"
+
+
+@dataclass
+class _Batch:
+    """The allocator one transaction works on, and the preemptions still under way at its end."""
+
+    alloc: HivedAllocator
+    marks: NodeMarks
+    version: int
+    _preempting: dict[str, Preempting] = field(default_factory=dict)
+
+    def decided(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if isinstance(d, Preempting):
+                self._preempting[d.key] = d
+            else:  # placed, rejected or released since: no longer waiting for its victims
+                self._preempting.pop(d.key, None)
+
+    def preempting(self) -> list[Decision]:
+        return list(self._preempting.values())
 
 
 class SchedulerSettings(Settings):
@@ -121,6 +147,7 @@ class Scheduler:
         # Every waiting attempt's [reason, position] as last committed (the "reasons" document), kept once
         # a transaction commits: what `scheduler.pending` answers without reading the document each time.
         self._waiting: dict[str, list[Any]] | None = None
+        self._waiting_at: int | None = None  # the allocator's version _waiting was committed with
         app.on_startup(self._load_config)
         app.on_startup(self._follow_heartbeats)
         app.background(self._watch_nodes)
@@ -240,7 +267,14 @@ class Scheduler:
             alloc.set_node_health(node, False)
         return alloc, marks
 
-    async def _load(self, ctx: HandlerContext | None) -> tuple[HivedAllocator, NodeMarks, int]:
+    async def _load(
+        self, ctx: HandlerContext | None, trust_cache: bool = False
+    ) -> tuple[HivedAllocator, NodeMarks, int]:
+        """The allocator as stored. ``trust_cache``: the one this process committed last, without asking
+        whether it is still the stored one: for a transaction whose write is guarded by that version
+        (``_save``), which finds out and starts again if it is not."""
+        if trust_cache and self._cached is not None:
+            return self._cached[1], self._cached[2], self._cached[0]
         session = ctx.session if ctx else None
         doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, {"version": 1}, session=session)
         if doc is None:
@@ -269,19 +303,44 @@ class Scheduler:
             session=ctx.session,
         )
         if version and result.matched_count != 1:
-            raise RuntimeError("allocator state changed concurrently; retrying")
-        self._cached = (version + 1, alloc, marks)
+            self._cached = None  # another process saved a newer state: the retry reads it
+            raise OperationFailure("allocator state changed concurrently; retrying", code=WRITE_CONFLICT)
+        # Kept once committed only: a cached allocator always stands for a committed version.
+        ctx.on_commit(partial(setattr, self, "_cached", (version + 1, alloc, marks)))
 
     # ---- events --------------------------------------------------------------------------------------
 
+    async def _batch(self, ctx: HandlerContext) -> _Batch:
+        """The allocator as this transaction left it: loaded by its first message, saved (with why each
+        attempt waits) once after its last, so a batch costs one read and one write, not one per event."""
+        batch = ctx.memo.get(BATCH_MEMO)
+        if batch is None:
+            # The state this process committed last (its version-guarded save checks it is still the stored
+            # one), else the stored state.
+            alloc, marks, version = await self._load(ctx, trust_cache=True)
+            self._cached = None  # mutated by the batch; valid again only once committed
+            batch = ctx.memo[BATCH_MEMO] = _Batch(alloc, marks.copy(), version)
+
+            async def save() -> None:
+                await self._save(ctx, batch.alloc, batch.marks, batch.version)
+                versions = (batch.version, batch.version + 1)
+                await self._refresh_reasons(ctx, batch.alloc, batch.marks, batch.preempting(), versions)
+
+            ctx.on_before_commit(save)
+        return cast(_Batch, batch)
+
+    async def _host_ips_once(self, ctx: HandlerContext) -> dict[str, str]:
+        ips = ctx.memo.get(HOST_IPS_MEMO)
+        if ips is None:
+            ips = ctx.memo[HOST_IPS_MEMO] = await self._host_ips(ctx)
+        return cast(dict[str, str], ips)
+
     async def handle(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
-        # Work on the stored state: a cached allocator only stands for the version it was saved as.
-        alloc, marks, version = await self._load(ctx)
-        marks = marks.copy()
+        batch = await self._batch(ctx)
+        alloc, marks = batch.alloc, batch.marks
         # Wall-clock seconds: how long a VC's head has waited decides when backfill stops passing it.
         now = time.time()
-        self._cached = None  # mutated below; valid again only once saved
         started = time.perf_counter()
         decisions: list[Decision]
         if isinstance(body, NodeRegistered):
@@ -291,6 +350,7 @@ class Scheduler:
                 upsert=True,
                 session=ctx.session,
             )
+            ctx.memo.pop(HOST_IPS_MEMO, None)  # a later placement of the batch reads the new address
             if body.node not in alloc.cluster.nodes:
                 log.warning(
                     "a node registered that the cluster config does not name", extra={"node": body.node}
@@ -336,13 +396,12 @@ class Scheduler:
         else:
             raise TypeError(f"scheduler has no handler for {env.type}")
         decided = time.perf_counter() - started
-        await self._save(ctx, alloc, marks, version)
         # Node addresses only matter to placements; most events place nothing.
         placed = any(isinstance(d, Allocated) for d in decisions)
-        host_ips = await self._host_ips(ctx) if placed else {}
+        host_ips = await self._host_ips_once(ctx) if placed else {}
         for decision in decisions:
             self._emit(ctx, alloc, decision, host_ips)
-        await self._refresh_reasons(ctx, alloc, marks, decisions)
+        batch.decided(decisions)
         ctx.on_commit(partial(metrics.DECISION_SECONDS.labels(env.type).observe, decided))
         for d in decisions:
             preemptor = alloc.request_of(d.key) if isinstance(d, Preempting) else None
@@ -509,13 +568,25 @@ class Scheduler:
         )
 
     async def _refresh_reasons(
-        self, ctx: HandlerContext, alloc: HivedAllocator, marks: NodeMarks, decisions: list[Decision]
+        self,
+        ctx: HandlerContext,
+        alloc: HivedAllocator,
+        marks: NodeMarks,
+        decisions: list[Decision],
+        versions: tuple[int, int] | None = None,
     ) -> None:
         """Store why each waiting attempt waits and its place in the queue; publish ``scheduling.pending``
         only for an attempt that starts waiting or whose cause changed (pending_events.py says why: one
-        event per place moved made the events grow with attempts x placements)."""
-        stored = await ctx.db[STATE].find_one({"_id": "reasons"}, session=ctx.session)
-        before: dict[str, list[Any]] = dict(stored["reasons"]) if stored else {}
+        event per place moved made the events grow with attempts x placements).
+
+        ``versions``: the allocator's version this transaction read and the one it writes. The reasons are
+        written in the same transaction as the allocator, so those this process committed with the version
+        read are the stored ones, and need no read."""
+        if versions is not None and self._waiting is not None and self._waiting_at == versions[0]:
+            before: dict[str, list[Any]] = dict(self._waiting)
+        else:
+            stored = await ctx.db[STATE].find_one({"_id": "reasons"}, session=ctx.session)
+            before = dict(stored["reasons"]) if stored else {}
         note = marks.pending_note()
         now: dict[str, list[Any]] = {q.key: [q.cause + note, q.position] for q in alloc.pending()}
         for d in decisions:
@@ -542,7 +613,10 @@ class Scheduler:
                 upsert=True,
                 session=ctx.session,
             )
-        ctx.on_commit(partial(setattr, self, "_waiting", now))
+        ctx.on_commit(partial(self._committed_reasons, now, versions[1] if versions else None))
+
+    def _committed_reasons(self, waiting: dict[str, list[Any]], version: int | None) -> None:
+        self._waiting, self._waiting_at = waiting, version
 
     # ---- RPC -----------------------------------------------------------------------------------------
 

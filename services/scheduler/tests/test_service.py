@@ -496,3 +496,47 @@ async def test_pods_without_gang_allocation_run_as_capacity_allows(
         ]
     finally:
         await app.stop()
+
+
+async def test_a_batch_is_decided_on_one_load_and_saved_once(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
+) -> None:
+    """Messages waiting in the stream are applied in one transaction on one loaded allocator, saved once
+    with the queue's reasons: each decision is the one the events would make one at a time, and an
+    attempt placed and released within the batch is never reported waiting."""
+    db = f"sched{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
+    await events.start()
+    for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
+        await register(fresh_bus, node, n)
+    await fresh_bus.publish_event(gang("u~first", 4, sku_types=["A100"]))
+    await fresh_bus.publish_event(gang("u~queued", 1, sku_types=["A100"]))
+    await fresh_bus.publish_event(gang("u~brief", 2, sku_types=["K80"]))
+    await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~brief", attempt_id=0, exit_code=0))
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        first = await events.wait_for(SchedulingAllocated, "u~first")
+        assert {p.node for p in first.placements} in ({"a0"}, {"a1"})
+        await events.wait_for(SchedulingAllocated, "u~brief")
+        await events.wait_for(SchedulingReleased, "u~brief")
+        waiting = await events.wait_for(SchedulingPending, "u~queued")
+        assert waiting.position == 1
+        await events.drain(0.5)
+        assert events.of(SchedulingPending, "u~brief") == [] and events.of(SchedulingPending, "u~first") == []
+        state = await app.db["allocator"].find_one({"_id": "cluster"})
+        assert state is not None and state["version"] == 1  # seven messages, one save
+        reasons = await app.db["allocator"].find_one({"_id": "reasons"})
+        assert reasons is not None and [key for key, _ in reasons["reasons"]] == ["u~queued#0"]
+
+        # Another writer saved a version behind this process's back: the cached allocator it would start
+        # from is refused by the guarded write, and the transaction starts again from the stored state.
+        await app.db["allocator"].update_one({"_id": "cluster"}, {"$inc": {"version": 1}})
+        await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~first", attempt_id=0, exit_code=0))
+        await events.wait_for(SchedulingAllocated, "u~queued")
+        state = await app.db["allocator"].find_one({"_id": "cluster"})
+        assert state is not None and state["version"] == 3
+        reasons = await app.db["allocator"].find_one({"_id": "reasons"})
+        assert reasons is not None and reasons["reasons"] == []
+    finally:
+        await app.stop()

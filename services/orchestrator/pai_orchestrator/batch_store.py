@@ -1,0 +1,173 @@
+"""What one transaction of the orchestrator reads and writes, read once for its batch and written once.
+
+A consumer applies a whole fetch of events in one transaction (``HandlerContext.batch``). Instead of a
+read and a write per event, the frameworks of every job the batch names are read in one request when the
+first of them is needed, each event's step works on the latest version (an earlier event of the same
+batch may have changed it), and what changed is written at the transaction's end: the frameworks in one
+bulk write guarded by the versions that were read, the transition records in one insert, the final states
+that dependents look for in one bulk write. The stops that overtook their jobs and the dependents of the
+jobs that completed are read the same way, once per batch.
+
+Nothing outlives the transaction (a retried one starts again from the database), so what is committed
+is what a read-apply-write per event would have committed, in fewer round trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+from pymongo import InsertOne, ReplaceOne, UpdateOne
+
+from pai_common.consumer import HandlerContext
+from pai_common.contract.events import (
+    JobCompleted,
+    JobStopRequested,
+    JobSubmitted,
+    SchedulingPreempting,
+)
+from pai_common.contract.types import JobState
+from pai_common.envelope import Envelope
+
+FRAMEWORKS = "frameworks"
+HISTORY = "transitions"
+STOPS = "stop_requests"
+DEPENDENTS = "dependents"
+
+MEMO_KEY = "orchestrator.batch_store"
+
+
+def job_keys(batch: Sequence[Envelope]) -> set[str]:
+    """Every job whose framework an event of the batch may load."""
+    keys: set[str] = set()
+    for env in batch:
+        body = env.body
+        if isinstance(body, JobSubmitted):
+            keys.add(body.spec.job_key)
+        elif isinstance(body, SchedulingPreempting):
+            keys.update(v.job_key for v in body.victims)
+        elif isinstance(body, JobCompleted):
+            continue  # its dependents' frameworks are loaded once they are known
+        else:
+            key = getattr(body, "job_key", None)
+            if isinstance(key, str):
+                keys.add(key)
+    return keys
+
+
+class BatchStore:
+    def __init__(self, ctx: HandlerContext) -> None:
+        self.ctx = ctx
+        # Each framework document as this transaction sees it (None: not stored), and the version the
+        # database holds (None: to be inserted), which guards the write.
+        self.docs: dict[str, dict[str, Any] | None] = {}
+        self.stored_version: dict[str, int | None] = {}
+        self.changed: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.finals: dict[str, JobState] = {}
+        self._stops: dict[str, dict[str, Any]] | None = None
+        self._dependents: dict[str, list[str]] | None = None
+        ctx.on_before_commit(self.write)
+
+    @classmethod
+    def of(cls, ctx: HandlerContext) -> BatchStore:
+        store = ctx.memo.get(MEMO_KEY)
+        if store is None:
+            store = ctx.memo[MEMO_KEY] = cls(ctx)
+        return cast(BatchStore, store)
+
+    # ---- frameworks ----------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        if key not in self.docs:
+            await self.load([key, *sorted(job_keys(self.ctx.batch))])
+        return self.docs[key]
+
+    async def load(self, keys: Iterable[str]) -> None:
+        todo = sorted({k for k in keys if k not in self.docs})
+        if not todo:
+            return
+        found = self.ctx.db[FRAMEWORKS].find({"_id": {"$in": todo}}, session=self.ctx.session)
+        async for doc in found:
+            self.docs[doc["_id"]] = doc
+            self.stored_version[doc["_id"]] = int(doc["version"])
+        for key in todo:
+            self.docs.setdefault(key, None)
+            self.stored_version.setdefault(key, None)
+
+    def put(self, doc: dict[str, Any], record: dict[str, Any]) -> None:
+        """The framework as it is now, and the record of the transition that made it."""
+        key = str(doc["_id"])
+        self.docs[key] = doc
+        self.stored_version.setdefault(key, None)
+        self.changed[key] = doc
+        self.history.append(record)
+
+    # ---- stops and dependents ------------------------------------------------------------------------
+
+    async def stop_for(self, key: str) -> JobStopRequested | None:
+        """A stop that arrived before its job (read for every submission of the batch at once)."""
+        if self._stops is None:
+            batch = self.ctx.batch
+            keys = sorted({e.body.spec.job_key for e in batch if isinstance(e.body, JobSubmitted)} | {key})
+            found = self.ctx.db[STOPS].find({"_id": {"$in": keys}}, session=self.ctx.session)
+            self._stops = {d["_id"]: d async for d in found}
+        doc = self._stops.pop(key, None)
+        if doc is None:
+            return None
+        await self.ctx.db[STOPS].delete_one({"_id": key}, session=self.ctx.session)
+        return JobStopRequested.model_validate(doc["stop"])
+
+    def stop_kept(self, doc: dict[str, Any]) -> None:
+        """A stop stored in this transaction for a job not known yet (its submission may follow in it)."""
+        if self._stops is not None:
+            self._stops[str(doc["_id"])] = doc
+
+    async def dependents_of(self, key: str) -> list[str]:
+        """Who waits for ``key`` (read for every completed job of the batch at once)."""
+        if self._dependents is None:
+            batch = self.ctx.batch
+            keys = sorted({e.body.job_key for e in batch if isinstance(e.body, JobCompleted)} | {key})
+            found = self.ctx.db[DEPENDENTS].find({"_id": {"$in": keys}}, session=self.ctx.session)
+            self._dependents = {d["_id"]: list(d.get("dependents") or []) async for d in found}
+        return sorted(self._dependents.get(key, []))
+
+    def listed(self, key: str, dependent: str) -> None:
+        """``dependent`` was listed as waiting for ``key`` in this transaction (after the read above)."""
+        if self._dependents is not None and dependent not in self._dependents.setdefault(key, []):
+            self._dependents[key].append(dependent)
+
+    def completed(self, key: str, state: JobState) -> None:
+        """Keep the job's final state where its dependents look (written at the transaction's end)."""
+        self.finals[key] = state
+
+    # ---- the transaction's end -----------------------------------------------------------------------
+
+    async def write(self) -> None:
+        session = self.ctx.session
+        inserts: list[InsertOne[dict[str, Any]]] = []
+        replaces: list[ReplaceOne[dict[str, Any]]] = []
+        for key, doc in sorted(self.changed.items()):
+            version = self.stored_version.get(key)
+            if version is None:
+                inserts.append(InsertOne(doc))
+            else:
+                replaces.append(ReplaceOne({"_id": key, "version": version}, doc))
+        if inserts or replaces:
+            result = await self.ctx.db[FRAMEWORKS].bulk_write([*inserts, *replaces], session=session)
+            if result.matched_count != len(replaces):
+                changed = ", ".join(sorted(k for k in self.changed if self.stored_version.get(k) is not None))
+                raise RuntimeError(f"a framework of {changed} changed concurrently; retrying")
+        if self.history:
+            await self.ctx.db[HISTORY].insert_many(self.history, session=session)
+        if self.finals:
+            # On the document a dependent's submission writes (``register``): of two transactions that
+            # race, one retries, so a dependent sees the final state or is listed, never neither.
+            updates = [
+                UpdateOne({"_id": key}, {"$set": {"final_state": state}}, upsert=True)
+                for key, state in sorted(self.finals.items())
+            ]
+            await self.ctx.db[DEPENDENTS].bulk_write(updates, session=session)
+        self.changed.clear()
+        self.history.clear()
+        self.finals.clear()
