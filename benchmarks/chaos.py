@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import describe  # noqa: E402
 
+from pai_cli.mongo_layout import SPLIT_ENV, parse_split  # noqa: E402
 from tests.acceptance.harness import RunningPlatform, start_platform, stop_platform  # noqa: E402
 from tests.chaos import faults  # noqa: E402
 
@@ -79,6 +80,10 @@ FAULTS: dict[str, Callable[[RunningPlatform, Path], None]] = {
     "kill-several": _kill(["jobs", "orchestrator", "scheduler"]),
     "kill-nats-server": _kill(["nats-server"]),
     "kill-mongo-server": _kill(["mongo-server"]),
+    # The databases with servers of their own (PAI_MONGO_SPLIT, as `pai up` reads it).
+    **{
+        f"kill-mongo-{s}-server": _kill([f"mongo-{s}-server"]) for s in parse_split(os.environ.get(SPLIT_ENV))
+    },
     **{f"stop-{s}": _stop(s) for s in SERVICES},
     "bus-disk-full": _fill_disk,
     "unclean-stop": lambda platform, data: None,  # handled in run_one: the whole tree, then a new start

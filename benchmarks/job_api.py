@@ -364,8 +364,8 @@ def main() -> None:
         )
         p.start()
         try:
-            assert p.mongo_url is not None
-            load_s = load(p.mongo_url, args.jobs, args.seed)
+            # The jobs database's own server (pai up may give it one: PAI_MONGO_SPLIT).
+            load_s = load(p.mongo_urls["jobs"], args.jobs, args.seed)
             print(f"loaded {args.jobs} jobs in {load_s:.1f} s", flush=True)
             startup = restart_jobs(p, args.db_plan)
             print(f"jobs service start-up: {startup}", flush=True)

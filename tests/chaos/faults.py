@@ -159,7 +159,9 @@ def platform_processes(root: int) -> dict[str, int]:
         if any(w.endswith("nats-server") for w in words[:1]):
             found["nats-server"] = pid
         elif "pai_common.mongo_server" in words:
-            found["mongo-server"] = pid
+            # "mongo-server" (the shared one), "mongo-jobs-server" (the jobs database's own), ...
+            store = words[words.index("--storage-path") + 1] if "--storage-path" in words[:-1] else "mongo"
+            found[f"{Path(store).name}-server"] = pid
         elif "-m" in words:
             module = words[words.index("-m") + 1] if words.index("-m") + 1 < len(words) else ""
             if module == "pai_runtime":

@@ -1,4 +1,4 @@
-"""The embedded platform on one machine: NATS, a MongoDB-wire server, every service, N runtime agents.
+"""The embedded platform on one machine: NATS, MongoDB-wire servers, every service, N runtime agents.
 
 Used by ``pai up``, by the end-to-end tests and by the benchmarks, so that all three run the same thing.
 Each service is its own process (``python -m pai_<service>``), exactly as in a cluster.
@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from pai_cli import mongo_layout
 from pai_cli.lock import DataDirBusyError, DataDirLock, Takeover
 from pai_cli.store_watch import StoreWatch
 from pai_common import bus_permissions
@@ -29,8 +30,8 @@ from pai_common.embedded import (
     ServerProcess,
     die_with_parent,
     free_port,
-    start_mongo,
-    start_nats,
+    launch_mongo,
+    launch_nats,
     wait_for_port,
 )
 
@@ -163,7 +164,13 @@ class Platform:
     gpus_per_node: int = 4
     port: int = 9186
     nats_url: str | None = None
+    # One MongoDB (or replica set) for every database; None: the embedded servers (``mongo_layout``).
     mongo_url: str | None = None
+    # The services whose database gets an embedded server of its own in a new data dir (None: the
+    # ``PAI_MONGO_SPLIT`` environment variable, else ``mongo_layout.DEFAULT_SPLIT``).
+    mongo_split: tuple[str, ...] | None = None
+    # Each database's server URL, by service (filled by start: the one URL everywhere with ``mongo_url``).
+    mongo_urls: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     # Use this machine's real GPUs (one node, all its GPUs) when NVML finds any.
     use_real_gpus: bool = False
@@ -175,6 +182,8 @@ class Platform:
     servers: list[ServerProcess] = field(default_factory=list)
     # The embedded NATS server's users (user -> password, permissions); empty with PAI_NATS_URL.
     bus_users: dict[str, tuple[str, bus_permissions.Permissions]] = field(default_factory=dict)
+    # Why this data dir's MongoDB-wire servers are not the ones ``mongo_split`` asks for (None: they are).
+    mongo_note: str | None = None
     # What a previous `pai up` on this data dir left running when it died (None: nothing was left).
     takeover: Takeover | None = None
     _lock: DataDirLock | None = None
@@ -223,25 +232,39 @@ class Platform:
                 self.nodes, self.gpus_per_node, simulated = 1, len(models), "false"
                 self.leaf_type = "".join(c if c.isalnum() or c in "-_." else "-" for c in models[0])
                 _say(progress, f"using this machine's {len(models)} GPU(s): {models[0]}")
-        _say(progress, "starting NATS (JetStream)")
+        _say(progress, "starting NATS (JetStream) and the MongoDB-wire server(s)")
+        # Every server is started first, then each is waited for: they come up side by side.
         if not self.nats_url:
             # Every process gets a NATS user of its own with only the rights the contract gives it.
             self.bus_users = bus_permissions.embedded_users(self.node_names)
-            server = start_nats(self.data_dir, authorization=bus_permissions.nats_config(self.bus_users))
+            server = launch_nats(self.data_dir, authorization=bus_permissions.nats_config(self.bus_users))
             self.servers.append(server)
             self._store_watches[server.name] = StoreWatch(server.log_path, self.data_dir / "nats")
             self.nats_url = server.url
+        if self.mongo_url:
+            self.mongo_urls = dict.fromkeys(mongo_layout.DATABASES, self.mongo_url)
+        else:
+            self._launch_mongo(progress)
+        assert self.mongo_url is not None
+        # The services start once the bus listens (they connect to it first) and while the MongoDB-wire
+        # servers still load: a service's first database request comes seconds later, after its imports,
+        # and waits up to 10 s for its server (``connect_mongo``), so their start-ups overlap.
+        for server in self.servers:
+            if server.name == "nats":
+                server.wait_listening(60.0)
+        if self.bus_users:
             self._write_bus_credentials()
-        _say(progress, "starting the MongoDB-wire server")
-        if not self.mongo_url:
-            server = start_mongo(self.data_dir)
-            self.servers.append(server)
-            self.mongo_url = server.url
         now = time.monotonic()
         for server in self.servers:
             self._server_backoff[server.name] = Backoff(started_at=now)
         # Where an extension finds the platform's bus and database (they keep their ports across restarts).
-        endpoints = {"api": self.url, "nats": self.nats_url, "mongo": self.mongo_url}
+        # "mongo" is the server of every database not named otherwise in "mongo_databases" (the shared one).
+        endpoints = {
+            "api": self.url,
+            "nats": self.nats_url,
+            "mongo": self.mongo_url,
+            "mongo_databases": {f"pai_{name}": url for name, url in self.mongo_urls.items()},
+        }
         (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2) + "\n")
         if self.cluster_file is not None:
             # Copied beside the data (the scheduler reads the format from the suffix: .csv or YAML).
@@ -273,6 +296,8 @@ class Platform:
         portal_port = free_port()
         for name in SERVICES:
             env = {**base, "PAI_NATS_URL": self.bus_url(name)}
+            if name in self.mongo_urls:
+                env["PAI_MONGO_URL"] = self.mongo_urls[name]
             if name == "auth" and admin_password:
                 env["PAI_ADMIN_PASSWORD"] = admin_password
             if name == "gateway":
@@ -288,6 +313,7 @@ class Platform:
             env = {
                 **base,
                 "PAI_NATS_URL": self.bus_url(bus_permissions.node_durable(node)),
+                "PAI_MONGO_URL": self.mongo_urls["runtime"],
                 # A node agent's user may not create streams: it waits for the services to.
                 "PAI_CREATE_STREAMS": "false",
                 "PAI_NODE_NAME": node,
@@ -299,7 +325,30 @@ class Platform:
         for child in self.children.values():
             child.start()
         self._record()
+        for server in self.servers:
+            server.wait_listening(60.0)  # one that cannot start is named here, not as a service's failure
         self.wait_ready(timeout_s, progress)
+
+    def _launch_mongo(self, progress: object) -> None:
+        """The embedded MongoDB-wire servers of this data dir's layout (not waited for)."""
+        wanted = self.mongo_split
+        if wanted is None:
+            try:
+                wanted = mongo_layout.parse_split(os.environ.get(mongo_layout.SPLIT_ENV))
+            except mongo_layout.LayoutError as exc:
+                raise PlatformError(str(exc)) from None
+        try:
+            layout, self.mongo_note = mongo_layout.load(self.data_dir, wanted)
+        except (mongo_layout.LayoutError, OSError) as exc:
+            raise PlatformError(f"the MongoDB layout of {self.data_dir}: {exc}") from None
+        _say(progress, self.mongo_note or f"starting {len(layout.stores)} MongoDB-wire server(s)")
+        urls: dict[str, str] = {}
+        for store in layout.stores:
+            server = launch_mongo(self.data_dir, store=store)
+            self.servers.append(server)
+            urls[store] = server.url
+        self.mongo_url = urls[mongo_layout.SHARED_STORE]
+        self.mongo_urls = {name: urls[layout.store(name)] for name in mongo_layout.DATABASES}
 
     def bus_url(self, user: str) -> str:
         """The bus URL with ``user``'s credentials (the plain URL where the bus is not the embedded one)."""
@@ -482,6 +531,8 @@ class Platform:
         for name in order:
             if name in self.children:
                 self.children[name].wait(deadline - time.monotonic())
+        for server in self.servers:  # side by side: each closes its store on SIGTERM
+            server.signal(signal.SIGTERM)
         for server in reversed(self.servers):
             server.stop(timeout_s=grace_s)
         self.servers.clear()

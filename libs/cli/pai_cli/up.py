@@ -105,6 +105,8 @@ def up(
                 f"[yellow]the platform that pid {platform.takeover.pid} ran here ({platform.takeover.url})"
                 f" was not stopped cleanly; cleaned up: {left}[/]"
             )
+        if platform.mongo_note is not None:
+            console.print(f"[yellow]{platform.mongo_note}[/]")
         console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {platform.url}")
         console.print(f"open {platform.url}/ in a browser for the web portal (API docs: /api/v2/docs)")
         user, password = platform.admin_credentials()

@@ -106,6 +106,13 @@ class ServerProcess:
             raise EmbeddedServerError(f"{self.name} is still running (pid {self.proc.pid})")
         self.proc = _spawn(self.name, self.argv, self.log_path)
 
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait_listening(self, timeout_s: float) -> None:
+        wait_for_port(self.port, timeout_s, self.proc)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -135,6 +142,13 @@ def start_nats(
 ) -> ServerProcess:
     """``authorization``: the users and their permissions (``bus_permissions.nats_config``); without it
     anyone who reaches the port may do anything (the tests' own throwaway servers)."""
+    server = launch_nats(data_dir, port, authorization)
+    server.wait_listening(timeout_s)
+    return server
+
+
+def launch_nats(data_dir: Path, port: int | None = None, authorization: str | None = None) -> ServerProcess:
+    """``start_nats`` without waiting for the port: start several servers at once, then wait for each."""
     port = port or free_port()
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
@@ -148,15 +162,22 @@ def start_nats(
         config.write_text(authorization)
         argv += ["-c", str(config)]
     proc = _spawn("nats", argv, log_path)
-    wait_for_port(port, timeout_s, proc)
     return ServerProcess("nats", f"nats://127.0.0.1:{port}", port, proc, log_path, argv)
 
 
 def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0) -> ServerProcess:
+    server = launch_mongo(data_dir, port)
+    server.wait_listening(timeout_s)
+    return server
+
+
+def launch_mongo(data_dir: Path, port: int | None = None, store: str = "mongo") -> ServerProcess:
+    """A MongoDB-wire server on ``<data_dir>/<store>`` (its log ``logs/<store>.log``, its name ``store``),
+    without waiting for its port: start several at once, then wait for each."""
     port = port or free_port()
-    store = data_dir / "mongo"
-    store.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / "logs" / "mongo.log"
+    path = data_dir / store
+    path.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "logs" / f"{store}.log"
     argv = [
         sys.executable,
         "-m",
@@ -164,12 +185,11 @@ def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0
         "--port",
         str(port),
         "--storage-path",
-        str(store),
+        str(path),
     ]
-    proc = _spawn("mongo", argv, log_path)
-    wait_for_port(port, timeout_s, proc)
+    proc = _spawn(store, argv, log_path)
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    return ServerProcess("mongo", url, port, proc, log_path, argv)
+    return ServerProcess(store, url, port, proc, log_path, argv)
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
