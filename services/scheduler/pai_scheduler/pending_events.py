@@ -12,7 +12,8 @@ placed, so the events grow with attempts and such changes, not with attempts x p
 carries the full reason and the place in the queue as they were then (a record for the job's history).
 
 What a user reads is current, not the last event: the scheduler keeps every waiting attempt's reason and
-place in one document committed with the allocator's state, and answers ``scheduler.pending``
+place in memory once the transaction that decided them commits (and stores each one's gist, a document per
+attempt, in that transaction: ``state_layout.py``), and answers ``scheduler.pending``
 (``JobPendingRequest``) from the committed copy; the jobs service asks it when it shows a waiting job.
 """
 

@@ -657,9 +657,10 @@ class Scheduler:
         decisions: list[Decision],
         versions: tuple[int, int] | None = None,
     ) -> None:
-        """Store why each waiting attempt waits and its place in the queue; publish ``scheduling.pending``
-        only for an attempt that starts waiting or whose cause changed (pending_events.py says why: one
-        event per place moved made the events grow with attempts x placements).
+        """Why each waiting attempt waits and its place in the queue (kept in memory once committed); store
+        the gist of the reasons that changed, one document per attempt; publish ``scheduling.pending`` only
+        for an attempt that starts waiting or whose cause changed (pending_events.py says why: one event per
+        place moved made the events grow with attempts x placements).
 
         ``versions``: the allocator's version this transaction read and the one it writes. The reasons are
         written in the same transaction as the allocator, so those this process committed with the version
