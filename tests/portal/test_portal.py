@@ -267,6 +267,32 @@ def test_a_script_tag_in_a_job_tag_is_shown_as_text(
     shots.take(page, "hostile-tag")
 
 
+def test_a_tag_being_typed_survives_the_job_changing_state(
+    page: Page, pai: RunningPlatform, ledger: JobLedger
+) -> None:
+    """The job page re-renders its live part when the job's stream says so; what the user is typing in the
+    tag box stays (the full run once lost a tag typed as its job ended)."""
+    name = unique("portal-typing")
+    key = f"{pai.admin_user}~{name}"
+    with pai.client() as client:
+        response = client.post(
+            "/api/v2/jobs", content=job_yaml(name, ["sleep 600"]), headers={"Content-Type": "text/yaml"}
+        )
+        assert response.status_code == 202, response.text
+    ledger.expect(key, "STOPPED")
+    page.goto(f"{pai.url}/jobs/{key}")
+    expect(page.locator("#job-state")).to_have_text("RUNNING", timeout=WAIT_MS)
+    page.get_by_label("New tag").fill("typed-while-it-ran")
+    with pai.client() as client:
+        stop = client.put(f"/api/v2/jobs/{key}/executionType", json={"value": "STOP"})
+        assert stop.status_code == 202, stop.text
+    # The stream's end re-renders the live part, state included.
+    expect(page.locator("#job-state")).to_have_text("STOPPED", timeout=WAIT_MS)
+    expect(page.get_by_label("New tag")).to_have_value("typed-while-it-ran")
+    page.get_by_role("button", name="Add tag").click()
+    expect(page.locator("#job-tags .tag")).to_have_text("typed-while-it-ran", timeout=WAIT_MS)
+
+
 def test_every_page_renders(page: Page, pai: RunningPlatform, shots: Shots) -> None:
     pages = {
         "/virtual-clusters": "Virtual clusters",
