@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ReplaceOne, ReturnDocument, UpdateOne
+from pymongo import DeleteOne, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -82,13 +82,14 @@ from pai_common.errors import (
     TooManyRequestsError,
 )
 from pai_common.service import ServiceApp
-from pai_jobs import dependencies, job_events, list_plan, live_wait, metrics, storages
+from pai_jobs import dependencies, job_events, list_plan, live_wait, metrics, snapshot_parts, storages
 from pai_jobs.admission import Admission, Turns
 from pai_jobs.group_commit import GroupCommit
 from pai_jobs.job_events import JobEvent
 from pai_jobs.list_sync import UPDATE_COUNTER, ListSync
 from pai_jobs.protocol import parse_job
 from pai_jobs.queries import list_filter, list_sort
+from pai_jobs.snapshot_parts import PARTS, MissingPartError, Split
 from pai_jobs.vc_names import VirtualClusterNames
 from pai_jobs.views import (
     FRAMEWORK_COMPLETED_STATE,
@@ -127,8 +128,14 @@ LIVE_WAIT_PAUSE_S = 5.0
 STORE_PATIENCE_S = 30.0
 # Jobs whose tasks may still exist (OpenPAI's pod list shows them).
 LIVE_STATES = ("WAITING", "RUNNING", "STOPPING")
-# What building a list entry reads of a job document: never the tasks, the attempts or the config.
+# What building a list entry reads of a job document: never the tasks, the attempts or the config (a job
+# stored by an earlier version may hold its snapshot whole).
 ENTRY_PROJECTION = {"snapshot.tasks": 0, "snapshot.attempts": 0, "config": 0}
+# How many times a read of job documents and their snapshot parts is tried when a change committed between
+# the two reads (snapshot_parts.MissingPartError).
+READ_TRIES = 5
+# The transaction memo's key for the newest snapshot version per job of a consumer's batch.
+NEWEST = "newest_snapshots"
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -236,6 +243,58 @@ async def write_list_entry(tx: HandlerContext, before: dict[str, Any], after: di
         await ListWrites.of(tx).put(old, entry)
 
 
+def newest_in_batch(tx: HandlerContext) -> dict[str, int]:
+    """The newest snapshot version per job among the `framework.changed` events of this transaction."""
+    newest = tx.memo.get(NEWEST)
+    if newest is None:
+        newest = tx.memo[NEWEST] = snapshot_parts.newest_versions(
+            (env.body.snapshot.job_key, env.body.snapshot.version)
+            for env in tx.batch
+            if isinstance(env.body, FrameworkChanged)
+        )
+    assert isinstance(newest, dict)
+    return newest
+
+
+async def write_parts(tx: HandlerContext, job_key: str, stored: Any, new: Split) -> None:
+    """Store ``new``'s parts whose digest is not among ``stored`` (the job document's digests), delete
+    those it no longer has: one request, in the caller's transaction."""
+    change = snapshot_parts.changes(job_key, stored, new)
+    ops: list[ReplaceOne[dict[str, Any]] | DeleteOne] = [
+        ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in change.write
+    ]
+    ops += [DeleteOne({"_id": part}) for part in change.delete]
+    if ops:
+        await tx.db[PARTS].bulk_write(ops, session=tx.session)
+
+
+async def join_parts(db: Db, docs: list[dict[str, Any]]) -> None:
+    """Put back, in place, the tasks and attempts of each job document whose snapshot is stored in parts
+    (one request for all of them). MissingPartError when a part read is not the one a document names."""
+    ids = snapshot_parts.ids_of(docs)
+    if not ids:
+        return
+    parts = {doc["_id"]: doc async for doc in db[PARTS].find({"_id": {"$in": ids}})}
+    for doc in docs:
+        digests = doc.pop(snapshot_parts.DIGESTS, None)
+        if doc.get("snapshot") is not None and digests is not None:
+            doc["snapshot"] = snapshot_parts.join(doc["snapshot"], digests, parts)
+
+
+async def read_jobs(db: Db, find: Callable[[], Awaitable[list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Job documents as ``find`` reads them, each snapshot whole: read again when a change committed
+    between the read of the documents and that of their parts."""
+    for tries_left in reversed(range(READ_TRIES)):
+        docs = await find()
+        try:
+            await join_parts(db, docs)
+            return docs
+        except MissingPartError:
+            if not tries_left:
+                raise
+    raise AssertionError("unreachable")
+
+
 def submit_queue_limit() -> int:
     """`PAI_JOBS_SUBMIT_QUEUE`: how many submissions one jobs process lets wait for their turn (256)."""
     return max(1, int(os.environ.get("PAI_JOBS_SUBMIT_QUEUE", "256")))
@@ -329,10 +388,15 @@ class JobsService:
             log.info("job list entries backfilled", extra={"jobs": backfilled})
 
     async def _job(self, job_key: str, projection: dict[str, Any] | None = None) -> dict[str, Any]:
-        doc = await self.app.db[JOBS].find_one({"_id": job_key}, projection)
-        if doc is None:
-            raise NoJobError(f"Job {job_key} is not found.")
-        return doc
+        """The job document (its snapshot whole when the projection includes it)."""
+
+        async def find() -> list[dict[str, Any]]:
+            doc = await self.app.db[JOBS].find_one({"_id": job_key}, projection)
+            if doc is None:
+                raise NoJobError(f"Job {job_key} is not found.")
+            return [doc]
+
+        return (await read_jobs(self.app.db, find))[0]
 
     async def _transact(self, work: Callable[[HandlerContext], Awaitable[None]]) -> None:
         """A mutation's transaction, run again while it conflicts with the event handlers: a job whose
@@ -494,12 +558,13 @@ class JobsService:
         return True
 
     async def live_tasks(self, req: ListLiveTasksRequest) -> LiveTasksReply:
-        cursor = (
-            self.app.db[JOBS]
-            .find({"state": {"$in": list(LIVE_STATES)}}, {"spec": 1, "snapshot": 1})
-            .sort("_id", 1)
-        )
-        return LiveTasksReply(tasks=[task async for doc in cursor for task in live_task_records(doc)])
+        async def find() -> list[dict[str, Any]]:
+            projection = {"spec": 1, "snapshot": 1, snapshot_parts.DIGESTS: 1}
+            cursor = self.app.db[JOBS].find({"state": {"$in": list(LIVE_STATES)}}, projection).sort("_id", 1)
+            return await cursor.to_list()
+
+        docs = await read_jobs(self.app.db, find)
+        return LiveTasksReply(tasks=[task for doc in docs for task in live_task_records(doc)])
 
     async def _vc_names(self) -> set[str]:
         reply = await self.app.bus.request(ListVirtualClustersRequest(), VirtualClustersReply)
@@ -730,19 +795,27 @@ class JobsService:
     async def on_framework_changed(self, ctx: HandlerContext, env: Envelope) -> None:
         assert isinstance(env.body, FrameworkChanged)
         snap = env.body.snapshot
-        # Only a newer version replaces what is stored: late and duplicated snapshots change nothing.
-        fields = read_model_fields(snap.model_dump(mode="json"))
-        # The document as it was, then the fields set: the list entry before is the one of that document
-        # (every write of what a list entry shows rebuilds the entry in the same transaction), and the one
-        # after is that document with the fields just set, so the list entry is not read (ListWrites). Two
-        # requests on the _id index, not one find-and-modify: the embedded MongoDB-wire server answers a
-        # find-and-modify by scanning the whole collection (36 ms with 4,000 jobs against 1 ms for the
-        # pair), which made every job's events dearer as jobs accumulated (the 10,000-job fill). A
-        # concurrent write of the same job between the two is a write conflict: the transaction reruns.
+        # Each snapshot replaces the one before whole: of a consumer's batch, only each job's newest is
+        # stored (the others are marked handled with it, in the same transaction). A job with hundreds of
+        # tasks changes several times a second, and its events come in batches.
+        if snap.version < newest_in_batch(ctx).get(snap.job_key, snap.version):
+            return
+        # The document as it was (without its parts), then the fields set: the list entry before is the one
+        # of that document (every write of what a list entry shows rebuilds the entry in the same
+        # transaction), and the one after is that document with the fields just set, so the list entry is
+        # not read (ListWrites). Two requests on the _id index, not one find-and-modify: the embedded
+        # MongoDB-wire server answers a find-and-modify by scanning the whole collection (36 ms with 4,000
+        # jobs against 1 ms for the pair), which made every job's events dearer as jobs accumulated (the
+        # 10,000-job fill). A concurrent write of the same job between the two is a write conflict: the
+        # transaction reruns.
         before = await ctx.db[JOBS].find_one({"_id": snap.job_key}, ENTRY_PROJECTION, session=ctx.session)
-        # As the condition `snapshot_version < version` was: a job without a version is not replaced.
+        # Only a newer version replaces what is stored: late and duplicated snapshots change nothing. As the
+        # condition `snapshot_version < version` was: a job without a version is not replaced.
         if before is None or not before.get("snapshot_version", snap.version) < snap.version:
             return
+        stored = snapshot_parts.split(snap.model_dump(mode="json"))
+        await write_parts(ctx, snap.job_key, before.get(snapshot_parts.DIGESTS), stored)
+        fields = {**read_model_fields(stored.head), snapshot_parts.DIGESTS: stored.digests}
         await ctx.db[JOBS].update_one({"_id": snap.job_key}, {"$set": fields}, session=ctx.session)
         await write_list_entry(ctx, before, {**before, **fields})
 
