@@ -223,7 +223,8 @@ async def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         jobs_cpu0, db_cpu0 = cpu_seconds(jobs.pid) or 0.0, cpu_seconds(mongo.proc.pid) or 0.0
         started = time.monotonic()
         stop = asyncio.Event()
-        prober = asyncio.create_task(probe(bus, key, args.probe_ms / 1000, stop))
+        # Without probes (--probe-ms 0) the CPU and request figures are the events' alone.
+        prober = asyncio.create_task(probe(bus, key, args.probe_ms / 1000, stop)) if args.probe_ms else None
         for i, (_, headers, payload) in enumerate(messages):
             if args.rate:
                 await asyncio.sleep(max(0.0, started + i / args.rate - time.monotonic()))
@@ -232,7 +233,7 @@ async def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         await wait_consumed(bus, args.timeout)
         applied_s = time.monotonic() - started
         stop.set()
-        lat = await prober
+        lat = await prober if prober is not None else {}
         requests1, io1 = db_requests(db), io_bytes(mongo.proc.pid)
         jobs_cpu1, db_cpu1 = cpu_seconds(jobs.pid) or 0.0, cpu_seconds(mongo.proc.pid) or 0.0
         detail = (await bus.request(GetJobRequest(job_key=key), JobDetailReply, timeout=30.0)).detail
@@ -253,6 +254,7 @@ async def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "db_requests_per_event": round((requests1 - requests0) / n, 2),
             "db_read_bytes_per_event": round((io1[0] - io0[0]) / n),
             "db_written_bytes_per_event": round((io1[1] - io0[1]) / n),
+            "probed": bool(lat),
             "rpc": {
                 name: {
                     "n": len(lat[name]),
@@ -262,6 +264,7 @@ async def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                     "missed_5s": len(lat[f"missed_{name}"]),
                 }
                 for name in ("get", "stop")
+                if lat
             },
         }
     finally:

@@ -813,7 +813,7 @@ class JobsService:
         # condition `snapshot_version < version` was: a job without a version is not replaced.
         if before is None or not before.get("snapshot_version", snap.version) < snap.version:
             return
-        stored = snapshot_parts.split(snap.model_dump(mode="json"))
+        stored = snapshot_parts.split(snap)
         await write_parts(ctx, snap.job_key, before.get(snapshot_parts.DIGESTS), stored)
         fields = {**read_model_fields(stored.head), snapshot_parts.DIGESTS: stored.digests}
         await ctx.db[JOBS].update_one({"_id": snap.job_key}, {"$set": fields}, session=ctx.session)

@@ -21,10 +21,12 @@ back (`join`), in one request for any number of jobs. Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+from pai_common.contract.base import Message
+from pai_common.contract.types import FrameworkSnapshot, JobAttemptRecord, TaskSnapshot
 
 # The collection of the parts (the jobs service's own database).
 PARTS: Final = "job_snapshot_parts"
@@ -42,10 +44,14 @@ class MissingPartError(Exception):
     (no answer built from it would be true)."""
 
 
-def digest(value: Any) -> str:
-    """What a part holds, independent of key order."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+def digest(items: Iterable[Message]) -> str:
+    """What a part holds: its items as their JSON text (pydantic's serializer, the fields in the model's
+    order: several times cheaper than building the dicts and writing them out again)."""
+    h = hashlib.blake2b(digest_size=12)
+    for item in items:
+        h.update(item.model_dump_json().encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def part_id(job_key: str, name: str) -> str:
@@ -54,31 +60,34 @@ def part_id(job_key: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class Split:
-    """A snapshot as stored: its head, its parts by name and their digests per kind (in order)."""
+    """A snapshot as stored: its head, its parts by name (as models: a part is made a document only when
+    it is written) and their digests per kind (in order)."""
 
     head: dict[str, Any]
-    parts: dict[str, Any]
+    parts: dict[str, list[TaskSnapshot] | JobAttemptRecord]
     digests: dict[str, list[str]]
 
+    def value(self, name: str) -> Any:
+        """The stored form of one part: a list of task dicts, or one attempt's dict."""
+        part = self.parts[name]
+        if isinstance(part, list):
+            return [task.model_dump(mode="json") for task in part]
+        return part.model_dump(mode="json")
 
-def split(snapshot: Mapping[str, Any]) -> Split:
-    tasks: list[Any] = list(snapshot.get(TASKS) or [])
-    attempts: list[Any] = list(snapshot.get(ATTEMPTS) or [])
-    parts: dict[str, Any] = {}
+
+def split(snapshot: FrameworkSnapshot) -> Split:
+    tasks = snapshot.tasks
+    parts: dict[str, list[TaskSnapshot] | JobAttemptRecord] = {}
+    digests: dict[str, list[str]] = {TASKS: [], ATTEMPTS: []}
     for n, start in enumerate(range(0, len(tasks), TASKS_PER_PART)):
-        parts[f"t{n}"] = tasks[start : start + TASKS_PER_PART]
-    for i, record in enumerate(attempts):
+        chunk = tasks[start : start + TASKS_PER_PART]
+        parts[f"t{n}"] = chunk
+        digests[TASKS].append(digest(chunk))
+    for i, record in enumerate(snapshot.attempts):
         parts[f"a{i}"] = record
-    head = {k: v for k, v in snapshot.items() if k not in (TASKS, ATTEMPTS)}
-    digests = {
-        TASKS: [digest(parts[f"t{n}"]) for n in range(_count(len(tasks)))],
-        ATTEMPTS: [digest(parts[f"a{i}"]) for i in range(len(attempts))],
-    }
+        digests[ATTEMPTS].append(digest([record]))
+    head = snapshot.model_dump(mode="json", exclude={TASKS, ATTEMPTS})
     return Split(head, parts, digests)
-
-
-def _count(tasks: int) -> int:
-    return -(-tasks // TASKS_PER_PART)
 
 
 def names(digests: Mapping[str, list[str]]) -> list[str]:
@@ -115,7 +124,7 @@ def changes(job_key: str, stored: Mapping[str, list[str]] | None, new: Split) ->
     before = _named(stored or {})
     after = _named(new.digests)
     write = [
-        stored_part(job_key, name, d, new.parts[name]) for name, d in after.items() if before.get(name) != d
+        stored_part(job_key, name, d, new.value(name)) for name, d in after.items() if before.get(name) != d
     ]
     delete = sorted(part_id(job_key, name) for name in before if name not in after)
     return Changes(write, delete)
