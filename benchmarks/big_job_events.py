@@ -161,9 +161,9 @@ async def probe(bus: Bus, job_key: str, every_s: float, stop: asyncio.Event) -> 
             try:
                 await bus.request(req, reply, timeout=RPC_TIMEOUT_S)
             except PaiError as exc:
-                if exc.code != "ServiceUnavailableError":
-                    raise
-                lat[f"missed_{name}"].append(1.0)
+                # The gateway answers 503 for a missed deadline, 5xx for the rest: both counted, by code.
+                key = "missed" if exc.code == "ServiceUnavailableError" else f"error {exc.code}"
+                lat.setdefault(f"{key}_{name}", []).append(1.0)
             lat[name].append(time.monotonic() - started)
         try:
             await asyncio.wait_for(stop.wait(), every_s)
@@ -181,6 +181,7 @@ async def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     nats: ServerProcess = start_nats(base)
     mongo: ServerProcess = start_mongo(base)
     jobs: subprocess.Popen[bytes] | None = None
+    prober: asyncio.Task[dict[str, list[float]]] | None = None
     bus = await Bus.connect(nats.url, "orchestrator")
     try:
         await bus.ensure_streams()
@@ -224,7 +225,8 @@ async def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         started = time.monotonic()
         stop = asyncio.Event()
         # Without probes (--probe-ms 0) the CPU and request figures are the events' alone.
-        prober = asyncio.create_task(probe(bus, key, args.probe_ms / 1000, stop)) if args.probe_ms else None
+        if args.probe_ms:
+            prober = asyncio.create_task(probe(bus, key, args.probe_ms / 1000, stop))
         for i, (_, headers, payload) in enumerate(messages):
             if args.rate:
                 await asyncio.sleep(max(0.0, started + i / args.rate - time.monotonic()))
@@ -262,12 +264,17 @@ async def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                     "p99_ms": round(percentile(lat[name], 0.99) * 1000, 1),
                     "max_ms": round(max(lat[name], default=float("nan")) * 1000, 1),
                     "missed_5s": len(lat[f"missed_{name}"]),
+                    "errors": {
+                        k: len(v) for k, v in lat.items() if k.startswith("error") and k.endswith(name)
+                    },
                 }
                 for name in ("get", "stop")
                 if lat
             },
         }
     finally:
+        if prober is not None and not prober.done():
+            prober.cancel()
         await bus.close()
         if jobs is not None:
             jobs.terminate()
