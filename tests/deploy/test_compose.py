@@ -3,10 +3,12 @@ container's own command with its own environment run on this machine, which must
 
 No Docker engine is needed. The on-host run (about 40 s) proves the wiring: every service starts from
 what compose.yaml and the image give it (the Dockerfile's CMD and ENV, the container's environment after
-Compose's interpolation with nothing set, as in a trial, and its own env file with its own NATS user
-from deploy/compose/nats_users.py, whose nats.conf configures the NATS server here as it configures the
-nats container), with only what a container has and a host process has not remapped: the NATS and
-MongoDB addresses (the embedded servers here), free ports, a data
+Compose's interpolation with nothing set, as in a trial, and its own env file with its own NATS and
+MongoDB users from deploy/compose/credentials.py, whose nats.conf configures the NATS server here as it
+configures the nats container, and whose certificate and users serve the MongoDB-wire server here with
+access control and TLS only, as the mongo container: tests/deploy/secure_mongo.py), with only what a
+container has and a host process has not remapped: the NATS and MongoDB addresses (the servers here; the
+certificate names 127.0.0.1 too, so the host name is verified), the CA file's path, free ports, a data
 directory per container, bind mounts and named volumes as folders, the agents' fixed addresses as
 127.0.0.1.
 
@@ -291,8 +293,8 @@ def _container_env(
 ) -> dict[str, str]:
     image_env, _ = _dockerfile_final_stage()
     env = {k: v.replace("${SERVICE}", service) for k, v in image_env.items() if k.startswith("PAI_")}
-    # Compose's env files (the container's own NATS user, from nats_users.py's folder `bus`), then its
-    # environment, win over the image's.
+    # Compose's env files (the container's own NATS and MongoDB users, from credentials.py's folder
+    # `bus`), then its environment, win over the image's.
     for env_file in container.get("env_file") or []:
         assert bus is not None and env_file.startswith("./bus/"), env_file
         for line in (bus / env_file.removeprefix("./bus/")).read_text().splitlines():
