@@ -40,6 +40,7 @@ from pai_common.mongo_provision import PASSWORD_PREFIX, database, url_for
 # Every platform service with a database: the ones on the bus and the node agents' runtime.
 SERVICES = tuple(sorted((*bus_permissions.PLATFORM_SERVICES, "runtime")))
 ROOT = "root"
+PREVIOUS = "root_previous"
 PASSWORDS = "mongo-passwords.json"
 CA_CERT, CA_KEY, SERVER_PEM, KEYFILE = "mongo-ca.crt", "mongo-ca.key", "mongo-server.pem", "mongo-keyfile"
 # Where compose.yaml mounts the CA's certificate in every client container.
@@ -56,22 +57,14 @@ def service_url(service: str, password: str, host_url: str = HOST_URL) -> str:
 
 
 def passwords(old: Mapping[str, str], rotate: bool) -> dict[str, str]:
+    """Every user's password: the former run's, or new ones with `rotate` (root's former one is then kept
+    as ``root_previous``, with which mongo-users logs in once to set the new one; it stays until the next
+    rotation, so `up` must run between two rotations)."""
     made = {user: secrets.token_urlsafe(32) for user in (ROOT, *SERVICES)}
     if not rotate:
-        return {user: old.get(user, fresh) for user, fresh in made.items()}
-    if old.get(ROOT):
-        made["root_previous"] = old[ROOT]  # mongo-users logs in with it once to set the new one
-    return made
-
-
-def read_passwords(out: Path) -> dict[str, str]:
-    path = out / PASSWORDS
-    if not path.is_file():
-        return {}
-    stored = json.loads(path.read_text())
-    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
-        raise SystemExit(f"{path} is not a map of user to password: remove it, or run with --rotate")
-    return stored
+        kept = {user: old.get(user, fresh) for user, fresh in made.items()}
+        return kept | ({PREVIOUS: old[PREVIOUS]} if old.get(PREVIOUS) else {})
+    return made | ({PREVIOUS: old[ROOT]} if old.get(ROOT) else {})
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -144,9 +137,10 @@ def env_text(values: Mapping[str, str], comment: str) -> str:
     return f"# {comment}\n" + "".join(f"{k}={v}\n" for k, v in values.items())
 
 
-def files(out: Path, rotate: bool) -> tuple[dict[str, str], dict[str, bytes]]:
-    """(passwords, file name -> content) of everything the database needs but the containers' env files."""
-    password = passwords(read_passwords(out), rotate)
+def files(out: Path, stored: Mapping[str, str], rotate: bool) -> tuple[dict[str, str], dict[str, bytes]]:
+    """(passwords, file name -> content) of everything the database needs but the containers' env files;
+    `stored`: the former run's passwords (PASSWORDS in `out`)."""
+    password = passwords(stored, rotate)
     existing = {
         n: (out / n).read_bytes() for n in (CA_CERT, CA_KEY, SERVER_PEM, KEYFILE) if (out / n).is_file()
     }
@@ -162,8 +156,8 @@ def files(out: Path, rotate: bool) -> tuple[dict[str, str], dict[str, bytes]]:
         "PAI_MONGO_ROOT_USER": ROOT,
         "PAI_MONGO_ROOT_PASSWORD": password[ROOT],
     }
-    if password.get("root_previous"):
-        provision["PAI_MONGO_ROOT_PASSWORD_PREVIOUS"] = password["root_previous"]
+    if password.get(PREVIOUS):
+        provision["PAI_MONGO_ROOT_PASSWORD_PREVIOUS"] = password[PREVIOUS]
     provision |= {PASSWORD_PREFIX + s.upper(): password[s] for s in SERVICES}
     written["mongo-users.env"] = env_text(
         provision, "the mongo-users container's settings (pai_common.mongo_provision)"

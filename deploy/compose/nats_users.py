@@ -107,8 +107,8 @@ def write_private(path: Path, content: str | bytes, mode: int = 0o600) -> None:
         raise
 
 
-def _read_passwords(out: Path) -> dict[str, str]:
-    path = out / PASSWORDS
+def read_passwords(path: Path) -> dict[str, str]:
+    """A passwords file a former run wrote (user -> password); none: empty."""
     if not path.is_file():
         return {}
     stored = json.loads(path.read_text())
@@ -122,7 +122,7 @@ def write_bus(
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Writes the bus's files (see the module's text) into `out`, which exists; returns each bus
     container's env (PAI_NATS_URL) and what it wrote, for the operator (no secret)."""
-    table = users(compose, {} if rotate else _read_passwords(out))
+    table = users(compose, {} if rotate else read_passwords(out / PASSWORDS))
     password = {user: pw for user, (pw, _) in table.items()}
     write_private(out / PASSWORDS, json.dumps(password, indent=2, sort_keys=True) + "\n")
     header = "# Written by deploy/compose/credentials.py from pai_common.bus_permissions: do not edit.\n"

@@ -257,6 +257,8 @@ def test_provisioning_again_changes_nothing_and_a_rotation_takes_effect(
 
     old_root = root["PAI_MONGO_ROOT_PASSWORD"]
     compose_credentials.generate(mongo.bus, rotate=True)
+    # Running the step again before `up` keeps the new passwords and root's former one.
+    compose_credentials.generate(mongo.bus)
     rotated = mongo.provision_env()
     assert rotated["PAI_MONGO_ROOT_PASSWORD_PREVIOUS"] == old_root != rotated["PAI_MONGO_ROOT_PASSWORD"]
     assert mongo.provision() == 0
