@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any, cast
 
 from pydantic import Field
-from pymongo import ReturnDocument
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
@@ -126,13 +125,13 @@ async def save(
 
 async def register_dependent(ctx: HandlerContext, dependency: str, dependent: str) -> JobState | None:
     """List ``dependent`` as waiting for ``dependency``; the dependency's final state if it completed."""
-    doc = await ctx.db[DEPENDENTS].find_one_and_update(
-        {"_id": dependency},
-        {"$addToSet": {"dependents": dependent}},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-        session=ctx.session,
+    # An update and a read by _id, not one find-and-modify: the embedded MongoDB-wire server answers a
+    # find-and-modify of an existing document with a collection scan, and this collection holds a document
+    # for every job that ever completed (54 ms at 4,000 documents, against 5 ms for the pair).
+    await ctx.db[DEPENDENTS].update_one(
+        {"_id": dependency}, {"$addToSet": {"dependents": dependent}}, upsert=True, session=ctx.session
     )
+    doc = await ctx.db[DEPENDENTS].find_one({"_id": dependency}, {"final_state": 1}, session=ctx.session)
     store = BatchStore.of(ctx)
     store.listed(dependency, dependent)
     state = (doc or {}).get("final_state") or store.finals.get(dependency)
