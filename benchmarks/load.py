@@ -5,8 +5,10 @@ answers must be true (202 if and only if the job exists) and their latencies are
    Every answer is recorded; afterwards each job's existence is read back: a 202 whose job does not exist,
    or a refusal (an answer but 202) whose job exists, is an untrue answer; a submission the client got no
    answer to within its 60 s (status 0) is no answer, and whether its job exists is counted apart.
-2. ``--fill`` jobs in the system (default 0; the issue's figure is 10,000): more submissions until the list
-   counts that many, then the latency of listing and of one job's detail.
+2. ``--fill`` jobs in the system (default 0; the issue's figure is 10,000): more submissions, 1,000 at a
+   time and each answer read back as above, until the list counts that many (the rate and latency of each
+   thousand: the curve); the latency of listing and of one job's detail; then every job is waited for
+   until it ended (or nothing moved for 5 minutes), and the jobs that did not end are counted.
 3. ``--streams`` live job streams (default 100) open at once on running jobs: the time each takes to
    deliver its first event, and that every one ends with its job.
 
@@ -111,12 +113,42 @@ def burst(platform: RunningPlatform, token: str, count: int, clients: int, tag: 
     }
 
 
+FILL_CHUNK = 1000
+SETTLE_STALL_S = 300.0
+ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
 def fill(platform: RunningPlatform, token: str, total: int, clients: int) -> dict[str, Any]:
+    """Submit until ``total`` jobs are in the system, a chunk at a time, each chunk's answers read back.
+
+    The chunks give the curve the scale target asks for (does a submission cost more as jobs accumulate?);
+    then every job is waited for until it ended, so that none was lost on the way.
+    """
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=platform.url, timeout=60, headers=headers) as c:
         have = int(c.get("/api/v2/jobs", params={"withTotalCount": "true", "limit": 1}).json()["totalCount"])
-    if have < total:
-        burst(platform, token, total - have, clients, f"fill{uuid.uuid4().hex[:4]}")
+    curve: list[dict[str, Any]] = []
+    answers: dict[str, int] = {}
+    untrue, unanswered_exists = 0, 0
+    started = time.perf_counter()
+    while have < total:
+        n = min(FILL_CHUNK, total - have)
+        part = burst(platform, token, n, clients, f"fill{uuid.uuid4().hex[:4]}")
+        have += n
+        for status, count in part["answers"].items():
+            answers[status] = answers.get(status, 0) + count
+        untrue += part["untrue_answers"]
+        unanswered_exists += part["unanswered_job_exists"]
+        point = {
+            "submitted": have,
+            "accepted_per_s": part["accepted_per_s"],
+            "submit_ms_p50": part["submit_ms_p50"],
+            "submit_ms_p99": part["submit_ms_p99"],
+            "untrue": part["untrue_answers"],
+            "at_s": round(time.perf_counter() - started, 1),
+        }
+        curve.append(point)
+        print(json.dumps({"fill": point}), file=sys.stderr, flush=True)
     list_ms, detail_ms = [], []
     with httpx.Client(base_url=platform.url, timeout=60, headers=headers) as c:
         count = int(c.get("/api/v2/jobs", params={"withTotalCount": "true", "limit": 1}).json()["totalCount"])
@@ -132,12 +164,37 @@ def fill(platform: RunningPlatform, token: str, total: int, clients: int) -> dic
                 t = time.perf_counter()
                 c.get(f"/api/v2/jobs/{key}")
                 detail_ms.append((time.perf_counter() - t) * 1000)
+        states, settle_s = settle(c, count)
     return {
         "jobs_in_system": count,
+        "answers": answers,
+        "untrue_answers": untrue,
+        "unanswered_job_exists": unanswered_exists,
+        "curve": curve,
         "list_ms_p50": round(pct(list_ms, 50), 1),
         "list_ms_p95": round(pct(list_ms, 95), 1),
         "detail_ms_p50": round(pct(detail_ms, 50), 1),
+        "end_states": states,
+        "not_ended": count - sum(states.get(s, 0) for s in ENDED),
+        "all_ended_after_s": settle_s,
     }
+
+
+def settle(c: httpx.Client, count: int) -> tuple[dict[str, int], float | None]:
+    """Wait until every job ended, or nothing moved for SETTLE_STALL_S; the states, and when all ended."""
+    started = time.perf_counter()
+    last, moved = -1, time.perf_counter()
+    while True:
+        states = c.get("/api/v2/jobs/counts").json()["states"]
+        ended = sum(states.get(s, 0) for s in ENDED)
+        if ended >= count:
+            return states, round(time.perf_counter() - started, 1)
+        if ended != last:
+            last, moved = ended, time.perf_counter()
+            print(json.dumps({"settle": states}), file=sys.stderr, flush=True)
+        elif time.perf_counter() - moved > SETTLE_STALL_S:
+            return states, None
+        time.sleep(5)
 
 
 def streams(platform: RunningPlatform, token: str, count: int) -> dict[str, Any]:
@@ -213,7 +270,23 @@ def main() -> None:
     if args.record:
         after = os.getloadavg()
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        rows = [f"| {section}.{k} | {v} |" for section, values in figures.items() for k, v in values.items()]
+        rows = [
+            f"| {section}.{k} | {v} |"
+            for section, values in figures.items()
+            for k, v in values.items()
+            if k != "curve"
+        ]
+        curve = figures.get("fill", {}).get("curve", [])
+        if curve:
+            rows.append(
+                "\n\nThe fill, a thousand at a time:\n\n| jobs submitted | accepted/s | submit p50 (ms)"
+                " | submit p99 (ms) | untrue answers | at (s) |\n|---|---|---|---|---|---|"
+            )
+            rows += [
+                f"| {p['submitted']} | {p['accepted_per_s']} | {p['submit_ms_p50']} | {p['submit_ms_p99']} |"
+                f" {p['untrue']} | {p['at_s']} |"
+                for p in curve
+            ]
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
             f.write(
                 f"\n## {now} — load: submissions, jobs in the system, live streams\n\nMachine: {describe()};"

@@ -1,7 +1,5 @@
-"""Makes the Compose deployment's NATS users, before its first `docker compose up`.
-
-    .venv/bin/python deploy/compose/nats_users.py            # writes deploy/compose/bus/
-    .venv/bin/python deploy/compose/nats_users.py --rotate   # new passwords for every user
+"""The Compose deployment's NATS users (the bus half of deploy/compose/credentials.py, which is the step
+to run; running this file runs that step whole, so that every env file keeps its database URL too).
 
 The users and their subject permissions are the ones `pai up` gives its embedded server, from the same
 table (pai_common.bus_permissions, derived from the message contract; deploy/k8s/nats_users.py renders it
@@ -9,14 +7,13 @@ for Kubernetes): one user per platform service, one per node agent (the runtime 
 each named after its PAI_NODE_NAME: it reads only its own commands and publishes no job event), the
 operator (everything but removing streams) and a read-only extension user.
 
-What it writes (the folder 0700, every file 0600; the folder is ignored by git):
+What it writes into the generated folder (0700, every file 0600, ignored by git):
 
     bus/nats.conf        the server's users, passwords and permissions; the nats container reads it
-    bus/<container>.env  PAI_NATS_URL with that container's own user, one per platform container on the
-                         bus; compose.yaml gives each container its own file and no other
     bus/operator.url     the operator's URL, for an admin's tools
     bus/extension.url    the extension user's URL (examples/extensions/job-notifier's --credentials)
     bus/passwords.json   user -> password, so that running it again keeps the passwords
+    and PAI_NATS_URL in each platform container's bus/<container>.env (credentials.py writes those)
 
 Running it again (after a new event, command or RPC call) keeps every password and rewrites the
 permissions: then `docker compose kill -s HUP nats` makes the server reload them. With --rotate every
@@ -26,7 +23,7 @@ generated here, on the machine that runs Compose; none is printed, logged or com
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -34,13 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pai_common import bus_permissions
 
 COMPOSE_DIR = Path(__file__).resolve().parent
-COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
-OUT = COMPOSE_DIR / "bus"
 # The NATS container as the platform's containers reach it (compose.yaml's `nats` service).
 NATS_URL = "nats://nats:4222"
 PASSWORDS = "passwords.json"
@@ -54,14 +47,21 @@ def _node_name(name: str, container: dict[str, Any]) -> str:
 
 
 def _platform_containers(compose: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Compose container -> (the service it runs: its SERVICE build argument, the container)."""
+    """Compose container -> (the service it runs: its SERVICE build argument, the container), for every
+    container that runs its image's own command: a service. One that runs another command from the same
+    image (the one-shot mongo-users) is a tool, not a service."""
     found = {}
     for name, container in (compose.get("services") or {}).items():
         build = container.get("build")
         service = (build.get("args") or {}).get("SERVICE") if isinstance(build, dict) else None
-        if service:
+        if service and "command" not in container:
             found[name] = (str(service), container)
     return found
+
+
+def platform_containers(compose: dict[str, Any]) -> dict[str, str]:
+    """Compose container -> the platform service it runs."""
+    return {name: service for name, (service, _) in _platform_containers(compose).items()}
 
 
 def bus_containers(compose: dict[str, Any]) -> dict[str, str]:
@@ -93,20 +93,22 @@ def users(
     return {user: (passwords.get(user, fresh), perms) for user, (fresh, perms) in made.items()}
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Readable by the owner only from its first byte; replaced whole, so a reader never sees half."""
+def write_private(path: Path, content: str | bytes, mode: int = 0o600) -> None:
+    """Readable by the owner only from its first byte (then `mode`); replaced whole, so a reader never
+    sees half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
-def _read_passwords(out: Path) -> dict[str, str]:
-    path = out / PASSWORDS
+def read_passwords(path: Path) -> dict[str, str]:
+    """A passwords file a former run wrote (user -> password); none: empty."""
     if not path.is_file():
         return {}
     stored = json.loads(path.read_text())
@@ -115,44 +117,39 @@ def _read_passwords(out: Path) -> dict[str, str]:
     return stored
 
 
-def generate(out: Path, compose_file: Path = COMPOSE_FILE, rotate: bool = False) -> list[str]:
-    """Writes the files (see the module's text); returns what it wrote, for the operator (no secret)."""
-    compose = yaml.safe_load(compose_file.read_text())
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    out.chmod(0o700)
-    table = users(compose, {} if rotate else _read_passwords(out))
+def write_bus(
+    out: Path, compose: dict[str, Any], rotate: bool = False
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Writes the bus's files (see the module's text) into `out`, which exists; returns each bus
+    container's env (PAI_NATS_URL) and what it wrote, for the operator (no secret)."""
+    table = users(compose, {} if rotate else read_passwords(out / PASSWORDS))
     password = {user: pw for user, (pw, _) in table.items()}
-    _write_private(out / PASSWORDS, json.dumps(password, indent=2, sort_keys=True) + "\n")
-    header = "# Written by deploy/compose/nats_users.py from pai_common.bus_permissions: do not edit.\n"
-    _write_private(out / "nats.conf", header + bus_permissions.nats_config(table))
+    write_private(out / PASSWORDS, json.dumps(password, indent=2, sort_keys=True) + "\n")
+    header = "# Written by deploy/compose/credentials.py from pai_common.bus_permissions: do not edit.\n"
+    write_private(out / "nats.conf", header + bus_permissions.nats_config(table))
     wrote = [f"{out / 'nats.conf'}: {len(table)} users"]
-    for container, user in sorted(bus_containers(compose).items()):
-        url = bus_permissions.url_for(NATS_URL, user, password[user])
-        _write_private(
-            out / f"{container}.env", f"# {container}'s own NATS user ({user})\nPAI_NATS_URL={url}\n"
-        )
-        wrote.append(f"{out / container}.env: user {user}")
+    env = {
+        container: {"PAI_NATS_URL": bus_permissions.url_for(NATS_URL, user, password[user])}
+        for container, user in sorted(bus_containers(compose).items())
+    }
     for user in (bus_permissions.OPERATOR, bus_permissions.EXTENSION):
-        _write_private(out / f"{user}.url", bus_permissions.url_for(NATS_URL, user, password[user]) + "\n")
+        write_private(out / f"{user}.url", bus_permissions.url_for(NATS_URL, user, password[user]) + "\n")
         wrote.append(f"{out / user}.url: user {user}")
-    # Files of containers no longer in compose.yaml hold passwords nobody uses any more.
-    keep = {f"{c}.env" for c in bus_containers(compose)}
-    for stale in out.glob("*.env"):
-        if stale.name not in keep:
-            stale.unlink()
-            wrote.append(f"{stale}: removed (no such container)")
-    return wrote
+    return env, wrote
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT, help="where to write (default: deploy/compose/bus)")
-    parser.add_argument("--compose-file", type=Path, default=COMPOSE_FILE)
-    parser.add_argument("--rotate", action="store_true", help="new passwords for every user")
-    args = parser.parse_args(argv)
-    for line in generate(args.out, args.compose_file, args.rotate):
-        print(line)
-    return 0
+    """The whole step (credentials.py): the bus's users alone would leave env files without a database."""
+    spec = importlib.util.spec_from_file_location("pai_compose_credentials", COMPOSE_DIR / "credentials.py")
+    assert spec is not None and spec.loader is not None
+    credentials = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(credentials)
+    print(
+        "nats_users.py runs deploy/compose/credentials.py: the bus's and the database's users",
+        file=sys.stderr,
+    )
+    code: int = credentials.main(argv)
+    return code
 
 
 if __name__ == "__main__":

@@ -35,9 +35,12 @@ def load_script(path: Path, name: str) -> ModuleType:
     return module
 
 
-# deploy/k8s/nats_users.py and deploy/compose/nats_users.py, which write the NATS users.
+# deploy/k8s/nats_users.py, which writes the NATS users; deploy/compose/credentials.py, which writes the
+# Compose deployment's NATS and MongoDB users (its halves: compose_nats_users, compose_mongo_users).
 nats_users = load_script(K8S / "nats_users.py", "pai_deploy_nats_users")
-compose_nats_users = load_script(REPO / "deploy" / "compose" / "nats_users.py", "pai_compose_nats_users")
+compose_credentials = load_script(REPO / "deploy" / "compose" / "credentials.py", "pai_compose_credentials")
+compose_nats_users = compose_credentials.nats_users
+compose_mongo_users = compose_credentials.mongo_users
 OVERLAYS = ("dev", "production")
 KUBERNETES_VERSION = "1.30.0"
 

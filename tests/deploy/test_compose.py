@@ -3,10 +3,12 @@ container's own command with its own environment run on this machine, which must
 
 No Docker engine is needed. The on-host run (about 40 s) proves the wiring: every service starts from
 what compose.yaml and the image give it (the Dockerfile's CMD and ENV, the container's environment after
-Compose's interpolation with nothing set, as in a trial, and its own env file with its own NATS user
-from deploy/compose/nats_users.py, whose nats.conf configures the NATS server here as it configures the
-nats container), with only what a container has and a host process has not remapped: the NATS and
-MongoDB addresses (the embedded servers here), free ports, a data
+Compose's interpolation with nothing set, as in a trial, and its own env file with its own NATS and
+MongoDB users from deploy/compose/credentials.py, whose nats.conf configures the NATS server here as it
+configures the nats container, and whose certificate and users serve the MongoDB-wire server here with
+access control and TLS only, as the mongo container: tests/deploy/secure_mongo.py), with only what a
+container has and a host process has not remapped: the NATS and MongoDB addresses (the servers here; the
+certificate names 127.0.0.1 too, so the host name is verified), the CA file's path, free ports, a data
 directory per container, bind mounts and named volumes as folders, the agents' fixed addresses as
 127.0.0.1.
 
@@ -35,8 +37,9 @@ import pytest
 import yaml
 
 from pai_auth.shell import AuthSettings
-from pai_common.embedded import ServerProcess, free_port, start_mongo, start_nats
-from tests.deploy.manifests import compose_nats_users
+from pai_common.embedded import ServerProcess, free_port, launch_nats
+from tests.deploy import secure_mongo
+from tests.deploy.manifests import compose_credentials
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
@@ -91,11 +94,14 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
 
 
 def _platform_containers(compose: dict[str, Any]) -> dict[str, str]:
-    """Compose container name -> the service it runs (its SERVICE build argument)."""
+    """Compose container name -> the service it runs (its SERVICE build argument); a container running
+    another command of a service's image (the one-shot mongo-users) is no service."""
     return {
         name: c["build"]["args"]["SERVICE"]
         for name, c in compose["services"].items()
-        if isinstance(c.get("build"), dict) and "SERVICE" in (c["build"].get("args") or {})
+        if isinstance(c.get("build"), dict)
+        and "SERVICE" in (c["build"].get("args") or {})
+        and "command" not in c
     }
 
 
@@ -140,15 +146,18 @@ def test_every_service_has_its_container_wired_alike(compose: dict[str, Any]) ->
         ).resolve() == DOCKERFILE
         assert container["image"] == "${REGISTRY:-}openpai-py/" + service + ":${TAG:-dev}", name
         env = _env(container)
-        # The bus URL, with the container's own NATS user, is in its env file (test_compose_nats.py).
-        # The portal, a client of the REST API only, is not on the bus.
+        # The bus's and the database's URLs, with the container's own users, are in its env file
+        # (test_compose_nats.py, test_compose_mongo.py). The portal, a client of the REST API only, has
+        # neither.
         env_files = [] if service == "portal" else [f"./bus/{name}.env"]
-        assert container.get("env_file", []) == env_files and "PAI_NATS_URL" not in env, name
-        assert env["PAI_MONGO_URL"].startswith("mongodb://mongo:"), name
+        assert container.get("env_file", []) == env_files, name
+        assert "PAI_NATS_URL" not in env and "PAI_MONGO_URL" not in env, name
         assert env["PAI_HTTP_HOST"] == "0.0.0.0" and env["PAI_HTTP_PORT"] == str(METRICS_PORT), name
         assert env["PAI_STREAM_REPLICAS"] == "1", name  # one NATS server
         depends = container["depends_on"]
         assert depends["nats"]["condition"] == depends["mongo"]["condition"] == "service_healthy", name
+        # Its database user exists, with its env file's password, before it starts.
+        assert depends["mongo-users"]["condition"] == "service_completed_successfully", name
         if service == "runtime":
             assert container.get("init") is True, (
                 f"{name}: tasks run under the agent, which must not be PID 1"
@@ -175,7 +184,12 @@ def test_nats_has_a_health_check_and_monitoring_a_profile(compose: dict[str, Any
             if not source.startswith((".", "/")):
                 assert source in volumes, f"{name}: undeclared volume {source}"
             elif source.startswith("./bus/"):
-                assert source == "./bus/nats.conf", f"{name}: {source}"  # nats_users.py writes it
+                # credentials.py writes them (test_compose_nats.py: who mounts which).
+                generated = ("nats.conf", "mongo-ca.crt", "mongo-keyfile", "mongo-server.pem")
+                assert source.removeprefix("./bus/") in generated, f"{name}: {source}"
+                assert isinstance(mount, dict) and mount["bind"]["create_host_path"] is False, (
+                    f"{name}: {source}: Docker would make a folder where it is missing"
+                )
             elif source.startswith("."):
                 assert (COMPOSE_DIR / source).exists(), f"{name}: {source} does not exist"
 
@@ -279,8 +293,8 @@ def _container_env(
 ) -> dict[str, str]:
     image_env, _ = _dockerfile_final_stage()
     env = {k: v.replace("${SERVICE}", service) for k, v in image_env.items() if k.startswith("PAI_")}
-    # Compose's env files (the container's own NATS user, from nats_users.py's folder `bus`), then its
-    # environment, win over the image's.
+    # Compose's env files (the container's own NATS and MongoDB users, from credentials.py's folder
+    # `bus`), then its environment, win over the image's.
     for env_file in container.get("env_file") or []:
         assert bus is not None and env_file.startswith("./bus/"), env_file
         for line in (bus / env_file.removeprefix("./bus/")).read_text().splitlines():
@@ -291,12 +305,21 @@ def _container_env(
     # What a container has and a host process has not: remapped, and only that.
     if "PAI_NATS_URL" in env:
         env["PAI_NATS_URL"] = env["PAI_NATS_URL"].replace("@nats:4222", f"@127.0.0.1:{nats.port}")
-    env["PAI_MONGO_URL"] = mongo.url
+    if "PAI_MONGO_URL" in env:
+        assert bus is not None
+        env["PAI_MONGO_URL"] = secure_mongo.on_host(env["PAI_MONGO_URL"], mongo.port, bus)
     mounts = {}
     for mount in container.get("volumes") or []:
-        source, target = str(mount).split(":")[:2]
-        local = (COMPOSE_DIR / source).resolve() if source.startswith(".") else root / "volumes" / source
-        if not source.startswith("."):
+        source, target = (
+            (mount["source"], mount["target"]) if isinstance(mount, dict) else str(mount).split(":")[:2]
+        )
+        if source.startswith("./bus/"):
+            assert bus is not None
+            local = bus / source.removeprefix("./bus/")
+        elif source.startswith("."):
+            local = (COMPOSE_DIR / source).resolve()
+        else:
+            local = root / "volumes" / source
             local.mkdir(parents=True, exist_ok=True)
         mounts[target] = local
     for secret in container.get("secrets") or []:
@@ -339,11 +362,18 @@ def _remap_ports(envs: dict[str, dict[str, str]]) -> None:
 @pytest.fixture(scope="module")
 def host_cluster(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostCluster]:
     root = tmp_path_factory.mktemp("compose-on-host")
-    # The bus as compose.yaml runs it: nats_users.py's users and permissions, each container its own.
+    # The bus and the database as compose.yaml runs them: credentials.py's users, permissions and TLS
+    # files, each container its own users; the database with access control and TLS only, its users
+    # made by mongo-users' code (secure_mongo.py).
     bus = root / "bus"
-    compose_nats_users.generate(bus)
-    nats = start_nats(root / "nats", authorization=(bus / "nats.conf").read_text())
-    mongo = start_mongo(root / "mongo")
+    compose_credentials.generate(bus)
+    nats = launch_nats(root / "nats", authorization=(bus / "nats.conf").read_text())
+    try:
+        mongo = secure_mongo.start_secure_mongo(root / "mongo", bus).server
+        nats.wait_listening(20)
+    except BaseException:
+        nats.stop()
+        raise
     cluster = HostCluster(root)
     _, cmd = _dockerfile_final_stage()
     assert cmd == 'exec python -m "pai_${PAI_SERVICE}"', cmd
@@ -425,9 +455,13 @@ def test_the_compose_services_run_a_job(host_cluster: HostCluster) -> None:
         assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:300]
     for name, proc in host_cluster.procs.items():
         assert proc.poll() is None, f"{name} exited\n{host_cluster.logs()}"
-    # Every process had a NATS password; none of them wrote one (nor the NATS server) in its log.
-    passwords = json.loads((host_cluster.root / "bus" / "passwords.json").read_text()).values()
-    logs = [*host_cluster.root.glob("*.log"), *host_cluster.root.glob("nats/logs/*.log")]
+    # Every process had a NATS and a MongoDB password; none of them wrote one (nor the servers) in a log.
+    bus = host_cluster.root / "bus"
+    passwords = [
+        *json.loads((bus / "passwords.json").read_text()).values(),
+        *json.loads((bus / "mongo-passwords.json").read_text()).values(),
+    ]
+    logs = [*host_cluster.root.glob("*.log"), *host_cluster.root.glob("*/logs/*.log")]
     assert len(logs) > len(host_cluster.procs)
     for log in logs:
         text = log.read_text(errors="replace")

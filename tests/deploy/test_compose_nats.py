@@ -23,7 +23,7 @@ import yaml
 
 from pai_common import bus_permissions
 from pai_common.embedded import ServerProcess, start_nats
-from tests.deploy.manifests import REPO, compose_nats_users
+from tests.deploy.manifests import REPO, compose_credentials, compose_nats_users
 from tests.test_bus_security import Session
 
 COMPOSE_DIR = REPO / "deploy" / "compose"
@@ -63,7 +63,7 @@ def on_host(url: str, server: ServerProcess) -> str:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("compose") / "bus"
-    compose_nats_users.generate(out)
+    compose_credentials.generate(out)
     return out
 
 
@@ -92,39 +92,40 @@ def test_the_generated_users_are_the_permission_table(generated: Path) -> None:
     for user in ("operator", "extension"):
         url = urlsplit((generated / f"{user}.url").read_text().strip())
         assert (url.username, url.password) == (user, passwords[user])
-    # The folder and every file in it: the owner's only.
+    # The folder and every file in it: the owner's only (but the database CA's certificate, public).
     assert stat.S_IMODE(generated.stat().st_mode) == 0o700
     for path in generated.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+        public = path.name == "mongo-ca.crt"
+        assert stat.S_IMODE(path.stat().st_mode) == (0o644 if public else 0o600), path.name
 
 
 def test_running_it_again_keeps_the_passwords_and_rotate_replaces_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bus"
-    assert compose_nats_users.main(["--out", str(out)]) == 0
+    assert compose_credentials.main(["--out", str(out)]) == 0
     first = {u: e["password"] for u, e in _config(out).items()}
     (out / "gone-container.env").write_text("PAI_NATS_URL=nats://x:y@nats:4222\n")
-    assert compose_nats_users.main(["--out", str(out)]) == 0
+    assert compose_credentials.main(["--out", str(out)]) == 0
     assert {u: e["password"] for u, e in _config(out).items()} == first
     assert not (out / "gone-container.env").exists()  # a password nobody uses any more
-    assert compose_nats_users.main(["--out", str(out), "--rotate"]) == 0
+    assert compose_credentials.main(["--out", str(out), "--rotate"]) == 0
     rotated = {u: e["password"] for u, e in _config(out).items()}
     assert set(rotated) == set(first) and not set(rotated.values()) & set(first.values())
     printed = capsys.readouterr()
-    assert "runtime-node-1.env: user runtime-runtime-node-1" in printed.out  # paths, never a secret
-    for password in [*first.values(), *rotated.values()]:
+    # Paths and user names, never a secret.
+    assert "runtime-node-1.env: NATS user runtime-runtime-node-1, MongoDB user runtime" in printed.out
+    mongo = json.loads((out / "mongo-passwords.json").read_text()).values()
+    for password in [*first.values(), *rotated.values(), *mongo]:
         assert password not in printed.out + printed.err
 
 
 def test_compose_gives_each_container_its_own_credential_only(generated: Path) -> None:
     compose = _compose()
     containers = compose_nats_users.bus_containers(compose)
-    platform = {
-        name
-        for name, c in compose["services"].items()
-        if isinstance(c.get("build"), dict) and "SERVICE" in (c["build"].get("args") or {})
-    }
+    # The platform's containers: those running a service (mongo-users runs a tool from a service's image).
+    platform = set(compose_nats_users.platform_containers(compose))
+    assert "mongo-users" not in platform and "jobs" in platform
     assert set(containers) == platform - {"portal"}, "every platform container but the portal is on the bus"
     assert {containers[n] for n in NODES} == {bus_permissions.node_durable(n) for n in NODES}
     for name, container in compose["services"].items():
@@ -140,14 +141,22 @@ def test_compose_gives_each_container_its_own_credential_only(generated: Path) -
             if service == "runtime":
                 assert env["PAI_CREATE_STREAMS"] == "false", f"{name}: its user may not create streams"
         else:
-            assert not env_files, name
-        # Nobody but the NATS server mounts anything of the generated folder.
+            own = {"mongo": ["./bus/mongo.env"], "mongo-users": ["./bus/mongo-users.env"]}
+            assert env_files == own.get(name, []), name
+        # Of the generated folder, the NATS server mounts its configuration, the database its keyfile and
+        # TLS files, every client of the database the CA's certificate, nobody anything else.
         mounts = [
             m["source"] if isinstance(m, dict) else str(m).split(":")[0]
             for m in container.get("volumes") or []
         ]
-        bus_mounts = [m for m in mounts if m.lstrip("./").startswith("bus")]
-        assert bus_mounts == (["./bus/nats.conf"] if name == "nats" else []), name
+        bus_mounts = sorted(m for m in mounts if m.lstrip("./").startswith("bus"))
+        expected = {
+            "nats": ["./bus/nats.conf"],
+            "mongo": ["./bus/mongo-ca.crt", "./bus/mongo-keyfile", "./bus/mongo-server.pem"],
+            "mongo-users": ["./bus/mongo-ca.crt"],
+        }
+        database_client = name in containers  # every service on the bus has a database
+        assert bus_mounts == expected.get(name, ["./bus/mongo-ca.crt"] if database_client else []), name
     nats_container = compose["services"]["nats"]
     [mount] = [
         m for m in nats_container["volumes"] if isinstance(m, dict) and m["source"] == "./bus/nats.conf"

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,9 +171,13 @@ def start_mongo(data_dir: Path, port: int | None = None, timeout_s: float = 60.0
     return server
 
 
-def launch_mongo(data_dir: Path, port: int | None = None, store: str = "mongo") -> ServerProcess:
+def launch_mongo(
+    data_dir: Path, port: int | None = None, store: str = "mongo", options: Sequence[str] = ()
+) -> ServerProcess:
     """A MongoDB-wire server on ``<data_dir>/<store>`` (its log ``logs/<store>.log``, its name ``store``),
-    without waiting for its port: start several at once, then wait for each."""
+    without waiting for its port: start several at once, then wait for each. ``options``: more of
+    ``pai_common.mongo_server``'s (``--auth``, ``--tls-pem-file``); its ``url`` is then not enough to
+    connect."""
     port = port or free_port()
     path = data_dir / store
     path.mkdir(parents=True, exist_ok=True)
@@ -186,6 +190,7 @@ def launch_mongo(data_dir: Path, port: int | None = None, store: str = "mongo") 
         str(port),
         "--storage-path",
         str(path),
+        *options,
     ]
     proc = _spawn(store, argv, log_path)
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"

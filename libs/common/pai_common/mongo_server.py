@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-path", required=True)
     parser.add_argument("--transaction-lifetime-s", type=float, default=10.0)
     parser.add_argument("--log-level", default="WARNING")
+    # Access control (SCRAM-SHA-256) and TLS, as the Compose deployment's mongo runs (tests/deploy): users
+    # are created while it runs without --auth, which SecantusDB then requires from every client.
+    parser.add_argument("--auth", action="store_true")
+    parser.add_argument("--tls-pem-file", help="the server's certificate followed by its key; TLS only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = SecantusDBServer(
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         enable_test_commands=False,
         transaction_lifetime_seconds=args.transaction_lifetime_s,
         sync_on_commit=True,
+        require_auth=args.auth,
+        tls_cert_file=args.tls_pem_file,
+        tls_key_file=args.tls_pem_file,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any, cast
 
 from pydantic import Field
-from pymongo import ReturnDocument
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
@@ -126,13 +125,13 @@ async def save(
 
 async def register_dependent(ctx: HandlerContext, dependency: str, dependent: str) -> JobState | None:
     """List ``dependent`` as waiting for ``dependency``; the dependency's final state if it completed."""
-    doc = await ctx.db[DEPENDENTS].find_one_and_update(
-        {"_id": dependency},
-        {"$addToSet": {"dependents": dependent}},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-        session=ctx.session,
+    # An update and a read by _id, not one find-and-modify: the embedded MongoDB-wire server answers a
+    # find-and-modify of an existing document with a collection scan, and this collection holds a document
+    # for every job that ever completed (54 ms at 4,000 documents, against 5 ms for the pair).
+    await ctx.db[DEPENDENTS].update_one(
+        {"_id": dependency}, {"$addToSet": {"dependents": dependent}}, upsert=True, session=ctx.session
     )
+    doc = await ctx.db[DEPENDENTS].find_one({"_id": dependency}, {"final_state": 1}, session=ctx.session)
     store = BatchStore.of(ctx)
     store.listed(dependency, dependent)
     state = (doc or {}).get("final_state") or store.finals.get(dependency)
@@ -294,7 +293,11 @@ class Orchestrator:
         is looked at, and the choice between moving and firing is made in one reading of the clock."""
         now = now_ms()
         current = CLOCK.stamp()
-        due = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None, "$lte": now}}, {"_id": 1})
+        # A range over numbers only ($gte 0): the frameworks without a timer (due_at null, most of them) sort
+        # before every number in the index, and the embedded server's range from the lowest key read and
+        # fetched them all, every tick (245 ms at 5,000 frameworks for "$lte now", 133 ms with "$ne null",
+        # 3.4 ms bounded).
+        due = self.app.db[FRAMEWORKS].find({"due_at": {"$gte": 0, "$lte": now}}, {"_id": 1})
         keys = [d["_id"] async for d in due]
         loop = asyncio.get_running_loop()
         if current.skew_ms != self._seen_skew:
@@ -302,7 +305,7 @@ class Orchestrator:
             self._look_for_stale_until = loop.time() + STALE_LOOK_S
         if loop.time() < self._look_for_stale_until:
             before_jump = {"clock.run": current.run, "clock.skew_ms": {"$ne": current.skew_ms}}
-            stale = self.app.db[FRAMEWORKS].find({"due_at": {"$ne": None}, **before_jump}, {"_id": 1})
+            stale = self.app.db[FRAMEWORKS].find({"due_at": {"$gte": 0}, **before_jump}, {"_id": 1})
             keys = list(dict.fromkeys([d["_id"] async for d in stale] + keys))
         fired = 0
         for key in keys:
