@@ -3,3 +3,7 @@
 Only what every service needs lives here: settings, the bus (events, commands, RPC), the message
 contract, MongoDB access, telemetry and the service runner. Nothing service-specific.
 """
+
+from pai_common.nats_import import import_nats_without_websockets
+
+import_nats_without_websockets()
