@@ -210,6 +210,11 @@ class Bus:
 
     # ---- publishing ----------------------------------------------------------------------------------
 
+    @property
+    def max_payload(self) -> int:
+        """The most bytes (headers and body) the server takes in one message, as it told at connection."""
+        return int(self.nc.max_payload)
+
     async def publish_raw(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
         await self.js.publish(subject, payload, headers=headers, timeout=5.0)
 

@@ -10,28 +10,44 @@ The committer publishes what it committed straight from memory (no read back) wh
 nothing older that is still unsent; after a failed publish, and at start, the oldest-first flush of the
 whole collection takes over until it succeeds. The deletion of published messages is batched in the
 background: it is off the handler's path, and one delete serves every commit of the moment.
+
+A message that no retry can publish (larger than the server's ``max_payload``, or than the body a
+consumer accepts) would otherwise stop every message after it: it is moved out of the outbox to the
+``outbox_dead_letters`` collection (whole, with the error) and a notice with the error goes to the
+service's dead letters (``pai.dlq.<service>.outbox``, where an admin lists them), then the rest goes on.
+A failure of the bus itself is not such a refusal: it leaves everything in place for the next try.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from nats.errors import MaxPayloadError
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from pai_common.bus import Bus
 from pai_common.contract.base import Command, Event, command_subject, event_subject
-from pai_common.envelope import encode
+from pai_common.dead_letters import CONSUMER_HEADER, ERROR_HEADER, subject_of
+from pai_common.envelope import H_ID, H_MSG_ID, H_TYPE, MAX_BODY_BYTES, encode
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "outbox"
+DEAD_COLLECTION = "outbox_dead_letters"
+# The consumer name an outbox's dead letters are filed under (a node agent, allowed only its own
+# durable's dead-letter subject, passes that durable instead).
+DEAD_LETTER_DURABLE = "outbox"
+SUBJECT_HEADER = "pai-outbox-subject"
+_HEADER_CUT = 1000
 _seq = itertools.count()
 
 
@@ -58,9 +74,30 @@ class PendingMessages:
         return mid
 
 
+def wire_size(headers: dict[str, str], payload: bytes) -> int:
+    """The bytes the server counts against ``max_payload``: the header block as nats-py writes it
+    (``NATS/1.0``, one ``key: value`` line each, a blank line) plus the body."""
+    header_block = 10 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) + 2
+    return header_block + len(payload)
+
+
+def refusal(headers: dict[str, str], payload: bytes, max_payload: int) -> str | None:
+    """Why no retry can ever publish this message, or None if it can be tried."""
+    size = wire_size(headers, payload)
+    if size > max_payload:
+        return f"message of {size} bytes exceeds the bus's max_payload of {max_payload}"
+    if len(payload) > MAX_BODY_BYTES:
+        return f"body of {len(payload)} bytes exceeds {MAX_BODY_BYTES}, the most a consumer accepts"
+    return None
+
+
 class Outbox:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], bus: Bus) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], bus: Bus, dead_letter_durable: str = DEAD_LETTER_DURABLE
+    ) -> None:
         self.collection = db[COLLECTION]
+        self.dead = db[DEAD_COLLECTION]
+        self.dead_letter_durable = dead_letter_durable
         self.bus = bus
         self._lock = asyncio.Lock()
         # Something older than the next commit may still be unsent (at start, after a failed publish):
@@ -121,8 +158,56 @@ class Outbox:
             sent += len(docs)
 
     async def _publish(self, docs: Sequence[dict[str, Any]]) -> None:
-        await asyncio.gather(
-            *(self.bus.publish_raw(d["subject"], dict(d["headers"]), bytes(d["data"])) for d in docs)
+        # Checked before sending: a message over the server's limit that reached it would close the
+        # connection (nats-py checks the body alone, the server headers and body).
+        live: list[dict[str, Any]] = []
+        for doc in docs:
+            why = refusal(dict(doc["headers"]), bytes(doc["data"]), self.bus.max_payload)
+            if why is None:
+                live.append(doc)
+            else:
+                await self._dead_letter(doc, why)
+        await asyncio.gather(*(self._publish_one(d) for d in live))
+
+    async def _publish_one(self, doc: dict[str, Any]) -> None:
+        try:
+            await self.bus.publish_raw(doc["subject"], dict(doc["headers"]), bytes(doc["data"]))
+        except MaxPayloadError as exc:
+            # The server's limit went down since (a reconnection to another server).
+            await self._dead_letter(doc, f"refused by the bus: {exc}")
+
+    async def _dead_letter(self, doc: dict[str, Any], error: str) -> None:
+        """Move a message that can never be published out of the outbox, with why. The notice goes first
+        and carries a fixed id: a failure at any step leaves the message in the outbox, and the next try
+        repeats the steps without a second notice."""
+        # Header values cut short: the notice itself must fit, whatever made the message too big.
+        headers = {k: v[:_HEADER_CUT] for k, v in dict(doc["headers"]).items() if k != H_MSG_ID}
+        size = len(bytes(doc["data"]))
+        headers[ERROR_HEADER] = error
+        headers[CONSUMER_HEADER] = self.dead_letter_durable
+        headers[SUBJECT_HEADER] = doc["subject"]
+        headers[H_MSG_ID] = f"outbox-dead:{doc['_id']}"
+        notice = {
+            "error": error,
+            "bytes": size,
+            "subject": doc["subject"],
+            "keptIn": f"the {self.bus.service} database's {DEAD_COLLECTION} collection, _id {doc['_id']}",
+        }
+        await self.bus.publish_raw(
+            subject_of(self.bus.service, self.dead_letter_durable), headers, json.dumps(notice).encode()
+        )
+        kept = {**doc, "error": error, "deadLetteredAt": datetime.now(UTC)}
+        await self.dead.replace_one({"_id": doc["_id"]}, kept, upsert=True)
+        await self.collection.delete_one({"_id": doc["_id"]})
+        log.error(
+            "outbox message can never be published: dead-lettered",
+            extra={
+                "message_id": headers.get(H_ID, ""),
+                "type": headers.get(H_TYPE, ""),
+                "subject": doc["subject"],
+                "bytes": size,
+                "error": error,
+            },
         )
 
     async def delete_sent(self) -> int:

@@ -22,7 +22,7 @@ from pai_common.envelope import Envelope
 from pai_common.health import HealthServer, announce
 from pai_common.logs import setup_logging
 from pai_common.metrics import set_build_info
-from pai_common.outbox import Outbox, PendingMessages
+from pai_common.outbox import DEAD_LETTER_DURABLE, Outbox, PendingMessages
 from pai_common.service_metrics import sample_forever
 from pai_common.settings import Settings
 from pai_common.telemetry import setup_tracing, shutdown_tracing
@@ -153,7 +153,11 @@ class ServiceApp:
         await self.bus.ensure_streams(s.stream_replicas, create=s.create_streams)
         self.mongo = connect_mongo(s.mongo_url)
         self.db = service_database(self.mongo, self.name)
-        self.outbox = Outbox(self.db, self.bus)
+        # A node agent may file dead letters only under its own consumer's name.
+        node_agent = getattr(s, "node_name", None) is not None and self._command_consumers
+        self.outbox = Outbox(
+            self.db, self.bus, self._command_consumers[0][0] if node_agent else DEAD_LETTER_DURABLE
+        )
         health = HealthServer(s.http_host, s.http_port, self.is_ready)
         self.health_port = await health.start()
         self._health = health

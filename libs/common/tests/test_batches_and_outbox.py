@@ -4,6 +4,7 @@ servers: what makes a job cost fewer round trips must keep every guarantee."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,13 +13,14 @@ from typing import Any
 
 import pytest
 
+from pai_common import dead_letters
 from pai_common.bus import EVENTS_STREAM, Bus
 from pai_common.consumer import PROCESSED, HandlerContext
 from pai_common.contract.events import JobAttemptCompleted, SchedulingReleased
 from pai_common.database import connect_mongo, service_database
 from pai_common.embedded import ServerProcess
-from pai_common.envelope import H_MSG_ID, Envelope, encode
-from pai_common.outbox import Outbox, PendingMessages
+from pai_common.envelope import H_MSG_ID, MAX_BODY_BYTES, Envelope, encode
+from pai_common.outbox import DEAD_COLLECTION, Outbox, PendingMessages
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 
@@ -125,6 +127,7 @@ class FlakyBus:
         self.bus = bus
         self.down = False
         self.service = bus.service
+        self.max_payload = bus.max_payload
 
     async def publish_raw(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
         if self.down:
@@ -282,3 +285,78 @@ async def test_a_backlog_is_applied_in_full_batches_each_acked_after_its_commit(
         assert transactions <= -(-total // batch) + 2, transactions
     finally:
         await app.stop()
+
+
+async def commit_big(client: Any, outbox: Outbox, job: str, size: int) -> list[dict[str, Any]]:
+    """A message whose body is ``size`` bytes or more: the job key is padded (any big field would do)."""
+    pending = PendingMessages("test")
+    big = JobAttemptCompleted(job_key=job + "x" * size, attempt_id=0, exit_code=0)
+    pending.event(big, msg_id=f"big:{job}")
+    async with client.start_session() as session:
+        async with await session.start_transaction():
+            await outbox.stage(pending, session)
+    return pending.docs
+
+
+async def test_a_message_too_big_for_the_bus_does_not_wedge_the_outbox(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    """A message over the server's max_payload can never be published: it goes to the service's dead
+    letters (its body kept in the database, a notice with the error on the dead-letter stream), and every
+    message after it is published, in order, by the from-memory path and by the flush alike."""
+    outbox, _, bus, client, db = outbox_parts
+    await outbox.flush()
+    limit = bus.nc.max_payload
+    await outbox.publish_committed(await commit(client, outbox, "o~1"))
+    with contextlib.suppress(Exception):  # before the fix: nats' MaxPayloadError
+        await outbox.publish_committed(await commit_big(client, outbox, "o~big", limit))
+    for job in ("o~2", "o~3"):
+        with contextlib.suppress(Exception):
+            await outbox.publish_committed(await commit(client, outbox, job))
+    with contextlib.suppress(Exception):
+        await outbox.flush()
+    assert await stream_jobs(bus) == ["o~1", "o~2", "o~3"]
+    assert await db.outbox.count_documents({}) == 0
+    # Kept, whole, with why.
+    kept = await db[DEAD_COLLECTION].find({}).to_list()
+    assert [d["_id"] for d in kept] == ["big:o~big"]
+    assert len(bytes(kept[0]["data"])) > limit and "max_payload" in kept[0]["error"]
+    letters, _ = await dead_letters.page(bus, service="test")
+    assert [(x.consumer, x.headers["ce-id"]) for x in letters] == [("outbox", "big:o~big")]
+    assert "max_payload" in letters[0].headers[dead_letters.ERROR_HEADER]
+    # Once only, also when the flush reads the collection again.
+    await outbox.flush()
+    assert len((await dead_letters.page(bus, service="test"))[0]) == 1
+
+
+async def test_a_body_over_what_consumers_accept_is_dead_lettered_at_the_source(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    """A body over MAX_BODY_BYTES would only be dead-lettered by every consumer: it stops at the outbox,
+    even where the server's max_payload is larger."""
+    outbox, flaky, bus, client, db = outbox_parts
+    await outbox.flush()
+    flaky.max_payload = 8 * MAX_BODY_BYTES
+    await outbox.publish_committed(await commit_big(client, outbox, "c~big", MAX_BODY_BYTES))
+    await outbox.publish_committed(await commit(client, outbox, "c~1"))
+    assert await stream_jobs(bus) == ["c~1"]
+    assert [d["_id"] async for d in db[DEAD_COLLECTION].find({})] == ["big:c~big"]
+
+
+async def test_a_big_message_stays_in_the_outbox_while_the_bus_is_down(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any],
+) -> None:
+    """Dead-lettering needs the bus too: while it is down nothing is moved or lost, and it is retried."""
+    outbox, flaky, bus, client, db = outbox_parts
+    await outbox.flush()
+    flaky.down = True
+    docs = await commit_big(client, outbox, "d~big", bus.nc.max_payload)
+    with pytest.raises(ConnectionError):
+        await outbox.publish_committed(docs)
+    assert await db.outbox.count_documents({}) == 1
+    assert await db[DEAD_COLLECTION].count_documents({}) == 0
+    flaky.down = False
+    await outbox.publish_committed(await commit(client, outbox, "d~1"))
+    assert await stream_jobs(bus) == ["d~1"]
+    assert await db.outbox.count_documents({}) == 0
+    assert await db[DEAD_COLLECTION].count_documents({}) == 1
