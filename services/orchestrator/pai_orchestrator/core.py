@@ -57,6 +57,7 @@ from pai_orchestrator.environment import task_environment
 from pai_orchestrator.policy import DEFAULT_POLICY, Policy
 from pai_orchestrator.ports import assign_ports
 from pai_orchestrator.retry_policy import FailureClass, RetryKind
+from pai_orchestrator.snapshot_budget import SNAPSHOT_BUDGET_BYTES, fit_snapshot, without_tasks
 
 
 class Task(BaseModel):
@@ -247,6 +248,8 @@ class Transition:
     commands: list[SendCommand] = field(default_factory=list)
     reason: str = ""
     policy: Policy = DEFAULT_POLICY
+    # What the shell should log as a warning (the core does no I/O).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -1221,7 +1224,7 @@ def _trim_attempts(attempts: list[JobAttemptRecord], policy: Policy) -> list[Job
     out: list[JobAttemptRecord] = []
     for record in reversed(kept):
         if record.tasks and len(record.tasks) > budget:
-            record = record.model_copy(update={"tasks": []})
+            record = without_tasks(record)
         budget -= len(record.tasks)
         out.append(record)
     return out[::-1]
@@ -1297,5 +1300,12 @@ def _finish(out: Transition) -> Transition:
     """Every change bumps the version and publishes the snapshot the read models copy."""
     assert out.framework is not None
     out.framework.version += 1
-    out.events.append(FrameworkChanged(snapshot=out.framework.snapshot()))
+    fitted = fit_snapshot(out.framework.snapshot())
+    if fitted.over_budget:
+        out.warnings.append(
+            f"framework.changed body of {fitted.body_bytes} bytes is over the budget of "
+            f"{SNAPSHOT_BUDGET_BYTES} with every earlier attempt's tasks left out: the current attempt "
+            f"has {len(fitted.snapshot.tasks)} tasks"
+        )
+    out.events.append(FrameworkChanged(snapshot=fitted.snapshot))
     return out

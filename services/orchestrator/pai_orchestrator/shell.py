@@ -121,6 +121,8 @@ async def save(
     log.info(
         "framework transition", extra={"job": fw.job_key, "state": fw.state, "reason": transition.reason}
     )
+    for warning in transition.warnings:
+        log.warning(warning, extra={"job": fw.job_key})
 
 
 async def register_dependent(ctx: HandlerContext, dependency: str, dependent: str) -> JobState | None:

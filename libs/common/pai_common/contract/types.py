@@ -266,6 +266,9 @@ class JobAttemptRecord(Message):
     # The attempt was preempted with notice; it resumed an earlier, preempted one (PAI_RESUME=1).
     preemption: PreemptionNotice | None = None
     resume: bool = False
+    # How many of the attempt's task records were left out of ``tasks`` (to keep a long history within
+    # what a document and a bus message hold); 0: ``tasks`` is the attempt's whole list.
+    tasks_omitted: int = 0
 
 
 class DependencyStatus(Message):
