@@ -505,7 +505,12 @@ def _attempt_task_statuses(
     return out
 
 
-def _job_attempt(spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool) -> dict[str, Any]:
+def _job_attempt(
+    spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool, tasks_omitted: int = 0
+) -> dict[str, Any]:
+    """``tasks_omitted``: the attempt's task records were left out of its history (a big job retried often,
+    to keep its events within the bus's limit): its task roles show no task statuses rather than tasks
+    that seem to wait, and ``tasksOmitted`` says how many are missing."""
     state = attempt_state(snapshot.state, snapshot.exit_code)
     exit_spec = snapshot.exit_spec or {}
     return {
@@ -533,10 +538,16 @@ def _job_attempt(spec: JobSpec, snapshot: FrameworkSnapshot, latest: bool) -> di
         "totalTaskNumber": sum(role.instances for role in spec.task_roles),
         "totalTaskRoleNumber": len(spec.task_roles),
         "jobPriority": priority_name(spec.priority),
-        "taskRoles": _attempt_task_statuses(spec, snapshot.attempt_id, snapshot.tasks),
+        "taskRoles": (
+            {r.name: {"taskRoleStatus": {"name": r.name}, "taskStatuses": []} for r in spec.task_roles}
+            if tasks_omitted
+            else _attempt_task_statuses(spec, snapshot.attempt_id, snapshot.tasks)
+        ),
         "isLatest": latest,
-        # Beyond OpenPAI, only when they apply: the attempt's preemption notice, its resume.
+        # Beyond OpenPAI, only when they apply: the attempt's preemption notice, its resume, the tasks left
+        # out of it.
         **preemption.view(snapshot),
+        **({"tasksOmitted": tasks_omitted} if tasks_omitted else {}),
     }
 
 
@@ -551,7 +562,7 @@ def job_attempts(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [
         _job_attempt(spec, snapshot, latest=True),
         *(
-            _job_attempt(spec, _attempt_as_snapshot(snapshot, record), latest=False)
+            _job_attempt(spec, _attempt_as_snapshot(snapshot, record), False, record.tasks_omitted)
             for record in earlier
             if record.attempt_id != snapshot.attempt_id
         ),
@@ -562,7 +573,10 @@ def job_attempt(doc: Mapping[str, Any], attempt_id: int) -> dict[str, Any] | Non
     """OpenPAI's `/job-attempts/{id}`: that attempt, reported with isLatest true as OpenPAI does."""
     spec = JobSpec.model_validate(doc["spec"])
     snapshot = attempt_snapshot(doc, attempt_id)
-    return None if snapshot is None else _job_attempt(spec, snapshot, latest=True)
+    if snapshot is None:
+        return None
+    omitted = sum(r.tasks_omitted for r in _current_snapshot(doc).attempts if r.attempt_id == attempt_id)
+    return _job_attempt(spec, snapshot, True, omitted)
 
 
 # ---- task attempts -----------------------------------------------------------------------------------

@@ -277,6 +277,23 @@ def test_one_job_attempt() -> None:
     assert "containerIp" not in waiting["taskRoles"]["worker"]["taskStatuses"][0]
 
 
+def test_an_attempt_whose_tasks_were_left_out_shows_no_tasks_and_says_how_many() -> None:
+    """The orchestrator leaves out the task lists of a big job's oldest attempts (to keep its events within
+    the bus's limit): such an attempt keeps OpenPAI's shape with empty task lists, not tasks that seem to
+    wait, and says how many were left out."""
+    snapshot = _snapshot()
+    cut = snapshot.attempts[0].model_copy(update={"tasks": [], "tasks_omitted": 2})
+    doc = _doc(snapshot.model_copy(update={"attempts": [cut, *snapshot.attempts[1:]]}))
+    by_index = {a["attemptIndex"]: a for a in job_attempts(doc)}
+    assert by_index[1]["tasksOmitted"] == 2
+    assert by_index[1]["taskRoles"] == {"worker": {"taskRoleStatus": {"name": "worker"}, "taskStatuses": []}}
+    assert by_index[1]["exitCode"] == -1000 and by_index[1]["state"] == "FAILED"
+    assert job_attempt(doc, 1) == {**by_index[1], "isLatest": True}
+    # The others as before: no mark, every task shown.
+    assert "tasksOmitted" not in by_index[0] and "tasksOmitted" not in by_index[2]
+    assert len(by_index[2]["taskRoles"]["worker"]["taskStatuses"]) == 2
+
+
 def test_task_attempts_current_first() -> None:
     status = task_attempts(_doc(_snapshot()), 2, "worker", 1)
     assert status is not None
