@@ -26,8 +26,11 @@ from pai_common.errors import DeadLetterReplayError, NoDeadLetterError
 
 ERROR_HEADER = "pai-error"
 CONSUMER_HEADER = "pai-consumer"
+# On a service's notice of a message it could never publish (outbox.py): the subject it was meant for.
+UNPUBLISHED_HEADER = "pai-outbox-subject"
+UNPUBLISHED_COLLECTION = "outbox_dead_letters"
 # Headers only a dead letter has; a replay hands the handler the message as it was first delivered.
-_ADDED = (ERROR_HEADER, CONSUMER_HEADER)
+_ADDED = (ERROR_HEADER, CONSUMER_HEADER, UNPUBLISHED_HEADER)
 MAX_LIST = 1000
 
 
@@ -71,8 +74,19 @@ class DeadLetter:
         original = {k: v for k, v in self.headers.items() if k not in _ADDED}
         return {**self.summary(), "headers": original, "body": _readable(self.data)}
 
+    def check_replayable(self) -> None:
+        """A notice of a message its service could never publish (too big for the bus) has no consumer:
+        replaying it could only fail the same way; the whole message is kept in the service's database."""
+        if UNPUBLISHED_HEADER in self.headers:
+            raise DeadLetterReplayError(
+                f"dead letter {self.seq} is a message the {self.service} service could never publish "
+                f"({self.headers.get(ERROR_HEADER, '')}); it cannot be replayed: the whole message is in "
+                f"its database's {UNPUBLISHED_COLLECTION} collection"
+            )
+
     def envelope(self) -> Envelope:
         """The message as its consumer first received it; a malformed one can never be handled."""
+        self.check_replayable()
         headers = {k: v for k, v in self.headers.items() if k not in _ADDED}
         try:
             return decode(headers, self.data)

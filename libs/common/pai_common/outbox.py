@@ -36,17 +36,22 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from pai_common.bus import Bus
 from pai_common.contract.base import Command, Event, command_subject, event_subject
-from pai_common.dead_letters import CONSUMER_HEADER, ERROR_HEADER, subject_of
+from pai_common.dead_letters import (
+    CONSUMER_HEADER,
+    ERROR_HEADER,
+    UNPUBLISHED_COLLECTION,
+    UNPUBLISHED_HEADER,
+    subject_of,
+)
 from pai_common.envelope import H_ID, H_MSG_ID, H_TYPE, MAX_BODY_BYTES, encode
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "outbox"
-DEAD_COLLECTION = "outbox_dead_letters"
+DEAD_COLLECTION = UNPUBLISHED_COLLECTION
 # The consumer name an outbox's dead letters are filed under (a node agent, allowed only its own
 # durable's dead-letter subject, passes that durable instead).
 DEAD_LETTER_DURABLE = "outbox"
-SUBJECT_HEADER = "pai-outbox-subject"
 _HEADER_CUT = 1000
 _seq = itertools.count()
 
@@ -179,13 +184,13 @@ class Outbox:
     async def _dead_letter(self, doc: dict[str, Any], error: str) -> None:
         """Move a message that can never be published out of the outbox, with why. The notice goes first
         and carries a fixed id: a failure at any step leaves the message in the outbox, and the next try
-        repeats the steps without a second notice."""
+        repeats the steps without a second notice (within the stream's two-minute duplicate window)."""
         # Header values cut short: the notice itself must fit, whatever made the message too big.
         headers = {k: v[:_HEADER_CUT] for k, v in dict(doc["headers"]).items() if k != H_MSG_ID}
         size = len(bytes(doc["data"]))
         headers[ERROR_HEADER] = error
         headers[CONSUMER_HEADER] = self.dead_letter_durable
-        headers[SUBJECT_HEADER] = doc["subject"]
+        headers[UNPUBLISHED_HEADER] = doc["subject"]
         headers[H_MSG_ID] = f"outbox-dead:{doc['_id']}"
         notice = {
             "error": error,

@@ -20,6 +20,7 @@ from pai_common.contract.events import JobAttemptCompleted, SchedulingReleased
 from pai_common.database import connect_mongo, service_database
 from pai_common.embedded import ServerProcess
 from pai_common.envelope import H_MSG_ID, MAX_BODY_BYTES, Envelope, encode
+from pai_common.errors import DeadLetterReplayError
 from pai_common.outbox import DEAD_COLLECTION, Outbox, PendingMessages
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
@@ -324,6 +325,10 @@ async def test_a_message_too_big_for_the_bus_does_not_wedge_the_outbox(
     letters, _ = await dead_letters.page(bus, service="test")
     assert [(x.consumer, x.headers["ce-id"]) for x in letters] == [("outbox", "big:o~big")]
     assert "max_payload" in letters[0].headers[dead_letters.ERROR_HEADER]
+    # Shown with why; a replay is refused by name (it could only fail the same way).
+    assert letters[0].detail()["body"]["bytes"] == len(bytes(kept[0]["data"]))
+    with pytest.raises(DeadLetterReplayError, match="outbox_dead_letters"):
+        letters[0].envelope()
     # Once only, also when the flush reads the collection again.
     await outbox.flush()
     assert len((await dead_letters.page(bus, service="test"))[0]) == 1

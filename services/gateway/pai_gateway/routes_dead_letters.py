@@ -61,6 +61,7 @@ async def replay_dead_letter(request: Request, user: Human, seq: Seq) -> dict[st
     _admin(user)
     bus = bus_of(request)
     letter = await dead_letters.fetch(bus, seq)
+    letter.check_replayable()
     summary = letter.summary()
     reply = await rpc(
         request, ReplayDeadLetterRequest(seq=seq, actor=user.username), ReplayDeadLetterReply, letter.consumer
