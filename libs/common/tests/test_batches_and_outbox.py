@@ -365,3 +365,48 @@ async def test_a_big_message_stays_in_the_outbox_while_the_bus_is_down(
     assert await stream_jobs(bus) == ["d~1"]
     assert await db.outbox.count_documents({}) == 0
     assert await db[DEAD_COLLECTION].count_documents({}) == 1
+
+
+async def test_a_service_whose_handler_emits_a_message_too_big_for_the_bus_goes_on(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    """Through a running service: a handler's event over the server's max_payload is dead-lettered under
+    the service's ``outbox`` consumer, and the events the following messages cause are published."""
+    app = make_app(fresh_nats, mongo_server)
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        body = env.body
+        assert isinstance(body, JobAttemptCompleted)
+        pad = "x" * app.bus.max_payload if body.job_key.startswith("big") else ""
+        ctx.out.event(SchedulingReleased(job_key=body.job_key + pad, attempt_id=0), msg_id=f"rel:{env.id}")
+
+    await app.start()
+    try:
+        for i, job in enumerate(["s~0", "big~1", "s~2", "s~3"]):
+            await app.bus.publish_event(JobAttemptCompleted(job_key=job, attempt_id=0, exit_code=0), f"m{i}")
+
+        async def released() -> list[str]:
+            info = await app.bus.js.stream_info(EVENTS_STREAM)
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await app.bus.js.get_msg(EVENTS_STREAM, seq)
+                if (msg.headers or {}).get("ce-type") == SchedulingReleased.TYPE:
+                    out.append((msg.headers or {})["ce-subject"])
+            return out
+
+        async def three() -> bool:
+            return len(await released()) == 3
+
+        await wait_until(three)
+        assert sorted(await released()) == ["s~0", "s~2", "s~3"]
+        letters, _ = await dead_letters.page(app.bus, service=app.name)
+        assert [(x.consumer, x.headers["ce-id"]) for x in letters] == [("outbox", "rel:m1")]
+        assert await app.db[DEAD_COLLECTION].count_documents({}) == 1
+
+        async def outbox_emptied() -> bool:
+            return await app.db.outbox.count_documents({}) == 0
+
+        await wait_until(outbox_emptied)  # the relay deletes what was sent: nothing is left to resend
+    finally:
+        await app.stop()
