@@ -33,6 +33,11 @@ MAX_NODES: Final = 10_000
 MAX_DEPTH: Final = 64
 # At most this many problems are listed, so that a hostile document cannot produce a huge message.
 MAX_PROBLEMS: Final = 100
+# At most this many task instances in a job (all roles; an elastic role counts its largest size). Every
+# event of a job carries every task's status (about 360 bytes each) and a job's detail every task (about
+# 790 bytes each), and the bus carries at most 1 MiB a message: a 1,000-task job's detail is about 790 KB.
+# OpenPAI has no such number; it is stricter on purpose (README, "Stricter than OpenPAI").
+MAX_TASKS: Final = 1000
 
 # The stored document is BSON: its integers are 64-bit.
 INT64_MIN: Final = -(2**63)
@@ -828,6 +833,13 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
         role = _check_role(key, spec, prerequisites, has_prerequisites, check_references, problems)
         if role is not None:
             roles.append(role)
+    tasks = sum(role.instances for role in roles)
+    if tasks > MAX_TASKS:
+        problems.add(
+            "taskRoles",
+            f"the job has {tasks} task instances in all; at most {MAX_TASKS} are accepted (every message"
+            " about a job carries each task's status): split it into several jobs",
+        )
 
     before = len(problems.items)
     deployments = _check_deployments(doc, set(task_roles) if task_roles else None, problems)

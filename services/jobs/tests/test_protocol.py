@@ -19,6 +19,7 @@ from pai_common.reference import reference_files
 from pai_jobs.protocol import (
     MAX_BODY_BYTES,
     MAX_NODES,
+    MAX_TASKS,
     ROOT_FIELD,
     SECRET_MASK,
     ParsedJob,
@@ -899,3 +900,15 @@ def test_infiniband_reaches_the_task_role() -> None:
     doc = _variant(lambda d: _role(d).update({"extraContainerOptions": {"infiniband": True, "shmMB": 64}}))
     roles = {r.name: r for r in _parse(doc).spec.task_roles}
     assert roles["worker"].infiniband is True and roles["ps"].infiniband is False
+
+
+def test_a_job_of_more_tasks_than_the_bus_can_describe_is_refused_by_name() -> None:
+    """README "stricter" item 7: at most MAX_TASKS task instances in all (each message about a job carries
+    each task's status, and a message is at most 1 MiB); exactly MAX_TASKS are accepted."""
+    doc = copy.deepcopy(BASE)
+    doc["taskRoles"]["worker"]["instances"] = MAX_TASKS - 1  # and "ps": 1
+    assert sum(r.instances for r in _parse(doc).spec.task_roles) == MAX_TASKS
+    doc["taskRoles"]["worker"]["instances"] = MAX_TASKS
+    [problem] = _problems(doc)
+    assert problem["field"] == "taskRoles"
+    assert f"{MAX_TASKS + 1} task instances in all; at most {MAX_TASKS}" in problem["message"]

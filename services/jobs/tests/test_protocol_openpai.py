@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
-from pai_jobs.protocol import INT64_MAX, INT64_MIN, MAX_BODY_BYTES, MAX_DEPTH, MAX_NODES, parse_job
+from pai_jobs.protocol import INT64_MAX, INT64_MIN, MAX_BODY_BYTES, MAX_DEPTH, MAX_NODES, MAX_TASKS, parse_job
 
 HERE = Path(__file__).parent
 SCHEMA_COPY = HERE / "data" / "openpai" / "protocol-v2-schema.yaml"
@@ -347,6 +347,12 @@ def _repair(doc: dict[str, Any]) -> dict[str, Any]:
     hived = (doc.get("extras") or {}).get("hivedScheduler")
     if isinstance(hived, dict) and isinstance(hived.get("taskRoles"), dict):
         hived["taskRoles"] = {r: v for r, v in hived["taskRoles"].items() if r in doc["taskRoles"]}
+    # 7. At most MAX_TASKS task instances in all: each role's share, when the roles ask for more.
+    roles = [r for r in doc["taskRoles"].values() if isinstance(r, dict)]
+    if sum(r.get("instances", 1) for r in roles) > MAX_TASKS:
+        share = max(1, MAX_TASKS // len(roles))
+        for role in roles:
+            role["instances"] = min(role.get("instances", 1), share)
     return doc
 
 
@@ -486,6 +492,7 @@ def _openpai_jobs(draw: st.DrawFn) -> dict[str, Any]:
     nodes, depth = _size(doc)
     assume(_fits_the_stored_document(doc) and nodes <= MAX_NODES and depth < MAX_DEPTH)
     assume(len(_text(doc).encode()) <= MAX_BODY_BYTES)
+    assume(len(doc["taskRoles"]) <= MAX_TASKS)  # item 7 with a task per role
     return doc
 
 
