@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pai_common import bus_permissions
-from pai_common.mongo_provision import PASSWORD_PREFIX, database, url_for
+from pai_common.mongo_provision import PASSWORD_PREFIX, database
 
 # Every platform service with a database: the ones on the bus and the node agents' runtime.
 SERVICES = tuple(sorted((*bus_permissions.PLATFORM_SERVICES, "runtime")))
@@ -53,7 +53,7 @@ SERVER_ADDRESSES = ("127.0.0.1",)
 
 def service_url(service: str, password: str, host_url: str = HOST_URL) -> str:
     """A service's PAI_MONGO_URL: its own user, its own database (where the user is defined), TLS."""
-    return url_for(host_url.format(db=database(service)), service, password)
+    return bus_permissions.url_for(host_url.format(db=database(service)), service, password)
 
 
 def passwords(old: Mapping[str, str], rotate: bool) -> dict[str, str]:

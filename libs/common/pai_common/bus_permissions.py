@@ -225,6 +225,10 @@ def embedded_users(nodes: list[str]) -> dict[str, tuple[str, Permissions]]:
 
 
 def url_for(url: str, user: str, password: str) -> str:
-    """``nats://host:port`` with this user's credentials in it."""
+    """A server URL (``nats://host:port``, ``mongodb://host:port/db?...``) with this user's credentials."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{quote(user)}:{quote(password)}@{parts.hostname}:{parts.port}"))
+    return urlunsplit(
+        parts._replace(
+            netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+        )
+    )

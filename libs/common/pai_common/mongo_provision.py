@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
@@ -166,12 +165,6 @@ def main(env: Mapping[str, str] | None = None, attempts: int = 20, pause_s: floa
             if attempt < attempts:
                 time.sleep(pause_s)
     return 1
-
-
-def url_for(host_url: str, user: str, password: str) -> str:
-    """``mongodb://user:password@host...``: a service's URL, the password quoted for a URL."""
-    scheme, rest = host_url.split("://", 1)
-    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
 
 
 if __name__ == "__main__":
