@@ -92,9 +92,7 @@ def split(snapshot: FrameworkSnapshot) -> Split:
 
 def names(digests: Mapping[str, list[str]]) -> list[str]:
     """The parts a job document's digests name, tasks first, in order."""
-    return [f"t{n}" for n in range(len(digests.get(TASKS, [])))] + [
-        f"a{i}" for i in range(len(digests.get(ATTEMPTS, [])))
-    ]
+    return list(_named(digests))
 
 
 def _named(digests: Mapping[str, list[str]]) -> dict[str, str]:
