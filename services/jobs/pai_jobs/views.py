@@ -572,11 +572,13 @@ def job_attempts(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 def job_attempt(doc: Mapping[str, Any], attempt_id: int) -> dict[str, Any] | None:
     """OpenPAI's `/job-attempts/{id}`: that attempt, reported with isLatest true as OpenPAI does."""
     spec = JobSpec.model_validate(doc["spec"])
-    snapshot = attempt_snapshot(doc, attempt_id)
-    if snapshot is None:
-        return None
-    omitted = sum(r.tasks_omitted for r in _current_snapshot(doc).attempts if r.attempt_id == attempt_id)
-    return _job_attempt(spec, snapshot, True, omitted)
+    current = _current_snapshot(doc)  # read once: an earlier attempt's record says what it left out
+    if attempt_id == current.attempt_id:
+        return _job_attempt(spec, current, latest=True)
+    for record in current.attempts:
+        if record.attempt_id == attempt_id:
+            return _job_attempt(spec, _attempt_as_snapshot(current, record), True, record.tasks_omitted)
+    return None
 
 
 # ---- task attempts -----------------------------------------------------------------------------------
