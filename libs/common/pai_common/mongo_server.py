@@ -22,7 +22,7 @@ import signal
 import sys
 from types import FrameType
 
-from secantus import SecantusDBServer
+from pai_common import deferred_geo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-pem-file", help="the server's certificate followed by its key; TLS only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Shapely and numpy only for a geo query, which the platform never runs (deferred_geo.py).
+    deferred_geo.defer()
+    from secantus import SecantusDBServer
+
     server = SecantusDBServer(
         host=args.host,
         port=args.port,
