@@ -4,6 +4,7 @@ Only what every service needs lives here: settings, the bus (events, commands, R
 contract, MongoDB access, telemetry and the service runner. Nothing service-specific.
 """
 
-from pai_common.nats_import import import_nats_without_websockets
+from pai_common import import_hooks
 
-import_nats_without_websockets()
+# nats without aiohttp, httpx without its CLI: before any service imports them (import_hooks.py).
+import_hooks.install()

@@ -60,7 +60,6 @@ from pai_common.errors import (
     error_from_code,
 )
 from pai_common.metrics import RPC_REQUESTS, RPC_SECONDS
-from pai_common.nats_import import WEBSOCKET_SCHEMES
 from pai_common.responder_watch import STARTED_MS, WATCH_AFTER_S, ResponderWatch, micro_name
 from pai_common.telemetry import inject_headers, span_from_headers
 
@@ -153,9 +152,9 @@ class Bus:
         tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
         # Several servers may be listed, comma-separated: the first connection survives one being down.
         servers = [u.strip() for u in url.split(",") if u.strip()]
-        websocket = [u for u in servers if urlsplit(u).scheme in WEBSOCKET_SCHEMES]
+        websocket = [u for u in servers if urlsplit(u).scheme in ("ws", "wss")]
         if websocket:
-            # nats-py's WebSocket transport is not loaded (nats_import.py): say so, not "install aiohttp".
+            # nats-py's WebSocket transport is not loaded (import_hooks.py): say so, not "install aiohttp".
             raise ValueError("NATS over WebSocket (ws://, wss://) is not supported: use nats:// or tls://")
         user = inbox_user or (urlsplit(servers[0]).username if servers else None)
         auth: dict[str, Any] = {}
