@@ -16,7 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import Field, field_validator
 from pymongo.errors import DuplicateKeyError
 
-from pai_auth import audit, rights, token_records, tokens
+from pai_auth import audit, rights, scratch_memory, token_records, tokens
 from pai_auth import keys as signing_keys
 from pai_auth.directory import GROUPS, USERS, Directory
 from pai_auth.oidc.flow import OidcLogin
@@ -350,6 +350,7 @@ def build_app() -> ServiceApp:
     except ValueError as exc:
         raise SystemExit(f"auth: {exc}") from None
     app = ServiceApp("auth", settings)
+    scratch_memory.unmap_large_blocks()  # before the first argon2 hash
     AuthService(app, settings)
     return app
 
