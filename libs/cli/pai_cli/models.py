@@ -17,7 +17,10 @@ FINAL_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 
 class PaiModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    # defer_build: each model's validator is built at its first use, not at every `pai` command's import.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", defer_build=True
+    )
 
     def wire(self) -> dict[str, Any]:
         """The object as the server sent it (camelCase, only the fields it had)."""
