@@ -233,7 +233,9 @@ class Platform:
                 self.leaf_type = "".join(c if c.isalnum() or c in "-_." else "-" for c in models[0])
                 _say(progress, f"using this machine's {len(models)} GPU(s): {models[0]}")
         # Every process below imports the platform's own modules: their bytecode is written once here.
-        bytecode.compile_sources(["pai_common", "pai_runtime", *(f"pai_{name}" for name in SERVICES)])
+        bytecode.compile_sources(
+            ["pai_common", "pai_cli", "pai_runtime", *(f"pai_{name}" for name in SERVICES)]
+        )
         _say(progress, "starting NATS (JetStream) and the MongoDB-wire server(s)")
         # Every server is started first, then each is waited for: they come up side by side.
         if not self.nats_url:
