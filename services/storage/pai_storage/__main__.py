@@ -1,3 +1,4 @@
+import pai_common  # noqa: F401  # first: its import hooks apply to every later import (import_hooks.py)
 from pai_storage.shell import main
 
 main()
