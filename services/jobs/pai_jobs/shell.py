@@ -813,10 +813,21 @@ class JobsService:
         # condition `snapshot_version < version` was: a job without a version is not replaced.
         if before is None or not before.get("snapshot_version", snap.version) < snap.version:
             return
-        stored = snapshot_parts.split(snap)
-        await write_parts(ctx, snap.job_key, before.get(snapshot_parts.DIGESTS), stored)
-        fields = {**read_model_fields(stored.head), snapshot_parts.DIGESTS: stored.digests}
-        await ctx.db[JOBS].update_one({"_id": snap.job_key}, {"$set": fields}, session=ctx.session)
+        digests_before = before.get(snapshot_parts.DIGESTS)
+        update: dict[str, Any]
+        if snapshot_parts.fits_inline(snap):
+            fields = read_model_fields(snap.model_dump(mode="json"))
+            update = {"$set": fields}
+            if digests_before is not None:
+                # Kept in parts until now (the job shrank, or an earlier version stored it so): they go.
+                await write_parts(ctx, snap.job_key, digests_before, snapshot_parts.NONE)
+                update["$unset"] = {snapshot_parts.DIGESTS: ""}
+        else:
+            stored = snapshot_parts.split(snap)
+            await write_parts(ctx, snap.job_key, digests_before, stored)
+            fields = {**read_model_fields(stored.head), snapshot_parts.DIGESTS: stored.digests}
+            update = {"$set": fields}
+        await ctx.db[JOBS].update_one({"_id": snap.job_key}, update, session=ctx.session)
         await write_list_entry(ctx, before, {**before, **fields})
 
     async def on_pending(self, ctx: HandlerContext, env: Envelope) -> None:

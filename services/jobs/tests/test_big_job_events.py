@@ -55,9 +55,11 @@ class Recorder(CommandListener):
 
     database: str
     writes: list[tuple[str, str, int]] = field(default_factory=list)
+    # The commands recorded (reads too where a test counts them).
+    kinds: tuple[str, ...] = WRITES
 
     def started(self, event: CommandStartedEvent) -> None:
-        if event.database_name == self.database and event.command_name in WRITES:
+        if event.database_name == self.database and event.command_name in self.kinds:
             collection = str(event.command[event.command_name])
             self.writes.append((event.command_name, collection, len(bson.encode(event.command))))
 
@@ -271,3 +273,37 @@ async def test_a_snapshot_stored_whole_by_an_earlier_version_is_read_and_then_st
     stored = await harness.service._job("alice~mnist")
     assert stored["snapshot"] == framework(4, moved=3).model_dump(mode="json")
     assert await harness.db[PARTS].count_documents({"job_key": "alice~mnist"}) == 16
+
+
+async def test_a_small_snapshot_stays_whole_in_the_job_document(harness: Harness) -> None:
+    """Most jobs have a task or a few: their snapshot is no bigger than one part, so it is kept in the job
+    document, and neither a change nor a read asks for parts; one that grows goes to parts, and back."""
+    full = framework(1)
+    small = full.model_copy(update={"tasks": full.tasks[:4]})
+    writes = await harness.apply(small)
+    assert [(cmd, coll) for cmd, coll, _ in writes if coll in (JOBS, PARTS)] == [("update", JOBS)], writes
+    doc = await harness.db[JOBS].find_one({"_id": "alice~mnist"})
+    assert doc is not None and DIGESTS not in doc and len(doc["snapshot"]["tasks"]) == 4
+    harness.recorder.kinds = (*WRITES, "find")
+    harness.recorder.take()
+    stored = await harness.service._job("alice~mnist")
+    assert stored["snapshot"] == small.model_dump(mode="json")
+    assert [coll for _, coll, _ in harness.recorder.take()] == [JOBS]  # no read of parts
+    harness.recorder.kinds = WRITES
+
+    # Grown past one part (here: a retry whose earlier attempt kept 501 tasks): stored in parts.
+    grown = framework(2, attempts=1)
+    writes = await harness.apply(grown)
+    assert written(writes, PARTS)
+    doc = await harness.db[JOBS].find_one({"_id": "alice~mnist"})
+    assert doc is not None and "tasks" not in doc["snapshot"] and DIGESTS in doc
+
+    # Small again (an elastic job shrank, its history cut): whole in the document, every part deleted.
+    again = framework(3).model_copy(update={"tasks": full.tasks[:2]})
+    writes = await harness.apply(again)
+    assert written(writes, PARTS, "delete")
+    assert await harness.db[PARTS].count_documents({"job_key": "alice~mnist"}) == 0
+    doc = await harness.db[JOBS].find_one({"_id": "alice~mnist"})
+    assert doc is not None and DIGESTS not in doc
+    stored = await harness.service._job("alice~mnist")
+    assert stored["snapshot"] == again.model_dump(mode="json")
