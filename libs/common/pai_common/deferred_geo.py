@@ -108,9 +108,8 @@ def load(module: types.ModuleType) -> None:
                     f"secantus.geo.GeoError derives from {bases}, not ValueError:"
                     " pai_common.deferred_geo no longer matches this SecantusDB"
                 )
-            real.__dict__["GeoError"] = (
-                GeoError  # what the real functions raise: the class SecantusDB catches
-            )
+            # What the real functions raise from now on: the class SecantusDB's modules catch.
+            real.__dict__["GeoError"] = GeoError
         contents = {k: v for k, v in real.__dict__.items() if k not in ("__spec__", "__loader__")}
         module.__dict__.update(contents)
         module.__dict__["_deferred_loaded"] = True
