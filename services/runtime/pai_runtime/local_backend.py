@@ -77,7 +77,7 @@ class LocalBackend:
         pass
 
     async def close(self) -> None:
-        pass
+        await local_process.ForkServer.close()
 
     def paths(self, workdir: Path) -> TaskPaths:
         return TaskPaths(
@@ -112,9 +112,9 @@ class LocalBackend:
             local_process.prepare(workdir, task.entrypoint, limits=local_process.Limits())
         (workdir / "backend").write_text(backend)
         (workdir / "cgroup").write_text(cgroup or "")
-        argv = local_process.command(workdir)
+        argv = None  # forked by the agent's fork server (local_process.start)
         if mounts is not None and mounts.needs_namespace and not task.failed:
-            argv = local_mounts.in_private_namespace(argv)
+            argv = local_mounts.in_private_namespace(local_process.command(workdir))
         pid = await local_process.start(
             workdir, local_process.task_env(dict(os.environ), task.env, workdir), argv
         )

@@ -66,9 +66,10 @@ async def test_success_is_recorded_and_returned(tmp_path: Path) -> None:
 async def test_the_user_commands_exit_code_is_recorded_and_returned(tmp_path: Path) -> None:
     pid = await _launch(tmp_path, "echo before\nexit 3\necho never")
     assert (tmp_path / "pid").read_text() == str(pid)
-    assert pid in lp._children
+    server = lp.ForkServer.running()
+    assert server is not None and pid in server.statuses  # forked by it: its exit comes from it
     assert await asyncio.wait_for(lp.wait(pid, tmp_path), 10) == TaskExit(3, None)
-    assert pid not in lp._children
+    assert pid not in server.statuses
     assert (tmp_path / "exit_code").read_text().strip() == "3"
     assert lp.read_exit(tmp_path) == TaskExit(3, None)
     assert (tmp_path / "stdout.log").read_text() == "before\n"
