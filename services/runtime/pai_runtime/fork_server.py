@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's folder out
 
-import supervisor  # noqa: E402  (the folder above is where it is)
+import supervisor  # the folder added above
 
 try:  # the C module under `signal` (see supervisor.py)
     import _signal as sig  # type: ignore[import-not-found]
