@@ -61,11 +61,13 @@ def _say(line: str) -> None:
             continue
 
 
-def _child(workdir: str, env: dict[str, str], keep_out: list[int]) -> None:
-    """In the forked child: become what an exec'd supervisor was, run it, and never return."""
+def _child(workdir: str, env: dict[str, str], keep_out: list[int], led: int) -> None:
+    """In the forked child: become what an exec'd supervisor was, run it, and never return. ``led`` is
+    closed once it leads its session and group: the agent may stop the group as soon as it has the pid."""
     code = 1
     try:
         os.setsid()
+        os.close(led)
         sig.signal(sig.SIGCHLD, sig.SIG_DFL)
         sig.set_wakeup_fd(-1)
         null = os.open(os.devnull, os.O_RDWR)
@@ -116,12 +118,22 @@ def serve() -> int:
         try:
             request: Any = marshal.loads(body)
             workdir, env = str(request[0]), dict(request[1])
+            led_r, led_w = os.pipe()
+        except Exception as exc:  # a bad request: the agent starts that one itself
+            _say(f"failed {exc!r}".replace("\n", " "))
+            continue
+        try:
             pid = os.fork()
-        except Exception as exc:  # a bad request or no fork: the agent starts that one itself
+        except OSError as exc:  # no fork now: the agent starts that one itself
+            os.close(led_r)
+            os.close(led_w)
             _say(f"failed {exc!r}".replace("\n", " "))
             continue
         if pid == 0:
-            _child(workdir, env, [wake_r, wake_w])
+            _child(workdir, env, [wake_r, wake_w, led_r], led_w)
+        os.close(led_w)
+        os.read(led_r, 1)  # end of file: the child has its session (or is gone)
+        os.close(led_r)
         _say(f"started {pid}")
 
 
