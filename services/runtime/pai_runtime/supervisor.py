@@ -320,6 +320,10 @@ def run(workdir: str, env: dict[str, str] | None = None) -> int:
     if code:
         failed_phase = "mount"
     for phase in config["phases"]:
+        if stopping and code == 0:
+            # Stopped before this phase began: the task did not succeed, it was stopped, as a phase that
+            # got the SIGTERM would have been (it used to be recorded as a success).
+            code, signal, failed_phase = 128 + sig.SIGTERM, sig.SIGTERM, phase["name"]
         if stopping or code != 0:
             break  # a failed phase ends the task: pre-commands guard the user's, post-commands need success
         argv = ["bash", phase["script"]]
