@@ -115,7 +115,7 @@ async def start(workdir: Path, env: dict[str, str], argv: list[str] | None = Non
     ``argv`` (a command line that wraps ``command(workdir)``, as ``unshare`` for storages) or where the
     fork server cannot start one, as a process of its own."""
     pid = None
-    if argv is None and "\x00" not in str(workdir):
+    if argv is None:
         server = await ForkServer.of_this_loop()
         pid = await server.start(workdir, env) if server is not None else None
     if pid is None:
