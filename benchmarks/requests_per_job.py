@@ -35,16 +35,19 @@ FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 OPS = ("queries", "getmore", "insert", "update", "remove", "commands")
 
 
-def db_counts(client: MongoClient[Any]) -> dict[str, float]:
-    """Requests the server received in all, and per namespace and kind of operation."""
-    out = {"requests": float(client.admin.command("serverStatus")["network"]["numRequests"])}
-    for namespace, sections in client.admin.command("top")["totals"].items():
-        if not isinstance(sections, dict) or "." not in namespace:
-            continue
-        for op in OPS:
-            count = float(sections.get(op, {}).get("count", 0))
-            if count:
-                out[f"{namespace} {op}"] = count
+def db_counts(clients: list[MongoClient[Any]]) -> dict[str, float]:
+    """Requests every server received in all, and per namespace and kind of operation (each database
+    lives on one server: ``pai up`` gives the busiest their own)."""
+    out = {"requests": 0.0}
+    for client in clients:
+        out["requests"] += float(client.admin.command("serverStatus")["network"]["numRequests"])
+        for namespace, sections in client.admin.command("top")["totals"].items():
+            if not isinstance(sections, dict) or "." not in namespace:
+                continue
+            for op in OPS:
+                count = float(sections.get(op, {}).get("count", 0))
+                if count:
+                    out[f"{namespace} {op}"] = count
     return out
 
 
@@ -58,13 +61,13 @@ def diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
 
 
-def quiet(client: MongoClient[Any], settle_s: float, idle_per_s: float) -> None:
+def quiet(client: list[MongoClient[Any]], settle_s: float, idle_per_s: float) -> None:
     """Wait until the server's request count grows no faster than idle (the last events are handled)."""
     last = db_counts(client)["requests"]
     while True:
         time.sleep(settle_s)
         now = db_counts(client)["requests"]
-        if now - last <= idle_per_s * settle_s + 3:  # +3: this function's own two requests and slack
+        if now - last <= idle_per_s * settle_s + 3 * len(client):  # its own two requests per server, and slack
             return
         last = now
 
@@ -92,7 +95,8 @@ def main() -> None:
     endpoints = json.loads((args.data_dir / "endpoints.json").read_text())
     pids = json.loads((args.data_dir / "pai-up.lock").read_text())["processes"]
     nats_url = (args.data_dir / "bus" / "operator.url").read_text().strip()
-    mongo = MongoClient(endpoints["mongo"], serverSelectionTimeoutMS=10_000)
+    urls = sorted(set(endpoints.get("mongo_databases", {}).values()) | {endpoints["mongo"]})
+    mongo = [MongoClient(url, serverSelectionTimeoutMS=10_000) for url in urls]
     api = endpoints["api"]
     login = {"username": "admin", "password": args.password}
     token = httpx.post(f"{api}/api/v2/authn/basic/login", json=login, timeout=60).json()["token"]
@@ -131,11 +135,13 @@ def main() -> None:
     deadline = time.monotonic() + 900
     while pending and time.monotonic() < deadline:
         time.sleep(2)
-        for name in list(pending):
-            state = http.get(f"/api/v2/jobs/admin~{name}").json()["jobStatus"]["state"]
-            if state in FINAL:
-                states[name] = state
-                pending.discard(name)
+        # One list call per poll (as vs_slurm.py waits): a detail call per job would count the poll's own
+        # reads as the jobs' cost.
+        page = http.get("/api/v2/jobs", params={"username": "admin", "limit": str(args.jobs + 50)}).json()
+        for job in page["data"] if isinstance(page, dict) else page:
+            if job.get("name") in pending and job.get("state") in FINAL:
+                states[job["name"]] = job["state"]
+                pending.discard(job["name"])
     quiet(mongo, 3.0, idle_rate.get("requests", 0.0))
     after, s_after, cpu_after, end = db_counts(mongo), streams(nats_url), snapshot(pids), time.monotonic()
 

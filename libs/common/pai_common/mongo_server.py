@@ -11,6 +11,13 @@ Without it a commit could be acknowledged while its journal record was still in 
 SIGKILL of the whole platform then lost the last commits although the events they caused were already
 published (a job's first orchestrator transition gone, its event out). On this machine the sync cost no
 measurable time per small transaction (3.2 ms with, 3.9 ms without, 300 transactions each).
+
+Idle transactions are looked for at most every ``REAP_INTERVAL_S`` (``throttle_reaping``). SecantusDB looks
+at every statement and every commit, through the last transaction of every session it ever saw, under the
+lock all statements take: about 1.4 µs per session, 140 µs with the hundred-odd sessions of a running
+platform, and 15-25% of the shared server's CPU under a burst of jobs (issue 17; py-spy). A transaction
+idle past its lifetime is then reaped up to that interval later, which no client can tell from a slower
+reaper.
 """
 
 from __future__ import annotations
@@ -20,9 +27,41 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from types import FrameType
 
 from secantus import SecantusDBServer
+from secantus.transactions import TransactionRegistry
+
+log = logging.getLogger(__name__)
+
+REAP_INTERVAL_S = 0.25
+
+
+def throttle_reaping(
+    registry: TransactionRegistry, interval_s: float, clock: Callable[[], float] = time.monotonic
+) -> bool:
+    """Let ``registry`` look for idle transactions at most once per ``interval_s``; False (and nothing
+    changed) when this SecantusDB has no such step, e.g. after an upgrade that reworked it."""
+    prune = getattr(registry, "_prune_locked", None)
+    if not callable(prune):
+        log.warning("SecantusDB's transaction registry has no _prune_locked: reaping left as it is")
+        return False
+    last = -float("inf")
+
+    def throttled() -> int:
+        # Called with the registry's lock held, as the step it replaces: ``last`` needs no lock of its own.
+        nonlocal last
+        now = clock()
+        if now - last < interval_s:
+            return 0
+        last = now
+        reaped: int = prune()
+        return reaped
+
+    registry._prune_locked = throttled  # type: ignore[method-assign]
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         tls_cert_file=args.tls_pem_file,
         tls_key_file=args.tls_pem_file,
     )
+    throttle_reaping(server.transactions, REAP_INTERVAL_S)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.stop()  # closes the storage cleanly

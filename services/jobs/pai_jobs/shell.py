@@ -21,6 +21,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from pai_common.bus import rpc_time_left
 from pai_common.consumer import HandlerContext
+from pai_common.contract.base import Event
 from pai_common.contract.events import (
     FrameworkChanged,
     JobAttemptCompleted,
@@ -136,6 +137,8 @@ ENTRY_PROJECTION = {"snapshot.tasks": 0, "snapshot.attempts": 0, "config": 0}
 READ_TRIES = 5
 # The transaction memo's key for the newest snapshot version per job of a consumer's batch.
 NEWEST = "newest_snapshots"
+# The transaction memo's key for the reads and writes of the batch's snapshots (SnapshotBatch).
+SNAPSHOT_BATCH = "snapshot_batch"
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -150,8 +153,36 @@ def _owner_or_admin(doc: dict[str, Any], username: str, admin: bool, action: str
 
 
 async def _record(ctx: HandlerContext, event: JobEvent) -> None:
-    query, update = event.upsert()
-    await ctx.db[EVENTS].update_one(query, update, upsert=True, session=ctx.session)
+    """Record ``event`` in the transaction's one ordered write of job events (``EventRecords``)."""
+    EventRecords.of(ctx).add(event)
+
+
+class EventRecords:
+    """The job events a transaction records, written at its end in one ordered bulk write: a consumer's
+    batch records one or two per job, and nothing in a handler reads them back."""
+
+    def __init__(self, tx: HandlerContext) -> None:
+        self.tx = tx
+        self.upserts: list[UpdateOne] = []
+        tx.on_before_commit(self.flush)
+
+    @staticmethod
+    def of(tx: HandlerContext) -> EventRecords:
+        records = tx.memo.get(EVENTS)
+        if records is None:
+            records = tx.memo[EVENTS] = EventRecords(tx)
+        assert isinstance(records, EventRecords)
+        return records
+
+    def add(self, event: JobEvent) -> None:
+        query, update = event.upsert()
+        self.upserts.append(UpdateOne(query, update, upsert=True))
+
+    async def flush(self) -> None:
+        # Ordered: two records of one event (a repeat) count up in the order they came.
+        if self.upserts:
+            await self.tx.db[EVENTS].bulk_write(self.upserts, ordered=True, session=self.tx.session)
+        self.upserts = []
 
 
 async def _next_seq(db: Db, session: AsyncClientSession | None, name: str = SEQ_COUNTER) -> int:
@@ -254,6 +285,62 @@ def newest_in_batch(tx: HandlerContext) -> dict[str, int]:
         )
     assert isinstance(newest, dict)
     return newest
+
+
+class SnapshotBatch:
+    """The job documents the `framework.changed` events of one transaction read and write: read in one
+    request and written in one bulk write at the end, for the jobs that no other event of the batch is
+    about (a consumer's batch carries the snapshots of several jobs: two requests per batch instead of two
+    per job). A job that another event of the batch is about is read and written at its turn, as each
+    handler runs, so that every handler sees what the ones before it wrote."""
+
+    def __init__(self, tx: HandlerContext) -> None:
+        self.tx = tx
+        newest = newest_in_batch(tx)
+        others = {
+            env.body.subject_key() if isinstance(env.body, Event) else env.subject
+            for env in tx.batch
+            if not isinstance(env.body, FrameworkChanged)
+        }
+        self.keys = [key for key in newest if key not in others]
+        self.docs: dict[str, dict[str, Any]] | None = None if len(self.keys) > 1 else {}
+        self.updates: list[UpdateOne] = []
+        self.pending: set[str] = set()
+        tx.on_before_commit(self.flush)
+
+    @staticmethod
+    def of(tx: HandlerContext) -> SnapshotBatch:
+        batch = tx.memo.get(SNAPSHOT_BATCH)
+        if batch is None:
+            batch = tx.memo[SNAPSHOT_BATCH] = SnapshotBatch(tx)
+        assert isinstance(batch, SnapshotBatch)
+        return batch
+
+    async def before(self, job_key: str) -> dict[str, Any] | None:
+        """The job document as stored (``ENTRY_PROJECTION``), or None when there is no such job."""
+        db, session = self.tx.db, self.tx.session
+        if self.docs is None:
+            self.docs = {
+                d["_id"]: d
+                async for d in db[JOBS].find({"_id": {"$in": self.keys}}, ENTRY_PROJECTION, session=session)
+            }
+        if job_key in self.docs:
+            return self.docs.pop(job_key)  # once: read again if the job comes back in the batch
+        if job_key in self.pending:
+            await self.flush()  # the job came back after its write was left to the end: write it first
+        return await db[JOBS].find_one({"_id": job_key}, ENTRY_PROJECTION, session=session)
+
+    async def update(self, job_key: str, update: dict[str, Any]) -> None:
+        if job_key in self.keys and job_key not in self.pending:
+            self.updates.append(UpdateOne({"_id": job_key}, update))
+            self.pending.add(job_key)
+            return
+        await self.tx.db[JOBS].update_one({"_id": job_key}, update, session=self.tx.session)
+
+    async def flush(self) -> None:
+        if self.updates:
+            await self.tx.db[JOBS].bulk_write(self.updates, ordered=False, session=self.tx.session)
+        self.updates, self.pending = [], set()
 
 
 async def write_parts(tx: HandlerContext, job_key: str, stored: Any, new: Split) -> None:
@@ -808,15 +895,27 @@ class JobsService:
         # jobs against 1 ms for the pair), which made every job's events dearer as jobs accumulated (the
         # 10,000-job fill). A concurrent write of the same job between the two is a write conflict: the
         # transaction reruns.
-        before = await ctx.db[JOBS].find_one({"_id": snap.job_key}, ENTRY_PROJECTION, session=ctx.session)
+        batch = SnapshotBatch.of(ctx)
+        before = await batch.before(snap.job_key)
         # Only a newer version replaces what is stored: late and duplicated snapshots change nothing. As the
         # condition `snapshot_version < version` was: a job without a version is not replaced.
         if before is None or not before.get("snapshot_version", snap.version) < snap.version:
             return
-        stored = snapshot_parts.split(snap)
-        await write_parts(ctx, snap.job_key, before.get(snapshot_parts.DIGESTS), stored)
-        fields = {**read_model_fields(stored.head), snapshot_parts.DIGESTS: stored.digests}
-        await ctx.db[JOBS].update_one({"_id": snap.job_key}, {"$set": fields}, session=ctx.session)
+        digests_before = before.get(snapshot_parts.DIGESTS)
+        update: dict[str, Any]
+        if snapshot_parts.fits_inline(snap):
+            fields = read_model_fields(snap.model_dump(mode="json"))
+            update = {"$set": fields}
+            if digests_before is not None:
+                # Kept in parts until now (the job shrank, or an earlier version stored it so): they go.
+                await write_parts(ctx, snap.job_key, digests_before, snapshot_parts.NONE)
+                update["$unset"] = {snapshot_parts.DIGESTS: ""}
+        else:
+            stored = snapshot_parts.split(snap)
+            await write_parts(ctx, snap.job_key, digests_before, stored)
+            fields = {**read_model_fields(stored.head), snapshot_parts.DIGESTS: stored.digests}
+            update = {"$set": fields}
+        await batch.update(snap.job_key, update)
         await write_list_entry(ctx, before, {**before, **fields})
 
     async def on_pending(self, ctx: HandlerContext, env: Envelope) -> None:

@@ -24,7 +24,8 @@ from pymongo import AsyncMongoClient
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
 from pai_common.consumer import HandlerContext
-from pai_common.contract.events import FrameworkChanged
+from pai_common.contract.base import Event
+from pai_common.contract.events import FrameworkChanged, SchedulingPending
 from pai_common.contract.rpc import GetJobRequest, TaskAttemptsRequest
 from pai_common.contract.types import FrameworkSnapshot, JobAttemptRecord, TaskSnapshot
 from pai_common.embedded import ServerProcess
@@ -55,9 +56,11 @@ class Recorder(CommandListener):
 
     database: str
     writes: list[tuple[str, str, int]] = field(default_factory=list)
+    # The commands recorded (reads too where a test counts them).
+    kinds: tuple[str, ...] = WRITES
 
     def started(self, event: CommandStartedEvent) -> None:
-        if event.database_name == self.database and event.command_name in WRITES:
+        if event.database_name == self.database and event.command_name in self.kinds:
             collection = str(event.command[event.command_name])
             self.writes.append((event.command_name, collection, len(bson.encode(event.command))))
 
@@ -118,13 +121,13 @@ def framework(version: int, moved: int = 0, attempts: int = 0) -> FrameworkSnaps
     )
 
 
-def envelope(snapshot: FrameworkSnapshot) -> Envelope:
-    body = FrameworkChanged(snapshot=snapshot)
+def envelope(snapshot: FrameworkSnapshot | Event) -> Envelope:
+    body = FrameworkChanged(snapshot=snapshot) if isinstance(snapshot, FrameworkSnapshot) else snapshot
     return Envelope(
         id=uuid.uuid4().hex,
-        type=FrameworkChanged.TYPE,
+        type=body.TYPE,
         source="pai/orchestrator",
-        subject=snapshot.job_key,
+        subject=body.subject_key(),
         time="",
         body=body,
         headers={},
@@ -271,3 +274,100 @@ async def test_a_snapshot_stored_whole_by_an_earlier_version_is_read_and_then_st
     stored = await harness.service._job("alice~mnist")
     assert stored["snapshot"] == framework(4, moved=3).model_dump(mode="json")
     assert await harness.db[PARTS].count_documents({"job_key": "alice~mnist"}) == 16
+
+
+async def test_a_small_snapshot_stays_whole_in_the_job_document(harness: Harness) -> None:
+    """Most jobs have a task or a few: their snapshot is no bigger than one part, so it is kept in the job
+    document, and neither a change nor a read asks for parts; one that grows goes to parts, and back."""
+    full = framework(1)
+    small = full.model_copy(update={"tasks": full.tasks[:4]})
+    writes = await harness.apply(small)
+    assert [(cmd, coll) for cmd, coll, _ in writes if coll in (JOBS, PARTS)] == [("update", JOBS)], writes
+    doc = await harness.db[JOBS].find_one({"_id": "alice~mnist"})
+    assert doc is not None and DIGESTS not in doc and len(doc["snapshot"]["tasks"]) == 4
+    harness.recorder.kinds = (*WRITES, "find")
+    harness.recorder.take()
+    stored = await harness.service._job("alice~mnist")
+    assert stored["snapshot"] == small.model_dump(mode="json")
+    assert [coll for _, coll, _ in harness.recorder.take()] == [JOBS]  # no read of parts
+    harness.recorder.kinds = WRITES
+
+    # Grown past one part (here: a retry whose earlier attempt kept 501 tasks): stored in parts.
+    grown = framework(2, attempts=1)
+    writes = await harness.apply(grown)
+    assert written(writes, PARTS)
+    doc = await harness.db[JOBS].find_one({"_id": "alice~mnist"})
+    assert doc is not None and "tasks" not in doc["snapshot"] and DIGESTS in doc
+
+    # Small again (an elastic job shrank, its history cut): whole in the document, every part deleted.
+    again = framework(3).model_copy(update={"tasks": full.tasks[:2]})
+    writes = await harness.apply(again)
+    assert written(writes, PARTS, "delete")
+    assert await harness.db[PARTS].count_documents({"job_key": "alice~mnist"}) == 0
+    doc = await harness.db[JOBS].find_one({"_id": "alice~mnist"})
+    assert doc is not None and DIGESTS not in doc
+    stored = await harness.service._job("alice~mnist")
+    assert stored["snapshot"] == again.model_dump(mode="json")
+
+
+def small(job_key: str, version: int, state: str = STATES[1]) -> FrameworkSnapshot:
+    return FrameworkSnapshot(
+        job_key=job_key,
+        version=version,
+        state="AttemptRunning",
+        attempt_id=0,
+        tasks=[TaskSnapshot(task_role="worker", index=i, state=state) for i in range(2)],
+    )
+
+
+async def test_a_batch_of_several_jobs_reads_them_in_one_request_and_writes_them_in_one(
+    harness: Harness,
+) -> None:
+    """A consumer's batch carries the snapshots of several jobs: their documents are read in one request
+    and written in one, except a job that another event of the batch is about, read and written at its
+    turn so that its other handler sees the snapshot's write."""
+    keys = []
+    for name in ("one", "two", "three"):
+        parsed = parse_job(job_yaml(2).replace("name: mnist", f"name: {name}"), "alice", 1_700_000_000_000)
+        doc = new_job_document(parsed.spec.model_dump(mode="json"), parsed.masked)
+        new = NewJob(parsed.spec, doc, parsed.raw, deadline=float("inf"))
+
+        async def store(ctx: HandlerContext, new: NewJob = new) -> None:
+            await store_new_jobs(ctx, [new])
+
+        await harness.transaction([], store)
+        keys.append(parsed.spec.job_key)
+    one, two, three = keys
+    pending = SchedulingPending(job_key=three, attempt_id=0, reason="waiting for GPUs", position=1)
+    batch = [envelope(small(one, 1)), envelope(small(two, 1)), envelope(small(three, 1)), envelope(pending)]
+
+    async def handle(ctx: HandlerContext) -> None:
+        for env in batch:
+            if isinstance(env.body, FrameworkChanged):
+                await harness.service.on_framework_changed(ctx, env)
+            else:
+                await harness.service.on_pending(ctx, env)
+
+    harness.recorder.kinds = (*WRITES, "find")
+    harness.recorder.take()
+    await harness.transaction(batch, handle)
+    sent = [(cmd, coll) for cmd, coll, _ in harness.recorder.take() if coll == JOBS]
+    # one, two: one find and one update between them; three: its own read and write, then the pending.
+    assert sent.count(("find", JOBS)) == 2, sent
+    assert sent.count(("update", JOBS)) == 3, sent
+    harness.recorder.kinds = WRITES
+    for key in keys:
+        stored = await harness.service._job(key)
+        assert stored["snapshot"] == small(key, 1).model_dump(mode="json")
+        entry = await harness.db[LIST].find_one({"_id": key})
+        assert entry is not None and entry["state"] == "RUNNING", entry
+    stored = await harness.service._job(three)
+    assert stored["pending"]["reason"] == "waiting for GPUs"
+
+    # A job whose write was left to the end comes back in the batch (the same version under another id):
+    # its write goes first, and the repeat sees it and changes nothing.
+    again = [envelope(small(one, 2)), envelope(small(two, 2)), envelope(small(one, 2))]
+    writes = await harness.apply(*(e.body.snapshot for e in again if isinstance(e.body, FrameworkChanged)))
+    assert len(written(writes, JOBS)) == 1, writes  # the repeat wrote nothing
+    counts = {d["_id"]: d["n"] async for d in harness.db["job_counts"].find()}
+    assert counts.get("state:RUNNING") == 3, counts  # each job counted once, whatever the repeats
