@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 0.2
 TRIES = 300
+# The most exits one transaction records (a 1,000-task job ending at once: four transactions, each well
+# under the database's and the bus's size limits with 4 KiB log tails).
+MAX_BATCH = 256
 # The field a transaction stamps on the runs it updated (its own token).
 TOKEN = "exit_report"
 
@@ -98,7 +101,7 @@ class ExitWriter:
                 batch: dict[str, Exit] = {}
                 later: list[Exit] = []
                 for e in self._queue:  # the same run twice: the second finds it reported by the first
-                    if e.rid in batch:
+                    if e.rid in batch or len(batch) >= MAX_BATCH:
                         later.append(e)
                     else:
                         batch[e.rid] = e
