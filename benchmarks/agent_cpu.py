@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 from load_phases import platform_phase
@@ -66,6 +67,23 @@ def own_and_children(pid: int) -> tuple[float, float]:
         if child[1] == str(pid):
             children += sum(int(v) for v in child[11:15])
     return (utime + stime) / CLOCK_TICKS, children / CLOCK_TICKS
+
+
+def count_exit_transactions(pai: Platform, nodes: list[str]) -> dict[str, int] | None:
+    """Exits recorded and the transactions that recorded them (the distinct tokens ``exit_batch`` stamps
+    on the runs it updates); None where the agents do not stamp them (code before the change)."""
+    from pymongo import MongoClient
+
+    url = pai.mongo_urls.get("runtime") or pai.mongo_url
+    if not url:
+        return None
+    runs: list[dict[str, Any]] = []
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(url) as client:
+        for n in nodes:
+            runs.extend(client["pai_runtime"][f"runs_{n}"].find({}, {"exit_report": 1}))
+    tokens = [d["exit_report"] for d in runs if d.get("exit_report")]
+    return {"exits": len(tokens), "transactions": len(set(tokens))} if tokens else None
 
 
 def main() -> int:
@@ -108,6 +126,7 @@ def main() -> int:
             rss_mib=lambda: pai.rss_bytes() / 2**20, user=user, capacity=0,
         )  # fmt: skip
         after = {n: own_and_children(p) for n, p in agents.items()}
+        exit_transactions = count_exit_transactions(pai, list(agents))
     finally:
         for p in profilers:
             p.send_signal(2)  # py-spy writes its file on SIGINT
@@ -127,6 +146,7 @@ def main() -> int:
         "supervisors_ms_per_job": round(children * 1000 / args.jobs, 1),
         "agents_total_ms_per_job": round((own + children) * 1000 / args.jobs, 1),
         "platform_ms_per_job": round(platform * 1000 / args.jobs, 1),
+        "exit_transactions": exit_transactions,
         "per_agent": {n: [round(after[n][i] - before[n][i], 2) for i in (0, 1)] for n in agents},
         "wall_s": result.wall_s,
         "load_before": result.load_before,
