@@ -25,6 +25,7 @@ from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogR
 from pai_common.embedded import ServerProcess
 from pai_common.errors import ForbiddenUserError, NoTaskLogError, ServiceUnavailableError
 from pai_common.testing import EventRecorder
+from pai_runtime import exit_batch
 from pai_runtime.backend import TaskExit
 from pai_runtime.settings import RuntimeSettings
 from pai_runtime.shell import PORT_CONFLICT_EXIT, Agent
@@ -503,7 +504,11 @@ async def test_commands_waiting_for_the_agent_are_one_batch(
 
 
 async def test_the_exits_of_the_moment_are_recorded_in_one_transaction(
-    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+    fresh_nats: ServerProcess,
+    mongo_server: ServerProcess,
+    fresh_bus: Bus,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """exit_batch.py: exits waiting together share one transaction; each run is reported once, only while
     running; an exit whose run is not stored yet (its launch not committed) is recorded once it is."""
@@ -542,5 +547,17 @@ async def test_the_exits_of_the_moment_are_recorded_in_one_transaction(
         assert reported == [(0, 0), (1, 1), (2, 2), (3, 3), (5, 5)]
         stored = {d["_id"]: (d["status"], d["exit_code"]) async for d in runs.find({})}
         assert stored == {rid[i]: ("exited", 0 if i == 4 else i) for i in range(6)}
+        # No transaction records more than MAX_BATCH exits.
+        monkeypatch.setattr(exit_batch, "MAX_BATCH", 2)
+        more = [f"{job}/0/worker/{i}/0" for i in range(6, 11)]
+        await runs.insert_many([{"_id": r, "status": "running"} for r in more])
+        transactions = 0
+        later = [
+            agent._record_exit(r, {**template, "index": 6 + n, "node": agent.node}, TaskExit(0, None), "")
+            for n, r in enumerate(more)
+        ]
+        await asyncio.wait_for(asyncio.gather(*later), 30)
+        assert transactions == 3
+        assert {d["status"] async for d in runs.find({"_id": {"$in": more}})} == {"exited"}
     finally:
         await agent.app.stop()
