@@ -559,5 +559,8 @@ async def test_the_exits_of_the_moment_are_recorded_in_one_transaction(
         await asyncio.wait_for(asyncio.gather(*later), 30)
         assert transactions == 3
         assert {d["status"] async for d in runs.find({"_id": {"$in": more}})} == {"exited"}
+        await events.drain(0.5)  # (unread events would hold the bus's close for seconds)
+        indices = sorted(e.index for e in events.of(TaskExited) if e.job_key == job)
+        assert indices == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]  # each once; 4 was reported before
     finally:
         await agent.app.stop()
