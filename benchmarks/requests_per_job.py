@@ -67,7 +67,9 @@ def quiet(client: list[MongoClient[Any]], settle_s: float, idle_per_s: float) ->
     while True:
         time.sleep(settle_s)
         now = db_counts(client)["requests"]
-        if now - last <= idle_per_s * settle_s + 3 * len(client):  # its own two requests per server, and slack
+        if now - last <= idle_per_s * settle_s + 3 * len(
+            client
+        ):  # its own two requests per server, and slack
             return
         last = now
 

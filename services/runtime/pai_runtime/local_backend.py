@@ -77,7 +77,7 @@ class LocalBackend:
         pass
 
     async def close(self) -> None:
-        pass
+        await local_process.ForkServer.close()
 
     def paths(self, workdir: Path) -> TaskPaths:
         return TaskPaths(
@@ -110,11 +110,15 @@ class LocalBackend:
         backend, cgroup = ("host", None) if task.failed else self._prepare(cmd, workdir, task, mounts)
         if task.failed:
             local_process.prepare(workdir, task.entrypoint, limits=local_process.Limits())
-        (workdir / "backend").write_text(backend)
-        (workdir / "cgroup").write_text(cgroup or "")
-        argv = local_process.command(workdir)
+        # What a redelivered launch adopts; absent: the host and no cgroup (two files fewer per task).
+        for name, value in (("backend", "" if backend == "host" else backend), ("cgroup", cgroup or "")):
+            if value:
+                (workdir / name).write_text(value)
+            else:
+                (workdir / name).unlink(missing_ok=True)  # left by an earlier delivery that did not start
+        argv = None  # forked by the agent's fork server (local_process.start)
         if mounts is not None and mounts.needs_namespace and not task.failed:
-            argv = local_mounts.in_private_namespace(argv)
+            argv = local_mounts.in_private_namespace(local_process.command(workdir))
         pid = await local_process.start(
             workdir, local_process.task_env(dict(os.environ), task.env, workdir), argv
         )

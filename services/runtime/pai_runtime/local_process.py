@@ -22,6 +22,7 @@ from pai_runtime import supervisor
 from pai_runtime.backend import TaskExit
 
 SUPERVISOR = Path(supervisor.__file__).resolve()
+FORK_SERVER = SUPERVISOR.with_name("fork_server.py")
 # OpenPAI's runtime keeps two files of 256 MB per stream.
 DEFAULT_LOG_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_LOG_KEEP = 2
@@ -110,23 +111,141 @@ def claim(workdir: Path, pid: int) -> None:
 
 
 async def start(workdir: Path, env: dict[str, str], argv: list[str] | None = None) -> int:
-    """Start the task's supervisor (``argv``: its command line, ``command(workdir)`` unless given)."""
-    argv = argv or command(workdir)
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=workdir,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, so a stop reaches every child
-    )
-    claim(workdir, proc.pid)
-    _children[proc.pid] = proc
-    return proc.pid
+    """Start the task's supervisor: forked by the agent's fork server (``fork_server.py``), or, given
+    ``argv`` (a command line that wraps ``command(workdir)``, as ``unshare`` for storages) or where the
+    fork server cannot start one, as a process of its own."""
+    pid = None
+    if argv is None:
+        server = await ForkServer.of_this_loop()
+        pid = await server.start(workdir, env) if server is not None else None
+    if pid is None:
+        proc = await asyncio.create_subprocess_exec(
+            *(argv or command(workdir)),
+            cwd=workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so a stop reaches every child
+        )
+        pid = proc.pid
+        _children[pid] = proc
+    claim(workdir, pid)
+    return pid
 
 
 _children: dict[int, asyncio.subprocess.Process] = {}
+
+
+class ForkServer:
+    """The agent's side of ``fork_server.py``: one per event loop, started on first use and again if it
+    died. Its supervisors' exits arrive as wait statuses on its stdout; if it dies, the waits of its
+    supervisors fall back to the exit file, as for adopted tasks."""
+
+    _by_loop: dict[asyncio.AbstractEventLoop, ForkServer] = {}
+    _starting: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.replies: asyncio.Queue[int | None] = asyncio.Queue()
+        # pid -> its wait status once reported; None: the server went away before reporting it.
+        self.statuses: dict[int, asyncio.Future[int | None]] = {}
+        self.lock = asyncio.Lock()
+        self.alive = True
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def of_this_loop(cls) -> ForkServer | None:
+        """This loop's running server, started if there is none (or it died); None if it cannot start."""
+        loop = asyncio.get_running_loop()
+        for old in [k for k in cls._starting if k.is_closed()]:
+            cls._by_loop.pop(old, None)
+            del cls._starting[old]
+        async with cls._starting.setdefault(loop, asyncio.Lock()):  # one server, however many launches
+            server = cls._by_loop.get(loop)
+            return server if server is not None and server.alive else await cls._launch()
+
+    @classmethod
+    def running(cls) -> ForkServer | None:
+        """This loop's server, if one was started (alive or not: it still knows the exits it reported)."""
+        return cls._by_loop.get(asyncio.get_running_loop())
+
+    async def start(self, workdir: Path, env: dict[str, str]) -> int | None:
+        """The pid of a supervisor forked for ``workdir``; None if the server could not fork one."""
+        request = marshal.dumps((str(workdir), env))
+        async with self.lock:  # requests are answered in order
+            if not self.alive:
+                return None
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(len(request).to_bytes(4, "big") + request)
+                await self.proc.stdin.drain()
+            except (OSError, RuntimeError):
+                return None
+            pid = await self.replies.get()
+        if pid is not None:
+            self.statuses.setdefault(pid, asyncio.get_running_loop().create_future())
+        return pid
+
+    @classmethod
+    async def close(cls) -> None:
+        """End this loop's server (its supervisors run on); the agent's own stop does it."""
+        server = cls._by_loop.pop(asyncio.get_running_loop(), None)
+        if server is not None and server.proc.stdin is not None:
+            server.proc.stdin.close()
+            await server.proc.wait()
+
+    @classmethod
+    async def _launch(cls) -> ForkServer | None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", str(FORK_SERVER),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+                start_new_session=True,  # a Ctrl-C of `pai up` reaches the agent, which stops it by EOF
+            )  # fmt: skip
+        except OSError:
+            return None
+        server = cls(proc)
+        cls._by_loop[asyncio.get_running_loop()] = server
+        return server
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while line := await self.proc.stdout.readline():
+                word, _, rest = line.decode().strip().partition(" ")
+                if word == "started":
+                    await self.replies.put(int(rest))
+                elif word == "failed":
+                    await self.replies.put(None)
+                elif word == "exited":
+                    pid, status = (int(v) for v in rest.split())
+                    done = self.statuses.setdefault(pid, asyncio.get_running_loop().create_future())
+                    if not done.done():
+                        done.set_result(status)
+        finally:
+            self.alive = False
+            await self.replies.put(None)  # a start waiting for its answer starts its supervisor itself
+            for done in self.statuses.values():
+                if not done.done():
+                    done.set_result(None)
+
+    async def wait(self, pid: int) -> int | None:
+        """The wait status of a supervisor it forked; None if the server went first (or never forked it)."""
+        done = self.statuses.get(pid)
+        if done is None:
+            return None
+        try:
+            return await done
+        finally:
+            self.statuses.pop(pid, None)
+
+
+def status_exit(status: int) -> TaskExit:
+    """A supervisor's wait status as a task's exit, for a supervisor killed before it recorded one."""
+    if os.WIFSIGNALED(status):
+        return TaskExit(128 + os.WTERMSIG(status), os.WTERMSIG(status))
+    return TaskExit(os.WEXITSTATUS(status), None)
 
 
 def read_exit(workdir: Path) -> TaskExit | None:
@@ -164,6 +283,11 @@ async def wait(pid: int, workdir: Path, poll_s: float = 0.2) -> TaskExit:
         if returncode < 0:
             return TaskExit(128 - returncode, -returncode)
         return TaskExit(returncode, None)
+    server = ForkServer.running()
+    status = await server.wait(pid) if server is not None else None
+    if status is not None:
+        recorded = read_exit(workdir)
+        return recorded if recorded is not None else status_exit(status)
     while alive(pid) and read_exit(workdir) is None:
         await asyncio.sleep(poll_s)
     recorded = read_exit(workdir)

@@ -15,7 +15,7 @@ from typing import Any
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject, subject_token
 from pai_common.contract.commands import KillTask, LaunchTask, UpdateMembership
-from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
+from pai_common.contract.events import NodeRegistered, TaskRunning
 from pai_common.contract.rpc import (
     JobSecretsReply,
     JobSecretsRequest,
@@ -42,6 +42,7 @@ from pai_runtime.backend import (
     failure_script,
 )
 from pai_runtime.devices import Inventory, detect, load_inventory, nvml_gpu_report, nvml_health
+from pai_runtime.exit_batch import Exit, ExitWriter
 from pai_runtime.launch_batch import LaunchBatch, run_id
 from pai_runtime.settings import RuntimeSettings
 
@@ -126,6 +127,7 @@ class Agent:
         # Set once the transaction that launched a run committed (a run adopted at start-up has none).
         self._launch_committed: dict[str, asyncio.Event] = {}
         self._sampler = metrics.TaskSampler()
+        self._exits = ExitWriter(self.app, self.runs_collection)
         self._inventory: Inventory | None = None
         # GPU shares held by CUDA MPS where the node can (decided with the inventory at registration).
         self._mps = mps.MpsDaemons(self.root / "mps", mps.support("simulated", settings.backend))
@@ -264,6 +266,7 @@ class Agent:
         """The tasks keep running without the agent; the next agent adopts them (``_resume``)."""
         for task in list(self._watchers):
             task.cancel()
+        self._exits.close()
         for running in self._running.values():
             metrics.remove(running.labels)
         self._running.clear()
@@ -586,46 +589,11 @@ class Agent:
         container_reason: str | None = None,
         gpu_health: dict[str, Any] | None = None,
     ) -> None:
-        finished = now_ms()
-        for _ in range(300):
-            try:
-                async with self.app.transaction() as tx:
-                    updated = await tx.db[self.runs_collection].update_one(
-                        {"_id": rid, "status": "running"},
-                        {
-                            "$set": {
-                                "status": "exited",
-                                "exit_code": result.exit_code,
-                                "signal": result.signal,
-                                "finished_at": finished,
-                            }
-                        },
-                        session=tx.session,
-                    )
-                    if updated.matched_count == 1:
-                        tx.out.event(
-                            TaskExited(
-                                **template,
-                                exit_code=result.exit_code,
-                                signal=result.signal,
-                                log_tail=tail,
-                                finished_at=finished,
-                                pod_reason=pod_reason,
-                                container_reason=container_reason,
-                                gpu_health=gpu_health,
-                            ),
-                            msg_id=f"exited:{rid}",
-                        )
-                        log.info("task exited", extra={"run": rid, "exit_code": result.exit_code})
-                        return
-                    exists = await tx.db[self.runs_collection].find_one({"_id": rid}, session=tx.session)
-                if exists is not None:
-                    return  # reported already
-            except Exception as exc:
-                log.warning("could not record a task exit; retrying", extra={"run": rid, "error": repr(exc)})
-            # The launch that started it has not committed yet.
-            await asyncio.sleep(0.2)
-        log.error("task exit could not be recorded", extra={"run": rid})
+        """The run marked exited and ``task.exited`` sent, once; in one transaction with the other exits
+        of the moment (``exit_batch``)."""
+        await self._exits.record(
+            Exit(rid, template, result, tail, now_ms(), pod_reason, container_reason, gpu_health)
+        )
 
     # ---- metrics and retention -----------------------------------------------------------------------
 

@@ -209,15 +209,16 @@ def exit_record(code: int, signal: int | None, timed_out: bool, failed_phase: st
     return "{" + ", ".join(f'"{k}": {_json_value(v)}' for k, v in fields.items()) + "}"
 
 
-def _spawn(argv: list[str], stdout: int, stderr: int) -> int:
-    """A phase's process, in this process group and directory, stdin from /dev/null. The pipes and files
-    this process opened are not inherited (Python opens them close-on-exec)."""
+def _spawn(argv: list[str], stdout: int, stderr: int, env: dict[str, str] | None = None) -> int:
+    """A phase's process, in this process group and directory, stdin from /dev/null, with ``env`` (this
+    process's environment unless given). The pipes and files this process opened are not inherited
+    (Python opens them close-on-exec)."""
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, stdout, 1),
         (os.POSIX_SPAWN_DUP2, stderr, 2),
     ]
-    return os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+    return os.posix_spawnp(argv[0], argv, os.environ if env is None else env, file_actions=actions)
 
 
 class _Child:
@@ -274,7 +275,9 @@ def wait_for_claim(workdir: str, wait_s: float = CLAIM_WAIT_S) -> bool:
         pause = min(pause * 2, 0.05)
 
 
-def run(workdir: str) -> int:
+def run(workdir: str, env: dict[str, str] | None = None) -> int:
+    """Run the task of ``workdir`` once named; its exit code. ``env``: the task's environment, when this
+    process was forked (``fork_server``) rather than started with it."""
     os.chdir(workdir)  # the phases run there (the agent starts this process there too)
     if not wait_for_claim(workdir):
         return UNCLAIMED_EXIT  # another supervisor has the task, or it is a leftover: it runs nothing here
@@ -317,6 +320,10 @@ def run(workdir: str) -> int:
     if code:
         failed_phase = "mount"
     for phase in config["phases"]:
+        if stopping and code == 0:
+            # Stopped before this phase began: the task did not succeed, it was stopped, as a phase that
+            # got the SIGTERM would have been (it used to be recorded as a success).
+            code, signal, failed_phase = 128 + sig.SIGTERM, sig.SIGTERM, phase["name"]
         if stopping or code != 0:
             break  # a failed phase ends the task: pre-commands guard the user's, post-commands need success
         argv = ["bash", phase["script"]]
@@ -324,7 +331,7 @@ def run(workdir: str) -> int:
         if limit_kb:
             # A per-process address-space limit: what the OS allows without cgroups.
             argv = ["bash", "-c", f'ulimit -v {int(limit_kb)} && exec bash "$0"', phase["script"]]
-        child = _Child(_spawn(argv, out_w, err_w))
+        child = _Child(_spawn(argv, out_w, err_w, env))
         status = child.wait(None if deadline is None else deadline - time.monotonic())
         if status is None:
             timed_out = True

@@ -66,9 +66,10 @@ async def test_success_is_recorded_and_returned(tmp_path: Path) -> None:
 async def test_the_user_commands_exit_code_is_recorded_and_returned(tmp_path: Path) -> None:
     pid = await _launch(tmp_path, "echo before\nexit 3\necho never")
     assert (tmp_path / "pid").read_text() == str(pid)
-    assert pid in lp._children
+    server = lp.ForkServer.running()
+    assert server is not None and pid in server.statuses  # forked by it: its exit comes from it
     assert await asyncio.wait_for(lp.wait(pid, tmp_path), 10) == TaskExit(3, None)
-    assert pid not in lp._children
+    assert pid not in server.statuses
     assert (tmp_path / "exit_code").read_text().strip() == "3"
     assert lp.read_exit(tmp_path) == TaskExit(3, None)
     assert (tmp_path / "stdout.log").read_text() == "before\n"
@@ -339,3 +340,45 @@ def test_gpu_share_limits_become_cuda_mps_variables() -> None:
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=4096M"
     assert env["PAI_GPU_SHARE_MILLI"] == "250" and env["PAI_GPU_SHARE_MEMORY_MB"] == "4096"
     assert gpu_share_env([0], 5, 0)["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "1"
+
+
+# ---- the fork server -----------------------------------------------------------------------------------
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def test_a_supervisor_is_forked_by_the_fork_server_not_a_new_interpreter(tmp_path: Path) -> None:
+    pid = await _launch(tmp_path, "sleep 0.3\nexit 6")
+    server = lp.ForkServer.running()
+    assert server is not None and server.alive
+    assert _parent(pid) == server.proc.pid
+    assert b"fork_server.py" in Path(f"/proc/{pid}/cmdline").read_bytes()  # no interpreter of its own
+    assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # a session and group of its own, as before
+    assert await asyncio.wait_for(lp.wait(pid, tmp_path), 10) == TaskExit(6, None)
+
+
+@pytest.mark.parametrize("how", ["killed", "agent gone"])
+async def test_tasks_outlive_their_fork_server_and_their_exits_are_read(tmp_path: Path, how: str) -> None:
+    """The fork server dies (killed), or leaves at the end of its input (its agent was killed or stopped):
+    the supervisors it forked run on, and their exits are read from their exit files."""
+    first = tmp_path / "first"
+    first.mkdir()
+    marker = first / "go"
+    pid = await _launch(first, f"while [ ! -e {marker} ]; do sleep 0.02; done\nexit 7")
+    server = lp.ForkServer.running()
+    assert server is not None
+    if how == "killed":
+        server.proc.kill()
+    else:
+        await lp.ForkServer.close()
+    await asyncio.wait_for(server.proc.wait(), 10)
+    assert not _dead(pid)  # the task runs on
+    marker.touch()
+    assert await asyncio.wait_for(lp.wait(pid, first, poll_s=0.02), 10) == TaskExit(7, None)
+    second = tmp_path / "second"
+    second.mkdir()
+    assert await _run(second, "exit 3") == TaskExit(3, None)  # a new server forks the next one
+    again = lp.ForkServer.running()
+    assert again is not None and again is not server and again.alive

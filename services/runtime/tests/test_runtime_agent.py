@@ -25,6 +25,8 @@ from pai_common.contract.rpc import JobSecretsReply, JobSecretsRequest, TaskLogR
 from pai_common.embedded import ServerProcess
 from pai_common.errors import ForbiddenUserError, NoTaskLogError, ServiceUnavailableError
 from pai_common.testing import EventRecorder
+from pai_runtime import exit_batch
+from pai_runtime.backend import TaskExit
 from pai_runtime.settings import RuntimeSettings
 from pai_runtime.shell import PORT_CONFLICT_EXIT, Agent
 
@@ -497,5 +499,68 @@ async def test_commands_waiting_for_the_agent_are_one_batch(
         assert {d["status"] for d in runs.values()} == {"exited"}
         markers = [d["at"] async for d in agent.app.db["processed"].find({})]
         assert max(markers.count(at) for at in set(markers)) == 4  # the four in one transaction
+    finally:
+        await agent.app.stop()
+
+
+async def test_the_exits_of_the_moment_are_recorded_in_one_transaction(
+    fresh_nats: ServerProcess,
+    mongo_server: ServerProcess,
+    fresh_bus: Bus,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """exit_batch.py: exits waiting together share one transaction; each run is reported once, only while
+    running; an exit whose run is not stored yet (its launch not committed) is recorded once it is."""
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    agent = _agent(fresh_nats, mongo_server, tmp_path)
+    await agent.app.start()
+    job = "alice~exits"
+    transactions = 0
+    transaction = agent.app.transaction
+
+    def counted() -> Any:
+        nonlocal transactions
+        transactions += 1
+        return transaction()
+
+    agent.app.transaction = counted  # type: ignore[method-assign]
+    try:
+        runs = agent.app.db[agent.runs_collection]
+        template = {"job_key": job, "attempt_id": 0, "task_role": "worker", "task_attempt_id": 0}
+        rid = [f"{job}/0/worker/{i}/0" for i in range(6)]
+        await runs.insert_many(
+            [{"_id": rid[i], "status": "running"} for i in range(4)]
+            + [{"_id": rid[4], "status": "exited", "exit_code": 0}]  # reported already
+        )
+        where = [{**template, "index": i, "node": agent.node} for i in range(6)]
+        recorded = asyncio.gather(
+            *(agent._record_exit(rid[i], where[i], TaskExit(i, None), "") for i in range(6))
+        )
+        await asyncio.sleep(0.1)
+        await runs.insert_one({"_id": rid[5], "status": "running"})  # its launch commits late
+        await asyncio.wait_for(recorded, 30)
+        assert transactions == 2  # the six together, then the late one alone
+        await events.drain(0.5)
+        reported = sorted((e.index, e.exit_code) for e in events.of(TaskExited) if e.job_key == job)
+        assert reported == [(0, 0), (1, 1), (2, 2), (3, 3), (5, 5)]
+        stored = {d["_id"]: (d["status"], d["exit_code"]) async for d in runs.find({})}
+        assert stored == {rid[i]: ("exited", 0 if i == 4 else i) for i in range(6)}
+        # No transaction records more than MAX_BATCH exits.
+        monkeypatch.setattr(exit_batch, "MAX_BATCH", 2)
+        more = [f"{job}/0/worker/{i}/0" for i in range(6, 11)]
+        await runs.insert_many([{"_id": r, "status": "running"} for r in more])
+        transactions = 0
+        later = [
+            agent._record_exit(r, {**template, "index": 6 + n, "node": agent.node}, TaskExit(0, None), "")
+            for n, r in enumerate(more)
+        ]
+        await asyncio.wait_for(asyncio.gather(*later), 30)
+        assert transactions == 3
+        assert {d["status"] async for d in runs.find({"_id": {"$in": more}})} == {"exited"}
+        await events.drain(0.5)  # (unread events would hold the bus's close for seconds)
+        indices = sorted(e.index for e in events.of(TaskExited) if e.job_key == job)
+        assert indices == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]  # each once; 4 was reported before
     finally:
         await agent.app.stop()

@@ -126,3 +126,12 @@ async def test_task_files_holding_commands_are_private(tmp_path: Path) -> None:
     lp.prepare(tmp_path, "echo hi", "echo pre", "echo post")
     for name in ("user.sh", "pre.sh", "post.sh"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_task_stopped_before_a_phase_began_is_not_a_success(tmp_path: Path) -> None:
+    # The stop reaches the supervisor between two phases (here: sent by the pre-command itself); a stop
+    # right after the start hits the same spot before the first phase. It used to be recorded as exit 0.
+    result = await _run(tmp_path, "echo ran > ran", pre="kill -TERM $PPID")
+    assert result == TaskExit(143, signal.SIGTERM)
+    assert not (tmp_path / "ran").exists()
+    assert '"failed_phase": "user"' in (tmp_path / "exit.json").read_text()
