@@ -147,8 +147,7 @@ def schema() -> dict[str, Any]:
 # libyaml's loader where PyYAML was built with it: the shipped spec (48 KB) took PyYAML's pure-Python
 # parser 0.13 s of CPU at every start (it is read twice: aliases, then the document), libyaml 0.012 s.
 # Uploaded specs keep the pure-Python loader, whose error messages the API answers with.
-SafeLoaders = type[yaml.SafeLoader] | type[yaml.CSafeLoader]
-BUILTIN_LOADER: SafeLoaders = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+BUILTIN_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @cache
@@ -157,7 +156,9 @@ def builtin_spec() -> ExitSpec:
     return build_spec(parse_document(packaged_text(SPEC_FILE), BUILTIN_LOADER))
 
 
-def parse_document(text: str, loader: SafeLoaders = yaml.SafeLoader) -> dict[str, Any]:
+def parse_document(
+    text: str, loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = yaml.SafeLoader
+) -> dict[str, Any]:
     """YAML (or JSON, which is YAML) text to a document, refused precisely when it is not one."""
     if len(text.encode("utf-8")) > MAX_SPEC_BYTES:
         raise InvalidParametersError(f"exit spec exceeds {MAX_SPEC_BYTES} bytes")
