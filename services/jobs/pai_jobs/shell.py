@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pymongo import DeleteOne, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -141,6 +141,7 @@ NEWEST = "newest_snapshots"
 SNAPSHOT_BATCH = "snapshot_batch"
 
 Db = AsyncDatabase[dict[str, Any]]
+_Kept = TypeVar("_Kept")
 
 
 def now_ms() -> int:
@@ -157,6 +158,15 @@ async def _record(ctx: HandlerContext, event: JobEvent) -> None:
     EventRecords.of(ctx).add(event)
 
 
+def once_per_transaction(tx: HandlerContext, key: str, make: Callable[[HandlerContext], _Kept]) -> _Kept:
+    """The one ``make(tx)`` of this transaction, kept in its memo under ``key`` (what the handlers of a
+    batch add to, written once at its end)."""
+    kept = tx.memo.get(key)
+    if kept is None:
+        kept = tx.memo[key] = make(tx)
+    return cast(_Kept, kept)
+
+
 class EventRecords:
     """The job events a transaction records, written at its end in one ordered bulk write: a consumer's
     batch records one or two per job, and nothing in a handler reads them back."""
@@ -168,11 +178,7 @@ class EventRecords:
 
     @staticmethod
     def of(tx: HandlerContext) -> EventRecords:
-        records = tx.memo.get(EVENTS)
-        if records is None:
-            records = tx.memo[EVENTS] = EventRecords(tx)
-        assert isinstance(records, EventRecords)
-        return records
+        return once_per_transaction(tx, EVENTS, EventRecords)
 
     def add(self, event: JobEvent) -> None:
         query, update = event.upsert()
@@ -224,11 +230,7 @@ class ListWrites:
 
     @staticmethod
     def of(tx: HandlerContext) -> ListWrites:
-        writes = tx.memo.get(LIST)
-        if writes is None:
-            writes = tx.memo[LIST] = ListWrites(tx)
-        assert isinstance(writes, ListWrites)
-        return writes
+        return once_per_transaction(tx, LIST, ListWrites)
 
     async def put(self, old: dict[str, Any] | None, entry: dict[str, Any]) -> None:
         """``entry`` replaces ``old`` (None: no entry yet) with this transaction's update number."""
@@ -310,11 +312,7 @@ class SnapshotBatch:
 
     @staticmethod
     def of(tx: HandlerContext) -> SnapshotBatch:
-        batch = tx.memo.get(SNAPSHOT_BATCH)
-        if batch is None:
-            batch = tx.memo[SNAPSHOT_BATCH] = SnapshotBatch(tx)
-        assert isinstance(batch, SnapshotBatch)
-        return batch
+        return once_per_transaction(tx, SNAPSHOT_BATCH, SnapshotBatch)
 
     async def before(self, job_key: str) -> dict[str, Any] | None:
         """The job document as stored (``ENTRY_PROJECTION``), or None when there is no such job."""
