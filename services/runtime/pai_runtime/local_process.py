@@ -241,11 +241,12 @@ class ForkServer:
             self.statuses.pop(pid, None)
 
 
-def status_exit(status: int) -> TaskExit:
-    """A supervisor's wait status as a task's exit, for a supervisor killed before it recorded one."""
-    if os.WIFSIGNALED(status):
-        return TaskExit(128 + os.WTERMSIG(status), os.WTERMSIG(status))
-    return TaskExit(os.WEXITSTATUS(status), None)
+def returncode_exit(returncode: int) -> TaskExit:
+    """A supervisor's return code (negative: the signal that killed it) as a task's exit, for a supervisor
+    killed before it recorded one."""
+    if returncode < 0:
+        return TaskExit(128 - returncode, -returncode)
+    return TaskExit(returncode, None)
 
 
 def read_exit(workdir: Path) -> TaskExit | None:
@@ -280,14 +281,12 @@ async def wait(pid: int, workdir: Path, poll_s: float = 0.2) -> TaskExit:
         if recorded is not None:
             return recorded
         # The supervisor itself was killed (SIGKILL of the group) before it could record anything.
-        if returncode < 0:
-            return TaskExit(128 - returncode, -returncode)
-        return TaskExit(returncode, None)
+        return returncode_exit(returncode)
     server = ForkServer.running()
     status = await server.wait(pid) if server is not None else None
     if status is not None:
         recorded = read_exit(workdir)
-        return recorded if recorded is not None else status_exit(status)
+        return recorded if recorded is not None else returncode_exit(os.waitstatus_to_exitcode(status))
     while alive(pid) and read_exit(workdir) is None:
         await asyncio.sleep(poll_s)
     recorded = read_exit(workdir)
