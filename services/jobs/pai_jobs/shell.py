@@ -182,6 +182,9 @@ class EventRecords:
 
     def add(self, event: JobEvent) -> None:
         query, update = event.upsert()
+        # The order events are recorded in: what sorts two of the same millisecond (two producers'
+        # events published back to back), instead of their ids' hashes.
+        update["$setOnInsert"]["recorded_ns"] = time.time_ns()
         self.upserts.append(UpdateOne(query, update, upsert=True))
 
     async def flush(self) -> None:
@@ -766,7 +769,7 @@ class JobsService:
         query: dict[str, Any] = {"job_key": req.job_key}
         if req.type is not None:
             query["type"] = req.type
-        cursor = self.app.db[EVENTS].find(query).sort([("first_at", 1), ("_id", 1)])
+        cursor = self.app.db[EVENTS].find(query).sort([("first_at", 1), ("recorded_ns", 1), ("_id", 1)])
         events = [job_events.event_view(doc) async for doc in cursor]
         return JobEventsReply(events=events, total=len(events))
 

@@ -26,19 +26,21 @@ from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStart
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import Event
 from pai_common.contract.events import FrameworkChanged, SchedulingPending
-from pai_common.contract.rpc import GetJobRequest, TaskAttemptsRequest
+from pai_common.contract.rpc import GetJobRequest, JobEventsRequest, TaskAttemptsRequest
 from pai_common.contract.types import FrameworkSnapshot, JobAttemptRecord, TaskSnapshot
 from pai_common.embedded import ServerProcess
 from pai_common.envelope import Envelope
 from pai_common.outbox import PendingMessages
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
+from pai_jobs import job_events
 from pai_jobs.protocol import parse_job
 from pai_jobs.shell import (
     JOBS,
     LIST,
     JobsService,
     NewJob,
+    _record,
     new_job_document,
     read_model_fields,
     store_new_jobs,
@@ -371,3 +373,24 @@ async def test_a_batch_of_several_jobs_reads_them_in_one_request_and_writes_them
     assert len(written(writes, JOBS)) == 1, writes  # the repeat wrote nothing
     counts = {d["_id"]: d["n"] async for d in harness.db["job_counts"].find()}
     assert counts.get("state:RUNNING") == 3, counts  # each job counted once, whatever the repeats
+
+
+async def test_job_events_of_the_same_millisecond_are_listed_in_the_order_recorded(harness: Harness) -> None:
+    """Two producers' events published back to back can carry the same millisecond: the job's events list
+    them in the order they were recorded, not in the order of their ids' hashes (each order, once)."""
+    job_key = "alice~mnist"
+    recorded: list[str] = []
+    for attempt, preempted_first in ((0, True), (1, False)):
+        at = 1_700_000_000_000 + attempt * 1000
+        preempted = job_events.preempted(job_key, attempt, "bob~big#0", at)
+        ended = job_events.attempt_completed(job_key, attempt, -210, at)
+        ordered = [preempted, ended] if preempted_first else [ended, preempted]
+
+        async def record(ctx: HandlerContext, ordered: list[job_events.JobEvent] = ordered) -> None:
+            for event in ordered:
+                await _record(ctx, event)
+
+        await harness.transaction([], record)
+        recorded += [event.reason for event in ordered]
+    listed = (await harness.service.events(JobEventsRequest(job_key=job_key, type="Warning"))).events
+    assert [e["reason"] for e in listed] == recorded
