@@ -18,6 +18,12 @@ lock all statements take: about 1.4 µs per session, 140 µs with the hundred-od
 platform, and 15-25% of the shared server's CPU under a burst of jobs (issue 17; py-spy). A transaction
 idle past its lifetime is then reaped up to that interval later, which no client can tell from a slower
 reaper.
+
+It writes no oplog (``without_oplog``). SecantusDB keeps one as a replica set does, for change streams, at
+a BSON encode and a table write per document written; no service reads a change stream (they learn of
+changes over NATS), and the oplog cost 16% of the servers' CPU under a burst of jobs (issue 17). The
+server still answers as a replica set, which transactions need. And it reads each collection's index
+definitions once per statement (``pai_common.mongo_index_memo``).
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from pai_common import deferred_geo
+from pai_common.mongo_index_memo import memoize_index_reads
 
 if TYPE_CHECKING:  # importing secantus imports the whole server: main() does, after deferred_geo.defer()
+    from secantus import SecantusDBServer
     from secantus.transactions import TransactionRegistry
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,14 @@ def throttle_reaping(
     return True
 
 
+def without_oplog(server: SecantusDBServer) -> None:
+    """Stop ``server`` writing its oplog; it still answers as a replica set, which transactions need."""
+    # Its storage layer supports turning this off after start. Its refusal of a transaction too large for
+    # the cache counts oplog entries, so it refuses none now: the largest the platform writes (a job of
+    # 1,000 tasks, its snapshot included) is a few MiB, far below the 1 GiB cache's 150 MiB limit.
+    server.storage.enable_oplog = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pai_common.mongo_server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -84,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     deferred_geo.defer()
     from secantus import SecantusDBServer
 
+    memoize_index_reads()
     server = SecantusDBServer(
         host=args.host,
         port=args.port,
@@ -96,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         tls_cert_file=args.tls_pem_file,
         tls_key_file=args.tls_pem_file,
     )
+    without_oplog(server)
     throttle_reaping(server.transactions, REAP_INTERVAL_S)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,42 @@
+"""The embedded MongoDB-wire server writes no oplog, and still runs transactions as a replica set.
+
+No service reads a change stream (they learn of changes over NATS), so `pai_common.mongo_server` stops
+SecantusDB's oplog: each write then costs no oplog entry (a BSON encode and a table write per document).
+Transactions need the replica set's answers to `hello`, which stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from pai_common.embedded import ServerProcess, start_mongo
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_mongo(tmp_path)
+    yield server
+    server.stop()
+
+
+def test_writes_leave_no_oplog_entry_and_transactions_commit(server: ServerProcess) -> None:
+    client: MongoClient[dict[str, Any]] = MongoClient(server.url)
+    try:
+        assert client.admin.command("hello").get("setName")  # what drivers need for transactions
+        jobs = client.pai_jobs.jobs
+        with client.start_session() as session, session.start_transaction():
+            jobs.insert_one({"_id": "alice~a", "state": "WAITING"}, session=session)
+            jobs.update_one({"_id": "alice~a"}, {"$set": {"state": "RUNNING"}}, session=session)
+        jobs.insert_many([{"_id": f"alice~{i}"} for i in range(3)])
+        jobs.delete_one({"_id": "alice~0"})
+        assert jobs.find_one({"_id": "alice~a"}) == {"_id": "alice~a", "state": "RUNNING"}
+        assert jobs.count_documents({}) == 3
+        # With its oplog on, SecantusDB lists here a start noop and an entry per document written.
+        assert list(client.local["oplog.rs"].find({}, {"op": 1, "ns": 1})) == []
+    finally:
+        client.close()
