@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -47,6 +47,9 @@ FETCH_WAIT_S = 0.5
 MORE_WAIT_S = 0.05
 
 
+_Kept = TypeVar("_Kept")
+
+
 @dataclass
 class HandlerContext:
     """What a handler may touch: its own database inside one transaction, and the outbox."""
@@ -69,6 +72,14 @@ class HandlerContext:
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         self.after_commit.append(fn)
+
+    def kept(self, key: str, make: Callable[[HandlerContext], _Kept]) -> _Kept:
+        """The one ``make(self)`` of this transaction, kept in its memo under ``key``: what the handlers of
+        a batch add to, written once at its end (through ``on_before_commit``)."""
+        kept = self.memo.get(key)
+        if kept is None:
+            kept = self.memo[key] = make(self)
+        return cast(_Kept, kept)
 
     def on_before_commit(self, fn: Callable[[], Awaitable[None]]) -> None:
         self.before_commit.append(fn)
@@ -102,6 +113,10 @@ class ConsumerSpec:
     nak_base_delay_s: float = 0.5
     batch: int = 64
     ack_wait_s: float = 60.0
+    # Which messages the handler acts on (None: all). The others are acked without a transaction: a
+    # message the handler would do nothing for needs no processed marker, since handling it again changes
+    # nothing (the storage service and a job that mounts no storage: two transactions per job saved).
+    acts_on: Callable[[Envelope], bool] | None = None
 
 
 async def ensure_processed_ttl(db: AsyncDatabase[dict[str, Any]]) -> None:
@@ -224,6 +239,7 @@ class DurableConsumer:
             # tasks, each event carrying every task's status: ~5 ms each, 64 in a batch) would hold the
             # event loop for the whole batch, and the RPCs of this process would wait on it (issue 17).
             await asyncio.sleep(0)
+        decoded = await self._ack_ignored(decoded)
         if not decoded:
             return
         try:
@@ -237,6 +253,20 @@ class DurableConsumer:
             log.info("batch failed; handling its messages one by one", extra={"error": repr(exc)})
             for msg, _ in decoded:
                 await self._handle(msg)
+
+    async def _ack_ignored(self, decoded: list[tuple[Msg, Envelope]]) -> list[tuple[Msg, Envelope]]:
+        """Ack the messages the handler does not act on (``ConsumerSpec.acts_on``); the others."""
+        acts_on = self.spec.acts_on
+        if acts_on is None:
+            return decoded
+        todo: list[tuple[Msg, Envelope]] = []
+        for msg, env in decoded:
+            if acts_on(env):
+                todo.append((msg, env))
+            else:
+                await msg.ack()
+                MESSAGES.labels(self.spec.durable, env.type, "ignored").inc()
+        return todo
 
     async def _drop_processed(self, decoded: list[tuple[Msg, Envelope]]) -> list[tuple[Msg, Envelope]]:
         """Ack the messages handled before (their marker exists); the others."""
@@ -297,6 +327,8 @@ class DurableConsumer:
             MESSAGES.labels(durable, "malformed", "dead_lettered").inc()
             return
 
+        if not await self._ack_ignored([(msg, env)]):
+            return
         job_token = current_job_key.set(env.subject or None)
         started = time.perf_counter()
         try:

@@ -22,7 +22,7 @@ WAIT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3
 
 MESSAGES = Counter(
     "pai_bus_messages_total",
-    "Messages handled by a durable consumer, by outcome (ok, duplicate, retried, dead_lettered).",
+    "Messages handled by a durable consumer, by outcome (ok, duplicate, ignored, retried, dead_lettered).",
     ["consumer", "type", "outcome"],
 )
 HANDLE_SECONDS = Histogram(

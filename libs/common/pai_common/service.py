@@ -52,6 +52,7 @@ class ServiceApp:
         self.name = name
         self.settings = settings or Settings()
         self._event_handlers: dict[str, Handler] = {}
+        self._event_filters: dict[str, Callable[[Any], bool]] = {}
         self._command_consumers: list[tuple[str, str, Handler]] = []
         self._rpc: list[
             tuple[dict[type[RpcRequest], RpcHandler], str | None, frozenset[type[RpcRequest]]]
@@ -71,10 +72,17 @@ class ServiceApp:
 
     # ---- registration --------------------------------------------------------------------------------
 
-    def on_event(self, *types: type[Event]) -> Callable[[Handler], Handler]:
+    def on_event(
+        self, *types: type[Event], acts_on: Callable[[Any], bool] | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Handle events of ``types``; with ``acts_on``, only those whose body it accepts: the handler does
+        nothing for the others, which are acked without a transaction (``ConsumerSpec.acts_on``)."""
+
         def register(handler: Handler) -> Handler:
             for t in types:
                 self._event_handlers[t.TYPE] = handler
+                if acts_on is not None:
+                    self._event_filters[t.TYPE] = acts_on
             return handler
 
         return register
@@ -178,6 +186,7 @@ class ServiceApp:
                     max_deliver=s.max_deliver,
                     nak_base_delay_s=s.nak_base_delay_s,
                     batch=s.fetch_batch,
+                    acts_on=self._acts_on if self._event_filters else None,
                 )
             )
         for durable, subject, handler in self._command_consumers:
@@ -213,6 +222,10 @@ class ServiceApp:
 
     async def _dispatch_event(self, ctx: HandlerContext, env: Envelope) -> None:
         await self._event_handlers[env.type](ctx, env)
+
+    def _acts_on(self, env: Envelope) -> bool:
+        accepts = self._event_filters.get(env.type)
+        return accepts is None or accepts(env.body)
 
     async def stop(self) -> None:
         self._ready = False

@@ -86,6 +86,50 @@ async def test_a_batch_with_a_redelivery_applies_each_message_once(
         await app.stop()
 
 
+async def test_events_the_handler_does_not_act_on_are_acked_without_a_transaction(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    """``on_event(..., acts_on=...)``: the events it refuses are acked, never redelivered, and leave no
+    processed marker and no handler call; the others are handled as before, batch or not."""
+    app = make_app(fresh_nats, mongo_server)
+    handled: list[str] = []
+
+    @app.on_event(JobAttemptCompleted, acts_on=lambda body: body.exit_code != 0)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        handled.append(env.id)
+        await ctx.db.done.insert_one({"_id": env.id}, session=ctx.session)
+
+    bus = await Bus.connect(fresh_nats.url, "test")
+    await bus.ensure_streams()
+    for i in range(6):
+        event = JobAttemptCompleted(job_key=f"f~j{i}", attempt_id=0, exit_code=i % 2)
+        await bus.publish_event(event, msg_id=f"f{i}")
+    await bus.close()
+    await app.start()
+    try:
+
+        async def all_acked() -> bool:
+            info = await app.bus.js.consumer_info(EVENTS_STREAM, app.name)
+            return info.num_pending == 0 and info.num_ack_pending == 0 and len(handled) >= 3
+
+        await wait_until(all_acked)
+        await asyncio.sleep(0.3)  # a redelivery would come now
+        assert sorted(handled) == ["f1", "f3", "f5"]
+        markers = sorted([d["_id"] async for d in app.db[PROCESSED].find({})])
+        assert markers == [f"{app.name}/f{i}" for i in (1, 3, 5)]
+        info = await app.bus.js.consumer_info(EVENTS_STREAM, app.name)
+        assert info.num_redelivered == 0
+        # One alone in its fetch takes the consumer's other path.
+        lone = JobAttemptCompleted(job_key="f~j6", attempt_id=0, exit_code=0)
+        await app.bus.publish_event(lone, msg_id="f6")
+        await wait_until(all_acked)
+        info = await app.bus.js.consumer_info(EVENTS_STREAM, app.name)
+        assert info.delivered.stream_seq >= 7 and info.num_redelivered == 0
+        assert len(handled) == 3 and await app.db[PROCESSED].count_documents({}) == 3
+    finally:
+        await app.stop()
+
+
 async def test_the_write_guard_is_held_around_every_consumer_transaction(
     fresh_nats: ServerProcess, mongo_server: ServerProcess
 ) -> None:

@@ -101,4 +101,19 @@ async def record_event(tx: HandlerContext, env: Envelope) -> None:
     if doc is None:
         raise TypeError(f"the audit log takes no {env.type}")
     # In the consumer's transaction with its processed marker: one entry per event, however delivered.
-    await tx.db[AUDIT].insert_one({**doc, "event": env.id}, session=tx.session)
+    tx.kept(AUDIT, EventEntries).entries.append({**doc, "event": env.id})
+
+
+class EventEntries:
+    """The audit entries of a consumer's batch, inserted in one request at the end of its transaction (a
+    job's submission is one entry, and a batch holds many)."""
+
+    def __init__(self, tx: HandlerContext) -> None:
+        self.tx = tx
+        self.entries: list[dict[str, Any]] = []
+        tx.on_before_commit(self.insert)
+
+    async def insert(self) -> None:
+        if self.entries:
+            await self.tx.db[AUDIT].insert_many(self.entries, session=self.tx.session)
+        self.entries = []

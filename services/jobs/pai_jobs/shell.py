@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from pymongo import DeleteOne, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -141,7 +141,6 @@ NEWEST = "newest_snapshots"
 SNAPSHOT_BATCH = "snapshot_batch"
 
 Db = AsyncDatabase[dict[str, Any]]
-_Kept = TypeVar("_Kept")
 
 
 def now_ms() -> int:
@@ -158,15 +157,6 @@ async def _record(ctx: HandlerContext, event: JobEvent) -> None:
     EventRecords.of(ctx).add(event)
 
 
-def once_per_transaction(tx: HandlerContext, key: str, make: Callable[[HandlerContext], _Kept]) -> _Kept:
-    """The one ``make(tx)`` of this transaction, kept in its memo under ``key`` (what the handlers of a
-    batch add to, written once at its end)."""
-    kept = tx.memo.get(key)
-    if kept is None:
-        kept = tx.memo[key] = make(tx)
-    return cast(_Kept, kept)
-
-
 class EventRecords:
     """The job events a transaction records, written at its end in one ordered bulk write: a consumer's
     batch records one or two per job, and nothing in a handler reads them back."""
@@ -178,7 +168,7 @@ class EventRecords:
 
     @staticmethod
     def of(tx: HandlerContext) -> EventRecords:
-        return once_per_transaction(tx, EVENTS, EventRecords)
+        return tx.kept(EVENTS, EventRecords)
 
     def add(self, event: JobEvent) -> None:
         query, update = event.upsert()
@@ -233,7 +223,7 @@ class ListWrites:
 
     @staticmethod
     def of(tx: HandlerContext) -> ListWrites:
-        return once_per_transaction(tx, LIST, ListWrites)
+        return tx.kept(LIST, ListWrites)
 
     async def put(self, old: dict[str, Any] | None, entry: dict[str, Any]) -> None:
         """``entry`` replaces ``old`` (None: no entry yet) with this transaction's update number."""
@@ -315,7 +305,7 @@ class SnapshotBatch:
 
     @staticmethod
     def of(tx: HandlerContext) -> SnapshotBatch:
-        return once_per_transaction(tx, SNAPSHOT_BATCH, SnapshotBatch)
+        return tx.kept(SNAPSHOT_BATCH, SnapshotBatch)
 
     async def before(self, job_key: str) -> dict[str, Any] | None:
         """The job document as stored (``ENTRY_PROJECTION``), or None when there is no such job."""

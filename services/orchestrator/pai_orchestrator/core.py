@@ -1240,6 +1240,7 @@ def _complete_job(fw: Framework, out: Transition, now: int, reason: str) -> None
             state=cast(JobState, final_state(fw.exit_code)),
             exit_code=fw.exit_code,
             completed_at=now,
+            mounted_storages=bool(fw.spec.storages),
         )
     )
 

@@ -25,7 +25,7 @@ from pai_common.contract.events import (
     TaskDiagnosed,
     TaskRunning,
 )
-from pai_common.contract.types import JobSpec, Placement, TaskRoleSpec
+from pai_common.contract.types import JobSpec, Placement, StorageMount, TaskRoleSpec
 from pai_orchestrator import core
 from pai_orchestrator import states as S
 from pai_orchestrator.core import Framework, Transition, no_change
@@ -646,6 +646,17 @@ def test_success_never_retries() -> None:
     tr = _step(core.on_task_diagnosed, fw, diagnosed(fw, "worker", 0, 0), T0 + 100)
     assert tr.framework.state == S.COMPLETED and tr.framework.retries == 0
     assert tr.events[1].state == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("mounts", [0, 1])
+def test_a_completed_job_says_whether_it_mounted_storages(mounts: int) -> None:
+    """The storage service releases a job's storages when it completes, and skips the jobs that mounted
+    none."""
+    mount = StorageMount(name="data", type="local", mount_path="/mnt/data", data={"path": "/srv"})
+    fw = started(spec(role("worker", 1)).model_copy(update={"storages": [mount][:mounts]}))
+    tr = _step(core.on_task_diagnosed, fw, diagnosed(fw, "worker", 0, 0), T0 + 100)
+    (completed,) = [e for e in tr.events if isinstance(e, JobCompleted)]
+    assert completed.mounted_storages is bool(mounts)
 
 
 def test_events_of_an_earlier_attempt_are_ignored_after_a_retry() -> None:

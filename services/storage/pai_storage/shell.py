@@ -60,6 +60,14 @@ def _admin_only(admin: bool) -> None:
         raise ForbiddenUserError("Non-admin is not allow to do this operation.")
 
 
+def mounts_storages(body: JobSubmitted | JobCompleted) -> bool:
+    """Whether a job event concerns a job that mounts storages: only such a job holds a use to record or
+    release. The others (most jobs) are acked without a transaction."""
+    if isinstance(body, JobSubmitted):
+        return bool(body.spec.storages)
+    return body.mounted_storages
+
+
 class StorageService:
     def __init__(self, app: ServiceApp) -> None:
         self.app = app
@@ -73,7 +81,7 @@ class StorageService:
                 StorageCredentialsRequest: self.credentials,
             }
         )
-        app.on_event(JobSubmitted, JobCompleted)(self.on_job)
+        app.on_event(JobSubmitted, JobCompleted, acts_on=mounts_storages)(self.on_job)
         app.on_startup(self._indexes)
 
     async def _indexes(self, app: ServiceApp) -> None:
@@ -196,7 +204,7 @@ class StorageService:
     async def on_job(self, ctx: HandlerContext, env: Envelope) -> None:
         body = env.body
         if isinstance(body, JobSubmitted):
-            if body.spec.storages:
+            if body.spec.storages:  # a replayed dead letter comes here without mounts_storages's filter
                 await ctx.db[USAGE].update_one(
                     {"_id": body.spec.job_key},
                     {"$set": {"storages": [m.name for m in body.spec.storages], "confirmed": True}},

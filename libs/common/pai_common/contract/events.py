@@ -384,6 +384,9 @@ class JobCompleted(Event):
     state: JobState
     exit_code: int
     completed_at: EpochMs
+    # Whether the job mounted storages: the storage service releases their use then, and has nothing to do
+    # otherwise. True where a producer does not say (an event of an earlier version).
+    mounted_storages: bool = True
 
     def subject_key(self) -> str:
         return self.job_key
