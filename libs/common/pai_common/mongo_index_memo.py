@@ -1,18 +1,19 @@
-"""The embedded MongoDB-wire server reads a collection's index list once per write, not seven times.
+"""The embedded MongoDB-wire server reads a collection's index definitions once a statement, not seven times.
 
 SecantusDB keeps each collection's index definitions as rows of one WiredTiger table and reads them
 afresh every time it needs them: a one-document update walks them for the index list, the partial
 filters, the multikey flags, and four times for the index options (the unique check, the geo check,
 the old entries' removal, the new entries' write). Each walk is a cursor search and a BSON decode per
 index. Under a burst of jobs that was a quarter of the jobs database server's CPU (py-spy, issue 17):
-its job list collection has ten indexes, updated once or twice per job.
+its job list collection has nine indexes besides ``_id``, and each job updates its entry once or twice.
 
 ``memoize_index_reads`` lets each statement that reads or writes documents walk a collection's
 definitions once and reuse them until it ends. What keeps that exact:
 
-- The memo lives for one attempt of one statement on one thread, and is read inside that attempt's
-  storage transaction, so it holds what that transaction's snapshot holds. A write-conflict retry is a
-  new attempt with a new memo (SecantusDB's retry wrapper stays outside it).
+- The memo lives for one attempt of one statement on one thread. A write is read inside that attempt's
+  storage transaction, so the memo holds what that transaction's snapshot holds; a read outside a
+  transaction keeps the definitions it saw first, as a snapshot would. A write-conflict retry is a new
+  attempt with a new memo (SecantusDB's retry wrapper stays outside it).
 - The one index-table write a document statement makes, flagging an index multikey, drops the
   collection's memo, so any later walk of the statement reads that write. Index commands are
   statements of their own, never inside one of these.
