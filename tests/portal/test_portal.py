@@ -62,6 +62,11 @@ def test_submit_watch_logs_and_list(
     expect(page.locator("#job-state")).to_have_text("SUCCEEDED", timeout=WAIT_MS)
     assert page.evaluate("window.__sameDocument") == "yes", "the job page reloaded"
     expect(page.locator("#task-table")).to_contain_text("SUCCEEDED")
+    # Every event shows when it happened (the API gives ISO 8601 times; the page once showed dashes).
+    events = page.locator("section[aria-labelledby=events-h] tbody tr")
+    expect(events.first).to_be_visible()
+    for row in events.all():
+        expect(row.locator("td").first).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
     shots.take(page, "job-succeeded")
 
     page.get_by_role("link", name="Logs of worker 0").click()

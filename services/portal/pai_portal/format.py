@@ -9,11 +9,20 @@ from typing import Any
 NONE = "\u2013"
 
 
-def when(ms: Any) -> str:
-    """Epoch milliseconds as UTC time, or an en dash."""
-    if not isinstance(ms, int | float) or ms <= 0:
+def when(value: Any) -> str:
+    """A time as UTC: epoch milliseconds (the job's times), or ISO 8601 text (the events' timestamps, as
+    OpenPAI's API gives them); an en dash for anything else."""
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return NONE
+        at = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        at = dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+    else:
         return NONE
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def duration(start_ms: Any, end_ms: Any, now_ms: float) -> str:

@@ -132,6 +132,10 @@ def test_charts_escape_their_labels() -> None:
 def test_format() -> None:
     assert format.when(0) == format.NONE
     assert format.when(1_700_000_000_000) == "2023-11-14 22:13:20 UTC"
+    # A job event's firstTimestamp / lastTimestamp: the events table showed a dash for every event.
+    assert format.when("2023-11-14T22:13:20.277Z") == "2023-11-14 22:13:20 UTC"
+    assert format.when("2023-11-15T00:13:20+02:00") == "2023-11-14 22:13:20 UTC"
+    assert format.when("yesterday") == format.when(None) == format.when(True) == format.NONE
     assert format.duration(1000, 62_000, 0) == "1m 1s"
     assert format.state_class("<x>") == "state-unknown"
     assert format.state_class("RUNNING") == "state-running"
