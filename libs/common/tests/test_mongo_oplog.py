@@ -7,28 +7,20 @@ Transactions need the replica set's answers to `hello`, which stay.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+import uuid
 from typing import Any
 
-import pytest
 from pymongo import MongoClient
 
-from pai_common.embedded import ServerProcess, start_mongo
+from pai_common.embedded import ServerProcess
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_mongo(tmp_path)
-    yield server
-    server.stop()
-
-
-def test_writes_leave_no_oplog_entry_and_transactions_commit(server: ServerProcess) -> None:
-    client: MongoClient[dict[str, Any]] = MongoClient(server.url)
+def test_writes_leave_no_oplog_entry_and_transactions_commit(mongo_server: ServerProcess) -> None:
+    """On the tests' shared server: no test's writes may leave an entry."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_server.url)
     try:
         assert client.admin.command("hello").get("setName")  # what drivers need for transactions
-        jobs = client.pai_jobs.jobs
+        jobs = client[f"oplog_{uuid.uuid4().hex[:8]}"].jobs
         with client.start_session() as session, session.start_transaction():
             jobs.insert_one({"_id": "alice~a", "state": "WAITING"}, session=session)
             jobs.update_one({"_id": "alice~a"}, {"$set": {"state": "RUNNING"}}, session=session)
