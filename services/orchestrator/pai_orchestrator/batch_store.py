@@ -15,7 +15,7 @@ is what a read-apply-write per event would have committed, in fewer round trips.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from pymongo import InsertOne, ReplaceOne, UpdateOne
 
@@ -71,10 +71,7 @@ class BatchStore:
 
     @classmethod
     def of(cls, ctx: HandlerContext) -> BatchStore:
-        store = ctx.memo.get(MEMO_KEY)
-        if store is None:
-            store = ctx.memo[MEMO_KEY] = cls(ctx)
-        return cast(BatchStore, store)
+        return ctx.kept(MEMO_KEY, cls)
 
     # ---- frameworks ----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ cause. A kill or membership change later in the same batch finds a run launched 
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.commands import LaunchTask
@@ -34,10 +34,7 @@ class LaunchBatch:
 
     @classmethod
     def of(cls, ctx: HandlerContext, collection: str) -> LaunchBatch:
-        batch = ctx.memo.get(MEMO_KEY)
-        if batch is None:
-            batch = ctx.memo[MEMO_KEY] = cls(ctx, collection)
-        return cast(LaunchBatch, batch)
+        return ctx.kept(MEMO_KEY, lambda tx: cls(tx, collection))
 
     async def launched(self, rid: str) -> bool:
         """Whether the run exists (stored, or launched earlier in this transaction)."""
