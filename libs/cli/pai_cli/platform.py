@@ -29,7 +29,6 @@ from pai_common import bus_permissions
 from pai_common.embedded import (
     ServerProcess,
     die_with_parent,
-    free_port,
     launch_mongo,
     launch_nats,
     wait_for_port,
@@ -98,6 +97,8 @@ class Child:
     module: str
     env: dict[str, str]
     log_path: Path
+    # Listening sockets the platform holds for this process (the same descriptors at every restart).
+    pass_fds: tuple[int, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -111,6 +112,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                pass_fds=self.pass_fds,
                 # Never outlive the platform's supervisor: its services are safe to kill at any point.
                 preexec_fn=die_with_parent(signal.SIGKILL),
             )
@@ -190,6 +192,9 @@ class Platform:
     _server_backoff: dict[str, Backoff] = field(default_factory=dict)
     # The embedded NATS server's JetStream store, stuck after its disk filled (store_watch.py).
     _store_watches: dict[str, StoreWatch] = field(default_factory=dict)
+    # The HTTP ports the platform picked itself, bound and listening here and handed to their servers
+    # by descriptor: a port picked free and bound later by the child can be taken in between.
+    _listeners: dict[str, socket.socket] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -211,7 +216,8 @@ class Platform:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
-            self.port = free_port()
+            host = {**os.environ, **self.extra_env}.get("PAI_GATEWAY_HOST", "127.0.0.1")
+            self.port = self._listen("gateway", host)
         lock = DataDirLock(self.data_dir)
         try:
             self.takeover = lock.acquire(self.url)
@@ -221,7 +227,7 @@ class Platform:
         if self.takeover is not None:
             left = ", ".join(self.takeover.stopped) or "nothing was still running"
             _say(progress, f"a platform left by pid {self.takeover.pid} was cleaned up: {left}")
-        if _listening(self.port):
+        if "gateway" not in self._listeners and _listening(self.port):
             raise PlatformError(f"port {self.port} is already in use by another program; pass another --port")
         shutil.rmtree(self.data_dir / "run", ignore_errors=True)
         simulated = "true"
@@ -297,7 +303,7 @@ class Platform:
         admin_password = base.pop("PAI_ADMIN_PASSWORD", None)
         logs = self.data_dir / "logs"
         # The portal is served on the API's origin: the gateway relays non-API paths to it.
-        portal_port = free_port()
+        portal_port = self._listen("portal", "127.0.0.1")
         for name in SERVICES:
             env = {**base, "PAI_NATS_URL": self.bus_url(name)}
             if name in self.mongo_urls:
@@ -312,7 +318,11 @@ class Platform:
                 env["PAI_PORTAL_API_URL"] = self.url
                 # A client of the REST API only: no bus user, no database.
                 del env["PAI_NATS_URL"], env["PAI_MONGO_URL"]
-            self.children[name] = Child(name, f"pai_{name}", env, logs / f"{name}.log")
+            fds: tuple[int, ...] = ()
+            if name in self._listeners:
+                fds = (self._listeners[name].fileno(),)
+                env[f"PAI_{name.upper()}_FD"] = str(fds[0])
+            self.children[name] = Child(name, f"pai_{name}", env, logs / f"{name}.log", fds)
         for node in self.node_names:
             env = {
                 **base,
@@ -540,9 +550,21 @@ class Platform:
         for server in reversed(self.servers):
             server.stop(timeout_s=grace_s)
         self.servers.clear()
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _listen(self, name: str, host: str) -> int:
+        """Bind a free port on ``host`` for ``name``'s HTTP server and keep it listening; its port."""
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, 0))
+        listener.listen(2048)  # uvicorn's own backlog
+        self._listeners[name] = listener
+        return int(listener.getsockname()[1])
 
     def rss_bytes(self) -> int:
         """Resident memory of every process of the platform, servers included."""

@@ -8,6 +8,9 @@ from pai_common.settings import Settings
 class GatewaySettings(Settings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=9186, ge=0, le=65535)
+    # A listening socket handed down by the launcher (`pai up` binds the port it picks and keeps it, so no
+    # other process can take it before the gateway starts): served instead of binding gateway_port.
+    gateway_fd: int | None = Field(default=None, ge=0)
     # OpenPAI's body parsers stop at 100 kB; a job YAML of a few hundred tasks still fits in 256 KiB.
     max_body_bytes: int = 256 * 1024
     rpc_timeout_s: float = 5.0

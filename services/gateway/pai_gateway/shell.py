@@ -51,7 +51,10 @@ def build_app(settings: GatewaySettings | None = None) -> ServiceApp:
         # Bound before the service says it is ready: a port someone else holds ends the process during
         # start-up (uvicorn exits), where `pai up` and its callers see it and can try another port,
         # rather than after readiness, while a stranger answers on the port.
-        sockets.append(config.bind_socket())
+        if settings.gateway_fd is not None:
+            sockets.append(socket.socket(fileno=settings.gateway_fd))
+        else:
+            sockets.append(config.bind_socket())
 
     async def serve() -> None:
         with contextlib.suppress(asyncio.CancelledError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 
 import uvicorn
@@ -32,7 +33,8 @@ async def serve(settings: PortalSettings) -> None:
     )
     # Uvicorn handles SIGTERM and SIGINT itself: it stops accepting, finishes what is in flight, exits.
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    handed = None if settings.portal_fd is None else [socket.socket(fileno=settings.portal_fd)]
+    task = asyncio.create_task(server.serve(sockets=handed))
     # /metrics, /healthz and /readyz on the service port every platform process has (PAI_HTTP_PORT).
     health = HealthServer(settings.http_host, settings.http_port, lambda: bool(server.started))
     health_port = await health.start()

@@ -13,6 +13,9 @@ class PortalSettings(BaseSettings):
 
     portal_host: str = "127.0.0.1"
     portal_port: int = Field(default=9187, ge=1, le=65535)
+    # A listening socket handed down by the launcher (`pai up` binds the portal's port and keeps it, so no
+    # other process can take it before the portal starts): served instead of binding portal_port.
+    portal_fd: int | None = Field(default=None, ge=0)
     # The REST API v2 the portal is a client of (the gateway), as seen from the portal's process.
     portal_api_url: str = "http://127.0.0.1:9186"
     # The key that encrypts session cookies (Fernet, url-safe base64 of 32 bytes). Unset: one is generated
