@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
 import yaml
-from yaml.composer import ComposerError
+from yaml.composer import Composer, ComposerError
+from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
 from pai_common.contract.types import JobSpec, TaskRoleSpec
 from pai_common.errors import InvalidProtocolError, PayloadTooLargeError
@@ -86,30 +91,24 @@ _TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
-class _GuardedLoader(yaml.SafeLoader):
-    """A SafeLoader that bounds the cost of a document and resolves scalars the way OpenPAI (js-yaml) does.
+class _Bounds(Composer):
+    """The composer of both loaders below: it bounds the cost of a document and refuses what js-yaml does.
 
-    - Only true/false are booleans (YAML 1.2, as js-yaml): with YAML 1.1 a command `- yes` or a parameter
-      `on` would silently become a boolean.
-    - Timestamps stay strings, so that the stored document is plain JSON.
     - Duplicate mapping keys are refused (js-yaml refuses them; PyYAML would keep the last silently).
     - The expanded node count and the nesting depth are bounded (see MAX_NODES, MAX_DEPTH).
     """
 
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
+    _expanded_sizes: dict[int, int]
+    _depth: int
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+    def _start_bounds(self) -> None:
         # id(node) -> the node's expanded size; a node is present once fully composed.
-        self._expanded_sizes: dict[int, int] = {}
+        self._expanded_sizes = {}
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        is_alias = self.check_event(AliasEvent)
-        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        is_alias = self.check_event(AliasEvent)  # type: ignore[attr-defined]
+        mark = self.peek_event().start_mark  # type: ignore[attr-defined]
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -137,9 +136,57 @@ class _GuardedLoader(yaml.SafeLoader):
         return node
 
 
-_GuardedLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+# Scalars resolve the way OpenPAI (js-yaml) resolves them, in both loaders (they share this table):
+# - only true/false are booleans (YAML 1.2, as js-yaml): with YAML 1.1 a command `- yes` or a parameter `on`
+#   would silently become a boolean;
+# - timestamps stay strings, so that the stored document is plain JSON.
+_RESOLVERS: Final = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _RESOLVERS.setdefault(_first, []).append(
+        (_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))
+    )
+
+
+class _GuardedLoader(Reader, Scanner, Parser, _Bounds, SafeConstructor, Resolver):
+    """PyYAML's pure-Python reader, scanner and parser: the judge of every document, whose messages (with
+    their line and column) are the ones a user is shown."""
+
+    yaml_implicit_resolvers = _RESOLVERS
+
+    def __init__(self, stream: str) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)  # type: ignore[no-untyped-call]
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._start_bounds()
+
+
+_FastLoader: type[_Bounds] | None = None
+try:
+    from yaml.cyaml import CParser  # type: ignore[attr-defined]
+except ImportError:  # a PyYAML built without libyaml: the pure loader does it all
+    pass
+else:
+
+    class _LibyamlLoader(_Bounds, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+        """libyaml's scanner and parser (C, several times faster) under the same composer, bounds and
+        resolvers: it builds the same document from the events of any document both parsers accept."""
+
+        yaml_implicit_resolvers = _RESOLVERS
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+            self._start_bounds()
+
+    _FastLoader = _LibyamlLoader
 
 
 def _children(node: Node) -> list[Node]:
@@ -162,7 +209,19 @@ def _refuse_duplicate_keys(node: MappingNode) -> None:
 
 
 def _load(yaml_text: str) -> object:
-    loader = _GuardedLoader(yaml_text)
+    """The document, read by libyaml where PyYAML has it. Anything libyaml refuses (or fails on, such as a
+    lone surrogate it cannot encode) is read again by the pure loader, whose answer stands: a user sees its
+    messages, never libyaml's. libyaml is more lenient in places (a tab after `key:`, as js-yaml)."""
+    if _FastLoader is not None:
+        try:
+            return _load_with(_FastLoader, yaml_text)
+        except Exception:  # whatever it is, the pure loader below judges the document
+            pass
+    return _load_with(_GuardedLoader, yaml_text)
+
+
+def _load_with(loader_type: type[_Bounds], yaml_text: str) -> object:
+    loader: Any = loader_type(yaml_text)  # type: ignore[call-arg]
     try:
         return loader.get_single_data()
     finally:
@@ -773,7 +832,8 @@ def parse_job(yaml_text: str, username: str, now_ms: int) -> ParsedJob:
     array of {field, message}) for anything else wrong with it.
     """
     # Cheap check first: a str never has fewer bytes than characters.
-    if len(yaml_text) > MAX_BODY_BYTES or len(yaml_text.encode("utf-8")) > MAX_BODY_BYTES:
+    # surrogatepass: a lone surrogate is refused below with its position, not failed on here.
+    if len(yaml_text) > MAX_BODY_BYTES or len(yaml_text.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"The job protocol is larger than {MAX_BODY_BYTES // 1024} KiB.")
 
     try:
