@@ -71,13 +71,25 @@ def yaml_job_name(yaml_text: str) -> str:
     """The ``name`` of a job protocol, read after the server accepted it (so a broken YAML got the
     server's precise InvalidProtocolError, not a local parser message)."""
     try:
-        protocol = yaml.safe_load(yaml_text)
+        protocol = _read_back(yaml_text)
     except yaml.YAMLError as exc:
         raise PaiError("InvalidProtocolError", f"submitted, but the YAML cannot be read back: {exc}") from exc
     name = protocol.get("name") if isinstance(protocol, dict) else None
     if not isinstance(name, str) or not name:
         raise PaiError("InvalidProtocolError", "submitted, but the YAML has no `name`")
     return name
+
+
+def _read_back(yaml_text: str) -> object:
+    """A YAML the server accepted, read as leniently as the server reads it: libyaml first (a tab after
+    `key:` is fine there, as in js-yaml), then PyYAML's pure parser for what libyaml refuses."""
+    c_loader = getattr(yaml, "CSafeLoader", None)
+    if c_loader is not None:
+        try:
+            return yaml.load(yaml_text, Loader=c_loader)  # libyaml's safe loader
+        except (yaml.YAMLError, UnicodeError):
+            pass
+    return yaml.safe_load(yaml_text)
 
 
 class PaiClient(ClientCore, Api, SyncRunner):

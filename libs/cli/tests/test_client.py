@@ -268,3 +268,13 @@ def test_wait_for_job_times_out() -> None:
     with pytest.raises(errors.PaiTimeoutError) as info:
         client.wait_for_job("alice~hello", timeout_s=2.0)
     assert info.value.state == "RUNNING"
+
+
+def test_a_yaml_the_server_accepts_with_a_tab_after_a_key_is_named_right() -> None:
+    # The jobs service reads YAML with libyaml, which (like js-yaml) allows a tab after `key:`; PyYAML's pure
+    # parser refuses it, and the CLI used to say "cannot be read back" for a job that was running.
+    client, rec = make_client(
+        scripted(httpx.Response(202, json={"status": 202, "message": "ok"})), [], token="t", username="alice"
+    )
+    assert client.submit_job("protocolVersion:\t2\nname:\ttabbed\ntype: job\n") == "alice~tabbed"
+    assert len(rec.requests) == 1
