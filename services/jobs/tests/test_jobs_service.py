@@ -207,6 +207,13 @@ async def test_submission_queries_mutations_and_secrets(
         # still one job.
         again = await client.request(submit("secretive", secrets=True), SubmitJobReply)
         assert again.job_key == "alice~secretive"
+        # Also once the user may no longer submit to its VC: the job exists, so the answer is still 202.
+        retry = submit("secretive", secrets=True).model_copy(update={"virtual_clusters": []})
+        assert (await client.request(retry, SubmitJobReply)).job_key == "alice~secretive"
+        with pytest.raises(ForbiddenUserError):
+            await client.request(
+                submit("other", secrets=True).model_copy(update={"virtual_clusters": []}), SubmitJobReply
+            )
         await published.drain()
         submitted = [b for b, _ in published.seen if isinstance(b, JobSubmitted)]
         assert [b.spec.job_key for b in submitted] == ["alice~secretive"]
