@@ -6,14 +6,13 @@ resolver in ``app.state`` (see ``deps``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from pai_common.bus import Bus
-from pai_common.errors import InvalidParametersError, PayloadTooLargeError
 from pai_common.telemetry import exporting
 from pai_gateway import (
     docs_ui,
@@ -33,6 +32,7 @@ from pai_gateway import (
     routes_storages,
     routes_users,
 )
+from pai_gateway.body_limit import BodyLimit
 from pai_gateway.http_metrics import HttpMetrics
 from pai_gateway.identity import IdentityResolver
 from pai_gateway.paths import OpenPaiPaths
@@ -57,19 +57,8 @@ def build_http_app(bus_provider: Callable[[], Bus], settings: GatewaySettings) -
 
     app.state.resolver = resolver
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > settings.max_body_bytes
-            except ValueError:
-                return errors.error_response(InvalidParametersError("Content-Length is not a number"))
-            if too_big:
-                return errors.error_response(
-                    PayloadTooLargeError(f"request body exceeds {settings.max_body_bytes} bytes")
-                )
-        return await call_next(request)
+    # Innermost of the middlewares, as it was added first: the metrics count its refusals.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     for module in (
         routes_meta,
