@@ -255,6 +255,8 @@ def test_a_storage_in_use_cannot_be_deleted(pai: RunningPlatform, team: Team, le
         assert refused.status_code == 409 and key in refused.json()["message"]
         _ok(member.put(f"/api/v2/jobs/{key}/executionType", json={"value": "STOP"}), 202)
         wait_final(member, key)
+        # Sent again once it ended (a client retrying): the same 202, and no new hold on the storage.
+        _ok(member.post("/api/v2/jobs", content=_job(name, ["sleep 600"], extras), headers=YAML), 202)
         # Released once the storage service hears that the job ended.
         deadline = time.monotonic() + JOB_GUARD_S
         while (deleted := admin.delete(f"/api/v2/storages/{team.read_only}")).status_code == 409:
