@@ -83,6 +83,8 @@ class ServiceApp:
                 self._event_handlers[t.TYPE] = handler
                 if acts_on is not None:
                     self._event_filters[t.TYPE] = acts_on
+                else:  # a handler registered again for the type acts on all of them again
+                    self._event_filters.pop(t.TYPE, None)
             return handler
 
         return register

@@ -86,6 +86,22 @@ async def test_a_batch_with_a_redelivery_applies_each_message_once(
         await app.stop()
 
 
+def test_a_handler_registered_again_without_acts_on_acts_on_every_event() -> None:
+    app = ServiceApp("filters")
+
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        return None
+
+    def envelope(exit_code: int) -> Envelope:
+        body = JobAttemptCompleted(job_key="f~j", attempt_id=0, exit_code=exit_code)
+        return Envelope("i", body.TYPE, "t", "f~j", "", body, {})
+
+    app.on_event(JobAttemptCompleted, acts_on=lambda body: body.exit_code != 0)(handle)
+    assert app._acts_on(envelope(1)) and not app._acts_on(envelope(0))
+    app.on_event(JobAttemptCompleted)(handle)
+    assert app._acts_on(envelope(0))
+
+
 async def test_events_the_handler_does_not_act_on_are_acked_without_a_transaction(
     fresh_nats: ServerProcess, mongo_server: ServerProcess
 ) -> None:
