@@ -23,7 +23,9 @@ It writes no oplog (``without_oplog``). SecantusDB keeps one as a replica set do
 a BSON encode and a table write per document written; no service reads a change stream (they learn of
 changes over NATS), and the oplog cost 16% of the servers' CPU under a burst of jobs (issue 17). The
 server still answers as a replica set, which transactions need. And it reads each collection's index
-definitions once per statement (``pai_common.mongo_index_memo``).
+definitions once per statement (``pai_common.mongo_index_memo``), an update rewrites only the index entries
+it changes (``pai_common.mongo_index_diff``), and documents are copied with a copier made for them
+(``pai_common.mongo_document_copy``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from pai_common import deferred_geo
+from pai_common.mongo_document_copy import copy_documents_faster
+from pai_common.mongo_index_diff import rewrite_changed_index_entries
 from pai_common.mongo_index_memo import memoize_index_reads
 
 if TYPE_CHECKING:  # importing secantus imports the whole server: main() does, after deferred_geo.defer()
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     from secantus import SecantusDBServer
 
     memoize_index_reads()
+    rewrite_changed_index_entries()
+    copy_documents_faster()
     server = SecantusDBServer(
         host=args.host,
         port=args.port,
