@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from secantus.storage import _IDX_ENTRIES_TABLE, _UNIQ_TABLE, Storage
 
-from pai_common.mongo_index_diff import rewrite_changed_index_entries
+from pai_common.mongo_index_diff import rewrite_changed_index_entries, same_at
 from pai_common.mongo_index_memo import memoize_index_reads
 
 DB, COLL = "pai_jobs", "jobs"
@@ -121,11 +121,15 @@ def an_update(rng: random.Random) -> dict[str, Any]:
     if choice == 2:
         return {"$push": {"tags": rng.choice(["a", "b", "d"])}}
     if choice == 3:
-        return {"$unset": {"opt": ""}} if rng.random() < 0.5 else {"$set": {"opt": rng.randint(0, 2)}}
+        if rng.random() < 0.3:
+            return {"$unset": {"opt": ""}}
+        # Values Python's == calls equal where index keys may not: types, signs, field order.
+        values = [0, 0.0, -0.0, False, 1, 1.0, True, None, [1], [1.0], {"x": 1, "y": 2}, {"y": 2, "x": 1}]
+        return {"$set": {"opt": rng.choice(values)}}
     if choice == 4:
         return {"$set": {"code": f"c{rng.randint(0, 9)}"}}
     if choice == 5:
-        return {"$set": {"tasks.0.gpu": rng.randint(0, 3)}}
+        return {"$set": {"tasks.0.gpu": rng.choice([0, 1, 1.0, True, [1, 2]])}}
     if choice == 6:
         return {"$set": {"name": rng.choice(["TRAIN", "train", "Eval"])}}
     if choice == 7:
@@ -223,3 +227,26 @@ def test_a_unique_key_kept_by_an_update_stays_claimed(tmp_path: Path) -> None:
     assert storage.insert(DB, COLL, [{"_id": "job-2", "code": "c1"}]) == (1, [])
     with pytest.raises(Exception, match="duplicate key"):
         storage.update_matching(DB, COLL, {"_id": "job-2"}, {"$set": {"code": "c2"}})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "expected"),
+    [
+        ({"a": 1}, {"a": 1}, ["a"], True),
+        ({"a": 1}, {"a": 1.0}, ["a"], False),
+        ({"a": 1}, {"a": True}, ["a"], False),
+        ({"a": 0.0}, {"a": -0.0}, ["a"], False),
+        ({"a": float("nan")}, {"a": float("nan")}, ["a"], False),
+        ({"a": {"x": 1, "y": 2}}, {"a": {"y": 2, "x": 1}}, ["a"], False),
+        ({"a": {"x": 1, "y": 2}}, {"a": {"x": 1, "y": 3}}, ["a", "x"], True),
+        ({"a": [{"x": 1}]}, {"a": [{"x": 1}, {"y": 2}]}, ["a", "x"], False),
+        ({"a": 5}, {"a": 5}, ["a", "x"], True),
+        ({"a": 5}, {"a": {"x": 5}}, ["a", "x"], False),
+        ({}, {"a": None}, ["a"], False),
+        ({"b": 1}, {"c": 1}, ["a"], True),
+    ],
+)
+def test_values_are_the_same_only_as_index_keys_would_be(
+    old: dict[str, Any], new: dict[str, Any], path: list[str], expected: bool
+) -> None:
+    assert same_at(old, new, path) is expected
