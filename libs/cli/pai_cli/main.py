@@ -2,6 +2,8 @@
 groups, tokens and contexts (several clusters), in kubectl's style: `pai <noun> <verb>`, `-o json|yaml`.
 
 Shell completion: `pai --install-completion` (bash, zsh, fish, PowerShell); job and context names complete.
+`pai completion SHELL` prints the script for a named shell, where the running one cannot be found out (a
+Dockerfile's `RUN`, a CI step, a process started without a shell).
 """
 
 from __future__ import annotations
@@ -163,6 +165,24 @@ def whoami(output: OutputOption = Format.table) -> None:
         return rows
 
     emit(data, output, table)
+
+
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "pwsh", "powershell")
+
+
+@app.command()
+def completion(
+    shell: Annotated[str, typer.Argument(help=f"One of: {', '.join(COMPLETION_SHELLS)}")],
+) -> None:
+    """Print the shell completion script for SHELL (to source it, or to save it where the shell reads it)."""
+    from typer._completion_classes import completion_init
+    from typer._completion_shared import get_completion_script
+
+    if shell not in COMPLETION_SHELLS:
+        fail("UnknownShell", f"no completion for shell {shell!r}: use one of {', '.join(COMPLETION_SHELLS)}")
+    # --show-completion finds the shell from the process tree and gives up without one.
+    completion_init()
+    typer.echo(get_completion_script(prog_name="pai", complete_var="_PAI_COMPLETE", shell=shell))
 
 
 from pai_cli.up import register as _register_up  # noqa: E402  (after every command above)
