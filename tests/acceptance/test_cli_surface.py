@@ -380,7 +380,11 @@ def test_shell_completion(cli: Cli) -> None:
     assert "default" in done.stdout.split()
     # Named, not found out: the test may run with no shell among its ancestors (typer's --show-completion
     # then says "Shell  not supported").
-    for shell, marker in (("bash", "complete -o default -F"), ("zsh", "#compdef pai"), ("fish", "complete --command pai")):
+    for shell, marker in (
+        ("bash", "complete -o default -F"),
+        ("zsh", "#compdef pai"),
+        ("fish", "complete --command pai"),
+    ):
         script = cli("completion", shell)
         assert "_PAI_COMPLETE" in script.stdout and marker in script.stdout, shell
     refused = cli("completion", "tcsh", ok=False)
