@@ -24,8 +24,9 @@ a BSON encode and a table write per document written; no service reads a change 
 changes over NATS), and the oplog cost 16% of the servers' CPU under a burst of jobs (issue 17). The
 server still answers as a replica set, which transactions need. And it reads each collection's index
 definitions once per statement (``pai_common.mongo_index_memo``), an update rewrites only the index entries
-it changes (``pai_common.mongo_index_diff``), and documents are copied with a copier made for them
-(``pai_common.mongo_document_copy``).
+it changes (``pai_common.mongo_index_diff``), documents are copied with a copier made for them
+(``pai_common.mongo_document_copy``), and WiredTiger's keys and values are packed with a plan per format
+(``pai_common.wiredtiger_packing``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pai_common import deferred_geo
 from pai_common.mongo_document_copy import copy_documents_faster
 from pai_common.mongo_index_diff import rewrite_changed_index_entries
 from pai_common.mongo_index_memo import memoize_index_reads
+from pai_common.wiredtiger_packing import plan_wiredtiger_packing
 
 if TYPE_CHECKING:  # importing secantus imports the whole server: main() does, after deferred_geo.defer()
     from secantus import SecantusDBServer
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     memoize_index_reads()
     rewrite_changed_index_entries()
     copy_documents_faster()
+    plan_wiredtiger_packing()
     server = SecantusDBServer(
         host=args.host,
         port=args.port,
