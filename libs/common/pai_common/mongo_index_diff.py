@@ -14,9 +14,9 @@ not, and they point at the document's record id, which an update keeps. So an in
 gives the same answer for both documents, and whose every key path holds the same value in both (the same
 subtree, where the path goes through an array), keeps its entries. "The same" is stricter than Python's
 ``==`` (``same``): types must match all the way down, embedded documents' field order too. Comparing
-values is much cheaper than deriving the keys: about as dear as the removals and writes it saves, that
-was (measured on the first version of this patch). Geo indexes (their cells come from other code) and
-indexes with a collation are always rewritten.
+values is much cheaper than deriving the keys, which cost about as much as the removals and writes saved
+(measured on the first version of this patch). Geo indexes (their cells come from other code) and indexes
+with a collation are always rewritten.
 
 What keeps it exact:
 
@@ -206,7 +206,8 @@ def _holding(fn: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             held, _local.held = _held(), None
             if held:
-                # A removal held for a write that never came: only an aborted statement leaves one.
+                # A removal held for a write that never came: only an attempt that aborted (the statement,
+                # or one of its write-conflict retries) leaves one, and its transaction took the rest along.
                 log.debug("update statement ended with held index removals", extra={"count": len(held)})
 
     return statement

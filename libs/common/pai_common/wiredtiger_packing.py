@@ -90,6 +90,7 @@ def make_packers(
                 data = data[size:]
         return result
 
+    fast_pack.planned = True  # type: ignore[attr-defined]
     return fast_pack, fast_unpack
 
 
@@ -99,6 +100,8 @@ def plan_wiredtiger_packing() -> bool:
     import wiredtiger  # noqa: F401  (puts its own folder on the path: its modules import each other by name)
 
     cursors = sys.modules.get("swig_wiredtiger")
+    if getattr(getattr(cursors, "pack", None), "planned", False):
+        return True  # installed already
     packing = sys.modules.get("packing")
     intpacking = sys.modules.get("wiredtiger.intpacking")
     names = [(cursors, "pack"), (cursors, "unpack"), (intpacking, "pack_int"), (intpacking, "unpack_int")]
