@@ -25,8 +25,9 @@ changes over NATS), and the oplog cost 16% of the servers' CPU under a burst of 
 server still answers as a replica set, which transactions need. And it reads each collection's index
 definitions once per statement (``pai_common.mongo_index_memo``), an update rewrites only the index entries
 it changes (``pai_common.mongo_index_diff``), documents are copied with a copier made for them
-(``pai_common.mongo_document_copy``), and WiredTiger's keys and values are packed with a plan per format
-(``pai_common.wiredtiger_packing``).
+(``pai_common.mongo_document_copy``), WiredTiger's keys and values are packed with a plan per format
+(``pai_common.wiredtiger_packing``), and a ``bulkWrite``'s consecutive inserts into one collection are one
+statement (``pai_common.mongo_bulk_inserts``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from pai_common import deferred_geo
+from pai_common.mongo_bulk_inserts import group_bulk_write_inserts
 from pai_common.mongo_document_copy import copy_documents_faster
 from pai_common.mongo_index_diff import rewrite_changed_index_entries
 from pai_common.mongo_index_memo import memoize_index_reads
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     rewrite_changed_index_entries()
     copy_documents_faster()
     plan_wiredtiger_packing()
+    group_bulk_write_inserts()
     server = SecantusDBServer(
         host=args.host,
         port=args.port,
