@@ -22,6 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from pai_common import dead_letters
+from pai_common.bookkeeping import MarkerExists, supports_one_request, write_in_one_request
 from pai_common.bus import Bus
 from pai_common.contract.rpc import ReplayDeadLetterReply, ReplayDeadLetterRequest
 from pai_common.database import is_transient, retry_transient
@@ -29,6 +30,7 @@ from pai_common.envelope import Envelope, MalformedMessage, decode
 from pai_common.errors import DeadLetterReplayError, NoDeadLetterError, ServiceUnavailableError
 from pai_common.logs import current_job_key
 from pai_common.metrics import HANDLE_SECONDS, MESSAGES, REDELIVERIES
+from pai_common.outbox import COLLECTION as OUTBOX
 from pai_common.outbox import Outbox, PendingMessages
 from pai_common.telemetry import span_from_headers
 
@@ -148,11 +150,15 @@ class DurableConsumer:
         self.db = db
         self.outbox = outbox
         self._guard: WriteGuard = write_guard or contextlib.nullcontext
+        # Markers, outbox messages and the outbox's deletions in one request (pai_common.bookkeeping);
+        # decided at start by the server's version.
+        self.one_request = False
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await retry_transient(lambda: ensure_processed_ttl(self.db))
+        self.one_request = await retry_transient(lambda: supports_one_request(self.client))
         config = ConsumerConfig(
             durable_name=self.spec.durable,
             name=self.spec.durable,
@@ -288,26 +294,33 @@ class DurableConsumer:
         out = PendingMessages(self.bus.service)
         # The same event twice in one fetch is applied once.
         unique = list({env.id: env for _, env in todo}.values())
-        async with self._guard(), self.client.start_session() as session:
-            async with await session.start_transaction():
-                now = datetime.now(UTC)
-                markers = [{"_id": f"{durable}/{env.id}", "at": now} for env in unique]
-                try:
-                    await self.db[PROCESSED].insert_many(markers, session=session)
-                except (DuplicateKeyError, BulkWriteError) as exc:
-                    if not _duplicate_key(exc):
-                        raise
-                    raise _AlreadyProcessed from exc
-                ctx = HandlerContext(self.db, session, out, batch=unique)
-                for env in unique:
-                    job_token = current_job_key.set(env.subject or None)
-                    try:
-                        with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
-                            await self.spec.handler(ctx, env)
-                    finally:
-                        current_job_key.reset(job_token)
-                await ctx.flush()
-                await self.outbox.stage(out, session)
+        # A redelivery may have been handled before: its marker goes first and stops the batch at once.
+        markers_last = self.one_request and all(_first_delivery(msg) for msg, _ in todo)
+        taken: list[str] = []
+        try:
+            async with self._guard(), self.client.start_session() as session:
+                async with await session.start_transaction():
+                    now = datetime.now(UTC)
+                    markers = [{"_id": f"{durable}/{env.id}", "at": now} for env in unique]
+                    if not markers_last:
+                        await self._insert_markers(markers, session)
+                    ctx = HandlerContext(self.db, session, out, batch=unique)
+                    for env in unique:
+                        job_token = current_job_key.set(env.subject or None)
+                        try:
+                            with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
+                                await self.spec.handler(ctx, env)
+                        finally:
+                            current_job_key.reset(job_token)
+                    await ctx.flush()
+                    if markers_last:
+                        taken = self.outbox.take_sent()
+                        await self._write_bookkeeping(session, markers, out, taken)
+                    else:
+                        await self.outbox.stage(out, session)
+        except BaseException:
+            self.outbox.restore_sent(taken)
+            raise
         ctx.committed()
         await self.outbox.publish_after_commit(out.docs)
         elapsed = (time.perf_counter() - started) / len(todo)
@@ -315,6 +328,28 @@ class DurableConsumer:
             await msg.ack()
             MESSAGES.labels(durable, env.type, "ok").inc()
             HANDLE_SECONDS.labels(durable, env.type).observe(elapsed)
+
+    async def _insert_markers(self, markers: list[dict[str, Any]], session: AsyncClientSession) -> None:
+        try:
+            await self.db[PROCESSED].insert_many(markers, session=session)
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            if not _duplicate_key(exc):
+                raise
+            raise _AlreadyProcessed from exc
+
+    async def _write_bookkeeping(
+        self,
+        session: AsyncClientSession,
+        markers: list[dict[str, Any]],
+        out: PendingMessages,
+        taken: list[str],
+    ) -> None:
+        try:
+            await write_in_one_request(
+                self.client, session, self.db.name, PROCESSED, markers, OUTBOX, out.docs, taken
+            )
+        except MarkerExists as exc:
+            raise _AlreadyProcessed from exc
 
     async def _handle(self, msg: Msg) -> None:
         durable = self.spec.durable
@@ -333,7 +368,7 @@ class DurableConsumer:
         started = time.perf_counter()
         try:
             with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
-                outcome = await self._apply(env)
+                outcome = await self._apply(env, markers_last=self.one_request and _first_delivery(msg))
             await msg.ack()
         except Exception as exc:
             delivered = msg.metadata.num_delivered or 1
@@ -400,27 +435,38 @@ class DurableConsumer:
             message_id=env.id,
         )
 
-    async def _apply(self, env: Envelope) -> str:
+    async def _apply(self, env: Envelope, markers_last: bool = False) -> str:
         key = f"{self.spec.durable}/{env.id}"
-        processed = self.db[PROCESSED]
         out = PendingMessages(self.bus.service)
+        taken: list[str] = []
         try:
             async with self._guard(), self.client.start_session() as session:
                 async with await session.start_transaction():
-                    # The marker first: a message handled before stops here, without a read beforehand.
-                    try:
-                        await processed.insert_one({"_id": key, "at": datetime.now(UTC)}, session=session)
-                    except DuplicateKeyError as exc:
-                        raise _AlreadyProcessed from exc
+                    markers = [{"_id": key, "at": datetime.now(UTC)}]
+                    if not markers_last:
+                        # The marker first: a message handled before stops here, without a read beforehand.
+                        await self._insert_markers(markers, session)
                     ctx = HandlerContext(self.db, session, out, batch=(env,))
                     await self.spec.handler(ctx, env)
                     await ctx.flush()
-                    await self.outbox.stage(out, session)
+                    if markers_last:
+                        taken = self.outbox.take_sent()
+                        await self._write_bookkeeping(session, markers, out, taken)
+                    else:
+                        await self.outbox.stage(out, session)
         except _AlreadyProcessed:
+            self.outbox.restore_sent(taken)
             return "duplicate"
+        except BaseException:
+            self.outbox.restore_sent(taken)
+            raise
         ctx.committed()
         await self.outbox.publish_after_commit(out.docs)
         return "ok"
+
+
+def _first_delivery(msg: Msg) -> bool:
+    return (msg.metadata.num_delivered or 1) <= 1
 
 
 class _AlreadyProcessed(Exception):

@@ -215,6 +215,16 @@ class Outbox:
             },
         )
 
+    def take_sent(self) -> list[str]:
+        """What was published and is not deleted yet, for a transaction that deletes it in its own request
+        (``pai_common.bookkeeping``); ``restore_sent`` gives it back unless that transaction commits."""
+        ids = list(self._sent)
+        self._sent.clear()
+        return ids
+
+    def restore_sent(self, ids: Sequence[str]) -> None:
+        self._sent.update(ids)
+
     async def delete_sent(self) -> int:
         """Delete what was published; a failure keeps the ids for the next try."""
         if not self._sent:
