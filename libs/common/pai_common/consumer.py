@@ -22,7 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from pai_common import dead_letters
-from pai_common.bookkeeping import MarkerExists, supports_one_request, write_in_one_request
+from pai_common.bookkeeping import FinalWrite, MarkerExists, supports_one_request, write_in_one_request
 from pai_common.bus import Bus
 from pai_common.contract.rpc import ReplayDeadLetterReply, ReplayDeadLetterRequest
 from pai_common.database import is_transient, retry_transient
@@ -71,6 +71,9 @@ class HandlerContext:
     # Every message this transaction applies (the whole fetch, or the one message): a handler may read
     # what all of them need in one request (e.g. the orchestrator's frameworks of the batch's jobs).
     batch: Sequence[Envelope] = ()
+    # Writes no handler reads back, sent after the ``before_commit`` ones ran: in the request that carries
+    # the transaction's bookkeeping where the server can (pai_common.bookkeeping), else one bulk write each.
+    final_writes: list[FinalWrite] = field(default_factory=list)
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         self.after_commit.append(fn)
@@ -86,10 +89,23 @@ class HandlerContext:
     def on_before_commit(self, fn: Callable[[], Awaitable[None]]) -> None:
         self.before_commit.append(fn)
 
-    async def flush(self) -> None:
-        """Run the writes left to the end of the transaction (inside it, before the outbox is staged)."""
+    def namespace(self, collection: str) -> str:
+        """``collection``'s full name, for the ops of a final write."""
+        return f"{self.db.name}.{collection}"
+
+    def write_at_end(self, write: FinalWrite) -> None:
+        """Send ``write`` at the transaction's end; nothing in the transaction may read what it writes."""
+        if write.ops:
+            self.final_writes.append(write)
+
+    async def flush(self, keep_final_writes: bool = False) -> None:
+        """Run the writes left to the end of the transaction (inside it, before the outbox is staged); the
+        final writes too, unless the caller sends them with its bookkeeping."""
         while self.before_commit:
             await self.before_commit.pop(0)()
+        if not keep_final_writes:
+            while self.final_writes:
+                await self.final_writes.pop(0).write_alone(self.db, self.session)
 
     def committed(self) -> None:
         for fn in self.after_commit:
@@ -312,10 +328,10 @@ class DurableConsumer:
                                 await self.spec.handler(ctx, env)
                         finally:
                             current_job_key.reset(job_token)
-                    await ctx.flush()
+                    await ctx.flush(keep_final_writes=markers_last)
                     if markers_last:
                         taken = self.outbox.take_sent()
-                        await self._write_bookkeeping(session, markers, out, taken)
+                        await self._write_bookkeeping(session, markers, out, taken, ctx.final_writes)
                     else:
                         await self.outbox.stage(out, session)
         except BaseException:
@@ -343,10 +359,11 @@ class DurableConsumer:
         markers: list[dict[str, Any]],
         out: PendingMessages,
         taken: list[str],
+        final: Sequence[FinalWrite],
     ) -> None:
         try:
             await write_in_one_request(
-                self.client, session, self.db.name, PROCESSED, markers, OUTBOX, out.docs, taken
+                self.client, session, self.db.name, PROCESSED, markers, OUTBOX, out.docs, taken, final
             )
         except MarkerExists as exc:
             raise _AlreadyProcessed from exc
@@ -448,10 +465,10 @@ class DurableConsumer:
                         await self._insert_markers(markers, session)
                     ctx = HandlerContext(self.db, session, out, batch=(env,))
                     await self.spec.handler(ctx, env)
-                    await ctx.flush()
+                    await ctx.flush(keep_final_writes=markers_last)
                     if markers_last:
                         taken = self.outbox.take_sent()
-                        await self._write_bookkeeping(session, markers, out, taken)
+                        await self._write_bookkeeping(session, markers, out, taken, ctx.final_writes)
                     else:
                         await self.outbox.stage(out, session)
         except _AlreadyProcessed:

@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pymongo import InsertOne, ReplaceOne, UpdateOne
 
 from pai_common import consumer as consumer_module
 from pai_common import dead_letters
+from pai_common.bookkeeping import FinalWrite
 from pai_common.bus import EVENTS_STREAM, Bus
 from pai_common.consumer import PROCESSED, HandlerContext
 from pai_common.contract.events import JobAttemptCompleted, SchedulingReleased
@@ -63,6 +65,9 @@ async def test_a_batch_with_a_message_handled_before_applies_each_message_once(
     async def handle(ctx: HandlerContext, env: Envelope) -> None:
         handled.append(env.id)
         await ctx.db.done.update_one({"_id": env.id}, {"$inc": {"n": 1}}, upsert=True, session=ctx.session)
+        # The same, left to the transaction's end: with the bookkeeping in one request, or alone.
+        count = UpdateOne({"_id": env.id}, {"$inc": {"n": 1}}, upsert=True, namespace=ctx.namespace("at_end"))
+        ctx.write_at_end(FinalWrite("at_end", [count]))
 
     bus = await Bus.connect(fresh_nats.url, "test")
     await bus.ensure_streams()
@@ -91,6 +96,7 @@ async def test_a_batch_with_a_message_handled_before_applies_each_message_once(
         await wait_until(all_acked)
         counts = {d["_id"]: d["n"] async for d in app.db.done.find({})}
         assert counts == {"e0": 1, "e1": 1, "e2": 1, "e3": 1}
+        assert {d["_id"]: d["n"] async for d in app.db.at_end.find({})} == {"e0": 1, "e1": 1, "e2": 1}
         assert all(c.one_request is one_request for c in app._consumers)
         if one_request:
             # e3's handler ran in a transaction that aborted; so did the others' if they were fetched in one
@@ -490,3 +496,42 @@ async def test_a_service_whose_handler_emits_a_message_too_big_for_the_bus_goes_
         await wait_until(outbox_emptied)  # the relay deletes what was sent: nothing is left to resend
     finally:
         await app.stop()
+
+
+@pytest.mark.parametrize("one_request", [True, False], ids=["one-request", "before-8"])
+async def test_a_transactions_final_writes_commit_with_it_or_not_at_all(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, one_request: bool
+) -> None:
+    """Work that does not start from a message (``ServiceApp.transaction``) sends its final writes with
+    its outbox messages (one request on a MongoDB 8 server, a bulk write each before 8.0); a final write's
+    check that refuses aborts the transaction, its message included."""
+    app = make_app(fresh_nats, mongo_server)
+    await app.start()
+    app._one_request = one_request
+    try:
+        ns = app.db.name + ".at_end"
+        async with app.transaction() as tx:
+            tx.write_at_end(FinalWrite("at_end", [InsertOne({"_id": "a", "v": 1}, namespace=ns)]))
+            tx.out.event(JobAttemptCompleted(job_key="b~kept", attempt_id=0, exit_code=0), msg_id="kept")
+
+        def refuse(matched: int) -> None:
+            raise RuntimeError(f"matched {matched}")
+
+        with pytest.raises(RuntimeError, match="matched 1"):
+            async with app.transaction() as tx:
+                replace = ReplaceOne({"_id": "a"}, {"v": 2}, namespace=ns)
+                tx.write_at_end(FinalWrite("at_end", [replace], refuse))
+                tx.out.event(JobAttemptCompleted(job_key="b~lost", attempt_id=0, exit_code=0), msg_id="lost")
+        assert [d async for d in app.db.at_end.find({})] == [{"_id": "a", "v": 1}]
+        assert app._one_request is one_request
+        # What committed was published and leaves the outbox; what aborted never entered it.
+        await wait_until(lambda: _outbox_empty(app))
+        info = await app.bus.js.stream_info(EVENTS_STREAM)
+        assert info.state.messages == 1
+    finally:
+        await app.stop()
+
+
+async def _outbox_empty(app: ServiceApp) -> bool:
+    await app.outbox.delete_sent()
+    return await app.db[OUTBOX].count_documents({}) == 0

@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import DeleteOne, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from pai_common.bookkeeping import FinalWrite
 from pai_common.bus import rpc_time_left
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import Event
@@ -158,7 +159,7 @@ async def _record(ctx: HandlerContext, event: JobEvent) -> None:
 
 
 class EventRecords:
-    """The job events a transaction records, written at its end in one ordered bulk write: a consumer's
+    """The job events a transaction records, written at its end in one ordered final write: a consumer's
     batch records one or two per job, and nothing in a handler reads them back."""
 
     def __init__(self, tx: HandlerContext) -> None:
@@ -175,12 +176,11 @@ class EventRecords:
         # The order events are recorded in: what sorts two of the same millisecond (two producers'
         # events published back to back), instead of their ids' hashes.
         update["$setOnInsert"]["recorded_ns"] = time.time_ns()
-        self.upserts.append(UpdateOne(query, update, upsert=True))
+        self.upserts.append(UpdateOne(query, update, upsert=True, namespace=self.tx.namespace(EVENTS)))
 
     async def flush(self) -> None:
         # Ordered: two records of one event (a repeat) count up in the order they came.
-        if self.upserts:
-            await self.tx.db[EVENTS].bulk_write(self.upserts, ordered=True, session=self.tx.session)
+        self.tx.write_at_end(FinalWrite(EVENTS, self.upserts))
         self.upserts = []
 
 
@@ -188,13 +188,15 @@ async def _next_seq(db: Db, session: AsyncClientSession | None, name: str = SEQ_
     return (await _take_seqs(db, session, 1, name))[0]
 
 
-async def _apply_counts(db: Db, changes: dict[str, int], session: AsyncClientSession | None) -> None:
-    # One round trip for all of them: a submission changes five counters.
+def _apply_counts(tx: HandlerContext, changes: dict[str, int]) -> None:
+    """Count ``changes`` up at the transaction's end, in one write for all of them (a submission changes
+    five counters)."""
+    ns = tx.namespace(COUNTS)
     updates = [
-        UpdateOne({"_id": key}, {"$inc": {"n": delta}}, upsert=True) for key, delta in sorted(changes.items())
+        UpdateOne({"_id": key}, {"$inc": {"n": delta}}, upsert=True, namespace=ns)
+        for key, delta in sorted(changes.items())
     ]
-    if updates:
-        await db[COUNTS].bulk_write(updates, session=session)
+    tx.write_at_end(FinalWrite(COUNTS, updates))
 
 
 async def list_update_seq(tx: HandlerContext) -> int:
@@ -211,7 +213,7 @@ async def list_update_seq(tx: HandlerContext) -> int:
 
 
 class ListWrites:
-    """The list entries and counter changes of one transaction, written once at its end (one bulk write
+    """The list entries and counter changes of one transaction, written once at its end (one final write
     each, whatever the number of changes in a consumer's batch). A job changed twice keeps its last entry;
     the counter changes add up."""
 
@@ -233,11 +235,10 @@ class ListWrites:
             self.counts[key] = self.counts.get(key, 0) + delta
 
     async def flush(self) -> None:
-        db, session = self.tx.db, self.tx.session
-        if self.entries:
-            replaces = [ReplaceOne({"_id": key}, e, upsert=True) for key, e in self.entries.items()]
-            await db[LIST].bulk_write(replaces, session=session)
-        await _apply_counts(db, {k: d for k, d in self.counts.items() if d}, session)
+        ns = self.tx.namespace(LIST)
+        replaces = [ReplaceOne({"_id": key}, e, upsert=True, namespace=ns) for key, e in self.entries.items()]
+        self.tx.write_at_end(FinalWrite(LIST, replaces))
+        _apply_counts(self.tx, {k: d for k, d in self.counts.items() if d})
         self.entries, self.counts = {}, {}
 
 
@@ -284,7 +285,7 @@ def newest_in_batch(tx: HandlerContext) -> dict[str, int]:
 
 class SnapshotBatch:
     """The job documents the `framework.changed` events of one transaction read and write: read in one
-    request and written in one bulk write at the end, for the jobs that no other event of the batch is
+    request and written in one final write at the end, for the jobs that no other event of the batch is
     about (a consumer's batch carries the snapshots of several jobs: two requests per batch instead of two
     per job). A job that another event of the batch is about is read and written at its turn, as each
     handler runs, so that every handler sees what the ones before it wrote."""
@@ -301,7 +302,7 @@ class SnapshotBatch:
         self.docs: dict[str, dict[str, Any]] | None = None if len(self.keys) > 1 else {}
         self.updates: list[UpdateOne] = []
         self.pending: set[str] = set()
-        tx.on_before_commit(self.flush)
+        tx.on_before_commit(self.flush_at_end)
 
     @staticmethod
     def of(tx: HandlerContext) -> SnapshotBatch:
@@ -323,14 +324,18 @@ class SnapshotBatch:
 
     async def update(self, job_key: str, update: dict[str, Any]) -> None:
         if job_key in self.keys and job_key not in self.pending:
-            self.updates.append(UpdateOne({"_id": job_key}, update))
+            self.updates.append(UpdateOne({"_id": job_key}, update, namespace=self.tx.namespace(JOBS)))
             self.pending.add(job_key)
             return
         await self.tx.db[JOBS].update_one({"_id": job_key}, update, session=self.tx.session)
 
     async def flush(self) -> None:
-        if self.updates:
-            await self.tx.db[JOBS].bulk_write(self.updates, ordered=False, session=self.tx.session)
+        """Write the updates left to the end now (a job came back in the batch, and will be read)."""
+        await FinalWrite(JOBS, self.updates).write_alone(self.tx.db, self.tx.session)
+        self.updates, self.pending = [], set()
+
+    async def flush_at_end(self) -> None:
+        self.tx.write_at_end(FinalWrite(JOBS, self.updates))
         self.updates, self.pending = [], set()
 
 
@@ -1010,8 +1015,9 @@ async def _take_seqs(db: Db, session: AsyncClientSession | None, n: int, name: s
 async def store_new_jobs(tx: HandlerContext, batch: list[NewJob]) -> None:
     """Store submitted jobs and what follows from them in the caller's transaction: each job with its
     seq, its list entry (with the next update_seq) and counters, its secrets, its `submitted` job event
-    (and its waiting-for-dependencies one) and its job.submitted event; one write per collection for the
-    whole batch."""
+    (and its waiting-for-dependencies one) and its job.submitted event. The job documents are written at
+    once (a name taken fails there); the list entries, counters and job events are final writes, sent with
+    the outbox's messages in one request; one write per collection for the whole batch."""
     db, session = tx.db, tx.session
     # The seqs are taken in the same transaction as the inserts: refused jobs leave no gap.
     seqs = await _take_seqs(db, session, len(batch), SEQ_COUNTER)
@@ -1021,12 +1027,12 @@ async def store_new_jobs(tx: HandlerContext, batch: list[NewJob]) -> None:
     entries = [
         {**list_plan.list_entry(job), "update_seq": useq} for job, useq in zip(jobs, update_seqs, strict=True)
     ]
-    await db[LIST].insert_many(entries, session=session)
+    tx.write_at_end(FinalWrite(LIST, [InsertOne(entry, namespace=tx.namespace(LIST)) for entry in entries]))
     changes: dict[str, int] = {}
     for entry in entries:
         for key, delta in list_plan.count_changes(None, entry).items():
             changes[key] = changes.get(key, 0) + delta
-    await _apply_counts(db, changes, session)
+    _apply_counts(tx, changes)
     secrets = [
         {"_id": new.spec.job_key, "secrets": new.raw["secrets"]} for new in batch if new.spec.has_secrets
     ]
@@ -1038,8 +1044,9 @@ async def store_new_jobs(tx: HandlerContext, batch: list[NewJob]) -> None:
         for new in batch
         if new.spec.dependencies
     ]
-    await db[EVENTS].bulk_write(
-        [UpdateOne(query, update, upsert=True) for query, update in records], session=session
+    ns = tx.namespace(EVENTS)
+    tx.write_at_end(
+        FinalWrite(EVENTS, [UpdateOne(query, update, upsert=True, namespace=ns) for query, update in records])
     )
     for new in batch:
         tx.out.event(JobSubmitted(spec=new.spec), msg_id=f"submitted:{new.spec.job_key}")

@@ -5,8 +5,10 @@ read and a write per event, the frameworks of every job the batch names are read
 first of them is needed, each event's step works on the latest version (an earlier event of the same
 batch may have changed it), and what changed is written at the transaction's end: the frameworks in one
 bulk write guarded by the versions that were read, the transition records in one insert, the final states
-that dependents look for in one bulk write. The stops that overtook their jobs and the dependents of the
-jobs that completed are read the same way, once per batch.
+that dependents look for in one bulk write. Those three are final writes (``HandlerContext.write_at_end``):
+where the server can, they go in the one request that carries the transaction's processed markers and
+outbox messages. The stops that overtook their jobs and the dependents of the jobs that completed are read
+the same way, once per batch.
 
 Nothing outlives the transaction (a retried one starts again from the database), so what is committed
 is what a read-apply-write per event would have committed, in fewer round trips.
@@ -19,6 +21,7 @@ from typing import Any
 
 from pymongo import InsertOne, ReplaceOne, UpdateOne
 
+from pai_common.bookkeeping import FinalWrite
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     JobCompleted,
@@ -141,30 +144,35 @@ class BatchStore:
     # ---- the transaction's end -----------------------------------------------------------------------
 
     async def write(self) -> None:
-        session = self.ctx.session
+        """Leave the transaction's framework, history and final-state writes to its end (final writes: one
+        request with its bookkeeping where the server can)."""
+        ctx = self.ctx
         inserts: list[InsertOne[dict[str, Any]]] = []
         replaces: list[ReplaceOne[dict[str, Any]]] = []
+        ns = ctx.namespace(FRAMEWORKS)
         for key, doc in sorted(self.changed.items()):
             version = self.stored_version.get(key)
             if version is None:
-                inserts.append(InsertOne(doc))
+                inserts.append(InsertOne(doc, namespace=ns))
             else:
-                replaces.append(ReplaceOne({"_id": key, "version": version}, doc))
-        if inserts or replaces:
-            result = await self.ctx.db[FRAMEWORKS].bulk_write([*inserts, *replaces], session=session)
-            if result.matched_count != len(replaces):
-                changed = ", ".join(sorted(k for k in self.changed if self.stored_version.get(k) is not None))
+                replaces.append(ReplaceOne({"_id": key, "version": version}, doc, namespace=ns))
+        changed = ", ".join(sorted(k for k in self.changed if self.stored_version.get(k) is not None))
+
+        def check(matched: int) -> None:
+            if matched != len(replaces):
                 raise RuntimeError(f"a framework of {changed} changed concurrently; retrying")
-        if self.history:
-            await self.ctx.db[HISTORY].insert_many(self.history, session=session)
-        if self.finals:
-            # On the document a dependent's submission writes (``register``): of two transactions that
-            # race, one retries, so a dependent sees the final state or is listed, never neither.
-            updates = [
-                UpdateOne({"_id": key}, {"$set": {"final_state": state}}, upsert=True)
-                for key, state in sorted(self.finals.items())
-            ]
-            await self.ctx.db[DEPENDENTS].bulk_write(updates, session=session)
+
+        ctx.write_at_end(FinalWrite(FRAMEWORKS, [*inserts, *replaces], check if replaces else None))
+        ns = ctx.namespace(HISTORY)
+        ctx.write_at_end(FinalWrite(HISTORY, [InsertOne(doc, namespace=ns) for doc in self.history]))
+        # On the document a dependent's submission writes (``register``): of two transactions that race,
+        # one retries, so a dependent sees the final state or is listed, never neither.
+        ns = ctx.namespace(DEPENDENTS)
+        updates = [
+            UpdateOne({"_id": key}, {"$set": {"final_state": state}}, upsert=True, namespace=ns)
+            for key, state in sorted(self.finals.items())
+        ]
+        ctx.write_at_end(FinalWrite(DEPENDENTS, updates))
         self.changed.clear()
         self.history.clear()
         self.finals.clear()
