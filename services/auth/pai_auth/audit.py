@@ -14,6 +14,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pymongo import InsertOne
+
+from pai_common.bookkeeping import FinalWrite
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import (
     AlertActionTaken,
@@ -105,8 +108,8 @@ async def record_event(tx: HandlerContext, env: Envelope) -> None:
 
 
 class EventEntries:
-    """The audit entries of a consumer's batch, inserted in one request at the end of its transaction (a
-    job's submission is one entry, and a batch holds many)."""
+    """The audit entries of a consumer's batch, inserted in one final write at the end of its transaction,
+    with its bookkeeping (a job's submission is one entry, and a batch holds many)."""
 
     def __init__(self, tx: HandlerContext) -> None:
         self.tx = tx
@@ -114,6 +117,6 @@ class EventEntries:
         tx.on_before_commit(self.insert)
 
     async def insert(self) -> None:
-        if self.entries:
-            await self.tx.db[AUDIT].insert_many(self.entries, session=self.tx.session)
+        ns = self.tx.namespace(AUDIT)
+        self.tx.write_at_end(FinalWrite(AUDIT, [InsertOne(entry, namespace=ns) for entry in self.entries]))
         self.entries = []

@@ -16,6 +16,7 @@ from typing import Any
 
 from pymongo import ReplaceOne
 
+from pai_common.bookkeeping import FinalWrite
 from pai_common.consumer import HandlerContext
 from pai_common.contract.events import TaskDiagnosed, TaskExited
 from pai_common.contract.rpc import ExitSpecReply, GetExitSpecRequest, PutExitSpecRequest
@@ -219,10 +220,13 @@ class Diagnoser:
 
 
 async def _write_diagnoses(ctx: HandlerContext, records: dict[str, dict[str, Any]]) -> None:
-    """The batch's diagnoses in one request (a task's diagnosis replaced when its exit came again)."""
-    writes = [ReplaceOne({"_id": key}, record, upsert=True) for key, record in sorted(records.items())]
-    if writes:
-        await ctx.db[DIAGNOSES].bulk_write(writes, session=ctx.session)
+    """The batch's diagnoses in one final write (a task's diagnosis replaced when its exit came again),
+    sent with the transaction's bookkeeping."""
+    ns = ctx.namespace(DIAGNOSES)
+    writes = [
+        ReplaceOne({"_id": key}, record, upsert=True, namespace=ns) for key, record in sorted(records.items())
+    ]
+    ctx.write_at_end(FinalWrite(DIAGNOSES, writes))
 
 
 def build_app() -> ServiceApp:

@@ -23,9 +23,10 @@ from typing import Any, cast
 from nats.aio.msg import Msg
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-from pymongo import DeleteOne, ReplaceOne
+from pymongo import DeleteOne, ReplaceOne, UpdateOne
 from pymongo.errors import OperationFailure
 
+from pai_common.bookkeeping import FinalWrite, WriteOp
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import heartbeat_subject, name_of_token
 from pai_common.contract.events import (
@@ -361,12 +362,17 @@ class Scheduler:
         }
         if stored is None:
             update["$unset"] = {"snapshot": ""}
-        result = await ctx.db[STATE].update_one(
-            {"_id": STATE_ID, "version": version}, update, upsert=version == 0, session=ctx.session
+
+        def check(matched: int) -> None:
+            if matched != 1:
+                self._cached = None  # another process saved a newer state: the retry reads it
+                raise OperationFailure("allocator state changed concurrently; retrying", code=WRITE_CONFLICT)
+
+        # Final writes: with the transaction's bookkeeping in one request where the server can.
+        save_header = UpdateOne(
+            {"_id": STATE_ID, "version": version}, update, upsert=version == 0, namespace=ctx.namespace(STATE)
         )
-        if version and result.matched_count != 1:
-            self._cached = None  # another process saved a newer state: the retry reads it
-            raise OperationFailure("allocator state changed concurrently; retrying", code=WRITE_CONFLICT)
+        ctx.write_at_end(FinalWrite(STATE, [save_header], check if version else None))
         if stored is None:
             for name in (GROUPS, MIX):
                 await ctx.db[name].delete_many({}, session=ctx.session)
@@ -380,13 +386,14 @@ class Scheduler:
     async def _write(
         ctx: HandlerContext, collection: str, upsert: dict[Any, dict[str, Any]], delete: list[Any]
     ) -> None:
-        """Replace (or create) and delete documents by ``_id``, in one request."""
-        ops: list[ReplaceOne[dict[str, Any]] | DeleteOne] = [
-            ReplaceOne({"_id": k}, {"_id": k, **fields}, upsert=True) for k, fields in upsert.items()
+        """Replace (or create) and delete documents by ``_id``, in one final write."""
+        ns = ctx.namespace(collection)
+        ops: list[WriteOp] = [
+            ReplaceOne({"_id": k}, {"_id": k, **fields}, upsert=True, namespace=ns)
+            for k, fields in upsert.items()
         ]
-        ops += [DeleteOne({"_id": k}) for k in delete]
-        if ops:
-            await ctx.db[collection].bulk_write(ops, ordered=False, session=ctx.session)
+        ops += [DeleteOne({"_id": k}, namespace=ns) for k in delete]
+        ctx.write_at_end(FinalWrite(collection, ops))
 
     # ---- events --------------------------------------------------------------------------------------
 

@@ -45,6 +45,9 @@ class WriteLog(monitoring.CommandListener):
         self.writes: list[tuple[Any, str, str, int, int]] = []  # (txn, command, collection, docs, bytes)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "bulkWrite":
+            self._bulk_write(event.command)
+            return
         if event.database_name != self.database or event.command_name not in WRITES:
             return
         cmd = event.command
@@ -54,6 +57,17 @@ class WriteLog(monitoring.CommandListener):
         self.writes.append(
             (txn, event.command_name, str(cmd[event.command_name]), docs, len(bson.encode(cmd)))
         )
+
+    def _bulk_write(self, cmd: Any) -> None:
+        """MongoDB 8's one-request writes (a transaction's final writes and bookkeeping): each op in this
+        database as a write of one document."""
+        names = [entry["ns"] for entry in cmd["nsInfo"]]
+        txn = (bytes(cmd["lsid"]["id"]), cmd.get("txnNumber")) if "lsid" in cmd else None
+        for op in cmd["ops"]:
+            kind = next(k for k in ("insert", "update", "delete") if k in op)
+            db, _, collection = names[op[kind]].partition(".")
+            if db == self.database:
+                self.writes.append((txn, kind, collection, 1, len(bson.encode(op))))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
