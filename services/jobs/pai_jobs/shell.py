@@ -80,6 +80,7 @@ from pai_common.errors import (
     InvalidProtocolError,
     NoJobError,
     NoTagError,
+    PaiError,
     ServiceUnavailableError,
     TooManyRequestsError,
 )
@@ -524,34 +525,15 @@ class JobsService:
         parsed = parse_job(req.protocol_yaml, req.username, now_ms())
         spec = parsed.spec
         digest = content_digest(parsed.raw)
-        if await self._already_submitted(spec.job_key, digest):
-            return SubmitJobReply(job_key=spec.job_key)
         try:
-            await self.vcs.check(spec.virtual_cluster)
-            if not req.admin and spec.virtual_cluster not in req.virtual_clusters:
-                raise ForbiddenUserError(
-                    f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
-                )
-            await self._check_dependencies(spec)
-            # Storages are checked before the job exists: one the user may not use, or that does not
-            # exist, refuses the submission (403 / 404 naming it) instead of failing the job at launch.
-            resolved = await self.app.bus.request(
-                ResolveStoragesRequest(
-                    username=req.username,
-                    admin=req.admin,
-                    requests=storages.requested(parsed.raw),
-                    referenced=storages.referenced(parsed.raw),
-                    job_key=spec.job_key,
-                ),
-                ResolveStoragesReply,
-            )
-        except ServiceUnavailableError as exc:
-            # The scheduler or the storage service did not answer: busy, like this service when its queue
-            # is full, and nothing has been done.
-            wait = max(self.admission.retry_after_s(), 1)
-            raise TooManyRequestsError(
-                f"Job {spec.job_key} was not created: {exc.message}; retry in {wait} s.", wait
-            ) from exc
+            resolved = await self._admit(req, spec, parsed.raw)
+        except PaiError:
+            # A retry of a submission that was stored gets the answer it got then, whatever changed since
+            # (the user's VCs, a storage): 202 if and only if the job exists. The stored job is read only
+            # on this path: a new job's insert meets the duplicate key of an existing one by itself.
+            if await self._already_submitted(spec.job_key, digest):
+                return SubmitJobReply(job_key=spec.job_key)
+            raise
         spec = storages.with_mounts(spec, resolved.mounts)
         doc = new_job_document(spec.model_dump(mode="json"), parsed.masked, digest)
         try:
@@ -574,6 +556,35 @@ class JobsService:
             ) from exc
         log.info("job submitted", extra={"job_key": spec.job_key, "vc": spec.virtual_cluster})
         return SubmitJobReply(job_key=spec.job_key)
+
+    async def _admit(self, req: SubmitJobRequest, spec: JobSpec, raw: dict[str, Any]) -> ResolveStoragesReply:
+        """The checks a submission passes before it is stored; the storages it mounts."""
+        try:
+            await self.vcs.check(spec.virtual_cluster)
+            if not req.admin and spec.virtual_cluster not in req.virtual_clusters:
+                raise ForbiddenUserError(
+                    f"User {req.username} is not allowed to do operation in {spec.virtual_cluster}"
+                )
+            await self._check_dependencies(spec)
+            # Storages are checked before the job exists: one the user may not use, or that does not
+            # exist, refuses the submission (403 / 404 naming it) instead of failing the job at launch.
+            return await self.app.bus.request(
+                ResolveStoragesRequest(
+                    username=req.username,
+                    admin=req.admin,
+                    requests=storages.requested(raw),
+                    referenced=storages.referenced(raw),
+                    job_key=spec.job_key,
+                ),
+                ResolveStoragesReply,
+            )
+        except ServiceUnavailableError as exc:
+            # The scheduler or the storage service did not answer: busy, like this service when its queue
+            # is full, and nothing has been done.
+            wait = max(self.admission.retry_after_s(), 1)
+            raise TooManyRequestsError(
+                f"Job {spec.job_key} was not created: {exc.message}; retry in {wait} s.", wait
+            ) from exc
 
     def _late(self, new: NewJob) -> Exception:
         wait = self.admission.retry_after_s()
