@@ -3,14 +3,17 @@
 Its database: ``storages`` (definitions, no credential), ``credentials`` (apart, never shown), ``usage``
 (the unfinished jobs mounting each storage: reserved when a submission resolves its storages, confirmed by
 ``job.submitted``, released by ``job.completed``; a reservation no job confirms lapses after
-``RESERVATION_S``). Grants are the groups' ``acls.storageConfigs``, asked of the auth service at each check
-so that a grant or a revocation takes effect at once.
+``RESERVATION_S``). A released job keeps a record without storages for ``FINISHED_KEPT_S``: a submission of
+that job sent again (a client retrying; the jobs service answers it 202 or 409 once its insert meets the
+stored job) then reserves nothing in its name. Grants are the groups' ``acls.storageConfigs``, asked of the
+auth service at each check so that a grant or a revocation takes effect at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pymongo.errors import DuplicateKeyError
@@ -49,6 +52,8 @@ CREDENTIALS = "credentials"
 USAGE = "usage"
 # How long a submission's reservation holds a storage before its job.submitted confirms it.
 RESERVATION_S = 600
+# How long a finished job's record stays (a TTL index): as long as a handled message's marker.
+FINISHED_KEPT_S = 8 * 24 * 3600
 
 
 def now_ms() -> int:
@@ -86,6 +91,7 @@ class StorageService:
 
     async def _indexes(self, app: ServiceApp) -> None:
         await app.db[USAGE].create_index("storages")
+        await app.db[USAGE].create_index("finished_at", expireAfterSeconds=FINISHED_KEPT_S)
 
     async def _configs(self, username: str, admin: bool) -> tuple[bool, list[str]]:
         """(admin, the storages the user's groups grant), from the auth service."""
@@ -180,6 +186,7 @@ class StorageService:
         lapsed = now_ms() - RESERVATION_S * 1000
         query = {
             "storages": name,
+            "finished_at": {"$exists": False},
             "$or": [{"confirmed": True}, {"reserved_at": {"$gte": lapsed}}],
         }
         return sorted([str(d["_id"]) async for d in self.app.db[USAGE].find(query, {"_id": 1})])
@@ -198,7 +205,8 @@ class StorageService:
                     upsert=True,
                 )
             except DuplicateKeyError:
-                pass  # the job exists and is confirmed: this submission will be refused as a duplicate
+                # The job exists, confirmed or finished: this submission is answered as a duplicate.
+                pass
         return ResolveStoragesReply(mounts=mounts)
 
     async def on_job(self, ctx: HandlerContext, env: Envelope) -> None:
@@ -212,7 +220,13 @@ class StorageService:
                     session=ctx.session,
                 )
         elif isinstance(body, JobCompleted):
-            await ctx.db[USAGE].delete_one({"_id": body.job_key}, session=ctx.session)
+            # Kept without its storages (see the module docstring), confirmed so that no reservation
+            # replaces it.
+            await ctx.db[USAGE].update_one(
+                {"_id": body.job_key},
+                {"$set": {"confirmed": True, "finished_at": datetime.now(UTC)}, "$unset": {"storages": ""}},
+                session=ctx.session,
+            )
 
     async def credentials(self, req: StorageCredentialsRequest) -> StorageCredentialsReply:
         found = await self.app.db[CREDENTIALS].find_one({"_id": req.storage})
