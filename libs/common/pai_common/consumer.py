@@ -328,12 +328,7 @@ class DurableConsumer:
                                 await self.spec.handler(ctx, env)
                         finally:
                             current_job_key.reset(job_token)
-                    await ctx.flush(keep_final_writes=markers_last)
-                    if markers_last:
-                        taken = self.outbox.take_sent()
-                        await self._write_bookkeeping(session, markers, out, taken, ctx.final_writes)
-                    else:
-                        await self.outbox.stage(out, session)
+                    await self._end(ctx, markers, markers_last, taken)
         except BaseException:
             self.outbox.restore_sent(taken)
             raise
@@ -353,17 +348,28 @@ class DurableConsumer:
                 raise
             raise _AlreadyProcessed from exc
 
-    async def _write_bookkeeping(
-        self,
-        session: AsyncClientSession,
-        markers: list[dict[str, Any]],
-        out: PendingMessages,
-        taken: list[str],
-        final: Sequence[FinalWrite],
+    async def _end(
+        self, ctx: HandlerContext, markers: list[dict[str, Any]], markers_last: bool, taken: list[str]
     ) -> None:
+        """The transaction's last writes: the ones left to its end, then its markers (unless written first)
+        and outbox messages, with the deletion of messages published since, in one request where the
+        server can. ``taken`` gets the ids deleted here, for the caller to give back if it aborts."""
+        await ctx.flush(keep_final_writes=markers_last)
+        if not markers_last:
+            await self.outbox.stage(ctx.out, ctx.session)
+            return
+        taken.extend(self.outbox.take_sent())
         try:
             await write_in_one_request(
-                self.client, session, self.db.name, PROCESSED, markers, OUTBOX, out.docs, taken, final
+                self.client,
+                ctx.session,
+                self.db.name,
+                PROCESSED,
+                markers,
+                OUTBOX,
+                ctx.out.docs,
+                taken,
+                ctx.final_writes,
             )
         except MarkerExists as exc:
             raise _AlreadyProcessed from exc
@@ -465,12 +471,7 @@ class DurableConsumer:
                         await self._insert_markers(markers, session)
                     ctx = HandlerContext(self.db, session, out, batch=(env,))
                     await self.spec.handler(ctx, env)
-                    await ctx.flush(keep_final_writes=markers_last)
-                    if markers_last:
-                        taken = self.outbox.take_sent()
-                        await self._write_bookkeeping(session, markers, out, taken, ctx.final_writes)
-                    else:
-                        await self.outbox.stage(out, session)
+                    await self._end(ctx, markers, markers_last, taken)
         except _AlreadyProcessed:
             self.outbox.restore_sent(taken)
             return "duplicate"
