@@ -391,7 +391,10 @@ class DurableConsumer:
         started = time.perf_counter()
         try:
             with span_from_headers(f"handle {env.type}", env.headers, CONSUMER):
-                outcome = await self._apply(env, markers_last=self.one_request and _first_delivery(msg))
+                # A write conflict is retried here at once, as a batch's is: a nak would let the messages
+                # behind this one overtake it (a release handled before the allocation it releases).
+                markers_last = self.one_request and _first_delivery(msg)
+                outcome = await retry_transient(lambda: self._apply(env, markers_last=markers_last))
             await msg.ack()
         except Exception as exc:
             delivered = msg.metadata.num_delivered or 1

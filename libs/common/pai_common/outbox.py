@@ -226,12 +226,18 @@ class Outbox:
         self._sent.update(ids)
 
     async def delete_sent(self) -> int:
-        """Delete what was published; a failure keeps the ids for the next try."""
+        """Delete what was published; a failure keeps the ids for the next try. The ids leave ``_sent``
+        before the delete: a transaction that ``take_sent`` meanwhile must not delete them too (its delete
+        would meet this one's as a write conflict, and its messages would be handled again)."""
         if not self._sent:
             return 0
         ids = list(self._sent)
-        await self.collection.delete_many({"_id": {"$in": ids}})
         self._sent.difference_update(ids)
+        try:
+            await self.collection.delete_many({"_id": {"$in": ids}})
+        except BaseException:
+            self._sent.update(ids)
+            raise
         return len(ids)
 
     async def relay_forever(self, interval_s: float = 2.0, delete_after_s: float = 0.1) -> None:

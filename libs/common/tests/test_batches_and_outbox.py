@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pymongo import InsertOne, ReplaceOne, UpdateOne
+from pymongo.errors import OperationFailure
 
 from pai_common import consumer as consumer_module
 from pai_common import dead_letters
@@ -24,6 +25,7 @@ from pai_common.database import connect_mongo, service_database
 from pai_common.embedded import ServerProcess
 from pai_common.envelope import H_MSG_ID, MAX_BODY_BYTES, Envelope, encode
 from pai_common.errors import DeadLetterReplayError
+from pai_common.metrics import REDELIVERIES
 from pai_common.outbox import COLLECTION as OUTBOX
 from pai_common.outbox import DEAD_COLLECTION, Outbox, PendingMessages
 from pai_common.service import ServiceApp
@@ -269,6 +271,44 @@ async def test_outbox_publishes_commits_from_memory_and_deletes_them_later(
     assert await db.outbox.count_documents({}) == 1
     assert await outbox.delete_sent() == 1
     assert await db.outbox.count_documents({}) == 0
+
+
+async def test_a_transaction_never_takes_what_the_relay_is_deleting(
+    outbox_parts: tuple[Outbox, FlakyBus, Bus, Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay's delete and a transaction's (``take_sent``) of the same published messages met as a write
+    conflict, which aborted the transaction (in CI: a scheduler's allocation retried after a release that
+    had overtaken it). What the relay is deleting is not taken, and comes back if its delete fails."""
+    outbox, _, _, client, db = outbox_parts
+    await outbox.flush()
+    docs = await commit(client, outbox, "a~1")
+    await outbox.publish_committed(docs)
+    deleting, release = asyncio.Event(), asyncio.Event()
+    delete_many = outbox.collection.delete_many
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        deleting.set()
+        await release.wait()
+        return await delete_many(*args, **kwargs)
+
+    monkeypatch.setattr(outbox.collection, "delete_many", held)
+    relay = asyncio.create_task(outbox.delete_sent())
+    await deleting.wait()
+    assert outbox.take_sent() == []
+    release.set()
+    assert await relay == 1
+    assert await db.outbox.count_documents({}) == 0
+
+    docs = await commit(client, outbox, "a~2")
+    await outbox.publish_committed(docs)
+
+    async def fails(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(outbox.collection, "delete_many", fails)
+    with pytest.raises(ConnectionError):
+        await outbox.delete_sent()
+    assert outbox.take_sent() == [docs[0]["_id"]]
 
 
 async def test_after_a_failed_publish_the_outbox_is_flushed_oldest_first(
@@ -535,3 +575,37 @@ async def test_a_transactions_final_writes_commit_with_it_or_not_at_all(
 async def _outbox_empty(app: ServiceApp) -> bool:
     await app.outbox.delete_sent()
     return await app.db[OUTBOX].count_documents({}) == 0
+
+
+async def test_a_single_message_that_meets_a_write_conflict_is_retried_in_place_not_overtaken(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess
+) -> None:
+    """A message fetched alone whose transaction meets a write conflict runs again at once, as a batch
+    does: naked, the messages behind it were handled first (in CI, a release before the allocation it
+    releases, which then stayed allocated)."""
+    app = make_app(fresh_nats, mongo_server)
+    handled: list[tuple[str, int]] = []
+    conflicts = [OperationFailure("WriteConflict", code=112)]
+
+    @app.on_event(JobAttemptCompleted)
+    async def handle(ctx: HandlerContext, env: Envelope) -> None:
+        handled.append((env.id, len(conflicts)))
+        if conflicts:
+            raise conflicts.pop()
+
+    await app.start()
+    try:
+        bus = await Bus.connect(fresh_nats.url, "test")
+        await bus.publish_event(JobAttemptCompleted(job_key="b~one", attempt_id=0, exit_code=0), msg_id="one")
+        await bus.close()
+
+        async def acked() -> bool:
+            info = await app.bus.js.consumer_info(EVENTS_STREAM, app.name)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_until(acked)
+        assert REDELIVERIES.labels(app.name)._value.get() == 0  # never naked and fetched again
+        assert handled == [("one", 1), ("one", 0)]
+        assert {d["_id"] async for d in app.db[PROCESSED].find({})} == {f"{app.name}/one"}
+    finally:
+        await app.stop()
