@@ -17,11 +17,13 @@ holds a redelivery, where a duplicate is likely.
 
 The same request carries a transaction's final writes (``FinalWrite``): what its handlers left to its end
 and never read back (the jobs service's list entries, counters and job events, the orchestrator's
-frameworks and their history), ahead of the markers. A final write may check how many documents its
-updates matched (the orchestrator's frameworks are replaced only at the version it read).
+frameworks and their history, the scheduler's state, diagnoses, audit entries), ahead of the markers. A
+final write may check how many documents its updates matched (the orchestrator's frameworks are replaced
+only at the version it read).
 
-A server before 8.0 (wire version 25) has no such command: ``supports_one_request`` says so once at start,
-and the consumer writes its bookkeeping as before, and each final write as one bulk write of its own.
+A server before 8.0 (wire version 25) has no such command: ``supports_one_request`` says so once (a
+consumer asks at start, ``ServiceApp.transaction`` at its first use), and the bookkeeping is written as
+before, and each final write as one bulk write of its own (``pai_common.consumer.end_transaction``).
 """
 
 from __future__ import annotations

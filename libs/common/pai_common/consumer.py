@@ -351,26 +351,8 @@ class DurableConsumer:
     async def _end(
         self, ctx: HandlerContext, markers: list[dict[str, Any]], markers_last: bool, taken: list[str]
     ) -> None:
-        """The transaction's last writes: the ones left to its end, then its markers (unless written first)
-        and outbox messages, with the deletion of messages published since, in one request where the
-        server can. ``taken`` gets the ids deleted here, for the caller to give back if it aborts."""
-        await ctx.flush(keep_final_writes=markers_last)
-        if not markers_last:
-            await self.outbox.stage(ctx.out, ctx.session)
-            return
-        taken.extend(self.outbox.take_sent())
         try:
-            await write_in_one_request(
-                self.client,
-                ctx.session,
-                self.db.name,
-                PROCESSED,
-                markers,
-                OUTBOX,
-                ctx.out.docs,
-                taken,
-                ctx.final_writes,
-            )
+            await end_transaction(ctx, self.client, self.outbox, markers, markers_last, taken)
         except MarkerExists as exc:
             raise _AlreadyProcessed from exc
 
@@ -484,6 +466,29 @@ class DurableConsumer:
         ctx.committed()
         await self.outbox.publish_after_commit(out.docs)
         return "ok"
+
+
+async def end_transaction(
+    ctx: HandlerContext,
+    client: AsyncMongoClient[dict[str, Any]],
+    outbox: Outbox,
+    markers: Sequence[dict[str, Any]],
+    one_request: bool,
+    taken: list[str],
+) -> None:
+    """A transaction's last writes: the ones left to its end, then the processed ``markers`` (none, or
+    written first, unless ``one_request``) and the outbox's messages, with the deletion of messages
+    published since, in one request where the server can (``one_request``). ``taken`` gets the ids
+    deleted here, for the caller to give back (``Outbox.restore_sent``) if the transaction aborts. Raises
+    ``MarkerExists`` when a marker is there already."""
+    await ctx.flush(keep_final_writes=one_request)
+    if not one_request:
+        await outbox.stage(ctx.out, ctx.session)
+        return
+    taken.extend(outbox.take_sent())
+    await write_in_one_request(
+        client, ctx.session, ctx.db.name, PROCESSED, markers, OUTBOX, ctx.out.docs, taken, ctx.final_writes
+    )
 
 
 def _first_delivery(msg: Msg) -> bool:

@@ -13,9 +13,16 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from pai_common.bookkeeping import supports_one_request, write_in_one_request
+from pai_common.bookkeeping import supports_one_request
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
-from pai_common.consumer import PROCESSED, ConsumerSpec, DurableConsumer, Handler, HandlerContext, WriteGuard
+from pai_common.consumer import (
+    ConsumerSpec,
+    DurableConsumer,
+    Handler,
+    HandlerContext,
+    WriteGuard,
+    end_transaction,
+)
 from pai_common.contract.base import Event, RpcRequest, event_subject
 from pai_common.contract.rpc import ReplayDeadLetterRequest
 from pai_common.database import connect_mongo, retry_transient, service_database
@@ -23,7 +30,6 @@ from pai_common.envelope import Envelope
 from pai_common.health import HealthServer, announce
 from pai_common.logs import setup_logging
 from pai_common.metrics import set_build_info
-from pai_common.outbox import COLLECTION as OUTBOX
 from pai_common.outbox import DEAD_LETTER_DURABLE, Outbox, PendingMessages
 from pai_common.service_metrics import sample_forever
 from pai_common.settings import Settings
@@ -141,22 +147,7 @@ class ServiceApp:
                 async with await session.start_transaction():
                     ctx = HandlerContext(self.db, session, out)
                     yield ctx
-                    await ctx.flush(keep_final_writes=self._one_request)
-                    if self._one_request:
-                        taken = self.outbox.take_sent()
-                        await write_in_one_request(
-                            self.mongo,
-                            session,
-                            self.db.name,
-                            PROCESSED,
-                            (),
-                            OUTBOX,
-                            out.docs,
-                            taken,
-                            ctx.final_writes,
-                        )
-                    else:
-                        await self.outbox.stage(out, session)
+                    await end_transaction(ctx, self.mongo, self.outbox, (), self._one_request, taken)
         except BaseException:
             self.outbox.restore_sent(taken)
             raise
