@@ -86,6 +86,7 @@ from pai_scheduler.job_gangs import (
     requests_of,
 )
 from pai_scheduler.node_marks import Cordon, NodeMarks
+from pai_scheduler.released_attempts import KEEP_S, ReleasedAttempts
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ STATE = "allocator"  # the header (``_id: "cluster"``): version guard, counters,
 GROUPS = "allocator_groups"  # one document per gang, ``_id`` its key
 MIX = "allocator_mix"  # the recent request mix in chunks, ``_id`` the chunk's number
 WAITING = "allocator_waiting"  # one document per waiting attempt: the gist of why it waits
+RELEASED = "allocator_released"  # tombstones of attempts that ended before their request (``at``)
 NODES = "nodes"
 STATE_ID = "cluster"
 LEGACY_REASONS_ID = "reasons"  # the old layout: every waiting attempt in one document beside the header
@@ -103,13 +105,14 @@ HOST_IPS_MEMO = "scheduler.host_ips"
 
 @dataclass(frozen=True)
 class _Stored:
-    """A state as stored at ``version``: the allocator, the node marks, and each gang's document as
-    stored (None: the old single-document layout, whose first save writes every gang)."""
+    """A state as stored at ``version``: the allocator, the node marks, each gang's document as stored
+    (None: the old single-document layout, whose first save writes every gang), and the tombstones."""
 
     version: int
     alloc: HivedAllocator
     marks: NodeMarks
     docs: state_layout.Documents | None
+    released: ReleasedAttempts
 
 
 @dataclass
@@ -120,7 +123,12 @@ class _Batch:
     marks: NodeMarks
     version: int
     docs: state_layout.Documents | None  # as stored at ``version``: what the save compares with
+    stored_released: ReleasedAttempts  # as stored at ``version``
+    released: ReleasedAttempts = field(init=False)
     _preempting: dict[str, Preempting] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.released = self.stored_released.copy()
 
     def decided(self, decisions: list[Decision]) -> None:
         for d in decisions:
@@ -212,7 +220,9 @@ class Scheduler:
         """State written in the old layout (the whole allocator in one document, the reasons in another):
         read it once and store it split, in one version-guarded transaction."""
         stored = await self._read(tx)
-        await self._save(tx, stored.alloc, stored.marks, stored.version, stored.docs)
+        await self._save(
+            tx, stored.alloc, stored.marks, stored.released, stored.version, stored.docs, stored.released
+        )
         versions = (stored.version, stored.version + 1)
         await self._refresh_reasons(tx, stored.alloc, stored.marks, [], versions)
         log.warning("allocator state converted to one document per gang", extra={"version": versions[1]})
@@ -233,8 +243,10 @@ class Scheduler:
             if not marks.schedulable(node):
                 alloc.set_node_health(node, False)
 
+        released = await self._read_released(None)
+
         async def apply(tx: HandlerContext) -> None:
-            await self._save(tx, alloc, marks, int(doc["version"]), stored_docs)
+            await self._save(tx, alloc, marks, released, int(doc["version"]), stored_docs, released)
             host_ips = await self._host_ips(tx)
             for decision in decisions:
                 self._emit(tx, alloc, decision, host_ips)
@@ -314,7 +326,7 @@ class Scheduler:
         session = ctx.session if ctx else None
         doc = await self.app.db[STATE].find_one({"_id": STATE_ID}, {"version": 1}, session=session)
         if doc is None:
-            return _Stored(0, *self._fresh(), state_layout.Documents())
+            return _Stored(0, *self._fresh(), state_layout.Documents(), ReleasedAttempts())
         version = int(doc["version"])
         if self._cached is not None and self._cached.version == version:
             return self._cached
@@ -322,7 +334,8 @@ class Scheduler:
         assert full is not None
         alloc = HivedAllocator.restore(self.config, snapshot, self.protect)
         marks = NodeMarks.from_doc(full.get("marks"), snapshot.get("bad_nodes", []))
-        self._cached = _Stored(int(full["version"]), alloc, marks, docs)
+        released = await self._read_released(ctx)
+        self._cached = _Stored(int(full["version"]), alloc, marks, docs, released)
         return self._cached
 
     async def _read_documents(
@@ -341,16 +354,23 @@ class Scheduler:
         )
         return doc, state_layout.join(doc["state"], docs), docs
 
+    async def _read_released(self, ctx: HandlerContext | None) -> ReleasedAttempts:
+        session = ctx.session if ctx else None
+        return ReleasedAttempts.from_docs([d async for d in self.app.db[RELEASED].find({}, session=session)])
+
     async def _save(
         self,
         ctx: HandlerContext,
         alloc: HivedAllocator,
         marks: NodeMarks,
+        released: ReleasedAttempts,
         version: int,
         stored: state_layout.Documents | None,
+        stored_released: ReleasedAttempts,
     ) -> None:
         """Store the allocator as version ``version + 1``: the header, guarded by ``version``, and the
-        documents that differ from ``stored`` (those at ``version``; None: the old layout, converted here)."""
+        documents that differ from ``stored`` and ``stored_released`` (those at ``version``; ``stored``
+        None: the old layout, converted here)."""
         header, docs = state_layout.split(alloc.snapshot())
         update: dict[str, Any] = {
             "$set": {
@@ -379,8 +399,12 @@ class Scheduler:
         groups, mix, committed = state_layout.writes(stored or state_layout.Documents(), docs)
         await self._write(ctx, GROUPS, {k: {"group": g} for k, g in groups.upsert.items()}, groups.delete)
         await self._write(ctx, MIX, {c: {"entries": e} for c, e in mix.upsert.items()}, mix.delete)
+        added, removed = released.changes_from(stored_released)
+        if added or removed:
+            await self._write(ctx, RELEASED, {k: {"at": when} for k, when in added.items()}, removed)
         # Kept once committed only: a cached allocator always stands for a committed version.
-        ctx.on_commit(partial(setattr, self, "_cached", _Stored(version + 1, alloc, marks, committed)))
+        now_stored = _Stored(version + 1, alloc, marks, committed, released)
+        ctx.on_commit(partial(setattr, self, "_cached", now_stored))
 
     @staticmethod
     async def _write(
@@ -407,11 +431,20 @@ class Scheduler:
             stored = await self._read(ctx, trust_cache=True)
             self._cached = None  # mutated by the batch; valid again only once committed
             batch = ctx.memo[BATCH_MEMO] = _Batch(
-                stored.alloc, stored.marks.copy(), stored.version, stored.docs
+                stored.alloc, stored.marks.copy(), stored.version, stored.docs, stored.released
             )
 
             async def save() -> None:
-                await self._save(ctx, batch.alloc, batch.marks, batch.version, batch.docs)
+                batch.released.forget_older_than(time.time() - KEEP_S)
+                await self._save(
+                    ctx,
+                    batch.alloc,
+                    batch.marks,
+                    batch.released,
+                    batch.version,
+                    batch.docs,
+                    batch.stored_released,
+                )
                 versions = (batch.version, batch.version + 1)
                 await self._refresh_reasons(ctx, batch.alloc, batch.marks, batch.preempting(), versions)
 
@@ -462,9 +495,17 @@ class Scheduler:
         elif isinstance(body, NodeSchedulableChanged):
             decisions = self._apply_cordon(ctx, alloc, marks, body, now)
         elif isinstance(body, SchedulingRequested):
-            decisions = self._submit(alloc, body, now)
+            if batch.released.take(alloc_key(body.job_key, body.attempt_id)):
+                log.warning(
+                    "a scheduling request came after its attempt had ended; nothing allocated",
+                    extra={"job_key": body.job_key, "attempt_id": body.attempt_id},
+                )
+                decisions = []
+            else:
+                decisions = self._submit(alloc, body, now)
         elif isinstance(body, JobAttemptCompleted):
             decisions = alloc.release(alloc_key(body.job_key, body.attempt_id), now=now)
+            found = bool(decisions)  # the attempt's own gang, held or waiting
             # An attempt placed pod by pod: whatever of it is still held or waiting goes too.
             # The waiting ones first, so that what the others give back never starts one of them.
             groups = alloc.groups()
@@ -474,6 +515,8 @@ class Scheduler:
             attempt = alloc_key(body.job_key, body.attempt_id)
             if pods and not any(isinstance(d, Released) and d.key == attempt for d in decisions):
                 decisions.append(Released(attempt))
+            if not found and not pods:  # its request may still come: it must allocate nothing then
+                batch.released.remember(attempt, now)
         elif isinstance(body, JobTaskCompleted):
             # One of the two: a task placed on its own, or an elastic job's growth task.
             decisions = []

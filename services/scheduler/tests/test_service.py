@@ -539,3 +539,53 @@ async def test_a_batch_is_decided_on_one_load_and_saved_once(
         assert await app.db["allocator_waiting"].count_documents({}) == 0
     finally:
         await app.stop()
+
+
+async def test_a_request_overtaken_by_its_attempts_end_allocates_nothing_even_after_a_restart(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
+) -> None:
+    """A request that went back to the stream (a long database outage) can come after the completion of
+    its attempt: the completion leaves a tombstone with the allocator's state, and the request that meets
+    it takes no cells, also when the scheduler restarted between the two."""
+    db = f"sched{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
+    await events.start()
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
+            await register(fresh_bus, node, n)
+        # The usual order leaves no tombstone behind.
+        await fresh_bus.publish_event(gang("u~usual", 1, sku_types=["A100"]))
+        await events.wait_for(SchedulingAllocated, "u~usual")
+        await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~usual", attempt_id=0, exit_code=0))
+        await events.wait_for(SchedulingReleased, "u~usual")
+        # The completion first: nothing to release, a tombstone.
+        await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~late", attempt_id=0, exit_code=137))
+        await fresh_bus.publish_event(gang("u~marker", 1, sku_types=["K80"]))
+        await events.wait_for(SchedulingAllocated, "u~marker")
+        tombstones = [d async for d in app.db["allocator_released"].find({})]
+        assert [d["_id"] for d in tombstones] == ["u~late#0"]
+    finally:
+        await app.stop()
+
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        await fresh_bus.publish_event(gang("u~late", 4, sku_types=["A100"]))
+        # Applied in stream order: once the next request is decided, the late one was.
+        await fresh_bus.publish_event(gang("u~next", 1, sku_types=["K80"]))
+        await events.wait_for(SchedulingAllocated, "u~next")
+        await events.drain(0.3)
+        assert events.of(SchedulingAllocated, "u~late") == []
+        assert events.of(SchedulingPending, "u~late") == []
+        vcs = (await fresh_bus.request(ListVirtualClustersRequest(), VirtualClustersReply)).virtual_clusters
+        assert vcs["research"]["resourcesUsed"]["gpu"] == 2  # the K80s of u~marker and u~next
+        assert await app.db["allocator_released"].count_documents({}) == 0  # taken by its request
+        # The attempt's next try is a new attempt and is placed as usual.
+        retry = gang("u~late", 4, sku_types=["A100"]).model_copy(update={"attempt_id": 1})
+        await fresh_bus.publish_event(retry)
+        placed = await events.wait_for(SchedulingAllocated, "u~late")
+        assert placed.attempt_id == 1
+    finally:
+        await app.stop()
