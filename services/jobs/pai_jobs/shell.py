@@ -284,21 +284,24 @@ def newest_in_batch(tx: HandlerContext) -> dict[str, int]:
     return newest
 
 
+# The events besides `framework.changed` whose handlers read or write the job document itself; the others
+# (an attempt's end, a preemption, a rejection, ...) only record job events.
+TOUCH_THE_JOB_DOCUMENT: tuple[type[Event], ...] = (SchedulingPending, SchedulingDowngraded)
+
+
 class SnapshotBatch:
     """The job documents the `framework.changed` events of one transaction read and write: read in one
-    request and written in one final write at the end, for the jobs that no other event of the batch is
-    about (a consumer's batch carries the snapshots of several jobs: two requests per batch instead of two
-    per job). A job that another event of the batch is about is read and written at its turn, as each
-    handler runs, so that every handler sees what the ones before it wrote."""
+    request and written in one final write at the end, for the jobs that no other event of the batch
+    touches the document of (a consumer's batch carries the snapshots of several jobs: two requests per
+    batch instead of two per job; an attempt's end, which comes with its job's last snapshot, only
+    records a job event). A job whose document another event of the batch touches
+    (``TOUCH_THE_JOB_DOCUMENT``) is read and written at its turn, as each handler runs, so that every
+    handler sees what the ones before it wrote."""
 
     def __init__(self, tx: HandlerContext) -> None:
         self.tx = tx
         newest = newest_in_batch(tx)
-        others = {
-            env.body.subject_key() if isinstance(env.body, Event) else env.subject
-            for env in tx.batch
-            if not isinstance(env.body, FrameworkChanged)
-        }
+        others = {env.body.subject_key() for env in tx.batch if isinstance(env.body, TOUCH_THE_JOB_DOCUMENT)}
         self.keys = [key for key in newest if key not in others]
         self.docs: dict[str, dict[str, Any]] | None = None if len(self.keys) > 1 else {}
         self.updates: list[UpdateOne] = []

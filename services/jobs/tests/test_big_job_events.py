@@ -25,7 +25,7 @@ from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStart
 
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import Event
-from pai_common.contract.events import FrameworkChanged, SchedulingPending
+from pai_common.contract.events import FrameworkChanged, JobAttemptCompleted, SchedulingPending
 from pai_common.contract.rpc import GetJobRequest, JobEventsRequest, TaskAttemptsRequest
 from pai_common.contract.types import FrameworkSnapshot, JobAttemptRecord, TaskSnapshot
 from pai_common.embedded import ServerProcess
@@ -326,8 +326,9 @@ async def test_a_batch_of_several_jobs_reads_them_in_one_request_and_writes_them
     harness: Harness,
 ) -> None:
     """A consumer's batch carries the snapshots of several jobs: their documents are read in one request
-    and written in one, except a job that another event of the batch is about, read and written at its
-    turn so that its other handler sees the snapshot's write."""
+    and written in one, except a job whose document another event of the batch touches, read and written
+    at its turn so that its other handler sees the snapshot's write. An attempt's end, which only records
+    a job event, keeps its job in the batch's one read and one write."""
     keys = []
     for name in ("one", "two", "three"):
         parsed = parse_job(job_yaml(2).replace("name: mnist", f"name: {name}"), "alice", 1_700_000_000_000)
@@ -341,12 +342,21 @@ async def test_a_batch_of_several_jobs_reads_them_in_one_request_and_writes_them
         keys.append(parsed.spec.job_key)
     one, two, three = keys
     pending = SchedulingPending(job_key=three, attempt_id=0, reason="waiting for GPUs", position=1)
-    batch = [envelope(small(one, 1)), envelope(small(two, 1)), envelope(small(three, 1)), envelope(pending)]
+    ended = JobAttemptCompleted(job_key=two, attempt_id=0, exit_code=0)
+    batch = [
+        envelope(small(one, 1)),
+        envelope(small(two, 1)),
+        envelope(ended),
+        envelope(small(three, 1)),
+        envelope(pending),
+    ]
 
     async def handle(ctx: HandlerContext) -> None:
         for env in batch:
             if isinstance(env.body, FrameworkChanged):
                 await harness.service.on_framework_changed(ctx, env)
+            elif isinstance(env.body, JobAttemptCompleted):
+                await harness.service.on_attempt_completed(ctx, env)
             else:
                 await harness.service.on_pending(ctx, env)
 
@@ -365,6 +375,8 @@ async def test_a_batch_of_several_jobs_reads_them_in_one_request_and_writes_them
         assert entry is not None and entry["state"] == "RUNNING", entry
     stored = await harness.service._job(three)
     assert stored["pending"]["reason"] == "waiting for GPUs"
+    listed = (await harness.service.events(JobEventsRequest(job_key=two))).events
+    assert [e["reason"] for e in listed] == ["Submitted", "AttemptCompleted"], listed
 
     # A job whose write was left to the end comes back in the batch (the same version under another id):
     # its write goes first, and the repeat sees it and changes nothing.
