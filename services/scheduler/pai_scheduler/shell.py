@@ -113,6 +113,10 @@ class _Stored:
     marks: NodeMarks
     docs: state_layout.Documents | None
     released: ReleasedAttempts
+    # Node → host IP as read (or written) by the transaction that committed this state; None: not read.
+    # Only the consumer's transactions write nodes, and each also saves the allocator: a state still the
+    # stored one means its addresses are too.
+    host_ips: dict[str, str] | None = None
 
 
 @dataclass
@@ -367,6 +371,7 @@ class Scheduler:
         version: int,
         stored: state_layout.Documents | None,
         stored_released: ReleasedAttempts,
+        host_ips: dict[str, str] | None = None,
     ) -> None:
         """Store the allocator as version ``version + 1``: the header, guarded by ``version``, and the
         documents that differ from ``stored`` and ``stored_released`` (those at ``version``; ``stored``
@@ -403,7 +408,7 @@ class Scheduler:
         if added or removed:
             await self._write(ctx, RELEASED, {k: {"at": when} for k, when in added.items()}, removed)
         # Kept once committed only: a cached allocator always stands for a committed version.
-        now_stored = _Stored(version + 1, alloc, marks, committed, released)
+        now_stored = _Stored(version + 1, alloc, marks, committed, released, host_ips)
         ctx.on_commit(partial(setattr, self, "_cached", now_stored))
 
     @staticmethod
@@ -433,6 +438,8 @@ class Scheduler:
             batch = ctx.memo[BATCH_MEMO] = _Batch(
                 stored.alloc, stored.marks.copy(), stored.version, stored.docs, stored.released
             )
+            if stored.host_ips is not None:
+                ctx.memo[HOST_IPS_MEMO] = stored.host_ips
 
             async def save() -> None:
                 batch.released.forget_older_than(time.time() - KEEP_S)
@@ -444,6 +451,7 @@ class Scheduler:
                     batch.version,
                     batch.docs,
                     batch.stored_released,
+                    ctx.memo.get(HOST_IPS_MEMO),  # None when a registration came after the last read
                 )
                 versions = (batch.version, batch.version + 1)
                 await self._refresh_reasons(ctx, batch.alloc, batch.marks, batch.preempting(), versions)

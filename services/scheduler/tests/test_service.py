@@ -589,3 +589,44 @@ async def test_a_request_overtaken_by_its_attempts_end_allocates_nothing_even_af
         assert placed.attempt_id == 1
     finally:
         await app.stop()
+
+
+async def test_node_addresses_are_read_once_and_again_after_a_registration(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
+) -> None:
+    """A placement names its node's address. The addresses read by a committed transaction serve the next
+    ones without a read of the nodes, until a node registers again (with a new address, say)."""
+    db = f"sched{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
+    await events.start()
+    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
+    await app.start()
+    try:
+        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
+            await register(fresh_bus, node, n)
+        await fresh_bus.publish_event(gang("u~first", 1, sku_types=["A100"]))
+        first = await events.wait_for(SchedulingAllocated, "u~first")
+        assert first.placements[0].host_ip == "10.0.0.2"
+        await app.db.command("profile", 2, slowms=0)
+        await fresh_bus.publish_event(gang("u~second", 1, sku_types=["A100"]))
+        second = await events.wait_for(SchedulingAllocated, "u~second")
+        assert second.placements[0].host_ip == "10.0.0.2"
+        reads = [p async for p in app.db["system.profile"].find({"ns": f"{app.db.name}.nodes"})]
+        assert reads == [], reads
+        # Both A100 nodes move: the next placement reads them again and names the new address.
+        for node in ("a0", "a1"):
+            moved = NodeRegistered(
+                node=node,
+                host_ip=f"10.9.9.{len(node)}",
+                cpu=32,
+                memory_mb=65536,
+                gpus=[GpuInfo(index=i, model="x", memory_mb=1, uuid=f"{node}-{i}") for i in range(4)],
+                simulated=True,
+            )
+            await fresh_bus.publish_event(moved)
+        await fresh_bus.publish_event(gang("u~third", 1, sku_types=["A100"]))
+        third = await events.wait_for(SchedulingAllocated, "u~third")
+        assert third.placements[0].host_ip == "10.9.9.2"
+        await app.db.command("profile", 0)
+    finally:
+        await app.stop()
