@@ -23,6 +23,9 @@ PORT_CONFLICT_EXIT = 253
 # A storage the task must mount could not be mounted where it runs: the task does not run without its
 # data. The exit spec calls it StorageMountFailed (platform failure, retried later).
 STORAGE_MOUNT_EXIT = 246
+# A task whose stop overtook its launch here: it never starts, and ends as a task asked to terminate does
+# (SIGTERM; the exit spec's ContainerSigTermReceived).
+STOPPED_BEFORE_LAUNCH_EXIT = 143
 
 
 class SetupError(Exception):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from pai_common.consumer import HandlerContext
 from pai_common.contract.base import COMMAND_SUBJECT_PREFIX, heartbeat_subject, subject_token
 from pai_common.contract.commands import KillTask, LaunchTask, UpdateMembership
-from pai_common.contract.events import NodeRegistered, TaskRunning
+from pai_common.contract.events import NodeRegistered, TaskExited, TaskRunning
 from pai_common.contract.rpc import (
     JobSecretsReply,
     JobSecretsRequest,
@@ -33,6 +34,7 @@ from pai_runtime import secrets as job_secrets
 from pai_runtime.backend import (
     PORT_CONFLICT_EXIT,
     SETUP_FAILED_EXIT,
+    STOPPED_BEFORE_LAUNCH_EXIT,
     STORAGE_MOUNT_EXIT,
     Ended,
     SetupError,
@@ -491,7 +493,10 @@ class Agent:
     async def kill(self, ctx: HandlerContext, cmd: KillTask) -> None:
         rid = run_id(cmd.job_key, cmd.attempt_id, cmd.task_role, cmd.index, cmd.task_attempt_id)
         run = await self._run(ctx, rid)
-        if run is None or run["status"] != "running":
+        if run is None:
+            self._stopped_before_launch(ctx, cmd, rid)
+            return
+        if run["status"] != "running":
             return
         launched_now = LaunchBatch.of(ctx, self.runs_collection).pending.get(rid)
         if launched_now is not None:
@@ -509,6 +514,46 @@ class Agent:
         task = asyncio.create_task(self.backend.kill(run, cmd.grace_period_s))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
+
+    def _stopped_before_launch(self, ctx: HandlerContext, cmd: KillTask, rid: str) -> None:
+        """The stop of a task this agent never launched: its launch went back to the stream (a transient
+        failure, or this agent restarted while it held it) and the stop overtook it. The run is stored as
+        ended, so that the launch, when it comes, starts nothing (its cells may be someone else's by then),
+        and the exit is reported at once: the orchestrator, which waits for it, need not wait out its
+        deadline."""
+        template = {
+            "job_key": cmd.job_key,
+            "attempt_id": cmd.attempt_id,
+            "task_role": cmd.task_role,
+            "index": cmd.index,
+            "task_attempt_id": cmd.task_attempt_id,
+            "node": self.node,
+        }
+        finished = now_ms()
+        LaunchBatch.of(ctx, self.runs_collection).add(
+            {
+                "_id": rid,
+                "status": "exited",
+                "exit_code": STOPPED_BEFORE_LAUNCH_EXIT,
+                "signal": int(signal.SIGTERM),
+                "finished_at": finished,
+                "stop_reason": cmd.reason,
+                "never_launched": True,
+                "event": template,
+            }
+        )
+        why = f"stopped before it was launched on {self.node}: {cmd.reason}"
+        ctx.out.event(
+            TaskExited(
+                **template,
+                exit_code=STOPPED_BEFORE_LAUNCH_EXIT,
+                signal=int(signal.SIGTERM),
+                log_tail=why,
+                finished_at=finished,
+            ),
+            msg_id=f"exited:{rid}",
+        )
+        log.warning("stop of a task not launched here; it will not start", extra={"run": rid})
 
     async def update_membership(self, ctx: HandlerContext, cmd: UpdateMembership) -> None:
         """An elastic job's gang changed: the task's membership file is rewritten and the task signalled."""

@@ -564,3 +564,46 @@ async def test_the_exits_of_the_moment_are_recorded_in_one_transaction(
         assert indices == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]  # each once; 4 was reported before
     finally:
         await agent.app.stop()
+
+
+async def test_a_stop_that_overtakes_its_launch_ends_the_task_before_it_starts(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """A launch can go back to the stream (a transient failure, an agent restarted while holding it) and
+    come after the stop of its task. The stop reports the exit at once (the orchestrator waits for it), and
+    the launch that comes later, here after a restart of the agent, starts nothing: the task's cells may be
+    someone else's by then."""
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    data = tmp_path / "agent"
+    agent = _agent(fresh_nats, mongo_server, data)
+    name, node = agent.app.name, agent.node
+    job = "alice~overtaken"
+    await agent.app.start()
+    try:
+        await fresh_bus.send_command(
+            KillTask(job_key=job, attempt_id=0, task_role="worker", index=0, node=node,
+                     reason="attempt completed: stopped by alice", grace_period_s=30.0),
+            node,
+        )  # fmt: skip
+        ended = await events.wait_until(_exited(job))
+        assert (ended.exit_code, ended.signal) == (143, 15)
+        assert "stopped before it was launched" in ended.log_tail and "stopped by alice" in ended.log_tail
+    finally:
+        await agent.app.stop()
+
+    again = _agent(fresh_nats, mongo_server, data, node=node)
+    again.app.name = name
+    await again.app.start()
+    try:
+        await fresh_bus.send_command(_launch(again, job, "worker", 0, "sleep 300"), node)
+        # A task launched after it, on the same agent: once it runs, the late launch was handled.
+        await fresh_bus.send_command(_launch(again, job, "worker", 1, "true"), node)
+        await events.wait_until(_exited(job, "worker", 1))
+        await events.drain(0.3)
+        assert [e.index for e in events.of(TaskRunning) if e.job_key == job] == [1]
+        assert len([e for e in events.of(TaskExited) if e.job_key == job and e.index == 0]) == 1
+        run = await again.app.db[again.runs_collection].find_one({"_id": f"{job}/0/worker/0/0"})
+        assert run is not None and run["status"] == "exited" and run["never_launched"] is True
+    finally:
+        await again.app.stop()
