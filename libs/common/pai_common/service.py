@@ -13,6 +13,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from pai_common import event_loop
 from pai_common.bookkeeping import supports_one_request
 from pai_common.bus import COMMANDS_STREAM, EVENTS_STREAM, Bus, RpcHandler
 from pai_common.consumer import (
@@ -300,4 +301,4 @@ class ServiceApp:
 
     def run(self) -> None:
         setup_logging(self.name, self.settings.log_level)
-        asyncio.run(self.serve_until_signalled())
+        event_loop.run(self.serve_until_signalled())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pai_common import event_loop
 from pai_common.health import HealthServer, announce
 from pai_common.logs import setup_logging
 from pai_portal.app import build_app
@@ -54,4 +55,4 @@ def main() -> None:
     setup_logging("portal", settings.log_level)
     # One line per API call at INFO would drown the portal's own log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings))

@@ -28,6 +28,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundErro
 from nats.js.kv import KeyValue
 from pydantic import Field, model_validator
 
+from pai_common import event_loop
 from pai_common.bus import Bus
 from pai_common.health import HealthServer
 from pai_common.logs import setup_logging
@@ -201,4 +202,4 @@ async def _lead(app: ServiceApp, lease: Lease, ls: LeaseSettings, stop: asyncio.
 def run(app: ServiceApp) -> None:
     """The scheduler's entry point: ``ServiceApp.run`` behind the lease."""
     setup_logging(app.name, app.settings.log_level)
-    asyncio.run(serve_with_lease(app))
+    event_loop.run(serve_with_lease(app))

@@ -113,6 +113,12 @@ async def register(bus: Bus, node: str, gpus: int, unhealthy: tuple[int, ...] = 
     )
 
 
+async def register_cluster(bus: Bus) -> None:
+    """Every node of CLUSTER registers: two A100 nodes of 4 and the K80 node of 2."""
+    for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
+        await register(bus, node, n)
+
+
 async def test_sku_types_queueing_restart_and_views(
     fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
 ) -> None:
@@ -126,8 +132,7 @@ async def test_sku_types_queueing_restart_and_views(
         await fresh_bus.publish_event(gang("u~k80", 2, sku_types=["K80"]))
         pending = await events.wait_for(SchedulingPending, "u~k80")
         assert "K80" in pending.reason
-        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
-            await register(fresh_bus, node, n)
+        await register_cluster(fresh_bus)
         placed = await events.wait_for(SchedulingAllocated, "u~k80")
         assert [(p.node, sorted(p.gpus)) for p in placed.placements] == [("k0.ec2.internal", [0, 1])]
         assert placed.placements[0].host_ip == "10.0.0.15"  # the test gives 10.0.0.<len(name)>
@@ -197,8 +202,7 @@ async def test_silent_nodes_go_bad_and_come_back(
     try:
         events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
         await events.start()
-        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
-            await register(fresh_bus, node, n)
+        await register_cluster(fresh_bus)
         # a0 and a1 keep beating; k0.ec2.internal falls silent and is reported bad, and nothing new lands
         # there.
         changes: list[NodeHealthChanged] = []
@@ -294,8 +298,7 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
     app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
-        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
-            await register(fresh_bus, node, n)
+        await register_cluster(fresh_bus)
         await fresh_bus.publish_event(gang("u~on-k80", 2, sku_types=["K80"]))
         await fresh_bus.publish_event(gang("u~on-a100", 4, sku_types=["A100"]))
         await events.wait_for(SchedulingAllocated, "u~on-k80")
@@ -429,8 +432,7 @@ async def test_pods_without_gang_allocation_run_as_capacity_allows(
     app = scheduler_app(fresh_nats, mongo_server, cluster, f"sched{uuid.uuid4().hex[:8]}", tmp_path)
     await app.start()
     try:
-        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
-            await register(fresh_bus, node, n)
+        await register_cluster(fresh_bus)
         # A pod that can never fit (5 GPUs on 4-GPU nodes) refuses the whole attempt, none of it starts.
         refused = pod_request(2, gang=False).model_copy(update={"job_key": "u~refused"})
         refused = refused.model_copy(
@@ -507,8 +509,7 @@ async def test_a_batch_is_decided_on_one_load_and_saved_once(
     db = f"sched{uuid.uuid4().hex[:8]}"
     events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
     await events.start()
-    for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
-        await register(fresh_bus, node, n)
+    await register_cluster(fresh_bus)
     await fresh_bus.publish_event(gang("u~first", 4, sku_types=["A100"]))
     await fresh_bus.publish_event(gang("u~queued", 1, sku_types=["A100"]))
     await fresh_bus.publish_event(gang("u~brief", 2, sku_types=["K80"]))
@@ -553,8 +554,7 @@ async def test_a_request_overtaken_by_its_attempts_end_allocates_nothing_even_af
     app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
-        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
-            await register(fresh_bus, node, n)
+        await register_cluster(fresh_bus)
         # The usual order leaves no tombstone behind.
         await fresh_bus.publish_event(gang("u~usual", 1, sku_types=["A100"]))
         await events.wait_for(SchedulingAllocated, "u~usual")
@@ -602,8 +602,7 @@ async def test_node_addresses_are_read_once_and_again_after_a_registration(
     app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
     await app.start()
     try:
-        for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
-            await register(fresh_bus, node, n)
+        await register_cluster(fresh_bus)
         await fresh_bus.publish_event(gang("u~first", 1, sku_types=["A100"]))
         first = await events.wait_for(SchedulingAllocated, "u~first")
         assert first.placements[0].host_ip == "10.0.0.2"

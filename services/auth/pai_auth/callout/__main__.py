@@ -15,6 +15,7 @@ from pai_auth.callout.decision import Policy
 from pai_auth.callout.responder import CalloutResponder
 from pai_auth.callout.review import TokenReviewer, connect
 from pai_auth.callout.settings import CalloutSettings
+from pai_common import event_loop
 from pai_common.bus import Bus
 from pai_common.health import HealthServer
 from pai_common.logs import setup_logging
@@ -59,7 +60,7 @@ async def _main(settings: CalloutSettings) -> None:
 def main() -> None:
     settings = CalloutSettings()
     setup_logging(NAME, settings.log_level)
-    asyncio.run(_main(settings))
+    event_loop.run(_main(settings))
 
 
 if __name__ == "__main__":

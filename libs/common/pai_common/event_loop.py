@@ -1,0 +1,39 @@
+"""The event loop a service process runs on: uvloop's where it is installed, asyncio's otherwise.
+
+Every service is a loop of small messages (bus deliveries, database round trips, HTTP requests), so the
+loop's own cost (its scheduling, its socket transports) is a real share of each job's CPU; uvloop runs
+both in C (libuv). ``PAI_EVENT_LOOP=asyncio`` keeps the standard loop (to compare, or where uvloop
+misbehaves); uvloop does not exist on Windows, where the standard loop is used. Measured effect:
+``benchmarks/RESULTS.md`` (issue 17).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ENV = "PAI_EVENT_LOOP"
+
+
+def chosen() -> str:
+    """``uvloop`` or ``asyncio``: what ``run`` will use in this process."""
+    if os.environ.get(ENV, "uvloop").strip().lower() == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on the chosen loop."""
+    if chosen() == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
