@@ -521,14 +521,7 @@ class Agent:
         ended, so that the launch, when it comes, starts nothing (its cells may be someone else's by then),
         and the exit is reported at once: the orchestrator, which waits for it, need not wait out its
         deadline."""
-        template = {
-            "job_key": cmd.job_key,
-            "attempt_id": cmd.attempt_id,
-            "task_role": cmd.task_role,
-            "index": cmd.index,
-            "task_attempt_id": cmd.task_attempt_id,
-            "node": self.node,
-        }
+        template = _template(cmd, self.node)
         finished = now_ms()
         LaunchBatch.of(ctx, self.runs_collection).add(
             {
@@ -722,7 +715,8 @@ def fpga_env(fpgas: list[DeviceInfo]) -> dict[str, str]:
     }
 
 
-def _template(cmd: LaunchTask, node: str) -> dict[str, Any]:
+def _template(cmd: LaunchTask | KillTask, node: str) -> dict[str, Any]:
+    """The fields every event about one task attempt on this node carries."""
     return {
         "job_key": cmd.job_key,
         "attempt_id": cmd.attempt_id,
