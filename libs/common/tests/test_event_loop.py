@@ -29,3 +29,14 @@ def test_the_standard_loop_where_uvloop_is_missing(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert event_loop.chosen() == "asyncio"
     assert event_loop.run(_loop_module()).startswith("asyncio")
+
+
+def test_a_setting_that_names_no_usable_loop_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(event_loop.ENV, "asynco")
+    with pytest.raises(event_loop.EventLoopSettingError, match="PAI_EVENT_LOOP='asynco': expected one of"):
+        event_loop.chosen()
+    monkeypatch.setenv(event_loop.ENV, " UVLOOP ")
+    assert event_loop.chosen() == "uvloop"
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    with pytest.raises(event_loop.EventLoopSettingError, match="uvloop is not installed"):
+        event_loop.chosen()
