@@ -13,6 +13,11 @@ retries) every caller of the batch gets the batch's error, rather than each tryi
 
 An item whose caller's deadline passed before a writer took it is not written at all: its caller gets
 ``late(item)`` (nothing was done, so it may retry).
+
+With a ``turn`` (the process's one write at a time, shared with other writers), the writer takes it before
+its first batch and keeps it while items keep coming, passing it on only when ``turn.pass_if_due`` says
+another writer has waited long enough. So what arrives while the writer waits for the turn joins the batch,
+and the next batch does not queue behind others' writes again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,16 @@ class _Queued(Generic[T]):
     item: T
     done: asyncio.Future[None]
     deadline: float | None  # event-loop time
+
+
+class WriteTurn(Protocol):
+    """The process's turn to write, held by the writer for as long as items keep coming (admission.Turns)."""
+
+    async def acquire(self) -> None: ...
+
+    async def pass_if_due(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 def _always(exc: Exception) -> bool:
@@ -49,12 +64,14 @@ class GroupCommit(Generic[T]):
         max_batch: int = 64,
         late: Callable[[T], Exception] | None = None,
         split: Callable[[Exception], bool] = _always,
+        turn: WriteTurn | None = None,
     ) -> None:
         self.together = together
         self.alone = alone
         self.key = key
         self.late = late or (lambda item: TimeoutError(f"not stored: no turn in time: {item!r}"))
         self.split = split
+        self.turn = turn
         self.max_batch = max(1, max_batch)
         self._queue: list[_Queued[T]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -88,8 +105,16 @@ class GroupCommit(Generic[T]):
 
     async def _drain(self) -> None:
         batch: list[_Queued[T]] = []
+        held = False
         try:
+            if self.turn is not None:
+                # Taken before the batch, and kept from one batch to the next: what arrives while the
+                # writer waits joins its batch, and the next batch need not queue for the turn again.
+                await self.turn.acquire()
+                held = True
             while self._queue:
+                if self.turn is not None:
+                    await self.turn.pass_if_due()
                 batch = self._take()
                 if not batch:
                     continue  # all of them were late
@@ -122,6 +147,9 @@ class GroupCommit(Generic[T]):
                     queued.done.set_exception(RuntimeError(f"not stored: {exc!r}"))
             self._queue.clear()
             raise
+        finally:
+            if held and self.turn is not None:
+                self.turn.release()
 
     async def _one(self, queued: _Queued[T]) -> None:
         try:

@@ -410,7 +410,7 @@ class JobsService:
         # (measured: submit p50 2.6 s at 8 concurrent, instead of ~0.1 s; and each conflicting batch of
         # events handled again one by one).
         self._turns = Turns()
-        app.serialize_writes(self._turns.guard)
+        app.serialize_writes(self._turns.batch_turn)
         self.admission = Admission(limit=submit_queue_limit())
         self.vcs = VirtualClusterNames(virtual_clusters or self._vc_names)
         # Submissions ready while a write is under way are stored together, in one transaction.
@@ -421,6 +421,8 @@ class JobsService:
             late=self._late,
             # Only a name taken is one submission's own failure; a write that kept conflicting is everyone's.
             split=lambda exc: not isinstance(exc, PyMongoError) or _duplicate_key(exc),
+            # The writer holds the process's turn while submissions keep coming (Turns: they go first).
+            turn=self._turns,
         )
         self._live_wait_paused_until = 0.0  # time.monotonic(); see LIVE_WAIT_PAUSE_S
         app.rpc(
@@ -603,19 +605,19 @@ class JobsService:
 
         async def store(tx: HandlerContext) -> None:
             await store_new_jobs(tx, batch)
-            # Checked last, just before the commit (and at every retry): a batch waits for its turn after
-            # it was taken, and a job committed once its submitter was answered 503 would make that answer
-            # untrue. A late one aborts the batch; it is then written one by one, the late ones refused.
+            # Checked last, just before the commit (and at every retry): a write that conflicts is tried
+            # again for up to STORE_PATIENCE_S, and a job committed once its submitter was answered 503
+            # would make that answer untrue. A late one aborts the batch; it is then written one by one,
+            # the late ones refused.
             late = [new for new in batch if new.deadline <= loop.time()]
             if late:
                 raise self._late(late[0])
 
-        await self._turns.acquire()
+        # The turn is the writer's, held from one batch to the next (GroupCommit's `turn`).
         started = time.monotonic()
         try:
             await self._store(store, started + STORE_PATIENCE_S)
         finally:
-            self._turns.release()
             # Per job: the retry-after estimate counts the submissions waiting, not the batches.
             self.admission.record_write((time.monotonic() - started) / len(batch))
 

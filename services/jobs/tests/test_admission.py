@@ -96,3 +96,79 @@ async def test_without_the_scheduler_only_a_known_name_passes() -> None:
     await vcs.check("default")  # known from the last answer
     with pytest.raises(ServiceUnavailableError):
         await vcs.check("other")  # not known: no answer is not "it does not exist"
+
+
+async def _holds(turns: Turns, order: list[str], name: str, urgent: bool) -> None:
+    """Take a turn (a write's or a batch's), note it, give it back."""
+    if urgent:
+        await turns.acquire()
+        order.append(name)
+        turns.release()
+    else:
+        async with turns.batch_turn():
+            order.append(name)
+
+
+async def test_a_waited_on_write_goes_before_a_batch_that_queued_first() -> None:
+    turns = Turns(batch_patience_s=60)
+    await turns.acquire()
+    order: list[str] = []
+    batch = asyncio.create_task(_holds(turns, order, "batch", urgent=False))
+    await asyncio.sleep(0)
+    write = asyncio.create_task(_holds(turns, order, "write", urgent=True))
+    await asyncio.sleep(0)
+    turns.release()
+    await asyncio.gather(batch, write)
+    assert order == ["write", "batch"]
+
+
+async def test_a_batch_passed_over_for_its_patience_goes_next() -> None:
+    turns = Turns(batch_patience_s=0.05)
+    await turns.acquire()
+    order: list[str] = []
+    batch = asyncio.create_task(_holds(turns, order, "batch", urgent=False))
+    await asyncio.sleep(0.06)  # the batch has waited its patience
+    write = asyncio.create_task(_holds(turns, order, "write", urgent=True))
+    await asyncio.sleep(0)
+    turns.release()
+    await asyncio.gather(batch, write)
+    assert order == ["batch", "write"]
+
+
+async def test_a_holder_keeps_the_turn_until_another_write_or_an_overdue_batch_waits() -> None:
+    turns = Turns(batch_patience_s=0.05)
+    await turns.acquire()
+    order: list[str] = []
+    batch = asyncio.create_task(_holds(turns, order, "batch", urgent=False))
+    await asyncio.sleep(0)
+    await turns.pass_if_due()  # the batch is within its patience: kept
+    assert order == []
+    await asyncio.sleep(0.06)
+    write = asyncio.create_task(_holds(turns, order, "write", urgent=True))
+    await asyncio.sleep(0)
+    await turns.pass_if_due()  # the overdue batch first, then the write that waited, then the turn is back
+    assert order == ["batch", "write"]
+    await asyncio.gather(batch, write)
+    # Held again: a new batch waits until the holder lets go.
+    late_batch = asyncio.create_task(_holds(turns, order, "late batch", urgent=False))
+    await asyncio.sleep(0.01)
+    assert order == ["batch", "write"]
+    turns.release()
+    await late_batch
+    assert order[-1] == "late batch"
+
+
+async def test_a_waiter_cancelled_as_its_turn_came_passes_it_on() -> None:
+    turns = Turns()
+    await turns.acquire()
+    order: list[str] = []
+    first = asyncio.create_task(turns.acquire())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(_holds(turns, order, "second", urgent=True))
+    await asyncio.sleep(0)
+    turns.release()  # handed to `first`, which is cancelled before it runs
+    first.cancel()
+    await asyncio.wait_for(second, 1)
+    assert order == ["second"]
+    assert await turns.acquire_by(asyncio.get_running_loop().time())  # free again: nobody kept it
+    turns.release()

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from pai_jobs.admission import Turns
 from pai_jobs.group_commit import GroupCommit
 
 
@@ -129,3 +130,45 @@ async def test_a_batch_failure_that_is_nobodys_own_goes_to_every_caller_without_
     assert all(isinstance(r, ValueError) and "nothing written" in str(r) for r in results)
     assert store.alone_calls == ["first"]
     assert store.stored == ["first"]
+
+
+async def test_with_a_turn_the_writer_holds_it_across_batches_and_what_came_meanwhile_joins_its_batch() -> (
+    None
+):
+    store = Store(slow_s=0.02)
+    turns = Turns(batch_patience_s=60)
+    group = GroupCommit(store.together, store.alone, key, max_batch=3, turn=turns)
+    await turns.acquire()  # another write of the process holds the turn
+    stores = [asyncio.create_task(group.store(name)) for name in ("a", "b", "c", "d", "e")]
+    await asyncio.sleep(0.01)
+    assert store.stored == []  # all five wait for the turn, none taken yet
+    batch_wrote: list[int] = []
+
+    async def batch() -> None:
+        async with turns.batch_turn():
+            batch_wrote.append(len(store.stored))
+
+    events = asyncio.create_task(batch())  # an event batch queues for the turn too
+    await asyncio.sleep(0)
+    turns.release()
+    await asyncio.gather(*stores, events)
+    # Everything that came while the writer waited is in its first batch (up to max_batch); the writer
+    # kept the turn for its second batch, and the event batch (within its patience) wrote after both.
+    assert group.batches == [3, 2]
+    assert batch_wrote == [5]
+    assert await turns.acquire_by(asyncio.get_running_loop().time())  # given back at the end
+    turns.release()
+
+
+async def test_with_a_turn_the_writer_gives_it_back_when_cancelled() -> None:
+    store = Store(slow_s=10)
+    turns = Turns()
+    group = GroupCommit(store.together, store.alone, key, turn=turns)
+    first = asyncio.create_task(group.store("a"))
+    await asyncio.sleep(0.01)
+    assert group._writer is not None
+    group._writer.cancel()
+    with pytest.raises(RuntimeError, match="not stored"):
+        await first
+    assert await turns.acquire_by(asyncio.get_running_loop().time())
+    turns.release()

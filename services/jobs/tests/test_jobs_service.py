@@ -65,7 +65,7 @@ from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_common.testing import no_storages
 from pai_jobs.protocol import parse_job
-from pai_jobs.shell import COUNTS, JOBS, LIST, JobsService, new_job_document
+from pai_jobs.shell import COUNTERS, COUNTS, JOBS, LIST, SEQ_COUNTER, JobsService, new_job_document
 
 
 def job_yaml(name: str, vc: str = "default", secrets: bool = False, priority: str = "test") -> str:
@@ -601,8 +601,8 @@ async def test_concurrent_submissions_are_stored_together_once_each(
 async def test_a_submission_whose_asker_gave_up_while_it_waited_for_its_turn_is_not_stored(
     nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
 ) -> None:
-    """202 if and only if the job exists: a submission taken for writing, whose turn then came only after
-    its asker stopped waiting (answered 503), is refused rather than committed behind the asker's back."""
+    """202 if and only if the job exists: a submission whose turn to be written came only after its asker
+    stopped waiting (answered 503) is refused rather than committed behind the asker's back."""
     settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
     app = ServiceApp("jobs", settings)
     service = JobsService(app, virtual_clusters=known_vcs)
@@ -616,12 +616,44 @@ async def test_a_submission_whose_asker_gave_up_while_it_waited_for_its_turn_is_
             await asked  # the asker stops waiting while the submission waits for its turn
         service._turns.release()
         writer = service.submissions._writer
-        assert writer is not None and not service.submissions._queue  # it had been taken for writing
+        assert writer is not None and len(service.submissions._queue) == 1  # its writer waited for the turn
         await asyncio.wait_for(writer, 30)  # it runs now, and must refuse it
         assert await app.db[JOBS].count_documents({}) == 0
         with pytest.raises(NoJobError):
             await client.request(GetJobRequest(job_key="alice~late"), JobDetailReply)
         # The next submission is stored as usual.
+        assert await client.request(submit("next"), SubmitJobReply, timeout=30)
+    finally:
+        await app.stop()
+
+
+async def test_a_submission_whose_write_kept_conflicting_past_its_askers_patience_is_not_stored(
+    nats_srv: ServerProcess, mongo_server: ServerProcess, client: Bus, tmp_path: Path
+) -> None:
+    """The same truth when the submission had its turn and was taken, but its transaction kept meeting a
+    write conflict (another replica's transaction holding the job counter) until its asker had been
+    answered 503: checked again just before the commit, it is refused, not committed."""
+    settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
+    app = ServiceApp("jobs", settings)
+    service = JobsService(app, virtual_clusters=known_vcs)
+    app.rpc({ResolveStoragesRequest: no_storages})
+    app.name = f"jobs{uuid.uuid4().hex[:8]}"
+    await app.start()
+    try:
+        async with app.mongo.start_session() as other:
+            await other.start_transaction()
+            await app.db[COUNTERS].update_one(
+                {"_id": SEQ_COUNTER}, {"$inc": {"value": 1}}, upsert=True, session=other
+            )
+            asked = asyncio.create_task(client.request(submit("stuck"), SubmitJobReply, timeout=2.5))
+            with pytest.raises(ServiceUnavailableError):
+                await asked
+            writer = service.submissions._writer
+            assert writer is not None and not service.submissions._queue  # taken: its write was under way
+            await other.abort_transaction()
+        await asyncio.wait_for(writer, 30)  # its next try gets through the counter, and must refuse it
+        assert await app.db[JOBS].count_documents({}) == 0
+        assert service.submissions.batches == [1]
         assert await client.request(submit("next"), SubmitJobReply, timeout=30)
     finally:
         await app.stop()
