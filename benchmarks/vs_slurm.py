@@ -470,6 +470,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_raw(
+    path: Path, args: argparse.Namespace, phases: Sequence[PhaseResult], startups: list[float]
+) -> None:
+    """The raw outcomes of every phase run, from which each printed figure can be computed again."""
+    path.write_text(
+        json.dumps(
+            {
+                "machine": describe(),
+                "args": vars(args) | {"profile": None, "raw": None, "data_dir": None},
+                "phases": [p.raw() for p in phases],
+                "startups_s": startups,
+            },
+            separators=(",", ":"),
+        )
+    )
+    print(f"raw outcomes in {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -511,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"flame graphs in {args.profile}")
         finally:
             running.stop()
+        if args.raw is not None:
+            write_raw(args.raw, args, phases, startups)
         print(json.dumps({"phases": [p.figures() for p in phases]}, sort_keys=True))
         return 0
 
@@ -560,18 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RAW_DIR.mkdir(exist_ok=True)
         raw_path = RAW_DIR / f"vs_slurm-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}.json"
     if raw_path is not None:
-        raw_path.write_text(
-            json.dumps(
-                {
-                    "machine": describe(),
-                    "args": vars(args) | {"profile": None, "raw": None, "data_dir": None},
-                    "phases": [p.raw() for p in phases],
-                    "startups_s": startups,
-                },
-                separators=(",", ":"),
-            )
-        )
-        print(f"raw outcomes in {raw_path}")
+        write_raw(raw_path, args, phases, startups)
     if args.record and not failed:
         record(args, argv, figures, summary, raw_path, version())
     print(json.dumps({"summary": summary, "phases": figures}, sort_keys=True))
