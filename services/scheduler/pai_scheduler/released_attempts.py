@@ -8,11 +8,13 @@ give them back. So a completion that finds nothing of its attempt leaves a tombs
 meets one is dropped and takes it away.
 
 Tombstones are stored with the allocator's state (in the same transaction, one document each), so they
-outlive a restart. One whose request never comes is forgotten after ``KEEP_S``: an attempt that ended
-before it asked, whose request was refused, or placed pod by pod whose every pod was released by its
-task's completion. While the scheduler runs, a request lags at most a redelivery delay (naks back off to
-30 s, an unacknowledged message comes back after the 60 s ack wait) behind what overtook it; an hour is far
-beyond that. A request replayed from the dead letters later than that is not guarded.
+outlive a restart. An attempt placed pod by pod whose every pod its tasks' completions released leaves
+none (its request was applied: the shell keeps such attempts until their end), unless the scheduler
+restarted meanwhile. One whose request never comes is forgotten after ``KEEP_S``: an attempt that ended
+before it asked, whose request was refused, or the one of a restart just named. While the scheduler
+runs, a request lags at most a redelivery delay (naks back off to 30 s, an unacknowledged message comes
+back after the 60 s ack wait) behind what overtook it; an hour is far beyond that. A request replayed from
+the dead letters later than that is not guarded.
 """
 
 from __future__ import annotations

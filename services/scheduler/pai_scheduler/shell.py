@@ -128,6 +128,11 @@ class _Batch:
     version: int
     docs: state_layout.Documents | None  # as stored at ``version``: what the save compares with
     stored_released: ReleasedAttempts  # as stored at ``version``
+    # Attempts placed pod by pod of which a task's completion released a pod: their request was applied,
+    # so their end needs no tombstone even when every pod is gone by then (the usual path of such an
+    # attempt). Kept in memory until the attempt's end; a restart forgets them, which only leaves a
+    # tombstone, forgotten after KEEP_S.
+    pods_released: set[str]
     released: ReleasedAttempts = field(init=False)
     _preempting: dict[str, Preempting] = field(default_factory=dict)
 
@@ -180,6 +185,8 @@ class Scheduler:
         # what `scheduler.pending` answers, and (by gist) what the reason documents hold.
         self._waiting: dict[str, list[Any]] | None = None
         self._waiting_at: int | None = None  # the allocator's version _waiting was committed with
+        # As committed: attempts placed pod by pod of which a task's completion released a pod (_Batch).
+        self._pods_released: set[str] = set()
         app.on_startup(self._load_config)
         app.on_startup(self._follow_heartbeats)
         app.background(self._watch_nodes)
@@ -436,8 +443,14 @@ class Scheduler:
             stored = await self._read(ctx, trust_cache=True)
             self._cached = None  # mutated by the batch; valid again only once committed
             batch = ctx.memo[BATCH_MEMO] = _Batch(
-                stored.alloc, stored.marks.copy(), stored.version, stored.docs, stored.released
+                stored.alloc,
+                stored.marks.copy(),
+                stored.version,
+                stored.docs,
+                stored.released,
+                set(self._pods_released),
             )
+            ctx.on_commit(partial(setattr, self, "_pods_released", batch.pods_released))
             if stored.host_ips is not None:
                 ctx.memo[HOST_IPS_MEMO] = stored.host_ips
 
@@ -523,16 +536,18 @@ class Scheduler:
             attempt = alloc_key(body.job_key, body.attempt_id)
             if pods and not any(isinstance(d, Released) and d.key == attempt for d in decisions):
                 decisions.append(Released(attempt))
-            if not found and not pods:  # its request may still come: it must allocate nothing then
-                batch.released.remember(attempt, now)
+            if not found and not pods and attempt not in batch.pods_released:
+                batch.released.remember(attempt, now)  # its request may still come: it must allocate nothing
+            batch.pods_released.discard(attempt)
         elif isinstance(body, JobTaskCompleted):
             # One of the two: a task placed on its own, or an elastic job's growth task.
-            decisions = []
-            for key in (
-                pod_key(body.job_key, body.attempt_id, body.task_role, body.index),
-                growth_key(body.job_key, body.attempt_id, body.task_role, body.index),
-            ):
-                decisions += alloc.release(key, now=now)
+            pod = pod_key(body.job_key, body.attempt_id, body.task_role, body.index)
+            decisions = alloc.release(pod, now=now)
+            if decisions:
+                batch.pods_released.add(alloc_key(body.job_key, body.attempt_id))
+            decisions += alloc.release(
+                growth_key(body.job_key, body.attempt_id, body.task_role, body.index), now=now
+            )
         else:
             raise TypeError(f"scheduler has no handler for {env.type}")
         decided = time.perf_counter() - started

@@ -560,6 +560,28 @@ async def test_a_request_overtaken_by_its_attempts_end_allocates_nothing_even_af
         await events.wait_for(SchedulingAllocated, "u~usual")
         await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~usual", attempt_id=0, exit_code=0))
         await events.wait_for(SchedulingReleased, "u~usual")
+        # Nor do attempts placed pod by pod whose every pod was released by its task's completion before
+        # the attempt ended: in an earlier transaction (u~pods, a placement in between marks it) or in the
+        # same batch (u~pods2, published back to back).
+        for job in ("u~pods", "u~pods2"):
+            await fresh_bus.publish_event(pod_request(2, gang=False).model_copy(update={"job_key": job}))
+            for i in range(2):
+                await events.wait_until(
+                    lambda e, i=i, job=job: (
+                        isinstance(e, SchedulingAllocated) and e.job_key == job and e.placements[0].index == i
+                    )
+                )
+            for i in range(2):
+                await fresh_bus.publish_event(
+                    JobTaskCompleted(job_key=job, attempt_id=2, task_role="w", index=i)
+                )
+            if job == "u~pods":
+                await fresh_bus.publish_event(gang("u~between", 1, sku_types=["K80"]))
+                await events.wait_for(SchedulingAllocated, "u~between")
+                await fresh_bus.publish_event(
+                    JobAttemptCompleted(job_key="u~between", attempt_id=0, exit_code=0)
+                )
+            await fresh_bus.publish_event(JobAttemptCompleted(job_key=job, attempt_id=2, exit_code=0))
         # The completion first: nothing to release, a tombstone.
         await fresh_bus.publish_event(JobAttemptCompleted(job_key="u~late", attempt_id=0, exit_code=137))
         await fresh_bus.publish_event(gang("u~marker", 1, sku_types=["K80"]))
