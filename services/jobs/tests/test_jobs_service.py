@@ -162,6 +162,18 @@ async def _state_is(client: Bus, key: str, state: str) -> None:
     assert detail["jobStatus"]["state"] == state
 
 
+async def started_service(
+    nats: ServerProcess, mongo: ServerProcess, data: Path
+) -> tuple[ServiceApp, JobsService]:
+    """A started jobs service with a database of its own; storages resolve to none."""
+    app = ServiceApp("jobs", Settings(nats_url=nats.url, mongo_url=mongo.url, data_dir=data))
+    service = JobsService(app, virtual_clusters=known_vcs)
+    app.rpc({ResolveStoragesRequest: no_storages})
+    app.name = f"jobs{uuid.uuid4().hex[:8]}"
+    await app.start()
+    return app, service
+
+
 def submit(name: str, user: str = "alice", **kwargs: Any) -> SubmitJobRequest:
     return SubmitJobRequest(
         username=user, virtual_clusters=["default"], protocol_yaml=job_yaml(name, **kwargs)
@@ -552,12 +564,7 @@ async def test_concurrent_submissions_are_stored_together_once_each(
 ) -> None:
     published = Published(client)
     await published.start()
-    settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
-    app = ServiceApp("jobs", settings)
-    service = JobsService(app, virtual_clusters=known_vcs)
-    app.rpc({ResolveStoragesRequest: no_storages})
-    app.name = f"jobs{uuid.uuid4().hex[:8]}"
-    await app.start()
+    app, service = await started_service(nats_srv, mongo_server, tmp_path)
     try:
         await client.request(submit("taken"), SubmitJobReply)
         names = [f"burst{i}" for i in range(12)]
@@ -603,12 +610,7 @@ async def test_a_submission_whose_asker_gave_up_while_it_waited_for_its_turn_is_
 ) -> None:
     """202 if and only if the job exists: a submission whose turn to be written came only after its asker
     stopped waiting (answered 503) is refused rather than committed behind the asker's back."""
-    settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
-    app = ServiceApp("jobs", settings)
-    service = JobsService(app, virtual_clusters=known_vcs)
-    app.rpc({ResolveStoragesRequest: no_storages})
-    app.name = f"jobs{uuid.uuid4().hex[:8]}"
-    await app.start()
+    app, service = await started_service(nats_srv, mongo_server, tmp_path)
     try:
         await service._turns.acquire()  # a long write of this process (another batch, an event handler)
         asked = asyncio.create_task(client.request(submit("late"), SubmitJobReply, timeout=2.5))
@@ -633,12 +635,7 @@ async def test_a_submission_whose_write_kept_conflicting_past_its_askers_patienc
     """The same truth when the submission had its turn and was taken, but its transaction kept meeting a
     write conflict (another replica's transaction holding the job counter) until its asker had been
     answered 503: checked again just before the commit, it is refused, not committed."""
-    settings = Settings(nats_url=nats_srv.url, mongo_url=mongo_server.url, data_dir=tmp_path)
-    app = ServiceApp("jobs", settings)
-    service = JobsService(app, virtual_clusters=known_vcs)
-    app.rpc({ResolveStoragesRequest: no_storages})
-    app.name = f"jobs{uuid.uuid4().hex[:8]}"
-    await app.start()
+    app, service = await started_service(nats_srv, mongo_server, tmp_path)
     try:
         async with app.mongo.start_session() as other:
             await other.start_transaction()
