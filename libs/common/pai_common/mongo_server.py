@@ -28,6 +28,10 @@ it changes (``pai_common.mongo_index_diff``), documents are copied with a copier
 (``pai_common.mongo_document_copy``), WiredTiger's keys and values are packed with a plan per format
 (``pai_common.wiredtiger_packing``), and a ``bulkWrite``'s consecutive inserts into one collection are one
 statement (``pai_common.mongo_bulk_inserts``).
+
+One change is a fix, not a saving: a deleteMany or updateMany outside a transaction waits out a write
+conflict without holding its collection's lock (``pai_common.mongo_conflict_waits``); holding it, it could
+deadlock with the transaction it waited for, and stall the whole server.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING
 
 from pai_common import deferred_geo
 from pai_common.mongo_bulk_inserts import group_bulk_write_inserts
+from pai_common.mongo_conflict_waits import wait_conflicts_unlocked
 from pai_common.mongo_document_copy import copy_documents_faster
 from pai_common.mongo_index_diff import rewrite_changed_index_entries
 from pai_common.mongo_index_memo import memoize_index_reads
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     deferred_geo.defer()
     from secantus import SecantusDBServer
 
+    wait_conflicts_unlocked()  # first: the patches below wrap the same methods in its retry
     memoize_index_reads()
     rewrite_changed_index_entries()
     copy_documents_faster()
