@@ -97,14 +97,13 @@ class Turns:
         back = _Waiter(loop.create_future(), True, loop.time())
         self._queue.append(back)
         chosen.turn.set_result(None)
+        # Waited for even when cancelled: the others' writes are bounded, and the turn must come back.
         cancelled = False
         while not back.turn.done():
             try:
                 await asyncio.shield(back.turn)
             except asyncio.CancelledError:
-                cancelled = (
-                    True  # still waited for: the others' writes are bounded, and the turn must come back
-                )
+                cancelled = True
         if cancelled:
             raise asyncio.CancelledError
 
