@@ -113,6 +113,17 @@ async def register(bus: Bus, node: str, gpus: int, unhealthy: tuple[int, ...] = 
     )
 
 
+async def recording_scheduler(
+    nats: ServerProcess, mongo: ServerProcess, bus: Bus, cluster: Path, db: str, data: Path
+) -> tuple[ServiceApp, EventRecorder]:
+    """A started scheduler on database ``db``, and a recorder of the scheduling events, started first."""
+    events = EventRecorder(bus, "pai.evt.scheduling.>")
+    await events.start()
+    app = scheduler_app(nats, mongo, cluster, db, data)
+    await app.start()
+    return app, events
+
+
 async def register_cluster(bus: Bus) -> None:
     """Every node of CLUSTER registers: two A100 nodes of 4 and the K80 node of 2."""
     for node, n in (("a0", 4), ("a1", 4), ("k0.ec2.internal", 2)):
@@ -123,10 +134,7 @@ async def test_sku_types_queueing_restart_and_views(
     fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, cluster_file: Path, tmp_path: Path
 ) -> None:
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
-    await events.start()
-    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
-    await app.start()
+    app, events = await recording_scheduler(fresh_nats, mongo_server, fresh_bus, cluster_file, db, tmp_path)
     try:
         # Before its agent registers, a node is bad: a K80 job waits and says so.
         await fresh_bus.publish_event(gang("u~k80", 2, sku_types=["K80"]))
@@ -293,10 +301,7 @@ async def test_a_changed_cluster_config_keeps_what_fits_and_stops_what_lost_its_
     from pai_common.contract.events import SchedulingLost
 
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
-    await events.start()
-    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
-    await app.start()
+    app, events = await recording_scheduler(fresh_nats, mongo_server, fresh_bus, cluster_file, db, tmp_path)
     try:
         await register_cluster(fresh_bus)
         await fresh_bus.publish_event(gang("u~on-k80", 2, sku_types=["K80"]))
@@ -333,10 +338,7 @@ async def test_cpu_only_jobs_run_on_cpu_only_nodes(
     inventory = tmp_path / "cluster.csv"
     inventory.write_text("node,leaf_type,leaf_count,cpu,memory_mb\ng0,V100,2,16,131072\nc0,,0,8,32768\n")
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
-    await events.start()
-    app = scheduler_app(fresh_nats, mongo_server, inventory, db, tmp_path)
-    await app.start()
+    app, events = await recording_scheduler(fresh_nats, mongo_server, fresh_bus, inventory, db, tmp_path)
     try:
         for node, n in (("g0", 2), ("c0", 0)):
             await register(fresh_bus, node, n)
@@ -549,10 +551,7 @@ async def test_a_request_overtaken_by_its_attempts_end_allocates_nothing_even_af
     its attempt: the completion leaves a tombstone with the allocator's state, and the request that meets
     it takes no cells, also when the scheduler restarted between the two."""
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
-    await events.start()
-    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
-    await app.start()
+    app, events = await recording_scheduler(fresh_nats, mongo_server, fresh_bus, cluster_file, db, tmp_path)
     try:
         await register_cluster(fresh_bus)
         # The usual order leaves no tombstone behind.
@@ -619,10 +618,7 @@ async def test_node_addresses_are_read_once_and_again_after_a_registration(
     """A placement names its node's address. The addresses read by a committed transaction serve the next
     ones without a read of the nodes, until a node registers again (with a new address, say)."""
     db = f"sched{uuid.uuid4().hex[:8]}"
-    events = EventRecorder(fresh_bus, "pai.evt.scheduling.>")
-    await events.start()
-    app = scheduler_app(fresh_nats, mongo_server, cluster_file, db, tmp_path)
-    await app.start()
+    app, events = await recording_scheduler(fresh_nats, mongo_server, fresh_bus, cluster_file, db, tmp_path)
     try:
         await register_cluster(fresh_bus)
         await fresh_bus.publish_event(gang("u~first", 1, sku_types=["A100"]))
