@@ -68,17 +68,13 @@ class Turns:
     _queue: deque[_Waiter] = field(default_factory=deque)
 
     async def acquire(self) -> None:
-        """The turn of a write someone waits on."""
-        await self._take(urgent=True, deadline=None)
-
-    async def acquire_by(self, deadline: float) -> bool:
-        """Wait for a write's turn until `deadline` (event-loop time); False when it did not come."""
-        return await self._take(urgent=True, deadline=deadline)
+        """The turn of a write someone waits on. A waiter cancelled (its caller's timeout) keeps no turn."""
+        await self._take(urgent=True)
 
     @contextlib.asynccontextmanager
     async def batch_turn(self) -> AsyncIterator[None]:
         """The turn of an event handlers' batch, as an ``async with`` (``ServiceApp.serialize_writes``)."""
-        await self._take(urgent=False, deadline=None)
+        await self._take(urgent=False)
         try:
             yield
         finally:
@@ -137,28 +133,15 @@ class Turns:
             None,
         )
 
-    async def _take(self, urgent: bool, deadline: float | None) -> bool:
+    async def _take(self, urgent: bool) -> None:
         if not self._held:
             self._held = True
-            return True
+            return
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), urgent, loop.time())
         self._queue.append(waiter)
-        return await self._wait(waiter, deadline)
-
-    async def _wait(self, waiter: _Waiter, deadline: float | None) -> bool:
-        loop = asyncio.get_running_loop()
         try:
-            if deadline is None:
-                await asyncio.shield(waiter.turn)
-            else:
-                await asyncio.wait_for(asyncio.shield(waiter.turn), max(deadline - loop.time(), 0.0))
-            return True
-        except TimeoutError:
-            if waiter.turn.done():
-                return True  # the turn came as the deadline passed: take it
-            waiter.turn.cancel()
-            return False
+            await asyncio.shield(waiter.turn)
         except asyncio.CancelledError:
             if waiter.turn.done() and not waiter.turn.cancelled():
                 self.release()  # given as the waiter was cancelled: passed on, not kept
