@@ -17,7 +17,8 @@ at every statement and every commit, through the last transaction of every sessi
 lock all statements take: about 1.4 µs per session, 140 µs with the hundred-odd sessions of a running
 platform, and 15-25% of the shared server's CPU under a burst of jobs (issue 17; py-spy). A transaction
 idle past its lifetime is then reaped up to that interval later, which no client can tell from a slower
-reaper.
+reaper. A thread also looks every second (``reap_while_idle``): a transaction left open by a killed client
+must be reaped even when no statement comes, for the platform may be waiting on its very writes.
 
 It writes no oplog (``without_oplog``). SecantusDB keeps one as a replica set does, for change streams, at
 a BSON encode and a table write per document written; no service reads a change stream (they learn of
@@ -41,6 +42,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -61,6 +63,8 @@ if TYPE_CHECKING:  # importing secantus imports the whole server: main() does, a
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 0.25
+# How often idle transactions are looked for when no statement comes (reap_while_idle).
+IDLE_REAP_EVERY_S = 1.0
 
 
 def throttle_reaping(
@@ -86,6 +90,29 @@ def throttle_reaping(
 
     registry._prune_locked = throttled  # type: ignore[method-assign]
     return True
+
+
+def reap_while_idle(registry: TransactionRegistry, every_s: float) -> threading.Thread:
+    """Look for idle transactions every ``every_s`` from a thread of its own, not only when a statement comes.
+
+    SecantusDB reaps at statements and commits only. A transaction whose client was killed holds its
+    writes until it is reaped, and a platform waiting on that very write sends no statement: on the e2e
+    test that kills the scheduler, its restart's outbox clean-up (a deleteMany) met the dead scheduler's
+    open transaction, nothing else ran, and the scheduler was not ready after 60 s (seen in a full run,
+    2026-12-07). The thread takes the registry's lock as a statement's reaping does.
+    """
+
+    def loop() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                registry.prune_expired()
+            except Exception as exc:  # the next round tries again; a reaper must not die of one failure
+                log.warning("idle transactions not reaped this round: %r", exc)
+
+    thread = threading.Thread(target=loop, name="pai-idle-reaper", daemon=True)
+    thread.start()
+    return thread
 
 
 def without_oplog(server: SecantusDBServer) -> None:
@@ -133,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     without_oplog(server)
     throttle_reaping(server.transactions, REAP_INTERVAL_S)
+    reap_while_idle(server.transactions, IDLE_REAP_EVERY_S)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.stop()  # closes the storage cleanly

@@ -7,11 +7,15 @@ transaction idle past its lifetime must still be reaped, only up to that interva
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+from pymongo import MongoClient
 from secantus import SecantusDBServer
 from secantus.transactions import TransactionRegistry, TxnState
 
+from pai_common.embedded import launch_mongo
 from pai_common.mongo_server import REAP_INTERVAL_S, throttle_reaping
 
 LIFETIME_S = 10.0
@@ -71,3 +75,44 @@ def test_the_installed_secantusdb_has_the_step_the_throttle_replaces(tmp_path: P
         assert throttle_reaping(server.transactions, REAP_INTERVAL_S)
     finally:
         server.stop()
+
+
+def test_a_killed_clients_transaction_is_reaped_with_no_other_statement_coming(tmp_path: Path) -> None:
+    """A transaction left open by a client killed mid-way is reaped even when no other statement arrives
+    (`reap_while_idle`): a deleteMany of what it wrote then completes. On SecantusDB's reaping alone
+    (at statements only), the deleteMany waited for good."""
+    server = launch_mongo(tmp_path, options=["--transaction-lifetime-s", "2"])
+    server.wait_listening(60)
+    try:
+        with MongoClient(server.url) as setup:
+            setup["pai_scheduler"]["outbox"].insert_many([{"_id": i} for i in range(3)])
+        killed = subprocess.Popen(
+            [sys.executable, "-c", OPEN_A_TRANSACTION_AND_WAIT, server.url],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert killed.stdout is not None and killed.stdout.readline().strip() == "in transaction"
+        finally:
+            killed.kill()
+            killed.wait()
+        # Nothing else talks to the server: only the idle reaper can end that transaction.
+        with MongoClient(server.url, socketTimeoutMS=30_000) as later:
+            outbox = later["pai_scheduler"]["outbox"]
+            assert outbox.delete_many({"_id": {"$in": [0, 1]}}).deleted_count == 2
+            assert [d["_id"] for d in outbox.find()] == [2]
+    finally:
+        server.stop()
+
+
+# The killed client: a transaction that deletes a document, then a wait that only SIGKILL ends.
+OPEN_A_TRANSACTION_AND_WAIT = """
+import sys, time
+from pymongo import MongoClient
+client = MongoClient(sys.argv[1])
+session = client.start_session()
+session.start_transaction()
+client["pai_scheduler"]["outbox"].delete_one({"_id": 1}, session=session)
+print("in transaction", flush=True)
+time.sleep(600)
+"""
