@@ -10,7 +10,8 @@ prints per job:
   removes, other commands; a transaction's commit is not counted under a namespace, so it is only in the
   server's total ``numRequests``), with the idle rate over the phase's length taken off;
 - the JetStream streams' messages (events, commands);
-- each process's CPU-seconds (``/proc``: its own counters, so little moved by other work on the machine).
+- each process's CPU-seconds (``/proc``: its own counters, so little moved by other work on the machine);
+  and, from the idle measurement, each process's CPU per second of idling (``idle_cpu_ms_per_s_by_process``).
 
 These counts do not depend on the machine's load except through batch sizes. ``--json FILE`` keeps the
 raw figures. Run: ``python benchmarks/requests_per_job.py --data-dir .pai --password PW --jobs 100``.
@@ -171,6 +172,9 @@ def main() -> None:
         "cpu_ms_per_job": {k: round(v * 1000 / args.jobs, 1) for k, v in by_cpu},
         "cpu_ms_per_job_all": round(sum(cpu.values()) * 1000 / args.jobs, 1),
         "idle_cpu_ms_per_s": round(idle_cpu * 1000, 1),
+        "idle_cpu_ms_per_s_by_process": {
+            k: round(v * 1000, 1) for k, v in sorted(idle_cpu_rate.items(), key=lambda c: -c[1])
+        },
         # What the jobs cost beyond the platform's idle work over the same span.
         "cpu_ms_per_job_net": {k: round(v * 1000 / args.jobs, 1) for k, v in by_net},
         "cpu_ms_per_job_net_all": round(sum(v for _, v in by_net) * 1000 / args.jobs, 1),
