@@ -46,10 +46,10 @@ PROCESSED_TTL_S = 8 * 24 * 3600
 # How long one fetch waits for a first message; then how long it gives the server to hand over the
 # messages pending behind it (it answers at once; the bound is for a slow answer or a race). The first wait
 # ends as soon as a message comes, so its length costs no latency; what it costs is an idle consumer's
-# rounds: each one a pull request, its expiry and a wake-up. At 0.5 s, those rounds were 40% of an idle
-# platform's CPU (68 against 40 ms/s, issue 17). A stop and a lost connection end the wait at once
-# (``_first``); a pull request lost some other way (a JetStream consumer's leader moving in a cluster)
-# holds the consumer up to this long.
+# rounds: each one a pull request, its expiry and a wake-up. At 0.5 s, an idle platform spent 22-35% more
+# CPU, NATS 2.5 times as much (benchmarks/RESULTS.md, 2026-12-07 18:00). A stop and a lost connection end
+# the wait at once (``_first``); a pull request lost some other way (a JetStream consumer's leader moving
+# in a cluster) holds the consumer up to this long.
 FETCH_WAIT_S = 5.0
 MORE_WAIT_S = 0.05
 
