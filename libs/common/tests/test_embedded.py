@@ -18,7 +18,8 @@ import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from pai_common import embedded
-from pai_common.embedded import free_port, start_nats, wait_for_port
+from pai_common.database import connect_mongo
+from pai_common.embedded import free_port, start_mongo, start_nats, wait_for_port
 
 
 async def test_a_respawned_nats_server_keeps_its_port_and_its_streams(tmp_path: Path) -> None:
@@ -89,6 +90,31 @@ def test_a_service_stops_on_sigterm_while_its_start_waits_for_the_database(tmp_p
         assert proc.returncode == 0, err
         assert b"signal received during start-up" in err
     finally:
+        server.stop()
+
+
+async def test_a_client_polling_a_respawned_mongo_server_finds_it_again_with_its_data(tmp_path: Path) -> None:
+    """The embedded server's clients poll it (no streamed hello, whose server thread wakes four times a
+    second): a server killed and started again is found by the next requests, not after a heartbeat."""
+    server = start_mongo(tmp_path)
+    client = connect_mongo(server.url)
+    try:
+        assert client.options.server_monitoring_mode == "poll"
+        coll = client["t"]["c"]
+        await coll.insert_one({"_id": "before"})
+        server.proc.kill()
+        server.proc.wait()
+        server.respawn()
+        server.wait_listening(60)
+        for _ in range(200):  # a guard: each try fails fast while the client reconnects
+            try:
+                await asyncio.wait_for(coll.insert_one({"_id": "after"}), 10)
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        assert sorted([d["_id"] async for d in coll.find({})]) == ["after", "before"]
+    finally:
+        await client.close()
         server.stop()
 
 
