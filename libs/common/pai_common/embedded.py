@@ -209,9 +209,9 @@ def launch_mongo(
     proc = _spawn(store, argv, log_path)
     # Its clients poll it for its state every 10 s (PyMongo's heartbeat) instead of streaming: a stream is a
     # hello the server holds open, and SecantusDB's thread for it wakes four times a second, for every
-    # client, for good. Polling made an idle platform 25-30% cheaper (benchmarks/RESULTS.md, 2026-12-07
-    # 18:23). A single embedded server never changes role, so what streaming buys (a primary's step-down seen
-    # at once) does not arise; a failed request still has the client check the server again at once.
+    # client, for good. Polling took 16% off an idle platform's CPU (91.2 to 76.7 ms/s; benchmarks/RESULTS.md,
+    # 2026-12-07 18:33). A single embedded server never changes role, so what streaming buys (a primary's
+    # step-down seen at once) does not arise; a failed request still has the client check the server again.
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true&serverMonitoringMode=poll"
     return ServerProcess(store, url, port, proc, log_path, argv)
 
