@@ -22,6 +22,11 @@ from pai_common.settings import Settings
 NEVER_S = 600.0
 
 
+@pytest.fixture(autouse=True)
+def waits_that_never_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer_module, "FETCH_WAIT_S", NEVER_S)
+
+
 def recording_app(name: str, nats: ServerProcess, mongo: ServerProcess, handled: list[str]) -> ServiceApp:
     app = ServiceApp(name, Settings(nats_url=nats.url, mongo_url=mongo.url))
 
@@ -54,14 +59,10 @@ async def publish(url: str, msg_id: str) -> None:
 
 
 async def test_a_stop_ends_the_wait_and_the_next_consumer_gets_what_follows_at_once(
-    fresh_nats: ServerProcess, mongo_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+    fresh_nats: ServerProcess, fresh_bus: Bus, mongo_server: ServerProcess
 ) -> None:
-    monkeypatch.setattr(consumer_module, "FETCH_WAIT_S", NEVER_S)
     name = f"w{uuid.uuid4().hex[:10]}"
     handled: list[str] = []
-    bus = await Bus.connect(fresh_nats.url, "test")
-    await bus.ensure_streams()
-    await bus.close()
     first = recording_app(name, fresh_nats, mongo_server, handled)
     await first.start()
     await asyncio.wait_for(publish(fresh_nats.url, "m1"), 10)
@@ -82,13 +83,9 @@ async def test_a_stop_ends_the_wait_and_the_next_consumer_gets_what_follows_at_o
 
 
 async def test_a_dropped_connection_ends_the_wait_and_a_new_request_goes_on_the_new_one(
-    fresh_nats: ServerProcess, mongo_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+    fresh_nats: ServerProcess, fresh_bus: Bus, mongo_server: ServerProcess
 ) -> None:
-    monkeypatch.setattr(consumer_module, "FETCH_WAIT_S", NEVER_S)
     handled: list[str] = []
-    bus = await Bus.connect(fresh_nats.url, "test")
-    await bus.ensure_streams()
-    await bus.close()
     app = recording_app(f"w{uuid.uuid4().hex[:10]}", fresh_nats, mongo_server, handled)
     await app.start()
     try:
