@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from proc_stats import load_average
+from proc_stats import delta, load_average, snapshot
 
 
 def pids_of(data_dir: Path) -> dict[str, int]:
@@ -29,19 +28,14 @@ def pids_of(data_dir: Path) -> dict[str, int]:
     return {name: int(pid) for name, pid in lock["processes"].items()}
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def window(pids: dict[str, int], seconds: float) -> dict[str, float]:
-    """CPU milliseconds per second of each process over one window."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    """CPU milliseconds per second of each process over one window (0 for one that exited meanwhile)."""
+    before = snapshot(pids)
     started = time.monotonic()
     time.sleep(seconds)
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    spent = delta(before, snapshot(pids))
     wall = time.monotonic() - started
-    return {name: (after[name] - before[name]) * 1000 / wall for name in pids}
+    return {name: spent.get(name, 0.0) * 1000 / wall for name in pids}
 
 
 def main() -> None:
