@@ -295,6 +295,12 @@ RESTRICTIONS: dict[str, Any] = {
                     "type": "object",
                     "additionalProperties": {"type": "boolean"},
                 },
+                # This platform's own grace period (README "stricter" item 6).
+                "preemption": {
+                    "type": "object",
+                    "properties": {"graceSeconds": {"type": "number", "minimum": 0, "maximum": 86400}},
+                    "additionalProperties": False,
+                },
             }
         },
     }
