@@ -1,5 +1,6 @@
 """The fault matrix on `pai up`: for each fault, jobs affected, lost, run twice, leaked GPUs, undelivered
-messages, wrong answers during recovery, the slowest answer after the fault and the time to recover.
+messages, wrong answers during recovery, the slowest answer after the fault, the time to recover and the
+time until the work in flight settled.
 
 Each fault gets a `pai up` of its own (tests/acceptance/harness.py), the workload of tests/chaos/faults.py
 (one-task, multi-role with ports, multi-GPU, secrets, a retry, a stop in flight), then the fault, a probe
@@ -106,6 +107,7 @@ def run_one(fault: str, root: Path) -> dict[str, Any]:
             faults.wait_running(client, [k for k, _ in jobs if "one" in k])
             with faults.Probe(client, workload, platform.admin_user) as probe:
                 fault_at = time.monotonic() - probe.started
+                fault_clock = time.monotonic()
                 if fault == "unclean-stop":
                     faults.kill_tree(platform)
                     (data / "cli.json").unlink(missing_ok=True)
@@ -123,6 +125,9 @@ def run_one(fault: str, root: Path) -> dict[str, Any]:
         with platform.client() as client:
             faults.stop_the_ones_to_stop(client, workload)
             outcome = faults.settle(platform, workload, client)
+        # Until every job of the workload is final, its GPUs are back and no consumer holds a message: how
+        # long the fault held up work already in flight (the probe's recovery is about new submissions).
+        row["settled_s"] = round(time.monotonic() - fault_clock, 1)
         row.update(
             jobs=outcome.jobs,
             lost=len(outcome.lost),
@@ -143,17 +148,17 @@ def run_one(fault: str, root: Path) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = "| fault | jobs | lost | run twice | leaked GPUs | undelivered | wrong answers | 503s"
-    head += " | slowest answer (s) | recovery (s) |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    head += " | slowest answer (s) | recovery (s) | settled (s) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['fault']} | did not complete: {r['error']} |||||||||")
+            lines.append(f"| {r['fault']} | did not complete: {r['error']} ||||||||||")
             continue
         rec = "never" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
         lines.append(
             f"| {r['fault']} | {r['jobs']} | {r['lost']} | {r['run_twice']} | {r['leaked_gpus']:g} |"
             f" {r['undelivered']} | {r['wrong_answers']} | {r['answers_503']} |"
-            f" {r['slowest_answer_s']:.1f} | {rec} |"
+            f" {r['slowest_answer_s']:.1f} | {rec} | {r['settled_s']:.1f} |"
         )
     return "\n".join(lines)
 
