@@ -28,6 +28,7 @@ from pai_common.contract.rpc import ReplayDeadLetterReply, ReplayDeadLetterReque
 from pai_common.database import is_transient, retry_transient
 from pai_common.envelope import Envelope, MalformedMessage, decode
 from pai_common.errors import DeadLetterReplayError, NoDeadLetterError, ServiceUnavailableError
+from pai_common.held_messages import HeldMessages
 from pai_common.logs import current_job_key
 from pai_common.metrics import HANDLE_SECONDS, MESSAGES, REDELIVERIES
 from pai_common.outbox import COLLECTION as OUTBOX
@@ -52,6 +53,11 @@ PROCESSED_TTL_S = 8 * 24 * 3600
 # in a cluster) holds the consumer up to this long.
 FETCH_WAIT_S = 5.0
 MORE_WAIT_S = 0.05
+# How long a delivered message may go unacknowledged before the server hands it out again: how soon the
+# messages a killed service held come back to its restarted self (or another replica). While a batch is in
+# hand, the consumer tells the server every third of it that the work goes on (held_messages.py), so a
+# slow batch is not handed out under it. 60 s before: a crash stalled the messages in hand for a minute.
+ACK_WAIT_S = 10.0
 
 
 _Kept = TypeVar("_Kept")
@@ -135,7 +141,7 @@ class ConsumerSpec:
     max_deliver: int = 5
     nak_base_delay_s: float = 0.5
     batch: int = 64
-    ack_wait_s: float = 60.0
+    ack_wait_s: float | None = None  # None: ACK_WAIT_S
     # Which messages the handler acts on (None: all). The others are acked without a transaction: a
     # message the handler would do nothing for needs no processed marker, since handling it again changes
     # nothing (the storage service and a job that mounts no storage: two transactions per job saved).
@@ -178,6 +184,10 @@ class DurableConsumer:
         self._task: asyncio.Task[None] | None = None
         self._waiting: asyncio.Future[list[Msg]] | None = None  # the fetch waiting for a first message
 
+    @property
+    def ack_wait_s(self) -> float:
+        return self.spec.ack_wait_s if self.spec.ack_wait_s is not None else ACK_WAIT_S
+
     async def start(self) -> None:
         await retry_transient(lambda: ensure_processed_ttl(self.db))
         self.one_request = await retry_transient(lambda: supports_one_request(self.client))
@@ -189,10 +199,12 @@ class DurableConsumer:
             # Unlimited on the server: the handler decides when a message is dead (transient failures are
             # retried as long as they last, others go to the dead letters after max_deliver tries).
             max_deliver=-1,
-            ack_wait=self.spec.ack_wait_s,
+            ack_wait=self.ack_wait_s,
             max_ack_pending=10_000,
             filter_subjects=self.spec.filter_subjects,
         )
+        # A consumer that exists already is updated in place: an earlier version's (ack_wait 60 s) takes
+        # this one's settings, its position and its unacknowledged messages kept.
         await self.bus.js.add_consumer(self.spec.stream, config=config)
         self._sub = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
         self._task = asyncio.create_task(self._loop(), name=f"consumer:{self.spec.durable}")
@@ -227,10 +239,11 @@ class DurableConsumer:
                 if (msg.metadata.num_delivered or 1) > 1:
                     REDELIVERIES.labels(self.spec.durable).inc()
             try:
-                if len(msgs) == 1:
-                    await self._handle(msgs[0])
-                else:
-                    await self._handle_batch(msgs)
+                with HeldMessages(msgs, self.ack_wait_s / 3):
+                    if len(msgs) == 1:
+                        await self._handle(msgs[0])
+                    else:
+                        await self._handle_batch(msgs)
             except Exception as exc:
                 # Not even the failure could be recorded (the bus went away while dead-lettering, an ack
                 # was lost): what was not acked comes back after ack_wait. The loop itself must go on, or

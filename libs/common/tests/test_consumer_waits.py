@@ -25,6 +25,8 @@ NEVER_S = 600.0
 @pytest.fixture(autouse=True)
 def waits_that_never_end(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(consumer_module, "FETCH_WAIT_S", NEVER_S)
+    # A message handed to a consumer that is gone comes back only after this: never, within the guards.
+    monkeypatch.setattr(consumer_module, "ACK_WAIT_S", NEVER_S)
 
 
 def recording_app(name: str, nats: ServerProcess, mongo: ServerProcess, handled: list[str]) -> ServiceApp:
@@ -71,7 +73,7 @@ async def test_a_stop_ends_the_wait_and_the_next_consumer_gets_what_follows_at_o
     # Without ending the wait, the stop would last until the pull request expired.
     await asyncio.wait_for(first.stop(), 20)
     # The stopped consumer's pull request is still pending on the server until it expires; a message sent
-    # to it would come back only after ack_wait (60 s).
+    # to it would come back only after ack_wait (NEVER_S here).
     await publish(fresh_nats.url, "m2")
     second = recording_app(name, fresh_nats, mongo_server, handled)
     await second.start()
