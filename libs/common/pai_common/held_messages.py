@@ -3,9 +3,11 @@
 JetStream gives a delivered message to the consumer again when it is not acknowledged within the
 consumer's ``ack_wait``. That one setting decides two things at once: how soon the messages a killed
 service held come back (it cannot ack them any more), and how long a live service may work on a batch
-before the server hands it out again under it. A long ``ack_wait`` (60 s, as before) makes every crash
-stall the jobs whose messages were in hand for a minute; a short one alone would redeliver a batch that is
-merely slow (a database restarting and its writes retried, a saturated machine).
+before the server hands it out again under it, to another replica of the service waiting with a pull
+request of its own (Kubernetes runs two). A long ``ack_wait`` (60 s, as before) makes every crash stall the
+jobs whose messages were in hand for a minute; a short one alone would hand out again a batch that is
+merely slow (a database restarting and its writes retried, a saturated machine), to be worked on twice at
+once.
 
 So ``ack_wait`` is short, and while a batch is in hand longer than ``every_s``, its messages not yet
 acknowledged get an in-progress acknowledgement (``+WPI``, which restarts their ``ack_wait``) every
