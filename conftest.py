@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,35 @@ async def fresh_bus(fresh_nats: ServerProcess) -> AsyncIterator[Bus]:
     await bus.ensure_streams()
     yield bus
     await bus.close()
+
+
+# A client that deletes one document in a transaction, says so, then waits: only SIGKILL ends it.
+_OPEN_A_TRANSACTION_AND_WAIT = """
+import sys, time
+from pymongo import MongoClient
+url, database, collection, doc_id = sys.argv[1:]
+client = MongoClient(url)
+session = client.start_session()
+session.start_transaction()
+client[database][collection].delete_one({"_id": int(doc_id)}, session=session)
+print("in transaction", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def kill_a_client_in_a_transaction() -> Callable[[str, str, str, int], None]:
+    """``kill(url, database, collection, doc_id)``: a client process deletes ``doc_id`` in a transaction and
+    is SIGKILLed with it open, as a service killed mid-handling: the document stays locked until the server
+    reaps (or is told to abort) the transaction."""
+
+    def kill(url: str, database: str, collection: str, doc_id: int) -> None:
+        argv = [sys.executable, "-c", _OPEN_A_TRANSACTION_AND_WAIT, url, database, collection, str(doc_id)]
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            assert client.stdout is not None and client.stdout.readline().strip() == "in transaction"
+        finally:
+            client.kill()
+            client.wait()
+
+    return kill

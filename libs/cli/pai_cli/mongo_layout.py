@@ -44,6 +44,11 @@ DEFAULT_SPLIT: tuple[str, ...] = ("jobs", "orchestrator")
 SPLIT_ENV = "PAI_MONGO_SPLIT"
 
 
+def own_store(service: str) -> str:
+    """The store (and the server's name) of ``service``'s database when it has a server of its own."""
+    return f"{SHARED_STORE}-{service}"
+
+
 class LayoutError(ValueError):
     """The split setting or the data dir's layout file names something that is not a database."""
 
@@ -55,7 +60,7 @@ class MongoLayout:
     own: tuple[str, ...] = ()
 
     def store(self, service: str) -> str:
-        return f"{SHARED_STORE}-{service}" if service in self.own else SHARED_STORE
+        return own_store(service) if service in self.own else SHARED_STORE
 
     @property
     def stores(self) -> list[str]:

@@ -512,8 +512,11 @@ class Platform:
             if not child.backoff.dead:
                 code = child.proc.returncode if child.proc is not None else None
                 delay = child.backoff.died(now)
+                released = self._release_transactions_of(name)
                 said.append(
-                    f"{name} exited with {code}; restarting it" + (f" in {delay:g}s" if delay else "")
+                    f"{name} exited with {code}; restarting it"
+                    + (f" in {delay:g}s" if delay else "")
+                    + (" (its open transactions released)" if released else "")
                 )
             if now >= child.backoff.next_start_at:
                 (self.data_dir / "run" / f"{name}.json").unlink(missing_ok=True)
@@ -521,6 +524,19 @@ class Platform:
         if said:
             self._record()
         return said
+
+    def _release_transactions_of(self, name: str) -> bool:
+        """Abort what the service ``name``, just dead, left open on a database server of its own.
+
+        Its restarted self would otherwise wait for the server to reap that transaction (10 s) before it
+        could write the same documents: a jobs service killed mid-transaction held up every submission for
+        10 s (benchmarks/chaos.py, kill-several). Only a server the service alone uses: on the shared one
+        the other services' transactions would go too. True when there was one and it answered."""
+        own = mongo_layout.own_store(name)
+        for server in self.servers:
+            if server.name == own and server.running:
+                return server.release_transactions()
+        return False
 
     def pids(self) -> dict[str, int]:
         """Every process of the platform that runs now, by name."""

@@ -127,6 +127,28 @@ class ServerProcess:
     def wait_listening(self, timeout_s: float) -> None:
         wait_for_port(self.port, timeout_s, self.proc)
 
+    def release_transactions(self, timeout_s: float = 2.0) -> bool:
+        """Abort every transaction open on this MongoDB-wire server (``killAllSessions``); False when the
+        server did not answer within ``timeout_s``.
+
+        For a server whose only client just died: a transaction that client left open keeps the documents it
+        wrote locked until the server reaps it, 10 s after its last statement (``pai_common.mongo_server``),
+        and the client's restarted self waits on those very documents. No live client may hold one: it
+        would see its transaction gone (an error drivers label transient, so it is retried) at best."""
+        from pymongo import MongoClient
+        from pymongo.errors import PyMongoError
+
+        ms = int(timeout_s * 1000)
+        client: MongoClient[dict[str, object]]
+        try:
+            with MongoClient(
+                self.url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms
+            ) as client:
+                client.admin.command("killAllSessions", [])
+        except PyMongoError:
+            return False
+        return True
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

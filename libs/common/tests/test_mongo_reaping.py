@@ -7,8 +7,7 @@ transaction idle past its lifetime must still be reaped, only up to that interva
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pymongo import MongoClient
@@ -77,7 +76,9 @@ def test_the_installed_secantusdb_has_the_step_the_throttle_replaces(tmp_path: P
         server.stop()
 
 
-def test_a_killed_clients_transaction_is_reaped_with_no_other_statement_coming(tmp_path: Path) -> None:
+def test_a_killed_clients_transaction_is_reaped_with_no_other_statement_coming(
+    tmp_path: Path, kill_a_client_in_a_transaction: Callable[[str, str, str, int], None]
+) -> None:
     """A transaction left open by a client killed mid-way is reaped even when no other statement arrives
     (`reap_while_idle`): a deleteMany of what it wrote then completes. On SecantusDB's reaping alone
     (at statements only), the deleteMany waited for good."""
@@ -86,16 +87,7 @@ def test_a_killed_clients_transaction_is_reaped_with_no_other_statement_coming(t
     try:
         with MongoClient(server.url) as setup:
             setup["pai_scheduler"]["outbox"].insert_many([{"_id": i} for i in range(3)])
-        killed = subprocess.Popen(
-            [sys.executable, "-c", OPEN_A_TRANSACTION_AND_WAIT, server.url],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert killed.stdout is not None and killed.stdout.readline().strip() == "in transaction"
-        finally:
-            killed.kill()
-            killed.wait()
+        kill_a_client_in_a_transaction(server.url, "pai_scheduler", "outbox", 1)
         # Nothing else talks to the server: only the idle reaper can end that transaction.
         with MongoClient(server.url, socketTimeoutMS=30_000) as later:
             outbox = later["pai_scheduler"]["outbox"]
@@ -103,16 +95,3 @@ def test_a_killed_clients_transaction_is_reaped_with_no_other_statement_coming(t
             assert [d["_id"] for d in outbox.find()] == [2]
     finally:
         server.stop()
-
-
-# The killed client: a transaction that deletes a document, then a wait that only SIGKILL ends.
-OPEN_A_TRANSACTION_AND_WAIT = """
-import sys, time
-from pymongo import MongoClient
-client = MongoClient(sys.argv[1])
-session = client.start_session()
-session.start_transaction()
-client["pai_scheduler"]["outbox"].delete_one({"_id": 1}, session=session)
-print("in transaction", flush=True)
-time.sleep(600)
-"""
