@@ -431,7 +431,11 @@ def record(
         share = ", ".join(f"{k} {v}%" for k, v in main["cpu_share"].items())
         lines += ["", f"Platform CPU by process (main phase): {share}."]
     if raw_path is not None:
-        lines += ["", f"Raw outcomes: `{raw_path.relative_to(HERE.parent)}`."]
+        try:
+            shown = raw_path.resolve().relative_to(HERE.parent.resolve())
+        except ValueError:  # kept outside the repository
+            shown = raw_path
+        lines += ["", f"Raw outcomes: `{shown}`."]
     with RESULTS_FILE.open("a", encoding="utf-8") as out:
         out.write("\n".join(lines) + "\n")
     print(f"recorded in {RESULTS_FILE}")
