@@ -33,6 +33,7 @@ from pai_common.embedded import (
     launch_nats,
     wait_for_port,
 )
+from pai_common.responder_watch import STARTED_MARGIN_MS
 
 SERVICES = (
     "auth",
@@ -62,6 +63,12 @@ CPU_LEAVES_PER_GPU = 8
 CPU_LEAF_MEMORY_MB = 8192
 # Ctrl-C: how long the services get to drain before they are killed (whatever is down by then).
 STOP_GRACE_S = 10.0
+# A service that died is started again no sooner than this after its death is seen. A request the dead
+# one had taken gets no answer; the asker gives up on it once no instance that could have taken it runs,
+# and an instance started more than STARTED_MARGIN_MS after the request was sent could not have
+# (responder_watch.py). A replacement started within that margin was taken for a possible holder, and the
+# request waited out its timeout (a submission: 60 s; 2 of 9 kill-jobs runs of benchmarks/chaos.py).
+REPLACEMENT_GAP_S = STARTED_MARGIN_MS / 1000
 
 
 class PlatformError(RuntimeError):
@@ -82,10 +89,11 @@ class Backoff:
         self.started_at = now
         self.dead = False
 
-    def died(self, now: float) -> float:
-        """Note a death seen at ``now``; answers the delay before the next start."""
+    def died(self, now: float, least_s: float = 0.0) -> float:
+        """Note a death seen at ``now``; answers the delay before the next start (``least_s`` at least)."""
         self.failures = self.failures + 1 if now - self.started_at < STABLE_AFTER_S else 0
         delay = 0.0 if self.failures <= 1 else min(BACKOFF_FIRST_S * 2 ** (self.failures - 2), BACKOFF_MAX_S)
+        delay = max(delay, least_s)
         self.next_start_at = now + delay
         self.dead = True
         return delay
@@ -511,7 +519,7 @@ class Platform:
                 continue
             if not child.backoff.dead:
                 code = child.proc.returncode if child.proc is not None else None
-                delay = child.backoff.died(now)
+                delay = child.backoff.died(now, least_s=REPLACEMENT_GAP_S)
                 released = self._release_transactions_of(name)
                 said.append(
                     f"{name} exited with {code}; restarting it"

@@ -1,10 +1,12 @@
 """`pai up`'s restart loop releases what a dead service left open on a database server of its own before it
-starts the service again, and touches no other service's transactions on the shared server."""
+starts the service again, touches no other service's transactions on the shared server, and starts the
+replacement only once the gateway can tell it from the instance that died."""
 
 from __future__ import annotations
 
 import functools
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,9 @@ import pytest
 from pymongo import MongoClient
 
 from pai_cli import platform as platform_module
-from pai_cli.platform import Child, Platform
+from pai_cli.platform import REPLACEMENT_GAP_S, Child, Platform
 from pai_common.embedded import child_env, launch_mongo
+from pai_common.responder_watch import STARTED_MARGIN_MS
 
 # Far past every guard below: the servers never reap a transaction by themselves during the test.
 NEVER_REAPED = ["--transaction-lifetime-s", "600"]
@@ -57,8 +60,8 @@ def test_a_dead_services_transactions_on_its_own_server_are_released_and_no_one_
 
         said = platform.supervise()
 
-        assert "jobs exited with 0; restarting it (its open transactions released)" in said
-        assert "auth exited with 0; restarting it" in said  # the shared server is left alone
+        assert "jobs exited with 0; restarting it in 0.5s (its open transactions released)" in said
+        assert "auth exited with 0; restarting it in 0.5s" in said  # the shared server is left alone
         session.commit_transaction()  # still open: killAllSessions went to the jobs server only
         session.end_session()
         assert [d["_id"] for d in live["pai_auth"]["users"].find()] == ["alice"]
@@ -71,3 +74,21 @@ def test_a_dead_services_transactions_on_its_own_server_are_released_and_no_one_
         for child in platform.children.values():
             child.wait(10)
         platform.stop()
+
+
+def test_a_dead_service_is_started_again_only_once_the_gateway_can_tell_its_replacement_from_it(
+    tmp_path: Path,
+) -> None:
+    """A replacement started within STARTED_MARGIN_MS of a request the dead instance took would be waited
+    for as that request's possible holder (responder_watch.py): the restart waits that long."""
+    platform = Platform(data_dir=tmp_path / "data")
+    dead = _dead_child(platform, "jobs")
+    first = dead.proc
+    seen = time.monotonic()
+    assert platform.supervise() == ["jobs exited with 0; restarting it in 0.5s"]
+    while dead.proc is first:
+        assert time.monotonic() - seen < 30, "never started again"
+        time.sleep(0.05)
+        platform.supervise()
+    assert dead.backoff.started_at - seen >= REPLACEMENT_GAP_S == STARTED_MARGIN_MS / 1000
+    dead.wait(10)
