@@ -13,9 +13,22 @@ from typing import Any
 from nats.js.client import JetStreamContext
 
 from pai_common.bus import EVENTS_STREAM, Bus
+from pai_common.contract.events import JobAttemptCompleted
 from pai_common.contract.rpc import ResolveStoragesReply, ResolveStoragesRequest
 from pai_common.envelope import decode
 from pai_common.errors import NoStorageError
+
+
+async def publish_attempt_completed(url: str, msg_id: str) -> None:
+    """One event for a test's consumer, from a connection of its own: a ``job.attempt.completed`` of the job
+    ``t~<msg_id>``, with ``msg_id`` as its id."""
+    bus = await Bus.connect(url, "test")
+    try:
+        await bus.publish_event(
+            JobAttemptCompleted(job_key=f"t~{msg_id}", attempt_id=0, exit_code=0), msg_id=msg_id
+        )
+    finally:
+        await bus.close()
 
 
 def job_key_of(event: Any) -> str | None:

@@ -17,6 +17,7 @@ from pai_common.embedded import ServerProcess, wait_for_port
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
+from pai_common.testing import publish_attempt_completed
 
 # Far longer than any guard below: a wait that is not ended early fails the test.
 NEVER_S = 600.0
@@ -50,16 +51,6 @@ async def handled_soon(handled: list[str], msg_id: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def publish(url: str, msg_id: str) -> None:
-    bus = await Bus.connect(url, "test")
-    try:
-        await bus.publish_event(
-            JobAttemptCompleted(job_key=f"w~{msg_id}", attempt_id=0, exit_code=0), msg_id=msg_id
-        )
-    finally:
-        await bus.close()
-
-
 async def test_a_stop_ends_the_wait_and_the_next_consumer_gets_what_follows_at_once(
     fresh_nats: ServerProcess, fresh_bus: Bus, mongo_server: ServerProcess
 ) -> None:
@@ -67,14 +58,14 @@ async def test_a_stop_ends_the_wait_and_the_next_consumer_gets_what_follows_at_o
     handled: list[str] = []
     first = recording_app(name, fresh_nats, mongo_server, handled)
     await first.start()
-    await asyncio.wait_for(publish(fresh_nats.url, "m1"), 10)
+    await asyncio.wait_for(publish_attempt_completed(fresh_nats.url, "m1"), 10)
     await asyncio.wait_for(handled_soon(handled, "m1"), 15)
     await asyncio.wait_for(waiting(first), 15)
     # Without ending the wait, the stop would last until the pull request expired.
     await asyncio.wait_for(first.stop(), 20)
     # The stopped consumer's pull request is still pending on the server until it expires; a message sent
     # to it would come back only after ack_wait (NEVER_S here).
-    await publish(fresh_nats.url, "m2")
+    await publish_attempt_completed(fresh_nats.url, "m2")
     second = recording_app(name, fresh_nats, mongo_server, handled)
     await second.start()
     try:
@@ -109,7 +100,7 @@ async def publish_when_up(url: str, msg_id: str) -> None:
     """Published once JetStream has recovered its streams after the restart."""
     while True:
         try:
-            await publish(url, msg_id)
+            await publish_attempt_completed(url, msg_id)
             return
         except Exception:
             await asyncio.sleep(0.2)

@@ -17,6 +17,7 @@ from pai_common.embedded import ServerProcess
 from pai_common.envelope import Envelope
 from pai_common.service import ServiceApp
 from pai_common.settings import Settings
+from pai_common.testing import publish_attempt_completed
 
 SHORT_ACK_WAIT_S = 1.0
 # Several ack_waits: a batch in hand this long would be handed out again three times over, untold.
@@ -32,16 +33,6 @@ def slow_app(name: str, nats: ServerProcess, mongo: ServerProcess, handled: list
         await asyncio.sleep(SLOW_HANDLING_S)
 
     return app
-
-
-async def publish(url: str, msg_id: str) -> None:
-    bus = await Bus.connect(url, "test")
-    try:
-        await bus.publish_event(
-            JobAttemptCompleted(job_key=f"h~{msg_id}", attempt_id=0, exit_code=0), msg_id=msg_id
-        )
-    finally:
-        await bus.close()
 
 
 def redeliveries(durable: str) -> float:
@@ -69,7 +60,7 @@ async def test_a_batch_in_hand_longer_than_ack_wait_is_not_handed_out_to_another
     for replica in replicas:
         await replica.start()
     try:
-        await publish(fresh_nats.url, "m1")
+        await publish_attempt_completed(fresh_nats.url, "m1")
         await asyncio.wait_for(settled(fresh_bus, name), 30)
         # A redelivery would come one ack_wait after the last word; give it two.
         await asyncio.sleep(2 * SHORT_ACK_WAIT_S)
