@@ -496,6 +496,7 @@ class Platform:
         less often without holding up the others. Nothing here waits for a process to be ready.
         """
         said: list[str] = []
+        started = False  # a process started this round, to be named in the lock (said or not)
         now = time.monotonic()
         for server in self.servers:
             backoff = self._server_backoff.setdefault(server.name, Backoff())
@@ -514,6 +515,7 @@ class Platform:
             if now >= backoff.next_start_at:
                 server.respawn()
                 backoff.started(now)
+                started = True
         for name, child in self.children.items():
             if child.running:
                 continue
@@ -529,7 +531,8 @@ class Platform:
             if now >= child.backoff.next_start_at:
                 (self.data_dir / "run" / f"{name}.json").unlink(missing_ok=True)
                 child.start()
-        if said:
+                started = True
+        if said or started:
             self._record()
         return said
 

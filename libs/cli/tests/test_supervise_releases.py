@@ -5,6 +5,7 @@ replacement only once the gateway can tell it from the instance that died."""
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 from pymongo import MongoClient
 
 from pai_cli import platform as platform_module
+from pai_cli.lock import DataDirLock
 from pai_cli.platform import REPLACEMENT_GAP_S, Child, Platform
 from pai_common.embedded import child_env, launch_mongo
 from pai_common.responder_watch import STARTED_MARGIN_MS
@@ -80,15 +82,25 @@ def test_a_dead_service_is_started_again_only_once_the_gateway_can_tell_its_repl
     tmp_path: Path,
 ) -> None:
     """A replacement started within STARTED_MARGIN_MS of a request the dead instance took would be waited
-    for as that request's possible holder (responder_watch.py): the restart waits that long."""
+    for as that request's possible holder (responder_watch.py): the restart waits that long, in a round of
+    its own, which names the new process in the data dir's lock all the same."""
     platform = Platform(data_dir=tmp_path / "data")
+    lock = DataDirLock(platform.data_dir)
+    assert lock.acquire(platform.url) is None
+    platform._lock = lock
     dead = _dead_child(platform, "jobs")
     first = dead.proc
     seen = time.monotonic()
-    assert platform.supervise() == ["jobs exited with 0; restarting it in 0.5s"]
-    while dead.proc is first:
-        assert time.monotonic() - seen < 30, "never started again"
-        time.sleep(0.05)
-        platform.supervise()
-    assert dead.backoff.started_at - seen >= REPLACEMENT_GAP_S == STARTED_MARGIN_MS / 1000
-    dead.wait(10)
+    try:
+        assert platform.supervise() == ["jobs exited with 0; restarting it in 0.5s"]
+        while dead.proc is first:
+            assert time.monotonic() - seen < 30, "never started again"
+            time.sleep(0.05)
+            assert platform.supervise() == []
+        assert dead.backoff.started_at - seen >= REPLACEMENT_GAP_S == STARTED_MARGIN_MS / 1000
+        assert dead.proc is not None
+        recorded = json.loads((platform.data_dir / "pai-up.lock").read_text())["processes"]
+        assert recorded.get("jobs") == dead.proc.pid
+    finally:
+        dead.wait(10)
+        lock.release()
