@@ -44,10 +44,12 @@ class Call(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     # Sent with the client's token; False for the login routes.
     auth: bool = True
+    # A POST whose repetition changes nothing more than the first one did (a job submission: see submit).
+    repeatable: bool = False
 
     @property
     def idempotent(self) -> bool:
-        return self.method in IDEMPOTENT_METHODS
+        return self.method in IDEMPOTENT_METHODS or self.repeatable
 
 
 # ---- reading answers -----------------------------------------------------------------------------------
@@ -495,6 +497,10 @@ def replay_dead_letter(ctx: Context, seq: int) -> Call[m.DeadLetterReplay]:
 
 
 def submit(ctx: Context, yaml_text: str) -> Call[m.Message]:
+    # A job is named: the same protocol sent again is answered 202 for the job that exists (OpenPAI's
+    # "Update job"), never a second job. So a 503 (a service restarting: nothing was done, or, in the one
+    # window the README names, the job was stored) is retried like an idempotent request's, and the retry
+    # answers for the job either way.
     # OpenPAI parses the body as YAML only under a text/* content type.
     return Call(
         "POST",
@@ -502,6 +508,7 @@ def submit(ctx: Context, yaml_text: str) -> Call[m.Message]:
         message,
         content=yaml_text.encode("utf-8"),
         headers={"Content-Type": "text/yaml"},
+        repeatable=True,
     )
 
 

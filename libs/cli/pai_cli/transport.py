@@ -1,10 +1,11 @@
 """What both clients share around one HTTP exchange: the token, the retry rule, errors from answers.
 
 Retries (``RetryPolicy``): a ``429`` is retried for any request (the platform refuses it before acting, so
-even a submission is safe to send again), a ``503`` only for idempotent ones (GET, PUT, DELETE: a
-submission that timed out may have been accepted). The wait is the answer's ``Retry-After`` (seconds or an
-HTTP date), else a doubling back-off; an answer that asks for longer than ``max_delay_s``, or the
-``max_retries``-th failure, goes to the caller as its error.
+even a submission is safe to send again), a ``503`` only for idempotent ones (GET, PUT, DELETE, and a job
+submission, which names its job: sent again, it answers for the job that exists). Other POSTs are not: one
+that timed out may have been acted on. The wait is the answer's ``Retry-After`` (seconds or an HTTP date),
+else a doubling back-off; an answer that asks for longer than ``max_delay_s``, or the ``max_retries``-th
+failure, goes to the caller as its error.
 """
 
 from __future__ import annotations

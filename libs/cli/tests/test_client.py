@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pai_cli import AsyncPaiClient, PaiClient, errors
+from pai_cli import AsyncPaiClient, PaiClient, errors, routes
 from pai_cli.models import FINAL_STATES, JobDetail
 from pai_cli.transport import RetryPolicy, retry_after_s
 
@@ -175,10 +175,21 @@ def test_503_is_retried_only_for_idempotent_requests() -> None:
     )
     assert client.get_job("a~b").state == "RUNNING"
     assert sleeps == [0.5]
-    # A submission that timed out may have been accepted: it goes back to the caller, not again to the server.
-    client, rec = make_client(scripted(busy(503, "1")), sleeps, token="t", username="alice")
+    # A job submission names its job: sent again, it answers for the job that exists, never a second one.
+    sleeps.clear()
+    client, rec = make_client(
+        scripted(busy(503, "1"), httpx.Response(202, json={"status": 202, "message": "ok"})),
+        sleeps,
+        token="t",
+        username="alice",
+    )
+    assert client.submit_job(HELLO_YAML) == "alice~hello"
+    assert sleeps == [1.0] and len(rec.requests) == 2
+    assert rec.requests[0].content == rec.requests[1].content
+    # Another POST that timed out may have been acted on: it goes back to the caller, not to the server.
+    client, rec = make_client(scripted(busy(503, "1")), sleeps, token="t")
     with pytest.raises(errors.ServiceUnavailableError) as info:
-        client.submit_job(HELLO_YAML)
+        client._run(routes.replay_dead_letter(client, 7))
     assert len(rec.requests) == 1 and info.value.retry_after_s == 1.0
 
 
