@@ -19,9 +19,10 @@ from pai_common.service import ServiceApp
 from pai_common.settings import Settings
 from pai_common.testing import publish_attempt_completed
 
-SHORT_ACK_WAIT_S = 1.0
-# Several ack_waits: a batch in hand this long would be handed out again three times over, untold.
-SLOW_HANDLING_S = 3.5
+# Short, yet with room for a busy machine: the in-progress acks go every 2/3 s, 4/3 s before it runs out.
+SHORT_ACK_WAIT_S = 2.0
+# Several ack_waits: a batch in hand this long would be handed out again, untold.
+SLOW_HANDLING_S = 5.0
 
 
 def slow_app(name: str, nats: ServerProcess, mongo: ServerProcess, handled: list[str]) -> ServiceApp:
