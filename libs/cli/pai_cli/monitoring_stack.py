@@ -134,20 +134,22 @@ class MonitoringStack:
 
     def write_config(self, alerting: bool = False) -> Path:
         """Write prometheus.yml (and copy the rules); returns its path."""
+        # Written again when --monitoring starts Prometheus: each file is replaced whole, so a reader
+        # (Prometheus reloading, a script) never meets a missing or half-written one.
         rules = self.folder / "rules"
-        shutil.rmtree(rules, ignore_errors=True)
         have_rules = RULES_SOURCE.is_dir()
-        if have_rules:
-            rules.mkdir(parents=True)
-            for source in sorted(RULES_SOURCE.glob("*.rules.yml")):
-                shutil.copyfile(source, rules / source.name)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        shipped = sorted(RULES_SOURCE.glob("*.rules.yml")) if have_rules else []
+        rules.mkdir(parents=True, exist_ok=True)
+        for source in shipped:
+            _replace(rules / source.name, source.read_text())
+        for stale in set(rules.glob("*")) - {rules / s.name for s in shipped}:
+            stale.unlink()
         port = self.alertmanager_port if alerting and self.alertmanager_port else None
         text = yaml.safe_dump(prometheus_config(self.data_dir, have_rules, port), sort_keys=False)
         header = "# Written by `pai up`: every process of this platform, the shipped alert rules.\n"
         if not have_rules:
             header += f"# No alert rules: {RULES_SOURCE} is missing (the repository's deploy/monitoring).\n"
-        self.prometheus_yml.write_text(header + text)
+        _replace(self.prometheus_yml, header + text)
         return self.prometheus_yml
 
     def start(self, token: str, timeout_s: float = 60.0) -> None:
@@ -223,3 +225,10 @@ class MonitoringStack:
         for server in reversed(self.servers):
             server.stop()
         self.servers.clear()
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file beside it and a rename: readers see old or new, whole."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -107,6 +107,10 @@ def up(
             )
         if platform.mongo_note is not None:
             console.print(f"[yellow]{platform.mongo_note}[/]")
+        # Written before the CLI's login is saved: whoever waits on that (scripts, the acceptance tests)
+        # then finds the configuration too.
+        stack.gateway_url = platform.url
+        prometheus_yml = stack.write_config()
         console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {platform.url}")
         console.print(f"open {platform.url}/ in a browser for the web portal (API docs: /api/v2/docs)")
         user, password = platform.admin_credentials()
@@ -121,8 +125,7 @@ def up(
         if token is not None:
             save_config(platform.url, user, token)
             console.print("the `pai` CLI is logged in as the admin (try `pai job list`)")
-        stack.gateway_url = platform.url
-        console.print(f"Prometheus configuration: {stack.write_config()}")
+        console.print(f"Prometheus configuration: {prometheus_yml}")
         if monitoring:
             try:
                 stack.start(alertmanager_token(platform.url, token, stack.token_file))

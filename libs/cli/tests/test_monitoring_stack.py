@@ -97,6 +97,31 @@ def test_written_configuration_names_the_targets_and_rules(tmp_path: Path) -> No
     assert copied == sorted(p.name for p in RULES_SOURCE.glob("*.rules.yml")) and copied
 
 
+def test_writing_again_never_leaves_a_file_missing_and_drops_a_stale_rule(tmp_path: Path) -> None:
+    stack = MonitoringStack(tmp_path, "http://127.0.0.1:9")
+    stack.write_config()
+    rules = tmp_path / "monitoring" / "rules"
+    (rules / "gone.rules.yml").write_text("groups: []\n")
+    wanted = [stack.prometheus_yml, *(rules / p.name for p in RULES_SOURCE.glob("*.rules.yml"))]
+    missing: list[Path] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            missing.extend(p for p in wanted if not p.is_file() or not p.read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(50):  # `pai up` writes it at start and again when --monitoring starts Prometheus
+            stack.write_config(alerting=True)
+    finally:
+        done.set()
+        reader.join()
+    assert not missing, f"a reader found {sorted(set(missing))} missing or empty while it was written"
+    assert sorted(p.name for p in rules.iterdir()) == sorted(p.name for p in wanted[1:])
+
+
 def test_prometheus_scrapes_announced_processes_and_alertmanager_calls_the_handler(
     tmp_path: Path, target: tuple[Recorder, int]
 ) -> None:
