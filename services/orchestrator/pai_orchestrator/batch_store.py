@@ -69,7 +69,9 @@ class BatchStore:
         self.history: list[dict[str, Any]] = []
         self.finals: dict[str, JobState] = {}
         self._stops: dict[str, dict[str, Any]] | None = None
-        self._dependents: dict[str, list[str]] | None = None
+        # Who waits for each job read so far (with those listed in this transaction), and which were read.
+        self._dependents: dict[str, list[str]] = {}
+        self._dependents_read: set[str] = set()
         ctx.on_before_commit(self.write)
 
     @classmethod
@@ -124,17 +126,23 @@ class BatchStore:
             self._stops[str(doc["_id"])] = doc
 
     async def dependents_of(self, key: str) -> list[str]:
-        """Who waits for ``key`` (read for every completed job of the batch at once)."""
-        if self._dependents is None:
+        """Who waits for ``key``: read at the first question for it, with every other job the batch names
+        (a job.completed it consumes, or a job an event of it may complete), so a batch reads once."""
+        if key not in self._dependents_read:
             batch = self.ctx.batch
-            keys = sorted({e.body.job_key for e in batch if isinstance(e.body, JobCompleted)} | {key})
-            found = self.ctx.db[DEPENDENTS].find({"_id": {"$in": keys}}, session=self.ctx.session)
-            self._dependents = {d["_id"]: list(d.get("dependents") or []) async for d in found}
+            keys = {e.body.job_key for e in batch if isinstance(e.body, JobCompleted)} | {key}
+            todo = sorted((keys | job_keys(batch)) - self._dependents_read)
+            found = self.ctx.db[DEPENDENTS].find({"_id": {"$in": todo}}, session=self.ctx.session)
+            async for d in found:
+                # The transaction reads its own writes: a dependent listed in it earlier is in the list.
+                listed = self._dependents.setdefault(d["_id"], [])
+                listed.extend(x for x in d.get("dependents") or [] if x not in listed)
+            self._dependents_read.update(todo)
         return sorted(self._dependents.get(key, []))
 
     def listed(self, key: str, dependent: str) -> None:
-        """``dependent`` was listed as waiting for ``key`` in this transaction (after the read above)."""
-        if self._dependents is not None and dependent not in self._dependents.setdefault(key, []):
+        """``dependent`` was listed as waiting for ``key`` in this transaction."""
+        if dependent not in self._dependents.setdefault(key, []):
             self._dependents[key].append(dependent)
 
     def completed(self, key: str, state: JobState) -> None:

@@ -113,6 +113,11 @@ async def save(
     for event in transition.events:
         if isinstance(event, JobCompleted):
             store.completed(event.job_key, event.state)
+            # Read in this transaction: a dependent listed by one that commits first is seen here, and one
+            # listed after this commits finds the final state (both write the same document, so of two
+            # that overlap one retries). Without dependents, the event's own consumer here acks it alone.
+            waiting = bool(await store.dependents_of(event.job_key))
+            event = event.model_copy(update={"has_dependents": waiting})
         ctx.out.event(event)
     for send in transition.commands:
         ctx.out.command(send.command, send.target)
@@ -140,6 +145,11 @@ async def register_dependent(ctx: HandlerContext, dependency: str, dependent: st
     return cast(JobState, state) if state is not None else None
 
 
+def _has_dependents(body: JobCompleted) -> bool:
+    """Whether a completed job had jobs waiting for it (the others are acked without a transaction)."""
+    return body.has_dependents
+
+
 class Orchestrator:
     def __init__(self, app: ServiceApp, settings: OrchestratorSettings) -> None:
         self.app = app
@@ -154,7 +164,7 @@ class Orchestrator:
         app.on_event(SchedulingAllocated, SchedulingRejected, TaskRunning, TaskDiagnosed)(self.handle)
         app.on_event(SchedulingPreempting)(self.handle_preempting)
         app.on_event(SchedulingLost)(self.handle_lost)
-        app.on_event(JobCompleted)(self.handle_completed)
+        app.on_event(JobCompleted, acts_on=_has_dependents)(self.handle_completed)
         app.rpc({TaskPlacementRequest: self.task_placement})
         app.on_startup(self._indexes)
         app.background(self.tick_forever)

@@ -29,6 +29,7 @@ from pai_common.contract.rpc import TaskPlacementReply, TaskPlacementRequest
 from pai_common.contract.types import JobDependency, JobSpec, Placement, TaskRoleSpec, Victim
 from pai_common.embedded import ServerProcess
 from pai_common.envelope import decode
+from pai_common.metrics import MESSAGES
 from pai_common.service import ServiceApp
 from pai_common.testing import EventRecorder
 from pai_orchestrator.shell import DEPENDENTS, FRAMEWORKS, STOPS, Orchestrator, OrchestratorSettings
@@ -201,7 +202,7 @@ async def test_dependents_start_once_whenever_they_arrive(
         await fresh_bus.publish_event(allocated("u~dep"))
         await fresh_bus.publish_event(exited("u~dep", 0, "Succeeded"))
         done = await events.wait_for(JobCompleted, "u~dep")
-        assert done.state == "SUCCEEDED"
+        assert done.state == "SUCCEEDED" and done.has_dependents
         for key in ("u~before", "u~during", "u~also"):
             await events.wait_for(SchedulingRequested, key)
         await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~after", ("u~dep", "succeeded"))))
@@ -226,6 +227,49 @@ async def test_dependents_start_once_whenever_they_arrive(
         assert not events.of(SchedulingRequested, "u~orphan")
     finally:
         await app.stop()
+
+
+async def test_a_job_nobody_waits_for_completes_without_a_second_transaction(
+    fresh_nats: ServerProcess, mongo_server: ServerProcess, fresh_bus: Bus, tmp_path: Path
+) -> None:
+    """A job.completed says whether jobs were listed as waiting when it completed; the orchestrator's own
+    consumer acks one without dependents with no transaction (no processed marker), and handles one with
+    dependents. A dependent listed after the completion finds the final state itself."""
+    db = f"orch{uuid.uuid4().hex[:8]}"
+    events = EventRecorder(fresh_bus)
+    await events.start()
+    app = orchestrator_app(fresh_nats, mongo_server, db, tmp_path)
+    await app.start()
+    ignored = MESSAGES.labels(db, JobCompleted.TYPE, "ignored")
+    handled = MESSAGES.labels(db, JobCompleted.TYPE, "ok")
+    before = (ignored._value.get(), handled._value.get())
+    try:
+        await fresh_bus.publish_event(JobSubmitted(spec=spec("u~solo")))
+        await fresh_bus.publish_event(JobSubmitted(spec=spec("u~awaited")))
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~waiter", ("u~awaited", "succeeded"))))
+        await _until(lambda: app.db[FRAMEWORKS].find_one({"_id": "u~waiter"}))
+        for key in ("u~solo", "u~awaited"):
+            await events.wait_for(SchedulingRequested, key)
+            await fresh_bus.publish_event(allocated(key))
+            await fresh_bus.publish_event(exited(key, 0, "Succeeded"))
+        solo = await events.wait_for(JobCompleted, "u~solo")
+        awaited = await events.wait_for(JobCompleted, "u~awaited")
+        assert (solo.has_dependents, awaited.has_dependents) == (False, True)
+        await events.wait_for(SchedulingRequested, "u~waiter")
+        await _until(lambda: _done((ignored._value.get(), handled._value.get()), before))
+        assert (ignored._value.get() - before[0], handled._value.get() - before[1]) == (1, 1)
+        # Listed after the completion: it starts from the final state it reads, once.
+        await fresh_bus.publish_event(JobSubmitted(spec=dspec("u~late", ("u~solo", "succeeded"))))
+        await events.wait_for(SchedulingRequested, "u~late")
+        await events.drain(0.5)
+        assert len(events.of(SchedulingRequested, "u~late")) == 1
+        assert len(events.of(SchedulingRequested, "u~waiter")) == 1
+    finally:
+        await app.stop()
+
+
+async def _done(now: tuple[float, float], before: tuple[float, float]) -> bool:
+    return now[0] + now[1] - before[0] - before[1] >= 2
 
 
 async def test_placement_is_answered_from_the_framework_that_launched_the_task(

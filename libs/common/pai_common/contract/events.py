@@ -387,6 +387,10 @@ class JobCompleted(Event):
     # Whether the job mounted storages: the storage service releases their use then, and has nothing to do
     # otherwise. True where a producer does not say (an event of an earlier version).
     mounted_storages: bool = True
+    # Whether jobs were listed as waiting for this one when it completed: the orchestrator's own consumer
+    # has nothing to do otherwise (one that is listed later finds the final state itself). True where a
+    # producer does not say (an event of an earlier version).
+    has_dependents: bool = True
 
     def subject_key(self) -> str:
         return self.job_key
