@@ -3,7 +3,9 @@
 Starts the embedded platform (``pai_cli.platform.Platform``), submits ``--jobs`` trivial CPU jobs through
 the REST API v2, waits until they are final, and reads ``pai_bus_messages_total`` from every process's
 ``/metrics`` before and after: the difference per job, by consumer, is what each job costs the bus
-consumers (every handled message is a transaction of its consumer, batched or not). Prints one JSON
+consumers. ``messages_per_job`` counts every message delivered; ``in_transactions_per_job`` leaves out
+those a consumer acks without a transaction (outcome ``ignored``: its ``acts_on`` has nothing to do for
+them), so it counts the messages that each cost a transaction's work (batched or not). Prints one JSON
 object; ``--record`` appends it with the machine to ``benchmarks/RESULTS.md``.
 
 Run: ``python benchmarks/messages_per_job.py --jobs 20 [--record]``.
@@ -31,8 +33,9 @@ PASSWORD = "messages-per-job"
 FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def handled(data_dir: Path) -> dict[str, float]:
-    """pai_bus_messages_total of every process, summed by consumer."""
+def handled(data_dir: Path, ignored: bool = True) -> dict[str, float]:
+    """pai_bus_messages_total of every process, summed by consumer (without outcome "ignored" if not
+    ``ignored``)."""
     out: dict[str, float] = {}
     for port_file in sorted((data_dir / "run").glob("*.json")):
         port = json.loads(port_file.read_text())["health_port"]
@@ -41,6 +44,8 @@ def handled(data_dir: Path) -> dict[str, float]:
         for line in text.splitlines():
             if line.startswith("pai_bus_messages_total{"):
                 labels, value = line.rsplit(" ", 1)
+                if not ignored and 'outcome="ignored"' in labels:
+                    continue
                 consumer = labels.split('consumer="', 1)[1].split('"', 1)[0]
                 out[consumer] = out.get(consumer, 0.0) + float(value)
     return out
@@ -55,7 +60,7 @@ def run(jobs: int) -> dict[str, object]:
         token = httpx.post(f"{platform.url}/api/v2/authn/basic/login", json=login, timeout=60).json()["token"]
         client = httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         time.sleep(3)  # the nodes' registrations are handled
-        before = handled(data_dir)
+        before, before_tx = handled(data_dir), handled(data_dir, ignored=False)
         keys = []
         for i in range(jobs):
             name = f"msgs-{int(time.time() * 1000)}-{i}"
@@ -75,17 +80,21 @@ def run(jobs: int) -> dict[str, object]:
                 break
             time.sleep(1)
         time.sleep(12)  # the last events reach every consumer (the job list polls, the counters lag a batch)
-        after = handled(data_dir)
+        after, after_tx = handled(data_dir), handled(data_dir, ignored=False)
     finally:
         platform.stop()
-    per_job = {
-        k: round((after.get(k, 0) - before.get(k, 0)) / jobs, 2) for k in sorted(set(after) | set(before))
-    }
+
+    def per_job(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        return {k: round((a.get(k, 0) - b.get(k, 0)) / jobs, 2) for k in sorted(set(a) | set(b))}
+
+    delivered, in_tx = per_job(after, before), per_job(after_tx, before_tx)
     return {
         "jobs": jobs,
         "final_states": sorted(set(states)),
-        "messages_per_job": per_job,
-        "total_per_job": round(sum(per_job.values()), 2),
+        "messages_per_job": delivered,
+        "total_per_job": round(sum(delivered.values()), 2),
+        "in_transactions_per_job": in_tx,
+        "total_in_transactions_per_job": round(sum(in_tx.values()), 2),
     }
 
 
@@ -98,13 +107,19 @@ def main() -> None:
     print(json.dumps(figures))
     if args.record:
         when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        rows = "\n".join(f"| {k} | {v} |" for k, v in figures["messages_per_job"].items())  # type: ignore[union-attr]
+        tx: dict[str, float] = figures["in_transactions_per_job"]  # type: ignore[assignment]
+        rows = "\n".join(
+            f"| {k} | {v} | {tx.get(k, 0.0)} |"
+            for k, v in figures["messages_per_job"].items()  # type: ignore[attr-defined]
+        )
         with RESULTS_FILE.open("a", encoding="utf-8") as out:
             out.write(
                 f"\n## {when} — messages handled per job, {args.jobs} jobs\n\n"
                 f"Command: `python benchmarks/messages_per_job.py {shlex.join(sys.argv[1:])}`\n\n"
-                f"Machine: {describe()}.\n\n| consumer | messages per job |\n|---|---|\n{rows}\n"
-                f"| **total** | **{figures['total_per_job']}** |\n"
+                f"Machine: {describe()}.\n\n| consumer | messages per job | of them in a transaction |\n"
+                f"|---|---|---|\n{rows}\n"
+                f"| **total** | **{figures['total_per_job']}** |"
+                f" **{figures['total_in_transactions_per_job']}** |\n"
             )
 
 
