@@ -27,8 +27,9 @@ server still answers as a replica set, which transactions need. And it reads eac
 definitions once per statement (``pai_common.mongo_index_memo``), an update rewrites only the index entries
 it changes (``pai_common.mongo_index_diff``), documents are copied with a copier made for them
 (``pai_common.mongo_document_copy``), WiredTiger's keys and values are packed with a plan per format
-(``pai_common.wiredtiger_packing``), and a ``bulkWrite``'s consecutive inserts into one collection are one
-statement (``pai_common.mongo_bulk_inserts``).
+(``pai_common.wiredtiger_packing``), a ``bulkWrite``'s consecutive inserts into one collection are one
+statement (``pai_common.mongo_bulk_inserts``), and an ``$in`` over plain strings is answered from a set
+(``pai_common.mongo_in_sets``).
 
 One change is a fix, not a saving: a deleteMany or updateMany outside a transaction waits out a write
 conflict without holding its collection's lock (``pai_common.mongo_conflict_waits``); holding it, it could
@@ -54,6 +55,7 @@ from pai_common import deferred_geo
 from pai_common.mongo_bulk_inserts import group_bulk_write_inserts
 from pai_common.mongo_conflict_waits import wait_conflicts_unlocked
 from pai_common.mongo_document_copy import copy_documents_faster
+from pai_common.mongo_in_sets import match_in_by_set
 from pai_common.mongo_index_diff import rewrite_changed_index_entries
 from pai_common.mongo_index_memo import memoize_index_reads
 from pai_common.wiredtiger_packing import plan_wiredtiger_packing
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     copy_documents_faster()
     plan_wiredtiger_packing()
     group_bulk_write_inserts()
+    match_in_by_set()
     server = SecantusDBServer(
         host=args.host,
         port=args.port,
