@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "stamps": stamps,
             "figures": figures,
         }
-        args.json.write_text(json.dumps(raw, indent=1))
+        args.json.write_text(json.dumps(raw))
     return 0
 
 
