@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 import nats
-from e2e import percentile
+from e2e import JOB_TEMPLATE, percentile
 from load_phases import submit_jobs, wait_final
 from nats.aio.msg import Msg
 from proc_stats import load_average
@@ -60,10 +60,6 @@ STAMPS: tuple[tuple[str, str, str], ...] = (
     ("task.running stored", "task.running", "stored"),
 )
 TYPES = {event for _, event, _ in STAMPS} - {"runtime.launch"}
-JOB = (
-    "protocolVersion: 2\nname: {name}\ntype: job\ntaskRoles:\n  main:\n    instances: 1\n"
-    "    resourcePerInstance: {{gpu: 0, cpu: 1, memoryMB: 256}}\n    commands: ['true']\n"
-)
 
 
 def _ms(iso: str) -> float:
@@ -178,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     marker = f"path{int(time.time() * 1000)}"
     names = [f"{marker}-{i:05d}" for i in range(args.jobs)]
     load_before = load_average()
+
+    def job(name: str) -> str:
+        return str(JOB_TEMPLATE.format(name=name, gpu=0, vc="default"))
+
     with CommandWatch(nats_url, marker) as commands:
-        requests = submit_jobs(client, names, args.clients, lambda n: JOB.format(name=n))
+        requests = submit_jobs(client, names, args.clients, job)
         accepted = {r.name for r in requests if r.accepted}
         rows: dict[str, dict[str, Any]] = {}
         if not wait_final(client, args.user, accepted, rows, 600.0, 0.5, lambda: []):
